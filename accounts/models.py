@@ -1,0 +1,15 @@
+"""Users of the exchange. API keys, ledger and fee tiers join this app as they land."""
+
+from django.contrib.auth.models import AbstractUser
+from django.db import models
+
+
+class User(AbstractUser):
+    """A trader, staff member or compliance officer; users sign in with their email."""
+
+    email = models.EmailField(unique=True)
+
+    REQUIRED_FIELDS = ["email"]
+
+    def __str__(self) -> str:
+        return self.username

@@ -1,0 +1,147 @@
+"""Fixtures shared by every app's tests: real processes, the test database's URL, Redis."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+BASE_DIR = Path(__file__).resolve().parent
+RUN_PREFIX = f"test:{uuid.uuid4().hex[:8]}:"
+
+
+def wait_until(predicate: Callable[[], object], *, timeout: float, interval: float = 0.05):
+    """Poll `predicate` until it returns something truthy (returned) or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _redis_prefix_per_run():
+    """Every Redis key this test run writes carries its own prefix."""
+    from django.conf import settings
+
+    settings.REDIS_KEY_PREFIX = RUN_PREFIX
+    yield
+    from exchange.redis_connection import redis_client
+
+    client = redis_client()
+    keys = list(client.scan_iter(match=RUN_PREFIX + "*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture(scope="session")
+def process_env(django_db_setup, django_db_blocker) -> dict[str, str]:
+    """Environment for real child processes: the test database and this run's Redis prefix."""
+    from django.conf import settings
+
+    url = urlsplit(os.environ["DATABASE_URL"])
+    test_url = urlunsplit(url._replace(path="/" + settings.DATABASES["default"]["NAME"]))
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=test_url,
+        REDIS_URL=settings.REDIS_URL,
+        REDIS_KEY_PREFIX=RUN_PREFIX,
+        DJANGO_SETTINGS_MODULE="exchange.settings",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+class Processes:
+    """Starts real processes and makes sure none outlives the test."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.started: list[subprocess.Popen] = []
+
+    def start(self, argv: list[str], *, env: dict[str, str], name: str) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115  (closed with the process)
+        proc = subprocess.Popen(
+            argv,
+            cwd=BASE_DIR,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        proc.log_path = self.log_dir / f"{name}.log"
+        self.started.append(proc)
+        return proc
+
+    def manage(self, *args: str, env: dict[str, str], name: str) -> subprocess.Popen:
+        return self.start([sys.executable, "manage.py", *args], env=env, name=name)
+
+    def stop_all(self) -> None:
+        for proc in self.started:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.started:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+@pytest.fixture
+def processes(tmp_path):
+    procs = Processes(tmp_path)
+    yield procs
+    procs.stop_all()
+
+
+@pytest.fixture
+def redis_conn():
+    from exchange.redis_connection import redis_client
+
+    return redis_client()
+
+
+def start_web(processes: Processes, *, env: dict[str, str], name: str = "web") -> str:
+    """Start the real ASGI web process (as the Procfile does) and return its base URL."""
+    import httpx
+
+    from exchange.embedded_servers import free_port
+
+    port = free_port()
+    proc = processes.start(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "exchange.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+        ],
+        env=env,
+        name=name,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+
+    def answering():
+        if proc.poll() is not None:
+            raise AssertionError(f"web process exited: {proc.log_path.read_text()[-2000:]}")
+        try:
+            return httpx.get(f"{base_url}/healthz", timeout=5)
+        except httpx.TransportError:
+            return None
+
+    wait_until(answering, timeout=30, interval=0.2)
+    return base_url

@@ -1,0 +1,8 @@
+from django.apps import AppConfig
+
+
+class ExchangeConfig(AppConfig):
+    """The trading core: instruments, orders, trades, fees, market data."""
+
+    name = "exchange"
+    verbose_name = "Exchange"

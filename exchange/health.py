@@ -1,0 +1,61 @@
+"""The health of the deployment's parts, as /healthz reports it."""
+
+import logging
+
+import redis
+from django.conf import settings
+from django.db import DatabaseError, connection
+
+from exchange.redis_connection import redis_client
+from matching.heartbeat import heartbeats_read
+
+logger = logging.getLogger(__name__)
+
+
+def health_status() -> tuple[dict, int]:
+    """Check PostgreSQL, Redis and every shard's heartbeat; return (report, HTTP status).
+
+    PostgreSQL down is 503 (nothing can be accepted durably). Redis or a shard down is a
+    200 `degraded` naming the component: orders are still accepted durably then.
+    """
+    components: dict[str, dict] = {}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        components["postgres"] = {"status": "ok"}
+    except DatabaseError as exc:
+        connection.close_if_unusable_or_obsolete()
+        components["postgres"] = {"status": "down", "error": _first_line(exc)}
+
+    heartbeats: dict[int, dict | None] | None = None
+    try:
+        client = redis_client()
+        client.ping()
+        components["redis"] = {"status": "ok"}
+        heartbeats = heartbeats_read(client=client, shard_count=settings.MATCHING_SHARDS)
+    except redis.RedisError as exc:
+        components["redis"] = {"status": "down", "error": _first_line(exc)}
+
+    for shard in range(settings.MATCHING_SHARDS):
+        name = f"matching-shard-{shard}"
+        if heartbeats is None:
+            components[name] = {"status": "unknown", "error": "Redis is down"}
+        elif heartbeats[shard] is None:
+            components[name] = {"status": "down", "error": "no heartbeat"}
+        else:
+            beat = heartbeats[shard]
+            components[name] = {"status": "ok", "epoch": beat["epoch"], "pid": beat["pid"]}
+
+    failing = sorted(name for name, part in components.items() if part["status"] != "ok")
+    if components["postgres"]["status"] != "ok":
+        status, http_status = "down", 503
+    elif failing:
+        status, http_status = "degraded", 200
+    else:
+        status, http_status = "ok", 200
+    return {"status": status, "failing": failing, "components": components}, http_status
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,297 @@
+"""`python -m exchange.launcher run|test|preflight`: what `make run` and `make test` do.
+
+1. When DATABASE_URL / REDIS_URL are not set, start the embedded PostgreSQL / Redis (data in
+   var/, reused across runs) and point the URLs at them.
+2. Check both are reachable, and say in one line which is not and how to fix it.
+3. `run`: migrate, seed the demo, and start every Procfile process under supervisord, which
+   restarts a process that dies; Ctrl-C stops everything, embedded servers included.
+   `test`: run the test suite (extra arguments go to pytest).
+"""
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from contextlib import ExitStack
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("VAR_DIR") or BASE_DIR / "var")
+
+
+class LaunchError(Exception):
+    """A problem the user must fix; printed as one line, no traceback."""
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def with_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+def start_embedded_servers(stack: ExitStack, environ: dict) -> list[str]:
+    """Start the embedded servers whose URL is missing; return the names of those started."""
+    from exchange.embedded_servers import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError
+
+    started = []
+    try:
+        if not environ.get("DATABASE_URL"):
+            print("DATABASE_URL not set: starting the embedded PostgreSQL (var/postgres)")
+            postgres = EmbeddedPostgres(VAR_DIR / "postgres")
+            server_url = postgres.start()
+            stack.callback(postgres.stop)
+            environ["DATABASE_URL"] = with_database(server_url, "exchange")
+            started.append("postgres")
+        if not environ.get("REDIS_URL"):
+            print("REDIS_URL not set: starting the embedded Redis (var/redis)")
+            redis_server = EmbeddedRedis(VAR_DIR / "redis")
+            environ["REDIS_URL"] = redis_server.start()
+            stack.callback(redis_server.stop)
+            started.append("redis")
+    except ImportError as exc:
+        raise LaunchError(
+            f"cannot start an embedded server ({exc.name} is not installed): install "
+            "requirements-dev.txt, or set DATABASE_URL and REDIS_URL"
+        ) from exc
+    except EmbeddedServerError as exc:
+        raise LaunchError(str(exc)) from exc
+    return started
+
+
+def check_postgres(url: str, *, create_database: bool) -> None:
+    """Connect to PostgreSQL (creating the database when asked and missing)."""
+    import psycopg
+
+    if not url.startswith(("postgres://", "postgresql://")):
+        raise LaunchError(
+            f"DATABASE_URL={redact(url)} is not a PostgreSQL URL: use "
+            "postgres://user@host:port/dbname, or unset it to use the embedded server"
+        )
+    try:
+        psycopg.connect(url, connect_timeout=3).close()
+        return
+    except psycopg.OperationalError as exc:
+        message = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        missing_db = "does not exist" in str(exc) and "database" in str(exc)
+        if not (missing_db and create_database):
+            raise LaunchError(
+                f"cannot connect to PostgreSQL at DATABASE_URL={redact(url)}: {message}. "
+                "Fix DATABASE_URL (postgres://user@host:port/dbname) or unset it to use the "
+                "embedded server"
+            ) from exc
+    dbname = urlsplit(url).path.lstrip("/")
+    with psycopg.connect(with_database(url, "postgres"), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{dbname}"')
+    print(f"created database {dbname}")
+
+
+def check_redis(url: str) -> None:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+        client.ping()
+        client.close()
+    except (redis.RedisError, ValueError) as exc:
+        raise LaunchError(
+            f"cannot connect to Redis at REDIS_URL={redact(url)}: {exc}. Fix REDIS_URL "
+            "(redis://host:port/db) or unset it to use the embedded server"
+        ) from exc
+
+
+def manage(*args: str) -> None:
+    result = subprocess.run([sys.executable, "manage.py", *args], cwd=BASE_DIR)
+    if result.returncode != 0:
+        raise LaunchError(f"`manage.py {' '.join(args)}` failed (exit {result.returncode})")
+
+
+def procfile_programs(procfile: Path, *, shard_count: int, port: int) -> dict[str, str]:
+    """Expand the Procfile into supervisord programs: one matching worker per shard."""
+    programs = {}
+    for line in procfile.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, _, command = line.partition(":")
+        command = command.strip().replace("${PORT}", str(port))
+        shards = range(shard_count) if "${SHARD}" in command else [None]
+        for shard in shards:
+            argv = shlex.split(command.replace("${SHARD}", str(shard)))
+            if argv[0] == "python":
+                argv[0] = sys.executable
+            elif argv[0] == "celery":
+                argv[:1] = [sys.executable, "-m", "celery"]
+            program = name.strip() if shard is None else f"{name.strip()}-{shard}"
+            programs[program] = shlex.join(argv)
+    return programs
+
+
+def supervisord_config(programs: dict[str, str]) -> str:
+    log_dir = VAR_DIR / "log"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    sections = [
+        "[supervisord]",
+        "nodaemon=true",
+        f"logfile={log_dir / 'supervisord.log'}",
+        f"pidfile={VAR_DIR / 'supervisord.pid'}",
+        f"childlogdir={log_dir}",
+        "",
+        "[unix_http_server]",
+        f"file={VAR_DIR / 'supervisor.sock'}",
+        "",
+        "[supervisorctl]",
+        f"serverurl=unix://{VAR_DIR / 'supervisor.sock'}",
+        "",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+    ]
+    for name, command in programs.items():
+        sections += [
+            "",
+            f"[program:{name}]",
+            f"command={command}",
+            f"directory={BASE_DIR}",
+            "autostart=true",
+            "autorestart=true",
+            "startsecs=1",
+            "startretries=100",
+            "stopasgroup=true",
+            "killasgroup=true",
+            "stopwaitsecs=10",
+            "redirect_stderr=true",
+            "stdout_logfile=/dev/stdout",
+            "stdout_logfile_maxbytes=0",
+        ]
+    return "\n".join(sections) + "\n"
+
+
+def clear_stale_supervisor_files() -> None:
+    """Remove the pid and socket files of a supervisord that is no longer running."""
+    pid_file = VAR_DIR / "supervisord.pid"
+    if pid_file.exists():
+        try:
+            pid = int(pid_file.read_text().strip())
+            os.kill(pid, 0)
+            raise LaunchError(
+                f"another `make run` is already running (supervisord pid {pid}); stop it first"
+            )
+        except (ValueError, ProcessLookupError):
+            pid_file.unlink(missing_ok=True)
+    (VAR_DIR / "supervisor.sock").unlink(missing_ok=True)
+
+
+def announce_when_up(port: int, stop: threading.Event) -> None:
+    """Print the URLs once the web process answers /healthz."""
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while not stop.is_set() and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base}/healthz", timeout=2) as response:
+                status = json.load(response)["status"]
+        except urllib.error.HTTPError as exc:
+            status = json.load(exc)["status"]
+        except (OSError, ValueError):
+            stop.wait(0.5)
+            continue
+        credentials = VAR_DIR / "demo_credentials.json"
+        lines = [
+            "",
+            f"Exchange is up (health: {status}).",
+            f"  Web UI:      {base}/",
+            f"  Swagger UI:  {base}/api/docs/",
+            f"  Admin:       {base}/admin/",
+            f"  Health:      {base}/healthz",
+        ]
+        if credentials.exists():
+            for user in json.loads(credentials.read_text()):
+                lines.append(f"  {user['role']:<11}  {user['username']} / {user['password']}")
+        lines.append("Press Ctrl-C to stop everything.")
+        print("\n".join(lines), flush=True)
+        return
+
+
+def run_supervised(environ: dict) -> int:
+    from django.conf import settings  # settings are valid: preflight passed
+
+    port = int(environ.get("PORT", "8000"))
+    programs = procfile_programs(
+        BASE_DIR / "Procfile", shard_count=settings.MATCHING_SHARDS, port=port
+    )
+    config = VAR_DIR / "supervisord.conf"
+    config.write_text(supervisord_config(programs))
+    clear_stale_supervisor_files()
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "supervisor.supervisord", "-c", str(config)], cwd=BASE_DIR
+    )
+
+    def forward(signum, _frame):
+        if supervisor.poll() is None:
+            supervisor.send_signal(signal.SIGTERM)
+
+    # Ctrl-C reaches supervisord from the terminal as well; we only make sure it stops.
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    stop_announcing = threading.Event()
+    threading.Thread(target=announce_when_up, args=(port, stop_announcing), daemon=True).start()
+    code = supervisor.wait()
+    stop_announcing.set()
+    return code
+
+
+def run_tests(pytest_args: list[str]) -> int:
+    return subprocess.call([sys.executable, "-m", "pytest", *pytest_args], cwd=BASE_DIR)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in {"run", "test", "preflight"}:
+        print("usage: python -m exchange.launcher run|test|preflight [pytest args]")
+        return 2
+    mode, rest = argv[0], argv[1:]
+    os.chdir(BASE_DIR)
+    VAR_DIR.mkdir(exist_ok=True)
+    environ = os.environ
+    environ.setdefault("DJANGO_SETTINGS_MODULE", "exchange.settings")
+    if mode == "run":
+        environ.setdefault("DEBUG", "1")
+    started: list[str] = []
+    with ExitStack() as stack:
+        try:
+            started = start_embedded_servers(stack, environ)
+            check_postgres(environ["DATABASE_URL"], create_database=True)
+            check_redis(environ["REDIS_URL"])
+            if mode == "preflight":
+                print("PostgreSQL and Redis are reachable")
+                return 0
+            if mode == "test":
+                return run_tests(rest)
+            manage("migrate", "--noinput")
+            manage("seed_demo")
+            import django
+
+            django.setup()
+            return run_supervised(environ)
+        except LaunchError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            # Embedded servers stop when the stack closes; say so, since it takes a moment.
+            if started:
+                print(f"stopping embedded {' and '.join(started)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

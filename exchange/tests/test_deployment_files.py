@@ -1,0 +1,47 @@
+"""docker-compose.yml and the Procfile describe the same processes (compose can't run here)."""
+
+from pathlib import Path
+
+import yaml
+
+from exchange.launcher import procfile_programs
+
+BASE_DIR = Path(__file__).resolve().parents[2]
+
+
+def compose() -> dict:
+    return yaml.safe_load((BASE_DIR / "docker-compose.yml").read_text())
+
+
+def test_compose_uses_stock_postgres_and_redis_images():
+    services = compose()["services"]
+    assert services["postgres"]["image"].split(":")[0] == "postgres"
+    assert services["redis"]["image"].split(":")[0] == "redis"
+
+
+def test_compose_runs_every_procfile_process_from_the_dockerfile():
+    services = compose()["services"]
+    expected = procfile_programs(BASE_DIR / "Procfile", shard_count=1, port=8000)
+    for name in expected:
+        assert name in services, f"Procfile process {name} missing from docker-compose.yml"
+        assert services[name]["build"] == "."
+        assert services[name]["restart"] == "unless-stopped"
+    assert (BASE_DIR / "Dockerfile").exists()
+
+
+def test_compose_passes_the_same_settings_variables():
+    services = compose()["services"]
+    for name in ("web", "matching-0", "worker", "beat", "migrate"):
+        environment = services[name]["environment"]
+        assert environment["DATABASE_URL"].startswith("postgres://")
+        assert "@postgres:5432/" in environment["DATABASE_URL"]
+        assert environment["REDIS_URL"] == "redis://redis:6379/0"
+        assert {"SECRET_KEY", "ALLOWED_HOSTS", "MATCHING_SHARDS", "DEBUG"} <= set(environment)
+
+
+def test_compose_commands_match_the_procfile():
+    services = compose()["services"]
+    assert services["matching-0"]["command"][-3:] == ["run_matching", "--shard", "0"]
+    assert services["worker"]["command"][:4] == ["celery", "-A", "exchange", "worker"]
+    assert services["beat"]["command"][:4] == ["celery", "-A", "exchange", "beat"]
+    assert "exchange.asgi:application" in services["web"]["command"]

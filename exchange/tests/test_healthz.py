@@ -1,0 +1,63 @@
+"""GET /healthz over HTTP against the real web process, in each state of the deployment."""
+
+import httpx
+import pytest
+
+from conftest import start_web, wait_until
+from exchange.embedded_servers import free_port
+
+pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
+
+
+def health(base_url: str) -> httpx.Response:
+    return httpx.get(f"{base_url}/healthz", timeout=10)
+
+
+def test_all_up_with_a_live_shard_worker_is_ok(processes, process_env):
+    processes.manage("run_matching", "--shard", "0", env=process_env, name="matching-0")
+    base_url = start_web(processes, env=process_env)
+
+    response = wait_until(
+        lambda: (r := health(base_url)).json()["status"] == "ok" and r, timeout=30
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert body["failing"] == []
+    assert body["components"]["postgres"] == {"status": "ok"}
+    assert body["components"]["redis"] == {"status": "ok"}
+    assert body["components"]["matching-shard-0"]["status"] == "ok"
+    assert body["components"]["matching-shard-0"]["epoch"] >= 1
+
+
+def test_shard_without_a_worker_is_degraded_and_named(processes, process_env):
+    base_url = start_web(processes, env={**process_env, "MATCHING_SHARDS": "2"})
+    response = health(base_url)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "degraded"
+    assert body["failing"] == ["matching-shard-0", "matching-shard-1"]
+    assert body["components"]["matching-shard-1"] == {"status": "down", "error": "no heartbeat"}
+
+
+def test_redis_down_is_degraded_naming_redis(processes, process_env):
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    base_url = start_web(processes, env={**process_env, "REDIS_URL": dead_redis})
+    response = health(base_url)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "degraded"
+    assert "redis" in body["failing"]
+    assert body["components"]["redis"]["status"] == "down"
+    assert body["components"]["postgres"] == {"status": "ok"}
+    assert body["components"]["matching-shard-0"]["status"] == "unknown"
+
+
+def test_postgres_unreachable_is_503(processes, process_env):
+    dead_db = f"postgres://postgres@127.0.0.1:{free_port()}/exchange"
+    base_url = start_web(processes, env={**process_env, "DATABASE_URL": dead_db})
+    response = health(base_url)
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "down"
+    assert body["components"]["postgres"]["status"] == "down"
+    assert "postgres" in body["failing"]

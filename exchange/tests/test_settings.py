@@ -1,0 +1,142 @@
+"""Settings come from the environment, and a mistake gets one clear line, not a traceback."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parents[2]
+GOOD = {
+    "DATABASE_URL": "postgres://trader:s3cret@db.internal:6543/exchange",
+    "REDIS_URL": "redis://cache.internal:6380/2",
+}
+PROBE = (
+    "import json, django; django.setup(); from django.conf import settings as s; "
+    "d = s.DATABASES['default']; print(json.dumps({'debug': s.DEBUG, 'hosts': s.ALLOWED_HOSTS, "
+    "'db': [d['NAME'], d['USER'], d['HOST'], d['PORT'], d['ENGINE']], 'redis': s.REDIS_URL, "
+    "'shards': s.MATCHING_SHARDS, 'key': s.SECRET_KEY, 'channel': "
+    "s.CHANNEL_LAYERS['default']['CONFIG']['hosts'], 'broker': s.CELERY_BROKER_URL}))"
+)
+
+
+def run_with(env_vars: dict, tmp_path: Path, code: str = PROBE) -> subprocess.CompletedProcess:
+    keep = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG"}}
+    env = {
+        **keep,
+        "DJANGO_SETTINGS_MODULE": "exchange.settings",
+        "VAR_DIR": str(tmp_path / "var"),
+        **env_vars,
+    }
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=BASE_DIR, env=env, capture_output=True, text=True
+    )
+
+
+def test_urls_and_options_are_read_from_the_environment(tmp_path):
+    result = run_with(
+        {
+            **GOOD,
+            "SECRET_KEY": "from-env",
+            "DEBUG": "true",
+            "ALLOWED_HOSTS": "exchange.example,api.exchange.example",
+            "MATCHING_SHARDS": "4",
+        },
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    parsed = json.loads(result.stdout)
+    assert parsed["db"] == [
+        "exchange",
+        "trader",
+        "db.internal",
+        6543,
+        "django.db.backends.postgresql",
+    ]
+    assert parsed["redis"] == "redis://cache.internal:6380/2"
+    assert parsed["broker"] == "redis://cache.internal:6380/2"
+    assert parsed["channel"] == ["redis://cache.internal:6380/2"]
+    assert parsed["debug"] is True
+    assert parsed["hosts"] == ["exchange.example", "api.exchange.example"]
+    assert parsed["shards"] == 4
+    assert parsed["key"] == "from-env"
+
+
+def test_debug_is_off_and_one_shard_by_default(tmp_path):
+    result = run_with(GOOD, tmp_path)
+    assert result.returncode == 0, result.stderr
+    parsed = json.loads(result.stdout)
+    assert parsed["debug"] is False
+    assert parsed["shards"] == 1
+
+
+def test_dev_secret_key_is_generated_into_var_once_and_reused(tmp_path):
+    first = json.loads(run_with(GOOD, tmp_path).stdout)["key"]
+    second = json.loads(run_with(GOOD, tmp_path).stdout)["key"]
+    key_file = tmp_path / "var" / "secret_key"
+    assert key_file.read_text() == first == second
+    assert len(first) >= 50
+    assert key_file.stat().st_mode & 0o077 == 0
+
+
+def test_missing_database_url_says_which_and_how_to_fix_in_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=BASE_DIR,
+        env={
+            "PATH": os.environ["PATH"],
+            "VAR_DIR": str(tmp_path / "var"),
+            "REDIS_URL": GOOD["REDIS_URL"],
+        },
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "DATABASE_URL is not set" in lines[0]
+    assert "make run" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_redis_url_names_redis(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=BASE_DIR,
+        env={
+            "PATH": os.environ["PATH"],
+            "VAR_DIR": str(tmp_path / "var"),
+            "DATABASE_URL": GOOD["DATABASE_URL"],
+        },
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "configuration error: REDIS_URL is not set: run through `make run` / `make test` "
+        "(they start embedded servers), or set REDIS_URL, e.g. REDIS_URL=redis://127.0.0.1:6379/0"
+    ]
+
+
+def test_non_postgres_database_url_is_refused(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=BASE_DIR,
+        env={
+            "PATH": os.environ["PATH"],
+            "VAR_DIR": str(tmp_path / "var"),
+            "DATABASE_URL": "sqlite:///db.sqlite3",
+            "REDIS_URL": GOOD["REDIS_URL"],
+        },
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "DATABASE_URL must be a PostgreSQL URL" in result.stderr
+    assert "'sqlite'" in result.stderr
+
+
+def test_shard_count_below_one_is_refused(tmp_path):
+    result = run_with({**GOOD, "MATCHING_SHARDS": "0"}, tmp_path)
+    assert result.returncode != 0
+    assert "MATCHING_SHARDS must be at least 1, got 0" in result.stderr

@@ -1,0 +1,49 @@
+"""HTTP views of the trading core: thin adapters over services and selectors."""
+
+from django.shortcuts import render
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from exchange.health import health_status
+from exchange.selectors import instruments_listed
+
+
+class HealthView(APIView):
+    """Deployment health: PostgreSQL, Redis and each matching shard's heartbeat."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        operation_id="healthz",
+        responses={
+            (200, "application/json"): inline_serializer(
+                "Health",
+                fields={
+                    "status": serializers.ChoiceField(choices=["ok", "degraded", "down"]),
+                    "failing": serializers.ListField(child=serializers.CharField()),
+                    "components": serializers.DictField(),
+                },
+            ),
+            (503, "application/json"): inline_serializer(
+                "HealthDown",
+                fields={
+                    "status": serializers.CharField(),
+                    "failing": serializers.ListField(child=serializers.CharField()),
+                    "components": serializers.DictField(),
+                },
+            ),
+        },
+    )
+    def get(self, request: Request) -> Response:
+        report, http_status = health_status()
+        return Response(report, status=http_status)
+
+
+def home(request):
+    """The landing page: the listed instruments and where to go next."""
+    return render(request, "home.html", {"instruments": instruments_listed()})

@@ -1,0 +1,1 @@
+"""Admin registrations for KYC/AML models (none yet)."""

@@ -1,0 +1,62 @@
+"""The shard lease: one holder at a time, a standby takes over when the holder dies."""
+
+import json
+import os
+import signal
+
+import pytest
+
+from conftest import wait_until
+from matching.heartbeat import heartbeat_key
+from matching.models import ShardState
+
+pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
+
+
+def heartbeat(redis_conn, shard: int = 0) -> dict | None:
+    value = redis_conn.get(heartbeat_key(shard))
+    return json.loads(value) if value else None
+
+
+def test_worker_takes_the_lease_and_bumps_the_epoch(processes, process_env, redis_conn):
+    before = ShardState.objects.filter(shard=0).values_list("lease_epoch", flat=True).first() or 0
+    worker = processes.manage("run_matching", "--shard", "0", env=process_env, name="w")
+    beat = wait_until(lambda: heartbeat(redis_conn), timeout=30)
+    assert beat["pid"] == worker.pid
+    state = ShardState.objects.get(shard=0)
+    assert state.lease_epoch == beat["epoch"] == before + 1
+    assert state.holder.endswith(f":{worker.pid}")
+
+
+def test_standby_takes_over_within_seconds_when_the_holder_is_killed(
+    processes, process_env, redis_conn
+):
+    holder = processes.manage("run_matching", "--shard", "0", env=process_env, name="holder")
+    first = wait_until(lambda: heartbeat(redis_conn), timeout=30)
+    assert first["pid"] == holder.pid
+    standby = processes.manage("run_matching", "--shard", "0", env=process_env, name="standby")
+    # The standby waits: the holder keeps beating and keeps its epoch.
+    wait_until(lambda: "waiting for lease" in standby.log_path.read_text(), timeout=30)
+    assert heartbeat(redis_conn)["pid"] == holder.pid
+
+    os.killpg(holder.pid, signal.SIGKILL)
+    taken = wait_until(
+        lambda: (beat := heartbeat(redis_conn)) and beat["pid"] == standby.pid and beat,
+        timeout=10,
+    )
+    assert taken["epoch"] == first["epoch"] + 1
+    assert ShardState.objects.get(shard=0).lease_epoch == taken["epoch"]
+
+
+def test_worker_stops_cleanly_and_clears_its_heartbeat(processes, process_env, redis_conn):
+    worker = processes.manage("run_matching", "--shard", "0", env=process_env, name="w")
+    wait_until(lambda: heartbeat(redis_conn), timeout=30)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=15) == 0
+    assert heartbeat(redis_conn) is None
+
+
+def test_unknown_shard_is_refused(processes, process_env):
+    worker = processes.manage("run_matching", "--shard", "5", env=process_env, name="w")
+    assert worker.wait(timeout=30) != 0
+    assert "shard 5 does not exist: MATCHING_SHARDS is 1" in worker.log_path.read_text()

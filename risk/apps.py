@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class RiskConfig(AppConfig):
+    """Positions, P&L, margin, limits, liquidation, circuit breakers."""
+
+    name = "risk"
