@@ -1,0 +1,126 @@
+"""What `make run` does, driven as a newcomer would: every process up, health ok, the printed
+admin credentials log in, Swagger UI served offline, Ctrl-C stops everything."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import psutil
+import psycopg
+import pytest
+
+from conftest import wait_until
+from exchange.embedded_servers import free_port
+from exchange.launcher import clear_stale_supervisor_files
+
+BASE_DIR = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.processes
+
+
+@pytest.fixture
+def scratch_database():
+    """A database of its own (the launcher creates it), dropped afterwards."""
+    name = f"launcher_{uuid.uuid4().hex[:8]}"
+    url = urlsplit(os.environ["DATABASE_URL"])
+    yield urlunsplit(url._replace(path=f"/{name}"))
+    with psycopg.connect(urlunsplit(url._replace(path="/postgres")), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_make_run_brings_up_every_process_and_ctrl_c_stops_them(tmp_path, scratch_database):
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": scratch_database,
+        "VAR_DIR": str(tmp_path / "var"),
+        "PORT": str(port),
+        "REDIS_KEY_PREFIX": f"test:{uuid.uuid4().hex[:8]}:",
+        "PYTHONUNBUFFERED": "1",
+    }
+    log_path = tmp_path / "run.log"
+    with open(log_path, "wb") as log:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "exchange.launcher", "run"],
+            cwd=BASE_DIR,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        output = wait_until(
+            lambda: "Press Ctrl-C" in (text := log_path.read_text()) and text, timeout=120
+        )
+        assert f"Admin:       {base}/admin/" in output
+        assert f"Swagger UI:  {base}/api/docs/" in output
+        admin_password = re.search(r"admin\s+admin / (\S+)", output).group(1)
+        credentials = json.loads((tmp_path / "var" / "demo_credentials.json").read_text())
+        assert {c["username"] for c in credentials} == {"admin", "alice", "bob"}
+
+        supervised = {p.name() for p in psutil.Process(launcher.pid).children(recursive=True)}
+        assert any(name.startswith("python") for name in supervised)
+        health = wait_until(
+            lambda: (r := httpx.get(f"{base}/healthz")).json()["status"] == "ok" and r,
+            timeout=60,
+        )
+        assert health.status_code == 200
+
+        with httpx.Client(base_url=base, follow_redirects=False) as client:
+            login_page = client.get("/admin/login/")
+            token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', login_page.text)
+            response = client.post(
+                "/admin/login/?next=/admin/",
+                data={
+                    "username": "admin",
+                    "password": admin_password,
+                    "csrfmiddlewaretoken": token.group(1),
+                    "next": "/admin/",
+                },
+            )
+            assert response.status_code == 302, response.text[:500]
+            assert client.get("/admin/").status_code == 200
+
+            docs = client.get("/api/docs/")
+            assert docs.status_code == 200
+            bundle = re.search(r'src="([^"]*swagger-ui-bundle\.js)"', docs.text).group(1)
+            assert bundle.startswith("/static/"), "Swagger UI must be served from our server"
+            assert client.get(bundle).status_code == 200
+            assert client.get("/api/schema/").status_code == 200
+            assert "AAPL" in client.get("/").text
+        children = psutil.Process(launcher.pid).children(recursive=True)
+    finally:
+        os.killpg(launcher.pid, signal.SIGINT)  # what Ctrl-C does in a terminal
+        exit_code = launcher.wait(timeout=60)
+    assert exit_code == 0, log_path.read_text()[-3000:]
+    _, alive = psutil.wait_procs(children, timeout=15)
+    assert alive == [], f"still running after Ctrl-C: {alive}"
+
+
+def test_a_crashed_runs_supervisor_files_do_not_block_the_next_run(tmp_path, monkeypatch):
+    import exchange.launcher as launcher
+
+    monkeypatch.setattr(launcher, "VAR_DIR", tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "supervisord.pid").write_text(str(dead.pid))
+    (tmp_path / "supervisor.sock").write_text("")
+    clear_stale_supervisor_files()
+    assert not (tmp_path / "supervisord.pid").exists()
+    assert not (tmp_path / "supervisor.sock").exists()
+
+
+def test_a_running_supervisor_is_not_started_twice(tmp_path, monkeypatch):
+    import exchange.launcher as launcher
+
+    monkeypatch.setattr(launcher, "VAR_DIR", tmp_path)
+    (tmp_path / "supervisord.pid").write_text(str(os.getpid()))
+    with pytest.raises(launcher.LaunchError, match="already running"):
+        clear_stale_supervisor_files()
