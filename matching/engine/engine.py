@@ -1,0 +1,1714 @@
+"""The order book engine: `Engine.apply(cmd) -> events`, read side, state hash, snapshot, bulk load.
+
+Books are a dict price -> Level per side plus a sorted list of level keys with the best price
+last (bids: price ascending; asks: negated price ascending), so best price, removing the best
+level and appending a new best level are O(1). Orders sit in intrusive doubly linked lists per
+level (O(1) cancel through the order-id dict). Links are cleared when an order leaves the book.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import heapq
+import marshal
+from bisect import bisect_left, insort
+from collections import deque
+from fractions import Fraction
+
+from .instrument import PPM, Instrument, affordable_lots, buy_cost
+from .protocol import (
+    AMEND_QUANTITY_TOO_LOW,
+    BELOW_MIN_NOTIONAL,
+    CANCELLED,
+    DAY,
+    DUPLICATE_INSTRUMENT,
+    DUPLICATE_ORDER_ID,
+    EV_INSTRUMENT,
+    EV_ORDER,
+    EV_REJECT,
+    EV_STP,
+    EV_TRADE,
+    EXPIRED,
+    FILLED,
+    FOK,
+    FOK_UNFILLABLE,
+    GTC,
+    GTD,
+    INSTRUMENT_HALTED,
+    INVALID_COMMAND,
+    INVALID_DISPLAY_QUANTITY,
+    INVALID_EXPIRE_AT,
+    INVALID_FEE,
+    INVALID_MAX_QUOTE,
+    INVALID_ORDER_TYPE,
+    INVALID_PRICE,
+    INVALID_QUANTITY,
+    INVALID_STP_MODE,
+    INVALID_TIME_IN_FORCE,
+    IOC,
+    LIMIT,
+    MARKET,
+    NEW,
+    OP_ADD_INSTRUMENT,
+    OP_AMEND,
+    OP_CANCEL,
+    OP_EXPIRE_DUE,
+    OP_HALT,
+    OP_MASS_CANCEL,
+    OP_PLACE,
+    OP_RESUME,
+    PARTIALLY_FILLED,
+    POST_ONLY,
+    POST_ONLY_WOULD_MATCH,
+    PRICE_OUTSIDE_BAND,
+    R_DAY_EXPIRED,
+    R_GTD_EXPIRED,
+    R_INVALID,
+    R_IOC_REMAINDER,
+    R_MAX_QUOTE,
+    R_NO_LIQUIDITY,
+    R_STP,
+    R_USER,
+    REJECT_STATUS_REASON,
+    STOP_LIMIT,
+    STOP_MARKET,
+    STP_CANCEL_BOTH,
+    STP_CANCEL_INCOMING,
+    STP_CANCEL_RESTING,
+    STP_CANCEL_SMALLEST,
+    STP_MODE_NAMES,
+    STP_NONE,
+    TRIGGERED,
+    UNKNOWN_INSTRUMENT,
+    UNKNOWN_ORDER,
+    UNTRIGGERED,
+)
+
+# Remaining quantity of a market buy by quote amount while it matches (effectively unbounded).
+QUOTE_ONLY = 1 << 62
+BIG = 1 << 61  # remaining above this means "by quote amount" (reported as 0)
+STATE_VERSION = 1
+# Emptied Level objects are reused (a level is created/deleted by most moves near the top).
+_POOL: list = []
+_BAD_INPUT = (KeyError, IndexError, TypeError, ValueError)
+
+
+class EngineBug(RuntimeError):
+    """A command failed after changing state: never hidden as a reject."""
+
+
+class Order:
+    """A live order (resting, untriggered stop, or an incoming order while it matches).
+
+    `qty` is the visible remaining quantity when resting (the whole remaining while matching as
+    a taker); `reserve` is the hidden iceberg remainder.
+    """
+
+    __slots__ = (
+        "book",
+        "display",
+        "expire_at",
+        "filled",
+        "flags",
+        "id",
+        "is_buy",
+        "level",
+        "maker_fee",
+        "max_quote",
+        "next",
+        "prev",
+        "price",
+        "qty",
+        "reserve",
+        "seq",
+        "spent",
+        "stop_price",
+        "stp",
+        "taker_fee",
+        "tif",
+        "type",
+        "user",
+    )
+
+    def record(self) -> tuple:
+        """Plain tuple with every field bulk load needs (layout in API.md)."""
+        return (
+            self.id,
+            self.user,
+            self.book.symbol,
+            self.is_buy,
+            self.type,
+            self.price,
+            self.qty,
+            self.reserve,
+            self.display,
+            self.filled,
+            self.seq,
+            self.tif,
+            self.expire_at,
+            self.flags,
+            self.stop_price,
+            self.max_quote,
+            self.spent,
+            self.maker_fee,
+            self.taker_fee,
+            self.stp,
+        )
+
+
+class Level:
+    """One price level: FIFO doubly linked list of orders plus visible qty and order count."""
+
+    __slots__ = ("count", "head", "price", "qty", "tail")
+
+    def __init__(self, price: int) -> None:
+        self.price = price
+        self.head = None
+        self.tail = None
+        self.qty = 0
+        self.count = 0
+
+
+class Book:
+    """Order book of one instrument, its untriggered stops and its market data counters."""
+
+    __slots__ = (
+        "ask_keys",
+        "asks",
+        "bid_keys",
+        "bids",
+        "buy_stops",
+        "dirty_a",
+        "dirty_b",
+        "fast",
+        "fast_ok",
+        "halted",
+        "index",
+        "inst",
+        "k_den",
+        "k_num",
+        "last",
+        "pmax",
+        "pmin",
+        "sell_stops",
+        "seq",
+        "stp_default",
+        "symbol",
+        "touched",
+    )
+
+    def __init__(self, inst: Instrument, index: int) -> None:
+        self.inst = inst
+        self.symbol = inst.symbol
+        self.index = index
+        self.bids: dict[int, Level] = {}
+        self.asks: dict[int, Level] = {}
+        self.bid_keys: list[int] = []  # prices ascending; best bid last
+        self.ask_keys: list[int] = []  # negated prices ascending; best ask last
+        self.halted = False
+        self.seq = 0
+        self.last: int | None = None
+        self.touched = False
+        self.dirty_b: dict[int, Level] = {}
+        self.dirty_a: dict[int, Level] = {}
+        self.buy_stops: list[tuple] = []  # (stop_price, seq, order) ascending: nearest first
+        self.sell_stops: list[tuple] = []  # (-stop_price, seq, order) ascending: nearest first
+        self.k_num = inst.k_num
+        self.k_den = inst.k_den
+        self.stp_default = inst.stp_default
+        self.pmin = inst.price_min
+        self.pmax = inst.price_max
+        # The fast paths skip the relative band and min notional checks: only when both are off.
+        self.fast_ok = not inst.band_ppm and not inst.min_notional
+        self.fast = self.fast_ok  # fast_ok and not halted
+
+
+def _fee(n: int, rate: int) -> int:
+    if rate >= 0:
+        return -((-n * rate) // PPM)
+    return -((n * -rate) // PPM)
+
+
+class Engine:
+    """Deterministic matching engine over several instruments. See API.md."""
+
+    def __init__(self, instruments=()) -> None:
+        self.books: dict[str, Book] = {}
+        self.orders: dict[int, Order] = {}
+        self.prio_seq = 0
+        self.ev_seq = 0
+        self.trade_seq = 0
+        self._expiry: list[tuple] = []
+        self._touched: list[Book] = []
+        slow = self._slow
+        self._handlers = {
+            OP_PLACE: self._place,
+            OP_CANCEL: self._cancel,
+            OP_AMEND: self._amend,
+            OP_MASS_CANCEL: lambda cmd: slow(self._mass_cancel, cmd),
+            OP_EXPIRE_DUE: lambda cmd: slow(self._expire_due, cmd),
+            OP_HALT: lambda cmd: slow(self._halt, cmd),
+            OP_RESUME: lambda cmd: slow(self._resume, cmd),
+            OP_ADD_INSTRUMENT: lambda cmd: slow(self._add_instrument, cmd),
+        }
+        for inst in instruments:
+            self._new_book(inst)
+
+    # ======================================================================================
+    # Command entry points
+    # ======================================================================================
+    def apply(self, cmd: tuple) -> list[tuple]:
+        """Apply one command; return its events."""
+        try:
+            op = cmd[0]
+            if op == 3:
+                return self._amend(cmd)
+            if op == 1:
+                return self._place(cmd)
+            if op == 2:
+                return self._cancel(cmd)
+            return self._handlers[op](cmd)
+        except _BAD_INPUT:
+            # Malformed command (unknown opcode, wrong arity or types) caught before any change.
+            out: list[tuple] = []
+            self._reject(out, cmd, None, None, None, INVALID_COMMAND)
+            return out
+
+    def _slow(self, handler, cmd) -> list[tuple]:
+        """Run a general handler; count each touched book's update seq once."""
+        out: list[tuple] = []
+        try:
+            handler(cmd, out)
+        except _BAD_INPUT as exc:
+            if out or self._touched:
+                raise EngineBug(f"command failed half-way: {cmd!r}") from exc
+            self._reject(out, cmd, None, None, None, INVALID_COMMAND)
+        touched = self._touched
+        if touched:
+            for book in touched:
+                book.seq += 1
+                book.touched = False
+            touched.clear()
+        return out
+
+    def apply_batch(self, cmds) -> list[tuple]:
+        """Apply commands in order; return all their events concatenated (same as apply)."""
+        events: list[tuple] = []
+        extend = events.extend
+        handlers = self._handlers
+        for cmd in cmds:
+            try:
+                extend(handlers[cmd[0]](cmd))
+            except _BAD_INPUT:
+                extend(self.apply(cmd))
+        return events
+
+    # ======================================================================================
+    # Event helpers
+    # ======================================================================================
+    def _reject(self, out, cmd, symbol, order_id, user_id, code, detail=None) -> None:
+        op = cmd[0] if isinstance(cmd, tuple) and cmd else None
+        ts = cmd[1] if isinstance(cmd, tuple) and len(cmd) > 1 else None
+        reason = REJECT_STATUS_REASON.get(code, R_INVALID) if op == OP_PLACE else None
+        self.ev_seq += 1
+        out.append(
+            (EV_REJECT, self.ev_seq, ts, symbol, order_id, user_id, op, code, reason, detail)
+        )
+
+    def _order_event(self, out, ts, o: Order, status, reason=None) -> None:
+        if status is CANCELLED or status is FILLED or status is EXPIRED:
+            rem = 0
+        else:
+            rem = o.qty + o.reserve
+            if rem > BIG:
+                rem = 0
+        self.ev_seq += 1
+        out.append(
+            (EV_ORDER, self.ev_seq, ts, o.book.symbol, o.id, o.user, status, reason, o.filled,
+             rem, o.price, o.spent)
+        )  # fmt: skip
+
+    # ======================================================================================
+    # Book structure primitives
+    # ======================================================================================
+    def _rest(self, book: Book, o: Order) -> None:
+        """Append o at the back of its price level (new priority seq)."""
+        p = o.price
+        if o.is_buy:
+            levels = book.bids
+            lvl = levels.get(p)
+            if lvl is None:
+                if _POOL:
+                    lvl = _POOL.pop()
+                    lvl.price = p
+                else:
+                    lvl = Level(p)
+                levels[p] = lvl
+                keys = book.bid_keys
+                if not keys or keys[-1] < p:
+                    keys.append(p)
+                else:
+                    insort(keys, p)
+            book.dirty_b[p] = lvl
+        else:
+            levels = book.asks
+            lvl = levels.get(p)
+            if lvl is None:
+                if _POOL:
+                    lvl = _POOL.pop()
+                    lvl.price = p
+                else:
+                    lvl = Level(p)
+                levels[p] = lvl
+                keys = book.ask_keys
+                if not keys or keys[-1] < -p:
+                    keys.append(-p)
+                else:
+                    insort(keys, -p)
+            book.dirty_a[p] = lvl
+        self.prio_seq = o.seq = self.prio_seq + 1
+        tail = lvl.tail
+        o.level = lvl
+        o.prev = tail
+        o.next = None
+        if tail is None:
+            lvl.head = o
+        else:
+            tail.next = o
+        lvl.tail = o
+        lvl.qty += o.qty
+        lvl.count += 1
+        if not book.touched:
+            book.touched = True
+            self._touched.append(book)
+
+    def _unlink(self, book: Book, o: Order) -> None:
+        """Take o out of its level (deleting the level if it empties) and clear its links."""
+        lvl = o.level
+        prev = o.prev
+        nxt = o.next
+        if prev is None:
+            lvl.head = nxt
+        else:
+            prev.next = nxt
+        if nxt is None:
+            lvl.tail = prev
+        else:
+            nxt.prev = prev
+        o.prev = o.next = o.level = None
+        lvl.qty -= o.qty
+        lvl.count -= 1
+        p = lvl.price
+        if o.is_buy:
+            book.dirty_b[p] = lvl
+            if not lvl.count:
+                del book.bids[p]
+                _POOL.append(lvl)
+                keys = book.bid_keys
+                if keys[-1] == p:
+                    keys.pop()
+                else:
+                    del keys[bisect_left(keys, p)]
+        else:
+            book.dirty_a[p] = lvl
+            if not lvl.count:
+                del book.asks[p]
+                _POOL.append(lvl)
+                keys = book.ask_keys
+                if keys[-1] == -p:
+                    keys.pop()
+                else:
+                    del keys[bisect_left(keys, -p)]
+        if not book.touched:
+            book.touched = True
+            self._touched.append(book)
+
+    def _touch(self, book: Book, o: Order) -> None:
+        lvl = o.level
+        if o.is_buy:
+            book.dirty_b[lvl.price] = lvl
+        else:
+            book.dirty_a[lvl.price] = lvl
+        if not book.touched:
+            book.touched = True
+            self._touched.append(book)
+
+    def _remove_live(self, o: Order) -> None:
+        """Remove a live order (resting or untriggered stop) from the engine."""
+        book = o.book
+        if o.level is not None:
+            self._unlink(book, o)
+        else:
+            if o.is_buy:
+                stops = book.buy_stops
+                del stops[bisect_left(stops, (o.stop_price, o.seq))]
+            else:
+                stops = book.sell_stops
+                del stops[bisect_left(stops, (-o.stop_price, o.seq))]
+        del self.orders[o.id]
+
+    def _add_stop(self, book: Book, o: Order) -> None:
+        self.prio_seq = o.seq = self.prio_seq + 1
+        if o.is_buy:
+            insort(book.buy_stops, (o.stop_price, o.seq, o))
+        else:
+            insort(book.sell_stops, (-o.stop_price, o.seq, o))
+
+    # ======================================================================================
+    # PLACE
+    # ======================================================================================
+    def _place(self, cmd) -> list[tuple]:
+        """PLACE: fast path for a valid plain GTC limit that does not cross, else _place_slow."""
+        (_, ts, sym, oid, uid, is_buy, otype, price, qty, tif, _exp, flags, disp, _stop, mq,
+         mfee, tfee, stp) = cmd  # fmt: skip
+        book = self.books.get(sym)
+        orders = self.orders
+        if (
+            book is not None
+            and otype == 0
+            and tif == 0
+            and flags == 0
+            and disp == 0
+            and book.fast
+            and price.__class__ is int
+            and qty.__class__ is int
+            and stp.__class__ is int
+            and mfee.__class__ is int
+            and tfee.__class__ is int
+            and book.pmin <= price <= book.pmax
+            and book.inst.min_qty <= qty
+            and 0 <= stp <= 6
+            and -PPM < mfee < PPM
+            and 0 <= tfee < PPM
+            and oid not in orders
+        ):
+            lvl = None
+            if is_buy is True:
+                keys = book.ask_keys
+                if (
+                    (not keys or -keys[-1] > price)
+                    and mq.__class__ is int
+                    and mq >= 2 * price * book.k_num
+                ):
+                    levels = book.bids
+                    lvl = levels.get(price)
+                    if lvl is None:
+                        if _POOL:
+                            lvl = _POOL.pop()
+                            lvl.price = price
+                        else:
+                            lvl = Level(price)
+                        levels[price] = lvl
+                        keys = book.bid_keys
+                        if not keys or keys[-1] < price:
+                            keys.append(price)
+                        else:
+                            insort(keys, price)
+                    book.dirty_b[price] = lvl
+            elif is_buy is False:
+                keys = book.bid_keys
+                if not keys or keys[-1] < price:
+                    mq = 0
+                    levels = book.asks
+                    lvl = levels.get(price)
+                    if lvl is None:
+                        if _POOL:
+                            lvl = _POOL.pop()
+                            lvl.price = price
+                        else:
+                            lvl = Level(price)
+                        levels[price] = lvl
+                        keys = book.ask_keys
+                        if not keys or keys[-1] < -price:
+                            keys.append(-price)
+                        else:
+                            insort(keys, -price)
+                    book.dirty_a[price] = lvl
+            if lvl is not None:
+                o = Order()
+                o.id = oid
+                o.user = uid
+                o.book = book
+                o.is_buy = is_buy
+                o.type = 0
+                o.price = price
+                o.qty = qty
+                o.reserve = o.display = o.filled = o.tif = o.expire_at = o.flags = 0
+                o.stop_price = o.spent = 0
+                o.max_quote = mq
+                o.maker_fee = mfee
+                o.taker_fee = tfee
+                o.stp = stp if stp else book.stp_default
+                self.prio_seq = o.seq = self.prio_seq + 1
+                tail = lvl.tail
+                o.level = lvl
+                o.prev = tail
+                o.next = None
+                if tail is None:
+                    lvl.head = o
+                else:
+                    tail.next = o
+                lvl.tail = o
+                lvl.qty += qty
+                lvl.count += 1
+                orders[oid] = o
+                book.seq += 1
+                self.ev_seq = seq = self.ev_seq + 1
+                return [(EV_ORDER, seq, ts, sym, oid, uid, NEW, None, 0, qty, price, 0)]
+            if is_buy is False or (is_buy is True and mq.__class__ is int and mq > 0):
+                # Valid, but it crosses (or needs the exact budget check): skip re-validation.
+                return self._slow(self._place_checked, cmd)
+        return self._slow(self._place_slow, cmd)
+
+    def _place_slow(self, cmd, out) -> None:
+        _, _, sym, oid, uid, is_buy = cmd[:6]
+        book = self.books.get(sym)
+        if book is None:
+            return self._reject(out, cmd, sym, oid, uid, UNKNOWN_INSTRUMENT)
+        if book.halted:
+            return self._reject(out, cmd, sym, oid, uid, INSTRUMENT_HALTED)
+        if oid in self.orders:
+            return self._reject(out, cmd, sym, oid, uid, DUPLICATE_ORDER_ID)
+        if is_buy.__class__ is not bool:
+            return self._reject(out, cmd, sym, oid, uid, INVALID_COMMAND)
+        code = self._validate_place(book, cmd)
+        if code is not None:
+            return self._reject(out, cmd, sym, oid, uid, code)
+        self._place_checked(cmd, out)
+
+    def _place_checked(self, cmd, out) -> None:
+        (_, ts, sym, oid, uid, is_buy, otype, price, qty, tif, exp, flags, disp, stop_px, mq,
+         mfee, tfee, stp) = cmd  # fmt: skip
+        book = self.books[sym]
+        o = Order()
+        o.id = oid
+        o.user = uid
+        o.book = book
+        o.is_buy = is_buy
+        o.type = otype
+        o.price = price if otype in (LIMIT, STOP_LIMIT) else 0
+        o.qty = qty if qty else QUOTE_ONLY
+        o.reserve = 0
+        o.display = disp
+        o.filled = 0
+        o.seq = 0
+        o.tif = tif
+        o.expire_at = exp if tif in (GTD, DAY) else 0
+        o.flags = flags
+        o.stop_price = stop_px if otype >= STOP_MARKET else 0
+        o.max_quote = mq if is_buy else 0
+        o.spent = 0
+        o.maker_fee = mfee
+        o.taker_fee = tfee
+        o.stp = stp if stp else book.stp_default
+        o.level = o.prev = o.next = None
+        if o.expire_at:
+            heapq.heappush(self._expiry, (o.expire_at, oid))
+        if otype >= STOP_MARKET:
+            last = book.last
+            if last is not None and (last >= stop_px if is_buy else last <= stop_px):
+                self.prio_seq = o.seq = self.prio_seq + 1  # every stop takes a seq on arrival
+                self._trigger(book, o, ts, out)
+                self._process(book, o, ts, out, False)
+            else:
+                self._add_stop(book, o)
+                self.orders[oid] = o
+                self._order_event(out, ts, o, UNTRIGGERED)
+                return
+        else:
+            self._process(book, o, ts, out, True)
+        if book.buy_stops or book.sell_stops:
+            self._run_stops(book, ts, out)
+
+    def _validate_place(self, book: Book, cmd) -> str | None:
+        (_, ts, _sym, _oid, _uid, is_buy, otype, price, qty, tif, exp, flags, disp, stop_px, mq,
+         mfee, tfee, stp) = cmd  # fmt: skip
+        inst = book.inst
+        if otype.__class__ is not int or not 0 <= otype <= 3:
+            return INVALID_ORDER_TYPE
+        if flags and (otype != LIMIT or flags.__class__ is not int or not 0 < flags <= 3):
+            return INVALID_ORDER_TYPE
+        if tif.__class__ is not int or not 0 <= tif <= 4:
+            return INVALID_TIME_IN_FORCE
+        if otype == MARKET:
+            if tif != GTC and tif != IOC and tif != FOK:
+                return INVALID_TIME_IN_FORCE
+            if qty == 0 and (tif == FOK or not is_buy):
+                return INVALID_QUANTITY if not is_buy else INVALID_TIME_IN_FORCE
+        if flags and (tif in (IOC, FOK)):
+            return INVALID_TIME_IN_FORCE
+        if stp.__class__ is not int or not 0 <= stp <= 6:
+            return INVALID_STP_MODE
+        if (
+            mfee.__class__ is not int
+            or tfee.__class__ is not int
+            or not -PPM < mfee < PPM
+            or not 0 <= tfee < PPM
+        ):
+            return INVALID_FEE
+        if (qty.__class__ is not int or qty < inst.min_qty) and not (
+            qty.__class__ is int and qty == 0 and otype == MARKET and is_buy
+        ):
+            return INVALID_QUANTITY
+        if disp:
+            if disp.__class__ is not int or disp < 0:
+                return INVALID_DISPLAY_QUANTITY
+            if otype in (MARKET, STOP_MARKET) or tif in (IOC, FOK):
+                return INVALID_DISPLAY_QUANTITY
+        if otype in (LIMIT, STOP_LIMIT):
+            code = self._check_price(book, price)
+            if code is not None:
+                return code
+            if inst.min_notional and price * qty * book.k_num // book.k_den < inst.min_notional:
+                return BELOW_MIN_NOTIONAL
+        if otype >= STOP_MARKET and (stop_px.__class__ is not int or stop_px < 1):
+            return INVALID_PRICE
+        if is_buy and (mq.__class__ is not int or mq <= 0):
+            return INVALID_MAX_QUOTE
+        if (tif in (GTD, DAY)) and (exp.__class__ is not int or exp <= ts):
+            return INVALID_EXPIRE_AT
+        return None
+
+    @staticmethod
+    def _check_price(book: Book, price) -> str | None:
+        if price.__class__ is not int or price < 1:
+            return INVALID_PRICE
+        inst = book.inst
+        if price < inst.price_min or price > inst.price_max:
+            return PRICE_OUTSIDE_BAND
+        band = inst.band_ppm
+        if band:
+            last = book.last
+            if last is not None and abs(price - last) * PPM > last * band:
+                return PRICE_OUTSIDE_BAND
+        return None
+
+    def _process(self, book: Book, o: Order, ts: int, out, incoming: bool) -> None:
+        """Match an incoming/triggered/amended order, then rest it or end it (final event)."""
+        is_buy = o.is_buy
+        if o.type == MARKET:
+            if is_buy:
+                keys = book.ask_keys
+                best = -keys[-1] if keys else None
+                lim = best + best * book.inst.collar_ppm // PPM if best is not None else 0
+            else:
+                keys = book.bid_keys
+                best = keys[-1] if keys else None
+                lim = best - best * book.inst.collar_ppm // PPM if best is not None else 0
+            if best is None:
+                if o.tif == FOK:
+                    return self._reject_order(book, o, ts, out, FOK_UNFILLABLE)
+                return self._order_event(out, ts, o, CANCELLED, R_NO_LIQUIDITY)
+        else:
+            lim = o.price
+            if is_buy:
+                keys = book.ask_keys
+                crosses = keys and -keys[-1] <= lim
+            else:
+                keys = book.bid_keys
+                crosses = keys and keys[-1] >= lim
+            if crosses and o.flags:
+                best = -keys[-1] if is_buy else keys[-1]
+                if o.flags & POST_ONLY:
+                    return self._reject_order(book, o, ts, out, POST_ONLY_WOULD_MATCH, best)
+                lim = best - 1 if is_buy else best + 1
+                code = self._check_price(book, lim)
+                if code is not None:
+                    return self._reject_order(book, o, ts, out, code)
+                o.price = lim
+                crosses = False
+            if not crosses:
+                if o.tif == FOK:
+                    return self._reject_order(book, o, ts, out, FOK_UNFILLABLE)
+                if o.tif == IOC:
+                    return self._order_event(out, ts, o, CANCELLED, R_IOC_REMAINDER)
+                return self._rest_new(book, o, ts, out)
+        # The order crosses: FOK runs an exact dry run first.
+        if o.tif == FOK and not self._fok_fillable(book, o, lim):
+            return self._reject_order(book, o, ts, out, FOK_UNFILLABLE)
+        stopped = self._match(book, o, lim, ts, out)
+        if stopped is not None:
+            if stopped is R_MAX_QUOTE and o.qty > BIG and o.filled:
+                return self._order_event(out, ts, o, FILLED)
+            return self._order_event(out, ts, o, CANCELLED, stopped)
+        if not o.qty:
+            return self._order_event(out, ts, o, FILLED)
+        if o.type == MARKET:
+            return self._order_event(out, ts, o, CANCELLED, R_NO_LIQUIDITY)
+        if o.tif == IOC:
+            return self._order_event(out, ts, o, CANCELLED, R_IOC_REMAINDER)
+        return self._rest_new(book, o, ts, out)
+
+    def _reject_order(self, book, o, ts, out, code, detail=None) -> None:
+        self.ev_seq += 1
+        out.append(
+            (EV_REJECT, self.ev_seq, ts, book.symbol, o.id, o.user, OP_PLACE, code,
+             REJECT_STATUS_REASON.get(code, R_INVALID), detail)
+        )  # fmt: skip
+
+    def _rest_new(self, book: Book, o: Order, ts, out) -> None:
+        """Put the remainder of a limit order in the book (or cancel it for max_quote)."""
+        if o.is_buy and (
+            buy_cost(book.k_num, book.k_den, o.price, 1, o.maker_fee) > o.max_quote - o.spent
+        ):
+            return self._order_event(out, ts, o, CANCELLED, R_MAX_QUOTE)
+        disp = o.display
+        if disp and o.qty > disp:
+            o.reserve = o.qty - disp
+            o.qty = disp
+        self._rest(book, o)
+        self.orders[o.id] = o
+        self._order_event(out, ts, o, PARTIALLY_FILLED if o.filled else NEW)
+
+    # ======================================================================================
+    # Matching
+    # ======================================================================================
+    def _match(self, book: Book, t: Order, lim: int, ts: int, out) -> str | None:
+        """Fill taker t against the opposite side up to price lim; t.qty becomes what is left.
+
+        Returns None, or the reason the taker must stop (R_STP, R_MAX_QUOTE).
+        """
+        is_buy = t.is_buy
+        if is_buy:
+            levels = book.asks
+            keys = book.ask_keys
+            dirty = book.dirty_a
+            budget = t.max_quote - t.spent
+        else:
+            levels = book.bids
+            keys = book.bid_keys
+            dirty = book.dirty_b
+            budget = 0
+        kn = book.k_num
+        kd = book.k_den
+        tuser = t.user
+        tid = t.id
+        tfee = t.taker_fee
+        stp = t.stp
+        rem = t.qty
+        sym = book.symbol
+        orders = self.orders
+        stopped = None
+        last = None
+        while rem and keys:
+            p = -keys[-1] if is_buy else keys[-1]
+            if (p > lim) if is_buy else (p < lim):
+                break
+            lvl = levels[p]
+            m = lvl.head
+            while m is not None:
+                if m.user == tuser and stp != STP_NONE:
+                    t.qty = rem
+                    stopped = self._stp(book, t, m, ts, out)
+                    rem = t.qty
+                    if stopped is not None or not rem:
+                        break
+                    m = lvl.head
+                    continue
+                mq = m.qty
+                fill = mq if mq < rem else rem
+                n = p * fill * kn // kd
+                if is_buy:
+                    tf = -((-n * tfee) // PPM) if tfee >= 0 else -((n * -tfee) // PPM)
+                    cost = n + tf
+                    if cost > budget:
+                        fill = affordable_lots(kn, kd, p, budget, tfee)
+                        if not fill:
+                            stopped = R_MAX_QUOTE
+                            break
+                        n = p * fill * kn // kd
+                        tf = _fee(n, tfee)
+                        cost = n + tf
+                    budget -= cost
+                    t.spent += cost
+                    mf = m.maker_fee
+                    mf = -((-n * mf) // PPM) if mf >= 0 else -((n * -mf) // PPM)
+                else:
+                    mf = m.maker_fee
+                    mf = -((-n * mf) // PPM) if mf >= 0 else -((n * -mf) // PPM)
+                    cost = n + mf
+                    if cost > m.max_quote - m.spent:
+                        fill = affordable_lots(kn, kd, p, m.max_quote - m.spent, m.maker_fee)
+                        if not fill:
+                            self._remove_live(m)
+                            self._order_event(out, ts, m, CANCELLED, R_MAX_QUOTE)
+                            m = lvl.head
+                            continue
+                        n = p * fill * kn // kd
+                        mf = _fee(n, m.maker_fee)
+                        cost = n + mf
+                    m.spent += cost
+                    tf = -((-n * tfee) // PPM) if tfee >= 0 else -((n * -tfee) // PPM)
+                rem -= fill
+                t.filled += fill
+                mq -= fill
+                m.qty = mq
+                m.filled += fill
+                lvl.qty -= fill
+                dirty[p] = lvl
+                last = p
+                self.trade_seq += 1
+                self.ev_seq += 1
+                if mq:
+                    out.append(
+                        (EV_TRADE, self.ev_seq, ts, sym, self.trade_seq, p, fill, n, m.id, m.user,
+                         tid, tuser, is_buy, mf, tf, PARTIALLY_FILLED, m.filled, mq + m.reserve,
+                         t.filled, rem if rem < BIG else 0)
+                    )  # fmt: skip
+                    if not is_buy and (buy_cost(kn, kd, p, 1, m.maker_fee) > m.max_quote - m.spent):
+                        self._remove_live(m)
+                        self._order_event(out, ts, m, CANCELLED, R_MAX_QUOTE)
+                    break  # taker exhausted (or budget-capped maker removed)
+                res = m.reserve
+                out.append(
+                    (EV_TRADE, self.ev_seq, ts, sym, self.trade_seq, p, fill, n, m.id, m.user,
+                     tid, tuser, is_buy, mf, tf, PARTIALLY_FILLED if res else FILLED, m.filled,
+                     res, t.filled, rem if rem < BIG else 0)
+                )  # fmt: skip
+                if res:
+                    # Iceberg refill: new slice, new priority seq, back of the queue.
+                    if not is_buy and (buy_cost(kn, kd, p, 1, m.maker_fee) > m.max_quote - m.spent):
+                        self._remove_live(m)
+                        self._order_event(out, ts, m, CANCELLED, R_MAX_QUOTE)
+                    else:
+                        vis = m.display if m.display < res else res
+                        if m.next is None:
+                            # Already last in its level: refill in place with a new seq.
+                            self.prio_seq = m.seq = self.prio_seq + 1
+                            m.qty = vis
+                            m.reserve = res - vis
+                            lvl.qty += vis
+                        else:
+                            self._unlink(book, m)
+                            m.qty = vis
+                            m.reserve = res - vis
+                            self._rest(book, m)
+                else:
+                    nxt = m.next
+                    # Filled: unlink from the head of the level.
+                    lvl.head = nxt
+                    if nxt is None:
+                        lvl.tail = None
+                    else:
+                        nxt.prev = None
+                    m.next = m.level = None
+                    lvl.count -= 1
+                    del orders[m.id]
+                    if nxt is None:
+                        del levels[p]
+                        _POOL.append(lvl)
+                        keys.pop()
+                        break
+                if not rem:
+                    break
+                m = lvl.head
+            if stopped is not None or not rem:
+                break
+        t.qty = rem
+        if last is not None:
+            book.last = last
+            if not book.touched:
+                book.touched = True
+                self._touched.append(book)
+        return stopped
+
+    def _stp(self, book: Book, t: Order, m: Order, ts: int, out) -> str | None:
+        """Self-trade prevention between taker t and maker m; returns R_STP if t must stop."""
+        mode = t.stp
+        rem = t.qty
+        mtotal = m.qty + m.reserve
+        self.ev_seq += 1
+        out.append(
+            (EV_STP, self.ev_seq, ts, book.symbol, STP_MODE_NAMES[mode], t.id, m.id, t.user,
+             m.price, m.qty if m.qty < rem else rem)
+        )  # fmt: skip
+        if mode == STP_CANCEL_RESTING:
+            self._remove_live(m)
+            self._order_event(out, ts, m, CANCELLED, R_STP)
+            return None
+        if mode == STP_CANCEL_INCOMING:
+            return R_STP
+        if mode == STP_CANCEL_BOTH:
+            self._remove_live(m)
+            self._order_event(out, ts, m, CANCELLED, R_STP)
+            return R_STP
+        if mode == STP_CANCEL_SMALLEST:
+            if mtotal <= rem:
+                self._remove_live(m)
+                self._order_event(out, ts, m, CANCELLED, R_STP)
+            if rem <= mtotal:
+                return R_STP
+            return None
+        # STP_DECREMENT_BOTH
+        d = rem if rem < mtotal else mtotal
+        if d == mtotal:
+            self._remove_live(m)
+            self._order_event(out, ts, m, CANCELLED, R_STP)
+        else:
+            self._reduce_resting(book, m, mtotal - d)
+            self._order_event(out, ts, m, PARTIALLY_FILLED if m.filled else NEW)
+        if rem < BIG:
+            t.qty = rem - d
+            if not t.qty:
+                return R_STP
+            # The taker survives the decrement: report its new remaining (API.md).
+            self._order_event(out, ts, t, PARTIALLY_FILLED if t.filled else NEW)
+        return None
+
+    def _reduce_resting(self, book: Book, m: Order, new_rem: int) -> None:
+        """Reduce a resting order's remaining (reserve first), keeping its priority."""
+        cut = m.qty + m.reserve - new_rem
+        if cut <= 0:
+            return
+        if m.reserve >= cut:
+            m.reserve -= cut
+            return
+        cut -= m.reserve
+        m.reserve = 0
+        m.qty -= cut
+        m.level.qty -= cut
+        self._touch(book, m)
+
+    def _fok_fillable(self, book: Book, t: Order, lim: int) -> bool:
+        """Exact dry run of `_match` for a FOK taker: can its whole quantity fill?"""
+        is_buy = t.is_buy
+        if is_buy:
+            levels = book.asks
+            keys = book.ask_keys
+            budget = t.max_quote - t.spent
+        else:
+            levels = book.bids
+            keys = book.bid_keys
+            budget = 0
+        kn = book.k_num
+        kd = book.k_den
+        tfee = t.taker_fee
+        stp = t.stp
+        rem = t.qty
+        for i in range(len(keys) - 1, -1, -1):
+            p = -keys[i] if is_buy else keys[i]
+            if (p > lim) if is_buy else (p < lim):
+                return False
+            queue = deque()
+            m = levels[p].head
+            while m is not None:
+                queue.append([m.user, m.qty, m.reserve, m.display, m.maker_fee,
+                              m.max_quote - m.spent])  # fmt: skip
+                m = m.next
+            while queue:
+                e = queue[0]
+                user, mq, res, disp, mfee, mbud = e
+                if user == t.user and stp != STP_NONE:
+                    mtotal = mq + res
+                    if stp == STP_CANCEL_RESTING or (stp == STP_CANCEL_SMALLEST and mtotal < rem):
+                        queue.popleft()
+                        continue
+                    return False
+                fill = mq if mq < rem else rem
+                n = p * fill * kn // kd
+                if is_buy:
+                    cost = n + _fee(n, tfee)
+                    if cost > budget:
+                        return False
+                    budget -= cost
+                else:
+                    cost = n + _fee(n, mfee)
+                    if cost > mbud:
+                        fill = affordable_lots(kn, kd, p, mbud, mfee)
+                        if not fill:
+                            queue.popleft()
+                            continue
+                        n = p * fill * kn // kd
+                        cost = n + _fee(n, mfee)
+                    mbud -= cost
+                    e[5] = mbud
+                rem -= fill
+                if not rem:
+                    return True
+                mq -= fill
+                e[1] = mq
+                if mq:
+                    # Only a budget-capped maker buy stops short; it stays if it can pay a lot.
+                    if buy_cost(kn, kd, p, 1, mfee) > mbud:
+                        queue.popleft()
+                    continue
+                queue.popleft()
+                if res:
+                    if not is_buy and buy_cost(kn, kd, p, 1, mfee) > mbud:
+                        continue
+                    vis = disp if disp < res else res
+                    e[1] = vis
+                    e[2] = res - vis
+                    queue.append(e)
+        return False
+
+    # ======================================================================================
+    # Stops
+    # ======================================================================================
+    def _trigger(self, book: Book, o: Order, ts: int, out) -> None:
+        o.type = MARKET if o.type == STOP_MARKET else LIMIT
+        self._order_event(out, ts, o, TRIGGERED)
+
+    def _collect_stops(self, book: Book, queue, ts: int, out) -> None:
+        last = book.last
+        if last is None:
+            return
+        buys = book.buy_stops
+        while buys and buys[0][0] <= last:
+            o = buys.pop(0)[2]
+            del self.orders[o.id]
+            self._trigger(book, o, ts, out)
+            queue.append(o)
+        sells = book.sell_stops
+        while sells and -sells[0][0] >= last:
+            o = sells.pop(0)[2]
+            del self.orders[o.id]
+            self._trigger(book, o, ts, out)
+            queue.append(o)
+
+    def _run_stops(self, book: Book, ts: int, out) -> None:
+        """Trigger every eligible stop and process the cascade within this command."""
+        last = book.last
+        if last is None:
+            return
+        buys = book.buy_stops
+        sells = book.sell_stops
+        if not ((buys and buys[0][0] <= last) or (sells and -sells[0][0] >= last)):
+            return
+        queue: deque = deque()
+        self._collect_stops(book, queue, ts, out)
+        while queue:
+            o = queue.popleft()
+            self._process(book, o, ts, out, False)
+            self._collect_stops(book, queue, ts, out)
+
+    # ======================================================================================
+    # CANCEL / AMEND / MASS CANCEL / EXPIRY
+    # ======================================================================================
+    def _cancel(self, cmd) -> list[tuple]:
+        _, ts, oid = cmd
+        o = self.orders.get(oid)
+        if o is None or o.level is None:
+            return self._slow(self._cancel_slow, cmd)
+        del self.orders[oid]
+        book = o.book
+        lvl = o.level
+        prev = o.prev
+        nxt = o.next
+        if prev is None:
+            lvl.head = nxt
+        else:
+            prev.next = nxt
+        if nxt is None:
+            lvl.tail = prev
+        else:
+            nxt.prev = prev
+        o.prev = o.next = o.level = None
+        lvl.qty -= o.qty
+        lvl.count -= 1
+        p = lvl.price
+        if o.is_buy:
+            book.dirty_b[p] = lvl
+            if not lvl.count:
+                del book.bids[p]
+                _POOL.append(lvl)
+                keys = book.bid_keys
+                if keys[-1] == p:
+                    keys.pop()
+                else:
+                    del keys[bisect_left(keys, p)]
+        else:
+            book.dirty_a[p] = lvl
+            if not lvl.count:
+                del book.asks[p]
+                _POOL.append(lvl)
+                keys = book.ask_keys
+                if keys[-1] == -p:
+                    keys.pop()
+                else:
+                    del keys[bisect_left(keys, -p)]
+        book.seq += 1
+        self.ev_seq = seq = self.ev_seq + 1
+        return [(EV_ORDER, seq, ts, book.symbol, oid, o.user, CANCELLED, R_USER, o.filled, 0,
+                 o.price, o.spent)]  # fmt: skip
+
+    def _cancel_slow(self, cmd, out) -> None:
+        o = self.orders.get(cmd[2])
+        if o is None:
+            return self._reject(out, cmd, None, cmd[2], None, UNKNOWN_ORDER)
+        self._remove_live(o)
+        self._order_event(out, cmd[1], o, CANCELLED, R_USER)
+
+    def _amend(self, cmd) -> list[tuple]:
+        """AMEND: fast path for a price move of a resting order that does not cross."""
+        _, ts, oid, price, qty, mq = cmd
+        o = self.orders.get(oid)
+        if (
+            o is not None
+            and qty is None
+            and mq is None
+            and price.__class__ is int
+            and o.level is not None
+        ):
+            book = o.book
+            old = o.price
+            if price != old and book.fast and book.pmin <= price <= book.pmax:
+                if o.is_buy:
+                    keys = book.ask_keys
+                    ok = (not keys or -keys[-1] > price) and (
+                        o.max_quote - o.spent >= 2 * price * book.k_num
+                    )
+                else:
+                    keys = book.bid_keys
+                    ok = not keys or keys[-1] < price
+                if ok:
+                    # Unlink from the old level.
+                    lvl = o.level
+                    prev = o.prev
+                    nxt = o.next
+                    if prev is None:
+                        lvl.head = nxt
+                    else:
+                        prev.next = nxt
+                    if nxt is None:
+                        lvl.tail = prev
+                    else:
+                        nxt.prev = prev
+                    q = o.qty + o.reserve
+                    lvl.qty -= o.qty
+                    lvl.count -= 1
+                    if o.is_buy:
+                        levels = book.bids
+                        keys = book.bid_keys
+                        dirty = book.dirty_b
+                        dirty[old] = lvl
+                        if not lvl.count:
+                            del levels[old]
+                            _POOL.append(lvl)
+                            if keys[-1] == old:
+                                keys.pop()
+                            else:
+                                del keys[bisect_left(keys, old)]
+                        lvl = levels.get(price)
+                        if lvl is None:
+                            if _POOL:
+                                lvl = _POOL.pop()
+                                lvl.price = price
+                            else:
+                                lvl = Level(price)
+                            levels[price] = lvl
+                            if not keys or keys[-1] < price:
+                                keys.append(price)
+                            else:
+                                insort(keys, price)
+                    else:
+                        levels = book.asks
+                        keys = book.ask_keys
+                        dirty = book.dirty_a
+                        dirty[old] = lvl
+                        if not lvl.count:
+                            del levels[old]
+                            _POOL.append(lvl)
+                            if keys[-1] == -old:
+                                keys.pop()
+                            else:
+                                del keys[bisect_left(keys, -old)]
+                        lvl = levels.get(price)
+                        if lvl is None:
+                            if _POOL:
+                                lvl = _POOL.pop()
+                                lvl.price = price
+                            else:
+                                lvl = Level(price)
+                            levels[price] = lvl
+                            if not keys or keys[-1] < -price:
+                                keys.append(-price)
+                            else:
+                                insort(keys, -price)
+                    dirty[price] = lvl
+                    # A moved iceberg shows a fresh slice.
+                    disp = o.display
+                    if disp and q > disp:
+                        o.qty = disp
+                        o.reserve = q - disp
+                    else:
+                        o.qty = q
+                        o.reserve = 0
+                    o.price = price
+                    self.prio_seq = o.seq = self.prio_seq + 1
+                    tail = lvl.tail
+                    o.level = lvl
+                    o.prev = tail
+                    o.next = None
+                    if tail is None:
+                        lvl.head = o
+                    else:
+                        tail.next = o
+                    lvl.tail = o
+                    lvl.qty += o.qty
+                    lvl.count += 1
+                    book.seq += 1
+                    self.ev_seq = seq = self.ev_seq + 1
+                    filled = o.filled
+                    return [(EV_ORDER, seq, ts, book.symbol, oid, o.user,
+                             PARTIALLY_FILLED if filled else NEW, None, filled, q, price,
+                             o.spent)]  # fmt: skip
+        elif (
+            o is not None
+            and price is None
+            and mq is None
+            and qty.__class__ is int
+            and o.level is not None
+            and o.book.fast
+            and o.filled < qty < o.filled + o.qty + o.reserve
+        ):
+            # Reduce in place: keeps priority (iceberg: the reserve goes first). A resting buy
+            # could already pay one lot at its price, so it still can.
+            book = o.book
+            cut = o.filled + o.qty + o.reserve - qty
+            if o.reserve >= cut:
+                o.reserve -= cut
+            else:
+                cut -= o.reserve
+                o.reserve = 0
+                o.qty -= cut
+                lvl = o.level
+                lvl.qty -= cut
+                if o.is_buy:
+                    book.dirty_b[lvl.price] = lvl
+                else:
+                    book.dirty_a[lvl.price] = lvl
+                book.seq += 1
+            self.ev_seq = seq = self.ev_seq + 1
+            filled = o.filled
+            return [(EV_ORDER, seq, ts, book.symbol, oid, o.user,
+                     PARTIALLY_FILLED if filled else NEW, None, filled, qty - filled, o.price,
+                     o.spent)]  # fmt: skip
+        return self._slow(self._amend_slow, cmd)
+
+    def _amend_slow(self, cmd, out) -> None:
+        _, ts, oid, price, qty, mq = cmd
+        o = self.orders.get(oid)
+        if o is None:
+            return self._reject(out, cmd, None, oid, None, UNKNOWN_ORDER)
+        book = o.book
+        sym = book.symbol
+        if book.halted:
+            return self._reject(out, cmd, sym, oid, o.user, INSTRUMENT_HALTED)
+        rem_now = o.qty + o.reserve
+        if qty is not None:
+            if qty.__class__ is not int or qty < 1:
+                return self._reject(out, cmd, sym, oid, o.user, INVALID_QUANTITY)
+            if qty <= o.filled:
+                return self._reject(out, cmd, sym, oid, o.user, AMEND_QUANTITY_TOO_LOW)
+            new_rem = qty - o.filled
+        else:
+            new_rem = rem_now
+        if price is not None:
+            if o.type == STOP_MARKET:
+                return self._reject(out, cmd, sym, oid, o.user, INVALID_PRICE)
+            code = self._check_price(book, price)
+            if code is not None:
+                return self._reject(out, cmd, sym, oid, o.user, code)
+            new_price = price
+        else:
+            new_price = o.price
+        if mq is not None and o.is_buy and (mq.__class__ is not int or mq < o.spent or mq <= 0):
+            return self._reject(out, cmd, sym, oid, o.user, INVALID_MAX_QUOTE)
+        requeue = new_price != o.price or new_rem > rem_now
+        if o.level is None:
+            # Untriggered stop: no matching; same priority rule as the book.
+            if requeue:
+                self._remove_live(o)
+                o.price = new_price
+                o.qty = new_rem
+                if mq is not None and o.is_buy:
+                    o.max_quote = mq
+                self._add_stop(book, o)
+                self.orders[oid] = o
+            else:
+                o.qty = new_rem
+                if mq is not None and o.is_buy:
+                    o.max_quote = mq
+            return self._order_event(out, ts, o, UNTRIGGERED)
+        if not requeue:
+            self._reduce_resting(book, o, new_rem)
+            if mq is not None and o.is_buy:
+                o.max_quote = mq
+            if o.is_buy and (
+                buy_cost(book.k_num, book.k_den, o.price, 1, o.maker_fee) > o.max_quote - o.spent
+            ):
+                self._remove_live(o)
+                return self._order_event(out, ts, o, CANCELLED, R_MAX_QUOTE)
+            return self._order_event(out, ts, o, PARTIALLY_FILLED if o.filled else NEW)
+        if o.flags:
+            if o.is_buy:
+                keys = book.ask_keys
+                if keys and -keys[-1] <= new_price:
+                    return self._reject(out, cmd, sym, oid, o.user, POST_ONLY_WOULD_MATCH,
+                                        -keys[-1])  # fmt: skip
+            else:
+                keys = book.bid_keys
+                if keys and keys[-1] >= new_price:
+                    return self._reject(out, cmd, sym, oid, o.user, POST_ONLY_WOULD_MATCH,
+                                        keys[-1])  # fmt: skip
+        if mq is not None and o.is_buy:
+            o.max_quote = mq
+        self._unlink(book, o)
+        del self.orders[oid]
+        o.price = new_price
+        o.qty = new_rem
+        o.reserve = 0
+        self._process(book, o, ts, out, False)
+        if book.buy_stops or book.sell_stops:
+            self._run_stops(book, ts, out)
+
+    def _mass_cancel(self, cmd, out) -> None:
+        _, ts, uid, sym = cmd
+        if sym is not None and sym not in self.books:
+            return self._reject(out, cmd, sym, None, uid, UNKNOWN_INSTRUMENT)
+        mine = [o for o in self.orders.values() if o.user == uid]
+        if sym is not None:
+            mine = [o for o in mine if o.book.symbol == sym]
+        mine.sort(key=lambda o: (o.book.index, o.level is None, o.seq))
+        for o in mine:
+            self._remove_live(o)
+            self._order_event(out, ts, o, CANCELLED, R_USER)
+
+    def _expire_due(self, cmd, out) -> None:
+        ts = cmd[1]
+        now = cmd[2]
+        heap = self._expiry
+        orders = self.orders
+        due: dict[int, Order] = {}
+        while heap and heap[0][0] <= now:
+            exp, oid = heapq.heappop(heap)
+            o = orders.get(oid)
+            if o is not None and o.expire_at == exp:
+                due[oid] = o
+        for o in sorted(due.values(), key=lambda o: (o.expire_at, o.seq)):
+            self._remove_live(o)
+            self._order_event(out, ts, o, EXPIRED, R_DAY_EXPIRED if o.tif == DAY else R_GTD_EXPIRED)
+
+    # ======================================================================================
+    # Instruments
+    # ======================================================================================
+    def _new_book(self, inst: Instrument) -> Book:
+        book = Book(inst, len(self.books))
+        self.books[inst.symbol] = book
+        return book
+
+    def _instrument_event(self, out, ts, sym, action) -> None:
+        self.ev_seq += 1
+        out.append((EV_INSTRUMENT, self.ev_seq, ts, sym, action))
+
+    def _halt(self, cmd, out) -> None:
+        book = self.books.get(cmd[2])
+        if book is None:
+            return self._reject(out, cmd, cmd[2], None, None, UNKNOWN_INSTRUMENT)
+        book.halted = True
+        book.fast = False
+        self._instrument_event(out, cmd[1], cmd[2], "halted")
+
+    def _resume(self, cmd, out) -> None:
+        book = self.books.get(cmd[2])
+        if book is None:
+            return self._reject(out, cmd, cmd[2], None, None, UNKNOWN_INSTRUMENT)
+        book.halted = False
+        book.fast = book.fast_ok
+        self._instrument_event(out, cmd[1], cmd[2], "resumed")
+
+    def _add_instrument(self, cmd, out) -> None:
+        inst = cmd[2]
+        if not isinstance(inst, Instrument):
+            return self._reject(out, cmd, None, None, None, INVALID_COMMAND)
+        if inst.symbol in self.books:
+            return self._reject(out, cmd, inst.symbol, None, None, DUPLICATE_INSTRUMENT)
+        self._new_book(inst)
+        self._instrument_event(out, cmd[1], inst.symbol, "added")
+
+    # ======================================================================================
+    # Read side
+    # ======================================================================================
+    def best_bid(self, symbol: str) -> int | None:
+        """Best bid price in ticks, or None."""
+        keys = self.books[symbol].bid_keys
+        return keys[-1] if keys else None
+
+    def best_ask(self, symbol: str) -> int | None:
+        """Best ask price in ticks, or None."""
+        keys = self.books[symbol].ask_keys
+        return -keys[-1] if keys else None
+
+    def spread(self, symbol: str) -> int | None:
+        """Best ask minus best bid in ticks, or None if a side is empty."""
+        b, a = self.best_bid(symbol), self.best_ask(symbol)
+        return None if b is None or a is None else a - b
+
+    def mid(self, symbol: str) -> Fraction | None:
+        """Exact mid price in ticks, or None if a side is empty."""
+        b, a = self.best_bid(symbol), self.best_ask(symbol)
+        return None if b is None or a is None else Fraction(a + b, 2)
+
+    def depth(self, symbol: str, n: int = 10) -> tuple[list, list]:
+        """Top n levels per side, best first: [(price, visible_qty, order_count)]."""
+        book = self.books[symbol]
+        bids = [
+            (p, book.bids[p].qty, book.bids[p].count) for p in reversed(book.bid_keys[-n:])
+        ] if n > 0 else []  # fmt: skip
+        asks = [
+            (-k, book.asks[-k].qty, book.asks[-k].count) for k in reversed(book.ask_keys[-n:])
+        ] if n > 0 else []  # fmt: skip
+        return bids, asks
+
+    def l3(self, symbol: str) -> tuple[list, list]:
+        """Every resting order in priority order: [(price, order_id, user_id, visible, seq)]."""
+        book = self.books[symbol]
+        sides = []
+        for levels, keys, sign in ((book.bids, book.bid_keys, 1), (book.asks, book.ask_keys, -1)):
+            rows = []
+            for k in reversed(keys):
+                p = k * sign
+                o = levels[p].head
+                while o is not None:
+                    rows.append((p, o.id, o.user, o.qty, o.seq))
+                    o = o.next
+            sides.append(rows)
+        return sides[0], sides[1]
+
+    def book_seq(self, symbol: str) -> int:
+        """Update sequence number of the book (one per command that changed its levels)."""
+        return self.books[symbol].seq
+
+    def last_price(self, symbol: str) -> int | None:
+        """Last trade price in ticks, or None."""
+        return self.books[symbol].last
+
+    def is_halted(self, symbol: str) -> bool:
+        """Whether the instrument is halted."""
+        return self.books[symbol].halted
+
+    def instruments(self) -> list[Instrument]:
+        """Instruments in add order."""
+        return [b.inst for b in self.books.values()]
+
+    def drain_level_changes(self) -> dict[str, tuple[int, list]]:
+        """Levels touched since the last drain: {symbol: (book_seq, [(is_buy, price, qty, n)])}."""
+        result = {}
+        for sym, book in self.books.items():
+            if not book.dirty_b and not book.dirty_a:
+                continue
+            changes = []
+            for p in sorted(book.dirty_b, reverse=True):
+                lvl = book.bids.get(p)
+                changes.append((True, p, lvl.qty, lvl.count) if lvl else (True, p, 0, 0))
+            for p in sorted(book.dirty_a):
+                lvl = book.asks.get(p)
+                changes.append((False, p, lvl.qty, lvl.count) if lvl else (False, p, 0, 0))
+            book.dirty_b.clear()
+            book.dirty_a.clear()
+            result[sym] = (book.seq, changes)
+        return result
+
+    def order(self, order_id: int) -> dict | None:
+        """A live order as a dict (fields of the order record plus status), or None."""
+        o = self.orders.get(order_id)
+        if o is None:
+            return None
+        d = dict(zip(RECORD_FIELDS, o.record(), strict=True))
+        if o.level is None:
+            d["status"] = UNTRIGGERED
+        else:
+            d["status"] = PARTIALLY_FILLED if o.filled else NEW
+        d["remaining"] = o.qty + o.reserve
+        return d
+
+    # ======================================================================================
+    # State: export, bulk load, hash, snapshot
+    # ======================================================================================
+    def resting_orders(self) -> list[tuple]:
+        """Records of every resting order: per book, bids best first then asks, queue order."""
+        rows = []
+        for book in self.books.values():
+            for levels, keys, sign in (
+                (book.bids, book.bid_keys, 1),
+                (book.asks, book.ask_keys, -1),
+            ):
+                for k in reversed(keys):
+                    o = levels[k * sign].head
+                    while o is not None:
+                        rows.append(o.record())
+                        o = o.next
+        return rows
+
+    def stop_orders(self) -> list[tuple]:
+        """Records of every untriggered stop, in seq order."""
+        stops = []
+        for book in self.books.values():
+            stops.extend(e[2] for e in book.buy_stops)
+            stops.extend(e[2] for e in book.sell_stops)
+        stops.sort(key=lambda o: o.seq)
+        return [o.record() for o in stops]
+
+    def export_state(self) -> dict:
+        """Plain-data state (everything bulk_load needs); see API.md."""
+        return {
+            "version": STATE_VERSION,
+            "instruments": [b.inst.as_tuple() for b in self.books.values()],
+            "counters": (self.prio_seq, self.ev_seq, self.trade_seq),
+            "books": [(b.symbol, b.halted, b.seq, b.last) for b in self.books.values()],
+            "orders": self.resting_orders(),
+            "stops": self.stop_orders(),
+        }
+
+    @classmethod
+    def bulk_load(cls, state: dict) -> Engine:
+        """Rebuild an engine from export_state() data without matching (orders in priority).
+
+        The garbage collector is paused while loading (millions of linked objects); the worker
+        may call gc.freeze() afterwards so later collections skip them.
+        """
+        if state.get("version") != STATE_VERSION:
+            raise ValueError("unsupported engine state version")
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            eng = cls._load(state)
+        finally:
+            if was_enabled:
+                gc.enable()
+        return eng
+
+    @classmethod
+    def _load(cls, state: dict) -> Engine:
+        eng = cls([Instrument.from_tuple(tuple(t)) for t in state["instruments"]])
+        eng.prio_seq, eng.ev_seq, eng.trade_seq = state["counters"]
+        books = eng.books
+        for sym, halted, seq, last in state["books"]:
+            b = books[sym]
+            b.halted = halted
+            b.fast = b.fast_ok and not halted
+            b.seq = seq
+            b.last = last
+        orders = eng.orders
+        expiry = eng._expiry
+        new = Order
+        for rec in state["orders"]:
+            (oid, uid, sym, is_buy, otype, price, qty, reserve, disp, filled, seq, tif, exp,
+             flags, stop_px, mq, spent, mfee, tfee, stp) = rec  # fmt: skip
+            book = books[sym]
+            o = new()
+            o.id = oid
+            o.user = uid
+            o.book = book
+            o.is_buy = is_buy
+            o.type = otype
+            o.price = price
+            o.qty = qty
+            o.reserve = reserve
+            o.display = disp
+            o.filled = filled
+            o.seq = seq
+            o.tif = tif
+            o.expire_at = exp
+            o.flags = flags
+            o.stop_price = stop_px
+            o.max_quote = mq
+            o.spent = spent
+            o.maker_fee = mfee
+            o.taker_fee = tfee
+            o.stp = stp
+            levels = book.bids if is_buy else book.asks
+            lvl = levels.get(price)
+            if lvl is None:
+                if _POOL:
+                    lvl = _POOL.pop()
+                    lvl.price = price
+                else:
+                    lvl = Level(price)
+                levels[price] = lvl
+            tail = lvl.tail
+            o.level = lvl
+            o.prev = tail
+            o.next = None
+            if tail is None:
+                lvl.head = o
+            else:
+                tail.next = o
+            lvl.tail = o
+            lvl.qty += qty
+            lvl.count += 1
+            orders[oid] = o
+            if exp:
+                expiry.append((exp, oid))
+        for book in books.values():
+            book.bid_keys = sorted(book.bids)
+            book.ask_keys = sorted(-p for p in book.asks)
+        for rec in state["stops"]:
+            (oid, uid, sym, is_buy, otype, price, qty, reserve, disp, filled, seq, tif, exp,
+             flags, stop_px, mq, spent, mfee, tfee, stp) = rec  # fmt: skip
+            book = books[sym]
+            o = new()
+            (o.id, o.user, o.book, o.is_buy, o.type, o.price, o.qty, o.reserve, o.display,
+             o.filled, o.seq, o.tif, o.expire_at, o.flags, o.stop_price, o.max_quote, o.spent,
+             o.maker_fee, o.taker_fee, o.stp) = (oid, uid, book, is_buy, otype, price, qty,
+                                                 reserve, disp, filled, seq, tif, exp, flags,
+                                                 stop_px, mq, spent, mfee, tfee, stp)  # fmt: skip
+            o.level = o.prev = o.next = None
+            if is_buy:
+                book.buy_stops.append((stop_px, seq, o))
+            else:
+                book.sell_stops.append((-stop_px, seq, o))
+            orders[oid] = o
+            if exp:
+                expiry.append((exp, oid))
+        for book in books.values():
+            book.buy_stops.sort(key=lambda e: e[:2])
+            book.sell_stops.sort(key=lambda e: e[:2])
+        heapq.heapify(expiry)
+        return eng
+
+    def state_hash(self) -> str:
+        """sha256 hex of the canonical state (books, stops, reserves, counters, book seqs)."""
+        h = hashlib.sha256()
+        st = self.export_state()
+        h.update(repr((st["version"], st["instruments"], st["counters"], st["books"])).encode())
+        orders = st["orders"]
+        for i in range(0, len(orders), 4096):
+            h.update(repr(orders[i : i + 4096]).encode())
+        h.update(repr(st["stops"]).encode())
+        return h.hexdigest()
+
+    def snapshot(self) -> bytes:
+        """Serialize the full state to bytes (flat lists of plain tuples, marshal)."""
+        return marshal.dumps(self.export_state())
+
+    @classmethod
+    def restore(cls, data: bytes) -> Engine:
+        """Inverse of snapshot()."""
+        return cls.bulk_load(marshal.loads(data))
+
+
+RECORD_FIELDS = (
+    "order_id",
+    "user_id",
+    "symbol",
+    "is_buy",
+    "order_type",
+    "price",
+    "visible",
+    "reserve",
+    "display",
+    "filled",
+    "seq",
+    "tif",
+    "expire_at",
+    "flags",
+    "stop_price",
+    "max_quote",
+    "quote_spent",
+    "maker_fee_ppm",
+    "taker_fee_ppm",
+    "stp",
+)
