@@ -9,6 +9,7 @@ import secrets
 from pathlib import Path
 
 import environ
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -66,6 +67,8 @@ if MATCHING_SHARDS < 1:
     raise ImproperlyConfigured(f"MATCHING_SHARDS must be at least 1, got {MATCHING_SHARDS}")
 # A shard whose heartbeat is older than this is reported down by /healthz.
 MATCHING_HEARTBEAT_TTL_MS = env.int("MATCHING_HEARTBEAT_TTL_MS", default=5000)
+# How long an order request waits for the engine before answering 202 pending_new.
+ORDER_REPLY_TIMEOUT_SECONDS = env.float("ORDER_REPLY_TIMEOUT_SECONDS", default=2.0)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -181,6 +184,7 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {"StpModeEnum": "exchange.models.StpMode"},
 }
 
 CELERY_BROKER_URL = REDIS_URL
@@ -190,8 +194,31 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"global_keyprefix": REDIS_KEY_PREFIX + "celer
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
-CELERY_BEAT_SCHEDULE: dict = {}
+CELERY_BEAT_SCHEDULE: dict = {
+    # Audit trail: seal every second; partitions, export and retention daily (UTC).
+    "audit-seal": {"task": "audit.tasks.audit_seal_task", "schedule": 1.0},
+    # Matching: GTD/DAY expiry, one expire_due command per shard per second.
+    "matching-expire-due": {"task": "matching.tasks.expire_due_task", "schedule": 1.0},
+    "audit-partitions": {
+        "task": "audit.tasks.audit_partitions_task",
+        "schedule": crontab(minute=5, hour="*/6"),
+    },
+    "audit-export": {
+        "task": "audit.tasks.audit_export_task",
+        "schedule": crontab(minute=15, hour=0),
+    },
+    "audit-retention": {
+        "task": "audit.tasks.audit_retention_task",
+        "schedule": crontab(minute=45, hour=1),
+    },
+}
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# Audit trail: where daily exports (gzip JSONL + .sha256) go; how many days of partitions are
+# kept in PostgreSQL (only exported, fully sealed days are ever dropped); partitions ahead.
+AUDIT_EXPORT_DIR = env.path("AUDIT_EXPORT_DIR", default=str(VAR_DIR / "audit-exports"))
+AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=2192)
+AUDIT_PARTITION_DAYS_AHEAD = env.int("AUDIT_PARTITION_DAYS_AHEAD", default=7)
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {

@@ -1,0 +1,58 @@
+"""The audit event catalogue: every kind of event the trail records, by stable name."""
+
+from django.db import models
+
+
+class AuditEvent(models.TextChoices):
+    """Event types. Values are stored and exported; never rename one, only add new ones."""
+
+    # Orders (payload: every field of the order as submitted; for changes, before and after).
+    ORDER_SUBMITTED = "order.submitted", "Order submitted"
+    ORDER_AMENDED = "order.amended", "Order amended"
+    ORDER_CANCELLED = "order.cancelled", "Order cancelled"  # who and why
+    ORDER_REJECTED = "order.rejected", "Order rejected"  # reason
+    ORDER_EXPIRED = "order.expired", "Order expired"
+    ORDER_TRIGGERED = "order.triggered", "Stop order triggered"
+    # What a user or staff member asked for (the engine's outcome is recorded separately).
+    ORDER_CANCEL_REQUESTED = "order.cancel_requested", "Order cancel requested"
+    ORDER_AMEND_REQUESTED = "order.amend_requested", "Order amend requested"
+    # Trades (both orders, both users, maker side, price, quantity, both fees).
+    TRADE_EXECUTED = "trade.executed", "Trade executed"
+    SELF_TRADE_PREVENTED = "trade.self_trade_prevented", "Self-trade prevented"
+    FEE_CALCULATED = "fee.calculated", "Fee calculated"
+    # Money movements.
+    DEPOSIT = "funds.deposit", "Deposit"
+    WITHDRAWAL = "funds.withdrawal", "Withdrawal"
+    # Authentication and credentials.
+    LOGIN = "auth.login", "Login"
+    LOGIN_FAILED = "auth.login_failed", "Failed login"
+    LOGOUT = "auth.logout", "Logout"
+    TWO_FACTOR_ENABLED = "auth.2fa_enabled", "2FA enabled"
+    TWO_FACTOR_DISABLED = "auth.2fa_disabled", "2FA disabled"
+    TWO_FACTOR_VERIFIED = "auth.2fa_verified", "2FA verified"
+    TWO_FACTOR_FAILED = "auth.2fa_failed", "2FA failed"
+    API_KEY_CREATED = "auth.api_key_created", "API key created"
+    API_KEY_REVOKED = "auth.api_key_revoked", "API key revoked"
+    # Staff.
+    STAFF_ACTION = "staff.action", "Staff action in the admin"
+    # Matching workers.
+    WORKER_STARTED = "worker.started", "Worker started"
+    WORKER_STOPPED = "worker.stopped", "Worker stopped"
+    SHARD_TAKEOVER = "worker.shard_takeover", "Shard takeover"
+    WORKER_RECOVERY = "worker.recovery", "Worker recovery"
+    # Instruments.
+    INSTRUMENT_HALTED = "instrument.halted", "Instrument halted"
+    INSTRUMENT_RESUMED = "instrument.resumed", "Instrument resumed"
+    INSTRUMENT_HALT_REQUESTED = "instrument.halt_requested", "Instrument halt requested"
+    INSTRUMENT_RESUME_REQUESTED = "instrument.resume_requested", "Instrument resume requested"
+
+
+class AuditChannel(models.TextChoices):
+    """Where the action came from."""
+
+    WEB = "web", "Web"
+    REST = "rest", "REST API"
+    WS = "ws", "WebSocket"
+    FIX = "fix", "FIX"
+    ADMIN = "admin", "Admin"
+    SYSTEM = "system", "System"

@@ -1,0 +1,238 @@
+"""Writing the audit trail: `audit_record` and its bulk variant `audit_record_many`.
+
+Both insert with the caller's database connection, so the record joins the caller's
+transaction: a change and its record commit together or not at all. Call them inside the
+`transaction.atomic()` of the outermost service. The insert trigger assigns each record's `seq`
+and transaction id; the sealer hashes committed records later (see audit/sealer.py).
+
+Request context: with a `request`, the record also carries the client IP (REMOTE_ADDR: the
+deployment's proxy must set it; forwarded headers are not trusted here), the API key id
+(`request.api_key_id`, when API keys exist), the API version (`v1` from `/api/v1/...` or DRF's
+`request.version`), the channel (admin / REST / web by path, unless given) and the session as
+`session_hash`: the hex SHA-256 of the session key. The raw key is a credential, so it is never
+stored; the hash still lets compliance group one session's records, or match a known key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connection
+
+from audit.events import AuditChannel, AuditEvent
+from audit.models import NS_PER_DAY
+
+_EPOCH_DAY = dt.date(1970, 1, 1)
+_API_VERSION_RE = re.compile(r"^/api/(v\d+)/")
+
+# `seq` and `txid` are left out: the insert trigger sets them (and would overwrite them).
+INSERT_MANY_SQL = """
+INSERT INTO audit_record (
+    day, ts_ns, event_type, actor_id, actor_label, user_id, order_id, trade_id,
+    symbol, shard, payload, channel, session_hash, ip, api_key_id, api_version)
+SELECT * FROM unnest(
+    %s::date[], %s::bigint[], %s::varchar[], %s::bigint[], %s::varchar[], %s::bigint[],
+    %s::bigint[], %s::bigint[], %s::varchar[], %s::integer[], %s::jsonb[], %s::varchar[],
+    %s::varchar[], %s::inet[], %s::bigint[], %s::varchar[])
+RETURNING seq
+"""
+
+
+@dataclass(slots=True)
+class AuditEntry:
+    """One record to write; `ts_ns` defaults to now (UTC nanoseconds)."""
+
+    event_type: str
+    actor_id: int | None = None
+    actor_label: str = ""
+    user_id: int | None = None
+    order_id: int | None = None
+    trade_id: int | None = None
+    symbol: str | None = None
+    shard: int | None = None
+    payload: dict[str, Any] = field(default_factory=dict)
+    channel: str = AuditChannel.SYSTEM
+    session_hash: str | None = None
+    ip: str | None = None
+    api_key_id: int | None = None
+    api_version: str | None = None
+    ts_ns: int | None = None
+
+
+def day_of(ts_ns: int) -> dt.date:
+    """The UTC day of a nanosecond timestamp (the partition key)."""
+    return _EPOCH_DAY + dt.timedelta(days=ts_ns // NS_PER_DAY)
+
+
+def session_hash(session_key: str | None) -> str | None:
+    """The stored form of a session key: its SHA-256 in hex (never the key itself)."""
+    if not session_key:
+        return None
+    return hashlib.sha256(session_key.encode()).hexdigest()
+
+
+def _actor_fields(actor: Any) -> tuple[int | None, str]:
+    if actor is None:
+        return None, "system"
+    if isinstance(actor, str):
+        return None, actor[:200]
+    if getattr(actor, "is_authenticated", False):
+        return actor.pk, actor.get_username()[:200]
+    return None, "anonymous"
+
+
+def _channel_of(request: Any) -> str:
+    path = getattr(request, "path", "") or ""
+    if path.startswith("/admin/"):
+        return AuditChannel.ADMIN
+    if path.startswith("/api/"):
+        return AuditChannel.REST
+    return AuditChannel.WEB
+
+
+def _api_version_of(request: Any) -> str | None:
+    version = getattr(request, "version", None)
+    if version:
+        return str(version)[:16]
+    match = _API_VERSION_RE.match(getattr(request, "path", "") or "")
+    return match.group(1) if match else None
+
+
+def _request_fields(request: Any) -> dict[str, Any]:
+    session = getattr(request, "session", None)
+    meta = getattr(request, "META", {}) or {}
+    return {
+        "session_hash": session_hash(getattr(session, "session_key", None)),
+        "ip": meta.get("REMOTE_ADDR") or None,
+        "api_key_id": getattr(request, "api_key_id", None),
+        "api_version": _api_version_of(request),
+    }
+
+
+def audit_entry(
+    *,
+    event_type: AuditEvent | str,
+    actor: Any = None,
+    user_id: int | None = None,
+    order_id: int | None = None,
+    trade_id: int | None = None,
+    symbol: str | None = None,
+    shard: int | None = None,
+    payload: dict[str, Any] | None = None,
+    request: Any = None,
+    channel: AuditChannel | str | None = None,
+    ts_ns: int | None = None,
+) -> AuditEntry:
+    """Build an `AuditEntry` from an actor (a user, a label such as `worker:host:pid`, or None
+    for the system) and an optional HTTP request; see `audit_record` for the arguments."""
+    actor_id, actor_label = _actor_fields(actor)
+    entry = AuditEntry(
+        event_type=str(event_type),
+        actor_id=actor_id,
+        actor_label=actor_label,
+        user_id=user_id,
+        order_id=order_id,
+        trade_id=trade_id,
+        symbol=symbol,
+        shard=shard,
+        payload=payload or {},
+        ts_ns=ts_ns,
+    )
+    if request is not None:
+        for name, value in _request_fields(request).items():
+            setattr(entry, name, value)
+        entry.channel = channel or _channel_of(request)
+    else:
+        entry.channel = channel or AuditChannel.SYSTEM
+    return entry
+
+
+def audit_record(
+    *,
+    event_type: AuditEvent | str,
+    actor: Any = None,
+    user_id: int | None = None,
+    order_id: int | None = None,
+    trade_id: int | None = None,
+    symbol: str | None = None,
+    shard: int | None = None,
+    payload: dict[str, Any] | None = None,
+    request: Any = None,
+    channel: AuditChannel | str | None = None,
+    ts_ns: int | None = None,
+) -> int:
+    """Write one audit record in the caller's transaction and return its sequence number.
+
+    `actor` is the user acting (None: the system; a string: a process label). The subject ids
+    name what the event is about. `payload` is JSON (Decimals, datetimes and UUIDs become
+    strings; NaN and infinities are refused). `channel` defaults from the request's path, or to
+    `system` without a request. `ts_ns` defaults to `time.time_ns()`.
+    """
+    entry = audit_entry(
+        event_type=event_type,
+        actor=actor,
+        user_id=user_id,
+        order_id=order_id,
+        trade_id=trade_id,
+        symbol=symbol,
+        shard=shard,
+        payload=payload,
+        request=request,
+        channel=channel,
+        ts_ns=ts_ns,
+    )
+    return audit_record_many(records=[entry])[0]
+
+
+def _payload_json(payload: dict[str, Any]) -> str:
+    return json.dumps(payload, cls=DjangoJSONEncoder, allow_nan=False, separators=(",", ":"))
+
+
+def audit_record_many(*, records: Sequence[AuditEntry] | Iterable[AuditEntry]) -> list[int]:
+    """Write many records with one set-based INSERT (unnest of arrays) in the caller's
+    transaction; returns their sequence numbers in the order given. For the matching worker,
+    which writes thousands per batch."""
+    records = list(records)
+    if not records:
+        return []
+    now = time.time_ns()
+    valid_events = set(AuditEvent.values)
+    valid_channels = set(AuditChannel.values)
+    columns: list[list[Any]] = [[] for _ in range(16)]
+    for entry in records:
+        if entry.event_type not in valid_events:
+            raise ValueError(f"unknown audit event type {entry.event_type!r}")
+        if entry.channel not in valid_channels:
+            raise ValueError(f"unknown audit channel {entry.channel!r}")
+        ts_ns = entry.ts_ns if entry.ts_ns is not None else now
+        values = (
+            day_of(ts_ns),
+            ts_ns,
+            entry.event_type,
+            entry.actor_id,
+            entry.actor_label,
+            entry.user_id,
+            entry.order_id,
+            entry.trade_id,
+            entry.symbol,
+            entry.shard,
+            _payload_json(entry.payload),
+            entry.channel,
+            entry.session_hash,
+            entry.ip,
+            entry.api_key_id,
+            entry.api_version,
+        )
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+    with connection.cursor() as cursor:
+        cursor.execute(INSERT_MANY_SQL, columns)
+        return [row[0] for row in cursor.fetchall()]

@@ -1,0 +1,73 @@
+"""audit_record and audit_record_many: same transaction as the caller, request context."""
+
+import pytest
+from django.db import transaction
+from django.test import RequestFactory
+
+from audit.events import AuditChannel, AuditEvent
+from audit.models import AuditRecord
+from audit.services import AuditEntry, audit_record, audit_record_many, session_hash
+
+
+class _Rollback(Exception):
+    pass
+
+
+@pytest.mark.django_db(transaction=True)
+def test_record_written_in_a_rolled_back_transaction_does_not_exist(marker):
+    with pytest.raises(_Rollback), transaction.atomic():
+        seq = audit_record(event_type=AuditEvent.LOGIN, actor="tester", payload={"m": marker})
+        assert AuditRecord.objects.filter(seq=seq).exists()
+        raise _Rollback
+    assert not AuditRecord.objects.filter(seq=seq).exists()
+    assert not AuditRecord.objects.filter(payload__m=marker).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_record_written_in_a_committed_transaction_exists_with_nanosecond_time(marker):
+    with transaction.atomic():
+        seq = audit_record(
+            event_type=AuditEvent.ORDER_SUBMITTED,
+            actor="tester",
+            order_id=7,
+            symbol="BTC-USD",
+            payload={"m": marker, "price": "150.45"},
+        )
+    record = AuditRecord.objects.get(seq=seq)
+    assert record.order_id == 7 and record.payload == {"m": marker, "price": "150.45"}
+    assert record.ts_ns > 1_700_000_000 * 10**9
+    assert record.channel == AuditChannel.SYSTEM
+
+
+@pytest.mark.django_db
+def test_request_context_records_hashed_session_ip_version_and_channel(make_user):
+    user = make_user()
+    request = RequestFactory().get("/api/v1/orders", REMOTE_ADDR="203.0.113.9")
+    request.user = user
+    request.session = type("S", (), {"session_key": "rawsessionkey123"})()
+    request.api_key_id = 42
+    seq = audit_record(event_type=AuditEvent.LOGIN, actor=user, user_id=user.pk, request=request)
+    record = AuditRecord.objects.get(seq=seq)
+    assert record.session_hash == session_hash("rawsessionkey123")
+    assert "rawsessionkey123" not in record.session_hash
+    assert (record.ip, record.api_key_id, record.api_version) == ("203.0.113.9", 42, "v1")
+    assert record.channel == AuditChannel.REST
+    assert (record.actor_id, record.actor_label) == (user.pk, user.username)
+
+
+@pytest.mark.django_db
+def test_bulk_insert_returns_increasing_sequence_numbers_in_the_given_order(marker):
+    entries = [
+        AuditEntry(event_type=AuditEvent.TRADE_EXECUTED, trade_id=i, payload={"m": marker})
+        for i in range(500)
+    ]
+    seqs = audit_record_many(records=entries)
+    assert seqs == sorted(seqs) and len(set(seqs)) == 500
+    by_seq = dict(AuditRecord.objects.filter(payload__m=marker).values_list("seq", "trade_id"))
+    assert [by_seq[s] for s in seqs] == list(range(500))
+
+
+@pytest.mark.django_db
+def test_unknown_event_type_is_refused():
+    with pytest.raises(ValueError, match="unknown audit event"):
+        audit_record(event_type="order.teleported")
