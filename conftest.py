@@ -28,6 +28,25 @@ def wait_until(predicate: Callable[[], object], *, timeout: float, interval: flo
         time.sleep(interval)
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(request, django_test_environment, django_db_blocker, django_db_keepdb):
+    """Always create the test database, even when no collected test carries a django_db
+    marker: process tests reach it through `live_db`, and must never touch the dev database."""
+    from django.test.utils import setup_databases, teardown_databases
+
+    with django_db_blocker.unblock():
+        config = setup_databases(
+            verbosity=request.config.option.verbose,
+            interactive=False,
+            aliases={"default"},
+            keepdb=django_db_keepdb,
+        )
+    yield
+    if not django_db_keepdb:
+        with django_db_blocker.unblock():
+            teardown_databases(config, verbosity=request.config.option.verbose)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _redis_prefix_per_run():
     """Every Redis key this test run writes carries its own prefix."""
@@ -47,9 +66,11 @@ def _redis_prefix_per_run():
 def process_env(django_db_setup, django_db_blocker) -> dict[str, str]:
     """Environment for real child processes: the test database and this run's Redis prefix."""
     from django.conf import settings
+    from django.db import connection
 
+    # The connection's settings carry the test database's name (settings.DATABASES does not).
     url = urlsplit(os.environ["DATABASE_URL"])
-    test_url = urlunsplit(url._replace(path="/" + settings.DATABASES["default"]["NAME"]))
+    test_url = urlunsplit(url._replace(path="/" + connection.settings_dict["NAME"]))
     env = dict(os.environ)
     env.update(
         DATABASE_URL=test_url,
@@ -145,3 +166,35 @@ def start_web(processes: Processes, *, env: dict[str, str], name: str = "web") -
 
     wait_until(answering, timeout=30, interval=0.2)
     return base_url
+
+
+@pytest.fixture(scope="module")
+def exchange_stack(django_db_setup, django_db_blocker, process_env, tmp_path_factory) -> str:
+    """The real web process and shard-0 matching worker, once per test module; the base URL.
+
+    Tests using it create their own users and symbols (see `live_db`) and never flush tables
+    under the running worker.
+    """
+    procs = Processes(tmp_path_factory.mktemp("stack"))
+    try:
+        worker = procs.manage("run_matching", "--shard", "0", env=process_env, name="matching-0")
+        base_url = start_web(procs, env=process_env)
+        from exchange.redis_connection import redis_client
+        from matching.heartbeat import heartbeat_key
+
+        def beating():
+            if worker.poll() is not None:
+                raise AssertionError(f"worker exited: {worker.log_path.read_text()[-3000:]}")
+            return redis_client().get(heartbeat_key(0))
+
+        wait_until(beating, timeout=60, interval=0.2)
+        yield base_url
+    finally:
+        procs.stop_all()
+
+
+@pytest.fixture
+def live_db(django_db_blocker):
+    """Database access in autocommit, with nothing flushed afterwards (a worker is running)."""
+    with django_db_blocker.unblock():
+        yield

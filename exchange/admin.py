@@ -1,6 +1,24 @@
-from django.contrib import admin
+"""Staff views of the trading core. Orders and trades are read-only; halts, resumes and
+cancels go through the services (and so through the engine and the audit trail)."""
 
-from exchange.models import Instrument
+from django.contrib import admin, messages
+
+from exchange import services
+from exchange.api_errors import ApiError
+from exchange.models import Instrument, Order, Trade
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Records the engine writes: staff look, never edit."""
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
 
 
 @admin.register(Instrument)
@@ -16,4 +34,96 @@ class InstrumentAdmin(admin.ModelAdmin):
     )
     list_filter = ("status", "quote_asset", "shard")
     search_fields = ("symbol", "base_asset", "quote_asset")
-    readonly_fields = ("shard", "created_at")
+    readonly_fields = ("shard", "status", "created_at")
+    actions = ["halt_trading", "resume_trading"]
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = list(super().get_readonly_fields(request, obj))
+        if obj is not None:
+            # The engine's integer ticks and lots of resting orders depend on these.
+            fields += ["symbol"]
+            if obj.orders.exists():
+                fields += ["tick_size", "lot_size", "quote_precision"]
+        return fields
+
+    def save_model(self, request, obj, form, change) -> None:
+        super().save_model(request, obj, form, change)
+        if not change:
+            services.instrument_list(instrument=obj)
+
+    @admin.action(description="Halt trading (new orders rejected, cancels allowed)")
+    def halt_trading(self, request, queryset) -> None:
+        for instrument in queryset:
+            services.instrument_halt(
+                instrument=instrument, actor=request.user, http_request=request
+            )
+        self.message_user(request, f"Halt sent for {queryset.count()} instrument(s).")
+
+    @admin.action(description="Resume trading")
+    def resume_trading(self, request, queryset) -> None:
+        for instrument in queryset:
+            services.instrument_resume(
+                instrument=instrument, actor=request.user, http_request=request
+            )
+        self.message_user(request, f"Resume sent for {queryset.count()} instrument(s).")
+
+
+@admin.register(Order)
+class OrderAdmin(ReadOnlyAdmin):
+    list_display = (
+        "id",
+        "user",
+        "instrument",
+        "side",
+        "order_type",
+        "time_in_force",
+        "price",
+        "quantity",
+        "filled_quantity",
+        "status",
+        "reason",
+        "created_at",
+    )
+    list_filter = ("status", "order_type", "side", "time_in_force", "instrument")
+    search_fields = ("=id", "client_order_id", "user__username", "user__email")
+    list_select_related = ("user", "instrument")
+    actions = ["cancel_orders"]
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        # Needed for the cancel action; every field stays read-only.
+        return request.user.is_staff
+
+    def get_readonly_fields(self, request, obj=None):
+        return [field.name for field in Order._meta.fields]
+
+    @admin.action(description="Cancel on the user's behalf")
+    def cancel_orders(self, request, queryset) -> None:
+        sent = 0
+        for order in queryset.select_related("instrument"):
+            try:
+                services.order_cancel(
+                    order=order, actor=request.user, reason="staff", http_request=request
+                )
+                sent += 1
+            except ApiError as exc:
+                self.message_user(request, f"Order {order.pk}: {exc.message}", messages.WARNING)
+        self.message_user(request, f"Cancel sent for {sent} order(s).")
+
+
+@admin.register(Trade)
+class TradeAdmin(ReadOnlyAdmin):
+    list_display = (
+        "id",
+        "instrument",
+        "price",
+        "quantity",
+        "taker_side",
+        "maker_order",
+        "taker_order",
+        "maker_fee",
+        "taker_fee",
+        "executed_at",
+    )
+    list_filter = ("instrument", "taker_side")
+    search_fields = ("=id", "=maker_order__id", "=taker_order__id")
+    list_select_related = ("instrument",)

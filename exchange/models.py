@@ -99,3 +99,171 @@ class Instrument(models.Model):
     def save(self, *args, **kwargs) -> None:
         self.shard = shard_for_symbol(self.symbol, settings.MATCHING_SHARDS)
         super().save(*args, **kwargs)
+
+
+class Order(models.Model):
+    """An order as placed, and its state as the matching worker last applied it.
+
+    The row is written in `pending_new` by `order_place` (which assigns the id the engine uses)
+    and updated by the shard worker's batch transactions. Engine fields (`priority_seq`,
+    `remaining_quantity`, `reserve_quantity`, `quote_spent`) are what recovery rebuilds from.
+    """
+
+    class Side(models.TextChoices):
+        BUY = "buy", "Buy"
+        SELL = "sell", "Sell"
+
+    class Type(models.TextChoices):
+        LIMIT = "limit", "Limit"
+        MARKET = "market", "Market"
+        STOP_LOSS = "stop_loss", "Stop-loss (market when triggered)"
+        STOP_LIMIT = "stop_limit", "Stop-limit (limit when triggered)"
+
+    class TimeInForce(models.TextChoices):
+        GTC = "GTC", "Good till cancelled"
+        IOC = "IOC", "Immediate or cancel"
+        FOK = "FOK", "Fill or kill"
+        GTD = "GTD", "Good till date"
+        DAY = "DAY", "Day"
+
+    class Status(models.TextChoices):
+        PENDING_NEW = "pending_new", "Pending new"
+        NEW = "new", "New"
+        PARTIALLY_FILLED = "partially_filled", "Partially filled"
+        FILLED = "filled", "Filled"
+        CANCELLED = "cancelled", "Cancelled"
+        REJECTED = "rejected", "Rejected"
+        EXPIRED = "expired", "Expired"
+        UNTRIGGERED = "untriggered", "Untriggered stop"
+        TRIGGERED = "triggered", "Triggered stop"
+
+    OPEN_STATUSES = (
+        Status.PENDING_NEW,
+        Status.NEW,
+        Status.PARTIALLY_FILLED,
+        Status.UNTRIGGERED,
+        Status.TRIGGERED,
+    )
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="orders")
+    client_order_id = models.CharField(max_length=64, null=True, blank=True)
+    # SHA-256 of the normalized request, so a replayed client_order_id with another body is a 409.
+    request_digest = models.CharField(max_length=64, blank=True)
+    side = models.CharField(max_length=4, choices=Side.choices)
+    order_type = models.CharField(max_length=10, choices=Type.choices)
+    time_in_force = models.CharField(max_length=3, choices=TimeInForce.choices)
+    price = models.DecimalField(null=True, blank=True, help_text="Limit price.", **MONEY)
+    stop_price = models.DecimalField(null=True, blank=True, **MONEY)
+    quantity = models.DecimalField(null=True, blank=True, help_text="Total quantity.", **MONEY)
+    quote_quantity = models.DecimalField(
+        null=True, blank=True, help_text="Market buy by quote amount.", **MONEY
+    )
+    display_quantity = models.DecimalField(null=True, blank=True, **MONEY)
+    post_only = models.BooleanField(default=False)
+    post_only_adjust = models.BooleanField(default=False)
+    stp_mode = models.CharField(
+        max_length=16, choices=StpMode.choices, blank=True, help_text="Blank: instrument default."
+    )
+    expire_at = models.DateTimeField(null=True, blank=True)
+    maker_fee_ppm = models.IntegerField(help_text="Maker rate frozen at placement (ppm).")
+    taker_fee_ppm = models.IntegerField(help_text="Taker rate frozen at placement (ppm).")
+    held_amount = models.DecimalField(
+        default=Decimal(0), help_text="Quote held for a buy, base for a sell.", **MONEY
+    )
+
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING_NEW)
+    reason = models.CharField(max_length=32, blank=True, help_text="Why it ended.")
+    reject_code = models.CharField(max_length=40, blank=True)
+    reject_message = models.CharField(max_length=200, blank=True)
+    filled_quantity = models.DecimalField(default=Decimal(0), **MONEY)
+    remaining_quantity = models.DecimalField(
+        default=Decimal(0), help_text="Open quantity (visible + iceberg reserve).", **MONEY
+    )
+    reserve_quantity = models.DecimalField(default=Decimal(0), **MONEY)
+    cumulative_quote = models.DecimalField(
+        default=Decimal(0), help_text="Sum of fill notionals.", **MONEY
+    )
+    fees = models.DecimalField(default=Decimal(0), help_text="Signed; negative = rebate.", **MONEY)
+    quote_spent = models.DecimalField(
+        default=Decimal(0), help_text="Buys: notional + fees, capped by the hold.", **MONEY
+    )
+    priority_seq = models.BigIntegerField(null=True, blank=True)
+    engine_max_quote = models.BigIntegerField(
+        null=True,
+        blank=True,
+        help_text="The engine's quote budget (minor units) as last applied; recovery restores it.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "client_order_id"],
+                condition=models.Q(client_order_id__isnull=False),
+                name="order_client_order_id_unique_per_user",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(filled_quantity__gte=0), name="order_filled_gte_0"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(remaining_quantity__gte=0), name="order_remaining_gte_0"
+            ),
+            models.CheckConstraint(condition=models.Q(held_amount__gte=0), name="order_hold_gte_0"),
+        ]
+        indexes = [
+            models.Index(fields=["user", "-id"], name="order_user_recent"),
+            models.Index(
+                fields=["instrument", "priority_seq"],
+                condition=models.Q(status__in=["new", "partially_filled", "untriggered"]),
+                name="order_open_by_priority",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"order {self.pk} {self.side} {self.instrument_id} {self.status}"
+
+    @property
+    def avg_price(self) -> Decimal | None:
+        if not self.filled_quantity:
+            return None
+        return self.cumulative_quote / self.filled_quantity
+
+
+class Trade(models.Model):
+    """One execution between a resting (maker) and an incoming (taker) order."""
+
+    instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="trades")
+    engine_trade_seq = models.BigIntegerField(help_text="The shard engine's trade sequence.")
+    price = models.DecimalField(**MONEY)
+    quantity = models.DecimalField(**MONEY)
+    quote_quantity = models.DecimalField(help_text="price x quantity in the quote asset.", **MONEY)
+    maker_order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="+")
+    taker_order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="+")
+    maker_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    taker_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    taker_side = models.CharField(max_length=4, choices=Order.Side.choices)
+    maker_fee = models.DecimalField(help_text="Signed; negative = rebate paid.", **MONEY)
+    taker_fee = models.DecimalField(**MONEY)
+    executed_at = models.DateTimeField()
+    executed_at_ns = models.BigIntegerField(help_text="Engine time stamp, ns since the epoch.")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["instrument", "engine_trade_seq"], name="trade_engine_seq_unique"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["instrument", "-id"], name="trade_instrument_recent"),
+            models.Index(fields=["maker_user", "-id"], name="trade_maker_recent"),
+            models.Index(fields=["taker_user", "-id"], name="trade_taker_recent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"trade {self.pk} {self.quantity}@{self.price}"

@@ -1,10 +1,240 @@
-"""Reads of the trading core."""
+"""Reads of the trading core: orders and fills scoped to their owner, and market data."""
 
-from django.db.models import QuerySet
+import datetime as dt
+import json
+import logging
+from decimal import Decimal
 
-from exchange.models import Instrument
+import redis
+from django.db.models import Count, Max, Min, Q, QuerySet, Sum
+from django.utils import timezone
+
+from exchange.errors import trading_error
+from exchange.models import Instrument, Order, Trade
+from exchange.redis_connection import redis_client
+from matching.models import BookState
+from matching.transport import book_snapshot_key
+
+logger = logging.getLogger(__name__)
 
 
 def instruments_listed() -> QuerySet[Instrument]:
     """Every instrument that is not delisted, by symbol."""
     return Instrument.objects.exclude(status=Instrument.Status.DELISTED).order_by("symbol")
+
+
+def instrument_by_symbol(symbol: str) -> Instrument:
+    try:
+        return Instrument.objects.get(symbol=symbol)
+    except Instrument.DoesNotExist:
+        raise trading_error(
+            "UnknownSymbol", f"unknown symbol {symbol!r}; see GET /api/v1/symbols", field="symbol"
+        ) from None
+
+
+def orders_for_user(
+    *,
+    user,
+    symbol: str | None = None,
+    status: str | None = None,
+    start: dt.datetime | None = None,
+    end: dt.datetime | None = None,
+) -> QuerySet[Order]:
+    """The user's orders, newest first; `status="open"` means any status that can still trade."""
+    orders = Order.objects.filter(user=user).select_related("instrument")
+    if symbol:
+        orders = orders.filter(instrument__symbol=symbol)
+    if status == "open":
+        orders = orders.filter(status__in=Order.OPEN_STATUSES)
+    elif status:
+        orders = orders.filter(status=status)
+    if start:
+        orders = orders.filter(created_at__gte=start)
+    if end:
+        orders = orders.filter(created_at__lt=end)
+    return orders
+
+
+def order_for_user(*, user, order_id: int | None = None, client_order_id: str | None = None):
+    """One of the user's orders; another user's order is indistinguishable from none (404)."""
+    orders = Order.objects.filter(user=user).select_related("instrument")
+    order = (
+        orders.filter(pk=order_id).first()
+        if order_id is not None
+        else orders.filter(client_order_id=client_order_id).first()
+    )
+    if order is None:
+        raise trading_error("OrderNotFound", "no such order", http_status=404)
+    return order
+
+
+def fills_for_order(order: Order) -> list[dict]:
+    """The order's fills in execution order, from its own side (fee and liquidity)."""
+    trades = Trade.objects.filter(Q(maker_order=order) | Q(taker_order=order)).order_by("id")
+    fills = []
+    for trade in trades:
+        is_maker = trade.maker_order_id == order.pk
+        fills.append(
+            {
+                "trade_id": str(trade.pk),
+                "price": trade.price,
+                "quantity": trade.quantity,
+                "fee": trade.maker_fee if is_maker else trade.taker_fee,
+                "liquidity": "maker" if is_maker else "taker",
+            }
+        )
+    return fills
+
+
+def fills_for_user(*, user, symbol: str | None = None) -> QuerySet[Trade]:
+    trades = Trade.objects.filter(Q(maker_user=user) | Q(taker_user=user)).select_related(
+        "instrument"
+    )
+    if symbol:
+        trades = trades.filter(instrument__symbol=symbol)
+    return trades
+
+
+def book_snapshot(symbol: str) -> dict | None:
+    """The top-50 book the shard worker wrote to Redis after its last batch (None: none yet)."""
+    try:
+        raw = redis_client().get(book_snapshot_key(symbol))
+    except redis.RedisError as exc:
+        logger.warning("book snapshot unavailable", extra={"symbol": symbol, "why": str(exc)})
+        return None
+    return json.loads(raw) if raw else None
+
+
+def book_depth(*, instrument: Instrument, depth: int) -> dict:
+    snapshot = book_snapshot(instrument.symbol) or {"seq": 0, "bids": [], "asks": []}
+    return {
+        "symbol": instrument.symbol,
+        "seq": snapshot["seq"],
+        "bids": [_level(level) for level in snapshot["bids"][:depth]],
+        "asks": [_level(level) for level in snapshot["asks"][:depth]],
+    }
+
+
+def _level(level: list) -> dict:
+    price, quantity, orders = level
+    return {"price": price, "quantity": quantity, "orders": orders}
+
+
+def book_spread(*, instrument: Instrument) -> dict:
+    snapshot = book_snapshot(instrument.symbol) or {"seq": 0, "bids": [], "asks": []}
+    bid = Decimal(snapshot["bids"][0][0]) if snapshot["bids"] else None
+    ask = Decimal(snapshot["asks"][0][0]) if snapshot["asks"] else None
+    spread = mid = bps = None
+    if bid is not None and ask is not None:
+        spread = ask - bid
+        mid = (ask + bid) / 2
+        bps = (spread / mid * 10_000).quantize(Decimal("0.01"))
+    return {
+        "symbol": instrument.symbol,
+        "seq": snapshot["seq"],
+        "best_bid": bid,
+        "best_ask": ask,
+        "spread": spread,
+        "spread_bps": bps,
+        "mid": mid,
+    }
+
+
+def reference_price(instrument: Instrument) -> Decimal | None:
+    """The last trade price, the reference of the price band (None before the first trade)."""
+    ticks = (
+        BookState.objects.filter(symbol=instrument.symbol)
+        .values_list("last_price_ticks", flat=True)
+        .first()
+    )
+    return None if ticks is None else ticks * instrument.tick_size
+
+
+def trades_recent(*, instrument: Instrument) -> QuerySet[Trade]:
+    return Trade.objects.filter(instrument=instrument)
+
+
+def ticker_24h(*, instrument: Instrument, now: dt.datetime | None = None) -> dict:
+    """Last price and the rolling 24 hours' volume, high, low and change."""
+    now = now or timezone.now()
+    window = Trade.objects.filter(instrument=instrument, executed_at__gte=now - dt.timedelta(1))
+    stats = window.aggregate(
+        volume=Sum("quantity"),
+        quote_volume=Sum("quote_quantity"),
+        high=Max("price"),
+        low=Min("price"),
+        trades=Count("id"),
+    )
+    last = Trade.objects.filter(instrument=instrument).order_by("-id").first()
+    first = window.order_by("id").first()
+    change = change_pct = None
+    if last is not None and first is not None:
+        change = last.price - first.price
+        change_pct = (change / first.price * 100).quantize(Decimal("0.01"))
+    return {
+        "symbol": instrument.symbol,
+        "last_price": last.price if last else None,
+        "volume_24h": stats["volume"] or Decimal(0),
+        "quote_volume_24h": stats["quote_volume"] or Decimal(0),
+        "high_24h": stats["high"],
+        "low_24h": stats["low"],
+        "trades_24h": stats["trades"],
+        "open_24h": first.price if first else None,
+        "change_24h": change,
+        "change_pct_24h": change_pct,
+    }
+
+
+def exchange_metrics() -> dict:
+    """Volume, trade count and fee revenue (maker, taker, rebates paid, net) per symbol."""
+    rows = (
+        Trade.objects.values(
+            "instrument__symbol", "instrument__quote_asset", "instrument__quote_precision"
+        )
+        .annotate(
+            volume=Sum("quantity"),
+            quote_volume=Sum("quote_quantity"),
+            trades=Count("id"),
+            taker_fees=Sum("taker_fee"),
+            maker_fees=Sum("maker_fee", filter=Q(maker_fee__gt=0)),
+            rebates=Sum("maker_fee", filter=Q(maker_fee__lt=0)),
+        )
+        .order_by("instrument__symbol")
+    )
+    symbols = []
+    totals: dict[str, dict] = {}
+    for row in rows:
+        maker = row["maker_fees"] or Decimal(0)
+        taker = row["taker_fees"] or Decimal(0)
+        rebates = -(row["rebates"] or Decimal(0))
+        entry = {
+            "symbol": row["instrument__symbol"],
+            "quote_asset": row["instrument__quote_asset"],
+            "quote_precision": row["instrument__quote_precision"],
+            "volume": row["volume"],
+            "quote_volume": row["quote_volume"],
+            "trades": row["trades"],
+            "maker_fees": maker,
+            "taker_fees": taker,
+            "rebates_paid": rebates,
+            "net_fee_revenue": maker + taker - rebates,
+        }
+        symbols.append(entry)
+        total = totals.setdefault(
+            entry["quote_asset"],
+            {
+                "quote_asset": entry["quote_asset"],
+                "quote_precision": entry["quote_precision"],
+                "quote_volume": Decimal(0),
+                "trades": 0,
+                "maker_fees": Decimal(0),
+                "taker_fees": Decimal(0),
+                "rebates_paid": Decimal(0),
+                "net_fee_revenue": Decimal(0),
+            },
+        )
+        for key in ("quote_volume", "trades", "maker_fees", "taker_fees", "rebates_paid"):
+            total[key] += entry[key]
+        total["net_fee_revenue"] += entry["net_fee_revenue"]
+        total["quote_precision"] = max(total["quote_precision"], entry["quote_precision"])
+    return {"symbols": symbols, "totals": list(totals.values())}

@@ -1,11 +1,420 @@
-"""Writes of the trading core. Each public service owns its transaction."""
+"""Writes of the trading core. Each public service owns its transaction and its audit rows.
 
+`order_place`, `order_cancel`, `order_amend` and `orders_mass_cancel` are the one path every
+channel (web, REST, WebSocket, FIX) uses: validate, authorize, hold, then in ONE transaction
+the order row, the command for the shard's engine and the audit record. The engine's answer
+arrives later (see `exchange.replies`).
+"""
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import asdict, dataclass
 from decimal import Decimal
 
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.db import IntegrityError, transaction
+from django.utils import timezone
 
-from exchange.models import Instrument
+from audit.events import AuditEvent
+from audit.services import audit_record
+from exchange.errors import trading_error
+from exchange.fees import fee_rates_for
+from exchange.holds import buy_hold_minor, held_amount
+from exchange.models import Instrument, Order
+from exchange.order_rules import (
+    ORDER_TYPES,
+    TIME_IN_FORCE,
+    OrderRequest,
+    check_band,
+    check_session,
+    check_shape,
+    day_expiry,
+    engine_instrument_for,
+    price_ticks,
+    quantity_lots,
+    quote_minor,
+    to_ns,
+)
+from exchange.selectors import book_snapshot, reference_price
+from matching.engine import protocol as p
+from matching.instruments import engine_instrument_spec
+from matching.models import Command
+from matching.services import command_enqueue
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """The stored order, whether this call created it, and the command that carries it."""
+
+    order: Order
+    created: bool
+    command_id: int | None
+
+
+def request_digest(request: OrderRequest) -> str:
+    """A stable fingerprint of the request, to tell a replay from a different order."""
+    fields = {k: (str(v) if v is not None else None) for k, v in asdict(request).items()}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def _instrument(symbol: str) -> Instrument:
+    try:
+        return Instrument.objects.get(symbol=symbol)
+    except Instrument.DoesNotExist:
+        raise trading_error(
+            "UnknownSymbol", f"unknown symbol {symbol!r}; see GET /api/v1/symbols", field="symbol"
+        ) from None
+
+
+def _existing_for_client_id(user, request: OrderRequest, digest: str) -> Order | None:
+    if request.client_order_id is None:
+        return None
+    order = Order.objects.filter(user=user, client_order_id=request.client_order_id).first()
+    if order is not None and order.request_digest != digest:
+        raise trading_error(
+            "DuplicateClientOrderId",
+            f"client_order_id {request.client_order_id!r} was used for a different order",
+            field="client_order_id",
+            http_status=409,
+            extra={"order_id": str(order.pk)},
+        )
+    return order
+
+
+def order_place(
+    *, user, request: OrderRequest, http_request=None, now: dt.datetime | None = None
+) -> Placement:
+    """Validate `request` against the instrument's rules and store it with its place command.
+
+    Raises a catalogue ApiError (400, nothing stored) for bad input. A replay of a
+    client_order_id with the same body returns the stored order (created=False); with a
+    different body it is a 409.
+    """
+    now = now or timezone.now()
+    digest = request_digest(request)
+    existing = _existing_for_client_id(user, request, digest)
+    if existing is not None:
+        return Placement(order=existing, created=False, command_id=None)
+
+    instrument = _instrument(request.symbol)
+    check_shape(request)
+    check_session(instrument, now)
+    engine = engine_instrument_for(instrument)
+    is_buy = request.side == Order.Side.BUY
+    kind = request.order_type
+    price_field = "limit_price" if kind == Order.Type.STOP_LIMIT else "price"
+
+    price = qty = stop = display = spend = 0
+    if request.price is not None:
+        price = price_ticks(engine, instrument, request.price, price_field)
+        check_band(instrument, request.price, reference_price(instrument), price_field)
+    if request.stop_price is not None:
+        stop = price_ticks(engine, instrument, request.stop_price, "stop_price")
+    if request.quantity is not None:
+        qty = quantity_lots(engine, instrument, request.quantity, "quantity")
+    if request.quote_quantity is not None:
+        spend = quote_minor(engine, request.quote_quantity, "quote_quantity")
+    if request.display_quantity is not None:
+        display = quantity_lots(engine, instrument, request.display_quantity, "display_quantity")
+        if request.display_quantity > request.quantity:
+            raise trading_error(
+                "DisplayQuantityTooLarge",
+                f"display_quantity {request.display_quantity} exceeds quantity {request.quantity}",
+                field="display_quantity",
+            )
+    if price and qty and instrument.min_notional:
+        notional = request.price * request.quantity
+        if notional < instrument.min_notional:
+            raise trading_error(
+                "NotionalTooSmall",
+                f"order value {notional.normalize()} is below the minimum "
+                f"{instrument.min_notional.normalize()} {instrument.quote_asset}",
+                field="quantity",
+            )
+
+    expire_at = request.expire_at
+    if request.time_in_force == Order.TimeInForce.GTD and expire_at <= now:
+        raise trading_error("ExpireAtInPast", "expire_at must be in the future", field="expire_at")
+    if request.time_in_force == Order.TimeInForce.DAY:
+        expire_at = day_expiry(instrument, now)
+
+    maker_ppm, taker_ppm = fee_rates_for(user=user, instrument=instrument)
+    buy_minor = 0
+    if is_buy:
+        snapshot = book_snapshot(instrument.symbol)
+        best_ask = snapshot["asks"][0][0] if snapshot and snapshot["asks"] else None
+        buy_minor = buy_hold_minor(
+            engine=engine,
+            order_type=kind,
+            price_ticks=price,
+            qty_lots=qty,
+            stop_ticks=stop,
+            quote_minor=spend,
+            best_ask_ticks=engine.price_to_ticks(Decimal(best_ask)) if best_ask else None,
+            taker_fee_ppm=taker_ppm,
+        )
+    flags = (p.POST_ONLY if request.post_only else 0) | (
+        p.POST_ONLY_ADJUST if request.post_only_adjust else 0
+    )
+    try:
+        with transaction.atomic():
+            order = Order.objects.create(
+                user=user,
+                instrument=instrument,
+                client_order_id=request.client_order_id,
+                request_digest=digest,
+                side=request.side,
+                order_type=kind,
+                time_in_force=request.time_in_force,
+                price=request.price,
+                stop_price=request.stop_price,
+                quantity=request.quantity,
+                quote_quantity=request.quote_quantity,
+                display_quantity=request.display_quantity,
+                post_only=request.post_only,
+                post_only_adjust=request.post_only_adjust,
+                stp_mode=request.stp_mode,
+                expire_at=expire_at,
+                maker_fee_ppm=maker_ppm,
+                taker_fee_ppm=taker_ppm,
+                held_amount=held_amount(
+                    engine=engine,
+                    instrument=instrument,
+                    is_buy=is_buy,
+                    quantity=request.quantity,
+                    buy_minor=buy_minor,
+                ),
+                remaining_quantity=request.quantity or Decimal(0),
+            )
+            command = command_enqueue(
+                shard=instrument.shard,
+                kind=Command.Kind.PLACE,
+                payload={
+                    "symbol": instrument.symbol,
+                    "order_id": order.pk,
+                    "user_id": user.pk,
+                    "is_buy": is_buy,
+                    "order_type": ORDER_TYPES[kind],
+                    "price": price,
+                    "qty": qty,
+                    "tif": TIME_IN_FORCE[request.time_in_force],
+                    "expire_at": to_ns(expire_at) if expire_at else 0,
+                    "flags": flags,
+                    "display_qty": display,
+                    "stop_price": stop,
+                    # The engine needs a positive cap on every buy; 1 minor unit fills nothing.
+                    "max_quote": max(buy_minor, 1) if is_buy else 0,
+                    "maker_fee_ppm": maker_ppm,
+                    "taker_fee_ppm": taker_ppm,
+                    "stp": p.STP_MODE_NAMES.index(request.stp_mode) if request.stp_mode else 0,
+                },
+                order_id=order.pk,
+                user_id=user.pk,
+            )
+            audit_record(
+                event_type=AuditEvent.ORDER_SUBMITTED,
+                actor=user,
+                user_id=user.pk,
+                order_id=order.pk,
+                symbol=instrument.symbol,
+                shard=instrument.shard,
+                payload={
+                    **{k: v for k, v in asdict(request).items() if v not in (None, "", False)},
+                    "order_id": order.pk,
+                    "expire_at": expire_at,
+                    "maker_fee_ppm": maker_ppm,
+                    "taker_fee_ppm": taker_ppm,
+                    "held_amount": order.held_amount,
+                    "command_id": command.pk,
+                },
+                request=http_request,
+            )
+    except IntegrityError:
+        # Two requests raced on one client_order_id: the loser answers with the winner's order.
+        existing = _existing_for_client_id(user, request, digest)
+        if existing is None:
+            raise
+        return Placement(order=existing, created=False, command_id=None)
+    return Placement(order=order, created=True, command_id=command.pk)
+
+
+def _require_open(order: Order) -> None:
+    if order.status not in Order.OPEN_STATUSES:
+        raise trading_error(
+            "OrderNotOpen",
+            f"order {order.pk} is {order.status}; only open orders can be changed",
+            extra={"order_id": str(order.pk)},
+        )
+
+
+@transaction.atomic
+def order_cancel(*, order: Order, actor, reason: str = "user", http_request=None) -> Command:
+    """Ask the shard to cancel `order` (a pending one is cancelled right after it is placed)."""
+    _require_open(order)
+    command = command_enqueue(
+        shard=order.instrument.shard,
+        kind=Command.Kind.CANCEL,
+        payload={"order_id": order.pk},
+        order_id=order.pk,
+        user_id=order.user_id,
+    )
+    audit_record(
+        event_type=AuditEvent.ORDER_CANCEL_REQUESTED,
+        actor=actor,
+        user_id=order.user_id,
+        order_id=order.pk,
+        symbol=order.instrument.symbol,
+        shard=order.instrument.shard,
+        payload={"reason": reason, "command_id": command.pk},
+        request=http_request,
+    )
+    return command
+
+
+@transaction.atomic
+def order_amend(
+    *,
+    order: Order,
+    actor,
+    quantity: Decimal | None = None,
+    price: Decimal | None = None,
+    http_request=None,
+) -> Command:
+    """Ask the shard to amend `order`: `quantity` is the new total (fills included)."""
+    _require_open(order)
+    if quantity is None and price is None:
+        raise trading_error("NothingToAmend", "give a new quantity, a new price, or both")
+    instrument = order.instrument
+    engine = engine_instrument_for(instrument)
+    if price is not None and order.order_type not in (Order.Type.LIMIT, Order.Type.STOP_LIMIT):
+        raise trading_error(
+            "InvalidCombination", f"a {order.order_type} order has no price", field="price"
+        )
+    new_price = order.price if price is None else price
+    new_quantity = order.quantity if quantity is None else quantity
+    price_arg = qty_arg = None
+    if price is not None:
+        price_arg = price_ticks(engine, instrument, price, "price")
+        check_band(instrument, price, reference_price(instrument), "price")
+    if quantity is not None:
+        qty_arg = quantity_lots(engine, instrument, quantity, "quantity")
+        if quantity <= order.filled_quantity:
+            raise trading_error(
+                "AmendQuantityTooLow",
+                f"quantity is the new total and must exceed the {order.filled_quantity} filled",
+                field="quantity",
+            )
+    max_quote = None
+    if order.side == Order.Side.BUY and new_price is not None:
+        needed = buy_hold_minor(
+            engine=engine,
+            order_type=order.order_type,
+            price_ticks=engine.price_to_ticks(new_price),
+            qty_lots=engine.qty_to_lots(new_quantity),
+            stop_ticks=0,
+            quote_minor=0,
+            best_ask_ticks=None,
+            taker_fee_ppm=order.taker_fee_ppm,
+        )
+        max_quote = needed
+        order.held_amount = engine.minor_to_quote(needed)
+    elif order.side == Order.Side.SELL:
+        order.held_amount = new_quantity
+    order.save(update_fields=["held_amount", "updated_at"])
+    command = command_enqueue(
+        shard=instrument.shard,
+        kind=Command.Kind.AMEND,
+        payload={"order_id": order.pk, "price": price_arg, "qty": qty_arg, "max_quote": max_quote},
+        order_id=order.pk,
+        user_id=order.user_id,
+    )
+    audit_record(
+        event_type=AuditEvent.ORDER_AMEND_REQUESTED,
+        actor=actor,
+        user_id=order.user_id,
+        order_id=order.pk,
+        symbol=instrument.symbol,
+        shard=instrument.shard,
+        payload={"quantity": quantity, "price": price, "command_id": command.pk},
+        request=http_request,
+    )
+    return command
+
+
+@transaction.atomic
+def orders_mass_cancel(*, user, actor, symbol: str | None = None, http_request=None) -> list[int]:
+    """Cancel every open order of `user` (optionally of one symbol); returns the command ids."""
+    shards = Instrument.objects.values_list("shard", flat=True).distinct()
+    if symbol is not None:
+        shards = [_instrument(symbol).shard]
+    commands = []
+    for shard in sorted(set(shards)):
+        command = command_enqueue(
+            shard=shard,
+            kind=Command.Kind.MASS_CANCEL,
+            payload={"user_id": user.pk, "symbol": symbol},
+            user_id=user.pk,
+        )
+        commands.append(command.pk)
+    audit_record(
+        event_type=AuditEvent.ORDER_CANCEL_REQUESTED,
+        actor=actor,
+        user_id=user.pk,
+        symbol=symbol,
+        payload={"mass_cancel": True, "command_ids": commands},
+        request=http_request,
+    )
+    return commands
+
+
+@transaction.atomic
+def instrument_halt(*, instrument: Instrument, actor, http_request=None) -> Command:
+    """Halt trading: new orders and amends are rejected, cancels still work."""
+    instrument.status = Instrument.Status.HALTED
+    instrument.save(update_fields=["status"])
+    command = command_enqueue(
+        shard=instrument.shard, kind=Command.Kind.HALT, payload={"symbol": instrument.symbol}
+    )
+    audit_record(
+        event_type=AuditEvent.INSTRUMENT_HALT_REQUESTED,
+        actor=actor,
+        symbol=instrument.symbol,
+        shard=instrument.shard,
+        payload={"command_id": command.pk},
+        request=http_request,
+    )
+    return command
+
+
+@transaction.atomic
+def instrument_resume(*, instrument: Instrument, actor, http_request=None) -> Command:
+    """Resume trading of a halted instrument."""
+    instrument.status = Instrument.Status.TRADING
+    instrument.save(update_fields=["status"])
+    command = command_enqueue(
+        shard=instrument.shard, kind=Command.Kind.RESUME, payload={"symbol": instrument.symbol}
+    )
+    audit_record(
+        event_type=AuditEvent.INSTRUMENT_RESUME_REQUESTED,
+        actor=actor,
+        symbol=instrument.symbol,
+        shard=instrument.shard,
+        payload={"command_id": command.pk},
+        request=http_request,
+    )
+    return command
+
+
+@transaction.atomic
+def instrument_list(*, instrument: Instrument) -> Command:
+    """Add a newly created instrument to its shard's engine."""
+    return command_enqueue(
+        shard=instrument.shard,
+        kind=Command.Kind.ADD_INSTRUMENT,
+        payload=engine_instrument_spec(instrument),
+    )
+
 
 DEMO_INSTRUMENTS = [
     {
@@ -53,7 +462,9 @@ def demo_seed(*, credentials: list[dict]) -> dict:
     User = get_user_model()
     symbols = []
     for spec in DEMO_INSTRUMENTS:
-        Instrument.objects.get_or_create(symbol=spec["symbol"], defaults=spec)
+        instrument, created = Instrument.objects.get_or_create(symbol=spec["symbol"], defaults=spec)
+        if created:
+            instrument_list(instrument=instrument)
         symbols.append(spec["symbol"])
     for entry in credentials:
         user, _ = User.objects.get_or_create(

@@ -1,8 +1,9 @@
 """The shard worker process: holds the shard's lease and reports its heartbeat.
 
-The order path (command stream, engine batches, durable commits) plugs into `ShardWorker.run`'s
-loop; this module owns the process life cycle around it: standby until the lease is free,
-heartbeat while holding it, exit when the lease is lost so the supervisor restarts us.
+The order path (recovery, command batches, durable commits) is `matching.batch_loop.ShardLoop`;
+this module owns the process life cycle around it: standby until the lease is free, heartbeat
+while holding it, exit when the lease is lost (1) or a batch fails (3) so the supervisor
+restarts us and the next holder rebuilds from PostgreSQL.
 """
 
 import contextlib
@@ -10,13 +11,20 @@ import logging
 import os
 import signal
 import threading
+import time
 
 import redis
 from django.conf import settings
+from django.db import DatabaseError, transaction
 
+from audit.events import AuditEvent
+from audit.services import audit_record
 from exchange.redis_connection import redis_client
+from matching.batch_loop import BatchFailed, ShardLoop
+from matching.batch_writer import LeaseFenced
 from matching.heartbeat import heartbeat_clear, heartbeat_write
 from matching.lease import LeaseLost, ShardLease
+from matching.publish import Publisher
 
 logger = logging.getLogger(__name__)
 
@@ -43,19 +51,85 @@ class ShardWorker:
         logger.info("shard worker waiting for lease", extra={"shard": self.shard})
         if not self.lease.acquire(wait=True, should_stop=self.stopping.is_set):
             return 0
+        stop_reason = "error"
         try:
+            self._audit_started()
+            self._beat()
+            loop = ShardLoop(
+                shard=self.shard,
+                epoch=self.lease.epoch,
+                actor_label=f"worker:{self.lease.holder}",
+                publisher=Publisher(
+                    client=redis_client(), shard=self.shard, consumer=self.lease.holder
+                ),
+            )
+            loop.recover()
+            logger.info(
+                "shard worker serving", extra={"shard": self.shard, "epoch": self.lease.epoch}
+            )
+            next_beat = time.monotonic() + self.heartbeat_seconds
             while not self.stopping.is_set():
-                self.lease.verify()
-                self._beat()
-                self.stopping.wait(self.heartbeat_seconds)
-        except LeaseLost as exc:
+                if time.monotonic() >= next_beat:
+                    self.lease.verify()
+                    self._beat()
+                    next_beat = time.monotonic() + self.heartbeat_seconds
+                loop.step()
+            stop_reason = "stopped"
+        except (LeaseLost, LeaseFenced) as exc:
+            stop_reason = "lease lost"
             logger.error("shard lease lost, exiting", extra={"shard": self.shard, "why": str(exc)})
             return 1
+        except BatchFailed as exc:
+            stop_reason = "batch failed"
+            logger.error(
+                "batch failed, exiting to rebuild from PostgreSQL",
+                extra={"shard": self.shard, "why": str(exc)},
+            )
+            return 3
         finally:
             self._clear_heartbeat()
+            self._audit_stopped(stop_reason)
             self.lease.release()
             logger.info("shard worker stopped", extra={"shard": self.shard})
         return 0
+
+    def _audit_started(self) -> None:
+        """Record the lease acquisition; a takeover when the shard had a previous holder.
+
+        A failure propagates: a worker that cannot write the trail must not run the shard."""
+        event = (
+            AuditEvent.SHARD_TAKEOVER if (self.lease.epoch or 0) > 1 else AuditEvent.WORKER_STARTED
+        )
+        with transaction.atomic():
+            audit_record(
+                event_type=event,
+                actor=f"worker:{self.lease.holder}",
+                shard=self.shard,
+                payload={
+                    "shard": self.shard,
+                    "epoch": self.lease.epoch,
+                    "holder": self.lease.holder,
+                },
+            )
+
+    def _audit_stopped(self, reason: str) -> None:
+        """Record the stop; best effort, since the process is exiting anyway (often because
+        the database is what failed)."""
+        try:
+            with transaction.atomic():
+                audit_record(
+                    event_type=AuditEvent.WORKER_STOPPED,
+                    actor=f"worker:{self.lease.holder}",
+                    shard=self.shard,
+                    payload={
+                        "shard": self.shard,
+                        "epoch": self.lease.epoch,
+                        "holder": self.lease.holder,
+                        "reason": reason,
+                    },
+                )
+        except DatabaseError as exc:
+            logger.warning("worker stop not audited", extra={"shard": self.shard, "why": str(exc)})
 
     def _beat(self) -> None:
         try:

@@ -80,7 +80,15 @@ def test_passwords_are_redacted_from_urls():
 
 def test_procfile_runs_one_matching_worker_per_shard():
     programs = procfile_programs(BASE_DIR / "Procfile", shard_count=3, port=8123)
-    assert sorted(programs) == ["beat", "matching-0", "matching-1", "matching-2", "web", "worker"]
+    assert sorted(programs) == [
+        "beat",
+        "demo",
+        "matching-0",
+        "matching-1",
+        "matching-2",
+        "web",
+        "worker",
+    ]
     assert programs["matching-2"].endswith("manage.py run_matching --shard 2")
     assert "--port 8123" in programs["web"]
     assert programs["web"].startswith(sys.executable)

@@ -1,0 +1,19 @@
+"""Routes of the trading API under /api/v1/."""
+
+from django.urls import path
+
+from exchange import api_views as v
+
+urlpatterns = [
+    path("orders", v.OrdersView.as_view(), name="orders"),
+    path("orders/<int:key>", v.OrderDetailView.as_view(), name="order-detail"),
+    path("orders/client/<str:key>", v.OrderByClientIdView.as_view(), name="order-by-client-id"),
+    path("fills", v.FillsView.as_view(), name="fills"),
+    path("time", v.TimeView.as_view(), name="time"),
+    path("symbols", v.SymbolsView.as_view(), name="symbols"),
+    path("orderbook/<str:symbol>", v.OrderBookView.as_view(), name="orderbook"),
+    path("orderbook/<str:symbol>/spread", v.SpreadView.as_view(), name="orderbook-spread"),
+    path("trades/<str:symbol>", v.TradesView.as_view(), name="trades"),
+    path("ticker/<str:symbol>", v.TickerView.as_view(), name="ticker"),
+    path("metrics/exchange", v.ExchangeMetricsView.as_view(), name="metrics-exchange"),
+]

@@ -1,0 +1,391 @@
+"""The REST API of the trading core (/api/v1): thin adapters over services and selectors."""
+
+import datetime as dt
+import time
+
+from django.conf import settings
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.permissions import AllowAny, IsAdminUser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from exchange import selectors, services
+from exchange.errors import engine_rejection, trading_error
+from exchange.models import Order
+from exchange.pagination import CursorPage
+from exchange.replies import reply_hub
+from exchange.serializers import (
+    InstrumentSerializer,
+    OrderAmendSerializer,
+    OrderPlaceSerializer,
+    OrderSerializer,
+    PublicTradeSerializer,
+    UserFillSerializer,
+    money_str,
+    order_representation,
+    price_str,
+    public_trade_representation,
+    quantity_str,
+    user_fill_representation,
+)
+from matching.models import Command
+
+ERROR = inline_serializer(
+    "Error",
+    fields={
+        "error": serializers.CharField(),
+        "code": serializers.IntegerField(),
+        "message": serializers.CharField(),
+        "field": serializers.CharField(required=False),
+        "order_id": serializers.CharField(required=False),
+    },
+)
+
+
+def await_command(command_id: int) -> Command:
+    """Wait (up to ORDER_REPLY_TIMEOUT_SECONDS) for the worker to apply the command."""
+    reply_hub.wait(
+        command_id,
+        done=lambda: Command.objects.filter(pk=command_id, applied_at__isnull=False).exists(),
+        timeout=settings.ORDER_REPLY_TIMEOUT_SECONDS,
+    )
+    return Command.objects.get(pk=command_id)
+
+
+def placed_response(order: Order, command_id: int | None, created: bool) -> Response:
+    """201 with the engine's result, 202 while pending, 400 for an engine rejection."""
+    if command_id is not None:
+        await_command(command_id)
+        order.refresh_from_db()
+    if order.status == Order.Status.REJECTED and created:
+        raise engine_rejection(order.reject_code, order.reject_message, order_id=order.pk)
+    if order.status == Order.Status.PENDING_NEW:
+        return Response(order_representation(order), status=status.HTTP_202_ACCEPTED)
+    fills = selectors.fills_for_order(order)
+    return Response(
+        order_representation(order, fills),
+        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+    )
+
+
+def changed_response(order: Order, command_id: int) -> Response:
+    """200 with the order after a cancel/amend, 202 if pending, 400 if the engine refused."""
+    command = await_command(command_id)
+    order.refresh_from_db()
+    if command.result:
+        raise engine_rejection(
+            command.result.get("code", "OrderRejected"),
+            command.result.get("message", ""),
+            order_id=order.pk,
+        )
+    code = status.HTTP_200_OK if command.applied_at else status.HTTP_202_ACCEPTED
+    return Response(order_representation(order, selectors.fills_for_order(order)), status=code)
+
+
+def parse_time(request: Request, name: str) -> dt.datetime | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    value = parse_datetime(raw)
+    if value is None:
+        raise trading_error("InvalidParameter", f"{name} must be an ISO 8601 date-time", field=name)
+    return value if timezone.is_aware(value) else value.replace(tzinfo=dt.UTC)
+
+
+class OrdersView(APIView):
+    """Place an order, list your orders, cancel all your open orders."""
+
+    @extend_schema(
+        operation_id="order_place",
+        request=OrderPlaceSerializer,
+        responses={201: OrderSerializer, 202: OrderSerializer, 400: ERROR, 409: ERROR},
+        description=(
+            "Waits up to 2 s for the matching engine: 201 with the result (fills, average "
+            "price), or 202 with status pending_new (the order is durable either way). "
+            "Repeating a client_order_id with the same body returns the order (200)."
+        ),
+    )
+    def post(self, request: Request) -> Response:
+        serializer = OrderPlaceSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        placement = services.order_place(
+            user=request.user, request=serializer.to_request(), http_request=request
+        )
+        return placed_response(placement.order, placement.command_id, placement.created)
+
+    @extend_schema(
+        operation_id="orders_list",
+        parameters=[
+            OpenApiParameter("symbol", str),
+            OpenApiParameter("status", str, description="A status, or `open`."),
+            OpenApiParameter("start", dt.datetime),
+            OpenApiParameter("end", dt.datetime),
+        ],
+        responses={200: OrderSerializer(many=True)},
+    )
+    def get(self, request: Request) -> Response:
+        orders = selectors.orders_for_user(
+            user=request.user,
+            symbol=request.query_params.get("symbol"),
+            status=request.query_params.get("status"),
+            start=parse_time(request, "start"),
+            end=parse_time(request, "end"),
+        )
+        paginator = CursorPage()
+        page = paginator.paginate_queryset(orders, request, view=self)
+        return paginator.get_paginated_response([order_representation(o) for o in page])
+
+    @extend_schema(
+        operation_id="orders_mass_cancel",
+        parameters=[OpenApiParameter("symbol", str, description="Only this symbol.")],
+        responses={
+            202: inline_serializer(
+                "MassCancel",
+                fields={"command_ids": serializers.ListField(child=serializers.IntegerField())},
+            )
+        },
+    )
+    def delete(self, request: Request) -> Response:
+        command_ids = services.orders_mass_cancel(
+            user=request.user,
+            actor=request.user,
+            symbol=request.query_params.get("symbol"),
+            http_request=request,
+        )
+        for command_id in command_ids:
+            await_command(command_id)
+        return Response({"command_ids": command_ids}, status=status.HTTP_202_ACCEPTED)
+
+
+class OrderDetailView(APIView):
+    """One of your orders by id (or by client_order_id): read, cancel, amend."""
+
+    lookup = "order_id"
+
+    def order(self, request: Request, key) -> Order:
+        if self.lookup == "order_id":
+            return selectors.order_for_user(user=request.user, order_id=key)
+        return selectors.order_for_user(user=request.user, client_order_id=key)
+
+    @extend_schema(responses={200: OrderSerializer, 404: ERROR})
+    def get(self, request: Request, key) -> Response:
+        order = self.order(request, key)
+        return Response(order_representation(order, selectors.fills_for_order(order)))
+
+    @extend_schema(responses={200: OrderSerializer, 202: OrderSerializer, 400: ERROR, 404: ERROR})
+    def delete(self, request: Request, key) -> Response:
+        order = self.order(request, key)
+        command = services.order_cancel(order=order, actor=request.user, http_request=request)
+        return changed_response(order, command.pk)
+
+    @extend_schema(
+        request=OrderAmendSerializer,
+        responses={200: OrderSerializer, 202: OrderSerializer, 400: ERROR, 404: ERROR},
+        description="`quantity` is the new total (fills included); a price change or a larger "
+        "quantity loses time priority, a smaller one keeps it.",
+    )
+    def patch(self, request: Request, key) -> Response:
+        order = self.order(request, key)
+        serializer = OrderAmendSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        command = services.order_amend(
+            order=order, actor=request.user, http_request=request, **serializer.validated_data
+        )
+        return changed_response(order, command.pk)
+
+
+class OrderByClientIdView(OrderDetailView):
+    lookup = "client_order_id"
+
+
+class FillsView(APIView):
+    """Your fills, newest first."""
+
+    @extend_schema(
+        operation_id="fills_list",
+        parameters=[OpenApiParameter("symbol", str)],
+        responses={200: UserFillSerializer(many=True)},
+    )
+    def get(self, request: Request) -> Response:
+        trades = selectors.fills_for_user(
+            user=request.user, symbol=request.query_params.get("symbol")
+        )
+        paginator = CursorPage()
+        page = paginator.paginate_queryset(trades, request, view=self)
+        return paginator.get_paginated_response(
+            [user_fill_representation(trade, request.user) for trade in page]
+        )
+
+
+class PublicView(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+
+class TimeView(PublicView):
+    @extend_schema(
+        operation_id="server_time",
+        responses={
+            200: inline_serializer(
+                "ServerTime",
+                fields={
+                    "server_time": serializers.DateTimeField(),
+                    "server_time_ns": serializers.IntegerField(),
+                },
+            )
+        },
+    )
+    def get(self, request: Request) -> Response:
+        now_ns = time.time_ns()
+        moment = dt.datetime.fromtimestamp(now_ns // 1_000_000_000, tz=dt.UTC).replace(
+            microsecond=(now_ns // 1000) % 1_000_000
+        )
+        return Response({"server_time": moment, "server_time_ns": now_ns})
+
+
+class SymbolsView(PublicView):
+    @extend_schema(operation_id="symbols_list", responses={200: InstrumentSerializer(many=True)})
+    def get(self, request: Request) -> Response:
+        return Response(InstrumentSerializer(selectors.instruments_listed(), many=True).data)
+
+
+class BookLevelSerializer(serializers.Serializer):
+    price = serializers.CharField()
+    quantity = serializers.CharField()
+    orders = serializers.IntegerField()
+
+
+class OrderBookView(PublicView):
+    @extend_schema(
+        operation_id="orderbook",
+        parameters=[OpenApiParameter("depth", int, description="Levels per side, 1-50.")],
+        responses={
+            200: inline_serializer(
+                "OrderBook",
+                fields={
+                    "symbol": serializers.CharField(),
+                    "seq": serializers.IntegerField(),
+                    "bids": BookLevelSerializer(many=True),
+                    "asks": BookLevelSerializer(many=True),
+                },
+            ),
+            400: ERROR,
+        },
+    )
+    def get(self, request: Request, symbol: str) -> Response:
+        instrument = selectors.instrument_by_symbol(symbol)
+        raw_depth = request.query_params.get("depth", "50")
+        if not raw_depth.isdigit() or not 1 <= int(raw_depth) <= 50:
+            raise trading_error(
+                "InvalidParameter", "depth must be a whole number from 1 to 50", field="depth"
+            )
+        return Response(selectors.book_depth(instrument=instrument, depth=int(raw_depth)))
+
+
+class SpreadView(PublicView):
+    @extend_schema(
+        operation_id="orderbook_spread",
+        responses={
+            200: inline_serializer(
+                "Spread",
+                fields={
+                    "symbol": serializers.CharField(),
+                    "seq": serializers.IntegerField(),
+                    "best_bid": serializers.CharField(allow_null=True),
+                    "best_ask": serializers.CharField(allow_null=True),
+                    "spread": serializers.CharField(allow_null=True),
+                    "spread_bps": serializers.CharField(allow_null=True),
+                    "mid": serializers.CharField(allow_null=True),
+                },
+            )
+        },
+    )
+    def get(self, request: Request, symbol: str) -> Response:
+        instrument = selectors.instrument_by_symbol(symbol)
+        data = selectors.book_spread(instrument=instrument)
+        for key in ("best_bid", "best_ask", "spread"):
+            data[key] = price_str(instrument, data[key])
+        if data["mid"] is not None:
+            data["mid"] = format(data["mid"].normalize(), "f")
+            data["spread_bps"] = str(data["spread_bps"])
+        return Response(data)
+
+
+class TradesView(PublicView):
+    @extend_schema(operation_id="trades_recent", responses={200: PublicTradeSerializer(many=True)})
+    def get(self, request: Request, symbol: str) -> Response:
+        instrument = selectors.instrument_by_symbol(symbol)
+        paginator = CursorPage()
+        page = paginator.paginate_queryset(
+            selectors.trades_recent(instrument=instrument), request, view=self
+        )
+        return paginator.get_paginated_response([public_trade_representation(t) for t in page])
+
+
+class TickerView(PublicView):
+    @extend_schema(
+        operation_id="ticker",
+        responses={
+            200: inline_serializer(
+                "Ticker",
+                fields={
+                    name: serializers.CharField(allow_null=True)
+                    for name in (
+                        "symbol",
+                        "last_price",
+                        "volume_24h",
+                        "quote_volume_24h",
+                        "high_24h",
+                        "low_24h",
+                        "open_24h",
+                        "change_24h",
+                        "change_pct_24h",
+                    )
+                }
+                | {"trades_24h": serializers.IntegerField()},
+            )
+        },
+    )
+    def get(self, request: Request, symbol: str) -> Response:
+        instrument = selectors.instrument_by_symbol(symbol)
+        data = selectors.ticker_24h(instrument=instrument)
+        for key in ("last_price", "high_24h", "low_24h", "open_24h", "change_24h"):
+            data[key] = price_str(instrument, data[key])
+        data["volume_24h"] = quantity_str(instrument, data["volume_24h"])
+        data["quote_volume_24h"] = money_str(instrument, data["quote_volume_24h"])
+        if data["change_pct_24h"] is not None:
+            data["change_pct_24h"] = str(data["change_pct_24h"])
+        return Response(data)
+
+
+class ExchangeMetricsView(APIView):
+    """Volume, trades and fee revenue net of rebates, per symbol and per quote asset (staff)."""
+
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(
+        operation_id="exchange_metrics",
+        responses={
+            200: inline_serializer(
+                "ExchangeMetrics",
+                fields={
+                    "symbols": serializers.ListField(child=serializers.DictField()),
+                    "totals": serializers.ListField(child=serializers.DictField()),
+                },
+            )
+        },
+    )
+    def get(self, request: Request) -> Response:
+        metrics = selectors.exchange_metrics()
+        money = ("quote_volume", "maker_fees", "taker_fees", "rebates_paid", "net_fee_revenue")
+        for row in metrics["symbols"] + metrics["totals"]:
+            places = row.pop("quote_precision")
+            for key in money:
+                row[key] = f"{row[key]:.{places}f}"
+            if "volume" in row:
+                row["volume"] = format(row["volume"].normalize(), "f")
+        return Response(metrics)

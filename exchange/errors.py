@@ -1,0 +1,80 @@
+"""The trading API's error catalogue: stable names and numeric codes (never reused or changed).
+
+Validation errors are 400s with nothing stored. Engine rejections (only the engine can decide
+them) are 400s carrying the `order_id` of the order stored as `rejected`.
+"""
+
+from rest_framework import status
+
+from exchange.api_errors import ApiError
+
+ERROR_CODES: dict[str, int] = {
+    # request shape
+    "MalformedRequest": -1100,
+    "InvalidParameter": -1102,
+    "NumberNotString": -1103,
+    "InvalidNumber": -1104,
+    "MissingParameter": -1105,
+    "UnexpectedParameter": -1106,
+    "InvalidCombination": -1107,
+    # instrument rules
+    "PriceOffTick": -1111,
+    "QuantityOffLot": -1112,
+    "QuantityBelowMinimum": -1113,
+    "NotionalTooSmall": -1114,
+    "PriceOutsideBand": -1115,
+    "DisplayQuantityTooLarge": -1118,
+    "ExpireAtInPast": -1119,
+    "MarketClosed": -1120,
+    "UnknownSymbol": -1121,
+    "AmountTooPrecise": -1122,
+    # orders
+    "PostOnlyWouldMatch": -2010,
+    "OrderNotOpen": -2011,
+    "InstrumentHalted": -2012,
+    "OrderNotFound": -2013,
+    "FokUnfillable": -2014,
+    "AmendQuantityTooLow": -2015,
+    "InvalidMaxQuote": -2016,
+    "NothingToAmend": -2017,
+    "DuplicateClientOrderId": -2026,
+    "OrderRejected": -2099,
+}
+
+# Engine reject codes that keep their own name at the API; any other becomes OrderRejected.
+ENGINE_CODES_EXPOSED = {
+    "PostOnlyWouldMatch",
+    "InstrumentHalted",
+    "FokUnfillable",
+    "PriceOutsideBand",
+    "AmendQuantityTooLow",
+    "InvalidMaxQuote",
+}
+
+
+def trading_error(
+    error: str,
+    message: str,
+    *,
+    field: str | None = None,
+    http_status: int = status.HTTP_400_BAD_REQUEST,
+    extra: dict | None = None,
+) -> ApiError:
+    """An ApiError from the catalogue (KeyError for a name not in it: codes are deliberate)."""
+    return ApiError(
+        error=error,
+        code=ERROR_CODES[error],
+        message=message,
+        field=field,
+        http_status=http_status,
+        extra=extra,
+    )
+
+
+def engine_rejection(code: str, message: str, *, order_id: int | None = None) -> ApiError:
+    """The API error for a command the engine refused."""
+    error = code if code in ENGINE_CODES_EXPOSED else "OrderRejected"
+    extra = {"order_id": str(order_id)} if order_id is not None else None
+    if error == "OrderRejected":
+        message = f"{code}: {message}" if message else code
+    return trading_error(error, message or code, extra=extra)

@@ -1,0 +1,62 @@
+"""What an order could spend: the amount held for it and passed to the engine as `max_quote`.
+
+The ledger (accounts issue) will lock these amounts against balances in the same transaction;
+today the amount is computed, stored on the order and enforced by the engine as the buy's cap.
+"""
+
+from decimal import Decimal
+
+from exchange.models import Instrument, Order
+from matching.engine import Instrument as EngineInstrument
+from matching.engine.instrument import fee_for
+
+PPM = 1_000_000
+
+
+def _collar_price(ticks: int, collar_ppm: int) -> int:
+    return ticks + ticks * collar_ppm // PPM
+
+
+def buy_hold_minor(
+    *,
+    engine: EngineInstrument,
+    order_type: str,
+    price_ticks: int,
+    qty_lots: int,
+    stop_ticks: int,
+    quote_minor: int,
+    best_ask_ticks: int | None,
+    taker_fee_ppm: int,
+) -> int:
+    """Quote minor units a buy may spend, fees included (the worst case is taking liquidity).
+
+    Limit and stop-limit: price x quantity. Market by quote: the quote amount. Market by
+    quantity: quantity at the collar above the best ask (no ask: nothing can fill). Stop-loss:
+    quantity at the collar above the stop price.
+    """
+    if order_type == Order.Type.MARKET and quote_minor:
+        return quote_minor
+    if order_type in (Order.Type.LIMIT, Order.Type.STOP_LIMIT):
+        worst_ticks = price_ticks
+    elif order_type == Order.Type.STOP_LOSS:
+        worst_ticks = _collar_price(stop_ticks, engine.collar_ppm)
+    elif best_ask_ticks is not None:
+        worst_ticks = _collar_price(best_ask_ticks, engine.collar_ppm)
+    else:
+        return 0
+    notional = engine.notional(worst_ticks, qty_lots)
+    return notional + fee_for(notional, taker_fee_ppm)
+
+
+def held_amount(
+    *,
+    engine: EngineInstrument,
+    instrument: Instrument,
+    is_buy: bool,
+    quantity: Decimal | None,
+    buy_minor: int,
+) -> Decimal:
+    """The hold as stored on the order: quote for a buy, base quantity for a sell."""
+    if is_buy:
+        return engine.minor_to_quote(buy_minor)
+    return quantity or Decimal(0)

@@ -1,0 +1,236 @@
+"""An instrument's trading rules applied to an order request, and the request's engine form.
+
+Everything here raises a catalogue error naming the field at fault; nothing here writes.
+"""
+
+import datetime as dt
+import zoneinfo
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import lru_cache
+
+from exchange.errors import trading_error
+from exchange.models import Instrument, Order, StpMode
+from matching.engine import Instrument as EngineInstrument
+from matching.engine import protocol as p
+from matching.instruments import engine_instrument_spec
+
+ORDER_TYPES = {
+    Order.Type.LIMIT: p.LIMIT,
+    Order.Type.MARKET: p.MARKET,
+    Order.Type.STOP_LOSS: p.STOP_MARKET,
+    Order.Type.STOP_LIMIT: p.STOP_LIMIT,
+}
+TIME_IN_FORCE = {
+    Order.TimeInForce.GTC: p.GTC,
+    Order.TimeInForce.IOC: p.IOC,
+    Order.TimeInForce.FOK: p.FOK,
+    Order.TimeInForce.GTD: p.GTD,
+    Order.TimeInForce.DAY: p.DAY,
+}
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def to_ns(moment: dt.datetime) -> int:
+    """Aware datetime -> integer nanoseconds since the epoch (exact, no float)."""
+    return (moment - EPOCH) // dt.timedelta(microseconds=1) * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRequest:
+    """A normalized order request (what the serializer or another channel hands the service)."""
+
+    symbol: str
+    side: str
+    order_type: str
+    quantity: Decimal | None = None
+    price: Decimal | None = None
+    stop_price: Decimal | None = None
+    quote_quantity: Decimal | None = None
+    time_in_force: str = Order.TimeInForce.GTC
+    expire_at: dt.datetime | None = None
+    post_only: bool = False
+    post_only_adjust: bool = False
+    display_quantity: Decimal | None = None
+    stp_mode: str = ""
+    client_order_id: str | None = None
+
+
+@lru_cache(maxsize=512)
+def _engine_instrument(spec_items: tuple) -> EngineInstrument:
+    return EngineInstrument(**dict(spec_items))
+
+
+def engine_instrument_for(instrument: Instrument) -> EngineInstrument:
+    """The engine's integer view of `instrument` (cached by its rules)."""
+    return _engine_instrument(tuple(sorted(engine_instrument_spec(instrument).items())))
+
+
+def check_session(instrument: Instrument, now: dt.datetime) -> None:
+    """Refuse orders outside the instrument's trading session (weekdays, open to close)."""
+    if instrument.trades_24_7:
+        return
+    local = now.astimezone(zoneinfo.ZoneInfo(instrument.session_timezone))
+    is_open = (
+        local.weekday() < 5 and instrument.session_open <= local.time() < instrument.session_close
+    )
+    if not is_open:
+        raise trading_error(
+            "MarketClosed",
+            f"{instrument.symbol} trades {instrument.session_open:%H:%M}-"
+            f"{instrument.session_close:%H:%M} {instrument.session_timezone} on weekdays",
+        )
+
+
+def day_expiry(instrument: Instrument, now: dt.datetime) -> dt.datetime:
+    """When a DAY order placed at `now` expires: the session close, or UTC midnight for 24/7."""
+    if instrument.trades_24_7:
+        return dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+    zone = zoneinfo.ZoneInfo(instrument.session_timezone)
+    local = now.astimezone(zone)
+    return dt.datetime.combine(local.date(), instrument.session_close, tzinfo=zone).astimezone(
+        dt.UTC
+    )
+
+
+def price_ticks(engine: EngineInstrument, instrument: Instrument, value: Decimal, field: str):
+    if value <= 0:
+        raise trading_error("InvalidNumber", f"{field} must be greater than 0", field=field)
+    try:
+        return engine.price_to_ticks(value)
+    except ValueError:
+        raise trading_error(
+            "PriceOffTick",
+            f"{field} {value} is not a multiple of the tick size "
+            f"{instrument.tick_size.normalize()}",
+            field=field,
+        ) from None
+
+
+def quantity_lots(engine: EngineInstrument, instrument: Instrument, value: Decimal, field: str):
+    if value <= 0:
+        raise trading_error("InvalidNumber", f"{field} must be greater than 0", field=field)
+    try:
+        lots = engine.qty_to_lots(value)
+    except ValueError:
+        raise trading_error(
+            "QuantityOffLot",
+            f"{field} {value} is not a multiple of the lot size {instrument.lot_size.normalize()}",
+            field=field,
+        ) from None
+    if field == "quantity" and value < instrument.min_quantity:
+        raise trading_error(
+            "QuantityBelowMinimum",
+            f"quantity {value} is below the minimum {instrument.min_quantity.normalize()}",
+            field=field,
+        )
+    return lots
+
+
+def quote_minor(engine: EngineInstrument, value: Decimal, field: str) -> int:
+    if value <= 0:
+        raise trading_error("InvalidNumber", f"{field} must be greater than 0", field=field)
+    try:
+        return engine.quote_to_minor(value)
+    except ValueError:
+        raise trading_error(
+            "AmountTooPrecise",
+            f"{field} {value} has more than {engine.quote_decimals} decimal places",
+            field=field,
+        ) from None
+
+
+def check_band(instrument: Instrument, price: Decimal, reference: Decimal | None, field: str):
+    """A limit price more than price_band_pct away from the last trade price is refused."""
+    if reference is None or not instrument.price_band_pct:
+        return
+    if abs(price - reference) * 100 > reference * instrument.price_band_pct:
+        low = reference * (100 - instrument.price_band_pct) / 100
+        high = reference * (100 + instrument.price_band_pct) / 100
+        raise trading_error(
+            "PriceOutsideBand",
+            f"{field} {price} is outside the band {low.quantize(instrument.tick_size)}-"
+            f"{high.quantize(instrument.tick_size)} ({instrument.price_band_pct.normalize()}% "
+            f"around the last price {reference})",
+            field=field,
+        )
+
+
+def check_shape(request: OrderRequest) -> None:
+    """Presence and combination rules that do not depend on the instrument."""
+    kind = request.order_type
+    needs_price = kind in (Order.Type.LIMIT, Order.Type.STOP_LIMIT)
+    price_name = "limit_price" if kind == Order.Type.STOP_LIMIT else "price"
+    if needs_price and request.price is None:
+        raise trading_error(
+            "MissingParameter", f"a {kind} order needs {price_name}", field=price_name
+        )
+    if not needs_price and request.price is not None:
+        raise trading_error("UnexpectedParameter", f"a {kind} order takes no price", field="price")
+    is_stop = kind in (Order.Type.STOP_LOSS, Order.Type.STOP_LIMIT)
+    if is_stop and request.stop_price is None:
+        raise trading_error(
+            "MissingParameter", f"a {kind} order needs stop_price", field="stop_price"
+        )
+    if not is_stop and request.stop_price is not None:
+        raise trading_error(
+            "UnexpectedParameter", f"a {kind} order takes no stop_price", field="stop_price"
+        )
+    if request.quote_quantity is not None:
+        if kind != Order.Type.MARKET or request.side != Order.Side.BUY:
+            raise trading_error(
+                "InvalidCombination",
+                "quote_quantity is only for market buys (spend up to this amount)",
+                field="quote_quantity",
+            )
+        if request.quantity is not None:
+            raise trading_error(
+                "InvalidCombination",
+                "give either quantity or quote_quantity, not both",
+                field="quote_quantity",
+            )
+    elif request.quantity is None:
+        raise trading_error("MissingParameter", "quantity is required", field="quantity")
+    tif = request.time_in_force
+    if request.post_only or request.post_only_adjust:
+        if kind != Order.Type.LIMIT:
+            raise trading_error(
+                "InvalidCombination", "post-only applies to limit orders", field="post_only"
+            )
+        if tif in (Order.TimeInForce.IOC, Order.TimeInForce.FOK):
+            raise trading_error(
+                "InvalidCombination",
+                f"a post-only order cannot be {tif}: it must be able to rest",
+                field="post_only",
+            )
+        if request.post_only and request.post_only_adjust:
+            raise trading_error(
+                "InvalidCombination",
+                "choose post_only or post_only_adjust, not both",
+                field="post_only_adjust",
+            )
+    if kind == Order.Type.MARKET and tif in (Order.TimeInForce.GTD, Order.TimeInForce.DAY):
+        raise trading_error(
+            "InvalidCombination", f"a market order cannot be {tif}", field="time_in_force"
+        )
+    if request.display_quantity is not None:
+        if kind not in (Order.Type.LIMIT, Order.Type.STOP_LIMIT):
+            raise trading_error(
+                "InvalidCombination",
+                "display_quantity (iceberg) applies to limit and stop-limit orders",
+                field="display_quantity",
+            )
+        if tif in (Order.TimeInForce.IOC, Order.TimeInForce.FOK):
+            raise trading_error(
+                "InvalidCombination",
+                f"an iceberg order cannot be {tif}: it must be able to rest",
+                field="display_quantity",
+            )
+    if tif == Order.TimeInForce.GTD and request.expire_at is None:
+        raise trading_error("MissingParameter", "a GTD order needs expire_at", field="expire_at")
+    if tif != Order.TimeInForce.GTD and request.expire_at is not None:
+        raise trading_error(
+            "UnexpectedParameter", "expire_at is only for GTD orders", field="expire_at"
+        )
+    if request.stp_mode and request.stp_mode not in StpMode.values:
+        raise trading_error("InvalidParameter", "unknown stp_mode", field="stp_mode")

@@ -1,0 +1,328 @@
+"""Request parsing and response shapes of the trading API.
+
+Prices, quantities and money travel as JSON strings at the instrument's precision ("150.45");
+a JSON number for them is refused with NumberNotString, so no client loses precision to floats.
+"""
+
+import re
+from decimal import Decimal, InvalidOperation
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from exchange.errors import trading_error
+from exchange.models import Instrument, Order, StpMode, Trade
+from exchange.order_rules import OrderRequest
+
+DECIMAL_STRING = re.compile(r"^\d{1,24}(\.\d{1,18})?$")
+CLIENT_ORDER_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
+
+
+@extend_schema_field({"type": "string", "format": "decimal", "example": "150.45"})
+class DecimalString(serializers.Field):
+    """A non-negative decimal given as a JSON string, e.g. "150.45"."""
+
+    def to_internal_value(self, data) -> Decimal:
+        name = self.field_name
+        if isinstance(data, bool | int | float):
+            raise trading_error(
+                "NumberNotString",
+                f'{name} must be a JSON string such as "{data}", not a number '
+                "(numbers lose precision)",
+                field=name,
+            )
+        if not isinstance(data, str) or not DECIMAL_STRING.match(data.strip()):
+            raise trading_error(
+                "InvalidNumber",
+                f'{name} must be a non-negative decimal string like "150.45", got {data!r}',
+                field=name,
+            )
+        try:
+            return Decimal(data.strip())
+        except InvalidOperation:  # pragma: no cover - the pattern already guarantees a decimal
+            raise trading_error("InvalidNumber", f"{name} is not a number", field=name) from None
+
+    def to_representation(self, value) -> str:
+        return str(value)
+
+
+def refuse_unknown_fields(serializer: serializers.Serializer, data) -> None:
+    if not isinstance(data, dict):
+        raise trading_error("MalformedRequest", "the request body must be a JSON object")
+    unknown = sorted(set(data) - set(serializer.fields))
+    if unknown:
+        raise trading_error(
+            "UnexpectedParameter",
+            f"unknown field {unknown[0]!r}; accepted: {', '.join(sorted(serializer.fields))}",
+            field=unknown[0],
+        )
+
+
+class OrderPlaceSerializer(serializers.Serializer):
+    symbol = serializers.CharField(max_length=20)
+    side = serializers.ChoiceField(choices=Order.Side.choices)
+    order_type = serializers.ChoiceField(choices=Order.Type.choices)
+    quantity = DecimalString(required=False, help_text='Base quantity, e.g. "10".')
+    quote_quantity = DecimalString(required=False, help_text="Market buy: quote to spend.")
+    price = DecimalString(required=False, help_text="Limit price (limit orders).")
+    stop_price = DecimalString(required=False, help_text="Trigger (stop orders).")
+    limit_price = DecimalString(required=False, help_text="Limit price (stop-limit orders).")
+    time_in_force = serializers.ChoiceField(
+        choices=Order.TimeInForce.choices, default=Order.TimeInForce.GTC
+    )
+    expire_at = serializers.DateTimeField(required=False, help_text="GTD expiry (ISO 8601).")
+    post_only = serializers.BooleanField(default=False)
+    post_only_adjust = serializers.BooleanField(default=False)
+    display_quantity = DecimalString(required=False, help_text="Iceberg visible quantity.")
+    stp_mode = serializers.ChoiceField(choices=StpMode.choices, required=False)
+    client_order_id = serializers.CharField(max_length=64, required=False)
+
+    def to_internal_value(self, data):
+        refuse_unknown_fields(self, data)
+        return super().to_internal_value(data)
+
+    def validate_client_order_id(self, value: str) -> str:
+        if not CLIENT_ORDER_ID.match(value):
+            raise serializers.ValidationError("use 1-64 characters from A-Z a-z 0-9 . _ : -")
+        return value
+
+    def validate(self, attrs: dict) -> dict:
+        if attrs.get("order_type") == Order.Type.STOP_LIMIT:
+            if "price" in attrs:
+                raise trading_error(
+                    "UnexpectedParameter",
+                    "a stop_limit order takes limit_price and stop_price, not price",
+                    field="price",
+                )
+            attrs["price"] = attrs.pop("limit_price", None)
+        elif "limit_price" in attrs:
+            raise trading_error(
+                "UnexpectedParameter",
+                "limit_price is only for stop_limit orders (use price)",
+                field="limit_price",
+            )
+        return attrs
+
+    def to_request(self) -> OrderRequest:
+        data = dict(self.validated_data)
+        return OrderRequest(**{k: v for k, v in data.items() if v is not None})
+
+
+class OrderAmendSerializer(serializers.Serializer):
+    quantity = DecimalString(required=False, help_text="New total quantity (fills included).")
+    price = DecimalString(required=False, help_text="New limit price (loses time priority).")
+
+    def to_internal_value(self, data):
+        refuse_unknown_fields(self, data)
+        return super().to_internal_value(data)
+
+
+def _fmt(value: Decimal | None, step: Decimal) -> str | None:
+    if value is None:
+        return None
+    exponent = step.normalize().as_tuple().exponent
+    places = -exponent if exponent < 0 else 0
+    return f"{value:.{places}f}"
+
+
+def price_str(instrument: Instrument, value: Decimal | None) -> str | None:
+    return _fmt(value, instrument.tick_size)
+
+
+def quantity_str(instrument: Instrument, value: Decimal | None) -> str | None:
+    return _fmt(value, instrument.lot_size)
+
+
+def money_str(instrument: Instrument, value: Decimal | None) -> str | None:
+    return _fmt(value, Decimal(1).scaleb(-instrument.quote_precision))
+
+
+class FillSerializer(serializers.Serializer):
+    trade_id = serializers.IntegerField()
+    price = serializers.CharField()
+    quantity = serializers.CharField()
+    fee = serializers.CharField()
+    liquidity = serializers.ChoiceField(choices=["maker", "taker"])
+
+
+class OrderSerializer(serializers.Serializer):
+    order_id = serializers.IntegerField()
+    client_order_id = serializers.CharField(allow_null=True)
+    symbol = serializers.CharField()
+    side = serializers.CharField()
+    order_type = serializers.CharField()
+    time_in_force = serializers.CharField()
+    status = serializers.ChoiceField(choices=Order.Status.choices)
+    reason = serializers.CharField(allow_null=True)
+    price = serializers.CharField(allow_null=True)
+    stop_price = serializers.CharField(allow_null=True)
+    quantity = serializers.CharField(allow_null=True)
+    quote_quantity = serializers.CharField(allow_null=True)
+    display_quantity = serializers.CharField(allow_null=True)
+    post_only = serializers.BooleanField()
+    post_only_adjust = serializers.BooleanField()
+    stp_mode = serializers.CharField(allow_null=True)
+    expire_at = serializers.DateTimeField(allow_null=True)
+    filled_quantity = serializers.CharField()
+    remaining_quantity = serializers.CharField()
+    avg_price = serializers.CharField(allow_null=True)
+    cumulative_quote = serializers.CharField()
+    fees = serializers.CharField()
+    held_amount = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+    fills = FillSerializer(many=True, required=False)
+
+
+def order_representation(order: Order, fills: list[dict] | None = None) -> dict:
+    """The API's view of an order, numbers as strings at the instrument's precision."""
+    instrument = order.instrument
+    avg = order.avg_price
+    data = {
+        "order_id": order.pk,
+        "client_order_id": order.client_order_id,
+        "symbol": instrument.symbol,
+        "side": order.side,
+        "order_type": order.order_type,
+        "time_in_force": order.time_in_force,
+        "status": order.status,
+        "reason": order.reason or None,
+        "price": price_str(instrument, order.price),
+        "stop_price": price_str(instrument, order.stop_price),
+        "quantity": quantity_str(instrument, order.quantity),
+        "quote_quantity": money_str(instrument, order.quote_quantity),
+        "display_quantity": quantity_str(instrument, order.display_quantity),
+        "post_only": order.post_only,
+        "post_only_adjust": order.post_only_adjust,
+        "stp_mode": order.stp_mode or None,
+        "expire_at": order.expire_at,
+        "filled_quantity": quantity_str(instrument, order.filled_quantity),
+        "remaining_quantity": quantity_str(instrument, order.remaining_quantity),
+        # The average carries four more places than the tick, so it is not rounded to a tick.
+        "avg_price": _fmt(avg, instrument.tick_size.normalize().scaleb(-4)) if avg else None,
+        "cumulative_quote": money_str(instrument, order.cumulative_quote),
+        "fees": money_str(instrument, order.fees),
+        "held_amount": (
+            money_str(instrument, order.held_amount)
+            if order.side == Order.Side.BUY
+            else quantity_str(instrument, order.held_amount)
+        ),
+        "created_at": order.created_at,
+        "updated_at": order.updated_at,
+    }
+    if fills is not None:
+        data["fills"] = [
+            {
+                "trade_id": int(fill["trade_id"]),
+                "price": price_str(instrument, fill["price"]),
+                "quantity": quantity_str(instrument, fill["quantity"]),
+                "fee": money_str(instrument, fill["fee"]),
+                "liquidity": fill["liquidity"],
+            }
+            for fill in fills
+        ]
+    return OrderSerializer(data).data
+
+
+class UserFillSerializer(serializers.Serializer):
+    trade_id = serializers.IntegerField()
+    order_id = serializers.IntegerField()
+    symbol = serializers.CharField()
+    side = serializers.CharField()
+    price = serializers.CharField()
+    quantity = serializers.CharField()
+    quote_quantity = serializers.CharField()
+    fee = serializers.CharField()
+    liquidity = serializers.CharField()
+    executed_at = serializers.DateTimeField()
+
+
+def user_fill_representation(trade: Trade, user) -> dict:
+    instrument = trade.instrument
+    # A self-trade (STP mode none) is shown from its maker side.
+    is_maker = trade.maker_user_id == user.pk
+    taker_side = trade.taker_side
+    side = taker_side if not is_maker else ("sell" if taker_side == "buy" else "buy")
+    return {
+        "trade_id": trade.pk,
+        "order_id": trade.maker_order_id if is_maker else trade.taker_order_id,
+        "symbol": instrument.symbol,
+        "side": side,
+        "price": price_str(instrument, trade.price),
+        "quantity": quantity_str(instrument, trade.quantity),
+        "quote_quantity": money_str(instrument, trade.quote_quantity),
+        "fee": money_str(instrument, trade.maker_fee if is_maker else trade.taker_fee),
+        "liquidity": "maker" if is_maker else "taker",
+        "executed_at": trade.executed_at,
+    }
+
+
+class PublicTradeSerializer(serializers.Serializer):
+    trade_id = serializers.IntegerField()
+    price = serializers.CharField()
+    quantity = serializers.CharField()
+    taker_side = serializers.CharField()
+    executed_at = serializers.DateTimeField()
+    executed_at_ns = serializers.IntegerField()
+
+
+def public_trade_representation(trade: Trade) -> dict:
+    instrument = trade.instrument
+    return {
+        "trade_id": trade.pk,
+        "price": price_str(instrument, trade.price),
+        "quantity": quantity_str(instrument, trade.quantity),
+        "taker_side": trade.taker_side,
+        "executed_at": trade.executed_at,
+        "executed_at_ns": trade.executed_at_ns,
+    }
+
+
+class InstrumentSerializer(serializers.ModelSerializer):
+    tick_size = serializers.SerializerMethodField()
+    lot_size = serializers.SerializerMethodField()
+    min_quantity = serializers.SerializerMethodField()
+    min_notional = serializers.SerializerMethodField()
+    price_band_pct = serializers.SerializerMethodField()
+    market_collar_pct = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Instrument
+        fields = [
+            "symbol",
+            "base_asset",
+            "quote_asset",
+            "base_precision",
+            "quote_precision",
+            "tick_size",
+            "lot_size",
+            "min_quantity",
+            "min_notional",
+            "price_band_pct",
+            "market_collar_pct",
+            "trades_24_7",
+            "session_open",
+            "session_close",
+            "session_timezone",
+            "status",
+            "default_stp_mode",
+            "shard",
+        ]
+
+    def get_tick_size(self, obj) -> str:
+        return format(obj.tick_size.normalize(), "f")
+
+    def get_lot_size(self, obj) -> str:
+        return format(obj.lot_size.normalize(), "f")
+
+    def get_min_quantity(self, obj) -> str:
+        return format(obj.min_quantity.normalize(), "f")
+
+    def get_min_notional(self, obj) -> str:
+        return money_str(obj, obj.min_notional)
+
+    def get_price_band_pct(self, obj) -> str:
+        return format(obj.price_band_pct.normalize(), "f")
+
+    def get_market_collar_pct(self, obj) -> str:
+        return format(obj.market_collar_pct.normalize(), "f")

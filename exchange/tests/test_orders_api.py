@@ -1,0 +1,400 @@
+"""Order entry over HTTP against the real web process and the real shard worker."""
+
+import datetime as dt
+import time
+
+import pytest
+
+from conftest import wait_until
+from exchange.models import Order, Trade
+from exchange.tests.api_client import ApiClient, make_instrument, make_user
+
+pytestmark = [pytest.mark.processes]
+
+
+@pytest.fixture
+def market(exchange_stack, live_db):
+    """A fresh symbol and two traders on the running exchange."""
+    instrument = make_instrument()
+    maker, taker = ApiClient(exchange_stack), ApiClient(exchange_stack)
+    return instrument, maker, taker
+
+
+def limit(symbol, side, price, quantity, **extra):
+    return {
+        "symbol": symbol,
+        "side": side,
+        "order_type": "limit",
+        "price": price,
+        "quantity": quantity,
+        **extra,
+    }
+
+
+def test_limit_order_rests_and_is_answered_with_its_state(market):
+    instrument, maker, _ = market
+    response = maker.place(**limit(instrument.symbol, "buy", "100.00", "10"))
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["status"] == "new"
+    assert body["price"] == "100.00"
+    assert body["filled_quantity"] == "0"
+    assert body["remaining_quantity"] == "10"
+    assert body["fills"] == []
+    assert body["held_amount"] == "1002.00"  # 10 x 100 plus the worst-case 0.20% taker fee
+    stored = Order.objects.get(pk=body["order_id"])
+    assert stored.status == "new" and stored.user == maker.user
+
+
+def test_crossing_orders_trade_at_the_makers_price_with_fees(market):
+    instrument, maker, taker = market
+    resting = maker.place(**limit(instrument.symbol, "sell", "150.45", "10")).json()
+    response = taker.place(**limit(instrument.symbol, "buy", "151.00", "4"))
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["status"] == "filled"
+    assert body["avg_price"] == "150.450000"
+    assert body["fills"] == [
+        {
+            "trade_id": body["fills"][0]["trade_id"],
+            "price": "150.45",
+            "quantity": "4",
+            "fee": "1.21",  # 601.80 x 0.20% = 1.2036, a fee rounds up
+            "liquidity": "taker",
+        }
+    ]
+    maker_view = maker.get(f"/api/v1/orders/{resting['order_id']}").json()
+    assert maker_view["status"] == "partially_filled"
+    assert maker_view["filled_quantity"] == "4"
+    assert maker_view["remaining_quantity"] == "6"
+    assert maker_view["fills"][0]["fee"] == "0.61"  # 601.80 x 0.10% = 0.6018, rounds up
+    assert maker_view["fills"][0]["liquidity"] == "maker"
+    trade = Trade.objects.get(pk=body["fills"][0]["trade_id"])
+    assert (trade.maker_user, trade.taker_user, trade.taker_side) == (
+        maker.user,
+        taker.user,
+        "buy",
+    )
+
+
+def test_market_order_walks_levels_reports_vwap_and_cancels_the_rest(market):
+    instrument, maker, taker = market
+    for price, quantity in (("100.00", "2"), ("100.50", "3")):
+        assert maker.place(**limit(instrument.symbol, "sell", price, quantity)).status_code == 201
+    response = taker.place(symbol=instrument.symbol, side="buy", order_type="market", quantity="10")
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert [(f["price"], f["quantity"]) for f in body["fills"]] == [
+        ("100.00", "2"),
+        ("100.50", "3"),
+    ]
+    assert body["filled_quantity"] == "5"
+    assert body["avg_price"] == "100.300000"  # (200 + 301.50) / 5
+    assert body["status"] == "cancelled"
+    assert body["reason"] == "no_liquidity"
+
+
+def test_market_buy_by_quote_amount_spends_at_most_that(market):
+    instrument, maker, taker = market
+    maker.place(**limit(instrument.symbol, "sell", "10.00", "100"))
+    body = taker.place(
+        symbol=instrument.symbol, side="buy", order_type="market", quote_quantity="55.00"
+    ).json()
+    assert body["filled_quantity"] == "5"  # 6 would cost 60.12 with the fee
+    assert body["status"] == "filled"
+    assert body["quote_quantity"] == "55.00"
+
+
+def test_ioc_fills_what_crosses_and_cancels_the_remainder(market):
+    instrument, maker, taker = market
+    maker.place(**limit(instrument.symbol, "sell", "20.00", "3"))
+    body = taker.place(**limit(instrument.symbol, "buy", "20.00", "5", time_in_force="IOC")).json()
+    assert (body["filled_quantity"], body["status"], body["reason"]) == (
+        "3",
+        "cancelled",
+        "ioc_remainder",
+    )
+
+
+def test_fok_that_cannot_fill_is_rejected_and_stored_as_rejected(market):
+    instrument, maker, taker = market
+    maker.place(**limit(instrument.symbol, "sell", "20.00", "3"))
+    response = taker.place(**limit(instrument.symbol, "buy", "20.00", "5", time_in_force="FOK"))
+    assert response.status_code == 400
+    error = response.json()
+    assert error["error"] == "FokUnfillable"
+    stored = Order.objects.get(pk=error["order_id"])
+    assert (stored.status, stored.reason) == ("rejected", "fok_unfillable")
+    assert not Trade.objects.filter(taker_order=stored).exists()
+
+
+def test_post_only_that_would_cross_is_rejected_with_the_price(market):
+    instrument, maker, taker = market
+    maker.place(**limit(instrument.symbol, "sell", "150.45", "1"))
+    response = taker.place(**limit(instrument.symbol, "buy", "151.00", "1", post_only=True))
+    assert response.status_code == 400
+    error = response.json()
+    assert error["error"] == "PostOnlyWouldMatch"
+    assert error["code"] == -2010
+    assert error["message"] == "Order would match immediately at 150.45"
+    assert Order.objects.get(pk=error["order_id"]).status == "rejected"
+
+
+def test_post_only_adjust_reprices_one_tick_behind_the_best_offer(market):
+    instrument, maker, taker = market
+    maker.place(**limit(instrument.symbol, "sell", "150.45", "1"))
+    body = taker.place(
+        **limit(instrument.symbol, "buy", "151.00", "1", post_only_adjust=True)
+    ).json()
+    assert (body["status"], body["price"]) == ("new", "150.44")
+
+
+def test_iceberg_shows_only_its_display_quantity_in_the_book(market):
+    instrument, maker, _ = market
+    body = maker.place(
+        **limit(instrument.symbol, "sell", "30.00", "100", display_quantity="10")
+    ).json()
+    assert body["status"] == "new"
+    book = wait_until(
+        lambda: (b := maker.get(f"/api/v1/orderbook/{instrument.symbol}").json())["asks"] and b,
+        timeout=10,
+    )
+    assert book["asks"] == [{"price": "30.00", "quantity": "10", "orders": 1}]
+
+
+def test_stop_loss_triggers_on_the_last_trade_price(market):
+    instrument, maker, taker = market
+    stop = taker.place(
+        symbol=instrument.symbol,
+        side="sell",
+        order_type="stop_loss",
+        stop_price="95.00",
+        quantity="2",
+    ).json()
+    assert stop["status"] == "untriggered"
+    maker.place(**limit(instrument.symbol, "buy", "94.00", "5"))
+    maker.place(**limit(instrument.symbol, "buy", "95.00", "1"))
+    taker2 = ApiClient(maker.http.base_url)
+    taker2.place(symbol=instrument.symbol, side="sell", order_type="market", quantity="1")
+    triggered = wait_until(
+        lambda: (
+            (o := taker.get(f"/api/v1/orders/{stop['order_id']}").json())["status"]
+            in ("filled", "cancelled")
+            and o
+        ),
+        timeout=10,
+    )
+    assert triggered["status"] == "filled"
+    assert triggered["fills"][0]["price"] == "94.00"
+
+
+def test_stop_limit_becomes_a_resting_limit_when_triggered(market):
+    instrument, maker, taker = market
+    stop = taker.place(
+        symbol=instrument.symbol,
+        side="buy",
+        order_type="stop_limit",
+        stop_price="105.00",
+        limit_price="104.00",
+        quantity="2",
+    ).json()
+    assert stop["status"] == "untriggered"
+    assert stop["price"] == "104.00"
+    maker.place(**limit(instrument.symbol, "sell", "105.00", "1"))
+    ApiClient(maker.http.base_url).place(
+        symbol=instrument.symbol, side="buy", order_type="market", quantity="1"
+    )
+    resting = wait_until(
+        lambda: (
+            (o := taker.get(f"/api/v1/orders/{stop['order_id']}").json())["status"] == "new" and o
+        ),
+        timeout=10,
+    )
+    assert resting["remaining_quantity"] == "2"
+
+
+def test_gtd_order_expires_at_its_time(market):
+    instrument, maker, _ = market
+    from matching.services import shard_expire_due_enqueue
+
+    expire_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
+    body = maker.place(
+        **limit(
+            instrument.symbol,
+            "buy",
+            "10.00",
+            "1",
+            time_in_force="GTD",
+            expire_at=expire_at.isoformat().replace("+00:00", "Z"),
+        )
+    ).json()
+    assert body["status"] == "new"
+    time.sleep(1.2)
+    shard_expire_due_enqueue(shard=instrument.shard, now_ns=time.time_ns())
+    expired = wait_until(
+        lambda: (
+            (o := maker.get(f"/api/v1/orders/{body['order_id']}").json())["status"] == "expired"
+            and o
+        ),
+        timeout=10,
+    )
+    assert expired["reason"] == "gtd_expired"
+
+
+def test_day_order_expires_at_the_session_close(market):
+    instrument, maker, _ = market
+    body = maker.place(**limit(instrument.symbol, "buy", "10.00", "1", time_in_force="DAY")).json()
+    tomorrow = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).date()
+    assert body["expire_at"] == f"{tomorrow.isoformat()}T00:00:00Z"
+
+
+def test_self_trade_prevention_cancels_the_resting_order_by_default(market):
+    instrument, maker, _ = market
+    resting = maker.place(**limit(instrument.symbol, "sell", "50.00", "2")).json()
+    incoming = maker.place(**limit(instrument.symbol, "buy", "50.00", "1")).json()
+    assert incoming["status"] == "new"
+    assert incoming["fills"] == []
+    cancelled = maker.get(f"/api/v1/orders/{resting['order_id']}").json()
+    assert (cancelled["status"], cancelled["reason"]) == ("cancelled", "stp")
+
+
+def test_cancel_amend_and_mass_cancel(market):
+    instrument, maker, _ = market
+    first = maker.place(**limit(instrument.symbol, "buy", "10.00", "5")).json()
+    second = maker.place(**limit(instrument.symbol, "buy", "11.00", "5")).json()
+    amended = maker.patch(f"/api/v1/orders/{first['order_id']}", {"quantity": "3"})
+    assert amended.status_code == 200, amended.text
+    assert amended.json()["remaining_quantity"] == "3"
+    repriced = maker.patch(f"/api/v1/orders/{first['order_id']}", {"price": "10.50"}).json()
+    assert repriced["price"] == "10.50"
+    cancelled = maker.delete(f"/api/v1/orders/{second['order_id']}")
+    assert cancelled.status_code == 200
+    assert (cancelled.json()["status"], cancelled.json()["reason"]) == ("cancelled", "user")
+    again = maker.delete(f"/api/v1/orders/{second['order_id']}")
+    assert again.status_code == 400 and again.json()["error"] == "OrderNotOpen"
+    third = maker.place(**limit(instrument.symbol, "sell", "90.00", "1")).json()
+    assert maker.delete("/api/v1/orders", symbol=instrument.symbol).status_code == 202
+    for order_id in (first["order_id"], third["order_id"]):
+        assert maker.get(f"/api/v1/orders/{order_id}").json()["status"] == "cancelled"
+    open_orders = maker.get("/api/v1/orders", symbol=instrument.symbol, status="open").json()
+    assert open_orders["results"] == []
+
+
+def test_client_order_id_is_idempotent_and_refuses_a_different_body(market):
+    instrument, maker, _ = market
+    body = limit(instrument.symbol, "buy", "10.00", "1", client_order_id="my-order-1")
+    first = maker.place(**body)
+    assert first.status_code == 201
+    replay = maker.place(**body)
+    assert replay.status_code == 200
+    assert replay.json()["order_id"] == first.json()["order_id"]
+    conflict = maker.place(**{**body, "quantity": "2"})
+    assert conflict.status_code == 409
+    assert conflict.json()["error"] == "DuplicateClientOrderId"
+    by_client_id = maker.get("/api/v1/orders/client/my-order-1").json()
+    assert by_client_id["order_id"] == first.json()["order_id"]
+    assert Order.objects.filter(user=maker.user, client_order_id="my-order-1").count() == 1
+    assert maker.delete("/api/v1/orders/client/my-order-1").json()["status"] == "cancelled"
+
+
+def test_another_users_order_is_a_404(market):
+    instrument, maker, taker = market
+    order = maker.place(**limit(instrument.symbol, "buy", "10.00", "1")).json()
+    for method in (taker.get, taker.delete):
+        response = method(f"/api/v1/orders/{order['order_id']}")
+        assert response.status_code == 404
+        assert response.json()["error"] == "OrderNotFound"
+    assert taker.patch(f"/api/v1/orders/{order['order_id']}", {"quantity": "2"}).status_code == 404
+    assert Order.objects.get(pk=order["order_id"]).status == "new"
+
+
+BAD_INPUTS = [
+    ({"symbol": "NOPE"}, "UnknownSymbol", "symbol"),
+    ({"price": "10.001"}, "PriceOffTick", "price"),
+    ({"quantity": "1.5"}, "QuantityOffLot", "quantity"),
+    ({"quantity": "0"}, "InvalidNumber", "quantity"),
+    ({"price": "0.01", "quantity": "1"}, "NotionalTooSmall", "quantity"),
+    ({"price": None}, "MissingParameter", "price"),
+    ({"post_only": True, "time_in_force": "IOC"}, "InvalidCombination", "post_only"),
+    ({"display_quantity": "20"}, "DisplayQuantityTooLarge", "display_quantity"),
+    ({"time_in_force": "GTD", "expire_at": "2020-01-01T00:00:00Z"}, "ExpireAtInPast", "expire_at"),
+    ({"price": 10.5}, "NumberNotString", "price"),
+    ({"quantity": "ten"}, "InvalidNumber", "quantity"),
+    ({"quantity": "-1"}, "InvalidNumber", "quantity"),
+    ({"side": "hold"}, "InvalidParameter", "side"),
+    ({"colour": "red"}, "UnexpectedParameter", "colour"),
+]
+
+
+@pytest.mark.parametrize(("change", "error", "field"), BAD_INPUTS)
+def test_bad_input_is_a_400_naming_the_field_and_stores_nothing(market, change, error, field):
+    instrument, maker, _ = market
+    body = limit(instrument.symbol, "buy", "10.00", "10")
+    body.update(change)
+    body = {k: v for k, v in body.items() if v is not None}
+    response = maker.place(**body)
+    assert response.status_code == 400, response.text
+    payload = response.json()
+    assert (payload["error"], payload.get("field")) == (error, field)
+    assert isinstance(payload["code"], int) and payload["message"]
+    assert not Order.objects.filter(user=maker.user).exists()
+
+
+def test_price_outside_the_band_around_the_last_trade_is_refused(market):
+    instrument, maker, taker = market
+    maker.place(**limit(instrument.symbol, "sell", "100.00", "1"))
+    taker.place(**limit(instrument.symbol, "buy", "100.00", "1"))
+    response = maker.place(**limit(instrument.symbol, "sell", "120.00", "1"))
+    assert response.status_code == 400
+    assert (response.json()["error"], response.json()["field"]) == ("PriceOutsideBand", "price")
+
+
+def test_market_data_endpoints(market):
+    instrument, maker, taker = market
+    maker.place(**limit(instrument.symbol, "sell", "101.00", "5"))
+    maker.place(**limit(instrument.symbol, "buy", "99.00", "4"))
+    taker.place(**limit(instrument.symbol, "buy", "101.00", "2"))
+    symbol = instrument.symbol
+    book = wait_until(
+        lambda: (
+            (b := taker.get(f"/api/v1/orderbook/{symbol}", depth=5).json())["asks"]
+            and b["asks"][0]["quantity"] == "3"
+            and b
+        ),
+        timeout=10,
+    )
+    assert book["bids"] == [{"price": "99.00", "quantity": "4", "orders": 1}]
+    assert book["seq"] > 0
+    spread = taker.get(f"/api/v1/orderbook/{symbol}/spread").json()
+    assert (spread["best_bid"], spread["best_ask"], spread["spread"]) == ("99.00", "101.00", "2.00")
+    assert spread["mid"] == "100"
+    assert spread["spread_bps"] == "200.00"
+    trades = taker.get(f"/api/v1/trades/{symbol}").json()["results"]
+    assert [(t["price"], t["quantity"], t["taker_side"]) for t in trades] == [
+        ("101.00", "2", "buy")
+    ]
+    ticker = taker.get(f"/api/v1/ticker/{symbol}").json()
+    assert (ticker["last_price"], ticker["volume_24h"], ticker["trades_24h"]) == ("101.00", "2", 1)
+    symbols = {s["symbol"]: s for s in taker.get("/api/v1/symbols").json()}
+    assert symbols[symbol]["tick_size"] == "0.01"
+    assert symbols[symbol]["min_notional"] == "1.00"
+    assert taker.get("/api/v1/time").json()["server_time"].endswith("Z")
+    assert taker.get(f"/api/v1/orderbook/{symbol}", depth=0).status_code == 400
+    fills = taker.get("/api/v1/fills", symbol=symbol).json()["results"]
+    assert [(f["side"], f["liquidity"], f["fee"]) for f in fills] == [("buy", "taker", "0.41")]
+
+
+def test_exchange_metrics_show_fee_revenue_net_of_rebates_for_staff(market, exchange_stack):
+    instrument, maker, taker = market
+    maker.place(**limit(instrument.symbol, "sell", "100.00", "10"))
+    taker.place(**limit(instrument.symbol, "buy", "100.00", "10"))
+    assert taker.get("/api/v1/metrics/exchange").status_code == 403
+    staff = make_user("staff")
+    staff.is_staff = True
+    staff.save()
+    metrics = ApiClient(exchange_stack, staff).get("/api/v1/metrics/exchange").json()
+    row = next(r for r in metrics["symbols"] if r["symbol"] == instrument.symbol)
+    assert row["trades"] == 1
+    assert (row["volume"], row["quote_volume"]) == ("10", "1000.00")
+    assert (row["maker_fees"], row["taker_fees"], row["rebates_paid"]) == ("1.00", "2.00", "0.00")
+    assert row["net_fee_revenue"] == "3.00"

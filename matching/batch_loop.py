@@ -1,0 +1,242 @@
+"""The shard's batch loop: recover, then poll commands, stamp, apply, commit, publish.
+
+Exactly once: a command's effects (orders, trades, journal row, book and shard counters) and
+its `applied_at` commit in ONE transaction that also checks the lease epoch under a row lock,
+so a command is either wholly applied or not at all, and only by the lease holder. The poll
+selects `applied_at IS NULL` rows by id (not "id > last seen"), so a row committed late with
+a smaller id is still found, and a lost stream signal only delays a command. The in-memory
+engine always equals the last committed batch: if a batch fails after the engine changed,
+the process exits and the next holder rebuilds from PostgreSQL.
+"""
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db.models import F
+
+from audit.events import AuditEvent
+from audit.services import audit_record
+from matching.batch_writer import Applied, BatchWriter, LeaseFenced
+from matching.command_codec import InvalidPayload, engine_command
+from matching.models import Command
+from matching.publish import Publisher
+from matching.recovery import engine_recover, instruments_enqueue
+
+logger = logging.getLogger(__name__)
+
+BATCH_LIMIT = 2000
+SIGNAL_BLOCK_MS = 10
+# Applied rows leave dead entries in the partial index until vacuum, and a poll from the
+# start of the index walks them all. The hot path polls above the highest id applied so far;
+# a full poll every FULL_POLL_SECONDS picks up rows committed late with a smaller id.
+POLL_SQL = """
+SELECT id, kind, payload, order_id, attempts FROM matching_command
+ WHERE shard = %s AND applied_at IS NULL AND id > %s
+ ORDER BY id LIMIT %s
+"""
+FULL_POLL_SECONDS = 1.0
+_CONNECTION_ERRORS = (OperationalError, InterfaceError, psycopg.OperationalError)
+FAILED_TWICE = "CommandFailed"
+INVALID_COMMAND = "InvalidCommand"
+
+
+class BatchFailed(Exception):
+    """A batch could not be applied or committed; the engine may be ahead of PostgreSQL."""
+
+
+@dataclass(slots=True)
+class CommandRow:
+    """An unapplied command as polled."""
+
+    id: int
+    kind: str
+    payload: Any
+    order_id: int | None
+    attempts: int
+
+
+def commands_poll(*, shard: int, limit: int, after_id: int = 0) -> list[CommandRow]:
+    """Unapplied commands of the shard with an id above `after_id`, oldest id first."""
+    connection.ensure_connection()
+    # Server-side binding and psycopg's own jsonb parsing (Django's cursor quotes client-side).
+    with psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(POLL_SQL, [shard, after_id, limit])
+        rows = cursor.fetchall()
+    return [
+        CommandRow(
+            cid,
+            kind,
+            json.loads(payload) if isinstance(payload, str) else payload,
+            order_id,
+            attempts,
+        )
+        for cid, kind, payload, order_id, attempts in rows
+    ]
+
+
+def attempts_record(command_ids: list[int]) -> None:
+    """Count a failed batch against its commands (a command failing twice is then rejected)."""
+    try:
+        Command.objects.filter(id__in=command_ids, applied_at__isnull=True).update(
+            attempts=F("attempts") + 1
+        )
+    except Exception as exc:  # exiting anyway; the count is a hint
+        logger.warning("failed batch not counted", extra={"why": str(exc)})
+
+
+class ShardLoop:
+    """Owns the shard's engine while the lease is held."""
+
+    def __init__(
+        self,
+        *,
+        shard: int,
+        epoch: int,
+        actor_label: str,
+        publisher: Publisher,
+        batch_limit: int = BATCH_LIMIT,
+        block_ms: int = SIGNAL_BLOCK_MS,
+    ) -> None:
+        self.shard = shard
+        self.epoch = epoch
+        self.actor_label = actor_label
+        self.publisher = publisher
+        self.batch_limit = batch_limit
+        self.block_ms = block_ms
+        self.engine = None
+        self.apply_seq = 0
+        self.last_stamp = 0
+        self.writer: BatchWriter | None = None
+        self.applied_total = 0
+        self.next_full_poll = 0.0
+        self.max_applied_id = 0
+
+    def recover(self) -> None:
+        """Rebuild the engine from PostgreSQL; queue instruments it does not know yet."""
+        recovered = engine_recover(self.shard)
+        self.engine = recovered.engine
+        self.apply_seq = recovered.apply_seq
+        self.last_stamp = recovered.last_stamp_ns
+        self.writer = BatchWriter(
+            shard=self.shard,
+            epoch=self.epoch,
+            actor_label=self.actor_label,
+            instrument_ids=recovered.instrument_ids,
+        )
+        queued = instruments_enqueue(shard=self.shard, engine=self.engine)
+        with transaction.atomic():
+            audit_record(
+                event_type=AuditEvent.WORKER_RECOVERY,
+                actor=self.actor_label,
+                shard=self.shard,
+                payload={
+                    "epoch": self.epoch,
+                    "apply_seq": self.apply_seq,
+                    "orders": recovered.orders,
+                    "stops": recovered.stops,
+                    "read_s": round(recovered.read_seconds, 3),
+                    "load_s": round(recovered.load_seconds, 3),
+                    "instruments_queued": queued,
+                },
+            )
+        try:
+            self.publisher.group_ensure()
+        except Exception as exc:  # Redis is best effort
+            logger.warning("consumer group not created", extra={"why": str(exc)})
+        self.publisher.snapshots_write(engine=self.engine, ts_ns=time.time_ns())
+
+    def step(self) -> int:
+        """Apply one batch if commands are waiting, else wait briefly for a signal; returns
+        the number of commands applied."""
+        rows = self.poll()
+        if not rows:
+            self.publisher.signal_wait(block_ms=self.block_ms, count=self.batch_limit)
+            return 0
+        return self.batch_apply(rows)
+
+    def poll(self) -> list[CommandRow]:
+        """The next batch of unapplied commands: above the highest id applied so far on the
+        hot path; from the start of the shard's queue once every FULL_POLL_SECONDS."""
+        now = time.monotonic()
+        if now < self.next_full_poll:
+            return commands_poll(
+                shard=self.shard, limit=self.batch_limit, after_id=self.max_applied_id
+            )
+        self.next_full_poll = now + FULL_POLL_SECONDS
+        return commands_poll(shard=self.shard, limit=self.batch_limit)
+
+    def _stamp(self) -> int:
+        """Monotonic engine time in ns: wall clock, but never at or behind the previous one."""
+        now = time.time_ns()
+        self.last_stamp = now if now > self.last_stamp else self.last_stamp + 1
+        return self.last_stamp
+
+    def batch_apply(self, rows: list[CommandRow]) -> int:
+        """Apply and commit one batch (commands that failed before are retried alone)."""
+        first = rows[0]
+        if first.attempts >= 2:
+            stamp = self._stamp()
+            applied = [
+                Applied(first.id, first.kind, stamp, None, [], None, FAILED_TWICE, first.order_id)
+            ]
+            logger.error(
+                "command failed twice: rejected", extra={"shard": self.shard, "command": first.id}
+            )
+            return self._commit(applied)
+        if first.attempts == 1:
+            rows = [first]
+        else:
+            for i, row in enumerate(rows):
+                if row.attempts:
+                    rows = rows[:i]
+                    break
+        engine = self.engine
+        applied = []
+        seq = self.apply_seq
+        for row in rows:
+            stamp = self._stamp()
+            try:
+                cmd = engine_command(row.kind, row.payload, stamp)
+            except InvalidPayload as exc:
+                logger.error("invalid command", extra={"command": row.id, "why": str(exc)})
+                applied.append(
+                    Applied(row.id, row.kind, stamp, None, [], None, INVALID_COMMAND, row.order_id)
+                )
+                continue
+            try:
+                events = engine.apply(cmd)
+            except Exception as exc:
+                attempts_record([r.id for r in rows])
+                raise BatchFailed(f"engine failed on command {row.id}: {exc!r}") from exc
+            # A no-op expiry changes no engine state (no event, no counter): not journaled.
+            if events or row.kind != Command.Kind.EXPIRE_DUE:
+                seq += 1
+                applied.append(Applied(row.id, row.kind, stamp, cmd, events, seq))
+            else:
+                applied.append(Applied(row.id, row.kind, stamp, cmd, events, None))
+        count = self._commit(applied)
+        self.apply_seq = seq
+        return count
+
+    def _commit(self, applied: list[Applied]) -> int:
+        ids = [a.command_id for a in applied]
+        try:
+            outcome = self.writer.write(engine=self.engine, applied=applied)
+        except LeaseFenced:
+            raise
+        except _CONNECTION_ERRORS as exc:
+            raise BatchFailed(f"database unavailable: {exc}") from exc
+        except Exception as exc:
+            attempts_record(ids)
+            raise BatchFailed(f"batch commit failed: {exc!r}") from exc
+        self.applied_total += len(applied)
+        self.max_applied_id = max(self.max_applied_id, *ids)
+        self.publisher.after_commit(
+            engine=self.engine, outcome=outcome, ts_ns=max(a.stamp_ns for a in applied)
+        )
+        return len(applied)

@@ -1,0 +1,95 @@
+"""Command rows <-> engine tuples, and engine tuples/events <-> journal JSON.
+
+A Command row carries `kind` and `payload` (the keyword arguments of the engine constructor in
+`matching.engine.protocol`, minus `ts`); the worker stamps it and builds the tuple here. The
+journal stores the tuple exactly as applied, so a replay needs no payload rules.
+
+Normalization (so recovery from the Order row reproduces the engine record exactly): a place's
+`expire_at` is kept only for GTD/DAY and floored to whole microseconds (what a PostgreSQL
+timestamp holds), `stop_price` only for stop orders.
+"""
+
+import datetime as dt
+from typing import Any
+
+from matching.engine import Instrument
+from matching.engine import protocol as p
+
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_STOP_TYPES = (p.STOP_MARKET, p.STOP_LIMIT)
+_EXPIRING_TIFS = (p.GTD, p.DAY)
+
+
+class InvalidPayload(ValueError):
+    """The command row cannot be turned into an engine command (missing or unknown fields)."""
+
+
+def ns_to_datetime(ns: int) -> dt.datetime:
+    """Engine nanoseconds -> aware UTC datetime (microsecond precision, floored)."""
+    return EPOCH + dt.timedelta(microseconds=ns // 1000)
+
+
+def datetime_to_ns(moment: dt.datetime) -> int:
+    """Aware datetime -> integer nanoseconds since the epoch (exact, no float)."""
+    return (moment - EPOCH) // dt.timedelta(microseconds=1) * 1000
+
+
+def _place(ts: int, payload: dict) -> tuple:
+    args = dict(payload)
+    if args.get("order_type", p.LIMIT) not in _STOP_TYPES:
+        args["stop_price"] = 0
+    expire_at = args.get("expire_at") or 0
+    if args.get("tif", p.GTC) in _EXPIRING_TIFS and isinstance(expire_at, int):
+        args["expire_at"] = expire_at - expire_at % 1000
+    else:
+        args["expire_at"] = 0
+    return p.place(ts=ts, **args)
+
+
+def _add_instrument(ts: int, payload: dict) -> tuple:
+    spec = payload.get("instrument", payload)
+    if isinstance(spec, list | tuple):
+        return p.add_instrument(ts=ts, instrument=Instrument.from_tuple(tuple(spec)))
+    return p.add_instrument(ts=ts, instrument=Instrument(**spec))
+
+
+def _expire_due(ts: int, payload: dict) -> tuple:
+    # `now` is the scheduler's clock as enqueued (a test may inject any instant).
+    return p.expire_due(ts=ts, now=int(payload["now"]))
+
+
+_BUILDERS = {
+    "place": _place,
+    "cancel": lambda ts, payload: p.cancel(ts=ts, **payload),
+    "amend": lambda ts, payload: p.amend(ts=ts, **payload),
+    "mass_cancel": lambda ts, payload: p.mass_cancel(ts=ts, **payload),
+    "expire_due": _expire_due,
+    "halt": lambda ts, payload: p.halt(ts=ts, **payload),
+    "resume": lambda ts, payload: p.resume(ts=ts, **payload),
+    "add_instrument": _add_instrument,
+}
+
+
+def engine_command(kind: str, payload: dict, ts: int) -> tuple:
+    """The engine tuple for a command row stamped with `ts`; InvalidPayload if malformed."""
+    builder = _BUILDERS.get(kind)
+    if builder is None:
+        raise InvalidPayload(f"unknown command kind {kind!r}")
+    try:
+        return builder(ts, payload)
+    except (TypeError, KeyError, ValueError) as exc:
+        raise InvalidPayload(f"{kind}: {exc}") from exc
+
+
+def command_to_json(cmd: tuple) -> list[Any]:
+    """A command tuple as JSON-ready data (an Instrument becomes its plain tuple)."""
+    if cmd[0] == p.OP_ADD_INSTRUMENT:
+        return [cmd[0], cmd[1], list(cmd[2].as_tuple())]
+    return list(cmd)
+
+
+def command_from_json(data: list) -> tuple:
+    """Inverse of `command_to_json`."""
+    if data[0] == p.OP_ADD_INSTRUMENT:
+        return (data[0], data[1], Instrument.from_tuple(tuple(data[2])))
+    return tuple(data)

@@ -1,0 +1,158 @@
+"""After-commit Redis side effects of a batch: XACK, replies, book snapshots, market data.
+
+All best effort: Redis is transport, PostgreSQL already holds the batch. A failure is logged
+and the worker carries on (a web request then answers 202 and re-reads later).
+"""
+
+import json
+import logging
+import time
+from typing import Any
+
+import redis
+
+from matching.batch_writer import BatchOutcome
+from matching.engine import Engine, Instrument
+from matching.transport import (
+    book_snapshot_key,
+    command_stream_key,
+    market_data_channel,
+    replies_channel,
+)
+
+logger = logging.getLogger(__name__)
+
+SNAPSHOT_DEPTH = 50
+CONSUMER_GROUP = "matching"
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def book_snapshot(engine: Engine, symbol: str, *, ts_ns: int) -> dict[str, Any]:
+    """The book's top levels and seq as the snapshot key holds them (decimal strings)."""
+    inst = next(i for i in engine.instruments() if i.symbol == symbol)
+    bids, asks = engine.depth(symbol, SNAPSHOT_DEPTH)
+    last = engine.last_price(symbol)
+
+    def levels(rows):
+        return [
+            [str(inst.ticks_to_price(price)), str(inst.lots_to_qty(qty)), count]
+            for price, qty, count in rows
+        ]
+
+    return {
+        "symbol": symbol,
+        "seq": engine.book_seq(symbol),
+        "bids": levels(bids),
+        "asks": levels(asks),
+        "last_price": None if last is None else str(inst.ticks_to_price(last)),
+        "ts_ns": ts_ns,
+    }
+
+
+class Publisher:
+    """Redis side of one shard worker."""
+
+    def __init__(self, *, client: redis.Redis, shard: int, consumer: str) -> None:
+        self.client = client
+        self.shard = shard
+        self.consumer = consumer
+        self.stream = command_stream_key(shard)
+        self.pending_acks: list[bytes] = []
+        self.published_seq: dict[str, int] = {}
+
+    # ---- the wake-up signal ----------------------------------------------------------------
+    def group_ensure(self) -> None:
+        """Create the consumer group (and the stream) if missing, e.g. after a FLUSHALL."""
+        try:
+            self.client.xgroup_create(self.stream, CONSUMER_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def signal_wait(self, *, block_ms: int, count: int) -> int:
+        """Wait up to `block_ms` for command signals; returns how many arrived. The ids they
+        carry are not used: the database poll that follows finds every unapplied command."""
+        try:
+            try:
+                reply = self.client.xreadgroup(
+                    CONSUMER_GROUP, self.consumer, {self.stream: ">"}, count=count, block=block_ms
+                )
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                self.group_ensure()
+                return 1  # poll now: signals may have been lost with the group
+        except redis.RedisError as exc:
+            logger.warning("command stream unavailable", extra={"why": str(exc)})
+            time.sleep(block_ms / 1000)
+            return 0
+        received = 0
+        for _stream, entries in reply or ():
+            for entry_id, _fields in entries:
+                self.pending_acks.append(entry_id)
+                received += 1
+        return received
+
+    # ---- after commit ----------------------------------------------------------------------
+    def after_commit(self, *, engine: Engine, outcome: BatchOutcome, ts_ns: int) -> None:
+        """XACK, replies, snapshots of changed books, one market-data message."""
+        changes = engine.drain_level_changes()
+        specs = {inst.symbol: inst for inst in engine.instruments()}
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            if self.pending_acks:
+                pipe.xack(self.stream, CONSUMER_GROUP, *self.pending_acks)
+            pipe.publish(replies_channel(), _dumps(outcome.command_ids))
+            books = {}
+            for symbol in sorted((outcome.symbols | set(changes)) & set(specs)):
+                snapshot = book_snapshot(engine, symbol, ts_ns=ts_ns)
+                pipe.set(book_snapshot_key(symbol), _dumps(snapshot))
+                if symbol in changes:
+                    books[symbol] = self._book_changes(specs[symbol], symbol, changes[symbol])
+            if books or outcome.trades or outcome.orders:
+                pipe.publish(
+                    market_data_channel(self.shard),
+                    _dumps(
+                        {
+                            "shard": self.shard,
+                            "books": books,
+                            "trades": outcome.trades,
+                            "orders": outcome.orders,
+                        }
+                    ),
+                )
+            pipe.execute()
+            self.pending_acks.clear()
+            # A consumer that sees prev_seq != its last seq knows it missed a message.
+            for symbol, book in books.items():
+                self.published_seq[symbol] = book["seq"]
+        except redis.RedisError as exc:
+            logger.warning(
+                "batch published only in PostgreSQL (Redis unavailable)",
+                extra={"shard": self.shard, "why": str(exc)},
+            )
+
+    def snapshots_write(self, *, engine: Engine, ts_ns: int) -> None:
+        """Every book's snapshot (after recovery: Redis may have lost them)."""
+        engine.drain_level_changes()
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for inst in engine.instruments():
+                self.published_seq[inst.symbol] = engine.book_seq(inst.symbol)
+                snapshot = book_snapshot(engine, inst.symbol, ts_ns=ts_ns)
+                pipe.set(book_snapshot_key(inst.symbol), _dumps(snapshot))
+            pipe.execute()
+        except redis.RedisError as exc:
+            logger.warning("book snapshots not written", extra={"why": str(exc)})
+
+    def _book_changes(self, inst: Instrument, symbol: str, drained: tuple) -> dict[str, Any]:
+        seq, levels = drained
+        bids, asks = [], []
+        for is_buy, price, qty, count in levels:
+            row = [str(inst.ticks_to_price(price)), str(inst.lots_to_qty(qty)), count]
+            (bids if is_buy else asks).append(row)
+        prev = self.published_seq.get(symbol, 0)
+        return {"seq": seq, "prev_seq": prev, "changes": {"bids": bids, "asks": asks}}

@@ -1,0 +1,283 @@
+"""The shard worker applies commands in durable batches: orders, trades, replies, snapshots."""
+
+import datetime as dt
+import json
+import subprocess
+import sys
+import threading
+from decimal import Decimal
+
+import psycopg
+import pytest
+from django.db import connection
+
+from conftest import BASE_DIR, wait_until
+from exchange.models import Order, Trade
+from matching.command_codec import datetime_to_ns
+from matching.engine import Engine
+from matching.lease import database_conninfo
+from matching.models import Command, JournalEntry
+from matching.recovery import engine_state_read
+from matching.services import shard_expire_due_enqueue
+from matching.tests.order_rows import (
+    instrument_create,
+    order_cancel_enqueue,
+    order_row_place,
+    user_create,
+)
+from matching.tests.worker_checks import (
+    all_commands_applied,
+    exactly_once_invariants,
+    matching_verify,
+)
+from matching.transport import book_snapshot_key, replies_channel
+
+pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
+
+
+def start_worker(processes, env, name="worker"):
+    worker = processes.manage("run_matching", "--shard", "0", env=env, name=name)
+    wait_until(lambda: "shard worker serving" in worker.log_path.read_text(), timeout=30)
+    return worker
+
+
+def settled(order: Order) -> Order:
+    return wait_until(
+        lambda: (o := Order.objects.get(pk=order.pk)).status != Order.Status.PENDING_NEW and o,
+        timeout=20,
+    )
+
+
+def test_crossing_pair_makes_one_trade_with_both_fills_and_fees(processes, process_env):
+    instrument = instrument_create()
+    seller, buyer = user_create("seller"), user_create("buyer")
+    start_worker(processes, process_env)
+
+    sell = order_row_place(
+        user=seller, instrument=instrument, side="sell", quantity="10", price="100.00"
+    )
+    buy = order_row_place(
+        user=buyer, instrument=instrument, side="buy", quantity="10", price="100.00"
+    )
+    sell, buy = settled(sell), settled(buy)
+    all_commands_applied()
+
+    trade = Trade.objects.get(instrument=instrument)
+    assert (trade.price, trade.quantity, trade.quote_quantity) == (
+        Decimal("100.00"),
+        Decimal("10"),
+        Decimal("1000.00"),
+    )
+    assert (trade.maker_order_id, trade.taker_order_id) == (sell.pk, buy.pk)
+    assert (trade.maker_user_id, trade.taker_user_id) == (seller.pk, buyer.pk)
+    assert trade.taker_side == "buy"
+    assert (trade.maker_fee, trade.taker_fee) == (Decimal("1.00"), Decimal("2.00"))
+    for order, fee in ((sell, Decimal("1.00")), (buy, Decimal("2.00"))):
+        assert order.status == "filled"
+        assert (order.filled_quantity, order.remaining_quantity) == (Decimal("10"), 0)
+        assert (order.cumulative_quote, order.fees) == (Decimal("1000.00"), fee)
+    assert buy.quote_spent == Decimal("1002.00")
+    assert sell.priority_seq is not None
+    commands = Command.objects.filter(order_id__in=[sell.pk, buy.pk]).order_by("id")
+    assert [c.apply_seq for c in commands] == sorted(c.apply_seq for c in commands)
+    assert JournalEntry.objects.filter(command_id__in=[c.pk for c in commands]).count() == 2
+    exactly_once_invariants()
+    assert "OK" in matching_verify(process_env)
+
+
+def test_replies_name_the_applied_commands_after_they_commit(processes, process_env, redis_conn):
+    instrument = instrument_create()
+    start_worker(processes, process_env)
+    pubsub = redis_conn.pubsub()
+    pubsub.subscribe(replies_channel())
+    order = order_row_place(
+        user=user_create(), instrument=instrument, side="sell", quantity="3", price="5.00"
+    )
+    command_id = Command.objects.get(order_id=order.pk).pk
+    seen: list[int] = []
+
+    def reply_seen():
+        message = pubsub.get_message(timeout=0.2)
+        if message and message["type"] == "message":
+            seen.extend(json.loads(message["data"]))
+        return command_id in seen
+
+    wait_until(reply_seen, timeout=20)
+    # The reply is sent after COMMIT: the row is already applied when it arrives.
+    assert Command.objects.get(pk=command_id).applied_at is not None
+    assert Order.objects.get(pk=order.pk).status == "new"
+    pubsub.close()
+
+
+def test_book_snapshot_in_redis_equals_engine_depth(processes, process_env, redis_conn):
+    instrument = instrument_create()
+    user = user_create()
+    start_worker(processes, process_env)
+    for side, qty, price in [
+        ("buy", "5", "99.00"),
+        ("buy", "7", "99.00"),
+        ("buy", "2", "98.50"),
+        ("sell", "4", "101.00"),
+        ("sell", "1", "102.25"),
+    ]:
+        order_row_place(user=user, instrument=instrument, side=side, quantity=qty, price=price)
+    all_commands_applied()
+    engine = Engine.bulk_load(engine_state_read(0)[0])
+    bids, asks = engine.depth(instrument.symbol, 50)
+    spec = next(i for i in engine.instruments() if i.symbol == instrument.symbol)
+
+    def as_strings(levels):
+        return [[str(spec.ticks_to_price(p)), str(spec.lots_to_qty(q)), n] for p, q, n in levels]
+
+    def snapshot_current():
+        raw = redis_conn.get(book_snapshot_key(instrument.symbol))
+        snap = raw and json.loads(raw)
+        return snap if snap and snap["seq"] == engine.book_seq(instrument.symbol) else None
+
+    snapshot = wait_until(snapshot_current, timeout=10)
+    assert snapshot["bids"] == as_strings(bids) == [["99.00", "12", 2], ["98.50", "2", 1]]
+    assert snapshot["asks"] == as_strings(asks) == [["101.00", "4", 1], ["102.25", "1", 1]]
+    assert snapshot["symbol"] == instrument.symbol
+    assert snapshot["last_price"] is None
+
+
+def test_post_only_order_that_would_match_is_stored_rejected(processes, process_env):
+    instrument = instrument_create()
+    start_worker(processes, process_env)
+    order_row_place(
+        user=user_create(), instrument=instrument, side="sell", quantity="1", price="10.00"
+    )
+    crossing = order_row_place(
+        user=user_create(),
+        instrument=instrument,
+        side="buy",
+        quantity="1",
+        price="10.00",
+        post_only=True,
+    )
+    crossing = settled(crossing)
+    assert (crossing.status, crossing.reason, crossing.reject_code) == (
+        "rejected",
+        "post_only",
+        "PostOnlyWouldMatch",
+    )
+    assert "10.00" in crossing.reject_message
+    assert Command.objects.get(order_id=crossing.pk).reject_code == "PostOnlyWouldMatch"
+
+
+def test_command_committed_late_with_a_smaller_id_is_still_applied(processes, process_env):
+    instrument = instrument_create()
+    user = user_create()
+    start_worker(processes, process_env)
+    resting = settled(
+        order_row_place(user=user, instrument=instrument, side="sell", quantity="2", price="7.00")
+    )
+    # A cancel whose transaction takes its id now but commits only later.
+    late = psycopg.connect(database_conninfo())
+    late_id = late.execute(
+        "INSERT INTO matching_command (shard, kind, payload, order_id, user_id, created_at, "
+        "attempts, reject_code) VALUES (0, 'cancel', %s, %s, %s, now(), 0, '') RETURNING id",
+        [json.dumps({"order_id": resting.pk}), resting.pk, user.pk],
+    ).fetchone()[0]
+    later = settled(
+        order_row_place(user=user, instrument=instrument, side="sell", quantity="1", price="8.00")
+    )
+    later_command = Command.objects.get(order_id=later.pk)
+    assert later_command.pk > late_id and later_command.applied_at is not None
+    late.commit()  # no stream signal: only the database poll can find it
+    late.close()
+    cancelled = wait_until(
+        lambda: (o := Order.objects.get(pk=resting.pk)).status == "cancelled" and o, timeout=20
+    )
+    assert cancelled.reason == "user"
+    assert Command.objects.get(pk=late_id).apply_seq > later_command.apply_seq
+    exactly_once_invariants()
+
+
+def test_cancel_while_orders_flow_applies_every_command_once(processes, process_env):
+    instrument = instrument_create()
+    users = [user_create() for _ in range(3)]
+    start_worker(processes, process_env)
+    placed: list[Order] = []
+
+    def place_many():
+        for i in range(120):
+            side = "buy" if i % 2 else "sell"
+            price = f"{100 + (i % 7) - 3}.00"
+            placed.append(
+                order_row_place(
+                    user=users[i % 3], instrument=instrument, side=side, quantity="3", price=price
+                )
+            )
+            if i % 10 == 9:
+                order_cancel_enqueue(placed[-5])
+        connection.close()  # this thread's own connection
+
+    thread = threading.Thread(target=place_many)
+    thread.start()
+    thread.join()
+    all_commands_applied()
+    exactly_once_invariants()
+    assert "OK" in matching_verify(process_env)
+
+
+def test_gtd_order_expires_and_a_no_op_expiry_is_not_journaled(processes, process_env):
+    instrument = instrument_create()
+    start_worker(processes, process_env)
+    expire_at = dt.datetime(2100, 1, 1, 12, 0, 0, 123456, tzinfo=dt.UTC)
+    gtd = settled(
+        order_row_place(
+            user=user_create(),
+            instrument=instrument,
+            side="sell",
+            quantity="2",
+            price="3.00",
+            time_in_force="GTD",
+            expire_at=expire_at,
+        )
+    )
+    assert (gtd.status, gtd.expire_at) == ("new", expire_at)
+    assert "OK" in matching_verify(process_env)  # the rebuilt GTD order keeps its expiry
+
+    early = shard_expire_due_enqueue(shard=0, now_ns=datetime_to_ns(expire_at) - 1)
+    all_commands_applied()
+    early.refresh_from_db()
+    assert early.applied_at is not None and early.apply_seq is None
+    assert not JournalEntry.objects.filter(command_id=early.pk).exists()
+    assert Order.objects.get(pk=gtd.pk).status == "new"
+
+    due = shard_expire_due_enqueue(shard=0, now_ns=datetime_to_ns(expire_at))
+    all_commands_applied()
+    expired = Order.objects.get(pk=gtd.pk)
+    assert (expired.status, expired.reason, expired.remaining_quantity) == (
+        "expired",
+        "gtd_expired",
+        0,
+    )
+    assert JournalEntry.objects.filter(command_id=due.pk).exists()
+    exactly_once_invariants()
+    assert "OK" in matching_verify(process_env)
+
+
+def test_matching_verify_fails_when_the_stored_book_differs_from_the_journal(
+    processes, process_env
+):
+    instrument = instrument_create()
+    start_worker(processes, process_env)
+    order = settled(
+        order_row_place(
+            user=user_create(), instrument=instrument, side="buy", quantity="4", price="9.00"
+        )
+    )
+    assert "OK" in matching_verify(process_env)
+    Order.objects.filter(pk=order.pk).update(remaining_quantity=Decimal("3"))
+    result = subprocess.run(
+        [sys.executable, "manage.py", "matching_verify", "--shard", "0"],
+        cwd=BASE_DIR,
+        env=process_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "MISMATCH" in result.stderr

@@ -1,0 +1,258 @@
+"""Crashes lose nothing and apply nothing twice: kill -9 under supervisord, standby takeover,
+a failed commit, a command that fails twice, and a Redis wipe mid-stream."""
+
+import json
+import os
+import signal
+import sys
+import time
+
+import psutil
+import pytest
+from django.db import connection
+
+from conftest import BASE_DIR, RUN_PREFIX, wait_until
+from exchange.models import Order
+from matching.heartbeat import heartbeat_key
+from matching.models import Command, ShardState
+from matching.tests.order_flow import OrderFlow
+from matching.tests.order_rows import instrument_create, order_row_place, user_create
+from matching.tests.worker_checks import (
+    all_commands_applied,
+    exactly_once_invariants,
+    matching_verify,
+)
+
+pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
+
+
+def holder_pid(redis_conn) -> int | None:
+    value = redis_conn.get(heartbeat_key(0))
+    return json.loads(value)["pid"] if value else None
+
+
+def serving_pid(redis_conn, *, other_than: int | None = None) -> int:
+    """The pid of the live lease holder once it has recovered and serves (not `other_than`)."""
+
+    def serving():
+        pid = holder_pid(redis_conn)
+        if not pid or pid == other_than or not psutil.pid_exists(pid):
+            return None
+        state = ShardState.objects.filter(shard=0).first()
+        return pid if state and state.holder.endswith(f":{pid}") else None
+
+    return wait_until(serving, timeout=45, interval=0.1)
+
+
+def final_checks(flow: OrderFlow, env) -> None:
+    assert not flow.errors
+    all_commands_applied(timeout=90)
+    ids = flow.acked
+    assert len(ids) == len(set(ids)) > 50
+    stored = dict(Order.objects.filter(pk__in=ids).values_list("pk", "status"))
+    assert set(stored) == set(ids), "every acknowledged order is stored"
+    assert "pending_new" not in stored.values(), "every acknowledged order was applied"
+    exactly_once_invariants()
+    assert "OK" in matching_verify(env)
+
+
+def supervisord_conf(tmp_path, env) -> str:
+    command = f"{sys.executable} manage.py run_matching --shard 0"
+    path = tmp_path / "supervisord.conf"
+    path.write_text(
+        "\n".join(
+            [
+                "[supervisord]",
+                "nodaemon=true",
+                f"logfile={tmp_path / 'supervisord.log'}",
+                f"pidfile={tmp_path / 'supervisord.pid'}",
+                "[unix_http_server]",
+                f"file={tmp_path / 'supervisor.sock'}",
+                "[rpcinterface:supervisor]",
+                "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+                "[program:matching-0]",
+                f"command={command}",
+                f"directory={BASE_DIR}",
+                "autostart=true",
+                "autorestart=true",
+                "startsecs=0",
+                "startretries=100",
+                "stopasgroup=true",
+                "killasgroup=true",
+                "redirect_stderr=true",
+                f"stdout_logfile={tmp_path / 'matching.log'}",
+                "",
+            ]
+        )
+    )
+    return str(path)
+
+
+def test_kill_9_under_supervisord_loses_and_duplicates_nothing(
+    processes, process_env, redis_conn, tmp_path
+):
+    instrument = instrument_create()
+    users = [user_create() for _ in range(4)]
+    processes.start(
+        [sys.executable, "-m", "supervisor.supervisord", "-c", supervisord_conf(tmp_path, {})],
+        env=process_env,
+        name="supervisord",
+    )
+    pid = serving_pid(redis_conn)
+    flow = OrderFlow(instrument=instrument, users=users)
+    flow.start()
+    killed = []
+    try:
+        for _ in range(3):
+            time.sleep(1.5)
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            pid = serving_pid(redis_conn, other_than=pid)
+        time.sleep(1.0)
+    finally:
+        flow.stop.set()
+        flow.join()
+    assert len(set(killed)) == 3
+    final_checks(flow, process_env)
+    assert ShardState.objects.get(shard=0).lease_epoch >= 4
+
+
+def test_standby_takes_over_with_orders_flowing(processes, process_env, redis_conn):
+    instrument = instrument_create()
+    users = [user_create() for _ in range(3)]
+    holder = processes.manage("run_matching", "--shard", "0", env=process_env, name="holder")
+    assert serving_pid(redis_conn) == holder.pid
+    standby = processes.manage("run_matching", "--shard", "0", env=process_env, name="standby")
+    wait_until(lambda: "waiting for lease" in standby.log_path.read_text(), timeout=30)
+    flow = OrderFlow(instrument=instrument, users=users, seed=11)
+    flow.start()
+    try:
+        time.sleep(1.5)
+        os.killpg(holder.pid, signal.SIGKILL)
+        assert serving_pid(redis_conn, other_than=holder.pid) == standby.pid
+        time.sleep(1.5)
+    finally:
+        flow.stop.set()
+        flow.join()
+    final_checks(flow, process_env)
+    last = Order.objects.filter(pk=flow.acked[-1]).values_list("status", flat=True).get()
+    assert last != "pending_new"
+
+
+def test_redis_wipe_mid_stream_loses_no_accepted_order(processes, process_env, redis_conn):
+    instrument = instrument_create()
+    users = [user_create() for _ in range(3)]
+    processes.manage("run_matching", "--shard", "0", env=process_env, name="worker")
+    serving_pid(redis_conn)
+    flow = OrderFlow(instrument=instrument, users=users, seed=3)
+    flow.start()
+    try:
+        for _ in range(3):
+            time.sleep(0.8)
+            # What FLUSHALL does to this run: every key gone, stream and consumer group too.
+            # (Only this run's prefix, so concurrent test runs on the same Redis are unharmed.)
+            keys = list(redis_conn.scan_iter(match=RUN_PREFIX + "*", count=1000))
+            if keys:
+                redis_conn.delete(*keys)
+        time.sleep(0.8)
+    finally:
+        flow.stop.set()
+        flow.join()
+    final_checks(flow, process_env)
+
+
+def failing_commit_trigger(condition: str) -> None:
+    """Make a batch fail at COMMIT (a deferred constraint trigger on the journal)."""
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE SEQUENCE IF NOT EXISTS test_fail_seq")
+        cursor.execute(
+            f"""
+            CREATE OR REPLACE FUNCTION test_fail_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF {condition} THEN
+                    RAISE EXCEPTION 'test: commit refused';
+                END IF;
+                RETURN NULL;
+            END $$;
+            CREATE CONSTRAINT TRIGGER test_fail_commit AFTER INSERT ON matching_journalentry
+                DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION test_fail_commit();
+            """
+        )
+
+
+def failing_commit_trigger_drop() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TRIGGER IF EXISTS test_fail_commit ON matching_journalentry")
+        cursor.execute("DROP FUNCTION IF EXISTS test_fail_commit()")
+        cursor.execute("DROP SEQUENCE IF EXISTS test_fail_seq")
+
+
+def test_failed_commit_exits_and_the_restart_recovers(processes, process_env, redis_conn):
+    instrument = instrument_create()
+    user = user_create()
+    first = processes.manage("run_matching", "--shard", "0", env=process_env, name="w1")
+    serving_pid(redis_conn)
+    resting = order_row_place(
+        user=user, instrument=instrument, side="sell", quantity="5", price="10.00"
+    )
+    all_commands_applied()
+    failing_commit_trigger("nextval('test_fail_seq') = 1")  # the next batch fails, once
+    try:
+        taker = order_row_place(
+            user=user_create(), instrument=instrument, side="buy", quantity="2", price="10.00"
+        )
+        assert first.wait(timeout=30) == 3, "the worker exits when its batch does not commit"
+        assert Order.objects.get(pk=taker.pk).status == "pending_new"
+        processes.manage("run_matching", "--shard", "0", env=process_env, name="w2")
+        all_commands_applied()
+    finally:
+        failing_commit_trigger_drop()
+    assert Order.objects.get(pk=taker.pk).status == "filled"
+    assert Order.objects.get(pk=resting.pk).status == "partially_filled"
+    exactly_once_invariants()
+    assert "OK" in matching_verify(process_env)
+
+
+def test_command_failing_twice_is_rejected_and_the_rest_applied(processes, process_env, redis_conn):
+    instrument = instrument_create()
+    user = user_create()
+    processes.manage("run_matching", "--shard", "0", env=process_env, name="w0")
+    serving_pid(redis_conn)
+    all_commands_applied()
+    # The place at 20.00 (2000 ticks) can never commit; nothing else is affected.
+    failing_commit_trigger("(NEW.command->>0)::int = 1 AND (NEW.command->>7)::bigint = 2000")
+    try:
+        poison = order_row_place(
+            user=user, instrument=instrument, side="sell", quantity="1", price="20.00"
+        )
+        others = [
+            order_row_place(
+                user=user, instrument=instrument, side="sell", quantity="1", price="21.00"
+            )
+            for _ in range(3)
+        ]
+        for attempt in range(1, 4):
+            wait_until(
+                lambda: (
+                    not Command.objects.filter(applied_at__isnull=True).exists()
+                    or not any(p.poll() is None for p in processes.started)
+                ),
+                timeout=30,
+            )
+            if not Command.objects.filter(applied_at__isnull=True).exists():
+                break
+            processes.manage("run_matching", "--shard", "0", env=process_env, name=f"w{attempt}")
+        all_commands_applied()
+    finally:
+        failing_commit_trigger_drop()
+    poisoned = Order.objects.get(pk=poison.pk)
+    assert (poisoned.status, poisoned.reason, poisoned.reject_code) == (
+        "rejected",
+        "invalid",
+        "CommandFailed",
+    )
+    command = Command.objects.get(order_id=poison.pk)
+    assert (command.attempts, command.reject_code, command.apply_seq) == (2, "CommandFailed", None)
+    assert {o.status for o in Order.objects.filter(pk__in=[o.pk for o in others])} == {"new"}
+    exactly_once_invariants()
+    assert "OK" in matching_verify(process_env)
