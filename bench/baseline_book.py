@@ -1,6 +1,9 @@
-"""Baseline order book for the engine benchmark: SortedDict price -> deque, cancel by remove.
+"""Baseline order book for the engine benchmark: a SortedDict of price -> deque per side.
 
-Deliberately plain (no STP, fees or budgets): the yardstick our engine must beat.
+The yardstick of fixed design the engine is measured against: price-time priority limit orders,
+cancel by `deque.remove`, no STP, fees or budgets. Plain idiomatic code, neither slowed down
+nor tuned. Trades are `(maker_id, taker_id, price, qty)` tuples, as the benchmark compares them
+with the engine's.
 """
 
 from __future__ import annotations
@@ -10,67 +13,88 @@ from collections import deque
 from sortedcontainers import SortedDict
 
 
+class RestingOrder:
+    """One order in the book; `qty` is what is still open."""
+
+    __slots__ = ("is_buy", "order_id", "price", "qty", "user_id")
+
+    def __init__(self, order_id: int, user_id: int, is_buy: bool, price: int, qty: int) -> None:
+        self.order_id = order_id
+        self.user_id = user_id
+        self.is_buy = is_buy
+        self.price = price
+        self.qty = qty
+
+
 class BaselineBook:
-    """Price-time priority limit order book with place/cancel/move/reduce."""
+    """Limit order book with place, cancel, move (loses priority) and reduce (keeps it)."""
 
     def __init__(self) -> None:
-        self.bids: SortedDict = SortedDict()
-        self.asks: SortedDict = SortedDict()
-        self.orders: dict[int, list] = {}  # id -> [id, user, is_buy, price, qty]
+        self.bids: SortedDict = SortedDict()  # price -> deque[RestingOrder]; best bid is last
+        self.asks: SortedDict = SortedDict()  # price -> deque[RestingOrder]; best ask is first
+        self.orders: dict[int, RestingOrder] = {}
 
-    def place(self, order_id, user_id, is_buy, price, qty, ioc) -> list[tuple]:
-        """Match against the opposite side, rest the remainder unless IOC."""
+    def place(
+        self, order_id: int, user_id: int, is_buy: bool, price: int, qty: int, ioc: bool
+    ) -> list[tuple[int, int, int, int]]:
+        """Match a limit order, then rest what is left (an IOC remainder is dropped)."""
         trades = []
-        book = self.asks if is_buy else self.bids
-        while qty and book:
-            best_price, queue = book.peekitem(0) if is_buy else book.peekitem(-1)
-            if (best_price > price) if is_buy else (best_price < price):
+        opposite = self.asks if is_buy else self.bids
+        while qty and opposite:
+            level_price, queue = opposite.peekitem(0 if is_buy else -1)
+            if level_price > price if is_buy else level_price < price:
                 break
             while qty and queue:
                 maker = queue[0]
-                fill = min(qty, maker[4])
-                trades.append((maker[0], order_id, best_price, fill))
+                fill = min(qty, maker.qty)
+                trades.append((maker.order_id, order_id, level_price, fill))
                 qty -= fill
-                maker[4] -= fill
-                if not maker[4]:
+                maker.qty -= fill
+                if not maker.qty:
                     queue.popleft()
-                    del self.orders[maker[0]]
+                    del self.orders[maker.order_id]
             if not queue:
-                del book[best_price]
+                del opposite[level_price]
         if qty and not ioc:
-            order = [order_id, user_id, is_buy, price, qty]
-            self.orders[order_id] = order
+            order = RestingOrder(order_id, user_id, is_buy, price, qty)
             side = self.bids if is_buy else self.asks
             queue = side.get(price)
             if queue is None:
                 queue = side[price] = deque()
             queue.append(order)
+            self.orders[order_id] = order
         return trades
 
-    def cancel(self, order_id) -> bool:
-        """Remove a resting order."""
+    def cancel(self, order_id: int) -> bool:
+        """Remove a resting order; False if it is not in the book."""
         order = self.orders.pop(order_id, None)
         if order is None:
             return False
-        side = self.bids if order[2] else self.asks
-        queue = side[order[3]]
+        side = self.bids if order.is_buy else self.asks
+        queue = side[order.price]
         queue.remove(order)
         if not queue:
-            del side[order[3]]
+            del side[order.price]
         return True
 
-    def move(self, order_id, new_price) -> list[tuple]:
-        """Cancel and re-place at new_price with the remaining quantity (loses priority)."""
+    def move(self, order_id: int, new_price: int) -> list[tuple[int, int, int, int]]:
+        """Cancel and re-place the open quantity at new_price: back of the queue, may trade."""
         order = self.orders.get(order_id)
         if order is None:
             return []
         self.cancel(order_id)
-        return self.place(order_id, order[1], order[2], new_price, order[4], False)
+        return self.place(order_id, order.user_id, order.is_buy, new_price, order.qty, False)
 
-    def reduce(self, order_id, new_total_qty_remaining) -> bool:
-        """Lower the remaining quantity in place (keeps priority)."""
+    def reduce(self, order_id: int, new_remaining_qty: int) -> bool:
+        """Lower the open quantity in place, keeping priority; False if not a reduction."""
         order = self.orders.get(order_id)
-        if order is None or not 0 < new_total_qty_remaining < order[4]:
+        if order is None or not 0 < new_remaining_qty <= order.qty:
             return False
-        order[4] = new_total_qty_remaining
+        order.qty = new_remaining_qty
         return True
+
+    def best_bid(self) -> int | None:
+        return self.bids.peekitem(-1)[0] if self.bids else None
+
+    def best_ask(self) -> int | None:
+        return self.asks.peekitem(0)[0] if self.asks else None

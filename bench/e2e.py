@@ -167,10 +167,7 @@ def start_stack(env: dict[str, str], var_dir: Path, port: int, stack: ExitStack)
     programs = procfile_programs(BASE_DIR / "Procfile", shard_count=1, port=port)
     programs = {k: v for k, v in programs.items() if k in ("web", "matching-0")}
     config = var_dir / "supervisord.conf"
-    text = supervisord_config(programs).replace(str(BASE_DIR / "var"), str(var_dir))
-    config.write_text(
-        text.replace("stdout_logfile=/dev/stdout", f"stdout_logfile={var_dir}/%(program_name)s.log")
-    )
+    config.write_text(supervisord_config(programs, var_dir=var_dir, logs_to_files=True))
     supervisor = subprocess.Popen(
         [sys.executable, "-m", "supervisor.supervisord", "-c", str(config)],
         cwd=BASE_DIR,

@@ -140,21 +140,29 @@ def procfile_programs(procfile: Path, *, shard_count: int, port: int) -> dict[st
     return programs
 
 
-def supervisord_config(programs: dict[str, str]) -> str:
-    log_dir = VAR_DIR / "log"
+def supervisord_config(
+    programs: dict[str, str], *, var_dir: Path | None = None, logs_to_files: bool = False
+) -> str:
+    """supervisord settings running `programs` (name -> command), restarting any that dies.
+
+    Program output goes to the console (`make run`), or to `<var_dir>/log/<name>.log`.
+    """
+    var_dir = var_dir or VAR_DIR
+    log_dir = var_dir / "log"
     log_dir.mkdir(parents=True, exist_ok=True)
+    program_log = str(log_dir / "%(program_name)s.log") if logs_to_files else "/dev/stdout"
     sections = [
         "[supervisord]",
         "nodaemon=true",
         f"logfile={log_dir / 'supervisord.log'}",
-        f"pidfile={VAR_DIR / 'supervisord.pid'}",
+        f"pidfile={var_dir / 'supervisord.pid'}",
         f"childlogdir={log_dir}",
         "",
         "[unix_http_server]",
-        f"file={VAR_DIR / 'supervisor.sock'}",
+        f"file={var_dir / 'supervisor.sock'}",
         "",
         "[supervisorctl]",
-        f"serverurl=unix://{VAR_DIR / 'supervisor.sock'}",
+        f"serverurl=unix://{var_dir / 'supervisor.sock'}",
         "",
         "[rpcinterface:supervisor]",
         "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
@@ -173,7 +181,7 @@ def supervisord_config(programs: dict[str, str]) -> str:
             "killasgroup=true",
             "stopwaitsecs=10",
             "redirect_stderr=true",
-            "stdout_logfile=/dev/stdout",
+            f"stdout_logfile={program_log}",
             "stdout_logfile_maxbytes=0",
         ]
     return "\n".join(sections) + "\n"

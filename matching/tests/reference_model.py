@@ -89,6 +89,29 @@ END_STATUSES = (FILLED, CANCELLED, EXPIRED)
 STOP_STP = "stp"
 STOP_BUDGET = "max_quote"
 STOP_NO_LIQUIDITY = "no_liquidity"
+UNLIMITED = float("inf")
+
+# Field names of a PLACE command tuple, in order (API.md).
+PLACE_FIELDS = (
+    "op",
+    "ts",
+    "symbol",
+    "order_id",
+    "user_id",
+    "is_buy",
+    "order_type",
+    "price",
+    "qty",
+    "tif",
+    "expire_at",
+    "flags",
+    "display",
+    "stop_price",
+    "max_quote",
+    "maker_fee",
+    "taker_fee",
+    "stp",
+)
 
 
 def is_int(value: object) -> bool:
@@ -261,6 +284,9 @@ class ReferenceModel:
 
     def _mass_cancel(self, cmd: tuple) -> None:
         user_id, only_symbol = cmd[2], cmd[3]
+        if only_symbol is not None and only_symbol not in self.books:
+            self._reject(only_symbol, None, user_id, OP_MASS_CANCEL, UNKNOWN_INSTRUMENT)
+            return
         for symbol in list(self.instruments):
             if only_symbol is not None and symbol != only_symbol:
                 continue
@@ -280,51 +306,53 @@ class ReferenceModel:
             self._end(o, EXPIRED, R_GTD_EXPIRED if o["tif"] == GTD else R_DAY_EXPIRED)
 
     # ---- place ------------------------------------------------------------------------------
-    def _validate_place(self, cmd: tuple) -> str | None:
+    def _validate_place(self, c: dict) -> str | None:
         """The first failing check of API.md's validation order, or None."""
-        (_, ts, symbol, order_id, _user, is_buy, otype, price, qty, tif, expire_at, flags) = cmd[
-            :12
-        ]
-        display, stop_price, max_quote, maker_fee, taker_fee, stp = cmd[12:18]
-        inst = self.instruments.get(symbol)
+        inst = self.instruments.get(c["symbol"])
         if inst is None:
             return UNKNOWN_INSTRUMENT
-        if self.books[symbol]["halted"]:
+        if self.books[c["symbol"]]["halted"]:
             return INSTRUMENT_HALTED
-        if self.find_live(order_id) is not None:
+        if self.find_live(c["order_id"]) is not None:
             return DUPLICATE_ORDER_ID
+        otype, tif, flags, display = c["order_type"], c["tif"], c["flags"], c["display"]
         if otype not in (LIMIT, MARKET, STOP_MARKET, STOP_LIMIT):
             return INVALID_ORDER_TYPE
         if flags and otype != LIMIT:
             return INVALID_ORDER_TYPE
         if tif not in (GTC, IOC, FOK, GTD, DAY):
             return INVALID_TIME_IN_FORCE
-        if otype in (MARKET, STOP_MARKET) and tif not in (GTC, IOC, FOK):
+        if otype == MARKET and tif not in (GTC, IOC, FOK):
+            return INVALID_TIME_IN_FORCE
+        by_quote = otype == MARKET and c["is_buy"] and c["qty"] == 0
+        if by_quote and tif == FOK:
+            # Not in API.md (reported): "all of it" is undefined for a buy by quote amount.
             return INVALID_TIME_IN_FORCE
         if flags and tif not in (GTC, GTD, DAY):
             return INVALID_TIME_IN_FORCE
-        if stp not in range(len(STP_MODE_NAMES)):
+        if c["stp"] not in range(len(STP_MODE_NAMES)):
             return INVALID_STP_MODE
-        if not (-PPM < maker_fee < PPM) or not (0 <= taker_fee < PPM):
+        if not (-PPM < c["maker_fee"] < PPM) or not (0 <= c["taker_fee"] < PPM):
             return INVALID_FEE
-        by_quote = otype == MARKET and is_buy and qty == 0
-        if not by_quote and (not is_int(qty) or qty < inst.min_qty):
+        if not by_quote and (not is_int(c["qty"]) or c["qty"] < inst.min_qty):
             return INVALID_QUANTITY
         if not is_int(display) or display < 0:
             return INVALID_DISPLAY_QUANTITY
         if display > 0 and (otype not in (LIMIT, STOP_LIMIT) or tif not in (GTC, GTD, DAY)):
             return INVALID_DISPLAY_QUANTITY
         if otype in (LIMIT, STOP_LIMIT):
-            code = self._check_limit_price(symbol, price)
+            code = self._check_limit_price(c["symbol"], c["price"])
             if code:
                 return code
-        if otype in (STOP_MARKET, STOP_LIMIT) and (not is_int(stop_price) or stop_price < 1):
+        if otype in (STOP_MARKET, STOP_LIMIT) and (
+            not is_int(c["stop_price"]) or c["stop_price"] < 1
+        ):
             return INVALID_PRICE
-        if otype in (LIMIT, STOP_LIMIT) and inst.notional(price, qty) < inst.min_notional:
+        if otype in (LIMIT, STOP_LIMIT) and inst.notional(c["price"], c["qty"]) < inst.min_notional:
             return BELOW_MIN_NOTIONAL
-        if is_buy and (not is_int(max_quote) or max_quote <= 0):
+        if c["is_buy"] and (not is_int(c["max_quote"]) or c["max_quote"] <= 0):
             return INVALID_MAX_QUOTE
-        if tif in (GTD, DAY) and (not is_int(expire_at) or expire_at <= ts):
+        if tif in (GTD, DAY) and (not is_int(c["expire_at"]) or c["expire_at"] <= c["ts"]):
             return INVALID_EXPIRE_AT
         return None
 
@@ -335,43 +363,45 @@ class ReferenceModel:
         if price < inst.price_min or price > inst.price_max:
             return PRICE_OUTSIDE_BAND
         last = self.books[symbol]["last_price"]
-        if inst.band_ppm > 0 and last is not None and abs(price - last) * PPM > last * inst.band_ppm:
+        if (
+            inst.band_ppm > 0
+            and last is not None
+            and abs(price - last) * PPM > last * inst.band_ppm
+        ):
             return PRICE_OUTSIDE_BAND
         return None
 
     def _place(self, cmd: tuple) -> None:
-        (_, _ts, symbol, order_id, user_id, is_buy, otype, price, qty, tif, expire_at, flags) = cmd[
-            :12
-        ]
-        display, stop_price, max_quote, maker_fee, taker_fee, stp = cmd[12:18]
-        code = self._validate_place(cmd)
+        c = dict(zip(PLACE_FIELDS, cmd, strict=True))
+        code = self._validate_place(c)
         if code:
-            self._reject(symbol, order_id, user_id, OP_PLACE, code)
+            self._reject(c["symbol"], c["order_id"], c["user_id"], OP_PLACE, code)
             return
+        otype, tif, is_buy = c["order_type"], c["tif"], c["is_buy"]
         is_stop = otype in (STOP_MARKET, STOP_LIMIT)
         o = {
-            "id": order_id,
-            "user": user_id,
-            "symbol": symbol,
+            "id": c["order_id"],
+            "user": c["user_id"],
+            "symbol": c["symbol"],
             "is_buy": is_buy,
             "type": otype,
-            "price": price if otype in (LIMIT, STOP_LIMIT) else 0,
-            "qty": qty,  # total quantity, filled included (an amend changes it)
+            "price": c["price"] if otype in (LIMIT, STOP_LIMIT) else 0,
+            "qty": c["qty"],  # total quantity, filled included (an amend changes it)
             "filled": 0,
-            "remaining": qty,  # visible + reserve
+            "remaining": c["qty"],  # visible + reserve
             "visible": 0,
-            "display": display,
+            "display": c["display"],
             "seq": 0,
             "tif": tif,
-            "expire_at": expire_at if tif in (GTD, DAY) else 0,
-            "flags": flags,
-            "stop_price": stop_price if is_stop else 0,
-            "max_quote": max_quote if is_buy else 0,
+            "expire_at": c["expire_at"] if tif in (GTD, DAY) else 0,
+            "flags": c["flags"],
+            "stop_price": c["stop_price"] if is_stop else 0,
+            "max_quote": c["max_quote"] if is_buy else 0,
             "quote_spent": 0,
-            "maker_fee": maker_fee,
-            "taker_fee": taker_fee,
-            "stp": stp,
-            "by_quote": otype == MARKET and is_buy and qty == 0,
+            "maker_fee": c["maker_fee"],
+            "taker_fee": c["taker_fee"],
+            "stp": c["stp"],
+            "by_quote": otype == MARKET and is_buy and c["qty"] == 0,
         }
         queue: list[dict] = []
         if is_stop:
@@ -383,7 +413,7 @@ class ReferenceModel:
             self._trigger(o, queue)
         else:
             queue.append(o)
-        self._run_queue(symbol, queue)
+        self._run_queue(o["symbol"], queue)
 
     def _run_queue(self, symbol: str, queue: list[dict]) -> None:
         """Process orders FIFO as new orders; stops made eligible by each one join the queue."""
@@ -547,12 +577,9 @@ class ReferenceModel:
 
     def _prevent_self_trade(self, taker: dict, maker: dict, mode: int) -> bool:
         """Apply an STP mode to taker vs maker; True when the taker is done (cancelled stp)."""
-        assert not taker["by_quote"] or mode in (
-            STP_CANCEL_RESTING,
-            STP_CANCEL_INCOMING,
-            STP_CANCEL_BOTH,
-        ), "STP quantity of a market buy by quote is not defined by API.md"
-        taker_left = maker["visible"] if taker["by_quote"] else taker["remaining"]
+        # A buy by quote amount has no quantity: API.md leaves its STP sizes open; like the
+        # engine, the model treats its remaining quantity as unlimited (reported).
+        taker_left = UNLIMITED if taker["by_quote"] else taker["remaining"]
         self._emit(
             EV_STP,
             taker["symbol"],
@@ -572,21 +599,23 @@ class ReferenceModel:
             self._end(maker, CANCELLED, R_STP)
             return True
         if mode == STP_CANCEL_SMALLEST:
-            if taker["remaining"] < maker["remaining"]:
+            if taker_left < maker["remaining"]:
                 return True
-            tie = taker["remaining"] == maker["remaining"]
+            tie = taker_left == maker["remaining"]
             self._end(maker, CANCELLED, R_STP)
             return tie
         assert mode == STP_DECREMENT_BOTH
-        cut = min(taker["remaining"], maker["remaining"])
+        cut = min(taker_left, maker["remaining"])
         reserve = maker["remaining"] - maker["visible"]
         maker["visible"] -= cut - min(cut, reserve)
         maker["remaining"] -= cut
-        taker["remaining"] -= cut
         if maker["remaining"] == 0:
             self._end(maker, CANCELLED, R_STP)
         else:
             self._order_event(maker, self._open_status(maker))
+        if taker["by_quote"]:
+            return False
+        taker["remaining"] -= cut
         if taker["remaining"] == 0:
             return True
         self._order_event(taker, self._open_status(taker))
@@ -682,7 +711,11 @@ class ReferenceModel:
             and (not is_int(max_quote) or max_quote <= 0 or max_quote < o["quote_spent"])
         ):
             return INVALID_MAX_QUOTE, None
-        if price is not None and o["flags"] & (POST_ONLY | POST_ONLY_ADJUST) and o not in self.stops:
+        if (
+            price is not None
+            and o["flags"] & (POST_ONLY | POST_ONLY_ADJUST)
+            and o not in self.stops
+        ):
             best = self.best_ask(symbol) if o["is_buy"] else self.best_bid(symbol)
             if best is not None and self._crosses(o["is_buy"], price, best):
                 return POST_ONLY_WOULD_MATCH, best

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import defaultdict
 from fractions import Fraction
 
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
@@ -46,9 +47,6 @@ from matching.engine import (
     REJECT_STATUS_REASON,
     STOP_LIMIT,
     STOP_MARKET,
-    STP_CANCEL_BOTH,
-    STP_CANCEL_INCOMING,
-    STP_CANCEL_RESTING,
     STP_DECREMENT_BOTH,
     STP_DEFAULT,
     STP_MODE_NAMES,
@@ -94,12 +92,14 @@ def rarely(one_in: int) -> st.SearchStrategy[bool]:
     """True about once in `one_in` draws (hypothesis favours the first, simplest choice)."""
     return st.sampled_from([False] * (one_in - 1) + [True])
 
+
 BIG = 10**9
 END = (FILLED, CANCELLED, EXPIRED)
 OPEN = (NEW, PARTIALLY_FILLED)
 
 # Prices are listed so that hypothesis' favourite (first) choices cross at 100.
-prices = st.sampled_from([100, 99, 101, 98, 102, 97, 103, 96, 104, 95, 105])
+PRICE_LIST = [100, 99, 101, 98, 102, 97, 103, 96, 104, 95, 105]
+prices = st.sampled_from(PRICE_LIST)
 # Bids lean low and asks high so both sides build up, with a wide overlap where they cross.
 bid_prices = st.sampled_from([100, 99, 101, 98, 102, 97, 96, 95, 94])
 ask_prices = st.sampled_from([100, 101, 99, 102, 98, 103, 104, 105, 106])
@@ -321,6 +321,8 @@ class EngineAgainstModel(RuleBasedStateMachine):
         self.dead_ids: list[int] = []
         self.steps = 0
         self.turn = 0
+        self.log: list[tuple] = []  # every command applied, for the replay check
+        self.events: list[tuple] = []
 
     # ---- command generation -------------------------------------------------------------
     def _tick(self, data) -> int:
@@ -357,7 +359,9 @@ class EngineAgainstModel(RuleBasedStateMachine):
         if data.draw(rarely(40), label="bad fee"):
             kw["taker_fee_ppm"] = -1
         if is_buy:
-            budget = data.draw(st.sampled_from(["big"] * 5 + ["tight"] * 4 + ["zero"]), label="budget")
+            budget = data.draw(
+                st.sampled_from(["big"] * 5 + ["tight"] * 4 + ["zero"]), label="budget"
+            )
             if budget == "big":
                 kw["max_quote"] = BIG
             elif budget == "tight":
@@ -370,7 +374,9 @@ class EngineAgainstModel(RuleBasedStateMachine):
     def _expiry(self, data, tif: int) -> int:
         if tif not in (GTD, DAY):
             return 0
-        return self.ts + data.draw(st.integers(-1, 25), label="expires in")
+        if data.draw(rarely(12), label="already expired"):
+            return self.ts  # InvalidExpireAt
+        return self.ts + data.draw(st.integers(1, 25), label="expires in")
 
     @rule(data=st.data())
     def step(self, data) -> None:
@@ -435,13 +441,9 @@ class EngineAgainstModel(RuleBasedStateMachine):
         is_buy = data.draw(st.booleans(), label="is_buy")
         by_quote = is_buy and data.draw(st.booleans(), label="by quote")
         qty = 0 if by_quote else data.draw(qtys, label="qty")
-        tif = data.draw(st.sampled_from([GTC, IOC, FOK] if not by_quote else [GTC, IOC]))
+        tif = data.draw(st.sampled_from([GTC, IOC, FOK]), label="tif")
         kw = self._common(data, is_buy, 0, qty)
         if by_quote:
-            # API.md does not define an STP quantity for a taker without a quantity.
-            kw["stp"] = data.draw(
-                st.sampled_from([STP_NONE, STP_CANCEL_RESTING, STP_CANCEL_INCOMING, STP_CANCEL_BOTH])
-            )
             kw["max_quote"] = data.draw(st.integers(1, 1500), label="quote amount")
         cmd = market(
             ts=ts,
@@ -461,8 +463,7 @@ class EngineAgainstModel(RuleBasedStateMachine):
         order_type = data.draw(st.sampled_from([STOP_MARKET, STOP_LIMIT]), label="type")
         price = data.draw(prices, label="price") if order_type == STOP_LIMIT else 0
         qty = data.draw(qtys, label="qty")
-        tifs = [GTC, GTC, IOC, FOK] + ([GTD, DAY] if order_type == STOP_LIMIT else [])
-        tif = data.draw(st.sampled_from(tifs), label="tif")
+        tif = data.draw(st.sampled_from([GTC, GTC, IOC, FOK, GTD, DAY]), label="tif")
         display = 0
         if order_type == STOP_LIMIT and tif in (GTC, GTD, DAY):
             display = data.draw(st.sampled_from([0, 0, 2]), label="display")
@@ -504,22 +505,31 @@ class EngineAgainstModel(RuleBasedStateMachine):
             return
         o = data.draw(st.sampled_from(live), label="order")
         what = data.draw(
-            st.sampled_from(["reduce", "increase", "price", "price+qty", "max_quote", "too low"])
+            st.sampled_from(["reduce", "increase", "price", "price+qty", "max_quote", "too low"]),
+            label="amend",
         )
+        if (what, o["remaining"]) == ("reduce", 1) or (what, o["is_buy"]) == ("max_quote", False):
+            what = "increase"
+        if what == "too low" and o["filled"] == 0:
+            what = "price"
         price = qty = max_quote = None
         if what in ("price", "price+qty"):
-            price = data.draw(prices.filter(lambda p: p != o["price"]), label="new price")
-        if what == "reduce" and o["remaining"] > 1:
+            others = [p for p in PRICE_LIST if p != o["price"]]
+            price = data.draw(st.sampled_from(others), label="new price")
+            if data.draw(rarely(10), label="same price"):
+                price = o["price"] or None  # not a price change: keeps priority
+        if what == "reduce":
             qty = o["filled"] + data.draw(st.integers(1, o["remaining"] - 1), label="new qty")
-        if what in ("increase", "price+qty") or qty is None and price is None:
+        elif what in ("increase", "price+qty"):
             qty = o["filled"] + o["remaining"] + data.draw(st.integers(1, 3), label="more")
-        if what == "max_quote" and o["is_buy"]:
-            qty = None
-            max_quote = o["quote_spent"] + data.draw(st.integers(0, 800), label="max_quote")
-        if what == "too low" and o["filled"] >= 1:
+        elif what == "max_quote":
+            # Sometimes below one more lot (the order is then cancelled), never below spent.
+            more = data.draw(st.integers(1, 800) | st.just(0), label="max_quote - spent")
+            max_quote = o["quote_spent"] + more
+        elif what == "too low":
             qty = data.draw(st.integers(1, o["filled"]), label="qty <= filled")
-        if o["type"] == STOP_MARKET:
-            price = 100 if data.draw(rarely(5), label="stop price amend") else None
+        if o["type"] == STOP_MARKET and price is not None:
+            price = None if qty is not None else 100  # a stop-market's price: InvalidPrice
         self._apply(amend(ts=ts, order_id=o["id"], price=price, qty=qty, max_quote=max_quote))
 
     def housekeeping(self, data) -> None:
@@ -560,6 +570,8 @@ class EngineAgainstModel(RuleBasedStateMachine):
         live_before = {o["id"] for o in self.model.live_orders()}
         got = self.engine.apply(cmd)
         want = self.model.apply(cmd)
+        self.log.append(cmd)
+        self.events.extend(got)
         assert got == want, (
             f"events differ for {cmd}\nengine:\n{describe(got)}\nmodel:\n{describe(want)}"
         )
@@ -567,6 +579,7 @@ class EngineAgainstModel(RuleBasedStateMachine):
         changes = self.engine.drain_level_changes()
         for s in self.model.instruments:
             self._compare_book(s, depth_before.get(s), book_seq_before.get(s), changes.get(s))
+        self._compare_order_records()
         live_after = {o["id"] for o in self.model.live_orders()}
         self.dead_ids = sorted((set(self.dead_ids) | live_before) - live_after)[-20:]
         assert set(self.ledger.live) == live_after, "ledger and model disagree on live orders"
@@ -574,6 +587,18 @@ class EngineAgainstModel(RuleBasedStateMachine):
             assert self.engine.order(oid) is not None, f"live order {oid} not found"
         for oid in self.dead_ids[-3:]:
             assert self.engine.order(oid) is None, f"ended order {oid} still found"
+
+    def _compare_order_records(self) -> None:
+        """Hidden state (iceberg reserves, budgets, seqs) of resting orders and stops."""
+        model_rows = {}
+        for symbol in self.model.instruments:
+            for is_buy in (True, False):
+                for o in self.model.side(symbol, is_buy):
+                    model_rows[o["id"]] = resting_row(o)
+        engine_rows = {r[0]: resting_row_of_record(r) for r in self.engine.resting_orders()}
+        assert engine_rows == model_rows, (
+            f"resting orders differ\nengine {engine_rows}\nmodel  {model_rows}"
+        )
 
     def _compare_book(self, s: str, depth_before, book_seq_before, change) -> None:
         eng, model = self.engine, self.model
@@ -618,9 +643,24 @@ class EngineAgainstModel(RuleBasedStateMachine):
             return
         eng = self.engine
         expected = eng.state_hash()
+        # Determinism: a fresh engine replaying the commands as one batch gets the same.
+        replay = Engine(INSTRUMENTS)
+        assert replay.apply_batch(self.log) == self.events, "replay gave other events"
+        assert replay.state_hash() == expected, "replay gave another state hash"
         restored = Engine.restore(eng.snapshot())
         assert restored.state_hash() == expected, "restore(snapshot()) changed the state hash"
-        loaded = Engine.bulk_load(eng.export_state())
+        state = eng.export_state()
+        engine_stops = sorted(
+            (r[0], r[1], r[2], r[3], r[4], r[5], r[6] + r[7], r[10], r[12], r[14])
+            for r in state["stops"]
+        )
+        stop_fields = ("id", "user", "symbol", "is_buy", "type", "price", "remaining", "seq")
+        model_stops = sorted(
+            (*(o[f] for f in stop_fields), o["expire_at"], o["stop_price"])
+            for o in self.model.stops
+        )
+        assert engine_stops == model_stops, f"stops: engine {engine_stops}, model {model_stops}"
+        loaded = Engine.bulk_load(state)
         assert loaded.state_hash() == expected, "bulk_load(export_state()) changed the hash"
         for s in self.model.instruments:
             assert restored.l3(s) == loaded.l3(s) == eng.l3(s)
@@ -637,9 +677,45 @@ class EngineAgainstModel(RuleBasedStateMachine):
                     max_quote=BIG,
                 )
                 events = eng.apply(probe)
-                assert restored.apply(probe) == events == loaded.apply(probe)
-                assert self.model.apply(probe) == events
+                again, loaded_again = restored.apply(probe), loaded.apply(probe)
+                assert again == events == loaded_again, (
+                    f"copies differ on {probe}\nengine:\n{describe(events)}\n"
+                    f"restored:\n{describe(again)}\nbulk loaded:\n{describe(loaded_again)}"
+                )
+                want = self.model.apply(probe)
+                assert events == want, (
+                    f"events differ for {probe}\nengine:\n{describe(events)}\n"
+                    f"model:\n{describe(want)}"
+                )
         assert restored.state_hash() == loaded.state_hash() == eng.state_hash()
+
+
+def resting_row(o: dict) -> tuple:
+    """What must agree about a resting order of the model."""
+    return (
+        o["id"],
+        o["user"],
+        o["symbol"],
+        o["is_buy"],
+        o["price"],
+        o["visible"],
+        o["remaining"] - o["visible"],  # iceberg reserve
+        o["display"],
+        o["filled"],
+        o["seq"],
+        o["expire_at"],
+        o["max_quote"],
+        o["quote_spent"],
+    )
+
+
+def resting_row_of_record(r: tuple) -> tuple:
+    """The same from an engine order record (API.md's record layout)."""
+    (oid, user, symbol, is_buy, _type, price, visible, reserve, display, filled, seq) = r[:11]
+    (_tif, expire_at, _flags, _stop, max_quote, spent) = r[11:17]
+    max_quote = max_quote if is_buy else 0  # sells ignore it
+    return (oid, user, symbol, is_buy, price, visible, reserve, display, filled, seq, expire_at,
+            max_quote, spent)  # fmt: skip
 
 
 def level_diff(before: tuple, after: tuple) -> set[tuple[bool, int]]:
@@ -653,3 +729,15 @@ def level_diff(before: tuple, after: tuple) -> set[tuple[bool, int]]:
 
 
 TestEngineAgainstModel = EngineAgainstModel.TestCase
+
+# Fewer but much longer runs: deep books, long-lived stops and icebergs, late expiries.
+LONG_RUNS = settings(
+    max_examples=max(5, settings.default.max_examples // 5),
+    stateful_step_count=200,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
+
+
+class TestEngineAgainstModelLongRuns(EngineAgainstModel.TestCase):
+    settings = LONG_RUNS

@@ -59,8 +59,9 @@ def test_crossing_pair_makes_one_trade_with_both_fills_and_fees(processes, proce
     buy = order_row_place(
         user=buyer, instrument=instrument, side="buy", quantity="10", price="100.00"
     )
-    sell, buy = settled(sell), settled(buy)
+    # Both commands applied first: the sell may settle as `new` in an earlier batch.
     all_commands_applied()
+    sell, buy = settled(sell), settled(buy)
 
     trade = Trade.objects.get(instrument=instrument)
     assert (trade.price, trade.quantity, trade.quote_quantity) == (
