@@ -54,7 +54,7 @@ class DemoMarket:
             )
         drift = Decimal(self.random.gauss(0, 0.0008)).quantize(Decimal("0.000001"))
         price = self.references[instrument.symbol] * (1 + drift)
-        self.references[instrument.symbol] = price.quantize(instrument.tick_size)
+        self.references[instrument.symbol] = price.quantize(instrument.tick_size.normalize())
         return self.references[instrument.symbol]
 
     def size(self, instrument: Instrument, notional: Decimal) -> Decimal:
@@ -67,12 +67,13 @@ class DemoMarket:
         try:
             return order_place(user=user, request=OrderRequest(**fields)).order
         except ApiError as exc:
-            logger.info("demo order refused", extra={"why": exc.message, **fields})
+            logger.info("demo order refused: %s (%s)", exc.message, fields)
             return None
 
     def requote(self, instrument: Instrument) -> None:
         ref = self.reference(instrument)
-        step = max(instrument.tick_size, (ref * Decimal("0.0005")).quantize(instrument.tick_size))
+        tick = instrument.tick_size.normalize()
+        step = max(tick, (ref * Decimal("0.0005")).quantize(tick))
         for order in self.quotes.pop(instrument.symbol, []):
             try:
                 order.refresh_from_db()

@@ -187,18 +187,29 @@ def supervisord_config(
     return "\n".join(sections) + "\n"
 
 
+def supervisord_running(pid: int) -> bool:
+    """Whether `pid` is a live supervisord (a recycled pid of another program is not)."""
+    import psutil
+
+    try:
+        return "supervisord" in " ".join(psutil.Process(pid).cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
 def clear_stale_supervisor_files() -> None:
     """Remove the pid and socket files of a supervisord that is no longer running."""
     pid_file = VAR_DIR / "supervisord.pid"
     if pid_file.exists():
         try:
             pid = int(pid_file.read_text().strip())
-            os.kill(pid, 0)
+        except ValueError:
+            pid = 0
+        if pid and supervisord_running(pid):
             raise LaunchError(
                 f"another `make run` is already running (supervisord pid {pid}); stop it first"
             )
-        except (ValueError, ProcessLookupError):
-            pid_file.unlink(missing_ok=True)
+        pid_file.unlink(missing_ok=True)
     (VAR_DIR / "supervisor.sock").unlink(missing_ok=True)
 
 

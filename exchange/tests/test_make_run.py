@@ -121,6 +121,26 @@ def test_a_running_supervisor_is_not_started_twice(tmp_path, monkeypatch):
     import exchange.launcher as launcher
 
     monkeypatch.setattr(launcher, "VAR_DIR", tmp_path)
-    (tmp_path / "supervisord.pid").write_text(str(os.getpid()))
-    with pytest.raises(launcher.LaunchError, match="already running"):
-        clear_stale_supervisor_files()
+    config = tmp_path / "supervisord.conf"
+    config.write_text(launcher.supervisord_config({}, var_dir=tmp_path, logs_to_files=True))
+    running = subprocess.Popen(
+        [sys.executable, "-m", "supervisor.supervisord", "-c", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: (tmp_path / "supervisord.pid").exists(), timeout=20)
+        with pytest.raises(launcher.LaunchError, match="already running"):
+            clear_stale_supervisor_files()
+    finally:
+        running.terminate()
+        running.wait(timeout=20)
+
+
+def test_a_recycled_pid_of_another_program_is_not_taken_for_supervisord(tmp_path, monkeypatch):
+    import exchange.launcher as launcher
+
+    monkeypatch.setattr(launcher, "VAR_DIR", tmp_path)
+    (tmp_path / "supervisord.pid").write_text(str(os.getpid()))  # pytest, alive
+    clear_stale_supervisor_files()
+    assert not (tmp_path / "supervisord.pid").exists()
