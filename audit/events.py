@@ -8,6 +8,7 @@ class AuditEvent(models.TextChoices):
 
     # Orders (payload: every field of the order as submitted; for changes, before and after).
     ORDER_SUBMITTED = "order.submitted", "Order submitted"
+    ORDER_ACCEPTED = "order.accepted", "Order accepted by the matching engine"
     ORDER_AMENDED = "order.amended", "Order amended"
     ORDER_CANCELLED = "order.cancelled", "Order cancelled"  # who and why
     ORDER_REJECTED = "order.rejected", "Order rejected"  # reason

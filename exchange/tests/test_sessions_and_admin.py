@@ -1,0 +1,165 @@
+"""Trading sessions at chosen instants; staff halts, resumes and cancels through the admin."""
+
+import datetime as dt
+import re
+import zoneinfo
+from decimal import Decimal
+
+import httpx
+import pytest
+
+from conftest import wait_until
+from exchange.api_errors import ApiError
+from exchange.models import Instrument, Order
+from exchange.order_rules import OrderRequest
+from exchange.services import order_place
+from exchange.tests.api_client import ApiClient, make_instrument, make_user
+
+NEW_YORK = zoneinfo.ZoneInfo("America/New_York")
+
+
+def session_instrument() -> Instrument:
+    return make_instrument(
+        trades_24_7=False,
+        session_open=dt.time(9, 30),
+        session_close=dt.time(16, 0),
+        session_timezone="America/New_York",
+    )
+
+
+def buy(symbol: str, **extra) -> OrderRequest:
+    return OrderRequest(
+        symbol=symbol,
+        side="buy",
+        order_type="limit",
+        price=Decimal("10.00"),
+        quantity=Decimal("1"),
+        **extra,
+    )
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "local_time",
+    [
+        dt.datetime(2026, 11, 28, 11, 0, tzinfo=NEW_YORK),  # a Saturday
+        dt.datetime(2026, 11, 25, 9, 29, tzinfo=NEW_YORK),  # a minute before the open
+        dt.datetime(2026, 11, 25, 16, 0, tzinfo=NEW_YORK),  # at the close
+    ],
+)
+def test_orders_outside_the_session_are_refused_with_market_closed(local_time):
+    instrument = session_instrument()
+    user = make_user()
+    with pytest.raises(ApiError) as refused:
+        order_place(user=user, request=buy(instrument.symbol), now=local_time)
+    assert refused.value.error == "MarketClosed"
+    assert "09:30-16:00 America/New_York" in refused.value.message
+    assert not Order.objects.filter(user=user).exists()
+
+
+@pytest.mark.django_db
+def test_day_order_inside_the_session_expires_at_that_days_close():
+    instrument = session_instrument()
+    placed = order_place(
+        user=make_user(),
+        request=buy(instrument.symbol, time_in_force="DAY"),
+        now=dt.datetime(2026, 11, 25, 10, 0, tzinfo=NEW_YORK),
+    )
+    assert placed.order.status == "pending_new"
+    assert placed.order.expire_at == dt.datetime(2026, 11, 25, 21, 0, tzinfo=dt.UTC)
+
+
+def admin_client(base_url: str) -> httpx.Client:
+    staff = make_user("staff")
+    staff.is_staff = staff.is_superuser = True
+    staff.set_password("staff-password-1")
+    staff.save()
+    client = httpx.Client(base_url=base_url, timeout=15)
+    page = client.get("/admin/login/")
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+    response = client.post(
+        "/admin/login/",
+        data={
+            "username": staff.username,
+            "password": "staff-password-1",
+            "csrfmiddlewaretoken": token,
+            "next": "/admin/",
+        },
+    )
+    assert response.status_code == 302
+    return client
+
+
+def admin_action(client: httpx.Client, changelist: str, action: str, pk: int) -> None:
+    page = client.get(changelist)
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+    response = client.post(
+        changelist,
+        data={"action": action, "_selected_action": str(pk), "csrfmiddlewaretoken": token},
+    )
+    assert response.status_code == 302, response.text[:300]
+
+
+@pytest.mark.processes
+def test_staff_halt_rejects_new_orders_keeps_cancels_and_resume_reopens(exchange_stack, live_db):
+    instrument = make_instrument()
+    trader = ApiClient(exchange_stack)
+    resting = trader.place(
+        symbol=instrument.symbol, side="buy", order_type="limit", price="10.00", quantity="1"
+    ).json()
+    staff = admin_client(exchange_stack)
+    admin_action(staff, "/admin/exchange/instrument/", "halt_trading", instrument.pk)
+
+    def halted_answer():
+        response = trader.place(
+            symbol=instrument.symbol, side="buy", order_type="limit", price="10.00", quantity="1"
+        )
+        return response.json()["error"] == "InstrumentHalted" and response
+
+    refused = wait_until(halted_answer, timeout=10)
+    assert Order.objects.get(pk=refused.json()["order_id"]).status == "rejected"
+    cancelled = trader.delete(f"/api/v1/orders/{resting['order_id']}")
+    assert cancelled.json()["status"] == "cancelled"
+
+    admin_action(staff, "/admin/exchange/instrument/", "resume_trading", instrument.pk)
+    reopened = wait_until(
+        lambda: (
+            (
+                r := trader.place(
+                    symbol=instrument.symbol,
+                    side="buy",
+                    order_type="limit",
+                    price="10.00",
+                    quantity="1",
+                )
+            ).status_code
+            == 201
+            and r
+        ),
+        timeout=10,
+    )
+    assert reopened.json()["status"] == "new"
+    instrument.refresh_from_db()
+    assert instrument.status == "trading"
+
+
+@pytest.mark.processes
+def test_staff_cancel_on_a_users_behalf_and_tick_size_frozen_once_traded(exchange_stack, live_db):
+    instrument = make_instrument()
+    trader = ApiClient(exchange_stack)
+    order = trader.place(
+        symbol=instrument.symbol, side="sell", order_type="limit", price="12.00", quantity="3"
+    ).json()
+    staff = admin_client(exchange_stack)
+    admin_action(staff, "/admin/exchange/order/", "cancel_orders", order["order_id"])
+    cancelled = wait_until(
+        lambda: (o := Order.objects.get(pk=order["order_id"])).status == "cancelled" and o,
+        timeout=10,
+    )
+    assert cancelled.reason == "user"
+    change_page = staff.get(f"/admin/exchange/instrument/{instrument.pk}/change/").text
+    assert 'name="tick_size"' not in change_page
+    assert 'name="lot_size"' not in change_page
+    assert 'name="min_notional"' in change_page
+    order_page = staff.get(f"/admin/exchange/order/{order['order_id']}/change/").text
+    assert 'name="price"' not in order_page  # orders are read-only in the admin
