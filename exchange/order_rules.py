@@ -145,13 +145,14 @@ def check_band(instrument: Instrument, price: Decimal, reference: Decimal | None
     if reference is None or not instrument.price_band_pct:
         return
     if abs(price - reference) * 100 > reference * instrument.price_band_pct:
-        low = reference * (100 - instrument.price_band_pct) / 100
-        high = reference * (100 + instrument.price_band_pct) / 100
+        tick = instrument.tick_size.normalize()
+        low = (reference * (100 - instrument.price_band_pct) / 100).quantize(tick)
+        high = (reference * (100 + instrument.price_band_pct) / 100).quantize(tick)
+        pct = format(instrument.price_band_pct.normalize(), "f")
         raise trading_error(
             "PriceOutsideBand",
-            f"{field} {price} is outside the band {low.quantize(instrument.tick_size)}-"
-            f"{high.quantize(instrument.tick_size)} ({instrument.price_band_pct.normalize()}% "
-            f"around the last price {reference})",
+            f"{field} {price} is outside the band {low}-{high} ({pct}% around the last price "
+            f"{reference.quantize(tick)})",
             field=field,
         )
 

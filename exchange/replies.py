@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 
 import redis
+from django.conf import settings
 
-from exchange.redis_connection import redis_client
 from matching.transport import replies_channel
 
 logger = logging.getLogger(__name__)
@@ -42,11 +42,17 @@ class ReplyHub:
     def _listen(self) -> None:
         while True:
             try:
-                pubsub = redis_client().pubsub(ignore_subscribe_messages=True)
+                # Its own connection without a read timeout: a quiet channel is not an error.
+                client = redis.Redis.from_url(
+                    settings.REDIS_URL, socket_connect_timeout=1, health_check_interval=15
+                )
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(replies_channel())
                 self.connected.set()
-                for message in pubsub.listen():
-                    self._wake(json.loads(message["data"]))
+                while True:
+                    message = pubsub.get_message(timeout=5.0)
+                    if message is not None:
+                        self._wake(json.loads(message["data"]))
             except (redis.RedisError, OSError, ValueError) as exc:
                 self.connected.clear()
                 logger.warning("reply listener reconnecting", extra={"why": str(exc)})
