@@ -183,6 +183,7 @@ class Book:
         "dirty_b",
         "fast",
         "fast_ok",
+        "frange",
         "halted",
         "index",
         "inst",
@@ -222,6 +223,13 @@ class Book:
         # The fast paths skip the relative band and min notional checks: only when both are off.
         self.fast_ok = not inst.band_ppm and not inst.min_notional
         self.fast = self.fast_ok  # fast_ok and not halted
+        self.set_fast()
+
+    def set_fast(self) -> None:
+        """frange: prices the fast paths accept (empty when they are off). Only ever tested
+        with an exact int (range containment of anything else would scan)."""
+        self.fast = self.fast_ok and not self.halted
+        self.frange = range(self.pmin, self.pmax + 1) if self.fast else range(0)
 
 
 def _fee(n: int, rate: int) -> int:
@@ -243,9 +251,9 @@ class Engine:
         self._touched: list[Book] = []
         slow = self._slow
         self._handlers = {
-            OP_PLACE: self._place,
-            OP_CANCEL: self._cancel,
-            OP_AMEND: self._amend,
+            OP_PLACE: lambda cmd: slow(self._place_slow, cmd),
+            OP_CANCEL: lambda cmd: slow(self._cancel_slow, cmd),
+            OP_AMEND: lambda cmd: slow(self._amend_slow, cmd),
             OP_MASS_CANCEL: lambda cmd: slow(self._mass_cancel, cmd),
             OP_EXPIRE_DUE: lambda cmd: slow(self._expire_due, cmd),
             OP_HALT: lambda cmd: slow(self._halt, cmd),
@@ -259,21 +267,352 @@ class Engine:
     # Command entry points
     # ======================================================================================
     def apply(self, cmd: tuple) -> list[tuple]:
-        """Apply one command; return its events."""
+        """Apply one command; return its events.
+
+        Price moves, reduces and cancels of resting orders are inlined here (the bulk of an
+        exchange's traffic); everything else goes through the handlers.
+        """
         try:
             op = cmd[0]
             if op == 3:
-                return self._amend(cmd)
+                _, ts, oid, price, qty, mq = cmd
+                o = self.orders.get(oid)
+                if o is None or mq is not None:
+                    return self._slow(self._amend_slow, cmd)
+                lvl = o.level
+                book = o.book
+                if qty is None:
+                    old = o.price
+                    if (
+                        lvl is None
+                        or price.__class__ is not int
+                        or price == old
+                        or price not in book.frange
+                    ):
+                        return self._slow(self._amend_slow, cmd)
+                    q = o.qty
+                    if o.is_buy:
+                        keys = book.ask_keys
+                        if keys and -keys[-1] <= price:
+                            return self._move_take(cmd, o, book, price)
+                        if o.max_quote - o.spent < 2 * price * book.k_num:
+                            return self._slow(self._amend_slow, cmd)
+                        levels = book.bids
+                        keys = book.bid_keys
+                        dirty = book.dirty_b
+                        # Unlink from the old level (deleting it if it empties).
+                        prev = o.prev
+                        nxt = o.next
+                        if prev is None:
+                            lvl.head = nxt
+                        else:
+                            prev.next = nxt
+                        if nxt is None:
+                            lvl.tail = prev
+                        else:
+                            nxt.prev = prev
+                        dirty[old] = lvl
+                        n = lvl.count - 1
+                        lvl.count = n
+                        lvl.qty -= q
+                        if not n:
+                            del levels[old]
+                            _POOL.append(lvl)
+                            if keys[-1] == old:
+                                keys.pop()
+                            else:
+                                del keys[bisect_left(keys, old)]
+                        lvl = levels.get(price)
+                        if lvl is None:
+                            if _POOL:
+                                lvl = _POOL.pop()
+                                lvl.price = price
+                            else:
+                                lvl = Level(price)
+                            levels[price] = lvl
+                            if not keys or keys[-1] < price:
+                                keys.append(price)
+                            else:
+                                insort(keys, price)
+                    else:
+                        keys = book.bid_keys
+                        if keys and keys[-1] >= price:
+                            return self._move_take(cmd, o, book, price)
+                        levels = book.asks
+                        keys = book.ask_keys
+                        dirty = book.dirty_a
+                        prev = o.prev
+                        nxt = o.next
+                        if prev is None:
+                            lvl.head = nxt
+                        else:
+                            prev.next = nxt
+                        if nxt is None:
+                            lvl.tail = prev
+                        else:
+                            nxt.prev = prev
+                        dirty[old] = lvl
+                        n = lvl.count - 1
+                        lvl.count = n
+                        lvl.qty -= q
+                        if not n:
+                            del levels[old]
+                            _POOL.append(lvl)
+                            if keys[-1] == -old:
+                                keys.pop()
+                            else:
+                                del keys[bisect_left(keys, -old)]
+                        lvl = levels.get(price)
+                        if lvl is None:
+                            if _POOL:
+                                lvl = _POOL.pop()
+                                lvl.price = price
+                            else:
+                                lvl = Level(price)
+                            levels[price] = lvl
+                            if not keys or keys[-1] < -price:
+                                keys.append(-price)
+                            else:
+                                insort(keys, -price)
+                    dirty[price] = lvl
+                    vis = q
+                    disp = o.display
+                    if disp:
+                        # A moved iceberg shows a fresh slice.
+                        q += o.reserve
+                        vis = disp if q > disp else q
+                        o.qty = vis
+                        o.reserve = q - vis
+                    o.price = price
+                    self.prio_seq = o.seq = self.prio_seq + 1
+                    tail = lvl.tail
+                    o.level = lvl
+                    o.prev = tail
+                    o.next = None
+                    if tail is None:
+                        lvl.head = o
+                    else:
+                        tail.next = o
+                    lvl.tail = o
+                    lvl.qty += vis
+                    lvl.count += 1
+                    book.seq += 1
+                    self.ev_seq = seq = self.ev_seq + 1
+                    filled = o.filled
+                    return [(1, seq, ts, book.symbol, oid, o.user,
+                             PARTIALLY_FILLED if filled else NEW, None, filled, q, price,
+                             o.spent)]  # fmt: skip
+                if (
+                    price is None
+                    and lvl is not None
+                    and qty.__class__ is int
+                    and book.fast
+                    and o.filled < qty < o.filled + o.qty + o.reserve
+                ):
+                    # Reduce in place: keeps priority (iceberg: the reserve goes first). A
+                    # resting buy could already pay one lot at its price, so it still can.
+                    filled = o.filled
+                    cut = filled + o.qty + o.reserve - qty
+                    if o.reserve >= cut:
+                        o.reserve -= cut
+                    else:
+                        cut -= o.reserve
+                        o.reserve = 0
+                        o.qty -= cut
+                        lvl.qty -= cut
+                        if o.is_buy:
+                            book.dirty_b[lvl.price] = lvl
+                        else:
+                            book.dirty_a[lvl.price] = lvl
+                        book.seq += 1
+                    self.ev_seq = seq = self.ev_seq + 1
+                    return [(1, seq, ts, book.symbol, oid, o.user,
+                             PARTIALLY_FILLED if filled else NEW, None, filled, qty - filled,
+                             o.price, o.spent)]  # fmt: skip
+                return self._slow(self._amend_slow, cmd)
             if op == 1:
-                return self._place(cmd)
+                # PLACE fast path: a valid plain GTC/IOC limit (no flags, no display) on a fast
+                # book. A non-crossing GTC rests inline; a crossing one matches via _take.
+                (_, ts, sym, oid, uid, is_buy, otype, price, qty, tif, _exp, flags, disp, _stop,
+                 mq, mfee, tfee, stp) = cmd  # fmt: skip
+                book = self.books.get(sym)
+                orders = self.orders
+                if not (
+                    book is not None
+                    and otype == 0
+                    and (tif == 0 or tif == 1)
+                    and flags == 0
+                    and disp == 0
+                    and price.__class__ is int
+                    and qty.__class__ is int
+                    and stp.__class__ is int
+                    and mfee.__class__ is int
+                    and tfee.__class__ is int
+                    and price in book.frange
+                    and book.inst.min_qty <= qty
+                    and 0 <= stp <= 6
+                    and -PPM < mfee < PPM
+                    and 0 <= tfee < PPM
+                    and oid not in orders
+                ):
+                    return self._slow(self._place_slow, cmd)
+                if is_buy is True:
+                    if mq.__class__ is not int or mq <= 0:
+                        return self._slow(self._place_slow, cmd)
+                    keys = book.ask_keys
+                    take = keys and -keys[-1] <= price
+                    if not take and (tif or mq < 2 * price * book.k_num):
+                        # IOC that does not cross, or the exact budget check: no re-validation.
+                        return self._slow(self._place_checked, cmd)
+                elif is_buy is False:
+                    keys = book.bid_keys
+                    take = keys and keys[-1] >= price
+                    if not take and tif:
+                        return self._slow(self._place_checked, cmd)
+                    mq = 0
+                else:
+                    return self._slow(self._place_slow, cmd)
+                o = Order()
+                o.id = oid
+                o.user = uid
+                o.book = book
+                o.is_buy = is_buy
+                o.type = 0
+                o.price = price
+                o.qty = qty
+                o.reserve = o.display = o.filled = o.expire_at = o.flags = 0
+                o.stop_price = o.spent = 0
+                o.tif = tif
+                o.max_quote = mq
+                o.maker_fee = mfee
+                o.taker_fee = tfee
+                o.stp = stp if stp else book.stp_default
+                if take:
+                    o.seq = 0
+                    o.level = o.prev = o.next = None
+                    out: list[tuple] = []
+                    try:
+                        self._take(book, o, ts, out)
+                    except _BAD_INPUT as exc:
+                        raise EngineBug(f"command failed half-way: {cmd!r}") from exc
+                    return out
+                if is_buy:
+                    levels = book.bids
+                    lvl = levels.get(price)
+                    if lvl is None:
+                        if _POOL:
+                            lvl = _POOL.pop()
+                            lvl.price = price
+                        else:
+                            lvl = Level(price)
+                        levels[price] = lvl
+                        keys = book.bid_keys
+                        if not keys or keys[-1] < price:
+                            keys.append(price)
+                        else:
+                            insort(keys, price)
+                    book.dirty_b[price] = lvl
+                else:
+                    levels = book.asks
+                    lvl = levels.get(price)
+                    if lvl is None:
+                        if _POOL:
+                            lvl = _POOL.pop()
+                            lvl.price = price
+                        else:
+                            lvl = Level(price)
+                        levels[price] = lvl
+                        keys = book.ask_keys
+                        if not keys or keys[-1] < -price:
+                            keys.append(-price)
+                        else:
+                            insort(keys, -price)
+                    book.dirty_a[price] = lvl
+                self.prio_seq = o.seq = self.prio_seq + 1
+                tail = lvl.tail
+                o.level = lvl
+                o.prev = tail
+                o.next = None
+                if tail is None:
+                    lvl.head = o
+                else:
+                    tail.next = o
+                lvl.tail = o
+                lvl.qty += qty
+                lvl.count += 1
+                orders[oid] = o
+                book.seq += 1
+                self.ev_seq = seq = self.ev_seq + 1
+                return [(1, seq, ts, sym, oid, uid, NEW, None, 0, qty, price, 0)]
             if op == 2:
-                return self._cancel(cmd)
+                _, ts, oid = cmd
+                o = self.orders.get(oid)
+                if o is None or o.level is None:
+                    return self._slow(self._cancel_slow, cmd)
+                del self.orders[oid]
+                book = o.book
+                lvl = o.level
+                prev = o.prev
+                nxt = o.next
+                if prev is None:
+                    lvl.head = nxt
+                else:
+                    prev.next = nxt
+                if nxt is None:
+                    lvl.tail = prev
+                else:
+                    nxt.prev = prev
+                o.prev = o.next = o.level = None
+                n = lvl.count - 1
+                lvl.count = n
+                lvl.qty -= o.qty
+                p = lvl.price
+                if o.is_buy:
+                    book.dirty_b[p] = lvl
+                    if not n:
+                        del book.bids[p]
+                        _POOL.append(lvl)
+                        keys = book.bid_keys
+                        if keys[-1] == p:
+                            keys.pop()
+                        else:
+                            del keys[bisect_left(keys, p)]
+                else:
+                    book.dirty_a[p] = lvl
+                    if not n:
+                        del book.asks[p]
+                        _POOL.append(lvl)
+                        keys = book.ask_keys
+                        if keys[-1] == -p:
+                            keys.pop()
+                        else:
+                            del keys[bisect_left(keys, -p)]
+                book.seq += 1
+                self.ev_seq = seq = self.ev_seq + 1
+                return [(1, seq, ts, book.symbol, oid, o.user, CANCELLED, R_USER, o.filled, 0,
+                         o.price, o.spent)]  # fmt: skip
             return self._handlers[op](cmd)
         except _BAD_INPUT:
             # Malformed command (unknown opcode, wrong arity or types) caught before any change.
             out: list[tuple] = []
             self._reject(out, cmd, None, None, None, INVALID_COMMAND)
             return out
+
+    def _move_take(self, cmd, o: Order, book: Book, price: int) -> list[tuple]:
+        """A valid price move of a resting order to a crossing price (as _amend_slow does)."""
+        if o.flags:
+            return self._slow(self._amend_slow, cmd)  # post-only: rejected there
+        out: list[tuple] = []
+        try:
+            self._unlink(book, o)
+            del self.orders[o.id]
+            o.price = price
+            o.qty += o.reserve
+            o.reserve = 0
+            self._take(book, o, cmd[1], out)
+        except _BAD_INPUT as exc:
+            raise EngineBug(f"command failed half-way: {cmd!r}") from exc
+        return out
 
     def _slow(self, handler, cmd) -> list[tuple]:
         """Run a general handler; count each touched book's update seq once."""
@@ -296,12 +635,9 @@ class Engine:
         """Apply commands in order; return all their events concatenated (same as apply)."""
         events: list[tuple] = []
         extend = events.extend
-        handlers = self._handlers
+        apply = self.apply
         for cmd in cmds:
-            try:
-                extend(handlers[cmd[0]](cmd))
-            except _BAD_INPUT:
-                extend(self.apply(cmd))
+            extend(apply(cmd))
         return events
 
     # ======================================================================================
@@ -458,108 +794,34 @@ class Engine:
     # ======================================================================================
     # PLACE
     # ======================================================================================
-    def _place(self, cmd) -> list[tuple]:
-        """PLACE: fast path for a valid plain GTC limit that does not cross, else _place_slow."""
-        (_, ts, sym, oid, uid, is_buy, otype, price, qty, tif, _exp, flags, disp, _stop, mq,
-         mfee, tfee, stp) = cmd  # fmt: skip
-        book = self.books.get(sym)
-        orders = self.orders
-        if (
-            book is not None
-            and otype == 0
-            and tif == 0
-            and flags == 0
-            and disp == 0
-            and book.fast
-            and price.__class__ is int
-            and qty.__class__ is int
-            and stp.__class__ is int
-            and mfee.__class__ is int
-            and tfee.__class__ is int
-            and book.pmin <= price <= book.pmax
-            and book.inst.min_qty <= qty
-            and 0 <= stp <= 6
-            and -PPM < mfee < PPM
-            and 0 <= tfee < PPM
-            and oid not in orders
-        ):
-            lvl = None
-            if is_buy is True:
-                keys = book.ask_keys
-                if (
-                    (not keys or -keys[-1] > price)
-                    and mq.__class__ is int
-                    and mq >= 2 * price * book.k_num
-                ):
-                    levels = book.bids
-                    lvl = levels.get(price)
-                    if lvl is None:
-                        if _POOL:
-                            lvl = _POOL.pop()
-                            lvl.price = price
-                        else:
-                            lvl = Level(price)
-                        levels[price] = lvl
-                        keys = book.bid_keys
-                        if not keys or keys[-1] < price:
-                            keys.append(price)
-                        else:
-                            insort(keys, price)
-                    book.dirty_b[price] = lvl
-            elif is_buy is False:
-                keys = book.bid_keys
-                if not keys or keys[-1] < price:
-                    mq = 0
-                    levels = book.asks
-                    lvl = levels.get(price)
-                    if lvl is None:
-                        if _POOL:
-                            lvl = _POOL.pop()
-                            lvl.price = price
-                        else:
-                            lvl = Level(price)
-                        levels[price] = lvl
-                        keys = book.ask_keys
-                        if not keys or keys[-1] < -price:
-                            keys.append(-price)
-                        else:
-                            insort(keys, -price)
-                    book.dirty_a[price] = lvl
-            if lvl is not None:
-                o = Order()
-                o.id = oid
-                o.user = uid
-                o.book = book
-                o.is_buy = is_buy
-                o.type = 0
-                o.price = price
-                o.qty = qty
-                o.reserve = o.display = o.filled = o.tif = o.expire_at = o.flags = 0
-                o.stop_price = o.spent = 0
-                o.max_quote = mq
-                o.maker_fee = mfee
-                o.taker_fee = tfee
-                o.stp = stp if stp else book.stp_default
-                self.prio_seq = o.seq = self.prio_seq + 1
-                tail = lvl.tail
-                o.level = lvl
-                o.prev = tail
-                o.next = None
-                if tail is None:
-                    lvl.head = o
-                else:
-                    tail.next = o
-                lvl.tail = o
-                lvl.qty += qty
-                lvl.count += 1
-                orders[oid] = o
-                book.seq += 1
-                self.ev_seq = seq = self.ev_seq + 1
-                return [(EV_ORDER, seq, ts, sym, oid, uid, NEW, None, 0, qty, price, 0)]
-            if is_buy is False or (is_buy is True and mq.__class__ is int and mq > 0):
-                # Valid, but it crosses (or needs the exact budget check): skip re-validation.
-                return self._slow(self._place_checked, cmd)
-        return self._slow(self._place_slow, cmd)
+    def _take(self, book: Book, o: Order, ts: int, out) -> None:
+        """Match a crossing limit order that is not FOK and has no post-only flags, then rest or
+        end it, run stops and count the book update (the tail of _process plus _slow)."""
+        stopped = self._match(book, o, o.price, ts, out)
+        if stopped is not None:
+            self._order_event(out, ts, o, CANCELLED, stopped)
+        elif not o.qty:
+            self.ev_seq = seq = self.ev_seq + 1
+            out.append(
+                (EV_ORDER, seq, ts, book.symbol, o.id, o.user, FILLED, None, o.filled, 0,
+                 o.price, o.spent)
+            )  # fmt: skip
+        elif o.tif == IOC:
+            self.ev_seq = seq = self.ev_seq + 1
+            out.append(
+                (EV_ORDER, seq, ts, book.symbol, o.id, o.user, CANCELLED, R_IOC_REMAINDER,
+                 o.filled, 0, o.price, o.spent)
+            )  # fmt: skip
+        else:
+            self._rest_new(book, o, ts, out)
+        if book.buy_stops or book.sell_stops:
+            self._run_stops(book, ts, out)
+        touched = self._touched
+        if touched:
+            for b in touched:
+                b.seq += 1
+                b.touched = False
+            touched.clear()
 
     def _place_slow(self, cmd, out) -> None:
         _, _, sym, oid, uid, is_buy = cmd[:6]
@@ -767,7 +1029,8 @@ class Engine:
     def _match(self, book: Book, t: Order, lim: int, ts: int, out) -> str | None:
         """Fill taker t against the opposite side up to price lim; t.qty becomes what is left.
 
-        Returns None, or the reason the taker must stop (R_STP, R_MAX_QUOTE).
+        Returns None, or the reason the taker must stop (R_STP, R_MAX_QUOTE). The event and
+        trade counters live in locals and are written back around every helper call.
         """
         is_buy = t.is_buy
         if is_buy:
@@ -784,11 +1047,15 @@ class Engine:
         kd = book.k_den
         tuser = t.user
         tid = t.id
-        tfee = t.taker_fee
-        stp = t.stp
+        tfee = t.taker_fee  # taker rates are >= 0 (validated)
+        stp_on = t.stp != STP_NONE
         rem = t.qty
+        tfilled = t.filled
         sym = book.symbol
         orders = self.orders
+        append = out.append
+        ev = self.ev_seq
+        tr = self.trade_seq
         stopped = None
         last = None
         while rem and keys:
@@ -798,9 +1065,12 @@ class Engine:
             lvl = levels[p]
             m = lvl.head
             while m is not None:
-                if m.user == tuser and stp != STP_NONE:
+                if stp_on and m.user == tuser:
                     t.qty = rem
+                    t.filled = tfilled
+                    self.ev_seq = ev
                     stopped = self._stp(book, t, m, ts, out)
+                    ev = self.ev_seq
                     rem = t.qty
                     if stopped is not None or not rem:
                         break
@@ -809,8 +1079,9 @@ class Engine:
                 mq = m.qty
                 fill = mq if mq < rem else rem
                 n = p * fill * kn // kd
+                mf = m.maker_fee
                 if is_buy:
-                    tf = -((-n * tfee) // PPM) if tfee >= 0 else -((n * -tfee) // PPM)
+                    tf = -((-n * tfee) // PPM)
                     cost = n + tf
                     if cost > budget:
                         fill = affordable_lots(kn, kd, p, budget, tfee)
@@ -818,59 +1089,72 @@ class Engine:
                             stopped = R_MAX_QUOTE
                             break
                         n = p * fill * kn // kd
-                        tf = _fee(n, tfee)
+                        tf = -((-n * tfee) // PPM)
                         cost = n + tf
                     budget -= cost
                     t.spent += cost
-                    mf = m.maker_fee
                     mf = -((-n * mf) // PPM) if mf >= 0 else -((n * -mf) // PPM)
                 else:
-                    mf = m.maker_fee
                     mf = -((-n * mf) // PPM) if mf >= 0 else -((n * -mf) // PPM)
                     cost = n + mf
                     if cost > m.max_quote - m.spent:
                         fill = affordable_lots(kn, kd, p, m.max_quote - m.spent, m.maker_fee)
                         if not fill:
+                            self.ev_seq = ev
                             self._remove_live(m)
                             self._order_event(out, ts, m, CANCELLED, R_MAX_QUOTE)
+                            ev = self.ev_seq
                             m = lvl.head
                             continue
                         n = p * fill * kn // kd
                         mf = _fee(n, m.maker_fee)
                         cost = n + mf
                     m.spent += cost
-                    tf = -((-n * tfee) // PPM) if tfee >= 0 else -((n * -tfee) // PPM)
+                    tf = -((-n * tfee) // PPM)
                 rem -= fill
-                t.filled += fill
+                tfilled += fill
                 mq -= fill
                 m.qty = mq
-                m.filled += fill
+                mfilled = m.filled + fill
+                m.filled = mfilled
                 lvl.qty -= fill
                 dirty[p] = lvl
                 last = p
-                self.trade_seq += 1
-                self.ev_seq += 1
+                tr += 1
+                ev += 1
                 if mq:
-                    out.append(
-                        (EV_TRADE, self.ev_seq, ts, sym, self.trade_seq, p, fill, n, m.id, m.user,
-                         tid, tuser, is_buy, mf, tf, PARTIALLY_FILLED, m.filled, mq + m.reserve,
-                         t.filled, rem if rem < BIG else 0)
+                    append(
+                        (EV_TRADE, ev, ts, sym, tr, p, fill, n, m.id, m.user, tid, tuser, is_buy,
+                         mf, tf, PARTIALLY_FILLED, mfilled, mq + m.reserve, tfilled,
+                         rem if rem < BIG else 0)
                     )  # fmt: skip
-                    if not is_buy and (buy_cost(kn, kd, p, 1, m.maker_fee) > m.max_quote - m.spent):
+                    if (
+                        not is_buy
+                        and m.max_quote - m.spent < 2 * p * kn
+                        and buy_cost(kn, kd, p, 1, m.maker_fee) > m.max_quote - m.spent
+                    ):
+                        self.ev_seq = ev
                         self._remove_live(m)
                         self._order_event(out, ts, m, CANCELLED, R_MAX_QUOTE)
+                        ev = self.ev_seq
                     break  # taker exhausted (or budget-capped maker removed)
                 res = m.reserve
-                out.append(
-                    (EV_TRADE, self.ev_seq, ts, sym, self.trade_seq, p, fill, n, m.id, m.user,
-                     tid, tuser, is_buy, mf, tf, PARTIALLY_FILLED if res else FILLED, m.filled,
-                     res, t.filled, rem if rem < BIG else 0)
+                append(
+                    (EV_TRADE, ev, ts, sym, tr, p, fill, n, m.id, m.user, tid, tuser, is_buy, mf,
+                     tf, PARTIALLY_FILLED if res else FILLED, mfilled, res, tfilled,
+                     rem if rem < BIG else 0)
                 )  # fmt: skip
                 if res:
                     # Iceberg refill: new slice, new priority seq, back of the queue.
-                    if not is_buy and (buy_cost(kn, kd, p, 1, m.maker_fee) > m.max_quote - m.spent):
+                    if (
+                        not is_buy
+                        and m.max_quote - m.spent < 2 * p * kn
+                        and buy_cost(kn, kd, p, 1, m.maker_fee) > m.max_quote - m.spent
+                    ):
+                        self.ev_seq = ev
                         self._remove_live(m)
                         self._order_event(out, ts, m, CANCELLED, R_MAX_QUOTE)
+                        ev = self.ev_seq
                     else:
                         vis = m.display if m.display < res else res
                         if m.next is None:
@@ -888,24 +1172,25 @@ class Engine:
                     nxt = m.next
                     # Filled: unlink from the head of the level.
                     lvl.head = nxt
-                    if nxt is None:
-                        lvl.tail = None
-                    else:
-                        nxt.prev = None
                     m.next = m.level = None
                     lvl.count -= 1
                     del orders[m.id]
                     if nxt is None:
+                        lvl.tail = None
                         del levels[p]
                         _POOL.append(lvl)
                         keys.pop()
                         break
+                    nxt.prev = None
                 if not rem:
                     break
                 m = lvl.head
-            if stopped is not None or not rem:
+            if stopped is not None:
                 break
         t.qty = rem
+        t.filled = tfilled
+        self.ev_seq = ev
+        self.trade_seq = tr
         if last is not None:
             book.last = last
             if not book.touched:
@@ -1086,206 +1371,12 @@ class Engine:
     # ======================================================================================
     # CANCEL / AMEND / MASS CANCEL / EXPIRY
     # ======================================================================================
-    def _cancel(self, cmd) -> list[tuple]:
-        _, ts, oid = cmd
-        o = self.orders.get(oid)
-        if o is None or o.level is None:
-            return self._slow(self._cancel_slow, cmd)
-        del self.orders[oid]
-        book = o.book
-        lvl = o.level
-        prev = o.prev
-        nxt = o.next
-        if prev is None:
-            lvl.head = nxt
-        else:
-            prev.next = nxt
-        if nxt is None:
-            lvl.tail = prev
-        else:
-            nxt.prev = prev
-        o.prev = o.next = o.level = None
-        lvl.qty -= o.qty
-        lvl.count -= 1
-        p = lvl.price
-        if o.is_buy:
-            book.dirty_b[p] = lvl
-            if not lvl.count:
-                del book.bids[p]
-                _POOL.append(lvl)
-                keys = book.bid_keys
-                if keys[-1] == p:
-                    keys.pop()
-                else:
-                    del keys[bisect_left(keys, p)]
-        else:
-            book.dirty_a[p] = lvl
-            if not lvl.count:
-                del book.asks[p]
-                _POOL.append(lvl)
-                keys = book.ask_keys
-                if keys[-1] == -p:
-                    keys.pop()
-                else:
-                    del keys[bisect_left(keys, -p)]
-        book.seq += 1
-        self.ev_seq = seq = self.ev_seq + 1
-        return [(EV_ORDER, seq, ts, book.symbol, oid, o.user, CANCELLED, R_USER, o.filled, 0,
-                 o.price, o.spent)]  # fmt: skip
-
     def _cancel_slow(self, cmd, out) -> None:
         o = self.orders.get(cmd[2])
         if o is None:
             return self._reject(out, cmd, None, cmd[2], None, UNKNOWN_ORDER)
         self._remove_live(o)
         self._order_event(out, cmd[1], o, CANCELLED, R_USER)
-
-    def _amend(self, cmd) -> list[tuple]:
-        """AMEND: fast path for a price move of a resting order that does not cross."""
-        _, ts, oid, price, qty, mq = cmd
-        o = self.orders.get(oid)
-        if (
-            o is not None
-            and qty is None
-            and mq is None
-            and price.__class__ is int
-            and o.level is not None
-        ):
-            book = o.book
-            old = o.price
-            if price != old and book.fast and book.pmin <= price <= book.pmax:
-                if o.is_buy:
-                    keys = book.ask_keys
-                    ok = (not keys or -keys[-1] > price) and (
-                        o.max_quote - o.spent >= 2 * price * book.k_num
-                    )
-                else:
-                    keys = book.bid_keys
-                    ok = not keys or keys[-1] < price
-                if ok:
-                    # Unlink from the old level.
-                    lvl = o.level
-                    prev = o.prev
-                    nxt = o.next
-                    if prev is None:
-                        lvl.head = nxt
-                    else:
-                        prev.next = nxt
-                    if nxt is None:
-                        lvl.tail = prev
-                    else:
-                        nxt.prev = prev
-                    q = o.qty + o.reserve
-                    lvl.qty -= o.qty
-                    lvl.count -= 1
-                    if o.is_buy:
-                        levels = book.bids
-                        keys = book.bid_keys
-                        dirty = book.dirty_b
-                        dirty[old] = lvl
-                        if not lvl.count:
-                            del levels[old]
-                            _POOL.append(lvl)
-                            if keys[-1] == old:
-                                keys.pop()
-                            else:
-                                del keys[bisect_left(keys, old)]
-                        lvl = levels.get(price)
-                        if lvl is None:
-                            if _POOL:
-                                lvl = _POOL.pop()
-                                lvl.price = price
-                            else:
-                                lvl = Level(price)
-                            levels[price] = lvl
-                            if not keys or keys[-1] < price:
-                                keys.append(price)
-                            else:
-                                insort(keys, price)
-                    else:
-                        levels = book.asks
-                        keys = book.ask_keys
-                        dirty = book.dirty_a
-                        dirty[old] = lvl
-                        if not lvl.count:
-                            del levels[old]
-                            _POOL.append(lvl)
-                            if keys[-1] == -old:
-                                keys.pop()
-                            else:
-                                del keys[bisect_left(keys, -old)]
-                        lvl = levels.get(price)
-                        if lvl is None:
-                            if _POOL:
-                                lvl = _POOL.pop()
-                                lvl.price = price
-                            else:
-                                lvl = Level(price)
-                            levels[price] = lvl
-                            if not keys or keys[-1] < -price:
-                                keys.append(-price)
-                            else:
-                                insort(keys, -price)
-                    dirty[price] = lvl
-                    # A moved iceberg shows a fresh slice.
-                    disp = o.display
-                    if disp and q > disp:
-                        o.qty = disp
-                        o.reserve = q - disp
-                    else:
-                        o.qty = q
-                        o.reserve = 0
-                    o.price = price
-                    self.prio_seq = o.seq = self.prio_seq + 1
-                    tail = lvl.tail
-                    o.level = lvl
-                    o.prev = tail
-                    o.next = None
-                    if tail is None:
-                        lvl.head = o
-                    else:
-                        tail.next = o
-                    lvl.tail = o
-                    lvl.qty += o.qty
-                    lvl.count += 1
-                    book.seq += 1
-                    self.ev_seq = seq = self.ev_seq + 1
-                    filled = o.filled
-                    return [(EV_ORDER, seq, ts, book.symbol, oid, o.user,
-                             PARTIALLY_FILLED if filled else NEW, None, filled, q, price,
-                             o.spent)]  # fmt: skip
-        elif (
-            o is not None
-            and price is None
-            and mq is None
-            and qty.__class__ is int
-            and o.level is not None
-            and o.book.fast
-            and o.filled < qty < o.filled + o.qty + o.reserve
-        ):
-            # Reduce in place: keeps priority (iceberg: the reserve goes first). A resting buy
-            # could already pay one lot at its price, so it still can.
-            book = o.book
-            cut = o.filled + o.qty + o.reserve - qty
-            if o.reserve >= cut:
-                o.reserve -= cut
-            else:
-                cut -= o.reserve
-                o.reserve = 0
-                o.qty -= cut
-                lvl = o.level
-                lvl.qty -= cut
-                if o.is_buy:
-                    book.dirty_b[lvl.price] = lvl
-                else:
-                    book.dirty_a[lvl.price] = lvl
-                book.seq += 1
-            self.ev_seq = seq = self.ev_seq + 1
-            filled = o.filled
-            return [(EV_ORDER, seq, ts, book.symbol, oid, o.user,
-                     PARTIALLY_FILLED if filled else NEW, None, filled, qty - filled, o.price,
-                     o.spent)]  # fmt: skip
-        return self._slow(self._amend_slow, cmd)
 
     def _amend_slow(self, cmd, out) -> None:
         _, ts, oid, price, qty, mq = cmd
@@ -1408,7 +1499,7 @@ class Engine:
         if book is None:
             return self._reject(out, cmd, cmd[2], None, None, UNKNOWN_INSTRUMENT)
         book.halted = True
-        book.fast = False
+        book.set_fast()
         self._instrument_event(out, cmd[1], cmd[2], "halted")
 
     def _resume(self, cmd, out) -> None:
@@ -1416,7 +1507,7 @@ class Engine:
         if book is None:
             return self._reject(out, cmd, cmd[2], None, None, UNKNOWN_INSTRUMENT)
         book.halted = False
-        book.fast = book.fast_ok
+        book.set_fast()
         self._instrument_event(out, cmd[1], cmd[2], "resumed")
 
     def _add_instrument(self, cmd, out) -> None:
@@ -1588,7 +1679,7 @@ class Engine:
         for sym, halted, seq, last in state["books"]:
             b = books[sym]
             b.halted = halted
-            b.fast = b.fast_ok and not halted
+            b.set_fast()
             b.seq = seq
             b.last = last
         orders = eng.orders
