@@ -17,13 +17,15 @@ Horizons. A tick first records a horizon in its own short transaction:
     1. L := the sequence's last value (read from the sequence relation, non-transactional);
     2. N := pg_current_xact_id(), a transaction id assigned *after* step 1;
     3. insert (L, N) into `audit_seal_horizon`; commit.
-Claim: once `pg_snapshot_xmin(pg_current_snapshot()) > N`, every record with seq <= L that will
-ever exist is committed and visible, and every record inserted from then on has seq > L.
+Claim: once no transaction of this database with an id <= N is still running (the oldest
+`backend_xid` in pg_stat_activity for this database, and any prepared transaction, is > N;
+transactions of other databases cannot write our records), every record with seq <= L that
+will ever exist is committed and visible, and every record inserted from then on has seq > L.
     - A record with seq s <= L drew s before step 1 (the sequence is monotonic and hands out
       values in time order). Its transaction got its xid before drawing s (the trigger's
       order; an xid assigned even earlier only helps), so before step 2; xids are assigned
       from a monotonic counter, hence that xid < N.
-    - xmin > N means no transaction with an id <= N is still running: each has committed
+    - "no running id <= N" means every such transaction of this database has committed
       (then its rows are visible to any snapshot taken from now on) or aborted (then its rows
       never appear). Nothing drawn later can be <= L.
     - Subtransactions are covered too: pg_current_xact_id() gives the top-level id, and a
@@ -61,10 +63,34 @@ SEALER_LOCK = (0x4155, 1)
 _TAKE_HORIZON_SQL = """
 INSERT INTO audit_seal_horizon (seq_bound, xid_bound, taken_ns) VALUES (%s, %s, %s)
 """
-_SAFE_HORIZON_SQL = """
-SELECT max(seq_bound), pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+# The oldest transaction id (as xid8) still running *in this database*, or the snapshot's
+# xmax when none is: only a transaction of this database can write audit records, so writers
+# in other databases of the cluster (which a plain snapshot xmin would include) do not hold
+# the sealer back. pg_stat_activity.backend_xid is read from the live process array; prepared
+# (two-phase) transactions count too. A 32-bit xid is widened with the epoch of xmax.
+_OLDEST_RUNNING_XID8 = """
+WITH snap AS (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax),
+running AS (
+    SELECT backend_xid::text::bigint AS xid FROM pg_stat_activity
+     WHERE datname = current_database() AND backend_xid IS NOT NULL
+    UNION ALL
+    SELECT transaction::text::bigint FROM pg_prepared_xacts WHERE database = current_database()
+)
+SELECT coalesce(min(CASE WHEN running.xid <= (snap.xmax & 4294967295)
+                         THEN ((snap.xmax >> 32) << 32) + running.xid
+                         ELSE (((snap.xmax >> 32) - 1) << 32) + running.xid END),
+                max(snap.xmax))
+  FROM snap LEFT JOIN running ON true
+"""
+_SAFE_HORIZON_SQL = f"""
+WITH oldest AS ({_OLDEST_RUNNING_XID8})
+SELECT max(seq_bound), (SELECT * FROM oldest)
   FROM audit_seal_horizon
- WHERE xid_bound < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+ WHERE xid_bound < (SELECT * FROM oldest)
+"""
+_PRUNE_HORIZONS_SQL = f"""
+WITH oldest AS ({_OLDEST_RUNNING_XID8})
+DELETE FROM audit_seal_horizon WHERE seq_bound < %s AND xid_bound < (SELECT * FROM oldest)
 """
 _FETCH_SQL = f"""
 SELECT {RECORD_COLUMNS} FROM audit_record
@@ -123,11 +149,7 @@ def _safe_horizon() -> int | None:
 def _prune_horizons(horizon: int) -> None:
     """Drop safe horizons below the one in use (it stays, in case later ones are not safe)."""
     with connection.cursor() as cursor:
-        cursor.execute(
-            "DELETE FROM audit_seal_horizon WHERE seq_bound < %s "
-            "AND xid_bound < pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
-            [horizon],
-        )
+        cursor.execute(_PRUNE_HORIZONS_SQL, [horizon])
 
 
 def _seal_batch(after_seq: int | None, prev_hash: bytes, horizon: int, limit: int):

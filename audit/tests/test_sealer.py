@@ -185,3 +185,26 @@ def test_a_record_slipped_in_below_the_sealed_range_is_named(marker):
         cursor.execute("DELETE FROM audit_record WHERE seq = %s", [-(10**12)])
         cursor.execute(f'ALTER TABLE "{partition}" ENABLE TRIGGER audit_record_append_only')
     assert audit_chain_verify().ok
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_writer_held_open_in_another_database_does_not_hold_the_sealer_back():
+    import psycopg
+
+    settings_dict = connection.settings_dict
+    other = psycopg.connect(
+        dbname="postgres",
+        user=settings_dict["USER"] or None,
+        password=settings_dict["PASSWORD"] or None,
+        host=settings_dict["HOST"] or None,
+        port=settings_dict["PORT"] or None,
+    )
+    try:
+        other.execute("SELECT pg_current_xact_id()")  # a transaction with an id, left open
+        with transaction.atomic():
+            seq = audit_record(event_type=AuditEvent.LOGIN, actor="tester")
+        audit_seal()
+        assert AuditSeal.objects.filter(seq=seq).exists()
+    finally:
+        other.rollback()
+        other.close()
