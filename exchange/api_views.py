@@ -59,13 +59,17 @@ def await_command(command_id: int) -> Command:
 def placed_response(order: Order, command_id: int | None, created: bool) -> Response:
     """201 with the engine's result, 202 while pending, 400 for an engine rejection."""
     if command_id is not None:
-        await_command(command_id)
-        order.refresh_from_db()
+        # Applied means no longer pending_new: the order row is the answer, re-read once.
+        def applied() -> bool:
+            order.refresh_from_db()
+            return order.status != Order.Status.PENDING_NEW
+
+        reply_hub.wait(command_id, done=applied, timeout=settings.ORDER_REPLY_TIMEOUT_SECONDS)
     if order.status == Order.Status.REJECTED and created:
         raise engine_rejection(order.reject_code, order.reject_message, order_id=order.pk)
     if order.status == Order.Status.PENDING_NEW:
         return Response(order_representation(order), status=status.HTTP_202_ACCEPTED)
-    fills = selectors.fills_for_order(order)
+    fills = selectors.fills_for_order(order) if order.filled_quantity else []
     return Response(
         order_representation(order, fills),
         status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
