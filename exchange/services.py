@@ -368,16 +368,16 @@ def orders_mass_cancel(*, user, actor, symbol: str | None = None, http_request=N
     return commands
 
 
-@transaction.atomic
-def instrument_halt(*, instrument: Instrument, actor, http_request=None) -> Command:
-    """Halt trading: new orders and amends are rejected, cancels still work."""
-    instrument.status = Instrument.Status.HALTED
+def _instrument_status_change(
+    *, instrument: Instrument, status: str, kind: str, event: str, actor, http_request
+) -> Command:
+    instrument.status = status
     instrument.save(update_fields=["status"])
     command = command_enqueue(
-        shard=instrument.shard, kind=Command.Kind.HALT, payload={"symbol": instrument.symbol}
+        shard=instrument.shard, kind=kind, payload={"symbol": instrument.symbol}
     )
     audit_record(
-        event_type=AuditEvent.INSTRUMENT_HALT_REQUESTED,
+        event_type=event,
         actor=actor,
         symbol=instrument.symbol,
         shard=instrument.shard,
@@ -385,25 +385,32 @@ def instrument_halt(*, instrument: Instrument, actor, http_request=None) -> Comm
         request=http_request,
     )
     return command
+
+
+@transaction.atomic
+def instrument_halt(*, instrument: Instrument, actor, http_request=None) -> Command:
+    """Halt trading: new orders and amends are rejected, cancels still work."""
+    return _instrument_status_change(
+        instrument=instrument,
+        status=Instrument.Status.HALTED,
+        kind=Command.Kind.HALT,
+        event=AuditEvent.INSTRUMENT_HALT_REQUESTED,
+        actor=actor,
+        http_request=http_request,
+    )
 
 
 @transaction.atomic
 def instrument_resume(*, instrument: Instrument, actor, http_request=None) -> Command:
     """Resume trading of a halted instrument."""
-    instrument.status = Instrument.Status.TRADING
-    instrument.save(update_fields=["status"])
-    command = command_enqueue(
-        shard=instrument.shard, kind=Command.Kind.RESUME, payload={"symbol": instrument.symbol}
-    )
-    audit_record(
-        event_type=AuditEvent.INSTRUMENT_RESUME_REQUESTED,
+    return _instrument_status_change(
+        instrument=instrument,
+        status=Instrument.Status.TRADING,
+        kind=Command.Kind.RESUME,
+        event=AuditEvent.INSTRUMENT_RESUME_REQUESTED,
         actor=actor,
-        symbol=instrument.symbol,
-        shard=instrument.shard,
-        payload={"command_id": command.pk},
-        request=http_request,
+        http_request=http_request,
     )
-    return command
 
 
 @transaction.atomic
@@ -416,40 +423,24 @@ def instrument_list(*, instrument: Instrument) -> Command:
     )
 
 
+def _usd_pair(symbol: str, base: str, base_precision: int, lot: str, min_notional: str) -> dict:
+    return {
+        "symbol": symbol,
+        "base_asset": base,
+        "quote_asset": "USD",
+        "base_precision": base_precision,
+        "quote_precision": 2,
+        "tick_size": Decimal("0.01"),
+        "lot_size": Decimal(lot),
+        "min_quantity": Decimal(lot),
+        "min_notional": Decimal(min_notional),
+    }
+
+
 DEMO_INSTRUMENTS = [
-    {
-        "symbol": "AAPL",
-        "base_asset": "AAPL",
-        "quote_asset": "USD",
-        "base_precision": 0,
-        "quote_precision": 2,
-        "tick_size": Decimal("0.01"),
-        "lot_size": Decimal("1"),
-        "min_quantity": Decimal("1"),
-        "min_notional": Decimal("1.00"),
-    },
-    {
-        "symbol": "MSFT",
-        "base_asset": "MSFT",
-        "quote_asset": "USD",
-        "base_precision": 0,
-        "quote_precision": 2,
-        "tick_size": Decimal("0.01"),
-        "lot_size": Decimal("1"),
-        "min_quantity": Decimal("1"),
-        "min_notional": Decimal("1.00"),
-    },
-    {
-        "symbol": "BTC-USD",
-        "base_asset": "BTC",
-        "quote_asset": "USD",
-        "base_precision": 8,
-        "quote_precision": 2,
-        "tick_size": Decimal("0.01"),
-        "lot_size": Decimal("0.00001"),
-        "min_quantity": Decimal("0.00001"),
-        "min_notional": Decimal("10.00"),
-    },
+    _usd_pair("AAPL", "AAPL", 0, "1", "1.00"),
+    _usd_pair("MSFT", "MSFT", 0, "1", "1.00"),
+    _usd_pair("BTC-USD", "BTC", 8, "0.00001", "10.00"),
 ]
 
 
