@@ -36,7 +36,7 @@ from exchange.order_rules import (
     quote_minor,
     to_ns,
 )
-from exchange.selectors import book_snapshot, reference_price
+from exchange.selectors import book_snapshot, instrument_by_symbol, reference_price
 from matching.engine import protocol as p
 from matching.instruments import engine_instrument_spec
 from matching.models import Command
@@ -56,15 +56,6 @@ def request_digest(request: OrderRequest) -> str:
     """A stable fingerprint of the request, to tell a replay from a different order."""
     fields = {k: (str(v) if v is not None else None) for k, v in asdict(request).items()}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
-
-
-def _instrument(symbol: str) -> Instrument:
-    try:
-        return Instrument.objects.get(symbol=symbol)
-    except Instrument.DoesNotExist:
-        raise trading_error(
-            "UnknownSymbol", f"unknown symbol {symbol!r}; see GET /api/v1/symbols", field="symbol"
-        ) from None
 
 
 def _existing_for_client_id(user, request: OrderRequest, digest: str) -> Order | None:
@@ -97,7 +88,7 @@ def order_place(
     if existing is not None:
         return Placement(order=existing, created=False, command_id=None)
 
-    instrument = _instrument(request.symbol)
+    instrument = instrument_by_symbol(request.symbol)
     check_shape(request)
     check_session(instrument, now)
     engine = engine_instrument_for(instrument)
@@ -347,7 +338,7 @@ def orders_mass_cancel(*, user, actor, symbol: str | None = None, http_request=N
     """Cancel every open order of `user` (optionally of one symbol); returns the command ids."""
     shards = Instrument.objects.values_list("shard", flat=True).distinct()
     if symbol is not None:
-        shards = [_instrument(symbol).shard]
+        shards = [instrument_by_symbol(symbol).shard]
     commands = []
     for shard in sorted(set(shards)):
         command = command_enqueue(
