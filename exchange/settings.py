@@ -70,6 +70,18 @@ MATCHING_HEARTBEAT_TTL_MS = env.int("MATCHING_HEARTBEAT_TTL_MS", default=5000)
 # How long an order request waits for the engine before answering 202 pending_new.
 ORDER_REPLY_TIMEOUT_SECONDS = env.float("ORDER_REPLY_TIMEOUT_SECONDS", default=2.0)
 
+# WebSocket streaming (/ws/v1, docs/websocket.md): per-connection limits and liveness.
+WS_MAX_SUBSCRIPTIONS = env.int("WS_MAX_SUBSCRIPTIONS", default=50)
+WS_MAX_MESSAGES_PER_SECOND = env.int("WS_MAX_MESSAGES_PER_SECOND", default=50)
+# Messages refused for the rate limit before the socket is closed (close code 4029).
+WS_ABUSE_CLOSE_AFTER = env.int("WS_ABUSE_CLOSE_AFTER", default=20)
+# Frames queued per connection; a connection past it is dropped to fresh snapshots.
+WS_QUEUE_SIZE = env.int("WS_QUEUE_SIZE", default=2000)
+WS_HEARTBEAT_SECONDS = env.float("WS_HEARTBEAT_SECONDS", default=1.0)
+WS_PING_INTERVAL_SECONDS = env.float("WS_PING_INTERVAL_SECONDS", default=10.0)
+# A connection that sends nothing (not even a pong) this long is closed (close code 4000).
+WS_PING_TIMEOUT_SECONDS = env.float("WS_PING_TIMEOUT_SECONDS", default=30.0)
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -122,11 +134,23 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": env.db_url_config(DATABASE_URL)}
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
-DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Under ASGI each request runs in a thread of its own, so per-thread persistent connections
+# would mean a new connection per request: a connection pool per process instead
+# (DB_POOL_MAX_SIZE=0 turns pooling off, e.g. behind PgBouncer).
+DB_POOL_MAX_SIZE = env.int("DB_POOL_MAX_SIZE", default=20)
 DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env.int(
     "DB_CONNECT_TIMEOUT", default=3
 )
+if DB_POOL_MAX_SIZE:
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"]["pool"] = {
+        "min_size": 1,
+        "max_size": DB_POOL_MAX_SIZE,
+        "timeout": env.float("DB_POOL_TIMEOUT", default=10.0),
+    }
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "accounts.User"
 
