@@ -2,12 +2,13 @@
 
 import logging
 
+import psycopg
 import redis
 from django.conf import settings
-from django.db import DatabaseError, connection
 
 from exchange.redis_connection import redis_client
 from matching.heartbeat import heartbeats_read
+from matching.lease import database_conninfo
 
 logger = logging.getLogger(__name__)
 
@@ -20,11 +21,11 @@ def health_status() -> tuple[dict, int]:
     """
     components: dict[str, dict] = {}
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
+        # A connection of its own with a short timeout: the pool would wait its full timeout.
+        with psycopg.connect(database_conninfo(), connect_timeout=2) as conn:
+            conn.execute("SELECT 1")
         components["postgres"] = {"status": "ok"}
-    except DatabaseError as exc:
-        connection.close_if_unusable_or_obsolete()
+    except psycopg.Error as exc:
         components["postgres"] = {"status": "down", "error": _first_line(exc)}
 
     heartbeats: dict[int, dict | None] | None = None
