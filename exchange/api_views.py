@@ -3,7 +3,6 @@
 import datetime as dt
 import time
 
-from django.conf import settings
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
@@ -14,10 +13,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from exchange import selectors, services
-from exchange.errors import engine_rejection, trading_error
+from exchange.errors import trading_error
 from exchange.models import Order
+from exchange.order_answers import await_command, order_changed_answer, order_placed_answer
 from exchange.pagination import CursorPage
-from exchange.replies import reply_hub
 from exchange.serializers import (
     InstrumentSerializer,
     OrderAmendSerializer,
@@ -32,7 +31,6 @@ from exchange.serializers import (
     quantity_str,
     user_fill_representation,
 )
-from matching.models import Command
 
 ERROR = inline_serializer(
     "Error",
@@ -46,48 +44,16 @@ ERROR = inline_serializer(
 )
 
 
-def await_command(command_id: int) -> Command:
-    """Wait (up to ORDER_REPLY_TIMEOUT_SECONDS) for the worker to apply the command."""
-    reply_hub.wait(
-        command_id,
-        done=lambda: Command.objects.filter(pk=command_id, applied_at__isnull=False).exists(),
-        timeout=settings.ORDER_REPLY_TIMEOUT_SECONDS,
-    )
-    return Command.objects.get(pk=command_id)
-
-
 def placed_response(order: Order, command_id: int | None, created: bool) -> Response:
     """201 with the engine's result, 202 while pending, 400 for an engine rejection."""
-    if command_id is not None:
-        # Applied means no longer pending_new: the order row is the answer, re-read once.
-        def applied() -> bool:
-            order.refresh_from_db()
-            return order.status != Order.Status.PENDING_NEW
-
-        reply_hub.wait(command_id, done=applied, timeout=settings.ORDER_REPLY_TIMEOUT_SECONDS)
-    if order.status == Order.Status.REJECTED and created:
-        raise engine_rejection(order.reject_code, order.reject_message, order_id=order.pk)
-    if order.status == Order.Status.PENDING_NEW:
-        return Response(order_representation(order), status=status.HTTP_202_ACCEPTED)
-    fills = selectors.fills_for_order(order) if order.filled_quantity else []
-    return Response(
-        order_representation(order, fills),
-        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
-    )
+    code, body = order_placed_answer(order, command_id, created)
+    return Response(body, status=code)
 
 
 def changed_response(order: Order, command_id: int) -> Response:
     """200 with the order after a cancel/amend, 202 if pending, 400 if the engine refused."""
-    command = await_command(command_id)
-    order.refresh_from_db()
-    if command.result:
-        raise engine_rejection(
-            command.result.get("code", "OrderRejected"),
-            command.result.get("message", ""),
-            order_id=order.pk,
-        )
-    code = status.HTTP_200_OK if command.applied_at else status.HTTP_202_ACCEPTED
-    return Response(order_representation(order, selectors.fills_for_order(order)), status=code)
+    code, body = order_changed_answer(order, command_id)
+    return Response(body, status=code)
 
 
 def parse_time(request: Request, name: str) -> dt.datetime | None:

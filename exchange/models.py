@@ -145,7 +145,10 @@ class Order(models.Model):
         Status.TRIGGERED,
     )
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    # No FK index on user: `order_user_recent` (user, -id) covers it.
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", db_index=False
+    )
     instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="orders")
     client_order_id = models.CharField(max_length=64, null=True, blank=True)
     # SHA-256 of the normalized request, so a replayed client_order_id with another body is a 409.
@@ -173,6 +176,10 @@ class Order(models.Model):
     )
 
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING_NEW)
+    # status in OPEN_STATUSES, kept by the worker. It changes once (when the order ends), so the
+    # open-order index keys on it instead of on `status`: fills and placement acks, which change
+    # status but not is_open, stay HOT updates (no index entry written).
+    is_open = models.BooleanField(default=True, db_default=True)
     reason = models.CharField(max_length=32, blank=True, help_text="Why it ended.")
     reject_code = models.CharField(max_length=40, blank=True)
     reject_message = models.CharField(max_length=200, blank=True)
@@ -214,10 +221,10 @@ class Order(models.Model):
         ]
         indexes = [
             models.Index(fields=["user", "-id"], name="order_user_recent"),
+            # Recovery's scan of live orders (it sorts them by priority_seq, which the engine
+            # assigns on the first update and an amend may change: not indexed, to stay HOT).
             models.Index(
-                fields=["instrument", "priority_seq"],
-                condition=models.Q(status__in=["new", "partially_filled", "untriggered"]),
-                name="order_open_by_priority",
+                fields=["instrument"], condition=models.Q(is_open=True), name="order_open"
             ),
         ]
 
@@ -234,7 +241,10 @@ class Order(models.Model):
 class Trade(models.Model):
     """One execution between a resting (maker) and an incoming (taker) order."""
 
-    instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="trades")
+    # FK indexes on instrument and the users are covered by the composite indexes below.
+    instrument = models.ForeignKey(
+        Instrument, on_delete=models.PROTECT, related_name="trades", db_index=False
+    )
     engine_trade_seq = models.BigIntegerField(help_text="The shard engine's trade sequence.")
     price = models.DecimalField(**MONEY)
     quantity = models.DecimalField(**MONEY)
@@ -242,10 +252,10 @@ class Trade(models.Model):
     maker_order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="+")
     taker_order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="+")
     maker_user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", db_index=False
     )
     taker_user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", db_index=False
     )
     taker_side = models.CharField(max_length=4, choices=Order.Side.choices)
     maker_fee = models.DecimalField(help_text="Signed; negative = rebate paid.", **MONEY)

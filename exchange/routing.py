@@ -1,3 +1,9 @@
-"""WebSocket routes (the streaming protocol adds its consumer here)."""
+"""WebSocket routes: the streaming API (docs/websocket.md)."""
 
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from exchange.consumers import StreamConsumer
+
+websocket_urlpatterns: list = [
+    path("ws/v1", StreamConsumer.as_asgi()),
+]

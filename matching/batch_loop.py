@@ -4,25 +4,34 @@ Exactly once: a command's effects (orders, trades, journal row, book and shard c
 its `applied_at` commit in ONE transaction that also checks the lease epoch under a row lock,
 so a command is either wholly applied or not at all, and only by the lease holder. The poll
 selects `applied_at IS NULL` rows by id (not "id > last seen"), so a row committed late with
-a smaller id is still found, and a lost stream signal only delays a command. The in-memory
-engine always equals the last committed batch: if a batch fails after the engine changed,
-the process exits and the next holder rebuilds from PostgreSQL.
+a smaller id is still found, and a lost stream signal only delays a command.
+
+Overlap: batch N commits on a writer thread (its own connection) while the main thread polls
+and applies batch N+1 in the engine. At most one batch is in flight, and the engine is never
+observed ahead of PostgreSQL: everything a batch writes and publishes is taken from the engine
+right after that batch (before the next one is applied), its Redis side effects go out only
+once its commit returned, the poll skips the in-flight ids, a full poll (and an empty poll)
+first waits for the commit, and batch N+1 is not sent before N committed. If a commit fails
+(the engine is then ahead of PostgreSQL) the process exits and the next holder rebuilds.
 """
 
 import json
 import logging
+import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db import InterfaceError, OperationalError, connection, connections, transaction
 from django.db.models import F
 
 from audit.events import AuditEvent
 from audit.services import audit_record
-from matching.batch_writer import Applied, BatchWriter, LeaseFenced
+from matching.batch_writer import Applied, BatchWriter, LeaseFenced, PreparedBatch
 from matching.command_codec import InvalidPayload, engine_command
+from matching.engine import protocol as p
 from matching.models import Command
 from matching.publish import Publisher
 from matching.recovery import engine_recover, instruments_enqueue
@@ -40,6 +49,7 @@ SELECT id, kind, payload, order_id, attempts FROM matching_command
  ORDER BY id LIMIT %s
 """
 FULL_POLL_SECONDS = 1.0
+WRITER_SWITCH_INTERVAL_S = 0.001
 _CONNECTION_ERRORS = (OperationalError, InterfaceError, psycopg.OperationalError)
 FAILED_TWICE = "CommandFailed"
 INVALID_COMMAND = "InvalidCommand"
@@ -115,6 +125,13 @@ class ShardLoop:
         self.applied_total = 0
         self.next_full_poll = 0.0
         self.max_applied_id = 0
+        # The batch being committed on the writer thread: (future, batch, publish payload).
+        self.in_flight: tuple[Future, PreparedBatch, dict] | None = None
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"shard{shard}-db")
+        self.writer_closed = False
+        # The writer thread mostly waits on PostgreSQL; when a reply arrives it must get the
+        # GIL back from the engine thread promptly, not after the default 5 ms slice.
+        sys.setswitchinterval(WRITER_SWITCH_INTERVAL_S)
 
     def recover(self) -> None:
         """Rebuild the engine from PostgreSQL; queue instruments it does not know yet."""
@@ -128,6 +145,9 @@ class ShardLoop:
             actor_label=self.actor_label,
             instrument_ids=recovered.instrument_ids,
         )
+        # Connect the writer thread now: a database problem shows at startup, and the first
+        # batch does not wait for a connection.
+        self.executor.submit(self.writer.session_prepare).result()
         queued = instruments_enqueue(shard=self.shard, engine=self.engine)
         with transaction.atomic():
             audit_record(
@@ -161,14 +181,59 @@ class ShardLoop:
 
     def poll(self) -> list[CommandRow]:
         """The next batch of unapplied commands: above the highest id applied so far on the
-        hot path; from the start of the shard's queue once every FULL_POLL_SECONDS."""
+        hot path; from the start of the shard's queue once every FULL_POLL_SECONDS. Empty only
+        when no batch is in flight either (everything polled before is committed)."""
         now = time.monotonic()
         if now < self.next_full_poll:
-            return commands_poll(
+            # Above every id of the batch in flight, which is not committed yet.
+            rows = commands_poll(
                 shard=self.shard, limit=self.batch_limit, after_id=self.max_applied_id
             )
-        self.next_full_poll = now + FULL_POLL_SECONDS
+            if rows or self.in_flight is None:
+                return rows
+        self.flush()  # a full poll would see the in-flight batch's commands as unapplied
+        self.next_full_poll = time.monotonic() + FULL_POLL_SECONDS
         return commands_poll(shard=self.shard, limit=self.batch_limit)
+
+    def flush(self) -> None:
+        """Wait for the batch in flight to commit, then publish it (raises BatchFailed or
+        LeaseFenced if it did not commit)."""
+        if self.in_flight is None:
+            return
+        future, batch, publish = self.in_flight
+        self.in_flight = None
+        try:
+            future.result()
+        except LeaseFenced:
+            raise
+        except _CONNECTION_ERRORS as exc:
+            raise BatchFailed(f"database unavailable: {exc}") from exc
+        except Exception as exc:
+            attempts_record(batch.outcome.command_ids)
+            raise BatchFailed(f"batch commit failed: {exc!r}") from exc
+        self.applied_total += len(batch.applied)
+        self.publisher.send(publish)
+
+    def close(self) -> None:
+        """Commit and publish the batch in flight, then stop the writer thread."""
+        try:
+            self.flush()
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop the writer thread (after the batch in flight, without publishing it) and close
+        its database connection."""
+        self.in_flight = None
+        if self.writer_closed:
+            return
+        self.writer_closed = True
+        self.executor.submit(connections.close_all)
+        self.executor.shutdown(wait=True)
+
+    def _execute(self, batch: PreparedBatch) -> None:
+        """Runs on the writer thread (Django gives it its own connection)."""
+        self.writer.execute(batch)
 
     def _stamp(self) -> int:
         """Monotonic engine time in ns: wall clock, but never at or behind the previous one."""
@@ -196,6 +261,7 @@ class ShardLoop:
                     rows = rows[:i]
                     break
         engine = self.engine
+        order_of = engine.order
         applied = []
         seq = self.apply_seq
         for row in rows:
@@ -211,12 +277,23 @@ class ShardLoop:
             try:
                 events = engine.apply(cmd)
             except Exception as exc:
+                self.flush()  # the batch before this one is not at fault
                 attempts_record([r.id for r in rows])
                 raise BatchFailed(f"engine failed on command {row.id}: {exc!r}") from exc
+            # The priority of an order left resting, kept even if the batch later closes it
+            # (so the stored row does not depend on how commands fell into batches).
+            op = cmd[0]
+            if op == p.OP_PLACE or op == p.OP_AMEND:
+                live = order_of(cmd[3] if op == p.OP_PLACE else cmd[2])
+                rested = live["seq"] if live is not None else None
+            else:
+                rested = None
             # A no-op expiry changes no engine state (no event, no counter): not journaled.
             if events or row.kind != Command.Kind.EXPIRE_DUE:
                 seq += 1
-                applied.append(Applied(row.id, row.kind, stamp, cmd, events, seq))
+                applied.append(
+                    Applied(row.id, row.kind, stamp, cmd, events, seq, priority_seq=rested)
+                )
             else:
                 applied.append(Applied(row.id, row.kind, stamp, cmd, events, None))
         count = self._commit(applied)
@@ -224,19 +301,18 @@ class ShardLoop:
         return count
 
     def _commit(self, applied: list[Applied]) -> int:
-        ids = [a.command_id for a in applied]
+        """Prepare the batch from the engine now, wait for the previous batch to commit (and
+        publish it), then hand this one to the writer thread; returns its size."""
         try:
-            outcome = self.writer.write(engine=self.engine, applied=applied)
-        except LeaseFenced:
-            raise
-        except _CONNECTION_ERRORS as exc:
-            raise BatchFailed(f"database unavailable: {exc}") from exc
+            batch = self.writer.prepare(engine=self.engine, applied=applied)
+            publish = self.publisher.prepare(
+                engine=self.engine, outcome=batch.outcome, ts_ns=max(a.stamp_ns for a in applied)
+            )
         except Exception as exc:
-            attempts_record(ids)
-            raise BatchFailed(f"batch commit failed: {exc!r}") from exc
-        self.applied_total += len(applied)
-        self.max_applied_id = max(self.max_applied_id, *ids)
-        self.publisher.after_commit(
-            engine=self.engine, outcome=outcome, ts_ns=max(a.stamp_ns for a in applied)
-        )
+            self.flush()  # the batch before this one is not at fault
+            attempts_record([a.command_id for a in applied])
+            raise BatchFailed(f"batch not prepared: {exc!r}") from exc
+        self.flush()
+        self.in_flight = (self.executor.submit(self._execute, batch), batch, publish)
+        self.max_applied_id = max(self.max_applied_id, *batch.outcome.command_ids)
         return len(applied)

@@ -1,9 +1,15 @@
 """One PostgreSQL transaction per batch of applied commands, written with set-based SQL.
 
-In order: the lease epoch is checked under a row lock on the shard-state row (a worker whose
-epoch moved writes nothing), then order rows (from events, and from `engine.order()` for the
-orders still live), trades, journal rows (COPY), commands marked applied, book states, shard
-counters and audit rows. The caller commits; a failure anywhere rolls the whole batch back.
+`prepare` takes everything from the engine right after the batch (plain rows, no engine
+references), so the engine can move on while `execute` writes it, possibly on another thread.
+
+`execute`, in order: the lease epoch is checked under a row lock on the shard-state row (a
+worker whose epoch moved writes nothing); order updates, trades and applied commands are
+staged with COPY into per-session temp tables, the journal is COPYed; one multi-statement
+round trip then updates the orders (from events, and from `engine.order()` for the orders
+still live), marks the commands applied, upserts the book states, sets the shard counters and
+inserts the trades; the audit rows go in last with COPY (they need the Trade ids). The caller's
+transaction commits; a failure anywhere rolls the whole batch back.
 """
 
 import json
@@ -15,7 +21,7 @@ import psycopg
 from django.db import connection, transaction
 
 from audit.events import AuditEvent
-from audit.services import AuditEntry, audit_record_many
+from audit.services import ROW_TRADE_ID, AuditEntry, audit_rows, audit_rows_copy
 from matching.command_codec import command_to_json, ns_to_datetime
 from matching.engine import Engine, Instrument
 from matching.engine import protocol as p
@@ -62,6 +68,9 @@ class Applied:
     apply_seq: int | None = None  # journal position; None when nothing was journaled
     reject_code: str = ""
     order_id: int | None = None
+    # The placed/amended order's priority seq right after this command if it rests: the row
+    # keeps it even when a later command of the same batch closes the order.
+    priority_seq: int | None = None
 
 
 class _OrderUpdate:
@@ -119,12 +128,33 @@ class BatchOutcome:
     orders: list[dict[str, Any]]
 
 
+@dataclass
+class PreparedBatch:
+    """A batch as it will be written: plain data, taken from the engine when prepared."""
+
+    applied: list[Applied]
+    specs: dict[str, Instrument]
+    symbols: set[str]
+    order_rows: list[tuple]
+    factors: tuple
+    trade_rows: list[tuple]
+    command_rows: list[tuple]
+    journal_rows: list[tuple]
+    books: list[list] | None
+    counters: tuple
+    audit_rows: list[tuple]  # trade_id: the engine trade seq until the Trade row exists
+    outcome: BatchOutcome
+
+
+_JSON = json.JSONEncoder(separators=(",", ":"))
+
 # Integers (lots, ticks, minor units) are scaled to Decimal in SQL by the engine instrument's
 # tick_size / lot_size / 10**-quote_decimals (f, joined by position k): the same arithmetic as
 # the Instrument helpers, without dumping thousands of Decimals from Python per batch.
 ORDERS_UPDATE_SQL = """
 UPDATE exchange_order o SET
     status = u.status,
+    is_open = u.status IN ('pending_new', 'new', 'partially_filled', 'untriggered', 'triggered'),
     reason = u.reason,
     reject_code = u.reject_code,
     reject_message = u.reject_message,
@@ -139,12 +169,7 @@ UPDATE exchange_order o SET
     engine_max_quote = COALESCE(u.max_quote, o.engine_max_quote),
     expire_at = COALESCE(u.expire_at, o.expire_at),
     updated_at = now()
-FROM unnest(
-    %s::bigint[], %s::int[], %s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[],
-    %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[],
-    %s::bigint[], %s::bigint[], %s::bigint[], %s::timestamptz[])
-  AS u(id, k, status, reason, reject_code, reject_message, filled, remaining, reserve,
-       d_quote, d_fees, spent, d_spent, price, seq, max_quote, expire_at)
+FROM batch_order_update u
 JOIN unnest(%s::numeric[], %s::numeric[], %s::numeric[]) WITH ORDINALITY AS f(tick, lot, minor, k)
   ON f.k = u.k
 WHERE o.id = u.id
@@ -155,18 +180,43 @@ INSERT INTO exchange_trade (
     instrument_id, engine_trade_seq, price, quantity, quote_quantity, maker_order_id,
     taker_order_id, maker_user_id, taker_user_id, taker_side, maker_fee, taker_fee,
     executed_at, executed_at_ns)
-SELECT * FROM unnest(
-    %s::bigint[], %s::bigint[], %s::numeric[], %s::numeric[], %s::numeric[], %s::bigint[],
-    %s::bigint[], %s::bigint[], %s::bigint[], %s::text[], %s::numeric[], %s::numeric[],
-    %s::timestamptz[], %s::bigint[])
+SELECT i.instrument_id, t.engine_trade_seq, t.price * f.tick, t.qty * f.lot,
+       t.notional * f.minor, t.maker_order_id, t.taker_order_id, t.maker_user_id,
+       t.taker_user_id, t.taker_side, t.maker_fee * f.minor, t.taker_fee * f.minor,
+       t.executed_at, t.executed_at_ns
+  FROM batch_trade t
+  JOIN unnest(%s::numeric[], %s::numeric[], %s::numeric[]) WITH ORDINALITY AS f(tick, lot, minor, k)
+    ON f.k = t.k
+  JOIN unnest(%s::text[], %s::bigint[]) AS i(symbol, instrument_id) ON i.symbol = t.symbol
+ ORDER BY t.engine_trade_seq
 RETURNING id, engine_trade_seq
 """
 
 COMMANDS_APPLIED_SQL = """
 UPDATE matching_command c
    SET applied_at = now(), apply_seq = u.apply_seq, reject_code = u.reject_code
-  FROM unnest(%s::bigint[], %s::bigint[], %s::text[]) AS u(id, apply_seq, reject_code)
+  FROM batch_command_applied u
  WHERE c.id = u.id AND c.applied_at IS NULL
+"""
+
+# Per-session staging tables, filled by COPY (psycopg formats COPY rows in C; the same values
+# as array parameters cost milliseconds of Python per thousand), emptied at every commit.
+STAGING_SQL = """
+CREATE TEMP TABLE IF NOT EXISTS batch_order_update (
+    id bigint, k int, status text, reason text, reject_code text, reject_message text,
+    filled bigint, remaining bigint, reserve bigint, d_quote bigint, d_fees bigint,
+    spent bigint, d_spent bigint, price bigint, seq bigint, max_quote bigint,
+    expire_at timestamptz
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS batch_trade (
+    symbol text, k int, engine_trade_seq bigint, price bigint, qty bigint, notional bigint,
+    maker_order_id bigint, taker_order_id bigint, maker_user_id bigint, taker_user_id bigint,
+    taker_side text, maker_fee bigint, taker_fee bigint, executed_at timestamptz,
+    executed_at_ns bigint
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS batch_command_applied (
+    id bigint, apply_seq bigint, reject_code text
+) ON COMMIT DELETE ROWS
 """
 
 BOOKS_UPSERT_SQL = """
@@ -180,7 +230,8 @@ ON CONFLICT (symbol) DO UPDATE
 
 SHARD_STATE_SQL = """
 UPDATE matching_shardstate
-   SET apply_seq = %s, priority_seq = %s, event_seq = %s, trade_seq = %s, last_stamp_ns = %s
+   SET apply_seq = COALESCE(%s, apply_seq), priority_seq = %s, event_seq = %s, trade_seq = %s,
+       last_stamp_ns = %s
  WHERE shard = %s AND lease_epoch = %s
 """
 
@@ -197,7 +248,11 @@ def lease_epoch_check(*, shard: int, epoch: int) -> None:
     ours; a takeover's epoch bump then waits for this batch to commit or roll back."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT lease_epoch FROM matching_shardstate WHERE shard = %s FOR UPDATE", [shard]
+            "SELECT lease_epoch FROM matching_shardstate WHERE shard = %s FOR UPDATE; "
+            # The batch joins a few thousand staged rows to large tables by primary key: index
+            # lookups, never a hash join over a full scan (which grows with history).
+            "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off",
+            [shard],
         )
         row = cursor.fetchone()
     if row is None or row[0] != epoch:
@@ -214,37 +269,82 @@ class BatchWriter:
         self.epoch = epoch
         self.actor_label = actor_label
         self.instrument_ids = instrument_ids
+        self._staging_for = None  # the connection whose staging tables exist
 
     # ---- public --------------------------------------------------------------------------
     def write(self, *, engine: Engine, applied: list[Applied]) -> BatchOutcome:
         """Write the batch in one transaction (raises, rolled back, on any failure)."""
+        prepared = self.prepare(engine=engine, applied=applied)
+        self.execute(prepared)
+        return prepared.outcome
+
+    def session_prepare(self) -> None:
+        """Connect this thread and create its staging tables (before the first batch)."""
+        connection.ensure_connection()
+        if self._staging_for is not connection.connection:  # a new session (or reconnected)
+            with connection.cursor() as cursor:
+                cursor.execute(STAGING_SQL)
+            self._staging_for = connection.connection
+
+    def prepare(self, *, engine: Engine, applied: list[Applied]) -> "PreparedBatch":
+        """Everything the batch will write, read from the engine now (its state right after
+        this batch): the engine may move on to the next batch before this one commits."""
         specs = {inst.symbol: inst for inst in engine.instruments()}
         updates, trades, symbols, audits = self._collect(applied, specs)
         self._live_orders(engine, updates)
+        order_rows, factors, factor_k = self._order_rows(updates, specs)
         last_seq = max((a.apply_seq for a in applied if a.apply_seq is not None), default=None)
+        return PreparedBatch(
+            applied=applied,
+            specs=specs,
+            symbols=symbols,
+            order_rows=order_rows,
+            factors=factors,
+            trade_rows=self._trade_rows(trades, factor_k),
+            command_rows=[(a.command_id, a.apply_seq, a.reject_code) for a in applied],
+            journal_rows=self._journal_rows(applied),
+            books=self._book_params(engine, symbols),
+            # The engine's counters (the same three that export_state() reports).
+            counters=(
+                last_seq,
+                engine.prio_seq,
+                engine.ev_seq,
+                engine.trade_seq,
+                max(a.stamp_ns for a in applied),
+            ),
+            audit_rows=audit_rows(records=audits),
+            outcome=BatchOutcome(
+                command_ids=[a.command_id for a in applied],
+                symbols=symbols,
+                trades=[self._trade_summary(t, specs) for t in trades],
+                orders=[self._order_summary(u, specs) for u in updates.values()],
+            ),
+        )
+
+    def execute(self, prepared: "PreparedBatch") -> None:
+        """Write a prepared batch in one transaction on this thread's connection (raises,
+        rolled back, on any failure). Reads nothing from the engine."""
+        self.session_prepare()
         with transaction.atomic():
             lease_epoch_check(shard=self.shard, epoch=self.epoch)
-            with connection.cursor() as cursor:
-                # The batch joins a few thousand unnest() rows to large tables by primary key:
-                # index lookups, never a hash join over a full scan (which grows with history).
-                cursor.execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
-            self._instrument_ids_refresh(symbols)
-            self._orders_write(updates, specs)
-            trade_ids = self._trades_write(trades, specs)
-            self._journal_write(applied)
-            self._commands_write(applied)
-            self._books_write(engine, symbols)
-            self._shard_state_write(engine, applied, last_seq)
-            for entry in audits:
-                if entry.trade_id is not None:
-                    entry.trade_id = trade_ids.get(entry.trade_id)
-            audit_record_many(records=audits)
-        return BatchOutcome(
-            command_ids=[a.command_id for a in applied],
-            symbols=symbols,
-            trades=[self._trade_summary(t, specs) for t in trades],
-            orders=[self._order_summary(u, specs) for u in updates.values()],
-        )
+            self._instrument_ids_refresh(prepared.symbols)
+            # Stage the rows with COPY, then apply them with one multi-statement round trip.
+            self._copy("batch_order_update", prepared.order_rows)
+            self._copy("batch_trade", prepared.trade_rows)
+            self._copy("batch_command_applied", prepared.command_rows)
+            self._journal_write(prepared.journal_rows)
+            trade_ids = self._staged_apply(prepared)
+            audits = prepared.audit_rows
+            if trade_ids:  # engine trade seq -> Trade row id
+                t = ROW_TRADE_ID
+                audits = [
+                    row if row[t] is None else (*row[:t], trade_ids.get(row[t]), *row[t + 1 :])
+                    for row in audits
+                ]
+            audit_rows_copy(rows=audits)
+        # Committed: market data names trades by their Trade row id, as the REST API does.
+        for trade in prepared.outcome.trades:
+            trade["trade_id"] = trade_ids.get(trade["trade_id"], trade["trade_id"])
 
     # ---- collecting ------------------------------------------------------------------------
     def _collect(self, applied: list[Applied], specs: dict[str, Instrument]):
@@ -343,6 +443,8 @@ class BatchWriter:
                         else AuditEvent.INSTRUMENT_RESUMED
                     )
                     audits.append(self._audit(event, a, symbol=symbol, payload={}))
+            if a.priority_seq is not None and subject in updates:
+                updates[subject].seq = a.priority_seq
         return updates, trades, symbols, [e for e in audits if e is not None]
 
     @staticmethod
@@ -462,9 +564,10 @@ class BatchWriter:
                 )
                 self.instrument_ids.update(dict(cursor.fetchall()))
 
-    def _orders_write(self, updates: dict[int, _OrderUpdate], specs) -> None:
-        if not updates:
-            return
+    @staticmethod
+    def _order_rows(updates: dict[int, _OrderUpdate], specs) -> tuple[list[tuple], tuple, dict]:
+        """Staging rows for the orders update, the per-instrument scale factors, and each
+        symbol's position k in them."""
         factors: dict[str | None, int] = {}
         ticks, lots, minors = [], [], []
         for symbol, inst in [*specs.items(), (None, None)]:
@@ -494,44 +597,40 @@ class BatchWriter:
             c_seq.append(u.seq)
             c_mq.append(u.max_quote)
             c_exp.append(None if u.expire_at is None else ns_to_datetime(u.expire_at))
-        with _raw_cursor() as cursor:
-            cursor.execute(ORDERS_UPDATE_SQL, [*cols, ticks, lots, minors])
+        return list(zip(*cols, strict=True)), (ticks, lots, minors), factors
 
-    def _trades_write(self, trades: list[tuple], specs) -> dict[int, int]:
-        if not trades:
-            return {}
-        cols: list[list] = [[] for _ in range(14)]
+    @staticmethod
+    def _trade_rows(trades: list[tuple], factor_k: dict) -> list[tuple]:
+        """Staging rows for the trades insert (integers; SQL scales them like the orders)."""
+        rows = []
         for ev in trades:
             (_, _, ts, sym, tseq, price, qty, notional, m_oid, m_uid, t_oid, t_uid, t_buy,
              m_fee, t_fee, *_rest) = ev  # fmt: skip
-            inst = specs[sym]
-            row = (
-                self.instrument_ids[sym],
-                tseq,
-                inst.ticks_to_price(price),
-                inst.lots_to_qty(qty),
-                inst.minor_to_quote(notional),
-                m_oid,
-                t_oid,
-                m_uid,
-                t_uid,
-                "buy" if t_buy else "sell",
-                inst.minor_to_quote(m_fee),
-                inst.minor_to_quote(t_fee),
-                ns_to_datetime(ts),
-                ts,
-            )
-            for col, value in zip(cols, row, strict=True):
-                col.append(value)
-        with _raw_cursor() as cursor:
-            cursor.execute(TRADES_INSERT_SQL, cols)
-            return {tseq: trade_id for trade_id, tseq in cursor.fetchall()}
+            rows.append(
+                (sym, factor_k[sym], tseq, price, qty, notional, m_oid, t_oid, m_uid, t_uid,
+                 "buy" if t_buy else "sell", m_fee, t_fee, ns_to_datetime(ts), ts)
+            )  # fmt: skip
+        return rows
 
-    def _journal_write(self, applied: list[Applied]) -> None:
-        rows = [a for a in applied if a.apply_seq is not None]
+    def _journal_rows(self, applied: list[Applied]) -> list[tuple]:
+        encode = _JSON.encode
+        shard = self.shard
+        return [
+            (
+                shard,
+                a.apply_seq,
+                a.command_id,
+                a.stamp_ns,
+                encode(command_to_json(a.cmd)),
+                encode(a.events),
+            )
+            for a in applied
+            if a.apply_seq is not None
+        ]
+
+    def _journal_write(self, rows: list[tuple]) -> None:
         if not rows:
             return
-        dumps = json.dumps
         with (
             _raw_cursor() as raw,
             raw.copy(
@@ -539,79 +638,73 @@ class BatchWriter:
                 "(shard, apply_seq, command_id, stamp_ns, command, events) FROM STDIN"
             ) as copy,
         ):
-            for a in rows:
-                copy.write_row(
-                    (
-                        self.shard,
-                        a.apply_seq,
-                        a.command_id,
-                        a.stamp_ns,
-                        dumps(command_to_json(a.cmd), separators=(",", ":")),
-                        dumps(a.events, separators=(",", ":")),
-                    )
-                )
+            write_row = copy.write_row
+            for row in rows:
+                write_row(row)
 
-    def _commands_write(self, applied: list[Applied]) -> None:
-        with _raw_cursor() as cursor:
-            cursor.execute(
-                COMMANDS_APPLIED_SQL,
-                [
-                    [a.command_id for a in applied],
-                    [a.apply_seq for a in applied],
-                    [a.reject_code for a in applied],
-                ],
-            )
-            if cursor.rowcount != len(applied):
-                raise AlreadyApplied(
-                    f"shard {self.shard}: {len(applied) - cursor.rowcount} command(s) of the "
-                    "batch were already applied"
-                )
-
-    def _books_write(self, engine: Engine, symbols: set[str]) -> None:
+    def _book_params(self, engine: Engine, symbols: set[str]) -> list[list] | None:
         if not symbols:
-            return
+            return None
         instruments = engine.instruments()
         position = {inst.symbol: i for i, inst in enumerate(instruments)}
         rows = [s for s in sorted(symbols) if s in position]
         if not rows:
-            return
+            return None
         specs = {inst.symbol: inst for inst in instruments}
-        with _raw_cursor() as cursor:
-            cursor.execute(
-                BOOKS_UPSERT_SQL,
-                [
-                    rows,
-                    [self.shard] * len(rows),
-                    [engine.book_seq(s) for s in rows],
-                    [engine.last_price(s) for s in rows],
-                    [engine.is_halted(s) for s in rows],
-                    [position[s] for s in rows],
-                    [json.dumps(list(specs[s].as_tuple())) for s in rows],
-                ],
-            )
+        return [
+            rows,
+            [self.shard] * len(rows),
+            [engine.book_seq(s) for s in rows],
+            [engine.last_price(s) for s in rows],
+            [engine.is_halted(s) for s in rows],
+            [position[s] for s in rows],
+            [json.dumps(list(specs[s].as_tuple())) for s in rows],
+        ]
 
-    def _shard_state_write(self, engine: Engine, applied: list[Applied], last_seq) -> None:
-        # The engine's counters (the same three that export_state() reports).
-        with connection.cursor() as cursor:
-            if last_seq is None:
-                cursor.execute(
-                    "SELECT apply_seq FROM matching_shardstate WHERE shard = %s", [self.shard]
-                )
-                last_seq = cursor.fetchone()[0]
-            cursor.execute(
-                SHARD_STATE_SQL,
-                [
-                    last_seq,
-                    engine.prio_seq,
-                    engine.ev_seq,
-                    engine.trade_seq,
-                    max(a.stamp_ns for a in applied),
-                    self.shard,
-                    self.epoch,
-                ],
-            )
-            if cursor.rowcount != 1:
-                raise LeaseFenced(f"shard {self.shard}: epoch {self.epoch} no longer ours")
+    @staticmethod
+    def _copy(table: str, rows: list[tuple]) -> None:
+        if rows:
+            with _raw_cursor() as cursor, cursor.copy(f"COPY {table} FROM STDIN") as copy:
+                write_row = copy.write_row
+                for row in rows:
+                    write_row(row)
+
+    def _staged_apply(self, prepared: "PreparedBatch") -> dict[int, int]:
+        """Orders, commands, books, shard counters and trades from the staged rows, in one
+        multi-statement round trip; returns engine trade seq -> Trade row id."""
+        parts: list[tuple[str, str]] = []
+        params: list[Any] = []
+        if prepared.order_rows:
+            parts.append(("orders", ORDERS_UPDATE_SQL))
+            params += prepared.factors
+        parts.append(("commands", COMMANDS_APPLIED_SQL))
+        if prepared.books:
+            parts.append(("books", BOOKS_UPSERT_SQL))
+            params += prepared.books
+        parts.append(("shard", SHARD_STATE_SQL))
+        params += [*prepared.counters, self.shard, self.epoch]
+        if prepared.trade_rows:
+            parts.append(("trades", TRADES_INSERT_SQL))
+            ids = self.instrument_ids
+            params += [*prepared.factors, list(ids), list(ids.values())]
+        trade_ids: dict[int, int] = {}
+        # Client-side binding: the parameters are a few small arrays, and a multi-statement
+        # query needs the simple protocol.
+        with psycopg.ClientCursor(connection.connection) as cursor:
+            cursor.execute(";\n".join(sql.strip() for _, sql in parts), params)
+            for i, (name, _sql) in enumerate(parts):
+                if i:
+                    cursor.nextset()
+                if name == "commands" and cursor.rowcount != len(prepared.applied):
+                    raise AlreadyApplied(
+                        f"shard {self.shard}: {len(prepared.applied) - cursor.rowcount} "
+                        "command(s) of the batch were already applied"
+                    )
+                if name == "shard" and cursor.rowcount != 1:
+                    raise LeaseFenced(f"shard {self.shard}: epoch {self.epoch} no longer ours")
+                if name == "trades":
+                    trade_ids = {tseq: trade_id for trade_id, tseq in cursor.fetchall()}
+        return trade_ids
 
     # ---- summaries for market data -------------------------------------------------------------
     @staticmethod

@@ -97,21 +97,34 @@ class Publisher:
         return received
 
     # ---- after commit ----------------------------------------------------------------------
-    def after_commit(self, *, engine: Engine, outcome: BatchOutcome, ts_ns: int) -> None:
-        """XACK, replies, snapshots of changed books, one market-data message."""
+    def prepare(self, *, engine: Engine, outcome: BatchOutcome, ts_ns: int) -> dict[str, Any]:
+        """What `send` will publish for a batch, taken from the engine right after it (the
+        engine may apply the next batch before this one commits; Redis must never show it)."""
         changes = engine.drain_level_changes()
         specs = {inst.symbol: inst for inst in engine.instruments()}
+        snapshots = []
+        books = {}
+        for symbol in sorted((outcome.symbols | set(changes)) & set(specs)):
+            snapshots.append((symbol, _dumps(book_snapshot(engine, symbol, ts_ns=ts_ns))))
+            if symbol in changes:
+                books[symbol] = self._book_changes(specs[symbol], changes[symbol])
+        return {"outcome": outcome, "snapshots": snapshots, "books": books}
+
+    def send(self, prepared: dict[str, Any]) -> None:
+        """XACK, replies, snapshots of changed books, one market-data message: a prepared
+        batch, sent only once it has committed."""
+        outcome: BatchOutcome = prepared["outcome"]
+        books = prepared["books"]
         try:
             pipe = self.client.pipeline(transaction=False)
             if self.pending_acks:
                 pipe.xack(self.stream, CONSUMER_GROUP, *self.pending_acks)
             pipe.publish(replies_channel(), _dumps(outcome.command_ids))
-            books = {}
-            for symbol in sorted((outcome.symbols | set(changes)) & set(specs)):
-                snapshot = book_snapshot(engine, symbol, ts_ns=ts_ns)
-                pipe.set(book_snapshot_key(symbol), _dumps(snapshot))
-                if symbol in changes:
-                    books[symbol] = self._book_changes(specs[symbol], symbol, changes[symbol])
+            for symbol, snapshot in prepared["snapshots"]:
+                pipe.set(book_snapshot_key(symbol), snapshot)
+            for symbol, book in books.items():
+                # A consumer that sees prev_seq != its last seq knows it missed a message.
+                book["prev_seq"] = self.published_seq.get(symbol, 0)
             if books or outcome.trades or outcome.orders:
                 pipe.publish(
                     market_data_channel(self.shard),
@@ -126,7 +139,6 @@ class Publisher:
                 )
             pipe.execute()
             self.pending_acks.clear()
-            # A consumer that sees prev_seq != its last seq knows it missed a message.
             for symbol, book in books.items():
                 self.published_seq[symbol] = book["seq"]
         except redis.RedisError as exc:
@@ -148,11 +160,11 @@ class Publisher:
         except redis.RedisError as exc:
             logger.warning("book snapshots not written", extra={"why": str(exc)})
 
-    def _book_changes(self, inst: Instrument, symbol: str, drained: tuple) -> dict[str, Any]:
+    @staticmethod
+    def _book_changes(inst: Instrument, drained: tuple) -> dict[str, Any]:
         seq, levels = drained
         bids, asks = [], []
         for is_buy, price, qty, count in levels:
             row = [str(inst.ticks_to_price(price)), str(inst.lots_to_qty(qty)), count]
             (bids if is_buy else asks).append(row)
-        prev = self.published_seq.get(symbol, 0)
-        return {"seq": seq, "prev_seq": prev, "changes": {"bids": bids, "asks": asks}}
+        return {"seq": seq, "prev_seq": None, "changes": {"bids": bids, "asks": asks}}

@@ -65,7 +65,7 @@ SELECT o.status = 'untriggered',
   JOIN unnest(%s::bigint[], %s::text[], %s::numeric[], %s::numeric[], %s::numeric[], %s::int[])
        AS f(instrument_id, symbol, tick, lot, minor, stp_default)
     ON f.instrument_id = o.instrument_id
- WHERE o.status IN ('new', 'partially_filled', 'untriggered')
+ WHERE o.is_open AND o.status IN ('new', 'partially_filled', 'untriggered')
  ORDER BY o.priority_seq
 """
 
@@ -113,6 +113,9 @@ def engine_state_read(shard: int) -> tuple[dict, dict[str, int], int, int]:
         add_order, add_stop = orders.append, stops.append
         raw = connection.connection
         with raw.transaction(), raw.cursor(name="recovery_orders") as cursor:
+            # The open-order index is not in priority order (it must not change on updates,
+            # see Order.is_open): the sort of every live order has to fit in memory.
+            raw.execute("SET LOCAL work_mem = '512MB'")
             cursor.itersize = 20_000
             cursor.execute(OPEN_ORDERS_SQL, params)
             for row in cursor:

@@ -52,6 +52,7 @@ class ShardWorker:
         if not self.lease.acquire(wait=True, should_stop=self.stopping.is_set):
             return 0
         stop_reason = "error"
+        loop: ShardLoop | None = None
         try:
             self._audit_started()
             self._beat()
@@ -74,6 +75,7 @@ class ShardWorker:
                     self._beat()
                     next_beat = time.monotonic() + self.heartbeat_seconds
                 loop.step()
+            loop.close()  # the batch in flight commits and publishes before we let go
             stop_reason = "stopped"
         except (LeaseLost, LeaseFenced) as exc:
             stop_reason = "lease lost"
@@ -87,6 +89,11 @@ class ShardWorker:
             )
             return 3
         finally:
+            if loop is not None:
+                try:
+                    loop.shutdown()
+                except Exception as exc:  # exiting anyway: the heartbeat must still be cleared
+                    logger.warning("writer thread not stopped", extra={"why": str(exc)})
             self._clear_heartbeat()
             self._audit_stopped(stop_reason)
             self.lease.release()

@@ -1,12 +1,18 @@
 """audit_record and audit_record_many: same transaction as the caller, request context."""
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
 from django.test import RequestFactory
 
 from audit.events import AuditChannel, AuditEvent
 from audit.models import AuditRecord
-from audit.services import AuditEntry, audit_record, audit_record_many, session_hash
+from audit.services import (
+    AuditEntry,
+    audit_record,
+    audit_record_copy,
+    audit_record_many,
+    session_hash,
+)
 
 
 class _Rollback(Exception):
@@ -65,6 +71,42 @@ def test_bulk_insert_returns_increasing_sequence_numbers_in_the_given_order(mark
     assert seqs == sorted(seqs) and len(set(seqs)) == 500
     by_seq = dict(AuditRecord.objects.filter(payload__m=marker).values_list("seq", "trade_id"))
     assert [by_seq[s] for s in seqs] == list(range(500))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_copy_insert_fires_the_stamp_trigger_in_the_callers_transaction(marker):
+    entries = [
+        AuditEntry(
+            event_type=AuditEvent.TRADE_EXECUTED, trade_id=i, symbol="CP-1", payload={"m": marker}
+        )
+        for i in range(300)
+    ]
+    with transaction.atomic():
+        assert audit_record_copy(records=entries) == 300
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_current_xact_id()::text")
+            txid = cursor.fetchone()[0]
+    rows = list(
+        AuditRecord.objects.filter(payload__m=marker).order_by("seq").values("seq", "trade_id")
+    )
+    assert [r["trade_id"] for r in rows] == list(range(300)), "seq drawn in the order given"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*), count(DISTINCT txid), min(txid::text) FROM audit_record "
+            "WHERE payload->>'m' = %s",
+            [marker],
+        )
+        assert cursor.fetchone() == (300, 1, txid)
+    with pytest.raises(_Rollback), transaction.atomic():
+        audit_record_copy(records=[AuditEntry(event_type=AuditEvent.LOGIN, payload={"r": marker})])
+        raise _Rollback
+    assert not AuditRecord.objects.filter(payload__r=marker).exists()
+
+
+@pytest.mark.django_db
+def test_copy_insert_refuses_an_unknown_event_type():
+    with pytest.raises(ValueError, match="unknown audit event"):
+        audit_record_copy(records=[AuditEntry(event_type="order.teleported")])
 
 
 @pytest.mark.django_db

@@ -150,7 +150,8 @@ class OrderLedger:
             if cmd[3] is not None:
                 rec["price"] = cmd[3]
             if cmd[4] is not None:
-                rec["remaining"] += cmd[4] - rec["qty"]
+                # The new total replaces the old one, whatever an STP decrement took off.
+                rec["remaining"] = cmd[4] - rec["filled"]
                 rec["qty"] = cmd[4]
             if cmd[5] is not None and rec["is_buy"]:
                 rec["max_quote"] = cmd[5]

@@ -86,6 +86,26 @@ def test_crossing_pair_makes_one_trade_with_both_fills_and_fees(processes, proce
     assert "OK" in matching_verify(process_env)
 
 
+def test_order_resting_then_filled_in_the_same_batch_keeps_its_priority_seq(processes, process_env):
+    instrument = instrument_create()
+    seller, buyer = user_create("seller"), user_create("buyer")
+    sell = order_row_place(
+        user=seller, instrument=instrument, side="sell", quantity="10", price="100.00"
+    )
+    buy = order_row_place(
+        user=buyer, instrument=instrument, side="buy", quantity="10", price="100.00"
+    )
+    # Queued before the worker starts: its first poll takes both into one batch.
+    start_worker(processes, process_env)
+    all_commands_applied()
+    sell, buy = settled(sell), settled(buy)
+    applied_at = {c.order_id: c.applied_at for c in Command.objects.filter(order_id__isnull=False)}
+    assert applied_at[sell.pk] == applied_at[buy.pk], "one batch (one transaction)"
+    assert sell.status == buy.status == "filled"
+    assert sell.priority_seq is not None, "the row does not depend on how commands were batched"
+    exactly_once_invariants()
+
+
 def test_replies_name_the_applied_commands_after_they_commit(processes, process_env, redis_conn):
     instrument = instrument_create()
     start_worker(processes, process_env)

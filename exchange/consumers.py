@@ -1,0 +1,411 @@
+"""The streaming WebSocket, /ws/v1 (protocol: docs/websocket.md).
+
+A thin adapter: it authenticates (session cookie or a DRF token in a `login` message), keeps the
+connection's subscriptions in the process's market hub, forwards the frames the hub queues for
+it, and hands order entry to the same services and answer logic as REST, in worker threads so
+the event loop never blocks. It writes nothing itself.
+"""
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import time
+from typing import Any
+
+from channels.consumer import get_handler_name
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
+from rest_framework.exceptions import APIException
+
+from exchange.market_hub import SNAPSHOT_DEPTH, Subscriber, channel_symbol, hub
+
+logger = logging.getLogger(__name__)
+
+# Close codes (documented in docs/websocket.md).
+CLOSE_PING_TIMEOUT = 4000
+CLOSE_SLOW_CONSUMER = 4008
+CLOSE_RATE_LIMIT = 4029
+
+# Stable error names and codes of the socket; the order ops answer with the REST catalogue.
+WS_ERRORS: dict[str, int] = {
+    "NotAuthenticated": -1002,
+    "AuthenticationFailed": -1003,
+    "TooManyRequests": -1015,
+    "MalformedRequest": -1100,
+    "InvalidParameter": -1102,
+    "UnknownSymbol": -1121,
+    "UnknownOp": -1140,
+    "UnknownChannel": -1141,
+    "TooManySubscriptions": -1142,
+    "NotSubscribed": -1143,
+}
+PUBLIC_KINDS = ("book", "trades", "ticker")
+PLAIN_CHANNELS = ("orders", "heartbeat")
+_ENCODER = DjangoJSONEncoder(separators=(",", ":"))
+
+
+class SocketRequest:
+    """What the audit trail reads from a request (client address, session, API version)."""
+
+    def __init__(self, scope: dict) -> None:
+        client = scope.get("client") or (None, None)
+        self.path = scope.get("path", "/ws/v1")
+        self.META = {"REMOTE_ADDR": client[0]}
+        self.session = scope.get("session")
+        self.version = "v1"
+
+
+def _symbol_exists(symbol: str) -> bool:
+    from exchange.models import Instrument
+
+    return Instrument.objects.filter(symbol=symbol).exists()
+
+
+def _token_user(token: str):
+    from rest_framework.authtoken.models import Token
+
+    found = Token.objects.select_related("user").filter(key=token).first()
+    if found is None or not found.user.is_active:
+        return None
+    return found.user
+
+
+def _error_answer(exc: APIException) -> tuple[int, dict]:
+    from exchange.api_errors import api_exception_handler
+
+    response = api_exception_handler(exc, {})
+    return response.status_code, dict(response.data)
+
+
+def _order_place(user, body: dict, request: SocketRequest) -> tuple[int, dict]:
+    from exchange import services
+    from exchange.order_answers import order_placed_answer
+    from exchange.serializers import OrderPlaceSerializer
+
+    try:
+        serializer = OrderPlaceSerializer(data=body)
+        serializer.is_valid(raise_exception=True)
+        placement = services.order_place(
+            user=user, request=serializer.to_request(), http_request=request
+        )
+        return order_placed_answer(placement.order, placement.command_id, placement.created)
+    except APIException as exc:
+        return _error_answer(exc)
+
+
+def _order_cancel(user, body: dict, request: SocketRequest) -> tuple[int, dict]:
+    from exchange import selectors, services
+    from exchange.errors import trading_error
+    from exchange.order_answers import order_changed_answer
+
+    try:
+        order_id, client_order_id = body.get("order_id"), body.get("client_order_id")
+        if order_id is not None:
+            if isinstance(order_id, str) and order_id.isdigit():
+                order_id = int(order_id)
+            if not isinstance(order_id, int) or isinstance(order_id, bool):
+                raise trading_error(
+                    "InvalidParameter", "order_id must be an integer", field="order_id"
+                )
+            order = selectors.order_for_user(user=user, order_id=order_id)
+        elif isinstance(client_order_id, str):
+            order = selectors.order_for_user(user=user, client_order_id=client_order_id)
+        else:
+            raise trading_error(
+                "MissingParameter", "order_id or client_order_id is required", field="order_id"
+            )
+        command = services.order_cancel(order=order, actor=user, http_request=request)
+        return order_changed_answer(order, command.pk)
+    except APIException as exc:
+        return _error_answer(exc)
+
+
+class StreamConsumer(AsyncWebsocketConsumer):
+    # Public data comes through the hub and private events are filtered there: no per-connection
+    # channel-layer channel (it would cost a Redis receive per connection for nothing).
+    channel_layer_alias = "none"
+
+    async def dispatch(self, message):
+        # Channels closes stale DB connections before every message through the sync thread;
+        # this consumer touches the database only in worker threads that do it themselves.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+    async def connect(self) -> None:
+        self.sub = Subscriber(maxsize=settings.WS_QUEUE_SIZE, on_give_up=self._give_up)
+        user = self.scope.get("user")
+        self.user = user if getattr(user, "is_authenticated", False) else None
+        self.sub.user_id = self.user.pk if self.user else None
+        self.last_seen = time.monotonic()
+        self.tokens = float(settings.WS_MAX_MESSAGES_PER_SECOND)  # a token bucket
+        self.refused = 0
+        self.ping_id = 0
+        self.tasks: set[asyncio.Task] = set()
+        self.closing = False
+        await hub.ensure_started()
+        await self.accept()
+        loop = asyncio.get_running_loop()
+        self.writer = loop.create_task(self._write())
+        self.timer = loop.create_task(self._tick())
+
+    async def disconnect(self, code) -> None:
+        self.closing = True
+        if hasattr(self, "sub"):
+            hub.remove_all(self.sub)
+        for task in (getattr(self, "writer", None), getattr(self, "timer", None)):
+            if task is not None:
+                task.cancel()
+        for task in getattr(self, "tasks", ()):
+            task.cancel()
+
+    # ---- output ------------------------------------------------------------------------------
+    def push(self, value: dict) -> None:
+        """Queue a reply behind the frames already queued (so an ack precedes its snapshot)."""
+        hub.push(self.sub, _ENCODER.encode(value))
+
+    def error(self, name: str, message: str, **extra: Any) -> None:
+        self.push(
+            {"type": "error", **extra, "error": name, "code": WS_ERRORS[name], "message": message}
+        )
+
+    async def _write(self) -> None:
+        queue = self.sub.queue
+        while True:
+            frame = await queue.get()
+            await self.send(text_data=frame)
+
+    async def _tick(self) -> None:
+        """Heartbeats, pings, and the idle timeout."""
+        heartbeat_s = settings.WS_HEARTBEAT_SECONDS
+        ping_s = settings.WS_PING_INTERVAL_SECONDS
+        timeout_s = settings.WS_PING_TIMEOUT_SECONDS
+        step = min(heartbeat_s, ping_s, timeout_s / 4)
+        next_heartbeat = next_ping = time.monotonic()
+        while True:
+            await asyncio.sleep(step)
+            now = time.monotonic()
+            if now - self.last_seen > timeout_s:
+                await self._close(CLOSE_PING_TIMEOUT)
+                return
+            if now >= next_heartbeat:
+                next_heartbeat = now + heartbeat_s
+                if "heartbeat" in self.sub.channels:
+                    ns = time.time_ns()
+                    self.push(
+                        {
+                            "channel": "heartbeat",
+                            "type": "heartbeat",
+                            "server_time": dt.datetime.fromtimestamp(ns / 1e9, dt.UTC)
+                            .isoformat(timespec="milliseconds")
+                            .replace("+00:00", "Z"),
+                            "server_time_ns": ns,
+                            "books": {
+                                s: self.sub.book_seq[s]
+                                for s in sorted(self.sub.book_seq)
+                                if f"book.{s}" in self.sub.channels
+                            },
+                        }
+                    )
+            if now >= next_ping:
+                next_ping = now + ping_s
+                self.ping_id += 1
+                self.push({"type": "ping", "id": self.ping_id})
+
+    async def _close(self, code: int) -> None:
+        if not self.closing:
+            self.closing = True
+            await self.close(code=code)
+
+    def _give_up(self) -> None:
+        asyncio.get_running_loop().create_task(self._close(CLOSE_SLOW_CONSUMER))
+
+    # ---- input -------------------------------------------------------------------------------
+    async def receive(self, text_data=None, bytes_data=None) -> None:
+        now = time.monotonic()
+        rate = settings.WS_MAX_MESSAGES_PER_SECOND
+        self.tokens = min(rate, self.tokens + (now - self.last_seen) * rate)
+        self.last_seen = now
+        if self.tokens < 1:
+            self.refused += 1
+            if self.refused >= settings.WS_ABUSE_CLOSE_AFTER:
+                await self._close(CLOSE_RATE_LIMIT)
+                return
+            self.error(
+                "TooManyRequests",
+                f"more than {settings.WS_MAX_MESSAGES_PER_SECOND} messages per second; "
+                f"the connection is closed (4029) after {settings.WS_ABUSE_CLOSE_AFTER} refusals",
+            )
+            return
+        self.tokens -= 1
+        try:
+            message = json.loads(text_data if text_data is not None else bytes_data)
+        except (ValueError, TypeError):
+            self.error("MalformedRequest", "a message is one JSON object")
+            return
+        if not isinstance(message, dict):
+            self.error("MalformedRequest", "a message is one JSON object")
+            return
+        op = message.get("op")
+        request_id = message.get("id")
+        extra = {"op": op} if request_id is None else {"op": op, "id": request_id}
+        handler = (
+            {
+                "subscribe": self.op_subscribe,
+                "unsubscribe": self.op_unsubscribe,
+                "login": self.op_login,
+                "order.place": self.op_order_place,
+                "order.cancel": self.op_order_cancel,
+                "ping": self.op_ping,
+                "pong": self.op_pong,
+            }.get(op)
+            if isinstance(op, str)
+            else None
+        )
+        if handler is None:
+            self.error("UnknownOp", f"unknown op {op!r}", **extra)
+            return
+        try:
+            await handler(message, extra)
+        except Exception:
+            logger.exception("websocket op failed", extra={"op": op})
+            self.error("MalformedRequest", "the request could not be handled", **extra)
+
+    async def op_ping(self, message: dict, extra: dict) -> None:
+        self.push({"type": "pong", **extra})
+
+    async def op_pong(self, message: dict, extra: dict) -> None:
+        pass  # last_seen is already updated
+
+    def _channels_of(self, message: dict, extra: dict) -> list[str] | None:
+        channels = message.get("channels")
+        if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+            self.error("MalformedRequest", "channels must be a list of strings", **extra)
+            return None
+        return channels
+
+    async def op_subscribe(self, message: dict, extra: dict) -> None:
+        channels = self._channels_of(message, extra)
+        if channels is None:
+            return
+        depth = message.get("depth", SNAPSHOT_DEPTH)
+        if not isinstance(depth, int) or isinstance(depth, bool) or not 10 <= depth <= 50:
+            self.error("InvalidParameter", "depth must be an integer from 10 to 50", **extra)
+            return
+        for channel in channels:
+            await self._subscribe_one(channel, depth, extra)
+
+    async def _subscribe_one(self, channel: str, depth: int, extra: dict) -> None:
+        kind, symbol = channel_symbol(channel)
+        refuse = {**extra, "channel": channel}
+        if not (
+            (kind in PUBLIC_KINDS and symbol) or (channel in PLAIN_CHANNELS and symbol is None)
+        ):
+            self.error("UnknownChannel", f"unknown channel {channel!r}", **refuse)
+            return
+        if channel in self.sub.channels:
+            self.push({"type": "subscribed", **refuse})
+            return
+        if len(self.sub.channels) >= settings.WS_MAX_SUBSCRIPTIONS:
+            self.error(
+                "TooManySubscriptions",
+                f"at most {settings.WS_MAX_SUBSCRIPTIONS} subscriptions per connection",
+                **refuse,
+            )
+            return
+        if kind == "orders" and self.user is None:
+            self.error(
+                "NotAuthenticated", "log in (session or login op) to see your orders", **refuse
+            )
+            return
+        if symbol is not None:
+            lookup = database_sync_to_async(_symbol_exists, thread_sensitive=False)
+            if not await hub.symbol_exists(symbol, lookup):
+                self.error("UnknownSymbol", f"unknown symbol {symbol!r}", **refuse)
+                return
+            if kind == "book":
+                self.sub.depths[symbol] = depth
+            await hub.mirror(symbol)
+            if self.closing or len(self.sub.channels) >= settings.WS_MAX_SUBSCRIPTIONS:
+                return
+        ack = {"type": "subscribed", **refuse}
+        if kind == "book":
+            ack["depth"] = depth
+        self.push(ack)
+        hub.add(self.sub, channel)  # queues the snapshot right behind the ack
+
+    async def op_unsubscribe(self, message: dict, extra: dict) -> None:
+        channels = self._channels_of(message, extra)
+        if channels is None:
+            return
+        for channel in channels:
+            if channel not in self.sub.channels:
+                self.error(
+                    "NotSubscribed", f"not subscribed to {channel!r}", **extra, channel=channel
+                )
+                continue
+            hub.remove(self.sub, channel)
+            self.push({"type": "unsubscribed", **extra, "channel": channel})
+
+    async def op_login(self, message: dict, extra: dict) -> None:
+        token = message.get("token")
+        user = None
+        if isinstance(token, str) and token:
+            user = await database_sync_to_async(_token_user, thread_sensitive=False)(token)
+        if user is None:
+            self.error("AuthenticationFailed", "invalid token", **extra)
+            return
+        resubscribe = "orders" in self.sub.channels and self.sub.user_id != user.pk
+        if resubscribe:
+            hub.remove(self.sub, "orders")
+        self.user = user
+        self.sub.user_id = user.pk
+        if resubscribe:
+            hub.add(self.sub, "orders")
+        self.push({"type": "login", **extra, "user_id": user.pk, "username": user.username})
+
+    async def op_order_place(self, message: dict, extra: dict) -> None:
+        body = {k: v for k, v in message.items() if k not in ("op", "id")}
+        self._spawn(_order_place, body, extra)
+
+    async def op_order_cancel(self, message: dict, extra: dict) -> None:
+        body = {k: v for k, v in message.items() if k not in ("op", "id")}
+        self._spawn(_order_cancel, body, extra)
+
+    def _spawn(self, service, body: dict, extra: dict) -> None:
+        """Run an order op in a worker thread; its answer is queued when it completes (other
+        messages are handled meanwhile)."""
+        if self.user is None:
+            self.push(
+                {
+                    "type": "response",
+                    **extra,
+                    "status": 401,
+                    "error": {
+                        "error": "NotAuthenticated",
+                        "code": WS_ERRORS["NotAuthenticated"],
+                        "message": "log in (session or login op) to trade",
+                    },
+                }
+            )
+            return
+        user, request = self.user, SocketRequest(self.scope)
+
+        async def run() -> None:
+            call = database_sync_to_async(service, thread_sensitive=False)
+            try:
+                code, body_out = await call(user, body, request)
+            except Exception:
+                logger.exception("websocket order op failed")
+                code, body_out = 500, {"error": "Error", "code": -1000, "message": "internal"}
+            answer = {"type": "response", **extra, "status": code}
+            answer["data" if code < 400 else "error"] = body_out
+            self.push(answer)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)

@@ -1,0 +1,520 @@
+"""The process's one market-data hub: shard pub/sub in, per-connection bounded queues out.
+
+ARCHITECTURE "Live fan-out": each ASGI process runs ONE asyncio task (started lazily by the
+first WebSocket subscription) subscribed to every shard's market-data channel. It parses each
+batch message once, keeps a mirror of each book somebody watches (from the Redis top-50
+snapshot, then the batch updates), serializes each outgoing frame once and hands the same string
+to every local subscriber's bounded queue. A subscriber whose queue is full is not buffered
+further: its queue is replaced by a `resync` notice and fresh snapshots (never silently missing
+updates). Private order events are filtered here by user id (each process sees the same batch
+message, so routing through channel-layer groups would duplicate them per process).
+
+Everything that touches the mirrors and the queues runs on the event loop without awaiting in
+between, which makes each snapshot/update handoff exact: a snapshot taken at seq N is followed
+in the same queue by the update whose prev_seq is N.
+"""
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from django.conf import settings
+
+from exchange.book_checksum import CHECKSUM_LEVELS, book_checksum
+from matching.transport import book_snapshot_key, market_data_channel
+
+logger = logging.getLogger(__name__)
+
+SNAPSHOT_DEPTH = 50  # what the worker writes to Redis
+ORDER_EVENTS = {
+    "new": "accepted",
+    "partially_filled": "partial_fill",
+    "filled": "fill",
+    "cancelled": "cancelled",
+    "expired": "expired",
+    "triggered": "triggered",
+    "untriggered": "accepted",
+    "rejected": "rejected",
+}
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def channel_symbol(channel: str) -> tuple[str, str | None]:
+    """("book", "AAPL") for "book.AAPL"; ("orders", None) for "orders"."""
+    kind, _, symbol = channel.partition(".")
+    return kind, (symbol or None)
+
+
+Level = tuple[str, str]  # (price, quantity) as the worker's exact decimal strings
+
+
+class Side:
+    """One side of a mirrored book: price -> (price string, quantity string).
+
+    The Redis snapshot holds the best 50 levels, so a side loaded with 50 may have more behind
+    them: such a side is `complete=False` and keeps only levels up to its `boundary` (the 50th
+    price), where it knows every level. Views are taken from those, so they are always an exact
+    prefix of the real book; the hub re-reads the snapshot when fewer than 50 are left.
+    """
+
+    def __init__(self, *, descending: bool) -> None:
+        self.levels: dict[Decimal, Level] = {}
+        self.descending = descending
+        self.complete = True
+        self.boundary: Decimal | None = None
+        self._top: list[Level] | None = None
+
+    def load(self, rows: list[list]) -> None:
+        self.levels = {Decimal(r[0]): (r[0], r[1]) for r in rows}
+        self.complete = len(rows) < SNAPSHOT_DEPTH
+        self.boundary = None if self.complete else Decimal(rows[-1][0])
+        self._top = None
+
+    def _within(self, price: Decimal) -> bool:
+        if self.complete:
+            return True
+        return price >= self.boundary if self.descending else price <= self.boundary
+
+    def apply(self, rows: list[list]) -> None:
+        for row in rows:
+            price = Decimal(row[0])
+            if not self._within(price):
+                continue  # behind the known range: a later snapshot brings it when it matters
+            if Decimal(row[1]) == 0:
+                self.levels.pop(price, None)
+            else:
+                self.levels[price] = (row[0], row[1])
+        self._top = None
+
+    def needs_refresh(self) -> bool:
+        return not self.complete and len(self.levels) < SNAPSHOT_DEPTH
+
+    def top(self, depth: int) -> list[Level]:
+        if self._top is None:
+            keys = sorted(self.levels, reverse=self.descending)[:SNAPSHOT_DEPTH]
+            self._top = [self.levels[k] for k in keys]
+        return self._top[:depth]
+
+
+def view_changes(before: list[Level], after: list[Level]) -> list[list[str]]:
+    """The level changes that turn view `before` into view `after` (quantity "0": gone)."""
+    old = {Decimal(p): q for p, q in before}
+    new = {Decimal(p): (p, q) for p, q in after}
+    changes = [[p, q] for k, (p, q) in new.items() if old.get(k) != q]
+    changes += [[p, "0"] for p, _q in before if Decimal(p) not in new]
+    return changes
+
+
+class BookMirror:
+    """A book as the hub knows it: loaded from the Redis snapshot, kept by batch updates.
+
+    Subscribers see it through a view of their depth (10-50 levels per side); each update
+    frame carries the changes of that view (levels that enter it included, levels that leave
+    it as quantity "0"), so a client's book is always exactly the view."""
+
+    def __init__(self, symbol: str) -> None:
+        self.symbol = symbol
+        self.seq: int | None = None  # None while loading
+        self.busy = False  # re-reading the snapshot in the middle of an update
+        self.bids = Side(descending=True)
+        self.asks = Side(descending=False)
+        self.last_price: str | None = None
+        self.pending: list[dict] = []  # updates that arrived while the snapshot was loading
+        self.views: dict[int, tuple[list[Level], list[Level]]] = {}  # depth -> last view sent
+        self._snapshots: dict[int, tuple[int, str]] = {}  # depth -> (seq, frame)
+
+    @property
+    def loaded(self) -> bool:
+        return self.seq is not None
+
+    def load(self, snapshot: dict | None) -> None:
+        snapshot = snapshot or {"seq": 0, "bids": [], "asks": [], "last_price": None}
+        self.seq = snapshot["seq"]
+        self.bids.load(snapshot["bids"])
+        self.asks.load(snapshot["asks"])
+        self.last_price = snapshot.get("last_price")
+        self.views.clear()
+        self._snapshots.clear()
+
+    def drop_cached_snapshots(self) -> None:
+        self._snapshots.clear()
+
+    def apply(self, update: dict) -> None:
+        self.bids.apply(update["changes"]["bids"])
+        self.asks.apply(update["changes"]["asks"])
+        self.seq = update["seq"]
+
+    def view(self, depth: int) -> tuple[list[Level], list[Level]]:
+        return self.bids.top(depth), self.asks.top(depth)
+
+    def checksum(self) -> int:
+        return book_checksum(self.bids.top(CHECKSUM_LEVELS), self.asks.top(CHECKSUM_LEVELS))
+
+    def snapshot_frame(self, depth: int) -> str:
+        """The `snapshot` frame at this depth, serialized once per (seq, depth)."""
+        cached = self._snapshots.get(depth)
+        if cached is not None and cached[0] == self.seq:
+            return cached[1]
+        bids, asks = self.views[depth] = self.view(depth)
+        frame = dumps(
+            {
+                "channel": f"book.{self.symbol}",
+                "type": "snapshot",
+                "seq": self.seq,
+                "depth": depth,
+                "bids": [list(level) for level in bids],
+                "asks": [list(level) for level in asks],
+                "checksum": self.checksum(),
+            }
+        )
+        self._snapshots[depth] = (self.seq, frame)
+        return frame
+
+    def update_frames(self, prev_seq: int, ts_ns: int) -> dict[int, str]:
+        """One `update` frame per depth somebody watches, each serialized once."""
+        checksum = self.checksum()
+        frames = {}
+        for depth, (old_bids, old_asks) in self.views.items():
+            bids, asks = self.views[depth] = self.view(depth)
+            frames[depth] = dumps(
+                {
+                    "channel": f"book.{self.symbol}",
+                    "type": "update",
+                    "seq": self.seq,
+                    "prev_seq": prev_seq,
+                    "bids": view_changes(old_bids, bids),
+                    "asks": view_changes(old_asks, asks),
+                    "checksum": checksum,
+                    "ts_ns": ts_ns,
+                }
+            )
+        return frames
+
+    def ticker(self) -> dict:
+        bid = self.bids.top(1)
+        ask = self.asks.top(1)
+        return {
+            "symbol": self.symbol,
+            "seq": self.seq,
+            "best_bid": bid[0][0] if bid else None,
+            "best_bid_size": bid[0][1] if bid else None,
+            "best_ask": ask[0][0] if ask else None,
+            "best_ask_size": ask[0][1] if ask else None,
+            "last_price": self.last_price,
+        }
+
+
+class Subscriber:
+    """One connection as the hub sees it: its subscriptions and its bounded frame queue."""
+
+    RESYNC_LIMIT = 50  # resyncs for a slow consumer before the hub gives up on it
+
+    def __init__(self, *, maxsize: int, on_give_up: Callable[[], None] | None = None) -> None:
+        self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=maxsize)
+        self.user_id: int | None = None
+        self.channels: set[str] = set()
+        self.depths: dict[str, int] = {}  # symbol -> book depth
+        self.book_seq: dict[str, int] = {}  # symbol -> seq of the last book frame queued
+        self.resyncs = 0
+        self.on_give_up = on_give_up
+
+
+class MarketHub:
+    def __init__(self) -> None:
+        self.channels: dict[str, set[Subscriber]] = {}
+        self.users: dict[int, set[Subscriber]] = {}
+        self.books: dict[str, BookMirror] = {}
+        self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._listening = asyncio.Event()
+        self._client: aioredis.Redis | None = None
+        self._known_symbols: set[str] = set()
+        self.messages = 0
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    async def ensure_started(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._task is None or self._task.done():
+            if self._loop is not loop:  # a new event loop (tests): start over
+                self.__init__()
+            self._loop = loop
+            self._client = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2)
+            self._task = loop.create_task(self._run(), name="market-hub")
+        await asyncio.wait_for(self._listening.wait(), timeout=10)
+
+    async def _run(self) -> None:
+        channels = [market_data_channel(shard) for shard in range(settings.MATCHING_SHARDS)]
+        while True:
+            client = aioredis.Redis.from_url(
+                settings.REDIS_URL, socket_connect_timeout=2, health_check_interval=15
+            )
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(*channels)
+                if not self._listening.is_set():
+                    self._listening.set()
+                else:  # reconnected: anything may have been missed, resync every book
+                    for mirror in list(self.books.values()):
+                        self._reload(mirror)
+                while True:
+                    message = await pubsub.get_message(timeout=5.0)
+                    if message is not None:
+                        await self.on_message(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except (redis.RedisError, OSError) as exc:
+                logger.warning("market hub reconnecting", extra={"why": str(exc)})
+                await asyncio.sleep(0.5)
+            except Exception:  # a bug must not kill the process's only feed
+                logger.exception("market hub error")
+                await asyncio.sleep(0.1)
+            finally:
+                await pubsub.aclose()
+                await client.aclose()
+
+    # ---- subscriptions -----------------------------------------------------------------------
+    async def symbol_exists(self, symbol: str, lookup: Callable) -> bool:
+        if symbol in self._known_symbols:
+            return True
+        if await lookup(symbol):
+            self._known_symbols.add(symbol)
+            return True
+        return False
+
+    async def mirror(self, symbol: str) -> BookMirror:
+        """The loaded mirror of `symbol` (loading it from Redis on first use)."""
+        mirror = self.books.get(symbol)
+        if mirror is None:
+            mirror = self.books[symbol] = BookMirror(symbol)
+            await self._load(mirror)
+        while not mirror.loaded or mirror.busy:
+            await asyncio.sleep(0.005)
+        return mirror
+
+    async def _load(self, mirror: BookMirror) -> None:
+        """Snapshot handoff: already subscribed to the stream (updates meanwhile are kept in
+        `pending`), read the snapshot, drop updates with seq <= its seq, and read it again if
+        the first newer update does not continue it."""
+        for _attempt in range(20):
+            raw = await self._client.get(book_snapshot_key(mirror.symbol))
+            snapshot = json.loads(raw) if raw else None
+            pending, mirror.pending = mirror.pending, []
+            seq = snapshot["seq"] if snapshot else 0
+            newer = [u for u in pending if u["seq"] > seq]
+            if newer and newer[0]["prev_seq"] != seq:
+                mirror.pending = newer  # the snapshot is older than the stream: read again
+                await asyncio.sleep(0.01)
+                continue
+            mirror.load(snapshot)
+            for update in newer:
+                mirror.apply(update)
+            return
+        mirror.load(snapshot)  # give up on continuity; subscribers get this as a snapshot
+
+    def _reload(self, mirror: BookMirror) -> None:
+        """A gap in the stream: reload the mirror, then send its subscribers fresh snapshots."""
+        mirror.seq = None
+        mirror.pending = []
+
+        async def reload() -> None:
+            await self._load(mirror)
+            for sub in list(self.channels.get(f"book.{mirror.symbol}", ())):
+                self._push_snapshot(sub, mirror)
+            for sub in list(self.channels.get(f"ticker.{mirror.symbol}", ())):
+                self.push(sub, self._ticker_frame(mirror))
+
+        asyncio.get_running_loop().create_task(reload())
+
+    def add(self, sub: Subscriber, channel: str) -> None:
+        """Register `sub` (synchronously: the caller has the mirror loaded) and queue the
+        channel's initial frame (book snapshot, ticker) right behind."""
+        self.channels.setdefault(channel, set()).add(sub)
+        sub.channels.add(channel)
+        kind, symbol = channel_symbol(channel)
+        if kind == "orders" and sub.user_id is not None:
+            self.users.setdefault(sub.user_id, set()).add(sub)
+        elif kind == "book":
+            self._push_snapshot(sub, self.books[symbol])
+        elif kind == "ticker":
+            self.push(sub, self._ticker_frame(self.books[symbol]))
+
+    def remove(self, sub: Subscriber, channel: str) -> None:
+        subs = self.channels.get(channel)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self.channels[channel]
+        sub.channels.discard(channel)
+        kind, symbol = channel_symbol(channel)
+        if kind == "orders" and sub.user_id is not None:
+            users = self.users.get(sub.user_id, set())
+            users.discard(sub)
+            if not users:
+                self.users.pop(sub.user_id, None)
+        if kind == "book":
+            sub.book_seq.pop(symbol, None)
+            sub.depths.pop(symbol, None)
+        if symbol and not any(f"{k}.{symbol}" in self.channels for k in ("book", "ticker")):
+            self.books.pop(symbol, None)  # nobody watches it: stop mirroring
+
+    def remove_all(self, sub: Subscriber) -> None:
+        for channel in list(sub.channels):
+            self.remove(sub, channel)
+
+    # ---- fan-out -----------------------------------------------------------------------------
+    def push(self, sub: Subscriber, frame: str) -> None:
+        """Queue a frame for `sub`; a full queue drops it to fresh snapshots."""
+        try:
+            sub.queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            self._resync(sub)
+
+    def _push_snapshot(self, sub: Subscriber, mirror: BookMirror) -> None:
+        if not mirror.loaded or mirror.busy:
+            sub.book_seq[mirror.symbol] = -1  # the update being processed sends it
+            return
+        sub.book_seq[mirror.symbol] = mirror.seq
+        self.push(sub, mirror.snapshot_frame(sub.depths.get(mirror.symbol, SNAPSHOT_DEPTH)))
+
+    def _resync(self, sub: Subscriber) -> None:
+        """A slow consumer: drop what it has queued, then a notice and fresh snapshots."""
+        while not sub.queue.empty():
+            sub.queue.get_nowait()
+        sub.resyncs += 1
+        if sub.resyncs > Subscriber.RESYNC_LIMIT and sub.on_give_up is not None:
+            sub.on_give_up()
+            return
+        lost = sorted(c for c in sub.channels if channel_symbol(c)[0] in ("trades", "orders"))
+        sub.queue.put_nowait(
+            dumps({"type": "resync", "reason": "slow_consumer", "lost_channels": lost})
+        )
+        for channel in sorted(sub.channels):
+            kind, symbol = channel_symbol(channel)
+            mirror = self.books.get(symbol) if symbol else None
+            if mirror is None or not mirror.loaded or sub.queue.full():
+                continue
+            if kind == "book":
+                if mirror.busy:
+                    sub.book_seq[symbol] = -1  # the update being processed sends it
+                    continue
+                sub.book_seq[symbol] = mirror.seq
+                depth = sub.depths.get(symbol, SNAPSHOT_DEPTH)
+                sub.queue.put_nowait(mirror.snapshot_frame(depth))
+            elif kind == "ticker":
+                sub.queue.put_nowait(self._ticker_frame(mirror))
+
+    def _ticker_frame(self, mirror: BookMirror) -> str:
+        return dumps(
+            {"channel": f"ticker.{mirror.symbol}", "type": "ticker", "data": mirror.ticker()}
+        )
+
+    async def _refresh(self, mirror: BookMirror) -> None:
+        """Levels behind the known range may have come into view: re-read the snapshot, and
+        use it if it is at this very seq (if the worker is already further, the views stay an
+        exact but shorter prefix until the next update tries again)."""
+        mirror.busy = True
+        try:
+            raw = await self._client.get(book_snapshot_key(mirror.symbol))
+        except (redis.RedisError, OSError):
+            return
+        finally:
+            mirror.busy = False
+        snapshot = json.loads(raw) if raw else None
+        if snapshot is not None and snapshot["seq"] == mirror.seq:
+            mirror.bids.load(snapshot["bids"])
+            mirror.asks.load(snapshot["asks"])
+            mirror.drop_cached_snapshots()
+
+    async def on_message(self, raw: bytes | str) -> None:
+        """One batch message of a shard: books, trades, order events."""
+        self.messages += 1
+        message = json.loads(raw)
+        received_ns = time.time_ns()
+        last_prices: dict[str, str] = {}
+        trades_by_symbol: dict[str, list[dict]] = {}
+        for trade in message.get("trades", ()):
+            last_prices[trade["symbol"]] = trade["price"]
+            trades_by_symbol.setdefault(trade["symbol"], []).append(trade)
+
+        for symbol, update in message.get("books", {}).items():
+            mirror = self.books.get(symbol)
+            if mirror is None:
+                continue
+            if not mirror.loaded:
+                mirror.pending.append(update)
+                continue
+            if update["seq"] <= mirror.seq:
+                continue  # already in the snapshot the mirror was loaded from
+            if update["prev_seq"] != mirror.seq:
+                logger.warning(
+                    "market data gap, reloading the book",
+                    extra={"symbol": symbol, "seq": mirror.seq, "prev_seq": update["prev_seq"]},
+                )
+                self._reload(mirror)
+                continue
+            before = mirror.ticker()
+            mirror.apply(update)
+            if symbol in last_prices:
+                mirror.last_price = last_prices[symbol]
+            if mirror.bids.needs_refresh() or mirror.asks.needs_refresh():
+                await self._refresh(mirror)
+                if self.books.get(symbol) is not mirror or not mirror.loaded:
+                    continue  # unwatched or reloading meanwhile
+            frames = mirror.update_frames(update["prev_seq"], received_ns)
+            for sub in list(self.channels.get(f"book.{symbol}", ())):
+                last = sub.book_seq.get(symbol, -1)
+                if last < 0:
+                    self._push_snapshot(sub, mirror)
+                elif update["seq"] > last:
+                    sub.book_seq[symbol] = update["seq"]
+                    self.push(sub, frames[sub.depths.get(symbol, SNAPSHOT_DEPTH)])
+            ticker = mirror.ticker()
+            if ticker != before:
+                self._fan_out(f"ticker.{symbol}", self._ticker_frame(mirror))
+
+        for symbol, trades in trades_by_symbol.items():
+            mirror = self.books.get(symbol)
+            if mirror is not None and mirror.loaded and symbol not in message.get("books", {}):
+                before = mirror.last_price
+                mirror.last_price = last_prices[symbol]
+                if before != mirror.last_price:
+                    self._fan_out(f"ticker.{symbol}", self._ticker_frame(mirror))
+            channel = f"trades.{symbol}"
+            if channel in self.channels:
+                data = [
+                    {
+                        "trade_id": t["trade_id"],
+                        "price": t["price"],
+                        "quantity": t["quantity"],
+                        "taker_side": t["taker_side"],
+                        "ts_ns": t["ts_ns"],
+                    }
+                    for t in trades
+                ]
+                self._fan_out(channel, dumps({"channel": channel, "type": "trades", "data": data}))
+
+        for event in message.get("orders", ()):
+            subs = self.users.get(event.get("user_id"))
+            if not subs:
+                continue
+            data = {k: v for k, v in event.items() if k != "user_id"}
+            data["event"] = ORDER_EVENTS.get(event["status"], event["status"])
+            frame = dumps({"channel": "orders", "type": "order", "data": data})
+            for sub in list(subs):
+                self.push(sub, frame)
+
+    def _fan_out(self, channel: str, frame: str) -> None:
+        for sub in list(self.channels.get(channel, ())):
+            self.push(sub, frame)
+
+
+hub = MarketHub()

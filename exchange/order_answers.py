@@ -1,0 +1,58 @@
+"""How the trading API answers an order command, shared by REST and the WebSocket.
+
+The answer waits (up to ORDER_REPLY_TIMEOUT_SECONDS) for the matching worker, then reports the
+order row: a (status code, body) pair, or a catalogue ApiError for an engine rejection. Sync
+code: the WebSocket runs it in a worker thread.
+"""
+
+from django.conf import settings
+
+from exchange import selectors
+from exchange.errors import engine_rejection
+from exchange.models import Order
+from exchange.replies import reply_hub
+from exchange.serializers import order_representation
+from matching.models import Command
+
+
+def await_command(command_id: int) -> Command:
+    """Wait (up to ORDER_REPLY_TIMEOUT_SECONDS) for the worker to apply the command."""
+    reply_hub.wait(
+        command_id,
+        done=lambda: Command.objects.filter(pk=command_id, applied_at__isnull=False).exists(),
+        timeout=settings.ORDER_REPLY_TIMEOUT_SECONDS,
+    )
+    return Command.objects.get(pk=command_id)
+
+
+def order_placed_answer(order: Order, command_id: int | None, created: bool) -> tuple[int, dict]:
+    """201 with the engine's result, 202 while pending, 200 for a client_order_id replay;
+    raises the 400 ApiError of an engine rejection."""
+    if command_id is not None:
+        # Applied means no longer pending_new: the order row is the answer, re-read once.
+        def applied() -> bool:
+            order.refresh_from_db()
+            return order.status != Order.Status.PENDING_NEW
+
+        reply_hub.wait(command_id, done=applied, timeout=settings.ORDER_REPLY_TIMEOUT_SECONDS)
+    if order.status == Order.Status.REJECTED and created:
+        raise engine_rejection(order.reject_code, order.reject_message, order_id=order.pk)
+    if order.status == Order.Status.PENDING_NEW:
+        return 202, order_representation(order)
+    fills = selectors.fills_for_order(order) if order.filled_quantity else []
+    return (201 if created else 200), order_representation(order, fills)
+
+
+def order_changed_answer(order: Order, command_id: int) -> tuple[int, dict]:
+    """200 with the order after a cancel/amend, 202 if pending; raises the 400 ApiError when
+    the engine refused the command."""
+    command = await_command(command_id)
+    order.refresh_from_db()
+    if command.result:
+        raise engine_rejection(
+            command.result.get("code", "OrderRejected"),
+            command.result.get("message", ""),
+            order_id=order.pk,
+        )
+    code = 200 if command.applied_at else 202
+    return code, order_representation(order, selectors.fills_for_order(order))

@@ -1,0 +1,468 @@
+"""The streaming WebSocket (/ws/v1) against the real web process, worker and Redis."""
+
+import asyncio
+import json
+import random
+import time
+from decimal import Decimal
+
+import httpx
+import pytest
+import websockets
+from django.test import Client
+from rest_framework.authtoken.models import Token
+
+from exchange.tests.api_client import make_instrument, make_user
+from exchange.wsclient import BookClient
+
+pytestmark = [pytest.mark.processes]
+
+
+@pytest.fixture(scope="module")
+def process_env(process_env):
+    """Short limits and timeouts for this module's web process."""
+    return {
+        **process_env,
+        "WS_MAX_SUBSCRIPTIONS": "6",
+        "WS_MAX_MESSAGES_PER_SECOND": "20",
+        "WS_ABUSE_CLOSE_AFTER": "5",
+        "WS_PING_INTERVAL_SECONDS": "0.5",
+        "WS_PING_TIMEOUT_SECONDS": "5",
+    }
+
+
+@pytest.fixture
+def market(exchange_stack, live_db):
+    """A fresh symbol, two traders with tokens, and the socket URL."""
+    instrument = make_instrument(price_band_pct=Decimal("50"))
+    users = [make_user(), make_user()]
+    tokens = [Token.objects.create(user=u).key for u in users]
+    ws_url = exchange_stack.replace("http://", "ws://") + "/ws/v1"
+    return {
+        "base": exchange_stack,
+        "ws": ws_url,
+        "symbol": instrument.symbol,
+        "users": users,
+        "tokens": tokens,
+    }
+
+
+def rest(base: str, token: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=base, headers={"Authorization": f"Token {token}"}, timeout=15)
+
+
+def limit(symbol: str, side: str, price: str, quantity: str) -> dict:
+    return {
+        "symbol": symbol,
+        "side": side,
+        "order_type": "limit",
+        "price": price,
+        "quantity": quantity,
+    }
+
+
+async def send(ws, message) -> None:
+    await ws.send(message if isinstance(message, str) else json.dumps(message))
+
+
+async def recv_until(ws, predicate, *, timeout: float = 10.0, seen: list | None = None) -> dict:
+    """Read frames (answering pings) until one satisfies `predicate`; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"no matching frame within {timeout}s; seen {seen}")
+        frame = json.loads(await asyncio.wait_for(ws.recv(), remaining))
+        if frame.get("type") == "ping":
+            await send(ws, {"op": "pong", "id": frame["id"]})
+            continue
+        if seen is not None:
+            seen.append(frame)
+        if predicate(frame):
+            return frame
+
+
+async def until(predicate, *, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.05)
+
+
+async def random_burst(http: list[httpx.AsyncClient], symbol: str, count: int, seed: int) -> None:
+    rng = random.Random(seed)
+
+    async def one(n: int) -> None:
+        side = rng.choice(("buy", "sell"))
+        offset = rng.randint(-3, 15)
+        price = 100 - offset if side == "buy" else 100 + offset
+        response = await http[n % len(http)].post(
+            "/api/v1/orders",
+            json=limit(symbol, side, f"{price}.{rng.randint(0, 99):02d}", str(rng.randint(1, 9))),
+        )
+        assert response.status_code in (201, 202), response.text
+
+    for start in range(0, count, 8):  # bursts of 8 concurrent orders: multi-order batches
+        await asyncio.gather(*(one(n) for n in range(start, min(count, start + 8))))
+
+
+async def assert_book_equals_rest(client: BookClient, base: str, symbol: str) -> None:
+    async with httpx.AsyncClient(base_url=base, timeout=15) as http:
+
+        async def rest_book() -> dict:
+            return (await http.get(f"/api/v1/orderbook/{symbol}", params={"depth": 50})).json()
+
+        book = await rest_book()
+        await until(lambda: client.book.seq is not None and client.book.seq >= book["seq"])
+        book = await rest_book()  # the last batch may have landed meanwhile
+        await until(lambda: client.book.seq == book["seq"])
+        bids, asks = client.book.top(50)
+        assert bids == [(level["price"], level["quantity"]) for level in book["bids"]]
+        assert asks == [(level["price"], level["quantity"]) for level in book["asks"]]
+
+
+def test_book_snapshot_and_updates_stay_equal_to_the_rest_book(market):
+    async def scenario():
+        client = BookClient(market["ws"], market["symbol"])
+        stop = asyncio.Event()
+        runner = asyncio.create_task(client.run(stop=stop))
+        http = [rest(market["base"], t) for t in market["tokens"]]
+        try:
+            # Some resting orders first, so the snapshot is not empty.
+            await random_burst(http, market["symbol"], 16, seed=1)
+            await asyncio.wait_for(client.ready.wait(), 10)
+            await random_burst(http, market["symbol"], 120, seed=2)
+            await assert_book_equals_rest(client, market["base"], market["symbol"])
+        finally:
+            stop.set()
+            await runner
+            for h in http:
+                await h.aclose()
+        assert client.updates > 10
+        assert client.checksum_errors == 0
+        assert client.gaps == 0
+        assert client.snapshots == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_missed_update_is_detected_and_resynced_by_a_fresh_snapshot(market):
+    async def scenario():
+        client = BookClient(market["ws"], market["symbol"])
+        stop = asyncio.Event()
+        runner = asyncio.create_task(client.run(stop=stop))
+        http = [rest(market["base"], t) for t in market["tokens"]]
+        try:
+            await asyncio.wait_for(client.ready.wait(), 10)
+            client.drop_next_updates = 1
+            await random_burst(http, market["symbol"], 40, seed=3)
+            await until(lambda: client.gaps >= 1 and client.snapshots >= 2)
+            await random_burst(http, market["symbol"], 16, seed=4)
+            await assert_book_equals_rest(client, market["base"], market["symbol"])
+        finally:
+            stop.set()
+            await runner
+            for h in http:
+                await h.aclose()
+        assert client.checksum_errors == 0
+
+    asyncio.run(scenario())
+
+
+def test_levels_behind_the_top_50_come_into_view_when_the_top_is_taken(market):
+    symbol = market["symbol"]
+
+    async def scenario():
+        maker, taker = (rest(market["base"], t) for t in market["tokens"])
+        orders = [limit(symbol, "buy", f"{90 - i * 0.1:.2f}", "1") for i in range(70)]
+        orders += [limit(symbol, "sell", f"{110 + i * 0.1:.2f}", "1") for i in range(70)]
+        for start in range(0, len(orders), 10):
+            await asyncio.gather(
+                *(maker.post("/api/v1/orders", json=o) for o in orders[start : start + 10])
+            )
+        client = BookClient(market["ws"], symbol, depth=20)
+        stop = asyncio.Event()
+        runner = asyncio.create_task(client.run(stop=stop))
+        try:
+            await asyncio.wait_for(client.ready.wait(), 10)
+            assert len(client.book.bids) == 20
+            # Take 35 levels of each side, a few at a time: 21 of the 70 come into view.
+            for _ in range(7):
+                await taker.post("/api/v1/orders", json=limit(symbol, "sell", "80.00", "5"))
+                await taker.post("/api/v1/orders", json=limit(symbol, "buy", "120.00", "5"))
+            async with httpx.AsyncClient(base_url=market["base"], timeout=15) as http:
+                book = (await http.get(f"/api/v1/orderbook/{symbol}", params={"depth": 20})).json()
+            await until(lambda: client.book.seq == book["seq"])
+            bids, asks = client.book.top(50)
+            assert bids == [(level["price"], level["quantity"]) for level in book["bids"]]
+            assert asks == [(level["price"], level["quantity"]) for level in book["asks"]]
+            assert bids[0][0] == "86.50" and asks[0][0] == "113.50"
+        finally:
+            stop.set()
+            await runner
+            await maker.aclose()
+            await taker.aclose()
+        assert client.checksum_errors == 0 and client.gaps == 0 and client.snapshots == 1
+
+    asyncio.run(scenario())
+
+
+def test_trades_and_ticker_channels_report_each_trade_and_the_top_of_book(market):
+    symbol = market["symbol"]
+
+    async def scenario():
+        http = [rest(market["base"], t) for t in market["tokens"]]
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            await send(
+                ws, {"op": "subscribe", "channels": [f"trades.{symbol}", f"ticker.{symbol}"]}
+            )
+            first = await recv_until(ws, lambda f: f.get("type") == "ticker")
+            assert first["data"]["best_bid"] is None
+            await http[0].post("/api/v1/orders", json=limit(symbol, "sell", "101.00", "5"))
+            taker = await http[1].post("/api/v1/orders", json=limit(symbol, "buy", "101.00", "2"))
+            seen: list[dict] = []
+
+            def traded_ticker(f: dict) -> bool:
+                return f.get("type") == "ticker" and f["data"]["last_price"] == "101.00"
+
+            def both(_f: dict) -> bool:
+                kinds = {f["type"] for f in seen if f["type"] == "trades" or traded_ticker(f)}
+                return kinds == {"trades", "ticker"}
+
+            await recv_until(ws, both, seen=seen)
+            [trades] = [f for f in seen if f["type"] == "trades"]
+            assert trades["channel"] == f"trades.{symbol}"
+            [trade] = trades["data"]
+            assert trade["price"] == "101.00" and trade["quantity"] == "2"
+            assert trade["taker_side"] == "buy"
+            assert trade["trade_id"] == taker.json()["fills"][0]["trade_id"]
+            assert isinstance(trade["ts_ns"], int)
+            [ticker] = [f for f in seen if traded_ticker(f)]
+            assert ticker["data"]["best_ask"] == "101.00"
+            assert ticker["data"]["best_ask_size"] == "3"
+        for h in http:
+            await h.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_the_orders_channel_shows_only_the_subscribers_own_orders(market):
+    symbol = market["symbol"]
+    token_a, token_b = market["tokens"]
+
+    async def scenario():
+        http_a, http_b = rest(market["base"], token_a), rest(market["base"], token_b)
+        seen_a: list[dict] = []
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            await send(ws, {"op": "login", "token": token_a, "id": 1})
+            login = await recv_until(ws, lambda f: f.get("type") == "login")
+            assert login["user_id"] == market["users"][0].pk
+            await send(ws, {"op": "subscribe", "channels": ["orders"]})
+            await recv_until(ws, lambda f: f.get("type") == "subscribed")
+            own = await http_a.post("/api/v1/orders", json=limit(symbol, "sell", "99.00", "5"))
+            other = await http_b.post("/api/v1/orders", json=limit(symbol, "buy", "99.00", "3"))
+            other_rest = await http_b.post(
+                "/api/v1/orders", json=limit(symbol, "buy", "90.00", "1")
+            )
+            own_id, other_ids = (
+                own.json()["order_id"],
+                {
+                    other.json()["order_id"],
+                    other_rest.json()["order_id"],
+                },
+            )
+            await http_b.delete(f"/api/v1/orders/{other_rest.json()['order_id']}")
+            fill = await recv_until(
+                ws,
+                lambda f: f.get("type") == "order" and f["data"]["event"] == "partial_fill",
+                seen=seen_a,
+            )
+            assert fill["data"]["order_id"] == own_id
+            assert fill["data"]["filled"] == "3" and fill["data"]["remaining"] == "2"
+            cancel = await http_a.delete(f"/api/v1/orders/{own_id}")
+            assert cancel.status_code == 200
+            cancelled = await recv_until(
+                ws, lambda f: f.get("type") == "order" and f["data"]["event"] == "cancelled",
+                seen=seen_a,
+            )  # fmt: skip
+            assert cancelled["data"]["order_id"] == own_id
+            assert cancelled["data"]["reason"]
+        orders = [f["data"] for f in seen_a if f.get("channel") == "orders"]
+        assert {o["order_id"] for o in orders} == {own_id}
+        assert not other_ids & {o["order_id"] for o in orders}
+        assert all("user_id" not in o for o in orders)
+        await http_a.aclose()
+        await http_b.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_the_orders_channel_needs_a_login(market):
+    async def scenario():
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            await send(ws, {"op": "subscribe", "channels": ["orders"], "id": 7})
+            refused = await recv_until(ws, lambda f: f.get("type") == "error")
+            assert refused["error"] == "NotAuthenticated" and refused["code"] == -1002
+            assert refused["channel"] == "orders" and refused["id"] == 7
+            await send(ws, {"op": "login", "token": "not-a-token"})
+            failed = await recv_until(ws, lambda f: f.get("type") == "error")
+            assert failed["error"] == "AuthenticationFailed"
+            await send(
+                ws, {"op": "order.place", "id": 8, **limit(market["symbol"], "buy", "1", "1")}
+            )
+            answer = await recv_until(ws, lambda f: f.get("type") == "response")
+            assert answer["status"] == 401 and answer["error"]["error"] == "NotAuthenticated"
+
+    asyncio.run(scenario())
+
+
+def test_the_web_session_cookie_authenticates_the_socket(market):
+    browser = Client()
+    browser.force_login(market["users"][1])
+    cookie = f"sessionid={browser.cookies['sessionid'].value}"
+
+    async def scenario():
+        async with websockets.connect(
+            market["ws"], ping_interval=None, additional_headers={"Cookie": cookie}
+        ) as ws:
+            await send(ws, {"op": "subscribe", "channels": ["orders"]})
+            ack = await recv_until(ws, lambda f: f.get("type") in ("subscribed", "error"))
+            assert ack["type"] == "subscribed" and ack["channel"] == "orders"
+
+    asyncio.run(scenario())
+
+
+def test_bad_input_and_unknown_channels_get_errors_not_a_crash(market):
+    symbol = market["symbol"]
+
+    async def scenario():
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            await send(ws, "{not json")
+            assert (await recv_until(ws, lambda f: True))["error"] == "MalformedRequest"
+            await send(ws, "[1, 2]")
+            assert (await recv_until(ws, lambda f: True))["error"] == "MalformedRequest"
+            await send(ws, {"op": "dance"})
+            assert (await recv_until(ws, lambda f: True))["error"] == "UnknownOp"
+            await send(ws, {"op": "subscribe", "channels": "book.X"})
+            assert (await recv_until(ws, lambda f: True))["error"] == "MalformedRequest"
+            await send(ws, {"op": "subscribe", "channels": ["candles.X", "book"]})
+            assert (await recv_until(ws, lambda f: True))["error"] == "UnknownChannel"
+            assert (await recv_until(ws, lambda f: True))["error"] == "UnknownChannel"
+            await send(ws, {"op": "subscribe", "channels": ["book.NOPE123"]})
+            unknown = await recv_until(ws, lambda f: True)
+            assert unknown["error"] == "UnknownSymbol" and unknown["code"] == -1121
+            await send(ws, {"op": "subscribe", "channels": [f"book.{symbol}"], "depth": 0})
+            assert (await recv_until(ws, lambda f: True))["error"] == "InvalidParameter"
+            await send(ws, {"op": "unsubscribe", "channels": [f"book.{symbol}"]})
+            assert (await recv_until(ws, lambda f: True))["error"] == "NotSubscribed"
+            # The connection still works.
+            await send(ws, {"op": "subscribe", "channels": [f"book.{symbol}"], "depth": 10})
+            assert (await recv_until(ws, lambda f: True))["type"] == "subscribed"
+            snapshot = await recv_until(ws, lambda f: True)
+            assert snapshot["type"] == "snapshot" and snapshot["bids"] == []
+
+    asyncio.run(scenario())
+
+
+def test_too_many_subscriptions_are_refused(market, live_db):
+    symbols = [market["symbol"], make_instrument().symbol]
+
+    async def scenario():
+        channels = [f"{kind}.{s}" for s in symbols for kind in ("book", "trades", "ticker")]
+        channels.append("heartbeat")  # the seventh: over the limit of 6
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            await send(ws, {"op": "subscribe", "channels": channels})
+            seen: list[dict] = []
+            await recv_until(ws, lambda f: f.get("type") == "error", seen=seen)
+            acks = [f["channel"] for f in seen if f.get("type") == "subscribed"]
+            assert acks == channels[:6]
+            assert (
+                seen[-1]["error"] == "TooManySubscriptions" and seen[-1]["channel"] == "heartbeat"
+            )
+
+    asyncio.run(scenario())
+
+
+def test_message_flood_is_refused_then_the_socket_is_closed(market):
+    async def scenario():
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            for n in range(24):
+                await send(ws, {"op": "ping", "id": n})
+            refused = await recv_until(ws, lambda f: f.get("type") == "error")
+            assert refused["error"] == "TooManyRequests" and refused["code"] == -1015
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                for n in range(20):
+                    await send(ws, {"op": "ping", "id": n})
+                await recv_until(ws, lambda f: False, timeout=10)
+            assert closed.value.rcvd.code == 4029
+
+    asyncio.run(scenario())
+
+
+def test_a_silent_connection_is_closed_after_the_ping_timeout(market):
+    async def scenario():
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            pings = 0
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                while True:  # read without ever answering
+                    frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                    pings += frame.get("type") == "ping"
+            assert closed.value.rcvd.code == 4000
+            assert pings >= 2
+
+    asyncio.run(scenario())
+
+
+def test_heartbeat_carries_the_server_time_and_each_books_seq(market):
+    symbol = market["symbol"]
+
+    async def scenario():
+        http = rest(market["base"], market["tokens"][0])
+        await http.post("/api/v1/orders", json=limit(symbol, "buy", "98.00", "1"))
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            await send(ws, {"op": "subscribe", "channels": [f"book.{symbol}", "heartbeat"]})
+            snapshot = await recv_until(ws, lambda f: f.get("type") == "snapshot")
+            beat = await recv_until(ws, lambda f: f.get("type") == "heartbeat")
+            assert beat["books"] == {symbol: snapshot["seq"]}
+            assert snapshot["seq"] > 0
+            assert beat["server_time"].endswith("Z")
+            assert abs(beat["server_time_ns"] - time.time_ns()) < 60e9
+        await http.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_order_entry_over_the_socket_answers_like_rest(market):
+    symbol = market["symbol"]
+
+    async def scenario():
+        http = rest(market["base"], market["tokens"][0])
+        by_rest = await http.post("/api/v1/orders", json=limit(symbol, "buy", "95.00", "2"))
+        invalid_rest = await http.post(
+            "/api/v1/orders", json={"symbol": symbol, "side": "buy", "order_type": "limit",
+                                    "quantity": "1"}
+        )  # fmt: skip
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            await send(ws, {"op": "login", "token": market["tokens"][0]})
+            await recv_until(ws, lambda f: f.get("type") == "login")
+            await send(ws, {"op": "order.place", "id": "a1", **limit(symbol, "buy", "96.00", "3")})
+            placed = await recv_until(ws, lambda f: f.get("type") == "response")
+            assert placed["id"] == "a1" and placed["op"] == "order.place"
+            assert placed["status"] == by_rest.status_code == 201
+            assert placed["data"].keys() == by_rest.json().keys()
+            assert placed["data"]["status"] == "new" and placed["data"]["price"] == "96.00"
+            await send(ws, {"op": "order.place", "id": "a2", "symbol": symbol, "side": "buy",
+                            "order_type": "limit", "quantity": "1"})  # fmt: skip
+            invalid = await recv_until(ws, lambda f: f.get("type") == "response")
+            assert invalid["status"] == invalid_rest.status_code == 400
+            assert invalid["error"] == invalid_rest.json()
+            await send(ws, {"op": "order.cancel", "id": 3, "order_id": placed["data"]["order_id"]})
+            cancelled = await recv_until(ws, lambda f: f.get("type") == "response")
+            assert cancelled["status"] == 200 and cancelled["data"]["status"] == "cancelled"
+            await send(ws, {"op": "order.cancel", "id": 4, "order_id": 10**12})
+            missing = await recv_until(ws, lambda f: f.get("type") == "response")
+            assert missing["status"] == 404 and missing["error"]["error"] == "OrderNotFound"
+        await http.aclose()
+
+    asyncio.run(scenario())
