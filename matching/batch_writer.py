@@ -26,8 +26,6 @@ from matching.command_codec import command_to_json, ns_to_datetime
 from matching.engine import Engine, Instrument
 from matching.engine import protocol as p
 
-# Not every event has a catalogue entry yet (see the report); those are skipped, not invented.
-ORDER_ACCEPTED = getattr(AuditEvent, "ORDER_ACCEPTED", None)
 ENDED = (p.FILLED, p.CANCELLED, p.EXPIRED, p.REJECTED)
 
 
@@ -496,7 +494,7 @@ class BatchWriter:
             **fields,
         )
 
-    def _order_audit(self, a, ev, subject, op, triggered: set[int], specs) -> AuditEntry | None:
+    def _order_audit(self, a, ev, subject, op, triggered: set[int], specs) -> AuditEntry:
         (_, _, _, sym, oid, uid, status, reason, filled, remaining, price, _spent) = ev
         inst = specs[sym]
         payload = {
@@ -521,11 +519,9 @@ class BatchWriter:
         elif (op == p.OP_AMEND and oid == subject) or reason == p.R_STP:
             event = AuditEvent.ORDER_AMENDED
         elif oid == subject or oid in triggered:
-            event = ORDER_ACCEPTED
+            event = AuditEvent.ORDER_ACCEPTED
         else:
             event = AuditEvent.ORDER_AMENDED
-        if event is None:
-            return None
         return self._audit(event, a, order_id=oid, user_id=uid, symbol=sym, payload=payload)
 
     def _trade_audit(self, a: Applied, ev: tuple, specs) -> AuditEntry:
