@@ -3,6 +3,7 @@
 import datetime as dt
 import json
 import logging
+import time
 from decimal import Decimal
 
 import redis
@@ -23,13 +24,25 @@ def instruments_listed() -> QuerySet[Instrument]:
     return Instrument.objects.exclude(status=Instrument.Status.DELISTED).order_by("symbol")
 
 
+# Instruments read on the order path, per process, for a moment: their trading rules cannot
+# change once they have orders, and halts are decided by the engine, not by this copy.
+INSTRUMENT_CACHE_SECONDS = 2.0
+_instrument_cache: dict[str, tuple[float, Instrument]] = {}
+
+
 def instrument_by_symbol(symbol: str) -> Instrument:
+    cached = _instrument_cache.get(symbol)
+    now = time.monotonic()
+    if cached is not None and now - cached[0] < INSTRUMENT_CACHE_SECONDS:
+        return cached[1]
     try:
-        return Instrument.objects.get(symbol=symbol)
+        instrument = Instrument.objects.get(symbol=symbol)
     except Instrument.DoesNotExist:
         raise trading_error(
             "UnknownSymbol", f"unknown symbol {symbol!r}; see GET /api/v1/symbols", field="symbol"
         ) from None
+    _instrument_cache[symbol] = (now, instrument)
+    return instrument
 
 
 def orders_for_user(
@@ -138,6 +151,15 @@ def book_spread(*, instrument: Instrument) -> dict:
         "spread_bps": bps,
         "mid": mid,
     }
+
+
+def band_reference(instrument: Instrument, snapshot: dict | None) -> Decimal | None:
+    """The price band's reference: the last price in the worker's book snapshot, or from the
+    database when Redis has no snapshot (the engine enforces the band in any case)."""
+    if snapshot is None:
+        return reference_price(instrument)
+    last = snapshot.get("last_price")
+    return Decimal(last) if last is not None else None
 
 
 def reference_price(instrument: Instrument) -> Decimal | None:

@@ -36,7 +36,12 @@ from exchange.order_rules import (
     quote_minor,
     to_ns,
 )
-from exchange.selectors import book_snapshot, instrument_by_symbol, reference_price
+from exchange.selectors import (
+    band_reference,
+    book_snapshot,
+    instrument_by_symbol,
+    reference_price,
+)
 from matching.engine import protocol as p
 from matching.instruments import engine_instrument_spec
 from matching.models import Command
@@ -96,10 +101,11 @@ def order_place(
     kind = request.order_type
     price_field = "limit_price" if kind == Order.Type.STOP_LIMIT else "price"
 
+    snapshot = book_snapshot(instrument.symbol)
     price = qty = stop = display = spend = 0
     if request.price is not None:
         price = price_ticks(engine, instrument, request.price, price_field)
-        check_band(instrument, request.price, reference_price(instrument), price_field)
+        check_band(instrument, request.price, band_reference(instrument, snapshot), price_field)
     if request.stop_price is not None:
         stop = price_ticks(engine, instrument, request.stop_price, "stop_price")
     if request.quantity is not None:
@@ -133,7 +139,6 @@ def order_place(
     maker_ppm, taker_ppm = fee_rates_for(user=user, instrument=instrument)
     buy_minor = 0
     if is_buy:
-        snapshot = book_snapshot(instrument.symbol)
         best_ask = snapshot["asks"][0][0] if snapshot and snapshot["asks"] else None
         buy_minor = buy_hold_minor(
             engine=engine,
