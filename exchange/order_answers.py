@@ -8,7 +8,7 @@ code: the WebSocket runs it in a worker thread.
 from django.conf import settings
 
 from exchange import selectors
-from exchange.errors import engine_rejection
+from exchange.errors import engine_rejection, trading_error
 from exchange.models import Order
 from exchange.replies import reply_hub
 from exchange.serializers import order_representation
@@ -48,11 +48,16 @@ def order_changed_answer(order: Order, command_id: int) -> tuple[int, dict]:
     the engine refused the command."""
     command = await_command(command_id)
     order.refresh_from_db()
-    if command.result:
+    if command.reject_code == "UnknownOrder":
+        # The order ended in the engine before the change arrived (filled, expired, ...).
+        raise trading_error(
+            "OrderNotOpen",
+            f"order {order.pk} is {order.status}; only open orders can be changed",
+            extra={"order_id": str(order.pk)},
+        )
+    if command.reject_code:
         raise engine_rejection(
-            command.result.get("code", "OrderRejected"),
-            command.result.get("message", ""),
-            order_id=order.pk,
+            command.reject_code, "the matching engine refused the change", order_id=order.pk
         )
     code = 200 if command.applied_at else 202
     return code, order_representation(order, selectors.fills_for_order(order))

@@ -68,11 +68,6 @@ class Command(models.Model):
         db_default="",
         help_text="Why the engine (or the worker) refused it.",
     )
-    result = models.JSONField(
-        null=True,
-        blank=True,
-        help_text='Set by the worker when the engine refused the command: {"code", "message"}.',
-    )
 
     class Meta:
         indexes = [

@@ -280,6 +280,21 @@ def test_cancel_amend_and_mass_cancel(market):
     assert open_orders["results"] == []
 
 
+def test_an_amend_the_engine_refuses_is_a_400_and_leaves_the_order_as_it_was(market):
+    instrument, maker, taker = market
+    taker.place(**limit(instrument.symbol, "buy", "100.00", "1"))
+    resting = maker.place(**limit(instrument.symbol, "sell", "101.00", "2", post_only=True))
+    order_id = resting.json()["order_id"]
+    refused = maker.patch(f"/api/v1/orders/{order_id}", {"price": "100.00"})
+    assert refused.status_code == 400
+    assert (refused.json()["error"], refused.json()["order_id"]) == (
+        "PostOnlyWouldMatch",
+        str(order_id),
+    )
+    unchanged = maker.get(f"/api/v1/orders/{order_id}").json()
+    assert (unchanged["status"], unchanged["price"]) == ("new", "101.00")
+
+
 def test_client_order_id_is_idempotent_and_refuses_a_different_body(market):
     instrument, maker, _ = market
     body = limit(instrument.symbol, "buy", "10.00", "1", client_order_id="my-order-1")
