@@ -100,13 +100,7 @@ class ShardWorker:
             logger.info("shard worker stopped", extra={"shard": self.shard})
         return 0
 
-    def _audit_started(self) -> None:
-        """Record the lease acquisition; a takeover when the shard had a previous holder.
-
-        A failure propagates: a worker that cannot write the trail must not run the shard."""
-        event = (
-            AuditEvent.SHARD_TAKEOVER if (self.lease.epoch or 0) > 1 else AuditEvent.WORKER_STARTED
-        )
+    def _audit_lifecycle(self, event: str, **extra) -> None:
         with transaction.atomic():
             audit_record(
                 event_type=event,
@@ -116,25 +110,22 @@ class ShardWorker:
                     "shard": self.shard,
                     "epoch": self.lease.epoch,
                     "holder": self.lease.holder,
+                    **extra,
                 },
             )
+
+    def _audit_started(self) -> None:
+        """Record the lease acquisition; a takeover when the shard had a previous holder.
+
+        A failure propagates: a worker that cannot write the trail must not run the shard."""
+        takeover = (self.lease.epoch or 0) > 1
+        self._audit_lifecycle(AuditEvent.SHARD_TAKEOVER if takeover else AuditEvent.WORKER_STARTED)
 
     def _audit_stopped(self, reason: str) -> None:
         """Record the stop; best effort, since the process is exiting anyway (often because
         the database is what failed)."""
         try:
-            with transaction.atomic():
-                audit_record(
-                    event_type=AuditEvent.WORKER_STOPPED,
-                    actor=f"worker:{self.lease.holder}",
-                    shard=self.shard,
-                    payload={
-                        "shard": self.shard,
-                        "epoch": self.lease.epoch,
-                        "holder": self.lease.holder,
-                        "reason": reason,
-                    },
-                )
+            self._audit_lifecycle(AuditEvent.WORKER_STOPPED, reason=reason)
         except DatabaseError as exc:
             logger.warning("worker stop not audited", extra={"shard": self.shard, "why": str(exc)})
 

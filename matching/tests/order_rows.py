@@ -8,28 +8,22 @@ import datetime as dt
 import uuid
 from decimal import ROUND_CEILING, Decimal
 
-from django.contrib.auth import get_user_model
 from django.db import transaction
 
 from exchange.models import Instrument, Order
+from exchange.services import instrument_list
 from matching.command_codec import datetime_to_ns
 from matching.engine import protocol as p
-from matching.instruments import engine_instrument, engine_instrument_spec
+from matching.instruments import engine_instrument
 from matching.services import command_enqueue
 
 MAKER_FEE_PPM = 1000
 TAKER_FEE_PPM = 2000
 
 
-def user_create(prefix: str = "trader"):
-    """A user with a unique username and email."""
-    name = f"{prefix}-{uuid.uuid4().hex[:10]}"
-    return get_user_model().objects.create(username=name, email=f"{name}@test.local")
-
-
 def instrument_create(*, listed: bool = True, **fields) -> Instrument:
     """An instrument with a unique symbol (tick 0.01, lot 1); `listed` also enqueues its
-    add_instrument command, as the lead's instrument service does."""
+    add_instrument command through the instrument service."""
     symbol = fields.pop("symbol", None) or f"T{uuid.uuid4().hex[:8].upper()}"
     values = {
         "base_asset": symbol[:12],
@@ -46,11 +40,7 @@ def instrument_create(*, listed: bool = True, **fields) -> Instrument:
     with transaction.atomic():
         instrument = Instrument.objects.create(symbol=symbol, **values)
         if listed:
-            command_enqueue(
-                shard=instrument.shard,
-                kind="add_instrument",
-                payload=engine_instrument_spec(instrument),
-            )
+            instrument_list(instrument=instrument)
     return instrument
 
 

@@ -13,6 +13,7 @@ from django.db import connection
 
 from conftest import BASE_DIR, wait_until
 from exchange.models import Order, Trade
+from exchange.tests.api_client import make_user
 from matching.command_codec import datetime_to_ns
 from matching.engine import Engine
 from matching.lease import database_conninfo
@@ -23,7 +24,6 @@ from matching.tests.order_rows import (
     instrument_create,
     order_cancel_enqueue,
     order_row_place,
-    user_create,
 )
 from matching.tests.worker_checks import (
     all_commands_applied,
@@ -50,7 +50,7 @@ def settled(order: Order) -> Order:
 
 def test_crossing_pair_makes_one_trade_with_both_fills_and_fees(processes, process_env):
     instrument = instrument_create()
-    seller, buyer = user_create("seller"), user_create("buyer")
+    seller, buyer = make_user("seller"), make_user("buyer")
     start_worker(processes, process_env)
 
     sell = order_row_place(
@@ -88,7 +88,7 @@ def test_crossing_pair_makes_one_trade_with_both_fills_and_fees(processes, proce
 
 def test_order_resting_then_filled_in_the_same_batch_keeps_its_priority_seq(processes, process_env):
     instrument = instrument_create()
-    seller, buyer = user_create("seller"), user_create("buyer")
+    seller, buyer = make_user("seller"), make_user("buyer")
     sell = order_row_place(
         user=seller, instrument=instrument, side="sell", quantity="10", price="100.00"
     )
@@ -112,7 +112,7 @@ def test_replies_name_the_applied_commands_after_they_commit(processes, process_
     pubsub = redis_conn.pubsub()
     pubsub.subscribe(replies_channel())
     order = order_row_place(
-        user=user_create(), instrument=instrument, side="sell", quantity="3", price="5.00"
+        user=make_user(), instrument=instrument, side="sell", quantity="3", price="5.00"
     )
     command_id = Command.objects.get(order_id=order.pk).pk
     seen: list[int] = []
@@ -132,7 +132,7 @@ def test_replies_name_the_applied_commands_after_they_commit(processes, process_
 
 def test_book_snapshot_in_redis_equals_engine_depth(processes, process_env, redis_conn):
     instrument = instrument_create()
-    user = user_create()
+    user = make_user()
     start_worker(processes, process_env)
     for side, qty, price in [
         ("buy", "5", "99.00"),
@@ -166,10 +166,10 @@ def test_post_only_order_that_would_match_is_stored_rejected(processes, process_
     instrument = instrument_create()
     start_worker(processes, process_env)
     order_row_place(
-        user=user_create(), instrument=instrument, side="sell", quantity="1", price="10.00"
+        user=make_user(), instrument=instrument, side="sell", quantity="1", price="10.00"
     )
     crossing = order_row_place(
-        user=user_create(),
+        user=make_user(),
         instrument=instrument,
         side="buy",
         quantity="1",
@@ -188,7 +188,7 @@ def test_post_only_order_that_would_match_is_stored_rejected(processes, process_
 
 def test_command_committed_late_with_a_smaller_id_is_still_applied(processes, process_env):
     instrument = instrument_create()
-    user = user_create()
+    user = make_user()
     start_worker(processes, process_env)
     resting = settled(
         order_row_place(user=user, instrument=instrument, side="sell", quantity="2", price="7.00")
@@ -217,7 +217,7 @@ def test_command_committed_late_with_a_smaller_id_is_still_applied(processes, pr
 
 def test_cancel_while_orders_flow_applies_every_command_once(processes, process_env):
     instrument = instrument_create()
-    users = [user_create() for _ in range(3)]
+    users = [make_user() for _ in range(3)]
     start_worker(processes, process_env)
     placed: list[Order] = []
 
@@ -248,7 +248,7 @@ def test_gtd_order_expires_and_a_no_op_expiry_is_not_journaled(processes, proces
     expire_at = dt.datetime(2100, 1, 1, 12, 0, 0, 123456, tzinfo=dt.UTC)
     gtd = settled(
         order_row_place(
-            user=user_create(),
+            user=make_user(),
             instrument=instrument,
             side="sell",
             quantity="2",
@@ -287,7 +287,7 @@ def test_matching_verify_fails_when_the_stored_book_differs_from_the_journal(
     start_worker(processes, process_env)
     order = settled(
         order_row_place(
-            user=user_create(), instrument=instrument, side="buy", quantity="4", price="9.00"
+            user=make_user(), instrument=instrument, side="buy", quantity="4", price="9.00"
         )
     )
     assert "OK" in matching_verify(process_env)

@@ -13,10 +13,11 @@ from django.db import connection
 
 from conftest import BASE_DIR, RUN_PREFIX, wait_until
 from exchange.models import Order
+from exchange.tests.api_client import make_user
 from matching.heartbeat import heartbeat_key
 from matching.models import Command, ShardState
 from matching.tests.order_flow import OrderFlow
-from matching.tests.order_rows import instrument_create, order_row_place, user_create
+from matching.tests.order_rows import instrument_create, order_row_place
 from matching.tests.worker_checks import (
     all_commands_applied,
     exactly_once_invariants,
@@ -92,7 +93,7 @@ def test_kill_9_under_supervisord_loses_and_duplicates_nothing(
     processes, process_env, redis_conn, tmp_path
 ):
     instrument = instrument_create()
-    users = [user_create() for _ in range(4)]
+    users = [make_user() for _ in range(4)]
     processes.start(
         [sys.executable, "-m", "supervisor.supervisord", "-c", supervisord_conf(tmp_path, {})],
         env=process_env,
@@ -119,7 +120,7 @@ def test_kill_9_under_supervisord_loses_and_duplicates_nothing(
 
 def test_standby_takes_over_with_orders_flowing(processes, process_env, redis_conn):
     instrument = instrument_create()
-    users = [user_create() for _ in range(3)]
+    users = [make_user() for _ in range(3)]
     holder = processes.manage("run_matching", "--shard", "0", env=process_env, name="holder")
     assert serving_pid(redis_conn) == holder.pid
     standby = processes.manage("run_matching", "--shard", "0", env=process_env, name="standby")
@@ -141,7 +142,7 @@ def test_standby_takes_over_with_orders_flowing(processes, process_env, redis_co
 
 def test_redis_wipe_mid_stream_loses_no_accepted_order(processes, process_env, redis_conn):
     instrument = instrument_create()
-    users = [user_create() for _ in range(3)]
+    users = [make_user() for _ in range(3)]
     processes.manage("run_matching", "--shard", "0", env=process_env, name="worker")
     serving_pid(redis_conn)
     flow = OrderFlow(instrument=instrument, users=users, seed=3)
@@ -189,7 +190,7 @@ def failing_commit_trigger_drop() -> None:
 
 def test_failed_commit_exits_and_the_restart_recovers(processes, process_env, redis_conn):
     instrument = instrument_create()
-    user = user_create()
+    user = make_user()
     first = processes.manage("run_matching", "--shard", "0", env=process_env, name="w1")
     serving_pid(redis_conn)
     resting = order_row_place(
@@ -199,7 +200,7 @@ def test_failed_commit_exits_and_the_restart_recovers(processes, process_env, re
     failing_commit_trigger("nextval('test_fail_seq') = 1")  # the next batch fails, once
     try:
         taker = order_row_place(
-            user=user_create(), instrument=instrument, side="buy", quantity="2", price="10.00"
+            user=make_user(), instrument=instrument, side="buy", quantity="2", price="10.00"
         )
         assert first.wait(timeout=30) == 3, "the worker exits when its batch does not commit"
         assert Order.objects.get(pk=taker.pk).status == "pending_new"
@@ -215,7 +216,7 @@ def test_failed_commit_exits_and_the_restart_recovers(processes, process_env, re
 
 def test_command_failing_twice_is_rejected_and_the_rest_applied(processes, process_env, redis_conn):
     instrument = instrument_create()
-    user = user_create()
+    user = make_user()
     processes.manage("run_matching", "--shard", "0", env=process_env, name="w0")
     serving_pid(redis_conn)
     all_commands_applied()
