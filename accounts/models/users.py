@@ -1,4 +1,4 @@
-"""Users of the exchange. API keys, ledger and fee tiers join this app as they land."""
+"""Users of the exchange: traders, staff and compliance officers."""
 
 from django.contrib.auth.models import AbstractUser
 from django.db import models

@@ -1,0 +1,5 @@
+"""Models of the accounts app, one module per domain: users, the ledger, API keys, fee tiers."""
+
+from accounts.models.users import User
+
+__all__ = ["User"]
