@@ -172,7 +172,15 @@ class Order(models.Model):
     maker_fee_ppm = models.IntegerField(help_text="Maker rate frozen at placement (ppm).")
     taker_fee_ppm = models.IntegerField(help_text="Taker rate frozen at placement (ppm).")
     held_amount = models.DecimalField(
-        default=Decimal(0), help_text="Quote held for a buy, base for a sell.", **MONEY
+        default=Decimal(0),
+        help_text="What the order may use in all: quote for a buy (its cap), base for a sell.",
+        **MONEY,
+    )
+    hold_remaining = models.DecimalField(
+        default=Decimal(0),
+        db_default=Decimal(0),
+        help_text="Still in the user's hold account for this order (released when it ends).",
+        **MONEY,
     )
 
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING_NEW)
@@ -218,6 +226,9 @@ class Order(models.Model):
                 condition=models.Q(remaining_quantity__gte=0), name="order_remaining_gte_0"
             ),
             models.CheckConstraint(condition=models.Q(held_amount__gte=0), name="order_hold_gte_0"),
+            models.CheckConstraint(
+                condition=models.Q(hold_remaining__gte=0), name="order_hold_remaining_gte_0"
+            ),
         ]
         indexes = [
             models.Index(fields=["user", "-id"], name="order_user_recent"),

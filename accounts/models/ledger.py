@@ -1,0 +1,116 @@
+"""The double-entry ledger: accounts with cached balances, journal entries and their postings.
+
+Every movement of money is one `LedgerEntry` whose `LedgerPosting`s sum to zero per asset.
+A user has a `cash` (available) and a `hold` (reserved for open orders) account per asset; the
+exchange has `fee_revenue`, `rebate_expense` and `external` (the outside world: deposits and
+withdrawals) accounts per asset. `balance` is the sum of the account's postings, kept in step
+by the one write path (`accounts.ledger`), with rows locked in primary-key order.
+"""
+
+from django.conf import settings
+from django.db import models
+from django.db.models.functions import Now
+
+LEDGER_AMOUNT = {"max_digits": 30, "decimal_places": 12}
+
+
+class LedgerAccount(models.Model):
+    """One balance: a user's cash or hold in one asset, or one of the exchange's own accounts."""
+
+    class Kind(models.TextChoices):
+        CASH = "cash", "Available"
+        HOLD = "hold", "Held for open orders"
+        FEE_REVENUE = "fee_revenue", "Exchange fee revenue"
+        REBATE_EXPENSE = "rebate_expense", "Exchange maker rebates paid"
+        EXTERNAL = "external", "Outside the exchange (deposits and withdrawals)"
+
+    USER_KINDS = (Kind.CASH, Kind.HOLD)
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="ledger_accounts",
+    )
+    asset = models.CharField(max_length=16)
+    balance = models.DecimalField(default=0, db_default=0, **LEDGER_AMOUNT)
+    updated_at = models.DateTimeField(auto_now=True, db_default=Now())
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["kind", "user", "asset"],
+                nulls_distinct=False,
+                name="ledger_account_unique",
+            ),
+            # Users' balances never go negative; the exchange's may (rebates can exceed fees).
+            models.CheckConstraint(
+                condition=~models.Q(kind__in=["cash", "hold"]) | models.Q(balance__gte=0),
+                name="ledger_user_balance_gte_0",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(kind__in=["cash", "hold"], user__isnull=False)
+                | (~models.Q(kind__in=["cash", "hold"]) & models.Q(user__isnull=True)),
+                name="ledger_account_owner",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        owner = self.user_id if self.user_id else "exchange"
+        return f"{owner}:{self.kind}:{self.asset}"
+
+
+class LedgerEntry(models.Model):
+    """One movement of money; its postings sum to zero per asset."""
+
+    class Kind(models.TextChoices):
+        DEPOSIT = "deposit", "Deposit"
+        WITHDRAWAL = "withdrawal", "Withdrawal"
+        HOLD = "hold", "Funds held for an order"
+        RELEASE = "release", "Hold released"
+        TRADE = "trade", "Trade settlement"
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="Whose request caused it (deposits, withdrawals, holds).",
+    )
+    # Plain ids, not foreign keys: the matching worker writes entries with COPY in its batch.
+    order_id = models.BigIntegerField(null=True, blank=True)
+    trade_id = models.BigIntegerField(null=True, blank=True)
+    memo = models.CharField(max_length=200, blank=True, default="", db_default="")
+    created_at = models.DateTimeField(auto_now_add=True, db_default=Now())
+
+    class Meta:
+        verbose_name_plural = "ledger entries"
+        indexes = [
+            models.Index(fields=["order_id"], name="ledger_entry_order"),
+            models.Index(fields=["trade_id"], name="ledger_entry_trade"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} #{self.pk}"
+
+
+class LedgerPosting(models.Model):
+    """One side of an entry: `amount` (signed) added to `account`'s balance."""
+
+    entry = models.ForeignKey(LedgerEntry, on_delete=models.PROTECT, related_name="postings")
+    account = models.ForeignKey(LedgerAccount, on_delete=models.PROTECT, related_name="postings")
+    asset = models.CharField(max_length=16)
+    amount = models.DecimalField(**LEDGER_AMOUNT)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=~models.Q(amount=0), name="ledger_posting_nonzero")
+        ]
+        indexes = [models.Index(fields=["account", "-id"], name="ledger_posting_account")]
+
+    def __str__(self) -> str:
+        return f"{self.account} {self.amount:+}"
