@@ -1,6 +1,7 @@
 """Models of the accounts app, one module per domain: users, the ledger, API keys, fee tiers."""
 
+from accounts.models.api_keys import APIKey, ApiKeyPermission
 from accounts.models.ledger import LedgerAccount, LedgerEntry, LedgerPosting
 from accounts.models.users import User
 
-__all__ = ["LedgerAccount", "LedgerEntry", "LedgerPosting", "User"]
+__all__ = ["APIKey", "ApiKeyPermission", "LedgerAccount", "LedgerEntry", "LedgerPosting", "User"]
