@@ -1,9 +1,79 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 
-from accounts.models import User
+from accounts.models import (
+    DailyVolume,
+    FeeTier,
+    FeeTierAssignment,
+    QuotePresence,
+    QuotePresenceSample,
+    User,
+)
 
 
 @admin.register(User)
 class UserAdmin(DjangoUserAdmin):
     list_display = ("username", "email", "is_staff", "is_active", "date_joined")
+
+
+# ---- fee tiers ---------------------------------------------------------------------------------
+
+
+@admin.register(FeeTier)
+class FeeTierAdmin(admin.ModelAdmin):
+    """Tiers are edited here; new rates apply to orders placed afterwards (rates are frozen on
+    each order), and users move tier at the next assessment (nightly, or when their volume
+    moves). Edits are audited as staff actions."""
+
+    list_display = (
+        "name",
+        "min_volume_30d",
+        "maker_fee_pct",
+        "taker_fee_pct",
+        "min_uptime_pct",
+        "updated_at",
+    )
+    ordering = ("min_volume_30d", "name")
+
+
+class _FeeTierReadOnlyAdmin(admin.ModelAdmin):
+    """Computed from trades and samples: staff look, never edit."""
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(FeeTierAssignment)
+class FeeTierAssignmentAdmin(_FeeTierReadOnlyAdmin):
+    list_display = ("user", "tier", "volume_30d", "uptime_pct", "assigned_at", "assessed_at")
+    list_filter = ("tier",)
+    list_select_related = ("user", "tier")
+    search_fields = ("user__username", "user__email")
+
+
+@admin.register(DailyVolume)
+class DailyVolumeAdmin(_FeeTierReadOnlyAdmin):
+    list_display = ("user", "day", "quote_volume", "updated_at")
+    list_select_related = ("user",)
+    date_hierarchy = "day"
+    search_fields = ("user__username", "user__email")
+
+
+@admin.register(QuotePresence)
+class QuotePresenceAdmin(_FeeTierReadOnlyAdmin):
+    list_display = ("user", "day", "samples_quoting", "samples_present")
+    list_select_related = ("user",)
+    date_hierarchy = "day"
+    search_fields = ("user__username", "user__email")
+
+
+@admin.register(QuotePresenceSample)
+class QuotePresenceSampleAdmin(_FeeTierReadOnlyAdmin):
+    list_display = ("day", "samples", "last_sampled_at")
+    date_hierarchy = "day"

@@ -21,6 +21,7 @@ class AuditEvent(models.TextChoices):
     TRADE_EXECUTED = "trade.executed", "Trade executed"
     SELF_TRADE_PREVENTED = "trade.self_trade_prevented", "Self-trade prevented"
     FEE_CALCULATED = "fee.calculated", "Fee calculated"
+    FEE_TIER_CHANGED = "fee.tier_changed", "Fee tier changed"  # from, to, volume, uptime
     # Money movements.
     DEPOSIT = "funds.deposit", "Deposit"
     WITHDRAWAL = "funds.withdrawal", "Withdrawal"

@@ -1,12 +1,13 @@
 """Fee rates frozen on each order at placement, in parts per million of the notional.
 
-Until fee tiers land, every order gets the brief's Phase-1 schedule: maker 0.10%, taker 0.20%.
+The rates are those of the user's fee tier (accounts/fee_tiers.py): the tier assigned from their
+30-day volume and quote presence, else the base tier (Retail: maker 0.10%, taker 0.20%). A
+negative maker rate is a rebate. Cached per process for `FEE_RATES_CACHE_SECONDS`.
 """
 
-PHASE1_MAKER_FEE_PPM = 1_000
-PHASE1_TAKER_FEE_PPM = 2_000
+from accounts.fee_tiers import user_fee_rates
 
 
 def fee_rates_for(*, user, instrument) -> tuple[int, int]:
-    """(maker_ppm, taker_ppm) for an order of `user` on `instrument`."""
-    return PHASE1_MAKER_FEE_PPM, PHASE1_TAKER_FEE_PPM
+    """(maker_ppm, taker_ppm) for an order of `user` on `instrument` (same on every instrument)."""
+    return user_fee_rates(user_id=user.pk)

@@ -214,6 +214,17 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"global_keyprefix": REDIS_KEY_PREFIX + "celery:"}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
+# Fee tiers (accounts/fee_tiers.py): rates cached per process on the order path; how often users
+# whose volume moved are re-assessed, and how far before their last assessment a volume change
+# still counts (a worker batch stamps its rows before it commits).
+FEE_RATES_CACHE_SECONDS = env.float("FEE_RATES_CACHE_SECONDS", default=5.0)
+FEE_TIER_REFRESH_SECONDS = env.float("FEE_TIER_REFRESH_SECONDS", default=60.0)
+FEE_TIER_REFRESH_MARGIN_SECONDS = env.float("FEE_TIER_REFRESH_MARGIN_SECONDS", default=60.0)
+# Quote presence (accounts/quote_presence.py): sampling period, and how far from the mid (basis
+# points) a bid and an ask may be for a market maker to count as present.
+QUOTE_PRESENCE_SAMPLE_SECONDS = env.float("QUOTE_PRESENCE_SAMPLE_SECONDS", default=10.0)
+QUOTE_PRESENCE_MAX_DISTANCE_BPS = env.int("QUOTE_PRESENCE_MAX_DISTANCE_BPS", default=100)
+
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE: dict = {
     # Audit trail: seal every second; partitions, export and retention daily (UTC).
@@ -231,6 +242,20 @@ CELERY_BEAT_SCHEDULE: dict = {
     "audit-retention": {
         "task": "audit.tasks.audit_retention_task",
         "schedule": crontab(minute=45, hour=1),
+    },
+    # Fee tiers: volumes recomputed from the trades and every user re-assessed nightly (UTC);
+    # users whose volume moved re-assessed every minute; quote presence sampled every 10 s.
+    "accounts-fee-tiers-nightly": {
+        "task": "accounts.tasks.fee_tiers_nightly_task",
+        "schedule": crontab(minute=10, hour=0),
+    },
+    "accounts-fee-tiers-refresh": {
+        "task": "accounts.tasks.fee_tiers_refresh_task",
+        "schedule": FEE_TIER_REFRESH_SECONDS,
+    },
+    "accounts-quote-presence-sample": {
+        "task": "accounts.tasks.quote_presence_sample_task",
+        "schedule": QUOTE_PRESENCE_SAMPLE_SECONDS,
     },
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
