@@ -1,6 +1,6 @@
 """Routes of the trading API under /api/v1/."""
 
-from django.urls import path
+from django.urls import include, path
 
 from exchange import api_views as v
 
@@ -16,4 +16,5 @@ urlpatterns = [
     path("trades/<str:symbol>", v.TradesView.as_view(), name="trades"),
     path("ticker/<str:symbol>", v.TickerView.as_view(), name="ticker"),
     path("metrics/exchange", v.ExchangeMetricsView.as_view(), name="metrics-exchange"),
+    path("users/", include("accounts.fee_tier_urls")),
 ]
