@@ -47,6 +47,10 @@ class AuditEvent(models.TextChoices):
     INSTRUMENT_RESUMED = "instrument.resumed", "Instrument resumed"
     INSTRUMENT_HALT_REQUESTED = "instrument.halt_requested", "Instrument halt requested"
     INSTRUMENT_RESUME_REQUESTED = "instrument.resume_requested", "Instrument resume requested"
+    # API keys: a signed request or WebSocket login refused (reason in the payload), and a
+    # correctly signed request refused (key permissions, IP allow-list, web-session-only).
+    API_KEY_AUTH_FAILED = "auth.api_key_failed", "API key authentication failed"
+    API_KEY_ACCESS_DENIED = "auth.api_key_denied", "API key access denied"
 
 
 class AuditChannel(models.TextChoices):

@@ -9,6 +9,18 @@ from rest_framework import status
 from exchange.api_errors import ApiError
 
 ERROR_CODES: dict[str, int] = {
+    # API keys and request signing (accounts/api_keys.py); rate limits are TooManyRequests -1015
+    "InvalidApiKey": -1010,
+    "IpNotAllowed": -1011,
+    "ApiKeyPermissionMissing": -1012,
+    "MissingAuthHeader": -1013,
+    "InvalidTimestamp": -1014,
+    "TooManyRequests": -1015,
+    "InvalidRecvWindow": -1016,
+    "SessionRequired": -1017,
+    "ApiKeyNotFound": -1018,
+    "TimestampOutsideRecvWindow": -1021,
+    "InvalidSignature": -1022,
     # request shape
     "MalformedRequest": -1100,
     "InvalidParameter": -1102,
