@@ -35,6 +35,9 @@ class AuditEvent(models.TextChoices):
     TWO_FACTOR_FAILED = "auth.2fa_failed", "2FA failed"
     API_KEY_CREATED = "auth.api_key_created", "API key created"
     API_KEY_REVOKED = "auth.api_key_revoked", "API key revoked"
+    USER_SIGNED_UP = "auth.signup", "User signed up"
+    LOGIN_THROTTLED = "auth.login_throttled", "Login throttled"
+    RECOVERY_CODES_GENERATED = "auth.recovery_codes_generated", "2FA recovery codes generated"
     # Staff.
     STAFF_ACTION = "staff.action", "Staff action in the admin"
     # Matching workers.

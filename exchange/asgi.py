@@ -16,6 +16,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import OriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from accounts.channels_auth import TwoFactorSessionMiddleware  # noqa: E402
 from exchange.routing import websocket_urlpatterns  # noqa: E402
 
 
@@ -39,7 +40,9 @@ application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
         "websocket": BrowserOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns)), allowed_origins()
+            # A session that still owes the OTP step is anonymous on the socket.
+            AuthMiddlewareStack(TwoFactorSessionMiddleware(URLRouter(websocket_urlpatterns))),
+            allowed_origins(),
         ),
     }
 )

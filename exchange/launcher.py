@@ -213,6 +213,25 @@ def clear_stale_supervisor_files() -> None:
     (VAR_DIR / "supervisor.sock").unlink(missing_ok=True)
 
 
+def demo_credential_lines(credentials: list[dict]) -> list[str]:
+    """The demo accounts as printed: email / password, and the admin's 2FA secret (the admin
+    requires a one-time code; these are development credentials)."""
+    from accounts.two_factor import otpauth_uri, totp_secret_base32
+
+    lines = []
+    for user in credentials:
+        email = user.get("email", user["username"])
+        lines.append(f"  {user['role']:<11}  {email} / {user['password']}")
+        if user.get("totp_key"):
+            lines += [
+                f"  {'':<11}  2FA secret {totp_secret_base32(user['totp_key'])} (add it to an "
+                "authenticator app,",
+                f"  {'':<11}  or run `.venv/bin/python manage.py demo_totp_code` for the code)",
+                f"  {'':<11}  {otpauth_uri(key_hex=user['totp_key'], account=email)}",
+            ]
+    return lines
+
+
 def announce_when_up(port: int, stop: threading.Event) -> None:
     """Print the URLs once the web process answers /healthz."""
     base = f"http://127.0.0.1:{port}"
@@ -236,8 +255,7 @@ def announce_when_up(port: int, stop: threading.Event) -> None:
             f"  Health:      {base}/healthz",
         ]
         if credentials.exists():
-            for user in json.loads(credentials.read_text()):
-                lines.append(f"  {user['role']:<11}  {user['username']} / {user['password']}")
+            lines += demo_credential_lines(json.loads(credentials.read_text()))
         lines.append("Press Ctrl-C to stop everything.")
         print("\n".join(lines), flush=True)
         return

@@ -8,6 +8,7 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", views.HealthView.as_view(), name="healthz"),
     path("admin/", admin.site.urls),
+    path("accounts/", include("accounts.urls")),
     path("api/v1/audit/", include("audit.urls")),
     path("api/v1/", include("exchange.api_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -96,14 +96,17 @@ class Migration(migrations.Migration):
                     models.CheckConstraint(
                         condition=models.Q(("min_volume_30d__gte", 0)),
                         name="fee_tier_min_volume_gte_0",
+                        violation_error_message="The minimum volume cannot be negative.",
                     ),
                     models.CheckConstraint(
                         condition=models.Q(("taker_fee_pct__gte", 0), ("taker_fee_pct__lt", 100)),
                         name="fee_tier_taker_fee_range",
+                        violation_error_message="The taker fee must be at least 0 and below 100 %.",
                     ),
                     models.CheckConstraint(
                         condition=models.Q(("maker_fee_pct__gt", -100), ("maker_fee_pct__lt", 100)),
                         name="fee_tier_maker_fee_range",
+                        violation_error_message="The maker fee must be between -100 % and 100 %.",
                     ),
                     models.CheckConstraint(
                         condition=models.Q(
@@ -115,6 +118,7 @@ class Migration(migrations.Migration):
                             )
                         ),
                         name="fee_tier_taker_covers_rebate",
+                        violation_error_message="The taker fee must cover the maker rebate.",
                     ),
                     models.CheckConstraint(
                         condition=models.Q(
@@ -123,10 +127,12 @@ class Migration(migrations.Migration):
                             _connector="OR",
                         ),
                         name="fee_tier_min_uptime_range",
+                        violation_error_message="The minimum uptime must be between 0 and 100 %.",
                     ),
                     models.UniqueConstraint(
                         fields=("min_volume_30d", "min_uptime_pct"),
                         name="fee_tier_requirements_unique",
+                        violation_error_message="Another tier has the same volume and uptime minimums.",
                         nulls_distinct=False,
                     ),
                 ],

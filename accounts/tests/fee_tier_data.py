@@ -6,7 +6,7 @@ from decimal import Decimal
 
 from accounts.fee_tiers import fee_rates_cache_clear
 from accounts.models import FeeTier, User
-from exchange.models import Instrument, Order
+from exchange.models import Instrument, Order, Trade
 
 # The tiers the data migration ships (the issue's rates; the thresholds are ours).
 SHIPPED_TIERS = [
@@ -80,6 +80,28 @@ def resting_order(
         taker_fee_ppm=2_000,
         status=status,
         is_open=is_open,
+    )
+
+
+def trade(instrument, maker, taker, executed_at: dt.datetime, price: str, qty: str) -> Trade:
+    """A trade row as the worker writes it (fees left at 0: volume is what matters here)."""
+    sell = resting_order(user=maker, instrument=instrument, side="sell", price=price)
+    buy = resting_order(user=taker, instrument=instrument, side="buy", price=price)
+    return Trade.objects.create(
+        instrument=instrument,
+        engine_trade_seq=Trade.objects.filter(instrument=instrument).count() + 1,
+        price=Decimal(price),
+        quantity=Decimal(qty),
+        quote_quantity=Decimal(price) * Decimal(qty),
+        maker_order=sell,
+        taker_order=buy,
+        maker_user=maker,
+        taker_user=taker,
+        taker_side=Order.Side.BUY,
+        maker_fee=Decimal("0"),
+        taker_fee=Decimal("0"),
+        executed_at=executed_at,
+        executed_at_ns=int(executed_at.timestamp() * 1_000_000_000),
     )
 
 

@@ -8,7 +8,7 @@ import pytest
 from django.db import connection, transaction
 
 from accounts.models import DailyVolume
-from accounts.tests.fee_tier_data import at, new_instrument, new_user, resting_order
+from accounts.tests.fee_tier_data import at, new_instrument, new_user, trade
 from accounts.volume import (
     daily_volume_add,
     daily_volume_recompute,
@@ -17,7 +17,6 @@ from accounts.volume import (
     trade_id_lower_bound,
     volume_30d,
 )
-from exchange.models import Order, Trade
 
 pytestmark = pytest.mark.django_db
 
@@ -90,27 +89,6 @@ def test_daily_volume_add_works_on_a_django_cursor_too():
     with transaction.atomic(), connection.cursor() as cursor:
         daily_volume_add(cursor=cursor, rows=[(user.pk, DAY, Decimal("3.5"))])
     assert stored(user) == {DAY: Decimal("3.5")}
-
-
-def trade(instrument, maker, taker, executed_at: dt.datetime, price: str, qty: str) -> Trade:
-    sell = resting_order(user=maker, instrument=instrument, side="sell", price=price)
-    buy = resting_order(user=taker, instrument=instrument, side="buy", price=price)
-    return Trade.objects.create(
-        instrument=instrument,
-        engine_trade_seq=Trade.objects.filter(instrument=instrument).count() + 1,
-        price=Decimal(price),
-        quantity=Decimal(qty),
-        quote_quantity=Decimal(price) * Decimal(qty),
-        maker_order=sell,
-        taker_order=buy,
-        maker_user=maker,
-        taker_user=taker,
-        taker_side=Order.Side.BUY,
-        maker_fee=Decimal("0"),
-        taker_fee=Decimal("0"),
-        executed_at=executed_at,
-        executed_at_ns=int(executed_at.timestamp() * 1_000_000_000),
-    )
 
 
 def test_nightly_recompute_rewrites_completed_days_from_the_trades_and_leaves_today():

@@ -1,9 +1,13 @@
-"""Logins, failed logins, logouts and admin actions leave records, through the test client."""
+"""Logins, failed logins, logouts and admin actions leave records, through the test client.
+
+Staff reach the admin through a session verified with two-factor authentication
+(accounts/tests/otp_login.py computes the codes from the device's secret)."""
 
 import pytest
 from django.contrib.auth.models import Group
 from django.test import Client
 
+from accounts.tests.otp_login import verified_client
 from audit.events import AuditChannel, AuditEvent
 from audit.models import AuditRecord
 
@@ -15,19 +19,21 @@ PASSWORD = "correct horse battery 9"
 def test_login_and_logout_are_recorded_with_request_context(make_user):
     user = make_user(staff=True)
     client = Client(REMOTE_ADDR="192.0.2.4")
-    response = client.post("/admin/login/", {"username": user.username, "password": PASSWORD})
+    response = client.post("/accounts/login/", {"email": user.email, "password": PASSWORD})
     assert response.status_code == 302
     login = AuditRecord.objects.get(event_type=AuditEvent.LOGIN, user_id=user.pk)
-    assert (login.actor_id, login.ip, login.channel) == (user.pk, "192.0.2.4", AuditChannel.ADMIN)
+    assert (login.actor_id, login.ip, login.channel) == (user.pk, "192.0.2.4", AuditChannel.WEB)
     assert login.session_hash and len(login.session_hash) == 64
     assert client.session.session_key not in login.session_hash
-    client.post("/admin/logout/")
+    client.post("/accounts/logout/")
     assert AuditRecord.objects.filter(event_type=AuditEvent.LOGOUT, user_id=user.pk).exists()
 
 
 def test_failed_login_records_the_attempted_username_never_the_password(make_user):
     user = make_user(staff=True)
-    Client().post("/admin/login/", {"username": user.username, "password": "wrong-Secret-77"})
+    Client(REMOTE_ADDR="192.0.2.5").post(
+        "/accounts/login/", {"email": user.email, "password": "wrong-Secret-77"}
+    )
     failed = AuditRecord.objects.get(event_type=AuditEvent.LOGIN_FAILED, user_id=user.pk)
     assert failed.payload == {"attempted_username": user.username}
     assert "wrong-Secret-77" not in str(failed.payload)
@@ -35,8 +41,7 @@ def test_failed_login_records_the_attempted_username_never_the_password(make_use
 
 def test_admin_action_is_recorded_as_a_staff_action_with_object_and_message(make_user):
     admin_user = make_user(superuser=True)
-    client = Client()
-    client.force_login(admin_user)
+    client = verified_client(admin_user)
     response = client.post("/admin/auth/group/add/", {"name": "desk-7"})
     assert response.status_code == 302
     group = Group.objects.get(name="desk-7")
@@ -51,8 +56,7 @@ def test_admin_action_is_recorded_as_a_staff_action_with_object_and_message(make
 def test_bulk_admin_deletion_records_one_staff_action_per_object(make_user):
     admin_user = make_user(superuser=True)
     groups = [Group.objects.create(name=f"bulk-{i}") for i in range(3)]
-    client = Client()
-    client.force_login(admin_user)
+    client = verified_client(admin_user)
     client.post(
         "/admin/auth/group/",
         {"action": "delete_selected", "_selected_action": [g.pk for g in groups], "post": "yes"},
@@ -68,8 +72,7 @@ def test_compliance_admin_is_read_only_and_shows_sealer_lag_and_order_history(ma
 
     audit_record(event_type=AuditEvent.ORDER_SUBMITTED, order_id=9_300_001, payload={"q": "1"})
     officer = make_user(compliance=True)
-    client = Client()
-    client.force_login(officer)
+    client = verified_client(officer)
     changelist = client.get("/admin/audit/auditrecord/")
     assert changelist.status_code == 200
     assert b"audit-seal-lag" in changelist.content and b"unsealed" in changelist.content
@@ -79,5 +82,5 @@ def test_compliance_admin_is_read_only_and_shows_sealer_lag_and_order_history(ma
     history = client.get("/admin/audit/auditrecord/order-history/9300001/")
     assert history.status_code == 200 and b"Order submitted" in history.content
     other = make_user(staff=True)
-    client.force_login(other)
+    verified_client(other, client)
     assert client.get("/admin/audit/auditrecord/").status_code == 403

@@ -1,5 +1,6 @@
 """What `make run` does, driven as a newcomer would: every process up, health ok, the printed
-admin credentials log in, Swagger UI served offline, Ctrl-C stops everything."""
+admin credentials (email, password and the 2FA secret) log in to the admin, Swagger UI served
+offline, Ctrl-C stops everything."""
 
 import json
 import os
@@ -7,7 +8,9 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import uuid
+from base64 import b32decode
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -16,6 +19,8 @@ import psutil
 import psycopg
 import pytest
 
+from accounts.tests.otp_login import csrf_token
+from accounts.two_factor import totp_code
 from conftest import wait_until
 from exchange.embedded_servers import free_port
 from exchange.launcher import clear_stale_supervisor_files
@@ -61,7 +66,9 @@ def test_make_run_brings_up_every_process_and_ctrl_c_stops_them(tmp_path, scratc
         )
         assert f"Admin:       {base}/admin/" in output
         assert f"Swagger UI:  {base}/api/docs/" in output
-        admin_password = re.search(r"admin\s+admin / (\S+)", output).group(1)
+        admin_email, admin_password = re.search(r"admin\s+(\S+@\S+) / (\S+)", output).groups()
+        secret = re.search(r"2FA secret ([A-Z2-7]+)", output).group(1)
+        assert "otpauth://totp/" in output
         credentials = json.loads((tmp_path / "var" / "demo_credentials.json").read_text())
         assert {c["username"] for c in credentials} == {"admin", "alice", "bob"}
 
@@ -74,18 +81,35 @@ def test_make_run_brings_up_every_process_and_ctrl_c_stops_them(tmp_path, scratc
         assert health.status_code == 200
 
         with httpx.Client(base_url=base, follow_redirects=False) as client:
-            login_page = client.get("/admin/login/")
-            token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', login_page.text)
+            # The admin sends a newcomer to sign in: email and password, then the TOTP code.
+            assert client.get("/admin/").headers["location"].startswith("/admin/login/")
+            login_url = client.get("/admin/login/?next=/admin/").headers["location"]
+            assert login_url.startswith("/accounts/login/")
+            login_page = client.get(login_url)
             response = client.post(
-                "/admin/login/?next=/admin/",
+                "/accounts/login/",
                 data={
-                    "username": "admin",
+                    "email": admin_email,
                     "password": admin_password,
-                    "csrfmiddlewaretoken": token.group(1),
+                    "csrfmiddlewaretoken": csrf_token(login_page.text),
                     "next": "/admin/",
                 },
             )
             assert response.status_code == 302, response.text[:500]
+            verify_url = response.headers["location"]
+            assert verify_url.startswith("/accounts/2fa/verify/")
+            assert client.get("/admin/").status_code == 302, "no admin before the code"
+            verify_page = client.get(verify_url)
+            key = b32decode(secret + "=" * (-len(secret) % 8)).hex()
+            response = client.post(
+                verify_url,
+                data={
+                    "code": totp_code(key, at=time.time()),
+                    "csrfmiddlewaretoken": csrf_token(verify_page.text),
+                    "next": "/admin/",
+                },
+            )
+            assert response.status_code == 302 and response.headers["location"] == "/admin/"
             assert client.get("/admin/").status_code == 200
 
             docs = client.get("/api/docs/")

@@ -8,6 +8,7 @@ from decimal import Decimal
 import httpx
 import pytest
 
+from accounts.tests.otp_login import give_totp_device, http_sign_in
 from conftest import wait_until
 from exchange.api_errors import ApiError
 from exchange.models import Instrument, Order
@@ -70,23 +71,20 @@ def test_day_order_inside_the_session_expires_at_that_days_close():
 
 
 def admin_client(base_url: str) -> httpx.Client:
+    """A staff member signed in over HTTP with email, password and a TOTP code."""
     staff = make_user("staff")
     staff.is_staff = staff.is_superuser = True
     staff.set_password("staff-password-1")
     staff.save()
     client = httpx.Client(base_url=base_url, timeout=15)
-    page = client.get("/admin/login/")
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
-    response = client.post(
-        "/admin/login/",
-        data={
-            "username": staff.username,
-            "password": "staff-password-1",
-            "csrfmiddlewaretoken": token,
-            "next": "/admin/",
-        },
+    response = http_sign_in(
+        client,
+        email=staff.email,
+        password="staff-password-1",
+        device=give_totp_device(staff),
+        next_url="/admin/",
     )
-    assert response.status_code == 302
+    assert response.status_code == 302 and response.headers["location"] == "/admin/"
     return client
 
 

@@ -1,0 +1,43 @@
+"""The admin site: staff need a session verified with two-factor authentication.
+
+Like django-otp's `OTPAdminSite`, `has_permission` also asks `user.is_verified()`. The admin's
+own login form is not used: sign-in goes through /accounts/login/ (throttled, audited, with the
+OTP step), and a staff member without an authenticator is sent to enrol one first.
+"""
+
+from urllib.parse import urlencode
+
+from django.contrib.admin import AdminSite
+from django.http import HttpRequest, HttpResponseRedirect
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+
+from accounts.two_factor import two_factor_enabled
+
+
+def _is_verified(user) -> bool:
+    verified = getattr(user, "is_verified", None)
+    return bool(verified is not None and verified())
+
+
+class TwoFactorAdminSite(AdminSite):
+    """The admin, for active staff whose session passed the OTP step."""
+
+    def has_permission(self, request: HttpRequest) -> bool:
+        return super().has_permission(request) and _is_verified(request.user)
+
+    def login(self, request: HttpRequest, extra_context=None) -> HttpResponseRedirect:
+        """Send the visitor to the step they are missing: sign-in, the OTP step, or enrolment."""
+        target = request.GET.get("next") or reverse("admin:index", current_app=self.name)
+        if not url_has_allowed_host_and_scheme(
+            target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+        ):
+            target = reverse("admin:index", current_app=self.name)
+        user = request.user
+        if user.is_authenticated and user.is_active and user.is_staff:
+            if _is_verified(user):
+                return HttpResponseRedirect(target)
+            step = "accounts:two_factor_verify" if two_factor_enabled(user) else "accounts:enrol"
+        else:
+            step = "accounts:login"
+        return HttpResponseRedirect(f"{reverse(step)}?{urlencode({'next': target})}")

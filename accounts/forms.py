@@ -1,0 +1,83 @@
+"""Forms of the sign-in pages: sign-up, login, and the one-time code of the 2FA pages."""
+
+from django import forms
+from django.contrib.auth import get_user_model, password_validation
+
+from accounts.login_throttle import normalize_email
+
+
+class SignUpForm(forms.Form):
+    email = forms.EmailField(
+        label="Email",
+        max_length=254,
+        widget=forms.EmailInput(attrs={"autocomplete": "email", "autofocus": True}),
+    )
+    password1 = forms.CharField(
+        label="Password",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        help_text=password_validation.password_validators_help_text_html(),
+    )
+    password2 = forms.CharField(
+        label="Password again",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+    )
+
+    def clean_email(self) -> str:
+        email = normalize_email(self.cleaned_data["email"])
+        if get_user_model().objects.filter(email__iexact=email).exists():
+            raise forms.ValidationError("An account with this email already exists.")
+        return email
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        first, second = cleaned.get("password1"), cleaned.get("password2")
+        if first and second and first != second:
+            self.add_error("password2", "The two passwords differ.")
+        elif first:
+            probe = get_user_model()(email=cleaned.get("email", ""))
+            try:
+                password_validation.validate_password(first, probe)
+            except forms.ValidationError as error:
+                self.add_error("password1", error)
+        return cleaned
+
+
+class LoginForm(forms.Form):
+    email = forms.EmailField(
+        label="Email",
+        max_length=254,
+        widget=forms.EmailInput(attrs={"autocomplete": "username", "autofocus": True}),
+    )
+    password = forms.CharField(
+        label="Password",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
+    )
+
+
+class CodeForm(forms.Form):
+    """A code from the authenticator app, or (where allowed) a recovery code."""
+
+    code = forms.CharField(
+        label="Code from your authenticator app or a recovery code",
+        max_length=20,
+        widget=forms.TextInput(
+            attrs={
+                "autocomplete": "one-time-code",
+                "autocapitalize": "none",
+                "spellcheck": "false",
+                "autofocus": True,
+            }
+        ),
+    )
+
+    def __init__(self, *args, app_code_only: bool = False, autofocus: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        widget = self.fields["code"].widget
+        if app_code_only:
+            self.fields["code"].label = "6-digit code from your authenticator app"
+            widget.attrs.update(inputmode="numeric", pattern=r"[0-9 ]{6,7}", maxlength="7")
+        if not autofocus:
+            widget.attrs.pop("autofocus", None)

@@ -1,0 +1,144 @@
+"""Throttling of failed sign-ins, per account and per client IP, on Redis counters.
+
+A failed password and a failed one-time code both count. Counters live in fixed windows of
+`LOGIN_THROTTLE_WINDOW_SECONDS` computed from the caller's clock (`now`, Unix seconds), so
+tests choose the instant instead of waiting; each key names its window and expires one window
+after it ends. The failures "in the last window" are estimated as a sliding window: this
+window's count plus the previous window's, weighted by how much of it still overlaps (rounded
+up), so there is no burst of twice the limit across a window boundary. Incrementing is one
+MULTI/EXEC of `SET key 0 EX ttl NX` + `INCR key`: atomic, and only Redis 6.2 commands.
+Accounts are keyed by a hash of the normalised email, so no address is written to Redis.
+
+If Redis is unreachable the throttle fails open (logged): Redis is transport and cache here,
+and losing it must not lock every user out; passwords and codes are still checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass
+
+import redis
+from django.conf import settings
+
+from exchange.redis_connection import redis_client, redis_key
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ThrottleState:
+    """Failures estimated over the last window, and whether sign-in is refused for now."""
+
+    account_failures: int
+    ip_failures: int
+    throttled_by: str | None  # "account", "ip" or None
+    retry_after_seconds: int
+
+    @property
+    def throttled(self) -> bool:
+        return self.throttled_by is not None
+
+
+def normalize_email(email: str) -> str:
+    return (email or "").strip().lower()
+
+
+def _window(now: float) -> tuple[int, float]:
+    """The index of the window holding `now` and how far into it `now` is (0 to 1)."""
+    length = settings.LOGIN_THROTTLE_WINDOW_SECONDS
+    index = int(now // length)
+    return index, (now - index * length) / length
+
+
+def _keys(email: str, ip: str | None, window: int) -> list[str]:
+    """The account key and, with an IP, the IP key of one window."""
+    digest = hashlib.sha256(normalize_email(email).encode()).hexdigest()[:32]
+    keys = [redis_key("login_throttle", "account", digest, window)]
+    if ip:
+        keys.append(redis_key("login_throttle", "ip", ip, window))
+    return keys
+
+
+def _estimate(current: int, previous: int, elapsed: float) -> int:
+    return math.ceil(current + previous * (1 - elapsed) - 1e-9)
+
+
+def _retry_after(current: int, previous: int, elapsed: float, limit: int) -> int:
+    """Seconds until the estimate falls below `limit` if nothing else fails."""
+    length = settings.LOGIN_THROTTLE_WINDOW_SECONDS
+    if current < limit:
+        # The previous window's weight must shrink: prev * (1 - f) <= limit - 1 - current.
+        needed = 1 - (limit - 1 - current) / previous
+        return max(1, math.ceil((needed - elapsed) * length))
+    # Wait for the next window, then for this window's weight to shrink there.
+    needed = 1 - (limit - 1) / current
+    return max(1, math.ceil((1 - elapsed + needed) * length))
+
+
+def _state(counts: list[int], ip: bool, elapsed: float) -> ThrottleState:
+    """`counts`: this window's account[, ip] counts, then the previous window's."""
+    half = len(counts) // 2
+    current, previous = counts[:half], counts[half:]
+    limits = [settings.LOGIN_THROTTLE_ACCOUNT_FAILURES]
+    if ip:
+        limits.append(settings.LOGIN_THROTTLE_IP_FAILURES)
+    estimates = [_estimate(c, p, elapsed) for c, p in zip(current, previous, strict=True)]
+    throttled_by, retry_after = None, 0
+    for name, estimate, limit, c, p in zip(
+        ("account", "ip"), estimates, limits, current, previous, strict=False
+    ):
+        if estimate >= limit:
+            wait = _retry_after(c, p, elapsed, limit)
+            if wait > retry_after:
+                throttled_by, retry_after = name, wait
+    return ThrottleState(
+        account_failures=estimates[0],
+        ip_failures=estimates[1] if ip else 0,
+        throttled_by=throttled_by,
+        retry_after_seconds=retry_after,
+    )
+
+
+def login_throttle_state(*, email: str, ip: str | None, now: float) -> ThrottleState:
+    """The failures counted for this email and IP over the window up to `now`."""
+    window, elapsed = _window(now)
+    keys = _keys(email, ip, window) + _keys(email, ip, window - 1)
+    try:
+        values = redis_client().mget(keys)
+    except redis.RedisError:
+        logger.exception("login throttle: Redis unavailable, not throttling")
+        return ThrottleState(0, 0, None, 0)
+    return _state([int(v or 0) for v in values], bool(ip), elapsed)
+
+
+def login_throttle_register_failure(*, email: str, ip: str | None, now: float) -> ThrottleState:
+    """Count one failed password or code for this email and IP; return the state after it."""
+    window, elapsed = _window(now)
+    length = settings.LOGIN_THROTTLE_WINDOW_SECONDS
+    # Kept through the next window, which still weighs this one.
+    ttl = math.ceil((2 - elapsed) * length) + 1
+    try:
+        pipe = redis_client().pipeline(transaction=True)
+        for key in _keys(email, ip, window):
+            pipe.set(key, 0, ex=ttl, nx=True)
+            pipe.incr(key)
+        pipe.mget(_keys(email, ip, window - 1))
+        results = pipe.execute()
+    except redis.RedisError:
+        logger.exception("login throttle: Redis unavailable, failure not counted")
+        return ThrottleState(0, 0, None, 0)
+    current = [int(v) for v in results[1:-1:2]]
+    previous = [int(v or 0) for v in results[-1]]
+    return _state(current + previous, bool(ip), elapsed)
+
+
+def login_throttle_reset_account(*, email: str, now: float) -> None:
+    """Forget this account's failures after a complete sign-in (the IP's count stays)."""
+    window, _ = _window(now)
+    try:
+        redis_client().delete(*_keys(email, None, window), *_keys(email, None, window - 1))
+    except redis.RedisError:
+        logger.exception("login throttle: Redis unavailable, account counter not reset")

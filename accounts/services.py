@@ -1,0 +1,137 @@
+"""Web identity services: sign-up, password login (throttled) and logout, each audited.
+
+A password login is the first step only: a user with a confirmed authenticator is then half
+signed in until `accounts.two_factor.two_factor_verify` accepts a code. Logins, failed logins
+and logouts are recorded by the audit app's auth-signal receivers (audit/signals.py), in the
+transaction of the service that logs in; sign-ups and throttled attempts are recorded here.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.auth import authenticate, get_user_model, login, logout
+from django.db import IntegrityError, transaction
+
+from accounts.login_throttle import (
+    ThrottleState,
+    login_throttle_register_failure,
+    login_throttle_reset_account,
+    login_throttle_state,
+    normalize_email,
+)
+from accounts.two_factor import two_factor_enabled
+from audit.events import AuditEvent
+from audit.services import audit_record
+
+_USERNAME_UNSAFE = re.compile(r"[^\w.+-]")
+
+
+class SignUpError(Exception):
+    """The account cannot be created (message for the user, `field` names the input)."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class LoginOutcome:
+    """`next_step`: "done" (fully signed in), "verify" (OTP step owed), "enrol" (staff without
+    an authenticator: signed in, but the admin needs one), "failed" or "throttled"."""
+
+    next_step: str
+    user: Any = None
+    throttle: ThrottleState | None = None
+
+
+def _client_ip(request: Any) -> str | None:
+    return (getattr(request, "META", None) or {}).get("REMOTE_ADDR") or None
+
+
+def username_from_email(email: str) -> str:
+    """A free username derived from the email's local part (`jane.doe`, else `jane.doe-3f9a`).
+    Usernames stay for the admin and the audit trail's actor label; people sign in by email."""
+    User = get_user_model()
+    base = _USERNAME_UNSAFE.sub("", email.split("@", 1)[0])[:40] or "user"
+    candidate = base
+    while User.objects.filter(username__iexact=candidate).exists():
+        candidate = f"{base}-{secrets.token_hex(2)}"
+    return candidate
+
+
+def user_sign_up(*, request: Any, email: str, password: str) -> Any:
+    """Create an ordinary user (never staff) and sign them in; audited in one transaction.
+    The password must already have passed the password validators (the form does it)."""
+    User = get_user_model()
+    email = normalize_email(email)
+    if User.objects.filter(email__iexact=email).exists():
+        raise SignUpError("An account with this email already exists.", field="email")
+    for _ in range(5):
+        try:
+            with transaction.atomic():
+                user = User.objects.create_user(
+                    username=username_from_email(email), email=email, password=password
+                )
+                audit_record(
+                    event_type=AuditEvent.USER_SIGNED_UP,
+                    actor=user,
+                    user_id=user.pk,
+                    request=request,
+                    payload={"username": user.username},
+                )
+                login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+            return user
+        except IntegrityError:
+            # Lost a race: the email was just taken (refuse), or the username (try another).
+            if User.objects.filter(email__iexact=email).exists():
+                raise SignUpError(
+                    "An account with this email already exists.", field="email"
+                ) from None
+    raise SignUpError("Could not create the account, please try again.")
+
+
+def login_with_password(*, request: Any, email: str, password: str, now: float) -> LoginOutcome:
+    """Check the throttle, then the password; on success sign the user in (the OTP step may
+    still be owed). A wrong password counts against the account and the client IP."""
+    User = get_user_model()
+    ip = _client_ip(request)
+    account = User.objects.filter(email__iexact=normalize_email(email)).first()
+    state = login_throttle_state(email=email, ip=ip, now=now)
+    if state.throttled:
+        with transaction.atomic():
+            audit_record(
+                event_type=AuditEvent.LOGIN_THROTTLED,
+                actor="anonymous",
+                user_id=account.pk if account else None,
+                request=request,
+                payload={
+                    "stage": "password",
+                    "attempted_email": normalize_email(email)[:200],
+                    "by": state.throttled_by,
+                    "account_failures": state.account_failures,
+                    "ip_failures": state.ip_failures,
+                },
+            )
+        return LoginOutcome("throttled", throttle=state)
+    # Django's backend checks the password (and runs the hasher for unknown accounts too, so
+    # timing does not tell them apart); its failure signal writes the LOGIN_FAILED record.
+    user = authenticate(request, username=account.username if account else email, password=password)
+    if user is None:
+        state = login_throttle_register_failure(email=email, ip=ip, now=now)
+        return LoginOutcome("failed", throttle=state)
+    with transaction.atomic():
+        login(request, user)
+    if two_factor_enabled(user):
+        return LoginOutcome("verify", user=user)
+    login_throttle_reset_account(email=email, now=now)
+    return LoginOutcome("enrol" if user.is_staff else "done", user=user)
+
+
+def user_log_out(*, request: Any) -> None:
+    """End the session (the audit app records the logout)."""
+    with transaction.atomic():
+        logout(request)

@@ -1,0 +1,111 @@
+"""Failed sign-ins are throttled per account and per IP on Redis counters, at chosen instants."""
+
+import uuid
+
+import pytest
+
+from accounts.login_throttle import (
+    login_throttle_register_failure,
+    login_throttle_reset_account,
+    login_throttle_state,
+)
+from conftest import RUN_PREFIX
+
+WINDOW = 900
+# Half-way through a window, so that `+ WINDOW` lands half-way through the next one.
+T0 = 1_900_000_000 - 1_900_000_000 % WINDOW + WINDOW / 2
+
+
+@pytest.fixture(autouse=True)
+def limits(settings):
+    settings.LOGIN_THROTTLE_ACCOUNT_FAILURES = 5
+    settings.LOGIN_THROTTLE_IP_FAILURES = 20
+    settings.LOGIN_THROTTLE_WINDOW_SECONDS = WINDOW
+
+
+def email() -> str:
+    return f"Someone.{uuid.uuid4().hex[:8]}@Example.test"
+
+
+def ip() -> str:
+    part = uuid.uuid4().int
+    return f"10.{part % 250}.{part // 250 % 250}.{part // 62500 % 250}"
+
+
+def test_five_failures_throttle_the_account_and_the_count_decays_with_time():
+    account, client_ip = email(), ip()
+    for attempt in range(4):
+        state = login_throttle_register_failure(email=account, ip=client_ip, now=T0 + attempt)
+        assert not state.throttled
+    state = login_throttle_register_failure(email=account, ip=client_ip, now=T0 + 4)
+    assert state.throttled and state.throttled_by == "account"
+    assert state.account_failures == 5
+    # The same address in another case and with spaces is the same account.
+    later = login_throttle_state(email=f"  {account.upper()} ", ip=ip(), now=T0 + 60)
+    assert later.throttled_by == "account"
+    assert 0 < later.retry_after_seconds <= 2 * WINDOW
+    # Half a window into the next window, half of the 5 failures still weigh: 3 < 5.
+    next_window = login_throttle_state(email=account, ip=client_ip, now=T0 + WINDOW)
+    assert not next_window.throttled and next_window.account_failures == 3
+    assert (
+        login_throttle_state(email=account, ip=client_ip, now=T0 + 2 * WINDOW).account_failures == 0
+    )
+
+
+def test_no_burst_across_a_window_boundary():
+    account = email()
+    end_of_window = T0 + WINDOW / 2 - 2  # two seconds before the boundary
+    for attempt in range(5):
+        login_throttle_register_failure(email=account, ip=None, now=end_of_window + attempt * 0.1)
+    just_after = login_throttle_state(email=account, ip=None, now=end_of_window + 3)
+    assert just_after.throttled_by == "account"
+
+
+def test_retry_after_is_when_the_estimate_drops_below_the_limit():
+    account = email()
+    for _ in range(5):
+        login_throttle_register_failure(email=account, ip=None, now=T0)
+    state = login_throttle_state(email=account, ip=None, now=T0)
+    # Rest of this window (WINDOW/2), then 1/5 of the next one: 4 failures weigh < 5.
+    assert state.retry_after_seconds == WINDOW / 2 + WINDOW / 5
+    at_the_end = T0 + state.retry_after_seconds
+    assert login_throttle_state(email=account, ip=None, now=at_the_end - 1).throttled
+    assert not login_throttle_state(email=account, ip=None, now=at_the_end).throttled
+
+
+def test_twenty_failures_from_one_ip_throttle_it_for_every_account():
+    client_ip = ip()
+    for attempt in range(20):
+        state = login_throttle_register_failure(email=email(), ip=client_ip, now=T0 + attempt)
+    assert state.throttled_by == "ip" and state.ip_failures == 20
+    fresh_account = login_throttle_state(email=email(), ip=client_ip, now=T0 + 30)
+    assert fresh_account.throttled_by == "ip"
+    assert not login_throttle_state(email=email(), ip=ip(), now=T0 + 30).throttled
+
+
+def test_limits_come_from_settings(settings):
+    settings.LOGIN_THROTTLE_ACCOUNT_FAILURES = 2
+    account = email()
+    login_throttle_register_failure(email=account, ip=None, now=T0)
+    assert not login_throttle_state(email=account, ip=None, now=T0).throttled
+    login_throttle_register_failure(email=account, ip=None, now=T0)
+    assert login_throttle_state(email=account, ip=None, now=T0).throttled
+
+
+def test_a_complete_sign_in_resets_the_account_but_not_the_ip():
+    account, client_ip = email(), ip()
+    for _ in range(4):
+        login_throttle_register_failure(email=account, ip=client_ip, now=T0)
+    login_throttle_reset_account(email=account, now=T0 + 1)
+    state = login_throttle_state(email=account, ip=client_ip, now=T0 + 2)
+    assert state.account_failures == 0 and state.ip_failures == 4
+
+
+def test_counters_carry_the_run_prefix_and_expire(redis_conn):
+    account = email()
+    login_throttle_register_failure(email=account, ip="192.0.2.77", now=T0)
+    keys = [k.decode() for k in redis_conn.scan_iter(match=f"{RUN_PREFIX}login_throttle:ip:*")]
+    ip_keys = [k for k in keys if ":192.0.2.77:" in k]
+    assert ip_keys and all(k.startswith(RUN_PREFIX) for k in ip_keys)
+    assert account.lower() not in " ".join(keys), "no email address is written to Redis"
+    assert 0 < redis_conn.ttl(ip_keys[0]) <= 2 * WINDOW + 1
