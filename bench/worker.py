@@ -15,6 +15,8 @@ import json
 import os
 import random
 import time
+from collections import defaultdict
+from decimal import Decimal
 
 from bench._scratch_db import scratch_django
 
@@ -25,8 +27,9 @@ MID = 10_000  # ticks of 0.01
 def _preload(n: int, seed: int) -> int:
     """Insert the instrument, users, N commands and their orders; returns the command count."""
     from django.contrib.auth import get_user_model
-    from django.db import connection
+    from django.db import connection, transaction
 
+    from accounts.ledger import funds_deposit, funds_hold
     from exchange.models import Instrument, Order
     from matching.instruments import engine_instrument_spec
 
@@ -52,6 +55,7 @@ def _preload(n: int, seed: int) -> int:
     # Columns this benchmark does not set take the model's default.
     defaults = {f.column: f.get_default() for f in Order._meta.concrete_fields}
     orders, commands = [], []
+    holds: dict[tuple[int, str], Decimal] = defaultdict(Decimal)
     now = "now"
     commands.append(
         (1, 0, "add_instrument", json.dumps(engine_instrument_spec(instrument)), None, None)
@@ -92,6 +96,7 @@ def _preload(n: int, seed: int) -> int:
             "maker_fee_ppm": 1000,
             "taker_fee_ppm": 2000,
             "held_amount": f"{max_quote / 100:.2f}" if is_buy else str(qty),
+            "hold_remaining": f"{max_quote / 100:.2f}" if is_buy else str(qty),
             "status": "pending_new",
             "reason": "",
             "reject_code": "",
@@ -107,6 +112,8 @@ def _preload(n: int, seed: int) -> int:
             "updated_at": now,
         }
         orders.append(tuple(values.get(c, defaults.get(c)) for c in order_fields))
+        asset = "USD" if is_buy else "BW"
+        holds[(uid, asset)] += Decimal(max_quote).scaleb(-2) if is_buy else qty
         payload = {
             "symbol": SYMBOL,
             "order_id": oid,
@@ -143,6 +150,13 @@ def _preload(n: int, seed: int) -> int:
         cursor.execute("ANALYZE exchange_order")
         cursor.execute("ANALYZE matching_command")
     raw.commit() if not raw.autocommit else None
+    # Each user is funded with what their orders hold, and the holds are taken, as order_place
+    # would have done order by order.
+    users = {user.pk: user for user in users}
+    with transaction.atomic():
+        for (uid, asset), amount in holds.items():
+            funds_deposit(user=users[uid], asset=asset, amount=amount, memo="bench funds")
+            funds_hold(user=users[uid], asset=asset, amount=amount, order_id=None)
     return len(commands)
 
 

@@ -2,6 +2,7 @@
 
 from django.urls import include, path
 
+from accounts import ledger_views
 from exchange import api_views as v
 
 urlpatterns = [
@@ -17,4 +18,8 @@ urlpatterns = [
     path("ticker/<str:symbol>", v.TickerView.as_view(), name="ticker"),
     path("metrics/exchange", v.ExchangeMetricsView.as_view(), name="metrics-exchange"),
     path("users/", include("accounts.fee_tier_urls")),
+    path("balances", ledger_views.BalancesView.as_view(), name="balances"),
+    path("ledger", ledger_views.LedgerView.as_view(), name="ledger"),
+    path("users/<int:user_id>/deposit", ledger_views.DepositView.as_view(), name="deposit"),
+    path("users/<int:user_id>/withdraw", ledger_views.WithdrawView.as_view(), name="withdraw"),
 ]

@@ -8,8 +8,10 @@ import time
 from decimal import ROUND_DOWN, Decimal
 
 from django.contrib.auth import get_user_model
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 
+from accounts.funds import demo_funds_grant
+from accounts.models import LedgerAccount
 from exchange.api_errors import ApiError
 from exchange.models import Instrument, Order
 from exchange.order_rules import OrderRequest
@@ -18,11 +20,21 @@ from exchange.services import order_cancel, order_place
 
 logger = logging.getLogger(__name__)
 
+# What each demo account starts with: plenty to quote and take for a long demo.
+DEMO_FUNDS = {
+    "USD": Decimal("100000000"),
+    "AAPL": Decimal("1000000"),
+    "MSFT": Decimal("1000000"),
+    "BTC": Decimal("10000"),
+}
 START_PRICES = {"AAPL": Decimal("190.00"), "MSFT": Decimal("420.00"), "BTC-USD": Decimal("60000")}
 QUOTE_LEVELS = 4
 
 
+@transaction.atomic
 def demo_user(username: str):
+    """The demo account `username`, created and funded on first use (also an account made
+    before it had money)."""
     User = get_user_model()
     user, created = User.objects.get_or_create(
         username=username, defaults={"email": f"{username}@demo.exchange.local"}
@@ -30,6 +42,8 @@ def demo_user(username: str):
     if created:
         user.set_unusable_password()
         user.save(update_fields=["password"])
+    if not LedgerAccount.objects.filter(user=user).exists():
+        demo_funds_grant(user=user, amounts=DEMO_FUNDS)
     return user
 
 

@@ -49,8 +49,13 @@ ERROR_CODES: dict[str, int] = {
     "AmendQuantityTooLow": -2015,
     "InvalidMaxQuote": -2016,
     "NothingToAmend": -2017,
+    "InsufficientBalance": -2018,
+    "AmendPending": -2019,
     "DuplicateClientOrderId": -2026,
     "OrderRejected": -2099,
+    # funds
+    "UnknownAsset": -3001,
+    "DepositNotAllowed": -3002,
 }
 
 # Engine reject codes that keep their own name at the API; any other becomes OrderRejected.

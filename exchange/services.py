@@ -16,6 +16,7 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from accounts.ledger import funds_hold
 from audit.events import AuditEvent
 from audit.services import audit_record
 from exchange.errors import trading_error
@@ -153,6 +154,10 @@ def order_place(
     flags = (p.POST_ONLY if request.post_only else 0) | (
         p.POST_ONLY_ADJUST if request.post_only_adjust else 0
     )
+    hold = held_amount(
+        engine=engine, instrument=instrument, is_buy=is_buy, quantity=request.quantity,
+        buy_minor=buy_minor,
+    )  # fmt: skip
     try:
         with transaction.atomic():
             order = Order.objects.create(
@@ -174,14 +179,16 @@ def order_place(
                 expire_at=expire_at,
                 maker_fee_ppm=maker_ppm,
                 taker_fee_ppm=taker_ppm,
-                held_amount=held_amount(
-                    engine=engine,
-                    instrument=instrument,
-                    is_buy=is_buy,
-                    quantity=request.quantity,
-                    buy_minor=buy_minor,
-                ),
+                held_amount=hold,
+                hold_remaining=hold,
                 remaining_quantity=request.quantity or Decimal(0),
+            )
+            funds_hold(
+                user=user,
+                asset=instrument.quote_asset if is_buy else instrument.base_asset,
+                amount=hold,
+                order_id=order.pk,
+                field="quote_quantity" if request.quote_quantity is not None else "quantity",
             )
             command = command_enqueue(
                 shard=instrument.shard,
@@ -277,7 +284,13 @@ def order_amend(
     price: Decimal | None = None,
     http_request=None,
 ) -> Command:
-    """Ask the shard to amend `order`: `quantity` is the new total (fills included)."""
+    """Ask the shard to amend `order`: `quantity` is the new total (fills included).
+
+    The order's hold follows its new size at once when it grows (400 InsufficientBalance if the
+    money is not there); a shrinking hold is released when the engine has applied the amend.
+    One amend at a time: another while the first is unapplied is refused (AmendPending).
+    """
+    order = Order.objects.select_for_update().select_related("instrument").get(pk=order.pk)
     _require_open(order)
     if quantity is None and price is None:
         raise trading_error("NothingToAmend", "give a new quantity, a new price, or both")
@@ -301,7 +314,16 @@ def order_amend(
                 f"quantity is the new total and must exceed the {order.filled_quantity} filled",
                 field="quantity",
             )
+    if Command.objects.filter(
+        order_id=order.pk, kind=Command.Kind.AMEND, applied_at__isnull=True
+    ).exists():
+        raise trading_error(
+            "AmendPending",
+            f"order {order.pk} has an amend the matching engine has not applied yet; retry",
+            extra={"order_id": str(order.pk)},
+        )
     max_quote = None
+    new_held = order.held_amount
     if order.side == Order.Side.BUY and new_price is not None:
         needed = buy_hold_minor(
             engine=engine,
@@ -314,14 +336,31 @@ def order_amend(
             taker_fee_ppm=order.taker_fee_ppm,
         )
         max_quote = needed
-        order.held_amount = engine.minor_to_quote(needed)
+        new_held = engine.minor_to_quote(needed)
     elif order.side == Order.Side.SELL:
-        order.held_amount = new_quantity
-    order.save(update_fields=["held_amount", "updated_at"])
+        new_held = new_quantity
+    hold_delta = new_held - order.held_amount
+    if hold_delta > 0:
+        funds_hold(
+            user=order.user,
+            asset=instrument.quote_asset if order.side == Order.Side.BUY else instrument.base_asset,
+            amount=hold_delta,
+            order_id=order.pk,
+            field="quantity" if quantity is not None else "price",
+        )
+        order.hold_remaining += hold_delta
+    order.held_amount = new_held
+    order.save(update_fields=["held_amount", "hold_remaining", "updated_at"])
     command = command_enqueue(
         shard=instrument.shard,
         kind=Command.Kind.AMEND,
-        payload={"order_id": order.pk, "price": price_arg, "qty": qty_arg, "max_quote": max_quote},
+        payload={
+            "order_id": order.pk,
+            "price": price_arg,
+            "qty": qty_arg,
+            "max_quote": max_quote,
+            "hold_delta": str(hold_delta),
+        },
         order_id=order.pk,
         user_id=order.user_id,
     )

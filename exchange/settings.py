@@ -304,6 +304,9 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # Audit trail: where daily exports (gzip JSONL + .sha256) go; how many days of partitions are
 # kept in PostgreSQL (only exported, fully sealed days are ever dropped); partitions ahead.
+# Demo only: how much of each asset a user may credit to themselves in total (0: only staff
+# credit deposits). `make run` sets it so that the demo works; production leaves it at 0.
+DEMO_SELF_CREDIT_LIMIT = env.str("DEMO_SELF_CREDIT_LIMIT", default="0")
 AUDIT_EXPORT_DIR = env.path("AUDIT_EXPORT_DIR", default=str(VAR_DIR / "audit-exports"))
 AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=2192)
 AUDIT_PARTITION_DAYS_AHEAD = env.int("AUDIT_PARTITION_DAYS_AHEAD", default=7)

@@ -21,6 +21,7 @@ import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -294,6 +295,8 @@ class ShardLoop:
                 applied.append(
                     Applied(row.id, row.kind, stamp, cmd, events, seq, priority_seq=rested)
                 )
+                if op == p.OP_AMEND and row.payload.get("hold_delta"):
+                    applied[-1].hold_delta = Decimal(row.payload["hold_delta"])
             else:
                 applied.append(Applied(row.id, row.kind, stamp, cmd, events, None))
         count = self._commit(applied)

@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 from django.db import connection, transaction
 
+from accounts.settlement import HoldRelease, SettlementWriter, TradeFill
 from audit.events import AuditEvent
 from audit.services import ROW_TRADE_ID, AuditEntry, audit_rows, audit_rows_copy
 from matching.command_codec import command_to_json, ns_to_datetime
@@ -69,6 +70,9 @@ class Applied:
     # The placed/amended order's priority seq right after this command if it rests: the row
     # keeps it even when a later command of the same batch closes the order.
     priority_seq: int | None = None
+    # An amend's change of the order's hold (its payload's `hold_delta`, in the hold's asset):
+    # an increase was held when it was requested, a decrease is released once applied.
+    hold_delta: Decimal | None = None
 
 
 class _OrderUpdate:
@@ -80,6 +84,8 @@ class _OrderUpdate:
         "d_spent",
         "expire_at",
         "filled",
+        "held_revert",
+        "hold_release",
         "id",
         "max_quote",
         "price",
@@ -114,6 +120,8 @@ class _OrderUpdate:
         self.seq: int | None = None
         self.max_quote: int | None = None
         self.expire_at: int | None = None
+        self.hold_release = Decimal(0)  # released by an amend of this batch
+        self.held_revert = Decimal(0)  # a refused amend's change of held_amount, undone
 
 
 @dataclass
@@ -141,6 +149,7 @@ class PreparedBatch:
     books: list[list] | None
     counters: tuple
     audit_rows: list[tuple]  # trade_id: the engine trade seq until the Trade row exists
+    amend_releases: list[tuple]  # (order_id, user_id, symbol, is_buy, amount)
     outcome: BatchOutcome
 
 
@@ -164,6 +173,10 @@ UPDATE exchange_order o SET
     quote_spent = COALESCE(u.spent * f.minor, o.quote_spent) + u.d_spent * f.minor,
     price = COALESCE(u.price * f.tick, o.price),
     priority_seq = COALESCE(u.seq, o.priority_seq),
+    hold_remaining = o.hold_remaining - u.hold_release - CASE WHEN o.side = 'buy'
+        THEN COALESCE(u.spent * f.minor, o.quote_spent) + u.d_spent * f.minor - o.quote_spent
+        ELSE COALESCE(u.filled * f.lot, o.filled_quantity) - o.filled_quantity END,
+    held_amount = o.held_amount - u.held_revert,
     engine_max_quote = COALESCE(u.max_quote, o.engine_max_quote),
     expire_at = COALESCE(u.expire_at, o.expire_at),
     updated_at = now()
@@ -190,6 +203,20 @@ SELECT i.instrument_id, t.engine_trade_seq, t.price * f.tick, t.qty * f.lot,
 RETURNING id, engine_trade_seq
 """
 
+# Orders that ended in the batch give back what is left of their hold (the orders update has
+# already taken this batch's fills off it); the ledger posts the returned amounts.
+HOLDS_RELEASE_SQL = """
+UPDATE exchange_order o SET hold_remaining = 0
+  FROM (SELECT e.id, e.user_id, e.hold_remaining AS amount,
+               CASE WHEN e.side = 'buy' THEN i.quote_asset ELSE i.base_asset END AS asset
+          FROM batch_order_update u
+          JOIN exchange_order e ON e.id = u.id
+          JOIN exchange_instrument i ON i.id = e.instrument_id
+         WHERE NOT e.is_open AND e.hold_remaining > 0) r
+ WHERE o.id = r.id
+RETURNING r.id, r.user_id, r.asset, r.amount
+"""
+
 COMMANDS_APPLIED_SQL = """
 UPDATE matching_command c
    SET applied_at = now(), apply_seq = u.apply_seq, reject_code = u.reject_code
@@ -204,7 +231,7 @@ CREATE TEMP TABLE IF NOT EXISTS batch_order_update (
     id bigint, k int, status text, reason text, reject_code text, reject_message text,
     filled bigint, remaining bigint, reserve bigint, d_quote bigint, d_fees bigint,
     spent bigint, d_spent bigint, price bigint, seq bigint, max_quote bigint,
-    expire_at timestamptz
+    expire_at timestamptz, hold_release numeric, held_revert numeric
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS batch_trade (
     symbol text, k int, engine_trade_seq bigint, price bigint, qty bigint, notional bigint,
@@ -267,6 +294,8 @@ class BatchWriter:
         self.epoch = epoch
         self.actor_label = actor_label
         self.instrument_ids = instrument_ids
+        self.assets: dict[str, tuple[str, str]] = {}  # symbol -> (base asset, quote asset)
+        self.settlement = SettlementWriter()
         self._staging_for = None  # the connection whose staging tables exist
 
     # ---- public --------------------------------------------------------------------------
@@ -289,6 +318,7 @@ class BatchWriter:
         this batch): the engine may move on to the next batch before this one commits."""
         specs = {inst.symbol: inst for inst in engine.instruments()}
         updates, trades, symbols, audits = self._collect(applied, specs)
+        amend_releases = self._amend_holds(engine, applied, updates)
         self._live_orders(engine, updates)
         order_rows, factors, factor_k = self._order_rows(updates, specs)
         last_seq = max((a.apply_seq for a in applied if a.apply_seq is not None), default=None)
@@ -311,6 +341,7 @@ class BatchWriter:
                 max(a.stamp_ns for a in applied),
             ),
             audit_rows=audit_rows(records=audits),
+            amend_releases=amend_releases,
             outcome=BatchOutcome(
                 command_ids=[a.command_id for a in applied],
                 symbols=symbols,
@@ -323,6 +354,16 @@ class BatchWriter:
         """Write a prepared batch in one transaction on this thread's connection (raises,
         rolled back, on any failure). Reads nothing from the engine."""
         self.session_prepare()
+        try:
+            trade_ids = self._execute(prepared)
+        except BaseException:
+            self.settlement.forget()  # accounts it created are rolled back
+            raise
+        # Committed: market data names trades by their Trade row id, as the REST API does.
+        for trade in prepared.outcome.trades:
+            trade["trade_id"] = trade_ids.get(trade["trade_id"], trade["trade_id"])
+
+    def _execute(self, prepared: "PreparedBatch") -> dict[int, int]:
         with transaction.atomic():
             lease_epoch_check(shard=self.shard, epoch=self.epoch)
             self._instrument_ids_refresh(prepared.symbols)
@@ -331,7 +372,14 @@ class BatchWriter:
             self._copy("batch_trade", prepared.trade_rows)
             self._copy("batch_command_applied", prepared.command_rows)
             self._journal_write(prepared.journal_rows)
-            trade_ids = self._staged_apply(prepared)
+            trade_ids, ended_holds = self._staged_apply(prepared)
+            self.settlement.write(
+                fills=self._fills(prepared, trade_ids),
+                releases=[
+                    *self._amend_hold_releases(prepared),
+                    *(HoldRelease(*row) for row in ended_holds),
+                ],
+            )
             audits = prepared.audit_rows
             if trade_ids:  # engine trade seq -> Trade row id
                 t = ROW_TRADE_ID
@@ -340,9 +388,7 @@ class BatchWriter:
                     for row in audits
                 ]
             audit_rows_copy(rows=audits)
-        # Committed: market data names trades by their Trade row id, as the REST API does.
-        for trade in prepared.outcome.trades:
-            trade["trade_id"] = trade_ids.get(trade["trade_id"], trade["trade_id"])
+        return trade_ids
 
     # ---- collecting ------------------------------------------------------------------------
     def _collect(self, applied: list[Applied], specs: dict[str, Instrument]):
@@ -464,6 +510,71 @@ class BatchWriter:
             t.d_spent += notional + t_fee
 
     @staticmethod
+    def _amend_holds(engine: Engine, applied: list[Applied], updates: dict[int, _OrderUpdate]):
+        """Hold changes of the batch's amends, for orders still live after the batch (an order
+        that ended gives back its whole hold anyway): a decrease the engine applied is released;
+        a refused increase is released and the order's held_amount changes back."""
+        releases = []
+        for a in applied:
+            delta = a.hold_delta
+            if not delta or a.cmd is None or a.cmd[0] != p.OP_AMEND:
+                continue
+            live = engine.order(a.cmd[2])
+            if live is None:
+                continue
+            refused = any(ev[0] == p.EV_REJECT for ev in a.events)
+            release = (delta if delta > 0 else Decimal(0)) if refused else max(-delta, Decimal(0))
+            if not release and not refused:
+                continue
+            u = updates.get(live["order_id"])
+            if u is None:
+                u = updates[live["order_id"]] = _OrderUpdate(
+                    live["order_id"], live["symbol"], live["user_id"]
+                )
+            if refused:
+                u.held_revert += delta
+            if release:
+                u.hold_release += release
+                releases.append(
+                    (live["order_id"], live["user_id"], live["symbol"], live["is_buy"], release)
+                )
+        return releases
+
+    def _amend_hold_releases(self, prepared: "PreparedBatch") -> list[HoldRelease]:
+        releases = []
+        for order_id, user_id, symbol, is_buy, amount in prepared.amend_releases:
+            base, quote = self.assets[symbol]
+            asset = quote if is_buy else base
+            releases.append(HoldRelease(order_id, user_id, asset, amount, "amend"))
+        return releases
+
+    def _fills(self, prepared: "PreparedBatch", trade_ids: dict[int, int]) -> list[TradeFill]:
+        """The batch's trades in ledger terms (Decimal amounts in each instrument's assets)."""
+        fills = []
+        specs = prepared.specs
+        for (sym, _k, tseq, _price, qty, notional, _m_oid, t_oid, m_uid, t_uid, taker_side,
+             m_fee, t_fee, _ts, _ts_ns) in prepared.trade_rows:  # fmt: skip
+            inst = specs[sym]
+            base, quote = self.assets[sym]
+            to_quote = inst.minor_to_quote
+            taker_buys = taker_side == "buy"
+            fills.append(
+                TradeFill(
+                    trade_id=trade_ids[tseq],
+                    taker_order_id=t_oid,
+                    buyer_id=t_uid if taker_buys else m_uid,
+                    seller_id=m_uid if taker_buys else t_uid,
+                    base=base,
+                    quote=quote,
+                    quantity=inst.lots_to_qty(qty),
+                    notional=to_quote(notional),
+                    buyer_fee=to_quote(t_fee if taker_buys else m_fee),
+                    seller_fee=to_quote(m_fee if taker_buys else t_fee),
+                )
+            )
+        return fills
+
+    @staticmethod
     def _live_orders(engine: Engine, updates: dict[int, _OrderUpdate]) -> None:
         """Orders still live after the batch take their full current record from the engine."""
         for u in updates.values():
@@ -552,13 +663,17 @@ class BatchWriter:
 
     # ---- writing -----------------------------------------------------------------------------
     def _instrument_ids_refresh(self, symbols: set[str]) -> None:
-        missing = [s for s in symbols if s not in self.instrument_ids]
+        missing = [s for s in symbols if s not in self.instrument_ids or s not in self.assets]
         if missing:
             with connection.cursor() as cursor:
                 cursor.execute(
-                    "SELECT symbol, id FROM exchange_instrument WHERE symbol = ANY(%s)", [missing]
+                    "SELECT symbol, id, base_asset, quote_asset FROM exchange_instrument "
+                    "WHERE symbol = ANY(%s)",
+                    [missing],
                 )
-                self.instrument_ids.update(dict(cursor.fetchall()))
+                for symbol, instrument_id, base, quote in cursor.fetchall():
+                    self.instrument_ids[symbol] = instrument_id
+                    self.assets[symbol] = (base, quote)
 
     @staticmethod
     def _order_rows(updates: dict[int, _OrderUpdate], specs) -> tuple[list[tuple], tuple, dict]:
@@ -572,9 +687,9 @@ class BatchWriter:
             ticks.append(Decimal(inst.tick_size) if inst else Decimal(1))
             lots.append(Decimal(inst.lot_size) if inst else Decimal(1))
             minors.append(Decimal(1).scaleb(-inst.quote_decimals) if inst else Decimal(1))
-        cols: list[list] = [[] for _ in range(17)]
+        cols: list[list] = [[] for _ in range(19)]
         (c_id, c_k, c_status, c_reason, c_code, c_message, c_filled, c_rem, c_res, c_dq, c_df,
-         c_spent, c_ds, c_price, c_seq, c_mq, c_exp) = cols  # fmt: skip
+         c_spent, c_ds, c_price, c_seq, c_mq, c_exp, c_release, c_revert) = cols  # fmt: skip
         for u in updates.values():
             c_id.append(u.id)
             c_k.append(factors[u.symbol if u.symbol in factors else None])
@@ -593,6 +708,8 @@ class BatchWriter:
             c_seq.append(u.seq)
             c_mq.append(u.max_quote)
             c_exp.append(None if u.expire_at is None else ns_to_datetime(u.expire_at))
+            c_release.append(u.hold_release)
+            c_revert.append(u.held_revert)
         return list(zip(*cols, strict=True)), (ticks, lots, minors), factors
 
     @staticmethod
@@ -665,14 +782,16 @@ class BatchWriter:
                 for row in rows:
                     write_row(row)
 
-    def _staged_apply(self, prepared: "PreparedBatch") -> dict[int, int]:
-        """Orders, commands, books, shard counters and trades from the staged rows, in one
-        multi-statement round trip; returns engine trade seq -> Trade row id."""
+    def _staged_apply(self, prepared: "PreparedBatch") -> tuple[dict[int, int], list[tuple]]:
+        """Orders, hold releases, commands, books, shard counters and trades from the staged
+        rows, in one multi-statement round trip; returns engine trade seq -> Trade row id, and
+        (order id, user id, asset, amount) of each hold released because its order ended."""
         parts: list[tuple[str, str]] = []
         params: list[Any] = []
         if prepared.order_rows:
             parts.append(("orders", ORDERS_UPDATE_SQL))
             params += prepared.factors
+            parts.append(("releases", HOLDS_RELEASE_SQL))
         parts.append(("commands", COMMANDS_APPLIED_SQL))
         if prepared.books:
             parts.append(("books", BOOKS_UPSERT_SQL))
@@ -684,6 +803,7 @@ class BatchWriter:
             ids = self.instrument_ids
             params += [*prepared.factors, list(ids), list(ids.values())]
         trade_ids: dict[int, int] = {}
+        released: list[tuple] = []
         # Client-side binding: the parameters are a few small arrays, and a multi-statement
         # query needs the simple protocol.
         with psycopg.ClientCursor(connection.connection) as cursor:
@@ -700,7 +820,9 @@ class BatchWriter:
                     raise LeaseFenced(f"shard {self.shard}: epoch {self.epoch} no longer ours")
                 if name == "trades":
                     trade_ids = {tseq: trade_id for trade_id, tseq in cursor.fetchall()}
-        return trade_ids
+                if name == "releases":
+                    released = cursor.fetchall()
+        return trade_ids, released
 
     # ---- summaries for market data -------------------------------------------------------------
     @staticmethod

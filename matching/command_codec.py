@@ -58,10 +58,16 @@ def _expire_due(ts: int, payload: dict) -> tuple:
     return p.expire_due(ts=ts, now=int(payload["now"]))
 
 
+def _amend(ts: int, payload: dict) -> tuple:
+    # `hold_delta` is for the ledger (see matching.batch_writer), not the engine.
+    fields = {k: v for k, v in payload.items() if k != "hold_delta"}
+    return p.amend(ts=ts, **fields)
+
+
 _BUILDERS = {
     "place": _place,
     "cancel": lambda ts, payload: p.cancel(ts=ts, **payload),
-    "amend": lambda ts, payload: p.amend(ts=ts, **payload),
+    "amend": _amend,
     "mass_cancel": lambda ts, payload: p.mass_cancel(ts=ts, **payload),
     "expire_due": _expire_due,
     "halt": lambda ts, payload: p.halt(ts=ts, **payload),

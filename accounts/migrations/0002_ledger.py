@@ -7,74 +7,179 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('accounts', '0001_initial'),
+        ("accounts", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='LedgerAccount',
+            name="LedgerAccount",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(choices=[('cash', 'Available'), ('hold', 'Held for open orders'), ('fee_revenue', 'Exchange fee revenue'), ('rebate_expense', 'Exchange maker rebates paid'), ('external', 'Outside the exchange (deposits and withdrawals)')], max_length=16)),
-                ('asset', models.CharField(max_length=16)),
-                ('balance', models.DecimalField(db_default=0, decimal_places=12, default=0, max_digits=30)),
-                ('updated_at', models.DateTimeField(auto_now=True, db_default=django.db.models.functions.datetime.Now())),
-                ('user', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='ledger_accounts', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("cash", "Available"),
+                            ("hold", "Held for open orders"),
+                            ("fee_revenue", "Exchange fee revenue"),
+                            ("rebate_expense", "Exchange maker rebates paid"),
+                            ("external", "Outside the exchange (deposits and withdrawals)"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("asset", models.CharField(max_length=16)),
+                (
+                    "balance",
+                    models.DecimalField(db_default=0, decimal_places=12, default=0, max_digits=30),
+                ),
+                (
+                    "updated_at",
+                    models.DateTimeField(
+                        auto_now=True, db_default=django.db.models.functions.datetime.Now()
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="ledger_accounts",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='LedgerEntry',
+            name="LedgerEntry",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(choices=[('deposit', 'Deposit'), ('withdrawal', 'Withdrawal'), ('hold', 'Funds held for an order'), ('release', 'Hold released'), ('trade', 'Trade settlement')], max_length=16)),
-                ('order_id', models.BigIntegerField(blank=True, null=True)),
-                ('trade_id', models.BigIntegerField(blank=True, null=True)),
-                ('memo', models.CharField(blank=True, db_default='', default='', max_length=200)),
-                ('created_at', models.DateTimeField(auto_now_add=True, db_default=django.db.models.functions.datetime.Now())),
-                ('user', models.ForeignKey(blank=True, help_text='Whose request caused it (deposits, withdrawals, holds).', null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("deposit", "Deposit"),
+                            ("withdrawal", "Withdrawal"),
+                            ("hold", "Funds held for an order"),
+                            ("release", "Hold released"),
+                            ("trade", "Trade settlement"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("order_id", models.BigIntegerField(blank=True, null=True)),
+                ("trade_id", models.BigIntegerField(blank=True, null=True)),
+                ("memo", models.CharField(blank=True, db_default="", default="", max_length=200)),
+                (
+                    "created_at",
+                    models.DateTimeField(
+                        auto_now_add=True, db_default=django.db.models.functions.datetime.Now()
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        blank=True,
+                        help_text="Whose request caused it (deposits, withdrawals, holds).",
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'ledger entries',
+                "verbose_name_plural": "ledger entries",
             },
         ),
         migrations.CreateModel(
-            name='LedgerPosting',
+            name="LedgerPosting",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('asset', models.CharField(max_length=16)),
-                ('amount', models.DecimalField(decimal_places=12, max_digits=30)),
-                ('account', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='postings', to='accounts.ledgeraccount')),
-                ('entry', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='postings', to='accounts.ledgerentry')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("asset", models.CharField(max_length=16)),
+                ("amount", models.DecimalField(decimal_places=12, max_digits=30)),
+                (
+                    "account",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="postings",
+                        to="accounts.ledgeraccount",
+                    ),
+                ),
+                (
+                    "entry",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="postings",
+                        to="accounts.ledgerentry",
+                    ),
+                ),
             ],
         ),
         migrations.AddConstraint(
-            model_name='ledgeraccount',
-            constraint=models.UniqueConstraint(fields=('kind', 'user', 'asset'), name='ledger_account_unique', nulls_distinct=False),
+            model_name="ledgeraccount",
+            constraint=models.UniqueConstraint(
+                fields=("kind", "user", "asset"), name="ledger_account_unique", nulls_distinct=False
+            ),
         ),
         migrations.AddConstraint(
-            model_name='ledgeraccount',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(('kind__in', ['cash', 'hold']), _negated=True), ('balance__gte', 0), _connector='OR'), name='ledger_user_balance_gte_0'),
+            model_name="ledgeraccount",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(("kind__in", ["cash", "hold"]), _negated=True),
+                    ("balance__gte", 0),
+                    _connector="OR",
+                ),
+                name="ledger_user_balance_gte_0",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='ledgeraccount',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(('kind__in', ['cash', 'hold']), ('user__isnull', False)), models.Q(models.Q(('kind__in', ['cash', 'hold']), _negated=True), ('user__isnull', True)), _connector='OR'), name='ledger_account_owner'),
+            model_name="ledgeraccount",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(("kind__in", ["cash", "hold"]), ("user__isnull", False)),
+                    models.Q(
+                        models.Q(("kind__in", ["cash", "hold"]), _negated=True),
+                        ("user__isnull", True),
+                    ),
+                    _connector="OR",
+                ),
+                name="ledger_account_owner",
+            ),
         ),
         migrations.AddIndex(
-            model_name='ledgerentry',
-            index=models.Index(fields=['order_id'], name='ledger_entry_order'),
+            model_name="ledgerentry",
+            index=models.Index(fields=["order_id"], name="ledger_entry_order"),
         ),
         migrations.AddIndex(
-            model_name='ledgerentry',
-            index=models.Index(fields=['trade_id'], name='ledger_entry_trade'),
+            model_name="ledgerentry",
+            index=models.Index(fields=["trade_id"], name="ledger_entry_trade"),
         ),
         migrations.AddIndex(
-            model_name='ledgerposting',
-            index=models.Index(fields=['account', '-id'], name='ledger_posting_account'),
+            model_name="ledgerposting",
+            index=models.Index(fields=["account", "-id"], name="ledger_posting_account"),
         ),
         migrations.AddConstraint(
-            model_name='ledgerposting',
-            constraint=models.CheckConstraint(condition=models.Q(('amount', 0), _negated=True), name='ledger_posting_nonzero'),
+            model_name="ledgerposting",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("amount", 0), _negated=True), name="ledger_posting_nonzero"
+            ),
         ),
     ]

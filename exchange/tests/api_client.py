@@ -6,14 +6,23 @@ from decimal import Decimal
 import httpx
 from rest_framework.authtoken.models import Token
 
+from accounts.ledger import funds_deposit
 from accounts.models import User
 from exchange.models import Instrument
 from exchange.services import instrument_list
 
 
-def make_user(prefix: str = "trader") -> User:
+# What `make_user` deposits: enough for any test order on a `make_instrument` (base TST).
+TEST_FUNDS = {"USD": Decimal("10000000"), "TST": Decimal("10000000")}
+
+
+def make_user(prefix: str = "trader", *, funds: dict[str, Decimal] | None = None) -> User:
+    """A user with `funds` deposited (default TEST_FUNDS; `{}` for an empty account)."""
     name = f"{prefix}-{uuid.uuid4().hex[:10]}"
-    return User.objects.create_user(username=name, email=f"{name}@test.local", password=None)
+    user = User.objects.create_user(username=name, email=f"{name}@test.local", password=None)
+    for asset, amount in (TEST_FUNDS if funds is None else funds).items():
+        funds_deposit(user=user, asset=asset, amount=amount, memo="test funds")
+    return user
 
 
 def make_instrument(**overrides) -> Instrument:

@@ -1,7 +1,8 @@
 """Test data for the worker tests: users, instruments and orders stored as `order_place` does.
 
-`order_row_place` writes the Order row in pending_new and enqueues its place command in one
-transaction (the lead's `exchange.services.order_place` does the same with full validation).
+`order_row_place` writes the Order row in pending_new, funds and holds what it may use, and
+enqueues its place command in one transaction (`exchange.services.order_place` does the same
+with full validation).
 """
 
 import datetime as dt
@@ -10,6 +11,7 @@ from decimal import ROUND_CEILING, Decimal
 
 from django.db import transaction
 
+from accounts.ledger import funds_deposit, funds_hold
 from exchange.models import Instrument, Order
 from exchange.services import instrument_list
 from matching.command_codec import datetime_to_ns
@@ -55,6 +57,7 @@ def order_row_place(
     time_in_force: str = "GTC",
     post_only: bool = False,
     expire_at: dt.datetime | None = None,
+    maker_fee_ppm: int = MAKER_FEE_PPM,
 ) -> Order:
     """Store a pending_new order and its place command in one transaction."""
     spec = engine_instrument(instrument)
@@ -78,11 +81,17 @@ def order_row_place(
             quantity=quantity,
             post_only=post_only,
             expire_at=expire_at,
-            maker_fee_ppm=MAKER_FEE_PPM,
+            maker_fee_ppm=maker_fee_ppm,
             taker_fee_ppm=TAKER_FEE_PPM,
             held_amount=held,
+            hold_remaining=held,
             remaining_quantity=quantity,
         )
+        # The user is funded with exactly what the order holds, then the hold is taken.
+        asset = instrument.quote_asset if is_buy else instrument.base_asset
+        if held:
+            funds_deposit(user=user, asset=asset, amount=held, memo="test funds")
+            funds_hold(user=user, asset=asset, amount=held, order_id=order.pk)
         command_enqueue(
             shard=instrument.shard,
             kind="place",
@@ -100,7 +109,7 @@ def order_row_place(
                 "display_qty": 0,
                 "stop_price": 0,
                 "max_quote": max_quote,
-                "maker_fee_ppm": MAKER_FEE_PPM,
+                "maker_fee_ppm": maker_fee_ppm,
                 "taker_fee_ppm": TAKER_FEE_PPM,
                 "stp": 0,
             },

@@ -6,6 +6,7 @@ import sys
 from django.db import connection
 
 from conftest import BASE_DIR, wait_until
+from accounts.selectors import ledger_discrepancies
 from matching.models import Command
 
 
@@ -49,6 +50,7 @@ def exactly_once_invariants() -> None:
         assert cursor.fetchone()[0] == 0, "each order's fill equals the sum of its trades"
         cursor.execute("SELECT count(*) FROM exchange_order WHERE status = 'pending_new'")
         assert cursor.fetchone()[0] == 0
+    assert ledger_discrepancies() == {}, "the ledger balances and matches the open orders"
 
 
 def matching_verify(env: dict[str, str]) -> str:

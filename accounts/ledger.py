@@ -1,0 +1,168 @@
+"""Writes to the double-entry ledger: the one path that moves money and keeps balances cached.
+
+Each function runs in the caller's transaction (the outermost service owns it). Accounts are
+locked with `accounts_lock`, always in primary-key order, so that a web request and the shard
+workers touching the same user's balances queue up instead of deadlocking. The matching worker
+settles a whole batch through `accounts.settlement`, which uses the same lock order.
+"""
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from decimal import Decimal
+
+from django.db import connection, transaction
+
+from accounts.models import LedgerAccount, LedgerEntry, LedgerPosting
+from exchange.errors import trading_error
+
+AccountKey = tuple[str, int | None, str]  # (kind, user_id or None for the exchange, asset)
+Line = tuple[AccountKey, Decimal]
+
+CASH = LedgerAccount.Kind.CASH.value
+HOLD = LedgerAccount.Kind.HOLD.value
+FEE_REVENUE = LedgerAccount.Kind.FEE_REVENUE.value
+REBATE_EXPENSE = LedgerAccount.Kind.REBATE_EXPENSE.value
+EXTERNAL = LedgerAccount.Kind.EXTERNAL.value
+
+LOCK_SQL = """
+SELECT a.id, a.kind, a.user_id, a.asset, a.balance
+  FROM accounts_ledgeraccount a
+  JOIN unnest(%s::text[], %s::bigint[], %s::text[]) AS k(kind, user_id, asset)
+    ON a.kind = k.kind AND a.user_id IS NOT DISTINCT FROM k.user_id AND a.asset = k.asset
+ ORDER BY a.id
+   FOR UPDATE OF a
+"""
+
+CREATE_SQL = """
+INSERT INTO accounts_ledgeraccount (kind, user_id, asset, balance, updated_at)
+SELECT k.kind, k.user_id, k.asset, 0, now()
+  FROM unnest(%s::text[], %s::bigint[], %s::text[]) AS k(kind, user_id, asset)
+ ORDER BY k.kind, k.user_id, k.asset
+    ON CONFLICT DO NOTHING
+"""
+
+BALANCES_ADD_SQL = """
+UPDATE accounts_ledgeraccount a
+   SET balance = a.balance + d.delta, updated_at = now()
+  FROM unnest(%s::bigint[], %s::numeric[]) AS d(id, delta)
+ WHERE a.id = d.id
+"""
+
+
+class LedgerUnbalanced(ValueError):
+    """The lines of an entry do not sum to zero in every asset (a programming error)."""
+
+
+def _columns(keys: Sequence[AccountKey]) -> list[list]:
+    return [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]]
+
+
+def accounts_lock(*, keys: Iterable[AccountKey]) -> dict[AccountKey, tuple[int, Decimal]]:
+    """Lock the accounts named by `keys` (creating missing ones) in primary-key order; returns
+    key -> (account id, balance). Call inside a transaction."""
+    wanted = sorted(set(keys), key=lambda k: (k[0], k[1] or 0, k[2]))
+    with connection.cursor() as cursor:
+        cursor.execute(LOCK_SQL, _columns(wanted))
+        found = {(kind, uid, asset): (pk, bal) for pk, kind, uid, asset, bal in cursor.fetchall()}
+        if len(found) < len(wanted):
+            missing = [k for k in wanted if k not in found]
+            cursor.execute(CREATE_SQL, _columns(missing))
+            # Locks of the accounts already held stay held; take them all again in pk order.
+            cursor.execute(LOCK_SQL, _columns(wanted))
+            found = {(k, u, a): (pk, bal) for pk, k, u, a, bal in cursor.fetchall()}
+    return found
+
+
+def _check_balanced(lines: Sequence[Line]) -> None:
+    per_asset: dict[str, Decimal] = defaultdict(Decimal)
+    for (_kind, _user, asset), amount in lines:
+        per_asset[asset] += amount
+    unbalanced = {asset: total for asset, total in per_asset.items() if total}
+    if unbalanced:
+        raise LedgerUnbalanced(f"entry does not sum to zero: {unbalanced}")
+
+
+def ledger_post(
+    *,
+    kind: str,
+    lines: Sequence[Line],
+    user=None,
+    order_id: int | None = None,
+    trade_id: int | None = None,
+    memo: str = "",
+    shortfall_field: str | None = None,
+) -> LedgerEntry:
+    """Write one balanced entry and move the cached balances.
+
+    A user's cash or hold that would go negative raises `InsufficientBalance` (400, naming
+    `shortfall_field`) before anything is written; the caller's transaction rolls back.
+    """
+    lines = [(key, amount) for key, amount in lines if amount]
+    _check_balanced(lines)
+    accounts = accounts_lock(keys=[key for key, _ in lines])
+    deltas: dict[AccountKey, Decimal] = defaultdict(Decimal)
+    for key, amount in lines:
+        deltas[key] += amount
+    for key, delta in deltas.items():
+        kind_, _user, asset = key
+        balance = accounts[key][1]
+        if kind_ in LedgerAccount.USER_KINDS and balance + delta < 0:
+            what = "available" if kind_ == CASH else "held"
+            raise trading_error(
+                "InsufficientBalance",
+                f"insufficient {asset}: {-delta.normalize():f} needed, "
+                f"{balance.normalize():f} {what}",
+                field=shortfall_field,
+                extra={"asset": asset},
+            )
+    entry = LedgerEntry.objects.create(
+        kind=kind, user=user, order_id=order_id, trade_id=trade_id, memo=memo
+    )
+    LedgerPosting.objects.bulk_create(
+        LedgerPosting(entry=entry, account_id=accounts[key][0], asset=key[2], amount=amount)
+        for key, amount in lines
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            BALANCES_ADD_SQL,
+            [[accounts[key][0] for key in deltas], [deltas[key] for key in deltas]],
+        )
+    return entry
+
+
+def funds_hold(
+    *, user, asset: str, amount: Decimal, order_id: int | None, field: str | None = None
+) -> LedgerEntry | None:
+    """Move `amount` of the user's available `asset` into their hold for an order."""
+    if not amount:
+        return None
+    return ledger_post(
+        kind=LedgerEntry.Kind.HOLD,
+        lines=[((CASH, user.pk, asset), -amount), ((HOLD, user.pk, asset), amount)],
+        user=user,
+        order_id=order_id,
+        shortfall_field=field,
+    )
+
+
+@transaction.atomic
+def funds_deposit(*, user, asset: str, amount: Decimal, memo: str = "") -> LedgerEntry:
+    """Credit `amount` of `asset` from outside the exchange to the user's available balance."""
+    return ledger_post(
+        kind=LedgerEntry.Kind.DEPOSIT,
+        lines=[((EXTERNAL, None, asset), -amount), ((CASH, user.pk, asset), amount)],
+        user=user,
+        memo=memo,
+    )
+
+
+@transaction.atomic
+def funds_withdraw(*, user, asset: str, amount: Decimal, memo: str = "") -> LedgerEntry:
+    """Pay `amount` of the user's available `asset` out of the exchange."""
+    return ledger_post(
+        kind=LedgerEntry.Kind.WITHDRAWAL,
+        lines=[((CASH, user.pk, asset), -amount), ((EXTERNAL, None, asset), amount)],
+        user=user,
+        memo=memo,
+        shortfall_field="amount",
+    )

@@ -1,0 +1,164 @@
+"""Balances, ledger history, deposits and withdrawals over the API (thin adapters)."""
+
+from django.contrib.auth import get_user_model
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.exceptions import NotFound
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts import selectors
+from accounts.funds import deposit_create, withdrawal_create
+from accounts.models import LedgerPosting
+from exchange.pagination import CursorPage
+from exchange.serializers import DecimalString, refuse_unknown_fields
+
+
+class BalanceSerializer(serializers.Serializer):
+    asset = serializers.CharField()
+    available = serializers.CharField()
+    held = serializers.CharField(help_text="reserved for open orders")
+    total = serializers.CharField()
+
+
+class PostingSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    entry_id = serializers.IntegerField()
+    kind = serializers.CharField(help_text="deposit, withdrawal, hold, release or trade")
+    account = serializers.CharField(help_text="available or held")
+    asset = serializers.CharField()
+    amount = serializers.CharField(help_text="signed decimal string")
+    order_id = serializers.CharField(allow_null=True)
+    trade_id = serializers.CharField(allow_null=True)
+    created_at = serializers.DateTimeField()
+
+
+class FundsMoveSerializer(serializers.Serializer):
+    asset = serializers.CharField(max_length=16)
+    amount = DecimalString()
+
+    def to_internal_value(self, data):
+        refuse_unknown_fields(self, data)
+        return super().to_internal_value(data)
+
+
+class FundsMovedSerializer(serializers.Serializer):
+    entry_id = serializers.IntegerField()
+    asset = serializers.CharField()
+    amount = serializers.CharField()
+    balance = BalanceSerializer()
+
+
+def _posting_representation(posting: LedgerPosting) -> dict:
+    entry = posting.entry
+    return {
+        "id": posting.pk,
+        "entry_id": entry.pk,
+        "kind": entry.kind,
+        "account": "available" if posting.account.kind == "cash" else "held",
+        "asset": posting.asset,
+        "amount": format(posting.amount.normalize(), "f"),
+        "order_id": None if entry.order_id is None else str(entry.order_id),
+        "trade_id": None if entry.trade_id is None else str(entry.trade_id),
+        "created_at": entry.created_at,
+    }
+
+
+def _balance_of(user, asset: str) -> dict:
+    for row in selectors.balances_for_user(user=user):
+        if row["asset"] == asset:
+            return row
+    return {"asset": asset, "available": "0", "held": "0", "total": "0"}
+
+
+def _target_user(request: Request, user_id: int, *, staff_may_act: bool):
+    """The user named in the path: yourself, or (where staff may act) anyone; else 404."""
+    if user_id == request.user.pk:
+        return request.user
+    if staff_may_act and request.user.is_staff:
+        found = get_user_model().objects.filter(pk=user_id).first()
+        if found is not None:
+            return found
+    raise NotFound(f"no user {user_id}")
+
+
+class BalancesView(APIView):
+    """Your balances per asset: available, held for open orders, and total."""
+
+    @extend_schema(operation_id="balances_list", responses={200: BalanceSerializer(many=True)})
+    def get(self, request: Request) -> Response:
+        return Response(selectors.balances_for_user(user=request.user))
+
+
+class LedgerView(APIView):
+    """Your ledger postings (every movement of your money), newest first."""
+
+    @extend_schema(
+        operation_id="ledger_list",
+        parameters=[OpenApiParameter("asset", str), OpenApiParameter("limit", int)],
+        responses={200: PostingSerializer(many=True)},
+    )
+    def get(self, request: Request) -> Response:
+        postings = selectors.ledger_postings_for_user(
+            user=request.user, asset=request.query_params.get("asset")
+        )
+        paginator = CursorPage()
+        page = paginator.paginate_queryset(postings, request, view=self)
+        return paginator.get_paginated_response([_posting_representation(p) for p in page])
+
+
+class DepositView(APIView):
+    """Credit a deposit: staff for any user; a user for themselves only in the demo (capped)."""
+
+    @extend_schema(
+        operation_id="deposit_create",
+        request=FundsMoveSerializer,
+        responses={201: FundsMovedSerializer},
+    )
+    def post(self, request: Request, user_id: int) -> Response:
+        user = _target_user(request, user_id, staff_may_act=True)
+        body = FundsMoveSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        entry = deposit_create(
+            user=user,
+            asset=body.validated_data["asset"],
+            amount=body.validated_data["amount"],
+            actor=request.user,
+            http_request=request,
+        )
+        return _moved(entry, body.validated_data, user)
+
+
+class WithdrawView(APIView):
+    """Withdraw from your available balance (an API key needs the `withdraw` permission)."""
+
+    @extend_schema(
+        operation_id="withdraw_create",
+        request=FundsMoveSerializer,
+        responses={201: FundsMovedSerializer},
+    )
+    def post(self, request: Request, user_id: int) -> Response:
+        user = _target_user(request, user_id, staff_may_act=False)
+        body = FundsMoveSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        entry = withdrawal_create(
+            user=user,
+            asset=body.validated_data["asset"],
+            amount=body.validated_data["amount"],
+            actor=request.user,
+            http_request=request,
+        )
+        return _moved(entry, body.validated_data, user)
+
+
+def _moved(entry, data: dict, user) -> Response:
+    return Response(
+        {
+            "entry_id": entry.pk,
+            "asset": data["asset"],
+            "amount": format(data["amount"].normalize(), "f"),
+            "balance": _balance_of(user, data["asset"]),
+        },
+        status=status.HTTP_201_CREATED,
+    )

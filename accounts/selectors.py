@@ -1,0 +1,98 @@
+"""Reads of the ledger: a user's balances and postings, and the ledger's own consistency checks."""
+
+from decimal import Decimal
+
+from django.db import connection
+from django.db.models import QuerySet
+
+from accounts.models import LedgerAccount, LedgerPosting
+from exchange.models import Instrument
+
+
+def asset_precisions() -> dict[str, int]:
+    """Decimal places of every asset listed as the base or quote of an instrument."""
+    precisions: dict[str, int] = {}
+    rows = Instrument.objects.values_list(
+        "base_asset", "base_precision", "quote_asset", "quote_precision"
+    )
+    for base, base_places, quote, quote_places in rows:
+        precisions[base] = max(precisions.get(base, 0), base_places)
+        precisions[quote] = max(precisions.get(quote, 0), quote_places)
+    return precisions
+
+
+def _at_precision(amount: Decimal, places: int | None) -> str:
+    if places is None:
+        return format(amount.normalize(), "f")
+    return format(amount.quantize(Decimal(1).scaleb(-places)), "f")
+
+
+def balances_for_user(*, user) -> list[dict]:
+    """Per asset the user holds or has held: available, held and total, at the asset's precision."""
+    per_asset: dict[str, dict[str, Decimal]] = {}
+    accounts = LedgerAccount.objects.filter(user=user).values_list("asset", "kind", "balance")
+    for asset, kind, balance in accounts:
+        row = per_asset.setdefault(asset, {"available": Decimal(0), "held": Decimal(0)})
+        row["available" if kind == LedgerAccount.Kind.CASH else "held"] += balance
+    places = asset_precisions()
+    return [
+        {
+            "asset": asset,
+            "available": _at_precision(row["available"], places.get(asset)),
+            "held": _at_precision(row["held"], places.get(asset)),
+            "total": _at_precision(row["available"] + row["held"], places.get(asset)),
+        }
+        for asset, row in sorted(per_asset.items())
+    ]
+
+
+def ledger_postings_for_user(*, user, asset: str | None = None) -> QuerySet[LedgerPosting]:
+    """The postings on the user's own accounts, newest first (paginate by id)."""
+    postings = LedgerPosting.objects.filter(account__user=user).select_related("entry", "account")
+    if asset:
+        postings = postings.filter(asset=asset)
+    return postings.order_by("-id")
+
+
+CHECKS = {
+    "entries that do not sum to zero per asset": """
+        SELECT count(*) FROM (SELECT 1 FROM accounts_ledgerposting
+                               GROUP BY entry_id, asset HAVING sum(amount) <> 0) x""",
+    "assets whose accounts do not sum to zero": """
+        SELECT count(*) FROM (SELECT 1 FROM accounts_ledgeraccount
+                               GROUP BY asset HAVING sum(balance) <> 0) x""",
+    "accounts whose balance is not the sum of their postings": """
+        SELECT count(*) FROM accounts_ledgeraccount a
+         WHERE a.balance <> coalesce((SELECT sum(p.amount) FROM accounts_ledgerposting p
+                                       WHERE p.account_id = a.id), 0)""",
+    "users' hold accounts that differ from their open orders' holds": """
+        SELECT count(*) FROM (
+            SELECT coalesce(h.user_id, o.user_id) AS user_id
+              FROM (SELECT user_id, asset, balance FROM accounts_ledgeraccount
+                     WHERE kind = 'hold') h
+              FULL JOIN (SELECT o.user_id,
+                                CASE WHEN o.side = 'buy' THEN i.quote_asset
+                                     ELSE i.base_asset END AS asset,
+                                sum(o.hold_remaining) AS held
+                           FROM exchange_order o
+                           JOIN exchange_instrument i ON i.id = o.instrument_id
+                          WHERE o.is_open
+                          GROUP BY 1, 2) o
+                ON o.user_id = h.user_id AND o.asset = h.asset
+             WHERE coalesce(h.balance, 0) <> coalesce(o.held, 0)) x""",
+    "closed orders still holding funds": """
+        SELECT count(*) FROM exchange_order WHERE NOT is_open AND hold_remaining <> 0""",
+}
+
+
+def ledger_discrepancies() -> dict[str, int]:
+    """Every ledger invariant that does not hold, with how many rows break it. Each check is
+    one statement, so it sees one consistent snapshot even while batches commit."""
+    found = {}
+    with connection.cursor() as cursor:
+        for name, sql in CHECKS.items():
+            cursor.execute(sql)
+            count = cursor.fetchone()[0]
+            if count:
+                found[name] = count
+    return found

@@ -1,0 +1,156 @@
+"""Ledger settlement of a matching batch, inside the batch's transaction, with set-based SQL.
+
+Per trade, one entry (quote and base, each summing to zero):
+    buyer hold (quote)   -(notional + buyer fee)     buyer cash (base)    +quantity
+    seller hold (base)   -quantity                   seller cash (quote)  +(notional - seller fee)
+    exchange fee revenue +fees charged               exchange rebate expense  -rebates paid
+A buyer's fee comes out of the hold, exactly as the engine counts it against the buy's cap, so
+a maker rebate on a buy stays in the hold and reaches the buyer's cash with the order's release.
+Per release (an order ended, or an amend freed part of its hold), one entry: hold -> cash.
+
+Accounts are created when missing and locked in primary-key order, like `accounts.ledger`.
+"""
+
+from collections import defaultdict
+from dataclasses import dataclass
+from decimal import Decimal
+
+import psycopg
+from django.db import connection
+
+from accounts.ledger import CASH, CREATE_SQL, FEE_REVENUE, HOLD, REBATE_EXPENSE, AccountKey
+from accounts.models import LedgerEntry
+
+TRADE = LedgerEntry.Kind.TRADE.value
+RELEASE = LedgerEntry.Kind.RELEASE.value
+
+RESOLVE_SQL = """
+SELECT a.id, a.kind, a.user_id, a.asset
+  FROM accounts_ledgeraccount a
+  JOIN unnest(%s::text[], %s::bigint[], %s::text[]) AS k(kind, user_id, asset)
+    ON a.kind = k.kind AND a.user_id IS NOT DISTINCT FROM k.user_id AND a.asset = k.asset
+"""
+
+ENTRY_IDS_SQL = (
+    "SELECT nextval(pg_get_serial_sequence('accounts_ledgerentry', 'id')) "
+    "FROM generate_series(1, %s)"
+)
+
+# The lock (primary-key order) and the balance moves, in one round trip.
+BALANCES_SQL = """
+SELECT 1 FROM accounts_ledgeraccount WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE;
+UPDATE accounts_ledgeraccount a
+   SET balance = a.balance + d.delta, updated_at = now()
+  FROM unnest(%s::bigint[], %s::numeric[]) AS d(id, delta)
+ WHERE a.id = d.id
+"""
+
+
+@dataclass(slots=True)
+class TradeFill:
+    """One trade in ledger terms (Decimal amounts in the instrument's assets)."""
+
+    trade_id: int
+    taker_order_id: int
+    buyer_id: int
+    seller_id: int
+    base: str
+    quote: str
+    quantity: Decimal
+    notional: Decimal
+    buyer_fee: Decimal
+    seller_fee: Decimal
+
+
+@dataclass(slots=True)
+class HoldRelease:
+    """Part or all of an order's hold going back to the user's available balance."""
+
+    order_id: int
+    user_id: int
+    asset: str
+    amount: Decimal
+    memo: str = ""
+
+
+def trade_lines(fill: TradeFill) -> list[tuple[AccountKey, Decimal]]:
+    """The postings of one trade (zero amounts dropped)."""
+    quote, base = fill.quote, fill.base
+    fees = (fill.buyer_fee, fill.seller_fee)
+    charged = sum((f for f in fees if f > 0), Decimal(0))
+    rebated = sum((f for f in fees if f < 0), Decimal(0))
+    lines = [
+        ((HOLD, fill.buyer_id, quote), -(fill.notional + fill.buyer_fee)),
+        ((CASH, fill.buyer_id, base), fill.quantity),
+        ((HOLD, fill.seller_id, base), -fill.quantity),
+        ((CASH, fill.seller_id, quote), fill.notional - fill.seller_fee),
+        ((FEE_REVENUE, None, quote), charged),
+        ((REBATE_EXPENSE, None, quote), rebated),
+    ]
+    return [line for line in lines if line[1]]
+
+
+class SettlementWriter:
+    """Writes the ledger side of batches for one shard worker (remembers account ids)."""
+
+    def __init__(self) -> None:
+        self._account_ids: dict[AccountKey, int] = {}
+
+    def forget(self) -> None:
+        """Drop remembered account ids (after a rollback, accounts created in it are gone)."""
+        self._account_ids.clear()
+
+    def write(self, *, fills: list[TradeFill], releases: list[HoldRelease]) -> None:
+        """Entries, postings and balance moves for a batch's trades and hold releases."""
+        entries: list[tuple] = []
+        lines: list[tuple[int, AccountKey, Decimal]] = []  # (entry index, account, amount)
+        for fill in fills:
+            index = len(entries)
+            entries.append((TRADE, None, fill.taker_order_id, fill.trade_id, ""))
+            lines.extend((index, key, amount) for key, amount in trade_lines(fill))
+        for release in releases:
+            if release.amount <= 0:
+                continue
+            index = len(entries)
+            entries.append((RELEASE, None, release.order_id, None, release.memo))
+            lines.append((index, (HOLD, release.user_id, release.asset), -release.amount))
+            lines.append((index, (CASH, release.user_id, release.asset), release.amount))
+        if not entries:
+            return
+        ids = self._resolve({key for _, key, _ in lines})
+        with psycopg.Cursor(connection.connection) as cursor:
+            cursor.execute(ENTRY_IDS_SQL, [len(entries)])
+            entry_ids = [row[0] for row in cursor.fetchall()]
+            with cursor.copy(
+                "COPY accounts_ledgerentry (id, kind, user_id, order_id, trade_id, memo) FROM STDIN"
+            ) as copy:
+                for entry_id, row in zip(entry_ids, entries, strict=True):
+                    copy.write_row((entry_id, *row))
+            deltas: dict[int, Decimal] = defaultdict(Decimal)
+            with cursor.copy(
+                "COPY accounts_ledgerposting (entry_id, account_id, asset, amount) FROM STDIN"
+            ) as copy:
+                for index, key, amount in lines:
+                    account_id = ids[key]
+                    deltas[account_id] += amount
+                    copy.write_row((entry_ids[index], account_id, key[2], amount))
+        moved = sorted(account_id for account_id, delta in deltas.items() if delta)
+        if moved:
+            with psycopg.ClientCursor(connection.connection) as cursor:
+                cursor.execute(BALANCES_SQL, [moved, moved, [deltas[i] for i in moved]])
+
+    def _resolve(self, keys: set[AccountKey]) -> dict[AccountKey, int]:
+        known = self._account_ids
+        missing = [k for k in keys if k not in known]
+        if missing:
+            columns = [[k[0] for k in missing], [k[1] for k in missing], [k[2] for k in missing]]
+            with psycopg.Cursor(connection.connection) as cursor:
+                cursor.execute(RESOLVE_SQL, columns)
+                rows = cursor.fetchall()
+                if len(rows) < len(missing):
+                    cursor.execute(CREATE_SQL, columns)
+                    cursor.execute(RESOLVE_SQL, columns)
+                    rows = cursor.fetchall()
+            for pk, kind, user_id, asset in rows:
+                known[(kind, user_id, asset)] = pk
+        return known

@@ -1,0 +1,218 @@
+"""Money over HTTP against the real web process and shard worker: holds, settlement, releases,
+deposits, withdrawals, and the ledger's invariants after trading."""
+
+import random
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+
+import pytest
+
+from accounts.models import LedgerAccount
+from accounts.selectors import ledger_discrepancies
+from conftest import wait_until
+from exchange.models import Order
+from exchange.tests.api_client import ApiClient, make_instrument, make_user
+from matching.models import Command
+
+pytestmark = [pytest.mark.processes]
+
+
+def limit(symbol, side, price, quantity, **extra):
+    return {"symbol": symbol, "side": side, "order_type": "limit", "price": price,
+            "quantity": quantity, **extra}  # fmt: skip
+
+
+def balances(client: ApiClient) -> dict[str, dict]:
+    response = client.get("/api/v1/balances")
+    assert response.status_code == 200, response.text
+    return {row["asset"]: row for row in response.json()}
+
+
+def all_applied() -> None:
+    wait_until(lambda: not Command.objects.filter(applied_at__isnull=True).exists(), timeout=60)
+
+
+def exchange_balance(kind: str, asset: str) -> Decimal:
+    account = LedgerAccount.objects.filter(kind=kind, user=None, asset=asset).first()
+    return account.balance if account else Decimal(0)
+
+
+@pytest.fixture
+def market(exchange_stack, live_db):
+    return make_instrument(), exchange_stack
+
+
+def test_buy_beyond_available_funds_is_refused_and_nothing_is_stored(market):
+    instrument, base_url = market
+    poor = ApiClient(base_url, make_user(funds={"USD": Decimal("100.00")}))
+    response = poor.place(**limit(instrument.symbol, "buy", "10.00", "10"))
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["error"] == "InsufficientBalance" and body["code"] == -2018
+    assert body["field"] == "quantity"
+    assert "100.2 needed" in body["message"] and body["asset"] == "USD"
+    assert not Order.objects.filter(user=poor.user).exists()
+    assert balances(poor)["USD"] == {
+        "asset": "USD", "available": "100.00", "held": "0.00", "total": "100.00"
+    }  # fmt: skip
+
+
+def test_resting_order_holds_its_funds_and_a_cancel_releases_them(market):
+    instrument, base_url = market
+    trader = ApiClient(base_url, make_user(funds={"USD": Decimal("5000.00"), "TST": Decimal(7)}))
+    buy = trader.place(**limit(instrument.symbol, "buy", "100.00", "10")).json()
+    sell = trader.place(**limit(instrument.symbol, "sell", "120.00", "7")).json()
+    held = balances(trader)
+    assert held["USD"]["held"] == "1002.00" and held["USD"]["available"] == "3998.00"
+    assert held["TST"]["held"] == "7" and held["TST"]["available"] == "0"
+    for order in (buy, sell):
+        assert trader.delete(f"/api/v1/orders/{order['order_id']}").status_code == 200
+    all_applied()
+    released = balances(trader)
+    assert released["USD"]["available"] == "5000.00" and released["USD"]["held"] == "0.00"
+    assert released["TST"]["available"] == "7" and released["TST"]["held"] == "0"
+    kinds = [row["kind"] for row in trader.get("/api/v1/ledger", asset="USD").json()["results"]]
+    assert kinds == ["release", "release", "hold", "hold", "deposit"]  # both sides are yours
+
+
+def test_trade_moves_both_assets_and_books_both_fees(market):
+    instrument, base_url = market
+    seller = ApiClient(base_url, make_user(funds={"TST": Decimal(10)}))
+    buyer = ApiClient(base_url, make_user(funds={"USD": Decimal("2000.00")}))
+    fees_before = exchange_balance("fee_revenue", "USD")
+    seller.place(**limit(instrument.symbol, "sell", "150.45", "10"))
+    # Price improvement: the buy may pay 151.00 but trades at 150.45; the rest goes back.
+    response = buyer.place(**limit(instrument.symbol, "buy", "151.00", "4"))
+    assert response.json()["status"] == "filled", response.text
+    all_applied()
+    # 4 x 150.45 = 601.80; fees round up to the cent: the taker pays 0.20% (1.2036 -> 1.21),
+    # the maker 0.10% (0.6018 -> 0.61).
+    assert balances(buyer)["USD"] == {
+        "asset": "USD", "available": "1396.99", "held": "0.00", "total": "1396.99"
+    }  # fmt: skip
+    assert balances(buyer)["TST"]["available"] == "4"
+    assert balances(seller)["USD"]["available"] == "601.19"
+    assert balances(seller)["TST"] == {"asset": "TST", "available": "0", "held": "6", "total": "6"}
+    assert exchange_balance("fee_revenue", "USD") - fees_before == Decimal("1.82")
+    ledger = buyer.get("/api/v1/ledger").json()["results"]
+    trade_entries = [r for r in ledger if r["kind"] == "trade"]
+    assert sorted((r["asset"], r["amount"]) for r in trade_entries) == [
+        ("TST", "4"), ("USD", "-603.01")
+    ]  # fmt: skip
+    assert ledger_discrepancies() == {}
+
+
+def test_amend_up_needs_and_holds_more_and_amend_down_gives_it_back(market):
+    instrument, base_url = market
+    trader = ApiClient(base_url, make_user(funds={"USD": Decimal("1100.00")}))
+    order = trader.place(**limit(instrument.symbol, "buy", "50.00", "10")).json()
+    assert balances(trader)["USD"]["held"] == "501.00"
+    too_big = trader.patch(f"/api/v1/orders/{order['order_id']}", {"quantity": "30"})
+    assert too_big.status_code == 400 and too_big.json()["error"] == "InsufficientBalance"
+    assert balances(trader)["USD"]["held"] == "501.00", "a refused amend holds nothing"
+    bigger = trader.patch(f"/api/v1/orders/{order['order_id']}", {"quantity": "20"})
+    assert bigger.status_code == 200, bigger.text
+    assert balances(trader)["USD"]["held"] == "1002.00"
+    all_applied()
+    smaller = trader.patch(f"/api/v1/orders/{order['order_id']}", {"quantity": "5"})
+    assert smaller.status_code == 200, smaller.text
+    all_applied()
+    assert balances(trader)["USD"] == {
+        "asset": "USD", "available": "849.50", "held": "250.50", "total": "1100.00"
+    }  # fmt: skip
+    assert Order.objects.get(pk=order["order_id"]).hold_remaining == Decimal("250.50")
+    assert ledger_discrepancies() == {}
+
+
+def test_parallel_orders_across_two_symbols_never_spend_the_same_money(market):
+    instrument, base_url = market
+    other = make_instrument()
+    trader = ApiClient(base_url, make_user(funds={"USD": Decimal("1002.00")}))
+    # Each buy holds 100.20 (10 x 10.00 + 0.20% fee): exactly ten fit in 1002.00.
+    bodies = [limit(s.symbol, "buy", "10.00", "10") for s in (instrument, other) * 15]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        codes = list(pool.map(lambda body: trader.place(**body).status_code, bodies))
+    assert sorted(codes).count(400) == 20 and len([c for c in codes if c in (201, 202)]) == 10
+    assert Order.objects.filter(user=trader.user).count() == 10
+    assert balances(trader)["USD"] == {
+        "asset": "USD", "available": "0.00", "held": "1002.00", "total": "1002.00"
+    }  # fmt: skip
+    all_applied()
+    assert ledger_discrepancies() == {}
+
+
+def test_deposits_are_credited_by_staff_only_and_withdrawals_need_funds(market):
+    _, base_url = market
+    user = ApiClient(base_url, make_user(funds={}))
+    staff_user = make_user("staff", funds={})
+    staff_user.is_staff = True
+    staff_user.save(update_fields=["is_staff"])
+    staff = ApiClient(base_url, staff_user)
+    body = {"asset": "USD", "amount": "250.00"}
+    refused = user.http.post(f"/api/v1/users/{user.user.pk}/deposit", json=body)
+    assert refused.status_code == 403 and refused.json()["error"] == "DepositNotAllowed"
+    credited = staff.http.post(f"/api/v1/users/{user.user.pk}/deposit", json=body)
+    assert credited.status_code == 201, credited.text
+    assert credited.json()["balance"]["available"] == "250.00"
+    for bad, error in (
+        ({"asset": "USD", "amount": 5}, "NumberNotString"),
+        ({"asset": "USD", "amount": "1.001"}, "AmountTooPrecise"),
+        ({"asset": "XXX", "amount": "1"}, "UnknownAsset"),
+        ({"asset": "USD", "amount": "0"}, "InvalidNumber"),
+    ):
+        response = staff.http.post(f"/api/v1/users/{user.user.pk}/deposit", json=bad)
+        assert response.status_code == 400 and response.json()["error"] == error, response.text
+    # Withdrawals: only your own money, only what is available.
+    other = staff.http.post(f"/api/v1/users/{user.user.pk}/withdraw", json=body)
+    assert other.status_code == 404
+    too_much = user.http.post(
+        f"/api/v1/users/{user.user.pk}/withdraw", json={"asset": "USD", "amount": "250.01"}
+    )
+    assert too_much.status_code == 400 and too_much.json()["error"] == "InsufficientBalance"
+    paid = user.http.post(
+        f"/api/v1/users/{user.user.pk}/withdraw", json={"asset": "USD", "amount": "200.00"}
+    )
+    assert paid.status_code == 201, paid.text
+    assert balances(user)["USD"]["available"] == "50.00"
+    ledger = user.get("/api/v1/ledger", limit=1).json()
+    assert [r["kind"] for r in ledger["results"]] == ["withdrawal"] and ledger["next"]
+    # Another user's ledger and balances are never visible.
+    assert balances(staff) == {}
+    assert staff.get("/api/v1/ledger").json()["results"] == []
+
+
+def test_random_trading_run_keeps_every_asset_summing_to_zero(market):
+    instrument, base_url = market
+    other = make_instrument()
+    traders = [ApiClient(base_url) for _ in range(4)]
+    rng = random.Random(20261125)
+    placed = []
+    for _ in range(240):
+        trader = rng.choice(traders)
+        symbol = rng.choice((instrument, other)).symbol
+        action = rng.random()
+        if action < 0.12 and placed:
+            victim_client, victim = rng.choice(placed)
+            victim_client.delete(f"/api/v1/orders/{victim}")
+            continue
+        if action < 0.2 and placed:
+            victim_client, victim = rng.choice(placed)
+            victim_client.patch(f"/api/v1/orders/{victim}", {"quantity": str(rng.randint(1, 30))})
+            continue
+        side = rng.choice(("buy", "sell"))
+        if action < 0.3:
+            body = {"symbol": symbol, "side": side, "order_type": "market",
+                    "quantity": str(rng.randint(1, 20))}  # fmt: skip
+        else:
+            price = f"{rng.randint(95, 105)}.{rng.randint(0, 99):02d}"
+            tif = rng.choice(("GTC", "GTC", "IOC", "FOK"))
+            body = limit(symbol, side, price, str(rng.randint(1, 20)), time_in_force=tif)
+        response = trader.place(**body)
+        assert response.status_code in (201, 202, 400), response.text
+        if response.status_code != 400 and "order_id" in response.json():
+            placed.append((trader, response.json()["order_id"]))
+    all_applied()
+    assert ledger_discrepancies() == {}
+    for trader in traders:  # deposits were 10,000,000 of each; trading only moves them around
+        for row in balances(trader).values():
+            assert Decimal(row["total"]) == Decimal(row["available"]) + Decimal(row["held"])

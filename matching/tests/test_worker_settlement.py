@@ -1,0 +1,83 @@
+"""The worker settles every batch in the ledger: fills move both assets, fees and maker
+rebates are booked, and holds go back when orders end or shrink."""
+
+from decimal import Decimal
+
+import pytest
+
+from accounts.models import LedgerAccount
+from accounts.selectors import ledger_discrepancies
+from exchange.models import Order
+from exchange.services import order_amend
+from exchange.tests.api_client import make_user
+from matching.models import Command
+from matching.tests.order_rows import instrument_create, order_row_place
+from matching.tests.test_worker_batches import start_worker
+from matching.tests.worker_checks import all_commands_applied, exactly_once_invariants
+
+pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
+
+REBATE_PPM = -300  # a maker rebate of 0.03%
+
+
+def balance(user, kind: str, asset: str) -> Decimal:
+    account = LedgerAccount.objects.filter(user=user, kind=kind, asset=asset).first()
+    return account.balance if account else Decimal(0)
+
+
+def exchange_balance(kind: str, asset: str) -> Decimal:
+    account = LedgerAccount.objects.filter(user=None, kind=kind, asset=asset).first()
+    return account.balance if account else Decimal(0)
+
+
+def test_maker_rebates_are_paid_by_the_exchange_and_reach_the_maker(processes, process_env):
+    instrument = instrument_create()
+    base = instrument.base_asset
+    seller, buyer = make_user("seller", funds={}), make_user("buyer", funds={})
+    rebate_before = exchange_balance("rebate_expense", "USD")
+    fees_before = exchange_balance("fee_revenue", "USD")
+    start_worker(processes, process_env)
+    # A selling maker with a rebate: the rebate is paid into its cash with the trade.
+    order_row_place(user=seller, instrument=instrument, side="sell", quantity="10",
+                    price="100.00", maker_fee_ppm=REBATE_PPM)  # fmt: skip
+    order_row_place(user=buyer, instrument=instrument, side="buy", quantity="10", price="100.00")
+    # A buying maker with a rebate: it stays in the hold and comes back with the release.
+    order_row_place(user=buyer, instrument=instrument, side="buy", quantity="5",
+                    price="99.00", maker_fee_ppm=REBATE_PPM)  # fmt: skip
+    order_row_place(user=seller, instrument=instrument, side="sell", quantity="5", price="99.00")
+    all_commands_applied()
+
+    # Trade 1: 10 x 100.00 = 1000.00; the seller earns 0.30, the buyer pays 2.00 in fees.
+    # Trade 2: 5 x 99.00 = 495.00; the buyer earns 0.15 (0.1485 rounds up), the seller pays 0.99.
+    assert balance(seller, "cash", "USD") == Decimal("1000.30") + Decimal("494.01")
+    assert balance(buyer, "cash", base) == Decimal(15)
+    # The buyer deposited what the orders held (x1.01) and spent 1002.00 and 494.85.
+    assert balance(buyer, "cash", "USD") == Decimal("1010.00") + Decimal("499.95") - Decimal(
+        "1002.00"
+    ) - Decimal("494.85")
+    assert balance(buyer, "hold", "USD") == 0 and balance(seller, "hold", base) == 0
+    assert exchange_balance("rebate_expense", "USD") - rebate_before == Decimal("-0.45")
+    assert exchange_balance("fee_revenue", "USD") - fees_before == Decimal("2.99")
+    exactly_once_invariants()
+
+
+def test_amend_down_releases_on_apply_and_a_second_amend_waits_for_the_first(
+    processes, process_env
+):
+    instrument = instrument_create()
+    seller = make_user("seller", funds={})
+    order = order_row_place(
+        user=seller, instrument=instrument, side="sell", quantity="10", price="50.00"
+    )
+    order_amend(order=order, actor=seller, quantity=Decimal(4))
+    with pytest.raises(Exception) as refused:
+        order_amend(order=order, actor=seller, quantity=Decimal(3))
+    assert refused.value.error == "AmendPending"
+    base = instrument.base_asset
+    assert balance(seller, "hold", base) == 10, "a decrease is released only once applied"
+    start_worker(processes, process_env)
+    all_commands_applied()
+    assert balance(seller, "hold", base) == 4 and balance(seller, "cash", base) == 6
+    assert Order.objects.get(pk=order.pk).hold_remaining == 4
+    assert Command.objects.filter(order_id=order.pk, kind="amend").count() == 1
+    assert ledger_discrepancies() == {}
