@@ -99,9 +99,6 @@ INSTALLED_APPS = [
     "django_otp",
     "django_otp.plugins.otp_totp",
     "django_otp.plugins.otp_static",
-    "django_otp",
-    "django_otp.plugins.otp_totp",
-    "django_otp.plugins.otp_static",
     "exchange.apps.ExchangeConfig",
     "accounts",
     "kyc",
@@ -116,7 +113,6 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django_otp.middleware.OTPMiddleware",
     "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
@@ -136,7 +132,6 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "accounts.context_processors.sign_in_state",
                 "accounts.context_processors.sign_in_state",
             ],
         },
@@ -170,21 +165,6 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
-
-# Web sign-in (accounts/): email + password, then the TOTP step for users with a device.
-LOGIN_URL = "accounts:login"
-LOGIN_REDIRECT_URL = "home"
-LOGOUT_REDIRECT_URL = "home"
-# Failed logins and failed one-time codes allowed per account and per client IP within a window
-# (fixed windows of LOGIN_THROTTLE_WINDOW_SECONDS); past either, sign-in answers 429.
-LOGIN_THROTTLE_ACCOUNT_FAILURES = env.int("LOGIN_THROTTLE_ACCOUNT_FAILURES", default=5)
-LOGIN_THROTTLE_IP_FAILURES = env.int("LOGIN_THROTTLE_IP_FAILURES", default=20)
-LOGIN_THROTTLE_WINDOW_SECONDS = env.int("LOGIN_THROTTLE_WINDOW_SECONDS", default=900)
-# Issuer shown by authenticator apps. django-otp's own per-device back-off is off: the
-# per-account and per-IP counters above cover one-time codes too (and take an injected clock).
-OTP_TOTP_ISSUER = env.str("OTP_TOTP_ISSUER", default="Exchange")
-OTP_TOTP_THROTTLE_FACTOR = 0
-OTP_STATIC_THROTTLE_FACTOR = 0
 
 # Web sign-in (accounts/): email + password, then the TOTP step for users with a device.
 LOGIN_URL = "accounts:login"
@@ -304,9 +284,6 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # Audit trail: where daily exports (gzip JSONL + .sha256) go; how many days of partitions are
 # kept in PostgreSQL (only exported, fully sealed days are ever dropped); partitions ahead.
-# Demo only: how much of each asset a user may credit to themselves in total (0: only staff
-# credit deposits). `make run` sets it so that the demo works; production leaves it at 0.
-DEMO_SELF_CREDIT_LIMIT = env.str("DEMO_SELF_CREDIT_LIMIT", default="0")
 AUDIT_EXPORT_DIR = env.path("AUDIT_EXPORT_DIR", default=str(VAR_DIR / "audit-exports"))
 AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=2192)
 AUDIT_PARTITION_DAYS_AHEAD = env.int("AUDIT_PARTITION_DAYS_AHEAD", default=7)
