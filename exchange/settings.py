@@ -282,6 +282,10 @@ CELERY_BEAT_SCHEDULE: dict = {
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
+# Demo only: how much of each asset a user may credit to themselves in total (0: only staff
+# credit deposits). `make run` sets it so that the demo works; production leaves it at 0.
+DEMO_SELF_CREDIT_LIMIT = env.str("DEMO_SELF_CREDIT_LIMIT", default="0")
+
 # Audit trail: where daily exports (gzip JSONL + .sha256) go; how many days of partitions are
 # kept in PostgreSQL (only exported, fully sealed days are ever dropped); partitions ahead.
 AUDIT_EXPORT_DIR = env.path("AUDIT_EXPORT_DIR", default=str(VAR_DIR / "audit-exports"))
