@@ -3,7 +3,9 @@ batches and recomputed nightly from the trades.
 
 The window of an instant `now` is the 30 UTC days ending with now's UTC day, today included:
 `[today - 29, today]`. Volume is the quote-currency notional (USD for every listed instrument
-today); each trade counts for its maker and for its taker.
+today); each trade counts for its maker and for its taker. A self-trade (maker and taker the
+same user, possible with self-trade prevention `none`) counts for nobody: trading with oneself
+must not buy a cheaper tier.
 """
 
 import datetime as dt
@@ -33,15 +35,16 @@ SELECT r.user_id, r.day, r.quote_volume, clock_timestamp()
 
 # The nightly correction: each user's volume per day from the trades (maker and taker legs).
 DAILY_VOLUME_FROM_TRADES_SQL = """
-WITH legs AS (
-    SELECT maker_user_id AS user_id, (executed_at AT TIME ZONE 'UTC')::date AS day,
+WITH window_trades AS (
+    SELECT maker_user_id, taker_user_id, (executed_at AT TIME ZONE 'UTC')::date AS day,
            quote_quantity
-      FROM exchange_trade WHERE id >= %(min_id)s AND executed_at >= %(start)s
-       AND executed_at < %(end)s
+      FROM exchange_trade
+     WHERE id >= %(min_id)s AND executed_at >= %(start)s AND executed_at < %(end)s
+       AND maker_user_id <> taker_user_id
+), legs AS (
+    SELECT maker_user_id AS user_id, day, quote_quantity FROM window_trades
     UNION ALL
-    SELECT taker_user_id, (executed_at AT TIME ZONE 'UTC')::date, quote_quantity
-      FROM exchange_trade WHERE id >= %(min_id)s AND executed_at >= %(start)s
-       AND executed_at < %(end)s
+    SELECT taker_user_id, day, quote_quantity FROM window_trades
 )
 SELECT user_id, day, sum(quote_quantity) FROM legs GROUP BY user_id, day ORDER BY user_id, day
 """
@@ -57,12 +60,28 @@ def daily_volume_rows(
     fills: Iterable[tuple[int, int, dt.date, Decimal]],
 ) -> list[tuple[int, dt.date, Decimal]]:
     """Aggregate trades given as (maker_user_id, taker_user_id, day, quote_amount) into
-    `daily_volume_add` rows: one per (user, day), both legs counted, sorted."""
+    `daily_volume_add` rows: one per (user, day), both legs counted, self-trades skipped,
+    sorted."""
     totals: dict[tuple[int, dt.date], Decimal] = defaultdict(Decimal)
     for maker_id, taker_id, day, amount in fills:
+        if maker_id == taker_id:
+            continue
         totals[(maker_id, day)] += amount
         totals[(taker_id, day)] += amount
     return [(user_id, day, amount) for (user_id, day), amount in sorted(totals.items())]
+
+
+def daily_volume_add_params(rows: Sequence[tuple[int, dt.date, Decimal]]) -> list[list] | None:
+    """The parameters of `DAILY_VOLUME_ADD_SQL` for `rows` (summed per (user, day), sorted, zero
+    amounts dropped), or None when there is nothing to add. For a caller folding the statement
+    into a multi-statement round trip of its own."""
+    totals: dict[tuple[int, dt.date], Decimal] = defaultdict(Decimal)
+    for user_id, day, amount in rows:
+        totals[(user_id, day)] += amount
+    keys = sorted(k for k, amount in totals.items() if amount)
+    if not keys:
+        return None
+    return [[k[0] for k in keys], [k[1] for k in keys], [totals[k] for k in keys]]
 
 
 def daily_volume_add(*, cursor, rows: Sequence[tuple[int, dt.date, Decimal]]) -> int:
@@ -73,17 +92,11 @@ def daily_volume_add(*, cursor, rows: Sequence[tuple[int, dt.date, Decimal]]) ->
     (user, day) and written in (user_id, day) order, so two shard workers updating the same
     users lock their rows in the same order and never deadlock.
     """
-    totals: dict[tuple[int, dt.date], Decimal] = defaultdict(Decimal)
-    for user_id, day, amount in rows:
-        totals[(user_id, day)] += amount
-    keys = sorted(k for k, amount in totals.items() if amount)
-    if not keys:
+    params = daily_volume_add_params(rows)
+    if params is None:
         return 0
-    cursor.execute(
-        DAILY_VOLUME_ADD_SQL,
-        [[k[0] for k in keys], [k[1] for k in keys], [totals[k] for k in keys]],
-    )
-    return len(keys)
+    cursor.execute(DAILY_VOLUME_ADD_SQL, params)
+    return len(params[0])
 
 
 def trade_id_lower_bound(at: dt.datetime) -> int:

@@ -10,7 +10,9 @@ from django.db import connection, transaction
 from accounts.models import DailyVolume
 from accounts.tests.fee_tier_data import at, new_instrument, new_user, trade
 from accounts.volume import (
+    DAILY_VOLUME_ADD_SQL,
     daily_volume_add,
+    daily_volume_add_params,
     daily_volume_recompute,
     daily_volume_rows,
     daily_volumes,
@@ -42,6 +44,7 @@ def test_fills_count_for_maker_and_taker_per_utc_day():
             (2, 1, DAY, Decimal("100.50")),
             (2, 3, DAY, Decimal("10")),
             (1, 2, DAY + dt.timedelta(days=1), Decimal("7")),
+            (3, 3, DAY, Decimal("1000")),  # a self-trade counts for nobody
         ]
     )
     assert rows == [
@@ -84,6 +87,15 @@ def test_daily_volume_add_is_part_of_the_callers_transaction():
     assert stored(user) == {}
 
 
+def test_daily_volume_add_folds_into_a_multi_statement_round_trip():
+    user = new_user()
+    params = daily_volume_add_params([(user.pk, DAY, Decimal("2")), (user.pk, DAY, Decimal("3"))])
+    assert daily_volume_add_params([(user.pk, DAY, Decimal("0"))]) is None
+    with transaction.atomic(), psycopg.ClientCursor(connection.connection) as cursor:
+        cursor.execute(f"SELECT 1;\n{DAILY_VOLUME_ADD_SQL.strip()}", params)
+    assert stored(user) == {DAY: Decimal("5")}
+
+
 def test_daily_volume_add_works_on_a_django_cursor_too():
     user = new_user()
     with transaction.atomic(), connection.cursor() as cursor:
@@ -100,6 +112,7 @@ def test_nightly_recompute_rewrites_completed_days_from_the_trades_and_leaves_to
     trade(instrument, maker, taker, at("2030-05-19T23:59:59.999"), "50.00", "3")
     trade(instrument, taker, maker, at("2030-05-19T12:00:00"), "1.00", "5")
     trade(instrument, maker, taker, at("2030-05-20T00:05:00"), "7.00", "1")  # today
+    trade(instrument, maker, maker, at("2030-05-19T13:00:00"), "500.00", "9")  # self-trade
     # Drift: a wrong count, a day without trades, and today's row (the worker's, untouched).
     for user in (maker, taker):
         DailyVolume.objects.create(
