@@ -8,6 +8,7 @@ its taker (their notional), on the UTC day of its execution.
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 
 MONEY = {"max_digits": 30, "decimal_places": 12}
@@ -78,6 +79,27 @@ class FeeTier(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        """Across tiers too, the exchange never pays out on a trade: the maker and the taker may
+        be in different tiers, so every taker fee must cover every maker rebate. (Per tier this
+        is also a database constraint; across rows it is checked here, where staff edit.)"""
+        super().clean()
+        if not isinstance(self.maker_fee_pct, Decimal) or not isinstance(
+            self.taker_fee_pct, Decimal
+        ):
+            return
+        others = list(
+            FeeTier.objects.exclude(pk=self.pk).values_list("maker_fee_pct", "taker_fee_pct")
+        )
+        largest_rebate = max([-self.maker_fee_pct, *(-maker for maker, _ in others), Decimal(0)])
+        smallest_taker = min([self.taker_fee_pct, *(taker for _, taker in others)])
+        if smallest_taker < largest_rebate:
+            raise ValidationError(
+                f"Every taker fee must cover every maker rebate (a maker and a taker may be in "
+                f"different tiers): the largest rebate would be {largest_rebate} % and the "
+                f"smallest taker fee {smallest_taker} %."
+            )
 
     @property
     def maker_fee_ppm(self) -> int:

@@ -53,6 +53,41 @@ def test_the_admin_refuses_a_tier_whose_rebate_exceeds_its_taker_fee(staff_clien
     assert tier.taker_fee_pct == Decimal("0.1500")
 
 
+@pytest.mark.parametrize(
+    ("maker", "taker"),
+    [
+        ("-0.1200", "0.2000"),  # a rebate above Volume 3's 0.10 % taker fee
+        ("0.0000", "0.0200"),  # a taker fee below Volume 3's 0.03 % rebate
+    ],
+)
+def test_the_admin_refuses_a_taker_fee_below_another_tiers_rebate(staff_client, maker, taker):
+    form = {
+        "name": "Special",
+        "min_volume_30d": "20000000",
+        "maker_fee_pct": maker,
+        "taker_fee_pct": taker,
+        "min_uptime_pct": "",
+    }
+    response = staff_client.post("/admin/accounts/feetier/add/", form)
+    assert response.status_code == 200
+    assert b"Every taker fee must cover every maker rebate" in response.content
+    assert not FeeTier.objects.filter(name="Special").exists()
+
+
+def test_staff_add_a_market_maker_tier_with_an_uptime_requirement(staff_client):
+    form = {
+        "name": "Market maker",
+        "min_volume_30d": "5000000",
+        "maker_fee_pct": "-0.0250",
+        "taker_fee_pct": "0.1200",
+        "min_uptime_pct": "90",
+    }
+    response = staff_client.post("/admin/accounts/feetier/add/", form)
+    assert response.status_code == 302, response.content[:2000]
+    tier = FeeTier.objects.get(name="Market maker")
+    assert (tier.maker_fee_ppm, tier.min_uptime_pct) == (-250, Decimal("90.00"))
+
+
 def test_assignments_and_volumes_are_read_only(staff_client):
     user = new_user()
     DailyVolume.objects.create(
