@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 
 from accounts.models import (
+    APIKey,
     DailyVolume,
     FeeTier,
     FeeTierAssignment,
@@ -77,3 +78,38 @@ class QuotePresenceAdmin(_FeeTierReadOnlyAdmin):
 class QuotePresenceSampleAdmin(_FeeTierReadOnlyAdmin):
     list_display = ("day", "samples", "last_sampled_at")
     date_hierarchy = "day"
+
+
+# ---- API keys -----------------------------------------------------------------------------------
+
+
+@admin.register(APIKey)
+class APIKeyAdmin(admin.ModelAdmin):
+    """Keys are created and revoked by their owners (web session); staff only look. The
+    encrypted secret is never shown."""
+
+    list_display = ("key", "label", "user", "permissions", "created_at", "revoked_at")
+    list_filter = ("can_trade", "can_withdraw", ("revoked_at", admin.EmptyFieldListFilter))
+    list_select_related = ("user",)
+    search_fields = ("key", "label", "user__username", "user__email")
+    fields = (
+        "user",
+        "label",
+        "key",
+        "permissions",
+        "ip_allowlist",
+        "created_at",
+        "revoked_at",
+        "last_used_at",
+        "last_used_ip",
+    )
+    readonly_fields = fields
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

@@ -207,12 +207,17 @@ def api_key_auth_failure_record(
     payload = {"reason": reason, "key": (api_key or "")[:64], "method": method, "path": path}
     if permission:
         payload["permission"] = permission
-    if credentials is not None and request is not None:
-        request.api_key_id = credentials.id
+    key_id, user_id = (credentials.id, credentials.user_id) if credentials else (None, None)
+    if credentials is None and api_key and reason not in ("unknown_key", "missing_header"):
+        # Refused before the lookup (timestamp, receive window): still name the key's owner.
+        found = APIKey.objects.filter(key=api_key[:64]).values_list("pk", "user_id").first()
+        key_id, user_id = found or (None, None)
+    if key_id is not None and request is not None:
+        request.api_key_id = key_id
     audit_record(
         event_type=AuditEvent.API_KEY_ACCESS_DENIED if denied else AuditEvent.API_KEY_AUTH_FAILED,
         actor=user if denied and user is not None else "anonymous",
-        user_id=credentials.user_id if credentials else None,
+        user_id=user_id,
         payload=payload,
         request=request,
     )

@@ -27,7 +27,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import websockets
 
-from bench.e2e import BASE_DIR, client_loop, prepare, run_level, start_stack
+from accounts.signing import ws_login_message
+from bench.e2e import BASE_DIR, BENCH_RATE_LIMITS, client_loop, prepare, run_level, start_stack
 
 REFERENCE_CLIENTS = 3
 COMPRESSION = ["deflate"]  # --no-compression: subscribers do not offer permessage-deflate
@@ -101,7 +102,7 @@ class Subscriber:
             stats["resyncs"] += 1
 
 
-async def fan_out(url, port, tokens, symbol, subscribers: int, seconds: float) -> dict:
+async def fan_out(url, port, keys, symbol, subscribers: int, seconds: float) -> dict:
     from bench.e2e import HttpConnection
     from exchange.wsclient import BookClient
 
@@ -131,7 +132,7 @@ async def fan_out(url, port, tokens, symbol, subscribers: int, seconds: float) -
     for client in references:
         await asyncio.wait_for(client.ready.wait(), timeout=60)
 
-    conns = [HttpConnection("127.0.0.1", port, tokens[i % len(tokens)]) for i in range(8)]
+    conns = [HttpConnection("127.0.0.1", port, keys[i % len(keys)]) for i in range(8)]
     await asyncio.gather(*(c.open() for c in conns))
     latencies: list[float] = []
     outcomes: dict = {}
@@ -171,9 +172,13 @@ async def fan_out(url, port, tokens, symbol, subscribers: int, seconds: float) -
     }
 
 
-async def ws_order_loop(url, token, symbol, rng, deadline, latencies, outcomes) -> None:
+async def ws_order_loop(url, key, symbol, rng, deadline, latencies, outcomes) -> None:
     async with websockets.connect(url, ping_interval=None) as ws:
-        await ws.send(json.dumps({"op": "login", "token": token}))
+        api_key, secret = key
+        login = ws_login_message(
+            api_key=api_key, secret=secret, timestamp_ms=time.time_ns() // 1_000_000
+        )
+        await ws.send(json.dumps(login))
         while json.loads(await ws.recv()).get("type") != "login":
             pass
         n = 0
@@ -213,7 +218,7 @@ async def request(ws, message: dict, latencies: list[float]) -> dict:
             return frame
 
 
-async def ws_orders(url, tokens, symbol, concurrency: int, seconds: float) -> dict:
+async def ws_orders(url, keys, symbol, concurrency: int, seconds: float) -> dict:
     latencies: list[float] = []
     outcomes: dict = {}
     started = time.monotonic()
@@ -221,7 +226,7 @@ async def ws_orders(url, tokens, symbol, concurrency: int, seconds: float) -> di
         *(
             ws_order_loop(
                 url,
-                tokens[n % len(tokens)],
+                keys[n % len(keys)],
                 symbol,
                 random.Random(100 + n),
                 started + seconds,
@@ -281,20 +286,21 @@ def main(argv: list[str]) -> int:
         "REDIS_KEY_PREFIX": f"bench:{uuid.uuid4().hex[:8]}:",
         "DJANGO_SETTINGS_MODULE": "exchange.settings",
         "PYTHONUNBUFFERED": "1",
+        **BENCH_RATE_LIMITS,
     }
     ws_url = f"ws://127.0.0.1:{port}/ws/v1"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{dbname}"')
     try:
         with ExitStack() as stack:
-            symbol, tokens = prepare(env, clients=max(concurrency, 8))
+            symbol, keys = prepare(env, clients=max(concurrency, 8))
             start_stack(env, var_dir, port, stack)
-            fan = asyncio.run(fan_out(ws_url, port, tokens, symbol, subscribers, seconds))
+            fan = asyncio.run(fan_out(ws_url, port, keys, symbol, subscribers, seconds))
             print(json.dumps({"phase": "fan_out", **fan}), flush=True)
-            ws_entry = asyncio.run(ws_orders(ws_url, tokens, symbol, concurrency, seconds))
+            ws_entry = asyncio.run(ws_orders(ws_url, keys, symbol, concurrency, seconds))
             print(json.dumps({"phase": "ws_orders", **ws_entry}), flush=True)
             rest_entry = asyncio.run(
-                run_level("127.0.0.1", port, tokens, symbol, concurrency, seconds)
+                run_level("127.0.0.1", port, keys, symbol, concurrency, seconds)
             )
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:

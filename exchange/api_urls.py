@@ -2,7 +2,7 @@
 
 from django.urls import include, path
 
-from accounts import ledger_views
+from accounts import api_key_views, ledger_views
 from exchange import api_views as v
 
 urlpatterns = [
@@ -17,6 +17,8 @@ urlpatterns = [
     path("trades/<str:symbol>", v.TradesView.as_view(), name="trades"),
     path("ticker/<str:symbol>", v.TickerView.as_view(), name="ticker"),
     path("metrics/exchange", v.ExchangeMetricsView.as_view(), name="metrics-exchange"),
+    path("api-keys", api_key_views.ApiKeysView.as_view(), name="api-keys"),
+    path("api-keys/<int:api_key_id>", api_key_views.ApiKeyDetailView.as_view(), name="api-key"),
     path("users/", include("accounts.fee_tier_urls")),
     path("balances", ledger_views.BalancesView.as_view(), name="balances"),
     path("ledger", ledger_views.LedgerView.as_view(), name="ledger"),

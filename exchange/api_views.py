@@ -12,6 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.api_key_auth import ApiKeyPermission
 from exchange import selectors, services
 from exchange.errors import trading_error
 from exchange.models import Order
@@ -68,6 +69,15 @@ def parse_time(request: Request, name: str) -> dt.datetime | None:
 
 class OrdersView(APIView):
     """Place an order, list your orders, cancel all your open orders."""
+
+    # What an API key needs (accounts.api_key_auth.ApiKeyPermission) and what a request costs
+    # of the caller's rate limits (accounts.rate_limits).
+    key_permissions = {"GET": "read", "POST": "trade", "DELETE": "trade"}
+    rate_weights = {
+        "GET": {"requests": 5},
+        "POST": {"requests": 1, "orders": 1},
+        "DELETE": {"requests": 5, "orders": 5},
+    }
 
     @extend_schema(
         operation_id="order_place",
@@ -135,6 +145,8 @@ class OrderDetailView(APIView):
     """One of your orders by id (or by client_order_id): read, cancel, amend."""
 
     lookup = "order_id"
+    key_permissions = {"GET": "read", "DELETE": "trade", "PATCH": "trade"}
+    rate_weights = {"DELETE": {"requests": 1, "orders": 1}, "PATCH": {"requests": 1, "orders": 1}}
 
     def order(self, request: Request, key) -> Order:
         if self.lookup == "order_id":
@@ -174,6 +186,8 @@ class OrderByClientIdView(OrderDetailView):
 
 class FillsView(APIView):
     """Your fills, newest first."""
+
+    rate_weights = {"GET": {"requests": 5}}
 
     @extend_schema(
         operation_id="fills_list",
@@ -335,7 +349,7 @@ class TickerView(PublicView):
 class ExchangeMetricsView(APIView):
     """Volume, trades and fee revenue net of rebates, per symbol and per quote asset (staff)."""
 
-    permission_classes = [IsAdminUser]
+    permission_classes = [IsAdminUser, ApiKeyPermission]
 
     @extend_schema(
         operation_id="exchange_metrics",

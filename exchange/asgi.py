@@ -23,7 +23,7 @@ from exchange.routing import websocket_urlpatterns  # noqa: E402
 class BrowserOriginValidator(OriginValidator):
     """A browser's Origin must be one of ALLOWED_HOSTS (no cross-site use of the session
     cookie); a client without an Origin header is not a browser and is let through (it
-    authenticates with a token)."""
+    logs in with a signed API key)."""
 
     def valid_origin(self, parsed_origin) -> bool:
         return parsed_origin is None or self.validate_origin(parsed_origin)

@@ -1,6 +1,6 @@
 """The streaming WebSocket, /ws/v1 (protocol: docs/websocket.md).
 
-A thin adapter: it authenticates (session cookie or a DRF token in a `login` message), keeps the
+A thin adapter: it authenticates (session cookie or a signed API-key `login` message), keeps the
 connection's subscriptions in the process's market hub, forwards the frames the hub queues for
 it, and hands order entry to the same services and answer logic as REST, in worker threads so
 the event loop never blocks. It writes nothing itself.
@@ -33,6 +33,15 @@ CLOSE_RATE_LIMIT = 4029
 WS_ERRORS: dict[str, int] = {
     "NotAuthenticated": -1002,
     "AuthenticationFailed": -1003,
+    # A refused API-key login: the REST catalogue's names and codes (exchange/errors.py).
+    "InvalidApiKey": -1010,
+    "IpNotAllowed": -1011,
+    "ApiKeyPermissionMissing": -1012,
+    "MissingAuthHeader": -1013,
+    "InvalidTimestamp": -1014,
+    "InvalidRecvWindow": -1016,
+    "TimestampOutsideRecvWindow": -1021,
+    "InvalidSignature": -1022,
     "TooManyRequests": -1015,
     "MalformedRequest": -1100,
     "InvalidParameter": -1102,
@@ -56,6 +65,7 @@ class SocketRequest:
         self.META = {"REMOTE_ADDR": client[0]}
         self.session = scope.get("session")
         self.version = "v1"
+        self.api_key_id: int | None = None  # set by an API-key login (the audit reads it)
 
 
 def _symbol_exists(symbol: str) -> bool:
@@ -64,13 +74,80 @@ def _symbol_exists(symbol: str) -> bool:
     return Instrument.objects.filter(symbol=symbol).exists()
 
 
-def _token_user(token: str):
-    from rest_framework.authtoken.models import Token
+def _api_key_login(message: dict, request: SocketRequest, now_ms: int):
+    """Check a signed login (accounts/signing.py, the request line being GET /ws/v1): the
+    user and the key's credentials, or SignatureRejected (audited)."""
+    from accounts.api_keys import (
+        api_key_auth_failure_record,
+        api_key_credentials,
+        api_key_mark_used,
+    )
+    from accounts.signing import (
+        WS_LOGIN_METHOD,
+        WS_LOGIN_PATH,
+        SignatureRejected,
+        SignedRequest,
+        signature_verify,
+    )
 
-    found = Token.objects.select_related("user").filter(key=token).first()
-    if found is None or not found.user.is_active:
+    def text(value) -> str | None:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return value if isinstance(value, str) else None
+
+    signed = SignedRequest(
+        api_key=text(message.get("api_key")),
+        timestamp=text(message.get("timestamp")),
+        signature=text(message.get("signature")),
+        recv_window=text(message.get("recv_window")),
+        method=WS_LOGIN_METHOD,
+        path=WS_LOGIN_PATH,
+        client_ip=request.META.get("REMOTE_ADDR"),
+    )
+    users = {}
+
+    def lookup(key: str):
+        found = api_key_credentials(key)
+        if found is None:
+            return None
+        users[found[0].id] = found[1]
+        return found[0]
+
+    try:
+        credentials = signature_verify(signed=signed, lookup=lookup, now_ms=now_ms)
+    except SignatureRejected as rejected:
+        api_key_auth_failure_record(
+            reason=rejected.reason,
+            api_key=signed.api_key,
+            credentials=rejected.credentials,
+            request=request,
+            method=WS_LOGIN_METHOD,
+            path=WS_LOGIN_PATH,
+            user=users.get(rejected.credentials.id) if rejected.credentials else None,
+        )
+        raise
+    api_key_mark_used(credentials=credentials, ip=signed.client_ip)
+    return users[credentials.id], credentials
+
+
+def _rate_limited(user, credentials) -> dict | None:
+    """Count one order op against the user's and key's order-entry limits (as REST does);
+    the 429 error body when refused."""
+    from accounts.rate_limits import rate_limit_hit
+
+    decision = rate_limit_hit(
+        user_id=user.pk,
+        key_id=credentials.id if credentials is not None else None,
+        weights={"requests": 1, "orders": 1},
+    )
+    if decision.allowed:
         return None
-    return found.user
+    return {
+        "error": "TooManyRequests",
+        "code": WS_ERRORS["TooManyRequests"],
+        "message": f"rate limit reached; retry after {decision.retry_after_s} s",
+        "retry_after": decision.retry_after_s,
+    }
 
 
 def _error_answer(exc: APIException) -> tuple[int, dict]:
@@ -140,6 +217,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
         self.sub = Subscriber(maxsize=settings.WS_QUEUE_SIZE, on_give_up=self._give_up)
         user = self.scope.get("user")
         self.user = user if getattr(user, "is_authenticated", False) else None
+        self.key_credentials = None  # an API-key login's key (a session has every right)
         self.sub.user_id = self.user.pk if self.user else None
         self.last_seen = time.monotonic()
         self.tokens = float(settings.WS_MAX_MESSAGES_PER_SECOND)  # a token bucket
@@ -322,6 +400,11 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 "NotAuthenticated", "log in (session or login op) to see your orders", **refuse
             )
             return
+        if kind == "orders" and not self._key_allows("read"):
+            self.error(
+                "ApiKeyPermissionMissing", "this API key lacks the 'read' permission", **refuse
+            )
+            return
         if symbol is not None:
             lookup = database_sync_to_async(_symbol_exists, thread_sensitive=False)
             if not await hub.symbol_exists(symbol, lookup):
@@ -351,14 +434,27 @@ class StreamConsumer(AsyncWebsocketConsumer):
             hub.remove(self.sub, channel)
             self.push({"type": "unsubscribed", **extra, "channel": channel})
 
+    def _key_allows(self, permission: str) -> bool:
+        return self.key_credentials is None or self.key_credentials.allows(permission)
+
     async def op_login(self, message: dict, extra: dict) -> None:
-        token = message.get("token")
-        user = None
-        if isinstance(token, str) and token:
-            user = await database_sync_to_async(_token_user, thread_sensitive=False)(token)
-        if user is None:
-            self.error("AuthenticationFailed", "invalid token", **extra)
+        from accounts.signing import SignatureRejected
+
+        if not message.get("api_key"):
+            self.error(
+                "AuthenticationFailed",
+                "login takes api_key, timestamp and signature (docs/websocket.md)",
+                **extra,
+            )
             return
+        request = SocketRequest(self.scope)
+        login = database_sync_to_async(_api_key_login, thread_sensitive=False)
+        try:
+            user, credentials = await login(message, request, time.time_ns() // 1_000_000)
+        except SignatureRejected as rejected:
+            self.error(rejected.error, rejected.message, **extra)
+            return
+        self.key_credentials = credentials
         resubscribe = "orders" in self.sub.channels and self.sub.user_id != user.pk
         if resubscribe:
             hub.remove(self.sub, "orders")
@@ -366,7 +462,15 @@ class StreamConsumer(AsyncWebsocketConsumer):
         self.sub.user_id = user.pk
         if resubscribe:
             hub.add(self.sub, "orders")
-        self.push({"type": "login", **extra, "user_id": user.pk, "username": user.username})
+        self.push(
+            {
+                "type": "login",
+                **extra,
+                "user_id": user.pk,
+                "username": user.username,
+                "permissions": sorted(credentials.permissions),
+            }
+        )
 
     async def op_order_place(self, message: dict, extra: dict) -> None:
         body = {k: v for k, v in message.items() if k not in ("op", "id")}
@@ -393,10 +497,31 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 }
             )
             return
-        user, request = self.user, SocketRequest(self.scope)
+        if not self._key_allows("trade"):
+            self.push(
+                {
+                    "type": "response",
+                    **extra,
+                    "status": 403,
+                    "error": {
+                        "error": "ApiKeyPermissionMissing",
+                        "code": WS_ERRORS["ApiKeyPermissionMissing"],
+                        "message": "this API key lacks the 'trade' permission",
+                    },
+                }
+            )
+            return
+        user, credentials, request = self.user, self.key_credentials, SocketRequest(self.scope)
+        request.api_key_id = credentials.id if credentials is not None else None
+
+        def limited_service(user, body, request):
+            refused = _rate_limited(user, credentials)
+            if refused is not None:
+                return 429, refused
+            return service(user, body, request)
 
         async def run() -> None:
-            call = database_sync_to_async(service, thread_sensitive=False)
+            call = database_sync_to_async(limited_service, thread_sensitive=False)
             try:
                 code, body_out = await call(user, body, request)
             except Exception:

@@ -82,6 +82,27 @@ WS_PING_INTERVAL_SECONDS = env.float("WS_PING_INTERVAL_SECONDS", default=10.0)
 # A connection that sends nothing (not even a pong) this long is closed (close code 4000).
 WS_PING_TIMEOUT_SECONDS = env.float("WS_PING_TIMEOUT_SECONDS", default=30.0)
 
+# API keys (accounts/api_keys.py): the secrets are kept encrypted with a key derived (HKDF) from
+# API_KEY_ENCRYPTION_KEY, or from SECRET_KEY when it is empty (changing it makes every stored
+# secret unreadable: the keys must then be re-issued). last_used_at is refreshed at most once
+# per interval per key, not on every request.
+API_KEY_ENCRYPTION_KEY = env.str("API_KEY_ENCRYPTION_KEY", default="")
+API_KEY_LAST_USED_INTERVAL_SECONDS = env.int("API_KEY_LAST_USED_INTERVAL_SECONDS", default=60)
+
+# Rate limits (accounts/rate_limits.py): fixed 1 s and 1 min windows of request weight, counted
+# in Redis per API key and per user, one budget for order entry and one for every other request.
+RATE_LIMIT_ENABLED = env.bool("RATE_LIMIT_ENABLED", default=True)
+RATE_LIMITS = {
+    ("orders", "key", "1s"): env.int("RATE_LIMIT_ORDERS_KEY_PER_SECOND", default=100),
+    ("orders", "key", "1m"): env.int("RATE_LIMIT_ORDERS_KEY_PER_MINUTE", default=6000),
+    ("orders", "user", "1s"): env.int("RATE_LIMIT_ORDERS_USER_PER_SECOND", default=200),
+    ("orders", "user", "1m"): env.int("RATE_LIMIT_ORDERS_USER_PER_MINUTE", default=12000),
+    ("requests", "key", "1s"): env.int("RATE_LIMIT_REQUESTS_KEY_PER_SECOND", default=200),
+    ("requests", "key", "1m"): env.int("RATE_LIMIT_REQUESTS_KEY_PER_MINUTE", default=12000),
+    ("requests", "user", "1s"): env.int("RATE_LIMIT_REQUESTS_USER_PER_SECOND", default=400),
+    ("requests", "user", "1m"): env.int("RATE_LIMIT_REQUESTS_USER_PER_MINUTE", default=24000),
+}
+
 INSTALLED_APPS = [
     # The admin site asks staff for a verified two-factor session (accounts/admin_site.py).
     "accounts.admin_apps.TwoFactorAdminConfig",
@@ -91,7 +112,6 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
@@ -116,6 +136,7 @@ MIDDLEWARE = [
     "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "accounts.rate_limits.UsedWeightHeadersMiddleware",
 ]
 
 ROOT_URLCONF = "exchange.urls"
@@ -208,10 +229,16 @@ CHANNEL_LAYERS = {
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        # Signed API-key requests first (accounts/api_key_auth.py): a request without the
+        # X-API-KEY header falls through to the web session (CSRF applies there).
+        "accounts.api_key_auth.ApiKeyAuthentication",
         "accounts.authentication.VerifiedSessionAuthentication",
-        "rest_framework.authentication.TokenAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PERMISSION_CLASSES": [
+        "rest_framework.permissions.IsAuthenticated",
+        "accounts.api_key_auth.ApiKeyPermission",
+    ],
+    "DEFAULT_THROTTLE_CLASSES": ["accounts.rate_limits.ApiRateThrottle"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "exchange.api_errors.api_exception_handler",

@@ -3,13 +3,15 @@
 Keeps a local book from the `snapshot` and `update` frames of `book.<symbol>`, checks that each
 update continues the last seq (prev_seq) and that the CRC32 checksum of its top 10 levels
 matches, and resubscribes for a fresh snapshot when either fails. Answers the server's pings.
-Importable by tests and benchmarks (no Django needed).
+With an API key (`--api-key`, secret in EXCHANGE_API_SECRET) it logs in with a signed `login`
+op and prints your order events too. Importable by tests and benchmarks (no Django needed).
 """
 
 import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -17,6 +19,7 @@ from decimal import Decimal
 
 import websockets
 
+from accounts.signing import ws_login_message
 from exchange.book_checksum import book_checksum
 
 
@@ -63,8 +66,10 @@ class BookClient:
         depth: int = 50,
         extra_channels: tuple[str, ...] = (),
         on_frame: Callable[[dict, int], None] | None = None,
+        api_key: tuple[str, str] | None = None,
     ) -> None:
         self.url = url
+        self.api_key = api_key  # (key, secret): log in before subscribing
         self.symbol = symbol
         self.depth = depth
         self.channel = f"book.{symbol}"
@@ -119,6 +124,10 @@ class BookClient:
         stop = stop or asyncio.Event()
         async with websockets.connect(self.url, max_size=None, ping_interval=None) as ws:
             self.ws = ws
+            if self.api_key is not None:
+                key, secret = self.api_key
+                now_ms = time.time_ns() // 1_000_000
+                await self._send(ws_login_message(api_key=key, secret=secret, timestamp_ms=now_ms))
             await self._send(
                 {
                     "op": "subscribe",
@@ -158,8 +167,28 @@ def print_top(client: BookClient, levels: int) -> None:
         print(f"  {bid} | {ask}")
 
 
-async def follow(url: str, symbol: str, depth: int, levels: int, seconds: float | None) -> None:
-    client = BookClient(url, symbol, depth=depth)
+def print_private(frame: dict, received_ns: int) -> None:
+    """Order events and login or error answers (the book is printed once a second)."""
+    if frame.get("channel") == "orders" or frame.get("type") in ("login", "error"):
+        print(json.dumps(frame))
+
+
+async def follow(
+    url: str,
+    symbol: str,
+    depth: int,
+    levels: int,
+    seconds: float | None,
+    api_key: tuple[str, str] | None = None,
+) -> None:
+    client = BookClient(
+        url,
+        symbol,
+        depth=depth,
+        extra_channels=("orders",) if api_key else (),
+        on_frame=print_private,
+        api_key=api_key,
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(client.run(stop=stop))
     started = time.monotonic()
@@ -182,9 +211,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--depth", type=int, default=50)
     parser.add_argument("--levels", type=int, default=5, help="levels printed per side")
     parser.add_argument("--seconds", type=float, default=None, help="stop after this long")
+    parser.add_argument(
+        "--api-key", help="log in with this API key (its secret in EXCHANGE_API_SECRET)"
+    )
     args = parser.parse_args(argv)
+    api_key = None
+    if args.api_key:
+        secret = os.environ.get("EXCHANGE_API_SECRET")
+        if not secret:
+            parser.error("--api-key needs the key's secret in EXCHANGE_API_SECRET")
+        api_key = (args.api_key, secret)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(follow(args.url, args.symbol, args.depth, args.levels, args.seconds))
+        asyncio.run(follow(args.url, args.symbol, args.depth, args.levels, args.seconds, api_key))
     return 0
 
 

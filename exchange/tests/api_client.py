@@ -1,16 +1,19 @@
-"""A small REST client for tests: a user with a token, JSON in and out, like an API client."""
+"""A small REST client for tests: a user with an API key signing every request, JSON in and
+out, like an API client."""
 
+import time
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 
 import httpx
-from rest_framework.authtoken.models import Token
 
+from accounts.api_keys import CreatedApiKey, api_key_create
 from accounts.ledger import funds_deposit
 from accounts.models import User
+from accounts.signing import sign
 from exchange.models import Instrument
 from exchange.services import instrument_list
-
 
 # What `make_user` deposits: enough for any test order on a `make_instrument` (base TST).
 TEST_FUNDS = {"USD": Decimal("10000000"), "TST": Decimal("10000000")}
@@ -44,14 +47,53 @@ def make_instrument(**overrides) -> Instrument:
     return instrument
 
 
+def make_api_key(
+    user: User, permissions: tuple[str, ...] = ("read", "trade"), **options
+) -> CreatedApiKey:
+    """An API key of `user` (read and trade unless told), through the service."""
+    return api_key_create(user=user, label="test", permissions=list(permissions), **options)
+
+
+class ApiKeyAuth(httpx.Auth):
+    """Signs every request: X-API-KEY, X-API-TIMESTAMP (from `clock_ms`) and X-API-SIGNATURE,
+    the HMAC-SHA256 of timestamp + METHOD + path + ?query + body (README, API keys)."""
+
+    requires_request_body = True
+
+    def __init__(
+        self, api_key: str, secret: str, *, clock_ms: Callable[[], int] | None = None
+    ) -> None:
+        self.api_key, self.secret = api_key, secret
+        self.clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
+
+    def auth_flow(self, request: httpx.Request):
+        timestamp = str(self.clock_ms())
+        path, _, query = request.url.raw_path.decode("ascii").partition("?")
+        request.headers["X-API-KEY"] = self.api_key
+        request.headers["X-API-TIMESTAMP"] = timestamp
+        request.headers["X-API-SIGNATURE"] = sign(
+            secret=self.secret,
+            timestamp=timestamp,
+            method=request.method,
+            path=path,
+            query=query,
+            body=request.content,
+        )
+        yield request
+
+
 class ApiClient:
-    def __init__(self, base_url: str, user: User | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        user: User | None = None,
+        permissions: tuple[str, ...] = ("read", "trade"),
+    ) -> None:
         self.user = user or make_user()
-        token, _ = Token.objects.get_or_create(user=self.user)
+        created = make_api_key(self.user, permissions)
+        self.api_key, self.secret = created.api_key, created.secret
         self.http = httpx.Client(
-            base_url=base_url,
-            headers={"Authorization": f"Token {token.key}"},
-            timeout=15,
+            base_url=base_url, auth=ApiKeyAuth(self.api_key.key, self.secret), timeout=15
         )
 
     def place(self, **body) -> httpx.Response:

@@ -10,9 +10,9 @@ import httpx
 import pytest
 import websockets
 from django.test import Client
-from rest_framework.authtoken.models import Token
 
-from exchange.tests.api_client import make_instrument, make_user
+from accounts.signing import ws_login_message
+from exchange.tests.api_client import ApiKeyAuth, make_api_key, make_instrument, make_user
 from exchange.wsclient import BookClient
 
 pytestmark = [pytest.mark.processes]
@@ -33,22 +33,32 @@ def process_env(process_env):
 
 @pytest.fixture
 def market(exchange_stack, live_db):
-    """A fresh symbol, two traders with tokens, and the socket URL."""
+    """A fresh symbol, two traders with API keys (read, trade), and the socket URL."""
     instrument = make_instrument(price_band_pct=Decimal("50"))
     users = [make_user(), make_user()]
-    tokens = [Token.objects.create(user=u).key for u in users]
+    keys = [make_api_key(u) for u in users]
     ws_url = exchange_stack.replace("http://", "ws://") + "/ws/v1"
     return {
         "base": exchange_stack,
         "ws": ws_url,
         "symbol": instrument.symbol,
         "users": users,
-        "tokens": tokens,
+        "keys": keys,
     }
 
 
-def rest(base: str, token: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=base, headers={"Authorization": f"Token {token}"}, timeout=15)
+def rest(base: str, key) -> httpx.AsyncClient:
+    """An HTTP client signing with `key` (a CreatedApiKey)."""
+    return httpx.AsyncClient(
+        base_url=base, auth=ApiKeyAuth(key.api_key.key, key.secret), timeout=15
+    )
+
+
+def login_op(key, *, at_ms: int | None = None, **extra) -> dict:
+    """The signed `login` op of `key`, for the instant `at_ms` (default now)."""
+    at_ms = time.time_ns() // 1_000_000 if at_ms is None else at_ms
+    return {**ws_login_message(api_key=key.api_key.key, secret=key.secret, timestamp_ms=at_ms),
+            **extra}  # fmt: skip
 
 
 def limit(symbol: str, side: str, price: str, quantity: str) -> dict:
@@ -127,7 +137,7 @@ def test_book_snapshot_and_updates_stay_equal_to_the_rest_book(market):
         client = BookClient(market["ws"], market["symbol"])
         stop = asyncio.Event()
         runner = asyncio.create_task(client.run(stop=stop))
-        http = [rest(market["base"], t) for t in market["tokens"]]
+        http = [rest(market["base"], t) for t in market["keys"]]
         try:
             # Some resting orders first, so the snapshot is not empty.
             await random_burst(http, market["symbol"], 16, seed=1)
@@ -152,7 +162,7 @@ def test_a_missed_update_is_detected_and_resynced_by_a_fresh_snapshot(market):
         client = BookClient(market["ws"], market["symbol"])
         stop = asyncio.Event()
         runner = asyncio.create_task(client.run(stop=stop))
-        http = [rest(market["base"], t) for t in market["tokens"]]
+        http = [rest(market["base"], t) for t in market["keys"]]
         try:
             await asyncio.wait_for(client.ready.wait(), 10)
             client.drop_next_updates = 1
@@ -174,7 +184,7 @@ def test_levels_behind_the_top_50_come_into_view_when_the_top_is_taken(market):
     symbol = market["symbol"]
 
     async def scenario():
-        maker, taker = (rest(market["base"], t) for t in market["tokens"])
+        maker, taker = (rest(market["base"], t) for t in market["keys"])
         orders = [limit(symbol, "buy", f"{90 - i * 0.1:.2f}", "1") for i in range(70)]
         orders += [limit(symbol, "sell", f"{110 + i * 0.1:.2f}", "1") for i in range(70)]
         for start in range(0, len(orders), 10):
@@ -212,7 +222,7 @@ def test_trades_and_ticker_channels_report_each_trade_and_the_top_of_book(market
     symbol = market["symbol"]
 
     async def scenario():
-        http = [rest(market["base"], t) for t in market["tokens"]]
+        http = [rest(market["base"], t) for t in market["keys"]]
         async with websockets.connect(market["ws"], ping_interval=None) as ws:
             await send(
                 ws, {"op": "subscribe", "channels": [f"trades.{symbol}", f"ticker.{symbol}"]}
@@ -249,13 +259,13 @@ def test_trades_and_ticker_channels_report_each_trade_and_the_top_of_book(market
 
 def test_the_orders_channel_shows_only_the_subscribers_own_orders(market):
     symbol = market["symbol"]
-    token_a, token_b = market["tokens"]
+    key_a, key_b = market["keys"]
 
     async def scenario():
-        http_a, http_b = rest(market["base"], token_a), rest(market["base"], token_b)
+        http_a, http_b = rest(market["base"], key_a), rest(market["base"], key_b)
         seen_a: list[dict] = []
         async with websockets.connect(market["ws"], ping_interval=None) as ws:
-            await send(ws, {"op": "login", "token": token_a, "id": 1})
+            await send(ws, login_op(key_a, id=1))
             login = await recv_until(ws, lambda f: f.get("type") == "login")
             assert login["user_id"] == market["users"][0].pk
             await send(ws, {"op": "subscribe", "channels": ["orders"]})
@@ -305,9 +315,14 @@ def test_the_orders_channel_needs_a_login(market):
             refused = await recv_until(ws, lambda f: f.get("type") == "error")
             assert refused["error"] == "NotAuthenticated" and refused["code"] == -1002
             assert refused["channel"] == "orders" and refused["id"] == 7
-            await send(ws, {"op": "login", "token": "not-a-token"})
+            await send(ws, {"op": "login", "token": "a-drf-token"})
             failed = await recv_until(ws, lambda f: f.get("type") == "error")
             assert failed["error"] == "AuthenticationFailed"
+            forged = login_op(market["keys"][0])
+            forged["signature"] = "0" * 64
+            await send(ws, forged)
+            failed = await recv_until(ws, lambda f: f.get("type") == "error")
+            assert failed["error"] == "InvalidSignature" and failed["code"] == -1022
             await send(
                 ws, {"op": "order.place", "id": 8, **limit(market["symbol"], "buy", "1", "1")}
             )
@@ -418,7 +433,7 @@ def test_heartbeat_carries_the_server_time_and_each_books_seq(market):
     symbol = market["symbol"]
 
     async def scenario():
-        http = rest(market["base"], market["tokens"][0])
+        http = rest(market["base"], market["keys"][0])
         await http.post("/api/v1/orders", json=limit(symbol, "buy", "98.00", "1"))
         async with websockets.connect(market["ws"], ping_interval=None) as ws:
             await send(ws, {"op": "subscribe", "channels": [f"book.{symbol}", "heartbeat"]})
@@ -437,14 +452,14 @@ def test_order_entry_over_the_socket_answers_like_rest(market):
     symbol = market["symbol"]
 
     async def scenario():
-        http = rest(market["base"], market["tokens"][0])
+        http = rest(market["base"], market["keys"][0])
         by_rest = await http.post("/api/v1/orders", json=limit(symbol, "buy", "95.00", "2"))
         invalid_rest = await http.post(
             "/api/v1/orders", json={"symbol": symbol, "side": "buy", "order_type": "limit",
                                     "quantity": "1"}
         )  # fmt: skip
         async with websockets.connect(market["ws"], ping_interval=None) as ws:
-            await send(ws, {"op": "login", "token": market["tokens"][0]})
+            await send(ws, login_op(market["keys"][0]))
             await recv_until(ws, lambda f: f.get("type") == "login")
             await send(ws, {"op": "order.place", "id": "a1", **limit(symbol, "buy", "96.00", "3")})
             placed = await recv_until(ws, lambda f: f.get("type") == "response")
@@ -466,3 +481,78 @@ def test_order_entry_over_the_socket_answers_like_rest(market):
         await http.aclose()
 
     asyncio.run(scenario())
+
+
+def test_an_api_key_login_is_refused_when_stale_revoked_or_unknown(market):
+    from accounts.api_keys import api_key_revoke
+    from audit.events import AuditEvent
+    from audit.models import AuditRecord
+
+    user = make_user()
+    key = make_api_key(user)
+    revoked = make_api_key(user)
+    api_key_revoke(api_key=revoked.api_key, actor=user)
+
+    async def scenario():
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            now = time.time_ns() // 1_000_000
+            await send(ws, login_op(key, at_ms=now - 6_000, id=1))
+            stale = await recv_until(ws, lambda f: f.get("type") == "error")
+            assert stale["error"] == "TimestampOutsideRecvWindow" and stale["code"] == -1021
+            await send(ws, login_op(key, at_ms=now + 3_000, id=2))
+            future = await recv_until(ws, lambda f: f.get("type") == "error")
+            assert future["error"] == "TimestampOutsideRecvWindow" and future["id"] == 2
+            await send(ws, login_op(revoked, id=3))
+            gone = await recv_until(ws, lambda f: f.get("type") == "error")
+            assert gone["error"] == "InvalidApiKey" and gone["id"] == 3
+            await send(ws, login_op(key, at_ms=now - 6_000, recv_window=10_000, id=4))
+            late_but_allowed = await recv_until(ws, lambda f: f.get("type") == "login")
+            assert late_but_allowed["user_id"] == user.pk and late_but_allowed["id"] == 4
+
+    asyncio.run(scenario())
+    failures = AuditRecord.objects.filter(
+        event_type=AuditEvent.API_KEY_AUTH_FAILED, user_id=user.pk
+    ).order_by("seq")
+    assert [(r.payload["reason"], r.channel) for r in failures] == [
+        ("stale_timestamp", "ws"),
+        ("future_timestamp", "ws"),
+        ("revoked_key", "ws"),
+    ]
+    assert failures[2].api_key_id == revoked.api_key.pk
+
+
+def test_socket_order_entry_needs_a_key_with_trade_and_carries_the_key_in_the_audit(market):
+    from audit.events import AuditEvent
+    from audit.models import AuditRecord
+
+    symbol = market["symbol"]
+    reader = make_api_key(market["users"][0], permissions=("read",))
+    trader_only = make_api_key(market["users"][1], permissions=("trade",))
+
+    async def scenario():
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            await send(ws, login_op(reader))
+            logged_in = await recv_until(ws, lambda f: f.get("type") == "login")
+            assert logged_in["permissions"] == ["read"]
+            await send(ws, {"op": "subscribe", "channels": ["orders"]})
+            await recv_until(ws, lambda f: f.get("type") == "subscribed")
+            await send(ws, {"op": "order.place", "id": 1, **limit(symbol, "buy", "90.00", "1")})
+            refused = await recv_until(ws, lambda f: f.get("type") == "response")
+            assert refused["status"] == 403
+            assert refused["error"]["error"] == "ApiKeyPermissionMissing"
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            await send(ws, login_op(trader_only))
+            await recv_until(ws, lambda f: f.get("type") == "login")
+            await send(ws, {"op": "subscribe", "channels": ["orders"], "id": 5})
+            no_read = await recv_until(ws, lambda f: f.get("type") == "error")
+            assert no_read["error"] == "ApiKeyPermissionMissing" and no_read["id"] == 5
+            await send(ws, {"op": "order.place", "id": 2, **limit(symbol, "buy", "90.00", "1")})
+            placed = await recv_until(ws, lambda f: f.get("type") == "response")
+            assert placed["status"] in (201, 202), placed
+            return placed["data"]["order_id"]
+
+    order_id = asyncio.run(scenario())
+    [submitted] = AuditRecord.objects.filter(
+        event_type=AuditEvent.ORDER_SUBMITTED, order_id=order_id
+    )
+    assert submitted.api_key_id == trader_only.api_key.pk and submitted.channel == "ws"

@@ -1,0 +1,327 @@
+"""API keys over real HTTP: signed requests, permissions, owner scoping, rate limits, audit."""
+
+import json
+import time
+from decimal import Decimal
+
+import httpx
+import pytest
+from django.test import Client
+from django.utils.crypto import get_random_string
+
+from accounts.models import APIKey
+from accounts.signing import sign
+from audit.events import AuditEvent
+from audit.models import AuditRecord
+from conftest import start_web, wait_until
+from exchange.tests.api_client import ApiClient, make_api_key, make_instrument, make_user
+
+pytestmark = [pytest.mark.processes]
+
+
+@pytest.fixture
+def base(exchange_stack, live_db) -> str:
+    return exchange_stack
+
+
+def session_client(base_url: str, user) -> httpx.Client:
+    """A browser signed in to the web session (CSRF token in cookie and header)."""
+    browser = Client()
+    browser.force_login(user)
+    csrf = get_random_string(32)
+    return httpx.Client(
+        base_url=base_url,
+        cookies={"sessionid": browser.cookies["sessionid"].value, "csrftoken": csrf},
+        headers={"X-CSRFToken": csrf},
+        timeout=15,
+    )
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def send_signed(
+    base_url: str,
+    api_key: str,
+    secret: str,
+    method: str,
+    path: str,
+    *,
+    query: str = "",
+    body: bytes = b"",
+    timestamp: int | None = None,
+    sent_path: str | None = None,
+    sent_query: str | None = None,
+    sent_body: bytes | None = None,
+) -> httpx.Response:
+    """Sign one request, then send it (optionally with a different path, query or body)."""
+    timestamp = str(now_ms() if timestamp is None else timestamp)
+    signature = sign(
+        secret=secret, timestamp=timestamp, method=method, path=path, query=query, body=body
+    )
+    sent_query = query if sent_query is None else sent_query
+    url = base_url + (path if sent_path is None else sent_path)
+    url += f"?{sent_query}" if sent_query else ""
+    headers = {
+        "X-API-KEY": api_key,
+        "X-API-TIMESTAMP": timestamp,
+        "X-API-SIGNATURE": signature,
+        "Content-Type": "application/json",
+    }
+    content = body if sent_body is None else sent_body
+    return httpx.request(method, url, headers=headers, content=content, timeout=15)
+
+
+def audit_reasons(user, event: AuditEvent) -> list[str]:
+    records = AuditRecord.objects.filter(event_type=event, user_id=user.pk).order_by("seq")
+    return [r.payload["reason"] for r in records]
+
+
+def buy(symbol: str, price: str = "1.00") -> dict:
+    return {
+        "symbol": symbol,
+        "side": "buy",
+        "order_type": "limit",
+        "price": price,
+        "quantity": "1",
+    }
+
+
+def test_a_signed_request_is_answered_and_the_key_lists_its_last_use(base):
+    client = ApiClient(base)
+    response = client.get("/api/v1/orders", symbol="NONE")
+    assert response.status_code == 200
+    assert int(response.headers["X-Used-Weight-1m"]) >= 5
+    assert "X-Used-Weight-1s" in response.headers
+    listed = client.get("/api/v1/api-keys").json()["results"]
+    assert [k["api_key"] for k in listed] == [client.api_key.key]
+    assert listed[0]["last_used_at"].endswith("Z") and listed[0]["last_used_ip"] == "127.0.0.1"
+    assert listed[0]["permissions"] == ["read", "trade"] and listed[0]["status"] == "active"
+    assert "secret" not in listed[0]
+
+
+@pytest.mark.parametrize(
+    ("tamper", "error", "code", "reason"),
+    [
+        ({"sent_body": b'{"symbol": "MSFT"}'}, "InvalidSignature", -1022, "bad_signature"),
+        ({"sent_path": "/api/v1/fills"}, "InvalidSignature", -1022, "bad_signature"),
+        ({"sent_query": "symbol=MSFT"}, "InvalidSignature", -1022, "bad_signature"),
+        ({"timestamp_offset": -6_000}, "TimestampOutsideRecvWindow", -1021, "stale_timestamp"),
+        ({"timestamp_offset": 3_000}, "TimestampOutsideRecvWindow", -1021, "future_timestamp"),
+    ],
+    ids=["body", "path", "query", "stale", "future"],
+)
+def test_a_tampered_or_mistimed_request_is_refused_with_401_and_audited(
+    base, tamper, error, code, reason
+):
+    user = make_user()
+    created = make_api_key(user)
+    offset = tamper.pop("timestamp_offset", None)
+    response = send_signed(
+        base,
+        created.api_key.key,
+        created.secret,
+        "GET",
+        "/api/v1/orders",
+        query="symbol=AAPL",
+        body=b'{"symbol": "AAPL"}',
+        timestamp=now_ms() + offset if offset is not None else None,
+        **tamper,
+    )
+    assert response.status_code == 401
+    assert response.json()["error"] == error and response.json()["code"] == code
+    assert audit_reasons(user, AuditEvent.API_KEY_AUTH_FAILED) == [reason]
+    [record] = AuditRecord.objects.filter(
+        event_type=AuditEvent.API_KEY_AUTH_FAILED, user_id=user.pk
+    )
+    assert record.api_key_id == created.api_key.pk and record.ip == "127.0.0.1"
+    assert record.actor_label == "anonymous" and record.channel == "rest"
+
+
+def test_a_signed_post_body_is_verified_byte_for_byte(base):
+    instrument = make_instrument()
+    created = make_api_key(make_user())
+    body = json.dumps(buy(instrument.symbol)).encode()
+    placed = send_signed(
+        base, created.api_key.key, created.secret, "POST", "/api/v1/orders", body=body
+    )
+    assert placed.status_code in (201, 202), placed.text
+    [submitted] = AuditRecord.objects.filter(
+        event_type=AuditEvent.ORDER_SUBMITTED, order_id=placed.json()["order_id"]
+    )
+    assert submitted.api_key_id == created.api_key.pk
+    spaced = body.replace(b":", b": ")
+    refused = send_signed(
+        base, created.api_key.key, created.secret, "POST", "/api/v1/orders", body=body,
+        sent_body=spaced,
+    )  # fmt: skip
+    assert refused.status_code == 401 and refused.json()["error"] == "InvalidSignature"
+
+
+def test_unknown_keys_and_missing_headers_are_401(base):
+    unknown = send_signed(base, "f" * 32, "whatever", "GET", "/api/v1/orders")
+    assert unknown.status_code == 401 and unknown.json()["code"] == -1010
+    partial = httpx.get(f"{base}/api/v1/orders", headers={"X-API-KEY": "f" * 32})
+    assert partial.status_code == 401 and partial.json()["error"] == "MissingAuthHeader"
+    anonymous = httpx.get(f"{base}/api/v1/orders")
+    assert anonymous.status_code == 401 and anonymous.json()["error"] == "NotAuthenticated"
+
+
+def test_a_read_only_key_reads_but_cannot_trade(base):
+    instrument = make_instrument()
+    reader = ApiClient(base, permissions=("read",))
+    assert reader.get("/api/v1/orders").status_code == 200
+    refused = reader.place(**buy(instrument.symbol))
+    assert refused.status_code == 403
+    assert refused.json()["error"] == "ApiKeyPermissionMissing" and refused.json()["code"] == -1012
+    assert reader.delete("/api/v1/orders").status_code == 403
+    assert audit_reasons(reader.user, AuditEvent.API_KEY_ACCESS_DENIED) == [
+        "missing_permission",
+        "missing_permission",
+    ]
+    trader_only = ApiClient(base, permissions=("trade",))
+    assert trader_only.get("/api/v1/orders").status_code == 403
+    assert trader_only.place(**buy(instrument.symbol)).status_code in (201, 202)
+
+
+def test_the_ip_allow_list_refuses_other_addresses_with_403(base):
+    user = make_user()
+    elsewhere = make_api_key(user, ip_allowlist=["203.0.113.0/24"])
+    here = make_api_key(user, ip_allowlist=["203.0.113.0/24", "127.0.0.1"])
+    refused = send_signed(base, elsewhere.api_key.key, elsewhere.secret, "GET", "/api/v1/orders")
+    assert refused.status_code == 403 and refused.json()["error"] == "IpNotAllowed"
+    assert audit_reasons(user, AuditEvent.API_KEY_ACCESS_DENIED) == ["ip_not_allowed"]
+    allowed = send_signed(base, here.api_key.key, here.secret, "GET", "/api/v1/orders")
+    assert allowed.status_code == 200
+
+
+def test_keys_are_created_and_revoked_through_the_web_session_only(base):
+    user = make_user()
+    browser = session_client(base, user)
+    created = browser.post("/api/v1/api-keys", json={"label": "my bot"})
+    assert created.status_code == 201, created.text
+    key = created.json()
+    assert key["permissions"] == ["read"] and key["status"] == "active"
+    assert len(key["secret"]) >= 40
+    stored = APIKey.objects.get(pk=key["id"])
+    assert key["secret"] not in stored.secret_encrypted
+
+    def read(path):
+        return send_signed(base, key["api_key"], key["secret"], "GET", path)
+
+    assert read("/api/v1/orders").status_code == 200
+    by_key = send_signed(
+        base, key["api_key"], key["secret"], "POST", "/api/v1/api-keys",
+        body=b'{"label": "successor", "permissions": ["read", "trade", "withdraw"]}',
+    )  # fmt: skip
+    assert by_key.status_code == 403 and by_key.json()["error"] == "SessionRequired"
+    revoke_by_key = send_signed(
+        base, key["api_key"], key["secret"], "DELETE", f"/api/v1/api-keys/{key['id']}"
+    )
+    assert revoke_by_key.status_code == 403
+    assert APIKey.objects.filter(user=user).count() == 1
+
+    revoked = browser.delete(f"/api/v1/api-keys/{key['id']}")
+    assert revoked.status_code == 200 and revoked.json()["status"] == "revoked"
+    after = read("/api/v1/orders")
+    assert after.status_code == 401 and after.json()["error"] == "InvalidApiKey"
+    events = AuditRecord.objects.filter(user_id=user.pk, event_type__startswith="auth.api_key")
+    assert [r.event_type for r in events.order_by("seq")] == [
+        AuditEvent.API_KEY_CREATED,
+        AuditEvent.API_KEY_ACCESS_DENIED,
+        AuditEvent.API_KEY_ACCESS_DENIED,
+        AuditEvent.API_KEY_REVOKED,
+        AuditEvent.API_KEY_AUTH_FAILED,
+    ]
+    assert audit_reasons(user, AuditEvent.API_KEY_AUTH_FAILED) == ["revoked_key"]
+
+
+def test_key_creation_refuses_bad_input_with_the_field(base):
+    browser = session_client(base, make_user())
+    refused = browser.post(
+        "/api/v1/api-keys", json={"label": "k", "permissions": ["read"], "ip_allowlist": ["x"]}
+    )
+    assert refused.status_code == 400 and refused.json()["field"] == "ip_allowlist"
+    unknown = browser.post("/api/v1/api-keys", json={"label": "k", "permissions": ["admin"]})
+    assert unknown.status_code == 400 and unknown.json()["field"].startswith("permissions")
+
+
+def test_two_users_cannot_use_or_see_each_others_keys(base):
+    alice, bob = make_user(), make_user()
+    alices, bobs = make_api_key(alice), make_api_key(bob)
+    # Bob names Alice's key but can only sign with his own secret.
+    forged = send_signed(base, alices.api_key.key, bobs.secret, "GET", "/api/v1/orders")
+    assert forged.status_code == 401 and forged.json()["error"] == "InvalidSignature"
+    bob_browser = session_client(base, bob)
+    for method in ("GET", "DELETE"):
+        answer = bob_browser.request(method, f"/api/v1/api-keys/{alices.api_key.pk}")
+        assert answer.status_code == 404 and answer.json()["error"] == "ApiKeyNotFound"
+    by_bobs_key = send_signed(
+        base, bobs.api_key.key, bobs.secret, "GET", f"/api/v1/api-keys/{alices.api_key.pk}"
+    )
+    assert by_bobs_key.status_code == 404
+    listed = bob_browser.get("/api/v1/api-keys").json()["results"]
+    assert [k["id"] for k in listed] == [bobs.api_key.pk]
+    alices.api_key.refresh_from_db()
+    assert alices.api_key.revoked_at is None
+
+
+def test_the_schema_documents_the_key_endpoints_and_the_signature(base):
+    schema = httpx.get(f"{base}/api/schema/", headers={"Accept": "application/json"}).json()
+    assert {"get", "post"} <= schema["paths"]["/api/v1/api-keys"].keys()
+    assert {"get", "delete"} <= schema["paths"]["/api/v1/api-keys/{api_key_id}"].keys()
+    scheme = schema["components"]["securitySchemes"]["ApiKeySignature"]
+    assert scheme["name"] == "X-API-KEY" and "HMAC-SHA256" in scheme["description"]
+
+
+@pytest.fixture
+def limited_web(base, processes, process_env) -> str:
+    """A second web process (same database, Redis and worker) with small rate limits."""
+    return start_web(
+        processes,
+        env={
+            **process_env,
+            "RATE_LIMIT_ORDERS_KEY_PER_MINUTE": "2",
+            "RATE_LIMIT_ORDERS_USER_PER_MINUTE": "3",
+            "RATE_LIMIT_REQUESTS_KEY_PER_MINUTE": "20",
+        },
+        name="web-limited",
+    )
+
+
+def early_in_a_minute() -> None:
+    """Start a scenario early in a minute so its requests share one 1-minute window."""
+    wait_until(lambda: time.time() % 60 < 45, timeout=20, interval=0.2)
+
+
+def test_order_entry_is_limited_per_key_and_per_user_with_429_and_retry_after(limited_web):
+    instrument = make_instrument()
+    user = make_user()
+    key_a, key_b = ApiClient(limited_web, user), ApiClient(limited_web, user)
+    other = ApiClient(limited_web)
+    early_in_a_minute()
+    first, second = key_a.place(**buy(instrument.symbol)), key_a.place(**buy(instrument.symbol))
+    assert first.status_code in (201, 202) and second.status_code in (201, 202)
+    assert (first.headers["X-Order-Weight-1m"], second.headers["X-Order-Weight-1m"]) == ("1", "2")
+    limited = key_a.place(**buy(instrument.symbol))
+    assert limited.status_code == 429
+    assert limited.json()["error"] == "TooManyRequests" and limited.json()["code"] == -1015
+    assert 1 <= int(limited.headers["Retry-After"]) <= 60
+    assert limited.headers["X-Order-Weight-1m"] == "2"
+    # Reads have their own budget; the refused order cost nothing.
+    assert key_a.get("/api/v1/orders").status_code == 200
+    # Key B has its own key budget but shares the user's (3 a minute).
+    assert key_b.place(**buy(instrument.symbol)).status_code in (201, 202)
+    assert key_b.place(**buy(instrument.symbol)).status_code == 429
+    assert other.place(**buy(instrument.symbol)).status_code in (201, 202)
+
+
+def test_reads_are_limited_by_weight_per_key(limited_web):
+    reader = ApiClient(limited_web, permissions=("read",))
+    early_in_a_minute()
+    weights = [reader.get("/api/v1/fills").headers.get("X-Used-Weight-1m") for _ in range(4)]
+    assert weights == ["5", "10", "15", "20"]
+    limited = reader.get("/api/v1/fills")
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+    assert Decimal(limited.headers["X-Used-Weight-1m"]) == 20
