@@ -146,8 +146,8 @@ def scratch_database_url() -> str:
 
 
 def prepare(env: dict[str, str], clients: int) -> tuple[str, list[tuple[str, str]]]:
-    """Migrate the scratch database, create an instrument and users with API keys (read,
-    trade); returns the symbol and each user's (key, secret)."""
+    """Migrate the scratch database, create an instrument and funded users with API keys
+    (read, trade); returns the symbol and each user's (key, secret)."""
     subprocess.run(
         [sys.executable, "manage.py", "migrate", "-v0"], cwd=BASE_DIR, env=env, check=True
     )
@@ -155,6 +155,7 @@ def prepare(env: dict[str, str], clients: int) -> tuple[str, list[tuple[str, str
 import json, uuid
 from decimal import Decimal
 from accounts.api_keys import api_key_create
+from accounts.ledger import funds_deposit
 from accounts.models import User
 from exchange.models import Instrument
 from exchange.services import instrument_list
@@ -167,6 +168,8 @@ keys = []
 for n in range({clients}):
     name = "bench-" + uuid.uuid4().hex[:8]
     user = User.objects.create_user(username=name, email=name + "@bench.local")
+    for asset in ("USD", "BNC"):  # orders are held against balances: fund every client
+        funds_deposit(user=user, asset=asset, amount=Decimal("1000000000"), memo="bench")
     created = api_key_create(user=user, label="bench", permissions=["read", "trade"])
     keys.append([created.api_key.key, created.secret])
 print(json.dumps({{"symbol": symbol, "keys": keys}}))
