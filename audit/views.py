@@ -6,6 +6,7 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, generics
 from rest_framework.permissions import BasePermission
 
+from accounts.api_key_auth import ApiKeyPermission
 from audit.selectors import (
     audit_records_for_order,
     audit_records_for_trade,
@@ -37,7 +38,8 @@ class AuditCursorPage(CursorPage):
 
 class _AuditListView(generics.ListAPIView):
     serializer_class = AuditRecordSerializer
-    permission_classes = [IsComplianceStaff]
+    # An API key of compliance staff needs `read` too (accounts.api_key_auth).
+    permission_classes = [IsComplianceStaff, ApiKeyPermission]
     pagination_class = AuditCursorPage
 
 

@@ -325,3 +325,16 @@ def test_reads_are_limited_by_weight_per_key(limited_web):
     limited = reader.get("/api/v1/fills")
     assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
     assert Decimal(limited.headers["X-Used-Weight-1m"]) == 20
+
+
+def test_a_compliance_officers_key_needs_read_for_the_audit_api(base):
+    from django.contrib.auth.models import Permission
+
+    officer = make_user("compliance")
+    officer.user_permissions.add(
+        Permission.objects.get(content_type__app_label="audit", codename="view_audit_trail")
+    )
+    path = f"/api/v1/audit/users/{officer.pk}/activity"
+    trade_only = ApiClient(base, officer, permissions=("trade",)).get(path)
+    assert trade_only.status_code == 403 and trade_only.json()["error"] == "ApiKeyPermissionMissing"
+    assert ApiClient(base, officer, permissions=("read",)).get(path).status_code == 200
