@@ -6,6 +6,9 @@ from accounts.models import (
     DailyVolume,
     FeeTier,
     FeeTierAssignment,
+    LedgerAccount,
+    LedgerEntry,
+    LedgerPosting,
     QuotePresence,
     QuotePresenceSample,
     User,
@@ -113,3 +116,44 @@ class APIKeyAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Money moves only through the ledger services: staff look, never edit."""
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(LedgerAccount)
+class LedgerAccountAdmin(ReadOnlyAdmin):
+    list_display = ("id", "user", "kind", "asset", "balance", "updated_at")
+    list_filter = ("kind", "asset")
+    list_select_related = ("user",)
+    search_fields = ("user__username", "user__email", "asset")
+
+
+class LedgerPostingInline(admin.TabularInline):
+    model = LedgerPosting
+    fields = ("account", "asset", "amount")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(LedgerEntry)
+class LedgerEntryAdmin(ReadOnlyAdmin):
+    list_display = ("id", "kind", "user", "order_id", "trade_id", "memo", "created_at")
+    list_filter = ("kind",)
+    list_select_related = ("user",)
+    search_fields = ("=order_id", "=trade_id", "user__username")
+    inlines = [LedgerPostingInline]

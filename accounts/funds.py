@@ -19,6 +19,14 @@ from audit.events import AuditEvent
 from audit.services import audit_record
 from exchange.errors import trading_error
 
+# What each demo account (the demo market maker, its takers, the demo traders) starts with.
+DEMO_FUNDS = {
+    "USD": Decimal("100000000"),
+    "AAPL": Decimal("1000000"),
+    "MSFT": Decimal("1000000"),
+    "BTC": Decimal("10000"),
+}
+
 
 def _validated(asset: str, amount: Decimal) -> tuple[str, Decimal]:
     places = asset_precisions().get(asset)

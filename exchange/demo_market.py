@@ -10,7 +10,7 @@ from decimal import ROUND_DOWN, Decimal
 from django.contrib.auth import get_user_model
 from django.db import close_old_connections, transaction
 
-from accounts.funds import demo_funds_grant
+from accounts.funds import DEMO_FUNDS, demo_funds_grant
 from accounts.models import LedgerAccount
 from exchange.api_errors import ApiError
 from exchange.models import Instrument, Order
@@ -20,13 +20,6 @@ from exchange.services import order_cancel, order_place
 
 logger = logging.getLogger(__name__)
 
-# What each demo account starts with: plenty to quote and take for a long demo.
-DEMO_FUNDS = {
-    "USD": Decimal("100000000"),
-    "AAPL": Decimal("1000000"),
-    "MSFT": Decimal("1000000"),
-    "BTC": Decimal("10000"),
-}
 START_PRICES = {"AAPL": Decimal("190.00"), "MSFT": Decimal("420.00"), "BTC-USD": Decimal("60000")}
 QUOTE_LEVELS = 4
 

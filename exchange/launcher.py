@@ -304,6 +304,8 @@ def main(argv: list[str]) -> int:
     environ.setdefault("DJANGO_SETTINGS_MODULE", "exchange.settings")
     if mode == "run":
         environ.setdefault("DEBUG", "1")
+        # The demo lets a signed-up user credit themselves some play money (staff-only otherwise).
+        environ.setdefault("DEMO_SELF_CREDIT_LIMIT", "1000000")
     started: list[str] = []
     with ExitStack() as stack:
         try:

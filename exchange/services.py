@@ -16,7 +16,9 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from accounts.funds import DEMO_FUNDS, demo_funds_grant
 from accounts.ledger import funds_hold
+from accounts.models import LedgerAccount
 from audit.events import AuditEvent
 from audit.services import audit_record
 from exchange.errors import trading_error
@@ -502,4 +504,6 @@ def demo_seed(*, credentials: list[dict]) -> dict:
         user.is_superuser = is_admin
         user.set_password(entry["password"])
         user.save(update_fields=["is_staff", "is_superuser", "password"])
+        if not is_admin and not LedgerAccount.objects.filter(user=user).exists():
+            demo_funds_grant(user=user, amounts=DEMO_FUNDS)
     return {"instruments": symbols, "users": [entry["username"] for entry in credentials]}

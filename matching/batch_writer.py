@@ -21,6 +21,7 @@ import psycopg
 from django.db import connection, transaction
 
 from accounts.settlement import HoldRelease, SettlementWriter, TradeFill
+from accounts.volume import daily_volume_add, daily_volume_rows
 from audit.events import AuditEvent
 from audit.services import ROW_TRADE_ID, AuditEntry, audit_rows, audit_rows_copy
 from matching.command_codec import command_to_json, ns_to_datetime
@@ -380,6 +381,7 @@ class BatchWriter:
                     *(HoldRelease(*row) for row in ended_holds),
                 ],
             )
+            self._volume_add(prepared)
             audits = prepared.audit_rows
             if trade_ids:  # engine trade seq -> Trade row id
                 t = ROW_TRADE_ID
@@ -573,6 +575,20 @@ class BatchWriter:
                 )
             )
         return fills
+
+    @staticmethod
+    def _volume_add(prepared: "PreparedBatch") -> None:
+        """Count the batch's trades in both users' daily volume (the fee tiers' 30 days)."""
+        if not prepared.trade_rows:
+            return
+        specs = prepared.specs
+        legs = (
+            (m_uid, t_uid, ts.date(), specs[sym].minor_to_quote(notional))
+            for (sym, _k, _tseq, _price, _qty, notional, _m_oid, _t_oid, m_uid, t_uid, _side,
+                 _m_fee, _t_fee, ts, _ts_ns) in prepared.trade_rows
+        )  # fmt: skip
+        with psycopg.Cursor(connection.connection) as cursor:
+            daily_volume_add(cursor=cursor, rows=daily_volume_rows(legs))
 
     @staticmethod
     def _live_orders(engine: Engine, updates: dict[int, _OrderUpdate]) -> None:

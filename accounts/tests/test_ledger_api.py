@@ -6,11 +6,13 @@ from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import pytest
+from django.utils import timezone
 
-from accounts.models import LedgerAccount
+from accounts.models import FeeTierAssignment, LedgerAccount
 from accounts.selectors import ledger_discrepancies
+from accounts.tests.fee_tier_data import ensure_shipped_tiers
 from conftest import wait_until
-from exchange.models import Order
+from exchange.models import Order, Trade
 from exchange.tests.api_client import ApiClient, make_instrument, make_user
 from matching.models import Command
 
@@ -185,6 +187,21 @@ def test_random_trading_run_keeps_every_asset_summing_to_zero(market):
     instrument, base_url = market
     other = make_instrument()
     traders = [ApiClient(base_url) for _ in range(4)]
+    # Half of them in the best tier: their maker fills earn a rebate the exchange pays.
+    best = ensure_shipped_tiers()["Volume 3"]
+    now = timezone.now()
+    for trader in traders[:2]:
+        FeeTierAssignment.objects.create(
+            user=trader.user, tier=best, volume_30d=0, assigned_at=now, assessed_at=now
+        )
+
+    def rebate_rate_in_force():  # the web process caches tiers for a few seconds
+        probe = traders[0].place(**limit(instrument.symbol, "buy", "1.00", "1")).json()
+        traders[0].delete(f"/api/v1/orders/{probe['order_id']}")
+        return Order.objects.get(pk=probe["order_id"]).maker_fee_ppm == best.maker_fee_ppm
+
+    wait_until(rebate_rate_in_force, timeout=30, interval=0.5)
+    rebates_before = exchange_balance("rebate_expense", "USD")
     rng = random.Random(20261125)
     placed = []
     for _ in range(240):
@@ -213,6 +230,8 @@ def test_random_trading_run_keeps_every_asset_summing_to_zero(market):
             placed.append((trader, response.json()["order_id"]))
     all_applied()
     assert ledger_discrepancies() == {}
+    assert Trade.objects.filter(instrument__in=(instrument, other)).count() > 20
+    assert exchange_balance("rebate_expense", "USD") < rebates_before, "rebates were paid"
     for trader in traders:  # deposits were 10,000,000 of each; trading only moves them around
         for row in balances(trader).values():
             assert Decimal(row["total"]) == Decimal(row["available"]) + Decimal(row["held"])

@@ -4,8 +4,9 @@ rebates are booked, and holds go back when orders end or shrink."""
 from decimal import Decimal
 
 import pytest
+from django.db.models import Sum
 
-from accounts.models import LedgerAccount
+from accounts.models import DailyVolume, LedgerAccount
 from accounts.selectors import ledger_discrepancies
 from exchange.models import Order
 from exchange.services import order_amend
@@ -48,16 +49,21 @@ def test_maker_rebates_are_paid_by_the_exchange_and_reach_the_maker(processes, p
     all_commands_applied()
 
     # Trade 1: 10 x 100.00 = 1000.00; the seller earns 0.30, the buyer pays 2.00 in fees.
-    # Trade 2: 5 x 99.00 = 495.00; the buyer earns 0.15 (0.1485 rounds up), the seller pays 0.99.
+    # Trade 2: 5 x 99.00 = 495.00; the buyer earns 0.14 (a rebate rounds toward zero: 0.1485),
+    # the seller pays 0.99.
     assert balance(seller, "cash", "USD") == Decimal("1000.30") + Decimal("494.01")
     assert balance(buyer, "cash", base) == Decimal(15)
-    # The buyer deposited what the orders held (x1.01) and spent 1002.00 and 494.85.
+    # The buyer deposited what the orders held (x1.01) and spent 1002.00 and 494.86.
     assert balance(buyer, "cash", "USD") == Decimal("1010.00") + Decimal("499.95") - Decimal(
         "1002.00"
-    ) - Decimal("494.85")
+    ) - Decimal("494.86")
     assert balance(buyer, "hold", "USD") == 0 and balance(seller, "hold", base) == 0
-    assert exchange_balance("rebate_expense", "USD") - rebate_before == Decimal("-0.45")
+    assert exchange_balance("rebate_expense", "USD") - rebate_before == Decimal("-0.44")
     assert exchange_balance("fee_revenue", "USD") - fees_before == Decimal("2.99")
+    # Both legs of both trades count in each user's daily volume (the fee tiers' 30 days).
+    for user in (seller, buyer):
+        volume = DailyVolume.objects.filter(user=user).aggregate(total=Sum("quote_volume"))
+        assert volume["total"] == Decimal("1495.00")
     exactly_once_invariants()
 
 

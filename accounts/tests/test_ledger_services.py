@@ -1,0 +1,74 @@
+"""The ledger's write path in PostgreSQL: balanced entries only, balances never negative for
+users, and `ledger_verify` naming what a tampered ledger breaks."""
+
+from decimal import Decimal
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from accounts.ledger import (
+    CASH,
+    EXTERNAL,
+    LedgerUnbalanced,
+    funds_deposit,
+    funds_withdraw,
+    ledger_post,
+)
+from accounts.models import LedgerAccount, LedgerEntry, LedgerPosting
+from exchange.api_errors import ApiError
+from exchange.tests.api_client import make_user
+
+pytestmark = pytest.mark.django_db
+
+
+def test_an_entry_that_does_not_sum_to_zero_is_refused():
+    user = make_user(funds={})
+    with pytest.raises(LedgerUnbalanced):
+        ledger_post(
+            kind=LedgerEntry.Kind.DEPOSIT,
+            lines=[((EXTERNAL, None, "USD"), Decimal("-5")), ((CASH, user.pk, "USD"), 4)],
+        )
+    assert not LedgerEntry.objects.exists()
+
+
+def test_withdrawing_more_than_available_writes_nothing():
+    user = make_user(funds={"USD": Decimal("10.00")})
+    entries = LedgerEntry.objects.count()
+    with pytest.raises(ApiError) as refused:
+        funds_withdraw(user=user, asset="USD", amount=Decimal("10.01"))
+    assert refused.value.error == "InsufficientBalance" and refused.value.field == "amount"
+    assert LedgerEntry.objects.count() == entries
+    assert LedgerAccount.objects.get(user=user, kind="cash").balance == Decimal("10.00")
+
+
+def test_the_database_refuses_a_negative_user_balance_whatever_the_caller():
+    user = make_user(funds={"USD": Decimal("1.00")})
+    with pytest.raises(Exception, match="ledger_user_balance_gte_0"):
+        LedgerAccount.objects.filter(user=user, kind="cash").update(balance=Decimal("-0.01"))
+
+
+def test_deposits_and_withdrawals_balance_against_the_outside_world():
+    user = make_user(funds={"USD": Decimal("1.00")})  # the external account exists from here
+    external_before = LedgerAccount.objects.get(user=None, kind="external", asset="USD").balance
+    funds_deposit(user=user, asset="USD", amount=Decimal("100.00"))
+    funds_withdraw(user=user, asset="USD", amount=Decimal("40.00"))
+    external = LedgerAccount.objects.get(user=None, kind="external", asset="USD").balance
+    cash = LedgerAccount.objects.get(user=user, kind="cash", asset="USD").balance
+    assert (cash, external - external_before) == (Decimal("61.00"), Decimal("-60.00"))
+    call_command("ledger_verify")
+
+
+def test_ledger_verify_names_a_posting_written_behind_the_balances_back():
+    user = make_user(funds={"USD": Decimal("5.00")})
+    call_command("ledger_verify")
+    entry = LedgerEntry.objects.filter(user=user).first() or LedgerEntry.objects.create(
+        kind="deposit"
+    )
+    cash = LedgerAccount.objects.get(user=user, kind="cash")
+    LedgerPosting.objects.create(entry=entry, account=cash, asset="USD", amount=Decimal("1"))
+    with pytest.raises(CommandError) as broken:
+        call_command("ledger_verify")
+    message = str(broken.value)
+    assert "entries that do not sum to zero per asset: 1" in message
+    assert "accounts whose balance is not the sum of their postings: 1" in message
