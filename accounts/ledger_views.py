@@ -133,6 +133,8 @@ class DepositView(APIView):
 class WithdrawView(APIView):
     """Withdraw from your available balance (an API key needs the `withdraw` permission)."""
 
+    key_permissions = {"POST": "withdraw"}
+
     @extend_schema(
         operation_id="withdraw_create",
         request=FundsMoveSerializer,

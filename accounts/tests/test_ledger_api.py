@@ -145,11 +145,11 @@ def test_parallel_orders_across_two_symbols_never_spend_the_same_money(market):
 
 def test_deposits_are_credited_by_staff_only_and_withdrawals_need_funds(market):
     _, base_url = market
-    user = ApiClient(base_url, make_user(funds={}))
+    user = ApiClient(base_url, make_user(funds={}), permissions=("read", "trade", "withdraw"))
     staff_user = make_user("staff", funds={})
     staff_user.is_staff = True
     staff_user.save(update_fields=["is_staff"])
-    staff = ApiClient(base_url, staff_user)
+    staff = ApiClient(base_url, staff_user, permissions=("read", "trade", "withdraw"))
     body = {"asset": "USD", "amount": "250.00"}
     refused = user.http.post(f"/api/v1/users/{user.user.pk}/deposit", json=body)
     assert refused.status_code == 403 and refused.json()["error"] == "DepositNotAllowed"
@@ -171,6 +171,12 @@ def test_deposits_are_credited_by_staff_only_and_withdrawals_need_funds(market):
         f"/api/v1/users/{user.user.pk}/withdraw", json={"asset": "USD", "amount": "250.01"}
     )
     assert too_much.status_code == 400 and too_much.json()["error"] == "InsufficientBalance"
+    trade_only = ApiClient(base_url, user.user)  # a second key: read and trade only
+    no_permission = trade_only.http.post(
+        f"/api/v1/users/{user.user.pk}/withdraw", json={"asset": "USD", "amount": "1.00"}
+    )
+    assert no_permission.status_code == 403
+    assert no_permission.json()["error"] == "ApiKeyPermissionMissing"
     paid = user.http.post(
         f"/api/v1/users/{user.user.pk}/withdraw", json={"asset": "USD", "amount": "200.00"}
     )
