@@ -180,9 +180,12 @@ def api_key_mark_used(
     *, credentials: KeyCredentials, ip: str | None, now: dt.datetime | None = None
 ) -> None:
     """Refresh last_used_at/ip, at most once per API_KEY_LAST_USED_INTERVAL_SECONDS per key:
-    a conditional UPDATE, so concurrent requests and processes write it once."""
+    no query while the value read with the credentials is fresh, then a conditional UPDATE,
+    so concurrent requests and processes write it once."""
     now = now or timezone.now()
     stale_before = now - dt.timedelta(seconds=settings.API_KEY_LAST_USED_INTERVAL_SECONDS)
+    if credentials.last_used_at is not None and credentials.last_used_at >= stale_before:
+        return
     APIKey.objects.filter(
         Q(last_used_at__isnull=True) | Q(last_used_at__lt=stale_before), pk=credentials.id
     ).update(last_used_at=now, last_used_ip=ip)
@@ -257,5 +260,6 @@ def api_key_credentials(key: str) -> tuple[KeyCredentials, User] | None:
         # A secret that no longer decrypts (encryption key changed) is as good as revoked.
         revoked=found.revoked_at is not None or secret is None,
         user_active=found.user.is_active,
+        last_used_at=found.last_used_at,
     )
     return credentials, found.user

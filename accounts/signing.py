@@ -81,6 +81,9 @@ class KeyCredentials:
     ip_allowlist: tuple[IpNetwork, ...] = ()
     revoked: bool = False
     user_active: bool = True
+    # When the key was last marked used (an aware datetime), so marking it costs no query
+    # while it is fresh.
+    last_used_at: object = None
 
     def allows(self, permission: str) -> bool:
         return permission in self.permissions

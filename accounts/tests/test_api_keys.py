@@ -138,3 +138,13 @@ def test_a_secret_encrypted_under_another_encryption_key_counts_as_revoked():
 def test_unknown_keys_find_nothing():
     assert api_key_credentials("0" * 32) is None
     assert api_key_credentials("x" * 65) is None
+
+
+def test_marking_a_freshly_used_key_costs_no_query(django_assert_num_queries):
+    created = api_key_create(user=make_user(), label="k")
+    credentials, _ = api_key_credentials(created.api_key.key)
+    api_key_mark_used(credentials=credentials, ip="192.0.2.1")
+    fresh, _ = api_key_credentials(created.api_key.key)
+    assert fresh.last_used_at is not None
+    with django_assert_num_queries(0):
+        api_key_mark_used(credentials=fresh, ip="192.0.2.1")
