@@ -1,16 +1,19 @@
 """API keys over real HTTP: signed requests, permissions, owner scoping, rate limits, audit."""
 
+import asyncio
 import json
 import time
 from decimal import Decimal
 
 import httpx
 import pytest
+import websockets
+from django.contrib.auth.models import Permission
 from django.test import Client
 from django.utils.crypto import get_random_string
 
 from accounts.models import APIKey
-from accounts.signing import sign
+from accounts.signing import sign, ws_login_message
 from audit.events import AuditEvent
 from audit.models import AuditRecord
 from conftest import start_web, wait_until
@@ -328,8 +331,6 @@ def test_reads_are_limited_by_weight_per_key(limited_web):
 
 
 def test_a_compliance_officers_key_needs_read_for_the_audit_api(base):
-    from django.contrib.auth.models import Permission
-
     officer = make_user("compliance")
     officer.user_permissions.add(
         Permission.objects.get(content_type__app_label="audit", codename="view_audit_trail")
@@ -338,3 +339,34 @@ def test_a_compliance_officers_key_needs_read_for_the_audit_api(base):
     trade_only = ApiClient(base, officer, permissions=("trade",)).get(path)
     assert trade_only.status_code == 403 and trade_only.json()["error"] == "ApiKeyPermissionMissing"
     assert ApiClient(base, officer, permissions=("read",)).get(path).status_code == 200
+
+
+def test_socket_order_entry_counts_against_the_same_limits(limited_web):
+    instrument = make_instrument()
+    created = make_api_key(make_user())
+    ws_url = limited_web.replace("http://", "ws://") + "/ws/v1"
+
+    async def answer(ws) -> dict:
+        while True:
+            frame = json.loads(await asyncio.wait_for(ws.recv(), 15))
+            if frame.get("type") in ("response", "login", "error"):
+                return frame
+
+    async def scenario() -> list[dict]:
+        async with websockets.connect(ws_url, ping_interval=None) as ws:
+            login = ws_login_message(
+                api_key=created.api_key.key, secret=created.secret, timestamp_ms=now_ms()
+            )
+            await ws.send(json.dumps(login))
+            assert (await answer(ws))["type"] == "login"
+            answers = []
+            for n in range(3):
+                await ws.send(json.dumps({"op": "order.place", "id": n, **buy(instrument.symbol)}))
+                answers.append(await answer(ws))
+            return answers
+
+    early_in_a_minute()
+    first, second, third = asyncio.run(scenario())
+    assert first["status"] in (201, 202) and second["status"] in (201, 202)
+    assert third["status"] == 429 and third["error"]["error"] == "TooManyRequests"
+    assert 1 <= third["error"]["retry_after"] <= 60

@@ -1,0 +1,112 @@
+"""Rate limit counters in the real Redis, at chosen instants (windows, refusals, Retry-After)."""
+
+import random
+
+import pytest
+from django.test import override_settings
+
+from accounts.rate_limits import rate_limit_hit
+
+MINUTE_START = 1_795_000_020_000  # ms since the epoch, a whole minute
+LIMITS = {
+    ("orders", "key", "1s"): 100,
+    ("orders", "key", "1m"): 3,
+    ("orders", "user", "1s"): 100,
+    ("orders", "user", "1m"): 5,
+    ("requests", "key", "1s"): 4,
+    ("requests", "key", "1m"): 1000,
+    ("requests", "user", "1s"): 100,
+    ("requests", "user", "1m"): 1000,
+}
+ORDER = {"requests": 1, "orders": 1}
+
+
+@pytest.fixture(autouse=True)
+def small_limits():
+    with override_settings(RATE_LIMITS=LIMITS, RATE_LIMIT_ENABLED=True):
+        yield
+
+
+def ids() -> tuple[int, int]:
+    """A user id and key id no other test uses (counters are keyed by them)."""
+    return random.randrange(10**12, 10**13), random.randrange(10**12, 10**13)
+
+
+def test_order_weight_is_counted_per_key_until_the_limit_then_refused_uncounted():
+    user, key = ids()
+    at = MINUTE_START + 40_000
+    used = [
+        rate_limit_hit(user_id=user, key_id=key, weights=ORDER, now_ms=at + n) for n in range(3)
+    ]
+    assert all(d.allowed for d in used)
+    assert [d.used[("orders", "1m")] for d in used] == [1, 2, 3]
+    refused = rate_limit_hit(user_id=user, key_id=key, weights=ORDER, now_ms=at + 10)
+    assert not refused.allowed
+    assert refused.retry_after_s == 20  # to the end of the minute
+    assert refused.used[("orders", "1m")] == 3
+    again = rate_limit_hit(user_id=user, key_id=key, weights=ORDER, now_ms=at + 11)
+    assert again.used[("orders", "1m")] == 3  # the refusal counted nothing
+
+
+def test_the_next_window_starts_from_zero():
+    user, key = ids()
+    for n in range(3):
+        rate_limit_hit(user_id=user, key_id=key, weights=ORDER, now_ms=MINUTE_START + n)
+    late = rate_limit_hit(user_id=user, key_id=key, weights=ORDER, now_ms=MINUTE_START + 59_999)
+    assert not late.allowed and late.retry_after_s == 1
+    nxt = rate_limit_hit(user_id=user, key_id=key, weights=ORDER, now_ms=MINUTE_START + 60_000)
+    assert nxt.allowed and nxt.used[("orders", "1m")] == 1
+
+
+def test_the_users_budget_is_shared_by_all_of_its_keys():
+    user, first_key = ids()
+    second_key = first_key + 1
+    for n in range(3):
+        hit = rate_limit_hit(user_id=user, key_id=first_key, weights=ORDER, now_ms=MINUTE_START + n)
+        assert hit.allowed
+    for n in (5, 6):
+        hit = rate_limit_hit(
+            user_id=user, key_id=second_key, weights=ORDER, now_ms=MINUTE_START + n
+        )
+        assert hit.allowed
+    over = rate_limit_hit(user_id=user, key_id=second_key, weights=ORDER, now_ms=MINUTE_START + 7)
+    assert not over.allowed  # the user's 5 a minute, though this key used only 2
+
+
+def test_a_session_user_is_counted_on_the_user_budget_and_sees_its_own_usage():
+    user, _ = ids()
+    decision = rate_limit_hit(user_id=user, key_id=None, weights=ORDER, now_ms=MINUTE_START)
+    assert decision.used == {
+        ("requests", "1s"): 1,
+        ("requests", "1m"): 1,
+        ("orders", "1s"): 1,
+        ("orders", "1m"): 1,
+    }
+
+
+def test_the_one_second_window_refuses_with_retry_after_one_second():
+    user, key = ids()
+    reads = {"requests": 1}
+    at = MINUTE_START + 1_250
+    assert [
+        rate_limit_hit(user_id=user, key_id=key, weights=reads, now_ms=at + n).allowed
+        for n in range(5)
+    ] == [True, True, True, True, False]
+    refused = rate_limit_hit(user_id=user, key_id=key, weights=reads, now_ms=at + 10)
+    assert refused.retry_after_s == 1 and "orders" not in {b for b, _ in refused.used}
+    assert rate_limit_hit(user_id=user, key_id=key, weights=reads, now_ms=at + 750).allowed
+    assert not rate_limit_hit(user_id=user, key_id=key, weights=reads, now_ms=at + 749).allowed
+
+
+def test_a_limit_of_zero_is_no_limit_and_disabled_limits_count_nothing():
+    user, key = ids()
+    with override_settings(RATE_LIMITS={**LIMITS, ("requests", "key", "1s"): 0}):
+        assert all(
+            rate_limit_hit(
+                user_id=user, key_id=key, weights={"requests": 1}, now_ms=MINUTE_START
+            ).allowed
+            for _ in range(10)
+        )
+    with override_settings(RATE_LIMIT_ENABLED=False):
+        off = rate_limit_hit(user_id=user, key_id=key, weights=ORDER, now_ms=MINUTE_START)
+    assert off.allowed and off.used == {}
