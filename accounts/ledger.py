@@ -12,6 +12,7 @@ from decimal import Decimal
 
 from django.db import connection, transaction
 
+from accounts.balance_events import balance_events, balance_events_publish_on_commit
 from accounts.models import LedgerAccount, LedgerEntry, LedgerPosting
 from exchange.errors import trading_error
 
@@ -99,7 +100,11 @@ def ledger_post(
     """
     lines = [(key, amount) for key, amount in lines if amount]
     _check_balanced(lines)
-    accounts = accounts_lock(keys=[key for key, _ in lines])
+    # A user's available and held balances of an asset are reported together (balance events),
+    # so both accounts are locked even when only one moves.
+    user_assets = {(k[1], k[2]) for k, _ in lines if k[0] in LedgerAccount.USER_KINDS}
+    siblings = [(kind, uid, asset) for uid, asset in user_assets for kind in (CASH, HOLD)]
+    accounts = accounts_lock(keys=[key for key, _ in lines] + siblings)
     deltas: dict[AccountKey, Decimal] = defaultdict(Decimal)
     for key, amount in lines:
         deltas[key] += amount
@@ -127,6 +132,12 @@ def ledger_post(
             BALANCES_ADD_SQL,
             [[accounts[key][0] for key in deltas], [deltas[key] for key in deltas]],
         )
+    balance_events_publish_on_commit(
+        balance_events(
+            (uid, asset, kind, accounts[(kind, uid, asset)][1] + deltas.get((kind, uid, asset), 0))
+            for kind, uid, asset in siblings
+        )
+    )
     return entry
 
 

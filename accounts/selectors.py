@@ -1,5 +1,6 @@
 """Reads of the ledger: a user's balances and postings, and the ledger's own consistency checks."""
 
+import time
 from decimal import Decimal
 
 from django.db import connection
@@ -19,6 +20,25 @@ def asset_precisions() -> dict[str, int]:
         precisions[base] = max(precisions.get(base, 0), base_places)
         precisions[quote] = max(precisions.get(quote, 0), quote_places)
     return precisions
+
+
+ASSET_PRECISIONS_CACHE_SECONDS = 2.0
+_asset_precisions_cache: tuple[float, dict[str, int]] | None = None
+
+
+def asset_precisions_cached() -> dict[str, int]:
+    """`asset_precisions()`, kept per process for a moment (read on every balance event)."""
+    global _asset_precisions_cache
+    now = time.monotonic()
+    cached = _asset_precisions_cache
+    if cached is None or now - cached[0] >= ASSET_PRECISIONS_CACHE_SECONDS:
+        cached = _asset_precisions_cache = (now, asset_precisions())
+    return cached[1]
+
+
+def amount_str(amount: Decimal, places: int | None) -> str:
+    """An amount as a decimal string at its asset's precision (exact when unknown)."""
+    return _at_precision(amount, places)
 
 
 def _at_precision(amount: Decimal, places: int | None) -> str:

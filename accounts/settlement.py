@@ -18,6 +18,7 @@ from decimal import Decimal
 import psycopg
 from django.db import connection
 
+from accounts.balance_events import balance_events
 from accounts.ledger import CASH, CREATE_SQL, FEE_REVENUE, HOLD, REBATE_EXPENSE, AccountKey
 from accounts.models import LedgerEntry
 
@@ -36,13 +37,20 @@ ENTRY_IDS_SQL = (
     "FROM generate_series(1, %s)"
 )
 
-# The lock (primary-key order) and the balance moves, in one round trip.
+# The lock (primary-key order), the balance moves, and the users' balances after them (cash
+# and hold of every user asset that moved, for the balance events), in one round trip.
 BALANCES_SQL = """
 SELECT 1 FROM accounts_ledgeraccount WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE;
 UPDATE accounts_ledgeraccount a
    SET balance = a.balance + d.delta, updated_at = now()
   FROM unnest(%s::bigint[], %s::numeric[]) AS d(id, delta)
- WHERE a.id = d.id
+ WHERE a.id = d.id;
+SELECT a.user_id, a.asset, a.kind, a.balance
+  FROM accounts_ledgeraccount a
+  JOIN (SELECT DISTINCT user_id, asset FROM accounts_ledgeraccount
+         WHERE id = ANY(%s::bigint[]) AND user_id IS NOT NULL) t
+    ON a.user_id = t.user_id AND a.asset = t.asset
+ WHERE a.kind IN ('cash', 'hold')
 """
 
 
@@ -100,8 +108,9 @@ class SettlementWriter:
         """Drop remembered account ids (after a rollback, accounts created in it are gone)."""
         self._account_ids.clear()
 
-    def write(self, *, fills: list[TradeFill], releases: list[HoldRelease]) -> None:
-        """Entries, postings and balance moves for a batch's trades and hold releases."""
+    def write(self, *, fills: list[TradeFill], releases: list[HoldRelease]) -> list[dict]:
+        """Entries, postings and balance moves for a batch's trades and hold releases; returns
+        the balance events of the users whose balances moved."""
         entries: list[tuple] = []
         lines: list[tuple[int, AccountKey, Decimal]] = []  # (entry index, account, amount)
         for fill in fills:
@@ -116,7 +125,7 @@ class SettlementWriter:
             lines.append((index, (HOLD, release.user_id, release.asset), -release.amount))
             lines.append((index, (CASH, release.user_id, release.asset), release.amount))
         if not entries:
-            return
+            return []
         ids = self._resolve({key for _, key, _ in lines})
         with psycopg.Cursor(connection.connection) as cursor:
             cursor.execute(ENTRY_IDS_SQL, [len(entries)])
@@ -135,9 +144,13 @@ class SettlementWriter:
                     deltas[account_id] += amount
                     copy.write_row((entry_ids[index], account_id, key[2], amount))
         moved = sorted(account_id for account_id, delta in deltas.items() if delta)
-        if moved:
-            with psycopg.ClientCursor(connection.connection) as cursor:
-                cursor.execute(BALANCES_SQL, [moved, moved, [deltas[i] for i in moved]])
+        if not moved:
+            return []
+        with psycopg.ClientCursor(connection.connection) as cursor:
+            cursor.execute(BALANCES_SQL, [moved, moved, [deltas[i] for i in moved], moved])
+            cursor.nextset()
+            cursor.nextset()
+            return balance_events(cursor.fetchall())
 
     def _resolve(self, keys: set[AccountKey]) -> dict[AccountKey, int]:
         known = self._account_ids

@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 from django.conf import settings
 
 from exchange.book_checksum import CHECKSUM_LEVELS, book_checksum
-from matching.transport import book_snapshot_key, market_data_channel
+from matching.transport import book_snapshot_key, market_data_channel, private_events_channel
 
 logger = logging.getLogger(__name__)
 
@@ -253,6 +253,7 @@ class MarketHub:
 
     async def _run(self) -> None:
         channels = [market_data_channel(shard) for shard in range(settings.MATCHING_SHARDS)]
+        channels.append(private_events_channel())
         while True:
             client = aioredis.Redis.from_url(
                 settings.REDIS_URL, socket_connect_timeout=2, health_check_interval=15
@@ -509,6 +510,15 @@ class MarketHub:
             data = {k: v for k, v in event.items() if k != "user_id"}
             data["event"] = ORDER_EVENTS.get(event["status"], event["status"])
             frame = dumps({"channel": "orders", "type": "order", "data": data})
+            for sub in list(subs):
+                self.push(sub, frame)
+
+        for event in message.get("balances", ()):
+            subs = self.users.get(event["user_id"])
+            if not subs:
+                continue
+            data = {k: v for k, v in event.items() if k != "user_id"}
+            frame = dumps({"channel": "orders", "type": "balance", "data": data})
             for sub in list(subs):
                 self.push(sub, frame)
 

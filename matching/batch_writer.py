@@ -133,6 +133,7 @@ class BatchOutcome:
     symbols: set[str]
     trades: list[dict[str, Any]]
     orders: list[dict[str, Any]]
+    balances: list[dict[str, Any]] = field(default_factory=list)  # set once written
 
 
 @dataclass
@@ -374,7 +375,7 @@ class BatchWriter:
             self._copy("batch_command_applied", prepared.command_rows)
             self._journal_write(prepared.journal_rows)
             trade_ids, ended_holds = self._staged_apply(prepared)
-            self.settlement.write(
+            prepared.outcome.balances = self.settlement.write(
                 fills=self._fills(prepared, trade_ids),
                 releases=[
                     *self._amend_hold_releases(prepared),

@@ -125,7 +125,7 @@ class Publisher:
             for symbol, book in books.items():
                 # A consumer that sees prev_seq != its last seq knows it missed a message.
                 book["prev_seq"] = self.published_seq.get(symbol, 0)
-            if books or outcome.trades or outcome.orders:
+            if books or outcome.trades or outcome.orders or outcome.balances:
                 pipe.publish(
                     market_data_channel(self.shard),
                     _dumps(
@@ -134,6 +134,7 @@ class Publisher:
                             "books": books,
                             "trades": outcome.trades,
                             "orders": outcome.orders,
+                            "balances": outcome.balances,
                         }
                     ),
                 )

@@ -5,7 +5,10 @@
   ids it applied; each web process has one subscriber that wakes the requests waiting on them.
 - `book_snapshot_key(symbol)`: JSON of the book's top 50 levels and its seq, rewritten after each
   batch that changed the book.
-- `market_data_channel(shard)`: one PUBLISH per batch with the batch's book changes and trades.
+- `market_data_channel(shard)`: one PUBLISH per batch with the batch's book changes, trades,
+  order events and balance changes.
+- `private_events_channel()`: balance changes made by the web processes (holds, deposits,
+  withdrawals), PUBLISHed after their commit; the hubs forward them like the worker's.
 """
 
 from exchange.redis_connection import redis_key
@@ -27,3 +30,7 @@ def book_snapshot_key(symbol: str) -> str:
 
 def market_data_channel(shard: int) -> str:
     return redis_key("md", "shard", shard)
+
+
+def private_events_channel() -> str:
+    return redis_key("md", "private")

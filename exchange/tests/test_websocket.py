@@ -298,7 +298,7 @@ def test_the_orders_channel_shows_only_the_subscribers_own_orders(market):
             )  # fmt: skip
             assert cancelled["data"]["order_id"] == own_id
             assert cancelled["data"]["reason"]
-        orders = [f["data"] for f in seen_a if f.get("channel") == "orders"]
+        orders = [f["data"] for f in seen_a if f.get("type") == "order"]
         assert {o["order_id"] for o in orders} == {own_id}
         assert not other_ids & {o["order_id"] for o in orders}
         assert all("user_id" not in o for o in orders)
@@ -556,3 +556,43 @@ def test_socket_order_entry_needs_a_key_with_trade_and_carries_the_key_in_the_au
         event_type=AuditEvent.ORDER_SUBMITTED, order_id=order_id
     )
     assert submitted.api_key_id == trader_only.api_key.pk and submitted.channel == "ws"
+
+
+def test_the_orders_channel_carries_the_subscribers_balance_changes(market):
+    symbol = market["symbol"]
+    key_a, key_b = market["keys"]
+
+    async def scenario():
+        http_a, http_b = rest(market["base"], key_a), rest(market["base"], key_b)
+        seen: list[dict] = []
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            await send(ws, login_op(key_a, id=1))
+            await recv_until(ws, lambda f: f.get("type") == "login")
+            await send(ws, {"op": "subscribe", "channels": ["orders"]})
+            await recv_until(ws, lambda f: f.get("type") == "subscribed")
+
+            def balance(asset, **expected):
+                return lambda f: (
+                    f.get("type") == "balance"
+                    and f["data"]["asset"] == asset
+                    and all(f["data"][k] == v for k, v in expected.items())
+                )
+
+            # Placing holds the money at once (the web process's commit)...
+            buy = await http_a.post("/api/v1/orders", json=limit(symbol, "buy", "100.00", "10"))
+            assert buy.status_code == 201, buy.text
+            held = await recv_until(ws, balance("USD", held="1002.00"), seen=seen)
+            assert held["channel"] == "orders"
+            assert held["data"] == {"asset": "USD", "available": "9998998.00",
+                                    "held": "1002.00", "total": "10000000.00"}  # fmt: skip
+            # ...and the worker's batch settles the fill: TST arrives, the hold is spent.
+            sell = await http_b.post("/api/v1/orders", json=limit(symbol, "sell", "100.00", "10"))
+            assert sell.status_code == 201, sell.text
+            await recv_until(ws, balance("TST", available="10000010"), seen=seen)
+            # It made the buy (maker fee 0.10%): 1,001.00 spent, the rest of the hold released.
+            await recv_until(ws, balance("USD", held="0.00", total="9998999.00"), seen=seen)
+        assert all(f["data"]["asset"] in ("USD", "TST") for f in seen if f["type"] == "balance")
+        await http_a.aclose()
+        await http_b.aclose()
+
+    asyncio.run(scenario())

@@ -5,8 +5,8 @@ import sys
 
 from django.db import connection
 
-from conftest import BASE_DIR, wait_until
 from accounts.selectors import ledger_discrepancies
+from conftest import BASE_DIR, wait_until
 from matching.models import Command
 
 

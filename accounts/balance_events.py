@@ -1,0 +1,53 @@
+"""Balance changes for the WebSocket `orders` channel: `{"user_id", "asset", "available",
+"held"}` after a commit (the shard worker sends its batch's with the market data; the web
+processes send theirs here). Redis is transport: a lost event is caught up by GET /balances."""
+
+import json
+import logging
+from collections.abc import Iterable
+from decimal import Decimal
+
+import redis
+from django.db import transaction
+
+from accounts.selectors import amount_str, asset_precisions_cached
+from exchange.redis_connection import redis_client
+from matching.transport import private_events_channel
+
+logger = logging.getLogger(__name__)
+
+
+def balance_events(rows: Iterable[tuple[int, str, str, Decimal]]) -> list[dict]:
+    """Events from (user_id, asset, kind, balance) rows of users' cash and hold accounts, the
+    amounts as strings at each asset's precision (as GET /api/v1/balances shows them)."""
+    merged: dict[tuple[int, str], dict] = {}
+    places = asset_precisions_cached()
+    for user_id, asset, kind, balance in rows:
+        event = merged.setdefault(
+            (user_id, asset),
+            {"user_id": user_id, "asset": asset, "available": Decimal(0), "held": Decimal(0)},
+        )
+        event["available" if kind == "cash" else "held"] = balance
+    events = []
+    for key in sorted(merged):
+        event = merged[key]
+        precision = places.get(event["asset"])
+        available, held = event["available"], event["held"]
+        event["available"] = amount_str(available, precision)
+        event["held"] = amount_str(held, precision)
+        event["total"] = amount_str(available + held, precision)
+        events.append(event)
+    return events
+
+
+def balance_events_publish_on_commit(events: list[dict]) -> None:
+    """Publish `events` once the current transaction commits (never for a rolled-back one)."""
+    if events:
+        transaction.on_commit(lambda: _publish(events))
+
+
+def _publish(events: list[dict]) -> None:
+    try:
+        redis_client().publish(private_events_channel(), json.dumps({"balances": events}))
+    except redis.RedisError as exc:
+        logger.warning("balance events not published", extra={"why": str(exc)})
