@@ -30,7 +30,7 @@ class Migration(migrations.Migration):
             field=models.DecimalField(
                 decimal_places=12,
                 default=Decimal("0"),
-                help_text="What the order may use in all: quote for a buy (its engine cap), base for a sell.",
+                help_text="What the order may use in all: quote for a buy (its cap), base for a sell.",
                 max_digits=30,
             ),
         ),
