@@ -16,6 +16,7 @@ urlpatterns = [
     path("orderbook/<str:symbol>/spread", v.SpreadView.as_view(), name="orderbook-spread"),
     path("trades/<str:symbol>", v.TradesView.as_view(), name="trades"),
     path("ticker/<str:symbol>", v.TickerView.as_view(), name="ticker"),
+    path("candles/<str:symbol>", v.CandlesView.as_view(), name="candles"),
     path("metrics/exchange", v.ExchangeMetricsView.as_view(), name="metrics-exchange"),
     path("api-keys", api_key_views.ApiKeysView.as_view(), name="api-keys"),
     path("api-keys/<int:api_key_id>", api_key_views.ApiKeyDetailView.as_view(), name="api-key"),

@@ -346,6 +346,84 @@ class TickerView(PublicView):
         return Response(data)
 
 
+class CandleSerializer(serializers.Serializer):
+    open_time = serializers.DateTimeField(help_text="Start of the bucket (UTC).")
+    open = serializers.CharField()
+    high = serializers.CharField()
+    low = serializers.CharField()
+    close = serializers.CharField()
+    volume = serializers.CharField(help_text="Base quantity traded.")
+    quote_volume = serializers.CharField()
+    trades = serializers.IntegerField()
+
+
+class CandlesView(PublicView):
+    MAX_LIMIT = 1000
+
+    @extend_schema(
+        operation_id="candles",
+        parameters=[
+            OpenApiParameter(
+                "interval",
+                str,
+                required=True,
+                enum=list(selectors.CANDLE_INTERVALS),
+                description="Bucket width; buckets are aligned to UTC (1d = a UTC day).",
+            ),
+            OpenApiParameter("limit", int, description="Latest buckets, 1-1000 (default 500)."),
+            OpenApiParameter(
+                "end", dt.datetime, description="Only trades before this instant (default now)."
+            ),
+        ],
+        responses={
+            200: inline_serializer(
+                "Candles",
+                fields={
+                    "symbol": serializers.CharField(),
+                    "interval": serializers.CharField(),
+                    "candles": CandleSerializer(many=True),
+                },
+            ),
+            400: ERROR,
+        },
+        description="OHLC and volume built from the trades, oldest first; a bucket without a "
+        "trade is left out. The last candle is still forming while its bucket lasts.",
+    )
+    def get(self, request: Request, symbol: str) -> Response:
+        instrument = selectors.instrument_by_symbol(symbol)
+        interval = request.query_params.get("interval", "")
+        if interval not in selectors.CANDLE_INTERVALS:
+            raise trading_error(
+                "InvalidParameter",
+                f"interval must be one of {', '.join(selectors.CANDLE_INTERVALS)}",
+                field="interval",
+            )
+        raw_limit = request.query_params.get("limit", "500")
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= self.MAX_LIMIT:
+            raise trading_error(
+                "InvalidParameter",
+                f"limit must be a whole number from 1 to {self.MAX_LIMIT}",
+                field="limit",
+            )
+        end = parse_time(request, "end") or timezone.now()
+        rows = selectors.candles_for_instrument(
+            instrument=instrument, interval=interval, limit=int(raw_limit), end=end
+        )
+        candles = [
+            {
+                "open_time": row["open_time"],
+                **{
+                    key: price_str(instrument, row[key]) for key in ("open", "high", "low", "close")
+                },
+                "volume": quantity_str(instrument, row["volume"]),
+                "quote_volume": money_str(instrument, row["quote_volume"]),
+                "trades": row["trades"],
+            }
+            for row in rows
+        ]
+        return Response({"symbol": instrument.symbol, "interval": interval, "candles": candles})
+
+
 class ExchangeMetricsView(APIView):
     """Volume, trades and fee revenue net of rebates, per symbol and per quote asset (staff)."""
 

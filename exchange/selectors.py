@@ -7,6 +7,7 @@ import time
 from decimal import Decimal
 
 import redis
+from django.db import connection
 from django.db.models import Count, Max, Min, Q, QuerySet, Sum
 from django.utils import timezone
 
@@ -205,6 +206,68 @@ def ticker_24h(*, instrument: Instrument, now: dt.datetime | None = None) -> dic
         "change_24h": change,
         "change_pct_24h": change_pct,
     }
+
+
+# Candle intervals of GET /api/v1/candles/{symbol}: name -> bucket width.
+CANDLE_INTERVALS = {
+    "1m": dt.timedelta(minutes=1),
+    "5m": dt.timedelta(minutes=5),
+    "1h": dt.timedelta(hours=1),
+    "1d": dt.timedelta(days=1),
+}
+
+# Buckets start at whole multiples of the width counted from this instant (UTC midnight), so a
+# 1d candle is a UTC day and a 5m candle starts at :00, :05, ...
+CANDLE_ORIGIN = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+
+_CANDLES_SQL = """
+    SELECT date_bin(%(width)s, executed_at, %(origin)s) AS open_time,
+           (array_agg(price ORDER BY id))[1] AS open,
+           max(price) AS high,
+           min(price) AS low,
+           (array_agg(price ORDER BY id DESC))[1] AS close,
+           sum(quantity) AS volume,
+           sum(quote_quantity) AS quote_volume,
+           count(*) AS trades
+      FROM exchange_trade
+     WHERE instrument_id = %(instrument_id)s
+       AND executed_at >= %(start)s AND executed_at < %(end)s
+  GROUP BY 1
+  ORDER BY 1 DESC
+     LIMIT %(limit)s
+"""
+
+
+def candles_for_instrument(
+    *, instrument: Instrument, interval: str, limit: int, end: dt.datetime
+) -> list[dict]:
+    """OHLC and volume of the instrument's trades per `interval` bucket (UTC-aligned), the
+    `limit` latest buckets that start before `end`, oldest first. Buckets without a trade are
+    absent. Aggregated in PostgreSQL (date_bin); open and close are the first and last trade by
+    trade id, the engine's execution order."""
+    width = CANDLE_INTERVALS[interval]
+    # The last bucket is the one holding the instant just before `end` (trades before `end`
+    # only: with the default `end` of now, that is the live, partial candle).
+    last_open = (
+        CANDLE_ORIGIN + (end - CANDLE_ORIGIN - dt.timedelta(microseconds=1)) // width * width
+    )
+    start = last_open - width * (limit - 1)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _CANDLES_SQL,
+            {
+                "width": width,
+                "origin": CANDLE_ORIGIN,
+                "instrument_id": instrument.pk,
+                "start": start,
+                "end": end,
+                "limit": limit,
+            },
+        )
+        names = [column.name for column in cursor.description]
+        rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    rows.reverse()
+    return rows
 
 
 def exchange_metrics() -> dict:
