@@ -210,7 +210,7 @@ def test_random_trading_run_keeps_every_asset_summing_to_zero(market):
     rebates_before = exchange_balance("rebate_expense", "USD")
     rng = random.Random(20261125)
     placed = []
-    for _ in range(240):
+    for _ in range(400):
         trader = rng.choice(traders)
         symbol = rng.choice((instrument, other)).symbol
         action = rng.random()
