@@ -179,8 +179,11 @@ class BookMirror:
         self._snapshots[depth] = (self.seq, frame)
         return frame
 
-    def update_frames(self, prev_seq: int, ts_ns: int) -> dict[int, str]:
-        """One `update` frame per depth somebody watches, each serialized once."""
+    def update_frames(
+        self, prev_seq: int, ts_ns: int, committed_ns: int | None = None
+    ) -> dict[int, str]:
+        """One `update` frame per depth somebody watches, each serialized once (`ts_ns`: when
+        this hub received the batch; `committed_ns`: when the worker's batch committed)."""
         checksum = self.checksum()
         frames = {}
         for depth, (old_bids, old_asks) in self.views.items():
@@ -195,6 +198,7 @@ class BookMirror:
                     "asks": view_changes(old_asks, asks),
                     "checksum": checksum,
                     "ts_ns": ts_ns,
+                    "committed_ns": committed_ns,
                 }
             )
         return frames
@@ -470,7 +474,9 @@ class MarketHub:
                 await self._refresh(mirror)
                 if self.books.get(symbol) is not mirror or not mirror.loaded:
                     continue  # unwatched or reloading meanwhile
-            frames = mirror.update_frames(update["prev_seq"], received_ns)
+            frames = mirror.update_frames(
+                update["prev_seq"], received_ns, message.get("committed_ns")
+            )
             for sub in list(self.channels.get(f"book.{symbol}", ())):
                 last = sub.book_seq.get(symbol, -1)
                 if last < 0:

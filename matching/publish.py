@@ -135,6 +135,8 @@ class Publisher:
                             "trades": outcome.trades,
                             "orders": outcome.orders,
                             "balances": outcome.balances,
+                            # Sent only after the batch committed: the time it became durable.
+                            "committed_ns": time.time_ns(),
                         }
                     ),
                 )
