@@ -210,7 +210,12 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = env.str("STATIC_ROOT", default=str(VAR_DIR / "static"))
-STATICFILES_DIRS = [BASE_DIR / "static"] if (BASE_DIR / "static").is_dir() else []
+# Our own CSS and JavaScript (static/), and the chart library from npm (package-lock.json,
+# installed into node_modules by `make`), served as static/vendor/lightweight-charts/.
+STATICFILES_DIRS = [
+    BASE_DIR / "static",
+    ("vendor/lightweight-charts", BASE_DIR / "node_modules" / "lightweight-charts" / "dist"),
+]
 
 CACHES = {
     "default": {

@@ -2,10 +2,12 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from exchange import views
+from exchange import views, web_views
 
 urlpatterns = [
-    path("", views.home, name="home"),
+    path("", web_views.markets, name="home"),
+    path("trade/<str:symbol>/", web_views.trade, name="trade"),
+    path("account/", web_views.account, name="account"),
     path("healthz", views.HealthView.as_view(), name="healthz"),
     path("admin/", admin.site.urls),
     path("accounts/", include("accounts.urls")),

@@ -1,6 +1,5 @@
 """HTTP views of the trading core: thin adapters over services and selectors."""
 
-from django.shortcuts import render
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
@@ -9,7 +8,6 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from exchange.health import health_status
-from exchange.selectors import instruments_listed
 
 
 class HealthView(APIView):
@@ -42,8 +40,3 @@ class HealthView(APIView):
     def get(self, request: Request) -> Response:
         report, http_status = health_status()
         return Response(report, status=http_status)
-
-
-def home(request):
-    """The landing page: the listed instruments and where to go next."""
-    return render(request, "home.html", {"instruments": instruments_listed()})

@@ -1,0 +1,402 @@
+"""The trader's web UI in a real browser (Playwright driving the machine's Chromium) against the
+real web process and matching worker: sign-in, live ladder and tapes, orders, fills, amend,
+cancel, a post-only rejection, 2FA enrolment and login, the account page.
+
+Chromium comes from Debian (`apt-get install chromium`; .ci/run installs it). When `CI` is set a
+missing browser fails these tests; otherwise they are skipped with the reason.
+"""
+
+import base64
+import os
+import time
+from pathlib import Path
+
+import pytest
+from django.db import connections
+from django_otp.oath import TOTP
+
+from exchange.book_checksum import book_checksum
+from exchange.tests.api_client import ApiClient, make_instrument, make_user
+
+pytestmark = pytest.mark.processes
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "var" / "screenshots"
+PASSWORD = "correct horse battery staple"
+TIMEOUT_MS = 15_000
+BASE, QUOTE = "TST", "USD"  # the assets of make_instrument()
+
+
+def _unavailable(reason: str):
+    if os.environ.get("CI"):
+        pytest.fail(f"browser tests are mandatory in CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        _unavailable(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+    try:
+        from playwright.sync_api import expect as playwright_expect
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("playwright is not installed (make venv)")
+    playwright_expect.set_options(timeout=TIMEOUT_MS)
+    # Playwright's sync API runs an event loop in this thread; the tests' own ORM calls (users,
+    # instruments) are plain blocking calls between browser steps, so Django may allow them.
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as playwright:
+            chromium = playwright.chromium.launch(
+                executable_path=str(CHROMIUM),
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            )
+            yield chromium
+            chromium.close()
+    finally:
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+
+
+@pytest.fixture
+def open_page(browser, exchange_stack):
+    """Opens a fresh browser context (its own cookies) per call; closes them after the test."""
+    contexts = []
+
+    def opener(*, width: int = 1400, height: int = 1000):
+        context = browser.new_context(
+            base_url=exchange_stack, viewport={"width": width, "height": height}
+        )
+        context.set_default_timeout(TIMEOUT_MS)
+        contexts.append(context)
+        page = context.new_page()
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        return page
+
+    errors: list[str] = []
+    yield opener
+    for context in contexts:
+        context.close()
+    # The ORM calls made between browser steps ran in Playwright's greenlet context, which has
+    # its own connection: close it, or it would keep the test database open.
+    connections.close_all()
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+def trader(prefix: str = "web"):
+    user = make_user(prefix)
+    user.set_password(PASSWORD)
+    user.save()
+    return user
+
+
+def log_in(page, user, next_path: str = "/"):
+    page.goto(f"/accounts/login/?next={next_path}")
+    page.get_by_label("Email").fill(user.email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+
+
+def open_trading(page, user, symbol: str):
+    log_in(page, user, f"/trade/{symbol}/")
+    page.wait_for_url(f"**/trade/{symbol}/")
+    expect(page.locator("#stream-state")).to_have_text("Live")
+    # The first snapshot has arrived: the ladder carries its seq.
+    expect(page.locator("#ladder")).not_to_have_attribute("data-seq", "")
+
+
+def expect(locator):
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect(locator)
+
+
+def place_limit(page, side: str, price: str, quantity: str, *, post_only: bool = False):
+    ticket = page.locator("#ticket")
+    ticket.get_by_label("Buy" if side == "buy" else "Sell", exact=True).check()
+    ticket.get_by_label("Order type").select_option("limit")
+    ticket.get_by_label(f"Limit price ({QUOTE})", exact=True).fill(price)
+    ticket.get_by_label(f"Quantity ({BASE})", exact=True).fill(quantity)
+    if post_only:
+        ticket.locator("summary").click()
+        ticket.get_by_label("Post-only: reject if it would take liquidity").check()
+    ticket.locator("#ticket-submit").click()
+
+
+def ladder_row(page, side: str, price: str):
+    return page.locator(f'#ladder tr[data-side="{side}"][data-price="{price}"]')
+
+
+def open_order_row(page, price: str):
+    return page.locator("#open-orders tbody tr[data-order-id]").filter(has_text=price)
+
+
+def screenshot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
+
+
+def test_log_in_and_a_limit_order_appears_in_the_ladder_and_open_orders_without_reload(
+    open_page, live_db
+):
+    instrument, user = make_instrument(), trader()
+    page = open_page()
+    open_trading(page, user, instrument.symbol)
+    page.evaluate("window.__sameDocument = true")
+
+    # Keyboard only: type the price, Tab to the quantity, Enter submits.
+    page.locator("#ticket-price").focus()
+    page.keyboard.type("100.00")
+    page.keyboard.press("Tab")
+    page.keyboard.type("5")
+    expect(page.locator("#fee-preview")).to_contain_text("Fee 0.50 USD (maker 0.10 %")
+    page.keyboard.press("Enter")
+
+    expect(page.locator("#ticket-result")).to_contain_text(": new.")
+    bid = ladder_row(page, "bid", "100.00")
+    expect(bid).to_be_visible()
+    expect(bid.locator("td").nth(1)).to_have_text("5")
+    row = open_order_row(page, "100.00")
+    expect(row).to_contain_text("Buy")
+    expect(row).to_contain_text("new")
+    assert page.evaluate("window.__sameDocument") is True
+    # The hold shows in the available balance next to the ticket (10,000,000 - 500.50).
+    expect(page.locator('#ticket-balances [data-asset="USD"]')).to_have_text("9999499.00")
+
+
+def test_a_crossing_order_of_a_second_user_fills_it_in_both_tapes_and_fills(open_page, live_db):
+    instrument, maker, taker = make_instrument(), trader("maker"), trader("taker")
+    maker_page, taker_page = open_page(), open_page()
+    open_trading(maker_page, maker, instrument.symbol)
+    open_trading(taker_page, taker, instrument.symbol)
+
+    place_limit(maker_page, "sell", "101.00", "3")
+    expect(ladder_row(taker_page, "ask", "101.00")).to_be_visible()
+    place_limit(taker_page, "buy", "101.00", "2")
+    expect(taker_page.locator("#ticket-result")).to_contain_text("filled 2 at 101.00")
+
+    for page in (maker_page, taker_page):
+        trade = page.locator("#tape tbody tr").first
+        expect(trade).to_contain_text("101.00")
+        expect(trade.locator("td").nth(2)).to_have_text("2")
+        expect(trade).to_contain_text("Buy")
+        expect(ladder_row(page, "ask", "101.00").locator("td").nth(1)).to_have_text("1")
+    maker_fill = maker_page.locator("#fills tbody tr[data-trade-id]")
+    expect(maker_fill).to_have_count(1)
+    expect(maker_fill).to_contain_text("Sell")
+    expect(maker_fill).to_contain_text("maker")
+    taker_fill = taker_page.locator("#fills tbody tr[data-trade-id]")
+    expect(taker_fill).to_have_count(1)
+    expect(taker_fill).to_contain_text("taker")
+    expect(taker_fill.locator("td").nth(4)).to_have_text("0.41")  # 0.20 % of 202.00, rounded up
+    expect(open_order_row(maker_page, "101.00")).to_contain_text("partially filled")
+    expect(taker_page.locator("#open-orders tbody")).to_contain_text("No open orders.")
+    # The live candle has the trade too.
+    expect(maker_page.locator("#chart")).to_have_attribute("data-candles", "1")
+    expect(maker_page.locator("#chart-summary")).to_contain_text("close 101")
+    screenshot(maker_page, "trading.png")
+
+
+def test_amend_then_cancel_an_order_and_cancel_all(open_page, live_db):
+    instrument, user = make_instrument(), trader()
+    page = open_page()
+    open_trading(page, user, instrument.symbol)
+    place_limit(page, "buy", "99.00", "4")
+    row = open_order_row(page, "99.00")
+    expect(row).to_be_visible()
+
+    row.get_by_role("button", name="Amend").click()
+    amend = page.locator(".amend-form")
+    amend.get_by_label("New price").fill("98.50")
+    amend.get_by_label("New total quantity").fill("6")
+    amend.get_by_role("button", name="Save changes").click()
+    expect(page.locator("#orders-result")).to_contain_text("amended")
+    expect(ladder_row(page, "bid", "98.50").locator("td").nth(1)).to_have_text("6")
+    expect(ladder_row(page, "bid", "99.00")).to_have_count(0)
+    amended = open_order_row(page, "98.50")
+    expect(amended.locator("td").nth(4)).to_have_text("6")
+
+    # An amend the server refuses shows its message next to the field it names.
+    amended.get_by_role("button", name="Amend").click()
+    page.locator(".amend-form").get_by_label("New price").fill("98.505")
+    page.locator(".amend-form").get_by_role("button", name="Save changes").click()
+    price_error = page.locator('.amend-form [data-error-for="price"]')
+    expect(price_error).to_be_visible()
+    expect(price_error).to_contain_text("tick")
+    amended.get_by_role("button", name="Amend").click()  # close the form
+
+    amended.get_by_role("button", name="Cancel").click()
+    expect(page.locator("#orders-result")).to_contain_text("cancelled")
+    expect(page.locator("#open-orders tbody")).to_contain_text("No open orders.")
+    expect(ladder_row(page, "bid", "98.50")).to_have_count(0)
+
+    place_limit(page, "buy", "97.00", "1")
+    place_limit(page, "sell", "103.00", "1")
+    expect(page.locator("#open-orders tbody tr[data-order-id]")).to_have_count(2)
+    page.get_by_role("button", name="Cancel all").click()
+    expect(page.locator("#open-orders tbody")).to_contain_text("No open orders.")
+    expect(page.locator("#ladder tr[data-price]")).to_have_count(0)
+
+
+def test_a_post_only_order_that_would_cross_shows_the_servers_rejection(
+    open_page, exchange_stack, live_db
+):
+    instrument, user = make_instrument(), trader()
+    seller = ApiClient(exchange_stack)
+    assert (
+        seller.place(
+            symbol=instrument.symbol, side="sell", order_type="limit", price="105.00", quantity="2"
+        ).status_code
+        == 201
+    )
+    page = open_page()
+    open_trading(page, user, instrument.symbol)
+    expect(ladder_row(page, "ask", "105.00")).to_be_visible()
+
+    place_limit(page, "buy", "105.00", "1", post_only=True)
+    message = page.locator('#ticket [data-error-for="__all__"]')
+    expect(message).to_be_visible()
+    expect(message).to_contain_text("would match")
+    expect(page.locator("#open-orders tbody")).to_contain_text("No open orders.")
+
+    # A field error goes next to its field: a price off the tick.
+    page.locator("#ticket").get_by_label(f"Limit price ({QUOTE})", exact=True).fill("104.999")
+    page.locator("#ticket-submit").click()
+    expect(page.locator('#ticket [data-error-for="price"]')).to_contain_text("tick")
+    expect(page.locator("#ticket-price")).to_have_attribute("aria-invalid", "true")
+
+
+def totp_code(secret_base32: str, *, at: float) -> str:
+    key = base64.b32decode(secret_base32 + "=" * (-len(secret_base32) % 8))
+    totp = TOTP(key)
+    totp.time = at
+    return f"{totp.token():06d}"
+
+
+def test_two_factor_enrolment_then_login_with_a_code_and_the_account_page(open_page, live_db):
+    user = trader()
+    page = open_page()
+    log_in(page, user, "/account/")
+    page.wait_for_url("**/account/")
+    expect(page.locator("#account-two-factor")).to_contain_text("off")
+    page.get_by_role("link", name="Turn on two-factor authentication").click()
+
+    secret = page.locator("#totp-secret").inner_text().replace(" ", "")
+    expect(page.locator("figure svg")).to_be_visible()  # the QR code
+    now = time.time()
+    page.get_by_label("code from your authenticator app").fill(totp_code(secret, at=now))
+    page.get_by_role("button", name="Confirm and turn on").click()
+    expect(page.locator(".recovery-codes li")).to_have_count(10)
+
+    page.get_by_role("button", name="Log out").click()
+    log_in(page, user, "/account/")
+    page.wait_for_url("**/2fa/verify/**")
+    # The enrolment used this step's code; the next step's is within the tolerance.
+    page.get_by_label("code from your authenticator app").fill(totp_code(secret, at=now + 30))
+    page.get_by_role("button", name="Verify").click()
+    page.wait_for_url("**/account/")
+    expect(page.locator("#account-two-factor")).to_contain_text("on")
+    expect(page.locator("#balances tbody tr[data-asset='USD']")).to_contain_text("10000000")
+    expect(page.locator("#fee-tier-name")).not_to_be_empty()
+    screenshot(page, "account.png")
+
+
+def test_account_page_deposit_withdraw_ledger_and_api_keys(open_page, live_db):
+    user = trader()
+    page = open_page()
+    log_in(page, user, "/account/")
+    page.wait_for_url("**/account/")
+
+    withdraw = page.locator("#withdraw-form")
+    withdraw.get_by_label("Asset").select_option("USD")
+    withdraw.get_by_label("Amount").fill("250.50")
+    withdraw.get_by_role("button", name="Withdraw").click()
+    expect(withdraw.locator("[data-result]")).to_contain_text("Withdrew 250.5 USD")
+    expect(page.locator("#balances tbody tr[data-asset='USD'] td").first).to_have_text("9999749.50")
+    expect(page.locator("#ledger tbody tr").first).to_contain_text("withdrawal")
+    withdraw.get_by_label("Amount").fill("99999999")
+    withdraw.get_by_role("button", name="Withdraw").click()
+    expect(withdraw.locator('[data-error-for="amount"]')).to_be_visible()
+
+    deposit = page.locator("#deposit-form")
+    deposit.get_by_label("Amount").fill("abc")
+    deposit.get_by_role("button", name="Deposit").click()
+    expect(deposit.locator('[data-error-for="amount"]')).to_contain_text("decimal")
+
+    keys = page.locator("#key-form")
+    keys.get_by_label("Label").fill("my bot")
+    keys.get_by_label("Trade (place, amend, cancel orders)").check()
+    keys.get_by_label("IP allow-list").fill("203.0.113.0/24")
+    keys.get_by_role("button", name="Create key").click()
+    expect(page.locator("#key-created")).to_be_visible()
+    secret = page.locator("#created-secret").inner_text()
+    assert len(secret) >= 32
+    row = page.locator("#api-keys tbody tr[data-key-id]")
+    expect(row).to_have_count(1)
+    expect(row).to_contain_text("read, trade")
+    expect(row).to_contain_text("203.0.113.0/24")
+    assert secret not in page.locator("#api-keys").inner_text()
+
+    keys.get_by_label("Label").fill("bad ip")
+    keys.get_by_label("IP allow-list").fill("not-an-ip")
+    keys.get_by_role("button", name="Create key").click()
+    expect(keys.locator('[data-error-for="ip_allowlist"]')).to_be_visible()
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    row.get_by_role("button", name="Revoke key my bot").click()
+    expect(row).to_contain_text("revoked")
+
+
+def test_the_pages_fit_a_narrow_screen(open_page, live_db):
+    instrument, user = make_instrument(), trader()
+    page = open_page(width=390, height=844)
+    open_trading(page, user, instrument.symbol)
+    expect(page.locator("#ticket-submit")).to_be_visible()
+    expect(page.locator("#ladder")).to_be_visible()
+    for path in (f"/trade/{instrument.symbol}/", "/account/", "/"):
+        page.goto(path)
+        page.wait_for_load_state("networkidle")
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"{path} is {overflow}px wider than a 390px screen"
+
+
+def test_the_pages_local_book_checks_seq_and_checksum_as_the_reference_does(open_page, live_db):
+    page = open_page()
+    page.goto("/")
+    bids = [["150.45", "10"], ["150.44", "3"], ["150.4", "7.5"]]
+    asks = [["150.47", "5"]]
+    outcome = page.evaluate(
+        """async ([bids, asks]) => {
+            const { LocalBook, bookChecksum } = await import("/static/js/book.js");
+            const book = new LocalBook();
+            const snapshot = book.applySnapshot({ seq: 7, bids, asks, checksum: null });
+            const sum = bookChecksum(bids, asks);
+            const gap = book.applyUpdate({ seq: 9, prev_seq: 8, bids: [], asks: [] });
+            const fresh = new LocalBook();
+            fresh.applySnapshot({ seq: 7, bids, asks });
+            const bad = fresh.applyUpdate({ seq: 8, prev_seq: 7, bids: [["150.45", "0"]],
+                                            asks: [], checksum: 1 });
+            const good = new LocalBook();
+            good.applySnapshot({ seq: 7, bids, asks });
+            const after = [["150.44", "3"], ["150.4", "7.5"]];
+            const ok = good.applyUpdate({ seq: 8, prev_seq: 7, bids: [["150.45", "0"]], asks: [],
+                                          checksum: bookChecksum(after, asks) });
+            const stale = good.applyUpdate({ seq: 8, prev_seq: 7, bids: [], asks: [] });
+            return { snapshot, sum, gap, bad, ok, stale, top: good.sortedBids()[0][0] };
+        }""",
+        [bids, asks],
+    )
+    assert outcome == {
+        "snapshot": "ok",
+        "sum": book_checksum(bids, asks),
+        "gap": "gap",
+        "bad": "mismatch",
+        "ok": "ok",
+        "stale": "stale",
+        "top": "150.44",
+    }
+    assert book_checksum([["150.45", "10"], ["150.44", "3"]], [["150.47", "5"]]) == 497610601

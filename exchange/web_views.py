@@ -1,0 +1,75 @@
+"""The traders' web pages: markets, a trading page per symbol, the account page.
+
+Server-rendered shells (templates/trading/); the live parts are small ES modules in static/js/
+that read and write through the REST API with the session cookie and follow the WebSocket.
+"""
+
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.views.decorators.cache import never_cache
+
+from accounts import two_factor
+from accounts.views import full_login_required
+from exchange import selectors
+from exchange.models import Instrument, Order, StpMode
+from exchange.serializers import money_str, price_str, quantity_str
+
+
+def _market_row(instrument: Instrument) -> dict:
+    stats = selectors.ticker_24h(instrument=instrument)
+    return {
+        "instrument": instrument,
+        "last_price": price_str(instrument, stats["last_price"]),
+        "change_pct": stats["change_pct_24h"],
+        "high": price_str(instrument, stats["high_24h"]),
+        "low": price_str(instrument, stats["low_24h"]),
+        "volume": quantity_str(instrument, stats["volume_24h"]),
+        "quote_volume": money_str(instrument, stats["quote_volume_24h"]),
+    }
+
+
+def markets(request: HttpRequest) -> HttpResponse:
+    """Every listed instrument with its last price and 24 h figures; a link to trade it."""
+    rows = [_market_row(instrument) for instrument in selectors.instruments_listed()]
+    return render(request, "trading/markets.html", {"rows": rows})
+
+
+def _signed_in_fully(request: HttpRequest) -> bool:
+    user = request.user
+    return user.is_authenticated and not two_factor.two_factor_pending(user)
+
+
+def trade(request: HttpRequest, symbol: str) -> HttpResponse:
+    """The trading page: public market data for everyone; the order ticket, open orders and
+    fills once signed in (both steps)."""
+    instrument = Instrument.objects.filter(symbol=symbol).first()
+    if instrument is None or instrument.status == Instrument.Status.DELISTED:
+        raise Http404(f"no instrument {symbol}")
+    context = {
+        "instrument": instrument,
+        "market": _market_row(instrument),
+        "can_trade": _signed_in_fully(request),
+        "order_types": Order.Type.choices,
+        "times_in_force": Order.TimeInForce.choices,
+        "stp_modes": StpMode.choices,
+        "tick_size": format(instrument.tick_size.normalize(), "f"),
+        "lot_size": format(instrument.lot_size.normalize(), "f"),
+        "min_quantity": format(instrument.min_quantity.normalize(), "f"),
+        "min_notional": format(instrument.min_notional.normalize(), "f"),
+    }
+    return render(request, "trading/trade.html", context)
+
+
+@never_cache
+@full_login_required
+def account(request: HttpRequest) -> HttpResponse:
+    """Balances, ledger, deposits and withdrawals, fee tier, API keys and 2FA of the user."""
+    user = request.user
+    enabled = two_factor.two_factor_enabled(user)
+    instruments = list(selectors.instruments_listed())
+    context = {
+        "two_factor_enabled": enabled,
+        "recovery_codes_left": two_factor.recovery_codes_left(user) if enabled else 0,
+        "assets": sorted({asset for i in instruments for asset in (i.base_asset, i.quote_asset)}),
+    }
+    return render(request, "trading/account.html", context)

@@ -1,0 +1,104 @@
+// Candlesticks with volume (lightweight-charts from npm, served from node_modules): loaded from
+// GET /api/v1/candles/{symbol}, then the last candle follows the live trades.
+import { api } from "./api.js";
+
+const INTERVAL_SECONDS = { "1m": 60, "5m": 300, "1h": 3600, "1d": 86400 };
+const UP = "#1a7f4b";
+const DOWN = "#c0392b";
+
+export class CandleChart {
+  constructor({ container, summary, moduleUrl, symbol }) {
+    this.container = container;
+    this.summary = summary;
+    this.symbol = symbol;
+    this.interval = "1m";
+    this.last = null; // the latest candle, as numbers, for live updates
+    this.ready = import(moduleUrl).then((charts) => this.create(charts));
+    this.ready.catch(() => {
+      this.summary.textContent = "The chart library could not be loaded.";
+    });
+  }
+
+  create(charts) {
+    this.chart = charts.createChart(this.container, {
+      autoSize: true,
+      layout: { background: { color: "transparent" }, textColor: "#333" },
+      grid: { vertLines: { color: "#eee" }, horzLines: { color: "#eee" } },
+      timeScale: { timeVisible: true, secondsVisible: false },
+    });
+    this.candles = this.chart.addSeries(charts.CandlestickSeries, {
+      upColor: UP,
+      downColor: DOWN,
+      borderVisible: false,
+      wickUpColor: UP,
+      wickDownColor: DOWN,
+    });
+    this.volume = this.chart.addSeries(charts.HistogramSeries, {
+      priceFormat: { type: "volume" },
+      priceScaleId: "",
+      lastValueVisible: false,
+      priceLineVisible: false,
+    });
+    this.volume.priceScale().applyOptions({ scaleMargins: { top: 0.8, bottom: 0 } });
+  }
+
+  async load(interval) {
+    this.interval = interval;
+    await this.ready;
+    const path = `/api/v1/candles/${encodeURIComponent(this.symbol)}?interval=${interval}&limit=500`;
+    const { data } = await api("GET", path);
+    if (interval !== this.interval) return; // another interval was chosen meanwhile
+    const bars = data.candles.map((c) => ({
+      time: Date.parse(c.open_time) / 1000,
+      open: Number(c.open),
+      high: Number(c.high),
+      low: Number(c.low),
+      close: Number(c.close),
+      volume: Number(c.volume),
+    }));
+    this.candles.setData(bars);
+    this.volume.setData(bars.map((bar) => this.volumeBar(bar)));
+    this.chart.timeScale().fitContent();
+    this.last = bars.at(-1) || null;
+    this.container.dataset.candles = String(bars.length);
+    this.container.dataset.interval = interval;
+    this.describe();
+  }
+
+  volumeBar(bar) {
+    return { time: bar.time, value: bar.volume, color: bar.close >= bar.open ? UP : DOWN };
+  }
+
+  // Trades from the socket (oldest first in a frame) extend or start the latest candle.
+  addTrades(trades) {
+    if (!this.candles || !this.container.dataset.interval) return;
+    const width = INTERVAL_SECONDS[this.interval];
+    for (const trade of trades) {
+      const seconds = Number(BigInt(trade.ts_ns) / 1000000000n);
+      const time = Math.floor(seconds / width) * width;
+      const price = Number(trade.price);
+      const quantity = Number(trade.quantity);
+      if (this.last && time < this.last.time) continue; // already counted in a loaded candle
+      if (this.last && time === this.last.time) {
+        this.last.high = Math.max(this.last.high, price);
+        this.last.low = Math.min(this.last.low, price);
+        this.last.close = price;
+        this.last.volume += quantity;
+      } else {
+        this.last = { time, open: price, high: price, low: price, close: price, volume: quantity };
+        this.container.dataset.candles = String(Number(this.container.dataset.candles) + 1);
+      }
+      this.candles.update({ ...this.last });
+      this.volume.update(this.volumeBar(this.last));
+    }
+    this.describe();
+  }
+
+  describe() {
+    const count = Number(this.container.dataset.candles || 0);
+    this.summary.textContent = this.last
+      ? `${this.symbol}, ${this.interval} candles (${count}): latest open ${this.last.open}, ` +
+        `high ${this.last.high}, low ${this.last.low}, close ${this.last.close}.`
+      : `${this.symbol}: no trades yet, so no candles.`;
+  }
+}

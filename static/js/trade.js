@@ -1,0 +1,539 @@
+// The trading page: live ladder (local book checked by seq and checksum, resynced by itself),
+// trades tape, candles, and for a signed-in user the order ticket, open orders and fills.
+import { api, cell, clearErrors, debounce, shortTime, showError } from "./api.js";
+import { LocalBook, compareDecimal } from "./book.js";
+import { CandleChart } from "./chart.js";
+import { addDecimals } from "./decimal.js";
+import { feePreview } from "./fees.js";
+import { Stream } from "./stream.js";
+
+const page = document.getElementById("trade");
+const symbol = page.dataset.symbol;
+const canTrade = page.dataset.canTrade === "true";
+const LADDER_LEVELS = 15;
+const TAPE_ROWS = 50;
+
+const decimalsOf = (step) => (step.includes(".") ? step.split(".")[1].length : 0);
+const priceDecimals = decimalsOf(page.dataset.tick);
+const lotDecimals = decimalsOf(page.dataset.lot);
+
+// ---- order book ladder -------------------------------------------------------------------
+
+const book = new LocalBook();
+const ladder = document.getElementById("ladder");
+let resyncs = 0;
+let awaitingSnapshot = true;
+
+function ladderRow(side, price, quantity, total, maxTotal) {
+  const row = document.createElement("tr");
+  row.className = side;
+  row.dataset.side = side;
+  row.dataset.price = price;
+  row.style.setProperty("--depth", `${maxTotal > 0 ? (total / maxTotal) * 100 : 0}%`);
+  const priceCell = document.createElement("td");
+  priceCell.className = "num";
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "price-pick";
+  button.textContent = price;
+  button.setAttribute("aria-label", `${side === "ask" ? "Ask" : "Bid"} ${price}, size ${quantity}`);
+  button.addEventListener("click", () => pickPrice(price));
+  priceCell.append(button);
+  row.append(priceCell, cell(quantity, "num"), cell(total.toFixed(lotDecimals), "num"));
+  return row;
+}
+
+function renderLadder() {
+  const bids = book.sortedBids().slice(0, LADDER_LEVELS);
+  const asks = book.sortedAsks().slice(0, LADDER_LEVELS);
+  const cumulative = (levels) => {
+    let sum = 0;
+    return levels.map(([price, quantity]) => [price, quantity, (sum += Number(quantity))]);
+  };
+  const bidRows = cumulative(bids);
+  const askRows = cumulative(asks);
+  const maxTotal = Math.max(bidRows.at(-1)?.[2] || 0, askRows.at(-1)?.[2] || 0);
+  document
+    .getElementById("asks")
+    .replaceChildren(...askRows.reverse().map(([p, q, t]) => ladderRow("ask", p, q, t, maxTotal)));
+  document
+    .getElementById("bids")
+    .replaceChildren(...bidRows.map(([p, q, t]) => ladderRow("bid", p, q, t, maxTotal)));
+  const spread = document.getElementById("spread");
+  if (bids.length && asks.length) {
+    const bid = Number(bids[0][0]);
+    const ask = Number(asks[0][0]);
+    const mid = (bid + ask) / 2;
+    spread.textContent =
+      `Spread ${(ask - bid).toFixed(priceDecimals)} ` +
+      `(${(((ask - bid) / mid) * 10000).toFixed(1)} bps) · Mid ${mid.toFixed(priceDecimals + 1)}`;
+  } else {
+    spread.textContent = bids.length || asks.length ? "One-sided book" : "The book is empty";
+  }
+  ladder.dataset.seq = book.seq ?? "";
+  updateFeePreview();
+}
+
+function resync(reason) {
+  resyncs += 1;
+  ladder.dataset.resyncs = String(resyncs);
+  ladder.dataset.lastResync = reason;
+  awaitingSnapshot = true;
+  book.reset();
+  stream.resubscribe(`book.${symbol}`);
+}
+
+function onBookFrame(frame) {
+  if (frame.type === "snapshot") {
+    awaitingSnapshot = false;
+    if (book.applySnapshot(frame) === "mismatch") {
+      resync("checksum");
+      return;
+    }
+    renderLadder();
+  } else if (frame.type === "update") {
+    if (awaitingSnapshot) return;
+    const outcome = book.applyUpdate(frame);
+    if (outcome === "gap" || outcome === "mismatch") resync(outcome);
+    else if (outcome === "ok") renderLadder();
+  }
+}
+
+// ---- trades tape and market statistics ---------------------------------------------------
+
+const tapeBody = document.querySelector("#tape tbody");
+const tapeIds = new Set();
+
+function tapeRow(trade, iso) {
+  const row = document.createElement("tr");
+  row.dataset.tradeId = String(trade.trade_id);
+  row.className = trade.taker_side === "buy" ? "up" : "down";
+  row.append(
+    cell(shortTime(iso)),
+    cell(trade.price, "num"),
+    cell(trade.quantity, "num"),
+    cell(trade.taker_side === "buy" ? "Buy" : "Sell"),
+  );
+  return row;
+}
+
+function addTrades(trades, { prepend }) {
+  const rows = [];
+  for (const trade of trades) {
+    const id = String(trade.trade_id);
+    if (tapeIds.has(id)) continue;
+    tapeIds.add(id);
+    const iso = trade.executed_at || new Date(Number(BigInt(trade.ts_ns) / 1000000n)).toISOString();
+    rows.push(tapeRow(trade, iso));
+  }
+  if (prepend) tapeBody.prepend(...rows.reverse());
+  else tapeBody.append(...rows);
+  while (tapeBody.rows.length > TAPE_ROWS) {
+    tapeIds.delete(tapeBody.lastElementChild.dataset.tradeId);
+    tapeBody.lastElementChild.remove();
+  }
+}
+
+async function loadTrades() {
+  const { data } = await api("GET", `/api/v1/trades/${encodeURIComponent(symbol)}?limit=30`);
+  addTrades(data.results, { prepend: false });
+}
+
+const refreshStats = debounce(async () => {
+  const { data } = await api("GET", `/api/v1/ticker/${encodeURIComponent(symbol)}`);
+  document.getElementById("stat-last").textContent = data.last_price ?? "–";
+  const change = document.getElementById("stat-change");
+  change.textContent = data.change_pct_24h === null ? "–" : `${data.change_pct_24h} %`;
+  change.className = Number(data.change_pct_24h) > 0 ? "up" : Number(data.change_pct_24h) < 0 ? "down" : "";
+  document.getElementById("stat-high").textContent = data.high_24h ?? "–";
+  document.getElementById("stat-low").textContent = data.low_24h ?? "–";
+  document.getElementById("stat-volume").textContent = `${data.volume_24h} ${page.dataset.base}`;
+}, 1000);
+
+// ---- chart ---------------------------------------------------------------------------------
+
+const chart = new CandleChart({
+  container: document.getElementById("chart"),
+  summary: document.getElementById("chart-summary"),
+  moduleUrl: page.dataset.chartModule,
+  symbol,
+});
+
+for (const button of document.querySelectorAll("#chart-intervals button")) {
+  button.addEventListener("click", () => {
+    for (const other of document.querySelectorAll("#chart-intervals button")) {
+      other.setAttribute("aria-pressed", String(other === button));
+    }
+    chart.load(button.dataset.interval);
+  });
+}
+
+// ---- order ticket ----------------------------------------------------------------------------
+
+const ticket = document.getElementById("ticket");
+let feeRates = null;
+
+function ticketValue(name) {
+  const element = ticket.elements.namedItem(name);
+  if (element instanceof RadioNodeList) return element.value;
+  if (element.type === "checkbox") return element.checked;
+  return element.value.trim();
+}
+
+function updateTicketFields() {
+  const type = ticketValue("order_type");
+  const side = ticketValue("side");
+  if (side !== "buy") ticket.querySelector('input[name="market_by"][value="quantity"]').checked = true;
+  const by = type === "market" ? ticketValue("market_by") : "quantity";
+  const tif = ticketValue("time_in_force");
+  for (const element of ticket.querySelectorAll("[data-show-for], [data-show-tif]")) {
+    let shown = true;
+    if (element.dataset.showFor) shown = element.dataset.showFor.split(" ").includes(type);
+    if (shown && element.dataset.showSide) shown = element.dataset.showSide === side;
+    if (shown && element.dataset.showBy && type === "market") shown = element.dataset.showBy === by;
+    if (element.dataset.showTif) shown = type !== "market" && element.dataset.showTif === tif;
+    element.hidden = !shown;
+  }
+  const submit = document.getElementById("ticket-submit");
+  submit.className = side;
+  submit.textContent = `${side === "buy" ? "Buy" : "Sell"} ${page.dataset.base}`;
+  updateFeePreview();
+}
+
+function visibleValue(name) {
+  const element = ticket.elements.namedItem(name);
+  const holder = element instanceof RadioNodeList ? element[0] : element;
+  return holder.closest("[hidden]") ? null : ticketValue(name);
+}
+
+function ticketBody() {
+  const body = { symbol, side: ticketValue("side"), order_type: ticketValue("order_type") };
+  const names = ["price", "stop_price", "limit_price", "quantity", "quote_quantity"];
+  for (const name of [...names, "display_quantity", "time_in_force", "stp_mode"]) {
+    const value = visibleValue(name);
+    if (value) body[name] = value;
+  }
+  const expireAt = visibleValue("expire_at");
+  if (expireAt) {
+    const moment = new Date(expireAt);
+    body.expire_at = Number.isNaN(moment.getTime()) ? expireAt : moment.toISOString();
+  }
+  for (const name of ["post_only", "post_only_adjust"]) {
+    if (visibleValue(name)) body[name] = true;
+  }
+  return body;
+}
+
+function updateFeePreview() {
+  if (!ticket) return;
+  const output = document.getElementById("fee-preview");
+  output.textContent = feePreview({
+    body: ticketBody(),
+    rates: feeRates,
+    bestBid: book.sortedBids()[0]?.[0] ?? null,
+    bestAsk: book.sortedAsks()[0]?.[0] ?? null,
+    quote: page.dataset.quote,
+    quotePrecision: Number(page.dataset.quotePrecision),
+    compare: compareDecimal,
+  });
+}
+
+function pickPrice(price) {
+  if (!ticket) return;
+  let type = ticketValue("order_type");
+  if (type === "market") {
+    ticket.elements.namedItem("order_type").value = "limit";
+    type = "limit";
+  }
+  const name = type === "stop_limit" ? "limit_price" : type === "stop_loss" ? "stop_price" : "price";
+  ticket.elements.namedItem(name).value = price;
+  updateTicketFields();
+  ticket.elements.namedItem(name).focus();
+}
+
+async function submitTicket(event) {
+  event.preventDefault();
+  clearErrors(ticket);
+  const result = document.getElementById("ticket-result");
+  result.textContent = "Sending…";
+  const submit = document.getElementById("ticket-submit");
+  submit.disabled = true;
+  try {
+    const { status, data } = await api("POST", "/api/v1/orders", ticketBody());
+    const filled = data.filled_quantity && Number(data.filled_quantity) > 0;
+    result.textContent =
+      status === 202
+        ? `Order ${data.order_id} accepted; the engine has not confirmed it yet.`
+        : `Order ${data.order_id}: ${data.status.replaceAll("_", " ")}` +
+          (filled ? `, filled ${data.filled_quantity} at ${data.avg_price}` : "") +
+          ".";
+    refreshMine();
+  } catch (error) {
+    result.textContent = "";
+    showError(ticket, error);
+  } finally {
+    submit.disabled = false;
+  }
+}
+
+// ---- my open orders, fills, balances ---------------------------------------------------------
+
+const ordersBody = document.querySelector("#open-orders tbody");
+const fillsBody = document.querySelector("#fills tbody");
+const ordersResult = document.getElementById("orders-result");
+
+function emptyRow(columns, text) {
+  const row = document.createElement("tr");
+  row.className = "empty";
+  const only = cell(text);
+  only.colSpan = columns;
+  row.append(only);
+  return row;
+}
+
+function orderPrice(order) {
+  if (order.order_type === "stop_loss") return `stop ${order.stop_price}`;
+  if (order.order_type === "stop_limit") return `${order.price} (stop ${order.stop_price})`;
+  return order.price ?? "market";
+}
+
+function orderRow(order) {
+  const row = document.createElement("tr");
+  row.dataset.orderId = String(order.order_id);
+  row.className = order.side;
+  const actions = document.createElement("td");
+  actions.className = "actions";
+  const amend = document.createElement("button");
+  amend.type = "button";
+  amend.className = "secondary";
+  amend.textContent = "Amend";
+  amend.setAttribute("aria-label", `Amend order ${order.order_id}`);
+  amend.setAttribute("aria-expanded", "false");
+  amend.addEventListener("click", () => toggleAmend(row, order, amend));
+  const cancel = document.createElement("button");
+  cancel.type = "button";
+  cancel.className = "secondary";
+  cancel.textContent = "Cancel";
+  cancel.setAttribute("aria-label", `Cancel order ${order.order_id}`);
+  cancel.addEventListener("click", () => cancelOrder(order));
+  actions.append(amend, cancel);
+  row.append(
+    cell(shortTime(order.created_at)),
+    cell(order.side === "buy" ? "Buy" : "Sell", order.side),
+    cell(order.order_type.replace("_", "-")),
+    cell(orderPrice(order), "num"),
+    cell(order.remaining_quantity, "num"),
+    cell(order.filled_quantity, "num"),
+    cell(order.status.replaceAll("_", " ")),
+    actions,
+  );
+  return row;
+}
+
+function toggleAmend(row, order, button) {
+  const next = row.nextElementSibling;
+  if (next && next.classList.contains("amend-row")) {
+    next.remove();
+    button.setAttribute("aria-expanded", "false");
+    button.focus();
+    return;
+  }
+  button.setAttribute("aria-expanded", "true");
+  const amendRow = document.createElement("tr");
+  amendRow.className = "amend-row";
+  amendRow.dataset.orderId = String(order.order_id);
+  const holder = document.createElement("td");
+  holder.colSpan = 8;
+  const form = document.createElement("form");
+  form.className = "amend-form";
+  form.noValidate = true;
+  const id = order.order_id;
+  const fields = [];
+  if (order.price !== null) fields.push(["price", `New price (order ${id})`, order.price]);
+  const total = addDecimals(order.filled_quantity, order.remaining_quantity) ?? order.quantity;
+  fields.push(["quantity", `New total quantity, fills included (order ${id})`, total]);
+  const general = document.createElement("p");
+  general.className = "form-error";
+  general.dataset.errorFor = "__all__";
+  general.setAttribute("role", "alert");
+  general.hidden = true;
+  form.append(general);
+  for (const [name, label, value] of fields) {
+    const wrap = document.createElement("div");
+    wrap.className = "field inline";
+    const labelEl = document.createElement("label");
+    labelEl.htmlFor = `amend-${id}-${name}`;
+    labelEl.textContent = label;
+    const input = document.createElement("input");
+    input.id = `amend-${id}-${name}`;
+    input.name = name;
+    input.value = value;
+    input.inputMode = "decimal";
+    input.autocomplete = "off";
+    input.setAttribute("aria-describedby", `amend-${id}-${name}-error`);
+    const error = document.createElement("p");
+    error.className = "field-error";
+    error.id = `amend-${id}-${name}-error`;
+    error.dataset.errorFor = name;
+    error.hidden = true;
+    wrap.append(labelEl, input, error);
+    form.append(wrap);
+  }
+  const save = document.createElement("button");
+  save.type = "submit";
+  save.textContent = "Save changes";
+  form.append(save);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    clearErrors(form);
+    const body = {};
+    for (const [name, , original] of fields) {
+      const value = form.elements.namedItem(name).value.trim();
+      if (value && value !== original) body[name] = value;
+    }
+    try {
+      const { data } = await api("PATCH", `/api/v1/orders/${id}`, body);
+      ordersResult.textContent = `Order ${id} amended: ${data.price ?? ""} × ${data.quantity}.`;
+      amendRow.remove();
+      refreshMine();
+    } catch (error) {
+      showError(form, error);
+    }
+  });
+  holder.append(form);
+  amendRow.append(holder);
+  row.after(amendRow);
+  form.elements[0].focus();
+}
+
+async function cancelOrder(order) {
+  try {
+    await api("DELETE", `/api/v1/orders/${order.order_id}`);
+    ordersResult.textContent = `Order ${order.order_id} cancelled.`;
+  } catch (error) {
+    ordersResult.textContent = error.message;
+  }
+  refreshMine();
+}
+
+async function cancelAll() {
+  try {
+    await api("DELETE", `/api/v1/orders?symbol=${encodeURIComponent(symbol)}`);
+    ordersResult.textContent = `All your open ${symbol} orders are cancelled.`;
+  } catch (error) {
+    ordersResult.textContent = error.message;
+  }
+  refreshMine();
+}
+
+async function loadOrders() {
+  const { data } = await api(
+    "GET",
+    `/api/v1/orders?symbol=${encodeURIComponent(symbol)}&status=open&limit=100`,
+  );
+  // Keep an amend form that is open (the user may be typing in it).
+  const open = new Map(
+    [...ordersBody.querySelectorAll("tr.amend-row")].map((row) => [row.dataset.orderId, row]),
+  );
+  const rows = [];
+  for (const order of data.results) {
+    rows.push(orderRow(order));
+    const amendRow = open.get(String(order.order_id));
+    if (amendRow) {
+      rows.at(-1).querySelector("[aria-expanded]").setAttribute("aria-expanded", "true");
+      rows.push(amendRow);
+    }
+  }
+  ordersBody.replaceChildren(...(rows.length ? rows : [emptyRow(8, "No open orders.")]));
+}
+
+async function loadFills() {
+  const { data } = await api("GET", `/api/v1/fills?symbol=${encodeURIComponent(symbol)}&limit=30`);
+  const rows = data.results.map((fill) => {
+    const row = document.createElement("tr");
+    row.dataset.tradeId = String(fill.trade_id);
+    row.append(
+      cell(shortTime(fill.executed_at)),
+      cell(fill.side === "buy" ? "Buy" : "Sell", fill.side),
+      cell(fill.price, "num"),
+      cell(fill.quantity, "num"),
+      cell(fill.fee, "num"),
+      cell(fill.liquidity),
+    );
+    return row;
+  });
+  fillsBody.replaceChildren(...(rows.length ? rows : [emptyRow(6, "No fills yet.")]));
+}
+
+async function loadBalances() {
+  const { data } = await api("GET", "/api/v1/balances");
+  for (const slot of document.querySelectorAll("#ticket-balances [data-asset]")) {
+    const row = data.find((balance) => balance.asset === slot.dataset.asset);
+    slot.textContent = row ? row.available : "0";
+  }
+}
+
+async function loadFeeRates() {
+  const { data } = await api("GET", `/api/v1/users/${page.dataset.userId}/fee-tier`);
+  feeRates = data.tier
+    ? { maker: data.tier.maker_fee_ppm, taker: data.tier.taker_fee_ppm, tier: data.tier.name }
+    : null;
+  updateFeePreview();
+}
+
+const refreshMine = debounce(() => {
+  loadOrders().catch(() => {});
+  loadFills().catch(() => {});
+  loadBalances().catch(() => {});
+}, 100);
+
+// ---- the socket --------------------------------------------------------------------------
+
+const channels = [`book.${symbol}`, `trades.${symbol}`, `ticker.${symbol}`];
+if (canTrade) channels.push("orders");
+const stateLabel = { connecting: "Connecting…", live: "Live", reconnecting: "Reconnecting…" };
+
+const stream = new Stream(channels, {
+  depth: 50,
+  onState: (state) => {
+    document.getElementById("stream-state").textContent = stateLabel[state];
+    if (state === "connecting") {
+      awaitingSnapshot = true;
+      book.reset();
+    }
+  },
+  onFrame: (frame) => {
+    if (frame.channel === `book.${symbol}`) onBookFrame(frame);
+    else if (frame.type === "trades" && frame.channel === `trades.${symbol}`) {
+      addTrades(frame.data, { prepend: true });
+      chart.addTrades(frame.data);
+      refreshStats();
+    } else if (frame.type === "ticker" && frame.channel === `ticker.${symbol}`) {
+      if (frame.data.last_price) {
+        document.getElementById("stat-last").textContent = frame.data.last_price;
+      }
+    } else if (frame.type === "order" && frame.data.symbol === symbol) {
+      refreshMine();
+    } else if (frame.type === "error" && frame.error !== "NotSubscribed") {
+      document.getElementById("stream-state").textContent = `Feed error: ${frame.message}`;
+    } else if (frame.type === "resync") {
+      // The server dropped frames for us: fresh snapshots follow; the tape is re-read.
+      awaitingSnapshot = true;
+      loadTrades().catch(() => {});
+      if (canTrade) refreshMine();
+    }
+  },
+});
+
+loadTrades().catch(() => {});
+chart.load("1m");
+
+if (ticket) {
+  ticket.addEventListener("change", updateTicketFields);
+  ticket.addEventListener("input", updateFeePreview);
+  ticket.addEventListener("submit", submitTicket);
+  document.getElementById("cancel-all").addEventListener("click", cancelAll);
+  updateTicketFields();
+  loadFeeRates().catch(() => {});
+  refreshMine();
+}
