@@ -61,15 +61,16 @@ class Subscriber:
             await ws.send(
                 json.dumps({"op": "subscribe", "channels": [f"book.{symbol}", f"trades.{symbol}"]})
             )
-            stopping = asyncio.ensure_future(stop.wait())
-            while not stop.is_set():
-                receiving = asyncio.ensure_future(ws.recv())
-                await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                if not receiving.done():
-                    receiving.cancel()
-                    break
+
+            async def close_on_stop() -> None:
+                await stop.wait()
+                await ws.close()
+
+            # One plain receive loop (no futures per frame: the load generator stays light);
+            # the stop event closes the socket, which ends the loop.
+            closer = asyncio.ensure_future(close_on_stop())
+            async for raw in ws:
                 now = time.time_ns()
-                raw = receiving.result()
                 if not self.parse and '"type":"update"' in raw:
                     if self.stats["measuring"]:
                         self.stats["updates"] += 1
@@ -78,6 +79,7 @@ class Subscriber:
                 self.on_frame(frame, now, ready)
                 if frame.get("type") == "ping":
                     await ws.send(json.dumps({"op": "pong", "id": frame["id"]}))
+            closer.cancel()
 
     def on_frame(self, frame: dict, now: int, ready: asyncio.Event | None = None) -> None:
         kind = frame.get("type")
