@@ -55,7 +55,7 @@ class ApiKeyAuthentication(BaseAuthentication):
     def authenticate(self, request: Request):
         from accounts.api_keys import (
             api_key_auth_failure_record,
-            api_key_credentials,
+            api_key_credentials_cached,
             api_key_mark_used,
         )
 
@@ -78,7 +78,7 @@ class ApiKeyAuthentication(BaseAuthentication):
         users = {}
 
         def lookup(key: str) -> KeyCredentials | None:
-            found = api_key_credentials(key)
+            found = api_key_credentials_cached(key)
             if found is None:
                 return None
             users[found[0].id] = found[1]

@@ -370,3 +370,24 @@ def test_socket_order_entry_counts_against_the_same_limits(limited_web):
     assert first["status"] in (201, 202) and second["status"] in (201, 202)
     assert third["status"] == 429 and third["error"]["error"] == "TooManyRequests"
     assert 1 <= third["error"]["retry_after"] <= 60
+
+
+def test_a_key_revoked_or_a_user_deactivated_elsewhere_is_refused_at_once(base):
+    """The web process keeps credentials in a cache; a revocation or a deactivation made by
+    another process (here the test's) is seen on the very next request."""
+    from accounts.api_keys import api_key_revoke
+
+    user, other = make_user(), make_user()
+    keys = [make_api_key(u) for u in (user, user, other)]
+
+    def status(created) -> int:
+        return send_signed(
+            base, created.api_key.key, created.secret, "GET", "/api/v1/orders"
+        ).status_code
+
+    assert [status(k) for k in keys] == [200, 200, 200]  # now cached by the web process
+    api_key_revoke(api_key=keys[0].api_key, actor=user)
+    assert [status(k) for k in keys] == [401, 200, 200]
+    other.is_active = False
+    other.save(update_fields=["is_active"])
+    assert [status(k) for k in keys] == [401, 200, 401]
