@@ -7,6 +7,7 @@ missing browser fails these tests; otherwise they are skipped with the reason.
 """
 
 import base64
+import json
 import os
 import time
 from pathlib import Path
@@ -195,6 +196,9 @@ def test_a_crossing_order_of_a_second_user_fills_it_in_both_tapes_and_fills(open
     expect(taker_fill.locator("td").nth(4)).to_have_text("0.41")  # 0.20 % of 202.00, rounded up
     expect(open_order_row(maker_page, "101.00")).to_contain_text("partially filled")
     expect(taker_page.locator("#open-orders tbody")).to_contain_text("No open orders.")
+    # Every real update passed the page's seq and checksum checks.
+    for page in (maker_page, taker_page):
+        expect(page.locator("#ladder")).to_have_attribute("data-resyncs", "0")
     # The live candle has the trade too.
     expect(maker_page.locator("#chart")).to_have_attribute("data-candles", "1")
     expect(maker_page.locator("#chart-summary")).to_contain_text("close 101")
@@ -240,6 +244,53 @@ def test_amend_then_cancel_an_order_and_cancel_all(open_page, live_db):
     page.get_by_role("button", name="Cancel all").click()
     expect(page.locator("#open-orders tbody")).to_contain_text("No open orders.")
     expect(page.locator("#ladder tr[data-price]")).to_have_count(0)
+
+
+def test_a_checksum_mismatch_or_a_gap_makes_the_page_fetch_a_fresh_snapshot(
+    open_page, exchange_stack, live_db
+):
+    instrument, user = make_instrument(), trader()
+    seller = ApiClient(exchange_stack)
+    channel = f"book.{instrument.symbol}"
+    tamper = ["checksum", "gap"]  # the next book updates from the server, spoiled in this order
+
+    def between_page_and_server(ws):
+        server = ws.connect_to_server()
+
+        def from_server(message):
+            frame = json.loads(message)
+            if frame.get("channel") == channel and frame.get("type") == "update" and tamper:
+                if tamper.pop(0) == "checksum":
+                    frame["checksum"] = (frame["checksum"] + 1) % 2**32
+                else:
+                    frame["prev_seq"] = frame["prev_seq"] - 1
+                message = json.dumps(frame)
+            ws.send(message)
+
+        server.on_message(from_server)
+
+    page = open_page()
+    page.route_web_socket("**/ws/v1", between_page_and_server)
+    open_trading(page, user, instrument.symbol)
+    ladder = page.locator("#ladder")
+    expect(ladder).to_have_attribute("data-resyncs", "0")
+
+    sell = {"symbol": instrument.symbol, "side": "sell", "order_type": "limit", "quantity": "1"}
+    assert seller.place(**sell, price="110.00").status_code == 201
+    expect(ladder).to_have_attribute("data-resyncs", "1")
+    expect(ladder).to_have_attribute("data-last-resync", "checksum")
+    expect(ladder_row(page, "ask", "110.00")).to_be_visible()  # from the fresh snapshot
+
+    assert seller.place(**sell, price="111.00").status_code == 201
+    expect(ladder).to_have_attribute("data-resyncs", "2")
+    expect(ladder).to_have_attribute("data-last-resync", "gap")
+    expect(ladder_row(page, "ask", "111.00")).to_be_visible()
+
+    # Unspoiled updates are applied and verified without further resyncs.
+    assert seller.place(**sell, price="112.00").status_code == 201
+    expect(ladder_row(page, "ask", "112.00")).to_be_visible()
+    expect(page.locator("#ladder tr[data-side='ask']")).to_have_count(3)
+    assert ladder.get_attribute("data-resyncs") == "2"
 
 
 def test_a_post_only_order_that_would_cross_shows_the_servers_rejection(

@@ -94,7 +94,8 @@ function onBookFrame(frame) {
   } else if (frame.type === "update") {
     if (awaitingSnapshot) return;
     const outcome = book.applyUpdate(frame);
-    if (outcome === "gap" || outcome === "mismatch") resync(outcome);
+    if (outcome === "gap") resync("gap");
+    else if (outcome === "mismatch") resync("checksum");
     else if (outcome === "ok") renderLadder();
   }
 }
