@@ -1,9 +1,10 @@
 """Waiting for the matching worker's answer to a command, up to a deadline.
 
 Each web process has one subscriber to the replies channel (the worker publishes the ids of the
-commands each committed batch applied). A request registers its command id, re-checks the
-database once (the reply may have come before it registered), then sleeps until woken or the
-deadline. Without Redis the wait falls back to polling the database, so answers still arrive.
+commands each committed batch applied); it remembers the most recent ids. A request registers
+its command id and reads the database only once the command is known to be applied (woken, or
+among the remembered ids when the reply came before it registered), or after a second without
+news, or when Redis is down (then it polls the database, so answers still arrive).
 """
 
 import json
@@ -20,6 +21,7 @@ from matching.transport import replies_channel
 logger = logging.getLogger(__name__)
 
 DB_POLL_SECONDS = 0.1
+RECENT_REPLIES = 65_536  # applied command ids remembered, for waiters that register late
 
 
 class ReplyHub:
@@ -27,6 +29,7 @@ class ReplyHub:
 
     def __init__(self) -> None:
         self._waiters: dict[int, threading.Event] = {}
+        self._recent: dict[int, None] = {}  # insertion-ordered: the oldest ids go first
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.connected = threading.Event()
@@ -60,6 +63,11 @@ class ReplyHub:
 
     def _wake(self, command_ids: list[int]) -> None:
         with self._lock:
+            recent = self._recent
+            for command_id in command_ids:
+                recent[command_id] = None
+            while len(recent) > RECENT_REPLIES:
+                del recent[next(iter(recent))]
             events = [self._waiters.get(command_id) for command_id in command_ids]
         for event in events:
             if event is not None:
@@ -73,16 +81,18 @@ class ReplyHub:
             self._waiters[command_id] = event
         try:
             deadline = time.monotonic() + timeout
+            check = not self.connected.is_set() or command_id in self._recent
             while True:
-                if done():
+                if check and done():
                     return True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                # Connected: sleep until woken. Not connected: poll the database.
+                # Connected: sleep until woken (a second at most). Not connected: poll.
                 slice_ = remaining if self.connected.is_set() else DB_POLL_SECONDS
                 event.wait(min(remaining, slice_, 1.0))
                 event.clear()
+                check = True
         finally:
             with self._lock:
                 self._waiters.pop(command_id, None)
