@@ -412,6 +412,8 @@ def test_the_pages_fit_a_narrow_screen(open_page, live_db):
         page.wait_for_load_state("networkidle")
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"{path} is {overflow}px wider than a 390px screen"
+        if path.startswith("/trade/"):
+            screenshot(page, "trading-narrow.png")
 
 
 def test_the_pages_local_book_checks_seq_and_checksum_as_the_reference_does(open_page, live_db):
