@@ -4,6 +4,7 @@ Prices, quantities and money travel as JSON strings at the instrument's precisio
 a JSON number for them is refused with NumberNotString, so no client loses precision to floats.
 """
 
+import datetime as dt
 import re
 from decimal import Decimal, InvalidOperation
 
@@ -125,6 +126,14 @@ def _fmt(value: Decimal | None, step: Decimal) -> str | None:
     return f"{value:.{places}f}"
 
 
+def iso_z(value: dt.datetime | None) -> str | None:
+    """ISO 8601 in UTC with `Z`, as DRF's DateTimeField renders it (without building one)."""
+    if value is None:
+        return None
+    text = value.astimezone(dt.UTC).isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
 def price_str(instrument: Instrument, value: Decimal | None) -> str | None:
     return _fmt(value, instrument.tick_size)
 
@@ -175,7 +184,8 @@ class OrderSerializer(serializers.Serializer):
 
 
 def order_representation(order: Order, fills: list[dict] | None = None) -> dict:
-    """The API's view of an order, numbers as strings at the instrument's precision."""
+    """The API's view of an order (the shape of OrderSerializer, built directly: it is on the
+    order path), numbers as strings at the instrument's precision."""
     instrument = order.instrument
     avg = order.avg_price
     data = {
@@ -195,7 +205,7 @@ def order_representation(order: Order, fills: list[dict] | None = None) -> dict:
         "post_only": order.post_only,
         "post_only_adjust": order.post_only_adjust,
         "stp_mode": order.stp_mode or None,
-        "expire_at": order.expire_at,
+        "expire_at": iso_z(order.expire_at),
         "filled_quantity": quantity_str(instrument, order.filled_quantity),
         "remaining_quantity": quantity_str(instrument, order.remaining_quantity),
         # The average carries four more places than the tick, so it is not rounded to a tick.
@@ -207,8 +217,8 @@ def order_representation(order: Order, fills: list[dict] | None = None) -> dict:
             if order.side == Order.Side.BUY
             else quantity_str(instrument, order.held_amount)
         ),
-        "created_at": order.created_at,
-        "updated_at": order.updated_at,
+        "created_at": iso_z(order.created_at),
+        "updated_at": iso_z(order.updated_at),
     }
     if fills is not None:
         data["fills"] = [
@@ -221,7 +231,7 @@ def order_representation(order: Order, fills: list[dict] | None = None) -> dict:
             }
             for fill in fills
         ]
-    return OrderSerializer(data).data
+    return data
 
 
 class UserFillSerializer(serializers.Serializer):
