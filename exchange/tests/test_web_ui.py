@@ -246,6 +246,64 @@ def test_amend_then_cancel_an_order_and_cancel_all(open_page, live_db):
     expect(page.locator("#ladder tr[data-price]")).to_have_count(0)
 
 
+def test_the_ticket_sends_market_by_amount_stop_limit_and_gtd_iceberg_orders(
+    open_page, exchange_stack, live_db
+):
+    instrument, user = make_instrument(), trader()
+    seller = ApiClient(exchange_stack)
+    resting = seller.place(
+        symbol=instrument.symbol, side="sell", order_type="limit", price="50.00", quantity="10"
+    )
+    assert resting.status_code == 201
+    page = open_page()
+    open_trading(page, user, instrument.symbol)
+    ticket = page.locator("#ticket")
+    expect(ladder_row(page, "ask", "50.00")).to_be_visible()
+
+    # Market buy by the amount to spend (fees included).
+    ticket.get_by_label("Order type").select_option("market")
+    ticket.get_by_label(f"By amount to spend ({QUOTE})").check()
+    expect(ticket.get_by_label(f"Quantity ({BASE})", exact=True)).to_be_hidden()
+    ticket.get_by_label("Amount to spend, fees included").fill("150.00")
+    expect(page.locator("#fee-preview")).to_contain_text("Fee at most 0.30 USD (taker 0.20 %)")
+    page.locator("#ticket-submit").click()
+    fill = page.locator("#fills tbody tr[data-trade-id]")
+    expect(fill).to_have_count(1)
+    expect(fill).to_contain_text("50.00")
+    expect(fill).to_contain_text("taker")
+    expect(fill.locator("td").nth(3)).to_have_text("2")  # 3 would cost 150.00 plus the fee
+
+    # A stop-limit sell rests untriggered below the market (inside the 10 % price band).
+    ticket.get_by_label("Sell", exact=True).check()
+    ticket.get_by_label("Order type").select_option("stop_limit")
+    ticket.get_by_label(f"Stop price ({QUOTE})").fill("47.00")
+    ticket.get_by_label("Limit price when triggered").fill("46.00")
+    ticket.get_by_label(f"Quantity ({BASE})", exact=True).fill("1")
+    page.locator("#ticket-submit").click()
+    stop = open_order_row(page, "stop 47.00")
+    expect(stop).to_contain_text("untriggered")
+    expect(stop).to_contain_text("stop-limit")
+
+    # A GTD iceberg buy: time in force, expiry and display quantity under the advanced options.
+    ticket.get_by_label("Buy", exact=True).check()
+    ticket.get_by_label("Order type").select_option("limit")
+    ticket.get_by_label(f"Limit price ({QUOTE})", exact=True).fill("46.50")
+    ticket.get_by_label(f"Quantity ({BASE})", exact=True).fill("5")
+    ticket.locator("summary").click()
+    ticket.get_by_label("Time in force").select_option("GTD")
+    ticket.get_by_label("Expires at").fill("2099-01-01T12:00")
+    ticket.get_by_label("Iceberg: visible quantity").fill("2")
+    page.locator("#ticket-submit").click()
+    expect(open_order_row(page, "46.50")).to_contain_text("new")
+    expect(ladder_row(page, "bid", "46.50").locator("td").nth(1)).to_have_text("2")
+    orders = ApiClient(exchange_stack, user=user).get(
+        "/api/v1/orders", symbol=instrument.symbol, status="open"
+    )
+    gtd = next(o for o in orders.json()["results"] if o["price"] == "46.50")
+    assert (gtd["time_in_force"], gtd["display_quantity"]) == ("GTD", "2")
+    assert gtd["expire_at"].startswith("2099-01-01")
+
+
 def test_a_checksum_mismatch_or_a_gap_makes_the_page_fetch_a_fresh_snapshot(
     open_page, exchange_stack, live_db
 ):
