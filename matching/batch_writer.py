@@ -90,6 +90,7 @@ class _OrderUpdate:
         "id",
         "max_quote",
         "price",
+        "quantity",
         "reason",
         "reject_code",
         "reject_message",
@@ -121,6 +122,7 @@ class _OrderUpdate:
         self.seq: int | None = None
         self.max_quote: int | None = None
         self.expire_at: int | None = None
+        self.quantity: int | None = None  # a new total quantity from an amend of this batch
         self.hold_release = Decimal(0)  # released by an amend of this batch
         self.held_revert = Decimal(0)  # a refused amend's change of held_amount, undone
 
@@ -167,6 +169,7 @@ UPDATE exchange_order o SET
     reason = u.reason,
     reject_code = u.reject_code,
     reject_message = u.reject_message,
+    quantity = COALESCE(u.quantity * f.lot, o.quantity),
     filled_quantity = COALESCE(u.filled * f.lot, o.filled_quantity),
     remaining_quantity = COALESCE(u.remaining * f.lot, o.remaining_quantity),
     reserve_quantity = u.reserve * f.lot,
@@ -233,7 +236,7 @@ CREATE TEMP TABLE IF NOT EXISTS batch_order_update (
     id bigint, k int, status text, reason text, reject_code text, reject_message text,
     filled bigint, remaining bigint, reserve bigint, d_quote bigint, d_fees bigint,
     spent bigint, d_spent bigint, price bigint, seq bigint, max_quote bigint,
-    expire_at timestamptz, hold_release numeric, held_revert numeric
+    expire_at timestamptz, hold_release numeric, held_revert numeric, quantity bigint
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS batch_trade (
     symbol text, k int, engine_trade_seq bigint, price bigint, qty bigint, notional bigint,
@@ -492,6 +495,14 @@ class BatchWriter:
                     audits.append(self._audit(event, a, symbol=symbol, payload={}))
             if a.priority_seq is not None and subject in updates:
                 updates[subject].seq = a.priority_seq
+            # An amend the engine accepted sets the order's new total quantity.
+            if (
+                op == p.OP_AMEND
+                and a.cmd[4] is not None
+                and subject in updates
+                and not any(ev[0] == p.EV_REJECT for ev in a.events)
+            ):
+                updates[subject].quantity = a.cmd[4]
         return updates, trades, symbols, [e for e in audits if e is not None]
 
     @staticmethod
@@ -704,9 +715,9 @@ class BatchWriter:
             ticks.append(Decimal(inst.tick_size) if inst else Decimal(1))
             lots.append(Decimal(inst.lot_size) if inst else Decimal(1))
             minors.append(Decimal(1).scaleb(-inst.quote_decimals) if inst else Decimal(1))
-        cols: list[list] = [[] for _ in range(19)]
+        cols: list[list] = [[] for _ in range(20)]
         (c_id, c_k, c_status, c_reason, c_code, c_message, c_filled, c_rem, c_res, c_dq, c_df,
-         c_spent, c_ds, c_price, c_seq, c_mq, c_exp, c_release, c_revert) = cols  # fmt: skip
+         c_spent, c_ds, c_price, c_seq, c_mq, c_exp, c_release, c_revert, c_qty) = cols  # fmt: skip
         for u in updates.values():
             c_id.append(u.id)
             c_k.append(factors[u.symbol if u.symbol in factors else None])
@@ -727,6 +738,7 @@ class BatchWriter:
             c_exp.append(None if u.expire_at is None else ns_to_datetime(u.expire_at))
             c_release.append(u.hold_release)
             c_revert.append(u.held_revert)
+            c_qty.append(u.quantity)
         return list(zip(*cols, strict=True)), (ticks, lots, minors), factors
 
     @staticmethod

@@ -122,7 +122,8 @@ def test_amend_up_needs_and_holds_more_and_amend_down_gives_it_back(market):
     assert balances(trader)["USD"] == {
         "asset": "USD", "available": "849.50", "held": "250.50", "total": "1100.00"
     }  # fmt: skip
-    assert Order.objects.get(pk=order["order_id"]).hold_remaining == Decimal("250.50")
+    stored = Order.objects.get(pk=order["order_id"])
+    assert (stored.quantity, stored.hold_remaining) == (Decimal(5), Decimal("250.50"))
     assert ledger_discrepancies() == {}
 
 

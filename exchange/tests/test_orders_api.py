@@ -264,9 +264,9 @@ def test_cancel_amend_and_mass_cancel(market):
     second = maker.place(**limit(instrument.symbol, "buy", "11.00", "5")).json()
     amended = maker.patch(f"/api/v1/orders/{first['order_id']}", {"quantity": "3"})
     assert amended.status_code == 200, amended.text
-    assert amended.json()["remaining_quantity"] == "3"
+    assert (amended.json()["quantity"], amended.json()["remaining_quantity"]) == ("3", "3")
     repriced = maker.patch(f"/api/v1/orders/{first['order_id']}", {"price": "10.50"}).json()
-    assert repriced["price"] == "10.50"
+    assert (repriced["price"], repriced["quantity"]) == ("10.50", "3")
     cancelled = maker.delete(f"/api/v1/orders/{second['order_id']}")
     assert cancelled.status_code == 200
     assert (cancelled.json()["status"], cancelled.json()["reason"]) == ("cancelled", "user")
