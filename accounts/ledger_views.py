@@ -50,7 +50,7 @@ class FundsMovedSerializer(serializers.Serializer):
     balance = BalanceSerializer()
 
 
-def _posting_representation(posting: LedgerPosting) -> dict:
+def _posting_representation(posting: LedgerPosting, places: dict[str, int]) -> dict:
     entry = posting.entry
     return {
         "id": posting.pk,
@@ -58,7 +58,7 @@ def _posting_representation(posting: LedgerPosting) -> dict:
         "kind": entry.kind,
         "account": "available" if posting.account.kind == "cash" else "held",
         "asset": posting.asset,
-        "amount": format(posting.amount.normalize(), "f"),
+        "amount": selectors.amount_str(posting.amount, places.get(posting.asset)),
         "order_id": None if entry.order_id is None else str(entry.order_id),
         "trade_id": None if entry.trade_id is None else str(entry.trade_id),
         "created_at": entry.created_at,
@@ -105,7 +105,8 @@ class LedgerView(APIView):
         )
         paginator = CursorPage()
         page = paginator.paginate_queryset(postings, request, view=self)
-        return paginator.get_paginated_response([_posting_representation(p) for p in page])
+        places = selectors.asset_precisions_cached()
+        return paginator.get_paginated_response([_posting_representation(p, places) for p in page])
 
 
 class DepositView(APIView):
@@ -159,7 +160,9 @@ def _moved(entry, data: dict, user) -> Response:
         {
             "entry_id": entry.pk,
             "asset": data["asset"],
-            "amount": format(data["amount"].normalize(), "f"),
+            "amount": selectors.amount_str(
+                data["amount"], selectors.asset_precisions_cached().get(data["asset"])
+            ),
             "balance": _balance_of(user, data["asset"]),
         },
         status=status.HTTP_201_CREATED,
