@@ -13,7 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.fee_tiers import fee_tier_status
+from accounts.fee_tiers import fee_tier_status, user_fee_rates
 from accounts.models import FeeTier
 from accounts.quote_presence import daily_presence, uptime_30d
 from accounts.volume import daily_volumes, window_days
@@ -46,6 +46,10 @@ class NextTierSerializer(TierSerializer):
 class FeeTierSerializer(serializers.Serializer):
     user_id = serializers.IntegerField()
     tier = TierSerializer(allow_null=True, help_text="Null only when no tier is configured.")
+    maker_fee_ppm = serializers.IntegerField(
+        help_text="The maker rate a new order of yours gets now (negative: a rebate), in ppm."
+    )
+    taker_fee_ppm = serializers.IntegerField(help_text="The taker rate a new order gets now.")
     quote_asset = serializers.CharField()
     volume_30d = serializers.CharField(help_text="Volume of the window so far (live).")
     uptime_pct = serializers.CharField(allow_null=True, help_text="Null: nothing sampled.")
@@ -131,10 +135,14 @@ class FeeTierView(OwnUserView):
                 ),
             }
         assignment = status.assignment
+        # What the order path freezes on a new order (the tier's, or the fallback without one).
+        maker_ppm, taker_ppm = user_fee_rates(user_id=user_id)
         return Response(
             {
                 "user_id": user_id,
                 "tier": _tier(status.tier) if status.tier is not None else None,
+                "maker_fee_ppm": maker_ppm,
+                "taker_fee_ppm": taker_ppm,
                 "quote_asset": VOLUME_QUOTE_ASSET,
                 "volume_30d": usd(status.volume_30d),
                 "uptime_pct": None if uptime is None else str(uptime),

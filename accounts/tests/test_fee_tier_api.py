@@ -45,6 +45,7 @@ def test_a_new_user_is_retail_and_sees_what_volume_1_needs(client):
         "min_volume_30d": "0.00",
         "min_uptime_pct": None,
     }
+    assert (body["maker_fee_ppm"], body["taker_fee_ppm"]) == (1000, 2000)  # a new order's
     assert (body["quote_asset"], body["volume_30d"], body["assigned_at"]) == ("USD", "0.00", None)
     assert body["next_tier"]["name"] == "Volume 1"
     assert body["next_tier"]["maker_fee_pct"] == "-0.0100"

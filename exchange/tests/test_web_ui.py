@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from django.db import connections
 
+from accounts.tests.fee_tier_data import ensure_shipped_tiers
 from accounts.two_factor import totp_code
 from exchange.book_checksum import book_checksum
 from exchange.tests.api_client import ApiClient, make_instrument, make_user
@@ -61,6 +62,13 @@ def browser():
             os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
         else:
             os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+
+
+@pytest.fixture(autouse=True)
+def shipped_fee_tiers(live_db):
+    """The tiers the migration ships (a transactional test earlier in the run may have flushed
+    them): the account page shows the user's tier and what the next one needs."""
+    ensure_shipped_tiers()
 
 
 @pytest.fixture
@@ -423,7 +431,7 @@ def test_account_page_deposit_withdraw_ledger_and_api_keys(open_page, live_db):
     withdraw.get_by_label("Asset").select_option("USD")
     withdraw.get_by_label("Amount").fill("250.50")
     withdraw.get_by_role("button", name="Withdraw").click()
-    expect(withdraw.locator("[data-result]")).to_contain_text("Withdrew 250.5 USD")
+    expect(withdraw.locator("[data-result]")).to_contain_text("Withdrew 250.50 USD")
     expect(page.locator("#balances tbody tr[data-asset='USD'] td").first).to_have_text("9999749.50")
     expect(page.locator("#ledger tbody tr").first).to_contain_text("withdrawal")
     withdraw.get_by_label("Amount").fill("99999999")

@@ -476,9 +476,12 @@ async function loadBalances() {
 
 async function loadFeeRates() {
   const { data } = await api("GET", `/api/v1/users/${page.dataset.userId}/fee-tier`);
-  feeRates = data.tier
-    ? { maker: data.tier.maker_fee_ppm, taker: data.tier.taker_fee_ppm, tier: data.tier.name }
-    : null;
+  // The rates a new order gets now (the tier's, or the exchange's fallback without tiers).
+  feeRates = {
+    maker: data.maker_fee_ppm,
+    taker: data.taker_fee_ppm,
+    tier: data.tier ? data.tier.name : "base",
+  };
   updateFeePreview();
 }
 
