@@ -10,7 +10,10 @@ timestamp holds), `stop_price` only for stop orders.
 """
 
 import datetime as dt
+import json
 from typing import Any
+
+import orjson
 
 from matching.engine import Instrument
 from matching.engine import protocol as p
@@ -22,6 +25,19 @@ _EXPIRING_TIFS = (p.GTD, p.DAY)
 
 class InvalidPayload(ValueError):
     """The command row cannot be turned into an engine command (missing or unknown fields)."""
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
+def json_text(value: Any) -> str:
+    """Compact JSON text of plain data (journal rows, Redis messages): orjson, an order of
+    magnitude faster than the standard encoder; the standard one for what orjson refuses
+    (an integer beyond 64 bits, a non-string key)."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return _COMPACT.encode(value)
 
 
 def ns_to_datetime(ns: int) -> dt.datetime:

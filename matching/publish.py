@@ -4,7 +4,6 @@ All best effort: Redis is transport, PostgreSQL already holds the batch. A failu
 and the worker carries on (a web request then answers 202 and re-reads later).
 """
 
-import json
 import logging
 import time
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import redis
 
 from matching.batch_writer import BatchOutcome
+from matching.command_codec import json_text
 from matching.engine import Engine, Instrument
 from matching.transport import (
     book_snapshot_key,
@@ -27,7 +27,7 @@ CONSUMER_GROUP = "matching"
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    return json_text(value)
 
 
 def book_snapshot(engine: Engine, symbol: str, *, ts_ns: int) -> dict[str, Any]:
