@@ -59,7 +59,9 @@ SELECT id, kind, payload, order_id, attempts FROM matching_command
  ORDER BY id LIMIT %s
 """
 FULL_POLL_SECONDS = 1.0
-WRITER_SWITCH_INTERVAL_S = 0.001
+# A batch's transaction is some 20 round trips on the writer thread, each waiting for the GIL
+# once its reply arrives: 0.2 ms rather than 1 ms measured ~5 % more commands/s.
+WRITER_SWITCH_INTERVAL_S = 0.0002
 # The default collector runs a young collection every 700 net allocations and a full one
 # every few hundred thousand, each full one walking the whole engine (every resting order):
 # a batch allocates tens of thousands of short-lived, acyclic objects that reference
@@ -234,8 +236,15 @@ class ShardLoop:
     def flush(self) -> None:
         """Wait for the batch in flight to commit, then publish it (raises BatchFailed or
         LeaseFenced if it did not commit)."""
+        publish = self._committed()
+        if publish is not None:
+            self.publisher.send(publish)
+
+    def _committed(self) -> dict | None:
+        """Wait for the batch in flight (if any) to commit; returns what to publish for it
+        (raises BatchFailed or LeaseFenced if it did not commit)."""
         if self.in_flight is None:
-            return
+            return None
         future, batch, publish = self.in_flight
         self.in_flight = None
         try:
@@ -248,7 +257,7 @@ class ShardLoop:
             attempts_record(batch.outcome.command_ids)
             raise BatchFailed(f"batch commit failed: {exc!r}") from exc
         self.applied_total += len(batch.applied)
-        self.publisher.send(publish)
+        return publish
 
     def close(self) -> None:
         """Commit and publish the batch in flight, then stop the writer thread."""
@@ -350,7 +359,11 @@ class ShardLoop:
             self.flush()  # the batch before this one is not at fault
             attempts_record([a.command_id for a in applied])
             raise BatchFailed(f"batch not prepared: {exc!r}") from exc
-        self.flush()
+        committed = self._committed()
+        # The writer thread starts on this batch before the previous one's Redis side effects
+        # go out (they follow its commit all the same, and precede this batch's).
         self.in_flight = (self.executor.submit(self._execute, batch), batch, publish)
         self.max_applied_id = max(self.max_applied_id, *batch.outcome.command_ids)
+        if committed is not None:
+            self.publisher.send(committed)
         return len(applied)

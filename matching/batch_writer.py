@@ -127,6 +127,45 @@ class _OrderUpdate:
         self.held_revert = Decimal(0)  # a refused amend's change of held_amount, undone
 
 
+class DecimalText:
+    """`str()` of an instrument's integer ticks, lots and quote minor units as Decimals,
+    remembered: a batch writes the same few prices and quantities thousands of times into its
+    audit payloads and market-data summaries (the same text the Instrument helpers give)."""
+
+    __slots__ = ("_minor", "_price", "_qty", "inst")
+    LIMIT = 50_000  # entries per kind before the memo starts over
+
+    def __init__(self, inst: Instrument) -> None:
+        self.inst = inst
+        self._price: dict[int, str] = {}
+        self._qty: dict[int, str] = {}
+        self._minor: dict[int, str] = {}
+
+    def price(self, ticks: int) -> str:
+        text = self._price.get(ticks)
+        if text is None:
+            if len(self._price) >= self.LIMIT:
+                self._price.clear()
+            text = self._price[ticks] = str(self.inst.ticks_to_price(ticks))
+        return text
+
+    def qty(self, lots: int) -> str:
+        text = self._qty.get(lots)
+        if text is None:
+            if len(self._qty) >= self.LIMIT:
+                self._qty.clear()
+            text = self._qty[lots] = str(self.inst.lots_to_qty(lots))
+        return text
+
+    def quote(self, minor: int) -> str:
+        text = self._minor.get(minor)
+        if text is None:
+            if len(self._minor) >= self.LIMIT:
+                self._minor.clear()
+            text = self._minor[minor] = str(self.inst.minor_to_quote(minor))
+        return text
+
+
 @dataclass
 class BatchOutcome:
     """What the batch committed, for the after-commit Redis side effects."""
@@ -148,7 +187,7 @@ class PreparedBatch:
     order_rows: list[tuple]
     factors: tuple
     trade_rows: list[tuple]
-    command_rows: list[tuple]
+    command_params: list[str]
     journal_rows: list[tuple]
     books: list[list] | None
     counters: tuple
@@ -225,10 +264,12 @@ UPDATE exchange_order o SET hold_remaining = 0
 RETURNING r.id, r.user_id, r.asset, r.amount
 """
 
+# Three array literals made by `_command_params` (no staging table: one COPY round trip and
+# a temp-table write fewer per batch).
 COMMANDS_APPLIED_SQL = """
 UPDATE matching_command c
    SET applied_at = now(), apply_seq = u.apply_seq, reject_code = u.reject_code
-  FROM batch_command_applied u
+  FROM unnest(%s::bigint[], %s::bigint[], %s::text[]) AS u(id, apply_seq, reject_code)
  WHERE c.id = u.id AND c.applied_at IS NULL
 """
 
@@ -246,9 +287,6 @@ CREATE TEMP TABLE IF NOT EXISTS batch_trade (
     maker_order_id bigint, taker_order_id bigint, maker_user_id bigint, taker_user_id bigint,
     taker_side text, maker_fee bigint, taker_fee bigint, executed_at timestamptz,
     executed_at_ns bigint
-) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS batch_command_applied (
-    id bigint, apply_seq bigint, reject_code text
 ) ON COMMIT DELETE ROWS
 """
 
@@ -267,6 +305,26 @@ UPDATE matching_shardstate
        last_stamp_ns = %s
  WHERE shard = %s AND lease_epoch = %s
 """
+
+
+def _array_text(values: list[str]) -> str:
+    """A PostgreSQL array literal of already-formatted elements."""
+    return "{" + ",".join(values) + "}"
+
+
+def _quoted(text: str) -> str:
+    """An array literal element for any text (the reject codes are identifiers anyway)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _command_params(applied: list[Applied]) -> list[str]:
+    """COMMANDS_APPLIED_SQL's arrays as literals: ids, journal positions (NULL when not
+    journaled) and reject codes."""
+    return [
+        _array_text([str(a.command_id) for a in applied]),
+        _array_text(["NULL" if a.apply_seq is None else str(a.apply_seq) for a in applied]),
+        _array_text([_quoted(a.reject_code) for a in applied]),
+    ]
 
 
 def _raw_cursor() -> psycopg.Cursor:
@@ -305,6 +363,7 @@ class BatchWriter:
         self.assets: dict[str, tuple[str, str]] = {}  # symbol -> (base asset, quote asset)
         self.settlement = SettlementWriter()
         self._staging_for = None  # the connection whose staging tables exist
+        self._texts: dict[str, DecimalText] = {}  # symbol -> memo for its current spec
 
     # ---- public --------------------------------------------------------------------------
     def write(self, *, engine: Engine, applied: list[Applied]) -> BatchOutcome:
@@ -325,7 +384,8 @@ class BatchWriter:
         """Everything the batch will write, read from the engine now (its state right after
         this batch): the engine may move on to the next batch before this one commits."""
         specs = {inst.symbol: inst for inst in engine.instruments()}
-        updates, trades, symbols, audits = self._collect(applied, specs)
+        texts = self._texts_for(specs)
+        updates, trades, symbols, audits = self._collect(applied, specs, texts)
         amend_releases = self._amend_holds(engine, applied, updates)
         self._live_orders(engine, updates)
         order_rows, factors, factor_k = self._order_rows(updates, specs)
@@ -337,7 +397,7 @@ class BatchWriter:
             order_rows=order_rows,
             factors=factors,
             trade_rows=self._trade_rows(trades, factor_k),
-            command_rows=[(a.command_id, a.apply_seq, a.reject_code) for a in applied],
+            command_params=_command_params(applied),
             journal_rows=self._journal_rows(applied),
             books=self._book_params(engine, symbols),
             # The engine's counters (the same three that export_state() reports).
@@ -353,10 +413,18 @@ class BatchWriter:
             outcome=BatchOutcome(
                 command_ids=[a.command_id for a in applied],
                 symbols=symbols,
-                trades=[self._trade_summary(t, specs) for t in trades],
-                orders=[self._order_summary(u, specs) for u in updates.values()],
+                trades=[self._trade_summary(t, texts) for t in trades],
+                orders=[self._order_summary(u, texts) for u in updates.values()],
             ),
         )
+
+    def _texts_for(self, specs: dict[str, Instrument]) -> dict[str, DecimalText]:
+        texts = self._texts
+        for symbol, inst in specs.items():
+            memo = texts.get(symbol)
+            if memo is None or memo.inst is not inst:  # new, or its spec was replaced
+                texts[symbol] = DecimalText(inst)
+        return texts
 
     def execute(self, prepared: "PreparedBatch") -> None:
         """Write a prepared batch in one transaction on this thread's connection (raises,
@@ -378,7 +446,6 @@ class BatchWriter:
             # Stage the rows with COPY, then apply them with one multi-statement round trip.
             self._copy("batch_order_update", prepared.order_rows)
             self._copy("batch_trade", prepared.trade_rows)
-            self._copy("batch_command_applied", prepared.command_rows)
             self._journal_write(prepared.journal_rows)
             trade_ids, ended_holds = self._staged_apply(prepared)
             prepared.outcome.balances = self.settlement.write(
@@ -400,7 +467,9 @@ class BatchWriter:
         return trade_ids
 
     # ---- collecting ------------------------------------------------------------------------
-    def _collect(self, applied: list[Applied], specs: dict[str, Instrument]):
+    def _collect(
+        self, applied: list[Applied], specs: dict[str, Instrument], texts: dict[str, DecimalText]
+    ):
         updates: dict[int, _OrderUpdate] = {}
         trades: list[tuple] = []
         symbols: set[str] = set()
@@ -439,11 +508,11 @@ class BatchWriter:
                     u.filled, u.remaining = filled, remaining
                     u.price = price or None
                     u.spent, u.d_spent = spent, 0
-                    audits.append(self._order_audit(a, ev, subject, op, triggered, specs))
+                    audits.append(self._order_audit(a, ev, subject, op, triggered, texts))
                 elif kind == p.EV_TRADE:
                     self._trade_collect(ev, upd)
                     trades.append(ev)
-                    audits.append(self._trade_audit(a, ev, specs))
+                    audits.append(self._trade_audit(a, ev, texts))
                 elif kind == p.EV_REJECT:
                     a.reject_code = a.reject_code or ev[p.R_CODE]
                     oid = ev[p.R_ORDER_ID]
@@ -484,8 +553,8 @@ class BatchWriter:
                                 "mode": mode,
                                 "taker_order_id": taker,
                                 "maker_order_id": maker,
-                                "price": str(specs[sym].ticks_to_price(price)),
-                                "quantity": str(specs[sym].lots_to_qty(qty)),
+                                "price": texts[sym].price(price),
+                                "quantity": texts[sym].qty(qty),
                             },
                         )
                     )
@@ -636,17 +705,17 @@ class BatchWriter:
             **fields,
         )
 
-    def _order_audit(self, a, ev, subject, op, triggered: set[int], specs) -> AuditEntry:
+    def _order_audit(self, a, ev, subject, op, triggered: set[int], texts) -> AuditEntry:
         (_, _, _, sym, oid, uid, status, reason, filled, remaining, price, _spent) = ev
-        inst = specs[sym]
+        text = texts[sym]
         payload = {
             "status": status,
-            "filled": str(inst.lots_to_qty(filled)),
-            "remaining": str(inst.lots_to_qty(remaining)),
+            "filled": text.qty(filled),
+            "remaining": text.qty(remaining),
             "command_id": a.command_id,
         }
         if price:
-            payload["price"] = str(inst.ticks_to_price(price))
+            payload["price"] = text.price(price)
         if status == p.CANCELLED:
             event = AuditEvent.ORDER_CANCELLED
             payload["who"] = "user" if reason == p.R_USER else "system"
@@ -666,10 +735,10 @@ class BatchWriter:
             event = AuditEvent.ORDER_AMENDED
         return self._audit(event, a, order_id=oid, user_id=uid, symbol=sym, payload=payload)
 
-    def _trade_audit(self, a: Applied, ev: tuple, specs) -> AuditEntry:
+    def _trade_audit(self, a: Applied, ev: tuple, texts) -> AuditEntry:
         (_, _, _, sym, tseq, price, qty, notional, m_oid, m_uid, t_oid, t_uid, t_buy, m_fee,
          t_fee, *_rest) = ev  # fmt: skip
-        inst = specs[sym]
+        text = texts[sym]
         return self._audit(
             AuditEvent.TRADE_EXECUTED,
             a,
@@ -684,11 +753,11 @@ class BatchWriter:
                 "maker_user_id": m_uid,
                 "taker_user_id": t_uid,
                 "maker_side": "sell" if t_buy else "buy",
-                "price": str(inst.ticks_to_price(price)),
-                "quantity": str(inst.lots_to_qty(qty)),
-                "quote_quantity": str(inst.minor_to_quote(notional)),
-                "maker_fee": str(inst.minor_to_quote(m_fee)),
-                "taker_fee": str(inst.minor_to_quote(t_fee)),
+                "price": text.price(price),
+                "quantity": text.qty(qty),
+                "quote_quantity": text.quote(notional),
+                "maker_fee": text.quote(m_fee),
+                "taker_fee": text.quote(t_fee),
             },
         )
 
@@ -825,6 +894,7 @@ class BatchWriter:
             params += prepared.factors
             parts.append(("releases", HOLDS_RELEASE_SQL))
         parts.append(("commands", COMMANDS_APPLIED_SQL))
+        params += prepared.command_params
         if prepared.books:
             parts.append(("books", BOOKS_UPSERT_SQL))
             params += prepared.books
@@ -858,27 +928,27 @@ class BatchWriter:
 
     # ---- summaries for market data -------------------------------------------------------------
     @staticmethod
-    def _trade_summary(ev: tuple, specs) -> dict[str, Any]:
-        inst = specs[ev[3]]
+    def _trade_summary(ev: tuple, texts) -> dict[str, Any]:
+        text = texts[ev[3]]
         return {
             "symbol": ev[3],
             "trade_id": ev[p.T_TRADE_SEQ],
-            "price": str(inst.ticks_to_price(ev[p.T_PRICE])),
-            "quantity": str(inst.lots_to_qty(ev[p.T_QTY])),
+            "price": text.price(ev[p.T_PRICE]),
+            "quantity": text.qty(ev[p.T_QTY]),
             "taker_side": "buy" if ev[p.T_TAKER_IS_BUY] else "sell",
             "ts_ns": ev[p.E_TS],
         }
 
     @staticmethod
-    def _order_summary(u: _OrderUpdate, specs) -> dict[str, Any]:
-        inst = specs.get(u.symbol) if u.symbol else None
+    def _order_summary(u: _OrderUpdate, texts) -> dict[str, Any]:
+        text = texts.get(u.symbol) if u.symbol else None
         summary: dict[str, Any] = {"order_id": u.id, "user_id": u.user_id, "status": u.status}
-        if inst is not None:
+        if text is not None:
             summary["symbol"] = u.symbol
             if u.filled is not None:
-                summary["filled"] = str(inst.lots_to_qty(u.filled))
+                summary["filled"] = text.qty(u.filled)
             if u.remaining is not None:
-                summary["remaining"] = str(inst.lots_to_qty(u.remaining))
+                summary["remaining"] = text.qty(u.remaining)
         if u.reason:
             summary["reason"] = u.reason
         return summary
