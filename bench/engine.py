@@ -1,8 +1,9 @@
 """`python -m bench engine [--smoke] [--n N] [--seed S]`: matching engine throughput and latency.
 
 Two workloads, generated deterministically up front as prebuilt command tuples (not timed):
-- exchange-core mix on one symbol: ~1,000 resting orders over ~750 levels, then about 9% GTC,
-  3% IOC, 6% cancel, 82% move/reduce of resting orders (~6% of commands trade). It runs through
+- exchange-core mix on one symbol: ~1,000 resting orders over ~750 levels (kept so during the
+  run, as in exchange-core's test), then about 9% GTC, 3% IOC, 6% cancel, 82% move/reduce of
+  resting orders (~6% of commands trade). It runs through
   our engine and through `bench.baseline_book.BaselineBook`; both must produce the same trades.
 - feature mix: the same plus market orders, FOK, post-only, icebergs, stops and STP.
 Throughput is one timed pass per engine; latency (p50/p99/p99.9 per command, microseconds) is
@@ -92,6 +93,19 @@ class Live:
                     self.add(e[4], is_buy, e[10], e[9], e[8])
 
 
+def prefill_offset(rng: random.Random) -> int:
+    """Ticks from the centre of a prefill order: 1,000 orders land on ~730 levels."""
+    return 1 + int(rng.expovariate(1 / 400)) % 1000
+
+
+def depth_offset(rng: random.Random) -> int:
+    """Ticks from the opposite best of a new passive order: a fifth join the top few levels,
+    the rest spread over the depth, so the book keeps ~1,000 orders on ~750 levels with a
+    spread of a few ticks while it trades (without this it shrank to ~200 levels)."""
+    near = rng.random() < 0.2
+    return 1 + int(rng.expovariate(1 / 5) if near else rng.expovariate(1 / 500)) % 1000
+
+
 def generate(seed: int, n_prefill: int, n_cmds: int, features: bool):
     """Return (prefill engine commands, measured engine commands, baseline calls for both)."""
     rng = random.Random(seed)
@@ -145,7 +159,7 @@ def generate(seed: int, n_prefill: int, n_cmds: int, features: bool):
     # Prefill: ~n_prefill orders over ~750 levels on both sides of the centre.
     for _ in range(n_prefill):
         is_buy = rng.random() < 0.5
-        off = 1 + int(rng.expovariate(1 / 220)) % 750
+        off = prefill_offset(rng)
         price = CENTER - off if is_buy else CENTER + off
         qty = rng.randint(1, 100)
         ts += 1
@@ -161,8 +175,8 @@ def generate(seed: int, n_prefill: int, n_cmds: int, features: bool):
         best_bid = book.bid_keys[-1] if book.bid_keys else CENTER - 1
         best_ask = -book.ask_keys[-1] if book.ask_keys else CENTER + 1
         uid = rng.randint(1, 1000)
-        if len(live.ids) < n_prefill * 0.8:
-            r = 0.0  # top the book up
+        if len(live.ids) < n_prefill:
+            r = 0.0  # top the book up (fills and cancels outnumber new resting orders)
         elif len(live.ids) > n_prefill * 1.2 and r < 0.12:
             r = 0.13  # cancel instead of adding
         if features and r < 0.04:
@@ -198,13 +212,14 @@ def generate(seed: int, n_prefill: int, n_cmds: int, features: bool):
             run(cmd, cmds)
             continue
         if r < 0.09:
-            # GTC limit, mostly passive, sometimes crossing the spread.
+            # GTC limit, mostly passive (spread over the depth like the prefill, so the book
+            # keeps its ~750 levels), sometimes crossing the spread.
             is_buy = rng.random() < 0.5
             if rng.random() < 0.06:
                 price = best_ask + rng.randint(0, 2) if is_buy else best_bid - rng.randint(0, 2)
             else:
-                off = int(rng.expovariate(1 / 30))
-                price = best_ask - 1 - off if is_buy else best_bid + 1 + off
+                off = depth_offset(rng)
+                price = best_ask - off if is_buy else best_bid + off
                 price = max(price, 1)
             qty = rng.randint(1, 100)
             oid = next_id

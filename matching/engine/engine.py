@@ -300,40 +300,72 @@ class Engine:
                         levels = book.bids
                         keys = book.bid_keys
                         dirty = book.dirty_b
-                        # Unlink from the old level (deleting it if it empties).
-                        prev = o.prev
-                        nxt = o.next
-                        if prev is None:
-                            lvl.head = nxt
-                        else:
-                            prev.next = nxt
-                        if nxt is None:
-                            lvl.tail = prev
-                        else:
-                            nxt.prev = prev
                         dirty[old] = lvl
-                        n = lvl.count - 1
-                        lvl.count = n
-                        lvl.qty -= q
-                        if not n:
+                        if lvl.count == 1 and price not in levels:
+                            # Alone at its level, moving to an empty price: the level moves
+                            # with it (its key replaced in place when it keeps its rank).
                             del levels[old]
-                            _POOL.append(lvl)
-                            if keys[-1] == old:
-                                keys.pop()
-                            else:
-                                del keys[bisect_left(keys, old)]
-                        lvl = levels.get(price)
-                        if lvl is None:
-                            if _POOL:
-                                lvl = _POOL.pop()
-                                lvl.price = price
-                            else:
-                                lvl = Level(price)
                             levels[price] = lvl
-                            if not keys or keys[-1] < price:
-                                keys.append(price)
+                            lvl.price = price
+                            i = len(keys) - 1
+                            if keys[i] != old:
+                                i = bisect_left(keys, old)
+                            if (i == 0 or keys[i - 1] < price) and (
+                                i == len(keys) - 1 or keys[i + 1] > price
+                            ):
+                                keys[i] = price
                             else:
+                                del keys[i]
                                 insort(keys, price)
+                            # The order stays linked as the level's only member.
+                            dirty[price] = lvl
+                            if o.display:
+                                q += o.reserve
+                                vis = o.display if q > o.display else q
+                                o.qty = lvl.qty = vis
+                                o.reserve = q - vis
+                            o.price = price
+                            self.prio_seq = o.seq = self.prio_seq + 1
+                            book.seq += 1
+                            self.ev_seq = seq = self.ev_seq + 1
+                            filled = o.filled
+                            return [(1, seq, ts, book.symbol, oid, o.user,
+                                     PARTIALLY_FILLED if filled else NEW, None, filled, q, price,
+                                     o.spent)]  # fmt: skip
+                        else:
+                            # Unlink from the old level (deleting it if it empties).
+                            prev = o.prev
+                            nxt = o.next
+                            if prev is None:
+                                lvl.head = nxt
+                            else:
+                                prev.next = nxt
+                            if nxt is None:
+                                lvl.tail = prev
+                            else:
+                                nxt.prev = prev
+                            n = lvl.count - 1
+                            lvl.count = n
+                            lvl.qty -= q
+                            if not n:
+                                del levels[old]
+                                _POOL.append(lvl)
+                                if keys[-1] == old:
+                                    keys.pop()
+                                else:
+                                    del keys[bisect_left(keys, old)]
+                            lvl = levels.get(price)
+                            if lvl is None:
+                                if _POOL:
+                                    lvl = _POOL.pop()
+                                    lvl.price = price
+                                else:
+                                    lvl = Level(price)
+                                levels[price] = lvl
+                                if not keys or keys[-1] < price:
+                                    keys.append(price)
+                                else:
+                                    insort(keys, price)
                     else:
                         keys = book.bid_keys
                         if keys and keys[-1] >= price:
@@ -341,39 +373,69 @@ class Engine:
                         levels = book.asks
                         keys = book.ask_keys
                         dirty = book.dirty_a
-                        prev = o.prev
-                        nxt = o.next
-                        if prev is None:
-                            lvl.head = nxt
-                        else:
-                            prev.next = nxt
-                        if nxt is None:
-                            lvl.tail = prev
-                        else:
-                            nxt.prev = prev
                         dirty[old] = lvl
-                        n = lvl.count - 1
-                        lvl.count = n
-                        lvl.qty -= q
-                        if not n:
+                        if lvl.count == 1 and price not in levels:
                             del levels[old]
-                            _POOL.append(lvl)
-                            if keys[-1] == -old:
-                                keys.pop()
-                            else:
-                                del keys[bisect_left(keys, -old)]
-                        lvl = levels.get(price)
-                        if lvl is None:
-                            if _POOL:
-                                lvl = _POOL.pop()
-                                lvl.price = price
-                            else:
-                                lvl = Level(price)
                             levels[price] = lvl
-                            if not keys or keys[-1] < -price:
-                                keys.append(-price)
+                            lvl.price = price
+                            i = len(keys) - 1
+                            if keys[i] != -old:
+                                i = bisect_left(keys, -old)
+                            if (i == 0 or keys[i - 1] < -price) and (
+                                i == len(keys) - 1 or keys[i + 1] > -price
+                            ):
+                                keys[i] = -price
                             else:
+                                del keys[i]
                                 insort(keys, -price)
+                            # The order stays linked as the level's only member.
+                            dirty[price] = lvl
+                            if o.display:
+                                q += o.reserve
+                                vis = o.display if q > o.display else q
+                                o.qty = lvl.qty = vis
+                                o.reserve = q - vis
+                            o.price = price
+                            self.prio_seq = o.seq = self.prio_seq + 1
+                            book.seq += 1
+                            self.ev_seq = seq = self.ev_seq + 1
+                            filled = o.filled
+                            return [(1, seq, ts, book.symbol, oid, o.user,
+                                     PARTIALLY_FILLED if filled else NEW, None, filled, q, price,
+                                     o.spent)]  # fmt: skip
+                        else:
+                            prev = o.prev
+                            nxt = o.next
+                            if prev is None:
+                                lvl.head = nxt
+                            else:
+                                prev.next = nxt
+                            if nxt is None:
+                                lvl.tail = prev
+                            else:
+                                nxt.prev = prev
+                            n = lvl.count - 1
+                            lvl.count = n
+                            lvl.qty -= q
+                            if not n:
+                                del levels[old]
+                                _POOL.append(lvl)
+                                if keys[-1] == -old:
+                                    keys.pop()
+                                else:
+                                    del keys[bisect_left(keys, -old)]
+                            lvl = levels.get(price)
+                            if lvl is None:
+                                if _POOL:
+                                    lvl = _POOL.pop()
+                                    lvl.price = price
+                                else:
+                                    lvl = Level(price)
+                                levels[price] = lvl
+                                if not keys or keys[-1] < -price:
+                                    keys.append(-price)
+                                else:
+                                    insort(keys, -price)
                     dirty[price] = lvl
                     vis = q
                     disp = o.display
@@ -816,12 +878,11 @@ class Engine:
             self._rest_new(book, o, ts, out)
         if book.buy_stops or book.sell_stops:
             self._run_stops(book, ts, out)
-        touched = self._touched
-        if touched:
-            for b in touched:
-                b.seq += 1
-                b.touched = False
-            touched.clear()
+        if book.touched:
+            # A place or move changes only its own book.
+            book.seq += 1
+            book.touched = False
+            self._touched.clear()
 
     def _place_slow(self, cmd, out) -> None:
         _, _, sym, oid, uid, is_buy = cmd[:6]
@@ -1011,8 +1072,11 @@ class Engine:
 
     def _rest_new(self, book: Book, o: Order, ts, out) -> None:
         """Put the remainder of a limit order in the book (or cancel it for max_quote)."""
-        if o.is_buy and (
-            buy_cost(book.k_num, book.k_den, o.price, 1, o.maker_fee) > o.max_quote - o.spent
+        if (
+            o.is_buy
+            # One lot costs at most twice price * k_num: the exact check only near the cap.
+            and o.max_quote - o.spent < 2 * o.price * book.k_num
+            and buy_cost(book.k_num, book.k_den, o.price, 1, o.maker_fee) > o.max_quote - o.spent
         ):
             return self._order_event(out, ts, o, CANCELLED, R_MAX_QUOTE)
         disp = o.display

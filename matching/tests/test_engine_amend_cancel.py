@@ -104,3 +104,62 @@ def test_mass_cancel_limited_to_one_symbol():
     ev = h.apply(mass_cancel(ts=3, user_id=5, symbol="Y"))
     assert [e[4] for e in order_events(ev)] == [2]
     assert set(h.engine.orders) == {1}
+
+
+def _lone_order_moves(h: Harness) -> list[list[tuple]]:
+    """Moves of orders alone at their level to empty prices: keeping their rank among the
+    levels, jumping over other levels (both ways), becoming and leaving the best, icebergs."""
+    for oid, price in ((1, 90), (2, 95), (3, 97)):
+        h.buy(oid, price, 5)
+    for oid, price in ((11, 110), (12, 105), (13, 103)):
+        h.sell(oid, price, 5)
+    h.buy(4, 92, 30, display_qty=4)
+    h.sell(14, 108, 30, display_qty=4)
+    h.buy(5, 80, 1)
+    h.buy(6, 80, 1)  # two at 80: a move of 5 leaves its level behind
+    steps = []
+    for oid, price in (
+        (2, 96),  # keeps its rank
+        (1, 98),  # jumps over 92, 96, 97 and becomes the best bid
+        (1, 91),  # leaves the best, back below 92
+        (3, 99),  # the best bid moves up
+        (4, 94),  # iceberg: a fresh visible slice
+        (5, 85),  # not alone: its old level stays
+        (13, 104),  # best ask keeps its rank
+        (11, 102),  # jumps over 103..108 and becomes the best ask
+        (11, 111),  # and back to the end of the book
+        (14, 101),  # iceberg ask to the best
+        (12, 100),  # the best ask moves down next to the best bid (99)
+    ):
+        steps.append(h.amend(oid, price=price))
+    steps.append(h.sell(20, 90, 200))  # sweeps the bids in price-time order
+    steps.append(h.buy(21, 120, 200))  # sweeps the asks
+    return steps
+
+
+def test_moving_a_lone_order_to_an_empty_price_matches_the_general_handler():
+    fast = Harness()
+    # A price band turns the inline fast paths off: every command runs the general handlers.
+    slow = Harness(band_ppm=1_000_000)
+    before_fast = fast.engine.drain_level_changes()
+    assert before_fast == slow.engine.drain_level_changes()
+    for ev_fast, ev_slow in zip(_lone_order_moves(fast), _lone_order_moves(slow), strict=True):
+        assert ev_fast == ev_slow
+        assert fast.engine.drain_level_changes() == slow.engine.drain_level_changes()
+        assert fast.engine.l3("X") == slow.engine.l3("X")
+        assert fast.engine.depth("X", 20) == slow.engine.depth("X", 20)
+        book = fast.engine.books["X"]
+        assert book.bid_keys == sorted(book.bids)
+        assert book.ask_keys == sorted(-p for p in book.asks)
+    assert fast.engine.book_seq("X") == slow.engine.book_seq("X")
+    assert fast.engine.resting_orders() == slow.engine.resting_orders()
+
+
+def test_moved_lone_iceberg_shows_a_fresh_slice_at_the_back():
+    h = Harness()
+    h.buy(1, 100, 30, display_qty=4)
+    h.sell(2, 100, 3)  # visible slice 4 -> 1
+    ev = h.amend(1, price=101)
+    assert final(ev, 1) == ("partially_filled", None, 3, 27)
+    assert h.depth() == ([(101, 4, 1)], [])
+    assert h.engine.order(1)["reserve"] == 23
