@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import psycopg
 from django.db import InterfaceError, OperationalError, connection, connections, transaction
 from django.db.models import F
@@ -47,16 +48,23 @@ SIGNAL_BLOCK_MS = 10
 # Applied rows leave dead entries in the partial index until vacuum, and a poll from the
 # start of the index walks them all. The hot path polls above the highest id applied so far;
 # a full poll every FULL_POLL_SECONDS picks up rows committed late with a smaller id.
+# `shard <= s AND (shard, id) > (s, after)` is `shard = s AND id > after` written so that only
+# the partial index command_unapplied (shard, id) WHERE applied_at IS NULL can serve it (a
+# row comparison on its columns, in its order): with statistics taken while most commands
+# were unapplied, the plain form walked the primary key through every applied row instead,
+# 30-140 ms per full poll behind a 200,000-command backlog (1-4 ms this way).
 POLL_SQL = """
 SELECT id, kind, payload, order_id, attempts FROM matching_command
- WHERE shard = %s AND applied_at IS NULL AND id > %s
- ORDER BY id LIMIT %s
+ WHERE shard <= %(shard)s AND (shard, id) > (%(shard)s::smallint, %(after)s::bigint)
+   AND applied_at IS NULL
+ ORDER BY shard, id LIMIT %(limit)s
 """
 # The full poll while a batch is in flight: that batch's ids look unapplied until it commits.
 POLL_EXCLUDING_SQL = """
 SELECT id, kind, payload, order_id, attempts FROM matching_command
- WHERE shard = %s AND applied_at IS NULL AND id > %s AND id <> ALL(%s::bigint[])
- ORDER BY id LIMIT %s
+ WHERE shard <= %(shard)s AND (shard, id) > (%(shard)s::smallint, %(after)s::bigint)
+   AND applied_at IS NULL AND id <> ALL(%(exclude)s::bigint[])
+ ORDER BY shard, id LIMIT %(limit)s
 """
 FULL_POLL_SECONDS = 1.0
 # A batch's transaction is some 20 round trips on the writer thread, each waiting for the GIL
@@ -88,6 +96,23 @@ class CommandRow:
     attempts: int
 
 
+_FLAT_JSON_TYPES = frozenset((int, str, bool, type(None)))
+
+
+def payload_parse(text: str) -> Any:
+    """A command payload from its JSON text: orjson (4x faster) for the usual flat object of
+    integers, strings, booleans and nulls; anything else (floats, which orjson also makes of
+    integers beyond 64 bits, nested values, what orjson refuses) as the standard parser
+    reads it."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+    if type(value) is dict and all(type(v) in _FLAT_JSON_TYPES for v in value.values()):
+        return value
+    return json.loads(text)
+
+
 def commands_poll(
     *, shard: int, limit: int, after_id: int = 0, exclude: Sequence[int] = ()
 ) -> list[CommandRow]:
@@ -96,16 +121,17 @@ def commands_poll(
     connection.ensure_connection()
     # Server-side binding and psycopg's own jsonb parsing (Django's cursor quotes client-side).
     with psycopg.Cursor(connection.connection) as cursor:
+        params = {"shard": shard, "after": after_id, "limit": limit}
         if exclude:
-            cursor.execute(POLL_EXCLUDING_SQL, [shard, after_id, list(exclude), limit])
+            cursor.execute(POLL_EXCLUDING_SQL, {**params, "exclude": list(exclude)})
         else:
-            cursor.execute(POLL_SQL, [shard, after_id, limit])
+            cursor.execute(POLL_SQL, params)
         rows = cursor.fetchall()
     return [
         CommandRow(
             cid,
             kind,
-            json.loads(payload) if isinstance(payload, str) else payload,
+            payload_parse(payload) if isinstance(payload, str) else payload,
             order_id,
             attempts,
         )
