@@ -282,6 +282,8 @@ class Trade(models.Model):
         ]
         indexes = [
             models.Index(fields=["instrument", "-id"], name="trade_instrument_recent"),
+            # Time ranges of one instrument: candles and the 24-hour ticker.
+            models.Index(fields=["instrument", "executed_at"], name="trade_instrument_time"),
             models.Index(fields=["maker_user", "-id"], name="trade_maker_recent"),
             models.Index(fields=["taker_user", "-id"], name="trade_taker_recent"),
         ]

@@ -102,7 +102,10 @@ class LedgerPosting(models.Model):
     """One side of an entry: `amount` (signed) added to `account`'s balance."""
 
     entry = models.ForeignKey(LedgerEntry, on_delete=models.PROTECT, related_name="postings")
-    account = models.ForeignKey(LedgerAccount, on_delete=models.PROTECT, related_name="postings")
+    # Indexed by the (account, -id) index below, not by a second one of its own.
+    account = models.ForeignKey(
+        LedgerAccount, on_delete=models.PROTECT, related_name="postings", db_index=False
+    )
     asset = models.CharField(max_length=16)
     amount = models.DecimalField(**LEDGER_AMOUNT)
 
