@@ -13,6 +13,7 @@ from accounts.models import (
     QuotePresenceSample,
     User,
 )
+from exchange.admin import ReadOnlyAdmin
 
 
 @admin.register(User)
@@ -40,21 +41,8 @@ class FeeTierAdmin(admin.ModelAdmin):
     ordering = ("min_volume_30d", "name")
 
 
-class _FeeTierReadOnlyAdmin(admin.ModelAdmin):
-    """Computed from trades and samples: staff look, never edit."""
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
-
 @admin.register(FeeTierAssignment)
-class FeeTierAssignmentAdmin(_FeeTierReadOnlyAdmin):
+class FeeTierAssignmentAdmin(ReadOnlyAdmin):
     list_display = ("user", "tier", "volume_30d", "uptime_pct", "assigned_at", "assessed_at")
     list_filter = ("tier",)
     list_select_related = ("user", "tier")
@@ -62,7 +50,7 @@ class FeeTierAssignmentAdmin(_FeeTierReadOnlyAdmin):
 
 
 @admin.register(DailyVolume)
-class DailyVolumeAdmin(_FeeTierReadOnlyAdmin):
+class DailyVolumeAdmin(ReadOnlyAdmin):
     list_display = ("user", "day", "quote_volume", "updated_at")
     list_select_related = ("user",)
     date_hierarchy = "day"
@@ -70,7 +58,7 @@ class DailyVolumeAdmin(_FeeTierReadOnlyAdmin):
 
 
 @admin.register(QuotePresence)
-class QuotePresenceAdmin(_FeeTierReadOnlyAdmin):
+class QuotePresenceAdmin(ReadOnlyAdmin):
     list_display = ("user", "day", "samples_quoting", "samples_present")
     list_select_related = ("user",)
     date_hierarchy = "day"
@@ -78,7 +66,7 @@ class QuotePresenceAdmin(_FeeTierReadOnlyAdmin):
 
 
 @admin.register(QuotePresenceSample)
-class QuotePresenceSampleAdmin(_FeeTierReadOnlyAdmin):
+class QuotePresenceSampleAdmin(ReadOnlyAdmin):
     list_display = ("day", "samples", "last_sampled_at")
     date_hierarchy = "day"
 
@@ -87,7 +75,7 @@ class QuotePresenceSampleAdmin(_FeeTierReadOnlyAdmin):
 
 
 @admin.register(APIKey)
-class APIKeyAdmin(admin.ModelAdmin):
+class APIKeyAdmin(ReadOnlyAdmin):
     """Keys are created and revoked by their owners (web session); staff only look. The
     encrypted secret is never shown."""
 
@@ -107,28 +95,6 @@ class APIKeyAdmin(admin.ModelAdmin):
         "last_used_ip",
     )
     readonly_fields = fields
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Money moves only through the ledger services: staff look, never edit."""
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
 
 @admin.register(LedgerAccount)

@@ -109,8 +109,30 @@ class LedgerView(APIView):
         return paginator.get_paginated_response([_posting_representation(p, places) for p in page])
 
 
-class DepositView(APIView):
+class _FundsMoveView(APIView):
+    """POST {"asset", "amount"} for the user in the path, through one funds service."""
+
+    staff_may_act = False
+
+    def move(self, request: Request, user_id: int, service) -> Response:
+        user = _target_user(request, user_id, staff_may_act=self.staff_may_act)
+        body = FundsMoveSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        entry = service(
+            user=user,
+            asset=data["asset"],
+            amount=data["amount"],
+            actor=request.user,
+            http_request=request,
+        )
+        return _moved(entry, data, user)
+
+
+class DepositView(_FundsMoveView):
     """Credit a deposit: staff for any user; a user for themselves only in the demo (capped)."""
+
+    staff_may_act = True
 
     @extend_schema(
         operation_id="deposit_create",
@@ -118,20 +140,10 @@ class DepositView(APIView):
         responses={201: FundsMovedSerializer},
     )
     def post(self, request: Request, user_id: int) -> Response:
-        user = _target_user(request, user_id, staff_may_act=True)
-        body = FundsMoveSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        entry = deposit_create(
-            user=user,
-            asset=body.validated_data["asset"],
-            amount=body.validated_data["amount"],
-            actor=request.user,
-            http_request=request,
-        )
-        return _moved(entry, body.validated_data, user)
+        return self.move(request, user_id, deposit_create)
 
 
-class WithdrawView(APIView):
+class WithdrawView(_FundsMoveView):
     """Withdraw from your available balance (an API key needs the `withdraw` permission)."""
 
     key_permissions = {"POST": "withdraw"}
@@ -142,17 +154,7 @@ class WithdrawView(APIView):
         responses={201: FundsMovedSerializer},
     )
     def post(self, request: Request, user_id: int) -> Response:
-        user = _target_user(request, user_id, staff_may_act=False)
-        body = FundsMoveSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        entry = withdrawal_create(
-            user=user,
-            asset=body.validated_data["asset"],
-            amount=body.validated_data["amount"],
-            actor=request.user,
-            http_request=request,
-        )
-        return _moved(entry, body.validated_data, user)
+        return self.move(request, user_id, withdrawal_create)
 
 
 def _moved(entry, data: dict, user) -> Response:

@@ -9,7 +9,7 @@ from exchange.models import Instrument, Order, Trade
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
-    """Records the engine writes: staff look, never edit."""
+    """Records only the engine, the worker or a service writes: staff look, never edit."""
 
     def has_add_permission(self, request) -> bool:
         return False

@@ -7,6 +7,7 @@ from decimal import Decimal
 from accounts.fee_tiers import fee_rates_cache_clear
 from accounts.models import FeeTier, User
 from exchange.models import Instrument, Order, Trade
+from exchange.tests.api_client import make_user
 
 # The tiers the data migration ships (the issue's rates; the thresholds are ours).
 SHIPPED_TIERS = [
@@ -35,8 +36,8 @@ def ensure_shipped_tiers() -> dict[str, FeeTier]:
 
 
 def new_user(prefix: str = "fees") -> User:
-    name = f"{prefix}-{uuid.uuid4().hex[:10]}"
-    return User.objects.create_user(username=name, email=f"{name}@test.local", password=None)
+    """A user with no money (fee tiers need none)."""
+    return make_user(prefix, funds={})
 
 
 def new_instrument(**overrides) -> Instrument:
