@@ -1,8 +1,9 @@
-"""Rate limits: request weight per API key and per user, in fixed 1 s and 1 min windows.
+"""Rate limits: request weight per API key and per user (per client IP for requests without
+credentials), in fixed 1 s and 1 min windows.
 
-Two budgets: `requests` (every authenticated request, weight 1 unless the view says more) and
-`orders` (order entry: place, cancel, amend, mass cancel). Each is counted per API key (when the
-request is signed) and per user, in Redis counters named by window (`...:1s:<window index>`),
+Two budgets: `requests` (every request, weight 1 unless the view says more) and `orders` (order
+entry: place, cancel, amend, mass cancel). Each is counted per API key (when the request is
+signed) and per user, or per IP for public market data, in Redis counters named by window (`...:1s:<window index>`),
 so a counter never needs resetting: it expires after its window. One Lua script checks every
 counter and increments them only when all stay within their limits (a refused request costs
 nothing), atomically. Limits come from settings.RATE_LIMITS. Redis being down lets requests
@@ -86,26 +87,31 @@ def _check_and_count():
 
 def rate_limit_hit(
     *,
-    user_id: int,
+    user_id: int | None,
     key_id: int | None,
     weights: dict[str, int],
     now_ms: int | None = None,
+    client_ip: str | None = None,
 ) -> RateDecision:
-    """Count a request of `weights` ({"requests": 1, "orders": 1}) for the user and the key at
-    `now_ms`; refuse it (counting nothing) when any counter would pass its limit."""
+    """Count a request of `weights` ({"requests": 1, "orders": 1}) for the user and the key
+    (or, without credentials, for the client's IP) at `now_ms`; refuse it (counting nothing)
+    when any counter would pass its limit."""
     if not settings.RATE_LIMIT_ENABLED:
         return RateDecision(allowed=True)
     now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
     keys, counter_weights, limits, ttls, meta = [], [], [], [], []
-    scopes = [("user", user_id)] + ([("key", key_id)] if key_id is not None else [])
+    if user_id is not None:
+        scopes = [("user", user_id)] + ([("key", key_id)] if key_id is not None else [])
+    else:
+        scopes = [("ip", client_ip or "unknown")]
     for bucket in BUCKETS:
         weight = weights.get(bucket, 0)
         if weight <= 0:
             continue
         for scope, ident in scopes:
             for window, window_ms in WINDOWS_MS.items():
-                limit = settings.RATE_LIMITS[(bucket, scope, window)]
-                if limit <= 0:  # 0 turns this limit off
+                limit = settings.RATE_LIMITS.get((bucket, scope, window), 0)
+                if limit <= 0:  # 0 (or no setting) turns this limit off
                     continue
                 keys.append(
                     redis_key("ratelimit", bucket, scope, ident, window, now_ms // window_ms)
@@ -128,7 +134,7 @@ def rate_limit_hit(
     except redis.RedisError:
         logger.warning("rate limiter unavailable (Redis): request let through", exc_info=True)
         return RateDecision(allowed=True)
-    own_scope = "key" if key_id is not None else "user"
+    own_scope = "key" if key_id is not None else ("user" if user_id is not None else "ip")
     used = {
         (bucket, window): int(count)
         for (bucket, scope, window, _), count in zip(meta, counts, strict=True)
@@ -149,18 +155,20 @@ def view_weights(view, method: str) -> dict[str, int]:
 
 
 class ApiRateThrottle(BaseThrottle):
-    """The DRF throttle of every authenticated API request (anonymous public data is not
-    counted here)."""
+    """The DRF throttle of every API request: per user and key, or per client IP for
+    requests without credentials (public market data)."""
 
     def allow_request(self, request: Request, view) -> bool:
         self.retry_after = None
         user = request.user
-        if not getattr(user, "is_authenticated", False):
-            return True
-        key_id = request.auth.id if isinstance(request.auth, KeyCredentials) else None
-        decision = rate_limit_hit(
-            user_id=user.pk, key_id=key_id, weights=view_weights(view, request.method)
-        )
+        weights = view_weights(view, request.method)
+        if getattr(user, "is_authenticated", False):
+            key_id = request.auth.id if isinstance(request.auth, KeyCredentials) else None
+            decision = rate_limit_hit(user_id=user.pk, key_id=key_id, weights=weights)
+        else:
+            decision = rate_limit_hit(
+                user_id=None, key_id=None, weights=weights, client_ip=self.get_ident(request)
+            )
         request._request.used_weight = decision.used
         self.retry_after = decision.retry_after_s
         return decision.allowed

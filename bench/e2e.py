@@ -28,7 +28,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 BENCH_RATE_LIMITS = {
     f"RATE_LIMIT_{bucket}_{scope}_PER_{window}": "1000000000"
     for bucket in ("ORDERS", "REQUESTS")
-    for scope in ("KEY", "USER")
+    for scope in ("KEY", "USER", "IP")
     for window in ("SECOND", "MINUTE")
 }
 

@@ -101,6 +101,9 @@ RATE_LIMITS = {
     ("requests", "key", "1m"): env.int("RATE_LIMIT_REQUESTS_KEY_PER_MINUTE", default=12000),
     ("requests", "user", "1s"): env.int("RATE_LIMIT_REQUESTS_USER_PER_SECOND", default=400),
     ("requests", "user", "1m"): env.int("RATE_LIMIT_REQUESTS_USER_PER_MINUTE", default=24000),
+    # Requests without credentials (public market data), per client IP.
+    ("requests", "ip", "1s"): env.int("RATE_LIMIT_REQUESTS_IP_PER_SECOND", default=300),
+    ("requests", "ip", "1m"): env.int("RATE_LIMIT_REQUESTS_IP_PER_MINUTE", default=12000),
 }
 
 INSTALLED_APPS = [

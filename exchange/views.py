@@ -15,6 +15,7 @@ class HealthView(APIView):
 
     authentication_classes: list = []
     permission_classes = [AllowAny]
+    throttle_classes: list = []  # probes and load balancers must never see a 429
 
     @extend_schema(
         operation_id="healthz",

@@ -330,6 +330,29 @@ def test_reads_are_limited_by_weight_per_key(limited_web):
     assert Decimal(limited.headers["X-Used-Weight-1m"]) == 20
 
 
+def test_public_market_data_is_limited_per_client_ip(base, processes, process_env):
+    # Counters are per IP across every web process: this one counts under a Redis prefix of
+    # its own, so the other tests' requests from 127.0.0.1 do not use up its budget.
+    web = start_web(
+        processes,
+        env={
+            **process_env,
+            "REDIS_KEY_PREFIX": f"{process_env['REDIS_KEY_PREFIX']}ip-{get_random_string(6)}:",
+            "RATE_LIMIT_REQUESTS_IP_PER_MINUTE": "5",
+        },
+        name="web-ip-limited",
+    )
+    early_in_a_minute()
+    assert all(httpx.get(f"{web}/healthz", timeout=15).status_code == 200 for _ in range(8))
+    anonymous = [httpx.get(f"{web}/api/v1/time", timeout=15) for _ in range(6)]
+    assert [r.status_code for r in anonymous] == [200] * 5 + [429]
+    assert [r.headers.get("X-Used-Weight-1m") for r in anonymous[:5]] == ["1", "2", "3", "4", "5"]
+    assert anonymous[5].json()["error"] == "TooManyRequests"
+    assert 1 <= int(anonymous[5].headers["Retry-After"]) <= 60
+    # A signed request from the same address counts against its key and user, not the IP.
+    assert ApiClient(web).get("/api/v1/orders").status_code == 200
+
+
 def test_a_compliance_officers_key_needs_read_for_the_audit_api(base):
     officer = make_user("compliance")
     officer.user_permissions.add(

@@ -17,6 +17,8 @@ LIMITS = {
     ("requests", "key", "1m"): 1000,
     ("requests", "user", "1s"): 100,
     ("requests", "user", "1m"): 1000,
+    ("requests", "ip", "1s"): 3,
+    ("requests", "ip", "1m"): 1000,
 }
 ORDER = {"requests": 1, "orders": 1}
 
@@ -110,3 +112,18 @@ def test_a_limit_of_zero_is_no_limit_and_disabled_limits_count_nothing():
     with override_settings(RATE_LIMIT_ENABLED=False):
         off = rate_limit_hit(user_id=user, key_id=key, weights=ORDER, now_ms=MINUTE_START)
     assert off.allowed and off.used == {}
+
+
+def test_requests_without_credentials_are_counted_per_client_ip():
+    at = 1_700_000_000_000
+    ip, other_ip = f"203.0.113.{random.randrange(256)}", f"2001:db8::{random.randrange(9999)}"
+    hits = [
+        rate_limit_hit(user_id=None, key_id=None, weights={"requests": 1}, client_ip=ip, now_ms=at)
+        for _ in range(4)
+    ]
+    assert [h.allowed for h in hits] == [True, True, True, False]
+    assert hits[2].used[("requests", "1s")] == 3 and hits[3].retry_after_s == 1
+    other = rate_limit_hit(
+        user_id=None, key_id=None, weights={"requests": 1}, client_ip=other_ip, now_ms=at
+    )
+    assert other.allowed and other.used[("requests", "1s")] == 1
