@@ -21,6 +21,7 @@ import time
 from django.http.request import RawPostDataException
 from django.utils.encoding import escape_uri_path
 from rest_framework.authentication import BaseAuthentication
+from rest_framework.exceptions import Throttled
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 
@@ -89,6 +90,13 @@ class ApiKeyAuthentication(BaseAuthentication):
                 signed=signed, lookup=lookup, now_ms=time.time_ns() // 1_000_000
             )
         except SignatureRejected as rejected:
+            from accounts.rate_limits import auth_failure_allowed
+
+            if not auth_failure_allowed(client_ip=signed.client_ip):
+                raise Throttled(
+                    wait=60 - time.time() % 60,
+                    detail="too many refused signatures from this address; wait a minute",
+                ) from None
             owner = users.get(rejected.credentials.id) if rejected.credentials else None
             api_key_auth_failure_record(
                 reason=rejected.reason,

@@ -3,11 +3,12 @@ credentials), in fixed 1 s and 1 min windows.
 
 Two budgets: `requests` (every request, weight 1 unless the view says more) and `orders` (order
 entry: place, cancel, amend, mass cancel). Each is counted per API key (when the request is
-signed) and per user, or per IP for public market data, in Redis counters named by window (`...:1s:<window index>`),
-so a counter never needs resetting: it expires after its window. One Lua script checks every
-counter and increments them only when all stay within their limits (a refused request costs
-nothing), atomically. Limits come from settings.RATE_LIMITS. Redis being down lets requests
-through (Redis is transport here; refusing every order because a cache is down would be worse).
+signed) and per user, or per IP for public market data, in Redis counters named by window
+(`...:1s:<window index>`), so a counter never needs resetting: it expires after its window.
+One Lua script checks every counter and increments them only when all stay within their
+limits (a refused request costs nothing), atomically. Limits come from settings.RATE_LIMITS.
+Redis being down lets requests through (Redis is transport here; refusing every order because a
+cache is down would be worse).
 
 Responses carry the caller's usage in the current windows (the key's counters for a signed
 request, the user's for a web session): X-Used-Weight-1s/-1m (requests) and, on order entry,
@@ -33,7 +34,9 @@ from exchange.redis_connection import redis_client, redis_key
 logger = logging.getLogger(__name__)
 
 WINDOWS_MS = {"1s": 1_000, "1m": 60_000}
-BUCKETS = ("requests", "orders")
+# `auth_failures`: refused signatures per client IP (each is an audit row, so a flood of bad
+# signatures is bounded); counted only by `auth_failure_allowed`, never in response headers.
+BUCKETS = ("requests", "orders", "auth_failures")
 HEADER_NAMES = {
     ("requests", "1s"): "X-Used-Weight-1s",
     ("requests", "1m"): "X-Used-Weight-1m",
@@ -147,6 +150,18 @@ def rate_limit_hit(
     return RateDecision(allowed=False, used=used, retry_after_s=retry_after)
 
 
+def auth_failure_allowed(*, client_ip: str | None, now_ms: int | None = None) -> bool:
+    """Count a refused signature for the client's IP; False once past the IP's budget (the
+    request is then answered 429 and not audited again)."""
+    return rate_limit_hit(
+        user_id=None,
+        key_id=None,
+        weights={"auth_failures": 1},
+        client_ip=client_ip,
+        now_ms=now_ms,
+    ).allowed
+
+
 def view_weights(view, method: str) -> dict[str, int]:
     """A view's weights for a method: `rate_weights = {"POST": {"requests": 1, "orders": 1}}`;
     by default 1 request and no order entry."""
@@ -182,5 +197,6 @@ class UsedWeightHeadersMiddleware(MiddlewareMixin):
 
     def process_response(self, request, response):
         for (bucket, window), used in (getattr(request, "used_weight", None) or {}).items():
-            response.headers[HEADER_NAMES[(bucket, window)]] = str(used)
+            if (bucket, window) in HEADER_NAMES:
+                response.headers[HEADER_NAMES[(bucket, window)]] = str(used)
         return response

@@ -104,6 +104,8 @@ RATE_LIMITS = {
     # Requests without credentials (public market data), per client IP.
     ("requests", "ip", "1s"): env.int("RATE_LIMIT_REQUESTS_IP_PER_SECOND", default=300),
     ("requests", "ip", "1m"): env.int("RATE_LIMIT_REQUESTS_IP_PER_MINUTE", default=12000),
+    # Refused API-key signatures per client IP (each one is audited); past it, 429 unaudited.
+    ("auth_failures", "ip", "1m"): env.int("RATE_LIMIT_AUTH_FAILURES_IP_PER_MINUTE", default=60),
 }
 
 INSTALLED_APPS = [

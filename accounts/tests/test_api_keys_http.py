@@ -353,6 +353,30 @@ def test_public_market_data_is_limited_per_client_ip(base, processes, process_en
     assert ApiClient(web).get("/api/v1/orders").status_code == 200
 
 
+def test_refused_signatures_are_audited_up_to_a_budget_per_client_ip(base, processes, process_env):
+    web = start_web(
+        processes,
+        env={
+            **process_env,
+            "REDIS_KEY_PREFIX": f"{process_env['REDIS_KEY_PREFIX']}auth-{get_random_string(6)}:",
+            "RATE_LIMIT_AUTH_FAILURES_IP_PER_MINUTE": "3",
+        },
+        name="web-auth-limited",
+    )
+    user = make_user()
+    created = make_api_key(user)
+    early_in_a_minute()
+    wrong = [
+        send_signed(web, created.api_key.key, "not-the-secret", "GET", "/api/v1/orders")
+        for _ in range(4)
+    ]
+    assert [r.status_code for r in wrong] == [401, 401, 401, 429]
+    assert wrong[3].json()["error"] == "TooManyRequests" and int(wrong[3].headers["Retry-After"])
+    assert audit_reasons(user, AuditEvent.API_KEY_AUTH_FAILED) == ["bad_signature"] * 3
+    good = send_signed(web, created.api_key.key, created.secret, "GET", "/api/v1/orders")
+    assert good.status_code == 200
+
+
 def test_a_compliance_officers_key_needs_read_for_the_audit_api(base):
     officer = make_user("compliance")
     officer.user_permissions.add(
