@@ -6,7 +6,9 @@ from decimal import Decimal
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.test import override_settings
 
+from accounts.funds import deposit_create
 from accounts.ledger import (
     CASH,
     EXTERNAL,
@@ -16,6 +18,7 @@ from accounts.ledger import (
     ledger_post,
 )
 from accounts.models import LedgerAccount, LedgerEntry, LedgerPosting
+from accounts.tests.fee_tier_data import new_instrument
 from exchange.api_errors import ApiError
 from exchange.tests.api_client import make_user
 
@@ -72,3 +75,22 @@ def test_ledger_verify_names_a_posting_written_behind_the_balances_back():
     message = str(broken.value)
     assert "entries that do not sum to zero per asset: 1" in message
     assert "accounts whose balance is not the sum of their postings: 1" in message
+
+
+def test_the_demo_self_credit_is_capped_per_asset_and_only_for_yourself():
+    new_instrument()  # lists USD (2 decimals) as an asset
+    user, other = make_user(funds={}), make_user(funds={})
+    with override_settings(DEMO_SELF_CREDIT_LIMIT="100"):
+        deposit_create(user=user, asset="USD", amount=Decimal("60.00"), actor=user)
+        with pytest.raises(ApiError) as over:
+            deposit_create(user=user, asset="USD", amount=Decimal("40.01"), actor=user)
+        assert over.value.error == "DepositNotAllowed" and over.value.status_code == 403
+        assert "100 USD in total; 60 already credited" in over.value.message
+        deposit_create(user=user, asset="USD", amount=Decimal("40.00"), actor=user)
+        with pytest.raises(ApiError) as for_another:
+            deposit_create(user=other, asset="USD", amount=Decimal("1.00"), actor=user)
+        assert for_another.value.error == "DepositNotAllowed"
+    assert LedgerAccount.objects.get(user=user, kind="cash", asset="USD").balance == 100
+    with pytest.raises(ApiError) as off:  # the default: staff credit deposits
+        deposit_create(user=user, asset="USD", amount=Decimal("1.00"), actor=user)
+    assert off.value.error == "DepositNotAllowed"
