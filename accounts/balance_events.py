@@ -1,5 +1,5 @@
 """Balance changes for the WebSocket `orders` channel: `{"user_id", "asset", "available",
-"held"}` after a commit (the shard worker sends its batch's with the market data; the web
+"held", "total"}` after a commit (the shard worker sends its batch's with the market data; the web
 processes send theirs here). Redis is transport: a lost event is caught up by GET /balances."""
 
 import json
