@@ -10,7 +10,7 @@ from decimal import Decimal
 import redis
 from django.db import transaction
 
-from accounts.selectors import amount_str, asset_precisions_cached
+from accounts.selectors import asset_precisions_cached, balance_view
 from exchange.redis_connection import redis_client
 from matching.transport import private_events_channel
 
@@ -20,24 +20,15 @@ logger = logging.getLogger(__name__)
 def balance_events(rows: Iterable[tuple[int, str, str, Decimal]]) -> list[dict]:
     """Events from (user_id, asset, kind, balance) rows of users' cash and hold accounts, the
     amounts as strings at each asset's precision (as GET /api/v1/balances shows them)."""
-    merged: dict[tuple[int, str], dict] = {}
-    places = asset_precisions_cached()
+    merged: dict[tuple[int, str], dict[str, Decimal]] = {}
     for user_id, asset, kind, balance in rows:
-        event = merged.setdefault(
-            (user_id, asset),
-            {"user_id": user_id, "asset": asset, "available": Decimal(0), "held": Decimal(0)},
-        )
-        event["available" if kind == "cash" else "held"] = balance
-    events = []
-    for key in sorted(merged):
-        event = merged[key]
-        precision = places.get(event["asset"])
-        available, held = event["available"], event["held"]
-        event["available"] = amount_str(available, precision)
-        event["held"] = amount_str(held, precision)
-        event["total"] = amount_str(available + held, precision)
-        events.append(event)
-    return events
+        row = merged.setdefault((user_id, asset), {"available": Decimal(0), "held": Decimal(0)})
+        row["available" if kind == "cash" else "held"] = balance
+    places = asset_precisions_cached()
+    return [
+        {"user_id": user_id, **balance_view(asset=asset, places=places, **merged[user_id, asset])}
+        for user_id, asset in sorted(merged)
+    ]
 
 
 def balance_events_publish_on_commit(events: list[dict]) -> None:

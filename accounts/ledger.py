@@ -54,7 +54,8 @@ class LedgerUnbalanced(ValueError):
     """The lines of an entry do not sum to zero in every asset (a programming error)."""
 
 
-def _columns(keys: Sequence[AccountKey]) -> list[list]:
+def key_columns(keys: Sequence[AccountKey]) -> list[list]:
+    """Account keys as the three arrays (kinds, user ids, assets) the SQL here unnests."""
     return [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]]
 
 
@@ -63,13 +64,13 @@ def accounts_lock(*, keys: Iterable[AccountKey]) -> dict[AccountKey, tuple[int, 
     key -> (account id, balance). Call inside a transaction."""
     wanted = sorted(set(keys), key=lambda k: (k[0], k[1] or 0, k[2]))
     with connection.cursor() as cursor:
-        cursor.execute(LOCK_SQL, _columns(wanted))
+        cursor.execute(LOCK_SQL, key_columns(wanted))
         found = {(kind, uid, asset): (pk, bal) for pk, kind, uid, asset, bal in cursor.fetchall()}
         if len(found) < len(wanted):
             missing = [k for k in wanted if k not in found]
-            cursor.execute(CREATE_SQL, _columns(missing))
+            cursor.execute(CREATE_SQL, key_columns(missing))
             # Locks of the accounts already held stay held; take them all again in pk order.
-            cursor.execute(LOCK_SQL, _columns(wanted))
+            cursor.execute(LOCK_SQL, key_columns(wanted))
             found = {(k, u, a): (pk, bal) for pk, k, u, a, bal in cursor.fetchall()}
     return found
 

@@ -38,13 +38,20 @@ def asset_precisions_cached() -> dict[str, int]:
 
 def amount_str(amount: Decimal, places: int | None) -> str:
     """An amount as a decimal string at its asset's precision (exact when unknown)."""
-    return _at_precision(amount, places)
-
-
-def _at_precision(amount: Decimal, places: int | None) -> str:
     if places is None:
         return format(amount.normalize(), "f")
     return format(amount.quantize(Decimal(1).scaleb(-places)), "f")
+
+
+def balance_view(*, asset: str, available: Decimal, held: Decimal, places: dict) -> dict:
+    """One asset's balance as the API shows it (REST and the balance events alike)."""
+    precision = places.get(asset)
+    return {
+        "asset": asset,
+        "available": amount_str(available, precision),
+        "held": amount_str(held, precision),
+        "total": amount_str(available + held, precision),
+    }
 
 
 def balances_for_user(*, user) -> list[dict]:
@@ -54,14 +61,9 @@ def balances_for_user(*, user) -> list[dict]:
     for asset, kind, balance in accounts:
         row = per_asset.setdefault(asset, {"available": Decimal(0), "held": Decimal(0)})
         row["available" if kind == LedgerAccount.Kind.CASH else "held"] += balance
-    places = asset_precisions()
+    places = asset_precisions_cached()
     return [
-        {
-            "asset": asset,
-            "available": _at_precision(row["available"], places.get(asset)),
-            "held": _at_precision(row["held"], places.get(asset)),
-            "total": _at_precision(row["available"] + row["held"], places.get(asset)),
-        }
+        balance_view(asset=asset, available=row["available"], held=row["held"], places=places)
         for asset, row in sorted(per_asset.items())
     ]
 

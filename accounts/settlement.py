@@ -19,7 +19,15 @@ import psycopg
 from django.db import connection
 
 from accounts.balance_events import balance_events
-from accounts.ledger import CASH, CREATE_SQL, FEE_REVENUE, HOLD, REBATE_EXPENSE, AccountKey
+from accounts.ledger import (
+    CASH,
+    CREATE_SQL,
+    FEE_REVENUE,
+    HOLD,
+    REBATE_EXPENSE,
+    AccountKey,
+    key_columns,
+)
 from accounts.models import LedgerEntry
 
 TRADE = LedgerEntry.Kind.TRADE.value
@@ -156,7 +164,7 @@ class SettlementWriter:
         known = self._account_ids
         missing = [k for k in keys if k not in known]
         if missing:
-            columns = [[k[0] for k in missing], [k[1] for k in missing], [k[2] for k in missing]]
+            columns = key_columns(missing)
             with psycopg.Cursor(connection.connection) as cursor:
                 cursor.execute(RESOLVE_SQL, columns)
                 rows = cursor.fetchall()
