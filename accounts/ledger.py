@@ -8,13 +8,14 @@ settles a whole batch through `accounts.settlement`, which uses the same lock or
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 
 from django.db import connection, transaction
 
 from accounts.balance_events import balance_events, balance_events_publish_on_commit
 from accounts.models import LedgerAccount, LedgerEntry, LedgerPosting
-from exchange.errors import trading_error
+from exchange.errors import ApiError, trading_error
 
 AccountKey = tuple[str, int | None, str]  # (kind, user_id or None for the exchange, asset)
 Line = tuple[AccountKey, Decimal]
@@ -47,6 +48,18 @@ UPDATE accounts_ledgeraccount a
    SET balance = a.balance + d.delta, updated_at = now()
   FROM unnest(%s::bigint[], %s::numeric[]) AS d(id, delta)
  WHERE a.id = d.id
+"""
+
+HOLD_ENTRIES_SQL = """
+INSERT INTO accounts_ledgerentry (kind, user_id, order_id, memo, created_at)
+SELECT %s, e.user_id, e.order_id, '', now()
+  FROM unnest(%s::bigint[], %s::bigint[]) AS e(user_id, order_id)
+RETURNING order_id, id
+"""
+
+POSTINGS_SQL = """
+INSERT INTO accounts_ledgerposting (entry_id, account_id, asset, amount)
+SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::numeric[])
 """
 
 
@@ -155,6 +168,86 @@ def funds_hold(
         order_id=order_id,
         shortfall_field=field,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class HoldRequest:
+    """One order's hold for `funds_hold_many`: `amount` of `asset` moves from the user's
+    available balance to their held balance; `field` is the request field a shortfall names."""
+
+    user_id: int
+    asset: str
+    amount: Decimal
+    order_id: int
+    field: str | None = None
+
+
+def funds_hold_many(*, holds: Sequence[HoldRequest]) -> list[ApiError | None]:
+    """Post the holds of many orders at once (the order entry batch), in the given order.
+
+    One lock of every account involved (primary-key order, as `ledger_post`), then each hold is
+    checked against what the holds before it left: one that does not fit gets its
+    `InsufficientBalance` error in the returned list (at its index) and writes nothing; the rest
+    are written set-based (one entry each, two postings, one balance update per account). Same
+    entries and balance events as one `funds_hold` per order. Runs in the caller's transaction.
+    """
+    results: list[ApiError | None] = [None] * len(holds)
+    wanted = [i for i, hold in enumerate(holds) if hold.amount]
+    if not wanted:
+        return results
+    siblings = {(kind, holds[i].user_id, holds[i].asset) for i in wanted for kind in (CASH, HOLD)}
+    accounts = accounts_lock(keys=siblings)
+    balances = {key: accounts[key][1] for key in siblings}
+    posted = []
+    for i in wanted:
+        hold = holds[i]
+        cash, held = (CASH, hold.user_id, hold.asset), (HOLD, hold.user_id, hold.asset)
+        if balances[cash] < hold.amount:
+            results[i] = trading_error(
+                "InsufficientBalance",
+                f"insufficient {hold.asset}: {hold.amount.normalize():f} needed, "
+                f"{balances[cash].normalize():f} available",
+                field=hold.field,
+                extra={"asset": hold.asset},
+            )
+            continue
+        balances[cash] -= hold.amount
+        balances[held] += hold.amount
+        posted.append(hold)
+    if not posted:
+        return results
+    with connection.cursor() as cursor:
+        cursor.execute(
+            HOLD_ENTRIES_SQL,
+            [
+                LedgerEntry.Kind.HOLD.value,
+                [h.user_id for h in posted],
+                [h.order_id for h in posted],
+            ],
+        )
+        entry_of = dict(cursor.fetchall())  # order id -> entry id (one hold entry per order)
+        entries, accounts_, assets, amounts = [], [], [], []
+        for hold in posted:
+            for kind, amount in ((CASH, -hold.amount), (HOLD, hold.amount)):
+                entries.append(entry_of[hold.order_id])
+                accounts_.append(accounts[(kind, hold.user_id, hold.asset)][0])
+                assets.append(hold.asset)
+                amounts.append(amount)
+        cursor.execute(POSTINGS_SQL, [entries, accounts_, assets, amounts])
+        moved = [key for key in siblings if balances[key] != accounts[key][1]]
+        cursor.execute(
+            BALANCES_ADD_SQL,
+            [
+                [accounts[key][0] for key in moved],
+                [balances[key] - accounts[key][1] for key in moved],
+            ],
+        )
+    balance_events_publish_on_commit(
+        balance_events(
+            (uid, asset, kind, balances[(kind, uid, asset)]) for kind, uid, asset in siblings
+        )
+    )
+    return results
 
 
 @transaction.atomic

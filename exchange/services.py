@@ -12,16 +12,17 @@ import json
 from dataclasses import asdict, dataclass
 from decimal import Decimal
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from accounts.funds import DEMO_FUNDS, demo_funds_grant
-from accounts.ledger import funds_hold
+from accounts.ledger import HoldRequest, funds_hold, funds_hold_many
 from accounts.models import LedgerAccount
 from audit.events import AuditEvent
-from audit.services import audit_record
-from exchange.errors import trading_error
+from audit.services import AuditEntry, audit_entry, audit_record, audit_record_many
+from exchange.errors import ApiError, trading_error
 from exchange.fees import fee_rates_for
 from exchange.holds import buy_hold_minor, held_amount
 from exchange.models import Instrument, Order
@@ -48,7 +49,7 @@ from exchange.selectors import (
 from matching.engine import protocol as p
 from matching.instruments import engine_instrument_spec
 from matching.models import Command
-from matching.services import command_enqueue
+from matching.services import CommandRow, command_enqueue, commands_enqueue_many
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,25 +61,37 @@ class Placement:
     command_id: int | None
 
 
+@dataclass(slots=True)
+class OrderPlan:
+    """A validated order, ready to store: the row, its hold, its command and its audit record
+    (the ids that the store assigns are filled in there)."""
+
+    user: object
+    instrument: Instrument
+    request: OrderRequest
+    digest: str
+    order: Order  # unsaved, pk unset
+    hold: Decimal
+    hold_asset: str
+    hold_field: str
+    command_payload: dict  # without order_id
+    audit: AuditEntry  # without order_id and command_id
+
+
 def request_digest(request: OrderRequest) -> str:
     """A stable fingerprint of the request, to tell a replay from a different order."""
     fields = {k: (str(v) if v is not None else None) for k, v in asdict(request).items()}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
-def _existing_for_client_id(user, request: OrderRequest, digest: str) -> Order | None:
-    if request.client_order_id is None:
-        return None
-    order = Order.objects.filter(user=user, client_order_id=request.client_order_id).first()
-    if order is not None and order.request_digest != digest:
-        raise trading_error(
-            "DuplicateClientOrderId",
-            f"client_order_id {request.client_order_id!r} was used for a different order",
-            field="client_order_id",
-            http_status=409,
-            extra={"order_id": str(order.pk)},
-        )
-    return order
+def _client_id_conflict(order_id: int, client_order_id: str) -> ApiError:
+    return trading_error(
+        "DuplicateClientOrderId",
+        f"client_order_id {client_order_id!r} was used for a different order",
+        field="client_order_id",
+        http_status=409,
+        extra={"order_id": str(order_id)},
+    )
 
 
 def order_place(
@@ -88,14 +101,32 @@ def order_place(
 
     Raises a catalogue ApiError (400, nothing stored) for bad input. A replay of a
     client_order_id with the same body returns the stored order (created=False); with a
-    different body it is a 409.
+    different body it is a 409. Outside a transaction the store goes through the process's
+    order entry batch (`exchange.order_batcher`: one transaction for the orders that arrive
+    together); inside one (a caller's atomic block) it is stored in that transaction.
+    """
+    plan = order_plan(user=user, request=request, http_request=http_request, now=now)
+    if transaction.get_connection().in_atomic_block or not settings.ORDER_ENTRY_BATCHING:
+        result = orders_store(plans=[plan])[0]
+    else:
+        from exchange.order_batcher import order_batcher
+
+        result = order_batcher.store(plan)
+    if isinstance(result, ApiError):
+        raise result
+    return result
+
+
+def order_plan(
+    *, user, request: OrderRequest, http_request=None, now: dt.datetime | None = None
+) -> OrderPlan:
+    """Check `request` against the instrument's rules and build what storing it writes.
+
+    Raises a catalogue ApiError (400) for bad input; reads no database row (the instrument and
+    fee rates come from per-process caches, the book from the worker's Redis snapshot).
     """
     now = now or timezone.now()
     digest = request_digest(request)
-    existing = _existing_for_client_id(user, request, digest)
-    if existing is not None:
-        return Placement(order=existing, created=False, command_id=None)
-
     instrument = instrument_by_symbol(request.symbol)
     check_shape(request)
     check_session(instrument, now)
@@ -160,88 +191,197 @@ def order_place(
         engine=engine, instrument=instrument, is_buy=is_buy, quantity=request.quantity,
         buy_minor=buy_minor,
     )  # fmt: skip
-    try:
-        with transaction.atomic():
-            order = Order.objects.create(
-                user=user,
-                instrument=instrument,
-                client_order_id=request.client_order_id,
-                request_digest=digest,
-                side=request.side,
-                order_type=kind,
-                time_in_force=request.time_in_force,
-                price=request.price,
-                stop_price=request.stop_price,
-                quantity=request.quantity,
-                quote_quantity=request.quote_quantity,
-                display_quantity=request.display_quantity,
-                post_only=request.post_only,
-                post_only_adjust=request.post_only_adjust,
-                stp_mode=request.stp_mode,
-                expire_at=expire_at,
-                maker_fee_ppm=maker_ppm,
-                taker_fee_ppm=taker_ppm,
-                held_amount=hold,
-                hold_remaining=hold,
-                remaining_quantity=request.quantity or Decimal(0),
-            )
-            funds_hold(
-                user=user,
-                asset=instrument.quote_asset if is_buy else instrument.base_asset,
-                amount=hold,
-                order_id=order.pk,
-                field="quote_quantity" if request.quote_quantity is not None else "quantity",
-            )
-            command = command_enqueue(
-                shard=instrument.shard,
-                kind=Command.Kind.PLACE,
-                payload={
-                    "symbol": instrument.symbol,
-                    "order_id": order.pk,
-                    "user_id": user.pk,
-                    "is_buy": is_buy,
-                    "order_type": ORDER_TYPES[kind],
-                    "price": price,
-                    "qty": qty,
-                    "tif": TIME_IN_FORCE[request.time_in_force],
-                    "expire_at": to_ns(expire_at) if expire_at else 0,
-                    "flags": flags,
-                    "display_qty": display,
-                    "stop_price": stop,
-                    # The engine needs a positive cap on every buy; 1 minor unit fills nothing.
-                    "max_quote": max(buy_minor, 1) if is_buy else 0,
-                    "maker_fee_ppm": maker_ppm,
-                    "taker_fee_ppm": taker_ppm,
-                    "stp": p.STP_MODE_NAMES.index(request.stp_mode) if request.stp_mode else 0,
-                },
-                order_id=order.pk,
-                user_id=user.pk,
-            )
-            audit_record(
-                event_type=AuditEvent.ORDER_SUBMITTED,
-                actor=user,
-                user_id=user.pk,
-                order_id=order.pk,
-                symbol=instrument.symbol,
-                shard=instrument.shard,
-                payload={
-                    **{k: v for k, v in asdict(request).items() if v not in (None, "", False)},
-                    "order_id": order.pk,
-                    "expire_at": expire_at,
-                    "maker_fee_ppm": maker_ppm,
-                    "taker_fee_ppm": taker_ppm,
-                    "held_amount": order.held_amount,
-                    "command_id": command.pk,
-                },
-                request=http_request,
-            )
-    except IntegrityError:
-        # Two requests raced on one client_order_id: the loser answers with the winner's order.
-        existing = _existing_for_client_id(user, request, digest)
-        if existing is None:
+    order = Order(
+        user=user,
+        instrument=instrument,
+        client_order_id=request.client_order_id,
+        request_digest=digest,
+        side=request.side,
+        order_type=kind,
+        time_in_force=request.time_in_force,
+        price=request.price,
+        stop_price=request.stop_price,
+        quantity=request.quantity,
+        quote_quantity=request.quote_quantity,
+        display_quantity=request.display_quantity,
+        post_only=request.post_only,
+        post_only_adjust=request.post_only_adjust,
+        stp_mode=request.stp_mode,
+        expire_at=expire_at,
+        maker_fee_ppm=maker_ppm,
+        taker_fee_ppm=taker_ppm,
+        held_amount=hold,
+        hold_remaining=hold,
+        remaining_quantity=request.quantity or Decimal(0),
+    )
+    command_payload = {
+        "symbol": instrument.symbol,
+        "user_id": user.pk,
+        "is_buy": is_buy,
+        "order_type": ORDER_TYPES[kind],
+        "price": price,
+        "qty": qty,
+        "tif": TIME_IN_FORCE[request.time_in_force],
+        "expire_at": to_ns(expire_at) if expire_at else 0,
+        "flags": flags,
+        "display_qty": display,
+        "stop_price": stop,
+        # The engine needs a positive cap on every buy; 1 minor unit fills nothing.
+        "max_quote": max(buy_minor, 1) if is_buy else 0,
+        "maker_fee_ppm": maker_ppm,
+        "taker_fee_ppm": taker_ppm,
+        "stp": p.STP_MODE_NAMES.index(request.stp_mode) if request.stp_mode else 0,
+    }
+    audit = audit_entry(
+        event_type=AuditEvent.ORDER_SUBMITTED,
+        actor=user,
+        user_id=user.pk,
+        symbol=instrument.symbol,
+        shard=instrument.shard,
+        payload={
+            **{k: v for k, v in asdict(request).items() if v not in (None, "", False)},
+            "expire_at": expire_at,
+            "maker_fee_ppm": maker_ppm,
+            "taker_fee_ppm": taker_ppm,
+            "held_amount": hold,
+        },
+        request=http_request,
+    )
+    return OrderPlan(
+        user=user,
+        instrument=instrument,
+        request=request,
+        digest=digest,
+        order=order,
+        hold=hold,
+        hold_asset=instrument.quote_asset if is_buy else instrument.base_asset,
+        hold_field="quote_quantity" if request.quote_quantity is not None else "quantity",
+        command_payload=command_payload,
+        audit=audit,
+    )
+
+
+ORDER_IDS_SQL = (
+    "SELECT nextval(pg_get_serial_sequence('exchange_order', 'id')) FROM generate_series(1, %s)"
+)
+CLIENT_ORDER_ID_CONSTRAINT = "order_client_order_id_unique_per_user"
+
+
+class ClientOrderIdRace(Exception):
+    """Another process stored one of the batch's client_order_ids first; store again."""
+
+
+def orders_store(*, plans: list[OrderPlan]) -> list[Placement | ApiError]:
+    """Store planned orders together: one result per plan, in order (a Placement, or the
+    ApiError that plan gets: 409 for a client_order_id reused with another body, 400
+    InsufficientBalance); the others are stored whatever happens to one.
+
+    In ONE transaction (the caller's, or a new one): the order rows, their holds (one ledger
+    entry each), their place commands and their audit records, each written set-based; the
+    shard's signal goes out after the commit. A replayed client_order_id (an earlier order, or
+    an earlier plan of this batch) answers with that order, created=False.
+    """
+    for _ in range(3):
+        try:
+            with transaction.atomic():
+                return _orders_store(plans)
+        except ClientOrderIdRace:
+            for plan in plans:
+                plan.order.pk = None  # ids are drawn again
+            continue
+    raise RuntimeError("client_order_id race did not settle after 3 attempts")
+
+
+def _orders_store(plans: list[OrderPlan]) -> list[Placement | ApiError]:
+    results: list[Placement | ApiError | None] = [None] * len(plans)
+    # A client_order_id already stored, or used by an earlier plan of this batch.
+    keyed = [(i, plan) for i, plan in enumerate(plans) if plan.request.client_order_id is not None]
+    earlier: dict[tuple[int, str], int] = {}
+    replay_of: dict[int, int] = {}  # plan index -> index of the plan that stores the order
+    if keyed:
+        candidates = Order.objects.filter(
+            user_id__in={plan.user.pk for _, plan in keyed},
+            client_order_id__in={plan.request.client_order_id for _, plan in keyed},
+        ).select_related("instrument")
+        stored = {(order.user_id, order.client_order_id): order for order in candidates}
+        for i, plan in keyed:
+            key = (plan.user.pk, plan.request.client_order_id)
+            existing = stored.get(key)
+            if existing is not None:
+                if existing.request_digest != plan.digest:
+                    results[i] = _client_id_conflict(existing.pk, key[1])
+                else:
+                    results[i] = Placement(order=existing, created=False, command_id=None)
+            elif key in earlier:
+                replay_of[i] = earlier[key]
+            else:
+                earlier[key] = i
+    todo = [i for i in range(len(plans)) if results[i] is None and i not in replay_of]
+    if todo:
+        with connection.cursor() as cursor:
+            cursor.execute(ORDER_IDS_SQL, [len(todo)])
+            ids = [row[0] for row in cursor.fetchall()]
+        for i, order_id in zip(todo, ids, strict=True):
+            plans[i].order.pk = order_id
+        refused = funds_hold_many(
+            holds=[
+                HoldRequest(
+                    user_id=plans[i].user.pk,
+                    asset=plans[i].hold_asset,
+                    amount=plans[i].hold,
+                    order_id=plans[i].order.pk,
+                    field=plans[i].hold_field,
+                )
+                for i in todo
+            ]
+        )
+        for i, error in zip(todo, refused, strict=True):
+            results[i] = error
+        todo = [i for i in todo if results[i] is None]
+    if todo:
+        try:
+            with transaction.atomic():
+                Order.objects.bulk_create([plans[i].order for i in todo])
+        except IntegrityError as exc:
+            if CLIENT_ORDER_ID_CONSTRAINT in str(exc):
+                raise ClientOrderIdRace from exc
             raise
-        return Placement(order=existing, created=False, command_id=None)
-    return Placement(order=order, created=True, command_id=command.pk)
+        shard_of = {i: plans[i].instrument.shard for i in todo}
+        command_ids = commands_enqueue_many(
+            commands=[
+                CommandRow(
+                    shard=shard_of[i],
+                    kind=Command.Kind.PLACE,
+                    payload={"order_id": plans[i].order.pk, **plans[i].command_payload},
+                    order_id=plans[i].order.pk,
+                    user_id=plans[i].user.pk,
+                )
+                for i in todo
+            ]
+        )
+        entries = []
+        for i, command_id in zip(todo, command_ids, strict=True):
+            plan = plans[i]
+            plan.audit.order_id = plan.order.pk
+            plan.audit.payload = {
+                **plan.audit.payload, "order_id": plan.order.pk, "command_id": command_id
+            }  # fmt: skip
+            entries.append(plan.audit)
+            results[i] = Placement(order=plan.order, created=True, command_id=command_id)
+        audit_record_many(records=entries)
+    for i, first in replay_of.items():
+        stored_first = results[first]
+        if isinstance(stored_first, Placement):
+            if plans[first].digest != plans[i].digest:
+                results[i] = _client_id_conflict(
+                    stored_first.order.pk, plans[i].request.client_order_id
+                )
+            else:
+                results[i] = Placement(order=stored_first.order, created=False, command_id=None)
+        else:
+            # The first was refused: this one is refused the same way (nothing was stored).
+            results[i] = stored_first
+    return results
 
 
 def _require_open(order: Order) -> None:

@@ -69,6 +69,10 @@ if MATCHING_SHARDS < 1:
 MATCHING_HEARTBEAT_TTL_MS = env.int("MATCHING_HEARTBEAT_TTL_MS", default=5000)
 # How long an order request waits for the engine before answering 202 pending_new.
 ORDER_REPLY_TIMEOUT_SECONDS = env.float("ORDER_REPLY_TIMEOUT_SECONDS", default=2.0)
+# Orders arriving together at one web process are stored in one transaction
+# (exchange/order_batcher.py), at most this many; ORDER_ENTRY_BATCHING=false stores each alone.
+ORDER_ENTRY_BATCHING = env.bool("ORDER_ENTRY_BATCHING", default=True)
+ORDER_ENTRY_BATCH_MAX = env.int("ORDER_ENTRY_BATCH_MAX", default=200)
 
 # WebSocket streaming (/ws/v1, docs/websocket.md): per-connection limits and liveness.
 WS_MAX_SUBSCRIPTIONS = env.int("WS_MAX_SUBSCRIPTIONS", default=50)

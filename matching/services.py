@@ -1,9 +1,12 @@
 """Writes of the matching side that the web processes call: enqueueing commands for a shard."""
 
+import json
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import redis
-from django.db import transaction
+from django.db import connection, transaction
 
 from exchange.redis_connection import redis_client
 from matching.models import Command
@@ -35,6 +38,73 @@ def command_enqueue(
     )
     transaction.on_commit(lambda: command_signal(shard=shard, command_id=command.pk))
     return command
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRow:
+    """One command for `commands_enqueue_many`."""
+
+    shard: int
+    kind: str
+    payload: dict
+    order_id: int | None = None
+    user_id: int | None = None
+
+
+COMMANDS_INSERT_SQL = """
+INSERT INTO matching_command (shard, kind, payload, order_id, user_id, created_at)
+SELECT c.shard, c.kind, c.payload, c.order_id, c.user_id, now()
+  FROM unnest(%s::smallint[], %s::text[], %s::jsonb[], %s::bigint[], %s::bigint[])
+       WITH ORDINALITY AS c(shard, kind, payload, order_id, user_id, n)
+ ORDER BY c.n
+RETURNING id
+"""
+
+
+def commands_enqueue_many(*, commands: Sequence[CommandRow]) -> list[int]:
+    """`command_enqueue` for many commands at once (one INSERT); returns their ids in order.
+
+    The ids follow the given order (the insert draws them in that order), so a shard applies
+    the commands in the order given; the shards are signalled once the transaction commits.
+    """
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("commands_enqueue_many must run inside the caller's transaction")
+    if not commands:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(
+            COMMANDS_INSERT_SQL,
+            [
+                [c.shard for c in commands],
+                [c.kind for c in commands],
+                [json.dumps(c.payload) for c in commands],
+                [c.order_id for c in commands],
+                [c.user_id for c in commands],
+            ],
+        )
+        ids = sorted(row[0] for row in cursor.fetchall())
+    signals = [(c.shard, command_id) for c, command_id in zip(commands, ids, strict=True)]
+    transaction.on_commit(lambda: commands_signal(signals=signals))
+    return ids
+
+
+def commands_signal(*, signals: Sequence[tuple[int, int]]) -> None:
+    """`command_signal` for many (shard, command id) pairs in one Redis round trip."""
+    try:
+        pipe = redis_client().pipeline(transaction=False)
+        for shard, command_id in signals:
+            pipe.xadd(
+                command_stream_key(shard),
+                {"id": command_id},
+                maxlen=STREAM_MAXLEN,
+                approximate=True,
+            )
+        pipe.execute()
+    except redis.RedisError as exc:
+        logger.warning(
+            "command signals not sent; the worker's poll will find them",
+            extra={"commands": len(signals), "why": str(exc)},
+        )
 
 
 def command_signal(*, shard: int, command_id: int) -> None:

@@ -1,0 +1,84 @@
+"""Order entry in batches: the orders a web process receives together are stored together.
+
+Each request validates its order itself (`services.order_plan`) and hands the plan to the
+process's one `OrderBatcher`, then waits. The batcher's thread takes every plan waiting (up to
+`ORDER_ENTRY_BATCH_MAX`) and stores them with `services.orders_store` in ONE transaction on its
+own database connection: one commit, one lock of the ledger accounts and one INSERT per table
+for the whole batch, instead of one of each per order. Under load a batch forms while the
+previous one commits; a lone order is stored at once (no timer). Between batches, when nothing
+waits, the thread's connection goes back to the pool. Every plan gets its own
+answer: an order that is refused (insufficient balance, client_order_id conflict) does not
+affect the others; a failure of the transaction itself is raised to every waiter of that batch
+(nothing of it was stored).
+"""
+
+import logging
+import queue
+import threading
+from concurrent.futures import Future
+
+from django.conf import settings
+from django.db import connection
+
+logger = logging.getLogger(__name__)
+
+
+class OrderBatcher:
+    """One per process; `store` is safe to call from any thread."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def store(self, plan):
+        """Store `plan` in the next batch; returns its Placement or its ApiError (not raised)."""
+        return self.submit(plan).result()
+
+    def submit(self, plan) -> Future:
+        """Queue `plan`; the future resolves to its Placement or ApiError."""
+        future: Future = Future()
+        self._queue.put((plan, future))
+        if self._thread is None or not self._thread.is_alive():
+            self._start()
+        return future
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="order-batcher", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        limit = settings.ORDER_ENTRY_BATCH_MAX
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < limit:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._store(batch)
+            if self._queue.empty():
+                connection.close()  # idle: the connection goes back to the pool
+
+    def _store(self, batch: list[tuple]) -> None:
+        from exchange.services import orders_store
+
+        futures = [future for _, future in batch]
+        try:
+            connection.close_if_unusable_or_obsolete()
+            results = orders_store(plans=[plan for plan, _ in batch])
+        except Exception as exc:  # every waiter must hear of the failure
+            logger.exception("order entry batch failed", extra={"orders": len(batch)})
+            connection.close()
+            for future in futures:
+                future.set_exception(exc)
+            return
+        for future, result in zip(futures, results, strict=True):
+            future.set_result(result)
+
+
+order_batcher = OrderBatcher()

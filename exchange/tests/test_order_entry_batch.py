@@ -1,0 +1,132 @@
+"""Orders stored together (`services.orders_store`, `order_batcher`): one transaction for the
+batch, one answer per order, and an order refused in a batch changes nothing for the others."""
+
+import threading
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+
+from accounts.models import LedgerAccount, LedgerEntry
+from accounts.selectors import ledger_discrepancies
+from audit.models import AuditRecord
+from exchange import services
+from exchange.api_errors import ApiError
+from exchange.models import Order
+from exchange.order_batcher import order_batcher
+from exchange.order_rules import OrderRequest
+from exchange.tests.api_client import make_instrument, make_user
+from matching.models import Command
+
+
+def buy(symbol: str, price: str, quantity: str, client_order_id: str | None = None):
+    return OrderRequest(
+        symbol=symbol,
+        side="buy",
+        order_type="limit",
+        price=Decimal(price),
+        quantity=Decimal(quantity),
+        client_order_id=client_order_id,
+    )
+
+
+def plan(user, request):
+    return services.order_plan(user=user, request=request)
+
+
+def cash(user, asset="USD") -> Decimal:
+    return LedgerAccount.objects.get(user=user, kind="cash", asset=asset).balance
+
+
+@pytest.mark.django_db
+def test_a_batch_answers_each_order_and_stores_only_those_that_fit():
+    instrument = make_instrument()
+    rich = make_user(funds={"USD": Decimal("1000.00")})
+    poor = make_user(funds={"USD": Decimal("50.00")})
+    symbol = instrument.symbol
+    # Stored before the batch: the same client_order_id with another body is a conflict.
+    earlier = services.order_place(user=rich, request=buy(symbol, "1.00", "1", "earlier"))
+    plans = [
+        plan(rich, buy(symbol, "10.00", "10")),  # holds 100.20
+        plan(poor, buy(symbol, "10.00", "10")),  # 100.20 > 50.00 available
+        plan(rich, buy(symbol, "2.00", "5", "twice")),
+        plan(rich, buy(symbol, "2.00", "5", "twice")),  # a replay within the batch
+        plan(rich, buy(symbol, "3.00", "5", "twice")),  # same id, another body
+        plan(rich, buy(symbol, "2.00", "1", "earlier")),  # reused id of a stored order
+        plan(poor, buy(symbol, "4.00", "10")),  # 40.08 fits once the other was refused
+    ]
+    results = services.orders_store(plans=plans)
+
+    first, refused, twice, replay, conflict, reused, small = results
+    assert first.created and twice.created and small.created
+    assert isinstance(refused, ApiError) and refused.error == "InsufficientBalance"
+    assert refused.field == "quantity" and "100.2 needed" in refused.message
+    assert replay.order.pk == twice.order.pk and not replay.created and replay.command_id is None
+    assert isinstance(conflict, ApiError) and conflict.error == "DuplicateClientOrderId"
+    assert conflict.status_code == 409
+    assert isinstance(reused, ApiError) and reused.status_code == 409
+    assert reused.extra["order_id"] == str(earlier.order.pk)
+
+    stored = [first.order.pk, twice.order.pk, small.order.pk]
+    assert Order.objects.filter(user__in=[rich, poor]).count() == 4  # with `earlier`
+    commands = list(Command.objects.filter(order_id__in=stored).order_by("id"))
+    assert [c.order_id for c in commands] == stored  # the shard applies them in batch order
+    assert all(c.payload["order_id"] == c.order_id for c in commands)
+    # Holds: price x quantity + the taker fee, rounded up to the cent.
+    assert cash(rich) == Decimal("1000.00") - Decimal("1.01") - Decimal("100.20") - Decimal("10.02")
+    assert cash(poor) == Decimal("50.00") - Decimal("40.08")
+    holds = LedgerEntry.objects.filter(kind="hold", order_id__in=stored)
+    assert sorted(holds.values_list("order_id", flat=True)) == sorted(stored)
+    submitted = AuditRecord.objects.filter(event_type="order.submitted", order_id__in=stored)
+    assert {r.order_id: r.payload["command_id"] for r in submitted} == {
+        c.order_id: c.pk for c in commands
+    }
+    assert ledger_discrepancies() == {}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_orders_placed_together_outside_a_transaction_are_stored_in_one():
+    instrument = make_instrument()
+    users = [make_user(funds={"USD": Decimal("100.00")}) for _ in range(12)]
+    placements: list = []
+    start = threading.Barrier(len(users))
+
+    def place(user) -> None:
+        start.wait()
+        try:
+            placements.append(
+                services.order_place(user=user, request=buy(instrument.symbol, "1.00", "1"))
+            )
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=place, args=(user,)) for user in users]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(placements) == 12 and all(p.created for p in placements)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(DISTINCT txid) FROM audit_record WHERE order_id = ANY(%s)",
+            [[p.order.pk for p in placements]],
+        )
+        transactions = cursor.fetchone()[0]
+    assert 1 <= transactions < 12  # the orders that waited for a commit went in together
+    assert all(cash(user) == Decimal("100.00") - Decimal("1.01") for user in users)
+    assert ledger_discrepancies() == {}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_batch_is_reported_to_each_of_its_orders_and_the_next_one_works():
+    instrument = make_instrument()
+    user = make_user(funds={"USD": Decimal("100.00")})
+    broken = plan(user, buy(instrument.symbol, "1.00", "1"))
+    broken.command_payload = {"not json": object()}  # fails inside the batch's transaction
+    with pytest.raises(TypeError):
+        order_batcher.store(broken)
+    assert not Order.objects.filter(user=user).exists()
+    assert cash(user) == Decimal("100.00")
+    placed = services.order_place(user=user, request=buy(instrument.symbol, "1.00", "1"))
+    assert placed.created and Order.objects.filter(user=user).count() == 1
