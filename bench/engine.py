@@ -172,8 +172,8 @@ def generate(seed: int, n_prefill: int, n_cmds: int, features: bool):
     for _ in range(n_cmds):
         ts += 1
         r = rng.random()
-        best_bid = book.bid_keys[-1] if book.bid_keys else CENTER - 1
-        best_ask = -book.ask_keys[-1] if book.ask_keys else CENTER + 1
+        best_bid = -book.bid_heap[0] if book.bid_heap else CENTER - 1
+        best_ask = book.ask_heap[0] if book.ask_heap else CENTER + 1
         uid = rng.randint(1, 1000)
         if len(live.ids) < n_prefill:
             r = 0.0  # top the book up (fills and cancels outnumber new resting orders)

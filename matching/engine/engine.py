@@ -1,9 +1,13 @@
 """The order book engine: `Engine.apply(cmd) -> events`, read side, state hash, snapshot, bulk load.
 
-Books are a dict price -> Level per side plus a sorted list of level keys with the best price
-last (bids: price ascending; asks: negated price ascending), so best price, removing the best
-level and appending a new best level are O(1). Orders sit in intrusive doubly linked lists per
-level (O(1) cancel through the order-id dict). Links are cleared when an order leaves the book.
+Books are a dict price -> Level per side plus a binary heap of level keys per side (asks: price;
+bids: negated price), so the best level is heap[0]. The heap is lazy: deleting a level other
+than the best leaves its key behind (stale, skipped when it surfaces, dropped when the heap is
+rebuilt at twice the live size), so creating a level costs a heappush (a compare or two away
+from the top) and deleting one costs nothing, where a sorted list paid a bisect and a memmove
+for each. Invariant: every level's key is in its heap and heap[0] is always a live level.
+Orders sit in intrusive doubly linked lists per level (O(1) cancel through the order-id dict).
+Links are cleared when an order leaves the book.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import marshal
 from bisect import bisect_left, insort
 from collections import deque
 from fractions import Fraction
+from heapq import heapify, heappop, heappush, heapreplace
 
 from .instrument import PPM, Instrument, affordable_lots, buy_cost
 from .protocol import (
@@ -91,6 +96,7 @@ BIG = 1 << 61  # remaining above this means "by quote amount" (reported as 0)
 STATE_VERSION = 1
 # Emptied Level objects are reused (a level is created/deleted by most moves near the top).
 _POOL: list = []
+HEAP_SLACK = 64  # a level heap is rebuilt past twice its live size plus this
 _BAD_INPUT = (KeyError, IndexError, TypeError, ValueError)
 
 
@@ -174,9 +180,11 @@ class Book:
     """Order book of one instrument, its untriggered stops and its market data counters."""
 
     __slots__ = (
-        "ask_keys",
+        "ask_cap",
+        "ask_heap",
         "asks",
-        "bid_keys",
+        "bid_cap",
+        "bid_heap",
         "bids",
         "buy_stops",
         "dirty_a",
@@ -206,8 +214,9 @@ class Book:
         self.index = index
         self.bids: dict[int, Level] = {}
         self.asks: dict[int, Level] = {}
-        self.bid_keys: list[int] = []  # prices ascending; best bid last
-        self.ask_keys: list[int] = []  # negated prices ascending; best ask last
+        self.bid_heap: list[int] = []  # lazy min-heap of negated prices: best bid is -heap[0]
+        self.ask_heap: list[int] = []  # lazy min-heap of prices: best ask is heap[0]
+        self.bid_cap = self.ask_cap = HEAP_SLACK  # heap size that triggers a rebuild
         self.halted = False
         self.seq = 0
         self.last: int | None = None
@@ -231,6 +240,47 @@ class Book:
         int comparisons cost less than `in range(...)`, which builds temporaries in C."""
         self.fast = self.fast_ok and not self.halted
         self.fmin, self.fmax = (self.pmin, self.pmax) if self.fast else (1, 0)
+
+    def index_ok(self) -> bool:
+        """The level-index invariant (for tests): valid heaps holding every level's key, each
+        with a live best level on top."""
+        for levels, heap, sign in ((self.bids, self.bid_heap, -1), (self.asks, self.ask_heap, 1)):
+            if any(heap[(i - 1) // 2] > heap[i] for i in range(1, len(heap))):
+                return False
+            if not {sign * p for p in levels} <= set(heap):
+                return False
+            if heap and heap[0] * sign not in levels:
+                return False
+        return True
+
+
+def _rebuild(heap: list, levels: dict, sign: int) -> int:
+    """Drop the stale keys of a level heap (in place: callers hold it); return the next cap."""
+    heap[:] = [sign * p for p in levels]
+    heapify(heap)
+    return 2 * len(heap) + HEAP_SLACK
+
+
+def _best_first(heap: list, levels: dict, sign: int):
+    """Yield the live level prices of one side, best first, without copying or changing the heap
+    (a small heap of (key, index) frontier nodes walks the tree in key order); the caller must
+    not change the book while it iterates."""
+    n = len(heap)
+    if not n:
+        return
+    todo = [(heap[0], 0)]
+    prev = None
+    while todo:
+        k, i = heappop(todo)
+        if k != prev and sign * k in levels:  # skip stale keys and duplicates of a live one
+            yield sign * k
+        prev = k
+        i = 2 * i + 1
+        if i < n:
+            heappush(todo, (heap[i], i))
+            i += 1
+            if i < n:
+                heappush(todo, (heap[i], i))
 
 
 def _fee(n: int, rate: int) -> int:
@@ -293,31 +343,29 @@ class Engine:
                         return self._slow(self._amend_slow, cmd)
                     q = o.qty
                     if o.is_buy:
-                        keys = book.ask_keys
-                        if keys and -keys[-1] <= price:
+                        keys = book.ask_heap
+                        if keys and keys[0] <= price:
                             return self._move_take(cmd, o, book, price)
                         if o.max_quote - o.spent < 2 * price * book.k_num:
                             return self._slow(self._amend_slow, cmd)
                         levels = book.bids
-                        keys = book.bid_keys
+                        keys = book.bid_heap
                         dirty = book.dirty_b
                         dirty[old] = lvl
                         if lvl.count == 1 and price not in levels:
                             # Alone at its level, moving to an empty price: the level moves
-                            # with it (its key replaced in place when it keeps its rank).
+                            # with it (the old key goes stale unless it was the best).
                             del levels[old]
                             levels[price] = lvl
                             lvl.price = price
-                            i = len(keys) - 1
-                            if keys[i] != old:
-                                i = bisect_left(keys, old)
-                            if (i == 0 or keys[i - 1] < price) and (
-                                i == len(keys) - 1 or keys[i + 1] > price
-                            ):
-                                keys[i] = price
+                            if keys[0] == -old:
+                                heapreplace(keys, -price)
+                                while -keys[0] not in levels:
+                                    heappop(keys)
                             else:
-                                del keys[i]
-                                insort(keys, price)
+                                heappush(keys, -price)
+                                if len(keys) > book.bid_cap:
+                                    book.bid_cap = _rebuild(keys, levels, -1)
                             # The order stays linked as the level's only member.
                             dirty[price] = lvl
                             if o.display:
@@ -351,10 +399,10 @@ class Engine:
                             if not n:
                                 del levels[old]
                                 _POOL.append(lvl)
-                                if keys[-1] == old:
-                                    keys.pop()
-                                else:
-                                    del keys[bisect_left(keys, old)]
+                                if keys[0] == -old:
+                                    heappop(keys)
+                                    while keys and -keys[0] not in levels:
+                                        heappop(keys)
                             lvl = levels.get(price)
                             if lvl is None:
                                 if _POOL:
@@ -363,32 +411,29 @@ class Engine:
                                 else:
                                     lvl = Level(price)
                                 levels[price] = lvl
-                                if not keys or keys[-1] < price:
-                                    keys.append(price)
-                                else:
-                                    insort(keys, price)
+                                heappush(keys, -price)
+                                if len(keys) > book.bid_cap:
+                                    book.bid_cap = _rebuild(keys, levels, -1)
                     else:
-                        keys = book.bid_keys
-                        if keys and keys[-1] >= price:
+                        keys = book.bid_heap
+                        if keys and -keys[0] >= price:
                             return self._move_take(cmd, o, book, price)
                         levels = book.asks
-                        keys = book.ask_keys
+                        keys = book.ask_heap
                         dirty = book.dirty_a
                         dirty[old] = lvl
                         if lvl.count == 1 and price not in levels:
                             del levels[old]
                             levels[price] = lvl
                             lvl.price = price
-                            i = len(keys) - 1
-                            if keys[i] != -old:
-                                i = bisect_left(keys, -old)
-                            if (i == 0 or keys[i - 1] < -price) and (
-                                i == len(keys) - 1 or keys[i + 1] > -price
-                            ):
-                                keys[i] = -price
+                            if keys[0] == old:
+                                heapreplace(keys, price)
+                                while keys[0] not in levels:
+                                    heappop(keys)
                             else:
-                                del keys[i]
-                                insort(keys, -price)
+                                heappush(keys, price)
+                                if len(keys) > book.ask_cap:
+                                    book.ask_cap = _rebuild(keys, levels, 1)
                             # The order stays linked as the level's only member.
                             dirty[price] = lvl
                             if o.display:
@@ -421,10 +466,10 @@ class Engine:
                             if not n:
                                 del levels[old]
                                 _POOL.append(lvl)
-                                if keys[-1] == -old:
-                                    keys.pop()
-                                else:
-                                    del keys[bisect_left(keys, -old)]
+                                if keys[0] == old:
+                                    heappop(keys)
+                                    while keys and keys[0] not in levels:
+                                        heappop(keys)
                             lvl = levels.get(price)
                             if lvl is None:
                                 if _POOL:
@@ -433,10 +478,9 @@ class Engine:
                                 else:
                                     lvl = Level(price)
                                 levels[price] = lvl
-                                if not keys or keys[-1] < -price:
-                                    keys.append(-price)
-                                else:
-                                    insort(keys, -price)
+                                heappush(keys, price)
+                                if len(keys) > book.ask_cap:
+                                    book.ask_cap = _rebuild(keys, levels, 1)
                     dirty[price] = lvl
                     vis = q
                     disp = o.display
@@ -522,14 +566,14 @@ class Engine:
                 if is_buy is True:
                     if mq.__class__ is not int or mq <= 0:
                         return self._slow(self._place_slow, cmd)
-                    keys = book.ask_keys
-                    take = keys and -keys[-1] <= price
+                    keys = book.ask_heap
+                    take = keys and keys[0] <= price
                     if not take and (tif or mq < 2 * price * book.k_num):
                         # IOC that does not cross, or the exact budget check: no re-validation.
                         return self._slow(self._place_checked, cmd)
                 elif is_buy is False:
-                    keys = book.bid_keys
-                    take = keys and keys[-1] >= price
+                    keys = book.bid_heap
+                    take = keys and -keys[0] >= price
                     if not take and tif:
                         return self._slow(self._place_checked, cmd)
                     mq = 0
@@ -569,11 +613,10 @@ class Engine:
                         else:
                             lvl = Level(price)
                         levels[price] = lvl
-                        keys = book.bid_keys
-                        if not keys or keys[-1] < price:
-                            keys.append(price)
-                        else:
-                            insort(keys, price)
+                        keys = book.bid_heap
+                        heappush(keys, -price)
+                        if len(keys) > book.bid_cap:
+                            book.bid_cap = _rebuild(keys, levels, -1)
                     book.dirty_b[price] = lvl
                 else:
                     levels = book.asks
@@ -585,11 +628,10 @@ class Engine:
                         else:
                             lvl = Level(price)
                         levels[price] = lvl
-                        keys = book.ask_keys
-                        if not keys or keys[-1] < -price:
-                            keys.append(-price)
-                        else:
-                            insort(keys, -price)
+                        keys = book.ask_heap
+                        heappush(keys, price)
+                        if len(keys) > book.ask_cap:
+                            book.ask_cap = _rebuild(keys, levels, 1)
                     book.dirty_a[price] = lvl
                 self.prio_seq = o.seq = self.prio_seq + 1
                 tail = lvl.tail
@@ -633,23 +675,25 @@ class Engine:
                 if o.is_buy:
                     book.dirty_b[p] = lvl
                     if not n:
-                        del book.bids[p]
+                        levels = book.bids
+                        del levels[p]
                         _POOL.append(lvl)
-                        keys = book.bid_keys
-                        if keys[-1] == p:
-                            keys.pop()
-                        else:
-                            del keys[bisect_left(keys, p)]
+                        keys = book.bid_heap
+                        if keys[0] == -p:
+                            heappop(keys)
+                            while keys and -keys[0] not in levels:
+                                heappop(keys)
                 else:
                     book.dirty_a[p] = lvl
                     if not n:
-                        del book.asks[p]
+                        levels = book.asks
+                        del levels[p]
                         _POOL.append(lvl)
-                        keys = book.ask_keys
-                        if keys[-1] == -p:
-                            keys.pop()
-                        else:
-                            del keys[bisect_left(keys, -p)]
+                        keys = book.ask_heap
+                        if keys[0] == p:
+                            heappop(keys)
+                            while keys and keys[0] not in levels:
+                                heappop(keys)
                 book.seq += 1
                 self.ev_seq = seq = self.ev_seq + 1
                 return [(1, seq, ts, book.symbol, oid, o.user, CANCELLED, R_USER, o.filled, 0,
@@ -744,11 +788,10 @@ class Engine:
                 else:
                     lvl = Level(p)
                 levels[p] = lvl
-                keys = book.bid_keys
-                if not keys or keys[-1] < p:
-                    keys.append(p)
-                else:
-                    insort(keys, p)
+                keys = book.bid_heap
+                heappush(keys, -p)
+                if len(keys) > book.bid_cap:
+                    book.bid_cap = _rebuild(keys, levels, -1)
             book.dirty_b[p] = lvl
         else:
             levels = book.asks
@@ -760,11 +803,10 @@ class Engine:
                 else:
                     lvl = Level(p)
                 levels[p] = lvl
-                keys = book.ask_keys
-                if not keys or keys[-1] < -p:
-                    keys.append(-p)
-                else:
-                    insort(keys, -p)
+                keys = book.ask_heap
+                heappush(keys, p)
+                if len(keys) > book.ask_cap:
+                    book.ask_cap = _rebuild(keys, levels, 1)
             book.dirty_a[p] = lvl
         self.prio_seq = o.seq = self.prio_seq + 1
         tail = lvl.tail
@@ -802,23 +844,25 @@ class Engine:
         if o.is_buy:
             book.dirty_b[p] = lvl
             if not lvl.count:
-                del book.bids[p]
+                levels = book.bids
+                del levels[p]
                 _POOL.append(lvl)
-                keys = book.bid_keys
-                if keys[-1] == p:
-                    keys.pop()
-                else:
-                    del keys[bisect_left(keys, p)]
+                keys = book.bid_heap
+                if keys[0] == -p:
+                    heappop(keys)
+                    while keys and -keys[0] not in levels:
+                        heappop(keys)
         else:
             book.dirty_a[p] = lvl
             if not lvl.count:
-                del book.asks[p]
+                levels = book.asks
+                del levels[p]
                 _POOL.append(lvl)
-                keys = book.ask_keys
-                if keys[-1] == -p:
-                    keys.pop()
-                else:
-                    del keys[bisect_left(keys, -p)]
+                keys = book.ask_heap
+                if keys[0] == p:
+                    heappop(keys)
+                    while keys and keys[0] not in levels:
+                        heappop(keys)
         if not book.touched:
             book.touched = True
             self._touched.append(book)
@@ -1013,12 +1057,12 @@ class Engine:
         is_buy = o.is_buy
         if o.type == MARKET:
             if is_buy:
-                keys = book.ask_keys
-                best = -keys[-1] if keys else None
+                keys = book.ask_heap
+                best = keys[0] if keys else None
                 lim = best + best * book.inst.collar_ppm // PPM if best is not None else 0
             else:
-                keys = book.bid_keys
-                best = keys[-1] if keys else None
+                keys = book.bid_heap
+                best = -keys[0] if keys else None
                 lim = best - best * book.inst.collar_ppm // PPM if best is not None else 0
             if best is None:
                 if o.tif == FOK:
@@ -1027,13 +1071,13 @@ class Engine:
         else:
             lim = o.price
             if is_buy:
-                keys = book.ask_keys
-                crosses = keys and -keys[-1] <= lim
+                keys = book.ask_heap
+                crosses = keys and keys[0] <= lim
             else:
-                keys = book.bid_keys
-                crosses = keys and keys[-1] >= lim
+                keys = book.bid_heap
+                crosses = keys and -keys[0] >= lim
             if crosses and o.flags:
-                best = -keys[-1] if is_buy else keys[-1]
+                best = keys[0] if is_buy else -keys[0]
                 if o.flags & POST_ONLY:
                     return self._reject_order(book, o, ts, out, POST_ONLY_WOULD_MATCH, best)
                 lim = best - 1 if is_buy else best + 1
@@ -1100,14 +1144,17 @@ class Engine:
         is_buy = t.is_buy
         if is_buy:
             levels = book.asks
-            keys = book.ask_keys
+            keys = book.ask_heap
             dirty = book.dirty_a
             budget = t.max_quote - t.spent
+            sign = 1
         else:
             levels = book.bids
-            keys = book.bid_keys
+            keys = book.bid_heap
             dirty = book.dirty_b
             budget = 0
+            sign = -1
+        klim = sign * lim  # in key space the best level is the smallest key
         kn = book.k_num
         kd = book.k_den
         tuser = t.user
@@ -1124,9 +1171,10 @@ class Engine:
         stopped = None
         last = None
         while rem and keys:
-            p = -keys[-1] if is_buy else keys[-1]
-            if (p > lim) if is_buy else (p < lim):
+            k = keys[0]
+            if k > klim:
                 break
+            p = sign * k
             lvl = levels[p]
             m = lvl.head
             while m is not None:
@@ -1244,7 +1292,9 @@ class Engine:
                         lvl.tail = None
                         del levels[p]
                         _POOL.append(lvl)
-                        keys.pop()
+                        heappop(keys)
+                        while keys and sign * keys[0] not in levels:
+                            heappop(keys)
                         break
                     nxt.prev = None
                 if not rem:
@@ -1325,19 +1375,20 @@ class Engine:
         is_buy = t.is_buy
         if is_buy:
             levels = book.asks
-            keys = book.ask_keys
+            keys = book.ask_heap
             budget = t.max_quote - t.spent
+            sign = 1
         else:
             levels = book.bids
-            keys = book.bid_keys
+            keys = book.bid_heap
             budget = 0
+            sign = -1
         kn = book.k_num
         kd = book.k_den
         tfee = t.taker_fee
         stp = t.stp
         rem = t.qty
-        for i in range(len(keys) - 1, -1, -1):
-            p = -keys[i] if is_buy else keys[i]
+        for p in _best_first(keys, levels, sign):
             if (p > lim) if is_buy else (p < lim):
                 return False
             queue = deque()
@@ -1500,15 +1551,15 @@ class Engine:
             return self._order_event(out, ts, o, PARTIALLY_FILLED if o.filled else NEW)
         if o.flags:
             if o.is_buy:
-                keys = book.ask_keys
-                if keys and -keys[-1] <= new_price:
+                keys = book.ask_heap
+                if keys and keys[0] <= new_price:
                     return self._reject(out, cmd, sym, oid, o.user, POST_ONLY_WOULD_MATCH,
-                                        -keys[-1])  # fmt: skip
+                                        keys[0])  # fmt: skip
             else:
-                keys = book.bid_keys
-                if keys and keys[-1] >= new_price:
+                keys = book.bid_heap
+                if keys and -keys[0] >= new_price:
                     return self._reject(out, cmd, sym, oid, o.user, POST_ONLY_WOULD_MATCH,
-                                        keys[-1])  # fmt: skip
+                                        -keys[0])  # fmt: skip
         if mq is not None and o.is_buy:
             o.max_quote = mq
         self._unlink(book, o)
@@ -1589,13 +1640,13 @@ class Engine:
     # ======================================================================================
     def best_bid(self, symbol: str) -> int | None:
         """Best bid price in ticks, or None."""
-        keys = self.books[symbol].bid_keys
-        return keys[-1] if keys else None
+        heap = self.books[symbol].bid_heap
+        return -heap[0] if heap else None
 
     def best_ask(self, symbol: str) -> int | None:
         """Best ask price in ticks, or None."""
-        keys = self.books[symbol].ask_keys
-        return -keys[-1] if keys else None
+        heap = self.books[symbol].ask_heap
+        return heap[0] if heap else None
 
     def spread(self, symbol: str) -> int | None:
         """Best ask minus best bid in ticks, or None if a side is empty."""
@@ -1610,22 +1661,19 @@ class Engine:
     def depth(self, symbol: str, n: int = 10) -> tuple[list, list]:
         """Top n levels per side, best first: [(price, visible_qty, order_count)]."""
         book = self.books[symbol]
-        bids = [
-            (p, book.bids[p].qty, book.bids[p].count) for p in reversed(book.bid_keys[-n:])
-        ] if n > 0 else []  # fmt: skip
-        asks = [
-            (-k, book.asks[-k].qty, book.asks[-k].count) for k in reversed(book.ask_keys[-n:])
-        ] if n > 0 else []  # fmt: skip
+        if n <= 0:
+            return [], []
+        bids = [(p, book.bids[p].qty, book.bids[p].count) for p in heapq.nlargest(n, book.bids)]
+        asks = [(p, book.asks[p].qty, book.asks[p].count) for p in heapq.nsmallest(n, book.asks)]
         return bids, asks
 
     def l3(self, symbol: str) -> tuple[list, list]:
         """Every resting order in priority order: [(price, order_id, user_id, visible, seq)]."""
         book = self.books[symbol]
         sides = []
-        for levels, keys, sign in ((book.bids, book.bid_keys, 1), (book.asks, book.ask_keys, -1)):
+        for levels, descending in ((book.bids, True), (book.asks, False)):
             rows = []
-            for k in reversed(keys):
-                p = k * sign
+            for p in sorted(levels, reverse=descending):
                 o = levels[p].head
                 while o is not None:
                     rows.append((p, o.id, o.user, o.qty, o.seq))
@@ -1687,12 +1735,9 @@ class Engine:
         """Records of every resting order: per book, bids best first then asks, queue order."""
         rows = []
         for book in self.books.values():
-            for levels, keys, sign in (
-                (book.bids, book.bid_keys, 1),
-                (book.asks, book.ask_keys, -1),
-            ):
-                for k in reversed(keys):
-                    o = levels[k * sign].head
+            for levels, descending in ((book.bids, True), (book.asks, False)):
+                for p in sorted(levels, reverse=descending):
+                    o = levels[p].head
                     while o is not None:
                         rows.append(o.record())
                         o = o.next
@@ -1799,8 +1844,8 @@ class Engine:
             if exp:
                 expiry.append((exp, oid))
         for book in books.values():
-            book.bid_keys = sorted(book.bids)
-            book.ask_keys = sorted(-p for p in book.asks)
+            book.bid_cap = _rebuild(book.bid_heap, book.bids, -1)
+            book.ask_cap = _rebuild(book.ask_heap, book.asks, 1)
         for rec in state["stops"]:
             (oid, uid, sym, is_buy, otype, price, qty, reserve, disp, filled, seq, tif, exp,
              flags, stop_px, mq, spent, mfee, tfee, stp) = rec  # fmt: skip
