@@ -321,14 +321,19 @@ class Engine:
         """Apply one command; return its events.
 
         Price moves, reduces and cancels of resting orders are inlined here (the bulk of an
-        exchange's traffic); everything else goes through the handlers.
+        exchange's traffic); everything else goes through the handlers. A moved order takes its
+        level's own price object as `o.price`, so later dict operations on that price (dirty
+        marks, level deletion) match by identity instead of calling int comparison.
         """
         try:
             op = cmd[0]
             if op == 3:
                 _, ts, oid, price, qty, mq = cmd
-                o = self.orders.get(oid)
-                if o is None or mq is not None:
+                try:
+                    o = self.orders[oid]
+                except KeyError:
+                    return self._slow(self._amend_slow, cmd)
+                if mq is not None:
                     return self._slow(self._amend_slow, cmd)
                 lvl = o.level
                 book = o.book
@@ -352,7 +357,8 @@ class Engine:
                         keys = book.bid_heap
                         dirty = book.dirty_b
                         dirty[old] = lvl
-                        if lvl.count == 1 and price not in levels:
+                        new = levels.get(price)
+                        if new is None and lvl.count == 1:
                             # Alone at its level, moving to an empty price: the level moves
                             # with it (the old key goes stale unless it was the best).
                             del levels[old]
@@ -403,8 +409,10 @@ class Engine:
                                     heappop(keys)
                                     while keys and -keys[0] not in levels:
                                         heappop(keys)
-                            lvl = levels.get(price)
-                            if lvl is None:
+                            if new is not None:
+                                lvl = new
+                                price = new.price  # the level's own key object (see apply)
+                            else:
                                 if _POOL:
                                     lvl = _POOL.pop()
                                     lvl.price = price
@@ -422,7 +430,8 @@ class Engine:
                         keys = book.ask_heap
                         dirty = book.dirty_a
                         dirty[old] = lvl
-                        if lvl.count == 1 and price not in levels:
+                        new = levels.get(price)
+                        if new is None and lvl.count == 1:
                             del levels[old]
                             levels[price] = lvl
                             lvl.price = price
@@ -470,8 +479,10 @@ class Engine:
                                     heappop(keys)
                                     while keys and keys[0] not in levels:
                                         heappop(keys)
-                            lvl = levels.get(price)
-                            if lvl is None:
+                            if new is not None:
+                                lvl = new
+                                price = new.price  # the level's own key object (see apply)
+                            else:
                                 if _POOL:
                                     lvl = _POOL.pop()
                                     lvl.price = price
@@ -651,10 +662,14 @@ class Engine:
                 return [(1, seq, ts, sym, oid, uid, NEW, None, 0, qty, price, 0)]
             if op == 2:
                 _, ts, oid = cmd
-                o = self.orders.get(oid)
-                if o is None or o.level is None:
+                orders = self.orders
+                try:
+                    o = orders[oid]
+                except KeyError:
                     return self._slow(self._cancel_slow, cmd)
-                del self.orders[oid]
+                if o.level is None:
+                    return self._slow(self._cancel_slow, cmd)
+                del orders[oid]
                 book = o.book
                 lvl = o.level
                 prev = o.prev
