@@ -21,6 +21,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from rest_framework.exceptions import APIException
 
 from exchange.market_hub import SNAPSHOT_DEPTH, Subscriber, channel_symbol, hub
+from exchange.view_threads import view_executor
 
 logger = logging.getLogger(__name__)
 
@@ -521,7 +522,11 @@ class StreamConsumer(AsyncWebsocketConsumer):
             return service(user, body, request)
 
         async def run() -> None:
-            call = database_sync_to_async(limited_service, thread_sensitive=False)
+            # On the API view threads: the loop's default pool has a handful of threads, and
+            # each call waits (without CPU) for the matching engine's answer.
+            call = database_sync_to_async(
+                limited_service, thread_sensitive=False, executor=view_executor()
+            )
             try:
                 code, body_out = await call(user, body, request)
             except Exception:

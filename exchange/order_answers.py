@@ -16,13 +16,18 @@ from matching.models import Command
 
 
 def await_command(command_id: int) -> Command:
-    """Wait (up to ORDER_REPLY_TIMEOUT_SECONDS) for the worker to apply the command."""
-    reply_hub.wait(
-        command_id,
-        done=lambda: Command.objects.filter(pk=command_id, applied_at__isnull=False).exists(),
-        timeout=settings.ORDER_REPLY_TIMEOUT_SECONDS,
-    )
-    return Command.objects.get(pk=command_id)
+    """Wait (up to ORDER_REPLY_TIMEOUT_SECONDS) for the worker to apply the command; returns
+    the command's row (read once it is known to be applied, or at the deadline)."""
+    seen: list[Command] = []
+
+    def applied() -> bool:
+        seen[:] = [Command.objects.only("applied_at", "reject_code").get(pk=command_id)]
+        return seen[0].applied_at is not None
+
+    reply_hub.wait(command_id, done=applied, timeout=settings.ORDER_REPLY_TIMEOUT_SECONDS)
+    if not seen:  # the deadline passed before any news: read it once
+        applied()
+    return seen[0]
 
 
 def order_placed_answer(order: Order, command_id: int | None, created: bool) -> tuple[int, dict]:
@@ -31,7 +36,7 @@ def order_placed_answer(order: Order, command_id: int | None, created: bool) -> 
     if command_id is not None:
         # Applied means no longer pending_new: the order row is the answer, re-read once.
         def applied() -> bool:
-            order.refresh_from_db()
+            selectors.order_state_refresh(order)
             return order.status != Order.Status.PENDING_NEW
 
         reply_hub.wait(command_id, done=applied, timeout=settings.ORDER_REPLY_TIMEOUT_SECONDS)
@@ -47,7 +52,7 @@ def order_changed_answer(order: Order, command_id: int) -> tuple[int, dict]:
     """200 with the order after a cancel/amend, 202 if pending; raises the 400 ApiError when
     the engine refused the command."""
     command = await_command(command_id)
-    order.refresh_from_db()
+    selectors.order_state_refresh(order)
     if command.reject_code == "UnknownOrder":
         # The order ended in the engine before the change arrived (filled, expired, ...).
         raise trading_error(

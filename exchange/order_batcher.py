@@ -46,9 +46,7 @@ class OrderBatcher:
     def _start(self) -> None:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._run, name="order-batcher", daemon=True
-                )
+                self._thread = threading.Thread(target=self._run, name="order-batcher", daemon=True)
                 self._thread.start()
 
     def _run(self) -> None:

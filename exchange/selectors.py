@@ -29,6 +29,7 @@ def instruments_listed() -> QuerySet[Instrument]:
 # change once they have orders, and halts are decided by the engine, not by this copy.
 INSTRUMENT_CACHE_SECONDS = 2.0
 _instrument_cache: dict[str, tuple[float, Instrument]] = {}
+_instrument_ids: dict[int, str] = {}  # instrument id -> symbol
 
 
 def instrument_by_symbol(symbol: str) -> Instrument:
@@ -43,6 +44,19 @@ def instrument_by_symbol(symbol: str) -> Instrument:
             "UnknownSymbol", f"unknown symbol {symbol!r}; see GET /api/v1/symbols", field="symbol"
         ) from None
     _instrument_cache[symbol] = (now, instrument)
+    return instrument
+
+
+def instrument_by_id(instrument_id: int) -> Instrument:
+    """An instrument by primary key, from the same per-process cache as by symbol."""
+    cached = _instrument_ids.get(instrument_id)
+    if cached is not None:
+        instrument = instrument_by_symbol(cached)
+        if instrument.pk == instrument_id:
+            return instrument
+    instrument = Instrument.objects.get(pk=instrument_id)
+    _instrument_ids[instrument_id] = instrument.symbol
+    _instrument_cache[instrument.symbol] = (time.monotonic(), instrument)
     return instrument
 
 
@@ -69,35 +83,63 @@ def orders_for_user(
     return orders
 
 
+# The order path reads orders and fills with plain SQL: the ORM's query building and model
+# loading cost more CPU than the queries themselves.
+_ORDER_FIELDS = Order._meta.concrete_fields
+_ORDER_SELECT = "SELECT {} FROM exchange_order".format(", ".join(f.column for f in _ORDER_FIELDS))
+_ORDER_STATE_FIELDS = [f for f in _ORDER_FIELDS if not f.is_relation and not f.primary_key]
+_ORDER_STATE_SQL = "SELECT {} FROM exchange_order WHERE id = %s".format(
+    ", ".join(f.column for f in _ORDER_STATE_FIELDS)
+)
+_FILLS_SQL = """
+SELECT id, price, quantity, maker_order_id = %(order)s AS is_maker, maker_fee, taker_fee
+  FROM exchange_trade
+ WHERE maker_order_id = %(order)s OR taker_order_id = %(order)s
+ ORDER BY id
+"""
+
+
 def order_for_user(*, user, order_id: int | None = None, client_order_id: str | None = None):
-    """One of the user's orders; another user's order is indistinguishable from none (404)."""
-    orders = Order.objects.filter(user=user).select_related("instrument")
-    order = (
-        orders.filter(pk=order_id).first()
-        if order_id is not None
-        else orders.filter(client_order_id=client_order_id).first()
-    )
-    if order is None:
+    """One of the user's orders (its instrument from the per-process cache); another user's
+    order is indistinguishable from none (404)."""
+    if order_id is not None:
+        where, key = "WHERE id = %s AND user_id = %s", order_id
+    else:
+        where, key = "WHERE client_order_id = %s AND user_id = %s", client_order_id
+    with connection.cursor() as cursor:
+        cursor.execute(f"{_ORDER_SELECT} {where}", [key, user.pk])
+        row = cursor.fetchone()
+    if row is None:
         raise trading_error("OrderNotFound", "no such order", http_status=404)
+    order = Order.from_db(connection.alias, [f.attname for f in _ORDER_FIELDS], row)
+    order.instrument = instrument_by_id(order.instrument_id)
     return order
+
+
+def order_state_refresh(order: Order) -> None:
+    """Re-read what the matching worker changes on `order` (not its instrument or user)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_ORDER_STATE_SQL, [order.pk])
+        row = cursor.fetchone()
+    for field, value in zip(_ORDER_STATE_FIELDS, row, strict=True):
+        setattr(order, field.attname, value)
 
 
 def fills_for_order(order: Order) -> list[dict]:
     """The order's fills in execution order, from its own side (fee and liquidity)."""
-    trades = Trade.objects.filter(Q(maker_order=order) | Q(taker_order=order)).order_by("id")
-    fills = []
-    for trade in trades:
-        is_maker = trade.maker_order_id == order.pk
-        fills.append(
-            {
-                "trade_id": str(trade.pk),
-                "price": trade.price,
-                "quantity": trade.quantity,
-                "fee": trade.maker_fee if is_maker else trade.taker_fee,
-                "liquidity": "maker" if is_maker else "taker",
-            }
-        )
-    return fills
+    with connection.cursor() as cursor:
+        cursor.execute(_FILLS_SQL, {"order": order.pk})
+        rows = cursor.fetchall()
+    return [
+        {
+            "trade_id": str(trade_id),
+            "price": price,
+            "quantity": quantity,
+            "fee": maker_fee if is_maker else taker_fee,
+            "liquidity": "maker" if is_maker else "taker",
+        }
+        for trade_id, price, quantity, is_maker, maker_fee, taker_fee in rows
+    ]
 
 
 def fills_for_user(*, user, symbol: str | None = None) -> QuerySet[Trade]:

@@ -73,6 +73,8 @@ ORDER_REPLY_TIMEOUT_SECONDS = env.float("ORDER_REPLY_TIMEOUT_SECONDS", default=2
 # (exchange/order_batcher.py), at most this many; ORDER_ENTRY_BATCHING=false stores each alone.
 ORDER_ENTRY_BATCHING = env.bool("ORDER_ENTRY_BATCHING", default=True)
 ORDER_ENTRY_BATCH_MAX = env.int("ORDER_ENTRY_BATCH_MAX", default=200)
+# Threads of each web process that run the sync API views (exchange/view_threads.py).
+API_VIEW_THREADS = env.int("API_VIEW_THREADS", default=32)
 
 # WebSocket streaming (/ws/v1, docs/websocket.md): per-connection limits and liveness.
 WS_MAX_SUBSCRIPTIONS = env.int("WS_MAX_SUBSCRIPTIONS", default=50)
@@ -136,16 +138,17 @@ INSTALLED_APPS = [
     "matching",
 ]
 
+# Django's own middleware, called without a thread hop per hook (see exchange/middleware.py).
 MIDDLEWARE = [
-    "django.middleware.security.SecurityMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "exchange.middleware.SecurityMiddleware",
+    "exchange.middleware.SessionMiddleware",
+    "exchange.middleware.CommonMiddleware",
+    "exchange.middleware.CsrfViewMiddleware",
+    "exchange.middleware.AuthenticationMiddleware",
     "django_otp.middleware.OTPMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "accounts.rate_limits.UsedWeightHeadersMiddleware",
+    "exchange.middleware.MessageMiddleware",
+    "exchange.middleware.XFrameOptionsMiddleware",
+    "exchange.middleware.UsedWeightHeadersMiddleware",
 ]
 
 ROOT_URLCONF = "exchange.urls"

@@ -1,0 +1,88 @@
+"""Django's middleware, without a thread hop per hook.
+
+Under ASGI, a `MiddlewareMixin` middleware runs each of its hooks through
+`sync_to_async(thread_sensitive=True)`: two hops to the request's thread per middleware, a dozen
+per request, which cost more CPU than an order's own work. The classes here are the same
+middleware (subclasses, so Django's system checks still recognise them), changed in how they
+are called:
+- `InlineHooks`: hooks that do no I/O (headers, redirects, the rate-limit headers) run in the
+  event loop itself;
+- `SkippedForApiKeys`: session, CSRF, session authentication and messages do nothing for an
+  API request signed with an API key (`X-API-KEY` under /api/: DRF authenticates it, and it
+  has no session or cookie); other requests run them as before, hops included, because they
+  may touch the database (loading or saving a session).
+"""
+
+from asgiref.sync import sync_to_async
+from django.contrib.auth import middleware as auth
+from django.contrib.messages import middleware as messages
+from django.contrib.sessions import middleware as sessions
+from django.middleware import clickjacking, common, csrf, security
+
+from accounts import rate_limits
+
+
+def signed_api_request(request) -> bool:
+    """An API request carrying an API key (its signature is checked by the DRF view)."""
+    return "HTTP_X_API_KEY" in request.META and request.path_info.startswith("/api/")
+
+
+class InlineHooks:
+    """Run `process_request` / `process_response` inline in the event loop."""
+
+    async def __acall__(self, request):
+        response = None
+        if hasattr(self, "process_request"):
+            response = self.process_request(request)
+        response = response or await self.get_response(request)
+        if hasattr(self, "process_response"):
+            response = self.process_response(request, response)
+        return response
+
+
+class SkippedForApiKeys:
+    """Pass a signed API request straight through; any other runs the middleware as usual."""
+
+    async def __acall__(self, request):
+        if signed_api_request(request):
+            return await self.get_response(request)
+        return await super().__acall__(request)
+
+
+class SecurityMiddleware(InlineHooks, security.SecurityMiddleware):
+    pass
+
+
+class CommonMiddleware(InlineHooks, common.CommonMiddleware):
+    pass
+
+
+class XFrameOptionsMiddleware(InlineHooks, clickjacking.XFrameOptionsMiddleware):
+    pass
+
+
+class UsedWeightHeadersMiddleware(InlineHooks, rate_limits.UsedWeightHeadersMiddleware):
+    pass
+
+
+class SessionMiddleware(SkippedForApiKeys, sessions.SessionMiddleware):
+    pass
+
+
+class AuthenticationMiddleware(SkippedForApiKeys, auth.AuthenticationMiddleware):
+    pass
+
+
+class MessageMiddleware(SkippedForApiKeys, messages.MessageMiddleware):
+    pass
+
+
+class CsrfViewMiddleware(SkippedForApiKeys, csrf.CsrfViewMiddleware):
+    """Its view hook too: Django would otherwise call it through a thread hop on every
+    request (the API's DRF views are CSRF-exempt, the hook returns at once for them)."""
+
+    async def process_view(self, request, callback, callback_args, callback_kwargs):
+        if signed_api_request(request):
+            return None
+        check = sync_to_async(super().process_view, thread_sensitive=True)
+        return await check(request, callback, callback_args, callback_kwargs)
