@@ -199,33 +199,67 @@ class PreparedBatch:
 # Integers (lots, ticks, minor units) are scaled to Decimal in SQL by the engine instrument's
 # tick_size / lot_size / 10**-quote_decimals (f, joined by position k): the same arithmetic as
 # the Instrument helpers, without dumping thousands of Decimals from Python per batch.
+#
+# Orders that end in the batch also give back what is left of their hold, in the same
+# statement: `hold_left` is the hold after this batch's fills and amend releases; an order that
+# ends keeps 0 and the rows returned name the amounts for the ledger. (A second UPDATE of the
+# ended rows cost another row version each, and two foreign-key checks each at commit, since
+# PostgreSQL re-checks a row's keys when it updates a version its own transaction wrote.)
+# RETURNING shows only the new row, so the ended rows are read once more (LATERAL, by primary
+# key) FOR NO KEY UPDATE: the lock makes that read the latest version, the one the UPDATE then
+# changes, so an amend committed meanwhile (it adds to hold_remaining) is released too.
 ORDERS_UPDATE_SQL = """
-UPDATE exchange_order o SET
-    status = u.status,
-    is_open = u.status IN ('pending_new', 'new', 'partially_filled', 'untriggered', 'triggered'),
-    reason = u.reason,
-    reject_code = u.reject_code,
-    reject_message = u.reject_message,
-    quantity = COALESCE(u.quantity * f.lot, o.quantity),
-    filled_quantity = COALESCE(u.filled * f.lot, o.filled_quantity),
-    remaining_quantity = COALESCE(u.remaining * f.lot, o.remaining_quantity),
-    reserve_quantity = u.reserve * f.lot,
-    cumulative_quote = o.cumulative_quote + u.d_quote * f.minor,
-    fees = o.fees + u.d_fees * f.minor,
-    quote_spent = COALESCE(u.spent * f.minor, o.quote_spent) + u.d_spent * f.minor,
-    price = COALESCE(u.price * f.tick, o.price),
-    priority_seq = COALESCE(u.seq, o.priority_seq),
-    hold_remaining = o.hold_remaining - u.hold_release - CASE WHEN o.side = 'buy'
-        THEN COALESCE(u.spent * f.minor, o.quote_spent) + u.d_spent * f.minor - o.quote_spent
-        ELSE COALESCE(u.filled * f.lot, o.filled_quantity) - o.filled_quantity END,
-    held_amount = o.held_amount - u.held_revert,
-    engine_max_quote = COALESCE(u.max_quote, o.engine_max_quote),
-    expire_at = COALESCE(u.expire_at, o.expire_at),
-    updated_at = now()
-FROM batch_order_update u
-JOIN unnest(%s::numeric[], %s::numeric[], %s::numeric[]) WITH ORDINALITY AS f(tick, lot, minor, k)
-  ON f.k = u.k
-WHERE o.id = u.id
+WITH updated AS (
+    UPDATE exchange_order o SET
+        status = u.status,
+        is_open = u.open,
+        reason = u.reason,
+        reject_code = u.reject_code,
+        reject_message = u.reject_message,
+        quantity = COALESCE(u.quantity * u.lot, o.quantity),
+        filled_quantity = COALESCE(u.filled * u.lot, o.filled_quantity),
+        remaining_quantity = COALESCE(u.remaining * u.lot, o.remaining_quantity),
+        reserve_quantity = u.reserve * u.lot,
+        cumulative_quote = o.cumulative_quote + u.d_quote * u.minor,
+        fees = o.fees + u.d_fees * u.minor,
+        quote_spent = COALESCE(u.spent * u.minor, o.quote_spent) + u.d_spent * u.minor,
+        price = COALESCE(u.price * u.tick, o.price),
+        priority_seq = COALESCE(u.seq, o.priority_seq),
+        hold_remaining = CASE WHEN e.hold_left > 0 THEN 0
+            ELSE o.hold_remaining - u.hold_release - CASE WHEN o.side = 'buy'
+                THEN COALESCE(u.spent * u.minor, o.quote_spent) + u.d_spent * u.minor
+                     - o.quote_spent
+                ELSE COALESCE(u.filled * u.lot, o.filled_quantity) - o.filled_quantity END
+            END,
+        held_amount = o.held_amount - u.held_revert,
+        engine_max_quote = COALESCE(u.max_quote, o.engine_max_quote),
+        expire_at = COALESCE(u.expire_at, o.expire_at),
+        updated_at = now()
+      FROM (SELECT u.*, f.tick, f.lot, f.minor,
+                   u.status IN ('pending_new', 'new', 'partially_filled', 'untriggered',
+                                'triggered') AS open
+              FROM batch_order_update u
+              JOIN unnest(%s::numeric[], %s::numeric[], %s::numeric[]) WITH ORDINALITY
+                   AS f(tick, lot, minor, k)
+                ON f.k = u.k) u
+      LEFT JOIN LATERAL (
+            SELECT x.hold_remaining - u.hold_release - CASE WHEN x.side = 'buy'
+                       THEN COALESCE(u.spent * u.minor, x.quote_spent) + u.d_spent * u.minor
+                            - x.quote_spent
+                       ELSE COALESCE(u.filled * u.lot, x.filled_quantity) - x.filled_quantity
+                   END AS hold_left
+              FROM exchange_order x
+             WHERE x.id = u.id AND NOT u.open
+            OFFSET 0 FOR NO KEY UPDATE) e ON true
+     WHERE o.id = u.id
+    RETURNING o.id, o.user_id, o.side, o.instrument_id, e.hold_left
+)
+SELECT r.id, r.user_id,
+       CASE WHEN r.side = 'buy' THEN i.quote_asset ELSE i.base_asset END,
+       r.hold_left
+  FROM updated r
+  JOIN exchange_instrument i ON i.id = r.instrument_id
+ WHERE r.hold_left > 0
 """
 
 TRADES_INSERT_SQL = """
@@ -243,25 +277,6 @@ SELECT i.instrument_id, t.engine_trade_seq, t.price * f.tick, t.qty * f.lot,
   JOIN unnest(%s::text[], %s::bigint[]) AS i(symbol, instrument_id) ON i.symbol = t.symbol
  ORDER BY t.engine_trade_seq
 RETURNING id, engine_trade_seq
-"""
-
-# Orders that ended in the batch give back what is left of their hold (the orders update has
-# already taken this batch's fills off it); the ledger posts the returned amounts. The staged
-# rows drive the join, one primary-key probe each (LATERAL, kept from being flattened by
-# OFFSET 0): planned as a plain join, statistics taken while most orders were open make the
-# planner scan the whole order table once per staged row (200 ms a batch of 4,000).
-HOLDS_RELEASE_SQL = """
-UPDATE exchange_order o SET hold_remaining = 0
-  FROM (SELECT e.id, e.user_id, e.hold_remaining AS amount,
-               CASE WHEN e.side = 'buy' THEN i.quote_asset ELSE i.base_asset END AS asset
-          FROM batch_order_update u
-          CROSS JOIN LATERAL (
-                SELECT x.id, x.user_id, x.hold_remaining, x.side, x.instrument_id
-                  FROM exchange_order x
-                 WHERE x.id = u.id AND NOT x.is_open AND x.hold_remaining > 0 OFFSET 0) e
-          JOIN exchange_instrument i ON i.id = e.instrument_id) r
- WHERE o.id = r.id
-RETURNING r.id, r.user_id, r.asset, r.amount
 """
 
 # Three array literals made by `_command_params` (no staging table: one COPY round trip and
@@ -892,7 +907,6 @@ class BatchWriter:
         if prepared.order_rows:
             parts.append(("orders", ORDERS_UPDATE_SQL))
             params += prepared.factors
-            parts.append(("releases", HOLDS_RELEASE_SQL))
         parts.append(("commands", COMMANDS_APPLIED_SQL))
         params += prepared.command_params
         if prepared.books:
@@ -922,7 +936,7 @@ class BatchWriter:
                     raise LeaseFenced(f"shard {self.shard}: epoch {self.epoch} no longer ours")
                 if name == "trades":
                     trade_ids = {tseq: trade_id for trade_id, tseq in cursor.fetchall()}
-                if name == "releases":
+                if name == "orders":
                     released = cursor.fetchall()
         return trade_ids, released
 
