@@ -102,6 +102,13 @@ CHECKS = {
                           GROUP BY 1, 2) o
                 ON o.user_id = h.user_id AND o.asset = h.asset
              WHERE coalesce(h.balance, 0) <> coalesce(o.held, 0)) x""",
+    # Postings carry no foreign-key constraints (see LedgerPosting): checked here instead.
+    "postings whose entry does not exist": """
+        SELECT count(*) FROM accounts_ledgerposting p
+         WHERE NOT EXISTS (SELECT 1 FROM accounts_ledgerentry e WHERE e.id = p.entry_id)""",
+    "postings whose account does not exist": """
+        SELECT count(*) FROM accounts_ledgerposting p
+         WHERE NOT EXISTS (SELECT 1 FROM accounts_ledgeraccount a WHERE a.id = p.account_id)""",
     "closed orders still holding funds": """
         SELECT count(*) FROM exchange_order WHERE NOT is_open AND hold_remaining <> 0""",
 }
