@@ -50,16 +50,26 @@ UPDATE accounts_ledgeraccount a
  WHERE a.id = d.id
 """
 
-HOLD_ENTRIES_SQL = """
-INSERT INTO accounts_ledgerentry (kind, user_id, order_id, memo, created_at)
-SELECT %s, e.user_id, e.order_id, '', now()
-  FROM unnest(%s::bigint[], %s::bigint[]) AS e(user_id, order_id)
-RETURNING order_id, id
-"""
-
-POSTINGS_SQL = """
-INSERT INTO accounts_ledgerposting (entry_id, account_id, asset, amount)
-SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::numeric[])
+# The holds of an order entry batch in one statement: an entry per order (hold entries carry
+# their order id, one each), its two postings, and the balances they move.
+HOLDS_POST_SQL = """
+WITH entry AS (
+    INSERT INTO accounts_ledgerentry (kind, user_id, order_id, memo, created_at)
+    SELECT %(kind)s, e.user_id, e.order_id, '', now()
+      FROM unnest(%(users)s::bigint[], %(orders)s::bigint[]) AS e(user_id, order_id)
+    RETURNING id, order_id
+), posting AS (
+    INSERT INTO accounts_ledgerposting (entry_id, account_id, asset, amount)
+    SELECT entry.id, p.account_id, p.asset, p.amount
+      FROM unnest(%(posting_orders)s::bigint[], %(posting_accounts)s::bigint[],
+                  %(posting_assets)s::text[], %(posting_amounts)s::numeric[])
+           AS p(order_id, account_id, asset, amount)
+      JOIN entry USING (order_id)
+)
+UPDATE accounts_ledgeraccount a
+   SET balance = a.balance + d.delta, updated_at = now()
+  FROM unnest(%(accounts)s::bigint[], %(deltas)s::numeric[]) AS d(id, delta)
+ WHERE a.id = d.id
 """
 
 
@@ -216,31 +226,28 @@ def funds_hold_many(*, holds: Sequence[HoldRequest]) -> list[ApiError | None]:
         posted.append(hold)
     if not posted:
         return results
+    order_ids, account_ids, assets, amounts = [], [], [], []
+    for hold in posted:
+        for kind, amount in ((CASH, -hold.amount), (HOLD, hold.amount)):
+            order_ids.append(hold.order_id)
+            account_ids.append(accounts[(kind, hold.user_id, hold.asset)][0])
+            assets.append(hold.asset)
+            amounts.append(amount)
+    moved = [key for key in siblings if balances[key] != accounts[key][1]]
     with connection.cursor() as cursor:
         cursor.execute(
-            HOLD_ENTRIES_SQL,
-            [
-                LedgerEntry.Kind.HOLD.value,
-                [h.user_id for h in posted],
-                [h.order_id for h in posted],
-            ],
-        )
-        entry_of = dict(cursor.fetchall())  # order id -> entry id (one hold entry per order)
-        entries, accounts_, assets, amounts = [], [], [], []
-        for hold in posted:
-            for kind, amount in ((CASH, -hold.amount), (HOLD, hold.amount)):
-                entries.append(entry_of[hold.order_id])
-                accounts_.append(accounts[(kind, hold.user_id, hold.asset)][0])
-                assets.append(hold.asset)
-                amounts.append(amount)
-        cursor.execute(POSTINGS_SQL, [entries, accounts_, assets, amounts])
-        moved = [key for key in siblings if balances[key] != accounts[key][1]]
-        cursor.execute(
-            BALANCES_ADD_SQL,
-            [
-                [accounts[key][0] for key in moved],
-                [balances[key] - accounts[key][1] for key in moved],
-            ],
+            HOLDS_POST_SQL,
+            {
+                "kind": LedgerEntry.Kind.HOLD.value,
+                "users": [hold.user_id for hold in posted],
+                "orders": [hold.order_id for hold in posted],
+                "posting_orders": order_ids,
+                "posting_accounts": account_ids,
+                "posting_assets": assets,
+                "posting_amounts": amounts,
+                "accounts": [accounts[key][0] for key in moved],
+                "deltas": [balances[key] - accounts[key][1] for key in moved],
+            },
         )
     balance_events_publish_on_commit(
         balance_events(

@@ -4,17 +4,11 @@ from django.urls import include, path
 
 from accounts import api_key_views, ledger_views
 from exchange import api_views as v
-from exchange.view_threads import pooled
 
 urlpatterns = [
-    # Order entry runs on the view thread pool (exchange/view_threads.py).
-    path("orders", pooled(v.OrdersView.as_view()), name="orders"),
-    path("orders/<int:key>", pooled(v.OrderDetailView.as_view()), name="order-detail"),
-    path(
-        "orders/client/<str:key>",
-        pooled(v.OrderByClientIdView.as_view()),
-        name="order-by-client-id",
-    ),
+    path("orders", v.OrdersView.as_view(), name="orders"),
+    path("orders/<int:key>", v.OrderDetailView.as_view(), name="order-detail"),
+    path("orders/client/<str:key>", v.OrderByClientIdView.as_view(), name="order-by-client-id"),
     path("fills", v.FillsView.as_view(), name="fills"),
     path("time", v.TimeView.as_view(), name="time"),
     path("symbols", v.SymbolsView.as_view(), name="symbols"),

@@ -11,6 +11,19 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "exchange.settings")
 # stays all-async: a sync-only middleware in it would cost thread hops on every request.
 django_asgi_app = ASGIStaticFilesHandler(get_asgi_application())
 
+from exchange.signed_api_handler import SignedApiHandler, signed_api_scope  # noqa: E402
+
+signed_api_app = SignedApiHandler()
+
+
+async def http_application(scope, receive, send):
+    """Requests signed with an API key take the lean handler; everything else Django's own."""
+    if signed_api_scope(scope):
+        await signed_api_app(scope, receive, send)
+    else:
+        await django_asgi_app(scope, receive, send)
+
+
 from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs the app registry ready)
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import OriginValidator  # noqa: E402
@@ -38,7 +51,7 @@ def allowed_origins() -> list[str]:
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": http_application,
         "websocket": BrowserOriginValidator(
             # A session that still owes the OTP step is anonymous on the socket.
             AuthMiddlewareStack(TwoFactorSessionMiddleware(URLRouter(websocket_urlpatterns))),

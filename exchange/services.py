@@ -267,6 +267,34 @@ ORDER_IDS_SQL = (
 CLIENT_ORDER_ID_CONSTRAINT = "order_client_order_id_unique_per_user"
 
 
+_ORDER_FIELDS = Order._meta.concrete_fields
+
+
+def _orders_insert(orders: list[Order]) -> None:
+    """INSERT the new order rows (their ids set) with one statement: unnest of a column array
+    per field, each value prepared by its model field as the ORM would (bulk_create costs
+    several times the CPU on this path)."""
+    now = timezone.now()
+    columns = []
+    for field in _ORDER_FIELDS:
+        if field.attname in ("created_at", "updated_at"):
+            for order in orders:
+                setattr(order, field.attname, now)
+        columns.append(
+            [field.get_db_prep_save(getattr(order, field.attname), connection) for order in orders]
+        )
+    for order in orders:
+        order._state.adding = False
+    with connection.cursor() as cursor:
+        cursor.execute(_ORDERS_INSERT_SQL, columns)
+
+
+_ORDERS_INSERT_SQL = "INSERT INTO exchange_order ({}) SELECT * FROM unnest({})".format(
+    ", ".join(field.column for field in _ORDER_FIELDS),
+    ", ".join(f"%s::{field.db_type(connection)}[]" for field in _ORDER_FIELDS),
+)
+
+
 class ClientOrderIdRace(Exception):
     """Another process stored one of the batch's client_order_ids first; store again."""
 
@@ -341,7 +369,7 @@ def _orders_store(plans: list[OrderPlan]) -> list[Placement | ApiError]:
     if todo:
         try:
             with transaction.atomic():
-                Order.objects.bulk_create([plans[i].order for i in todo])
+                _orders_insert([plans[i].order for i in todo])
         except IntegrityError as exc:
             if CLIENT_ORDER_ID_CONSTRAINT in str(exc):
                 raise ClientOrderIdRace from exc

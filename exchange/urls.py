@@ -3,6 +3,17 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from exchange import views, web_views
+from exchange.view_threads import pooled_patterns
+
+# The API's views run on the view thread pool (exchange/view_threads.py).
+api_urlpatterns = pooled_patterns(
+    [
+        path("api/v1/audit/", include("audit.urls")),
+        path("api/v1/", include("exchange.api_urls")),
+        path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+        path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    ]
+)
 
 urlpatterns = [
     path("", web_views.markets, name="home"),
@@ -11,8 +22,5 @@ urlpatterns = [
     path("healthz", views.HealthView.as_view(), name="healthz"),
     path("admin/", admin.site.urls),
     path("accounts/", include("accounts.urls")),
-    path("api/v1/audit/", include("audit.urls")),
-    path("api/v1/", include("exchange.api_urls")),
-    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    *api_urlpatterns,
 ]

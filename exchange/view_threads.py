@@ -16,6 +16,7 @@ from asgiref.sync import AsyncToSync, sync_to_async
 from django.conf import settings
 from django.db import connections
 from django.http import HttpResponse
+from django.urls import URLPattern, URLResolver
 
 _executor: ThreadPoolExecutor | None = None
 
@@ -65,3 +66,14 @@ def pooled(view):
         return await run(view, request, *args, **kwargs)
 
     return async_view
+
+
+def pooled_patterns(patterns: list) -> list:
+    """`patterns` with every view (in included modules too) made `pooled`; in place."""
+    for pattern in patterns:
+        if isinstance(pattern, URLResolver):
+            pooled_patterns(pattern.url_patterns)
+        elif isinstance(pattern, URLPattern) and not getattr(pattern.callback, "is_pooled", False):
+            pattern.callback = pooled(pattern.callback)
+            pattern.callback.is_pooled = True
+    return patterns
