@@ -77,6 +77,29 @@ def test_ledger_verify_names_a_posting_written_behind_the_balances_back():
     assert "accounts whose balance is not the sum of their postings: 1" in message
 
 
+def test_ledger_verify_names_postings_whose_entry_or_account_is_missing():
+    # Postings carry no foreign-key constraints in PostgreSQL (the worker's batch would pay two
+    # deferred checks a posting): the database takes a dangling one, ledger_verify names it.
+    user = make_user(funds={"USD": Decimal("5.00")})
+    cash = LedgerAccount.objects.get(user=user, kind="cash")
+    entry = LedgerEntry.objects.filter(user=user).first() or LedgerEntry.objects.create(
+        kind="deposit"
+    )
+    missing_entry = (LedgerEntry.objects.order_by("-id").values_list("id", flat=True)[0]) + 1000
+    missing_account = (LedgerAccount.objects.order_by("-id").values_list("id", flat=True)[0]) + 1000
+    LedgerPosting.objects.create(
+        entry_id=missing_entry, account=cash, asset="USD", amount=Decimal("1")
+    )
+    LedgerPosting.objects.create(
+        entry=entry, account_id=missing_account, asset="USD", amount=Decimal("-1")
+    )
+    with pytest.raises(CommandError) as broken:
+        call_command("ledger_verify")
+    message = str(broken.value)
+    assert "postings whose entry does not exist: 1" in message
+    assert "postings whose account does not exist: 1" in message
+
+
 def test_the_demo_self_credit_is_capped_per_asset_and_only_for_yourself():
     new_instrument()  # lists USD (2 decimals) as an asset
     user, other = make_user(funds={}), make_user(funds={})
