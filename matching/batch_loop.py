@@ -108,7 +108,7 @@ def payload_parse(text: str) -> Any:
         value = orjson.loads(text)
     except orjson.JSONDecodeError:
         return json.loads(text)
-    if type(value) is dict and all(type(v) in _FLAT_JSON_TYPES for v in value.values()):
+    if type(value) is dict and _FLAT_JSON_TYPES.issuperset(map(type, value.values())):
         return value
     return json.loads(text)
 

@@ -844,13 +844,16 @@ class BatchWriter:
     def _journal_rows(self, applied: list[Applied]) -> list[tuple]:
         encode = json_text
         shard = self.shard
+        add_instrument = p.OP_ADD_INSTRUMENT
+        # A command tuple encodes as the array command_to_json makes of it (orjson writes
+        # tuples as arrays); only an added instrument needs its spec turned into plain data.
         return [
             (
                 shard,
                 a.apply_seq,
                 a.command_id,
                 a.stamp_ns,
-                encode(command_to_json(a.cmd)),
+                encode(command_to_json(a.cmd) if a.cmd[0] == add_instrument else a.cmd),
                 encode(a.events),
             )
             for a in applied
