@@ -368,9 +368,8 @@ def _orders_store(plans: list[OrderPlan]) -> list[Placement | ApiError]:
         todo = [i for i in todo if results[i] is None]
     if todo:
         try:
-            with transaction.atomic():
-                _orders_insert([plans[i].order for i in todo])
-        except IntegrityError as exc:
+            _orders_insert([plans[i].order for i in todo])
+        except IntegrityError as exc:  # the batch's transaction rolls back whole
             if CLIENT_ORDER_ID_CONSTRAINT in str(exc):
                 raise ClientOrderIdRace from exc
             raise

@@ -33,10 +33,12 @@ def command_enqueue(
     """
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("command_enqueue must run inside the caller's transaction")
-    command = Command.objects.create(
-        shard=shard, kind=kind, payload=payload, order_id=order_id, user_id=user_id
+    row = CommandRow(shard=shard, kind=kind, payload=payload, order_id=order_id, user_id=user_id)
+    (command_id,) = commands_enqueue_many(commands=[row])
+    command = Command(
+        pk=command_id, shard=shard, kind=kind, payload=payload, order_id=order_id, user_id=user_id
     )
-    transaction.on_commit(lambda: command_signal(shard=shard, command_id=command.pk))
+    command._state.adding = False
     return command
 
 
