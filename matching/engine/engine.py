@@ -20,6 +20,7 @@ from bisect import bisect_left, insort
 from collections import deque
 from fractions import Fraction
 from heapq import heapify, heappop, heappush, heapreplace
+from operator import itemgetter
 
 from .instrument import PPM, Instrument, affordable_lots, buy_cost
 from .protocol import (
@@ -94,8 +95,7 @@ from .protocol import (
 QUOTE_ONLY = 1 << 62
 BIG = 1 << 61  # remaining above this means "by quote amount" (reported as 0)
 STATE_VERSION = 1
-# Emptied Level objects are reused (a level is created/deleted by most moves near the top).
-_POOL: list = []
+_ROW_PRICE = itemgetter(1)
 HEAP_SLACK = 64  # a level heap is rebuilt past twice its live size plus this
 _BAD_INPUT = (KeyError, IndexError, TypeError, ValueError)
 
@@ -166,7 +166,7 @@ class Order:
 class Level:
     """One price level: FIFO doubly linked list of orders plus visible qty and order count."""
 
-    __slots__ = ("count", "head", "price", "qty", "tail")
+    __slots__ = ("count", "head", "marked", "price", "qty", "tail")
 
     def __init__(self, price: int) -> None:
         self.price = price
@@ -174,6 +174,7 @@ class Level:
         self.tail = None
         self.qty = 0
         self.count = 0
+        self.marked = False  # in its side's `changed` since the last drain (False when pooled)
 
 
 class Book:
@@ -187,12 +188,14 @@ class Book:
         "bid_heap",
         "bids",
         "buy_stops",
-        "dirty_a",
-        "dirty_b",
+        "changed_a",
+        "changed_b",
         "fast",
         "fast_ok",
         "fmax",
         "fmin",
+        "gone_a",
+        "gone_b",
         "halted",
         "index",
         "inst",
@@ -201,6 +204,8 @@ class Book:
         "last",
         "pmax",
         "pmin",
+        "pool_a",
+        "pool_b",
         "sell_stops",
         "seq",
         "stp_default",
@@ -221,8 +226,17 @@ class Book:
         self.seq = 0
         self.last: int | None = None
         self.touched = False
-        self.dirty_b: dict[int, Level] = {}
-        self.dirty_a: dict[int, Level] = {}
+        # Emptied Level objects are reused by the same side (a move near the top often deletes a
+        # level and creates one); a pooled level has count 0.
+        self.pool_b: list[Level] = []
+        self.pool_a: list[Level] = []
+        # Level changes since the last drain, per side: changed_* holds the Level objects changed
+        # (a flag on the level makes a repeat mark one attribute test, and object keys need no
+        # int comparison); gone_* the prices whose level was deleted or re-keyed away.
+        self.changed_b: dict[Level, None] = {}
+        self.changed_a: dict[Level, None] = {}
+        self.gone_b: dict[int, None] = {}
+        self.gone_a: dict[int, None] = {}
         self.buy_stops: list[tuple] = []  # (stop_price, seq, order) ascending: nearest first
         self.sell_stops: list[tuple] = []  # (-stop_price, seq, order) ascending: nearest first
         self.k_num = inst.k_num
@@ -283,6 +297,26 @@ def _best_first(heap: list, levels: dict, sign: int):
                 heappush(todo, (heap[i], i))
 
 
+def _top_levels(levels: dict, best: int, step: int, n: int) -> list[tuple]:
+    """(price, qty, count) of up to n levels from the best outward (step -1 for bids, 1 for
+    asks): a walk tick by tick, as the top of a book is dense, falling back to a partial sort
+    when it is sparse."""
+    out = []
+    get = levels.get
+    p = best
+    for _ in range(4 * min(n, len(levels)) + 64):
+        lvl = get(p)
+        if lvl is not None:
+            out.append((p, lvl.qty, lvl.count))
+            if len(out) == n:
+                return out
+        p += step
+    if len(out) == len(levels):
+        return out
+    top = heapq.nlargest(n, levels) if step < 0 else heapq.nsmallest(n, levels)
+    return [(p, levels[p].qty, levels[p].count) for p in top]
+
+
 def _fee(n: int, rate: int) -> int:
     if rate >= 0:
         return -((-n * rate) // PPM)
@@ -322,8 +356,8 @@ class Engine:
 
         Price moves, reduces and cancels of resting orders are inlined here (the bulk of an
         exchange's traffic); everything else goes through the handlers. A moved order takes its
-        level's own price object as `o.price`, so later dict operations on that price (dirty
-        marks, level deletion) match by identity instead of calling int comparison.
+        level's own price object as `o.price`, so later dict operations on that price (level
+        deletion, gone marks) match by identity instead of calling int comparison.
         """
         try:
             op = cmd[0]
@@ -355,8 +389,6 @@ class Engine:
                             return self._slow(self._amend_slow, cmd)
                         levels = book.bids
                         keys = book.bid_heap
-                        dirty = book.dirty_b
-                        dirty[old] = lvl
                         new = levels.get(price)
                         if new is None and lvl.count == 1:
                             # Alone at its level, moving to an empty price: the level moves
@@ -364,6 +396,7 @@ class Engine:
                             del levels[old]
                             levels[price] = lvl
                             lvl.price = price
+                            book.gone_b[old] = None
                             if keys[0] == -old:
                                 heapreplace(keys, -price)
                                 while -keys[0] not in levels:
@@ -373,7 +406,9 @@ class Engine:
                                 if len(keys) > book.bid_cap:
                                     book.bid_cap = _rebuild(keys, levels, -1)
                             # The order stays linked as the level's only member.
-                            dirty[price] = lvl
+                            if not lvl.marked:
+                                lvl.marked = True
+                                book.changed_b[lvl] = None
                             if o.display:
                                 q += o.reserve
                                 vis = o.display if q > o.display else q
@@ -402,9 +437,15 @@ class Engine:
                             n = lvl.count - 1
                             lvl.count = n
                             lvl.qty -= q
-                            if not n:
+                            if n:
+                                if not lvl.marked:
+                                    lvl.marked = True
+                                    book.changed_b[lvl] = None
+                            else:
                                 del levels[old]
-                                _POOL.append(lvl)
+                                book.gone_b[old] = None
+                                lvl.marked = False
+                                book.pool_b.append(lvl)
                                 if keys[0] == -old:
                                     heappop(keys)
                                     while keys and -keys[0] not in levels:
@@ -413,8 +454,8 @@ class Engine:
                                 lvl = new
                                 price = new.price  # the level's own key object (see apply)
                             else:
-                                if _POOL:
-                                    lvl = _POOL.pop()
+                                if book.pool_b:
+                                    lvl = book.pool_b.pop()
                                     lvl.price = price
                                 else:
                                     lvl = Level(price)
@@ -428,13 +469,12 @@ class Engine:
                             return self._move_take(cmd, o, book, price)
                         levels = book.asks
                         keys = book.ask_heap
-                        dirty = book.dirty_a
-                        dirty[old] = lvl
                         new = levels.get(price)
                         if new is None and lvl.count == 1:
                             del levels[old]
                             levels[price] = lvl
                             lvl.price = price
+                            book.gone_a[old] = None
                             if keys[0] == old:
                                 heapreplace(keys, price)
                                 while keys[0] not in levels:
@@ -444,7 +484,9 @@ class Engine:
                                 if len(keys) > book.ask_cap:
                                     book.ask_cap = _rebuild(keys, levels, 1)
                             # The order stays linked as the level's only member.
-                            dirty[price] = lvl
+                            if not lvl.marked:
+                                lvl.marked = True
+                                book.changed_a[lvl] = None
                             if o.display:
                                 q += o.reserve
                                 vis = o.display if q > o.display else q
@@ -472,9 +514,15 @@ class Engine:
                             n = lvl.count - 1
                             lvl.count = n
                             lvl.qty -= q
-                            if not n:
+                            if n:
+                                if not lvl.marked:
+                                    lvl.marked = True
+                                    book.changed_a[lvl] = None
+                            else:
                                 del levels[old]
-                                _POOL.append(lvl)
+                                book.gone_a[old] = None
+                                lvl.marked = False
+                                book.pool_a.append(lvl)
                                 if keys[0] == old:
                                     heappop(keys)
                                     while keys and keys[0] not in levels:
@@ -483,8 +531,8 @@ class Engine:
                                 lvl = new
                                 price = new.price  # the level's own key object (see apply)
                             else:
-                                if _POOL:
-                                    lvl = _POOL.pop()
+                                if book.pool_a:
+                                    lvl = book.pool_a.pop()
                                     lvl.price = price
                                 else:
                                     lvl = Level(price)
@@ -492,7 +540,9 @@ class Engine:
                                 heappush(keys, price)
                                 if len(keys) > book.ask_cap:
                                     book.ask_cap = _rebuild(keys, levels, 1)
-                    dirty[price] = lvl
+                    if not lvl.marked:
+                        lvl.marked = True
+                        (book.changed_b if o.is_buy else book.changed_a)[lvl] = None
                     vis = q
                     disp = o.display
                     if disp:
@@ -538,10 +588,9 @@ class Engine:
                         o.reserve = 0
                         o.qty -= cut
                         lvl.qty -= cut
-                        if o.is_buy:
-                            book.dirty_b[lvl.price] = lvl
-                        else:
-                            book.dirty_a[lvl.price] = lvl
+                        if not lvl.marked:
+                            lvl.marked = True
+                            (book.changed_b if o.is_buy else book.changed_a)[lvl] = None
                         book.seq += 1
                     self.ev_seq = seq = self.ev_seq + 1
                     return [(1, seq, ts, book.symbol, oid, o.user,
@@ -618,8 +667,8 @@ class Engine:
                     levels = book.bids
                     lvl = levels.get(price)
                     if lvl is None:
-                        if _POOL:
-                            lvl = _POOL.pop()
+                        if book.pool_b:
+                            lvl = book.pool_b.pop()
                             lvl.price = price
                         else:
                             lvl = Level(price)
@@ -628,13 +677,12 @@ class Engine:
                         heappush(keys, -price)
                         if len(keys) > book.bid_cap:
                             book.bid_cap = _rebuild(keys, levels, -1)
-                    book.dirty_b[price] = lvl
                 else:
                     levels = book.asks
                     lvl = levels.get(price)
                     if lvl is None:
-                        if _POOL:
-                            lvl = _POOL.pop()
+                        if book.pool_a:
+                            lvl = book.pool_a.pop()
                             lvl.price = price
                         else:
                             lvl = Level(price)
@@ -643,7 +691,9 @@ class Engine:
                         heappush(keys, price)
                         if len(keys) > book.ask_cap:
                             book.ask_cap = _rebuild(keys, levels, 1)
-                    book.dirty_a[price] = lvl
+                if not lvl.marked:
+                    lvl.marked = True
+                    (book.changed_b if is_buy else book.changed_a)[lvl] = None
                 self.prio_seq = o.seq = self.prio_seq + 1
                 tail = lvl.tail
                 o.level = lvl
@@ -688,22 +738,32 @@ class Engine:
                 lvl.qty -= o.qty
                 p = lvl.price
                 if o.is_buy:
-                    book.dirty_b[p] = lvl
-                    if not n:
+                    if n:
+                        if not lvl.marked:
+                            lvl.marked = True
+                            book.changed_b[lvl] = None
+                    else:
                         levels = book.bids
                         del levels[p]
-                        _POOL.append(lvl)
+                        book.gone_b[p] = None
+                        lvl.marked = False
+                        book.pool_b.append(lvl)
                         keys = book.bid_heap
                         if keys[0] == -p:
                             heappop(keys)
                             while keys and -keys[0] not in levels:
                                 heappop(keys)
                 else:
-                    book.dirty_a[p] = lvl
-                    if not n:
+                    if n:
+                        if not lvl.marked:
+                            lvl.marked = True
+                            book.changed_a[lvl] = None
+                    else:
                         levels = book.asks
                         del levels[p]
-                        _POOL.append(lvl)
+                        book.gone_a[p] = None
+                        lvl.marked = False
+                        book.pool_a.append(lvl)
                         keys = book.ask_heap
                         if keys[0] == p:
                             heappop(keys)
@@ -797,8 +857,8 @@ class Engine:
             levels = book.bids
             lvl = levels.get(p)
             if lvl is None:
-                if _POOL:
-                    lvl = _POOL.pop()
+                if book.pool_b:
+                    lvl = book.pool_b.pop()
                     lvl.price = p
                 else:
                     lvl = Level(p)
@@ -807,13 +867,12 @@ class Engine:
                 heappush(keys, -p)
                 if len(keys) > book.bid_cap:
                     book.bid_cap = _rebuild(keys, levels, -1)
-            book.dirty_b[p] = lvl
         else:
             levels = book.asks
             lvl = levels.get(p)
             if lvl is None:
-                if _POOL:
-                    lvl = _POOL.pop()
+                if book.pool_a:
+                    lvl = book.pool_a.pop()
                     lvl.price = p
                 else:
                     lvl = Level(p)
@@ -822,7 +881,9 @@ class Engine:
                 heappush(keys, p)
                 if len(keys) > book.ask_cap:
                     book.ask_cap = _rebuild(keys, levels, 1)
-            book.dirty_a[p] = lvl
+        if not lvl.marked:
+            lvl.marked = True
+            (book.changed_b if o.is_buy else book.changed_a)[lvl] = None
         self.prio_seq = o.seq = self.prio_seq + 1
         tail = lvl.tail
         o.level = lvl
@@ -857,22 +918,32 @@ class Engine:
         lvl.count -= 1
         p = lvl.price
         if o.is_buy:
-            book.dirty_b[p] = lvl
-            if not lvl.count:
+            if lvl.count:
+                if not lvl.marked:
+                    lvl.marked = True
+                    book.changed_b[lvl] = None
+            else:
                 levels = book.bids
                 del levels[p]
-                _POOL.append(lvl)
+                book.gone_b[p] = None
+                lvl.marked = False
+                book.pool_b.append(lvl)
                 keys = book.bid_heap
                 if keys[0] == -p:
                     heappop(keys)
                     while keys and -keys[0] not in levels:
                         heappop(keys)
         else:
-            book.dirty_a[p] = lvl
-            if not lvl.count:
+            if lvl.count:
+                if not lvl.marked:
+                    lvl.marked = True
+                    book.changed_a[lvl] = None
+            else:
                 levels = book.asks
                 del levels[p]
-                _POOL.append(lvl)
+                book.gone_a[p] = None
+                lvl.marked = False
+                book.pool_a.append(lvl)
                 keys = book.ask_heap
                 if keys[0] == p:
                     heappop(keys)
@@ -884,10 +955,9 @@ class Engine:
 
     def _touch(self, book: Book, o: Order) -> None:
         lvl = o.level
-        if o.is_buy:
-            book.dirty_b[lvl.price] = lvl
-        else:
-            book.dirty_a[lvl.price] = lvl
+        if not lvl.marked:
+            lvl.marked = True
+            (book.changed_b if o.is_buy else book.changed_a)[lvl] = None
         if not book.touched:
             book.touched = True
             self._touched.append(book)
@@ -1160,13 +1230,17 @@ class Engine:
         if is_buy:
             levels = book.asks
             keys = book.ask_heap
-            dirty = book.dirty_a
+            gone = book.gone_a
+            changed = book.changed_a
+            pool = book.pool_a
             budget = t.max_quote - t.spent
             sign = 1
         else:
             levels = book.bids
             keys = book.bid_heap
-            dirty = book.dirty_b
+            gone = book.gone_b
+            changed = book.changed_b
+            pool = book.pool_b
             budget = 0
             sign = -1
         klim = sign * lim  # in key space the best level is the smallest key
@@ -1246,7 +1320,9 @@ class Engine:
                 mfilled = m.filled + fill
                 m.filled = mfilled
                 lvl.qty -= fill
-                dirty[p] = lvl
+                if not lvl.marked:
+                    lvl.marked = True
+                    changed[lvl] = None
                 last = p
                 tr += 1
                 ev += 1
@@ -1306,7 +1382,9 @@ class Engine:
                     if nxt is None:
                         lvl.tail = None
                         del levels[p]
-                        _POOL.append(lvl)
+                        gone[p] = None
+                        lvl.marked = False
+                        pool.append(lvl)
                         heappop(keys)
                         while keys and sign * keys[0] not in levels:
                             heappop(keys)
@@ -1678,9 +1756,12 @@ class Engine:
         book = self.books[symbol]
         if n <= 0:
             return [], []
-        bids = [(p, book.bids[p].qty, book.bids[p].count) for p in heapq.nlargest(n, book.bids)]
-        asks = [(p, book.asks[p].qty, book.asks[p].count) for p in heapq.nsmallest(n, book.asks)]
-        return bids, asks
+        bids = book.bids
+        asks = book.asks
+        return (
+            _top_levels(bids, -book.bid_heap[0], -1, n) if bids else [],
+            _top_levels(asks, book.ask_heap[0], 1, n) if asks else [],
+        )
 
     def l3(self, symbol: str) -> tuple[list, list]:
         """Every resting order in priority order: [(price, order_id, user_id, visible, seq)]."""
@@ -1716,17 +1797,29 @@ class Engine:
         """Levels touched since the last drain: {symbol: (book_seq, [(is_buy, price, qty, n)])}."""
         result = {}
         for sym, book in self.books.items():
-            if not book.dirty_b and not book.dirty_a:
+            if not (book.changed_b or book.changed_a or book.gone_b or book.gone_a):
                 continue
-            changes = []
-            for p in sorted(book.dirty_b, reverse=True):
-                lvl = book.bids.get(p)
-                changes.append((True, p, lvl.qty, lvl.count) if lvl else (True, p, 0, 0))
-            for p in sorted(book.dirty_a):
-                lvl = book.asks.get(p)
-                changes.append((False, p, lvl.qty, lvl.count) if lvl else (False, p, 0, 0))
-            book.dirty_b.clear()
-            book.dirty_a.clear()
+            # A changed level still in use is at its price on its side (pools are per side); one
+            # pooled since (count 0) reports through its old price in gone_*. Any level now at a
+            # gone price was created since, so it is in changed_* and the gone row is skipped.
+            bids = book.bids
+            asks = book.asks
+            for lvl in book.changed_b:
+                lvl.marked = False
+            for lvl in book.changed_a:
+                lvl.marked = False
+            rows = [(True, lvl.price, lvl.qty, lvl.count) for lvl in book.changed_b if lvl.count]
+            rows += [(True, p, 0, 0) for p in book.gone_b if p not in bids]
+            rows.sort(key=_ROW_PRICE, reverse=True)
+            changes = rows
+            rows = [(False, lvl.price, lvl.qty, lvl.count) for lvl in book.changed_a if lvl.count]
+            rows += [(False, p, 0, 0) for p in book.gone_a if p not in asks]
+            rows.sort(key=_ROW_PRICE)
+            changes += rows
+            book.changed_b.clear()
+            book.changed_a.clear()
+            book.gone_b.clear()
+            book.gone_a.clear()
             result[sym] = (book.seq, changes)
         return result
 
@@ -1838,12 +1931,7 @@ class Engine:
             levels = book.bids if is_buy else book.asks
             lvl = levels.get(price)
             if lvl is None:
-                if _POOL:
-                    lvl = _POOL.pop()
-                    lvl.price = price
-                else:
-                    lvl = Level(price)
-                levels[price] = lvl
+                lvl = levels[price] = Level(price)
             tail = lvl.tail
             o.level = lvl
             o.prev = tail

@@ -79,3 +79,15 @@ def test_moving_the_best_lone_order_away_exposes_the_next_level():
     assert book.index_ok()
     assert (h.engine.best_bid("X"), h.engine.best_ask("X")) == (98, 112)
     assert h.depth() == ([(98, 1, 1), (97, 1, 1)], [(112, 1, 1), (113, 1, 1)])
+
+
+def test_depth_of_a_sparse_book_falls_back_from_the_tick_walk():
+    h = Harness()
+    for i in range(8):
+        h.buy(1 + i, 10_000 - 500 * i, 1 + i)  # levels 500 ticks apart: the walk gives up
+        h.sell(20 + i, 20_000 + 700 * i, 1)
+    h.buy(9, 9_999, 4)  # one level right under the best
+    bids, asks = h.depth(3)
+    assert bids == [(10_000, 1, 1), (9_999, 4, 1), (9_500, 2, 1)]
+    assert asks == [(20_000, 1, 1), (20_700, 1, 1), (21_400, 1, 1)]
+    assert h.depth(100)[0][-1] == (6_500, 8, 1) and len(h.depth(100)[1]) == 8

@@ -59,3 +59,37 @@ def test_level_changes_report_touched_levels_with_new_qty_and_count():
     h.cancel(2)
     assert h.engine.drain_level_changes() == {"X": (5, [(True, 99, 0, 0)])}
     assert h.engine.drain_level_changes() == {}
+
+
+def test_level_changes_follow_levels_that_move_die_and_are_reused():
+    from matching.engine import Engine, Instrument, amend, cancel, limit
+
+    eng = Engine([Instrument("X"), Instrument("Y")])
+    ts = iter(range(1, 100))
+
+    def put(oid, sym, is_buy, price, qty):
+        extra = {"max_quote": 10**15} if is_buy else {}
+        eng.apply(limit(ts=next(ts), symbol=sym, order_id=oid, user_id=oid, is_buy=is_buy,
+                        price=price, qty=qty, **extra))  # fmt: skip
+
+    put(1, "X", True, 99, 1)
+    put(2, "X", True, 98, 2)
+    put(3, "X", False, 105, 1)
+    eng.drain_level_changes()
+    eng.apply(amend(ts=next(ts), order_id=1, price=97))  # a lone order carries its level away
+    eng.apply(cancel(ts=next(ts), order_id=2))  # level 98 dies: its object is pooled...
+    put(4, "Y", False, 200, 5)  # ...and may come back as a level of another book
+    put(5, "X", False, 106, 2)
+    eng.apply(amend(ts=next(ts), order_id=3, qty=1))  # not a reduction: no change at 105
+    assert eng.drain_level_changes() == {
+        "X": (6, [(True, 99, 0, 0), (True, 98, 0, 0), (True, 97, 1, 1), (False, 106, 2, 1)]),
+        "Y": (1, [(False, 200, 5, 1)]),
+    }
+    put(6, "Y", False, 200, 1)
+    eng.apply(cancel(ts=next(ts), order_id=5))
+    put(7, "X", True, 98, 3)  # 98 again, in a fresh or pooled level object
+    assert eng.drain_level_changes() == {
+        "X": (8, [(True, 98, 3, 1), (False, 106, 0, 0)]),
+        "Y": (2, [(False, 200, 6, 2)]),
+    }
+    assert eng.drain_level_changes() == {}
