@@ -21,7 +21,7 @@ def await_command(command_id: int) -> Command:
     seen: list[Command] = []
 
     def applied() -> bool:
-        seen[:] = [Command.objects.only("applied_at", "reject_code").get(pk=command_id)]
+        seen[:] = [selectors.command_outcome(command_id)]
         return seen[0].applied_at is not None
 
     reply_hub.wait(command_id, done=applied, timeout=settings.ORDER_REPLY_TIMEOUT_SECONDS)

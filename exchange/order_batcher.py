@@ -1,4 +1,5 @@
-"""Order entry in batches: the orders a web process receives together are stored together.
+"""Order entry in batches: the orders (and cancels) a web process receives together are stored
+together.
 
 Each request validates its order itself (`services.order_plan`) and hands the plan to the
 process's one `OrderBatcher`, then waits. The batcher's thread takes every plan waiting (up to
@@ -9,7 +10,7 @@ previous one commits; a lone order is stored at once (no timer). Between batches
 waits, the thread's connection goes back to the pool. Every plan gets its own
 answer: an order that is refused (insufficient balance, client_order_id conflict) does not
 affect the others; a failure of the transaction itself is raised to every waiter of that batch
-(nothing of it was stored).
+(nothing of it was stored). Cancels (`services.CancelPlan`) go in the same transaction.
 """
 
 import logging
@@ -18,7 +19,7 @@ import threading
 from concurrent.futures import Future
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,9 @@ class OrderBatcher:
         self._lock = threading.Lock()
 
     def store(self, plan):
-        """Store `plan` in the next batch; returns its Placement or its ApiError (not raised)."""
+        """Store `plan` (an OrderPlan or a CancelPlan) in the next batch; returns what
+        `orders_store` / `orders_cancel_store` gives for it (an ApiError is returned, not
+        raised)."""
         return self.submit(plan).result()
 
     def submit(self, plan) -> Future:
@@ -63,19 +66,22 @@ class OrderBatcher:
                 connection.close()  # idle: the connection goes back to the pool
 
     def _store(self, batch: list[tuple]) -> None:
-        from exchange.services import orders_store
+        from exchange.services import OrderPlan, orders_cancel_store, orders_store
 
-        futures = [future for _, future in batch]
+        places = [(plan, future) for plan, future in batch if isinstance(plan, OrderPlan)]
+        cancels = [(plan, future) for plan, future in batch if not isinstance(plan, OrderPlan)]
         try:
             connection.close_if_unusable_or_obsolete()
-            results = orders_store(plans=[plan for plan, _ in batch])
+            with transaction.atomic():
+                placed = orders_store(plans=[plan for plan, _ in places]) if places else []
+                cancelled = orders_cancel_store(plans=[plan for plan, _ in cancels])
         except Exception as exc:  # every waiter must hear of the failure
-            logger.exception("order entry batch failed", extra={"orders": len(batch)})
+            logger.exception("order entry batch failed", extra={"requests": len(batch)})
             connection.close()
-            for future in futures:
+            for _, future in batch:
                 future.set_exception(exc)
             return
-        for future, result in zip(futures, results, strict=True):
+        for (_, future), result in zip(places + cancels, placed + cancelled, strict=True):
             future.set_result(result)
 
 

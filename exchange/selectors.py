@@ -14,7 +14,7 @@ from django.utils import timezone
 from exchange.errors import trading_error
 from exchange.models import Instrument, Order, Trade
 from exchange.redis_connection import redis_client
-from matching.models import BookState
+from matching.models import BookState, Command
 from matching.transport import book_snapshot_key
 
 logger = logging.getLogger(__name__)
@@ -114,6 +114,16 @@ def order_for_user(*, user, order_id: int | None = None, client_order_id: str | 
     order = Order.from_db(connection.alias, [f.attname for f in _ORDER_FIELDS], row)
     order.instrument = instrument_by_id(order.instrument_id)
     return order
+
+
+def command_outcome(command_id: int) -> Command:
+    """A command's id, applied_at and reject_code (the rest of the row is not read)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT applied_at, reject_code FROM matching_command WHERE id = %s", [command_id]
+        )
+        applied_at, reject_code = cursor.fetchone()
+    return Command(pk=command_id, applied_at=applied_at, reject_code=reject_code)
 
 
 def order_state_refresh(order: Order) -> None:

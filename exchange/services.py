@@ -22,6 +22,7 @@ from accounts.ledger import HoldRequest, funds_hold, funds_hold_many
 from accounts.models import LedgerAccount
 from audit.events import AuditEvent
 from audit.services import AuditEntry, audit_entry, audit_record, audit_record_many
+from exchange.db import bound_cursor
 from exchange.errors import ApiError, trading_error
 from exchange.fees import fee_rates_for
 from exchange.holds import buy_hold_minor, held_amount
@@ -285,7 +286,7 @@ def _orders_insert(orders: list[Order]) -> None:
         )
     for order in orders:
         order._state.adding = False
-    with connection.cursor() as cursor:
+    with bound_cursor() as cursor:
         cursor.execute(_ORDERS_INSERT_SQL, columns)
 
 
@@ -420,28 +421,74 @@ def _require_open(order: Order) -> None:
         )
 
 
-@transaction.atomic
+@dataclass(slots=True)
+class CancelPlan:
+    """A cancel to store: its command and its audit record (command_id filled in there)."""
+
+    order: Order
+    audit: AuditEntry
+
+
 def order_cancel(*, order: Order, actor, reason: str = "user", http_request=None) -> Command:
-    """Ask the shard to cancel `order` (a pending one is cancelled right after it is placed)."""
+    """Ask the shard to cancel `order` (a pending one is cancelled right after it is placed).
+
+    Stored like an order (see `order_place`): through the process's order entry batch outside
+    a transaction, in the caller's inside one."""
     _require_open(order)
-    command = command_enqueue(
-        shard=order.instrument.shard,
-        kind=Command.Kind.CANCEL,
-        payload={"order_id": order.pk},
-        order_id=order.pk,
-        user_id=order.user_id,
+    plan = CancelPlan(
+        order=order,
+        audit=audit_entry(
+            event_type=AuditEvent.ORDER_CANCEL_REQUESTED,
+            actor=actor,
+            user_id=order.user_id,
+            order_id=order.pk,
+            symbol=order.instrument.symbol,
+            shard=order.instrument.shard,
+            payload={"reason": reason},
+            request=http_request,
+        ),
     )
-    audit_record(
-        event_type=AuditEvent.ORDER_CANCEL_REQUESTED,
-        actor=actor,
-        user_id=order.user_id,
-        order_id=order.pk,
-        symbol=order.instrument.symbol,
-        shard=order.instrument.shard,
-        payload={"reason": reason, "command_id": command.pk},
-        request=http_request,
-    )
-    return command
+    if transaction.get_connection().in_atomic_block or not settings.ORDER_ENTRY_BATCHING:
+        return orders_cancel_store(plans=[plan])[0]
+    from exchange.order_batcher import order_batcher
+
+    return order_batcher.store(plan)
+
+
+def orders_cancel_store(*, plans: list[CancelPlan]) -> list[Command]:
+    """Store cancels together in one transaction: their commands (ids in the given order) and
+    audit records; returns the commands."""
+    if not plans:
+        return []
+    with transaction.atomic():
+        command_ids = commands_enqueue_many(
+            commands=[
+                CommandRow(
+                    shard=plan.order.instrument.shard,
+                    kind=Command.Kind.CANCEL,
+                    payload={"order_id": plan.order.pk},
+                    order_id=plan.order.pk,
+                    user_id=plan.order.user_id,
+                )
+                for plan in plans
+            ]
+        )
+        for plan, command_id in zip(plans, command_ids, strict=True):
+            plan.audit.payload = {**plan.audit.payload, "command_id": command_id}
+        audit_record_many(records=[plan.audit for plan in plans])
+    commands = []
+    for plan, command_id in zip(plans, command_ids, strict=True):
+        command = Command(
+            pk=command_id,
+            shard=plan.order.instrument.shard,
+            kind=Command.Kind.CANCEL,
+            payload={"order_id": plan.order.pk},
+            order_id=plan.order.pk,
+            user_id=plan.order.user_id,
+        )
+        command._state.adding = False
+        commands.append(command)
+    return commands
 
 
 @transaction.atomic

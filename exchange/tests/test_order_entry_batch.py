@@ -10,6 +10,7 @@ from django.db import connection
 from accounts.models import LedgerAccount, LedgerEntry
 from accounts.selectors import ledger_discrepancies
 from audit.models import AuditRecord
+from audit.services import audit_entry
 from exchange import services
 from exchange.api_errors import ApiError
 from exchange.models import Order
@@ -130,3 +131,51 @@ def test_a_failed_batch_is_reported_to_each_of_its_orders_and_the_next_one_works
     assert cash(user) == Decimal("100.00")
     placed = services.order_place(user=user, request=buy(instrument.symbol, "1.00", "1"))
     assert placed.created and Order.objects.filter(user=user).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancels_and_orders_queued_together_are_stored_in_the_same_transaction():
+    instrument = make_instrument()
+    user = make_user(funds={"USD": Decimal("100.00")})
+    resting = [
+        services.order_place(user=user, request=buy(instrument.symbol, "1.00", "1")).order
+        for _ in range(3)
+    ]
+    cancels = [
+        services.CancelPlan(
+            order=order,
+            audit=audit_entry(
+                event_type="order.cancel_requested",
+                actor=user,
+                user_id=user.pk,
+                order_id=order.pk,
+                symbol=instrument.symbol,
+                shard=instrument.shard,
+                payload={"reason": "user"},
+            ),
+        )
+        for order in resting
+    ]
+    places = [plan(user, buy(instrument.symbol, "2.00", "1")) for _ in range(3)]
+    futures = [order_batcher.submit(p) for p in cancels + places]
+    results = [future.result(timeout=10) for future in futures]
+
+    commands, placements = results[:3], results[3:]
+    assert [c.order_id for c in commands] == [o.pk for o in resting]
+    assert all(c.kind == "cancel" and c.payload == {"order_id": c.order_id} for c in commands)
+    assert all(p.created for p in placements)
+    stored = Command.objects.filter(pk__in=[c.pk for c in commands])
+    assert sorted(stored.values_list("order_id", flat=True)) == sorted(o.pk for o in resting)
+    requested = AuditRecord.objects.filter(event_type="order.cancel_requested", user_id=user.pk)
+    assert sorted(r.payload["command_id"] for r in requested) == sorted(c.pk for c in commands)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(DISTINCT txid) FROM audit_record WHERE order_id = ANY(%s)"
+            " AND event_type IN ('order.cancel_requested', 'order.submitted')"
+            " AND (event_type = 'order.cancel_requested' OR order_id = ANY(%s))",
+            [
+                [o.pk for o in resting] + [p.order.pk for p in placements],
+                [p.order.pk for p in placements],
+            ],
+        )
+        assert cursor.fetchone()[0] < 6  # queued together, stored together
