@@ -65,4 +65,5 @@ def order_changed_answer(order: Order, command_id: int) -> tuple[int, dict]:
             command.reject_code, "the matching engine refused the change", order_id=order.pk
         )
     code = 200 if command.applied_at else 202
-    return code, order_representation(order, selectors.fills_for_order(order))
+    fills = selectors.fills_for_order(order) if order.filled_quantity else []
+    return code, order_representation(order, fills)
