@@ -15,7 +15,6 @@ from django.db import connection, transaction
 
 from accounts.balance_events import balance_events, balance_events_publish_on_commit
 from accounts.models import LedgerAccount, LedgerEntry, LedgerPosting
-from exchange.db import bound_cursor
 from exchange.errors import ApiError, trading_error
 
 AccountKey = tuple[str, int | None, str]  # (kind, user_id or None for the exchange, asset)
@@ -235,7 +234,7 @@ def funds_hold_many(*, holds: Sequence[HoldRequest]) -> list[ApiError | None]:
             assets.append(hold.asset)
             amounts.append(amount)
     moved = [key for key in siblings if balances[key] != accounts[key][1]]
-    with bound_cursor() as cursor:
+    with connection.cursor() as cursor:
         cursor.execute(
             HOLDS_POST_SQL,
             {

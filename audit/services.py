@@ -29,7 +29,6 @@ from django.db import connection
 
 from audit.events import AuditChannel, AuditEvent
 from audit.models import NS_PER_DAY
-from exchange.db import bound_cursor
 
 _EPOCH_DAY = dt.date(1970, 1, 1)
 _API_VERSION_RE = re.compile(r"^/api/(v\d+)/")
@@ -268,7 +267,7 @@ def audit_record_many(*, records: Sequence[AuditEntry] | Iterable[AuditEntry]) -
     columns: list[list[Any]] = [
         list(column) for column in zip(*audit_rows(records=records), strict=True)
     ]
-    with bound_cursor() as cursor:
+    with connection.cursor() as cursor:
         cursor.execute(INSERT_MANY_SQL, columns)
         return [row[0] for row in cursor.fetchall()]
 

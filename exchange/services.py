@@ -9,7 +9,7 @@ arrives later (see `exchange.replies`).
 import datetime as dt
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from decimal import Decimal
 
 from django.conf import settings
@@ -22,7 +22,6 @@ from accounts.ledger import HoldRequest, funds_hold, funds_hold_many
 from accounts.models import LedgerAccount
 from audit.events import AuditEvent
 from audit.services import AuditEntry, audit_entry, audit_record, audit_record_many
-from exchange.db import bound_cursor
 from exchange.errors import ApiError, trading_error
 from exchange.fees import fee_rates_for
 from exchange.holds import buy_hold_minor, held_amount
@@ -79,10 +78,18 @@ class OrderPlan:
     audit: AuditEntry  # without order_id and command_id
 
 
+_REQUEST_FIELDS = [f.name for f in fields(OrderRequest)]
+
+
+def request_values(request: OrderRequest) -> dict:
+    """The request's fields by name (its values are scalars: no deep copy as `asdict` makes)."""
+    return {name: getattr(request, name) for name in _REQUEST_FIELDS}
+
+
 def request_digest(request: OrderRequest) -> str:
     """A stable fingerprint of the request, to tell a replay from a different order."""
-    fields = {k: (str(v) if v is not None else None) for k, v in asdict(request).items()}
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+    values = {k: (str(v) if v is not None else None) for k, v in request_values(request).items()}
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
 
 
 def _client_id_conflict(order_id: int, client_order_id: str) -> ApiError:
@@ -240,7 +247,7 @@ def order_plan(
         symbol=instrument.symbol,
         shard=instrument.shard,
         payload={
-            **{k: v for k, v in asdict(request).items() if v not in (None, "", False)},
+            **{k: v for k, v in request_values(request).items() if v not in (None, "", False)},
             "expire_at": expire_at,
             "maker_fee_ppm": maker_ppm,
             "taker_fee_ppm": taker_ppm,
@@ -286,7 +293,7 @@ def _orders_insert(orders: list[Order]) -> None:
         )
     for order in orders:
         order._state.adding = False
-    with bound_cursor() as cursor:
+    with connection.cursor() as cursor:
         cursor.execute(_ORDERS_INSERT_SQL, columns)
 
 

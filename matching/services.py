@@ -6,9 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
-from django.db import transaction
+from django.db import connection, transaction
 
-from exchange.db import bound_cursor
 from exchange.redis_connection import redis_client
 from matching.models import Command
 from matching.transport import command_stream_key
@@ -74,7 +73,7 @@ def commands_enqueue_many(*, commands: Sequence[CommandRow]) -> list[int]:
         raise RuntimeError("commands_enqueue_many must run inside the caller's transaction")
     if not commands:
         return []
-    with bound_cursor() as cursor:
+    with connection.cursor() as cursor:
         cursor.execute(
             COMMANDS_INSERT_SQL,
             [
