@@ -104,6 +104,28 @@ def test_a_signed_request_is_answered_and_the_key_lists_its_last_use(base):
     assert "secret" not in listed[0]
 
 
+def test_signed_and_session_requests_get_the_same_security_headers(base):
+    """Signed API requests take the lean handler and skip the session middleware: they still
+    get Django's security headers, and no session or CSRF cookie."""
+    instrument = make_instrument()
+    client = ApiClient(base)
+    signed = client.place(
+        symbol=instrument.symbol, side="buy", order_type="limit", price="1.00", quantity="1"
+    )
+    assert signed.status_code in (201, 202), signed.text
+    browser = session_client(base, client.user)
+    in_session = browser.get("/api/v1/orders", params={"symbol": instrument.symbol})
+    assert in_session.status_code == 200 and len(in_session.json()["results"]) == 1
+    for response in (signed, in_session):
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert response.headers["Referrer-Policy"] == "same-origin"
+        assert response.headers["Cross-Origin-Opener-Policy"] == "same-origin"
+        assert response.headers["Content-Type"] == "application/json"
+    assert int(signed.headers["X-Order-Weight-1s"]) >= 1
+    assert "set-cookie" not in signed.headers
+
+
 @pytest.mark.parametrize(
     ("tamper", "error", "code", "reason"),
     [
