@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import redis
 from django.conf import settings
+from django.db import connection
 
 from matching.transport import replies_channel
 
@@ -22,6 +23,15 @@ logger = logging.getLogger(__name__)
 
 DB_POLL_SECONDS = 0.1
 RECENT_REPLIES = 65_536  # applied command ids remembered, for waiters that register late
+
+
+def release_db_connection() -> None:
+    """Hand this thread's database connection back to the pool before it blocks (outside a
+    transaction): a thread waiting for the engine, or for the order entry batch, must not hold
+    one, or as many waiting threads as the pool has connections starve the batch that would
+    wake them."""
+    if not connection.in_atomic_block:
+        connection.close()
 
 
 class ReplyHub:
@@ -88,6 +98,7 @@ class ReplyHub:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
+                release_db_connection()
                 # Connected: sleep until woken (a second at most). Not connected: poll.
                 slice_ = remaining if self.connected.is_set() else DB_POLL_SECONDS
                 event.wait(min(remaining, slice_, 1.0))

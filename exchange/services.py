@@ -40,6 +40,7 @@ from exchange.order_rules import (
     quote_minor,
     to_ns,
 )
+from exchange.replies import release_db_connection
 from exchange.selectors import (
     band_reference,
     book_snapshot,
@@ -119,6 +120,7 @@ def order_place(
     else:
         from exchange.order_batcher import order_batcher
 
+        release_db_connection()
         result = order_batcher.store(plan)
     if isinstance(result, ApiError):
         raise result
@@ -459,6 +461,7 @@ def order_cancel(*, order: Order, actor, reason: str = "user", http_request=None
         return orders_cancel_store(plans=[plan])[0]
     from exchange.order_batcher import order_batcher
 
+    release_db_connection()
     return order_batcher.store(plan)
 
 

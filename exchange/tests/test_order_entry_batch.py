@@ -2,6 +2,7 @@
 batch, one answer per order, and an order refused in a batch changes nothing for the others."""
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import pytest
@@ -11,12 +12,13 @@ from accounts.models import LedgerAccount, LedgerEntry
 from accounts.selectors import ledger_discrepancies
 from audit.models import AuditRecord
 from audit.services import audit_entry
+from conftest import start_web
 from exchange import services
 from exchange.api_errors import ApiError
 from exchange.models import Order
 from exchange.order_batcher import order_batcher
 from exchange.order_rules import OrderRequest
-from exchange.tests.api_client import make_instrument, make_user
+from exchange.tests.api_client import ApiClient, make_instrument, make_user
 from matching.models import Command
 
 
@@ -179,3 +181,38 @@ def test_cancels_and_orders_queued_together_are_stored_in_the_same_transaction()
             ],
         )
         assert cursor.fetchone()[0] < 6  # queued together, stored together
+
+
+@pytest.mark.processes
+def test_more_waiting_orders_than_pooled_connections_are_all_answered(
+    exchange_stack, live_db, processes, process_env
+):
+    """Threads waiting for the batch or for the engine hold no database connection: with a
+    pool of 3 and 12 view threads, 36 concurrent orders are all answered (before, the waiting
+    threads kept every connection and the batch timed out on the pool: 500s)."""
+    base = start_web(
+        processes,
+        env={
+            **process_env,
+            "DB_POOL_MAX_SIZE": "3",
+            "DB_POOL_TIMEOUT": "3",
+            "API_VIEW_THREADS": "12",
+        },
+        name="web-small-pool",
+    )
+    instrument = make_instrument()
+    clients = [ApiClient(base, make_user()) for _ in range(6)]
+
+    def place(i: int) -> int:
+        side, price = ("buy", "9.00") if i % 2 else ("sell", "11.00")
+        return (
+            clients[i % len(clients)]
+            .place(
+                symbol=instrument.symbol, side=side, order_type="limit", price=price, quantity="1"
+            )
+            .status_code
+        )
+
+    with ThreadPoolExecutor(max_workers=36) as pool:
+        codes = list(pool.map(place, range(36)))
+    assert sorted(set(codes)) == [201], codes
