@@ -39,7 +39,7 @@ class OrderBatcher:
         return self.submit(plan).result()
 
     def submit(self, plan) -> Future:
-        """Queue `plan`; the future resolves to its Placement or ApiError."""
+        """Queue `plan`; the future resolves to what `store` returns."""
         future: Future = Future()
         self._queue.put((plan, future))
         if self._thread is None or not self._thread.is_alive():

@@ -46,6 +46,7 @@ def _run_view(view, request, *args, **kwargs):
             plain = HttpResponse(response.content, status=response.status_code)
             for name, value in response.items():
                 plain[name] = value
+            plain.cookies = response.cookies
             response = plain
         return response
     finally:
