@@ -188,9 +188,10 @@ def test_levels_behind_the_top_50_come_into_view_when_the_top_is_taken(market):
         orders = [limit(symbol, "buy", f"{90 - i * 0.1:.2f}", "1") for i in range(70)]
         orders += [limit(symbol, "sell", f"{110 + i * 0.1:.2f}", "1") for i in range(70)]
         for start in range(0, len(orders), 10):
-            await asyncio.gather(
+            placed = await asyncio.gather(
                 *(maker.post("/api/v1/orders", json=o) for o in orders[start : start + 10])
             )
+            assert all(r.status_code in (201, 202) for r in placed), [r.text for r in placed]
         client = BookClient(market["ws"], symbol, depth=20)
         stop = asyncio.Event()
         runner = asyncio.create_task(client.run(stop=stop))
@@ -199,8 +200,9 @@ def test_levels_behind_the_top_50_come_into_view_when_the_top_is_taken(market):
             assert len(client.book.bids) == 20
             # Take 35 levels of each side, a few at a time: 21 of the 70 come into view.
             for _ in range(7):
-                await taker.post("/api/v1/orders", json=limit(symbol, "sell", "80.00", "5"))
-                await taker.post("/api/v1/orders", json=limit(symbol, "buy", "120.00", "5"))
+                for side, price in (("sell", "80.00"), ("buy", "120.00")):
+                    taken = await taker.post("/api/v1/orders", json=limit(symbol, side, price, "5"))
+                    assert taken.status_code in (201, 202), taken.text
             async with httpx.AsyncClient(base_url=market["base"], timeout=15) as http:
                 book = (await http.get(f"/api/v1/orderbook/{symbol}", params={"depth": 20})).json()
             await until(lambda: client.book.seq == book["seq"])
