@@ -19,7 +19,7 @@ import threading
 from concurrent.futures import Future
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection
 
 logger = logging.getLogger(__name__)
 
@@ -66,15 +66,15 @@ class OrderBatcher:
                 connection.close()  # idle: the connection goes back to the pool
 
     def _store(self, batch: list[tuple]) -> None:
-        from exchange.services import OrderPlan, orders_cancel_store, orders_store
+        from exchange.services import OrderPlan, entry_batch_store
 
         places = [(plan, future) for plan, future in batch if isinstance(plan, OrderPlan)]
         cancels = [(plan, future) for plan, future in batch if not isinstance(plan, OrderPlan)]
         try:
             connection.close_if_unusable_or_obsolete()
-            with transaction.atomic():
-                placed = orders_store(plans=[plan for plan, _ in places]) if places else []
-                cancelled = orders_cancel_store(plans=[plan for plan, _ in cancels])
+            placed, cancelled = entry_batch_store(
+                plans=[plan for plan, _ in places], cancels=[plan for plan, _ in cancels]
+            )
         except Exception as exc:  # every waiter must hear of the failure
             logger.exception("order entry batch failed", extra={"requests": len(batch)})
             connection.close()

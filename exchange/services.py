@@ -79,6 +79,14 @@ class OrderPlan:
     audit: AuditEntry  # without order_id and command_id
 
 
+@dataclass(slots=True)
+class CancelPlan:
+    """A cancel to store: its command and its audit record (command_id filled in there)."""
+
+    order: Order
+    audit: AuditEntry
+
+
 _REQUEST_FIELDS = [f.name for f in fields(OrderRequest)]
 
 
@@ -319,10 +327,20 @@ def orders_store(*, plans: list[OrderPlan]) -> list[Placement | ApiError]:
     shard's signal goes out after the commit. A replayed client_order_id (an earlier order, or
     an earlier plan of this batch) answers with that order, created=False.
     """
+    return entry_batch_store(plans=plans, cancels=[])[0]
+
+
+def entry_batch_store(
+    *, plans: list[OrderPlan], cancels: list[CancelPlan]
+) -> tuple[list[Placement | ApiError], list[Command]]:
+    """`orders_store` and `orders_cancel_store` in ONE transaction (the order entry batch's):
+    its own at the top level, a savepoint of the caller's otherwise. A client_order_id race
+    rolls it back and stores again."""
     for _ in range(3):
         try:
             with transaction.atomic():
-                return _orders_store(plans)
+                placed = _orders_store(plans) if plans else []
+                return placed, _cancels_store(cancels) if cancels else []
         except ClientOrderIdRace:
             for plan in plans:
                 plan.order.pk = None  # ids are drawn again
@@ -430,14 +448,6 @@ def _require_open(order: Order) -> None:
         )
 
 
-@dataclass(slots=True)
-class CancelPlan:
-    """A cancel to store: its command and its audit record (command_id filled in there)."""
-
-    order: Order
-    audit: AuditEntry
-
-
 def order_cancel(*, order: Order, actor, reason: str = "user", http_request=None) -> Command:
     """Ask the shard to cancel `order` (a pending one is cancelled right after it is placed).
 
@@ -468,24 +478,25 @@ def order_cancel(*, order: Order, actor, reason: str = "user", http_request=None
 def orders_cancel_store(*, plans: list[CancelPlan]) -> list[Command]:
     """Store cancels together in one transaction: their commands (ids in the given order) and
     audit records; returns the commands."""
-    if not plans:
-        return []
-    with transaction.atomic():
-        command_ids = commands_enqueue_many(
-            commands=[
-                CommandRow(
-                    shard=plan.order.instrument.shard,
-                    kind=Command.Kind.CANCEL,
-                    payload={"order_id": plan.order.pk},
-                    order_id=plan.order.pk,
-                    user_id=plan.order.user_id,
-                )
-                for plan in plans
-            ]
-        )
-        for plan, command_id in zip(plans, command_ids, strict=True):
-            plan.audit.payload = {**plan.audit.payload, "command_id": command_id}
-        audit_record_many(records=[plan.audit for plan in plans])
+    return entry_batch_store(plans=[], cancels=plans)[1]
+
+
+def _cancels_store(plans: list[CancelPlan]) -> list[Command]:
+    command_ids = commands_enqueue_many(
+        commands=[
+            CommandRow(
+                shard=plan.order.instrument.shard,
+                kind=Command.Kind.CANCEL,
+                payload={"order_id": plan.order.pk},
+                order_id=plan.order.pk,
+                user_id=plan.order.user_id,
+            )
+            for plan in plans
+        ]
+    )
+    for plan, command_id in zip(plans, command_ids, strict=True):
+        plan.audit.payload = {**plan.audit.payload, "command_id": command_id}
+    audit_record_many(records=[plan.audit for plan in plans])
     commands = []
     for plan, command_id in zip(plans, command_ids, strict=True):
         command = Command(
