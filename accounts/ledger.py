@@ -107,6 +107,17 @@ def _check_balanced(lines: Sequence[Line]) -> None:
         raise LedgerUnbalanced(f"entry does not sum to zero: {unbalanced}")
 
 
+def _shortfall(asset: str, needed: Decimal, balance: Decimal, kind: str, field: str | None):
+    """The 400 InsufficientBalance for `needed` of `asset` against a user's `kind` balance."""
+    what = "available" if kind == CASH else "held"
+    return trading_error(
+        "InsufficientBalance",
+        f"insufficient {asset}: {needed.normalize():f} needed, {balance.normalize():f} {what}",
+        field=field,
+        extra={"asset": asset},
+    )
+
+
 def ledger_post(
     *,
     kind: str,
@@ -136,14 +147,7 @@ def ledger_post(
         kind_, _user, asset = key
         balance = accounts[key][1]
         if kind_ in LedgerAccount.USER_KINDS and balance + delta < 0:
-            what = "available" if kind_ == CASH else "held"
-            raise trading_error(
-                "InsufficientBalance",
-                f"insufficient {asset}: {-delta.normalize():f} needed, "
-                f"{balance.normalize():f} {what}",
-                field=shortfall_field,
-                extra={"asset": asset},
-            )
+            raise _shortfall(asset, -delta, balance, kind_, shortfall_field)
     entry = LedgerEntry.objects.create(
         kind=kind, user=user, order_id=order_id, trade_id=trade_id, memo=memo
     )
@@ -213,13 +217,7 @@ def funds_hold_many(*, holds: Sequence[HoldRequest]) -> list[ApiError | None]:
         hold = holds[i]
         cash, held = (CASH, hold.user_id, hold.asset), (HOLD, hold.user_id, hold.asset)
         if balances[cash] < hold.amount:
-            results[i] = trading_error(
-                "InsufficientBalance",
-                f"insufficient {hold.asset}: {hold.amount.normalize():f} needed, "
-                f"{balances[cash].normalize():f} available",
-                field=hold.field,
-                extra={"asset": hold.asset},
-            )
+            results[i] = _shortfall(hold.asset, hold.amount, balances[cash], CASH, hold.field)
             continue
         balances[cash] -= hold.amount
         balances[held] += hold.amount

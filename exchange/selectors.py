@@ -86,6 +86,7 @@ def orders_for_user(
 # The order path reads orders and fills with plain SQL: the ORM's query building and model
 # loading cost more CPU than the queries themselves.
 _ORDER_FIELDS = Order._meta.concrete_fields
+_ORDER_ATTNAMES = [f.attname for f in _ORDER_FIELDS]
 _ORDER_SELECT = "SELECT {} FROM exchange_order".format(", ".join(f.column for f in _ORDER_FIELDS))
 _ORDER_STATE_FIELDS = [f for f in _ORDER_FIELDS if not f.is_relation and not f.primary_key]
 _ORDER_STATE_SQL = "SELECT {} FROM exchange_order WHERE id = %s".format(
@@ -111,7 +112,7 @@ def order_for_user(*, user, order_id: int | None = None, client_order_id: str | 
         row = cursor.fetchone()
     if row is None:
         raise trading_error("OrderNotFound", "no such order", http_status=404)
-    order = Order.from_db(connection.alias, [f.attname for f in _ORDER_FIELDS], row)
+    order = Order.from_db(connection.alias, _ORDER_ATTNAMES, row)
     order.instrument = instrument_by_id(order.instrument_id)
     return order
 

@@ -123,13 +123,7 @@ def order_place(
     together); inside one (a caller's atomic block) it is stored in that transaction.
     """
     plan = order_plan(user=user, request=request, http_request=http_request, now=now)
-    if transaction.get_connection().in_atomic_block or not settings.ORDER_ENTRY_BATCHING:
-        result = orders_store(plans=[plan])[0]
-    else:
-        from exchange.order_batcher import order_batcher
-
-        release_db_connection()
-        result = order_batcher.store(plan)
+    result = _entry_store(plan)
     if isinstance(result, ApiError):
         raise result
     return result
@@ -313,6 +307,19 @@ _ORDERS_INSERT_SQL = "INSERT INTO exchange_order ({}) SELECT * FROM unnest({})".
 )
 
 
+def _entry_store(plan: OrderPlan | CancelPlan) -> Placement | ApiError | Command:
+    """Store one plan: through the process's order entry batch outside a transaction (the
+    calling thread's connection handed back while it waits), in the caller's inside one."""
+    if transaction.get_connection().in_atomic_block or not settings.ORDER_ENTRY_BATCHING:
+        if isinstance(plan, OrderPlan):
+            return orders_store(plans=[plan])[0]
+        return orders_cancel_store(plans=[plan])[0]
+    from exchange.order_batcher import order_batcher
+
+    release_db_connection()
+    return order_batcher.store(plan)
+
+
 class ClientOrderIdRace(Exception):
     """Another process stored one of the batch's client_order_ids first; store again."""
 
@@ -467,12 +474,7 @@ def order_cancel(*, order: Order, actor, reason: str = "user", http_request=None
             request=http_request,
         ),
     )
-    if transaction.get_connection().in_atomic_block or not settings.ORDER_ENTRY_BATCHING:
-        return orders_cancel_store(plans=[plan])[0]
-    from exchange.order_batcher import order_batcher
-
-    release_db_connection()
-    return order_batcher.store(plan)
+    return _entry_store(plan)
 
 
 def orders_cancel_store(*, plans: list[CancelPlan]) -> list[Command]:
@@ -482,34 +484,21 @@ def orders_cancel_store(*, plans: list[CancelPlan]) -> list[Command]:
 
 
 def _cancels_store(plans: list[CancelPlan]) -> list[Command]:
-    command_ids = commands_enqueue_many(
-        commands=[
-            CommandRow(
-                shard=plan.order.instrument.shard,
-                kind=Command.Kind.CANCEL,
-                payload={"order_id": plan.order.pk},
-                order_id=plan.order.pk,
-                user_id=plan.order.user_id,
-            )
-            for plan in plans
-        ]
-    )
-    for plan, command_id in zip(plans, command_ids, strict=True):
-        plan.audit.payload = {**plan.audit.payload, "command_id": command_id}
-    audit_record_many(records=[plan.audit for plan in plans])
-    commands = []
-    for plan, command_id in zip(plans, command_ids, strict=True):
-        command = Command(
-            pk=command_id,
+    rows = [
+        CommandRow(
             shard=plan.order.instrument.shard,
             kind=Command.Kind.CANCEL,
             payload={"order_id": plan.order.pk},
             order_id=plan.order.pk,
             user_id=plan.order.user_id,
         )
-        command._state.adding = False
-        commands.append(command)
-    return commands
+        for plan in plans
+    ]
+    command_ids = commands_enqueue_many(commands=rows)
+    for plan, command_id in zip(plans, command_ids, strict=True):
+        plan.audit.payload = {**plan.audit.payload, "command_id": command_id}
+    audit_record_many(records=[plan.audit for plan in plans])
+    return [row.stored(command_id) for row, command_id in zip(rows, command_ids, strict=True)]
 
 
 @transaction.atomic

@@ -35,11 +35,7 @@ def command_enqueue(
         raise RuntimeError("command_enqueue must run inside the caller's transaction")
     row = CommandRow(shard=shard, kind=kind, payload=payload, order_id=order_id, user_id=user_id)
     (command_id,) = commands_enqueue_many(commands=[row])
-    command = Command(
-        pk=command_id, shard=shard, kind=kind, payload=payload, order_id=order_id, user_id=user_id
-    )
-    command._state.adding = False
-    return command
+    return row.stored(command_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +47,19 @@ class CommandRow:
     payload: dict
     order_id: int | None = None
     user_id: int | None = None
+
+    def stored(self, command_id: int) -> Command:
+        """The Command this row became once inserted with `command_id`."""
+        command = Command(
+            pk=command_id,
+            shard=self.shard,
+            kind=self.kind,
+            payload=self.payload,
+            order_id=self.order_id,
+            user_id=self.user_id,
+        )
+        command._state.adding = False
+        return command
 
 
 COMMANDS_INSERT_SQL = """
