@@ -6,14 +6,17 @@ the per-request machinery that such a request does not need taken out:
   starts a thread that is joined when the request ends. A signed API request has no such call
   to make: its view runs on the view thread pool (`exchange.view_threads`) and the middleware
   skips the session machinery for it (`exchange.middleware`);
-- the request_started / request_finished signals run inline: their receivers (reset query
-  logs, close this thread's database connections and caches, reset the URLconf) do no I/O in
-  the event loop's thread, which holds no database connection; Django hands them to a thread;
+- no request_started / request_finished signals: their receivers (Django's own: reset the
+  query log, close the calling thread's database connections and caches, reset the URLconf)
+  would act on the event loop's thread, which holds no database connection or cache client
+  and sets no URLconf; the view thread hands its connections back itself
+  (`exchange.view_threads`). The project connects no receiver of its own to them;
 - no watcher task for a client disconnect: the view runs in a pool thread, which a cancelled
   task could not stop anyway; the answer to a client that went away is dropped by the server.
 """
 
-from django.core import signals
+import contextlib
+
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.urls import set_script_prefix
@@ -43,11 +46,19 @@ class SignedApiHandler(ASGIHandler):
             return
         try:
             set_script_prefix(get_script_prefix(scope))
-            signals.request_started.send(sender=self.__class__, scope=scope)
             request, response = self.create_request(scope, body_file)
             if request is not None:
                 response = await self.run_get_response(request)
             await self.send_response(response, send)
-            response.close()  # sends request_finished
+            _close_quietly(response)
         finally:
             body_file.close()
+
+
+def _close_quietly(response) -> None:
+    """`response.close()` without its request_finished signal (see the module docstring)."""
+    for closer in response._resource_closers:
+        with contextlib.suppress(Exception):  # as Django's close() does
+            closer()
+    response._resource_closers.clear()
+    response.closed = True

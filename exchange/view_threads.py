@@ -9,8 +9,12 @@ requests. The view's own code is unchanged: same authentication, permissions, ra
 errors and audit records; drf-spectacular still finds the DRF view class for the schema.
 """
 
+import asyncio
+import contextvars
 import functools
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
+from concurrent.futures import Executor, Future
 
 from asgiref.sync import AsyncToSync, sync_to_async
 from django.conf import settings
@@ -18,15 +22,81 @@ from django.db import connections
 from django.http import HttpResponse
 from django.urls import URLPattern, URLResolver
 
-_executor: ThreadPoolExecutor | None = None
+
+class ViewThreads(Executor):
+    """`size` long-lived threads taking calls from one queue.
+
+    `run` (from the event loop) hands a call to a thread and resolves the awaiting future
+    through the loop; `submit` is the `Executor` form (for `sync_to_async(executor=...)`).
+    Lighter than `ThreadPoolExecutor` plus `sync_to_async` per request: no thread-count
+    bookkeeping on each call, no future chained to another. Calls run in a copy of the
+    caller's context, as `sync_to_async` runs them.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._started = False
+        self._start_lock = threading.Lock()
+
+    def _ensure_started(self) -> None:
+        if self._started:
+            return
+        with self._start_lock:
+            if not self._started:
+                for n in range(self._size):
+                    threading.Thread(target=self._work, name=f"api-view-{n}", daemon=True).start()
+                self._started = True
+
+    async def run(self, fn, /, *args, **kwargs):
+        self._ensure_started()
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        self._calls.put((contextvars.copy_context(), fn, args, kwargs, loop, waiter))
+        return await waiter
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        self._ensure_started()
+        future: Future = Future()
+        self._calls.put((contextvars.copy_context(), fn, args, kwargs, None, future))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            context, fn, args, kwargs, loop, waiter = self._calls.get()
+            if loop is None and not waiter.set_running_or_notify_cancel():
+                continue
+            try:
+                result = context.run(fn, *args, **kwargs)
+            except BaseException as exc:  # handed to the caller, as an executor does
+                if loop is None:
+                    waiter.set_exception(exc)
+                else:
+                    loop.call_soon_threadsafe(_set_exception, waiter, exc)
+            else:
+                if loop is None:
+                    waiter.set_result(result)
+                else:
+                    loop.call_soon_threadsafe(_set_result, waiter, result)
 
 
-def view_executor() -> ThreadPoolExecutor:
+def _set_result(waiter: asyncio.Future, result) -> None:
+    if not waiter.done():  # the awaiting task may have been cancelled
+        waiter.set_result(result)
+
+
+def _set_exception(waiter: asyncio.Future, exc: BaseException) -> None:
+    if not waiter.done():
+        waiter.set_exception(exc)
+
+
+_executor: ViewThreads | None = None
+
+
+def view_executor() -> ViewThreads:
     global _executor
     if _executor is None:
-        _executor = ThreadPoolExecutor(
-            max_workers=settings.API_VIEW_THREADS, thread_name_prefix="api-view"
-        )
+        _executor = ViewThreads(settings.API_VIEW_THREADS)
     return _executor
 
 
@@ -62,9 +132,8 @@ def pooled(view):
     async def async_view(request, *args, **kwargs):
         if getattr(AsyncToSync.executors, "current", None) is not None:
             run = sync_to_async(_rendered, thread_sensitive=True)
-        else:
-            run = sync_to_async(_run_view, thread_sensitive=False, executor=view_executor())
-        return await run(view, request, *args, **kwargs)
+            return await run(view, request, *args, **kwargs)
+        return await view_executor().run(_run_view, view, request, *args, **kwargs)
 
     return async_view
 
