@@ -2,12 +2,15 @@
 together.
 
 Each request validates its order itself (`services.order_plan`) and hands the plan to the
-process's one `OrderBatcher`, then waits. The batcher's thread takes every plan waiting (up to
+process's one `OrderBatcher`, then waits. A batcher thread takes every plan waiting (up to
 `ORDER_ENTRY_BATCH_MAX`) and stores them with `services.orders_store` in ONE transaction on its
 own database connection: one commit, one lock of the ledger accounts and one INSERT per table
 for the whole batch, instead of one of each per order. Under load a batch forms while the
-previous one commits; a lone order is stored at once (no timer). Between batches, when nothing
-waits, the thread's connection goes back to the pool. Every plan gets its own
+previous one commits; a lone order is stored at once (no timer). `ORDER_ENTRY_BATCH_THREADS`
+threads take batches from the same queue, so one batch's round trips to PostgreSQL overlap
+another's (their commands still get ids in commit order: see
+`matching.services.COMMAND_ORDER_LOCK_KEY`). Between batches, when nothing waits, a thread's
+connection goes back to the pool. Every plan gets its own
 answer: an order that is refused (insufficient balance, client_order_id conflict) does not
 affect the others; a failure of the transaction itself is raised to every waiter of that batch
 (nothing of it was stored). Cancels (`services.CancelPlan`) go in the same transaction.
@@ -29,7 +32,7 @@ class OrderBatcher:
 
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
 
     def store(self, plan):
@@ -42,15 +45,21 @@ class OrderBatcher:
         """Queue `plan`; the future resolves to what `store` returns."""
         future: Future = Future()
         self._queue.put((plan, future))
-        if self._thread is None or not self._thread.is_alive():
+        if len(self._threads) < settings.ORDER_ENTRY_BATCH_THREADS or not all(
+            thread.is_alive() for thread in self._threads
+        ):
             self._start()
         return future
 
     def _start(self) -> None:
         with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="order-batcher", daemon=True)
-                self._thread.start()
+            self._threads = [thread for thread in self._threads if thread.is_alive()]
+            while len(self._threads) < settings.ORDER_ENTRY_BATCH_THREADS:
+                thread = threading.Thread(
+                    target=self._run, name=f"order-batcher-{len(self._threads)}", daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
 
     def _run(self) -> None:
         limit = settings.ORDER_ENTRY_BATCH_MAX

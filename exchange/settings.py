@@ -73,6 +73,8 @@ ORDER_REPLY_TIMEOUT_SECONDS = env.float("ORDER_REPLY_TIMEOUT_SECONDS", default=2
 # (exchange/order_batcher.py), at most this many; ORDER_ENTRY_BATCHING=false stores each alone.
 ORDER_ENTRY_BATCHING = env.bool("ORDER_ENTRY_BATCHING", default=True)
 ORDER_ENTRY_BATCH_MAX = env.int("ORDER_ENTRY_BATCH_MAX", default=200)
+# Threads storing batches side by side (each with its own database connection).
+ORDER_ENTRY_BATCH_THREADS = env.int("ORDER_ENTRY_BATCH_THREADS", default=2)
 # Threads of each web process that run the sync API views (exchange/view_threads.py).
 API_VIEW_THREADS = env.int("API_VIEW_THREADS", default=32)
 

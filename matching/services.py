@@ -62,7 +62,19 @@ class CommandRow:
         return command
 
 
-COMMANDS_INSERT_SQL = """
+# Command ids in commit order. A shard's worker polls for unapplied commands above the highest
+# id it has applied (a full poll from the start runs only once a second), so a transaction
+# that drew smaller ids but committed after a later one would wait for that full poll: with
+# more than one writer (web processes, the demo market maker, Celery's expiries) that was up to
+# a second of delay. Every transaction that enqueues commands therefore takes this lock just
+# before drawing their ids and keeps it to its commit (a transaction-level advisory lock, one
+# for all shards so two transactions never take two such locks in opposite orders): ids are
+# drawn in the order the transactions commit. It is held only from the commands' INSERT to the
+# COMMIT (the audit rows and the commit's WAL flush).
+COMMAND_ORDER_LOCK_KEY = 0x636D_6473  # "cmds"
+
+COMMANDS_INSERT_SQL = f"""
+SELECT pg_advisory_xact_lock({COMMAND_ORDER_LOCK_KEY});
 INSERT INTO matching_command (shard, kind, payload, order_id, user_id, created_at)
 SELECT c.shard, c.kind, c.payload, c.order_id, c.user_id, now()
   FROM unnest(%s::smallint[], %s::text[], %s::jsonb[], %s::bigint[], %s::bigint[])
@@ -76,7 +88,8 @@ def commands_enqueue_many(*, commands: Sequence[CommandRow]) -> list[int]:
     """`command_enqueue` for many commands at once (one INSERT); returns their ids in order.
 
     The ids follow the given order (the insert draws them in that order), so a shard applies
-    the commands in the order given; the shards are signalled once the transaction commits.
+    the commands in the order given, and the order in which transactions commit (see
+    COMMAND_ORDER_LOCK_KEY); the shards are signalled once the transaction commits.
     """
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("commands_enqueue_many must run inside the caller's transaction")
@@ -93,6 +106,7 @@ def commands_enqueue_many(*, commands: Sequence[CommandRow]) -> list[int]:
                 [c.user_id for c in commands],
             ],
         )
+        cursor.nextset()  # past the lock's result, to the INSERT's
         ids = sorted(row[0] for row in cursor.fetchall())
     signals = [(c.shard, command_id) for c, command_id in zip(commands, ids, strict=True)]
     transaction.on_commit(lambda: commands_signal(signals=signals))
