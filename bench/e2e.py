@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from accounts.signing import sign
+from bench._cpu import CpuMeter, process_groups
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -186,8 +187,8 @@ print(json.dumps({{"symbol": symbol, "keys": keys}}))
     return data["symbol"], [tuple(key) for key in data["keys"]]
 
 
-def start_stack(env: dict[str, str], var_dir: Path, port: int, stack: ExitStack) -> None:
-    """web + matching-0 under supervisord, as `make run` runs them."""
+def start_stack(env: dict[str, str], var_dir: Path, port: int, stack: ExitStack) -> int:
+    """web + matching-0 under supervisord, as `make run` runs them; returns supervisord's pid."""
     import httpx
 
     from exchange.launcher import procfile_programs, supervisord_config
@@ -213,7 +214,7 @@ def start_stack(env: dict[str, str], var_dir: Path, port: int, stack: ExitStack)
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json()["status"] == "ok":
-                return
+                return supervisor.pid
         except (httpx.HTTPError, ValueError):
             pass
         time.sleep(0.3)
@@ -257,11 +258,16 @@ def main(argv: list[str]) -> int:
     try:
         with ExitStack() as stack:
             symbol, keys = prepare(env, clients=max(levels))
-            start_stack(env, var_dir, port, stack)
+            supervisor_pid = start_stack(env, var_dir, port, stack)
             for concurrency in levels:
-                results.append(
-                    asyncio.run(run_level("127.0.0.1", port, keys, symbol, concurrency, seconds))
+                meter = CpuMeter(
+                    lambda: process_groups(
+                        supervisor_pid, {"web": "uvicorn", "worker": "run_matching"}, dbname
+                    )
                 )
+                row = asyncio.run(run_level("127.0.0.1", port, keys, symbol, concurrency, seconds))
+                row["cpu_ms_per_request"] = meter.ms_per(row["requests"])
+                results.append(row)
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
@@ -276,6 +282,10 @@ def main(argv: list[str]) -> int:
             f"{row['p50_ms']:>8} "
             f"{row['p99_ms']:>8} {row['max_ms']:>8}  {row['statuses']}"
         )
+    print("CPU per request, ms (whole processes, all threads; less sensitive to other load):")
+    for row in results:
+        cpu = "  ".join(f"{group} {ms}" for group, ms in row["cpu_ms_per_request"].items())
+        print(f"{row['concurrency']:>8}  {cpu}")
     best = max(
         (r for r in results if r["p99_ms"] < 50), key=lambda r: r["orders_per_s"], default=None
     )

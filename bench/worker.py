@@ -18,6 +18,7 @@ import time
 from collections import defaultdict
 from decimal import Decimal
 
+from bench._cpu import CpuMeter, postgres_backends
 from bench._scratch_db import scratch_django
 
 SYMBOL = "BENCH-W"
@@ -160,8 +161,8 @@ def _preload(n: int, seed: int) -> int:
     return len(commands)
 
 
-def _drain(batch_limit: int) -> dict:
-    """Run the shard's batch loop until no command is left; returns timings."""
+def _drain(batch_limit: int, dbname: str) -> dict:
+    """Run the shard's batch loop until no command is left; returns timings and CPU."""
     from exchange.redis_connection import redis_client
     from matching.batch_loop import ShardLoop
     from matching.lease import ShardLease
@@ -179,6 +180,7 @@ def _drain(batch_limit: int) -> dict:
     loop.recover()
     batches = 0
     batch_seconds: list[float] = []
+    meter = CpuMeter(lambda: {"worker": [os.getpid()], "postgres": postgres_backends(dbname)})
     started = time.perf_counter()
     while True:
         rows = loop.poll()
@@ -189,6 +191,7 @@ def _drain(batch_limit: int) -> dict:
         batch_seconds.append(time.perf_counter() - t0)
         batches += 1
     elapsed = time.perf_counter() - started
+    cpu_us = meter.per(loop.applied_total, scale=1_000_000)
     lease.release()
     batch_seconds.sort()
     return {
@@ -197,6 +200,7 @@ def _drain(batch_limit: int) -> dict:
         "batches": batches,
         "batch_p50_ms": 1000 * batch_seconds[len(batch_seconds) // 2] if batch_seconds else 0,
         "batch_max_ms": 1000 * batch_seconds[-1] if batch_seconds else 0,
+        "cpu_us_per_command": cpu_us,
     }
 
 
@@ -208,13 +212,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
     n = args.n or (5_000 if args.smoke else 200_000)
-    with scratch_django(f"bench_worker_{os.getpid()}"):
+    dbname = f"bench_worker_{os.getpid()}"
+    with scratch_django(dbname):
         from django.db import connection
 
         t0 = time.perf_counter()
         total = _preload(n, args.seed)
         preload_s = time.perf_counter() - t0
-        result = _drain(args.batch)
+        result = _drain(args.batch, dbname)
         with connection.cursor() as cursor:
             cursor.execute("SELECT count(*) FROM exchange_trade")
             trades = cursor.fetchone()[0]
@@ -231,6 +236,11 @@ def main(argv: list[str]) -> int:
         ("batch p50 / max", f"{result['batch_p50_ms']:.1f} ms", f"{result['batch_max_ms']:.1f} ms"),
         ("drain time", f"{result['seconds']:.2f} s", f"synchronous_commit={sync}"),
         ("throughput", f"{rate:,.0f} commands/s", "goal >= 30,000"),
+        (
+            "CPU per command",
+            f"{result['cpu_us_per_command']['total']} µs",
+            ", ".join(f"{k} {v}" for k, v in result["cpu_us_per_command"].items() if k != "total"),
+        ),
     ]
     for name, value, note in rows:
         print(f"{name:<20} {value:>22}  {note}")
@@ -245,6 +255,7 @@ def main(argv: list[str]) -> int:
                 "commands_per_s": round(rate),
                 "batches": result["batches"],
                 "batch_p50_ms": round(result["batch_p50_ms"], 2),
+                "cpu_us_per_command": result["cpu_us_per_command"],
                 "synchronous_commit": sync,
                 "goal_commands_per_s": 30_000,
             }
