@@ -64,12 +64,13 @@ def cpu_seconds(pids: list[int]) -> float:
 
 def process_groups(root: int, names: dict[str, str], dbname: str | None) -> dict[str, list[int]]:
     """pids by group: each process below `root` whose command line contains `names[group]`,
-    plus `postgres` (the backends of `dbname`) and `load generator` (this process)."""
+    and the processes below it (`uvicorn --workers N` runs its workers as children), plus
+    `postgres` (the backends of `dbname`) and `load generator` (this process)."""
     below = [(pid, _cmdline(pid)) for pid in descendants(root)]
-    groups = {
-        group: [pid for pid, cmdline in below if needle in cmdline]
-        for group, needle in names.items()
-    }
+    groups = {}
+    for group, needle in names.items():
+        matched = [pid for pid, cmdline in below if needle in cmdline]
+        groups[group] = matched + [child for pid in matched for child in descendants(pid)]
     if dbname is not None:
         groups["postgres"] = postgres_backends(dbname)
     groups["load generator"] = [os.getpid()]
