@@ -59,3 +59,7 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+from exchange.gc_tuning import serving_gc  # noqa: E402
+
+serving_gc()  # last: everything the process loads at start-up is frozen out of the collector

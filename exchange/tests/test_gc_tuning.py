@@ -1,0 +1,21 @@
+"""The web process freezes what it loaded at start-up out of the garbage collector, so full
+collections do not walk Django, DRF and every module while requests wait."""
+
+import os
+import subprocess
+import sys
+
+from conftest import BASE_DIR
+
+
+def test_the_asgi_application_freezes_its_start_up_objects():
+    probe = "import gc, exchange.asgi; print(gc.get_freeze_count())"
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=BASE_DIR,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "exchange.settings"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert int(out.strip().splitlines()[-1]) > 50_000
