@@ -1,6 +1,6 @@
 """Garbage-collector settings for the web process.
 
-The web process holds some 130,000 objects the collector tracks once it has loaded Django, DRF,
+The web process holds over 100,000 objects the collector tracks once it has loaded Django, DRF,
 every module and the URLconf; they live as long as the process. Every full collection walked
 all of them with every thread stopped (the GIL is held): under `bench e2e` (16 clients) two
 full collections of ~200 ms each in half a minute, each delaying every request in flight.
