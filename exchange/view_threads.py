@@ -12,6 +12,7 @@ errors and audit records; drf-spectacular still finds the DRF view class for the
 import asyncio
 import contextvars
 import functools
+import logging
 import queue
 import threading
 from concurrent.futures import Executor, Future
@@ -21,6 +22,8 @@ from django.conf import settings
 from django.db import connections
 from django.http import HttpResponse
 from django.urls import URLPattern, URLResolver
+
+logger = logging.getLogger(__name__)
 
 
 class ViewThreads(Executor):
@@ -69,23 +72,24 @@ class ViewThreads(Executor):
             try:
                 result = context.run(fn, *args, **kwargs)
             except BaseException as exc:  # handed to the caller, as an executor does
-                if loop is None:
-                    waiter.set_exception(exc)
-                else:
-                    loop.call_soon_threadsafe(_set_exception, waiter, exc)
+                settle, outcome = _set_exception, exc
             else:
-                if loop is None:
-                    waiter.set_result(result)
-                else:
-                    loop.call_soon_threadsafe(_set_result, waiter, result)
+                settle, outcome = _set_result, result
+            if loop is None:
+                settle(waiter, outcome)
+                continue
+            try:
+                loop.call_soon_threadsafe(settle, waiter, outcome)
+            except RuntimeError:  # the caller's loop has closed: nobody waits for this answer
+                logger.warning("view finished after its event loop closed")
 
 
-def _set_result(waiter: asyncio.Future, result) -> None:
-    if not waiter.done():  # the awaiting task may have been cancelled
+def _set_result(waiter: asyncio.Future | Future, result) -> None:
+    if not waiter.done():  # an awaiting task may have been cancelled
         waiter.set_result(result)
 
 
-def _set_exception(waiter: asyncio.Future, exc: BaseException) -> None:
+def _set_exception(waiter: asyncio.Future | Future, exc: BaseException) -> None:
     if not waiter.done():
         waiter.set_exception(exc)
 
