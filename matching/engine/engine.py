@@ -102,6 +102,8 @@ _ROW_PRICE = itemgetter(1)
 HEAP_GROWTH = 4
 HEAP_SLACK = 64
 _BAD_INPUT = (KeyError, IndexError, TypeError, ValueError)
+# Highest price the fast paths take: the largest int CPython 3.11 stores in one 30-bit digit.
+FAST_PRICE_MAX = (1 << 30) - 1
 
 
 class EngineBug(RuntimeError):
@@ -112,7 +114,10 @@ class Order:
     """A live order (resting, untriggered stop, or an incoming order while it matches).
 
     `qty` is the visible remaining quantity when resting (the whole remaining while matching as
-    a taker); `reserve` is the hidden iceberg remainder.
+    a taker); `reserve` is the hidden iceberg remainder. `rich`: a buy whose budget left
+    (max_quote - spent) is at least its book's `rich_q`, so it can pay for a lot at any price
+    the fast paths take; the fast move path then skips the big-int budget check. False is
+    always safe (the exact check runs); it is recomputed wherever spent or max_quote change.
     """
 
     __slots__ = (
@@ -131,6 +136,7 @@ class Order:
         "price",
         "qty",
         "reserve",
+        "rich",
         "seq",
         "spent",
         "stop_price",
@@ -210,6 +216,7 @@ class Book:
         "pmin",
         "pool_a",
         "pool_b",
+        "rich_q",
         "sell_stops",
         "seq",
         "stp_default",
@@ -252,12 +259,20 @@ class Book:
         self.fast_ok = not inst.band_ppm and not inst.min_notional
         self.fast = self.fast_ok  # fast_ok and not halted
         self.set_fast()
+        # A buy with at least this budget left can pay for one lot (at most 2 * price * k_num,
+        # see _rest_new) at any price the fast paths take (see Order.rich).
+        fmax = self.pmax if self.pmax < FAST_PRICE_MAX else FAST_PRICE_MAX
+        self.rich_q = 2 * fmax * self.k_num
 
     def set_fast(self) -> None:
         """fmin..fmax: prices the fast paths accept (an empty span when they are off); two
-        int comparisons cost less than `in range(...)`, which builds temporaries in C."""
+        int comparisons cost less than `in range(...)`, which builds temporaries in C. The span
+        stops at FAST_PRICE_MAX (higher prices take the general handlers) so that both bounds
+        are one-digit ints, which CPython 3.11 compares inline (a bigger price_max, 10**12 by
+        default, sent every fast-path comparison through the generic int compare)."""
         self.fast = self.fast_ok and not self.halted
-        self.fmin, self.fmax = (self.pmin, self.pmax) if self.fast else (1, 0)
+        fmax = self.pmax if self.pmax < FAST_PRICE_MAX else FAST_PRICE_MAX
+        self.fmin, self.fmax = (self.pmin, fmax) if self.fast else (1, 0)
 
     def index_ok(self) -> bool:
         """The level-index invariant (for tests): valid heaps holding every level's key, each
@@ -389,7 +404,7 @@ class Engine:
                         keys = book.ask_heap
                         if keys and keys[0] <= price:
                             return self._move_take(cmd, o, book, price)
-                        if o.max_quote - o.spent < 2 * price * book.k_num:
+                        if not o.rich and o.max_quote - o.spent < 2 * price * book.k_num:
                             return self._slow(self._amend_slow, cmd)
                         levels = book.bids
                         keys = book.bid_heap
@@ -628,11 +643,16 @@ class Engine:
                 ):
                     return self._slow(self._place_slow, cmd)
                 if is_buy is True:
-                    if mq.__class__ is not int or mq <= 0:
+                    if mq.__class__ is not int:
+                        return self._slow(self._place_slow, cmd)
+                    # One big-int comparison for the usual large budget (mq >= rich_q implies
+                    # mq > 0 and mq >= 2 * price * k_num); the exact checks only below it.
+                    rich = mq >= book.rich_q
+                    if not rich and mq <= 0:
                         return self._slow(self._place_slow, cmd)
                     keys = book.ask_heap
                     take = keys and keys[0] <= price
-                    if not take and (tif or mq < 2 * price * book.k_num):
+                    if not take and (tif or (not rich and mq < 2 * price * book.k_num)):
                         # IOC that does not cross, or the exact budget check: no re-validation.
                         return self._slow(self._place_checked, cmd)
                 elif is_buy is False:
@@ -641,6 +661,7 @@ class Engine:
                     if not take and tif:
                         return self._slow(self._place_checked, cmd)
                     mq = 0
+                    rich = False
                 else:
                     return self._slow(self._place_slow, cmd)
                 o = Order()
@@ -655,6 +676,7 @@ class Engine:
                 o.stop_price = o.spent = 0
                 o.tif = tif
                 o.max_quote = mq
+                o.rich = rich
                 o.maker_fee = mfee
                 o.taker_fee = tfee
                 o.stp = stp if stp else book.stp_default
@@ -1055,6 +1077,7 @@ class Engine:
         o.flags = flags
         o.stop_price = stop_px if otype >= STOP_MARKET else 0
         o.max_quote = mq if is_buy else 0
+        o.rich = False  # conservative: these orders take the exact budget checks
         o.spent = 0
         o.maker_fee = mfee
         o.taker_fee = tfee
@@ -1323,6 +1346,7 @@ class Engine:
                         mf = _fee(n, m.maker_fee)
                         cost = n + mf
                     m.spent += cost
+                    m.rich = m.max_quote - m.spent >= book.rich_q
                     tf = -((-n * tfee) // PPM)
                 rem -= fill
                 tfilled += fill
@@ -1408,6 +1432,8 @@ class Engine:
                 break
         t.qty = rem
         t.filled = tfilled
+        if is_buy:
+            t.rich = budget >= book.rich_q  # budget == t.max_quote - t.spent
         self.ev_seq = ev
         self.trade_seq = tr
         if last is not None:
@@ -1636,17 +1662,20 @@ class Engine:
                 o.qty = new_rem
                 if mq is not None and o.is_buy:
                     o.max_quote = mq
+                    o.rich = mq - o.spent >= book.rich_q
                 self._add_stop(book, o)
                 self.orders[oid] = o
             else:
                 o.qty = new_rem
                 if mq is not None and o.is_buy:
                     o.max_quote = mq
+                    o.rich = mq - o.spent >= book.rich_q
             return self._order_event(out, ts, o, UNTRIGGERED)
         if not requeue:
             self._reduce_resting(book, o, new_rem)
             if mq is not None and o.is_buy:
                 o.max_quote = mq
+                o.rich = mq - o.spent >= book.rich_q
             if o.is_buy and (
                 buy_cost(book.k_num, book.k_den, o.price, 1, o.maker_fee) > o.max_quote - o.spent
             ):
@@ -1666,6 +1695,7 @@ class Engine:
                                         -keys[0])  # fmt: skip
         if mq is not None and o.is_buy:
             o.max_quote = mq
+            o.rich = mq - o.spent >= book.rich_q
         self._unlink(book, o)
         del self.orders[oid]
         o.price = new_price
@@ -1936,6 +1966,7 @@ class Engine:
             o.stop_price = stop_px
             o.max_quote = mq
             o.spent = spent
+            o.rich = is_buy and mq - spent >= book.rich_q
             o.maker_fee = mfee
             o.taker_fee = tfee
             o.stp = stp
@@ -1971,6 +2002,7 @@ class Engine:
                                                  reserve, disp, filled, seq, tif, exp, flags,
                                                  stop_px, mq, spent, mfee, tfee, stp)  # fmt: skip
             o.level = o.prev = o.next = None
+            o.rich = False
             if is_buy:
                 book.buy_stops.append((stop_px, seq, o))
             else:
