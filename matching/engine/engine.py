@@ -202,6 +202,7 @@ class Book:
         "fast",
         "fast_ok",
         "fmax",
+        "fmax1",
         "fmin",
         "gone_a",
         "gone_b",
@@ -264,9 +265,14 @@ class Book:
 
     def set_fast(self) -> None:
         """fmin..fmax: prices the fast paths accept (an empty span when they are off); two
-        int comparisons cost less than `in range(...)`, which builds temporaries in C."""
+        int comparisons cost less than `in range(...)`, which builds temporaries in C.
+        fmax1 is fmax capped to a one-digit int (< 2**30): the fast paths test fmin..fmax1
+        first, as CPython 3.11 compares one-digit ints inline while a bigger bound (price_max
+        is 10**12 by default) takes the generic compare; fmin..fmax is only tested when that
+        fails, so the accepted prices are exactly fmin..fmax."""
         self.fast = self.fast_ok and not self.halted
         self.fmin, self.fmax = (self.pmin, self.pmax) if self.fast else (1, 0)
+        self.fmax1 = min(self.fmax, (1 << 30) - 1)
 
     def index_ok(self) -> bool:
         """The level-index invariant (for tests): valid heaps holding every level's key, each
@@ -390,7 +396,7 @@ class Engine:
                         lvl is None
                         or price.__class__ is not int
                         or price == old
-                        or not book.fmin <= price <= book.fmax
+                        or not (book.fmin <= price <= book.fmax1 or book.fmin <= price <= book.fmax)
                     ):
                         return self._slow(self._amend_slow, cmd)
                     q = o.qty
@@ -632,7 +638,7 @@ class Engine:
                     and stp.__class__ is int
                     and mfee.__class__ is int
                     and tfee.__class__ is int
-                    and book.fmin <= price <= book.fmax
+                    and (book.fmin <= price <= book.fmax1 or book.fmin <= price <= book.fmax)
                     and book.inst.min_qty <= qty
                     and 0 <= stp <= 6
                     and -PPM < mfee < PPM
