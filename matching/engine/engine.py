@@ -112,7 +112,11 @@ class Order:
     """A live order (resting, untriggered stop, or an incoming order while it matches).
 
     `qty` is the visible remaining quantity when resting (the whole remaining while matching as
-    a taker); `reserve` is the hidden iceberg remainder.
+    a taker); `reserve` is the hidden iceberg remainder. `rich` caches that a buy's budget
+    left (max_quote - spent) is at least its book's `rich_q`, so it can pay for a lot at any
+    price the fast paths take: the fast move path then skips the big-int budget check. False
+    means "not known": it is set False wherever spent or max_quote change, and the move path
+    refreshes it after its exact check.
     """
 
     __slots__ = (
@@ -131,6 +135,7 @@ class Order:
         "price",
         "qty",
         "reserve",
+        "rich",
         "seq",
         "spent",
         "stop_price",
@@ -197,6 +202,7 @@ class Book:
         "fast",
         "fast_ok",
         "fmax",
+        "fmax1",
         "fmin",
         "gone_a",
         "gone_b",
@@ -210,6 +216,7 @@ class Book:
         "pmin",
         "pool_a",
         "pool_b",
+        "rich_q",
         "sell_stops",
         "seq",
         "stp_default",
@@ -252,12 +259,20 @@ class Book:
         self.fast_ok = not inst.band_ppm and not inst.min_notional
         self.fast = self.fast_ok  # fast_ok and not halted
         self.set_fast()
+        # A buy with at least this budget left can pay for one lot (at most 2 * price * k_num,
+        # see _rest_new) at any price the fast paths take (see Order.rich).
+        self.rich_q = 2 * self.pmax * self.k_num
 
     def set_fast(self) -> None:
         """fmin..fmax: prices the fast paths accept (an empty span when they are off); two
-        int comparisons cost less than `in range(...)`, which builds temporaries in C."""
+        int comparisons cost less than `in range(...)`, which builds temporaries in C.
+        fmax1 is fmax capped to a one-digit int (< 2**30): the fast paths test fmin..fmax1
+        first, as CPython 3.11 compares one-digit ints inline while a bigger bound (price_max
+        is 10**12 by default) takes the generic compare; fmin..fmax is only tested when that
+        fails, so the accepted prices are exactly fmin..fmax."""
         self.fast = self.fast_ok and not self.halted
         self.fmin, self.fmax = (self.pmin, self.pmax) if self.fast else (1, 0)
+        self.fmax1 = min(self.fmax, (1 << 30) - 1)
 
     def index_ok(self) -> bool:
         """The level-index invariant (for tests): valid heaps holding every level's key, each
@@ -381,7 +396,7 @@ class Engine:
                         lvl is None
                         or price.__class__ is not int
                         or price == old
-                        or not book.fmin <= price <= book.fmax
+                        or not (book.fmin <= price <= book.fmax1 or book.fmin <= price <= book.fmax)
                     ):
                         return self._slow(self._amend_slow, cmd)
                     q = o.qty
@@ -389,12 +404,16 @@ class Engine:
                         keys = book.ask_heap
                         if keys and keys[0] <= price:
                             return self._move_take(cmd, o, book, price)
-                        if o.max_quote - o.spent < 2 * price * book.k_num:
-                            return self._slow(self._amend_slow, cmd)
+                        if not o.rich:
+                            if o.max_quote - o.spent < 2 * price * book.k_num:
+                                return self._slow(self._amend_slow, cmd)
+                            o.rich = o.max_quote - o.spent >= book.rich_q
                         levels = book.bids
                         keys = book.bid_heap
                         new = levels.get(price)
-                        if new is None and lvl.count == 1:
+                        # `lvl.head is lvl.tail`: alone at its level (count == 1, but an `is`
+                        # test: this jump is too long for 3.11's inline int compare).
+                        if new is None and lvl.head is lvl.tail:
                             # Alone at its level, moving to an empty price: the level moves
                             # with it (the old key goes stale unless it was the best).
                             del levels[old]
@@ -474,7 +493,7 @@ class Engine:
                         levels = book.asks
                         keys = book.ask_heap
                         new = levels.get(price)
-                        if new is None and lvl.count == 1:
+                        if new is None and lvl.head is lvl.tail:
                             del levels[old]
                             levels[price] = lvl
                             lvl.price = price
@@ -604,8 +623,8 @@ class Engine:
             if op == 1:
                 # PLACE fast path: a valid plain GTC/IOC limit (no flags, no display) on a fast
                 # book. A non-crossing GTC rests inline; a crossing one matches via _take.
-                (_, ts, sym, oid, uid, is_buy, otype, price, qty, tif, _exp, flags, disp, _stop,
-                 mq, mfee, tfee, stp) = cmd  # fmt: skip
+                (_, ts, sym, oid, uid, is_buy, otype, price, qty, tif, _, flags, disp, _, mq,
+                 mfee, tfee, stp) = cmd  # fmt: skip
                 book = self.books.get(sym)
                 orders = self.orders
                 if not (
@@ -619,7 +638,7 @@ class Engine:
                     and stp.__class__ is int
                     and mfee.__class__ is int
                     and tfee.__class__ is int
-                    and book.fmin <= price <= book.fmax
+                    and (book.fmin <= price <= book.fmax1 or book.fmin <= price <= book.fmax)
                     and book.inst.min_qty <= qty
                     and 0 <= stp <= 6
                     and -PPM < mfee < PPM
@@ -628,11 +647,16 @@ class Engine:
                 ):
                     return self._slow(self._place_slow, cmd)
                 if is_buy is True:
-                    if mq.__class__ is not int or mq <= 0:
+                    if mq.__class__ is not int:
+                        return self._slow(self._place_slow, cmd)
+                    # One big-int comparison for the usual large budget (mq >= rich_q implies
+                    # mq > 0 and mq >= 2 * price * k_num); the exact checks only below it.
+                    rich = mq >= book.rich_q
+                    if not rich and mq <= 0:
                         return self._slow(self._place_slow, cmd)
                     keys = book.ask_heap
                     take = keys and keys[0] <= price
-                    if not take and (tif or mq < 2 * price * book.k_num):
+                    if not take and (tif or (not rich and mq < 2 * price * book.k_num)):
                         # IOC that does not cross, or the exact budget check: no re-validation.
                         return self._slow(self._place_checked, cmd)
                 elif is_buy is False:
@@ -641,6 +665,7 @@ class Engine:
                     if not take and tif:
                         return self._slow(self._place_checked, cmd)
                     mq = 0
+                    rich = False
                 else:
                     return self._slow(self._place_slow, cmd)
                 o = Order()
@@ -655,18 +680,14 @@ class Engine:
                 o.stop_price = o.spent = 0
                 o.tif = tif
                 o.max_quote = mq
+                o.rich = rich
                 o.maker_fee = mfee
                 o.taker_fee = tfee
                 o.stp = stp if stp else book.stp_default
                 if take:
                     o.seq = 0
                     o.level = o.prev = o.next = None
-                    out: list[tuple] = []
-                    try:
-                        self._take(book, o, ts, out)
-                    except _BAD_INPUT as exc:
-                        raise EngineBug(f"command failed half-way: {cmd!r}") from exc
-                    return out
+                    return self._take(book, o, ts, cmd)
                 if is_buy:
                     levels = book.bids
                     lvl = levels.get(price)
@@ -740,7 +761,7 @@ class Engine:
                 n = lvl.count - 1
                 lvl.count = n
                 lvl.qty -= o.qty
-                p = lvl.price
+                price = lvl.price
                 if o.is_buy:
                     if n:
                         if not lvl.marked:
@@ -748,12 +769,12 @@ class Engine:
                             book.changed_b[lvl] = None
                     else:
                         levels = book.bids
-                        del levels[p]
-                        book.gone_b[p] = None
+                        del levels[price]
+                        book.gone_b[price] = None
                         lvl.marked = False
                         book.pool_b.append(lvl)
                         keys = book.bid_heap
-                        if keys[0] == -p:
+                        if keys[0] == -price:
                             heappop(keys)
                             while keys and -keys[0] not in levels:
                                 heappop(keys)
@@ -764,12 +785,12 @@ class Engine:
                             book.changed_a[lvl] = None
                     else:
                         levels = book.asks
-                        del levels[p]
-                        book.gone_a[p] = None
+                        del levels[price]
+                        book.gone_a[price] = None
                         lvl.marked = False
                         book.pool_a.append(lvl)
                         keys = book.ask_heap
-                        if keys[0] == p:
+                        if keys[0] == price:
                             heappop(keys)
                             while keys and keys[0] not in levels:
                                 heappop(keys)
@@ -780,25 +801,21 @@ class Engine:
             return self._handlers[op](cmd)
         except _BAD_INPUT:
             # Malformed command (unknown opcode, wrong arity or types) caught before any change.
-            out: list[tuple] = []
-            self._reject(out, cmd, None, None, None, INVALID_COMMAND)
-            return out
+            return self._invalid(cmd)
 
     def _move_take(self, cmd, o: Order, book: Book, price: int) -> list[tuple]:
         """A valid price move of a resting order to a crossing price (as _amend_slow does)."""
         if o.flags:
             return self._slow(self._amend_slow, cmd)  # post-only: rejected there
-        out: list[tuple] = []
         try:
             self._unlink(book, o)
             del self.orders[o.id]
             o.price = price
             o.qty += o.reserve
             o.reserve = 0
-            self._take(book, o, cmd[1], out)
         except _BAD_INPUT as exc:
             raise EngineBug(f"command failed half-way: {cmd!r}") from exc
-        return out
+        return self._take(book, o, cmd[1], cmd)
 
     def _slow(self, handler, cmd) -> list[tuple]:
         """Run a general handler; count each touched book's update seq once."""
@@ -829,6 +846,13 @@ class Engine:
     # ======================================================================================
     # Event helpers
     # ======================================================================================
+    def _invalid(self, cmd) -> list[tuple]:
+        """The events of a malformed command: one EV_REJECT InvalidCommand. (A helper rather
+        than inline in apply: every local of apply costs each command a little.)"""
+        out: list[tuple] = []
+        self._reject(out, cmd, None, None, None, INVALID_COMMAND)
+        return out
+
     def _reject(self, out, cmd, symbol, order_id, user_id, code, detail=None) -> None:
         op = cmd[0] if isinstance(cmd, tuple) and cmd else None
         ts = cmd[1] if isinstance(cmd, tuple) and len(cmd) > 1 else None
@@ -990,33 +1014,39 @@ class Engine:
     # ======================================================================================
     # PLACE
     # ======================================================================================
-    def _take(self, book: Book, o: Order, ts: int, out) -> None:
+    def _take(self, book: Book, o: Order, ts: int, cmd) -> list[tuple]:
         """Match a crossing limit order that is not FOK and has no post-only flags, then rest or
-        end it, run stops and count the book update (the tail of _process plus _slow)."""
-        stopped = self._match(book, o, o.price, ts, out)
-        if stopped is not None:
-            self._order_event(out, ts, o, CANCELLED, stopped)
-        elif not o.qty:
-            self.ev_seq = seq = self.ev_seq + 1
-            out.append(
-                (EV_ORDER, seq, ts, book.symbol, o.id, o.user, FILLED, None, o.filled, 0,
-                 o.price, o.spent)
-            )  # fmt: skip
-        elif o.tif == IOC:
-            self.ev_seq = seq = self.ev_seq + 1
-            out.append(
-                (EV_ORDER, seq, ts, book.symbol, o.id, o.user, CANCELLED, R_IOC_REMAINDER,
-                 o.filled, 0, o.price, o.spent)
-            )  # fmt: skip
-        else:
-            self._rest_new(book, o, ts, out)
-        if book.buy_stops or book.sell_stops:
-            self._run_stops(book, ts, out)
+        end it, run stops and count the book update (the tail of _process plus _slow); return
+        the events. A failure here is an EngineBug (state may have changed)."""
+        out: list[tuple] = []
+        try:
+            stopped = self._match(book, o, o.price, ts, out)
+            if stopped is not None:
+                self._order_event(out, ts, o, CANCELLED, stopped)
+            elif not o.qty:
+                self.ev_seq = seq = self.ev_seq + 1
+                out.append(
+                    (EV_ORDER, seq, ts, book.symbol, o.id, o.user, FILLED, None, o.filled, 0,
+                     o.price, o.spent)
+                )  # fmt: skip
+            elif o.tif == IOC:
+                self.ev_seq = seq = self.ev_seq + 1
+                out.append(
+                    (EV_ORDER, seq, ts, book.symbol, o.id, o.user, CANCELLED, R_IOC_REMAINDER,
+                     o.filled, 0, o.price, o.spent)
+                )  # fmt: skip
+            else:
+                self._rest_new(book, o, ts, out)
+            if book.buy_stops or book.sell_stops:
+                self._run_stops(book, ts, out)
+        except _BAD_INPUT as exc:
+            raise EngineBug(f"command failed half-way: {cmd!r}") from exc
         if book.touched:
             # A place or move changes only its own book.
             book.seq += 1
             book.touched = False
             self._touched.clear()
+        return out
 
     def _place_slow(self, cmd, out) -> None:
         _, _, sym, oid, uid, is_buy = cmd[:6]
@@ -1055,6 +1085,7 @@ class Engine:
         o.flags = flags
         o.stop_price = stop_px if otype >= STOP_MARKET else 0
         o.max_quote = mq if is_buy else 0
+        o.rich = False
         o.spent = 0
         o.maker_fee = mfee
         o.taker_fee = tfee
@@ -1323,6 +1354,7 @@ class Engine:
                         mf = _fee(n, m.maker_fee)
                         cost = n + mf
                     m.spent += cost
+                    m.rich = False
                     tf = -((-n * tfee) // PPM)
                 rem -= fill
                 tfilled += fill
@@ -1411,6 +1443,7 @@ class Engine:
         self.ev_seq = ev
         self.trade_seq = tr
         if last is not None:
+            t.rich = False  # spent changed (a buy)
             book.last = last
             if not book.touched:
                 book.touched = True
@@ -1636,17 +1669,20 @@ class Engine:
                 o.qty = new_rem
                 if mq is not None and o.is_buy:
                     o.max_quote = mq
+                    o.rich = False
                 self._add_stop(book, o)
                 self.orders[oid] = o
             else:
                 o.qty = new_rem
                 if mq is not None and o.is_buy:
                     o.max_quote = mq
+                    o.rich = False
             return self._order_event(out, ts, o, UNTRIGGERED)
         if not requeue:
             self._reduce_resting(book, o, new_rem)
             if mq is not None and o.is_buy:
                 o.max_quote = mq
+                o.rich = False
             if o.is_buy and (
                 buy_cost(book.k_num, book.k_den, o.price, 1, o.maker_fee) > o.max_quote - o.spent
             ):
@@ -1666,6 +1702,7 @@ class Engine:
                                         -keys[0])  # fmt: skip
         if mq is not None and o.is_buy:
             o.max_quote = mq
+            o.rich = False
         self._unlink(book, o)
         del self.orders[oid]
         o.price = new_price
@@ -1936,6 +1973,7 @@ class Engine:
             o.stop_price = stop_px
             o.max_quote = mq
             o.spent = spent
+            o.rich = False
             o.maker_fee = mfee
             o.taker_fee = tfee
             o.stp = stp
@@ -1971,6 +2009,7 @@ class Engine:
                                                  reserve, disp, filled, seq, tif, exp, flags,
                                                  stop_px, mq, spent, mfee, tfee, stp)  # fmt: skip
             o.level = o.prev = o.next = None
+            o.rich = False
             if is_buy:
                 book.buy_stops.append((stop_px, seq, o))
             else:
