@@ -58,10 +58,6 @@ def postgres_backends(dbname: str) -> list[int]:
     ]
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    return sum(stat[1] for pid in pids if (stat := _stat(pid)) is not None)
-
-
 def process_groups(root: int, names: dict[str, str], dbname: str | None) -> dict[str, list[int]]:
     """pids by group: each process below `root` whose command line contains `names[group]`,
     and the processes below it (`uvicorn --workers N` runs its workers as children), plus

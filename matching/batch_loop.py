@@ -332,7 +332,7 @@ class ShardLoop:
                     rows = rows[:i]
                     break
         engine = self.engine
-        order_of = engine.order
+        priority_of = engine.priority_seq
         applied = []
         seq = self.apply_seq
         for row in rows:
@@ -355,8 +355,7 @@ class ShardLoop:
             # (so the stored row does not depend on how commands fell into batches).
             op = cmd[0]
             if op == p.OP_PLACE or op == p.OP_AMEND:
-                live = order_of(cmd[3] if op == p.OP_PLACE else cmd[2])
-                rested = live["seq"] if live is not None else None
+                rested = priority_of(cmd[3] if op == p.OP_PLACE else cmd[2])
             else:
                 rested = None
             # A no-op expiry changes no engine state (no event, no counter): not journaled.

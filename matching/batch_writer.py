@@ -692,23 +692,20 @@ class BatchWriter:
     @staticmethod
     def _live_orders(engine: Engine, updates: dict[int, _OrderUpdate]) -> None:
         """Orders still live after the batch take their full current record from the engine."""
+        live_state = engine.live_state
         for u in updates.values():
-            live = engine.order(u.id)
+            live = live_state(u.id)
             if live is None:
                 u.reserve = 0
                 if u.status in ENDED:
                     u.remaining = 0
                 continue
-            u.status = live["status"]
+            (u.status, u.filled, u.remaining, u.reserve, price, u.seq, u.spent, u.max_quote,
+             expire_at) = live  # fmt: skip
             u.reason = ""
-            u.filled = live["filled"]
-            u.remaining = live["remaining"]
-            u.reserve = live["reserve"]
-            u.price = live["price"] or None
-            u.seq = live["seq"]
-            u.spent, u.d_spent = live["quote_spent"], 0
-            u.max_quote = live["max_quote"]
-            u.expire_at = live["expire_at"] or None
+            u.price = price or None
+            u.d_spent = 0
+            u.expire_at = expire_at or None
 
     # ---- audit -------------------------------------------------------------------------------
     def _audit(self, event_type, a: Applied, **fields) -> AuditEntry:

@@ -1884,6 +1884,32 @@ class Engine:
         d["remaining"] = o.qty + o.reserve
         return d
 
+    def live_state(self, order_id: int) -> tuple | None:
+        """`(status, filled, remaining, reserve, price, seq, quote_spent, max_quote,
+        expire_at)` of a live order: those fields of `order(order_id)` without building the
+        dict (the worker reads them for every order a batch touched), or None."""
+        o = self.orders.get(order_id)
+        if o is None:
+            return None
+        status = UNTRIGGERED if o.level is None else (PARTIALLY_FILLED if o.filled else NEW)
+        return (
+            status,
+            o.filled,
+            o.qty + o.reserve,
+            o.reserve,
+            o.price,
+            o.seq,
+            o.spent,
+            o.max_quote,
+            o.expire_at,
+        )
+
+    def priority_seq(self, order_id: int) -> int | None:
+        """A live order's priority sequence (`order(order_id)["seq"]` without building the
+        dict), or None."""
+        o = self.orders.get(order_id)
+        return None if o is None else o.seq
+
     # ======================================================================================
     # State: export, bulk load, hash, snapshot
     # ======================================================================================

@@ -93,3 +93,19 @@ def test_level_changes_follow_levels_that_move_die_and_are_reused():
         "Y": (2, [(False, 200, 6, 2)]),
     }
     assert eng.drain_level_changes() == {}
+
+
+def test_live_state_and_priority_seq_match_the_order_record():
+    h = Harness()
+    h.buy(1, 99, 5)
+    h.sell(2, 99, 2)  # order 1 partly filled
+    h.sell(3, 105, 10, display_qty=4)  # an iceberg
+    h.place(4, True, 3, stop_price=110, order_type=2)  # an untriggered stop
+    for oid in (1, 3, 4):
+        d = h.engine.order(oid)
+        assert h.engine.live_state(oid) == (
+            d["status"], d["filled"], d["remaining"], d["reserve"], d["price"], d["seq"],
+            d["quote_spent"], d["max_quote"], d["expire_at"],
+        )  # fmt: skip
+        assert h.engine.priority_seq(oid) == d["seq"]
+    assert h.engine.live_state(2) is None and h.engine.priority_seq(2) is None
