@@ -67,9 +67,18 @@ class AuditEntry:
     ts_ns: int | None = None
 
 
+_days: dict[int, dt.date] = {}  # days since the epoch -> date: a batch's rows share a day or two
+
+
 def day_of(ts_ns: int) -> dt.date:
     """The UTC day of a nanosecond timestamp (the partition key)."""
-    return _EPOCH_DAY + dt.timedelta(days=ts_ns // NS_PER_DAY)
+    number = ts_ns // NS_PER_DAY
+    day = _days.get(number)
+    if day is None:
+        if len(_days) >= 1024:
+            _days.clear()
+        day = _days[number] = _EPOCH_DAY + dt.timedelta(days=number)
+    return day
 
 
 def session_hash(session_key: str | None) -> str | None:

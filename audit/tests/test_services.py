@@ -1,16 +1,19 @@
 """audit_record and audit_record_many: same transaction as the caller, request context."""
 
+import datetime as dt
+
 import pytest
 from django.db import connection, transaction
 from django.test import RequestFactory
 
 from audit.events import AuditChannel, AuditEvent
-from audit.models import AuditRecord
+from audit.models import NS_PER_DAY, AuditRecord
 from audit.services import (
     AuditEntry,
     audit_record,
     audit_record_copy,
     audit_record_many,
+    day_of,
     session_hash,
 )
 
@@ -113,3 +116,12 @@ def test_copy_insert_refuses_an_unknown_event_type():
 def test_unknown_event_type_is_refused():
     with pytest.raises(ValueError, match="unknown audit event"):
         audit_record(event_type="order.teleported")
+
+
+def test_day_of_gives_the_utc_day_of_a_nanosecond_timestamp():
+    assert day_of(0) == dt.date(1970, 1, 1)
+    assert day_of(NS_PER_DAY - 1) == dt.date(1970, 1, 1)
+    assert day_of(NS_PER_DAY) == dt.date(1970, 1, 2)
+    noon = int(dt.datetime(2026, 11, 26, 12, tzinfo=dt.UTC).timestamp()) * 1_000_000_000
+    assert day_of(noon) == day_of(noon + 1) == dt.date(2026, 11, 26)  # the second from the cache
+    assert day_of(noon + NS_PER_DAY // 2) == dt.date(2026, 11, 27)
