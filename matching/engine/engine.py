@@ -171,6 +171,13 @@ class Order:
             self.stp,
         )
 
+    def live_status(self) -> str:
+        """A live order's status: untriggered (a stop, not in the book), else new or partially
+        filled."""
+        if self.level is None:
+            return UNTRIGGERED
+        return PARTIALLY_FILLED if self.filled else NEW
+
 
 class Level:
     """One price level: FIFO doubly linked list of orders plus visible qty and order count."""
@@ -1877,10 +1884,7 @@ class Engine:
         if o is None:
             return None
         d = dict(zip(RECORD_FIELDS, o.record(), strict=True))
-        if o.level is None:
-            d["status"] = UNTRIGGERED
-        else:
-            d["status"] = PARTIALLY_FILLED if o.filled else NEW
+        d["status"] = o.live_status()
         d["remaining"] = o.qty + o.reserve
         return d
 
@@ -1891,9 +1895,8 @@ class Engine:
         o = self.orders.get(order_id)
         if o is None:
             return None
-        status = UNTRIGGERED if o.level is None else (PARTIALLY_FILLED if o.filled else NEW)
         return (
-            status,
+            o.live_status(),
             o.filled,
             o.qty + o.reserve,
             o.reserve,
