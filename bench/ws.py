@@ -17,6 +17,7 @@ Starts web + matching-0 under supervisord on a scratch database (bench/e2e.py's 
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import random
@@ -24,15 +25,16 @@ import sys
 import time
 import uuid
 from contextlib import ExitStack
+from functools import partial
 from urllib.parse import urlsplit, urlunsplit
 
 import websockets
 
 from accounts.signing import ws_login_message
+from bench._cpu import CpuMeter, process_groups
 from bench.e2e import BASE_DIR, BENCH_RATE_LIMITS, client_loop, prepare, run_level, start_stack
 
 REFERENCE_CLIENTS = 3
-COMPRESSION = ["deflate"]  # --no-compression: subscribers do not offer permessage-deflate
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -45,41 +47,113 @@ def pct(values: list[float], q: float) -> float | None:
 PARSING_SUBSCRIBERS = 100  # the others only count frames, so the load generator stays light
 
 
-class Subscriber:
-    """A light subscriber: counts frames; the first PARSING_SUBSCRIBERS also check seq
-    continuity and record latencies."""
+class Subscriber(asyncio.Protocol):
+    """A light subscriber: counts update frames; the first PARSING_SUBSCRIBERS also check seq
+    continuity and record latencies.
+
+    A minimal RFC 6455 client on a raw asyncio protocol (the handshake, then frames cut from
+    the byte stream in `data_received`, pings answered): a thousand of them share one Python
+    process, where a full client library's reader task and future per frame made the load
+    generator the slowest part of the measurement."""
 
     def __init__(self, stats: dict, *, parse: bool) -> None:
         self.stats = stats
         self.parse = parse
         self.seq: int | None = None
+        self.buffer = bytearray()
+        self.open = False
+        self.ready: asyncio.Event | None = None
+        self.closed = asyncio.Event()
+        self.transport: asyncio.Transport | None = None
+        self.subscribe = ""
 
     async def run(self, url: str, symbol: str, ready: asyncio.Event, stop: asyncio.Event):
-        async with websockets.connect(
-            url, max_size=None, ping_interval=None, compression=COMPRESSION[0]
-        ) as ws:
-            await ws.send(
-                json.dumps({"op": "subscribe", "channels": [f"book.{symbol}", f"trades.{symbol}"]})
-            )
+        parts = urlsplit(url)
+        self.ready = ready
+        loop = asyncio.get_running_loop()
+        await loop.create_connection(lambda: self, parts.hostname, parts.port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.transport.write(
+            (
+                f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        self.subscribe = json.dumps(
+            {"op": "subscribe", "channels": [f"book.{symbol}", f"trades.{symbol}"]}
+        )
+        await asyncio.wait(
+            [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.closed.wait())],
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if not self.closed.is_set():
+            self._write_frame(0x8, (1000).to_bytes(2, "big"))
+            self.transport.close()
 
-            async def close_on_stop() -> None:
-                await stop.wait()
-                await ws.close()
+    def connection_made(self, transport) -> None:
+        self.transport = transport
 
-            # One plain receive loop (no futures per frame: the load generator stays light);
-            # the stop event closes the socket, which ends the loop.
-            closer = asyncio.ensure_future(close_on_stop())
-            async for raw in ws:
-                now = time.time_ns()
-                if not self.parse and '"type":"update"' in raw:
-                    if self.stats["measuring"]:
-                        self.stats["updates"] += 1
-                    continue
-                frame = json.loads(raw)
-                self.on_frame(frame, now, ready)
-                if frame.get("type") == "ping":
-                    await ws.send(json.dumps({"op": "pong", "id": frame["id"]}))
-            closer.cancel()
+    def connection_lost(self, exc) -> None:
+        self.closed.set()
+
+    def send(self, text: str) -> None:
+        self._write_frame(0x1, text.encode())
+
+    def _write_frame(self, opcode: int, payload: bytes) -> None:
+        """A client frame: masked, as RFC 6455 requires of clients."""
+        mask = os.urandom(4)
+        length = len(payload)
+        if length < 126:
+            header = bytes((0x80 | opcode, 0x80 | length))
+        else:
+            header = bytes((0x80 | opcode, 0x80 | 126)) + length.to_bytes(2, "big")
+        masked = bytes(byte ^ mask[i & 3] for i, byte in enumerate(payload))
+        self.transport.write(header + mask + masked)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time_ns()
+        buffer = self.buffer
+        buffer += data
+        if not self.open:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not buffer.startswith(b"HTTP/1.1 101"):
+                raise RuntimeError(f"handshake refused: {bytes(buffer[:80])!r}")
+            del buffer[: end + 4]
+            self.open = True
+            self.send(self.subscribe)  # a client sends nothing before the handshake's answer
+        while len(buffer) >= 2:
+            opcode, length, start = buffer[0] & 0x0F, buffer[1] & 0x7F, 2
+            if length == 126:
+                if len(buffer) < 4:
+                    return
+                length, start = int.from_bytes(buffer[2:4], "big"), 4
+            elif length == 127:
+                if len(buffer) < 10:
+                    return
+                length, start = int.from_bytes(buffer[2:10], "big"), 10
+            if len(buffer) < start + length:
+                return
+            payload = bytes(buffer[start : start + length])
+            del buffer[: start + length]
+            if opcode == 0x1:
+                self.on_text(payload, now)
+            elif opcode == 0x9:  # the server's ping
+                self._write_frame(0xA, payload)
+            elif opcode == 0x8:
+                self.transport.close()
+
+    def on_text(self, raw: bytes, now: int) -> None:
+        if not self.parse and b'"type":"update"' in raw:
+            if self.stats["measuring"]:
+                self.stats["updates"] += 1
+            return
+        frame = json.loads(raw)
+        self.on_frame(frame, now, self.ready)
+        if frame.get("type") == "ping":
+            self.send(json.dumps({"op": "pong", "id": frame["id"]}))
 
     def on_frame(self, frame: dict, now: int, ready: asyncio.Event | None = None) -> None:
         kind = frame.get("type")
@@ -107,7 +181,8 @@ class Subscriber:
             stats["resyncs"] += 1
 
 
-async def fan_out(url, port, keys, symbol, subscribers: int, seconds: float) -> dict:
+async def fan_out(url, port, keys, symbol, subscribers: int, seconds: float, cpu_groups) -> dict:
+    """`cpu_groups`: the process groups whose CPU the measured window reports (process_groups)."""
     from bench.e2e import HttpConnection
     from exchange.wsclient import BookClient
 
@@ -143,6 +218,7 @@ async def fan_out(url, port, keys, symbol, subscribers: int, seconds: float) -> 
     latencies: list[float] = []
     outcomes: dict = {}
     stats["measuring"] = True
+    meter = CpuMeter(cpu_groups)
     started = time.monotonic()
     await asyncio.gather(
         *(
@@ -153,6 +229,9 @@ async def fan_out(url, port, keys, symbol, subscribers: int, seconds: float) -> 
     elapsed = time.monotonic() - started
     await asyncio.sleep(1.0)  # let the last batches arrive
     stats["measuring"] = False
+    window = time.monotonic() - started
+    cpu_cores = meter.per(1, scale=1 / window)
+    web_us_per_frame = meter.per(max(1, stats["updates"]), scale=1_000_000)["web"]
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     for c in conns:
@@ -173,6 +252,8 @@ async def fan_out(url, port, keys, symbol, subscribers: int, seconds: float) -> 
             "p99": pct(stats["trade_ms"], 0.99),
         },
         "hub_to_client_ms": {"p50": pct(stats["hub_ms"], 0.5), "p99": pct(stats["hub_ms"], 0.99)},
+        "cpu_cores": cpu_cores,
+        "web_cpu_us_per_frame": web_us_per_frame,
         "gaps": stats["gaps"],
         "slow_consumer_resyncs": stats["resyncs"],
         "reference_clients": [
@@ -264,13 +345,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--order-connections", type=int, default=16)
-    parser.add_argument(
-        "--no-compression",
-        action="store_true",
-        help="subscribers do not offer permessage-deflate (what it costs the server per frame)",
-    )
     args = parser.parse_args(argv)
-    COMPRESSION[0] = None if args.no_compression else "deflate"
     subscribers = 20 if args.smoke else args.subscribers
     seconds = 2.0 if args.smoke else args.seconds
     concurrency = 2 if args.smoke else args.order_connections
@@ -304,8 +379,11 @@ def main(argv: list[str]) -> int:
     try:
         with ExitStack() as stack:
             symbol, keys = prepare(env, clients=max(concurrency, 8))
-            start_stack(env, var_dir, port, stack)
-            fan = asyncio.run(fan_out(ws_url, port, keys, symbol, subscribers, seconds))
+            supervisor_pid = start_stack(env, var_dir, port, stack)
+            groups = partial(
+                process_groups, supervisor_pid, {"web": "uvicorn", "worker": "run_matching"}, dbname
+            )
+            fan = asyncio.run(fan_out(ws_url, port, keys, symbol, subscribers, seconds, groups))
             print(json.dumps({"phase": "fan_out", **fan}), flush=True)
             ws_entry = asyncio.run(ws_orders(ws_url, keys, symbol, concurrency, seconds))
             print(json.dumps({"phase": "ws_orders", **ws_entry}), flush=True)
@@ -330,6 +408,8 @@ def main(argv: list[str]) -> int:
         ("hub receipt -> client p99 ms", fan["hub_to_client_ms"]["p99"]),
         ("seq gaps seen by subscribers", fan["gaps"]),
         ("slow-consumer resyncs", fan["slow_consumer_resyncs"]),
+        ("web CPU µs per frame (all its work)", fan["web_cpu_us_per_frame"]),
+        *((f"CPU cores used: {group}", cores) for group, cores in fan["cpu_cores"].items()),
     ]
     for name, value in rows:
         print(f"{name:<40} {value!s:>12}")
@@ -346,7 +426,6 @@ def main(argv: list[str]) -> int:
             {
                 "bench": "ws",
                 "smoke": args.smoke,
-                "compression": COMPRESSION[0],
                 "fan_out": fan,
                 "order_entry": {"websocket": ws_entry, "rest": rest_entry},
                 "goal": {

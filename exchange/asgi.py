@@ -31,6 +31,7 @@ from django.conf import settings  # noqa: E402
 
 from accounts.channels_auth import TwoFactorSessionMiddleware  # noqa: E402
 from exchange.routing import websocket_urlpatterns  # noqa: E402
+from exchange.ws_direct import capture_raw_send  # noqa: E402
 
 
 class BrowserOriginValidator(OriginValidator):
@@ -52,10 +53,13 @@ def allowed_origins() -> list[str]:
 application = ProtocolTypeRouter(
     {
         "http": http_application,
-        "websocket": BrowserOriginValidator(
-            # A session that still owes the OTP step is anonymous on the socket.
-            AuthMiddlewareStack(TwoFactorSessionMiddleware(URLRouter(websocket_urlpatterns))),
-            allowed_origins(),
+        # The server's own send stays reachable for the market-data fan-out (ws_direct).
+        "websocket": capture_raw_send(
+            BrowserOriginValidator(
+                # A session that still owes the OTP step is anonymous on the socket.
+                AuthMiddlewareStack(TwoFactorSessionMiddleware(URLRouter(websocket_urlpatterns))),
+                allowed_origins(),
+            )
         ),
     }
 )

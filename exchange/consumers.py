@@ -22,6 +22,7 @@ from rest_framework.exceptions import APIException
 
 from exchange.market_hub import SNAPSHOT_DEPTH, Subscriber, channel_symbol, hub
 from exchange.view_threads import view_executor
+from exchange.ws_direct import RAW_SEND_KEY, DirectSocket, text_frame
 
 logger = logging.getLogger(__name__)
 
@@ -228,6 +229,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
         self.closing = False
         await hub.ensure_started()
         await self.accept()
+        self.sub.direct = DirectSocket.attach(self.scope.get(RAW_SEND_KEY))
         loop = asyncio.get_running_loop()
         self.writer = loop.create_task(self._write())
         self.timer = loop.create_task(self._tick())
@@ -253,10 +255,27 @@ class StreamConsumer(AsyncWebsocketConsumer):
         )
 
     async def _write(self) -> None:
-        queue = self.sub.queue
+        """Write the frames the hub queued (when the connection could not take them at once)."""
+        sub = self.sub
+        queue = sub.queue
         while True:
             frame = await queue.get()
-            await self.send(text_data=frame)
+            direct = sub.direct
+            if direct is None:
+                await self.send(text_data=frame)
+                continue
+            # Until this frame is written, the hub must not write past it.
+            sub.holding = True
+            try:
+                if not direct.ready():
+                    if direct.closed():
+                        return
+                    await direct.writable.wait()
+                    if direct.closed():
+                        return
+                direct.write(text_frame(frame.encode()))
+            finally:
+                sub.holding = False
 
     async def _tick(self) -> None:
         """Heartbeats, pings, and the idle timeout."""

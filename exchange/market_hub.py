@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 from django.conf import settings
 
 from exchange.book_checksum import CHECKSUM_LEVELS, book_checksum
+from exchange.ws_direct import DirectSocket, text_frame
 from matching.transport import book_snapshot_key, market_data_channel, private_events_channel
 
 logger = logging.getLogger(__name__)
@@ -230,6 +231,10 @@ class Subscriber:
         self.book_seq: dict[str, int] = {}  # symbol -> seq of the last book frame queued
         self.resyncs = 0
         self.on_give_up = on_give_up
+        # Set when the connection can be written to directly (ws_direct): a frame then skips
+        # the queue whenever nothing is queued ahead of it and the transport takes data.
+        self.direct: DirectSocket | None = None
+        self.holding = False  # the connection's writer took a frame and has not written it
 
 
 class MarketHub:
@@ -242,6 +247,10 @@ class MarketHub:
         self._listening = asyncio.Event()
         self._client: aioredis.Redis | None = None
         self._known_symbols: set[str] = set()
+        # While a batch message is fanned out: the frames each directly written connection
+        # gets from it, sent in one write at the end (one system call per connection, not one
+        # per frame). Nothing awaits while it is set, so no other frame can come in between.
+        self._writes: dict[Subscriber, list[bytes]] | None = None
         self.messages = 0
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -376,8 +385,23 @@ class MarketHub:
             self.remove(sub, channel)
 
     # ---- fan-out -----------------------------------------------------------------------------
-    def push(self, sub: Subscriber, frame: str) -> None:
-        """Queue a frame for `sub`; a full queue drops it to fresh snapshots."""
+    def push(self, sub: Subscriber, frame: str, wire: bytes | None = None) -> None:
+        """Send a frame to `sub`: written at once when nothing is queued ahead of it and the
+        connection takes data (`wire`: the frame as `text_frame` bytes, when the caller built
+        them once for many subscribers), else queued; a full queue drops it to fresh
+        snapshots."""
+        writes = self._writes
+        if writes is not None and sub in writes:
+            writes[sub].append(wire if wire is not None else text_frame(frame.encode()))
+            return
+        direct = sub.direct
+        if direct is not None and not sub.holding and sub.queue.empty() and direct.ready():
+            wire = wire if wire is not None else text_frame(frame.encode())
+            if writes is None:
+                direct.write(wire)
+            else:
+                writes[sub] = [wire]
+            return
         try:
             sub.queue.put_nowait(frame)
         except asyncio.QueueFull:
@@ -441,6 +465,18 @@ class MarketHub:
 
     async def on_message(self, raw: bytes | str) -> None:
         """One batch message of a shard: books, trades, order events."""
+        self._writes = {}
+        try:
+            await self._on_message(raw)
+        finally:
+            self._flush_writes()
+
+    def _flush_writes(self) -> None:
+        writes, self._writes = self._writes, None
+        for sub, wires in (writes or {}).items():
+            sub.direct.write(wires[0] if len(wires) == 1 else b"".join(wires))
+
+    async def _on_message(self, raw: bytes | str) -> None:
         self.messages += 1
         message = json.loads(raw)
         received_ns = time.time_ns()
@@ -471,19 +507,23 @@ class MarketHub:
             if symbol in last_prices:
                 mirror.last_price = last_prices[symbol]
             if mirror.bids.needs_refresh() or mirror.asks.needs_refresh():
+                self._flush_writes()  # other tasks may push while this awaits
                 await self._refresh(mirror)
+                self._writes = {}
                 if self.books.get(symbol) is not mirror or not mirror.loaded:
                     continue  # unwatched or reloading meanwhile
             frames = mirror.update_frames(
                 update["prev_seq"], received_ns, message.get("committed_ns")
             )
+            wires = {depth: text_frame(frame.encode()) for depth, frame in frames.items()}
             for sub in list(self.channels.get(f"book.{symbol}", ())):
                 last = sub.book_seq.get(symbol, -1)
                 if last < 0:
                     self._push_snapshot(sub, mirror)
                 elif update["seq"] > last:
                     sub.book_seq[symbol] = update["seq"]
-                    self.push(sub, frames[sub.depths.get(symbol, SNAPSHOT_DEPTH)])
+                    depth = sub.depths.get(symbol, SNAPSHOT_DEPTH)
+                    self.push(sub, frames[depth], wires[depth])
             ticker = mirror.ticker()
             if ticker != before:
                 self._fan_out(f"ticker.{symbol}", self._ticker_frame(mirror))
@@ -529,8 +569,12 @@ class MarketHub:
                 self.push(sub, frame)
 
     def _fan_out(self, channel: str, frame: str) -> None:
-        for sub in list(self.channels.get(channel, ())):
-            self.push(sub, frame)
+        subs = self.channels.get(channel)
+        if not subs:
+            return
+        wire = text_frame(frame.encode())
+        for sub in list(subs):
+            self.push(sub, frame, wire)
 
 
 hub = MarketHub()
