@@ -188,6 +188,10 @@ if DB_POOL_MAX_SIZE:
         "max_size": DB_POOL_MAX_SIZE,
         "timeout": env.float("DB_POOL_TIMEOUT", default=10.0),
     }
+    # Statements run with server-side binding (the worker's polls, the order path's raw
+    # reads) are prepared on a connection once they ran there 5 times (psycopg's default,
+    # which Django turns off for PgBouncer's sake; behind PgBouncer the pool is off too).
+    DATABASES["default"]["OPTIONS"]["prepare_threshold"] = 5
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True

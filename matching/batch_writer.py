@@ -291,22 +291,56 @@ UPDATE matching_command c
 # psycopg's default: a statement run this many times on a session is prepared there.
 PREPARE_THRESHOLD = 5
 
-# Per-session staging tables, filled by COPY (psycopg formats COPY rows in C; the same values
-# as array parameters cost milliseconds of Python per thousand), emptied at every commit.
-STAGING_SQL = """
-CREATE TEMP TABLE IF NOT EXISTS batch_order_update (
-    id bigint, k int, status text, reason text, reject_code text, reject_message text,
-    filled bigint, remaining bigint, reserve bigint, d_quote bigint, d_fees bigint,
-    spent bigint, d_spent bigint, price bigint, seq bigint, max_quote bigint,
-    expire_at timestamptz, hold_release numeric, held_revert numeric, quantity bigint
-) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS batch_trade (
-    symbol text, k int, engine_trade_seq bigint, price bigint, qty bigint, notional bigint,
-    maker_order_id bigint, taker_order_id bigint, maker_user_id bigint, taker_user_id bigint,
-    taker_side text, maker_fee bigint, taker_fee bigint, executed_at timestamptz,
-    executed_at_ns bigint
-) ON COMMIT DELETE ROWS
-"""
+# The rows a batch stages for the orders update and the trades insert: (column, type).
+ORDER_ROW_COLUMNS = (
+    ("id", "bigint"), ("k", "int"), ("status", "text"), ("reason", "text"),
+    ("reject_code", "text"), ("reject_message", "text"), ("filled", "bigint"),
+    ("remaining", "bigint"), ("reserve", "bigint"), ("d_quote", "bigint"), ("d_fees", "bigint"),
+    ("spent", "bigint"), ("d_spent", "bigint"), ("price", "bigint"), ("seq", "bigint"),
+    ("max_quote", "bigint"), ("expire_at", "timestamptz"), ("hold_release", "numeric"),
+    ("held_revert", "numeric"), ("quantity", "bigint"),
+)  # fmt: skip
+TRADE_ROW_COLUMNS = (
+    ("symbol", "text"), ("k", "int"), ("engine_trade_seq", "bigint"), ("price", "bigint"),
+    ("qty", "bigint"), ("notional", "bigint"), ("maker_order_id", "bigint"),
+    ("taker_order_id", "bigint"), ("maker_user_id", "bigint"), ("taker_user_id", "bigint"),
+    ("taker_side", "text"), ("maker_fee", "bigint"), ("taker_fee", "bigint"),
+    ("executed_at", "timestamptz"), ("executed_at_ns", "bigint"),
+)  # fmt: skip
+
+# A large batch stages its rows with COPY into per-session temp tables (psycopg formats COPY
+# rows in C; the same values as array parameters cost milliseconds of Python per thousand),
+# emptied at every commit. A small one passes them as array parameters instead: a transaction
+# that touched those tables truncates them at commit, which cost a small batch more than the
+# rest of its commit.
+INLINE_ROWS_MAX = 64
+
+
+def _staging_table(name: str, columns: tuple) -> str:
+    body = ", ".join(f"{column} {kind}" for column, kind in columns)
+    return f"CREATE TEMP TABLE IF NOT EXISTS {name} ({body}) ON COMMIT DELETE ROWS"
+
+
+def _inline_rows(alias: str, columns: tuple) -> str:
+    """The staged rows as array parameters, one per column, in a FROM clause."""
+    arrays = ", ".join(f"%s::{kind}[]" for _, kind in columns)
+    return f"unnest({arrays}) AS {alias}({', '.join(column for column, _ in columns)})"
+
+
+STAGING_SQL = ";\n".join(
+    (
+        _staging_table("batch_order_update", ORDER_ROW_COLUMNS),
+        _staging_table("batch_trade", TRADE_ROW_COLUMNS),
+    )
+)
+ORDERS_UPDATE_INLINE_SQL = ORDERS_UPDATE_SQL.replace(
+    "FROM batch_order_update u", "FROM " + _inline_rows("u", ORDER_ROW_COLUMNS)
+)
+TRADES_INSERT_INLINE_SQL = TRADES_INSERT_SQL.replace(
+    "FROM batch_trade t", "FROM " + _inline_rows("t", TRADE_ROW_COLUMNS)
+)
+assert ORDERS_UPDATE_INLINE_SQL != ORDERS_UPDATE_SQL
+assert TRADES_INSERT_INLINE_SQL != TRADES_INSERT_SQL
 
 BOOKS_UPSERT_SQL = """
 INSERT INTO matching_bookstate (symbol, shard, book_seq, last_price_ticks, halted, position, spec)
@@ -467,11 +501,14 @@ class BatchWriter:
         with transaction.atomic():
             lease_epoch_check(shard=self.shard, epoch=self.epoch)
             self._instrument_ids_refresh(prepared.symbols)
-            # Stage the rows with COPY, then apply them with one multi-statement round trip.
-            self._copy("batch_order_update", prepared.order_rows)
-            self._copy("batch_trade", prepared.trade_rows)
+            # Stage the rows (COPY, or array parameters for a small batch), then apply them
+            # with one pipeline of prepared statements.
+            inline = max(len(prepared.order_rows), len(prepared.trade_rows)) <= INLINE_ROWS_MAX
+            if not inline:
+                self._copy("batch_order_update", prepared.order_rows)
+                self._copy("batch_trade", prepared.trade_rows)
             self._journal_write(prepared.journal_rows)
-            trade_ids, ended_holds = self._staged_apply(prepared)
+            trade_ids, ended_holds = self._staged_apply(prepared, inline=inline)
             prepared.outcome.balances = self.settlement.write(
                 fills=self._fills(prepared, trade_ids),
                 releases=[
@@ -907,13 +944,21 @@ class BatchWriter:
                 for row in rows:
                     write_row(row)
 
-    def _staged_apply(self, prepared: "PreparedBatch") -> tuple[dict[int, int], list[tuple]]:
+    def _staged_apply(
+        self, prepared: "PreparedBatch", *, inline: bool
+    ) -> tuple[dict[int, int], list[tuple]]:
         """Orders, hold releases, commands, books, shard counters and trades from the staged
-        rows, in one multi-statement round trip; returns engine trade seq -> Trade row id, and
-        (order id, user id, asset, amount) of each hold released because its order ended."""
+        rows (`inline`: passed here as arrays, not staged), in one round trip; returns engine
+        trade seq -> Trade row id, and (order id, user id, asset, amount) of each hold released
+        because its order ended."""
         statements: list[tuple[str, str, list]] = []
         if prepared.order_rows:
-            statements.append(("orders", ORDERS_UPDATE_SQL, [*prepared.factors]))
+            if inline:
+                columns = [list(column) for column in zip(*prepared.order_rows, strict=True)]
+                params = [*columns, *prepared.factors]
+                statements.append(("orders", ORDERS_UPDATE_INLINE_SQL, params))
+            else:
+                statements.append(("orders", ORDERS_UPDATE_SQL, [*prepared.factors]))
         statements.append(("commands", COMMANDS_APPLIED_SQL, [*prepared.command_params]))
         if prepared.books:
             statements.append(("books", BOOKS_UPSERT_SQL, [*prepared.books]))
@@ -922,7 +967,11 @@ class BatchWriter:
         if prepared.trade_rows:
             ids = self.instrument_ids
             trade_params = [*prepared.factors, list(ids), list(ids.values())]
-            statements.append(("trades", TRADES_INSERT_SQL, trade_params))
+            if inline:
+                columns = [list(column) for column in zip(*prepared.trade_rows, strict=True)]
+                statements.append(("trades", TRADES_INSERT_INLINE_SQL, [*columns, *trade_params]))
+            else:
+                statements.append(("trades", TRADES_INSERT_SQL, trade_params))
         trade_ids: dict[int, int] = {}
         released: list[tuple] = []
         # Prepared statements (planned once per session: re-planning these joins cost more
