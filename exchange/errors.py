@@ -29,6 +29,7 @@ ERROR_CODES: dict[str, int] = {
     "MissingParameter": -1105,
     "UnexpectedParameter": -1106,
     "InvalidCombination": -1107,
+    "NumberTooLarge": -1108,
     # instrument rules
     "PriceOffTick": -1111,
     "QuantityOffLot": -1112,

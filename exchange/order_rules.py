@@ -97,7 +97,7 @@ def price_ticks(engine: EngineInstrument, instrument: Instrument, value: Decimal
     if value <= 0:
         raise trading_error("InvalidNumber", f"{field} must be greater than 0", field=field)
     try:
-        return engine.price_to_ticks(value)
+        ticks = engine.price_to_ticks(value)
     except ValueError:
         raise trading_error(
             "PriceOffTick",
@@ -105,6 +105,19 @@ def price_ticks(engine: EngineInstrument, instrument: Instrument, value: Decimal
             f"{instrument.tick_size.normalize()}",
             field=field,
         ) from None
+    return _within_engine(ticks, field, value)
+
+
+def _within_engine(units: int, field: str, value: Decimal) -> int:
+    """`units` (ticks, lots or minor units) if the engine can hold them."""
+    if units >= p.MAX_UNITS:
+        raise trading_error(
+            "NumberTooLarge",
+            f"{field} {value} is more than this instrument's orders can carry "
+            f"({p.MAX_UNITS - 1} ticks, lots or minor units)",
+            field=field,
+        )
+    return units
 
 
 def quantity_lots(engine: EngineInstrument, instrument: Instrument, value: Decimal, field: str):
@@ -124,20 +137,21 @@ def quantity_lots(engine: EngineInstrument, instrument: Instrument, value: Decim
             f"quantity {value} is below the minimum {instrument.min_quantity.normalize()}",
             field=field,
         )
-    return lots
+    return _within_engine(lots, field, value)
 
 
 def quote_minor(engine: EngineInstrument, value: Decimal, field: str) -> int:
     if value <= 0:
         raise trading_error("InvalidNumber", f"{field} must be greater than 0", field=field)
     try:
-        return engine.quote_to_minor(value)
+        minor = engine.quote_to_minor(value)
     except ValueError:
         raise trading_error(
             "AmountTooPrecise",
             f"{field} {value} has more than {engine.quote_decimals} decimal places",
             field=field,
         ) from None
+    return _within_engine(minor, field, value)
 
 
 def check_band(instrument: Instrument, price: Decimal, reference: Decimal | None, field: str):

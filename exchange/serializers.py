@@ -13,10 +13,12 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from exchange.errors import trading_error
-from exchange.models import Instrument, Order, StpMode, Trade
+from exchange.models import MONEY, Instrument, Order, StpMode, Trade
 from exchange.order_rules import OrderRequest
 
 DECIMAL_STRING = re.compile(r"^\d{1,24}(\.\d{1,18})?$")
+# Amount columns hold 30 digits, 12 of them after the point: every amount stays below 10^18.
+AMOUNT_LIMIT = Decimal(10) ** (MONEY["max_digits"] - MONEY["decimal_places"])
 CLIENT_ORDER_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
 
 
@@ -34,15 +36,21 @@ class DecimalString(serializers.Field):
                 field=name,
             )
         if not isinstance(data, str) or not DECIMAL_STRING.match(data.strip()):
+            shown = repr(data) if len(repr(data)) <= 60 else repr(data)[:57] + "..."
             raise trading_error(
                 "InvalidNumber",
-                f'{name} must be a non-negative decimal string like "150.45", got {data!r}',
+                f'{name} must be a non-negative decimal string like "150.45", got {shown}',
                 field=name,
             )
         try:
-            return Decimal(data.strip())
+            value = Decimal(data.strip())
         except InvalidOperation:  # pragma: no cover - the pattern already guarantees a decimal
             raise trading_error("InvalidNumber", f"{name} is not a number", field=name) from None
+        if value >= AMOUNT_LIMIT:
+            raise trading_error(
+                "NumberTooLarge", f"{name} must be below {AMOUNT_LIMIT:f}", field=name
+            )
+        return value
 
     def to_representation(self, value) -> str:
         return str(value)

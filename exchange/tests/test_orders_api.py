@@ -336,6 +336,11 @@ BAD_INPUTS = [
     ({"price": 10.5}, "NumberNotString", "price"),
     ({"quantity": "ten"}, "InvalidNumber", "quantity"),
     ({"quantity": "-1"}, "InvalidNumber", "quantity"),
+    # Above what the amount columns hold, and above what the engine holds in ticks.
+    ({"quantity": "1" + "0" * 18}, "NumberTooLarge", "quantity"),
+    ({"price": "9" * 24 + ".00"}, "NumberTooLarge", "price"),
+    ({"side": "sell", "price": "9" * 24 + ".00"}, "NumberTooLarge", "price"),  # was a 500
+    ({"price": "1" + "0" * 17 + ".00"}, "NumberTooLarge", "price"),
     ({"side": "hold"}, "InvalidParameter", "side"),
     ({"colour": "red"}, "UnexpectedParameter", "colour"),
 ]

@@ -55,6 +55,7 @@ from .protocol import (
     IOC,
     LIMIT,
     MARKET,
+    MAX_UNITS,
     NEW,
     OP_ADD_INSTRUMENT,
     OP_AMEND,
@@ -93,7 +94,7 @@ from .protocol import (
 
 # Remaining quantity of a market buy by quote amount while it matches (effectively unbounded).
 QUOTE_ONLY = 1 << 62
-BIG = 1 << 61  # remaining above this means "by quote amount" (reported as 0)
+BIG = MAX_UNITS  # remaining above this means "by quote amount" (reported as 0)
 STATE_VERSION = 1
 _ROW_PRICE = itemgetter(1)
 # A level heap is rebuilt past HEAP_GROWTH times its live size plus HEAP_SLACK: rarer rebuilds

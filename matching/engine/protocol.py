@@ -11,6 +11,10 @@ from __future__ import annotations
 # --------------------------------------------------------------------------------------------
 # Command opcodes (element 0 of every command tuple). Element 1 is always `ts` (int, ns).
 # --------------------------------------------------------------------------------------------
+# Prices in ticks, quantities in lots and quote amounts in minor units must be below this:
+# inside, a remaining quantity above it means "a market buy by quote amount" (API.md).
+MAX_UNITS = 1 << 61
+
 OP_PLACE = 1
 OP_CANCEL = 2
 OP_AMEND = 3
