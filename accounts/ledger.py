@@ -15,6 +15,7 @@ from django.db import connection, transaction
 
 from accounts.balance_events import balance_events, balance_events_publish_on_commit
 from accounts.models import LedgerAccount, LedgerEntry, LedgerPosting
+from exchange.db_cursors import bound_cursor
 from exchange.errors import ApiError, trading_error
 
 AccountKey = tuple[str, int | None, str]  # (kind, user_id or None for the exchange, asset)
@@ -86,7 +87,7 @@ def accounts_lock(*, keys: Iterable[AccountKey]) -> dict[AccountKey, tuple[int, 
     """Lock the accounts named by `keys` (creating missing ones) in primary-key order; returns
     key -> (account id, balance). Call inside a transaction."""
     wanted = sorted(set(keys), key=lambda k: (k[0], k[1] or 0, k[2]))
-    with connection.cursor() as cursor:
+    with bound_cursor() as cursor:
         cursor.execute(LOCK_SQL, key_columns(wanted))
         found = {(kind, uid, asset): (pk, bal) for pk, kind, uid, asset, bal in cursor.fetchall()}
         if len(found) < len(wanted):
@@ -232,7 +233,7 @@ def funds_hold_many(*, holds: Sequence[HoldRequest]) -> list[ApiError | None]:
             assets.append(hold.asset)
             amounts.append(amount)
     moved = [key for key in siblings if balances[key] != accounts[key][1]]
-    with connection.cursor() as cursor:
+    with bound_cursor() as cursor:
         cursor.execute(
             HOLDS_POST_SQL,
             {

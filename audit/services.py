@@ -29,6 +29,7 @@ from django.db import connection
 
 from audit.events import AuditChannel, AuditEvent
 from audit.models import NS_PER_DAY
+from exchange.db_cursors import bound_cursor
 
 _EPOCH_DAY = dt.date(1970, 1, 1)
 _API_VERSION_RE = re.compile(r"^/api/(v\d+)/")
@@ -276,7 +277,7 @@ def audit_record_many(*, records: Sequence[AuditEntry] | Iterable[AuditEntry]) -
     columns: list[list[Any]] = [
         list(column) for column in zip(*audit_rows(records=records), strict=True)
     ]
-    with connection.cursor() as cursor:
+    with bound_cursor() as cursor:
         cursor.execute(INSERT_MANY_SQL, columns)
         return [row[0] for row in cursor.fetchall()]
 

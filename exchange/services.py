@@ -22,6 +22,7 @@ from accounts.ledger import HoldRequest, funds_hold, funds_hold_many
 from accounts.models import LedgerAccount
 from audit.events import AuditEvent
 from audit.services import AuditEntry, audit_entry, audit_record, audit_record_many
+from exchange.db_cursors import bound_cursor
 from exchange.errors import ApiError, trading_error
 from exchange.fees import fee_rates_for
 from exchange.holds import buy_hold_minor, held_amount
@@ -297,7 +298,7 @@ def _orders_insert(orders: list[Order]) -> None:
         )
     for order in orders:
         order._state.adding = False
-    with connection.cursor() as cursor:
+    with bound_cursor() as cursor:
         cursor.execute(_ORDERS_INSERT_SQL, columns)
 
 
@@ -381,7 +382,7 @@ def _orders_store(plans: list[OrderPlan]) -> list[Placement | ApiError]:
                 earlier[key] = i
     todo = [i for i in range(len(plans)) if results[i] is None and i not in replay_of]
     if todo:
-        with connection.cursor() as cursor:
+        with bound_cursor() as cursor:
             cursor.execute(ORDER_IDS_SQL, [len(todo)])
             ids = [row[0] for row in cursor.fetchall()]
         for i, order_id in zip(todo, ids, strict=True):

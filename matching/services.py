@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import redis
 from django.db import connection, transaction
 
+from exchange.db_cursors import bound_cursor
 from exchange.redis_connection import redis_client
 from matching.models import Command
 from matching.transport import command_stream_key
@@ -73,8 +74,8 @@ class CommandRow:
 # COMMIT (the audit rows and the commit's WAL flush).
 COMMAND_ORDER_LOCK_KEY = 0x636D_6473  # "cmds"
 
-COMMANDS_INSERT_SQL = f"""
-SELECT pg_advisory_xact_lock({COMMAND_ORDER_LOCK_KEY});
+COMMAND_ORDER_LOCK_SQL = f"SELECT pg_advisory_xact_lock({COMMAND_ORDER_LOCK_KEY})"
+COMMANDS_INSERT_SQL = """
 INSERT INTO matching_command (shard, kind, payload, order_id, user_id, created_at)
 SELECT c.shard, c.kind, c.payload, c.order_id, c.user_id, now()
   FROM unnest(%s::smallint[], %s::text[], %s::jsonb[], %s::bigint[], %s::bigint[])
@@ -95,18 +96,20 @@ def commands_enqueue_many(*, commands: Sequence[CommandRow]) -> list[int]:
         raise RuntimeError("commands_enqueue_many must run inside the caller's transaction")
     if not commands:
         return []
-    with connection.cursor() as cursor:
-        cursor.execute(
-            COMMANDS_INSERT_SQL,
-            [
-                [c.shard for c in commands],
-                [c.kind for c in commands],
-                [json.dumps(c.payload) for c in commands],
-                [c.order_id for c in commands],
-                [c.user_id for c in commands],
-            ],
-        )
-        cursor.nextset()  # past the lock's result, to the INSERT's
+    # The lock and the INSERT in one round trip (a pipeline).
+    with bound_cursor() as lock, bound_cursor() as cursor:
+        with connection.connection.pipeline():
+            lock.execute(COMMAND_ORDER_LOCK_SQL)
+            cursor.execute(
+                COMMANDS_INSERT_SQL,
+                [
+                    [c.shard for c in commands],
+                    [c.kind for c in commands],
+                    [json.dumps(c.payload) for c in commands],
+                    [c.order_id for c in commands],
+                    [c.user_id for c in commands],
+                ],
+            )
         ids = sorted(row[0] for row in cursor.fetchall())
     signals = [(c.shard, command_id) for c, command_id in zip(commands, ids, strict=True)]
     transaction.on_commit(lambda: commands_signal(signals=signals))
