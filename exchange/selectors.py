@@ -11,6 +11,7 @@ from django.db import connection
 from django.db.models import Count, Max, Min, Q, QuerySet, Sum
 from django.utils import timezone
 
+from exchange.db_cursors import bound_cursor
 from exchange.errors import trading_error
 from exchange.models import Instrument, Order, Trade
 from exchange.redis_connection import redis_client
@@ -107,7 +108,7 @@ def order_for_user(*, user, order_id: int | None = None, client_order_id: str | 
         where, key = "WHERE id = %s AND user_id = %s", order_id
     else:
         where, key = "WHERE client_order_id = %s AND user_id = %s", client_order_id
-    with connection.cursor() as cursor:
+    with bound_cursor() as cursor:
         cursor.execute(f"{_ORDER_SELECT} {where}", [key, user.pk])
         row = cursor.fetchone()
     if row is None:
@@ -119,7 +120,7 @@ def order_for_user(*, user, order_id: int | None = None, client_order_id: str | 
 
 def command_outcome(command_id: int) -> Command:
     """A command's id, applied_at and reject_code (the rest of the row is not read)."""
-    with connection.cursor() as cursor:
+    with bound_cursor() as cursor:
         cursor.execute(
             "SELECT applied_at, reject_code FROM matching_command WHERE id = %s", [command_id]
         )
@@ -129,7 +130,7 @@ def command_outcome(command_id: int) -> Command:
 
 def order_state_refresh(order: Order) -> None:
     """Re-read what the matching worker changes on `order` (not its instrument or user)."""
-    with connection.cursor() as cursor:
+    with bound_cursor() as cursor:
         cursor.execute(_ORDER_STATE_SQL, [order.pk])
         row = cursor.fetchone()
     for field, value in zip(_ORDER_STATE_FIELDS, row, strict=True):
@@ -138,7 +139,7 @@ def order_state_refresh(order: Order) -> None:
 
 def fills_for_order(order: Order) -> list[dict]:
     """The order's fills in execution order, from its own side (fee and liquidity)."""
-    with connection.cursor() as cursor:
+    with bound_cursor() as cursor:
         cursor.execute(_FILLS_SQL, {"order": order.pk})
         rows = cursor.fetchall()
     return [
