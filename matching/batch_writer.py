@@ -430,9 +430,10 @@ class BatchWriter:
         if self._staging_for is not connection.connection:  # a new session (or reconnected)
             with connection.cursor() as cursor:
                 cursor.execute(STAGING_SQL)
-            # This session's batch statements are prepared (Django leaves preparing off) and
-            # planned once: their plans are index lookups by primary key whatever the batch's
-            # size (hash and merge joins are off for the batch), so a plan per batch is waste.
+            # This session's batch statements are prepared (also with Django's pool off, which
+            # turns preparing off elsewhere) and planned once: their plans are index lookups by
+            # primary key whatever the batch's size (hash and merge joins are off for the
+            # batch), so a plan per batch is waste.
             connection.connection.prepare_threshold = PREPARE_THRESHOLD
             with connection.cursor() as cursor:
                 cursor.execute("SET plan_cache_mode = force_generic_plan")
