@@ -391,16 +391,15 @@ class MarketHub:
         them once for many subscribers), else queued; a full queue drops it to fresh
         snapshots."""
         writes = self._writes
-        if writes is not None and sub in writes:
-            writes[sub].append(wire if wire is not None else text_frame(frame.encode()))
-            return
         direct = sub.direct
-        if direct is not None and not sub.holding and sub.queue.empty() and direct.ready():
+        if (writes is not None and sub in writes) or (
+            direct is not None and not sub.holding and sub.queue.empty() and direct.ready()
+        ):
             wire = wire if wire is not None else text_frame(frame.encode())
             if writes is None:
                 direct.write(wire)
             else:
-                writes[sub] = [wire]
+                writes.setdefault(sub, []).append(wire)
             return
         try:
             sub.queue.put_nowait(frame)
@@ -474,7 +473,7 @@ class MarketHub:
     def _flush_writes(self) -> None:
         writes, self._writes = self._writes, None
         for sub, wires in (writes or {}).items():
-            sub.direct.write(wires[0] if len(wires) == 1 else b"".join(wires))
+            sub.direct.write(b"".join(wires))
 
     async def _on_message(self, raw: bytes | str) -> None:
         self.messages += 1

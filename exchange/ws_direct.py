@@ -73,13 +73,7 @@ class DirectSocket:
 
     def ready(self) -> bool:
         """Open, and its transport is not asking the writer to pause."""
-        protocol = self.protocol
-        return (
-            self.writable.is_set()
-            and not protocol.close_sent
-            and not protocol.disconnected
-            and not self.transport.is_closing()
-        )
+        return self.writable.is_set() and not self.closed()
 
     def closed(self) -> bool:
         protocol = self.protocol
