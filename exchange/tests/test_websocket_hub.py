@@ -34,26 +34,41 @@ def update(seq: int, price: str, qty: str) -> str:
     return json.dumps({"shard": 0, "books": {"X": book}, "trades": [], "orders": []})
 
 
+def hub_with_book() -> tuple[MarketHub, BookMirror]:
+    """A hub mirroring an empty book "X" at seq 10."""
+    hub = MarketHub()
+    hub.books["X"] = mirror = BookMirror("X")
+    mirror.load({"seq": 10, "bids": [], "asks": [], "last_price": None})
+    return hub, mirror
+
+
+def drained(sub: Subscriber) -> list[dict]:
+    """Every frame queued for `sub`, decoded (the queue is left empty)."""
+    return [json.loads(sub.queue.get_nowait()) for _ in range(sub.queue.qsize())]
+
+
+def assert_resynced_without_gap(frames: list[dict], last_seq: int) -> None:
+    """`frames` hold a resync, then a fresh snapshot, then updates continuing it to last_seq."""
+    kinds = [f["type"] for f in frames]
+    assert "resync" in kinds
+    after = frames[kinds.index("resync") + 1 :]
+    assert after[0]["type"] == "snapshot"
+    # From the fresh snapshot on, nothing is missing: each update continues the last seq.
+    seq = after[0]["seq"]
+    for frame in after[1:]:
+        assert frame["prev_seq"] == seq
+        seq = frame["seq"]
+    assert seq == last_seq
+
+
 def test_a_consumer_that_falls_behind_gets_a_resync_and_a_fresh_snapshot():
     async def scenario():
-        hub = MarketHub()
-        hub.books["X"] = mirror = BookMirror("X")
-        mirror.load({"seq": 10, "bids": [], "asks": [], "last_price": None})
+        hub, mirror = hub_with_book()
         slow = Subscriber(maxsize=4)
         hub.add(slow, "book.X")
         for seq in range(11, 20):  # nobody reads the queue
             await hub.on_message(update(seq, f"{seq}.00", "1"))
-        frames = [json.loads(slow.queue.get_nowait()) for _ in range(slow.queue.qsize())]
-        kinds = [f["type"] for f in frames]
-        assert "resync" in kinds
-        after = frames[kinds.index("resync") + 1 :]
-        assert after[0]["type"] == "snapshot"
-        # From the fresh snapshot on, nothing is missing: each update continues the last seq.
-        seq = after[0]["seq"]
-        for frame in after[1:]:
-            assert frame["prev_seq"] == seq
-            seq = frame["seq"]
-        assert seq == 19
+        assert_resynced_without_gap(drained(slow), 19)
         assert mirror.bids.top(1) == [("19.00", "1")]
 
     asyncio.run(scenario())

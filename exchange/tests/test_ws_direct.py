@@ -11,7 +11,13 @@ import websockets
 from websockets.frames import Frame, Opcode
 
 from exchange.embedded_servers import free_port
-from exchange.market_hub import BookMirror, MarketHub, Subscriber
+from exchange.market_hub import MarketHub, Subscriber
+from exchange.tests.test_websocket_hub import (
+    assert_resynced_without_gap,
+    drained,
+    hub_with_book,
+    update,
+)
 from exchange.ws_direct import RAW_SEND_KEY, DirectSocket, capture_raw_send, text_frame
 
 SIZES = (0, 1, 125, 126, 65_535, 65_536, 200_000)
@@ -98,57 +104,46 @@ class Transport:
             wire = wire[start + length :]
 
 
-def update(seq: int) -> str:
-    book = {"seq": seq, "prev_seq": seq - 1, "changes": {"bids": [[f"{seq}.00", "1", 1]]}}
-    book["changes"]["asks"] = []
-    return json.dumps({"shard": 0, "books": {"X": book}, "trades": [], "orders": []})
+def book_update(seq: int) -> str:
+    return update(seq, f"{seq}.00", "1")
+
+
+def direct_subscriber(*, maxsize: int) -> tuple[MarketHub, Subscriber, Transport]:
+    """A hub mirroring book "X" and one subscriber of it written to directly."""
+    hub, _mirror = hub_with_book()
+    sub = Subscriber(maxsize=maxsize)
+    sub.direct = transport = Transport()
+    hub.add(sub, "book.X")
+    return hub, sub, transport
 
 
 def test_a_connection_that_stops_taking_data_is_queued_then_resynced_never_reordered():
     async def scenario():
-        hub = MarketHub()
-        hub.books["X"] = mirror = BookMirror("X")
-        mirror.load({"seq": 10, "bids": [], "asks": [], "last_price": None})
-        sub = Subscriber(maxsize=4)
-        sub.direct = transport = Transport()
-        hub.add(sub, "book.X")
-        await hub.on_message(update(11))
+        hub, sub, transport = direct_subscriber(maxsize=4)
+        await hub.on_message(book_update(11))
         assert [f["type"] for f in transport.written] == ["snapshot", "update"]
         assert sub.queue.empty()  # written at once, nothing queued
 
         transport.taking = False  # the server's buffer is full: frames queue up
-        await hub.on_message(update(12))
+        await hub.on_message(book_update(12))
         transport.taking = True
-        await hub.on_message(update(13))  # behind a queued frame: queued too, not written
+        await hub.on_message(book_update(13))  # behind a queued frame: queued too, not written
         assert [f["type"] for f in transport.written] == ["snapshot", "update"]
-        queued = [json.loads(sub.queue.get_nowait())["seq"] for _ in range(sub.queue.qsize())]
-        assert queued == [12, 13]
+        assert [frame["seq"] for frame in drained(sub)] == [12, 13]
 
         transport.taking = False
         for seq in range(14, 20):  # nobody drains the queue: a slow consumer
-            await hub.on_message(update(seq))
-        frames = [json.loads(sub.queue.get_nowait()) for _ in range(sub.queue.qsize())]
-        kinds = [f["type"] for f in frames]
-        assert kinds[kinds.index("resync") + 1] == "snapshot"
-        seq = frames[kinds.index("resync") + 1]["seq"]
-        for frame in frames[kinds.index("resync") + 2 :]:
-            assert frame["prev_seq"] == seq
-            seq = frame["seq"]
-        assert seq == 19
+            await hub.on_message(book_update(seq))
+        assert_resynced_without_gap(drained(sub), 19)
 
     asyncio.run(scenario())
 
 
 def test_the_writer_holding_a_frame_keeps_the_hub_from_writing_past_it():
     async def scenario():
-        hub = MarketHub()
-        hub.books["X"] = mirror = BookMirror("X")
-        mirror.load({"seq": 10, "bids": [], "asks": [], "last_price": None})
-        sub = Subscriber(maxsize=10)
-        sub.direct = transport = Transport()
-        hub.add(sub, "book.X")
+        hub, sub, transport = direct_subscriber(maxsize=10)
         sub.holding = True  # the connection's writer took a frame and waits to write it
-        await hub.on_message(update(11))
+        await hub.on_message(book_update(11))
         assert [f["type"] for f in transport.written] == ["snapshot"]
         assert json.loads(sub.queue.get_nowait())["seq"] == 11
 
@@ -157,17 +152,12 @@ def test_the_writer_holding_a_frame_keeps_the_hub_from_writing_past_it():
 
 def test_the_frames_one_batch_brings_a_connection_go_out_in_one_write():
     async def scenario():
-        hub = MarketHub()
-        hub.books["X"] = mirror = BookMirror("X")
-        mirror.load({"seq": 10, "bids": [], "asks": [], "last_price": None})
-        sub = Subscriber(maxsize=10)
-        sub.direct = transport = Transport()
-        hub.add(sub, "book.X")
+        hub, sub, transport = direct_subscriber(maxsize=10)
         hub.add(sub, "trades.X")
         calls = len(transport.writes)
         trade = {"symbol": "X", "price": "11.00", "quantity": "1", "taker_side": "buy"}
         trade |= {"trade_id": 1, "ts_ns": 1}
-        message = json.loads(update(11))
+        message = json.loads(book_update(11))
         message["trades"] = [trade]
         await hub.on_message(json.dumps(message))
         assert len(transport.writes) == calls + 1
