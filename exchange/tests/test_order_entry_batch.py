@@ -2,11 +2,12 @@
 batch, one answer per order, and an order refused in a batch changes nothing for the others."""
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
 from accounts.models import LedgerAccount, LedgerEntry
 from accounts.selectors import ledger_discrepancies
@@ -118,6 +119,49 @@ def test_orders_placed_together_outside_a_transaction_are_stored_in_one():
         transactions = cursor.fetchone()[0]
     assert 1 <= transactions < 12  # the orders that waited for a commit went in together
     assert all(cash(user) == Decimal("100.00") - Decimal("1.01") for user in users)
+    assert ledger_discrepancies() == {}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_client_order_id_stored_by_a_concurrent_batch_is_answered_as_a_replay():
+    """Two batches store the same client_order_id at once: the second one's INSERT waits on the
+    first's unique index entry and fails when that commits; the second batch is then stored
+    again, finds the order and answers it as a replay (nothing stored or held twice)."""
+    instrument = make_instrument()
+    user = make_user(funds={"USD": Decimal("100.00")})
+    request = buy(instrument.symbol, "1.00", "1", "same-id")
+    first_holds_its_row = threading.Event()
+    finish_first = threading.Event()
+
+    def first_batch() -> services.Placement:
+        try:
+            with transaction.atomic():
+                placed = services.orders_store(plans=[plan(user, request)])[0]
+                first_holds_its_row.set()
+                assert finish_first.wait(timeout=10)
+            return placed
+        finally:
+            connection.close()
+
+    def second_batch() -> services.Placement:
+        try:
+            return services.orders_store(plans=[plan(user, request)])[0]
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        first = pool.submit(first_batch)
+        assert first_holds_its_row.wait(timeout=10)
+        second = pool.submit(second_batch)
+        time.sleep(0.3)  # the second batch is now waiting on the first one's index entry
+        assert not second.done()
+        finish_first.set()
+        stored, replay = first.result(timeout=10), second.result(timeout=10)
+
+    assert stored.created and not replay.created and replay.order.pk == stored.order.pk
+    assert Order.objects.filter(user=user).count() == 1
+    assert Command.objects.filter(order_id=stored.order.pk).count() == 1
+    assert cash(user) == Decimal("100.00") - Decimal("1.01")  # held once
     assert ledger_discrepancies() == {}
 
 
