@@ -68,7 +68,20 @@ def refuse_unknown_fields(serializer: serializers.Serializer, data) -> None:
         )
 
 
-class OrderPlaceSerializer(serializers.Serializer):
+class RequestBodySerializer(serializers.Serializer):
+    """A serializer that checks a request body: once `is_valid` has run, it lets go of its bound
+    fields. DRF links a serializer and its fields both ways (`fields`, each field's `parent`),
+    which left every order request's fields to the cyclic garbage collector; a later use of
+    `fields` binds them again."""
+
+    def is_valid(self, *, raise_exception: bool = False) -> bool:
+        try:
+            return super().is_valid(raise_exception=raise_exception)
+        finally:
+            self.__dict__.pop("fields", None)  # DRF's cached_property
+
+
+class OrderPlaceSerializer(RequestBodySerializer):
     symbol = serializers.CharField(max_length=20)
     side = serializers.ChoiceField(choices=Order.Side.choices)
     order_type = serializers.ChoiceField(choices=Order.Type.choices)
@@ -124,7 +137,7 @@ class OrderPlaceSerializer(serializers.Serializer):
         return OrderRequest(**{k: v for k, v in data.items() if v is not None})
 
 
-class OrderAmendSerializer(serializers.Serializer):
+class OrderAmendSerializer(RequestBodySerializer):
     quantity = DecimalString(required=False, help_text="New total quantity (fills included).")
     price = DecimalString(required=False, help_text="New limit price (loses time priority).")
 

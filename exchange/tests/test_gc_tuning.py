@@ -8,8 +8,8 @@ import sys
 from conftest import BASE_DIR
 
 
-def test_the_asgi_application_freezes_its_start_up_objects():
-    probe = "import gc, exchange.asgi; print(gc.get_freeze_count())"
+def test_the_asgi_application_freezes_its_start_up_objects_and_collects_young_ones_later():
+    probe = "import gc, exchange.asgi; print(gc.get_freeze_count(), *gc.get_threshold())"
     out = subprocess.run(
         [sys.executable, "-c", probe],
         cwd=BASE_DIR,
@@ -18,4 +18,6 @@ def test_the_asgi_application_freezes_its_start_up_objects():
         text=True,
         check=True,
     ).stdout
-    assert int(out.strip().splitlines()[-1]) > 50_000
+    frozen, young, middle, old = map(int, out.strip().splitlines()[-1].split())
+    assert frozen > 50_000
+    assert (young, middle, old) == (5_000, 10, 10)
