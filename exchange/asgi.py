@@ -11,15 +11,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "exchange.settings")
 # stays all-async: a sync-only middleware in it would cost thread hops on every request.
 django_asgi_app = ASGIStaticFilesHandler(get_asgi_application())
 
-import sys  # noqa: E402
-
-from django.conf import settings  # noqa: E402
-
-# A thread woken by I/O (a PostgreSQL or Redis answer, a client's frame) gets the GIL back
-# within this interval instead of Python's default 5 ms: the WebSocket's order entry, which
-# hops between the event loop and a view thread, measured +20 % orders/s with 0.5 ms.
-sys.setswitchinterval(settings.WEB_GIL_SWITCH_INTERVAL_MS / 1000)
-
 from exchange.signed_api_handler import SignedApiHandler, signed_api_scope  # noqa: E402
 
 signed_api_app = SignedApiHandler()
@@ -36,6 +27,7 @@ async def http_application(scope, receive, send):
 from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs the app registry ready)
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import OriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
 
 from accounts.channels_auth import TwoFactorSessionMiddleware  # noqa: E402
 from exchange.routing import websocket_urlpatterns  # noqa: E402

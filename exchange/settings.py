@@ -77,14 +77,6 @@ ORDER_ENTRY_BATCH_MAX = env.int("ORDER_ENTRY_BATCH_MAX", default=200)
 ORDER_ENTRY_BATCH_THREADS = env.int("ORDER_ENTRY_BATCH_THREADS", default=2)
 # Threads of each web process that run the sync API views (exchange/view_threads.py).
 API_VIEW_THREADS = env.int("API_VIEW_THREADS", default=32)
-# How long a web process's thread may hold the GIL while another waits for it (Python's
-# default is 5 ms; exchange/asgi.py sets it): the event loop, the view threads, the order entry
-# batch and the reply listener hand it to each other many times per order.
-WEB_GIL_SWITCH_INTERVAL_MS = env.float("WEB_GIL_SWITCH_INTERVAL_MS", default=0.5)
-if not WEB_GIL_SWITCH_INTERVAL_MS > 0:
-    raise ImproperlyConfigured(
-        f"WEB_GIL_SWITCH_INTERVAL_MS must be above 0, got {WEB_GIL_SWITCH_INTERVAL_MS}"
-    )
 
 # WebSocket streaming (/ws/v1, docs/websocket.md): per-connection limits and liveness.
 WS_MAX_SUBSCRIPTIONS = env.int("WS_MAX_SUBSCRIPTIONS", default=50)

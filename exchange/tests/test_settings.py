@@ -140,15 +140,3 @@ def test_shard_count_below_one_is_refused(tmp_path):
     result = run_with({**GOOD, "MATCHING_SHARDS": "0"}, tmp_path)
     assert result.returncode != 0
     assert "MATCHING_SHARDS must be at least 1, got 0" in result.stderr
-
-
-def test_the_web_process_gil_switch_interval_comes_from_the_environment(tmp_path):
-    probe = "import sys, exchange.asgi; print(sys.getswitchinterval())"
-    default = run_with(GOOD, tmp_path, code=probe)
-    assert default.returncode == 0, default.stderr
-    assert float(default.stdout) == 0.0005
-    custom = run_with({**GOOD, "WEB_GIL_SWITCH_INTERVAL_MS": "2"}, tmp_path, code=probe)
-    assert float(custom.stdout) == 0.002
-    refused = run_with({**GOOD, "WEB_GIL_SWITCH_INTERVAL_MS": "0"}, tmp_path, code=probe)
-    assert refused.returncode != 0
-    assert "WEB_GIL_SWITCH_INTERVAL_MS must be above 0, got 0.0" in refused.stderr
