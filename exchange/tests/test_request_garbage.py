@@ -53,7 +53,7 @@ def server_garbage(requests) -> Counter:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_placing_reading_amending_and_cancelling_an_order_leave_no_cycle(settings):
+def test_order_requests_and_refused_ones_leave_no_cycle(settings):
     settings.ORDER_REPLY_TIMEOUT_SECONDS = 0.05  # no worker here: each answer is a 202
     symbol = make_instrument().symbol
     statuses = []
@@ -68,9 +68,11 @@ def test_placing_reading_amending_and_cancelling_an_order_leave_no_cycle(setting
             await client.patch(order, json={"quantity": "1"}),
             await client.get("/api/v1/orders", params={"symbol": symbol}),
             await client.delete(order),
+            await client.post("/api/v1/orders", json={**body, "quantity": "0.5"}),  # off the lot
+            await client.get("/api/v1/orders/999999999"),  # nobody's order
         ):
             statuses.append(response.status_code)
 
     garbage = server_garbage(requests)
-    assert statuses == [202, 200, 202, 200, 202] * 2
+    assert statuses == [202, 200, 202, 200, 202, 400, 404] * 2
     assert garbage == Counter()
