@@ -4,6 +4,8 @@ collections stop every thread for ~100 ms; `exchange.gc_tuning`)."""
 
 import asyncio
 import gc
+import json
+import time
 from collections import Counter
 from decimal import Decimal
 
@@ -75,4 +77,87 @@ def test_order_requests_and_refused_ones_leave_no_cycle(settings):
 
     garbage = server_garbage(requests)
     assert statuses == [202, 200, 202, 200, 202, 400, 404] * 2
+    assert garbage == Counter()
+
+
+class Socket:
+    """A WebSocket client of the ASGI application in-process (asgiref's communicator; Channels'
+    own test package needs daphne)."""
+
+    def __init__(self, application, path: str) -> None:
+        from asgiref.testing import ApplicationCommunicator
+
+        scope = {"type": "websocket", "path": path, "headers": [], "subprotocols": []}
+        self.app = ApplicationCommunicator(application, scope)
+
+    async def connect(self) -> None:
+        await self.app.send_input({"type": "websocket.connect"})
+        assert (await self.app.receive_output(5))["type"] == "websocket.accept"
+
+    async def send(self, message: dict) -> None:
+        await self.app.send_input({"type": "websocket.receive", "text": json.dumps(message)})
+
+    async def receive(self) -> dict:
+        return json.loads((await self.app.receive_output(5))["text"])
+
+    async def close(self) -> None:
+        await self.app.send_input({"type": "websocket.disconnect", "code": 1000})
+        await self.app.wait(5)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_socket_that_logs_in_subscribes_and_places_orders_leaves_no_cycle(settings):
+    """The WebSocket consumer's ops, in-process (the server-side path is the production one
+    apart from the direct frame writes, which need uvicorn)."""
+    from accounts.signing import ws_login_message
+    from exchange.asgi import application
+
+    settings.ORDER_REPLY_TIMEOUT_SECONDS = 0.05  # no worker here: each answer is pending_new
+    symbol = make_instrument().symbol
+    user = make_user(funds={"USD": Decimal("1000.00")})
+    key = make_api_key(user)
+    order = {"symbol": symbol, "side": "buy", "order_type": "limit", "price": "1.00"}
+    answers = []
+
+    async def ops(ws: Socket, n: int) -> None:
+        async def answer(op: str, message: dict) -> dict:
+            await ws.send({"op": op, **message})
+            while (frame := await ws.receive()).get("op") != op:
+                pass  # book snapshots and heartbeats in between
+            return frame
+
+        now_ms = time.time_ns() // 1_000_000
+        login = ws_login_message(api_key=key.api_key.key, secret=key.secret, timestamp_ms=now_ms)
+        login.pop("op")
+        answers.append((await answer("login", login))["type"])
+        channels = [f"book.{symbol}", "orders"]
+        answers.append((await answer("subscribe", {"channels": channels}))["type"])
+        placed = await answer("order.place", {"id": n, **order, "quantity": "1"})
+        answers.append(placed["status"])
+        answers.append((await answer("unsubscribe", {"channels": channels}))["type"])
+
+    async def scenario() -> None:
+        ws = Socket(application, "/ws/v1")
+        await ws.connect()
+        await ops(ws, 1)  # warms every cache up
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            await ops(ws, 2)
+            gc.collect()
+        finally:
+            gc.set_debug(0)
+        await ws.close()
+
+    try:
+        asyncio.run(scenario())
+        garbage = Counter(
+            f"{type(o).__module__}.{type(o).__qualname__}"
+            for o in gc.garbage
+            if type(o).__module__.startswith(SERVER_MODULES)
+        )
+    finally:
+        gc.garbage.clear()
+        connections.close_all()
+    assert answers == ["login", "subscribed", 202, "unsubscribed"] * 2
     assert garbage == Counter()
