@@ -1,12 +1,14 @@
-"""A signed API request leaves no reference cycle behind in the web process: its objects are
-freed by reference counting when it ends, not by the cyclic garbage collector (whose full
-collections stop every thread for ~100 ms; `exchange.gc_tuning`)."""
+"""An API request or a WebSocket op leaves no reference cycle behind in the web process: its
+objects are freed by reference counting when it ends, not by the cyclic garbage collector
+(whose full collections stop every thread for ~100 ms; `exchange.gc_tuning`)."""
 
 import asyncio
 import gc
 import json
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 
 import httpx
@@ -19,31 +21,24 @@ from exchange.tests.api_client import ApiKeyAuth, make_api_key, make_instrument,
 SERVER_MODULES = ("rest_framework.", "django.", "exchange.", "accounts.", "audit.", "matching.")
 
 
-def server_garbage(requests) -> Counter:
-    """Run `requests` (an async function of an httpx client on the ASGI application) and count,
-    by type, the server-side objects that only the cyclic collector could free."""
-    from exchange.asgi import application
+@contextmanager
+def garbage_saved() -> Iterator[None]:
+    """What becomes cyclic garbage inside the block is kept in `gc.garbage`, not freed."""
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        yield
+        gc.collect()
+    finally:
+        gc.set_debug(0)
 
-    async def scenario() -> None:
-        transport = httpx.ASGITransport(app=application)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://testserver", auth=auth
-        ) as client:
-            await requests(client)  # once to warm every cache up
-            gc.collect()
-            gc.set_debug(gc.DEBUG_SAVEALL)
-            try:
-                await requests(client)
-                gc.collect()
-            finally:
-                gc.set_debug(0)
 
-    user = make_user(funds={"USD": Decimal("1000.00")})
-    created = make_api_key(user)
-    auth = ApiKeyAuth(created.api_key.key, created.secret)
+def server_garbage(scenario) -> Counter:
+    """Run `scenario` (a coroutine function measuring its part under `garbage_saved()`) and
+    count, by type, the server-side objects it left to the cyclic collector."""
     try:
         asyncio.run(scenario())
-        garbage = Counter(
+        return Counter(
             f"{type(o).__module__}.{type(o).__qualname__}"
             for o in gc.garbage
             if type(o).__module__.startswith(SERVER_MODULES)
@@ -51,13 +46,15 @@ def server_garbage(requests) -> Counter:
     finally:
         gc.garbage.clear()
         connections.close_all()
-    return garbage
 
 
 @pytest.mark.django_db(transaction=True)
 def test_order_requests_and_refused_ones_leave_no_cycle(settings):
+    from exchange.asgi import application
+
     settings.ORDER_REPLY_TIMEOUT_SECONDS = 0.05  # no worker here: each answer is a 202
     symbol = make_instrument().symbol
+    key = make_api_key(make_user(funds={"USD": Decimal("1000.00")}))
     statuses = []
 
     async def requests(client: httpx.AsyncClient) -> None:
@@ -75,7 +72,17 @@ def test_order_requests_and_refused_ones_leave_no_cycle(settings):
         ):
             statuses.append(response.status_code)
 
-    garbage = server_garbage(requests)
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=application)
+        auth = ApiKeyAuth(key.api_key.key, key.secret)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://testserver", auth=auth
+        ) as client:
+            await requests(client)  # once to warm every cache up
+            with garbage_saved():
+                await requests(client)
+
+    garbage = server_garbage(scenario)
     assert statuses == [202, 200, 202, 200, 202, 400, 404] * 2
     assert garbage == Counter()
 
@@ -114,8 +121,7 @@ def test_a_socket_that_logs_in_subscribes_and_places_orders_leaves_no_cycle(sett
 
     settings.ORDER_REPLY_TIMEOUT_SECONDS = 0.05  # no worker here: each answer is pending_new
     symbol = make_instrument().symbol
-    user = make_user(funds={"USD": Decimal("1000.00")})
-    key = make_api_key(user)
+    key = make_api_key(make_user(funds={"USD": Decimal("1000.00")}))
     order = {"symbol": symbol, "side": "buy", "order_type": "limit", "price": "1.00"}
     answers = []
 
@@ -140,24 +146,10 @@ def test_a_socket_that_logs_in_subscribes_and_places_orders_leaves_no_cycle(sett
         ws = Socket(application, "/ws/v1")
         await ws.connect()
         await ops(ws, 1)  # warms every cache up
-        gc.collect()
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        try:
+        with garbage_saved():
             await ops(ws, 2)
-            gc.collect()
-        finally:
-            gc.set_debug(0)
         await ws.close()
 
-    try:
-        asyncio.run(scenario())
-        garbage = Counter(
-            f"{type(o).__module__}.{type(o).__qualname__}"
-            for o in gc.garbage
-            if type(o).__module__.startswith(SERVER_MODULES)
-        )
-    finally:
-        gc.garbage.clear()
-        connections.close_all()
+    garbage = server_garbage(scenario)
     assert answers == ["login", "subscribed", 202, "unsubscribed"] * 2
     assert garbage == Counter()
