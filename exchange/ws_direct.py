@@ -21,6 +21,8 @@ from typing import Any
 
 RAW_SEND_KEY = "exchange.raw_send"
 _OP_TEXT_FIN = 0x81  # FIN + opcode 1 (text), no RSV bits: never compressed
+# What this module reads of uvicorn's protocol object.
+_PROTOCOL_ATTRIBUTES = ("transport", "writable", "handshake_complete", "close_sent", "disconnected")
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -62,10 +64,7 @@ class DirectSocket:
         protocol = getattr(raw_send, "__self__", None)
         if type(protocol).__name__ != "WebSocketsSansIOProtocol":
             return None
-        if not all(
-            hasattr(protocol, name)
-            for name in ("transport", "writable", "close_sent", "disconnected", "conn")
-        ):
+        if not all(hasattr(protocol, name) for name in _PROTOCOL_ATTRIBUTES):
             return None
         if not protocol.handshake_complete or protocol.close_sent or protocol.disconnected:
             return None
