@@ -181,6 +181,8 @@ DB_POOL_MAX_SIZE = env.int("DB_POOL_MAX_SIZE", default=20)
 DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env.int(
     "DB_CONNECT_TIMEOUT", default=3
 )
+# psycopg's default: a statement run this many times on a connection is prepared there.
+DB_PREPARE_THRESHOLD = 5
 if DB_POOL_MAX_SIZE:
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["OPTIONS"]["pool"] = {
@@ -189,9 +191,9 @@ if DB_POOL_MAX_SIZE:
         "timeout": env.float("DB_POOL_TIMEOUT", default=10.0),
     }
     # Statements run with server-side binding (the worker's polls, the order path's raw
-    # reads) are prepared on a connection once they ran there 5 times (psycopg's default,
-    # which Django turns off for PgBouncer's sake; behind PgBouncer the pool is off too).
-    DATABASES["default"]["OPTIONS"]["prepare_threshold"] = 5
+    # reads) are prepared on a connection once they ran there DB_PREPARE_THRESHOLD times
+    # (Django turns preparing off for PgBouncer's sake; behind PgBouncer the pool is off too).
+    DATABASES["default"]["OPTIONS"]["prepare_threshold"] = DB_PREPARE_THRESHOLD
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True

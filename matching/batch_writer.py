@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
+from django.conf import settings
 from django.db import connection, transaction
 
 from accounts.settlement import HoldRelease, SettlementWriter, TradeFill
@@ -288,9 +289,6 @@ UPDATE matching_command c
  WHERE c.id = u.id AND c.applied_at IS NULL
 """
 
-# psycopg's default: a statement run this many times on a session is prepared there.
-PREPARE_THRESHOLD = 5
-
 # The rows a batch stages for the orders update and the trades insert: (column, type).
 ORDER_ROW_COLUMNS = (
     ("id", "bigint"), ("k", "int"), ("status", "text"), ("reason", "text"),
@@ -434,7 +432,7 @@ class BatchWriter:
             # turns preparing off elsewhere) and planned once: their plans are index lookups by
             # primary key whatever the batch's size (hash and merge joins are off for the
             # batch), so a plan per batch is waste.
-            connection.connection.prepare_threshold = PREPARE_THRESHOLD
+            connection.connection.prepare_threshold = settings.DB_PREPARE_THRESHOLD
             with connection.cursor() as cursor:
                 cursor.execute("SET plan_cache_mode = force_generic_plan")
             self._staging_for = connection.connection
