@@ -10,14 +10,14 @@ what survives out of the collector's sight. Same run after it: full collections 
 collections together ~0.74 s instead of ~1 s.
 
 A young collection starts after YOUNG_THRESHOLD more tracked objects are allocated than freed
-(Python's default: 700). A signed API request leaves no reference cycle behind (DRF's are cut
-in `exchange.view_threads`, a body serializer drops its fields: `test_request_garbage`), so its
-objects are freed as it ends and the count only grows with what is in flight. With 700, the
-young collections came every few milliseconds and moved in-flight requests into the old
-generation, which set off a full collection (~100 ms, every thread stopped) every few seconds:
-`bench ws` (1,000 subscribers, orders over REST) had 877 young, 79 middle and 7 full
-collections in ~40 s, 1.5 s in all, and a commit-to-client p99 of 146 ms; with 5,000: 51, 4
-and 0, 0.16 s, p99 52 ms (2026-11-26). 20,000 made a middle collection 108 ms.
+(Python's default: 700). An API request or a WebSocket op leaves no reference cycle behind
+(DRF's are cut in `exchange.view_threads`, a body serializer drops its fields:
+`test_request_garbage`), so its objects are freed as it ends and the count only grows with what
+is in flight. With 700, the young collections came every few milliseconds and moved in-flight
+requests into the old generation, which set off a full collection (~100 ms, every thread
+stopped) every few seconds: `bench ws` (1,000 subscribers, orders over REST) had 877 young, 79
+middle and 7 full collections in ~40 s, 1.5 s in all, and a commit-to-client p99 of 146 ms; with
+5,000: 51, 4 and 0, 0.16 s, p99 52 ms (2026-11-26). 20,000 made a middle collection 108 ms.
 """
 
 import gc

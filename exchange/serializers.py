@@ -36,7 +36,9 @@ class DecimalString(serializers.Field):
                 field=name,
             )
         if not isinstance(data, str) or not DECIMAL_STRING.match(data.strip()):
-            shown = repr(data) if len(repr(data)) <= 60 else repr(data)[:57] + "..."
+            shown = repr(data)
+            if len(shown) > 60:
+                shown = shown[:57] + "..."
             raise trading_error(
                 "InvalidNumber",
                 f'{name} must be a non-negative decimal string like "150.45", got {shown}',
