@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from exchange import views, web_views
@@ -12,6 +12,13 @@ api_urlpatterns = pooled_patterns(
         path("api/v1/", include("exchange.api_urls")),
         path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
         path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+        # Last: every other /api/ path gets the API's JSON 404, not Django's HTML page (except
+        # /api/docs and /api/schema, which APPEND_SLASH still redirects to their pages).
+        re_path(
+            r"^api/(?!docs$|schema$)",
+            views.ApiPathNotFoundView.as_view(),
+            name="api-path-not-found",
+        ),
     ]
 )
 

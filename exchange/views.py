@@ -2,6 +2,7 @@
 
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
+from rest_framework.exceptions import NotFound
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -41,3 +42,22 @@ class HealthView(APIView):
     def get(self, request: Request) -> Response:
         report, http_status = health_status()
         return Response(report, status=http_status)
+
+
+class ApiPathNotFoundView(APIView):
+    """Any /api/ path that no endpoint matches (say /api/v1/orders/-1): the API's 404 error
+    shape, where Django would answer with an HTML page. Unauthenticated, so a signed request
+    to a wrong path hears "no such endpoint" rather than a signature error; rate limited per
+    client IP like public market data."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+    schema = None  # not an endpoint of the OpenAPI document
+
+    def not_found(self, request: Request, *args, **kwargs) -> Response:
+        raise NotFound(
+            f"no API endpoint {request.method} {request.path} "
+            "(the endpoints are listed at /api/docs/)"
+        )
+
+    get = post = put = patch = delete = head = options = not_found

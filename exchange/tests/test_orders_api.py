@@ -323,6 +323,27 @@ def test_another_users_order_is_a_404(market):
     assert Order.objects.get(pk=order["order_id"]).status == "new"
 
 
+def test_a_path_no_endpoint_matches_gets_the_apis_json_404(market):
+    _, maker, _ = market
+    for method, path in [
+        ("GET", "/api/v1/orders/-1"),  # not an <int> id: no route, not an unknown order
+        ("DELETE", "/api/v1/orders/12abc"),
+        ("PATCH", "/api/v1/orders/-1"),
+        ("GET", "/api/v1/no-such-endpoint"),
+        ("POST", "/api/v2/orders"),
+    ]:
+        response = maker.http.request(method, path, json={} if method != "GET" else None)
+        assert response.status_code == 404, (method, path, response.text)
+        assert response.headers["content-type"] == "application/json"
+        assert response.json() == {
+            "error": "NotFound",
+            "code": -1005,
+            "message": f"no API endpoint {method} {path} (the endpoints are listed at /api/docs/)",
+        }
+    # The API reference pages keep their slash-appending redirect.
+    assert maker.http.get("/api/docs").status_code == 301
+
+
 BAD_INPUTS = [
     ({"symbol": "NOPE"}, "UnknownSymbol", "symbol"),
     ({"price": "10.001"}, "PriceOffTick", "price"),
