@@ -159,6 +159,26 @@ def _error_answer(exc: APIException) -> tuple[int, dict]:
     return response.status_code, dict(response.data)
 
 
+def _holds_nul(raw: str | bytes, message: Any) -> bool:
+    """A NUL character in any string of a decoded JSON message, keys included. JSON text
+    carries one only escaped, so only a message whose text holds the escape is walked (without
+    recursion: the message may be nested as deeply as the decoder allows)."""
+    if ("\\u0000" if isinstance(raw, str) else b"\\u0000") not in raw:
+        return False
+    todo = [message]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                return True
+        elif isinstance(value, dict):
+            todo.extend(value.keys())
+            todo.extend(value.values())
+        elif isinstance(value, list):
+            todo.extend(value)
+    return False
+
+
 def _order_place(user, body: dict, request: SocketRequest) -> tuple[int, dict]:
     from exchange import services
     from exchange.order_answers import order_placed_answer
@@ -340,9 +360,10 @@ class StreamConsumer(AsyncWebsocketConsumer):
             )
             return
         self.tokens -= 1
+        raw = text_data if text_data is not None else bytes_data
         try:
-            message = json.loads(text_data if text_data is not None else bytes_data)
-        except (ValueError, TypeError):
+            message = json.loads(raw)
+        except (ValueError, TypeError, RecursionError):  # RecursionError: nested too deeply
             self.error("MalformedRequest", "a message is one JSON object")
             return
         if not isinstance(message, dict):
@@ -351,6 +372,10 @@ class StreamConsumer(AsyncWebsocketConsumer):
         op = message.get("op")
         request_id = message.get("id")
         extra = {"op": op} if request_id is None else {"op": op, "id": request_id}
+        if _holds_nul(raw, message):
+            # No field accepts one, and PostgreSQL refuses it in text (a lookup would fail).
+            self.error("MalformedRequest", "a message holds a NUL character (\\u0000)", **extra)
+            return
         handler = (
             {
                 "subscribe": self.op_subscribe,

@@ -11,15 +11,20 @@ are called:
   API request signed with an API key (`X-API-KEY` under /api/: DRF authenticates it, and it
   has no session or cookie); other requests run them as before, hops included, because they
   may touch the database (loading or saving a session).
+
+`NulCharacterGuard` comes first: it refuses a NUL character in the path or the query string.
 """
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth import middleware as auth
 from django.contrib.messages import middleware as messages
 from django.contrib.sessions import middleware as sessions
+from django.http import HttpResponseBadRequest, JsonResponse
 from django.middleware import clickjacking, common, csrf, security
+from django.utils.deprecation import MiddlewareMixin
 
 from accounts import rate_limits
+from exchange.errors import trading_error
 
 
 def signed_api_request(request) -> bool:
@@ -47,6 +52,23 @@ class SkippedForApiKeys:
         if signed_api_request(request):
             return await self.get_response(request)
         return await super().__acall__(request)
+
+
+class NulCharacterGuard(InlineHooks, MiddlewareMixin):
+    """A 400 for a NUL character (%00) in the path or the query string, before any view.
+
+    No identifier, symbol or filter of ours holds one, and PostgreSQL refuses it in a text
+    parameter: passed on, it made the lookup by client_order_id, the symbol of the market data
+    endpoints and the list filters fail with a 500. (Request bodies go through the serializers,
+    whose text fields refuse it with InvalidParameter.)"""
+
+    def process_request(self, request):
+        if "\x00" not in request.path and "%00" not in request.META.get("QUERY_STRING", ""):
+            return None
+        message = "the path or the query string holds a NUL character (%00), which nothing accepts"
+        if request.path.startswith("/api/"):
+            return JsonResponse(trading_error("MalformedRequest", message).as_dict(), status=400)
+        return HttpResponseBadRequest(message)
 
 
 class SecurityMiddleware(InlineHooks, security.SecurityMiddleware):

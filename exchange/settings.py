@@ -142,6 +142,7 @@ INSTALLED_APPS = [
 
 # Django's own middleware, called without a thread hop per hook (see exchange/middleware.py).
 MIDDLEWARE = [
+    "exchange.middleware.NulCharacterGuard",
     "exchange.middleware.SecurityMiddleware",
     "exchange.middleware.SessionMiddleware",
     "exchange.middleware.CommonMiddleware",
@@ -266,6 +267,11 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": ["accounts.rate_limits.ApiRateThrottle"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": [
+        "exchange.parsers.JsonBodyParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "EXCEPTION_HANDLER": "exchange.api_errors.api_exception_handler",
     "DEFAULT_PAGINATION_CLASS": "exchange.pagination.CursorPage",
     "PAGE_SIZE": 100,

@@ -3,6 +3,7 @@
 import datetime as dt
 import time
 
+import httpx
 import pytest
 
 from conftest import wait_until
@@ -342,6 +343,41 @@ def test_a_path_no_endpoint_matches_gets_the_apis_json_404(market):
         }
     # The API reference pages keep their slash-appending redirect.
     assert maker.http.get("/api/docs").status_code == 301
+
+
+def test_a_nul_character_in_the_path_or_query_is_a_400_not_a_500(market):
+    # PostgreSQL refuses NUL in text: each of these reached a query with it and failed (500).
+    instrument, maker, _ = market
+    maker.place(**limit(instrument.symbol, "buy", "10.00", "1", client_order_id="nul-1"))
+    for method, path, params in [
+        ("GET", "/api/v1/orders/client/nul-1%00", None),
+        ("DELETE", "/api/v1/orders/client/nul-1%00", None),
+        ("GET", "/api/v1/orders", {"symbol": f"{instrument.symbol}\x00"}),
+        ("DELETE", "/api/v1/orders", {"symbol": f"{instrument.symbol}\x00"}),
+        ("GET", "/api/v1/fills", {"symbol": "\x00"}),
+        ("GET", f"/api/v1/orderbook/{instrument.symbol}%00", None),
+        ("GET", "/api/v1/ledger", {"asset": "USD\x00"}),
+    ]:
+        response = maker.http.request(method, path, params=params)
+        assert response.status_code == 400, (method, path, response.text)
+        assert response.json() == {
+            "error": "MalformedRequest",
+            "code": -1100,
+            "message": "the path or the query string holds a NUL character (%00), "
+            "which nothing accepts",
+        }
+    assert Order.objects.get(user=maker.user, client_order_id="nul-1").status == "new"
+    # Outside the API, a plain 400 (was a 500 from the trade page's symbol lookup).
+    assert httpx.get(f"{maker.http.base_url}/trade/X%00/").status_code == 400
+
+
+def test_a_body_nested_deeper_than_the_json_decoder_goes_is_a_400(market):
+    _, maker, _ = market
+    response = maker.http.post(
+        "/api/v1/orders", content=b"[" * 100_000, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400, response.text  # was a RecursionError: a 500
+    assert response.json()["error"] == "MalformedRequest"
 
 
 BAD_INPUTS = [

@@ -376,6 +376,33 @@ def test_bad_input_and_unknown_channels_get_errors_not_a_crash(market):
             assert (await recv_until(ws, lambda f: True))["error"] == "InvalidParameter"
             await send(ws, {"op": "unsubscribe", "channels": [f"book.{symbol}"]})
             assert (await recv_until(ws, lambda f: True))["error"] == "NotSubscribed"
+            # Nested deeper than the JSON decoder goes: was a RecursionError closing the socket.
+            await send(ws, "[" * 100_000)
+            assert (await recv_until(ws, lambda f: True))["error"] == "MalformedRequest"
+            # A NUL character anywhere: PostgreSQL refuses it in text, so the refused login's
+            # audit record and the cancel's client_order_id lookup failed (logged errors, a 500).
+            key = market["keys"][0]
+            for message in [
+                {**login_op(key), "api_key": "a\x00", "id": 7},
+                {"op": "subscribe", "channels": [f"book.{symbol}\x00"], "id": 7},
+                {"op": "ping", "id": 7, "x": [{"y": ["\x00"]}]},
+            ]:
+                await send(ws, message)
+                assert await recv_until(ws, lambda f: True) == {
+                    "type": "error",
+                    "op": message["op"],
+                    "id": 7,
+                    "error": "MalformedRequest",
+                    "code": -1100,
+                    "message": "a message holds a NUL character (\\u0000)",
+                }
+            await send(ws, login_op(key))
+            assert (await recv_until(ws, lambda f: True))["type"] == "login"
+            await send(ws, {"op": "order.cancel", "client_order_id": "x\x00", "id": 8})
+            assert (await recv_until(ws, lambda f: True))["error"] == "MalformedRequest"
+            # A backslash and "u0000" as text is no NUL.
+            await send(ws, {"op": "ping", "x": "\\u0000", "id": 9})
+            assert (await recv_until(ws, lambda f: True))["type"] == "pong"
             # The connection still works.
             await send(ws, {"op": "subscribe", "channels": [f"book.{symbol}"], "depth": 10})
             assert (await recv_until(ws, lambda f: True))["type"] == "subscribed"
