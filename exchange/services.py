@@ -517,7 +517,13 @@ def order_amend(
     money is not there); a shrinking hold is released when the engine has applied the amend.
     One amend at a time: another while the first is unapplied is refused (AmendPending).
     """
-    order = Order.objects.select_for_update().select_related("instrument").get(pk=order.pk)
+    # The order row only (`of`): FOR UPDATE on the joined instrument row too would conflict
+    # with the KEY SHARE lock that every other order-entry transaction's foreign key check
+    # takes on it at COMMIT, while holding the command-order lock this amend then waits for:
+    # a deadlock (and every amend of an instrument queued behind the others).
+    order = (
+        Order.objects.select_for_update(of=("self",)).select_related("instrument").get(pk=order.pk)
+    )
     _require_open(order)
     if quantity is None and price is None:
         raise trading_error("NothingToAmend", "give a new quantity, a new price, or both")

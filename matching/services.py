@@ -71,7 +71,10 @@ class CommandRow:
 # before drawing their ids and keeps it to its commit (a transaction-level advisory lock, one
 # for all shards so two transactions never take two such locks in opposite orders): ids are
 # drawn in the order the transactions commit. It is held only from the commands' INSERT to the
-# COMMIT (the audit rows and the commit's WAL flush).
+# COMMIT (the audit rows and the commit's WAL flush). Its holder still takes row locks at
+# COMMIT: the deferred foreign key checks of its new rows lock the referenced instrument and
+# user rows FOR KEY SHARE. So a transaction must not hold one of those rows FOR UPDATE when it
+# asks for this lock (a plain UPDATE, FOR NO KEY UPDATE, does not conflict): that deadlocks.
 COMMAND_ORDER_LOCK_KEY = 0x636D_6473  # "cmds"
 
 COMMAND_ORDER_LOCK_SQL = f"SELECT pg_advisory_xact_lock({COMMAND_ORDER_LOCK_KEY})"

@@ -166,6 +166,51 @@ def test_a_client_order_id_stored_by_a_concurrent_batch_is_answered_as_a_replay(
 
 
 @pytest.mark.django_db(transaction=True)
+def test_an_amend_waiting_for_a_batch_to_commit_does_not_deadlock_with_it():
+    """A batch holds the command-order lock until it commits, and its COMMIT checks the new
+    orders' foreign keys (FOR KEY SHARE on the instrument row). An amend of an order of the
+    same instrument, waiting for that lock, must not hold the instrument row FOR UPDATE: it
+    did (select_related under select_for_update locks every joined row), and PostgreSQL
+    aborted one of the two as a deadlock: an order entry batch or an amend answered 500."""
+    instrument = make_instrument()
+    trader, amender = make_user(), make_user()
+    resting = services.order_place(user=amender, request=buy(instrument.symbol, "5.00", "2"))
+    batch_holds_the_lock = threading.Event()
+    commit_batch = threading.Event()
+
+    def batch() -> services.Placement:
+        try:
+            with transaction.atomic():
+                placed = services.orders_store(
+                    plans=[plan(trader, buy(instrument.symbol, "4.00", "1"))]
+                )
+                batch_holds_the_lock.set()
+                assert commit_batch.wait(timeout=10)
+            return placed[0]
+        finally:
+            connection.close()
+
+    def amend() -> Command:
+        try:
+            return services.order_amend(order=resting.order, actor=amender, quantity=Decimal(3))
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        stored = pool.submit(batch)
+        assert batch_holds_the_lock.wait(timeout=10)
+        amended = pool.submit(amend)
+        time.sleep(0.3)  # the amend now waits for the command-order lock
+        assert not amended.done()
+        commit_batch.set()
+        placement, command = stored.result(timeout=10), amended.result(timeout=10)
+
+    assert placement.created and Order.objects.filter(pk=placement.order.pk).exists()
+    assert command.kind == Command.Kind.AMEND and command.pk > placement.command_id
+    assert ledger_discrepancies() == {}
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_failed_batch_is_reported_to_each_of_its_orders_and_the_next_one_works():
     instrument = make_instrument()
     user = make_user(funds={"USD": Decimal("100.00")})
