@@ -57,14 +57,45 @@ def changed_response(order: Order, command_id: int) -> Response:
     return Response(body, status=code)
 
 
+# The instants a time filter accepts: far enough inside Python's and PostgreSQL's ranges that
+# a window or bucket computed from one (candles go back 1,000 days) cannot overflow.
+EARLIEST_TIME = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+LATEST_TIME = dt.datetime(9000, 1, 1, tzinfo=dt.UTC)
+
+
 def parse_time(request: Request, name: str) -> dt.datetime | None:
+    """An optional ISO 8601 query parameter as an aware UTC datetime (no zone: UTC)."""
     raw = request.query_params.get(name)
     if raw is None:
         return None
-    value = parse_datetime(raw)
-    if value is None:
-        raise trading_error("InvalidParameter", f"{name} must be an ISO 8601 date-time", field=name)
-    return value if timezone.is_aware(value) else value.replace(tzinfo=dt.UTC)
+    try:
+        # parse_datetime raises ValueError for a well-formed impossible one (February 30th).
+        value = parse_datetime(raw)
+        if value is not None:
+            value = value if timezone.is_aware(value) else value.replace(tzinfo=dt.UTC)
+            value = value.astimezone(dt.UTC)  # OverflowError past year 9999 in UTC
+    except (ValueError, OverflowError):
+        value = None
+    if value is None or not EARLIEST_TIME <= value < LATEST_TIME:
+        raise trading_error(
+            "InvalidParameter",
+            f"{name} must be an ISO 8601 date-time from 1970 to 8999 (e.g. 2026-11-25T14:22:12Z)",
+            field=name,
+        )
+    return value
+
+
+def whole_number(request: Request, name: str, *, default: int, low: int, high: int) -> int:
+    """An optional whole-number query parameter within low..high (ASCII digits only: `²` is
+    a digit to str.isdigit, not to int)."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit() and low <= int(raw) <= high):
+        raise trading_error(
+            "InvalidParameter", f"{name} must be a whole number from {low} to {high}", field=name
+        )
+    return int(raw)
 
 
 class OrdersView(APIView):
@@ -262,12 +293,8 @@ class OrderBookView(PublicView):
     )
     def get(self, request: Request, symbol: str) -> Response:
         instrument = selectors.instrument_by_symbol(symbol)
-        raw_depth = request.query_params.get("depth", "50")
-        if not raw_depth.isdigit() or not 1 <= int(raw_depth) <= 50:
-            raise trading_error(
-                "InvalidParameter", "depth must be a whole number from 1 to 50", field="depth"
-            )
-        return Response(selectors.book_depth(instrument=instrument, depth=int(raw_depth)))
+        depth = whole_number(request, "depth", default=50, low=1, high=50)
+        return Response(selectors.book_depth(instrument=instrument, depth=depth))
 
 
 class SpreadView(PublicView):
@@ -398,16 +425,10 @@ class CandlesView(PublicView):
                 f"interval must be one of {', '.join(selectors.CANDLE_INTERVALS)}",
                 field="interval",
             )
-        raw_limit = request.query_params.get("limit", "500")
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= self.MAX_LIMIT:
-            raise trading_error(
-                "InvalidParameter",
-                f"limit must be a whole number from 1 to {self.MAX_LIMIT}",
-                field="limit",
-            )
+        limit = whole_number(request, "limit", default=500, low=1, high=self.MAX_LIMIT)
         end = parse_time(request, "end") or timezone.now()
         rows = selectors.candles_for_instrument(
-            instrument=instrument, interval=interval, limit=int(raw_limit), end=end
+            instrument=instrument, interval=interval, limit=limit, end=end
         )
         candles = [
             {

@@ -203,7 +203,7 @@ def _order_cancel(user, body: dict, request: SocketRequest) -> tuple[int, dict]:
     try:
         order_id, client_order_id = body.get("order_id"), body.get("client_order_id")
         if order_id is not None:
-            if isinstance(order_id, str) and order_id.isdigit():
+            if isinstance(order_id, str) and order_id.isascii() and order_id.isdigit():
                 order_id = int(order_id)
             if not isinstance(order_id, int) or isinstance(order_id, bool):
                 raise trading_error(

@@ -202,6 +202,15 @@ def test_no_trades_gives_no_candles(client):
         ({"interval": "1m", "limit": "1001"}, "limit"),
         ({"interval": "1m", "limit": "ten"}, "limit"),
         ({"interval": "1m", "end": "yesterday"}, "end"),
+        # Each of these was a 500: "²" is a digit to str.isdigit but not to int; Django's
+        # parse_datetime raises ValueError for an impossible date; a year-1 end overflowed the
+        # 1,000 buckets back, a year-9999 one west of UTC overflowed converting to UTC.
+        ({"interval": "1m", "limit": "\u00b2"}, "limit"),
+        ({"interval": "1d", "end": "2026-02-30T10:00:00Z"}, "end"),
+        ({"interval": "1d", "end": "2026-11-26T25:00:00"}, "end"),
+        ({"interval": "1d", "end": "2026-11-26T10:00:00+99:00"}, "end"),
+        ({"interval": "1d", "end": "0001-01-01T00:00:00Z"}, "end"),
+        ({"interval": "1d", "end": "9999-12-31T23:59:59-23:59"}, "end"),
     ],
 )
 def test_bad_parameters_are_400_with_the_error_shape_naming_the_field(client, params, field):

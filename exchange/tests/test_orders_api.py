@@ -371,6 +371,23 @@ def test_a_nul_character_in_the_path_or_query_is_a_400_not_a_500(market):
     assert httpx.get(f"{maker.http.base_url}/trade/X%00/").status_code == 400
 
 
+@pytest.mark.parametrize(
+    ("path", "params", "field"),
+    [
+        ("/api/v1/orders", {"start": "2026-02-30T10:00:00Z"}, "start"),
+        ("/api/v1/orders", {"end": "2026-11-26T25:00:00"}, "end"),
+        ("/api/v1/orders", {"start": "9999-12-31T23:59:59-23:59"}, "start"),
+        ("/api/v1/orderbook/{symbol}", {"depth": "\u00b2"}, "depth"),
+    ],
+)
+def test_an_impossible_time_or_a_non_ascii_digit_is_a_400(market, path, params, field):
+    instrument, maker, _ = market
+    response = maker.get(path.format(symbol=instrument.symbol), **params)
+    assert response.status_code == 400, response.text  # each was a 500
+    body = response.json()
+    assert (body["error"], body["field"]) == ("InvalidParameter", field)
+
+
 def test_a_body_nested_deeper_than_the_json_decoder_goes_is_a_400(market):
     _, maker, _ = market
     response = maker.http.post(

@@ -400,6 +400,10 @@ def test_bad_input_and_unknown_channels_get_errors_not_a_crash(market):
             assert (await recv_until(ws, lambda f: True))["type"] == "login"
             await send(ws, {"op": "order.cancel", "client_order_id": "x\x00", "id": 8})
             assert (await recv_until(ws, lambda f: True))["error"] == "MalformedRequest"
+            # "²" is a digit to str.isdigit but not to int (was a 500).
+            await send(ws, {"op": "order.cancel", "order_id": "\u00b2", "id": 10})
+            answer = await recv_until(ws, lambda f: f.get("id") == 10)
+            assert (answer["status"], answer["error"]["error"]) == (400, "InvalidParameter")
             # A backslash and "u0000" as text is no NUL.
             await send(ws, {"op": "ping", "x": "\\u0000", "id": 9})
             assert (await recv_until(ws, lambda f: True))["type"] == "pong"
