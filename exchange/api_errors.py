@@ -2,14 +2,34 @@
 
 Codes are stable (clients switch on them; messages may change). Raise `ApiError` from a view
 or service; DRF's own exceptions (validation, authentication, 404, throttling) are mapped to
-the same shape by `api_exception_handler`.
+the same shape by `api_exception_handler`, and so is any other failure: the database out of
+reach (a restart, a failover) is a 503 `ServiceUnavailable` a client can retry, a bug a 500
+`Error`, never Django's HTML error page.
 """
 
+import logging
+
 from django.core.exceptions import PermissionDenied
+from django.db import InterfaceError, OperationalError
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
-from rest_framework.views import exception_handler
+from rest_framework.views import exception_handler, set_rollback
+
+# Logged as Django logs an exception it turns into a 500 itself.
+request_logger = logging.getLogger("django.request")
+
+# The database's connection failed (the server restarting, a failover, a dropped connection):
+# the client may retry. Whether the request took effect is unknown when the connection failed
+# at COMMIT; an order retried with the same client_order_id is placed at most once.
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
+SERVICE_UNAVAILABLE_BODY = {
+    "error": "ServiceUnavailable",
+    "code": -1001,
+    "message": "the exchange's database is out of reach for a moment: retry shortly (an order "
+    "retried with the same client_order_id is placed at most once)",
+}
+INTERNAL_ERROR_BODY = {"error": "Error", "code": -1000, "message": "internal error"}
 
 
 class ApiError(exceptions.APIException):
@@ -78,7 +98,17 @@ def api_exception_handler(exc, context):
         exc = exceptions.PermissionDenied()
     response = exception_handler(exc, context)
     if response is None:
-        return None
+        request = context.get("request")
+        request_logger.error(
+            "Internal Server Error: %s",
+            getattr(request, "path", "?"),
+            exc_info=exc,
+            extra={"status_code": 500, "request": getattr(request, "_request", request)},
+        )
+        set_rollback()
+        if isinstance(exc, DATABASE_UNAVAILABLE):
+            return Response(SERVICE_UNAVAILABLE_BODY, status=503, headers={"Retry-After": "1"})
+        return Response(INTERNAL_ERROR_BODY, status=500)
     name, code = next(
         ((name, code) for cls, name, code in _DRF_ERRORS if isinstance(exc, cls)), ("Error", -1000)
     )

@@ -20,6 +20,11 @@ from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from rest_framework.exceptions import APIException
 
+from exchange.api_errors import (
+    DATABASE_UNAVAILABLE,
+    INTERNAL_ERROR_BODY,
+    SERVICE_UNAVAILABLE_BODY,
+)
 from exchange.market_hub import SNAPSHOT_DEPTH, Subscriber, channel_symbol, hub
 from exchange.view_threads import view_executor
 from exchange.ws_direct import RAW_SEND_KEY, DirectSocket, text_frame
@@ -573,9 +578,12 @@ class StreamConsumer(AsyncWebsocketConsumer):
             )
             try:
                 code, body_out = await call(user, body, request)
+            except DATABASE_UNAVAILABLE:
+                logger.exception("websocket order op failed: database unavailable")
+                code, body_out = 503, SERVICE_UNAVAILABLE_BODY
             except Exception:
                 logger.exception("websocket order op failed")
-                code, body_out = 500, {"error": "Error", "code": -1000, "message": "internal"}
+                code, body_out = 500, INTERNAL_ERROR_BODY
             answer = {"type": "response", **extra, "status": code}
             answer["data" if code < 400 else "error"] = body_out
             self.push(answer)

@@ -1,0 +1,61 @@
+"""The API when the database drops the web process's connections (a restart, a failover): a
+503 a client can retry, never Django's HTML 500 page, and the next requests work again."""
+
+import uuid
+
+import httpx
+import pytest
+from django.db import connection
+
+from conftest import start_web
+from exchange.models import Order
+from exchange.tests.api_client import ApiKeyAuth, make_api_key, make_instrument, make_user
+
+pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
+
+
+def test_dropped_database_connections_are_a_retryable_503_then_requests_work(
+    processes, process_env
+):
+    app_name = f"outage-web-{uuid.uuid4().hex[:8]}"  # names this web process's sessions
+    base_url = start_web(processes, env={**process_env, "PGAPPNAME": app_name})
+    instrument = make_instrument()
+    key = make_api_key(make_user())
+    client = httpx.Client(
+        base_url=base_url, auth=ApiKeyAuth(key.api_key.key, key.secret), timeout=15
+    )
+    order = {
+        "symbol": instrument.symbol,
+        "side": "buy",
+        "order_type": "limit",
+        "price": "10.00",
+        "quantity": "1",
+        "client_order_id": "after-outage",
+    }
+    assert client.get("/api/v1/orders").status_code == 200  # its pool holds connections now
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = %s",
+            [app_name],
+        )
+        assert cursor.fetchone()[0] >= 1
+
+    unavailable = []
+    for _ in range(40):  # each dead pooled connection fails one request, then is replaced
+        response = client.post("/api/v1/orders", json=order)
+        if response.status_code != 503:
+            break
+        unavailable.append(response)
+    assert unavailable, "no request met a dropped connection"
+    for refused in unavailable:
+        assert refused.headers["content-type"] == "application/json"
+        assert refused.headers["retry-after"] == "1"
+        assert refused.json()["error"] == "ServiceUnavailable"
+        assert refused.json()["code"] == -1001
+    # Retried with the same client_order_id: stored once (no worker runs: pending_new).
+    assert response.status_code == 202, response.text
+    replay = client.post("/api/v1/orders", json=order)
+    assert replay.status_code == 202 and replay.json()["order_id"] == response.json()["order_id"]
+    assert Order.objects.filter(client_order_id="after-outage").count() == 1
