@@ -13,6 +13,7 @@ import logging
 import time
 from typing import Any
 
+import redis
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -57,6 +58,7 @@ WS_ERRORS: dict[str, int] = {
     "UnknownChannel": -1141,
     "TooManySubscriptions": -1142,
     "NotSubscribed": -1143,
+    "ServiceUnavailable": -1001,
 }
 PUBLIC_KINDS = ("book", "trades", "ticker")
 PLAIN_CHANNELS = ("orders", "heartbeat")
@@ -462,7 +464,15 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 return
             if kind == "book":
                 self.sub.depths[symbol] = depth
-            await hub.mirror(symbol)
+            try:
+                await hub.mirror(symbol)
+            except (redis.RedisError, OSError):
+                self.error(
+                    "ServiceUnavailable",
+                    "market data is out of reach for a moment: subscribe again shortly",
+                    **refuse,
+                )
+                return
             if self.closing or len(self.sub.channels) >= settings.WS_MAX_SUBSCRIPTIONS:
                 return
         ack = {"type": "subscribed", **refuse}

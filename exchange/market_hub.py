@@ -32,6 +32,8 @@ from matching.transport import book_snapshot_key, market_data_channel, private_e
 
 logger = logging.getLogger(__name__)
 
+RELOAD_RETRY_SECONDS = 0.5  # between attempts to reload a book from Redis
+
 SNAPSHOT_DEPTH = 50  # what the worker writes to Redis
 ORDER_EVENTS = {
     "new": "accepted",
@@ -305,12 +307,22 @@ class MarketHub:
         return False
 
     async def mirror(self, symbol: str) -> BookMirror:
-        """The loaded mirror of `symbol` (loading it from Redis on first use)."""
+        """The loaded mirror of `symbol` (loading it from Redis on first use); raises
+        redis.RedisError or OSError when Redis is out of reach."""
         mirror = self.books.get(symbol)
         if mirror is None:
             mirror = self.books[symbol] = BookMirror(symbol)
-            await self._load(mirror)
+            try:
+                await self._load(mirror)
+            except BaseException:
+                # Not loaded: forget it, so the next subscription loads it again rather than
+                # waiting for it forever.
+                if self.books.get(symbol) is mirror:
+                    del self.books[symbol]
+                raise
         while not mirror.loaded or mirror.busy:
+            if self.books.get(symbol) is not mirror:  # its first load failed meanwhile
+                return await self.mirror(symbol)
             await asyncio.sleep(0.005)
         return mirror
 
@@ -340,7 +352,20 @@ class MarketHub:
         mirror.pending = []
 
         async def reload() -> None:
-            await self._load(mirror)
+            # Until it loads (Redis may be coming back: a reconnect reloads every book) or
+            # nobody watches the book any more; meanwhile its subscribers get nothing.
+            while True:
+                if self.books.get(mirror.symbol) is not mirror:
+                    return
+                try:
+                    await self._load(mirror)
+                    break
+                except (redis.RedisError, OSError) as exc:
+                    logger.warning(
+                        "book reload failed, retrying",
+                        extra={"symbol": mirror.symbol, "why": str(exc)},
+                    )
+                    await asyncio.sleep(RELOAD_RETRY_SECONDS)
             for sub in list(self.channels.get(f"book.{mirror.symbol}", ())):
                 self._push_snapshot(sub, mirror)
             for sub in list(self.channels.get(f"ticker.{mirror.symbol}", ())):

@@ -1,9 +1,17 @@
-"""The market hub's book logic without processes: checksum, views, slow consumers."""
+"""The market hub's book logic without processes: checksum, views, slow consumers, and
+loading books when Redis is out of reach (a real client of a closed port)."""
 
 import asyncio
 import json
+import uuid
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from django.conf import settings
 
 from exchange.book_checksum import book_checksum
+from exchange.embedded_servers import free_port
 from exchange.market_hub import BookMirror, MarketHub, Subscriber, view_changes
 
 
@@ -86,5 +94,64 @@ def test_private_order_events_reach_only_their_user():
         assert bob.queue.empty()
         frame = json.loads(alice.queue.get_nowait())
         assert frame["data"] == {"order_id": 5, "status": "filled", "symbol": "X", "event": "fill"}
+
+    asyncio.run(scenario())
+
+
+def snapshot_stored(symbol: str, seq: int) -> None:
+    """The worker's Redis snapshot of an empty book `symbol` at `seq`."""
+    from exchange.redis_connection import redis_client
+    from matching.transport import book_snapshot_key
+
+    snapshot = {"seq": seq, "bids": [], "asks": [], "last_price": None}
+    redis_client().set(book_snapshot_key(symbol), json.dumps(snapshot), ex=60)
+
+
+def redis_out_of_reach() -> aioredis.Redis:
+    """A real client of a port nothing listens on: every command fails to connect."""
+    return aioredis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1)
+
+
+def test_a_book_reload_that_meets_redis_out_of_reach_retries_until_it_loads():
+    # After Redis comes back the hub reloads every book; the reload's first read could fail
+    # (a stale connection) and left the book unloaded for good: no more updates, and every
+    # later subscription waiting forever.
+    symbol = f"HUB{uuid.uuid4().hex[:8].upper()}"
+
+    async def scenario():
+        hub = MarketHub()
+        hub.books[symbol] = mirror = BookMirror(symbol)
+        mirror.load({"seq": 10, "bids": [], "asks": [], "last_price": None})
+        sub = Subscriber(maxsize=10)
+        hub.add(sub, f"book.{symbol}")
+        drained(sub)
+        hub._client = redis_out_of_reach()
+        hub._reload(mirror)
+        await asyncio.sleep(0.3)  # its first attempt failed
+        assert not mirror.loaded
+        snapshot_stored(symbol, 42)
+        hub._client = aioredis.Redis.from_url(settings.REDIS_URL)  # Redis is back
+        for _ in range(100):
+            if mirror.loaded:
+                break
+            await asyncio.sleep(0.05)
+        assert mirror.seq == 42
+        assert [(f["type"], f["seq"]) for f in drained(sub)] == [("snapshot", 42)]
+
+    asyncio.run(scenario())
+
+
+def test_a_first_book_load_that_fails_is_forgotten_and_tried_again():
+    symbol = f"HUB{uuid.uuid4().hex[:8].upper()}"
+
+    async def scenario():
+        hub = MarketHub()
+        hub._client = redis_out_of_reach()
+        with pytest.raises((redis.RedisError, OSError)):
+            await hub.mirror(symbol)
+        assert symbol not in hub.books  # was left unloaded: the next subscriber waited forever
+        snapshot_stored(symbol, 7)
+        hub._client = aioredis.Redis.from_url(settings.REDIS_URL)
+        assert (await asyncio.wait_for(hub.mirror(symbol), timeout=5)).seq == 7
 
     asyncio.run(scenario())
