@@ -19,10 +19,23 @@ from rest_framework.views import exception_handler, set_rollback
 # Logged as Django logs an exception it turns into a 500 itself.
 request_logger = logging.getLogger("django.request")
 
-# The database's connection failed (the server restarting, a failover, a dropped connection):
-# the client may retry. Whether the request took effect is unknown when the connection failed
-# at COMMIT; an order retried with the same client_order_id is placed at most once.
-DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
+# SQLSTATEs of a database out of reach: its connection failed (class 08) or the server is
+# shutting down or starting (57P01-57P03). Other operational errors (a deadlock, 40P01; a
+# serialization failure, 40001) are not an outage: they are 500s.
+_OUTAGE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """The database's connection failed (the server restarting, a failover, a dropped
+    connection): the client may retry. Whether the request took effect is unknown when the
+    connection failed at COMMIT; an order retried with the same client_order_id is placed at
+    most once."""
+    if not isinstance(exc, OperationalError | InterfaceError):
+        return False
+    sqlstate = getattr(exc.__cause__, "sqlstate", None)
+    return sqlstate is None or sqlstate.startswith(_OUTAGE_SQLSTATES)
+
+
 SERVICE_UNAVAILABLE_BODY = {
     "error": "ServiceUnavailable",
     "code": -1001,
@@ -106,7 +119,7 @@ def api_exception_handler(exc, context):
             extra={"status_code": 500, "request": getattr(request, "_request", request)},
         )
         set_rollback()
-        if isinstance(exc, DATABASE_UNAVAILABLE):
+        if database_unavailable(exc):
             return Response(SERVICE_UNAVAILABLE_BODY, status=503, headers={"Retry-After": "1"})
         return Response(INTERNAL_ERROR_BODY, status=500)
     name, code = next(

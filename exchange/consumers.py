@@ -22,9 +22,9 @@ from django.core.serializers.json import DjangoJSONEncoder
 from rest_framework.exceptions import APIException
 
 from exchange.api_errors import (
-    DATABASE_UNAVAILABLE,
     INTERNAL_ERROR_BODY,
     SERVICE_UNAVAILABLE_BODY,
+    database_unavailable,
 )
 from exchange.market_hub import SNAPSHOT_DEPTH, Subscriber, channel_symbol, hub
 from exchange.view_threads import view_executor
@@ -588,12 +588,12 @@ class StreamConsumer(AsyncWebsocketConsumer):
             )
             try:
                 code, body_out = await call(user, body, request)
-            except DATABASE_UNAVAILABLE:
-                logger.exception("websocket order op failed: database unavailable")
-                code, body_out = 503, SERVICE_UNAVAILABLE_BODY
-            except Exception:
+            except Exception as exc:
                 logger.exception("websocket order op failed")
-                code, body_out = 500, INTERNAL_ERROR_BODY
+                if database_unavailable(exc):
+                    code, body_out = 503, SERVICE_UNAVAILABLE_BODY
+                else:
+                    code, body_out = 500, INTERNAL_ERROR_BODY
             answer = {"type": "response", **extra, "status": code}
             answer["data" if code < 400 else "error"] = body_out
             self.push(answer)
