@@ -41,6 +41,7 @@ ERROR_CODES: dict[str, int] = {
     "MarketClosed": -1120,
     "UnknownSymbol": -1121,
     "AmountTooPrecise": -1122,
+    "ExpireAtTooFar": -1123,
     # orders
     "PostOnlyWouldMatch": -2010,
     "OrderNotOpen": -2011,

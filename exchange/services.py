@@ -178,8 +178,18 @@ def order_plan(
             )
 
     expire_at = request.expire_at
-    if request.time_in_force == Order.TimeInForce.GTD and expire_at <= now:
-        raise trading_error("ExpireAtInPast", "expire_at must be in the future", field="expire_at")
+    if request.time_in_force == Order.TimeInForce.GTD:
+        if expire_at <= now:
+            raise trading_error(
+                "ExpireAtInPast", "expire_at must be in the future", field="expire_at"
+            )
+        if expire_at > now + dt.timedelta(days=settings.GTD_MAX_DAYS):
+            # Beyond 2262 it no longer fitted the worker's recovery: the shard could not restart.
+            raise trading_error(
+                "ExpireAtTooFar",
+                f"expire_at must be at most {settings.GTD_MAX_DAYS} days ahead",
+                field="expire_at",
+            )
     if request.time_in_force == Order.TimeInForce.DAY:
         expire_at = day_expiry(instrument, now)
 

@@ -69,6 +69,11 @@ if MATCHING_SHARDS < 1:
 MATCHING_HEARTBEAT_TTL_MS = env.int("MATCHING_HEARTBEAT_TTL_MS", default=5000)
 # How long an order request waits for the engine before answering 202 pending_new.
 ORDER_REPLY_TIMEOUT_SECONDS = env.float("ORDER_REPLY_TIMEOUT_SECONDS", default=2.0)
+# How far ahead a GTD order's expire_at may be (ExpireAtTooFar beyond). The engine's clock is
+# nanoseconds in 64 bits where it is stored (it ends in April 2262): at most 200 years.
+GTD_MAX_DAYS = env.int("GTD_MAX_DAYS", default=365)
+if not 1 <= GTD_MAX_DAYS <= 73_000:
+    raise ImproperlyConfigured(f"GTD_MAX_DAYS must be from 1 to 73000, got {GTD_MAX_DAYS}")
 # Orders arriving together at one web process are stored in one transaction
 # (exchange/order_batcher.py), at most this many; ORDER_ENTRY_BATCHING=false stores each alone.
 ORDER_ENTRY_BATCHING = env.bool("ORDER_ENTRY_BATCHING", default=True)

@@ -242,6 +242,25 @@ def test_gtd_order_expires_at_its_time(market):
     assert expired["reason"] == "gtd_expired"
 
 
+def test_gtd_order_up_to_the_horizon_is_accepted_and_one_past_it_refused(market):
+    instrument, maker, _ = market
+    now = dt.datetime.now(dt.UTC)
+    for days, status in ((364, 201), (366, 400)):
+        expire_at = (now + dt.timedelta(days=days)).isoformat().replace("+00:00", "Z")
+        response = maker.place(
+            **limit(
+                instrument.symbol, "buy", "10.00", "1", time_in_force="GTD", expire_at=expire_at
+            )
+        )
+        assert response.status_code == status, response.text
+    assert response.json() == {
+        "error": "ExpireAtTooFar",
+        "code": -1123,
+        "message": "expire_at must be at most 365 days ahead",
+        "field": "expire_at",
+    }
+
+
 def test_day_order_expires_at_the_session_close(market):
     instrument, maker, _ = market
     body = maker.place(**limit(instrument.symbol, "buy", "10.00", "1", time_in_force="DAY")).json()
@@ -407,6 +426,10 @@ BAD_INPUTS = [
     ({"post_only": True, "time_in_force": "IOC"}, "InvalidCombination", "post_only"),
     ({"display_quantity": "20"}, "DisplayQuantityTooLarge", "display_quantity"),
     ({"time_in_force": "GTD", "expire_at": "2020-01-01T00:00:00Z"}, "ExpireAtInPast", "expire_at"),
+    # More than GTD_MAX_DAYS (365) ahead. Past April 2262 it was accepted, and then the shard
+    # worker could not recover (the expiry overflowed its nanosecond clock): shard down.
+    ({"time_in_force": "GTD", "expire_at": "2262-04-12T00:00:00Z"}, "ExpireAtTooFar", "expire_at"),
+    ({"time_in_force": "GTD", "expire_at": "9999-12-31T23:59:59Z"}, "ExpireAtTooFar", "expire_at"),
     ({"price": 10.5}, "NumberNotString", "price"),
     ({"quantity": "ten"}, "InvalidNumber", "quantity"),
     ({"quantity": "-1"}, "InvalidNumber", "quantity"),

@@ -140,3 +140,13 @@ def test_shard_count_below_one_is_refused(tmp_path):
     result = run_with({**GOOD, "MATCHING_SHARDS": "0"}, tmp_path)
     assert result.returncode != 0
     assert "MATCHING_SHARDS must be at least 1, got 0" in result.stderr
+
+
+def test_gtd_horizon_outside_what_the_engine_clock_holds_is_refused(tmp_path):
+    probe = "import django; django.setup(); from django.conf import settings as s; "
+    probe += "print(s.GTD_MAX_DAYS)"
+    assert run_with(GOOD, tmp_path, code=probe).stdout.strip() == "365"
+    assert run_with({**GOOD, "GTD_MAX_DAYS": "30"}, tmp_path, code=probe).stdout.strip() == "30"
+    result = run_with({**GOOD, "GTD_MAX_DAYS": "100000"}, tmp_path, code=probe)
+    assert result.returncode != 0
+    assert "GTD_MAX_DAYS must be from 1 to 73000, got 100000" in result.stderr
