@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 # Close codes (documented in docs/websocket.md).
 CLOSE_PING_TIMEOUT = 4000
+CLOSE_KEY_REVOKED = 4001
 CLOSE_SLOW_CONSUMER = 4008
 CLOSE_RATE_LIMIT = 4029
 
@@ -137,6 +138,23 @@ def _api_key_login(message: dict, request: SocketRequest, now_ms: int):
         raise
     api_key_mark_used(credentials=credentials, ip=signed.client_ip)
     return users[credentials.id], credentials
+
+
+def _key_still_valid(credentials) -> bool:
+    """The API key a socket logged in with is neither revoked nor its user deactivated (one
+    Redis GET while the process's credentials cache is fresh: every revocation resets it)."""
+    from accounts.api_keys import api_key_credentials_cached
+
+    found = api_key_credentials_cached(credentials.key)
+    return found is not None and not found[0].revoked and found[0].user_active
+
+
+KEY_REVOKED_ANSWER = {
+    "error": "InvalidApiKey",
+    "code": WS_ERRORS["InvalidApiKey"],
+    "message": "the API key this socket logged in with was revoked (or its user deactivated); "
+    "the socket is closed (4001)",
+}
 
 
 def _rate_limited(user, credentials) -> dict | None:
@@ -340,6 +358,21 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 next_ping = now + ping_s
                 self.ping_id += 1
                 self.push({"type": "ping", "id": self.ping_id})
+                # Also with each ping: a socket logged in with a key revoked since (or whose
+                # user was deactivated) is closed, its private channel with it.
+                credentials = self.key_credentials
+                if credentials is not None:
+                    check = database_sync_to_async(
+                        _key_still_valid, thread_sensitive=False, executor=view_executor()
+                    )
+                    try:
+                        valid = await check(credentials)
+                    except Exception:  # PostgreSQL out of reach: keep the socket, check later
+                        logger.warning("websocket key check failed", exc_info=True)
+                        valid = True
+                    if not valid:
+                        await self._close(CLOSE_KEY_REVOKED)
+                        return
 
     async def _close(self, code: int) -> None:
         if not self.closing:
@@ -575,6 +608,10 @@ class StreamConsumer(AsyncWebsocketConsumer):
         request.api_key_id = credentials.id if credentials is not None else None
 
         def limited_service(user, body, request):
+            # A key revoked after the login: the next order op is refused like the next REST
+            # request (the socket then closes).
+            if credentials is not None and not _key_still_valid(credentials):
+                return 401, KEY_REVOKED_ANSWER
             refused = _rate_limited(user, credentials)
             if refused is not None:
                 return 429, refused
@@ -597,6 +634,8 @@ class StreamConsumer(AsyncWebsocketConsumer):
             answer = {"type": "response", **extra, "status": code}
             answer["data" if code < 400 else "error"] = body_out
             self.push(answer)
+            if body_out is KEY_REVOKED_ANSWER:
+                await self._close(CLOSE_KEY_REVOKED)
 
         task = asyncio.get_running_loop().create_task(run())
         self.tasks.add(task)

@@ -557,6 +557,57 @@ def test_an_api_key_login_is_refused_when_stale_revoked_or_unknown(market):
     assert failures[2].api_key_id == revoked.api_key.pk
 
 
+def test_a_socket_whose_key_is_revoked_after_the_login_can_no_longer_trade_and_is_closed(
+    market,
+):
+    # The login's credentials were kept for the socket's life: a revoked key kept trading and
+    # seeing its private channel over a socket opened before the revocation.
+    from django.db import connection
+
+    from accounts.api_keys import api_key_revoke
+    from exchange.models import Order
+
+    user = make_user()
+    key = make_api_key(user)
+
+    def revoke() -> None:
+        try:
+            api_key_revoke(api_key=key.api_key, actor=user)
+        finally:
+            connection.close()
+
+    async def closed_with(ws) -> int:
+        answers = []
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                answers.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+        # An order op that got in before the close was refused like a REST request.
+        for answer in answers:
+            if answer.get("type") == "response":
+                assert (answer["status"], answer["error"]["error"]) == (401, "InvalidApiKey")
+        return closed.value.rcvd.code
+
+    async def scenario():
+        async with (
+            websockets.connect(market["ws"], ping_interval=None) as trading,
+            websockets.connect(market["ws"], ping_interval=None) as watching,
+        ):
+            for ws in (trading, watching):
+                await send(ws, login_op(key))
+                assert (await recv_until(ws, lambda f: True))["type"] == "login"
+            await send(watching, {"op": "subscribe", "channels": ["orders"]})
+            assert (await recv_until(watching, lambda f: True))["type"] == "subscribed"
+            await asyncio.to_thread(revoke)
+            await send(
+                trading, {"op": "order.place", **limit(market["symbol"], "buy", "1.00", "1")}
+            )
+            assert await closed_with(trading) == 4001
+            assert await closed_with(watching) == 4001  # idle: closed with a ping
+
+    asyncio.run(scenario())
+    assert not Order.objects.filter(user=user).exists()
+
+
 def test_socket_order_entry_needs_a_key_with_trade_and_carries_the_key_in_the_audit(market):
     from audit.events import AuditEvent
     from audit.models import AuditRecord
