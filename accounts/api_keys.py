@@ -223,6 +223,15 @@ def _revocations_bump() -> None:
     _credentials_cache.clear()
 
 
+def revocations_counter() -> bytes | None:
+    """The counter every key revocation and user deactivation bumps (None without Redis): a
+    holder of credentials read earlier needs to look again only when it changed."""
+    try:
+        return redis_client().get(_revocations_key()) or b"0"
+    except redis.RedisError:
+        return None
+
+
 def user_saved_keys_recheck(sender, instance: User, **kwargs) -> None:
     """A deactivated user's keys stop working at once, like revoked ones (post_save)."""
     if not instance.is_active:
@@ -232,9 +241,8 @@ def user_saved_keys_recheck(sender, instance: User, **kwargs) -> None:
 def api_key_credentials_cached(key: str) -> tuple[KeyCredentials, User] | None:
     """`api_key_credentials`, from this process's cache while it is fresh and no key has been
     revoked since it was read (one Redis GET)."""
-    try:
-        revocations = redis_client().get(_revocations_key()) or b"0"
-    except redis.RedisError:
+    revocations = revocations_counter()
+    if revocations is None:
         return api_key_credentials(key)
     now = time.monotonic()
     cached = _credentials_cache.get(key)

@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 # Close codes (documented in docs/websocket.md).
 CLOSE_PING_TIMEOUT = 4000
-CLOSE_KEY_REVOKED = 4001
+CLOSE_LOGIN_REVOKED = 4001
 CLOSE_SLOW_CONSUMER = 4008
 CLOSE_RATE_LIMIT = 4029
 
@@ -149,11 +149,29 @@ def _key_still_valid(credentials) -> bool:
     return found is not None and not found[0].revoked and found[0].user_active
 
 
+def _session_user_still_active(user_id: int, seen: bytes | None) -> tuple[bool, bytes | None]:
+    """A socket's web-session user is still active: looked up again only when the revocation
+    counter moved since `seen` (every deactivation bumps it) or Redis is out of reach; returns
+    the answer and the counter to remember."""
+    from accounts.api_keys import revocations_counter
+    from accounts.models import User
+
+    counter = revocations_counter()
+    if counter is not None and counter == seen:
+        return True, counter
+    return User.objects.filter(pk=user_id, is_active=True).exists(), counter
+
+
 KEY_REVOKED_ANSWER = {
     "error": "InvalidApiKey",
     "code": WS_ERRORS["InvalidApiKey"],
     "message": "the API key this socket logged in with was revoked (or its user deactivated); "
     "the socket is closed (4001)",
+}
+USER_DEACTIVATED_ANSWER = {
+    "error": "NotAuthenticated",
+    "code": WS_ERRORS["NotAuthenticated"],
+    "message": "this account was deactivated; the socket is closed (4001)",
 }
 
 
@@ -265,6 +283,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
         user = self.scope.get("user")
         self.user = user if getattr(user, "is_authenticated", False) else None
         self.key_credentials = None  # an API-key login's key (a session has every right)
+        self.revocations_seen: bytes | None = None  # see _session_user_still_active
         self.sub.user_id = self.user.pk if self.user else None
         self.last_seen = time.monotonic()
         self.tokens = float(settings.WS_MAX_MESSAGES_PER_SECOND)  # a token bucket
@@ -358,21 +377,28 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 next_ping = now + ping_s
                 self.ping_id += 1
                 self.push({"type": "ping", "id": self.ping_id})
-                # Also with each ping: a socket logged in with a key revoked since (or whose
-                # user was deactivated) is closed, its private channel with it.
-                credentials = self.key_credentials
-                if credentials is not None:
-                    check = database_sync_to_async(
-                        _key_still_valid, thread_sensitive=False, executor=view_executor()
-                    )
-                    try:
-                        valid = await check(credentials)
-                    except Exception:  # PostgreSQL out of reach: keep the socket, check later
-                        logger.warning("websocket key check failed", exc_info=True)
-                        valid = True
-                    if not valid:
-                        await self._close(CLOSE_KEY_REVOKED)
-                        return
+                # Also with each ping: a socket logged in with a key revoked since, or whose
+                # user was deactivated, is closed, its private channel with it.
+                if self.user is not None and not await self._still_authorised():
+                    await self._close(CLOSE_LOGIN_REVOKED)
+                    return
+
+    async def _still_authorised(self) -> bool:
+        """The login still stands: its API key not revoked, its user not deactivated (true
+        when that cannot be checked now: PostgreSQL out of reach)."""
+        credentials = self.key_credentials
+        try:
+            if credentials is not None:
+                return await database_sync_to_async(
+                    _key_still_valid, thread_sensitive=False, executor=view_executor()
+                )(credentials)
+            active, self.revocations_seen = await database_sync_to_async(
+                _session_user_still_active, thread_sensitive=False, executor=view_executor()
+            )(self.user.pk, self.revocations_seen)
+            return active
+        except Exception:
+            logger.warning("websocket login check failed", exc_info=True)
+            return True
 
     async def _close(self, code: int) -> None:
         if not self.closing:
@@ -606,12 +632,16 @@ class StreamConsumer(AsyncWebsocketConsumer):
             return
         user, credentials, request = self.user, self.key_credentials, SocketRequest(self.scope)
         request.api_key_id = credentials.id if credentials is not None else None
+        seen = self.revocations_seen
 
         def limited_service(user, body, request):
-            # A key revoked after the login: the next order op is refused like the next REST
-            # request (the socket then closes).
-            if credentials is not None and not _key_still_valid(credentials):
-                return 401, KEY_REVOKED_ANSWER
+            # A key revoked, or a user deactivated, after the login: the next order op is
+            # refused like the next REST request (the socket then closes).
+            if credentials is not None:
+                if not _key_still_valid(credentials):
+                    return 401, KEY_REVOKED_ANSWER
+            elif not _session_user_still_active(user.pk, seen)[0]:
+                return 401, USER_DEACTIVATED_ANSWER
             refused = _rate_limited(user, credentials)
             if refused is not None:
                 return 429, refused
@@ -634,8 +664,8 @@ class StreamConsumer(AsyncWebsocketConsumer):
             answer = {"type": "response", **extra, "status": code}
             answer["data" if code < 400 else "error"] = body_out
             self.push(answer)
-            if body_out is KEY_REVOKED_ANSWER:
-                await self._close(CLOSE_KEY_REVOKED)
+            if body_out is KEY_REVOKED_ANSWER or body_out is USER_DEACTIVATED_ANSWER:
+                await self._close(CLOSE_LOGIN_REVOKED)
 
         task = asyncio.get_running_loop().create_task(run())
         self.tasks.add(task)

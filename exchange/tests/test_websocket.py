@@ -578,8 +578,9 @@ def test_a_socket_whose_key_is_revoked_after_the_login_can_no_longer_trade_and_i
 
     async def closed_with(ws) -> int:
         answers = []
+        deadline = time.monotonic() + 10
         with pytest.raises(websockets.ConnectionClosed) as closed:
-            while True:
+            while time.monotonic() < deadline:
                 answers.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
         # An order op that got in before the close was refused like a REST request.
         for answer in answers:
@@ -606,6 +607,41 @@ def test_a_socket_whose_key_is_revoked_after_the_login_can_no_longer_trade_and_i
 
     asyncio.run(scenario())
     assert not Order.objects.filter(user=user).exists()
+
+
+def test_a_web_session_socket_of_a_user_deactivated_since_is_closed(market):
+    # As the next REST request of the session is refused once staff deactivate the user.
+    from django.db import connection
+
+    user = make_user()
+    browser = Client()
+    browser.force_login(user)
+    cookie = f"sessionid={browser.cookies['sessionid'].value}"
+
+    def deactivate() -> None:
+        try:
+            user.is_active = False
+            user.save(update_fields=["is_active"])
+        finally:
+            connection.close()
+
+    async def scenario():
+        async with websockets.connect(
+            market["ws"], ping_interval=None, additional_headers={"Cookie": cookie}
+        ) as ws:
+            await send(ws, {"op": "subscribe", "channels": ["orders"]})
+            assert (await recv_until(ws, lambda f: True))["type"] == "subscribed"
+            await asyncio.sleep(0.6)  # a ping's check saw the user active
+            await asyncio.to_thread(deactivate)
+            deadline = time.monotonic() + 10
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                while time.monotonic() < deadline:  # answering pings, as a live client does
+                    frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                    if frame.get("type") == "ping":
+                        await send(ws, {"op": "pong", "id": frame["id"]})
+            assert closed.value.rcvd.code == 4001
+
+    asyncio.run(scenario())
 
 
 def test_socket_order_entry_needs_a_key_with_trade_and_carries_the_key_in_the_audit(market):
