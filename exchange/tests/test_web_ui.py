@@ -7,6 +7,7 @@ missing browser fails these tests; otherwise they are skipped with the reason.
 """
 
 import base64
+import datetime as dt
 import json
 import os
 import time
@@ -299,7 +300,8 @@ def test_the_ticket_sends_market_by_amount_stop_limit_and_gtd_iceberg_orders(
     ticket.get_by_label(f"Quantity ({BASE})", exact=True).fill("5")
     ticket.locator("summary").click()
     ticket.get_by_label("Time in force").select_option("GTD")
-    ticket.get_by_label("Expires at").fill("2099-01-01T12:00")
+    expiry_day = (dt.datetime.now(dt.UTC) + dt.timedelta(days=30)).date().isoformat()
+    ticket.get_by_label("Expires at").fill(f"{expiry_day}T12:00")  # within GTD_MAX_DAYS
     ticket.get_by_label("Iceberg: visible quantity").fill("2")
     page.locator("#ticket-submit").click()
     expect(open_order_row(page, "46.50")).to_contain_text("new")
@@ -309,7 +311,7 @@ def test_the_ticket_sends_market_by_amount_stop_limit_and_gtd_iceberg_orders(
     )
     gtd = next(o for o in orders.json()["results"] if o["price"] == "46.50")
     assert (gtd["time_in_force"], gtd["display_quantity"]) == ("GTD", "2")
-    assert gtd["expire_at"].startswith("2099-01-01")
+    assert gtd["expire_at"].startswith(expiry_day)
 
 
 def test_a_checksum_mismatch_or_a_gap_makes_the_page_fetch_a_fresh_snapshot(
