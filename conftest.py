@@ -1,6 +1,7 @@
 """Fixtures shared by every app's tests: real processes, the test database's URL, Redis."""
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -137,27 +138,12 @@ def start_web(processes: Processes, *, env: dict[str, str], name: str = "web") -
     import httpx
 
     from exchange.embedded_servers import free_port
+    from exchange.launcher import procfile_programs
 
     port = free_port()
-    proc = processes.start(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "exchange.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-            "--ws",
-            "websockets-sansio",
-            "--ws-per-message-deflate",
-            "false",
-        ],
-        env=env,
-        name=name,
-    )
+    # The Procfile's own web command, so the tests run the server as `make run` does.
+    command = procfile_programs(BASE_DIR / "Procfile", shard_count=1, port=port)["web"]
+    proc = processes.start(shlex.split(command), env=env, name=name)
     base_url = f"http://127.0.0.1:{port}"
 
     def answering():
