@@ -9,7 +9,8 @@ reach (a restart, a failover) is a 503 `ServiceUnavailable` a client can retry, 
 
 import logging
 
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.db import InterfaceError, OperationalError
 from django.http import Http404
 from rest_framework import exceptions, status
@@ -105,6 +106,13 @@ def _first_validation_error(detail, prefix: str = "") -> tuple[str | None, str]:
 def api_exception_handler(exc, context):
     if isinstance(exc, ApiError):
         return Response(exc.as_dict(), status=exc.status_code)
+    if isinstance(exc, RequestDataTooBig):  # a body over DATA_UPLOAD_MAX_MEMORY_SIZE
+        body = {
+            "error": "PayloadTooLarge",
+            "code": -1101,  # as in exchange.errors.ERROR_CODES
+            "message": f"the request body is over {settings.DATA_UPLOAD_MAX_MEMORY_SIZE:,} bytes",
+        }
+        return Response(body, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):

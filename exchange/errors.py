@@ -23,6 +23,7 @@ ERROR_CODES: dict[str, int] = {
     "InvalidSignature": -1022,
     # request shape
     "MalformedRequest": -1100,
+    "PayloadTooLarge": -1101,
     "InvalidParameter": -1102,
     "NumberNotString": -1103,
     "InvalidNumber": -1104,

@@ -416,6 +416,19 @@ def test_a_body_nested_deeper_than_the_json_decoder_goes_is_a_400(market):
     assert response.json()["error"] == "MalformedRequest"
 
 
+def test_a_body_over_the_upload_limit_is_a_413(market):
+    instrument, maker, _ = market
+    body = {**limit(instrument.symbol, "buy", "1.00", "1"), "pad": "x" * 3_000_000}
+    response = maker.http.post("/api/v1/orders", json=body)
+    assert response.status_code == 413, response.text  # was a 500 (RequestDataTooBig)
+    assert response.json() == {
+        "error": "PayloadTooLarge",
+        "code": -1101,
+        "message": "the request body is over 2,621,440 bytes",
+    }
+    assert not Order.objects.filter(user=maker.user).exists()
+
+
 BAD_INPUTS = [
     ({"symbol": "NOPE"}, "UnknownSymbol", "symbol"),
     ({"price": "10.001"}, "PriceOffTick", "price"),
