@@ -10,7 +10,7 @@ reach (a restart, a failover) is a 503 `ServiceUnavailable` a client can retry, 
 import logging
 
 from django.conf import settings
-from django.core.exceptions import PermissionDenied, RequestDataTooBig
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.db import InterfaceError, OperationalError
 from django.http import Http404
 from rest_framework import exceptions, status
@@ -113,6 +113,9 @@ def api_exception_handler(exc, context):
             "message": f"the request body is over {settings.DATA_UPLOAD_MAX_MEMORY_SIZE:,} bytes",
         }
         return Response(body, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+    if isinstance(exc, SuspiciousOperation):  # e.g. over 1,000 query parameters
+        body = {"error": "MalformedRequest", "code": -1100, "message": str(exc)}
+        return Response(body, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):

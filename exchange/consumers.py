@@ -26,6 +26,7 @@ from exchange.api_errors import (
     SERVICE_UNAVAILABLE_BODY,
     database_unavailable,
 )
+from exchange.errors import echoed
 from exchange.market_hub import SNAPSHOT_DEPTH, Subscriber, channel_symbol, hub
 from exchange.view_threads import view_executor
 from exchange.ws_direct import RAW_SEND_KEY, DirectSocket, text_frame
@@ -456,7 +457,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
             else None
         )
         if handler is None:
-            self.error("UnknownOp", f"unknown op {op!r}", **extra)
+            self.error("UnknownOp", f"unknown op {echoed(op)}", **extra)
             return
         try:
             await handler(message, extra)
@@ -494,7 +495,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
         if not (
             (kind in PUBLIC_KINDS and symbol) or (channel in PLAIN_CHANNELS and symbol is None)
         ):
-            self.error("UnknownChannel", f"unknown channel {channel!r}", **refuse)
+            self.error("UnknownChannel", f"unknown channel {echoed(channel)}", **refuse)
             return
         if channel in self.sub.channels:
             self.push({"type": "subscribed", **refuse})
@@ -519,7 +520,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
         if symbol is not None:
             lookup = database_sync_to_async(_symbol_exists, thread_sensitive=False)
             if not await hub.symbol_exists(symbol, lookup):
-                self.error("UnknownSymbol", f"unknown symbol {symbol!r}", **refuse)
+                self.error("UnknownSymbol", f"unknown symbol {echoed(symbol)}", **refuse)
                 return
             if kind == "book":
                 self.sub.depths[symbol] = depth
@@ -547,7 +548,10 @@ class StreamConsumer(AsyncWebsocketConsumer):
         for channel in channels:
             if channel not in self.sub.channels:
                 self.error(
-                    "NotSubscribed", f"not subscribed to {channel!r}", **extra, channel=channel
+                    "NotSubscribed",
+                    f"not subscribed to {echoed(channel)}",
+                    **extra,
+                    channel=channel,
                 )
                 continue
             hub.remove(self.sub, channel)

@@ -72,6 +72,13 @@ ENGINE_CODES_EXPOSED = {
 }
 
 
+def echoed(value) -> str:
+    """`repr(value)` for an error message, cut to 60 characters: a bad value is named, not
+    sent back whole (it may be megabytes)."""
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
 def trading_error(
     error: str,
     message: str,

@@ -12,7 +12,7 @@ from django.db.models import Count, Max, Min, Q, QuerySet, Sum
 from django.utils import timezone
 
 from exchange.db_cursors import bound_cursor
-from exchange.errors import trading_error
+from exchange.errors import echoed, trading_error
 from exchange.models import Instrument, Order, Trade
 from exchange.redis_connection import redis_client
 from matching.models import BookState, Command
@@ -42,7 +42,9 @@ def instrument_by_symbol(symbol: str) -> Instrument:
         instrument = Instrument.objects.get(symbol=symbol)
     except Instrument.DoesNotExist:
         raise trading_error(
-            "UnknownSymbol", f"unknown symbol {symbol!r}; see GET /api/v1/symbols", field="symbol"
+            "UnknownSymbol",
+            f"unknown symbol {echoed(symbol)}; see GET /api/v1/symbols",
+            field="symbol",
         ) from None
     _instrument_cache[symbol] = (now, instrument)
     return instrument

@@ -12,7 +12,7 @@ from decimal import Decimal, InvalidOperation
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from exchange.errors import trading_error
+from exchange.errors import echoed, trading_error
 from exchange.models import MONEY, Instrument, Order, StpMode, Trade
 from exchange.order_rules import OrderRequest
 
@@ -36,12 +36,9 @@ class DecimalString(serializers.Field):
                 field=name,
             )
         if not isinstance(data, str) or not DECIMAL_STRING.match(data.strip()):
-            shown = repr(data)
-            if len(shown) > 60:
-                shown = shown[:57] + "..."
             raise trading_error(
                 "InvalidNumber",
-                f'{name} must be a non-negative decimal string like "150.45", got {shown}',
+                f'{name} must be a non-negative decimal string like "150.45", got {echoed(data)}',
                 field=name,
             )
         try:

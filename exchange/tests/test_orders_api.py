@@ -416,6 +416,21 @@ def test_a_body_nested_deeper_than_the_json_decoder_goes_is_a_400(market):
     assert response.json()["error"] == "MalformedRequest"
 
 
+def test_over_a_thousand_query_parameters_is_a_400(market):
+    _, maker, _ = market
+    response = maker.get("/api/v1/orders", **{f"p{i}": "1" for i in range(1500)})
+    assert response.status_code == 400, response.text  # was a 500 (TooManyFieldsSent)
+    assert response.json()["error"] == "MalformedRequest"
+
+
+def test_an_unknown_symbol_is_named_not_echoed_whole(market):
+    _, maker, _ = market
+    response = maker.get(f"/api/v1/orderbook/{'A' * 5000}")
+    assert response.status_code == 400
+    message = response.json()["message"]
+    assert message.startswith("unknown symbol 'AAAA") and len(message) < 120
+
+
 def test_a_body_over_the_upload_limit_is_a_413(market):
     instrument, maker, _ = market
     body = {**limit(instrument.symbol, "buy", "1.00", "1"), "pad": "x" * 3_000_000}
