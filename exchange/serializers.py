@@ -16,10 +16,11 @@ from exchange.errors import echoed, trading_error
 from exchange.models import MONEY, Instrument, Order, StpMode, Trade
 from exchange.order_rules import OrderRequest
 
-DECIMAL_STRING = re.compile(r"^\d{1,24}(\.\d{1,18})?$")
+# ASCII digits only: \d (and Decimal) would read Arabic-Indic digits as 10 for "\u0661\u0660".
+DECIMAL_STRING = re.compile(r"^[0-9]{1,24}(\.[0-9]{1,18})?\Z")
 # Amount columns hold 30 digits, 12 of them after the point: every amount stays below 10^18.
 AMOUNT_LIMIT = Decimal(10) ** (MONEY["max_digits"] - MONEY["decimal_places"])
-CLIENT_ORDER_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
+CLIENT_ORDER_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}\Z")
 
 
 @extend_schema_field({"type": "string", "format": "decimal", "example": "150.45"})

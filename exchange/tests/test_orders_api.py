@@ -461,6 +461,7 @@ BAD_INPUTS = [
     ({"price": 10.5}, "NumberNotString", "price"),
     ({"quantity": "ten"}, "InvalidNumber", "quantity"),
     ({"quantity": "-1"}, "InvalidNumber", "quantity"),
+    ({"price": "\u0661\u0660.\u0665\u0660"}, "InvalidNumber", "price"),  # Arabic-Indic: was 10.50
     # Above what the amount columns hold, and above what the engine holds in ticks.
     ({"quantity": "1" + "0" * 18}, "NumberTooLarge", "quantity"),
     ({"price": "9" * 24 + ".00"}, "NumberTooLarge", "price"),
