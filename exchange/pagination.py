@@ -1,6 +1,10 @@
 """Cursor pagination for every list endpoint (stable under inserts, no page counting)."""
 
+from rest_framework.exceptions import NotFound
 from rest_framework.pagination import CursorPagination
+
+# The largest id a bigint column holds: a cursor's position is compared with one.
+MAX_ID = 2**63 - 1
 
 
 class CursorPage(CursorPagination):
@@ -10,3 +14,13 @@ class CursorPage(CursorPagination):
     page_size = 100
     page_size_query_param = "limit"
     max_page_size = 1000
+
+    def decode_cursor(self, request):
+        """DRF's decoding, and a position that is an id: a cursor is opaque but not signed,
+        and a crafted one ("p=abc", "p=1.5") reached the id comparison and failed (500)."""
+        cursor = super().decode_cursor(request)
+        if cursor is not None and cursor.position is not None:
+            position = cursor.position
+            if not (position.isascii() and position.isdigit() and int(position) <= MAX_ID):
+                raise NotFound(self.invalid_cursor_message)
+        return cursor

@@ -431,6 +431,25 @@ def test_an_unknown_symbol_is_named_not_echoed_whole(market):
     assert message.startswith("unknown symbol 'AAAA") and len(message) < 120
 
 
+def test_a_crafted_cursor_is_a_404_and_a_served_one_pages_on(market):
+    import base64
+
+    instrument, maker, _ = market
+    for price in ("1.00", "1.01", "1.02"):
+        maker.place(**limit(instrument.symbol, "buy", price, "1"))
+    first = maker.get("/api/v1/orders", limit="2").json()
+    served = first["next"].split("cursor=")[1].split("&")[0]
+    rest = maker.get("/api/v1/orders", limit="2", cursor=httpx.URL(f"?c={served}").params["c"])
+    assert len(rest.json()["results"]) == 1
+    # The cursor is opaque but not signed: each of these reached the id comparison (500).
+    for crafted in ("p=abc", "p=1.5", "p=1e5", "r=1&p=abc", "p=" + "9" * 30):
+        cursor = base64.b64encode(crafted.encode()).decode()
+        for path in ("/api/v1/orders", "/api/v1/fills", f"/api/v1/trades/{instrument.symbol}"):
+            response = maker.get(path, cursor=cursor)
+            assert response.status_code == 404, (crafted, path, response.text)
+            assert response.json()["message"] == "Invalid cursor"
+
+
 def test_a_body_over_the_upload_limit_is_a_413(market):
     instrument, maker, _ = market
     body = {**limit(instrument.symbol, "buy", "1.00", "1"), "pad": "x" * 3_000_000}
