@@ -42,6 +42,38 @@ def cash(user, asset="USD") -> Decimal:
     return LedgerAccount.objects.get(user=user, kind="cash", asset=asset).balance
 
 
+def second_waits_for_first(*, first, second):
+    """Run `first` in a transaction kept open while `second`, on another thread, is seen
+    waiting (on a lock `first` holds); then commit `first`. Returns both results; each runs on
+    its own thread and database connection."""
+    holding, release = threading.Event(), threading.Event()
+
+    def run_first():
+        try:
+            with transaction.atomic():
+                result = first()
+                holding.set()
+                assert release.wait(timeout=10)
+            return result
+        finally:
+            connection.close()
+
+    def run_second():
+        try:
+            return second()
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        first_done = pool.submit(run_first)
+        assert holding.wait(timeout=10)
+        second_done = pool.submit(run_second)
+        time.sleep(0.3)
+        assert not second_done.done()
+        release.set()
+        return first_done.result(timeout=10), second_done.result(timeout=10)
+
+
 @pytest.mark.django_db
 def test_a_batch_answers_each_order_and_stores_only_those_that_fit():
     instrument = make_instrument()
@@ -130,33 +162,10 @@ def test_a_client_order_id_stored_by_a_concurrent_batch_is_answered_as_a_replay(
     instrument = make_instrument()
     user = make_user(funds={"USD": Decimal("100.00")})
     request = buy(instrument.symbol, "1.00", "1", "same-id")
-    first_holds_its_row = threading.Event()
-    finish_first = threading.Event()
-
-    def first_batch() -> services.Placement:
-        try:
-            with transaction.atomic():
-                placed = services.orders_store(plans=[plan(user, request)])[0]
-                first_holds_its_row.set()
-                assert finish_first.wait(timeout=10)
-            return placed
-        finally:
-            connection.close()
-
-    def second_batch() -> services.Placement:
-        try:
-            return services.orders_store(plans=[plan(user, request)])[0]
-        finally:
-            connection.close()
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        first = pool.submit(first_batch)
-        assert first_holds_its_row.wait(timeout=10)
-        second = pool.submit(second_batch)
-        time.sleep(0.3)  # the second batch is now waiting on the first one's index entry
-        assert not second.done()
-        finish_first.set()
-        stored, replay = first.result(timeout=10), second.result(timeout=10)
+    stored, replay = second_waits_for_first(
+        first=lambda: services.orders_store(plans=[plan(user, request)])[0],
+        second=lambda: services.orders_store(plans=[plan(user, request)])[0],
+    )  # the second batch waits on the first one's unique index entry
 
     assert stored.created and not replay.created and replay.order.pk == stored.order.pk
     assert Order.objects.filter(user=user).count() == 1
@@ -175,35 +184,14 @@ def test_an_amend_waiting_for_a_batch_to_commit_does_not_deadlock_with_it():
     instrument = make_instrument()
     trader, amender = make_user(), make_user()
     resting = services.order_place(user=amender, request=buy(instrument.symbol, "5.00", "2"))
-    batch_holds_the_lock = threading.Event()
-    commit_batch = threading.Event()
-
-    def batch() -> services.Placement:
-        try:
-            with transaction.atomic():
-                placed = services.orders_store(
-                    plans=[plan(trader, buy(instrument.symbol, "4.00", "1"))]
-                )
-                batch_holds_the_lock.set()
-                assert commit_batch.wait(timeout=10)
-            return placed[0]
-        finally:
-            connection.close()
-
-    def amend() -> Command:
-        try:
-            return services.order_amend(order=resting.order, actor=amender, quantity=Decimal(3))
-        finally:
-            connection.close()
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        stored = pool.submit(batch)
-        assert batch_holds_the_lock.wait(timeout=10)
-        amended = pool.submit(amend)
-        time.sleep(0.3)  # the amend now waits for the command-order lock
-        assert not amended.done()
-        commit_batch.set()
-        placement, command = stored.result(timeout=10), amended.result(timeout=10)
+    placement, command = second_waits_for_first(
+        first=lambda: services.orders_store(
+            plans=[plan(trader, buy(instrument.symbol, "4.00", "1"))]
+        )[0],
+        second=lambda: services.order_amend(
+            order=resting.order, actor=amender, quantity=Decimal(3)
+        ),
+    )  # the amend waits for the command-order lock the batch holds until it commits
 
     assert placement.created and Order.objects.filter(pk=placement.order.pk).exists()
     assert command.kind == Command.Kind.AMEND and command.pk > placement.command_id
