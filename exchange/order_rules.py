@@ -120,6 +120,26 @@ def _within_engine(units: int, field: str, value: Decimal) -> int:
     return units
 
 
+def buy_value_check(engine: EngineInstrument, instrument: Instrument, minor: int, field: str):
+    """`minor`, a buy's budget in quote minor units (its worst-case value with the taker fee:
+    what it holds and what the engine caps its fills at), if the engine can carry it. Every
+    trade's value is bounded by its buyer's budget, so this also keeps each trade's value and
+    fees within what the matching worker writes (64-bit integers). Past it, the batch holding
+    the trade failed to commit and the worker exited; the buy was rejected (CommandFailed) only
+    once two restarts had retried it alone, the whole shard stalled meanwhile."""
+    if minor >= p.MAX_UNITS:
+        value = engine.minor_to_quote(minor).normalize()
+        limit = engine.minor_to_quote(p.MAX_UNITS - 1).normalize()
+        raise trading_error(
+            "NumberTooLarge",
+            f"order value {value:f} {instrument.quote_asset} (price x quantity with the taker "
+            f"fee) is more than this instrument's orders can carry ({limit:f}); lower the "
+            f"{field}",
+            field=field,
+        )
+    return minor
+
+
 def quantity_lots(engine: EngineInstrument, instrument: Instrument, value: Decimal, field: str):
     if value <= 0:
         raise trading_error("InvalidNumber", f"{field} must be greater than 0", field=field)

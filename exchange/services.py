@@ -31,6 +31,7 @@ from exchange.order_rules import (
     ORDER_TYPES,
     TIME_IN_FORCE,
     OrderRequest,
+    buy_value_check,
     check_band,
     check_session,
     check_shape,
@@ -206,6 +207,9 @@ def order_plan(
             quote_minor=spend,
             best_ask_ticks=engine.price_to_ticks(Decimal(best_ask)) if best_ask else None,
             taker_fee_ppm=taker_ppm,
+        )
+        buy_minor = buy_value_check(
+            engine, instrument, buy_minor, "quote_quantity" if spend else "quantity"
         )
     flags = (p.POST_ONLY if request.post_only else 0) | (
         p.POST_ONLY_ADJUST if request.post_only_adjust else 0
@@ -578,7 +582,9 @@ def order_amend(
             best_ask_ticks=None,
             taker_fee_ppm=order.taker_fee_ppm,
         )
-        max_quote = needed
+        max_quote = buy_value_check(
+            engine, instrument, needed, "quantity" if quantity is not None else "price"
+        )
         new_held = engine.minor_to_quote(needed)
     elif order.side == Order.Side.SELL:
         new_held = new_quantity

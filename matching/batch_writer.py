@@ -290,10 +290,13 @@ UPDATE matching_command c
 """
 
 # The rows a batch stages for the orders update and the trades insert: (column, type).
+# d_quote and d_fees are numeric: they sum one order's fills in the batch, and a large sell
+# filled by several buyers passes 64 bits even though each trade fits (a buy's budget, which
+# bounds its trades, is below protocol.MAX_UNITS).
 ORDER_ROW_COLUMNS = (
     ("id", "bigint"), ("k", "int"), ("status", "text"), ("reason", "text"),
     ("reject_code", "text"), ("reject_message", "text"), ("filled", "bigint"),
-    ("remaining", "bigint"), ("reserve", "bigint"), ("d_quote", "bigint"), ("d_fees", "bigint"),
+    ("remaining", "bigint"), ("reserve", "bigint"), ("d_quote", "numeric"), ("d_fees", "numeric"),
     ("spent", "bigint"), ("d_spent", "bigint"), ("price", "bigint"), ("seq", "bigint"),
     ("max_quote", "bigint"), ("expire_at", "timestamptz"), ("hold_release", "numeric"),
     ("held_revert", "numeric"), ("quantity", "bigint"),

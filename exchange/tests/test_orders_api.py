@@ -2,6 +2,7 @@
 
 import datetime as dt
 import time
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -503,6 +504,41 @@ def test_bad_input_is_a_400_naming_the_field_and_stores_nothing(market, change, 
     assert (payload["error"], payload.get("field")) == (error, field)
     assert isinstance(payload["code"], int) and payload["message"]
     assert not Order.objects.filter(user=maker.user).exists()
+
+
+def test_a_buy_worth_more_than_the_engine_carries_is_refused_not_left_to_stop_the_shard(
+    exchange_stack, live_db
+):
+    """A 12-decimal quote asset: 20,000,000 at 2 is 4e19 minor units, past 64 bits. Such a buy
+    was accepted (its buyer could pay); the batch holding its trade then failed ("bigint out of
+    range") and the worker exited. Only after two restarts was the buy rejected as
+    CommandFailed, the whole shard stalled meanwhile (here, with no supervisor, for good)."""
+    instrument = make_instrument(
+        base_asset="BIG", quote_asset="TOK", quote_precision=12, tick_size=Decimal("1"),
+        min_notional=Decimal("0"),
+    )  # fmt: skip
+    funds = {"BIG": Decimal("100000000"), "TOK": Decimal("100000000")}
+    maker = ApiClient(exchange_stack, make_user("maker", funds=funds))
+    taker = ApiClient(exchange_stack, make_user("taker", funds=funds))
+    resting = taker.place(**limit(instrument.symbol, "buy", "1", "1000000")).json()
+    assert maker.place(**limit(instrument.symbol, "sell", "2", "20000000")).status_code == 201
+
+    refused = taker.place(**limit(instrument.symbol, "buy", "2", "20000000"))
+    assert refused.status_code == 400, refused.text
+    assert (refused.json()["error"], refused.json()["field"]) == ("NumberTooLarge", "quantity")
+    assert refused.json()["message"].startswith("order value 40080000 TOK (price x quantity")
+    assert Order.objects.filter(user=taker.user).count() == 1, "nothing stored"
+
+    # Up to the bound (2^61 minor units: about 2,305,843 TOK here) it trades.
+    filled = taker.place(**limit(instrument.symbol, "buy", "2", "1000000"))
+    assert (filled.status_code, filled.json()["status"]) == (201, "filled"), filled.text
+
+    # An amend is held to the same bound; the order stays as it was.
+    amended = taker.patch(f"/api/v1/orders/{resting['order_id']}", {"quantity": "3000000"})
+    assert amended.status_code == 400, amended.text
+    assert (amended.json()["error"], amended.json()["field"]) == ("NumberTooLarge", "quantity")
+    unchanged = taker.get(f"/api/v1/orders/{resting['order_id']}").json()
+    assert (unchanged["status"], unchanged["quantity"]) == ("new", "1000000")
 
 
 def test_price_outside_the_band_around_the_last_trade_is_refused(market):

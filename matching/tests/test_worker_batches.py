@@ -106,6 +106,30 @@ def test_order_resting_then_filled_in_the_same_batch_keeps_its_priority_seq(proc
     exactly_once_invariants()
 
 
+def test_a_sell_filled_by_large_buys_in_one_batch_sums_its_fills_past_64_bits(
+    processes, process_env
+):
+    """Every trade fits 64 bits (a buy's budget is below 2^61 minor units), but one order's
+    fills in a batch are summed: five buys of 2,000,000 at 1 in a 12-decimal quote asset give
+    the sell 1e19 minor units. That sum was staged as a bigint: "bigint out of range", the
+    worker exited, and the shard stalled until a restart retried the commands one by one."""
+    instrument = instrument_create(quote_asset="TOK12", quote_precision=12, tick_size=Decimal("1"))
+    sell = order_row_place(
+        user=make_user("seller"), instrument=instrument, side="sell", quantity="10000000",
+        price="1",
+    )  # fmt: skip
+    buy = {"instrument": instrument, "side": "buy", "quantity": "2000000", "price": "1"}
+    buys = [order_row_place(user=make_user("buyer"), **buy) for _ in range(5)]
+    # Queued before the worker starts: its first poll takes them all into one batch.
+    start_worker(processes, process_env)
+    all_commands_applied()
+    sell = settled(sell)
+    assert (sell.status, sell.cumulative_quote) == ("filled", Decimal("10000000"))
+    assert [settled(buy).status for buy in buys] == ["filled"] * 5
+    assert Trade.objects.filter(instrument=instrument).count() == 5
+    exactly_once_invariants()
+
+
 def test_replies_name_the_applied_commands_after_they_commit(processes, process_env, redis_conn):
     instrument = instrument_create()
     start_worker(processes, process_env)
