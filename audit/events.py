@@ -50,6 +50,11 @@ class AuditEvent(models.TextChoices):
     INSTRUMENT_RESUMED = "instrument.resumed", "Instrument resumed"
     INSTRUMENT_HALT_REQUESTED = "instrument.halt_requested", "Instrument halt requested"
     INSTRUMENT_RESUME_REQUESTED = "instrument.resume_requested", "Instrument resume requested"
+    INSTRUMENT_RULES_CHANGE_REQUESTED = (
+        "instrument.rules_change_requested",
+        "Instrument rules change requested",
+    )
+    INSTRUMENT_RULES_CHANGED = "instrument.rules_changed", "Instrument rules changed"
     # API keys: a signed request or WebSocket login refused (reason in the payload), and a
     # correctly signed request refused (key permissions, IP allow-list, web-session-only).
     API_KEY_AUTH_FAILED = "auth.api_key_failed", "API key authentication failed"

@@ -40,16 +40,23 @@ class InstrumentAdmin(admin.ModelAdmin):
     def get_readonly_fields(self, request, obj=None):
         fields = list(super().get_readonly_fields(request, obj))
         if obj is not None:
-            # The engine's integer ticks and lots of resting orders depend on these.
-            fields += ["symbol"]
-            if obj.orders.exists():
-                fields += ["tick_size", "lot_size", "quote_precision"]
+            # Fixed once listed: the engine counts every price and quantity in ticks and lots
+            # of this scale, and holds, balances and the ledger are in these assets.
+            fields += [*services.INSTRUMENT_FIXED_AT_LISTING]
         return fields
 
     def save_model(self, request, obj, form, change) -> None:
-        super().save_model(request, obj, form, change)
         if not change:
+            super().save_model(request, obj, form, change)
             services.instrument_list(instrument=obj)
+            return
+        previous = Instrument.objects.get(pk=obj.pk)
+        super().save_model(request, obj, form, change)
+        command = services.instrument_rules_update(
+            instrument=obj, previous=previous, actor=request.user, http_request=request
+        )
+        if command is not None:
+            self.message_user(request, f"New trading rules sent to the {obj.symbol} book.")
 
     @admin.action(description="Halt trading (new orders rejected, cancels allowed)")
     def halt_trading(self, request, queryset) -> None:

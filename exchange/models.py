@@ -1,8 +1,10 @@
 """The trading core's records. PostgreSQL is the system of record."""
 
+import zoneinfo
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models
 
@@ -20,6 +22,11 @@ class StpMode(models.TextChoices):
     CANCEL_SMALLEST = "cancel_smallest", "Cancel smallest"
     DECREMENT_BOTH = "decrement_both", "Decrement both"
     NONE = "none", "Allow self-trade"
+
+
+def _decimals(value: Decimal) -> int:
+    """Decimal places `value` needs (0.0100 needs 2)."""
+    return max(0, -value.normalize().as_tuple().exponent)
 
 
 class Instrument(models.Model):
@@ -99,6 +106,38 @@ class Instrument(models.Model):
     def save(self, *args, **kwargs) -> None:
         self.shard = shard_for_symbol(self.symbol, settings.MATCHING_SHARDS)
         super().save(*args, **kwargs)
+
+    def clean(self) -> None:
+        """The rules order entry and the engine rely on (the constraints cover the rest). A
+        minimum quantity off the lot size, for one, made every order of the instrument a 500."""
+        errors: dict[str, str] = {}
+        places = MONEY["decimal_places"]
+        for field in ("base_precision", "quote_precision"):
+            if getattr(self, field) is not None and getattr(self, field) > places:
+                errors[field] = f"At most {places} decimal places (what amounts are stored with)."
+        lot, minimum = self.lot_size, self.min_quantity
+        if lot is not None and lot > 0 and minimum is not None and minimum % lot:
+            errors["min_quantity"] = f"Must be a multiple of the lot size {lot.normalize():f}."
+        for field, value, precision in (
+            ("lot_size", lot, self.base_precision),
+            ("min_notional", self.min_notional, self.quote_precision),
+        ):
+            if value is not None and precision is not None and _decimals(value) > precision:
+                errors[field] = f"At most {precision} decimal places (the asset's precision)."
+        if self.price_band_pct is not None and self.price_band_pct < 0:
+            errors["price_band_pct"] = "Cannot be negative (0 turns the band off)."
+        if self.market_collar_pct is not None and self.market_collar_pct < 0:
+            errors["market_collar_pct"] = "Cannot be negative."
+        if self.session_timezone:
+            try:
+                zoneinfo.ZoneInfo(self.session_timezone)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                errors["session_timezone"] = "Not a time zone name (e.g. America/New_York)."
+        opens, closes = self.session_open, self.session_close
+        if not self.trades_24_7 and opens is not None and closes is not None and opens >= closes:
+            errors["session_close"] = "Must be after the session open."
+        if errors:
+            raise ValidationError(errors)
 
 
 class Order(models.Model):

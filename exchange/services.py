@@ -697,6 +697,51 @@ def instrument_resume(*, instrument: Instrument, actor, http_request=None) -> Co
     )
 
 
+# Instrument fields that cannot change once it is listed (see instrument_rules_update).
+INSTRUMENT_FIXED_AT_LISTING = (
+    "symbol",
+    "base_asset",
+    "quote_asset",
+    "base_precision",
+    "quote_precision",
+    "tick_size",
+    "lot_size",
+)
+
+
+@transaction.atomic
+def instrument_rules_update(
+    *, instrument: Instrument, previous: Instrument, actor, http_request=None
+) -> Command | None:
+    """Send an edited instrument's trading rules (minimums, band, collar, default STP mode) to
+    its shard's engine, which otherwise kept enforcing the rules it was listed with; None when
+    the edit changed none of them. Order entry picks the new row up by itself."""
+    changed = {
+        field: [str(getattr(previous, field)), str(getattr(instrument, field))]
+        for field in INSTRUMENT_FIXED_AT_LISTING
+        if getattr(previous, field) != getattr(instrument, field)
+    }
+    if changed:
+        raise ValueError(f"{instrument.symbol}: {', '.join(changed)} cannot change once listed")
+    spec = engine_instrument_spec(instrument)
+    try:
+        before = engine_instrument_spec(previous)
+    except ValueError:  # rules saved before Instrument.clean() checked them: send the new ones
+        before = None
+    if spec == before:
+        return None
+    command = command_enqueue(shard=instrument.shard, kind=Command.Kind.UPDATE_RULES, payload=spec)
+    audit_record(
+        event_type=AuditEvent.INSTRUMENT_RULES_CHANGE_REQUESTED,
+        actor=actor,
+        symbol=instrument.symbol,
+        shard=instrument.shard,
+        payload={"command_id": command.pk, "from": before, "to": spec},
+        request=http_request,
+    )
+    return command
+
+
 @transaction.atomic
 def instrument_list(*, instrument: Instrument) -> Command:
     """Add a newly created instrument to its shard's engine."""

@@ -12,6 +12,7 @@ inserts the trades; the audit rows go in last with COPY (they need the Trade ids
 transaction commits; a failure anywhere rolls the whole batch back.
 """
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -30,6 +31,12 @@ from matching.engine import Engine, Instrument
 from matching.engine import protocol as p
 
 ENDED = (p.FILLED, p.CANCELLED, p.EXPIRED, p.REJECTED)
+# What the engine did to an instrument, as audited ("added" is audited at listing).
+INSTRUMENT_AUDIT_EVENTS = {
+    "halted": AuditEvent.INSTRUMENT_HALTED,
+    "resumed": AuditEvent.INSTRUMENT_RESUMED,
+    "updated": AuditEvent.INSTRUMENT_RULES_CHANGED,
+}
 
 
 REJECT_MESSAGES = {
@@ -349,7 +356,8 @@ SELECT * FROM unnest(
     %s::text[], %s::int[], %s::bigint[], %s::bigint[], %s::bool[], %s::int[], %s::jsonb[])
 ON CONFLICT (symbol) DO UPDATE
    SET shard = EXCLUDED.shard, book_seq = EXCLUDED.book_seq,
-       last_price_ticks = EXCLUDED.last_price_ticks, halted = EXCLUDED.halted
+       last_price_ticks = EXCLUDED.last_price_ticks, halted = EXCLUDED.halted,
+       spec = EXCLUDED.spec
 """
 
 SHARD_STATE_SQL = """
@@ -621,13 +629,12 @@ class BatchWriter:
                             },
                         )
                     )
-                elif kind == p.EV_INSTRUMENT and ev[p.I_ACTION] in ("halted", "resumed"):
-                    event = (
-                        AuditEvent.INSTRUMENT_HALTED
-                        if ev[p.I_ACTION] == "halted"
-                        else AuditEvent.INSTRUMENT_RESUMED
-                    )
-                    audits.append(self._audit(event, a, symbol=symbol, payload={}))
+                elif kind == p.EV_INSTRUMENT and ev[p.I_ACTION] in INSTRUMENT_AUDIT_EVENTS:
+                    payload = {}
+                    if ev[p.I_ACTION] == "updated":  # the rules the engine now applies
+                        payload = dataclasses.asdict(a.cmd[2])
+                    event = INSTRUMENT_AUDIT_EVENTS[ev[p.I_ACTION]]
+                    audits.append(self._audit(event, a, symbol=symbol, payload=payload))
             if a.priority_seq is not None and subject in updates:
                 updates[subject].seq = a.priority_seq
             # An amend the engine accepted sets the order's new total quantity.
@@ -889,7 +896,7 @@ class BatchWriter:
     def _journal_rows(self, applied: list[Applied]) -> list[tuple]:
         encode = json_text
         shard = self.shard
-        add_instrument = p.OP_ADD_INSTRUMENT
+        instrument_ops = (p.OP_ADD_INSTRUMENT, p.OP_UPDATE_INSTRUMENT)
         # A command tuple encodes as the array command_to_json makes of it (orjson writes
         # tuples as arrays); only an added instrument needs its spec turned into plain data.
         return [
@@ -898,7 +905,7 @@ class BatchWriter:
                 a.apply_seq,
                 a.command_id,
                 a.stamp_ns,
-                encode(command_to_json(a.cmd) if a.cmd[0] == add_instrument else a.cmd),
+                encode(command_to_json(a.cmd) if a.cmd[0] in instrument_ops else a.cmd),
                 encode(a.events),
             )
             for a in applied

@@ -62,11 +62,19 @@ def _place(ts: int, payload: dict) -> tuple:
     return p.place(ts=ts, **args)
 
 
-def _add_instrument(ts: int, payload: dict) -> tuple:
+def _instrument(payload: dict) -> Instrument:
     spec = payload.get("instrument", payload)
     if isinstance(spec, list | tuple):
-        return p.add_instrument(ts=ts, instrument=Instrument.from_tuple(tuple(spec)))
-    return p.add_instrument(ts=ts, instrument=Instrument(**spec))
+        return Instrument.from_tuple(tuple(spec))
+    return Instrument(**spec)
+
+
+def _add_instrument(ts: int, payload: dict) -> tuple:
+    return p.add_instrument(ts=ts, instrument=_instrument(payload))
+
+
+def _update_rules(ts: int, payload: dict) -> tuple:
+    return p.update_instrument(ts=ts, instrument=_instrument(payload))
 
 
 def _expire_due(ts: int, payload: dict) -> tuple:
@@ -89,7 +97,10 @@ _BUILDERS = {
     "halt": lambda ts, payload: p.halt(ts=ts, **payload),
     "resume": lambda ts, payload: p.resume(ts=ts, **payload),
     "add_instrument": _add_instrument,
+    "update_rules": _update_rules,
 }
+
+_INSTRUMENT_OPS = (p.OP_ADD_INSTRUMENT, p.OP_UPDATE_INSTRUMENT)
 
 
 def engine_command(kind: str, payload: dict, ts: int) -> tuple:
@@ -105,13 +116,13 @@ def engine_command(kind: str, payload: dict, ts: int) -> tuple:
 
 def command_to_json(cmd: tuple) -> list[Any]:
     """A command tuple as JSON-ready data (an Instrument becomes its plain tuple)."""
-    if cmd[0] == p.OP_ADD_INSTRUMENT:
+    if cmd[0] in _INSTRUMENT_OPS:
         return [cmd[0], cmd[1], list(cmd[2].as_tuple())]
     return list(cmd)
 
 
 def command_from_json(data: list) -> tuple:
     """Inverse of `command_to_json`."""
-    if data[0] == p.OP_ADD_INSTRUMENT:
+    if data[0] in _INSTRUMENT_OPS:
         return (data[0], data[1], Instrument.from_tuple(tuple(data[2])))
     return tuple(data)

@@ -45,6 +45,7 @@ class Command(models.Model):
         HALT = "halt", "Halt instrument"
         RESUME = "resume", "Resume instrument"
         ADD_INSTRUMENT = "add_instrument", "Add instrument"
+        UPDATE_RULES = "update_rules", "Update instrument rules"
 
     shard = models.PositiveSmallIntegerField()
     kind = models.CharField(max_length=16, choices=Kind.choices)
@@ -140,7 +141,9 @@ class BookState(models.Model):
         default=0, help_text="Order in which the engine added the instrument (recovery keeps it)."
     )
     spec = models.JSONField(
-        default=list, help_text="The engine Instrument tuple as added (tick, lot, limits...)."
+        default=list,
+        help_text="The engine Instrument tuple it applies (tick, lot, limits...): as added, then "
+        "as the last update_rules command set it.",
     )
 
     def __str__(self) -> str:

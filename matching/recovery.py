@@ -1,10 +1,11 @@
 """Rebuild a shard's engine from PostgreSQL with `Engine.bulk_load` (no matching, gc off).
 
 Instruments come from BookState (one row per instrument the engine added, in add order, with
-the engine spec as added: a later edit of the Instrument row does not change a live book).
-Every instrument reaches the engine through a journaled `add_instrument` command, so a replay
-of the journal from an empty engine reproduces the same instrument list; `instruments_enqueue`
-queues that command for every Instrument row of the shard the engine does not know yet.
+the engine spec it applies). Every instrument reaches the engine through a journaled
+`add_instrument` command and each later change of its rules through a journaled `update_rules`
+command, so a replay of the journal from an empty engine reproduces the same instruments;
+`instruments_enqueue` queues `add_instrument` for every Instrument row of the shard the engine
+does not know yet.
 
 Open orders are read in priority-seq order (= queue order within each level) with the integer
 conversions done in SQL, streamed through a server-side cursor.

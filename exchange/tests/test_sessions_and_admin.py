@@ -9,12 +9,14 @@ import httpx
 import pytest
 
 from accounts.tests.otp_login import give_totp_device, http_sign_in
+from audit.models import AuditRecord
 from conftest import wait_until
 from exchange.api_errors import ApiError
 from exchange.models import Instrument, Order
 from exchange.order_rules import OrderRequest
 from exchange.services import order_place
 from exchange.tests.api_client import ApiClient, make_instrument, make_user
+from matching.models import Command
 
 NEW_YORK = zoneinfo.ZoneInfo("America/New_York")
 
@@ -161,3 +163,101 @@ def test_staff_cancel_on_a_users_behalf_and_tick_size_frozen_once_traded(exchang
     assert 'name="min_notional"' in change_page
     order_page = staff.get(f"/admin/exchange/order/{order['order_id']}/change/").text
     assert 'name="price"' not in order_page  # orders are read-only in the admin
+
+
+def admin_instrument_change(
+    client: httpx.Client, instrument: Instrument, **changes
+) -> httpx.Response:
+    """Post the instrument's admin change form: its current editable values with `changes`."""
+    url = f"/admin/exchange/instrument/{instrument.pk}/change/"
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', client.get(url).text).group(1)
+    data = {
+        "min_quantity": str(instrument.min_quantity),
+        "min_notional": str(instrument.min_notional),
+        "price_band_pct": str(instrument.price_band_pct),
+        "market_collar_pct": str(instrument.market_collar_pct),
+        "trades_24_7": "on" if instrument.trades_24_7 else "",
+        "session_open": "",
+        "session_close": "",
+        "session_timezone": instrument.session_timezone,
+        "default_stp_mode": instrument.default_stp_mode,
+        "csrfmiddlewaretoken": token,
+        "_save": "Save",
+        **changes,
+    }
+    return client.post(url, data={k: v for k, v in data.items() if v != ""})
+
+
+@pytest.mark.processes
+def test_rules_staff_change_in_the_admin_reach_the_matching_engine(exchange_stack, live_db):
+    """The engine kept the rules an instrument was listed with: order entry took a lowered
+    minimum, and then the engine rejected the order; a new default STP mode never applied."""
+    instrument = make_instrument(min_quantity=Decimal("5"))
+    trader = ApiClient(exchange_stack)
+    resting = trader.place(
+        symbol=instrument.symbol, side="sell", order_type="limit", price="12.00", quantity="5"
+    ).json()
+    staff = admin_client(exchange_stack)
+    changed = admin_instrument_change(
+        staff, instrument, min_quantity="1", default_stp_mode="cancel_incoming"
+    )
+    assert changed.status_code == 302, changed.text[:2000]
+    command = Command.objects.get(kind="update_rules", payload__symbol=instrument.symbol)
+    assert (command.payload["min_qty"], command.payload["stp_default"]) == (1, 3)
+
+    # Order entry reads the new row within its 2 s cache; the engine got the rules first.
+    def small_order_taken():
+        response = trader.place(
+            symbol=instrument.symbol, side="buy", order_type="limit", price="11.00", quantity="2"
+        )
+        assert response.json().get("error") in (None, "QuantityBelowMinimum"), response.text
+        return response.status_code == 201 and response
+
+    assert wait_until(small_order_taken, timeout=10).json()["status"] == "new"
+    crossing = trader.place(
+        symbol=instrument.symbol, side="buy", order_type="limit", price="12.00", quantity="1"
+    ).json()
+    assert (crossing["status"], crossing["reason"]) == ("cancelled", "stp")
+    assert trader.get(f"/api/v1/orders/{resting['order_id']}").json()["status"] == "new"
+    audited = AuditRecord.objects.filter(symbol=instrument.symbol)
+    requested = audited.get(event_type="instrument.rules_change_requested")
+    assert requested.payload["from"]["min_qty"] == 5 and requested.payload["to"]["min_qty"] == 1
+    assert audited.filter(event_type="instrument.rules_changed").count() == 1
+
+
+@pytest.mark.processes
+def test_the_admin_refuses_rules_order_entry_cannot_use_and_freezes_the_scale(
+    exchange_stack, live_db
+):
+    instrument = make_instrument()
+    staff = admin_client(exchange_stack)
+    page = staff.get(f"/admin/exchange/instrument/{instrument.pk}/change/").text
+    for fixed in ("symbol", "base_asset", "quote_asset", "tick_size", "lot_size"):
+        assert f'name="{fixed}"' not in page, f"{fixed} is editable"
+    # A minimum off the lot size made every order of the instrument a 500.
+    refused = admin_instrument_change(
+        staff,
+        instrument,
+        min_quantity="0.5",
+        price_band_pct="-1",
+        trades_24_7="",
+        session_open="16:00",
+        session_close="09:30",
+        session_timezone="Mars/Olympus",
+    )
+    assert refused.status_code == 200
+    for message in (
+        "Must be a multiple of the lot size 1.",
+        "Cannot be negative (0 turns the band off).",
+        "Must be after the session open.",
+        "Not a time zone name",
+    ):
+        assert message in refused.text
+    instrument.refresh_from_db()
+    assert (instrument.min_quantity, instrument.trades_24_7) == (Decimal("1"), True)
+    assert not Command.objects.filter(kind="update_rules", payload__symbol=instrument.symbol)
+    trader = ApiClient(exchange_stack)
+    placed = trader.place(
+        symbol=instrument.symbol, side="buy", order_type="limit", price="10.00", quantity="1"
+    )
+    assert placed.status_code == 201, placed.text

@@ -20,6 +20,7 @@ from .protocol import (
     mass_cancel,
     place,
     resume,
+    update_instrument,
 )
 
 __all__ = [
@@ -39,4 +40,5 @@ __all__ = [
     "mass_cancel",
     "place",
     "resume",
+    "update_instrument",
 ]

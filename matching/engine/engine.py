@@ -42,6 +42,7 @@ from .protocol import (
     GTC,
     GTD,
     INSTRUMENT_HALTED,
+    INSTRUMENT_SCALE_CHANGED,
     INVALID_COMMAND,
     INVALID_DISPLAY_QUANTITY,
     INVALID_EXPIRE_AT,
@@ -65,6 +66,7 @@ from .protocol import (
     OP_MASS_CANCEL,
     OP_PLACE,
     OP_RESUME,
+    OP_UPDATE_INSTRUMENT,
     PARTIALLY_FILLED,
     POST_ONLY,
     POST_ONLY_WOULD_MATCH,
@@ -233,7 +235,6 @@ class Book:
     )
 
     def __init__(self, inst: Instrument, index: int) -> None:
-        self.inst = inst
         self.symbol = inst.symbol
         self.index = index
         self.bids: dict[int, Level] = {}
@@ -258,6 +259,12 @@ class Book:
         self.gone_a: dict[int, None] = {}
         self.buy_stops: list[tuple] = []  # (stop_price, seq, order) ascending: nearest first
         self.sell_stops: list[tuple] = []  # (-stop_price, seq, order) ascending: nearest first
+        self.rules_set(inst)
+
+    def rules_set(self, inst: Instrument) -> None:
+        """Take `inst`'s rules (at listing, and when OP_UPDATE_INSTRUMENT changes them; its
+        tick size, lot size and quote decimals, hence k_num / k_den, never change)."""
+        self.inst = inst
         self.k_num = inst.k_num
         self.k_den = inst.k_den
         self.stp_default = inst.stp_default
@@ -265,8 +272,7 @@ class Book:
         self.pmax = inst.price_max
         # The fast paths skip the relative band and min notional checks: only when both are off.
         self.fast_ok = not inst.band_ppm and not inst.min_notional
-        self.fast = self.fast_ok  # fast_ok and not halted
-        self.set_fast()
+        self.set_fast()  # fast: fast_ok and not halted
         # A buy with at least this budget left can pay for one lot (at most 2 * price * k_num,
         # see _rest_new) at any price the fast paths take (see Order.rich).
         self.rich_q = 2 * self.pmax * self.k_num
@@ -371,6 +377,7 @@ class Engine:
             OP_HALT: lambda cmd: slow(self._halt, cmd),
             OP_RESUME: lambda cmd: slow(self._resume, cmd),
             OP_ADD_INSTRUMENT: lambda cmd: slow(self._add_instrument, cmd),
+            OP_UPDATE_INSTRUMENT: lambda cmd: slow(self._update_instrument, cmd),
         }
         for inst in instruments:
             self._new_book(inst)
@@ -1783,6 +1790,31 @@ class Engine:
             return self._reject(out, cmd, inst.symbol, None, None, DUPLICATE_INSTRUMENT)
         self._new_book(inst)
         self._instrument_event(out, cmd[1], inst.symbol, "added")
+
+    def _update_instrument(self, cmd, out) -> None:
+        """New rules for a listed symbol (band, collar, minimums, price limits, default STP);
+        resting orders stay as they are. Its scale (tick size, lot size, quote decimals) cannot
+        change: every resting price and quantity is counted in it."""
+        inst = cmd[2]
+        if not isinstance(inst, Instrument):
+            return self._reject(out, cmd, None, None, None, INVALID_COMMAND)
+        book = self.books.get(inst.symbol)
+        if book is None:
+            return self._reject(out, cmd, inst.symbol, None, None, UNKNOWN_INSTRUMENT)
+        old = book.inst
+        if (inst.tick_size, inst.lot_size, inst.quote_decimals) != (
+            old.tick_size,
+            old.lot_size,
+            old.quote_decimals,
+        ):
+            return self._reject(out, cmd, inst.symbol, None, None, INSTRUMENT_SCALE_CHANGED)
+        rich_q = book.rich_q
+        book.rules_set(inst)
+        if book.rich_q > rich_q:  # a higher price_max: no order is known to be "rich" now
+            for o in self.orders.values():
+                if o.book is book:
+                    o.rich = False
+        self._instrument_event(out, cmd[1], inst.symbol, "updated")
 
     # ======================================================================================
     # Read side

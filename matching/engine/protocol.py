@@ -23,6 +23,7 @@ OP_EXPIRE_DUE = 5
 OP_HALT = 6
 OP_RESUME = 7
 OP_ADD_INSTRUMENT = 8
+OP_UPDATE_INSTRUMENT = 9
 
 # Field indices of a PLACE command tuple.
 P_OP = 0
@@ -97,7 +98,8 @@ EV_REJECT = 3
 EV_STP = 4
 # (EV_STP, seq, ts, symbol, mode_name, taker_order_id, maker_order_id, user_id, price, qty)
 EV_INSTRUMENT = 5
-# (EV_INSTRUMENT, seq, ts, symbol, action)   action: "added" | "halted" | "resumed"
+# (EV_INSTRUMENT, seq, ts, symbol, action)
+#   action: "added" | "halted" | "resumed" | "updated"
 
 # Field indices shared by events.
 E_KIND = 0
@@ -190,6 +192,7 @@ POST_ONLY_WOULD_MATCH = "PostOnlyWouldMatch"
 INSTRUMENT_HALTED = "InstrumentHalted"
 UNKNOWN_INSTRUMENT = "UnknownInstrument"
 DUPLICATE_INSTRUMENT = "DuplicateInstrument"
+INSTRUMENT_SCALE_CHANGED = "InstrumentScaleChanged"
 DUPLICATE_ORDER_ID = "DuplicateOrderId"
 UNKNOWN_ORDER = "UnknownOrder"
 PRICE_OUTSIDE_BAND = "PriceOutsideBand"
@@ -211,6 +214,7 @@ REJECT_CODES = (
     INSTRUMENT_HALTED,
     UNKNOWN_INSTRUMENT,
     DUPLICATE_INSTRUMENT,
+    INSTRUMENT_SCALE_CHANGED,
     DUPLICATE_ORDER_ID,
     UNKNOWN_ORDER,
     PRICE_OUTSIDE_BAND,
@@ -384,3 +388,9 @@ def resume(*, ts: int, symbol: str) -> tuple:
 def add_instrument(*, ts: int, instrument) -> tuple:
     """Build an ADD_INSTRUMENT command: (OP_ADD_INSTRUMENT, ts, Instrument)."""
     return (OP_ADD_INSTRUMENT, ts, instrument)
+
+
+def update_instrument(*, ts: int, instrument) -> tuple:
+    """Build an UPDATE_INSTRUMENT command: (OP_UPDATE_INSTRUMENT, ts, Instrument), the new
+    rules of a listed symbol (its tick size, lot size and quote decimals unchanged)."""
+    return (OP_UPDATE_INSTRUMENT, ts, instrument)

@@ -12,10 +12,11 @@ import pytest
 from django.db import connection
 
 from conftest import BASE_DIR, wait_until
-from exchange.models import Order, Trade
+from exchange.models import Instrument, Order, Trade
+from exchange.services import instrument_rules_update
 from exchange.tests.api_client import make_user
 from matching.command_codec import datetime_to_ns
-from matching.engine import Engine
+from matching.engine import STP_CANCEL_BOTH, Engine
 from matching.lease import database_conninfo
 from matching.models import Command, JournalEntry
 from matching.recovery import engine_state_read
@@ -128,6 +129,31 @@ def test_a_sell_filled_by_large_buys_in_one_batch_sums_its_fills_past_64_bits(
     assert [settled(buy).status for buy in buys] == ["filled"] * 5
     assert Trade.objects.filter(instrument=instrument).count() == 5
     exactly_once_invariants()
+
+
+def test_changed_rules_are_journaled_and_rebuilt_after_a_restart(processes, process_env):
+    instrument = instrument_create()
+    worker = start_worker(processes, process_env)
+    previous = Instrument.objects.get(pk=instrument.pk)
+    instrument.market_collar_pct, instrument.default_stp_mode = Decimal("12.5"), "cancel_both"
+    instrument.save()
+    instrument_rules_update(instrument=instrument, previous=previous, actor="test")
+    all_commands_applied()
+    worker.terminate()
+    worker.wait(timeout=30)
+
+    def rules(engine: Engine):
+        spec = next(i for i in engine.instruments() if i.symbol == instrument.symbol)
+        return spec.collar_ppm, spec.stp_default
+
+    assert rules(Engine.bulk_load(engine_state_read(0)[0])) == (125_000, STP_CANCEL_BOTH)
+    start_worker(processes, process_env, name="worker2")  # recovers with the new rules
+    sell = order_row_place(
+        user=make_user("seller"), instrument=instrument, side="sell", quantity="1", price="9.00"
+    )
+    assert settled(sell).status == "new"
+    # The journal's replay (update command included) equals the book rebuilt from the rows.
+    assert "OK" in matching_verify(process_env)
 
 
 def test_replies_name_the_applied_commands_after_they_commit(processes, process_env, redis_conn):

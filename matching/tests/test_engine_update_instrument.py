@@ -1,0 +1,103 @@
+"""Changing a listed instrument's rules at run time (OP_UPDATE_INSTRUMENT)."""
+
+import dataclasses
+
+from matching.engine import (
+    INSTRUMENT_HALTED,
+    INSTRUMENT_SCALE_CHANGED,
+    INVALID_COMMAND,
+    INVALID_QUANTITY,
+    PRICE_OUTSIDE_BAND,
+    STP_CANCEL_INCOMING,
+    UNKNOWN_INSTRUMENT,
+    Engine,
+    Instrument,
+    halt,
+    update_instrument,
+)
+from matching.engine.testing import Harness, fills, final, rejects
+
+
+def rules(h: Harness, **changes) -> list[tuple]:
+    """Apply an update of X's rules: its current instrument with `changes`."""
+    inst = dataclasses.replace(h.engine.instruments()[0], **changes)
+    return h.apply(update_instrument(ts=h._ts(), instrument=inst))
+
+
+def test_a_wider_collar_lets_the_next_market_order_walk_further():
+    h = Harness(collar_ppm=50_000)
+    for oid, price in ((1, 100), (2, 104), (3, 108)):
+        h.sell(oid, price, 1)
+    assert [f[2] for f in fills(h.market_buy(10, 3))] == [100, 104]  # collar: 105
+    h.sell(4, 100, 1)
+    h.sell(5, 104, 1)
+    assert rules(h, collar_ppm=100_000) == [(5, h.engine.ev_seq, h.ts, "X", "updated")]
+    assert [f[2] for f in fills(h.market_buy(11, 3))] == [100, 104, 108]  # collar: 110
+
+
+def test_a_higher_minimum_refuses_smaller_orders_and_leaves_resting_ones():
+    h = Harness()
+    h.buy(1, 100, 2)
+    rules(h, min_qty=5)
+    assert rejects(h.buy(2, 100, 2))[0][0] == INVALID_QUANTITY
+    assert final(h.buy(3, 100, 5), 3)[0] == "new"
+    assert h.depth()[0] == [(100, 7, 2)]
+
+
+def test_a_band_switched_on_then_off_applies_to_the_next_orders():
+    h = Harness()
+    h.sell(1, 100, 1)
+    h.buy(2, 100, 1)  # last price 100
+    rules(h, band_ppm=100_000)
+    assert rejects(h.buy(3, 120, 1))[0][0] == PRICE_OUTSIDE_BAND
+    assert final(h.buy(4, 105, 1), 4)[0] == "new"
+    rules(h, band_ppm=0)
+    assert final(h.buy(5, 120, 1), 5)[0] == "new"
+
+
+def test_a_new_default_stp_mode_applies_to_orders_that_name_none():
+    h = Harness()  # default cancel_resting
+    h.sell(1, 100, 1, user=7)
+    rules(h, stp_default=STP_CANCEL_INCOMING)
+    events = h.buy(2, 100, 1, user=7)
+    assert final(events, 2)[:2] == ("cancelled", "stp")
+    assert h.depth()[1] == [(100, 1, 1)], "the resting order stays"
+
+
+def test_an_update_keeps_a_halt():
+    h = Harness()
+    h.apply(halt(ts=h._ts(), symbol="X"))
+    rules(h, collar_ppm=10_000)
+    assert rejects(h.buy(1, 100, 1))[0][0] == INSTRUMENT_HALTED
+
+
+def test_the_scale_cannot_change_and_the_symbol_must_be_listed():
+    h = Harness()
+    h.buy(1, 100, 1)
+    for change in ({"tick_size": "0.1"}, {"lot_size": "10"}, {"quote_decimals": 4}):
+        assert rejects(rules(h, **change))[0][0] == INSTRUMENT_SCALE_CHANGED
+    assert h.engine.instruments()[0] == Instrument("X")
+    unknown = h.apply(update_instrument(ts=h._ts(), instrument=Instrument("Y")))
+    assert rejects(unknown)[0][0] == UNKNOWN_INSTRUMENT
+    assert rejects(h.apply(update_instrument(ts=h._ts(), instrument="X")))[0][0] == INVALID_COMMAND
+
+
+def test_updated_rules_are_in_the_state_hash_and_survive_snapshot_and_bulk_load():
+    h = Harness()
+    h.buy(1, 100, 3)
+    before = h.engine.state_hash()
+    rules(h, min_qty=2, band_ppm=200_000, collar_ppm=20_000)
+    assert h.engine.state_hash() != before
+    for copy in (Engine.restore(h.engine.snapshot()), Engine.bulk_load(h.engine.export_state())):
+        assert copy.state_hash() == h.engine.state_hash()
+        assert copy.instruments() == h.engine.instruments()
+        assert copy.books["X"].fast is False  # the band is on: the fast paths are off
+
+
+def test_a_higher_price_limit_forgets_which_buys_could_pay_for_any_price():
+    h = Harness(price_max=1_000)
+    h.buy(1, 100, 1, max_quote=2_000)  # enough for one lot at any price up to 1,000
+    order = h.engine.orders[1]
+    order.rich = True
+    rules(h, price_max=1_000_000)
+    assert order.rich is False
