@@ -150,17 +150,18 @@ def _key_still_valid(credentials) -> bool:
     return found is not None and not found[0].revoked and found[0].user_active
 
 
-def _session_user_still_active(user_id: int, seen: bytes | None) -> tuple[bool, bytes | None]:
-    """A socket's web-session user is still active: looked up again only when the revocation
-    counter moved since `seen` (every deactivation bumps it) or Redis is out of reach; returns
-    the answer and the counter to remember."""
-    from accounts.api_keys import revocations_counter
-    from accounts.models import User
+def _web_session_still_valid(
+    user_id: int, session_key: str | None, seen: bytes | None
+) -> tuple[bool, bytes | None]:
+    """A socket's web session still signs its user in (not logged out, password unchanged, user
+    active): looked up again only when the ended-sessions counter moved since `seen` or Redis is
+    out of reach; returns the answer and the counter to remember."""
+    from accounts.web_sessions import session_signs_in, sessions_ended_counter
 
-    counter = revocations_counter()
+    counter = sessions_ended_counter()
     if counter is not None and counter == seen:
         return True, counter
-    return User.objects.filter(pk=user_id, is_active=True).exists(), counter
+    return session_signs_in(session_key=session_key, user_id=user_id), counter
 
 
 KEY_REVOKED_ANSWER = {
@@ -169,10 +170,11 @@ KEY_REVOKED_ANSWER = {
     "message": "the API key this socket logged in with was revoked (or its user deactivated); "
     "the socket is closed (4001)",
 }
-USER_DEACTIVATED_ANSWER = {
+SESSION_ENDED_ANSWER = {
     "error": "NotAuthenticated",
     "code": WS_ERRORS["NotAuthenticated"],
-    "message": "this account was deactivated; the socket is closed (4001)",
+    "message": "the web session this socket signed in with ended (logged out, password changed "
+    "or account deactivated); the socket is closed (4001)",
 }
 
 
@@ -284,7 +286,9 @@ class StreamConsumer(AsyncWebsocketConsumer):
         user = self.scope.get("user")
         self.user = user if getattr(user, "is_authenticated", False) else None
         self.key_credentials = None  # an API-key login's key (a session has every right)
-        self.revocations_seen: bytes | None = None  # see _session_user_still_active
+        self.sessions_seen: bytes | None = None  # see _web_session_still_valid
+        session = self.scope.get("session")
+        self.session_key = session.session_key if session is not None and self.user else None
         self.sub.user_id = self.user.pk if self.user else None
         self.last_seen = time.monotonic()
         self.tokens = float(settings.WS_MAX_MESSAGES_PER_SECOND)  # a token bucket
@@ -393,10 +397,10 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 return await database_sync_to_async(
                     _key_still_valid, thread_sensitive=False, executor=view_executor()
                 )(credentials)
-            active, self.revocations_seen = await database_sync_to_async(
-                _session_user_still_active, thread_sensitive=False, executor=view_executor()
-            )(self.user.pk, self.revocations_seen)
-            return active
+            valid, self.sessions_seen = await database_sync_to_async(
+                _web_session_still_valid, thread_sensitive=False, executor=view_executor()
+            )(self.user.pk, self.session_key, self.sessions_seen)
+            return valid
         except Exception:
             logger.warning("websocket login check failed", exc_info=True)
             return True
@@ -636,16 +640,16 @@ class StreamConsumer(AsyncWebsocketConsumer):
             return
         user, credentials, request = self.user, self.key_credentials, SocketRequest(self.scope)
         request.api_key_id = credentials.id if credentials is not None else None
-        seen = self.revocations_seen
+        seen, session_key = self.sessions_seen, self.session_key
 
         def limited_service(user, body, request):
-            # A key revoked, or a user deactivated, after the login: the next order op is
-            # refused like the next REST request (the socket then closes).
+            # A key revoked, a session logged out or a user deactivated after the login: the
+            # next order op is refused like the next REST request (the socket then closes).
             if credentials is not None:
                 if not _key_still_valid(credentials):
                     return 401, KEY_REVOKED_ANSWER
-            elif not _session_user_still_active(user.pk, seen)[0]:
-                return 401, USER_DEACTIVATED_ANSWER
+            elif not _web_session_still_valid(user.pk, session_key, seen)[0]:
+                return 401, SESSION_ENDED_ANSWER
             refused = _rate_limited(user, credentials)
             if refused is not None:
                 return 429, refused
@@ -668,7 +672,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
             answer = {"type": "response", **extra, "status": code}
             answer["data" if code < 400 else "error"] = body_out
             self.push(answer)
-            if body_out is KEY_REVOKED_ANSWER or body_out is USER_DEACTIVATED_ANSWER:
+            if body_out is KEY_REVOKED_ANSWER or body_out is SESSION_ENDED_ANSWER:
                 await self._close(CLOSE_LOGIN_REVOKED)
 
         task = asyncio.get_running_loop().create_task(run())

@@ -659,6 +659,68 @@ def test_a_web_session_socket_of_a_user_deactivated_since_is_closed(market):
     asyncio.run(scenario())
 
 
+def test_a_web_session_socket_is_closed_when_that_session_logs_out(market):
+    """Logging out ended the session's HTTP requests but not its open sockets: a browser tab
+    kept streaming the private orders channel and could still place orders."""
+    from accounts.tests.otp_login import PASSWORD, csrf_token, http_sign_in, make_person
+    from exchange.models import Order
+
+    person = make_person()
+    browsers = [httpx.Client(base_url=market["base"], timeout=15) for _ in range(2)]
+    for browser in browsers:  # two sessions of one person: two browsers
+        signed_in = http_sign_in(
+            browser, email=person.email, password=PASSWORD, device=None, next_url="/"
+        )
+        assert signed_in.status_code == 302, signed_in.text[:500]
+    cookies = [f"sessionid={browser.cookies['sessionid']}" for browser in browsers]
+
+    def log_out() -> None:
+        page = browsers[0].get("/")
+        response = browsers[0].post("/accounts/logout/", data={
+            "csrfmiddlewaretoken": csrf_token(page.text)})  # fmt: skip
+        assert response.status_code == 302
+
+    async def scenario():
+        async with (
+            websockets.connect(
+                market["ws"], ping_interval=None, additional_headers={"Cookie": cookies[0]}
+            ) as leaving,
+            websockets.connect(
+                market["ws"], ping_interval=None, additional_headers={"Cookie": cookies[1]}
+            ) as staying,
+        ):
+            for ws in (leaving, staying):
+                await send(ws, {"op": "subscribe", "channels": ["orders"]})
+                assert (await recv_until(ws, lambda f: True))["type"] == "subscribed"
+            await asyncio.sleep(0.6)  # a ping's check saw both sessions signed in
+            await asyncio.to_thread(log_out)
+            await send(
+                leaving, {"op": "order.place", **limit(market["symbol"], "buy", "1.00", "1")}
+            )
+            answers = []
+            deadline = time.monotonic() + 10
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                while time.monotonic() < deadline:  # answering pings, as a live client does
+                    frame = json.loads(await asyncio.wait_for(leaving.recv(), 10))
+                    if frame.get("type") == "ping":
+                        await send(leaving, {"op": "pong", "id": frame["id"]})
+                    answers.append(frame)
+            assert closed.value.rcvd.code == 4001
+            for answer in answers:  # the order op was refused like a REST request
+                if answer.get("type") == "response":
+                    assert (answer["status"], answer["error"]["error"]) == (401, "NotAuthenticated")
+            # The person's other session is not logged out: its socket stays, pings and all.
+            pings = 0
+            while pings < 3:
+                frame = json.loads(await asyncio.wait_for(staying.recv(), 5))
+                if frame.get("type") == "ping":
+                    pings += 1
+                    await send(staying, {"op": "pong", "id": frame["id"]})
+
+    asyncio.run(scenario())
+    assert not Order.objects.filter(user=person).exists()
+
+
 def test_socket_order_entry_needs_a_key_with_trade_and_carries_the_key_in_the_audit(market):
     from audit.events import AuditEvent
     from audit.models import AuditRecord

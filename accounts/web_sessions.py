@@ -1,0 +1,64 @@
+"""A web session that ends (logout, a changed password, a deactivated user) ends the WebSocket
+connections opened with it, as it ends the next HTTP request of that session.
+
+A counter in Redis moves whenever a session may have ended; a socket signed in with a web
+session looks its session up again only when the counter moved since its last look (one Redis
+GET otherwise), on each ping and before each order op.
+"""
+
+import logging
+from importlib import import_module
+
+import redis
+from django.conf import settings
+from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY
+from django.db import transaction
+from django.utils.crypto import constant_time_compare
+
+from accounts.models import User
+from exchange.redis_connection import redis_client, redis_key
+
+logger = logging.getLogger(__name__)
+
+
+def _ended_key() -> str:
+    return redis_key("sessions", "ended")
+
+
+def sessions_ended_bump() -> None:
+    try:
+        redis_client().incr(_ended_key())
+    except redis.RedisError as exc:  # sockets then see it only when their next check queries
+        logger.warning("ended web session not signalled to sockets", extra={"why": str(exc)})
+
+
+def sessions_ended_counter() -> bytes | None:
+    """The counter every logout, password change and deactivation moves (None without Redis)."""
+    try:
+        return redis_client().get(_ended_key()) or b"0"
+    except redis.RedisError:
+        return None
+
+
+def session_signs_in(*, session_key: str | None, user_id: int) -> bool:
+    """The web session `session_key` still signs in active user `user_id`: it exists and has
+    not expired, names that user, and carries the user's current password hash (a password
+    change ends the user's other sessions), as Django checks on each HTTP request."""
+    user = User.objects.filter(pk=user_id, is_active=True).first()
+    if user is None or not session_key:
+        return False
+    data = import_module(settings.SESSION_ENGINE).SessionStore(session_key).load()
+    return data.get(SESSION_KEY) == str(user_id) and constant_time_compare(
+        data.get(HASH_SESSION_KEY, ""), user.get_session_auth_hash()
+    )
+
+
+def user_logged_out_sessions_ended(sender, request, user, **kwargs) -> None:
+    transaction.on_commit(sessions_ended_bump)
+
+
+def user_saved_sessions_recheck(sender, instance: User, **kwargs) -> None:
+    """post_save: a deactivation or a new password may end sessions (`_password` is set by
+    set_password until the save completes)."""
+    if not instance.is_active or getattr(instance, "_password", None) is not None:
+        transaction.on_commit(sessions_ended_bump)
