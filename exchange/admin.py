@@ -37,6 +37,12 @@ class InstrumentAdmin(admin.ModelAdmin):
     readonly_fields = ("shard", "status", "created_at")
     actions = ["halt_trading", "resume_trading"]
 
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # Listed instruments stay: its shard's engine holds the book (a worker could not rebuild
+        # a shard whose book names a deleted instrument), and the symbol names its history.
+        # A mistaken listing is halted and a corrected one listed under another symbol.
+        return False
+
     def get_readonly_fields(self, request, obj=None):
         fields = list(super().get_readonly_fields(request, obj))
         if obj is not None:

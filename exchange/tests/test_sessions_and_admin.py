@@ -234,6 +234,8 @@ def test_the_admin_refuses_rules_order_entry_cannot_use_and_freezes_the_scale(
     page = staff.get(f"/admin/exchange/instrument/{instrument.pk}/change/").text
     for fixed in ("symbol", "base_asset", "quote_asset", "tick_size", "lot_size"):
         assert f'name="{fixed}"' not in page, f"{fixed} is editable"
+    # Deleting a listed instrument left its book in the engine: the shard could not recover.
+    assert staff.get(f"/admin/exchange/instrument/{instrument.pk}/delete/").status_code == 403
     # A minimum off the lot size made every order of the instrument a 500.
     refused = admin_instrument_change(
         staff,
