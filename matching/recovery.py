@@ -34,6 +34,8 @@ _STP_CASE = " ".join(
 # One row per live order, already in the engine's record layout (see API.md), after a leading
 # "is an untriggered stop" flag. Decimal -> integer conversions use the engine's spec of the
 # instrument (f.*), passed in as arrays.
+# A blank stp_mode is STP_DEFAULT (0), as the engine keeps it: the instrument's default applies
+# when the order matches.
 OPEN_ORDERS_SQL = f"""
 SELECT o.status = 'untriggered',
        o.id, o.user_id, f.symbol, o.side = 'buy',
@@ -61,10 +63,10 @@ SELECT o.status = 'untriggered',
        COALESCE(o.engine_max_quote, 0),
        (o.quote_spent * f.minor)::bigint,
        o.maker_fee_ppm, o.taker_fee_ppm,
-       CASE o.stp_mode {_STP_CASE} ELSE f.stp_default END
+       CASE o.stp_mode {_STP_CASE} ELSE 0 END
   FROM exchange_order o
-  JOIN unnest(%s::bigint[], %s::text[], %s::numeric[], %s::numeric[], %s::numeric[], %s::int[])
-       AS f(instrument_id, symbol, tick, lot, minor, stp_default)
+  JOIN unnest(%s::bigint[], %s::text[], %s::numeric[], %s::numeric[], %s::numeric[])
+       AS f(instrument_id, symbol, tick, lot, minor)
     ON f.instrument_id = o.instrument_id
  WHERE o.is_open AND o.status IN ('new', 'partially_filled', 'untriggered')
  ORDER BY o.priority_seq
@@ -105,8 +107,6 @@ def engine_state_read(shard: int) -> tuple[dict, dict[str, int], int, int]:
         [spec[1] for spec in instruments],
         [spec[2] for spec in instruments],
         [10 ** spec[3] for spec in instruments],
-        # The engine stores the effective STP mode: blank on the row = the instrument default.
-        [spec[10] for spec in instruments],
     ]
     orders: list[tuple] = []
     stops: list[tuple] = []

@@ -698,7 +698,7 @@ class Engine:
                 o.rich = rich
                 o.maker_fee = mfee
                 o.taker_fee = tfee
-                o.stp = stp if stp else book.stp_default
+                o.stp = stp  # STP_DEFAULT: the book's default when it matches
                 if take:
                     o.seq = 0
                     o.level = o.prev = o.next = None
@@ -1104,7 +1104,7 @@ class Engine:
         o.spent = 0
         o.maker_fee = mfee
         o.taker_fee = tfee
-        o.stp = stp if stp else book.stp_default
+        o.stp = stp  # STP_DEFAULT: the book's default when it matches
         o.level = o.prev = o.next = None
         if o.expire_at:
             heapq.heappush(self._expiry, (o.expire_at, oid))
@@ -1306,7 +1306,7 @@ class Engine:
         tuser = t.user
         tid = t.id
         tfee = t.taker_fee  # taker rates are >= 0 (validated)
-        stp_on = t.stp != STP_NONE
+        stp_on = (t.stp or book.stp_default) != STP_NONE
         rem = t.qty
         tfilled = t.filled
         sym = book.symbol
@@ -1467,7 +1467,7 @@ class Engine:
 
     def _stp(self, book: Book, t: Order, m: Order, ts: int, out) -> str | None:
         """Self-trade prevention between taker t and maker m; returns R_STP if t must stop."""
-        mode = t.stp
+        mode = t.stp or book.stp_default
         rem = t.qty
         mtotal = m.qty + m.reserve
         self.ev_seq += 1
@@ -1538,7 +1538,7 @@ class Engine:
         kn = book.k_num
         kd = book.k_den
         tfee = t.taker_fee
-        stp = t.stp
+        stp = t.stp or book.stp_default
         rem = t.qty
         for p in _best_first(keys, levels, sign):
             if (p > lim) if is_buy else (p < lim):

@@ -8,6 +8,7 @@ from matching.engine import (
     INVALID_COMMAND,
     INVALID_QUANTITY,
     PRICE_OUTSIDE_BAND,
+    STOP_MARKET,
     STP_CANCEL_INCOMING,
     UNKNOWN_INSTRUMENT,
     Engine,
@@ -62,6 +63,21 @@ def test_a_new_default_stp_mode_applies_to_orders_that_name_none():
     events = h.buy(2, 100, 1, user=7)
     assert final(events, 2)[:2] == ("cancelled", "stp")
     assert h.depth()[1] == [(100, 1, 1)], "the resting order stays"
+
+
+def test_orders_placed_before_a_new_default_stp_mode_match_with_it():
+    """An order keeps "the instrument's default", not the default of its placement: a stop
+    triggered after the change uses the new one (and a rebuilt engine agrees)."""
+    h = Harness()  # default cancel_resting
+    h.sell(1, 101, 1, user=7)
+    h.place(2, True, 1, 0, user=7, order_type=STOP_MARKET, stop_price=100)  # waits for 100
+    rules(h, stp_default=STP_CANCEL_INCOMING)
+    rebuilt = Engine.bulk_load(h.engine.export_state())
+    assert rebuilt.state_hash() == h.engine.state_hash()
+    h.sell(3, 100, 1, user=8)
+    events = h.buy(4, 100, 1, user=9)  # trades at 100: the stop triggers, meets its own sell
+    assert final(events, 2)[:2] == ("cancelled", "stp")
+    assert h.depth()[1] == [(101, 1, 1)], "cancel_incoming: user 7's sell stays"
 
 
 def test_an_update_keeps_a_halt():

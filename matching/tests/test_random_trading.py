@@ -1,6 +1,7 @@
 """Random trading through the real web process and worker, every order type and time in force,
-with amends, cancels and mass cancels from several clients at once; then what must always
-hold. (Such a run found an amend deadlocking with the order entry batch: answers of 500.)"""
+with amends, cancels and mass cancels from several clients at once while staff change the
+instrument's rules; then what must always hold. (Such a run found an amend deadlocking with the
+order entry batch: answers of 500.)"""
 
 import random
 import threading
@@ -9,9 +10,12 @@ from decimal import Decimal
 
 import httpx
 import pytest
+from django.db import connection
 
 from conftest import start_web
+from exchange.models import Instrument
 from exchange.tests.api_client import ApiKeyAuth, make_api_key, make_instrument, make_user
+from exchange.tests.test_sessions_and_admin import admin_client, admin_instrument_change
 from matching.tests.worker_checks import (
     all_commands_applied,
     exactly_once_invariants,
@@ -85,6 +89,28 @@ def trade_randomly(client: httpx.Client, symbol: str, seed: int, failures: list)
             failures.append((response.request.method, response.request.content, response.text))
 
 
+def change_rules_randomly(base_url: str, instrument_id: int, seed: int, stop: threading.Event):
+    """Staff editing the instrument's rules in the admin now and then (over HTTP)."""
+    rng = random.Random(seed)
+    try:
+        staff = admin_client(base_url)
+        instrument = Instrument.objects.get(pk=instrument_id)
+        while not stop.wait(rng.uniform(0.2, 0.8)):
+            changes = {
+                "price_band_pct": rng.choice(["0", "20", "50"]),
+                "market_collar_pct": rng.choice(["2", "5", "10"]),
+                "min_quantity": rng.choice(["1", "1", "2"]),
+                "default_stp_mode": rng.choice(
+                    ["cancel_resting", "cancel_incoming", "cancel_both", "decrement_both"]
+                ),
+            }
+            response = admin_instrument_change(staff, instrument, **changes)
+            assert response.status_code == 302, response.text[:2000]
+            instrument.refresh_from_db()
+    finally:
+        connection.close()
+
+
 def test_random_trading_from_several_clients_keeps_every_invariant(processes, process_env):
     processes.manage("run_matching", "--shard", "0", env=process_env, name="matching-0")
     base_url = start_web(processes, env=process_env)
@@ -100,10 +126,16 @@ def test_random_trading_from_several_clients_keeps_every_invariant(processes, pr
         threading.Thread(target=trade_randomly, args=(c, instrument.symbol, n, failures))
         for n, c in enumerate(clients)
     ]
-    for thread in threads:
+    stop_staff = threading.Event()
+    staff = threading.Thread(
+        target=change_rules_randomly, args=(base_url, instrument.pk, 99, stop_staff)
+    )
+    for thread in [*threads, staff]:
         thread.start()
     for thread in threads:
         thread.join()
+    stop_staff.set()
+    staff.join()
 
     assert failures == []
     all_commands_applied(timeout=60)
