@@ -715,12 +715,17 @@ def instrument_rules_update(
 ) -> Command | None:
     """Send an edited instrument's trading rules (minimums, band, collar, default STP mode) to
     its shard's engine, which otherwise kept enforcing the rules it was listed with; None when
-    the edit changed none of them. Order entry picks the new row up by itself."""
-    changed = {
-        field: [str(getattr(previous, field)), str(getattr(instrument, field))]
+    the edit changed none of them. Order entry picks the new row up by itself.
+
+    Called after the row's UPDATE, in its transaction: that holds the row FOR NO KEY UPDATE
+    (no key column changes: the symbol is fixed), which the foreign-key checks of the entry
+    batches it then waits for (command_enqueue's lock) do not conflict with (see
+    COMMAND_ORDER_LOCK_KEY)."""
+    changed = [
+        field
         for field in INSTRUMENT_FIXED_AT_LISTING
         if getattr(previous, field) != getattr(instrument, field)
-    }
+    ]
     if changed:
         raise ValueError(f"{instrument.symbol}: {', '.join(changed)} cannot change once listed")
     spec = engine_instrument_spec(instrument)

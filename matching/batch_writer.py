@@ -898,7 +898,8 @@ class BatchWriter:
         shard = self.shard
         instrument_ops = (p.OP_ADD_INSTRUMENT, p.OP_UPDATE_INSTRUMENT)
         # A command tuple encodes as the array command_to_json makes of it (orjson writes
-        # tuples as arrays); only an added instrument needs its spec turned into plain data.
+        # tuples as arrays); only an added or updated instrument needs its spec turned into
+        # plain data.
         return [
             (
                 shard,
