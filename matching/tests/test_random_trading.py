@@ -1,7 +1,8 @@
 """Random trading through the real web process and worker, every order type and time in force,
 with amends, cancels and mass cancels from several clients at once while staff change the
-instrument's rules; then what must always hold. (Such a run found an amend deadlocking with the
-order entry batch: answers of 500.)"""
+instrument's rules, halt and resume it and cancel orders; then what must always hold. (Such runs
+found an amend deadlocking with the order entry batch, answers of 500; and, with staff changing
+the default STP mode, an engine rebuilt from the database that disagreed with its journal.)"""
 
 import random
 import threading
@@ -13,9 +14,13 @@ import pytest
 from django.db import connection
 
 from conftest import start_web
-from exchange.models import Instrument
+from exchange.models import Instrument, Order
 from exchange.tests.api_client import ApiKeyAuth, make_api_key, make_instrument, make_user
-from exchange.tests.test_sessions_and_admin import admin_client, admin_instrument_change
+from exchange.tests.test_sessions_and_admin import (
+    admin_action,
+    admin_client,
+    admin_instrument_change,
+)
 from matching.tests.worker_checks import (
     all_commands_applied,
     exactly_once_invariants,
@@ -89,31 +94,50 @@ def trade_randomly(client: httpx.Client, symbol: str, seed: int, failures: list)
             failures.append((response.request.method, response.request.content, response.text))
 
 
-def change_rules_randomly(
+def staff_work_randomly(
     base_url: str, instrument_id: int, seed: int, stop: threading.Event, failures: list
 ) -> None:
-    """Staff editing the instrument's rules in the admin now and then (over HTTP)."""
+    """Staff in the admin now and then (over HTTP): editing the instrument's rules, halting and
+    resuming it, cancelling an open order on its owner's behalf."""
     rng = random.Random(seed)
     try:
         staff = admin_client(base_url)
-        edits = 0
+        done: dict[str, int] = {"rules": 0, "halt": 0, "cancel": 0}
         instrument = Instrument.objects.get(pk=instrument_id)
-        while not stop.wait(rng.uniform(0.2, 0.8)):
-            changes = {
-                "price_band_pct": rng.choice(["0", "20", "50"]),
-                "market_collar_pct": rng.choice(["2", "5", "10"]),
-                "min_quantity": rng.choice(["1", "1", "2"]),
-                "default_stp_mode": rng.choice(
-                    ["cancel_resting", "cancel_incoming", "cancel_both", "decrement_both"]
-                ),
-            }
-            response = admin_instrument_change(staff, instrument, **changes)
-            if response.status_code != 302:
-                failures.append(("admin", changes, response.text[:2000]))
-            edits += 1
-            instrument.refresh_from_db()
-        if edits < 5:
-            failures.append(("admin", f"only {edits} edits"))
+        halted = False
+        while not stop.wait(rng.uniform(0.2, 0.6)):
+            roll = rng.random()
+            open_ids = list(
+                Order.objects.filter(instrument_id=instrument_id, is_open=True).values_list(
+                    "pk", flat=True
+                )[:50]
+            )
+            if roll < 0.2 or halted:
+                action = "resume_trading" if halted else "halt_trading"
+                admin_action(staff, "/admin/exchange/instrument/", action, instrument_id)
+                halted = not halted
+                done["halt"] += 1
+            elif roll < 0.4 and open_ids:
+                admin_action(staff, "/admin/exchange/order/", "cancel_orders", rng.choice(open_ids))
+                done["cancel"] += 1
+            else:
+                changes = {
+                    "price_band_pct": rng.choice(["0", "20", "50"]),
+                    "market_collar_pct": rng.choice(["2", "5", "10"]),
+                    "min_quantity": rng.choice(["1", "1", "2"]),
+                    "default_stp_mode": rng.choice(
+                        ["cancel_resting", "cancel_incoming", "cancel_both", "decrement_both"]
+                    ),
+                }
+                response = admin_instrument_change(staff, instrument, **changes)
+                if response.status_code != 302:
+                    failures.append(("admin", changes, response.text[:2000]))
+                done["rules"] += 1
+                instrument.refresh_from_db()
+        if halted:
+            admin_action(staff, "/admin/exchange/instrument/", "resume_trading", instrument_id)
+        if min(done.values()) < 1:
+            failures.append(("admin", f"too little staff work: {done}"))
     except Exception as exc:  # reported by the test thread
         failures.append(("admin", repr(exc)))
     finally:
@@ -137,7 +161,7 @@ def test_random_trading_from_several_clients_keeps_every_invariant(processes, pr
     ]
     stop_staff = threading.Event()
     staff = threading.Thread(
-        target=change_rules_randomly,
+        target=staff_work_randomly,
         args=(base_url, instrument.pk, 99, stop_staff, failures),
     )
     for thread in [*threads, staff]:
