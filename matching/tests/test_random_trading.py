@@ -65,10 +65,12 @@ def random_order(rng: random.Random, symbol: str) -> dict:
     return body
 
 
-def trade_randomly(client: httpx.Client, symbol: str, seed: int, failures: list) -> None:
+def trade_randomly(
+    client: httpx.Client, symbol: str, seed: int, failures: list, seconds: float = SECONDS
+) -> None:
     rng = random.Random(seed)
     mine: list[int] = []
-    deadline = time.monotonic() + SECONDS
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         roll = rng.random()
         if roll < 0.55 or not mine:
