@@ -1,4 +1,5 @@
-"""Trading sessions at chosen instants; staff halts, resumes and cancels through the admin."""
+"""Trading sessions at chosen instants; staff halts, resumes, cancels and rule edits through the
+admin."""
 
 import datetime as dt
 import re
