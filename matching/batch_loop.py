@@ -320,6 +320,10 @@ class ShardLoop:
             applied = [
                 Applied(first.id, first.kind, stamp, None, [], None, FAILED_TWICE, first.order_id)
             ]
+            if first.kind == Command.Kind.AMEND and isinstance(first.payload, dict):
+                # What the amend held more (or less) is given back, as for an engine refusal.
+                delta = first.payload.get("hold_delta")
+                applied[0].hold_delta = Decimal(delta) if isinstance(delta, str) else None
             logger.error(
                 "command failed twice: rejected", extra={"shard": self.shard, "command": first.id}
             )

@@ -510,7 +510,9 @@ class BatchWriter:
     def _execute(self, prepared: "PreparedBatch") -> dict[int, int]:
         with transaction.atomic():
             lease_epoch_check(shard=self.shard, epoch=self.epoch)
-            self._instrument_ids_refresh(prepared.symbols)
+            # An amend that failed twice releases a hold with no event naming its symbol.
+            released = {symbol for _, _, symbol, _, _ in prepared.amend_releases}
+            self._instrument_ids_refresh(prepared.symbols | released)
             # Stage the rows (COPY, or array parameters for a small batch), then apply them
             # with one pipeline of prepared statements.
             inline = max(len(prepared.order_rows), len(prepared.trade_rows)) <= INLINE_ROWS_MAX
@@ -559,8 +561,9 @@ class BatchWriter:
                     u.status, u.reason, u.reject_code = p.REJECTED, p.R_INVALID, a.reject_code
                     u.reject_message = REJECT_MESSAGES.get(a.reject_code, "")
                     u.remaining = 0
+                if a.order_id is not None:  # the order's own command, or its amend or cancel
                     audits.append(self._audit(AuditEvent.ORDER_REJECTED, a, order_id=a.order_id,
-                                              payload={"reason": p.R_INVALID,
+                                              payload={"command": a.kind, "reason": p.R_INVALID,
                                                        "code": a.reject_code}))  # fmt: skip
                 continue
             op = a.cmd[0]
@@ -669,16 +672,22 @@ class BatchWriter:
     def _amend_holds(engine: Engine, applied: list[Applied], updates: dict[int, _OrderUpdate]):
         """Hold changes of the batch's amends, for orders still live after the batch (an order
         that ended gives back its whole hold anyway): a decrease the engine applied is released;
-        a refused increase is released and the order's held_amount changes back."""
+        a refused increase is released and the order's held_amount changes back. An amend that
+        failed twice (never applied) counts as refused."""
         releases = []
         for a in applied:
             delta = a.hold_delta
-            if not delta or a.cmd is None or a.cmd[0] != p.OP_AMEND:
+            if not delta:
                 continue
-            live = engine.order(a.cmd[2])
+            if a.cmd is not None and a.cmd[0] == p.OP_AMEND:
+                order_id, refused = a.cmd[2], any(ev[0] == p.EV_REJECT for ev in a.events)
+            elif a.cmd is None and a.kind == "amend" and a.order_id is not None:
+                order_id, refused = a.order_id, True
+            else:
+                continue
+            live = engine.order(order_id)
             if live is None:
                 continue
-            refused = any(ev[0] == p.EV_REJECT for ev in a.events)
             release = (delta if delta > 0 else Decimal(0)) if refused else max(-delta, Decimal(0))
             if not release and not refused:
                 continue

@@ -6,13 +6,17 @@ import os
 import signal
 import sys
 import time
+from decimal import Decimal
 
 import psutil
 import pytest
 from django.db import connection
 
+from accounts.ledger import funds_deposit
+from audit.models import AuditRecord
 from conftest import BASE_DIR, RUN_PREFIX, wait_until
 from exchange.models import Order
+from exchange.services import order_amend
 from exchange.tests.api_client import make_user
 from matching.heartbeat import heartbeat_key
 from matching.models import Command, ShardState
@@ -256,4 +260,44 @@ def test_command_failing_twice_is_rejected_and_the_rest_applied(processes, proce
     assert (command.attempts, command.reject_code, command.apply_seq) == (2, "CommandFailed", None)
     assert {o.status for o in Order.objects.filter(pk__in=[o.pk for o in others])} == {"new"}
     exactly_once_invariants()
+    assert "OK" in matching_verify(process_env)
+
+
+def test_an_amend_failing_twice_gives_back_what_it_held_more(processes, process_env, redis_conn):
+    """The amend held 29.90 more at once; rejected as CommandFailed (never applied), that stayed
+    held (and the order's held_amount raised) until the order ended."""
+    instrument = instrument_create()
+    user = make_user()
+    processes.manage("run_matching", "--shard", "0", env=process_env, name="w0")
+    serving_pid(redis_conn)
+    buy = order_row_place(user=user, instrument=instrument, side="buy", quantity="2", price="10.00")
+    all_commands_applied()
+    held_before = Order.objects.get(pk=buy.pk).held_amount
+    funds_deposit(user=user, asset="USD", amount=Decimal("100"), memo="test funds")
+    failing_commit_trigger("(NEW.command->>0)::int = 3")  # every batch holding an amend fails
+    try:
+        order_amend(order=Order.objects.get(pk=buy.pk), quantity=Decimal("5"), actor=user)
+        assert Order.objects.get(pk=buy.pk).held_amount > held_before, "held at once"
+        for attempt in range(1, 4):
+            wait_until(
+                lambda: (
+                    not Command.objects.filter(applied_at__isnull=True).exists()
+                    or not any(p.poll() is None for p in processes.started)
+                ),
+                timeout=30,
+            )
+            if not Command.objects.filter(applied_at__isnull=True).exists():
+                break
+            processes.manage("run_matching", "--shard", "0", env=process_env, name=f"w{attempt}")
+        all_commands_applied()
+    finally:
+        failing_commit_trigger_drop()
+    amend = Command.objects.get(order_id=buy.pk, kind="amend")
+    assert amend.reject_code == "CommandFailed"
+    rejected = AuditRecord.objects.get(order_id=buy.pk, event_type="order.rejected")
+    assert rejected.payload == {"command": "amend", "reason": "invalid", "code": "CommandFailed"}
+    order = Order.objects.get(pk=buy.pk)
+    assert (order.status, order.quantity) == ("new", Decimal("2"))
+    assert order.held_amount == order.hold_remaining == held_before
+    exactly_once_invariants()  # the ledger's held USD matches the open orders' holds
     assert "OK" in matching_verify(process_env)
