@@ -16,6 +16,7 @@ before N committed. If a commit fails
 (the engine is then ahead of PostgreSQL) the process exits and the next holder rebuilds.
 """
 
+import contextlib
 import gc
 import json
 import logging
@@ -321,9 +322,9 @@ class ShardLoop:
                 Applied(first.id, first.kind, stamp, None, [], None, FAILED_TWICE, first.order_id)
             ]
             if first.kind == Command.Kind.AMEND and isinstance(first.payload, dict):
-                # What the amend held more (or less) is given back, as for an engine refusal.
-                delta = first.payload.get("hold_delta")
-                applied[0].hold_delta = Decimal(delta) if isinstance(delta, str) else None
+                # The order's hold goes back to what it was, as after an engine refusal.
+                with contextlib.suppress(TypeError, ArithmeticError):
+                    applied[0].hold_delta = Decimal(first.payload.get("hold_delta"))
             logger.error(
                 "command failed twice: rejected", extra={"shard": self.shard, "command": first.id}
             )
