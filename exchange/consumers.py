@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import logging
 import time
+from collections import Counter
 from typing import Any
 
 import redis
@@ -38,6 +39,7 @@ CLOSE_PING_TIMEOUT = 4000
 CLOSE_LOGIN_REVOKED = 4001
 CLOSE_SLOW_CONSUMER = 4008
 CLOSE_RATE_LIMIT = 4029
+CLOSE_TOO_MANY_CONNECTIONS = 4030
 
 # Stable error names and codes of the socket; the order ops answer with the REST catalogue.
 WS_ERRORS: dict[str, int] = {
@@ -60,11 +62,14 @@ WS_ERRORS: dict[str, int] = {
     "UnknownChannel": -1141,
     "TooManySubscriptions": -1142,
     "NotSubscribed": -1143,
+    "TooManyConnections": -1144,
     "ServiceUnavailable": -1001,
 }
 PUBLIC_KINDS = ("book", "trades", "ticker")
 PLAIN_CHANNELS = ("orders", "heartbeat")
 _ENCODER = DjangoJSONEncoder(separators=(",", ":"))
+# Open sockets per client address in this process (WS_MAX_CONNECTIONS_PER_IP).
+_open_per_address: Counter[str] = Counter()
 
 
 class SocketRequest:
@@ -296,6 +301,15 @@ class StreamConsumer(AsyncWebsocketConsumer):
         self.ping_id = 0
         self.tasks: set[asyncio.Task] = set()
         self.closing = False
+        self.address = None  # counted in _open_per_address while the socket is open
+        address = (self.scope.get("client") or (None,))[0]
+        limit = settings.WS_MAX_CONNECTIONS_PER_IP
+        if address is not None:
+            if limit and _open_per_address[address] >= limit:
+                await self._refuse_extra_connection(limit)
+                return
+            _open_per_address[address] += 1
+            self.address = address
         await hub.ensure_started()
         await self.accept()
         self.sub.direct = DirectSocket.attach(self.scope.get(RAW_SEND_KEY))
@@ -303,7 +317,27 @@ class StreamConsumer(AsyncWebsocketConsumer):
         self.writer = loop.create_task(self._write())
         self.timer = loop.create_task(self._tick())
 
+    async def _refuse_extra_connection(self, limit: int) -> None:
+        """Accept only to say why, then close: the client's address has `limit` sockets open."""
+        await self.accept()
+        error = {
+            "type": "error",
+            "error": "TooManyConnections",
+            "code": WS_ERRORS["TooManyConnections"],
+            "message": f"at most {limit} connections from one address; close one first "
+            f"(closed {CLOSE_TOO_MANY_CONNECTIONS})",
+        }
+        await self.send(text_data=_ENCODER.encode(error))
+        self.closing = True
+        await self.close(code=CLOSE_TOO_MANY_CONNECTIONS)
+
     async def disconnect(self, code) -> None:
+        address = getattr(self, "address", None)
+        if address is not None:
+            self.address = None
+            _open_per_address[address] -= 1
+            if _open_per_address[address] <= 0:
+                del _open_per_address[address]
         self.closing = True
         if hasattr(self, "sub"):
             hub.remove_all(self.sub)
