@@ -305,7 +305,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
         address = (self.scope.get("client") or (None,))[0]
         limit = settings.WS_MAX_CONNECTIONS_PER_IP
         if address is not None:
-            if limit and _open_per_address[address] >= limit:
+            if limit > 0 and _open_per_address[address] >= limit:
                 await self._refuse_extra_connection(limit)
                 return
             _open_per_address[address] += 1

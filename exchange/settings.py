@@ -85,7 +85,8 @@ API_VIEW_THREADS = env.int("API_VIEW_THREADS", default=32)
 
 # WebSocket streaming (/ws/v1, docs/websocket.md): per-connection limits and liveness.
 WS_MAX_SUBSCRIPTIONS = env.int("WS_MAX_SUBSCRIPTIONS", default=50)
-# Open sockets per client address in one web process (0: no limit); one more is closed (4030).
+# Open sockets per client address in one web process (0 or less: no limit); one more is closed
+# (4030).
 WS_MAX_CONNECTIONS_PER_IP = env.int("WS_MAX_CONNECTIONS_PER_IP", default=100)
 WS_MAX_MESSAGES_PER_SECOND = env.int("WS_MAX_MESSAGES_PER_SECOND", default=50)
 # Messages refused for the rate limit before the socket is closed (close code 4029).
