@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as dt
-import logging
 import secrets
 import time
 from collections.abc import Iterable
@@ -18,7 +17,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-import redis
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -33,9 +31,7 @@ from accounts.signing import KeyCredentials, ip_networks
 from audit.events import AuditEvent
 from audit.services import audit_record
 from exchange.errors import trading_error
-from exchange.redis_connection import redis_client, redis_key
-
-logger = logging.getLogger(__name__)
+from exchange.redis_connection import change_counter_bump, change_counter_read, redis_key
 
 # Credentials read for a signature check are kept per process for a while, so a signed request
 # costs one Redis GET instead of a query and a decryption. Every revocation bumps a counter in
@@ -216,20 +212,17 @@ def _revocations_key() -> str:
 
 
 def _revocations_bump() -> None:
-    try:
-        redis_client().incr(_revocations_key())
-    except redis.RedisError as exc:  # the cache then lives out its seconds in other processes
-        logger.warning("API key revocation not signalled to the caches", extra={"why": str(exc)})
+    # Without Redis the cache lives out its seconds in other processes.
+    change_counter_bump(
+        _revocations_key(), unsignalled="API key revocation not signalled to the caches"
+    )
     _credentials_cache.clear()
 
 
 def revocations_counter() -> bytes | None:
     """The counter every key revocation and user deactivation bumps (None without Redis): a
     holder of credentials read earlier needs to look again only when it changed."""
-    try:
-        return redis_client().get(_revocations_key()) or b"0"
-    except redis.RedisError:
-        return None
+    return change_counter_read(_revocations_key())
 
 
 def user_saved_keys_recheck(sender, instance: User, **kwargs) -> None:

@@ -6,19 +6,15 @@ session looks its session up again only when the counter moved since its last lo
 GET otherwise), on each ping and before each order op.
 """
 
-import logging
 from importlib import import_module
 
-import redis
 from django.conf import settings
 from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY
 from django.db import transaction
 from django.utils.crypto import constant_time_compare
 
 from accounts.models import User
-from exchange.redis_connection import redis_client, redis_key
-
-logger = logging.getLogger(__name__)
+from exchange.redis_connection import change_counter_bump, change_counter_read, redis_key
 
 
 def _ended_key() -> str:
@@ -26,18 +22,12 @@ def _ended_key() -> str:
 
 
 def sessions_ended_bump() -> None:
-    try:
-        redis_client().incr(_ended_key())
-    except redis.RedisError as exc:  # sockets then see it only when their next check queries
-        logger.warning("ended web session not signalled to sockets", extra={"why": str(exc)})
+    change_counter_bump(_ended_key(), unsignalled="ended web session not signalled to sockets")
 
 
 def sessions_ended_counter() -> bytes | None:
     """The counter every logout, password change and deactivation moves (None without Redis)."""
-    try:
-        return redis_client().get(_ended_key()) or b"0"
-    except redis.RedisError:
-        return None
+    return change_counter_read(_ended_key())
 
 
 def session_signs_in(*, session_key: str | None, user_id: int) -> bool:

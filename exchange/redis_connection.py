@@ -1,9 +1,12 @@
 """The process's Redis client and key naming (every key carries the deployment's prefix)."""
 
+import logging
 from functools import lru_cache
 
 import redis
 from django.conf import settings
+
+logger = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=1)
@@ -20,3 +23,22 @@ def redis_client() -> redis.Redis:
 def redis_key(*parts: object) -> str:
     """Build a key under the deployment's prefix, e.g. redis_key("matching", 0, "heartbeat")."""
     return settings.REDIS_KEY_PREFIX + ":".join(str(part) for part in parts)
+
+
+# A change counter: every process that remembers what it read at some value looks again only
+# once the counter has moved (API-key revocations, ended web sessions).
+def change_counter_bump(key: str, *, unsignalled: str) -> None:
+    """Move the counter at `key`; without Redis, log `unsignalled` (the readers then notice
+    only when they look again anyway)."""
+    try:
+        redis_client().incr(key)
+    except redis.RedisError as exc:
+        logger.warning(unsignalled, extra={"why": str(exc)})
+
+
+def change_counter_read(key: str) -> bytes | None:
+    """The counter at `key` (b"0" before its first move; None without Redis: look again)."""
+    try:
+        return redis_client().get(key) or b"0"
+    except redis.RedisError:
+        return None
