@@ -2,20 +2,18 @@
 admin."""
 
 import datetime as dt
-import re
 import zoneinfo
 from decimal import Decimal
 
-import httpx
 import pytest
 
-from accounts.tests.otp_login import give_totp_device, http_sign_in
 from audit.models import AuditRecord
 from conftest import wait_until
 from exchange.api_errors import ApiError
 from exchange.models import Instrument, Order
 from exchange.order_rules import OrderRequest
 from exchange.services import order_place
+from exchange.tests.admin_http import admin_action, admin_client, admin_instrument_change
 from exchange.tests.api_client import ApiClient, make_instrument, make_user
 from matching.models import Command
 
@@ -71,34 +69,6 @@ def test_day_order_inside_the_session_expires_at_that_days_close():
     )
     assert placed.order.status == "pending_new"
     assert placed.order.expire_at == dt.datetime(2026, 11, 25, 21, 0, tzinfo=dt.UTC)
-
-
-def admin_client(base_url: str) -> httpx.Client:
-    """A staff member signed in over HTTP with email, password and a TOTP code."""
-    staff = make_user("staff")
-    staff.is_staff = staff.is_superuser = True
-    staff.set_password("staff-password-1")
-    staff.save()
-    client = httpx.Client(base_url=base_url, timeout=15)
-    response = http_sign_in(
-        client,
-        email=staff.email,
-        password="staff-password-1",
-        device=give_totp_device(staff),
-        next_url="/admin/",
-    )
-    assert response.status_code == 302 and response.headers["location"] == "/admin/"
-    return client
-
-
-def admin_action(client: httpx.Client, changelist: str, action: str, pk: int) -> None:
-    page = client.get(changelist)
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
-    response = client.post(
-        changelist,
-        data={"action": action, "_selected_action": str(pk), "csrfmiddlewaretoken": token},
-    )
-    assert response.status_code == 302, response.text[:300]
 
 
 @pytest.mark.processes
@@ -164,29 +134,6 @@ def test_staff_cancel_on_a_users_behalf_and_tick_size_frozen_once_traded(exchang
     assert 'name="min_notional"' in change_page
     order_page = staff.get(f"/admin/exchange/order/{order['order_id']}/change/").text
     assert 'name="price"' not in order_page  # orders are read-only in the admin
-
-
-def admin_instrument_change(
-    client: httpx.Client, instrument: Instrument, **changes
-) -> httpx.Response:
-    """Post the instrument's admin change form: its current editable values with `changes`."""
-    url = f"/admin/exchange/instrument/{instrument.pk}/change/"
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', client.get(url).text).group(1)
-    data = {
-        "min_quantity": str(instrument.min_quantity),
-        "min_notional": str(instrument.min_notional),
-        "price_band_pct": str(instrument.price_band_pct),
-        "market_collar_pct": str(instrument.market_collar_pct),
-        "trades_24_7": "on" if instrument.trades_24_7 else "",
-        "session_open": "",
-        "session_close": "",
-        "session_timezone": instrument.session_timezone,
-        "default_stp_mode": instrument.default_stp_mode,
-        "csrfmiddlewaretoken": token,
-        "_save": "Save",
-        **changes,
-    }
-    return client.post(url, data={k: v for k, v in data.items() if v != ""})
 
 
 @pytest.mark.processes

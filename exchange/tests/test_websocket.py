@@ -92,6 +92,21 @@ async def recv_until(ws, predicate, *, timeout: float = 10.0, seen: list | None 
             return frame
 
 
+async def until_closed(ws, *, timeout: float = 10.0) -> tuple[int, list[dict]]:
+    """Read frames (answering pings, as a live client does) until the server closes the socket;
+    fail at the deadline. Returns the close code and the frames other than pings."""
+    frames = []
+    deadline = time.monotonic() + timeout
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        while time.monotonic() < deadline:
+            frame = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+            if frame.get("type") == "ping":
+                await send(ws, {"op": "pong", "id": frame["id"]})
+            else:
+                frames.append(frame)
+    return closed.value.rcvd.code, frames
+
+
 async def until(predicate, *, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -592,16 +607,12 @@ def test_a_socket_whose_key_is_revoked_after_the_login_can_no_longer_trade_and_i
             connection.close()
 
     async def closed_with(ws) -> int:
-        answers = []
-        deadline = time.monotonic() + 10
-        with pytest.raises(websockets.ConnectionClosed) as closed:
-            while time.monotonic() < deadline:
-                answers.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+        code, answers = await until_closed(ws)
         # An order op that got in before the close was refused like a REST request.
         for answer in answers:
             if answer.get("type") == "response":
                 assert (answer["status"], answer["error"]["error"]) == (401, "InvalidApiKey")
-        return closed.value.rcvd.code
+        return code
 
     async def scenario():
         async with (
@@ -648,13 +659,7 @@ def test_a_web_session_socket_of_a_user_deactivated_since_is_closed(market):
             assert (await recv_until(ws, lambda f: True))["type"] == "subscribed"
             await asyncio.sleep(0.6)  # a ping's check saw the user active
             await asyncio.to_thread(deactivate)
-            deadline = time.monotonic() + 10
-            with pytest.raises(websockets.ConnectionClosed) as closed:
-                while time.monotonic() < deadline:  # answering pings, as a live client does
-                    frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
-                    if frame.get("type") == "ping":
-                        await send(ws, {"op": "pong", "id": frame["id"]})
-            assert closed.value.rcvd.code == 4001
+            assert (await until_closed(ws))[0] == 4001
 
     asyncio.run(scenario())
 
@@ -697,15 +702,8 @@ def test_a_web_session_socket_is_closed_when_that_session_logs_out(market):
             await send(
                 leaving, {"op": "order.place", **limit(market["symbol"], "buy", "1.00", "1")}
             )
-            answers = []
-            deadline = time.monotonic() + 10
-            with pytest.raises(websockets.ConnectionClosed) as closed:
-                while time.monotonic() < deadline:  # answering pings, as a live client does
-                    frame = json.loads(await asyncio.wait_for(leaving.recv(), 10))
-                    if frame.get("type") == "ping":
-                        await send(leaving, {"op": "pong", "id": frame["id"]})
-                    answers.append(frame)
-            assert closed.value.rcvd.code == 4001
+            code, answers = await until_closed(leaving)
+            assert code == 4001
             for answer in answers:  # the order op was refused like a REST request
                 if answer.get("type") == "response":
                     assert (answer["status"], answer["error"]["error"]) == (401, "NotAuthenticated")

@@ -15,12 +15,8 @@ from django.db import connection
 
 from conftest import start_web
 from exchange.models import Instrument, Order
+from exchange.tests.admin_http import admin_action, admin_client, admin_instrument_change
 from exchange.tests.api_client import ApiKeyAuth, make_api_key, make_instrument, make_user
-from exchange.tests.test_sessions_and_admin import (
-    admin_action,
-    admin_client,
-    admin_instrument_change,
-)
 from matching.tests.worker_checks import (
     all_commands_applied,
     exactly_once_invariants,

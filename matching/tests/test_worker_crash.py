@@ -218,6 +218,23 @@ def test_failed_commit_exits_and_the_restart_recovers(processes, process_env, re
     assert "OK" in matching_verify(process_env)
 
 
+def restart_workers_until_all_applied(processes, process_env) -> None:
+    """Start a new worker each time the last one exits on a failed batch (as the supervisor
+    does), at most three times, until every command is applied."""
+    for attempt in range(1, 4):
+        wait_until(
+            lambda: (
+                not Command.objects.filter(applied_at__isnull=True).exists()
+                or not any(p.poll() is None for p in processes.started)
+            ),
+            timeout=30,
+        )
+        if not Command.objects.filter(applied_at__isnull=True).exists():
+            break
+        processes.manage("run_matching", "--shard", "0", env=process_env, name=f"w{attempt}")
+    all_commands_applied()
+
+
 def test_command_failing_twice_is_rejected_and_the_rest_applied(processes, process_env, redis_conn):
     instrument = instrument_create()
     user = make_user()
@@ -236,18 +253,7 @@ def test_command_failing_twice_is_rejected_and_the_rest_applied(processes, proce
             )
             for _ in range(3)
         ]
-        for attempt in range(1, 4):
-            wait_until(
-                lambda: (
-                    not Command.objects.filter(applied_at__isnull=True).exists()
-                    or not any(p.poll() is None for p in processes.started)
-                ),
-                timeout=30,
-            )
-            if not Command.objects.filter(applied_at__isnull=True).exists():
-                break
-            processes.manage("run_matching", "--shard", "0", env=process_env, name=f"w{attempt}")
-        all_commands_applied()
+        restart_workers_until_all_applied(processes, process_env)
     finally:
         failing_commit_trigger_drop()
     poisoned = Order.objects.get(pk=poison.pk)
@@ -278,18 +284,7 @@ def test_an_amend_failing_twice_gives_back_what_it_held_more(processes, process_
     try:
         order_amend(order=Order.objects.get(pk=buy.pk), quantity=Decimal("5"), actor=user)
         assert Order.objects.get(pk=buy.pk).held_amount > held_before, "held at once"
-        for attempt in range(1, 4):
-            wait_until(
-                lambda: (
-                    not Command.objects.filter(applied_at__isnull=True).exists()
-                    or not any(p.poll() is None for p in processes.started)
-                ),
-                timeout=30,
-            )
-            if not Command.objects.filter(applied_at__isnull=True).exists():
-                break
-            processes.manage("run_matching", "--shard", "0", env=process_env, name=f"w{attempt}")
-        all_commands_applied()
+        restart_workers_until_all_applied(processes, process_env)
     finally:
         failing_commit_trigger_drop()
     amend = Command.objects.get(order_id=buy.pk, kind="amend")

@@ -1,0 +1,61 @@
+"""Staff in the Django admin over real HTTP, for tests: a signed-in staff client (password and
+TOTP code), changelist actions and the instrument change form."""
+
+import re
+
+import httpx
+
+from accounts.tests.otp_login import give_totp_device, http_sign_in
+from exchange.models import Instrument
+from exchange.tests.api_client import make_user
+
+
+def admin_client(base_url: str) -> httpx.Client:
+    """A staff member signed in over HTTP with email, password and a TOTP code."""
+    staff = make_user("staff")
+    staff.is_staff = staff.is_superuser = True
+    staff.set_password("staff-password-1")
+    staff.save()
+    client = httpx.Client(base_url=base_url, timeout=15)
+    response = http_sign_in(
+        client,
+        email=staff.email,
+        password="staff-password-1",
+        device=give_totp_device(staff),
+        next_url="/admin/",
+    )
+    assert response.status_code == 302 and response.headers["location"] == "/admin/"
+    return client
+
+
+def admin_action(client: httpx.Client, changelist: str, action: str, pk: int) -> None:
+    page = client.get(changelist)
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+    response = client.post(
+        changelist,
+        data={"action": action, "_selected_action": str(pk), "csrfmiddlewaretoken": token},
+    )
+    assert response.status_code == 302, response.text[:300]
+
+
+def admin_instrument_change(
+    client: httpx.Client, instrument: Instrument, **changes
+) -> httpx.Response:
+    """Post the instrument's admin change form: its current editable values with `changes`."""
+    url = f"/admin/exchange/instrument/{instrument.pk}/change/"
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', client.get(url).text).group(1)
+    data = {
+        "min_quantity": str(instrument.min_quantity),
+        "min_notional": str(instrument.min_notional),
+        "price_band_pct": str(instrument.price_band_pct),
+        "market_collar_pct": str(instrument.market_collar_pct),
+        "trades_24_7": "on" if instrument.trades_24_7 else "",
+        "session_open": "",
+        "session_close": "",
+        "session_timezone": instrument.session_timezone,
+        "default_stp_mode": instrument.default_stp_mode,
+        "csrfmiddlewaretoken": token,
+        "_save": "Save",
+        **changes,
+    }
+    return client.post(url, data={k: v for k, v in data.items() if v != ""})
