@@ -416,15 +416,16 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 next_ping = now + ping_s
                 self.ping_id += 1
                 self.push({"type": "ping", "id": self.ping_id})
-                # Also with each ping: a socket logged in with a key revoked since, or whose
-                # user was deactivated, is closed, its private channel with it.
+                # Also with each ping: a socket whose login no longer stands (its key revoked,
+                # its web session ended, its user deactivated) is closed, its private channel
+                # with it.
                 if self.user is not None and not await self._still_authorised():
                     await self._close(CLOSE_LOGIN_REVOKED)
                     return
 
     async def _still_authorised(self) -> bool:
-        """The login still stands: its API key not revoked, its user not deactivated (true
-        when that cannot be checked now: PostgreSQL out of reach)."""
+        """The login still stands: its API key not revoked, its web session not ended, its user
+        not deactivated (true when that cannot be checked now: PostgreSQL out of reach)."""
         credentials = self.key_credentials
         try:
             if credentials is not None:
