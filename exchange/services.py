@@ -557,7 +557,8 @@ def order_amend(
         if quantity <= order.filled_quantity:
             raise trading_error(
                 "AmendQuantityTooLow",
-                f"quantity is the new total and must exceed the {order.filled_quantity} filled",
+                "quantity is the new total and must exceed the "
+                f"{order.filled_quantity.normalize():f} filled",
                 field="quantity",
             )
     if Command.objects.filter(
@@ -570,13 +571,16 @@ def order_amend(
         )
     max_quote = None
     new_held = order.held_amount
-    if order.side == Order.Side.BUY and new_price is not None:
+    # A buy's hold and budget follow its new price and size; a stop-loss buy has no price, its
+    # hold is the quantity at the collar above its stop price (as when it was placed).
+    stop_loss = order.order_type == Order.Type.STOP_LOSS
+    if order.side == Order.Side.BUY and (new_price is not None or stop_loss):
         needed = buy_hold_minor(
             engine=engine,
             order_type=order.order_type,
-            price_ticks=engine.price_to_ticks(new_price),
+            price_ticks=engine.price_to_ticks(new_price) if new_price is not None else 0,
             qty_lots=engine.qty_to_lots(new_quantity),
-            stop_ticks=0,
+            stop_ticks=engine.price_to_ticks(order.stop_price) if stop_loss else 0,
             quote_minor=0,
             best_ask_ticks=None,
             taker_fee_ppm=order.taker_fee_ppm,

@@ -127,6 +127,31 @@ def test_amend_up_needs_and_holds_more_and_amend_down_gives_it_back(market):
     assert ledger_discrepancies() == {}
 
 
+def test_amending_a_stop_loss_buy_up_holds_more_and_it_fills_its_new_size(market):
+    instrument, base_url = market
+    trader = ApiClient(base_url, make_user(funds={"USD": Decimal("700.00")}))
+    stop = {"symbol": instrument.symbol, "side": "buy", "order_type": "stop_loss",
+            "stop_price": "120.00", "quantity": "1"}  # fmt: skip
+    order = trader.place(**stop).json()
+    # The quantity at the 5% collar above the stop price, with the taker fee: 126 + 0.26.
+    assert balances(trader)["USD"]["held"] == "126.26"
+    too_big = trader.patch(f"/api/v1/orders/{order['order_id']}", {"quantity": "6"})
+    assert too_big.status_code == 400 and too_big.json()["error"] == "InsufficientBalance"
+    bigger = trader.patch(f"/api/v1/orders/{order['order_id']}", {"quantity": "5"})
+    assert bigger.status_code == 200, bigger.text
+    assert balances(trader)["USD"]["held"] == "631.26"
+    all_applied()
+    seller = ApiClient(base_url, make_user())
+    assert seller.place(**limit(instrument.symbol, "sell", "120.00", "10")).status_code == 201
+    buyer = ApiClient(base_url, make_user())
+    assert buyer.place(**limit(instrument.symbol, "buy", "120.00", "1")).status_code == 201
+    all_applied()  # that trade at 120.00 triggered the stop: a market buy of 5
+    stored = Order.objects.get(pk=order["order_id"])
+    assert (stored.status, stored.filled_quantity) == ("filled", Decimal(5)), stored.reason
+    assert balances(trader)["USD"]["held"] == "0.00"
+    assert ledger_discrepancies() == {}
+
+
 def test_parallel_orders_across_two_symbols_never_spend_the_same_money(market):
     instrument, base_url = market
     other = make_instrument()
