@@ -28,6 +28,7 @@ from exchange.api_errors import (
     database_unavailable,
 )
 from exchange.errors import echoed
+from exchange.json_text import LONE_SURROGATE_MESSAGE, holds_lone_surrogate, holds_nul
 from exchange.market_hub import SNAPSHOT_DEPTH, Subscriber, channel_symbol, hub
 from exchange.view_threads import view_executor
 from exchange.ws_direct import RAW_SEND_KEY, DirectSocket, text_frame
@@ -208,26 +209,6 @@ def _error_answer(exc: APIException) -> tuple[int, dict]:
 
     response = api_exception_handler(exc, {})
     return response.status_code, dict(response.data)
-
-
-def _holds_nul(raw: str | bytes, message: Any) -> bool:
-    """A NUL character in any string of a decoded JSON message, keys included. JSON text
-    carries one only escaped, so only a message whose text holds the escape is walked (without
-    recursion: the message may be nested as deeply as the decoder allows)."""
-    if ("\\u0000" if isinstance(raw, str) else b"\\u0000") not in raw:
-        return False
-    todo = [message]
-    while todo:
-        value = todo.pop()
-        if isinstance(value, str):
-            if "\x00" in value:
-                return True
-        elif isinstance(value, dict):
-            todo.extend(value.keys())
-            todo.extend(value.values())
-        elif isinstance(value, list):
-            todo.extend(value)
-    return False
 
 
 def _order_place(user, body: dict, request: SocketRequest) -> tuple[int, dict]:
@@ -478,9 +459,12 @@ class StreamConsumer(AsyncWebsocketConsumer):
         op = message.get("op")
         request_id = message.get("id")
         extra = {"op": op} if request_id is None else {"op": op, "id": request_id}
-        if _holds_nul(raw, message):
+        if holds_nul(raw, message):
             # No field accepts one, and PostgreSQL refuses it in text (a lookup would fail).
             self.error("MalformedRequest", "a message holds a NUL character (\\u0000)", **extra)
+            return
+        if holds_lone_surrogate(raw, message):
+            self.error("MalformedRequest", LONE_SURROGATE_MESSAGE, **extra)
             return
         handler = (
             {

@@ -1,6 +1,7 @@
 """Order entry over HTTP against the real web process and the real shard worker."""
 
 import datetime as dt
+import json
 import time
 from decimal import Decimal
 
@@ -415,6 +416,36 @@ def test_a_body_nested_deeper_than_the_json_decoder_goes_is_a_400(market):
     )
     assert response.status_code == 400, response.text  # was a RecursionError: a 500
     assert response.json()["error"] == "MalformedRequest"
+
+
+def test_a_lone_surrogate_in_a_body_is_a_400_not_a_500(market):
+    # Valid JSON text ("\\ud800") that Python decodes into a string UTF-8 cannot encode: the
+    # choice fields' errors and the unknown-field error that echoed it could not be rendered.
+    instrument, maker, _ = market
+    order = maker.place(**limit(instrument.symbol, "buy", "10.00", "1")).json()
+    body = limit(instrument.symbol, "buy", "10.00", "1")
+    for method, path, sent in [
+        ("POST", "/api/v1/orders", {**body, "side": "\ud800"}),
+        ("POST", "/api/v1/orders", {**body, "time_in_force": "\udfff"}),
+        ("POST", "/api/v1/orders", {**body, "\ud800": 1}),
+        ("PATCH", f"/api/v1/orders/{order['order_id']}", {"\udbff": "1"}),
+    ]:
+        response = maker.http.request(
+            method, path, content=json.dumps(sent), headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 400, (sent, response.text)
+        assert response.json()["error"] == "MalformedRequest"
+        assert "lone UTF-16 surrogate" in response.json()["message"]
+    assert Order.objects.filter(user=maker.user).count() == 1
+    # A surrogate pair (an escaped emoji) is text: refused by the field's own rule.
+    paired = {**body, "client_order_id": "\ud83d\ude00"}
+    response = maker.http.post(
+        "/api/v1/orders", content=json.dumps(paired), headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+    assert (response.json()["error"], response.json()["field"]) == (
+        "InvalidParameter", "client_order_id"
+    )  # fmt: skip
 
 
 def test_over_a_thousand_query_parameters_is_a_400(market):

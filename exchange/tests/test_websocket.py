@@ -431,6 +431,35 @@ def test_bad_input_and_unknown_channels_get_errors_not_a_crash(market):
     asyncio.run(scenario())
 
 
+def test_a_lone_surrogate_anywhere_in_a_message_is_refused_not_a_crash(market):
+    async def scenario():
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            key = market["keys"][0]
+            # A lone surrogate ("\\ud800" in the JSON text): no field takes it and the text
+            # cannot be encoded, so the login's checks, the symbol lookup and the cancel's
+            # lookup each failed (tracebacks; a 500 for the cancel).
+            lone = "\ud800"
+            for message in [
+                {**login_op(key), "api_key": lone, "id": 7},
+                {"op": "subscribe", "channels": [f"book.{lone}"], "id": 7},
+                {"op": "order.cancel", "client_order_id": lone, "id": 7},
+                {"op": "ping", "id": 7, lone: 1},
+            ]:
+                if message["op"] == "order.cancel":  # logged in: the cancel looks the id up
+                    await send(ws, login_op(key))
+                    assert (await recv_until(ws, lambda f: True))["type"] == "login"
+                await send(ws, message)
+                refused = await recv_until(ws, lambda f: True)
+                assert (refused["type"], refused["id"]) == ("error", 7), refused
+                assert (refused["error"], refused["code"]) == ("MalformedRequest", -1100)
+                assert "lone UTF-16 surrogate" in refused["message"]
+            # A surrogate pair (an escaped emoji) is text like any other.
+            await send(ws, {"op": "ping", "id": 9, "x": "\ud83d\ude00"})
+            assert (await recv_until(ws, lambda f: True))["type"] == "pong"
+
+    asyncio.run(scenario())
+
+
 def test_a_message_over_64_kib_closes_the_socket_with_1009(market):
     # Decoding is on the event loop that feeds every subscriber: the server's 16 MiB default
     # let one client stall everyone's market data with each message.

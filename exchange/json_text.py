@@ -1,0 +1,58 @@
+"""Strings in a decoded JSON message that no field can take, found before any handler runs.
+
+Shared by the REST body parser and the WebSocket consumer. JSON text carries both only as
+escapes (`\\u0000`, `\\ud800`), so a message whose text holds no such escape is not walked.
+The walk is iterative: a message may be nested as deeply as the decoder allows.
+"""
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]")
+
+LONE_SURROGATE_MESSAGE = (
+    "a string holds a lone UTF-16 surrogate (an escape in \\ud800-\\udfff that is not half of "
+    "a pair); send text as UTF-8"
+)
+
+
+def _strings(message: Any) -> Iterator[str]:
+    """Every string of a decoded JSON value, dict keys included."""
+    todo = [message]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, dict):
+            todo.extend(value.keys())
+            todo.extend(value.values())
+        elif isinstance(value, list):
+            todo.extend(value)
+
+
+def holds_nul(raw: str | bytes, message: Any) -> bool:
+    """A NUL character in any string (PostgreSQL refuses it in text: a lookup would fail)."""
+    if ("\\u0000" if isinstance(raw, str) else b"\\u0000") not in raw:
+        return False
+    return any("\x00" in text for text in _strings(message))
+
+
+def holds_lone_surrogate(raw: str | bytes | None, message: Any) -> bool:
+    """A UTF-16 surrogate that is not half of a pair (`"\\ud800"`): Python decodes it into a
+    string that cannot be encoded as UTF-8, so it could be neither stored, nor looked up, nor
+    echoed back in an error. `raw` None: the text is not at hand, every string is checked."""
+    if raw is not None:
+        pattern = _SURROGATE_ESCAPE if isinstance(raw, str) else _SURROGATE_ESCAPE_BYTES
+        if pattern.search(raw) is None:
+            return False
+    return any(not text.isascii() and _not_utf8(text) for text in _strings(message))
+
+
+def _not_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
