@@ -496,8 +496,13 @@ class StreamConsumer(AsyncWebsocketConsumer):
 
     def _channels_of(self, message: dict, extra: dict) -> list[str] | None:
         channels = message.get("channels")
-        if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
-            self.error("MalformedRequest", "channels must be a list of strings", **extra)
+        if (
+            not isinstance(channels, list)
+            or not channels
+            or not all(isinstance(c, str) for c in channels)
+        ):
+            # Empty too: each channel is answered on its own, so an empty list had no answer.
+            self.error("MalformedRequest", "channels must be a non-empty list of strings", **extra)
             return None
         return channels
 

@@ -460,6 +460,21 @@ def test_a_lone_surrogate_anywhere_in_a_message_is_refused_not_a_crash(market):
     asyncio.run(scenario())
 
 
+def test_subscribing_or_unsubscribing_an_empty_channel_list_is_answered(market):
+    # Each channel is answered on its own: an empty list had no answer at all.
+    async def scenario():
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            for op in ("subscribe", "unsubscribe"):
+                await send(ws, {"op": op, "channels": [], "id": op})
+                refused = await recv_until(ws, lambda f: True)
+                assert (refused["type"], refused["id"], refused["error"]) == (
+                    "error", op, "MalformedRequest"
+                )  # fmt: skip
+                assert refused["message"] == "channels must be a non-empty list of strings"
+
+    asyncio.run(scenario())
+
+
 def test_a_message_over_64_kib_closes_the_socket_with_1009(market):
     # Decoding is on the event loop that feeds every subscriber: the server's 16 MiB default
     # let one client stall everyone's market data with each message.
