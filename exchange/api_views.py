@@ -19,6 +19,7 @@ from exchange.models import Order
 from exchange.order_answers import await_command, order_changed_answer, order_placed_answer
 from exchange.pagination import CursorPage
 from exchange.serializers import (
+    ISO_DATETIME,
     InstrumentSerializer,
     OrderAmendSerializer,
     OrderPlaceSerializer,
@@ -70,7 +71,7 @@ def parse_time(request: Request, name: str) -> dt.datetime | None:
         return None
     try:
         # parse_datetime raises ValueError for a well-formed impossible one (February 30th).
-        value = parse_datetime(raw)
+        value = parse_datetime(raw.strip()) if ISO_DATETIME.match(raw.strip()) else None
         if value is not None:
             value = value if timezone.is_aware(value) else value.replace(tzinfo=dt.UTC)
             value = value.astimezone(dt.UTC)  # OverflowError past year 9999 in UTC

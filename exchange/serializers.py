@@ -21,6 +21,26 @@ DECIMAL_STRING = re.compile(r"^[0-9]{1,24}(\.[0-9]{1,18})?\Z")
 # Amount columns hold 30 digits, 12 of them after the point: every amount stays below 10^18.
 AMOUNT_LIMIT = Decimal(10) ** (MONEY["max_digits"] - MONEY["decimal_places"])
 CLIENT_ORDER_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}\Z")
+# An ISO 8601 date-time in ASCII digits, nothing after it. Django's parser alone read any
+# Unicode digit (\d: "٢٠٢٦-..." was 2026) and stopped at a NUL ("...Z\x00junk" was accepted).
+ISO_DATETIME = re.compile(
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]{1,9})?)?)?"
+    r"(?:Z|[+-][0-9]{2}(?::?[0-9]{2})?)?\Z"
+)
+ISO_DATETIME_FORMAT = "YYYY-MM-DDThh:mm[:ss[.ffffff]][Z|+hh:mm|-hh:mm]"
+
+
+class IsoDateTime(serializers.DateTimeField):
+    """DRF's DateTimeField, refusing what ISO_DATETIME does not match (surrounding whitespace
+    aside, as for the decimal fields)."""
+
+    def to_internal_value(self, value):
+        if isinstance(value, str):
+            value = value.strip()
+            if not ISO_DATETIME.match(value):
+                self.fail("invalid", format=ISO_DATETIME_FORMAT)
+        return super().to_internal_value(value)
 
 
 @extend_schema_field({"type": "string", "format": "decimal", "example": "150.45"})
@@ -93,7 +113,7 @@ class OrderPlaceSerializer(RequestBodySerializer):
     time_in_force = serializers.ChoiceField(
         choices=Order.TimeInForce.choices, default=Order.TimeInForce.GTC
     )
-    expire_at = serializers.DateTimeField(required=False, help_text="GTD expiry (ISO 8601).")
+    expire_at = IsoDateTime(required=False, help_text="GTD expiry (ISO 8601).")
     post_only = serializers.BooleanField(default=False)
     post_only_adjust = serializers.BooleanField(default=False)
     display_quantity = DecimalString(required=False, help_text="Iceberg visible quantity.")

@@ -399,6 +399,8 @@ def test_a_nul_character_in_the_path_or_query_is_a_400_not_a_500(market):
         ("/api/v1/orders", {"end": "2026-11-26T25:00:00"}, "end"),
         ("/api/v1/orders", {"start": "9999-12-31T23:59:59-23:59"}, "start"),
         ("/api/v1/orderbook/{symbol}", {"depth": "\u00b2"}, "depth"),
+        ("/api/v1/orders", {"start": "\u0662\u0660\u0662\u0668-01-01T00:00:00Z"}, "start"),
+        ("/api/v1/orders", {"end": "\uff12\uff10\uff12\uff16-01-01T00:00:00Z"}, "end"),
     ],
 )
 def test_an_impossible_time_or_a_non_ascii_digit_is_a_400(market, path, params, field):
@@ -495,6 +497,10 @@ def test_a_body_over_the_upload_limit_is_a_413(market):
     assert not Order.objects.filter(user=maker.user).exists()
 
 
+def gtd_at(expire_at: str) -> dict:
+    return {"time_in_force": "GTD", "expire_at": expire_at}
+
+
 BAD_INPUTS = [
     ({"symbol": "NOPE"}, "UnknownSymbol", "symbol"),
     ({"price": "10.001"}, "PriceOffTick", "price"),
@@ -509,6 +515,10 @@ BAD_INPUTS = [
     # worker could not recover (the expiry overflowed its nanosecond clock): shard down.
     ({"time_in_force": "GTD", "expire_at": "2262-04-12T00:00:00Z"}, "ExpireAtTooFar", "expire_at"),
     ({"time_in_force": "GTD", "expire_at": "9999-12-31T23:59:59Z"}, "ExpireAtTooFar", "expire_at"),
+    # Django's parser read any Unicode digit and stopped at a NUL: each of these was stored.
+    (gtd_at("\u0662\u0660\u0663\u0660-01-01T00:00:00Z"), "InvalidParameter", "expire_at"),
+    (gtd_at("2030-01-01T00:00:00Z\x00"), "InvalidParameter", "expire_at"),
+    (gtd_at("2030-01-01T00:00:00.\u0661Z"), "InvalidParameter", "expire_at"),
     ({"price": 10.5}, "NumberNotString", "price"),
     ({"quantity": "ten"}, "InvalidNumber", "quantity"),
     ({"quantity": "-1"}, "InvalidNumber", "quantity"),
