@@ -14,7 +14,7 @@ from rest_framework.views import APIView
 
 from accounts.api_key_auth import ApiKeyPermission
 from exchange import selectors, services
-from exchange.errors import trading_error
+from exchange.errors import echoed, trading_error
 from exchange.models import Order
 from exchange.order_answers import await_command, order_changed_answer, order_placed_answer
 from exchange.pagination import CursorPage
@@ -86,6 +86,22 @@ def parse_time(request: Request, name: str) -> dt.datetime | None:
     return value
 
 
+ORDER_STATUS_FILTERS = ("open", *Order.Status.values)
+
+
+def order_status_filter(request: Request) -> str | None:
+    """The orders list's optional `status`: a status, or `open` (an unknown one had matched
+    nothing: an empty list, as if the user had no such orders)."""
+    value = request.query_params.get("status")
+    if value is not None and value not in ORDER_STATUS_FILTERS:
+        raise trading_error(
+            "InvalidParameter",
+            f"status must be one of {', '.join(ORDER_STATUS_FILTERS)}; got {echoed(value)}",
+            field="status",
+        )
+    return value
+
+
 def whole_number(request: Request, name: str, *, default: int, low: int, high: int) -> int:
     """An optional whole-number query parameter within low..high (ASCII digits only: `²` is
     a digit to str.isdigit, not to int)."""
@@ -143,7 +159,7 @@ class OrdersView(APIView):
         orders = selectors.orders_for_user(
             user=request.user,
             symbol=request.query_params.get("symbol"),
-            status=request.query_params.get("status"),
+            status=order_status_filter(request),
             start=parse_time(request, "start"),
             end=parse_time(request, "end"),
         )

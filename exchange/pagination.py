@@ -3,6 +3,8 @@
 from rest_framework.exceptions import NotFound
 from rest_framework.pagination import CursorPagination
 
+from exchange.errors import trading_error
+
 # The largest id a bigint column holds: a cursor's position is compared with one.
 MAX_ID = 2**63 - 1
 
@@ -14,6 +16,20 @@ class CursorPage(CursorPagination):
     page_size = 100
     page_size_query_param = "limit"
     max_page_size = 1000
+
+    def get_page_size(self, request) -> int:
+        """`limit` when given: ASCII digits from 1 to max_page_size. DRF's own reading fell
+        back to the default for "abc", "0" or "-1" and read an Arabic-Indic one ("\\u0661") as 1."""
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is None:
+            return self.page_size
+        if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= self.max_page_size):
+            raise trading_error(
+                "InvalidParameter",
+                f"limit must be a whole number from 1 to {self.max_page_size}",
+                field="limit",
+            )
+        return int(raw)
 
     def decode_cursor(self, request):
         """DRF's decoding, and a position that is an id: a cursor is opaque but not signed,

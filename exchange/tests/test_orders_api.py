@@ -400,10 +400,17 @@ def test_a_nul_character_in_the_path_or_query_is_a_400_not_a_500(market):
         ("/api/v1/orders", {"start": "9999-12-31T23:59:59-23:59"}, "start"),
         ("/api/v1/orderbook/{symbol}", {"depth": "\u00b2"}, "depth"),
         ("/api/v1/orders", {"start": "\u0662\u0660\u0662\u0668-01-01T00:00:00Z"}, "start"),
+        # A bad page size had been the default page, an unknown status an empty list.
+        ("/api/v1/orders", {"limit": "abc"}, "limit"),
+        ("/api/v1/orders", {"limit": "0"}, "limit"),
+        ("/api/v1/orders", {"limit": "1001"}, "limit"),
+        ("/api/v1/fills", {"limit": "-1"}, "limit"),
+        ("/api/v1/trades/{symbol}", {"limit": "\u0661"}, "limit"),
+        ("/api/v1/orders", {"status": "bogus"}, "status"),
         ("/api/v1/orders", {"end": "\uff12\uff10\uff12\uff16-01-01T00:00:00Z"}, "end"),
     ],
 )
-def test_an_impossible_time_or_a_non_ascii_digit_is_a_400(market, path, params, field):
+def test_an_impossible_time_a_non_ascii_digit_or_a_bad_filter_is_a_400(market, path, params, field):
     instrument, maker, _ = market
     response = maker.get(path.format(symbol=instrument.symbol), **params)
     assert response.status_code == 400, response.text  # each was a 500
