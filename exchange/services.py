@@ -98,9 +98,33 @@ def request_values(request: OrderRequest) -> dict:
 
 
 def request_digest(request: OrderRequest) -> str:
-    """A stable fingerprint of the request, to tell a replay from a different order."""
-    values = {k: (str(v) if v is not None else None) for k, v in request_values(request).items()}
+    """A stable fingerprint of the request, to tell a replay from a different order: equal
+    numbers give the same digest however they were written ("60.0", "60.00"), equal instants
+    whatever their UTC offset."""
+    return _digest({k: _canonical(v) for k, v in request_values(request).items()})
+
+
+def _canonical(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).isoformat()
+    return str(value)
+
+
+def _digest(values: dict) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+
+
+def _same_request(stored_digest: str, plan: OrderPlan) -> bool:
+    """The stored order's digest is this plan's (or, for an order stored before digests were
+    canonical, the digest of the request as then written: "60.0" and "60.00" differed)."""
+    if stored_digest == plan.digest:
+        return True
+    written = request_values(plan.request)
+    return stored_digest == _digest({k: None if v is None else str(v) for k, v in written.items()})
 
 
 def _client_id_conflict(order_id: int, client_order_id: str) -> ApiError:
@@ -385,7 +409,7 @@ def _orders_store(plans: list[OrderPlan]) -> list[Placement | ApiError]:
             key = (plan.user.pk, plan.request.client_order_id)
             existing = stored.get(key)
             if existing is not None:
-                if existing.request_digest != plan.digest:
+                if not _same_request(existing.request_digest, plan):
                     results[i] = _client_id_conflict(existing.pk, key[1])
                 else:
                     results[i] = Placement(order=existing, created=False, command_id=None)

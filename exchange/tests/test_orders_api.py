@@ -1,6 +1,7 @@
 """Order entry over HTTP against the real web process and the real shard worker."""
 
 import datetime as dt
+import hashlib
 import json
 import time
 from decimal import Decimal
@@ -325,6 +326,19 @@ def test_client_order_id_is_idempotent_and_refuses_a_different_body(market):
     replay = maker.place(**body)
     assert replay.status_code == 200
     assert replay.json()["order_id"] == first.json()["order_id"]
+    # The same numbers written otherwise are the same order (was a 409).
+    rewritten = maker.place(**{**body, "price": "10.0", "quantity": "1.000"})
+    assert rewritten.status_code == 200, rewritten.text
+    assert rewritten.json()["order_id"] == first.json()["order_id"]
+    # An order stored before digests were canonical (each value as written) still replays.
+    written = {"symbol": body["symbol"], "side": "buy", "order_type": "limit", "quantity": "1",
+               "price": "10.00", "stop_price": None, "quote_quantity": None,
+               "time_in_force": "GTC", "expire_at": None, "post_only": "False",
+               "post_only_adjust": "False", "display_quantity": None, "stp_mode": "",
+               "client_order_id": "my-order-1"}  # fmt: skip
+    legacy = hashlib.sha256(json.dumps(written, sort_keys=True).encode()).hexdigest()
+    Order.objects.filter(pk=first.json()["order_id"]).update(request_digest=legacy)
+    assert maker.place(**body).status_code == 200
     conflict = maker.place(**{**body, "quantity": "2"})
     assert conflict.status_code == 409
     assert conflict.json()["error"] == "DuplicateClientOrderId"
