@@ -244,6 +244,10 @@ def _order_cancel(user, body: dict, request: SocketRequest) -> tuple[int, dict]:
             order = selectors.order_for_user(user=user, order_id=order_id)
         elif isinstance(client_order_id, str):
             order = selectors.order_for_user(user=user, client_order_id=client_order_id)
+        elif client_order_id is not None:
+            raise trading_error(
+                "InvalidParameter", "client_order_id must be a string", field="client_order_id"
+            )
         else:
             raise trading_error(
                 "MissingParameter", "order_id or client_order_id is required", field="order_id"

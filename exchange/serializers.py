@@ -31,6 +31,15 @@ ISO_DATETIME = re.compile(
 ISO_DATETIME_FORMAT = "YYYY-MM-DDThh:mm[:ss[.ffffff]][Z|+hh:mm|-hh:mm]"
 
 
+class TextOnly(serializers.CharField):
+    """A CharField that takes a JSON string only (DRF's turned the number 5 into "5")."""
+
+    def to_internal_value(self, data) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class IsoDateTime(serializers.DateTimeField):
     """DRF's DateTimeField, refusing what ISO_DATETIME does not match (surrounding whitespace
     aside, as for the decimal fields)."""
@@ -118,7 +127,7 @@ class OrderPlaceSerializer(RequestBodySerializer):
     post_only_adjust = serializers.BooleanField(default=False)
     display_quantity = DecimalString(required=False, help_text="Iceberg visible quantity.")
     stp_mode = serializers.ChoiceField(choices=StpMode.choices, required=False)
-    client_order_id = serializers.CharField(max_length=64, required=False)
+    client_order_id = TextOnly(max_length=64, required=False, trim_whitespace=False)
 
     def get_fields(self) -> dict:
         # DRF deep-copies each declared field for every serializer instance, which is half the

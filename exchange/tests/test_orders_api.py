@@ -551,6 +551,9 @@ BAD_INPUTS = [
     ({"price": "1" + "0" * 17 + ".00"}, "NumberTooLarge", "price"),
     ({"side": "hold"}, "InvalidParameter", "side"),
     ({"colour": "red"}, "UnexpectedParameter", "colour"),
+    # Kept as sent: a number was stored as its text, padding was trimmed off.
+    ({"client_order_id": 5}, "InvalidParameter", "client_order_id"),
+    ({"client_order_id": " order-1"}, "InvalidParameter", "client_order_id"),
 ]
 
 

@@ -475,6 +475,22 @@ def test_subscribing_or_unsubscribing_an_empty_channel_list_is_answered(market):
     asyncio.run(scenario())
 
 
+def test_a_cancel_by_a_client_order_id_that_is_not_a_string_names_that_field(market):
+    async def scenario():
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            await send(ws, login_op(market["keys"][0]))
+            assert (await recv_until(ws, lambda f: True))["type"] == "login"
+            # Was "order_id or client_order_id is required", naming order_id.
+            await send(ws, {"op": "order.cancel", "client_order_id": 5, "id": 1})
+            answer = await recv_until(ws, lambda f: f.get("id") == 1)
+            assert answer["status"] == 400
+            assert (answer["error"]["error"], answer["error"]["field"]) == (
+                "InvalidParameter", "client_order_id"
+            )  # fmt: skip
+
+    asyncio.run(scenario())
+
+
 def test_a_message_over_64_kib_closes_the_socket_with_1009(market):
     # Decoding is on the event loop that feeds every subscriber: the server's 16 MiB default
     # let one client stall everyone's market data with each message.
