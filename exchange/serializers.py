@@ -40,6 +40,19 @@ class TextOnly(serializers.CharField):
         return super().to_internal_value(data)
 
 
+class Choice(serializers.ChoiceField):
+    """A ChoiceField whose error names the choices and shows at most 60 characters of the value
+    (DRF's repeated the whole value, however long)."""
+
+    def to_internal_value(self, data):
+        try:
+            return super().to_internal_value(data)
+        except serializers.ValidationError:
+            raise serializers.ValidationError(
+                f"{echoed(data)} is not one of: {', '.join(map(str, self.choices))}"
+            ) from None
+
+
 class IsoDateTime(serializers.DateTimeField):
     """DRF's DateTimeField, refusing what ISO_DATETIME does not match (surrounding whitespace
     aside, as for the decimal fields)."""
@@ -112,21 +125,19 @@ class RequestBodySerializer(serializers.Serializer):
 
 class OrderPlaceSerializer(RequestBodySerializer):
     symbol = serializers.CharField(max_length=20)
-    side = serializers.ChoiceField(choices=Order.Side.choices)
-    order_type = serializers.ChoiceField(choices=Order.Type.choices)
+    side = Choice(choices=Order.Side.choices)
+    order_type = Choice(choices=Order.Type.choices)
     quantity = DecimalString(required=False, help_text='Base quantity, e.g. "10".')
     quote_quantity = DecimalString(required=False, help_text="Market buy: quote to spend.")
     price = DecimalString(required=False, help_text="Limit price (limit orders).")
     stop_price = DecimalString(required=False, help_text="Trigger (stop orders).")
     limit_price = DecimalString(required=False, help_text="Limit price (stop-limit orders).")
-    time_in_force = serializers.ChoiceField(
-        choices=Order.TimeInForce.choices, default=Order.TimeInForce.GTC
-    )
+    time_in_force = Choice(choices=Order.TimeInForce.choices, default=Order.TimeInForce.GTC)
     expire_at = IsoDateTime(required=False, help_text="GTD expiry (ISO 8601).")
     post_only = serializers.BooleanField(default=False)
     post_only_adjust = serializers.BooleanField(default=False)
     display_quantity = DecimalString(required=False, help_text="Iceberg visible quantity.")
-    stp_mode = serializers.ChoiceField(choices=StpMode.choices, required=False)
+    stp_mode = Choice(choices=StpMode.choices, required=False)
     client_order_id = TextOnly(max_length=64, required=False, trim_whitespace=False)
 
     def get_fields(self) -> dict:

@@ -571,6 +571,15 @@ def test_bad_input_is_a_400_naming_the_field_and_stores_nothing(market, change, 
     assert not Order.objects.filter(user=maker.user).exists()
 
 
+def test_a_bad_choice_is_named_with_the_choices_and_not_echoed_whole(market):
+    instrument, maker, _ = market
+    response = maker.place(**{**limit(instrument.symbol, "buy", "10.00", "1"), "side": "x" * 300})
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert (body["error"], body["field"]) == ("InvalidParameter", "side")
+    assert body["message"] == f"side: '{'x' * 56}... is not one of: buy, sell"
+
+
 def test_a_buy_worth_more_than_the_engine_carries_is_refused_not_left_to_stop_the_shard(
     exchange_stack, live_db
 ):
