@@ -71,7 +71,8 @@ def parse_time(request: Request, name: str) -> dt.datetime | None:
         return None
     try:
         # parse_datetime raises ValueError for a well-formed impossible one (February 30th).
-        value = parse_datetime(raw.strip()) if ISO_DATETIME.match(raw.strip()) else None
+        text = raw.strip()
+        value = parse_datetime(text) if ISO_DATETIME.match(text) else None
         if value is not None:
             value = value if timezone.is_aware(value) else value.replace(tzinfo=dt.UTC)
             value = value.astimezone(dt.UTC)  # OverflowError past year 9999 in UTC
