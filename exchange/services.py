@@ -14,7 +14,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import IntegrityError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, transaction
 from django.utils import timezone
 
 from accounts.funds import DEMO_FUNDS, demo_funds_grant
@@ -328,16 +328,19 @@ def _orders_insert(orders: list[Order]) -> None:
     client_order_id fails the COPY with the constraint's IntegrityError, as an INSERT would."""
     now = timezone.now()
     prepared = [(field.attname, field.get_db_prep_save) for field in _ORDER_FIELDS]
-    connection.ensure_connection()
+    # This thread's connection itself: each attribute read through the `connection` proxy
+    # costs a context-local lookup, and preparing a row reads it ~40 times (a third the CPU).
+    db = connections[DEFAULT_DB_ALIAS]
+    db.ensure_connection()
     with (
-        connection.wrap_database_errors,
-        connection.connection.cursor() as cursor,
+        db.wrap_database_errors,
+        db.connection.cursor() as cursor,
         cursor.copy(_ORDERS_COPY_SQL) as copy,
     ):
         for order in orders:
             order.created_at = order.updated_at = now
             order._state.adding = False
-            copy.write_row([prep(getattr(order, name), connection) for name, prep in prepared])
+            copy.write_row([prep(getattr(order, name), db) for name, prep in prepared])
 
 
 _ORDERS_COPY_SQL = "COPY exchange_order ({}) FROM STDIN".format(
