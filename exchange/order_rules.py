@@ -7,7 +7,6 @@ import datetime as dt
 import zoneinfo
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import lru_cache
 
 from exchange.errors import trading_error
 from exchange.models import Instrument, Order, StpMode
@@ -56,14 +55,25 @@ class OrderRequest:
     client_order_id: str | None = None
 
 
-@lru_cache(maxsize=512)
-def _engine_instrument(spec_items: tuple) -> EngineInstrument:
-    return EngineInstrument(**dict(spec_items))
+# The instrument fields engine_instrument_spec reads: the cache key of its result.
+_ENGINE_RULE_FIELDS = (
+    "symbol", "tick_size", "lot_size", "quote_precision", "min_quantity", "min_notional",
+    "price_band_pct", "market_collar_pct", "default_stp_mode",
+)  # fmt: skip
+_ENGINE_INSTRUMENTS: dict[tuple, EngineInstrument] = {}
 
 
 def engine_instrument_for(instrument: Instrument) -> EngineInstrument:
-    """The engine's integer view of `instrument` (cached by its rules)."""
-    return _engine_instrument(tuple(sorted(engine_instrument_spec(instrument).items())))
+    """The engine's integer view of `instrument`, cached by the rules it is derived from
+    (deriving it cost a tenth of an order's validation)."""
+    rules = tuple(getattr(instrument, name) for name in _ENGINE_RULE_FIELDS)
+    engine = _ENGINE_INSTRUMENTS.get(rules)
+    if engine is None:
+        if len(_ENGINE_INSTRUMENTS) >= 512:
+            _ENGINE_INSTRUMENTS.clear()
+        engine = EngineInstrument(**engine_instrument_spec(instrument))
+        _ENGINE_INSTRUMENTS[rules] = engine
+    return engine
 
 
 def check_session(instrument: Instrument, now: dt.datetime) -> None:
