@@ -35,13 +35,15 @@ _EPOCH_DAY = dt.date(1970, 1, 1)
 _API_VERSION_RE = re.compile(r"^/api/(v\d+)/")
 
 # `seq` and `txid` are left out: the insert trigger sets them (and would overwrite them).
+# The JSON column goes in binary (%b): a text-format array escapes each of its quotes in Python
+# (a regex substitution per quote: ~50 µs a payload).
 INSERT_MANY_SQL = """
 INSERT INTO audit_record (
     day, ts_ns, event_type, actor_id, actor_label, user_id, order_id, trade_id,
     symbol, shard, payload, channel, session_hash, ip, api_key_id, api_version)
 SELECT * FROM unnest(
     %s::date[], %s::bigint[], %s::varchar[], %s::bigint[], %s::varchar[], %s::bigint[],
-    %s::bigint[], %s::bigint[], %s::varchar[], %s::integer[], %s::jsonb[], %s::varchar[],
+    %s::bigint[], %s::bigint[], %s::varchar[], %s::integer[], %b::jsonb[], %s::varchar[],
     %s::varchar[], %s::inet[], %s::bigint[], %s::varchar[])
 RETURNING seq
 """

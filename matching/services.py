@@ -78,10 +78,12 @@ class CommandRow:
 COMMAND_ORDER_LOCK_KEY = 0x636D_6473  # "cmds"
 
 COMMAND_ORDER_LOCK_SQL = f"SELECT pg_advisory_xact_lock({COMMAND_ORDER_LOCK_KEY})"
+# The JSON column goes in binary (%b): a text-format array escapes each of its quotes in Python
+# (a regex substitution per quote: ~50 µs a payload).
 COMMANDS_INSERT_SQL = """
 INSERT INTO matching_command (shard, kind, payload, order_id, user_id, created_at)
 SELECT c.shard, c.kind, c.payload, c.order_id, c.user_id, now()
-  FROM unnest(%s::smallint[], %s::text[], %s::jsonb[], %s::bigint[], %s::bigint[])
+  FROM unnest(%s::smallint[], %s::text[], %b::jsonb[], %s::bigint[], %s::bigint[])
        WITH ORDINALITY AS c(shard, kind, payload, order_id, user_id, n)
  ORDER BY c.n
 RETURNING id
