@@ -13,7 +13,7 @@ from matching.engine.instrument import fee_for
 PPM = 1_000_000
 
 
-def _collar_price(ticks: int, collar_ppm: int) -> int:
+def collar_price(ticks: int, collar_ppm: int) -> int:
     return ticks + ticks * collar_ppm // PPM
 
 
@@ -32,20 +32,30 @@ def buy_hold_minor(
 
     Limit and stop-limit: price x quantity. Market by quote: the quote amount. Market by
     quantity: quantity at the collar above the best ask (no ask: nothing can fill). Stop-loss:
-    quantity at the collar above the stop price.
+    quantity at the collar above the stop price, or above the best ask when that is higher
+    (the stop then triggers at once and buys from there). Plus the fee rounding reserve.
     """
     if order_type == Order.Type.MARKET and quote_minor:
         return quote_minor
     if order_type in (Order.Type.LIMIT, Order.Type.STOP_LIMIT):
         worst_ticks = price_ticks
     elif order_type == Order.Type.STOP_LOSS:
-        worst_ticks = _collar_price(stop_ticks, engine.collar_ppm)
+        worst_ticks = collar_price(max(stop_ticks, best_ask_ticks or 0), engine.collar_ppm)
     elif best_ask_ticks is not None:
-        worst_ticks = _collar_price(best_ask_ticks, engine.collar_ppm)
+        worst_ticks = collar_price(best_ask_ticks, engine.collar_ppm)
     else:
         return 0
-    notional = engine.notional(worst_ticks, qty_lots)
-    return notional + fee_for(notional, taker_fee_ppm)
+    return buy_cost_minor(engine, worst_ticks, qty_lots, taker_fee_ppm)
+
+
+def buy_cost_minor(engine: EngineInstrument, price_ticks: int, qty_lots: int, fee_ppm: int) -> int:
+    """The most `qty_lots` bought at `price_ticks` can cost: notional, fee, and one minor unit
+    for each fill after the first. The engine rounds each fill's fee up on its own, so n fills
+    can cost up to n - 1 minor units more than the fee on the whole notional; without that
+    reserve a buy its owner can pay for stopped short (`max_quote`). Released when it ends."""
+    notional = engine.notional(price_ticks, qty_lots)
+    reserve = qty_lots - 1 if fee_ppm > 0 and qty_lots > 1 else 0
+    return notional + fee_for(notional, fee_ppm) + reserve
 
 
 def held_amount(

@@ -143,8 +143,8 @@ def buy_value_check(engine: EngineInstrument, instrument: Instrument, minor: int
         raise trading_error(
             "NumberTooLarge",
             f"order value {value:f} {instrument.quote_asset} (price x quantity with the taker "
-            f"fee) is more than this instrument's orders can carry ({limit:f}); lower the "
-            f"{field}",
+            f"fee and its rounding reserve) is more than this instrument's orders can carry "
+            f"({limit:f}); lower the {field}",
             field=field,
         )
     return minor

@@ -52,7 +52,9 @@ def test_buy_beyond_available_funds_is_refused_and_nothing_is_stored(market):
     body = response.json()
     assert body["error"] == "InsufficientBalance" and body["code"] == -2018
     assert body["field"] == "quantity"
-    assert "100.2 needed" in body["message"] and body["asset"] == "USD"
+    # 10 x 10.00, the 0.20% taker fee, and 0.09 of fee rounding reserve (one cent for each of
+    # up to nine more fills, each of whose fee the engine rounds up).
+    assert "100.29 needed" in body["message"] and body["asset"] == "USD"
     assert not Order.objects.filter(user=poor.user).exists()
     assert balances(poor)["USD"] == {
         "asset": "USD", "available": "100.00", "held": "0.00", "total": "100.00"
@@ -65,7 +67,7 @@ def test_resting_order_holds_its_funds_and_a_cancel_releases_them(market):
     buy = trader.place(**limit(instrument.symbol, "buy", "100.00", "10")).json()
     sell = trader.place(**limit(instrument.symbol, "sell", "120.00", "7")).json()
     held = balances(trader)
-    assert held["USD"]["held"] == "1002.00" and held["USD"]["available"] == "3998.00"
+    assert held["USD"]["held"] == "1002.09" and held["USD"]["available"] == "3997.91"
     assert held["TST"]["held"] == "7" and held["TST"]["available"] == "0"
     for order in (buy, sell):
         assert trader.delete(f"/api/v1/orders/{order['order_id']}").status_code == 200
@@ -108,22 +110,22 @@ def test_amend_up_needs_and_holds_more_and_amend_down_gives_it_back(market):
     instrument, base_url = market
     trader = ApiClient(base_url, make_user(funds={"USD": Decimal("1100.00")}))
     order = trader.place(**limit(instrument.symbol, "buy", "50.00", "10")).json()
-    assert balances(trader)["USD"]["held"] == "501.00"
+    assert balances(trader)["USD"]["held"] == "501.09"  # 500 + 1.00 fee + 0.09 reserve
     too_big = trader.patch(f"/api/v1/orders/{order['order_id']}", {"quantity": "30"})
     assert too_big.status_code == 400 and too_big.json()["error"] == "InsufficientBalance"
-    assert balances(trader)["USD"]["held"] == "501.00", "a refused amend holds nothing"
+    assert balances(trader)["USD"]["held"] == "501.09", "a refused amend holds nothing"
     bigger = trader.patch(f"/api/v1/orders/{order['order_id']}", {"quantity": "20"})
     assert bigger.status_code == 200, bigger.text
-    assert balances(trader)["USD"]["held"] == "1002.00"
+    assert balances(trader)["USD"]["held"] == "1002.19"
     all_applied()
     smaller = trader.patch(f"/api/v1/orders/{order['order_id']}", {"quantity": "5"})
     assert smaller.status_code == 200, smaller.text
     all_applied()
     assert balances(trader)["USD"] == {
-        "asset": "USD", "available": "849.50", "held": "250.50", "total": "1100.00"
+        "asset": "USD", "available": "849.46", "held": "250.54", "total": "1100.00"
     }  # fmt: skip
     stored = Order.objects.get(pk=order["order_id"])
-    assert (stored.quantity, stored.hold_remaining) == (Decimal(5), Decimal("250.50"))
+    assert (stored.quantity, stored.hold_remaining) == (Decimal(5), Decimal("250.54"))
     assert ledger_discrepancies() == {}
 
 
@@ -139,7 +141,7 @@ def test_amending_a_stop_loss_buy_up_holds_more_and_it_fills_its_new_size(market
     assert too_big.status_code == 400 and too_big.json()["error"] == "InsufficientBalance"
     bigger = trader.patch(f"/api/v1/orders/{order['order_id']}", {"quantity": "5"})
     assert bigger.status_code == 200, bigger.text
-    assert balances(trader)["USD"]["held"] == "631.26"
+    assert balances(trader)["USD"]["held"] == "631.30"  # 630 + 1.26 fee + 0.04 reserve
     all_applied()
     seller = ApiClient(base_url, make_user())
     assert seller.place(**limit(instrument.symbol, "sell", "120.00", "10")).status_code == 201
@@ -152,18 +154,102 @@ def test_amending_a_stop_loss_buy_up_holds_more_and_it_fills_its_new_size(market
     assert ledger_discrepancies() == {}
 
 
+def order_state(order_id) -> tuple:
+    stored = Order.objects.get(pk=order_id)
+    return stored.status, stored.filled_quantity, stored.reason
+
+
+def test_a_buy_filled_in_many_pieces_fills_whole_though_each_fee_rounds_up(market):
+    # The engine rounds each fill's fee up, so five fills of 1 x 11.00 cost 5 x 11.03 = 55.15
+    # where the fee on the whole is 0.11: the hold was 55.11 and the fifth fill was refused
+    # (max_quote), the FOK was unfillable, a resting bid filled one lot short.
+    _, base_url = market
+    instrument = make_instrument(price_band_pct=Decimal(95))  # prices far apart
+    seller, buyer = ApiClient(base_url, make_user()), ApiClient(base_url, make_user())
+    for _ in range(5):
+        assert seller.place(**limit(instrument.symbol, "sell", "11.00", "1")).status_code == 201
+    taker = buyer.place(**limit(instrument.symbol, "buy", "11.00", "5")).json()
+    assert taker["held_amount"] == "55.15"  # 55 + 0.11 fee + 0.04 rounding reserve
+    assert (taker["status"], taker["filled_quantity"]) == ("filled", "5"), taker
+    for _ in range(5):
+        assert seller.place(**limit(instrument.symbol, "sell", "11.00", "1")).status_code == 201
+    fok = buyer.place(**limit(instrument.symbol, "buy", "11.00", "5", time_in_force="FOK"))
+    assert (fok.status_code, fok.json()["status"]) == (201, "filled"), fok.text
+    maker = buyer.place(**limit(instrument.symbol, "buy", "1.00", "10")).json()
+    for _ in range(10):  # each maker fill: 1.00 and a 0.001 fee rounded up to 0.01
+        assert seller.place(**limit(instrument.symbol, "sell", "1.00", "1")).status_code == 201
+    all_applied()
+    assert order_state(maker["order_id"]) == ("filled", Decimal(10), "")
+    assert balances(buyer)["USD"]["held"] == "0.00"
+    assert ledger_discrepancies() == {}
+
+
+def test_amending_a_partly_filled_buy_budgets_its_rest_at_the_new_price(market):
+    # The amend had budgeted the whole quantity at the new price, ignoring what the fills had
+    # cost: a lower price left the rest short (it stopped with max_quote), a much lower one was
+    # refused (InvalidMaxQuote), a higher one asked for far more money than the rest needed.
+    _, base_url = market
+    instrument = make_instrument(price_band_pct=Decimal(95))  # prices far apart
+    seller = ApiClient(base_url, make_user())
+    buyer = ApiClient(base_url, make_user(funds={"USD": Decimal("1000.00")}))
+    bid = buyer.place(**limit(instrument.symbol, "buy", "10.00", "10")).json()
+    assert seller.place(**limit(instrument.symbol, "sell", "10.00", "5")).status_code == 201
+    all_applied()
+    lower = buyer.patch(f"/api/v1/orders/{bid['order_id']}", {"price": "8.00"})
+    assert lower.status_code == 200, lower.text
+    all_applied()
+    # Spent 50.05 (5 x 10.00 as maker); the 5 left at 8.00: 40 + 0.08 fee + 0.04 reserve.
+    assert Order.objects.get(pk=bid["order_id"]).held_amount == Decimal("90.17")
+    assert seller.place(**limit(instrument.symbol, "sell", "8.00", "5")).status_code == 201
+    all_applied()
+    assert order_state(bid["order_id"]) == ("filled", Decimal(10), "")
+
+    second = buyer.place(**limit(instrument.symbol, "buy", "10.00", "10")).json()
+    assert seller.place(**limit(instrument.symbol, "sell", "10.00", "9")).status_code == 201
+    all_applied()
+    much_lower = buyer.patch(f"/api/v1/orders/{second['order_id']}", {"price": "6.00"})
+    assert much_lower.status_code == 200, much_lower.text
+    higher = buyer.patch(f"/api/v1/orders/{second['order_id']}", {"price": "10.50"})
+    assert higher.status_code == 200, higher.text  # the last one needs 10.53 more, not 5.01
+    assert seller.place(**limit(instrument.symbol, "sell", "10.50", "1")).status_code == 201
+    all_applied()
+    assert order_state(second["order_id"]) == ("filled", Decimal(10), "")
+    assert balances(buyer)["USD"]["held"] == "0.00"
+    assert ledger_discrepancies() == {}
+
+
+def test_a_stop_loss_buy_that_triggers_at_once_holds_for_the_best_ask(market):
+    # Its stop already below the last trade, it buys from the asks at once: held at the collar
+    # above its stop price (9.45), it filled 2 of 3 at 10.40 and stopped (max_quote).
+    instrument, base_url = market
+    seller, buyer = ApiClient(base_url, make_user()), ApiClient(base_url, make_user())
+    assert seller.place(**limit(instrument.symbol, "sell", "10.00", "1")).status_code == 201
+    assert buyer.place(**limit(instrument.symbol, "buy", "10.00", "1")).status_code == 201
+    assert seller.place(**limit(instrument.symbol, "sell", "10.40", "5")).status_code == 201
+    all_applied()
+    stop = {"symbol": instrument.symbol, "side": "buy", "order_type": "stop_loss",
+            "stop_price": "9.00", "quantity": "3"}  # fmt: skip
+    placed = buyer.place(**stop).json()
+    # 3 at the 5% collar above the best ask (10.92), the 0.20% fee, and 0.02 of reserve.
+    assert placed["held_amount"] == "32.85"
+    all_applied()
+    assert order_state(placed["order_id"]) == ("filled", Decimal(3), "")
+    assert ledger_discrepancies() == {}
+
+
 def test_parallel_orders_across_two_symbols_never_spend_the_same_money(market):
     instrument, base_url = market
     other = make_instrument()
-    trader = ApiClient(base_url, make_user(funds={"USD": Decimal("1002.00")}))
-    # Each buy holds 100.20 (10 x 10.00 + 0.20% fee): exactly ten fit in 1002.00.
+    trader = ApiClient(base_url, make_user(funds={"USD": Decimal("1002.90")}))
+    # Each buy holds 100.29 (10 x 10.00, the 0.20% fee, 0.09 of fee rounding reserve): exactly
+    # ten fit in 1002.90.
     bodies = [limit(s.symbol, "buy", "10.00", "10") for s in (instrument, other) * 15]
     with ThreadPoolExecutor(max_workers=8) as pool:
         codes = list(pool.map(lambda body: trader.place(**body).status_code, bodies))
     assert sorted(codes).count(400) == 20 and len([c for c in codes if c in (201, 202)]) == 10
     assert Order.objects.filter(user=trader.user).count() == 10
     assert balances(trader)["USD"] == {
-        "asset": "USD", "available": "0.00", "held": "1002.00", "total": "1002.00"
+        "asset": "USD", "available": "0.00", "held": "1002.90", "total": "1002.90"
     }  # fmt: skip
     all_applied()
     assert ledger_discrepancies() == {}

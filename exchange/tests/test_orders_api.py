@@ -45,7 +45,9 @@ def test_limit_order_rests_and_is_answered_with_its_state(market):
     assert body["filled_quantity"] == "0"
     assert body["remaining_quantity"] == "10"
     assert body["fills"] == []
-    assert body["held_amount"] == "1002.00"  # 10 x 100 plus the worst-case 0.20% taker fee
+    # 10 x 100, the worst-case 0.20% taker fee, and a cent for each fill after the first (the
+    # engine rounds each fill's fee up).
+    assert body["held_amount"] == "1002.09"
     stored = Order.objects.get(pk=body["order_id"])
     assert stored.status == "new" and stored.user == maker.user
 
@@ -600,7 +602,9 @@ def test_a_buy_worth_more_than_the_engine_carries_is_refused_not_left_to_stop_th
     refused = taker.place(**limit(instrument.symbol, "buy", "2", "20000000"))
     assert refused.status_code == 400, refused.text
     assert (refused.json()["error"], refused.json()["field"]) == ("NumberTooLarge", "quantity")
-    assert refused.json()["message"].startswith("order value 40080000 TOK (price x quantity")
+    assert refused.json()["message"].startswith(
+        "order value 40080000.000019999999 TOK (price x quantity"
+    )
     assert Order.objects.filter(user=taker.user).count() == 1, "nothing stored"
 
     # Up to the bound (2^61 minor units: about 2,305,843 TOK here) it trades.

@@ -174,8 +174,9 @@ def test_log_in_and_a_limit_order_appears_in_the_ladder_and_open_orders_without_
     expect(row).to_contain_text("Buy")
     expect(row).to_contain_text("new")
     assert page.evaluate("window.__sameDocument") is True
-    # The hold shows in the available balance next to the ticket (10,000,000 - 500.50).
-    expect(page.locator('#ticket-balances [data-asset="USD"]')).to_have_text("9999499.00")
+    # The hold shows in the available balance next to the ticket: 10,000,000 - 501.04 (500,
+    # the worst-case taker fee 1.00, and a cent of fee rounding reserve per fill after the first).
+    expect(page.locator('#ticket-balances [data-asset="USD"]')).to_have_text("9999498.96")
 
 
 def test_a_crossing_order_of_a_second_user_fills_it_in_both_tapes_and_fills(open_page, live_db):

@@ -839,10 +839,10 @@ def test_the_orders_channel_carries_the_subscribers_balance_changes(market):
             # Placing holds the money at once (the web process's commit)...
             buy = await http_a.post("/api/v1/orders", json=limit(symbol, "buy", "100.00", "10"))
             assert buy.status_code == 201, buy.text
-            held = await recv_until(ws, balance("USD", held="1002.00"), seen=seen)
+            held = await recv_until(ws, balance("USD", held="1002.09"), seen=seen)
             assert held["channel"] == "orders"
-            assert held["data"] == {"asset": "USD", "available": "9998998.00",
-                                    "held": "1002.00", "total": "10000000.00"}  # fmt: skip
+            assert held["data"] == {"asset": "USD", "available": "9998997.91",
+                                    "held": "1002.09", "total": "10000000.00"}  # fmt: skip
             # ...and the worker's batch settles the fill: TST arrives, the hold is spent.
             sell = await http_b.post("/api/v1/orders", json=limit(symbol, "sell", "100.00", "10"))
             assert sell.status_code == 201, sell.text
