@@ -31,7 +31,7 @@ from exchange.serializers import (
     price_str,
     public_trade_representation,
     quantity_str,
-    user_fill_representation,
+    user_fill_representations,
 )
 
 ERROR = inline_serializer(
@@ -250,7 +250,7 @@ class FillsView(APIView):
         paginator = CursorPage()
         page = paginator.paginate_queryset(trades, request, view=self)
         return paginator.get_paginated_response(
-            [user_fill_representation(trade, request.user) for trade in page]
+            [fill for trade in page for fill in user_fill_representations(trade, request.user)]
         )
 
 

@@ -315,10 +315,19 @@ class UserFillSerializer(serializers.Serializer):
     executed_at = serializers.DateTimeField()
 
 
-def user_fill_representation(trade: Trade, user) -> dict:
+def user_fill_representations(trade: Trade, user) -> list[dict]:
+    """The user's fills in `trade`: one, or two for a self-trade (STP mode none), its taker's
+    then its maker's (showing only the maker's hid the taker order's fill and fee)."""
+    sides = [is_maker for is_maker in (False, True) if _fill_user_id(trade, is_maker) == user.pk]
+    return [_fill_representation(trade, is_maker) for is_maker in sides]
+
+
+def _fill_user_id(trade: Trade, is_maker: bool) -> int:
+    return trade.maker_user_id if is_maker else trade.taker_user_id
+
+
+def _fill_representation(trade: Trade, is_maker: bool) -> dict:
     instrument = trade.instrument
-    # A self-trade (STP mode none) is shown from its maker side.
-    is_maker = trade.maker_user_id == user.pk
     taker_side = trade.taker_side
     side = taker_side if not is_maker else ("sell" if taker_side == "buy" else "buy")
     return {

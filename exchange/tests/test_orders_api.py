@@ -122,6 +122,21 @@ def test_ioc_fills_what_crosses_and_cancels_the_remainder(market):
     )
 
 
+def test_a_self_trade_shows_both_of_its_fills(market):
+    # With STP mode none a user trades with itself: /fills showed the maker side only, so the
+    # taker order's fill and fee were missing from it.
+    instrument, maker, _ = market
+    sell = maker.place(**limit(instrument.symbol, "sell", "10.00", "5")).json()
+    buy = maker.place(**limit(instrument.symbol, "buy", "10.00", "3", stp_mode="none")).json()
+    assert buy["status"] == "filled", buy
+    fills = maker.get("/api/v1/fills", symbol=instrument.symbol).json()["results"]
+    assert [(f["order_id"], f["side"], f["liquidity"], f["fee"]) for f in fills] == [
+        (buy["order_id"], "buy", "taker", "0.06"),
+        (sell["order_id"], "sell", "maker", "0.03"),
+    ]
+    assert fills[0]["trade_id"] == fills[1]["trade_id"]
+
+
 def test_fok_that_cannot_fill_is_rejected_and_stored_as_rejected(market):
     instrument, maker, taker = market
     maker.place(**limit(instrument.symbol, "sell", "20.00", "3"))
