@@ -83,20 +83,20 @@ def test_a_batch_answers_each_order_and_stores_only_those_that_fit():
     # Stored before the batch: the same client_order_id with another body is a conflict.
     earlier = services.order_place(user=rich, request=buy(symbol, "1.00", "1", "earlier"))
     plans = [
-        plan(rich, buy(symbol, "10.00", "10")),  # holds 100.20
-        plan(poor, buy(symbol, "10.00", "10")),  # 100.20 > 50.00 available
+        plan(rich, buy(symbol, "10.00", "10")),  # holds 100.29
+        plan(poor, buy(symbol, "10.00", "10")),  # 100.29 > 50.00 available
         plan(rich, buy(symbol, "2.00", "5", "twice")),
         plan(rich, buy(symbol, "2.00", "5", "twice")),  # a replay within the batch
         plan(rich, buy(symbol, "3.00", "5", "twice")),  # same id, another body
         plan(rich, buy(symbol, "2.00", "1", "earlier")),  # reused id of a stored order
-        plan(poor, buy(symbol, "4.00", "10")),  # 40.08 fits once the other was refused
+        plan(poor, buy(symbol, "4.00", "10")),  # 40.17 fits once the other was refused
     ]
     results = services.orders_store(plans=plans)
 
     first, refused, twice, replay, conflict, reused, small = results
     assert first.created and twice.created and small.created
     assert isinstance(refused, ApiError) and refused.error == "InsufficientBalance"
-    assert refused.field == "quantity" and "100.2 needed" in refused.message
+    assert refused.field == "quantity" and "100.29 needed" in refused.message
     assert replay.order.pk == twice.order.pk and not replay.created and replay.command_id is None
     assert isinstance(conflict, ApiError) and conflict.error == "DuplicateClientOrderId"
     assert conflict.status_code == 409
@@ -108,9 +108,10 @@ def test_a_batch_answers_each_order_and_stores_only_those_that_fit():
     commands = list(Command.objects.filter(order_id__in=stored).order_by("id"))
     assert [c.order_id for c in commands] == stored  # the shard applies them in batch order
     assert all(c.payload["order_id"] == c.order_id for c in commands)
-    # Holds: price x quantity + the taker fee, rounded up to the cent.
-    assert cash(rich) == Decimal("1000.00") - Decimal("1.01") - Decimal("100.20") - Decimal("10.02")
-    assert cash(poor) == Decimal("50.00") - Decimal("40.08")
+    # Holds: price x quantity + the taker fee, rounded up to the cent, + a cent of fee rounding
+    # reserve for each lot after the first.
+    assert cash(rich) == Decimal("1000.00") - Decimal("1.01") - Decimal("100.29") - Decimal("10.06")
+    assert cash(poor) == Decimal("50.00") - Decimal("40.17")
     holds = LedgerEntry.objects.filter(kind="hold", order_id__in=stored)
     assert sorted(holds.values_list("order_id", flat=True)) == sorted(stored)
     submitted = AuditRecord.objects.filter(event_type="order.submitted", order_id__in=stored)
