@@ -61,7 +61,9 @@ class Publisher:
         self.consumer = consumer
         self.stream = command_stream_key(shard)
         self.pending_acks: list[bytes] = []
-        self.published_seq: dict[str, int] = {}
+        # Each book's seq as of the last market-data message sent (or attempted: a message
+        # that Redis lost still moves it, so the next one's prev_seq shows subscribers a gap).
+        self.sent_seq: dict[str, int] = {}
 
     # ---- the wake-up signal ----------------------------------------------------------------
     def group_ensure(self) -> None:
@@ -124,7 +126,7 @@ class Publisher:
                 pipe.set(book_snapshot_key(symbol), snapshot)
             for symbol, book in books.items():
                 # A consumer that sees prev_seq != its last seq knows it missed a message.
-                book["prev_seq"] = self.published_seq.get(symbol, 0)
+                book["prev_seq"] = self.sent_seq.get(symbol, 0)
             if books or outcome.trades or outcome.orders or outcome.balances:
                 pipe.publish(
                     market_data_channel(self.shard),
@@ -142,13 +144,17 @@ class Publisher:
                 )
             pipe.execute()
             self.pending_acks.clear()
-            for symbol, book in books.items():
-                self.published_seq[symbol] = book["seq"]
         except redis.RedisError as exc:
             logger.warning(
                 "batch published only in PostgreSQL (Redis unavailable)",
                 extra={"shard": self.shard, "why": str(exc)},
             )
+        finally:
+            # Whether or not it got through: had a lost message's seq not counted, the next
+            # one's prev_seq would have matched what subscribers had, and their books would
+            # have silently missed its changes (the checksum comes from the same mirror).
+            for symbol, book in books.items():
+                self.sent_seq[symbol] = book["seq"]
 
     def snapshots_write(self, *, engine: Engine, ts_ns: int) -> None:
         """Every book's snapshot (after recovery: Redis may have lost them)."""
@@ -156,7 +162,7 @@ class Publisher:
         try:
             pipe = self.client.pipeline(transaction=False)
             for inst in engine.instruments():
-                self.published_seq[inst.symbol] = engine.book_seq(inst.symbol)
+                self.sent_seq[inst.symbol] = engine.book_seq(inst.symbol)
                 snapshot = book_snapshot(engine, inst.symbol, ts_ns=ts_ns)
                 pipe.set(book_snapshot_key(inst.symbol), _dumps(snapshot))
             pipe.execute()

@@ -1,0 +1,50 @@
+"""A market-data message that Redis loses still counts: the next message's prev_seq is the lost
+one's seq, so subscribers see the gap and reload the book (real Redis; the failing publish
+goes to a port where nothing listens)."""
+
+import json
+import time
+
+import redis
+
+from exchange.embedded_servers import free_port
+from matching.batch_writer import BatchOutcome
+from matching.engine.testing import Harness
+from matching.publish import Publisher
+from matching.transport import market_data_channel
+
+
+def test_a_lost_book_message_leaves_a_gap_in_prev_seq(redis_conn):
+    shard = 9_000 + free_port() % 1_000  # a shard no other test publishes on
+    book = Harness(symbol="GAP", tick_size="0.01", lot_size="1", quote_decimals=2)
+    publisher = Publisher(client=redis_conn, shard=shard, consumer="test")
+    listener = redis_conn.pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(market_data_channel(shard))
+
+    def batch(order_id: int, client: redis.Redis) -> int:
+        book.place(order_id, True, 1, 100 + order_id)
+        outcome = BatchOutcome(command_ids=[order_id], symbols={"GAP"}, trades=[], orders=[])
+        prepared = publisher.prepare(engine=book.engine, outcome=outcome, ts_ns=time.time_ns())
+        publisher.client = client
+        publisher.send(prepared)
+        return prepared["books"]["GAP"]["seq"]
+
+    def next_book() -> dict:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            message = listener.get_message(timeout=0.5)
+            if message is not None:
+                return json.loads(message["data"])["books"]["GAP"]
+        raise AssertionError("no market-data message within 5 s")
+
+    first = batch(1, redis_conn)
+    assert next_book()["seq"] == first
+    unreachable = redis.Redis(port=free_port(), socket_connect_timeout=0.5)
+    lost = batch(2, unreachable)  # logged, not raised: the batch is durable in PostgreSQL
+    third = batch(3, redis_conn)
+    received = next_book()
+    # Before: prev_seq was `first` (the last seq that got through), which is what subscribers
+    # had; their books silently lacked the lost batch's levels.
+    assert (received["seq"], received["prev_seq"]) == (third, lost)
+    assert lost != first
+    listener.close()
