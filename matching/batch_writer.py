@@ -108,6 +108,7 @@ class _OrderUpdate:
         "spent",
         "status",
         "symbol",
+        "triggered",
         "user_id",
     )
 
@@ -133,6 +134,9 @@ class _OrderUpdate:
         self.quantity: int | None = None  # a new total quantity from an amend of this batch
         self.hold_release = Decimal(0)  # released by an amend of this batch
         self.held_revert = Decimal(0)  # a refused amend's change of held_amount, undone
+        # A stop triggered in this batch: its own status is gone by the batch's end (it became
+        # a market or limit order in the same command), the orders channel still tells it.
+        self.triggered = False
 
 
 class DecimalText:
@@ -580,6 +584,8 @@ class BatchWriter:
                     (_, _, _, sym, oid, uid, status, reason, filled, remaining, price,
                      spent) = ev  # fmt: skip
                     u = upd(oid, sym, uid)
+                    if status == p.TRIGGERED:
+                        u.triggered = True
                     u.status, u.reason = status, reason or ""
                     u.filled, u.remaining = filled, remaining
                     u.price = price or None
@@ -1044,4 +1050,6 @@ class BatchWriter:
                 summary["remaining"] = text.qty(u.remaining)
         if u.reason:
             summary["reason"] = u.reason
+        if u.triggered:
+            summary["triggered"] = True
         return summary

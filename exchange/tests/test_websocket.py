@@ -328,6 +328,44 @@ def test_the_orders_channel_shows_only_the_subscribers_own_orders(market):
     asyncio.run(scenario())
 
 
+def test_a_stop_triggered_in_a_batch_says_so_on_the_orders_channel(market):
+    # A stop turns into a limit or market order in the command that triggers it: its frame
+    # showed what it became (accepted) and nothing told the client it had triggered.
+    symbol = market["symbol"]
+    key_a, key_b = market["keys"]
+
+    async def scenario():
+        http_a, http_b = rest(market["base"], key_a), rest(market["base"], key_b)
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            await send(ws, login_op(key_a, id=1))
+            await recv_until(ws, lambda f: f.get("type") == "login")
+            await send(ws, {"op": "subscribe", "channels": ["orders"]})
+            await recv_until(ws, lambda f: f.get("type") == "subscribed")
+            stop = {"symbol": symbol, "side": "buy", "order_type": "stop_limit",
+                    "stop_price": "105.00", "limit_price": "95.00", "quantity": "1"}  # fmt: skip
+            placed = await http_a.post("/api/v1/orders", json=stop)
+            assert placed.json()["status"] == "untriggered", placed.text
+            stop_id = placed.json()["order_id"]
+            first = await recv_until(
+                ws, lambda f: f.get("type") == "order" and f["data"]["order_id"] == stop_id
+            )
+            assert first["data"]["event"] == "accepted" and "triggered" not in first["data"]
+            # A trade at 105.00 (its owner sells to the other trader) triggers it.
+            assert (await http_a.post("/api/v1/orders", json=limit(symbol, "sell", "105.00", "1"))
+                    ).status_code == 201  # fmt: skip
+            assert (await http_b.post("/api/v1/orders", json=limit(symbol, "buy", "105.00", "1"))
+                    ).status_code == 201  # fmt: skip
+            frame = await recv_until(
+                ws, lambda f: f.get("type") == "order" and f["data"]["order_id"] == stop_id
+            )
+            assert frame["data"]["triggered"] is True, frame
+            assert (frame["data"]["status"], frame["data"]["event"]) == ("new", "accepted")
+        await http_a.aclose()
+        await http_b.aclose()
+
+    asyncio.run(scenario())
+
+
 def test_the_orders_channel_needs_a_login(market):
     async def scenario():
         async with websockets.connect(market["ws"], ping_interval=None) as ws:
