@@ -1,6 +1,13 @@
 """Balance changes for the WebSocket `orders` channel: `{"user_id", "asset", "available",
-"held", "total"}` after a commit (the shard worker sends its batch's with the market data; the web
-processes send theirs here). Redis is transport: a lost event is caught up by GET /balances."""
+"held", "total", "version"}` after a commit (the shard worker sends its batch's with the market
+data; the web processes send theirs here). Redis is transport: a lost event is caught up by GET
+/balances.
+
+Events come from several processes, each after its own commit, so they can arrive out of order:
+`version` puts them back in order. Every transaction that reports a user's asset has locked
+both of its accounts (cash and hold) before drawing it from one sequence, so for one user's
+asset a later commit has a larger version; the socket hub drops an event older than one it has
+sent."""
 
 import json
 import logging
@@ -17,7 +24,16 @@ from matching.transport import private_events_channel
 logger = logging.getLogger(__name__)
 
 
-def balance_events(rows: Iterable[tuple[int, str, str, Decimal]]) -> list[dict]:
+VERSION_SQL = "SELECT nextval('accounts_balance_version')"
+
+
+def balance_version(cursor) -> int:
+    """A version for the events of this transaction: call it after locking their accounts."""
+    cursor.execute(VERSION_SQL)
+    return cursor.fetchone()[0]
+
+
+def balance_events(rows: Iterable[tuple[int, str, str, Decimal]], *, version: int) -> list[dict]:
     """Events from (user_id, asset, kind, balance) rows of users' cash and hold accounts, the
     amounts as strings at each asset's precision (as GET /api/v1/balances shows them)."""
     merged: dict[tuple[int, str], dict[str, Decimal]] = {}
@@ -26,7 +42,11 @@ def balance_events(rows: Iterable[tuple[int, str, str, Decimal]]) -> list[dict]:
         row["available" if kind == "cash" else "held"] = balance
     places = asset_precisions_cached()
     return [
-        {"user_id": user_id, **balance_view(asset=asset, places=places, **merged[user_id, asset])}
+        {
+            "user_id": user_id,
+            **balance_view(asset=asset, places=places, **merged[user_id, asset]),
+            "version": version,
+        }
         for user_id, asset in sorted(merged)
     ]
 

@@ -13,7 +13,11 @@ from decimal import Decimal
 
 from django.db import connection, transaction
 
-from accounts.balance_events import balance_events, balance_events_publish_on_commit
+from accounts.balance_events import (
+    balance_events,
+    balance_events_publish_on_commit,
+    balance_version,
+)
 from accounts.models import LedgerAccount, LedgerEntry, LedgerPosting
 from exchange.db_cursors import bound_cursor
 from exchange.errors import ApiError, trading_error
@@ -161,10 +165,12 @@ def ledger_post(
             BALANCES_ADD_SQL,
             [[accounts[key][0] for key in deltas], [deltas[key] for key in deltas]],
         )
+        version = balance_version(cursor)
+    after = {key: accounts[key][1] + deltas.get(key, 0) for key in siblings}
     balance_events_publish_on_commit(
         balance_events(
-            (uid, asset, kind, accounts[(kind, uid, asset)][1] + deltas.get((kind, uid, asset), 0))
-            for kind, uid, asset in siblings
+            ((uid, asset, kind, after[kind, uid, asset]) for kind, uid, asset in siblings),
+            version=version,
         )
     )
     return entry
@@ -248,9 +254,11 @@ def funds_hold_many(*, holds: Sequence[HoldRequest]) -> list[ApiError | None]:
                 "deltas": [balances[key] - accounts[key][1] for key in moved],
             },
         )
+        version = balance_version(cursor)
     balance_events_publish_on_commit(
         balance_events(
-            (uid, asset, kind, balances[(kind, uid, asset)]) for kind, uid, asset in siblings
+            ((uid, asset, kind, balances[(kind, uid, asset)]) for kind, uid, asset in siblings),
+            version=version,
         )
     )
     return results

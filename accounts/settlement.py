@@ -45,15 +45,27 @@ ENTRY_IDS_SQL = (
     "FROM generate_series(1, %s)"
 )
 
-# The lock (primary-key order), the balance moves, and the users' balances after them (cash
-# and hold of every user asset that moved, for the balance events), in one round trip. The
+# The lock (primary-key order), the balance moves, the users' balances after them (cash and
+# hold of every user asset that moved, for the balance events) and the events' version, in one
+# round trip. The lock takes both accounts of each user asset that moved, as accounts.ledger
+# does: the events report both, and their version orders them only among transactions that
+# locked both (accounts.balance_events). The
 # cash and hold accounts of each (user, asset) are probed through the unique (kind, user,
 # asset) index (LATERAL, OFFSET 0): the matching worker's batch runs with hash and merge joins
 # off, and a plain join became a nested loop comparing every moved (user, asset) with every
 # cash and hold account (78,000 comparisons a batch of bench worker's 100 users; quadratic
 # in the users a batch touches).
 BALANCES_SQL = """
-SELECT 1 FROM accounts_ledgeraccount WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE;
+SELECT 1 FROM accounts_ledgeraccount
+ WHERE id = ANY(%s::bigint[] || ARRAY(
+       SELECT a.id
+         FROM (SELECT DISTINCT user_id, asset FROM accounts_ledgeraccount
+                WHERE id = ANY(%s::bigint[]) AND user_id IS NOT NULL) t
+        CROSS JOIN LATERAL (
+              SELECT a.id FROM accounts_ledgeraccount a
+               WHERE a.kind IN ('cash', 'hold') AND a.user_id = t.user_id AND a.asset = t.asset
+              OFFSET 0) a))
+ ORDER BY id FOR UPDATE;
 UPDATE accounts_ledgeraccount a
    SET balance = a.balance + d.delta, updated_at = now()
   FROM unnest(%s::bigint[], %s::numeric[]) AS d(id, delta)
@@ -64,7 +76,8 @@ SELECT a.user_id, a.asset, a.kind, a.balance
  CROSS JOIN LATERAL (
        SELECT a.user_id, a.asset, a.kind, a.balance FROM accounts_ledgeraccount a
         WHERE a.kind IN ('cash', 'hold') AND a.user_id = t.user_id AND a.asset = t.asset
-       OFFSET 0) a
+       OFFSET 0) a;
+SELECT nextval('accounts_balance_version')
 """
 
 
@@ -161,10 +174,12 @@ class SettlementWriter:
         if not moved:
             return []
         with psycopg.ClientCursor(connection.connection) as cursor:
-            cursor.execute(BALANCES_SQL, [moved, moved, [deltas[i] for i in moved], moved])
+            cursor.execute(BALANCES_SQL, [moved, moved, moved, [deltas[i] for i in moved], moved])
             cursor.nextset()
             cursor.nextset()
-            return balance_events(cursor.fetchall())
+            rows = cursor.fetchall()
+            cursor.nextset()
+            return balance_events(rows, version=cursor.fetchone()[0])
 
     def _resolve(self, keys: set[AccountKey]) -> dict[AccountKey, int]:
         known = self._account_ids

@@ -243,6 +243,9 @@ class MarketHub:
     def __init__(self) -> None:
         self.channels: dict[str, set[Subscriber]] = {}
         self.users: dict[int, set[Subscriber]] = {}
+        # (user id, asset) -> version of the last balance event sent, for users with an
+        # `orders` subscriber: an older event arriving after it is dropped (balance_events).
+        self.balance_versions: dict[tuple[int, str], int] = {}
         self.books: dict[str, BookMirror] = {}
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -399,6 +402,8 @@ class MarketHub:
             users.discard(sub)
             if not users:
                 self.users.pop(sub.user_id, None)
+                for key in [key for key in self.balance_versions if key[0] == sub.user_id]:
+                    del self.balance_versions[key]
         if kind == "book":
             sub.book_seq.pop(symbol, None)
             sub.depths.pop(symbol, None)
@@ -587,6 +592,10 @@ class MarketHub:
             subs = self.users.get(event["user_id"])
             if not subs:
                 continue
+            key, version = (event["user_id"], event["asset"]), event.get("version", 0)
+            if version < self.balance_versions.get(key, 0):
+                continue  # an older balance than the one sent: it lost a race to Redis
+            self.balance_versions[key] = version
             data = {k: v for k, v in event.items() if k != "user_id"}
             frame = dumps({"channel": "orders", "type": "balance", "data": data})
             for sub in list(subs):

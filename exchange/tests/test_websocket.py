@@ -879,6 +879,7 @@ def test_the_orders_channel_carries_the_subscribers_balance_changes(market):
             assert buy.status_code == 201, buy.text
             held = await recv_until(ws, balance("USD", held="1002.09"), seen=seen)
             assert held["channel"] == "orders"
+            version = held["data"].pop("version")
             assert held["data"] == {"asset": "USD", "available": "9998997.91",
                                     "held": "1002.09", "total": "10000000.00"}  # fmt: skip
             # ...and the worker's batch settles the fill: TST arrives, the hold is spent.
@@ -886,7 +887,10 @@ def test_the_orders_channel_carries_the_subscribers_balance_changes(market):
             assert sell.status_code == 201, sell.text
             await recv_until(ws, balance("TST", available="10000010"), seen=seen)
             # It made the buy (maker fee 0.10%): 1,001.00 spent, the rest of the hold released.
-            await recv_until(ws, balance("USD", held="0.00", total="9998999.00"), seen=seen)
+            settled = await recv_until(
+                ws, balance("USD", held="0.00", total="9998999.00"), seen=seen
+            )
+            assert settled["data"]["version"] > version  # the worker's commit came later
         assert all(f["data"]["asset"] in ("USD", "TST") for f in seen if f["type"] == "balance")
         await http_a.aclose()
         await http_b.aclose()

@@ -98,6 +98,33 @@ def test_private_order_events_reach_only_their_user():
     asyncio.run(scenario())
 
 
+def test_a_balance_event_older_than_one_sent_is_dropped():
+    # The web process and the worker each publish after their own commit: the older balance
+    # could arrive last and stay on the client's screen (seen live, 1 in 40 tries of a race).
+    async def scenario():
+        hub = MarketHub()
+        alice = Subscriber(maxsize=10)
+        alice.user_id = 1
+        hub.add(alice, "orders")
+
+        def balance(held: str, version: int, asset: str = "USD") -> str:
+            event = {"user_id": 1, "asset": asset, "available": "1.00", "held": held,
+                     "total": "2.00", "version": version}  # fmt: skip
+            return json.dumps({"balances": [event]})
+
+        for message in (balance("1.00", 7), balance("0.50", 6), balance("0.25", 8)):
+            await hub.on_message(message)
+        await hub.on_message(balance("9.00", 3, asset="EUR"))  # versions are per asset
+        sent = [json.loads(alice.queue.get_nowait())["data"] for _ in range(alice.queue.qsize())]
+        assert [(d["asset"], d["held"], d["version"]) for d in sent] == [
+            ("USD", "1.00", 7), ("USD", "0.25", 8), ("EUR", "9.00", 3)
+        ]  # fmt: skip
+        hub.remove(alice, "orders")
+        assert hub.balance_versions == {}
+
+    asyncio.run(scenario())
+
+
 def snapshot_stored(symbol: str, seq: int) -> None:
     """The worker's Redis snapshot of an empty book `symbol` at `seq`."""
     from exchange.redis_connection import redis_client
