@@ -220,6 +220,11 @@ class BookMirror:
         }
 
 
+def _shown(ticker: dict) -> dict:
+    """A ticker without its seq: what a ticker frame shows the client."""
+    return {key: value for key, value in ticker.items() if key != "seq"}
+
+
 class Subscriber:
     """One connection as the hub sees it: its subscriptions and its bounded frame queue."""
 
@@ -553,8 +558,9 @@ class MarketHub:
                     sub.book_seq[symbol] = update["seq"]
                     depth = sub.depths.get(symbol, SNAPSHOT_DEPTH)
                     self.push(sub, frames[depth], wires[depth])
-            ticker = mirror.ticker()
-            if ticker != before:
+            # Sent when what it shows changed, not for a change deeper in the book (its seq
+            # moves with every update).
+            if _shown(mirror.ticker()) != _shown(before):
                 self._fan_out(f"ticker.{symbol}", self._ticker_frame(mirror))
 
         for symbol, trades in trades_by_symbol.items():

@@ -82,6 +82,22 @@ def test_a_consumer_that_falls_behind_gets_a_resync_and_a_fresh_snapshot():
     asyncio.run(scenario())
 
 
+def test_a_ticker_frame_goes_out_when_what_it_shows_changes_only():
+    # The comparison included the book's seq, so a change deeper in the book sent a ticker
+    # frame identical to the last but for its seq (346 of 1,270 frames in one live run).
+    async def scenario():
+        hub, _ = hub_with_book()
+        watcher = Subscriber(maxsize=10)
+        hub.channels["ticker.X"] = {watcher}
+        await hub.on_message(update(11, "10.00", "1"))  # a new best bid
+        await hub.on_message(update(12, "9.00", "4"))  # behind it
+        await hub.on_message(update(13, "10.00", "2"))  # the best bid's size
+        shown = [(f["data"]["best_bid"], f["data"]["best_bid_size"]) for f in drained(watcher)]
+        assert shown == [("10.00", "1"), ("10.00", "2")]
+
+    asyncio.run(scenario())
+
+
 def test_private_order_events_reach_only_their_user():
     async def scenario():
         hub = MarketHub()
