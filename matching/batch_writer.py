@@ -566,7 +566,7 @@ class BatchWriter:
                     u = upd(a.order_id, None, None)
                     u.status, u.reason, u.reject_code = p.REJECTED, p.R_INVALID, a.reject_code
                     u.reject_message = REJECT_MESSAGES.get(a.reject_code, "")
-                    u.remaining = 0
+                    u.filled = u.remaining = 0
                 if a.order_id is not None:  # the order's own command, or its amend or cancel
                     audits.append(self._audit(AuditEvent.ORDER_REJECTED, a, order_id=a.order_id,
                                               payload={"command": a.kind, "reason": p.R_INVALID,
@@ -606,7 +606,7 @@ class BatchWriter:
                         u = upd(oid, ev[3], ev[p.R_USER_ID])
                         u.status, u.reason, u.reject_code = p.REJECTED, ev[p.R_REASON], ev[7]
                         u.reject_message = reject_message(ev, specs.get(ev[3]))
-                        u.remaining = 0
+                        u.filled = u.remaining = 0  # refused before any fill
                     audits.append(
                         self._audit(
                             AuditEvent.ORDER_REJECTED,

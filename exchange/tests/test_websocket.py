@@ -366,6 +366,28 @@ def test_a_stop_triggered_in_a_batch_says_so_on_the_orders_channel(market):
     asyncio.run(scenario())
 
 
+def test_a_rejected_order_frame_says_it_filled_nothing(market):
+    # Its frame had no `filled`, where REST shows filled_quantity "0".
+    symbol = market["symbol"]
+
+    async def scenario():
+        http = rest(market["base"], market["keys"][0])
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            await send(ws, login_op(market["keys"][0], id=1))
+            await recv_until(ws, lambda f: f.get("type") == "login")
+            await send(ws, {"op": "subscribe", "channels": ["orders"]})
+            await recv_until(ws, lambda f: f.get("type") == "subscribed")
+            fok = {**limit(symbol, "buy", "100.00", "1"), "time_in_force": "FOK"}
+            refused = await http.post("/api/v1/orders", json=fok)  # nothing to fill it
+            assert refused.json()["error"] == "FokUnfillable", refused.text
+            frame = await recv_until(ws, lambda f: f.get("type") == "order")
+            assert frame["data"]["order_id"] == int(refused.json()["order_id"])
+            assert (frame["data"]["event"], frame["data"]["filled"]) == ("rejected", "0")
+        await http.aclose()
+
+    asyncio.run(scenario())
+
+
 def test_the_orders_channel_needs_a_login(market):
     async def scenario():
         async with websockets.connect(market["ws"], ping_interval=None) as ws:
