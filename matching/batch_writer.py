@@ -88,6 +88,7 @@ class _OrderUpdate:
     """What a batch did to one order (absolute engine values and deltas for sums)."""
 
     __slots__ = (
+        "amended",
         "d_fees",
         "d_quote",
         "d_spent",
@@ -137,6 +138,7 @@ class _OrderUpdate:
         # A stop triggered in this batch: its own status is gone by the batch's end (it became
         # a market or limit order in the same command), the orders channel still tells it.
         self.triggered = False
+        self.amended = False  # an amend of this batch changed it (the orders channel says so)
 
 
 class DecimalText:
@@ -586,6 +588,8 @@ class BatchWriter:
                     u = upd(oid, sym, uid)
                     if status == p.TRIGGERED:
                         u.triggered = True
+                    elif op == p.OP_AMEND and oid == subject:
+                        u.amended = True
                     u.status, u.reason = status, reason or ""
                     u.filled, u.remaining = filled, remaining
                     u.price = price or None
@@ -1048,6 +1052,10 @@ class BatchWriter:
                 summary["filled"] = text.qty(u.filled)
             if u.remaining is not None:
                 summary["remaining"] = text.qty(u.remaining)
+            if u.price is not None:
+                summary["price"] = text.price(u.price)
+        if u.amended:
+            summary["amended"] = True
         if u.reason:
             summary["reason"] = u.reason
         if u.triggered:

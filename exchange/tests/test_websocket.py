@@ -388,6 +388,34 @@ def test_a_rejected_order_frame_says_it_filled_nothing(market):
     asyncio.run(scenario())
 
 
+def test_an_amend_shows_on_the_orders_channel_with_the_new_price(market):
+    # Its frame had been a plain `accepted` without a price: a price-only amend looked like
+    # the order's first frame again.
+    symbol = market["symbol"]
+
+    async def scenario():
+        http = rest(market["base"], market["keys"][0])
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            await send(ws, login_op(market["keys"][0], id=1))
+            await recv_until(ws, lambda f: f.get("type") == "login")
+            await send(ws, {"op": "subscribe", "channels": ["orders"]})
+            await recv_until(ws, lambda f: f.get("type") == "subscribed")
+            order_id = (await http.post("/api/v1/orders", json=limit(symbol, "buy", "95.00", "4"))
+                        ).json()["order_id"]  # fmt: skip
+            placed = await recv_until(ws, lambda f: f.get("type") == "order")
+            assert placed["data"]["price"] == "95.00" and "amended" not in placed["data"]
+            amended = await http.patch(f"/api/v1/orders/{order_id}", json={"price": "96.00"})
+            assert amended.status_code == 200, amended.text
+            frame = await recv_until(ws, lambda f: f.get("type") == "order")
+            data = frame["data"]
+            assert (data["order_id"], data["amended"], data["price"], data["remaining"]) == (
+                int(order_id), True, "96.00", "4"
+            )  # fmt: skip
+        await http.aclose()
+
+    asyncio.run(scenario())
+
+
 def test_the_orders_channel_needs_a_login(market):
     async def scenario():
         async with websockets.connect(market["ws"], ping_interval=None) as ws:
