@@ -37,7 +37,7 @@ class UserFilter(InputFilter):
 
     def queryset(self, request, queryset):
         value = self.value()
-        if value and value.isdigit():
+        if value and value.isascii() and value.isdigit():  # "²" is a digit to isdigit only
             from django.db.models import Q
 
             return queryset.filter(Q(user_id=int(value)) | Q(actor_id=int(value)))
@@ -59,7 +59,9 @@ class OrderFilter(InputFilter):
 
     def queryset(self, request, queryset):
         value = self.value()
-        return queryset.filter(order_id=int(value)) if value and value.isdigit() else queryset
+        if value and value.isascii() and value.isdigit():
+            return queryset.filter(order_id=int(value))
+        return queryset
 
 
 class TimeFilter(admin.SimpleListFilter):

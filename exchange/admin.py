@@ -103,13 +103,15 @@ class OrderAdmin(ReadOnlyAdmin):
     actions = ["cancel_orders"]
 
     def has_change_permission(self, request, obj=None) -> bool:
-        # Needed for the cancel action; every field stays read-only.
-        return request.user.is_staff
+        # Django's own check (the `exchange.change_order` permission), which the cancel action
+        # needs; every field stays read-only. It had been any staff member's: every user's
+        # orders open to view and to cancel without a permission.
+        return admin.ModelAdmin.has_change_permission(self, request, obj)
 
     def get_readonly_fields(self, request, obj=None):
         return [field.name for field in Order._meta.fields]
 
-    @admin.action(description="Cancel on the user's behalf")
+    @admin.action(description="Cancel on the user's behalf", permissions=["change"])
     def cancel_orders(self, request, queryset) -> None:
         sent = 0
         for order in queryset.select_related("instrument"):

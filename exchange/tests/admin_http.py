@@ -4,18 +4,26 @@ TOTP code), changelist actions and the instrument change form."""
 import re
 
 import httpx
+from django.contrib.auth.models import Permission
 
 from accounts.tests.otp_login import give_totp_device, http_sign_in
 from exchange.models import Instrument
 from exchange.tests.api_client import make_user
 
 
-def admin_client(base_url: str) -> httpx.Client:
-    """A staff member signed in over HTTP with email, password and a TOTP code."""
+def admin_client(base_url: str, *, permissions: tuple[str, ...] | None = None) -> httpx.Client:
+    """A staff member signed in over HTTP with email, password and a TOTP code: a superuser,
+    or with only `permissions` ("app_label.codename") when given."""
     staff = make_user("staff")
-    staff.is_staff = staff.is_superuser = True
+    staff.is_staff = True
+    staff.is_superuser = permissions is None
     staff.set_password("staff-password-1")
     staff.save()
+    for name in permissions or ():
+        app_label, codename = name.split(".")
+        staff.user_permissions.add(
+            Permission.objects.get(content_type__app_label=app_label, codename=codename)
+        )
     client = httpx.Client(base_url=base_url, timeout=15)
     response = http_sign_in(
         client,

@@ -2,6 +2,8 @@
 admin."""
 
 import datetime as dt
+import re
+import time
 import zoneinfo
 from decimal import Decimal
 
@@ -134,6 +136,39 @@ def test_staff_cancel_on_a_users_behalf_and_tick_size_frozen_once_traded(exchang
     assert 'name="min_notional"' in change_page
     order_page = staff.get(f"/admin/exchange/order/{order['order_id']}/change/").text
     assert 'name="price"' not in order_page  # orders are read-only in the admin
+
+
+@pytest.mark.processes
+def test_staff_see_and_cancel_orders_only_with_the_permissions_for_it(exchange_stack, live_db):
+    # Any staff member had seen every user's orders and could cancel them.
+    instrument = make_instrument()
+    trader = ApiClient(exchange_stack)
+    order = trader.place(
+        symbol=instrument.symbol, side="sell", order_type="limit", price="12.00", quantity="3"
+    ).json()
+    changelist = "/admin/exchange/order/"
+    bare = admin_client(exchange_stack, permissions=())
+    assert bare.get(changelist).status_code == 403
+    assert bare.get(f"{changelist}{order['order_id']}/change/").status_code == 403
+    viewer = admin_client(exchange_stack, permissions=("exchange.view_order",))
+    page = viewer.get(changelist)
+    assert page.status_code == 200 and "cancel_orders" not in page.text
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+    viewer.post(changelist, data={"action": "cancel_orders", "csrfmiddlewaretoken": token,
+                                  "_selected_action": str(order["order_id"])})  # fmt: skip
+    time.sleep(0.5)
+    assert not Command.objects.filter(order_id=order["order_id"], kind="cancel").exists()
+    canceller = admin_client(exchange_stack, permissions=("exchange.change_order",))
+    admin_action(canceller, changelist, "cancel_orders", order["order_id"])
+    assert Command.objects.filter(order_id=order["order_id"], kind="cancel").exists()
+
+
+@pytest.mark.processes
+def test_the_audit_admins_id_filters_take_ascii_digits_only(exchange_stack, live_db):
+    staff = admin_client(exchange_stack)
+    for name in ("user", "order"):  # "²" is a digit to str.isdigit, not to int(): a 500
+        response = staff.get("/admin/audit/auditrecord/", params={name: "\u00b2"})
+        assert response.status_code == 200, (name, response.status_code)
 
 
 @pytest.mark.processes
