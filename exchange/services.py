@@ -87,6 +87,7 @@ class CancelPlan:
 
     order: Order
     audit: AuditEntry
+    reason: str = "user"  # "staff": cancelled on the user's behalf (the order's end reason)
 
 
 _REQUEST_FIELDS = [f.name for f in fields(OrderRequest)]
@@ -504,6 +505,7 @@ def order_cancel(*, order: Order, actor, reason: str = "user", http_request=None
     _require_open(order)
     plan = CancelPlan(
         order=order,
+        reason=reason,
         audit=audit_entry(
             event_type=AuditEvent.ORDER_CANCEL_REQUESTED,
             actor=actor,
@@ -529,7 +531,9 @@ def _cancels_store(plans: list[CancelPlan]) -> list[Command]:
         CommandRow(
             shard=plan.order.instrument.shard,
             kind=Command.Kind.CANCEL,
-            payload={"order_id": plan.order.pk},
+            payload={"order_id": plan.order.pk}
+            if plan.reason == "user"
+            else {"order_id": plan.order.pk, "reason": plan.reason},
             order_id=plan.order.pk,
             user_id=plan.order.user_id,
         )

@@ -371,6 +371,8 @@ class ShardLoop:
                 )
                 if op == p.OP_AMEND and row.payload.get("hold_delta"):
                     applied[-1].hold_delta = Decimal(row.payload["hold_delta"])
+                elif op == p.OP_CANCEL:
+                    applied[-1].cancel_reason = row.payload.get("reason")
             else:
                 applied.append(Applied(row.id, row.kind, stamp, cmd, events, None))
         count = self._commit(applied)

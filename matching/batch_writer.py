@@ -82,6 +82,9 @@ class Applied:
     # An amend's change of the order's hold (its payload's `hold_delta`, in the hold's asset):
     # an increase was held when it was requested, a decrease is released once applied.
     hold_delta: Decimal | None = None
+    # A cancel's reason when not the user's own (its payload's `reason`: "staff"), which the
+    # engine does not know: the order ends with it instead of "user".
+    cancel_reason: str | None = None
 
 
 class _OrderUpdate:
@@ -585,6 +588,9 @@ class BatchWriter:
                 if kind == p.EV_ORDER:
                     (_, _, _, sym, oid, uid, status, reason, filled, remaining, price,
                      spent) = ev  # fmt: skip
+                    if a.cancel_reason and status == p.CANCELLED and reason == p.R_USER:
+                        reason = a.cancel_reason
+                        ev = (*ev[:7], reason, *ev[8:])
                     u = upd(oid, sym, uid)
                     if status == p.TRIGGERED:
                         u.triggered = True
@@ -806,7 +812,9 @@ class BatchWriter:
             payload["price"] = text.price(price)
         if status == p.CANCELLED:
             event = AuditEvent.ORDER_CANCELLED
-            payload["who"] = "user" if reason == p.R_USER else "system"
+            payload["who"] = (
+                "user" if reason == p.R_USER else "staff" if reason == "staff" else "system"
+            )
             payload["why"] = reason
         elif status == p.EXPIRED:
             event, payload["why"] = AuditEvent.ORDER_EXPIRED, reason

@@ -82,6 +82,11 @@ def _expire_due(ts: int, payload: dict) -> tuple:
     return p.expire_due(ts=ts, now=int(payload["now"]))
 
 
+def _cancel(ts: int, payload: dict) -> tuple:
+    # `reason` (a cancel by staff) is for the order's row and audit record, not the engine.
+    return p.cancel(ts=ts, **{k: v for k, v in payload.items() if k != "reason"})
+
+
 def _amend(ts: int, payload: dict) -> tuple:
     # `hold_delta` is for the ledger (see matching.batch_writer), not the engine.
     fields = {k: v for k, v in payload.items() if k != "hold_delta"}
@@ -90,7 +95,7 @@ def _amend(ts: int, payload: dict) -> tuple:
 
 _BUILDERS = {
     "place": _place,
-    "cancel": lambda ts, payload: p.cancel(ts=ts, **payload),
+    "cancel": _cancel,
     "amend": _amend,
     "mass_cancel": lambda ts, payload: p.mass_cancel(ts=ts, **payload),
     "expire_due": _expire_due,

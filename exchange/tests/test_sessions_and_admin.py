@@ -129,7 +129,11 @@ def test_staff_cancel_on_a_users_behalf_and_tick_size_frozen_once_traded(exchang
         lambda: (o := Order.objects.get(pk=order["order_id"])).status == "cancelled" and o,
         timeout=10,
     )
-    assert cancelled.reason == "user"
+    # Its end says who cancelled it (it had said "user", as if the user had).
+    assert cancelled.reason == "staff"
+    final = AuditRecord.objects.get(order_id=order["order_id"], event_type="order.cancelled")
+    assert (final.payload["who"], final.payload["why"]) == ("staff", "staff")
+    assert trader.get(f"/api/v1/orders/{order['order_id']}").json()["reason"] == "staff"
     change_page = staff.get(f"/admin/exchange/instrument/{instrument.pk}/change/").text
     assert 'name="tick_size"' not in change_page
     assert 'name="lot_size"' not in change_page
