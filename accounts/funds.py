@@ -57,11 +57,17 @@ def _self_credited(user, asset: str) -> Decimal:
     return total or Decimal(0)
 
 
+# Crediting funds creates money: staff need this permission (a superuser has every one), not
+# only the staff flag (any staff member, with any API key, could credit any user).
+DEPOSIT_PERMISSION = "accounts.add_ledgerentry"
+
+
 @transaction.atomic
 def deposit_create(*, user, asset: str, amount: Decimal, actor, http_request=None) -> LedgerEntry:
-    """Credit `amount` of `asset` to `user`: by staff, or by the user within the demo limit."""
+    """Credit `amount` of `asset` to `user`: by staff with DEPOSIT_PERMISSION, or by the user
+    within the demo limit."""
     asset, amount = _validated(asset, amount)
-    self_credit = not actor.is_staff
+    self_credit = not (actor.is_staff and actor.has_perm(DEPOSIT_PERMISSION))
     if self_credit:
         limit = Decimal(settings.DEMO_SELF_CREDIT_LIMIT)
         if actor.pk != user.pk or limit <= 0:

@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.utils import timezone
 
 from accounts.models import FeeTierAssignment, LedgerAccount
@@ -258,12 +259,21 @@ def test_parallel_orders_across_two_symbols_never_spend_the_same_money(market):
 def test_deposits_are_credited_by_staff_only_and_withdrawals_need_funds(market):
     _, base_url = market
     user = ApiClient(base_url, make_user(funds={}), permissions=("read", "trade", "withdraw"))
-    staff_user = make_user("staff", funds={})
-    staff_user.is_staff = True
-    staff_user.save(update_fields=["is_staff"])
-    staff = ApiClient(base_url, staff_user, permissions=("read", "trade", "withdraw"))
+    staff_users = [make_user("staff", funds={}) for _ in range(2)]
+    for staff_user in staff_users:
+        staff_user.is_staff = True
+        staff_user.save(update_fields=["is_staff"])
+    staff_users[1].user_permissions.add(
+        Permission.objects.get(content_type__app_label="accounts", codename="add_ledgerentry")
+    )
+    keys = ("read", "trade", "withdraw")
+    unpermitted, staff = (ApiClient(base_url, u, permissions=keys) for u in staff_users)
     body = {"asset": "USD", "amount": "250.00"}
     refused = user.http.post(f"/api/v1/users/{user.user.pk}/deposit", json=body)
+    assert refused.status_code == 403 and refused.json()["error"] == "DepositNotAllowed"
+    # Staff without the permission to credit funds: refused too (any staff member had been
+    # able to credit any user).
+    refused = unpermitted.http.post(f"/api/v1/users/{user.user.pk}/deposit", json=body)
     assert refused.status_code == 403 and refused.json()["error"] == "DepositNotAllowed"
     credited = staff.http.post(f"/api/v1/users/{user.user.pk}/deposit", json=body)
     assert credited.status_code == 201, credited.text
