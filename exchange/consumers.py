@@ -548,6 +548,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
             self.error(
                 "ApiKeyPermissionMissing", "this API key lacks the 'read' permission", **refuse
             )
+            await self._record_denied("read", "subscribe")
             return
         if symbol is not None:
             lookup = database_sync_to_async(_symbol_exists, thread_sensitive=False)
@@ -591,6 +592,27 @@ class StreamConsumer(AsyncWebsocketConsumer):
 
     def _key_allows(self, permission: str) -> bool:
         return self.key_credentials is None or self.key_credentials.allows(permission)
+
+    async def _record_denied(self, permission: str, op: str) -> None:
+        """Audit an op the socket's API key may not make, as REST audits such a request
+        (auth.api_key_denied, the key's owner the actor; `method` names the op)."""
+        from accounts.api_keys import api_key_auth_failure_record
+
+        credentials = self.key_credentials
+        record = database_sync_to_async(api_key_auth_failure_record, thread_sensitive=False)
+        try:
+            await record(
+                reason="missing_permission",
+                api_key=credentials.key,
+                credentials=credentials,
+                request=SocketRequest(self.scope),
+                method=op,
+                path="/ws/v1",
+                permission=permission,
+                user=self.user,
+            )
+        except Exception:  # the refusal stands; its audit record is what failed
+            logger.exception("websocket permission refusal not audited")
 
     async def op_login(self, message: dict, extra: dict) -> None:
         from accounts.signing import SignatureRejected
@@ -665,6 +687,11 @@ class StreamConsumer(AsyncWebsocketConsumer):
                     },
                 }
             )
+            task = asyncio.get_running_loop().create_task(
+                self._record_denied("trade", extra.get("op", ""))
+            )
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
             return
         user, credentials, request = self.user, self.key_credentials, SocketRequest(self.scope)
         request.api_key_id = credentials.id if credentials is not None else None

@@ -12,6 +12,8 @@ import websockets
 from django.test import Client
 
 from accounts.signing import ws_login_message
+from audit.models import AuditRecord
+from conftest import wait_until
 from exchange.tests.api_client import ApiKeyAuth, make_api_key, make_instrument, make_user
 from exchange.wsclient import BookClient
 
@@ -414,6 +416,37 @@ def test_an_amend_shows_on_the_orders_channel_with_the_new_price(market):
         await http.aclose()
 
     asyncio.run(scenario())
+
+
+def test_an_op_the_sockets_key_may_not_make_is_audited_as_rest_audits_it(market):
+    # Refused over REST, such a request is audited (auth.api_key_denied); over the socket the
+    # refusal had left no record.
+    user = market["users"][0]
+    read_only, trade_only = (make_api_key(user, permissions=(p,)) for p in ("read", "trade"))
+
+    order = limit(market["symbol"], "buy", "1.00", "1")
+
+    async def scenario():
+        for key, message in (
+            (read_only, {"op": "order.place", "id": 1, **order}),
+            (trade_only, {"op": "subscribe", "id": 1, "channels": ["orders"]}),
+        ):
+            async with websockets.connect(market["ws"], ping_interval=None) as ws:
+                await send(ws, login_op(key, id=0))
+                await recv_until(ws, lambda f: f.get("type") == "login")
+                await send(ws, message)
+                refused = await recv_until(ws, lambda f: f.get("id") == 1)
+                assert "ApiKeyPermissionMissing" in json.dumps(refused), refused
+
+    asyncio.run(scenario())
+    denied = wait_until(
+        lambda: len(found := list(AuditRecord.objects.filter(
+            event_type="auth.api_key_denied", user_id=user.pk))) == 2 and found,
+        timeout=10,
+    )  # fmt: skip
+    assert sorted((r.payload["method"], r.payload["permission"]) for r in denied) == [
+        ("order.place", "trade"), ("subscribe", "read")
+    ]  # fmt: skip
 
 
 def test_the_orders_channel_needs_a_login(market):
