@@ -211,6 +211,20 @@ def _error_answer(exc: APIException) -> tuple[int, dict]:
     return response.status_code, dict(response.data)
 
 
+def _denied_record(**fields) -> None:
+    """`api_key_auth_failure_record` on a view thread, which then hands its connection back."""
+    from django.db import connection
+
+    from accounts.api_keys import api_key_auth_failure_record
+
+    try:
+        api_key_auth_failure_record(**fields)
+    except Exception:  # the refusal stands; its audit record is what failed
+        logger.exception("websocket permission refusal not audited")
+    finally:
+        connection.close()
+
+
 def _order_place(user, body: dict, request: SocketRequest) -> tuple[int, dict]:
     from exchange import services
     from exchange.order_answers import order_placed_answer
@@ -548,7 +562,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
             self.error(
                 "ApiKeyPermissionMissing", "this API key lacks the 'read' permission", **refuse
             )
-            await self._record_denied("read", "subscribe")
+            self._record_denied("read", "subscribe")
             return
         if symbol is not None:
             lookup = database_sync_to_async(_symbol_exists, thread_sensitive=False)
@@ -593,26 +607,23 @@ class StreamConsumer(AsyncWebsocketConsumer):
     def _key_allows(self, permission: str) -> bool:
         return self.key_credentials is None or self.key_credentials.allows(permission)
 
-    async def _record_denied(self, permission: str, op: str) -> None:
+    def _record_denied(self, permission: str, op: str) -> None:
         """Audit an op the socket's API key may not make, as REST audits such a request
-        (auth.api_key_denied, the key's owner the actor; `method` names the op)."""
-        from accounts.api_keys import api_key_auth_failure_record
-
+        (auth.api_key_denied, the key's owner the actor; `method` names the op). On a view
+        thread, not a task of this connection: a client that hangs up at once does not cancel
+        the record."""
         credentials = self.key_credentials
-        record = database_sync_to_async(api_key_auth_failure_record, thread_sensitive=False)
-        try:
-            await record(
-                reason="missing_permission",
-                api_key=credentials.key,
-                credentials=credentials,
-                request=SocketRequest(self.scope),
-                method=op,
-                path="/ws/v1",
-                permission=permission,
-                user=self.user,
-            )
-        except Exception:  # the refusal stands; its audit record is what failed
-            logger.exception("websocket permission refusal not audited")
+        view_executor().submit(
+            _denied_record,
+            reason="missing_permission",
+            api_key=credentials.key,
+            credentials=credentials,
+            request=SocketRequest(self.scope),
+            method=op,
+            path="/ws/v1",
+            permission=permission,
+            user=self.user,
+        )
 
     async def op_login(self, message: dict, extra: dict) -> None:
         from accounts.signing import SignatureRejected
@@ -687,11 +698,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
                     },
                 }
             )
-            task = asyncio.get_running_loop().create_task(
-                self._record_denied("trade", extra.get("op", ""))
-            )
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            self._record_denied("trade", extra.get("op", ""))
             return
         user, credentials, request = self.user, self.key_credentials, SocketRequest(self.scope)
         request.api_key_id = credentials.id if credentials is not None else None
