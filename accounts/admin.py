@@ -1,5 +1,6 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts.models import (
     APIKey,
@@ -123,3 +124,27 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
     list_select_related = ("user",)
     search_fields = ("=order_id", "=trade_id", "user__username")
     inlines = [LedgerPostingInline]
+
+
+# ---- second factors ----------------------------------------------------------------------------
+
+
+class TOTPDeviceAdmin(admin.ModelAdmin):
+    """A user's TOTP devices, without their secret. django-otp's own admin showed each
+    device's key, its otpauth:// URI and its QR code: anyone allowed to view devices could
+    have cloned any user's second factor, staff's included, and no page view is audited.
+    Staff can see that a device exists, rename it, and delete it (to reset a lost one);
+    a device is enrolled by its owner, who alone sees its secret."""
+
+    list_display = ("user", "name", "confirmed", "created_at", "last_used_at")
+    fields = ("user", "name", "confirmed", "created_at", "last_used_at")
+    readonly_fields = ("user", "confirmed", "created_at", "last_used_at")
+    search_fields = ("user__username", "user__email")
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+
+if admin.site.is_registered(TOTPDevice):  # django-otp's, if its admin module came first
+    admin.site.unregister(TOTPDevice)
+admin.site.register(TOTPDevice, TOTPDeviceAdmin)

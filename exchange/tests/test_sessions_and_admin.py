@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import pytest
 
+from accounts.tests.otp_login import give_totp_device
 from audit.models import AuditRecord
 from conftest import wait_until
 from exchange.api_errors import ApiError
@@ -165,6 +166,21 @@ def test_staff_see_and_cancel_orders_only_with_the_permissions_for_it(exchange_s
     canceller = admin_client(exchange_stack, permissions=("exchange.change_order",))
     admin_action(canceller, changelist, "cancel_orders", order["order_id"])
     assert Command.objects.filter(order_id=order["order_id"], kind="cancel").exists()
+
+
+@pytest.mark.processes
+def test_the_admin_never_shows_a_second_factors_secret(exchange_stack, live_db):
+    # django-otp's admin showed each device's key, its otpauth:// URI and its QR code.
+    device = give_totp_device(make_user())
+    staff = admin_client(exchange_stack)
+    base = f"/admin/otp_totp/totpdevice/{device.pk}"
+    page = staff.get(f"{base}/change/")
+    assert page.status_code == 200 and "Authenticator app" in page.text
+    for path in (f"{base}/change/", f"{base}/config/", f"{base}/qrcode/"):
+        response = staff.get(path, follow_redirects=True)
+        assert device.key not in response.text and "otpauth://" not in response.text, path
+        assert "svg" not in response.headers.get("content-type", ""), path
+    assert staff.get("/admin/otp_totp/totpdevice/").status_code == 200
 
 
 @pytest.mark.processes
