@@ -94,6 +94,15 @@ async def recv_until(ws, predicate, *, timeout: float = 10.0, seen: list | None 
             return frame
 
 
+async def watch_own_orders(ws, key) -> dict:
+    """Log the socket in with `key` and subscribe it to its `orders` channel; the login frame."""
+    await send(ws, login_op(key, id=1))
+    login = await recv_until(ws, lambda f: f.get("type") == "login")
+    await send(ws, {"op": "subscribe", "channels": ["orders"]})
+    await recv_until(ws, lambda f: f.get("type") == "subscribed")
+    return login
+
+
 async def until_closed(ws, *, timeout: float = 10.0) -> tuple[int, list[dict]]:
     """Read frames (answering pings, as a live client does) until the server closes the socket;
     fail at the deadline. Returns the close code and the frames other than pings."""
@@ -287,11 +296,8 @@ def test_the_orders_channel_shows_only_the_subscribers_own_orders(market):
         http_a, http_b = rest(market["base"], key_a), rest(market["base"], key_b)
         seen_a: list[dict] = []
         async with websockets.connect(market["ws"], ping_interval=None) as ws:
-            await send(ws, login_op(key_a, id=1))
-            login = await recv_until(ws, lambda f: f.get("type") == "login")
+            login = await watch_own_orders(ws, key_a)
             assert login["user_id"] == market["users"][0].pk
-            await send(ws, {"op": "subscribe", "channels": ["orders"]})
-            await recv_until(ws, lambda f: f.get("type") == "subscribed")
             own = await http_a.post("/api/v1/orders", json=limit(symbol, "sell", "99.00", "5"))
             other = await http_b.post("/api/v1/orders", json=limit(symbol, "buy", "99.00", "3"))
             other_rest = await http_b.post(
@@ -339,10 +345,7 @@ def test_a_stop_triggered_in_a_batch_says_so_on_the_orders_channel(market):
     async def scenario():
         http_a, http_b = rest(market["base"], key_a), rest(market["base"], key_b)
         async with websockets.connect(market["ws"], ping_interval=None) as ws:
-            await send(ws, login_op(key_a, id=1))
-            await recv_until(ws, lambda f: f.get("type") == "login")
-            await send(ws, {"op": "subscribe", "channels": ["orders"]})
-            await recv_until(ws, lambda f: f.get("type") == "subscribed")
+            await watch_own_orders(ws, key_a)
             stop = {"symbol": symbol, "side": "buy", "order_type": "stop_limit",
                     "stop_price": "105.00", "limit_price": "95.00", "quantity": "1"}  # fmt: skip
             placed = await http_a.post("/api/v1/orders", json=stop)
@@ -375,10 +378,7 @@ def test_a_rejected_order_frame_says_it_filled_nothing(market):
     async def scenario():
         http = rest(market["base"], market["keys"][0])
         async with websockets.connect(market["ws"], ping_interval=None) as ws:
-            await send(ws, login_op(market["keys"][0], id=1))
-            await recv_until(ws, lambda f: f.get("type") == "login")
-            await send(ws, {"op": "subscribe", "channels": ["orders"]})
-            await recv_until(ws, lambda f: f.get("type") == "subscribed")
+            await watch_own_orders(ws, market["keys"][0])
             fok = {**limit(symbol, "buy", "100.00", "1"), "time_in_force": "FOK"}
             refused = await http.post("/api/v1/orders", json=fok)  # nothing to fill it
             assert refused.json()["error"] == "FokUnfillable", refused.text
@@ -398,10 +398,7 @@ def test_an_amend_shows_on_the_orders_channel_with_the_new_price(market):
     async def scenario():
         http = rest(market["base"], market["keys"][0])
         async with websockets.connect(market["ws"], ping_interval=None) as ws:
-            await send(ws, login_op(market["keys"][0], id=1))
-            await recv_until(ws, lambda f: f.get("type") == "login")
-            await send(ws, {"op": "subscribe", "channels": ["orders"]})
-            await recv_until(ws, lambda f: f.get("type") == "subscribed")
+            await watch_own_orders(ws, market["keys"][0])
             order_id = (await http.post("/api/v1/orders", json=limit(symbol, "buy", "95.00", "4"))
                         ).json()["order_id"]  # fmt: skip
             placed = await recv_until(ws, lambda f: f.get("type") == "order")
@@ -945,10 +942,7 @@ def test_the_orders_channel_carries_the_subscribers_balance_changes(market):
         http_a, http_b = rest(market["base"], key_a), rest(market["base"], key_b)
         seen: list[dict] = []
         async with websockets.connect(market["ws"], ping_interval=None) as ws:
-            await send(ws, login_op(key_a, id=1))
-            await recv_until(ws, lambda f: f.get("type") == "login")
-            await send(ws, {"op": "subscribe", "channels": ["orders"]})
-            await recv_until(ws, lambda f: f.get("type") == "subscribed")
+            await watch_own_orders(ws, key_a)
 
             def balance(asset, **expected):
                 return lambda f: (
