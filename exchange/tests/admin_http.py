@@ -36,13 +36,25 @@ def admin_client(base_url: str, *, permissions: tuple[str, ...] | None = None) -
     return client
 
 
-def admin_action(client: httpx.Client, changelist: str, action: str, pk: int) -> None:
-    page = client.get(changelist)
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
-    response = client.post(
+def csrf_token(client: httpx.Client, url: str) -> str:
+    """The CSRF token of the admin form at `url`."""
+    return re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', client.get(url).text).group(1)
+
+
+def admin_action_post(client: httpx.Client, changelist: str, action: str, pk: int):
+    """Post `action` on the object `pk` of `changelist`; the response (302 when it ran)."""
+    return client.post(
         changelist,
-        data={"action": action, "_selected_action": str(pk), "csrfmiddlewaretoken": token},
+        data={
+            "action": action,
+            "_selected_action": str(pk),
+            "csrfmiddlewaretoken": csrf_token(client, changelist),
+        },
     )
+
+
+def admin_action(client: httpx.Client, changelist: str, action: str, pk: int) -> None:
+    response = admin_action_post(client, changelist, action, pk)
     assert response.status_code == 302, response.text[:300]
 
 
@@ -51,7 +63,7 @@ def admin_instrument_change(
 ) -> httpx.Response:
     """Post the instrument's admin change form: its current editable values with `changes`."""
     url = f"/admin/exchange/instrument/{instrument.pk}/change/"
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', client.get(url).text).group(1)
+    token = csrf_token(client, url)
     data = {
         "min_quantity": str(instrument.min_quantity),
         "min_notional": str(instrument.min_notional),
