@@ -18,6 +18,7 @@ from exchange.errors import echoed, trading_error
 from exchange.models import Order
 from exchange.order_answers import await_command, order_changed_answer, order_placed_answer
 from exchange.pagination import CursorPage
+from exchange.query_params import whole_number
 from exchange.serializers import (
     ISO_DATETIME,
     InstrumentSerializer,
@@ -101,19 +102,6 @@ def order_status_filter(request: Request) -> str | None:
             field="status",
         )
     return value
-
-
-def whole_number(request: Request, name: str, *, default: int, low: int, high: int) -> int:
-    """An optional whole-number query parameter within low..high (ASCII digits only: `²` is
-    a digit to str.isdigit, not to int)."""
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    if not (raw.isascii() and raw.isdigit() and low <= int(raw) <= high):
-        raise trading_error(
-            "InvalidParameter", f"{name} must be a whole number from {low} to {high}", field=name
-        )
-    return int(raw)
 
 
 class OrdersView(APIView):

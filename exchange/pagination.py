@@ -3,7 +3,7 @@
 from rest_framework.exceptions import NotFound
 from rest_framework.pagination import CursorPagination
 
-from exchange.errors import trading_error
+from exchange.query_params import whole_number
 
 # The largest id a bigint column holds: a cursor's position is compared with one.
 MAX_ID = 2**63 - 1
@@ -20,16 +20,13 @@ class CursorPage(CursorPagination):
     def get_page_size(self, request) -> int:
         """`limit` when given: ASCII digits from 1 to max_page_size. DRF's own reading fell
         back to the default for "abc", "0" or "-1" and read an Arabic-Indic one ("\\u0661") as 1."""
-        raw = request.query_params.get(self.page_size_query_param)
-        if raw is None:
-            return self.page_size
-        if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= self.max_page_size):
-            raise trading_error(
-                "InvalidParameter",
-                f"limit must be a whole number from 1 to {self.max_page_size}",
-                field="limit",
-            )
-        return int(raw)
+        return whole_number(
+            request,
+            self.page_size_query_param,
+            default=self.page_size,
+            low=1,
+            high=self.max_page_size,
+        )
 
     def decode_cursor(self, request):
         """DRF's decoding, and a position that is an id: a cursor is opaque but not signed,
