@@ -13,7 +13,7 @@ from matching.engine.instrument import fee_for
 PPM = 1_000_000
 
 
-def collar_price(ticks: int, collar_ppm: int) -> int:
+def _collar_price(ticks: int, collar_ppm: int) -> int:
     return ticks + ticks * collar_ppm // PPM
 
 
@@ -40,9 +40,9 @@ def buy_hold_minor(
     if order_type in (Order.Type.LIMIT, Order.Type.STOP_LIMIT):
         worst_ticks = price_ticks
     elif order_type == Order.Type.STOP_LOSS:
-        worst_ticks = collar_price(max(stop_ticks, best_ask_ticks or 0), engine.collar_ppm)
+        worst_ticks = _collar_price(max(stop_ticks, best_ask_ticks or 0), engine.collar_ppm)
     elif best_ask_ticks is not None:
-        worst_ticks = collar_price(best_ask_ticks, engine.collar_ppm)
+        worst_ticks = _collar_price(best_ask_ticks, engine.collar_ppm)
     else:
         return 0
     return buy_cost_minor(engine, worst_ticks, qty_lots, taker_fee_ppm)

@@ -25,7 +25,7 @@ from audit.services import AuditEntry, audit_entry, audit_record, audit_record_c
 from exchange.db_cursors import bound_cursor
 from exchange.errors import ApiError, trading_error
 from exchange.fees import fee_rates_for
-from exchange.holds import buy_cost_minor, buy_hold_minor, collar_price, held_amount
+from exchange.holds import buy_hold_minor, held_amount
 from exchange.models import Instrument, Order
 from exchange.order_rules import (
     ORDER_TYPES,
@@ -607,13 +607,15 @@ def order_amend(
     # remaining quantity at the collar above its stop price (as when it was placed).
     stop_loss = order.order_type == Order.Type.STOP_LOSS
     if order.side == Order.Side.BUY and (new_price is not None or stop_loss):
-        remaining_lots = engine.qty_to_lots(new_quantity - order.filled_quantity)
-        if stop_loss:
-            worst_ticks = collar_price(engine.price_to_ticks(order.stop_price), engine.collar_ppm)
-        else:
-            worst_ticks = engine.price_to_ticks(new_price)
-        needed = engine.quote_to_minor(order.quote_spent) + buy_cost_minor(
-            engine, worst_ticks, remaining_lots, order.taker_fee_ppm
+        needed = engine.quote_to_minor(order.quote_spent) + buy_hold_minor(
+            engine=engine,
+            order_type=order.order_type,
+            price_ticks=engine.price_to_ticks(new_price) if new_price is not None else 0,
+            qty_lots=engine.qty_to_lots(new_quantity - order.filled_quantity),
+            stop_ticks=engine.price_to_ticks(order.stop_price) if stop_loss else 0,
+            quote_minor=0,
+            best_ask_ticks=None,
+            taker_fee_ppm=order.taker_fee_ppm,
         )
         max_quote = buy_value_check(
             engine, instrument, needed, "quantity" if quantity is not None else "price"
