@@ -18,7 +18,7 @@ from decimal import Decimal
 import psycopg
 from django.db import connection
 
-from accounts.balance_events import balance_events
+from accounts.balance_events import VERSION_SQL, balance_events
 from accounts.ledger import (
     CASH,
     CREATE_SQL,
@@ -55,7 +55,7 @@ ENTRY_IDS_SQL = (
 # off, and a plain join became a nested loop comparing every moved (user, asset) with every
 # cash and hold account (78,000 comparisons a batch of bench worker's 100 users; quadratic
 # in the users a batch touches).
-BALANCES_SQL = """
+BALANCES_SQL = f"""
 SELECT 1 FROM accounts_ledgeraccount
  WHERE id = ANY(%s::bigint[] || ARRAY(
        SELECT a.id
@@ -77,7 +77,7 @@ SELECT a.user_id, a.asset, a.kind, a.balance
        SELECT a.user_id, a.asset, a.kind, a.balance FROM accounts_ledgeraccount a
         WHERE a.kind IN ('cash', 'hold') AND a.user_id = t.user_id AND a.asset = t.asset
        OFFSET 0) a;
-SELECT nextval('accounts_balance_version')
+{VERSION_SQL}
 """
 
 
