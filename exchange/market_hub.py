@@ -7,7 +7,10 @@ snapshot, then the batch updates), serializes each outgoing frame once and hands
 to every local subscriber's bounded queue. A subscriber whose queue is full is not buffered
 further: its queue is replaced by a `resync` notice and fresh snapshots (never silently missing
 updates). Private order events are filtered here by user id (each process sees the same batch
-message, so routing through channel-layer groups would duplicate them per process).
+message, so routing through channel-layer groups would duplicate them per process). Trade and
+order frames lost before they reached the hub (a message Redis dropped, a new worker on a
+shard, the hub's own subscription lost) cannot be replayed either: their subscribers get a
+`resync` notice with reason `feed_gap` (each worker numbers its messages).
 
 Everything that touches the mirrors and the queues runs on the event loop without awaiting in
 between, which makes each snapshot/update handoff exact: a snapshot taken at seq N is followed
@@ -17,6 +20,7 @@ in the same queue by the update whose prev_seq is N.
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -28,6 +32,7 @@ from django.conf import settings
 
 from exchange.book_checksum import CHECKSUM_LEVELS, book_checksum
 from exchange.ws_direct import DirectSocket, text_frame
+from matching.sharding import shard_for_symbol
 from matching.transport import book_snapshot_key, market_data_channel, private_events_channel
 
 logger = logging.getLogger(__name__)
@@ -49,6 +54,11 @@ ORDER_EVENTS = {
 
 def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
+
+
+def hub_client_name() -> str:
+    """The name of a hub's Redis subscription connection."""
+    return f"market-hub-{os.getpid()}"
 
 
 def channel_symbol(channel: str) -> tuple[str, str | None]:
@@ -262,6 +272,8 @@ class MarketHub:
         # per frame). Nothing awaits while it is set, so no other frame can come in between.
         self._writes: dict[Subscriber, list[bytes]] | None = None
         self.messages = 0
+        # shard -> (feed id, number) of the last market-data message seen from its worker.
+        self.feeds: dict[int, tuple[str, int]] = {}
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def ensure_started(self) -> None:
@@ -279,7 +291,10 @@ class MarketHub:
         channels.append(private_events_channel())
         while True:
             client = aioredis.Redis.from_url(
-                settings.REDIS_URL, socket_connect_timeout=2, health_check_interval=15
+                settings.REDIS_URL,
+                socket_connect_timeout=2,
+                health_check_interval=15,
+                client_name=hub_client_name(),  # CLIENT LIST tells which process it serves
             )
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
@@ -289,6 +304,8 @@ class MarketHub:
                 else:  # reconnected: anything may have been missed, resync every book
                     for mirror in list(self.books.values()):
                         self._reload(mirror)
+                    self.feeds.clear()
+                    self._feed_lost(shard=None)
                 while True:
                     message = await pubsub.get_message(timeout=5.0)
                     if message is not None:
@@ -475,6 +492,41 @@ class MarketHub:
             elif kind == "ticker":
                 sub.queue.put_nowait(self._ticker_frame(mirror))
 
+    def _feed_seen(self, message: dict) -> None:
+        """Follow the numbering of the shard worker's messages; tell the clients of the
+        channels a gap touches (a number skipped, or another worker's first message) that
+        frames were lost."""
+        shard, feed = message.get("shard"), message.get("feed")
+        if not isinstance(feed, dict) or not isinstance(shard, int):
+            return
+        last = self.feeds.get(shard)
+        current = (feed.get("id"), feed.get("seq"))
+        self.feeds[shard] = current
+        if last is not None and (current[0] != last[0] or current[1] != last[1] + 1):
+            logger.warning(
+                "market data feed gap",
+                extra={"shard": shard, "last": list(last), "now": list(current)},
+            )
+            self._feed_lost(shard=shard)
+
+    def _feed_lost(self, *, shard: int | None) -> None:
+        """Tell each subscriber of order events, or of trades of the shard's symbols (of
+        every symbol when `shard` is None: the hub's own subscription was lost), that some of
+        those frames were lost and cannot be replayed (books resync by themselves)."""
+
+        def touched(channel: str) -> bool:
+            kind, symbol = channel_symbol(channel)
+            if kind == "orders":
+                return True
+            return kind == "trades" and (
+                shard is None or shard_for_symbol(symbol, settings.MATCHING_SHARDS) == shard
+            )
+
+        subs = {sub for channel, subs in self.channels.items() if touched(channel) for sub in subs}
+        for sub in subs:
+            lost = sorted(c for c in sub.channels if touched(c))
+            self.push(sub, dumps({"type": "resync", "reason": "feed_gap", "lost_channels": lost}))
+
     def _ticker_frame(self, mirror: BookMirror) -> str:
         return dumps(
             {"channel": f"ticker.{mirror.symbol}", "type": "ticker", "data": mirror.ticker()}
@@ -514,6 +566,7 @@ class MarketHub:
         self.messages += 1
         message = json.loads(raw)
         received_ns = time.time_ns()
+        self._feed_seen(message)
         last_prices: dict[str, str] = {}
         trades_by_symbol: dict[str, list[dict]] = {}
         for trade in message.get("trades", ()):

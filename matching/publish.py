@@ -6,6 +6,7 @@ and the worker carries on (a web request then answers 202 and re-reads later).
 
 import logging
 import time
+import uuid
 from typing import Any
 
 import redis
@@ -64,6 +65,12 @@ class Publisher:
         # Each book's seq as of the last market-data message sent (or attempted: a message
         # that Redis lost still moves it, so the next one's prev_seq shows subscribers a gap).
         self.sent_seq: dict[str, int] = {}
+        # The market-data messages of this publisher, numbered from 1 (every one attempted
+        # counts, like sent_seq): a hub that sees a number skipped, or another publisher on the
+        # shard (a worker took over: the last batch of its predecessor may never have been
+        # published), tells the clients of trades and order events that some were lost.
+        self.feed_id = uuid.uuid4().hex[:16]
+        self.feed_seq = 0
 
     # ---- the wake-up signal ----------------------------------------------------------------
     def group_ensure(self) -> None:
@@ -128,11 +135,13 @@ class Publisher:
                 # A consumer that sees prev_seq != its last seq knows it missed a message.
                 book["prev_seq"] = self.sent_seq.get(symbol, 0)
             if books or outcome.trades or outcome.orders or outcome.balances:
+                self.feed_seq += 1
                 pipe.publish(
                     market_data_channel(self.shard),
                     _dumps(
                         {
                             "shard": self.shard,
+                            "feed": {"id": self.feed_id, "seq": self.feed_seq},
                             "books": books,
                             "trades": outcome.trades,
                             "orders": outcome.orders,

@@ -362,6 +362,48 @@ def test_a_checksum_mismatch_or_a_gap_makes_the_page_fetch_a_fresh_snapshot(
     assert ladder.get_attribute("data-resyncs") == "2"
 
 
+def test_a_trade_lost_upstream_is_read_again_and_the_ladder_stays_live(
+    open_page, exchange_stack, live_db
+):
+    # The server's "feed_gap" notice (trade or order frames lost between the matching worker
+    # and the server) was taken for a slow-consumer resync: the ladder waited for a snapshot
+    # that does not come (the book checks its own seq) and stopped moving.
+    instrument, user = make_instrument(), trader()
+    seller, buyer = ApiClient(exchange_stack), ApiClient(exchange_stack)
+    channel = f"trades.{instrument.symbol}"
+
+    def between_page_and_server(ws):
+        server = ws.connect_to_server()
+        lost = []
+
+        def from_server(message):
+            frame = json.loads(message)
+            if frame.get("channel") == channel and frame.get("type") == "trades" and not lost:
+                lost.append(frame)  # the frame never arrives; the server's notice does
+                message = json.dumps(
+                    {"type": "resync", "reason": "feed_gap", "lost_channels": [channel]}
+                )
+            ws.send(message)
+
+        server.on_message(from_server)
+
+    page = open_page()
+    page.route_web_socket("**/ws/v1", between_page_and_server)
+    open_trading(page, user, instrument.symbol)
+    sell = {"symbol": instrument.symbol, "side": "sell", "order_type": "limit", "quantity": "1"}
+    assert seller.place(**sell, price="107.00").status_code == 201
+    expect(ladder_row(page, "ask", "107.00")).to_be_visible()
+    buy = {**sell, "side": "buy", "price": "107.00"}
+    assert buyer.place(**buy).json()["status"] == "filled"
+    trade = page.locator("#tape tbody tr").first
+    expect(trade).to_contain_text("107.00")  # read again from GET /trades
+    expect(ladder_row(page, "ask", "107.00")).to_have_count(0)
+
+    assert seller.place(**sell, price="108.00").status_code == 201
+    expect(ladder_row(page, "ask", "108.00")).to_be_visible()  # the updates still apply
+    assert page.locator("#ladder").get_attribute("data-resyncs") == "0"
+
+
 def test_a_post_only_order_that_would_cross_shows_the_servers_rejection(
     open_page, exchange_stack, live_db
 ):

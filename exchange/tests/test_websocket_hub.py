@@ -12,7 +12,7 @@ from django.conf import settings
 
 from exchange.book_checksum import book_checksum
 from exchange.embedded_servers import free_port
-from exchange.market_hub import BookMirror, MarketHub, Subscriber, view_changes
+from exchange.market_hub import BookMirror, MarketHub, Subscriber, hub_client_name, view_changes
 
 
 def test_checksum_matches_the_documented_example():
@@ -137,6 +137,79 @@ def test_a_balance_event_older_than_one_sent_is_dropped():
         ]  # fmt: skip
         hub.remove(alice, "orders")
         assert hub.balance_versions == {}
+
+    asyncio.run(scenario())
+
+
+def feed_message(shard: int, feed_id: str, seq: int, **content) -> str:
+    """A shard worker's market-data message, numbered as Publisher numbers them."""
+    return json.dumps({"shard": shard, "feed": {"id": feed_id, "seq": seq}, "books": {},
+                       "trades": [], "orders": [], **content})  # fmt: skip
+
+
+def test_a_lost_feed_message_tells_trade_and_order_subscribers_what_they_missed():
+    # A book resyncs itself after a gap (prev_seq); the trades and order events of a message
+    # Redis lost were gone without a word to the client.
+    async def scenario():
+        hub, _ = hub_with_book()
+        trades, orders = Subscriber(maxsize=10), Subscriber(maxsize=10)
+        book = Subscriber(maxsize=10)
+        orders.user_id = 1
+        hub.add(trades, "trades.X")
+        hub.add(orders, "orders")
+        hub.add(book, "book.X")
+        drained(book)
+        trade = {"symbol": "X", "trade_id": 3, "price": "1.00", "quantity": "1",
+                 "taker_side": "buy", "ts_ns": 1}  # fmt: skip
+        await hub.on_message(feed_message(0, "a", 1))
+        await hub.on_message(feed_message(0, "a", 2))
+        assert trades.queue.empty() and orders.queue.empty()  # in order: nothing to say
+        await hub.on_message(feed_message(0, "a", 4, trades=[trade]))  # 3 was lost
+        notice = {"type": "resync", "reason": "feed_gap"}
+        assert drained(trades) == [
+            {**notice, "lost_channels": ["trades.X"]},
+            {"channel": "trades.X", "type": "trades", "data": [{k: v for k, v in trade.items()
+                                                                if k != "symbol"}]},
+        ]  # fmt: skip
+        assert drained(orders) == [{**notice, "lost_channels": ["orders"]}]
+        assert book.queue.empty()  # its gap shows in prev_seq
+        # Another worker took the shard over: its predecessor's last batch may never have gone
+        # out. A gap on another shard loses no trades of X (every symbol is on shard 0 here).
+        await hub.on_message(feed_message(0, "b", 1))
+        await hub.on_message(feed_message(1, "c", 5))
+        await hub.on_message(feed_message(1, "c", 7))
+        assert drained(trades) == [{**notice, "lost_channels": ["trades.X"]}]
+        assert drained(orders) == [{**notice, "lost_channels": ["orders"]}] * 2
+
+    asyncio.run(scenario())
+
+
+def test_a_hub_that_lost_its_redis_subscription_tells_trade_and_order_subscribers():
+    async def scenario():
+        hub = MarketHub()
+        await hub.ensure_started()
+        trades, orders, ticker = (Subscriber(maxsize=10) for _ in range(3))
+        orders.user_id = 1
+        hub.channels["trades.X"] = {trades}
+        trades.channels.add("trades.X")
+        hub.add(orders, "orders")
+        hub.channels["ticker.X"] = {ticker}
+        ticker.channels.add("ticker.X")
+        killed = 0
+        redis_conn = redis.Redis.from_url(settings.REDIS_URL)
+        for client in redis_conn.client_list():
+            if client["name"] == hub_client_name():
+                killed += redis_conn.client_kill_filter(_id=client["id"])
+        assert killed == 1
+        for _ in range(100):  # it reconnects within a second
+            if not orders.queue.empty():
+                break
+            await asyncio.sleep(0.05)
+        notice = {"type": "resync", "reason": "feed_gap"}
+        assert drained(trades) == [{**notice, "lost_channels": ["trades.X"]}]
+        assert drained(orders) == [{**notice, "lost_channels": ["orders"]}]
+        assert ticker.queue.empty()
+        hub._task.cancel()
 
     asyncio.run(scenario())
 

@@ -1,6 +1,7 @@
 """A market-data message that Redis loses still counts: the next message's prev_seq is the lost
-one's seq, so subscribers see the gap and reload the book (real Redis; the failing publish
-goes to a port where nothing listens)."""
+one's seq, so subscribers see the gap and reload the book, and its feed number is skipped, so
+hubs tell trade and order subscribers (real Redis; the failing publish goes to a port where
+nothing listens)."""
 
 import json
 import time
@@ -29,12 +30,16 @@ def test_a_lost_book_message_leaves_a_gap_in_prev_seq(redis_conn):
         publisher.send(prepared)
         return prepared["books"]["GAP"]["seq"]
 
+    feeds = []
+
     def next_book() -> dict:
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             message = listener.get_message(timeout=0.5)
             if message is not None:
-                return json.loads(message["data"])["books"]["GAP"]
+                data = json.loads(message["data"])
+                feeds.append(data["feed"])
+                return data["books"]["GAP"]
         raise AssertionError("no market-data message within 5 s")
 
     first = batch(1, redis_conn)
@@ -47,4 +52,6 @@ def test_a_lost_book_message_leaves_a_gap_in_prev_seq(redis_conn):
     # had; their books silently lacked the lost batch's levels.
     assert (received["seq"], received["prev_seq"]) == (third, lost)
     assert lost != first
+    # The lost message took a number too: hubs tell trade and order subscribers of the gap.
+    assert feeds == [{"id": publisher.feed_id, "seq": 1}, {"id": publisher.feed_id, "seq": 3}]
     listener.close()

@@ -521,8 +521,9 @@ const stream = new Stream(channels, {
     } else if (frame.type === "error" && frame.error !== "NotSubscribed") {
       document.getElementById("stream-state").textContent = `Feed error: ${frame.message}`;
     } else if (frame.type === "resync") {
-      // The server dropped frames for us: fresh snapshots follow; the tape is re-read.
-      awaitingSnapshot = true;
+      // Trade and order frames were lost: for a slow consumer (fresh snapshots follow), or
+      // upstream of the server ("feed_gap": the book checks its own seq). Re-read the tape.
+      if (frame.reason !== "feed_gap") awaitingSnapshot = true;
       loadTrades().catch(() => {});
       if (canTrade) refreshMine();
     }
