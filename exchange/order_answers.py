@@ -62,7 +62,9 @@ def order_changed_answer(order: Order, command_id: int) -> tuple[int, dict]:
         )
     if command.reject_code:
         raise engine_rejection(
-            command.reject_code, "the matching engine refused the change", order_id=order.pk
+            command.reject_code,
+            command.reject_message or "the matching engine refused the change",
+            order_id=order.pk,
         )
     code = 200 if command.applied_at else 202
     fills = selectors.fills_for_order(order) if order.filled_quantity else []

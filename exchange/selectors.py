@@ -121,13 +121,20 @@ def order_for_user(*, user, order_id: int | None = None, client_order_id: str | 
 
 
 def command_outcome(command_id: int) -> Command:
-    """A command's id, applied_at and reject_code (the rest of the row is not read)."""
+    """A command's id, applied_at, reject_code and reject_message (the rest of the row is not
+    read)."""
     with bound_cursor() as cursor:
         cursor.execute(
-            "SELECT applied_at, reject_code FROM matching_command WHERE id = %s", [command_id]
+            "SELECT applied_at, reject_code, reject_message FROM matching_command WHERE id = %s",
+            [command_id],
         )
-        applied_at, reject_code = cursor.fetchone()
-    return Command(pk=command_id, applied_at=applied_at, reject_code=reject_code)
+        applied_at, reject_code, reject_message = cursor.fetchone()
+    return Command(
+        pk=command_id,
+        applied_at=applied_at,
+        reject_code=reject_code,
+        reject_message=reject_message,
+    )
 
 
 def order_state_refresh(order: Order) -> None:

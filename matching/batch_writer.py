@@ -85,6 +85,9 @@ class Applied:
     # A cancel's reason when not the user's own (its payload's `reason`: "staff"), which the
     # engine does not know: the order ends with it instead of "user".
     cancel_reason: str | None = None
+    # The refusal in words when its code alone does not say it all (a post-only amend: the
+    # price it would have matched at).
+    reject_message: str = ""
 
 
 class _OrderUpdate:
@@ -300,8 +303,10 @@ RETURNING id, engine_trade_seq
 # a temp-table write fewer per batch).
 COMMANDS_APPLIED_SQL = """
 UPDATE matching_command c
-   SET applied_at = now(), apply_seq = u.apply_seq, reject_code = u.reject_code
-  FROM unnest(%s::bigint[], %s::bigint[], %s::text[]) AS u(id, apply_seq, reject_code)
+   SET applied_at = now(), apply_seq = u.apply_seq, reject_code = u.reject_code,
+       reject_message = u.reject_message
+  FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::text[])
+       AS u(id, apply_seq, reject_code, reject_message)
  WHERE c.id = u.id AND c.applied_at IS NULL
 """
 
@@ -391,11 +396,12 @@ def _quoted(text: str) -> str:
 
 def _command_params(applied: list[Applied]) -> list[str]:
     """COMMANDS_APPLIED_SQL's arrays as literals: ids, journal positions (NULL when not
-    journaled) and reject codes."""
+    journaled), reject codes and reject messages."""
     return [
         _array_text([str(a.command_id) for a in applied]),
         _array_text(["NULL" if a.apply_seq is None else str(a.apply_seq) for a in applied]),
         _array_text([_quoted(a.reject_code) for a in applied]),
+        _array_text([_quoted(a.reject_message) for a in applied]),
     ]
 
 
@@ -607,6 +613,8 @@ class BatchWriter:
                     audits.append(self._trade_audit(a, ev, texts))
                 elif kind == p.EV_REJECT:
                     a.reject_code = a.reject_code or ev[p.R_CODE]
+                    if not a.reject_message and ev[p.R_CODE] == p.POST_ONLY_WOULD_MATCH:
+                        a.reject_message = reject_message(ev, specs.get(ev[3]))
                     oid = ev[p.R_ORDER_ID]
                     if (
                         ev[p.R_OPCODE] == p.OP_PLACE

@@ -69,6 +69,13 @@ class Command(models.Model):
         db_default="",
         help_text="Why the engine (or the worker) refused it.",
     )
+    reject_message = models.CharField(
+        max_length=200,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="The refusal in words, when the engine said more than its code.",
+    )
 
     class Meta:
         indexes = [

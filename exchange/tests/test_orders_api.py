@@ -331,6 +331,9 @@ def test_an_amend_the_engine_refuses_is_a_400_and_leaves_the_order_as_it_was(mar
         "PostOnlyWouldMatch",
         str(order_id),
     )
+    # As when placing, the price it would have matched at (was "the matching engine refused
+    # the change").
+    assert refused.json()["message"] == "Order would match immediately at 100.00"
     unchanged = maker.get(f"/api/v1/orders/{order_id}").json()
     assert (unchanged["status"], unchanged["price"]) == ("new", "101.00")
 
