@@ -383,7 +383,7 @@ def main(argv: list[str]) -> int:
         "PYTHONUNBUFFERED": "1",
         **BENCH_RATE_LIMITS,
         # Order entry over the socket is measured, never at the per-connection message limit
-        # (50 a second by default: one connection answering in ~7 ms sends ~140); and a
+        # (200 a second by default: one connection answering in ~4 ms sends ~250); and a
         # thousand subscribers come from one address.
         "WS_MAX_MESSAGES_PER_SECOND": "1000000",
         "WS_MAX_CONNECTIONS_PER_IP": "0",

@@ -88,7 +88,11 @@ WS_MAX_SUBSCRIPTIONS = env.int("WS_MAX_SUBSCRIPTIONS", default=50)
 # Open sockets per client address in one web process (0 or less: no limit); one more is closed
 # (4030).
 WS_MAX_CONNECTIONS_PER_IP = env.int("WS_MAX_CONNECTIONS_PER_IP", default=100)
-WS_MAX_MESSAGES_PER_SECOND = env.int("WS_MAX_MESSAGES_PER_SECOND", default=50)
+# Ops per connection and second (a token bucket). As many as an API key's REST requests
+# (RATE_LIMIT_REQUESTS_KEY_PER_SECOND): at 50 the socket, the low-overhead path for algorithmic
+# clients, admitted half the orders a key may send over REST. Order ops also count against the
+# key's and user's order and request limits, as over REST.
+WS_MAX_MESSAGES_PER_SECOND = env.int("WS_MAX_MESSAGES_PER_SECOND", default=200)
 # Messages refused for the rate limit before the socket is closed (close code 4029).
 WS_ABUSE_CLOSE_AFTER = env.int("WS_ABUSE_CLOSE_AFTER", default=20)
 # Frames queued per connection; a connection past it is dropped to fresh snapshots.
