@@ -18,7 +18,7 @@ from exchange.errors import echoed, trading_error
 from exchange.models import Order
 from exchange.order_answers import await_command, order_changed_answer, order_placed_answer
 from exchange.pagination import CursorPage
-from exchange.query_params import whole_number
+from exchange.query_params import symbol_filter, whole_number
 from exchange.serializers import (
     ISO_DATETIME,
     InstrumentSerializer,
@@ -27,6 +27,7 @@ from exchange.serializers import (
     OrderSerializer,
     PublicTradeSerializer,
     UserFillSerializer,
+    mid_str,
     money_str,
     order_representation,
     price_str,
@@ -147,7 +148,7 @@ class OrdersView(APIView):
     def get(self, request: Request) -> Response:
         orders = selectors.orders_for_user(
             user=request.user,
-            symbol=request.query_params.get("symbol"),
+            symbol=symbol_filter(request),
             status=order_status_filter(request),
             start=parse_time(request, "start"),
             end=parse_time(request, "end"),
@@ -232,9 +233,7 @@ class FillsView(APIView):
         responses={200: UserFillSerializer(many=True)},
     )
     def get(self, request: Request) -> Response:
-        trades = selectors.fills_for_user(
-            user=request.user, symbol=request.query_params.get("symbol")
-        )
+        trades = selectors.fills_for_user(user=request.user, symbol=symbol_filter(request))
         paginator = CursorPage()
         page = paginator.paginate_queryset(trades, request, view=self)
         return paginator.get_paginated_response(
@@ -327,7 +326,7 @@ class SpreadView(PublicView):
         for key in ("best_bid", "best_ask", "spread"):
             data[key] = price_str(instrument, data[key])
         if data["mid"] is not None:
-            data["mid"] = format(data["mid"].normalize(), "f")
+            data["mid"] = mid_str(instrument, data["mid"])
             data["spread_bps"] = str(data["spread_bps"])
         return Response(data)
 
@@ -476,5 +475,6 @@ class ExchangeMetricsView(APIView):
             for key in money:
                 row[key] = f"{row[key]:.{places}f}"
             if "volume" in row:
-                row["volume"] = format(row["volume"].normalize(), "f")
+                instrument = selectors.instrument_by_symbol(row["symbol"])
+                row["volume"] = quantity_str(instrument, row["volume"])
         return Response(metrics)

@@ -2,6 +2,7 @@
 
 from rest_framework.request import Request
 
+from exchange import selectors
 from exchange.errors import trading_error
 
 
@@ -16,3 +17,13 @@ def whole_number(request: Request, name: str, *, default: int, low: int, high: i
             "InvalidParameter", f"{name} must be a whole number from {low} to {high}", field=name
         )
     return int(raw)
+
+
+def symbol_filter(request: Request) -> str | None:
+    """An optional `symbol` filter: None when absent, else a listed instrument's symbol (an
+    unknown one is the 400 UnknownSymbol the market-data endpoints answer, not an empty list
+    that reads as "no orders")."""
+    raw = request.query_params.get("symbol")
+    if raw is None:
+        return None
+    return selectors.instrument_by_symbol(raw).symbol

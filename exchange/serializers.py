@@ -206,6 +206,11 @@ def price_str(instrument: Instrument, value: Decimal | None) -> str | None:
     return _fmt(value, instrument.tick_size)
 
 
+def mid_str(instrument: Instrument, value: Decimal | None) -> str | None:
+    """A mid price: half a tick needs one decimal place more than a price (fixed, as prices)."""
+    return _fmt(value, instrument.tick_size / 10)
+
+
 def quantity_str(instrument: Instrument, value: Decimal | None) -> str | None:
     return _fmt(value, instrument.lot_size)
 

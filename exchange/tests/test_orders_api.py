@@ -664,7 +664,7 @@ def test_market_data_endpoints(market):
     assert book["seq"] > 0
     spread = taker.get(f"/api/v1/orderbook/{symbol}/spread").json()
     assert (spread["best_bid"], spread["best_ask"], spread["spread"]) == ("99.00", "101.00", "2.00")
-    assert spread["mid"] == "100"
+    assert spread["mid"] == "100.000"  # fixed places, one more than a price's (was "100")
     assert spread["spread_bps"] == "200.00"
     trades = taker.get(f"/api/v1/trades/{symbol}").json()["results"]
     assert [(t["price"], t["quantity"], t["taker_side"]) for t in trades] == [
@@ -679,6 +679,46 @@ def test_market_data_endpoints(market):
     assert taker.get(f"/api/v1/orderbook/{symbol}", depth=0).status_code == 400
     fills = taker.get("/api/v1/fills", symbol=symbol).json()["results"]
     assert [(f["side"], f["liquidity"], f["fee"]) for f in fills] == [("buy", "taker", "0.41")]
+
+
+def test_a_symbol_filter_naming_no_instrument_is_a_400_not_an_empty_list(market):
+    instrument, maker, _ = market
+    maker.place(**limit(instrument.symbol, "buy", "10.00", "1"))
+    for path in ("/api/v1/orders", "/api/v1/fills"):
+        for unknown in ("NOPE", instrument.symbol.lower(), ""):
+            refused = maker.get(path, symbol=unknown)
+            assert refused.status_code == 400, (path, unknown, refused.text)
+            assert (refused.json()["error"], refused.json()["field"]) == ("UnknownSymbol", "symbol")
+    listed = maker.get("/api/v1/orders", symbol=instrument.symbol).json()["results"]
+    assert [o["price"] for o in listed] == ["10.00"]
+
+
+def test_mid_and_metrics_volume_are_written_at_the_instruments_precision(exchange_stack, live_db):
+    # The mid came normalized ("99.9" beside prices like "99.64") and the metrics' volume too
+    # ("1.11" where the ticker said "1.110").
+    instrument = make_instrument(
+        base_asset="FRC", base_precision=3, lot_size=Decimal("0.001"), min_quantity=Decimal("0.001")
+    )
+    funds = {"USD": Decimal("100000"), "FRC": Decimal("1000")}
+    maker = ApiClient(exchange_stack, make_user(funds=funds))
+    taker = ApiClient(exchange_stack, make_user(funds=funds))
+    assert maker.place(**limit(instrument.symbol, "sell", "100.16", "1.110")).status_code == 201
+    assert taker.place(**limit(instrument.symbol, "buy", "100.16", "1.110")).status_code == 201
+    assert maker.place(**limit(instrument.symbol, "sell", "100.16", "1")).status_code == 201
+    assert taker.place(**limit(instrument.symbol, "buy", "99.64", "1")).status_code == 201
+    spread = wait_until(
+        lambda: (
+            (s := taker.get(f"/api/v1/orderbook/{instrument.symbol}/spread").json())["mid"] and s
+        ),
+        timeout=10,
+    )
+    assert (spread["best_bid"], spread["best_ask"], spread["mid"]) == ("99.64", "100.16", "99.900")
+    staff = make_user("staff")
+    staff.is_staff = True
+    staff.save()
+    metrics = ApiClient(exchange_stack, staff).get("/api/v1/metrics/exchange").json()
+    row = next(r for r in metrics["symbols"] if r["symbol"] == instrument.symbol)
+    assert row["volume"] == "1.110"
 
 
 def test_exchange_metrics_show_fee_revenue_net_of_rebates_for_staff(market, exchange_stack):
