@@ -554,12 +554,15 @@ def order_amend(
     quantity: Decimal | None = None,
     price: Decimal | None = None,
     http_request=None,
+    now: dt.datetime | None = None,
 ) -> Command:
     """Ask the shard to amend `order`: `quantity` is the new total (fills included).
 
     The order's hold follows its new size at once when it grows (400 InsufficientBalance if the
     money is not there); a shrinking hold is released when the engine has applied the amend.
     One amend at a time: another while the first is unapplied is refused (AmendPending).
+    Outside the instrument's session only a reduction is taken (it cannot trade); a new price
+    or a larger size is refused with MarketClosed, as a new order is.
     """
     # The order row only (`of`): FOR UPDATE on the joined instrument row too would conflict
     # with the KEY SHARE lock that every other order-entry transaction's foreign key check
@@ -572,6 +575,9 @@ def order_amend(
     if quantity is None and price is None:
         raise trading_error("NothingToAmend", "give a new quantity, a new price, or both")
     instrument = order.instrument
+    if price is not None or (quantity is not None and quantity > order.quantity):
+        # A new price can cross and trade; a larger size joins the book anew.
+        check_session(instrument, now or timezone.now())
     engine = engine_instrument_for(instrument)
     if price is not None and order.order_type not in (Order.Type.LIMIT, Order.Type.STOP_LIMIT):
         raise trading_error(

@@ -13,7 +13,7 @@ from conftest import wait_until
 from exchange.api_errors import ApiError
 from exchange.models import Instrument, Order
 from exchange.order_rules import OrderRequest
-from exchange.services import order_place
+from exchange.services import order_amend, order_place
 from exchange.tests.admin_http import (
     admin_action,
     admin_action_post,
@@ -63,6 +63,32 @@ def test_orders_outside_the_session_are_refused_with_market_closed(local_time):
     assert refused.value.error == "MarketClosed"
     assert "09:30-16:00 America/New_York" in refused.value.message
     assert not Order.objects.filter(user=user).exists()
+
+
+@pytest.mark.django_db
+def test_after_the_close_an_amend_may_reduce_an_order_but_not_reprice_or_grow_it():
+    # A price amend after the close was taken and traded (a closed market made a trade).
+    instrument = session_instrument()
+    user = make_user()
+    placed = order_place(
+        user=user,
+        request=OrderRequest(
+            symbol=instrument.symbol,
+            side="buy",
+            order_type="limit",
+            price=Decimal("10.00"),
+            quantity=Decimal("5"),
+        ),
+        now=dt.datetime(2026, 11, 25, 15, 59, tzinfo=NEW_YORK),
+    )
+    after_close = dt.datetime(2026, 11, 25, 16, 0, 1, tzinfo=NEW_YORK)
+    for change in ({"price": Decimal("10.50")}, {"quantity": Decimal("6")}):
+        with pytest.raises(ApiError) as refused:
+            order_amend(order=placed.order, actor=user, now=after_close, **change)
+        assert refused.value.error == "MarketClosed"
+    assert not Command.objects.filter(order_id=placed.order.pk, kind="amend").exists()
+    reduced = order_amend(order=placed.order, actor=user, quantity=Decimal("3"), now=after_close)
+    assert reduced.kind == "amend" and reduced.payload["qty"] == 3
 
 
 @pytest.mark.django_db
