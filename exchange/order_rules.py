@@ -234,6 +234,13 @@ def check_shape(request: OrderRequest) -> None:
                 "give either quantity or quote_quantity, not both",
                 field="quote_quantity",
             )
+        if request.time_in_force == Order.TimeInForce.FOK:
+            # All or nothing needs a quantity to fill; the engine refused it after it was stored.
+            raise trading_error(
+                "InvalidCombination",
+                "a market buy by quote_quantity cannot be FOK (give a quantity, or use IOC)",
+                field="time_in_force",
+            )
     elif request.quantity is None:
         raise trading_error("MissingParameter", "quantity is required", field="quantity")
     tif = request.time_in_force

@@ -542,6 +542,13 @@ def gtd_at(expire_at: str) -> dict:
     return {"time_in_force": "GTD", "expire_at": expire_at}
 
 
+MARKET_BUY_BY_QUOTE_FOK = {
+    "order_type": "market",
+    "price": None,
+    "quantity": None,
+    "quote_quantity": "300.00",
+    "time_in_force": "FOK",
+}
 BAD_INPUTS = [
     ({"symbol": "NOPE"}, "UnknownSymbol", "symbol"),
     ({"price": "10.001"}, "PriceOffTick", "price"),
@@ -550,6 +557,8 @@ BAD_INPUTS = [
     ({"price": "0.01", "quantity": "1"}, "NotionalTooSmall", "quantity"),
     ({"price": None}, "MissingParameter", "price"),
     ({"post_only": True, "time_in_force": "IOC"}, "InvalidCombination", "post_only"),
+    # The engine refused it after it was stored (400 OrderRejected, a `rejected` order).
+    (MARKET_BUY_BY_QUOTE_FOK, "InvalidCombination", "time_in_force"),
     ({"display_quantity": "20"}, "DisplayQuantityTooLarge", "display_quantity"),
     ({"time_in_force": "GTD", "expire_at": "2020-01-01T00:00:00Z"}, "ExpireAtInPast", "expire_at"),
     # More than GTD_MAX_DAYS (365) ahead. Past April 2262 it was accepted, and then the shard
