@@ -678,10 +678,12 @@ class BatchWriter:
 
     @staticmethod
     def _trade_collect(ev: tuple, upd) -> None:
-        (_, _, _, sym, _tseq, _price, _qty, notional, m_oid, m_uid, t_oid, t_uid, t_buy,
+        (_, _, _, sym, _tseq, price, _qty, notional, m_oid, m_uid, t_oid, t_uid, t_buy,
          m_fee, t_fee, m_status, m_filled, m_rem, t_filled, t_rem) = ev  # fmt: skip
         m = upd(m_oid, sym, m_uid)
-        m.status, m.filled, m.remaining = m_status, m_filled, m_rem
+        # A maker trades at its own price: an order filled to its end in this batch has no
+        # later event to give it (its last frame on the orders channel showed none).
+        m.status, m.filled, m.remaining, m.price = m_status, m_filled, m_rem, price
         m.d_quote += notional
         m.d_fees += m_fee
         if not t_buy:

@@ -336,6 +336,29 @@ def test_the_orders_channel_shows_only_the_subscribers_own_orders(market):
     asyncio.run(scenario())
 
 
+def test_a_resting_order_filled_to_the_end_says_its_price_on_the_orders_channel(market):
+    # The maker's last frame ("fill") came without `price`, which its "accepted" and
+    # "partial_fill" frames carry (only market and stop-loss orders go without one).
+    symbol = market["symbol"]
+    key_a, key_b = market["keys"][0], market["keys"][1]
+
+    async def scenario():
+        http_a, http_b = rest(market["base"], key_a), rest(market["base"], key_b)
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            await watch_own_orders(ws, key_a)
+            own = await http_a.post("/api/v1/orders", json=limit(symbol, "sell", "99.00", "2"))
+            await http_b.post("/api/v1/orders", json=limit(symbol, "buy", "99.00", "2"))
+            fill = await recv_until(
+                ws, lambda f: f.get("type") == "order" and f["data"]["event"] == "fill"
+            )
+        assert fill["data"]["order_id"] == own.json()["order_id"]
+        assert (fill["data"]["filled"], fill["data"]["price"]) == ("2", "99.00")
+        await http_a.aclose()
+        await http_b.aclose()
+
+    asyncio.run(scenario())
+
+
 def test_a_stop_triggered_in_a_batch_says_so_on_the_orders_channel(market):
     # A stop turns into a limit or market order in the command that triggers it: its frame
     # showed what it became (accepted) and nothing told the client it had triggered.
