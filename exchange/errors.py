@@ -98,9 +98,17 @@ def trading_error(
     )
 
 
+# Engine reject codes answered under a catalogue name of the same meaning.
+ENGINE_CODE_NAMES = {
+    # expire_at was ahead when the order was accepted, and had passed when the engine took it
+    # (a GTD a few milliseconds ahead, a DAY order at the close, the worker away meanwhile).
+    "InvalidExpireAt": "ExpireAtInPast",
+}
+
+
 def engine_rejection(code: str, message: str, *, order_id: int | None = None) -> ApiError:
     """The API error for a command the engine refused."""
-    error = code if code in ENGINE_CODES_EXPOSED else "OrderRejected"
+    error = ENGINE_CODE_NAMES.get(code, code if code in ENGINE_CODES_EXPOSED else "OrderRejected")
     extra = {"order_id": str(order_id)} if order_id is not None else None
     if error == "OrderRejected":
         message = f"{code}: {message}" if message else code

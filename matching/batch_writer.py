@@ -43,6 +43,7 @@ REJECT_MESSAGES = {
     p.INSTRUMENT_HALTED: "the instrument is halted",
     p.FOK_UNFILLABLE: "the fill-or-kill order cannot be filled in full",
     p.UNKNOWN_INSTRUMENT: "the matching engine does not know this instrument",
+    p.INVALID_EXPIRE_AT: "expire_at had passed when the matching engine received the order",
     "CommandFailed": "the matching worker could not apply this order",
     "InvalidCommand": "the matching engine could not read this order",
 }

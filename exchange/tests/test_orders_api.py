@@ -8,9 +8,14 @@ from decimal import Decimal
 
 import httpx
 import pytest
+from django.utils import timezone
 
 from conftest import wait_until
+from exchange.api_errors import ApiError
 from exchange.models import Order, Trade
+from exchange.order_answers import order_placed_answer
+from exchange.order_rules import OrderRequest
+from exchange.services import order_place
 from exchange.tests.api_client import ApiClient, make_instrument, make_user
 
 pytestmark = [pytest.mark.processes]
@@ -688,6 +693,34 @@ def test_market_data_endpoints(market):
     assert taker.get(f"/api/v1/orderbook/{symbol}", depth=0).status_code == 400
     fills = taker.get("/api/v1/fills", symbol=symbol).json()["results"]
     assert [(f["side"], f["liquidity"], f["fee"]) for f in fills] == [("buy", "taker", "0.41")]
+
+
+def test_an_expire_at_that_passes_before_the_engine_takes_the_order_is_expire_at_in_past(market):
+    # Accepted a few milliseconds ahead, it had passed by the worker's stamp: the answer was
+    # OrderRejected -2099 "InvalidExpireAt: rejected by the matching engine: InvalidExpireAt".
+    instrument, maker, _ = market
+    accepted_at = timezone.now() - dt.timedelta(seconds=10)  # as if the worker was away
+    placed = order_place(
+        user=maker.user,
+        request=OrderRequest(
+            symbol=instrument.symbol,
+            side="buy",
+            order_type="limit",
+            price=Decimal("10.00"),
+            quantity=Decimal("1"),
+            time_in_force="GTD",
+            expire_at=accepted_at + dt.timedelta(seconds=5),
+        ),
+        now=accepted_at,
+    )
+    with pytest.raises(ApiError) as refused:
+        order_placed_answer(placed.order, placed.command_id, created=True)
+    assert (refused.value.error, refused.value.error_code) == ("ExpireAtInPast", -1119)
+    assert refused.value.message == (
+        "expire_at had passed when the matching engine received the order"
+    )
+    stored = Order.objects.get(pk=placed.order.pk)
+    assert (stored.status, stored.reject_code) == ("rejected", "InvalidExpireAt")
 
 
 def test_a_symbol_filter_naming_no_instrument_is_a_400_not_an_empty_list(market):
