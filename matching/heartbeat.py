@@ -12,10 +12,17 @@ def heartbeat_key(shard: int) -> str:
     return redis_key("matching", "shard", shard, "heartbeat")
 
 
-def heartbeat_write(*, client: redis.Redis, shard: int, epoch: int, pid: int, ttl_ms: int) -> None:
-    """Record that the holder of `shard` (lease `epoch`) is alive; expires after `ttl_ms`."""
+def heartbeat_write(*, client: redis.Redis, shard: int, epoch: int, pid: int, ttl_ms: int) -> bool:
+    """Record that the holder of `shard` (lease `epoch`) is alive; expires after `ttl_ms`.
+    Returns whether the previous heartbeat was still there (False after a Redis wipe or
+    restart, or a gap longer than the TTL: what else the worker keeps in Redis may be gone)."""
     value = json.dumps({"epoch": epoch, "pid": pid, "ts_ms": int(time.time() * 1000)})
-    client.set(heartbeat_key(shard), value, px=ttl_ms)
+    key = heartbeat_key(shard)
+    pipe = client.pipeline(transaction=False)
+    pipe.exists(key)
+    pipe.set(key, value, px=ttl_ms)
+    existed, _ = pipe.execute()
+    return bool(existed)
 
 
 def heartbeat_clear(*, client: redis.Redis, shard: int) -> None:

@@ -68,11 +68,15 @@ class ShardWorker:
             logger.info(
                 "shard worker serving", extra={"shard": self.shard, "epoch": self.lease.epoch}
             )
+            self._beat()  # recover() wrote the snapshots: nothing to restore yet
             next_beat = time.monotonic() + self.heartbeat_seconds
             while not self.stopping.is_set():
                 if time.monotonic() >= next_beat:
                     self.lease.verify()
-                    self._beat()
+                    if self._beat() is False:
+                        # Our heartbeat was gone: so may the book snapshots be (a wipe, a
+                        # restart of Redis), and the order book API would read empty books.
+                        loop.redis_restore()
                     next_beat = time.monotonic() + self.heartbeat_seconds
                 loop.step()
             loop.close()  # the batch in flight commits and publishes before we let go
@@ -129,9 +133,11 @@ class ShardWorker:
         except DatabaseError as exc:
             logger.warning("worker stop not audited", extra={"shard": self.shard, "why": str(exc)})
 
-    def _beat(self) -> None:
+    def _beat(self) -> bool | None:
+        """Write the heartbeat; whether the previous one was still there (None: Redis out of
+        reach)."""
         try:
-            heartbeat_write(
+            return heartbeat_write(
                 client=redis_client(),
                 shard=self.shard,
                 epoch=self.lease.epoch,
@@ -141,6 +147,7 @@ class ShardWorker:
         except redis.RedisError as exc:
             # Redis is transport only: the shard keeps its lease and its durable work.
             logger.warning("heartbeat not written", extra={"shard": self.shard, "why": str(exc)})
+            return None
 
     def _clear_heartbeat(self) -> None:
         with contextlib.suppress(redis.RedisError):

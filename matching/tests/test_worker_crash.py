@@ -27,6 +27,7 @@ from matching.tests.worker_checks import (
     exactly_once_invariants,
     matching_verify,
 )
+from matching.transport import book_snapshot_key
 
 pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
 
@@ -164,6 +165,30 @@ def test_redis_wipe_mid_stream_loses_no_accepted_order(processes, process_env, r
         flow.stop.set()
         flow.join()
     final_checks(flow, process_env)
+
+
+def test_a_redis_wipe_brings_the_book_snapshots_back_without_a_new_order(
+    processes, process_env, redis_conn
+):
+    # The snapshots were written again only after the worker's next batch on each book: until
+    # then GET /orderbook read an empty book at seq 0 (a quiet book stayed so indefinitely).
+    instrument = instrument_create()
+    processes.manage("run_matching", "--shard", "0", env=process_env, name="worker")
+    serving_pid(redis_conn)
+    order_row_place(
+        user=make_user(), instrument=instrument, side="buy", quantity="3", price="10.00"
+    )
+    key = book_snapshot_key(instrument.symbol)
+
+    def snapshot_bids():
+        raw = redis_conn.get(key)
+        return raw and json.loads(raw)["bids"]
+
+    assert wait_until(snapshot_bids, timeout=15)[0][:2] == ["10.00", "3"]
+    keys = list(redis_conn.scan_iter(match=RUN_PREFIX + "*", count=1000))
+    redis_conn.delete(*keys)  # what FLUSHALL does to this run's keys
+    assert redis_conn.get(key) is None
+    assert wait_until(snapshot_bids, timeout=10)[0][:2] == ["10.00", "3"]
 
 
 def failing_commit_trigger(condition: str) -> None:
