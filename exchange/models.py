@@ -238,6 +238,14 @@ class Order(models.Model):
     cumulative_quote = models.DecimalField(
         default=Decimal(0), help_text="Sum of fill notionals.", **MONEY
     )
+    filled_value = models.DecimalField(
+        max_digits=60,
+        decimal_places=24,
+        default=Decimal(0),
+        db_default=Decimal(0),
+        help_text="Sum of fill price x quantity, exact (a notional is rounded down to the quote's "
+        "minor unit): the average price's numerator.",
+    )
     fees = models.DecimalField(default=Decimal(0), help_text="Signed; negative = rebate.", **MONEY)
     quote_spent = models.DecimalField(
         default=Decimal(0), help_text="Buys: notional + fees, capped by the hold.", **MONEY
@@ -283,9 +291,11 @@ class Order(models.Model):
 
     @property
     def avg_price(self) -> Decimal | None:
+        """The fills' volume-weighted average price, exact (from cumulative_quote for an
+        order filled before filled_value was kept)."""
         if not self.filled_quantity:
             return None
-        return self.cumulative_quote / self.filled_quantity
+        return (self.filled_value or self.cumulative_quote) / self.filled_quantity
 
 
 class Trade(models.Model):

@@ -99,6 +99,7 @@ class _OrderUpdate:
         "d_fees",
         "d_quote",
         "d_spent",
+        "d_value",
         "expire_at",
         "filled",
         "held_revert",
@@ -134,6 +135,7 @@ class _OrderUpdate:
         self.spent: int | None = None
         self.d_spent = 0
         self.d_quote = 0
+        self.d_value = 0  # price ticks x quantity lots of the batch's fills (exact)
         self.d_fees = 0
         self.price: int | None = None
         self.seq: int | None = None
@@ -242,6 +244,7 @@ WITH updated AS (
         remaining_quantity = COALESCE(u.remaining * u.lot, o.remaining_quantity),
         reserve_quantity = u.reserve * u.lot,
         cumulative_quote = o.cumulative_quote + u.d_quote * u.minor,
+        filled_value = o.filled_value + u.d_value * u.tick * u.lot,
         fees = o.fees + u.d_fees * u.minor,
         quote_spent = COALESCE(u.spent * u.minor, o.quote_spent) + u.d_spent * u.minor,
         price = COALESCE(u.price * u.tick, o.price),
@@ -321,7 +324,7 @@ ORDER_ROW_COLUMNS = (
     ("remaining", "bigint"), ("reserve", "bigint"), ("d_quote", "numeric"), ("d_fees", "numeric"),
     ("spent", "bigint"), ("d_spent", "bigint"), ("price", "bigint"), ("seq", "bigint"),
     ("max_quote", "bigint"), ("expire_at", "timestamptz"), ("hold_release", "numeric"),
-    ("held_revert", "numeric"), ("quantity", "bigint"),
+    ("held_revert", "numeric"), ("quantity", "bigint"), ("d_value", "numeric"),
 )  # fmt: skip
 TRADE_ROW_COLUMNS = (
     ("symbol", "text"), ("k", "int"), ("engine_trade_seq", "bigint"), ("price", "bigint"),
@@ -679,13 +682,14 @@ class BatchWriter:
 
     @staticmethod
     def _trade_collect(ev: tuple, upd) -> None:
-        (_, _, _, sym, _tseq, price, _qty, notional, m_oid, m_uid, t_oid, t_uid, t_buy,
+        (_, _, _, sym, _tseq, price, qty, notional, m_oid, m_uid, t_oid, t_uid, t_buy,
          m_fee, t_fee, m_status, m_filled, m_rem, t_filled, t_rem) = ev  # fmt: skip
         m = upd(m_oid, sym, m_uid)
         # A maker trades at its own price: an order filled to its end in this batch has no
         # later event to give it (its last frame on the orders channel showed none).
         m.status, m.filled, m.remaining, m.price = m_status, m_filled, m_rem, price
         m.d_quote += notional
+        m.d_value += price * qty
         m.d_fees += m_fee
         if not t_buy:
             m.d_spent += notional + m_fee
@@ -693,6 +697,7 @@ class BatchWriter:
         t.filled, t.remaining = t_filled, t_rem
         t.status = p.FILLED if t_rem == 0 else p.PARTIALLY_FILLED
         t.d_quote += notional
+        t.d_value += price * qty
         t.d_fees += t_fee
         if t_buy:
             t.d_spent += notional + t_fee
@@ -894,9 +899,10 @@ class BatchWriter:
             ticks.append(Decimal(inst.tick_size) if inst else Decimal(1))
             lots.append(Decimal(inst.lot_size) if inst else Decimal(1))
             minors.append(Decimal(1).scaleb(-inst.quote_decimals) if inst else Decimal(1))
-        cols: list[list] = [[] for _ in range(20)]
+        cols: list[list] = [[] for _ in range(21)]
         (c_id, c_k, c_status, c_reason, c_code, c_message, c_filled, c_rem, c_res, c_dq, c_df,
-         c_spent, c_ds, c_price, c_seq, c_mq, c_exp, c_release, c_revert, c_qty) = cols  # fmt: skip
+         c_spent, c_ds, c_price, c_seq, c_mq, c_exp, c_release, c_revert, c_qty,
+         c_dv) = cols  # fmt: skip
         for u in updates.values():
             c_id.append(u.id)
             c_k.append(factors[u.symbol if u.symbol in factors else None])
@@ -918,6 +924,7 @@ class BatchWriter:
             c_release.append(u.hold_release)
             c_revert.append(u.held_revert)
             c_qty.append(u.quantity)
+            c_dv.append(u.d_value)
         return list(zip(*cols, strict=True)), (ticks, lots, minors), factors
 
     @staticmethod

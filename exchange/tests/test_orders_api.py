@@ -723,6 +723,32 @@ def test_an_expire_at_that_passes_before_the_engine_takes_the_order_is_expire_at
     assert (stored.status, stored.reject_code) == ("rejected", "InvalidExpireAt")
 
 
+def test_avg_price_is_the_exact_average_of_the_fill_prices(exchange_stack, live_db):
+    # Each fill's notional is rounded down to the cent (0.777 x 101.5 = 78.8655 -> 78.86), and
+    # the average came from those: a one-fill order at 101.0 averaged 100.99099.
+    instrument = make_instrument(
+        base_asset="FRC",
+        base_precision=3,
+        tick_size=Decimal("0.5"),
+        lot_size=Decimal("0.001"),
+        min_quantity=Decimal("0.001"),
+    )
+    funds = {"USD": Decimal("100000"), "FRC": Decimal("1000")}
+    first, taker = (ApiClient(exchange_stack, make_user(funds=funds)) for _ in range(2))
+    one = first.place(**limit(instrument.symbol, "sell", "101.0", "0.333")).json()
+    first.place(**limit(instrument.symbol, "sell", "101.5", "0.777"))
+    bought = taker.place(**limit(instrument.symbol, "buy", "101.5", "1.110")).json()
+    assert bought["status"] == "filled"
+    assert [(f["price"], f["quantity"]) for f in bought["fills"]] == [
+        ("101.0", "0.333"),
+        ("101.5", "0.777"),
+    ]
+    assert bought["avg_price"] == "101.35000"  # (33.633 + 78.8655) / 1.110, exactly
+    assert bought["cumulative_quote"] == "112.49"  # what was paid: each notional to the cent
+    maker = first.get(f"/api/v1/orders/{one['order_id']}").json()
+    assert (maker["status"], maker["avg_price"]) == ("filled", "101.00000")
+
+
 def test_a_symbol_filter_naming_no_instrument_is_a_400_not_an_empty_list(market):
     instrument, maker, _ = market
     maker.place(**limit(instrument.symbol, "buy", "10.00", "1"))
