@@ -43,7 +43,7 @@ ERROR = inline_serializer(
         "code": serializers.IntegerField(),
         "message": serializers.CharField(),
         "field": serializers.CharField(required=False),
-        "order_id": serializers.CharField(required=False),
+        "order_id": serializers.IntegerField(required=False),
     },
 )
 

@@ -109,7 +109,7 @@ ENGINE_CODE_NAMES = {
 def engine_rejection(code: str, message: str, *, order_id: int | None = None) -> ApiError:
     """The API error for a command the engine refused."""
     error = ENGINE_CODE_NAMES.get(code, code if code in ENGINE_CODES_EXPOSED else "OrderRejected")
-    extra = {"order_id": str(order_id)} if order_id is not None else None
+    extra = {"order_id": order_id} if order_id is not None else None
     if error == "OrderRejected":
         message = f"{code}: {message}" if message else code
     return trading_error(error, message or code, extra=extra)

@@ -58,7 +58,7 @@ def order_changed_answer(order: Order, command_id: int) -> tuple[int, dict]:
         raise trading_error(
             "OrderNotOpen",
             f"order {order.pk} is {order.status}; only open orders can be changed",
-            extra={"order_id": str(order.pk)},
+            extra={"order_id": order.pk},
         )
     if command.reject_code:
         raise engine_rejection(

@@ -134,7 +134,7 @@ def _client_id_conflict(order_id: int, client_order_id: str) -> ApiError:
         f"client_order_id {client_order_id!r} was used for a different order",
         field="client_order_id",
         http_status=409,
-        extra={"order_id": str(order_id)},
+        extra={"order_id": order_id},
     )
 
 
@@ -493,7 +493,7 @@ def _require_open(order: Order) -> None:
         raise trading_error(
             "OrderNotOpen",
             f"order {order.pk} is {order.status}; only open orders can be changed",
-            extra={"order_id": str(order.pk)},
+            extra={"order_id": order.pk},
         )
 
 
@@ -604,7 +604,7 @@ def order_amend(
         raise trading_error(
             "AmendPending",
             f"order {order.pk} has an amend the matching engine has not applied yet; retry",
-            extra={"order_id": str(order.pk)},
+            extra={"order_id": order.pk},
         )
     max_quote = None
     new_held = order.held_amount

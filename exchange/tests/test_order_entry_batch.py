@@ -101,7 +101,7 @@ def test_a_batch_answers_each_order_and_stores_only_those_that_fit():
     assert isinstance(conflict, ApiError) and conflict.error == "DuplicateClientOrderId"
     assert conflict.status_code == 409
     assert isinstance(reused, ApiError) and reused.status_code == 409
-    assert reused.extra["order_id"] == str(earlier.order.pk)
+    assert reused.extra["order_id"] == earlier.order.pk
 
     stored = [first.order.pk, twice.order.pk, small.order.pk]
     assert Order.objects.filter(user__in=[rich, poor]).count() == 4  # with `earlier`
