@@ -74,7 +74,8 @@ def parse_time(request: Request, name: str) -> dt.datetime | None:
     try:
         # parse_datetime raises ValueError for a well-formed impossible one (February 30th).
         text = raw.strip()
-        value = parse_datetime(text) if ISO_DATETIME.match(text) else None
+        # RFC 3339 allows "t" and "z"; Django's parser takes them upper case.
+        value = parse_datetime(text.upper()) if ISO_DATETIME.match(text) else None
         if value is not None:
             value = value if timezone.is_aware(value) else value.replace(tzinfo=dt.UTC)
             value = value.astimezone(dt.UTC)  # OverflowError past year 9999 in UTC

@@ -25,10 +25,18 @@ CLIENT_ORDER_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}\Z")
 # Unicode digit (\d: "٢٠٢٦-..." was 2026) and stopped at a NUL ("...Z\x00junk" was accepted).
 ISO_DATETIME = re.compile(
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}"
-    r"(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]{1,9})?)?)?"
-    r"(?:Z|[+-][0-9]{2}(?::?[0-9]{2})?)?\Z"
+    r"(?:[Tt ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]{1,9})?)?)?"
+    r"(?:[Zz]|[+-][0-9]{2}(?::?[0-9]{2})?)?\Z"
 )
 ISO_DATETIME_FORMAT = "YYYY-MM-DDThh:mm[:ss[.ffffff]][Z|+hh:mm|-hh:mm]"
+# An order's expiry names its time and zone: a value without them (a date, a local time) was
+# read as UTC, and an order meant to end at a New York close ended hours off.
+ISO_INSTANT = re.compile(
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"[Tt ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]{1,9})?)?"
+    r"(?:[Zz]|[+-][0-9]{2}(?::?[0-9]{2})?)\Z"
+)
+ISO_INSTANT_FORMAT = "YYYY-MM-DDThh:mm[:ss[.ffffff]](Z|+hh:mm|-hh:mm)"
 
 
 class TextOnly(serializers.CharField):
@@ -54,14 +62,15 @@ class Choice(serializers.ChoiceField):
 
 
 class IsoDateTime(serializers.DateTimeField):
-    """DRF's DateTimeField, refusing what ISO_DATETIME does not match (surrounding whitespace
-    aside, as for the decimal fields)."""
+    """DRF's DateTimeField, taking only an instant as ISO_INSTANT writes it: a date and time
+    with its zone (surrounding whitespace aside, as for the decimal fields)."""
 
     def to_internal_value(self, value):
         if isinstance(value, str):
             value = value.strip()
-            if not ISO_DATETIME.match(value):
-                self.fail("invalid", format=ISO_DATETIME_FORMAT)
+            if not ISO_INSTANT.match(value):
+                self.fail("invalid", format=ISO_INSTANT_FORMAT)
+            value = value.upper()  # RFC 3339 allows "t" and "z"; Django's parser does not
         return super().to_internal_value(value)
 
 

@@ -163,6 +163,10 @@ def test_end_excludes_later_trades_and_limit_keeps_the_latest_buckets(client):
         ("2026-11-25T12:03:00Z", "103.00"),
         ("2026-11-25T12:04:00Z", "104.00"),
     ]
+    # RFC 3339 allows a lower-case "t" and "z" (they were a 400).
+    lower = at(5).astimezone(dt.UTC).strftime("%Y-%m-%dt%H:%M:%Sz")
+    same = candles(client, tape.instrument.symbol, interval="1m", limit="3", end=lower).json()
+    assert same["candles"] == body["candles"]
 
 
 def test_a_partial_last_bucket_counts_trades_up_to_end(client):

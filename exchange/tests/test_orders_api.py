@@ -571,6 +571,10 @@ BAD_INPUTS = [
     # Django's parser read any Unicode digit and stopped at a NUL: each of these was stored.
     (gtd_at("\u0662\u0660\u0663\u0660-01-01T00:00:00Z"), "InvalidParameter", "expire_at"),
     (gtd_at("2030-01-01T00:00:00Z\x00"), "InvalidParameter", "expire_at"),
+    # Without its zone (or without a time) an expiry was read as UTC: hours off for a client
+    # who meant its own local time.
+    (gtd_at("2030-01-01T10:00:00"), "InvalidParameter", "expire_at"),
+    (gtd_at("2030-01-01"), "InvalidParameter", "expire_at"),
     (gtd_at("2030-01-01T00:00:00.\u0661Z"), "InvalidParameter", "expire_at"),
     ({"price": 10.5}, "NumberNotString", "price"),
     ({"quantity": "ten"}, "InvalidNumber", "quantity"),
