@@ -93,7 +93,7 @@ def buy(symbol: str, price: str = "1.00") -> dict:
 
 def test_a_signed_request_is_answered_and_the_key_lists_its_last_use(base):
     client = ApiClient(base)
-    response = client.get("/api/v1/orders", symbol="NONE")
+    response = client.get("/api/v1/orders")
     assert response.status_code == 200
     assert int(response.headers["X-Used-Weight-1m"]) >= 5
     assert "X-Used-Weight-1s" in response.headers
