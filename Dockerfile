@@ -13,4 +13,4 @@ RUN pip install --no-cache-dir -r requirements.txt
 COPY . .
 COPY --from=web-assets /assets/node_modules ./node_modules
 EXPOSE 8000
-CMD ["python", "-m", "uvicorn", "exchange.asgi:application", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["python", "-m", "uvicorn", "exchange.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--no-proxy-headers"]

@@ -57,8 +57,10 @@ def send_signed(
     sent_path: str | None = None,
     sent_query: str | None = None,
     sent_body: bytes | None = None,
+    extra_headers: dict[str, str] | None = None,
 ) -> httpx.Response:
-    """Sign one request, then send it (optionally with a different path, query or body)."""
+    """Sign one request, then send it (optionally with a different path, query or body, or
+    more headers)."""
     timestamp = str(now_ms() if timestamp is None else timestamp)
     signature = sign(
         secret=secret, timestamp=timestamp, method=method, path=path, query=query, body=body
@@ -71,6 +73,7 @@ def send_signed(
         "X-API-TIMESTAMP": timestamp,
         "X-API-SIGNATURE": signature,
         "Content-Type": "application/json",
+        **(extra_headers or {}),
     }
     content = body if sent_body is None else sent_body
     return httpx.request(method, url, headers=headers, content=content, timeout=15)
@@ -219,6 +222,18 @@ def test_the_ip_allow_list_refuses_other_addresses_with_403(base):
     assert audit_reasons(user, AuditEvent.API_KEY_ACCESS_DENIED) == ["ip_not_allowed"]
     allowed = send_signed(base, here.api_key.key, here.secret, "GET", "/api/v1/orders")
     assert allowed.status_code == 200
+    # A client naming another address is still at its own (uvicorn believed X-Forwarded-For
+    # from any local client: the allow-list, the per-IP limits and the audit's IP followed it).
+    for header in ("X-Forwarded-For", "X-Real-IP", "Forwarded"):
+        spoofed = send_signed(
+            base,
+            elsewhere.api_key.key,
+            elsewhere.secret,
+            "GET",
+            "/api/v1/orders",
+            extra_headers={header: "203.0.113.7" if header != "Forwarded" else "for=203.0.113.7"},
+        )
+        assert spoofed.status_code == 403, (header, spoofed.text)
 
 
 def test_keys_are_created_and_revoked_through_the_web_session_only(base):
