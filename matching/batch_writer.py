@@ -614,7 +614,7 @@ class BatchWriter:
                 elif kind == p.EV_TRADE:
                     self._trade_collect(ev, upd)
                     trades.append(ev)
-                    audits.append(self._trade_audit(a, ev, texts))
+                    audits.extend(self._trade_audits(a, ev, texts))
                 elif kind == p.EV_REJECT:
                     a.reject_code = a.reject_code or ev[p.R_CODE]
                     if not a.reject_message and ev[p.R_CODE] == p.POST_ONLY_WOULD_MATCH:
@@ -847,31 +847,38 @@ class BatchWriter:
             event = AuditEvent.ORDER_AMENDED
         return self._audit(event, a, order_id=oid, user_id=uid, symbol=sym, payload=payload)
 
-    def _trade_audit(self, a: Applied, ev: tuple, texts) -> AuditEntry:
+    def _trade_audits(self, a: Applied, ev: tuple, texts) -> list[AuditEntry]:
+        """A trade's records: one under each side's order and user (`liquidity` says which),
+        so that each order's history and each user's activity hold its fills (the resting
+        order's fills were named only inside the incoming order's record)."""
         (_, _, _, sym, tseq, price, qty, notional, m_oid, m_uid, t_oid, t_uid, t_buy, m_fee,
          t_fee, *_rest) = ev  # fmt: skip
         text = texts[sym]
-        return self._audit(
-            AuditEvent.TRADE_EXECUTED,
-            a,
-            order_id=t_oid,
-            user_id=t_uid,
-            trade_id=tseq,  # replaced by the Trade row id once inserted
-            symbol=sym,
-            payload={
-                "engine_trade_seq": tseq,
-                "maker_order_id": m_oid,
-                "taker_order_id": t_oid,
-                "maker_user_id": m_uid,
-                "taker_user_id": t_uid,
-                "maker_side": "sell" if t_buy else "buy",
-                "price": text.price(price),
-                "quantity": text.qty(qty),
-                "quote_quantity": text.quote(notional),
-                "maker_fee": text.quote(m_fee),
-                "taker_fee": text.quote(t_fee),
-            },
-        )
+        payload = {
+            "engine_trade_seq": tseq,
+            "maker_order_id": m_oid,
+            "taker_order_id": t_oid,
+            "maker_user_id": m_uid,
+            "taker_user_id": t_uid,
+            "maker_side": "sell" if t_buy else "buy",
+            "price": text.price(price),
+            "quantity": text.qty(qty),
+            "quote_quantity": text.quote(notional),
+            "maker_fee": text.quote(m_fee),
+            "taker_fee": text.quote(t_fee),
+        }
+        return [
+            self._audit(
+                AuditEvent.TRADE_EXECUTED,
+                a,
+                order_id=order_id,
+                user_id=user_id,
+                trade_id=tseq,  # replaced by the Trade row id once inserted
+                symbol=sym,
+                payload={**payload, "liquidity": liquidity},
+            )
+            for order_id, user_id, liquidity in ((t_oid, t_uid, "taker"), (m_oid, m_uid, "maker"))
+        ]
 
     # ---- writing -----------------------------------------------------------------------------
     def _instrument_ids_refresh(self, symbols: set[str]) -> None:

@@ -11,6 +11,7 @@ import psycopg
 import pytest
 from django.db import connection
 
+from audit.models import AuditRecord
 from conftest import BASE_DIR, wait_until
 from exchange.models import Instrument, Order, Trade
 from exchange.services import instrument_rules_update
@@ -83,6 +84,12 @@ def test_crossing_pair_makes_one_trade_with_both_fills_and_fees(processes, proce
     commands = Command.objects.filter(order_id__in=[sell.pk, buy.pk]).order_by("id")
     assert [c.apply_seq for c in commands] == sorted(c.apply_seq for c in commands)
     assert JournalEntry.objects.filter(command_id__in=[c.pk for c in commands]).count() == 2
+    # The trade is in each side's order history and user activity (the resting order's
+    # history ended at "accepted": its fills were named only in the incoming order's record).
+    records = AuditRecord.objects.filter(event_type="trade.executed", trade_id=trade.pk)
+    assert sorted(
+        (r.order_id, r.user_id, r.payload["liquidity"], r.payload["quantity"]) for r in records
+    ) == sorted([(sell.pk, seller.pk, "maker", "10"), (buy.pk, buyer.pk, "taker", "10")])
     exactly_once_invariants()
     assert "OK" in matching_verify(process_env)
 
