@@ -133,6 +133,17 @@ def _api_key_login(message: dict, request: SocketRequest, now_ms: int):
     try:
         credentials = signature_verify(signed=signed, lookup=lookup, now_ms=now_ms)
     except SignatureRejected as rejected:
+        from accounts.rate_limits import auth_failure_allowed
+
+        if not auth_failure_allowed(client_ip=signed.client_ip):
+            # As over REST: past the address's budget of refused signatures a refusal is not
+            # audited again (a socket could flood the trail at its message rate).
+            raise SignatureRejected(
+                "throttled",
+                "TooManyRequests",
+                "too many refused signatures from this address; wait a minute",
+                http_status=429,
+            ) from None
         api_key_auth_failure_record(
             reason=rejected.reason,
             api_key=signed.api_key,

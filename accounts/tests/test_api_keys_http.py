@@ -413,6 +413,24 @@ def test_refused_signatures_are_audited_up_to_a_budget_per_client_ip(base, proce
     good = send_signed(web, created.api_key.key, created.secret, "GET", "/api/v1/orders")
     assert good.status_code == 200
 
+    # The socket's logins share the budget: each refused one was audited, without limit.
+    async def socket_logins() -> list[str]:
+        errors = []
+        async with websockets.connect(web.replace("http://", "ws://") + "/ws/v1") as ws:
+            for n in range(3):
+                login = ws_login_message(
+                    api_key=created.api_key.key, secret="not-the-secret", timestamp_ms=now_ms()
+                )
+                await ws.send(json.dumps({**login, "id": n}))
+                frame = json.loads(await asyncio.wait_for(ws.recv(), 15))
+                while frame["type"] != "error":
+                    frame = json.loads(await asyncio.wait_for(ws.recv(), 15))
+                errors.append(frame["error"])
+        return errors
+
+    assert asyncio.run(socket_logins()) == ["TooManyRequests"] * 3
+    assert audit_reasons(user, AuditEvent.API_KEY_AUTH_FAILED) == ["bad_signature"] * 3
+
 
 def test_a_compliance_officers_key_needs_read_for_the_audit_api(base):
     officer = make_user("compliance")
