@@ -67,6 +67,7 @@ WS_ERRORS: dict[str, int] = {
     "ServiceUnavailable": -1001,
 }
 PUBLIC_KINDS = ("book", "trades", "ticker")
+MAX_CHANNELS_PER_MESSAGE = 100  # names in one subscribe or unsubscribe
 PLAIN_CHANNELS = ("orders", "heartbeat")
 _ENCODER = DjangoJSONEncoder(separators=(",", ":"))
 # Open sockets per client address in this process (WS_MAX_CONNECTIONS_PER_IP).
@@ -533,6 +534,17 @@ class StreamConsumer(AsyncWebsocketConsumer):
             # Empty too: each channel is answered on its own, so an empty list had no answer.
             self.error("MalformedRequest", "channels must be a non-empty list of strings", **extra)
             return None
+        if len(channels) > MAX_CHANNELS_PER_MESSAGE:
+            # One message of 4,000 names cost 4,000 answers (and as many symbol lookups).
+            self.error(
+                "InvalidParameter",
+                f"channels: at most {MAX_CHANNELS_PER_MESSAGE} in one message",
+                **extra,
+            )
+            return None
+        # Each name past the first counts as a message of its own against the rate limit: an
+        # unknown symbol is a database lookup, whatever message it comes in.
+        self.tokens -= len(channels) - 1
         return channels
 
     async def op_subscribe(self, message: dict, extra: dict) -> None:

@@ -666,6 +666,31 @@ def test_too_many_subscriptions_are_refused(market, live_db):
     asyncio.run(scenario())
 
 
+def test_a_subscribe_naming_too_many_channels_is_refused_whole(market):
+    # Unknown symbols are never subscribed, so the subscription limit never stopped a list of
+    # thousands: each got its own UnknownSymbol answer after its own database query.
+    async def scenario():
+        channels = [f"book.NOPE{n}" for n in range(101)]
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            await send(ws, {"op": "subscribe", "id": 1, "channels": channels})
+            seen: list[dict] = []
+            refused = await recv_until(ws, lambda f: f.get("type") == "error", seen=seen)
+            assert (refused["error"], refused["id"]) == ("InvalidParameter", 1)
+            assert "at most 100" in refused["message"]
+            await send(ws, {"op": "ping", "id": 2})
+            await recv_until(ws, lambda f: f.get("type") == "pong", seen=seen)
+            assert [f["type"] for f in seen] == ["error", "pong"]  # one answer, nothing else
+            # Within the limit, each name counts against the message rate (20 a second here):
+            # 19 names and one more message in the same second are over it.
+            names = {"op": "subscribe", "id": 3, "channels": [f"book.NOPE{n}" for n in range(19)]}
+            await send(ws, names)
+            await send(ws, {"op": "ping", "id": 4})
+            limited = await recv_until(ws, lambda f: f.get("error") == "TooManyRequests", seen=seen)
+            assert limited["code"] == -1015
+
+    asyncio.run(scenario())
+
+
 def test_message_flood_is_refused_then_the_socket_is_closed(market):
     async def scenario():
         async with websockets.connect(market["ws"], ping_interval=None) as ws:
