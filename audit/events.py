@@ -17,6 +17,10 @@ class AuditEvent(models.TextChoices):
     # What a user or staff member asked for (the engine's outcome is recorded separately).
     ORDER_CANCEL_REQUESTED = "order.cancel_requested", "Order cancel requested"
     ORDER_AMEND_REQUESTED = "order.amend_requested", "Order amend requested"
+    # A cancel or amend the engine refused (the order had ended, a post-only price would
+    # cross, ...): the order itself is not rejected.
+    ORDER_CANCEL_REFUSED = "order.cancel_refused", "Order cancel refused"
+    ORDER_AMEND_REFUSED = "order.amend_refused", "Order amend refused"
     # Trades (both orders, both users, maker side, price, quantity, both fees).
     TRADE_EXECUTED = "trade.executed", "Trade executed"
     SELF_TRADE_PREVENTED = "trade.self_trade_prevented", "Self-trade prevented"

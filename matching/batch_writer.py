@@ -57,6 +57,37 @@ def reject_message(ev: tuple, inst: Instrument | None) -> str:
     return REJECT_MESSAGES.get(code, f"rejected by the matching engine: {code}")
 
 
+# The audit event of a command the engine refused, by its opcode (a place's is the order's
+# rejection; a refused cancel or amend leaves the order as it was).
+REFUSED_EVENTS = {
+    p.OP_CANCEL: AuditEvent.ORDER_CANCEL_REFUSED,
+    p.OP_AMEND: AuditEvent.ORDER_AMEND_REFUSED,
+}
+
+
+KIND_OPCODES = {"cancel": p.OP_CANCEL, "amend": p.OP_AMEND}
+
+
+def _subjects_fill(audits: list[AuditEntry]) -> None:
+    """Give the refusals of cancels and amends their order's user and symbol: the engine
+    names neither when the order is no longer in it, and the record then stayed out of the
+    user's activity and the symbol's records. One query, only when there are such records."""
+    missing = [e for e in audits if e.order_id is not None and e.user_id is None]
+    if not missing:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT o.id, o.user_id, i.symbol FROM exchange_order o"
+            " JOIN exchange_instrument i ON i.id = o.instrument_id WHERE o.id = ANY(%s)",
+            [list({e.order_id for e in missing})],
+        )
+        subjects = {order_id: (user_id, symbol) for order_id, user_id, symbol in cursor}
+    for entry in missing:
+        if entry.order_id in subjects:
+            entry.user_id, found_symbol = subjects[entry.order_id]
+            entry.symbol = entry.symbol or found_symbol
+
+
 class LeaseFenced(Exception):
     """The shard's lease epoch moved: another worker owns the shard now."""
 
@@ -475,6 +506,7 @@ class BatchWriter:
         specs = {inst.symbol: inst for inst in engine.instruments()}
         texts = self._texts_for(specs)
         updates, trades, symbols, audits = self._collect(applied, specs, texts)
+        _subjects_fill(audits)
         amend_releases = self._amend_holds(engine, applied, updates)
         self._live_orders(engine, updates)
         order_rows, factors, factor_k = self._order_rows(updates, specs)
@@ -583,7 +615,8 @@ class BatchWriter:
                     u.reject_message = REJECT_MESSAGES.get(a.reject_code, "")
                     u.filled = u.remaining = 0
                 if a.order_id is not None:  # the order's own command, or its amend or cancel
-                    audits.append(self._audit(AuditEvent.ORDER_REJECTED, a, order_id=a.order_id,
+                    event = REFUSED_EVENTS.get(KIND_OPCODES.get(a.kind), AuditEvent.ORDER_REJECTED)
+                    audits.append(self._audit(event, a, order_id=a.order_id,
                                               payload={"command": a.kind, "reason": p.R_INVALID,
                                                        "code": a.reject_code}))  # fmt: skip
                 continue
@@ -629,9 +662,12 @@ class BatchWriter:
                         u.status, u.reason, u.reject_code = p.REJECTED, ev[p.R_REASON], ev[7]
                         u.reject_message = reject_message(ev, specs.get(ev[3]))
                         u.filled = u.remaining = 0  # refused before any fill
+                    detail = ev[p.R_DETAIL]
+                    if ev[p.R_CODE] == p.POST_ONLY_WOULD_MATCH and ev[3] in texts:
+                        detail = texts[ev[3]].price(detail)  # the price, not engine ticks
                     audits.append(
                         self._audit(
-                            AuditEvent.ORDER_REJECTED,
+                            REFUSED_EVENTS.get(ev[p.R_OPCODE], AuditEvent.ORDER_REJECTED),
                             a,
                             order_id=oid,
                             user_id=ev[p.R_USER_ID],
@@ -640,7 +676,7 @@ class BatchWriter:
                                 "command": a.kind,
                                 "code": ev[p.R_CODE],
                                 "reason": ev[p.R_REASON],
-                                "detail": ev[p.R_DETAIL],
+                                "detail": detail,
                             },
                         )
                     )

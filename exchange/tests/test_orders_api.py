@@ -10,6 +10,7 @@ import httpx
 import pytest
 from django.utils import timezone
 
+from audit.models import AuditRecord
 from conftest import wait_until
 from exchange.api_errors import ApiError
 from exchange.models import Order, Trade
@@ -339,6 +340,10 @@ def test_an_amend_the_engine_refuses_is_a_400_and_leaves_the_order_as_it_was(mar
     assert refused.json()["message"] == "Order would match immediately at 100.00"
     unchanged = maker.get(f"/api/v1/orders/{order_id}").json()
     assert (unchanged["status"], unchanged["price"]) == ("new", "101.00")
+    # Audited as a refused amend (not the order's rejection), the price written as a price
+    # (it was the engine's tick count, 10000).
+    refused_record = AuditRecord.objects.get(event_type="order.amend_refused", order_id=order_id)
+    assert (refused_record.user_id, refused_record.payload["detail"]) == (maker.user.pk, "100.00")
 
 
 def test_client_order_id_is_idempotent_and_refuses_a_different_body(market):

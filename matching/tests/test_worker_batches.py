@@ -94,6 +94,28 @@ def test_crossing_pair_makes_one_trade_with_both_fills_and_fees(processes, proce
     assert "OK" in matching_verify(process_env)
 
 
+def test_a_cancel_that_comes_after_the_fill_is_audited_as_refused_under_the_orders_user(
+    processes, process_env
+):
+    # It was "order.rejected" (the order filled) with no user or symbol: out of the user's
+    # activity, and read as the order being rejected.
+    instrument = instrument_create()
+    seller, buyer = make_user(), make_user()
+    start_worker(processes, process_env)
+    sell = order_row_place(
+        user=seller, instrument=instrument, side="sell", quantity="1", price="100.00"
+    )
+    order_row_place(user=buyer, instrument=instrument, side="buy", quantity="1", price="100.00")
+    all_commands_applied()
+    assert settled(sell).status == "filled"
+    order_cancel_enqueue(sell)  # sent before the client learnt of the fill
+    all_commands_applied()
+    refused = AuditRecord.objects.get(event_type="order.cancel_refused", order_id=sell.pk)
+    assert (refused.user_id, refused.symbol) == (seller.pk, instrument.symbol)
+    assert (refused.payload["command"], refused.payload["code"]) == ("cancel", "UnknownOrder")
+    assert not AuditRecord.objects.filter(event_type="order.rejected", order_id=sell.pk).exists()
+
+
 def test_order_resting_then_filled_in_the_same_batch_keeps_its_priority_seq(processes, process_env):
     instrument = instrument_create()
     seller, buyer = make_user("seller"), make_user("buyer")
