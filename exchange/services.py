@@ -49,6 +49,7 @@ from exchange.selectors import (
     instrument_by_symbol,
     reference_price,
 )
+from exchange.serializers import price_str, quantity_str
 from matching.engine import protocol as p
 from matching.instruments import engine_instrument_spec
 from matching.models import Command
@@ -661,7 +662,14 @@ def order_amend(
         order_id=order.pk,
         symbol=instrument.symbol,
         shard=instrument.shard,
-        payload={"quantity": quantity, "price": price, "command_id": command.pk},
+        payload={
+            "quantity": quantity,
+            "price": price,
+            # Before and after, as the audit catalogue asks of changes.
+            "previous_quantity": quantity_str(instrument, order.quantity),
+            "previous_price": price_str(instrument, order.price),
+            "command_id": command.pk,
+        },
         request=http_request,
     )
     return command

@@ -344,6 +344,8 @@ def test_an_amend_the_engine_refuses_is_a_400_and_leaves_the_order_as_it_was(mar
     # (it was the engine's tick count, 10000).
     refused_record = AuditRecord.objects.get(event_type="order.amend_refused", order_id=order_id)
     assert (refused_record.user_id, refused_record.payload["detail"]) == (maker.user.pk, "100.00")
+    requested = AuditRecord.objects.get(event_type="order.amend_requested", order_id=order_id)
+    assert (requested.payload["price"], requested.payload["previous_price"]) == ("100.00", "101.00")
 
 
 def test_client_order_id_is_idempotent_and_refuses_a_different_body(market):
