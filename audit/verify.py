@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 from django.db import connection
 
+from audit.anchor import anchor_latest
 from audit.chain import GENESIS_HASH, RECORD_COLUMNS, link_hash, record_content
-from audit.models import AuditRetentionDrop
+from audit.models import AuditRetentionDrop, AuditSeal
 
 _WALK_SQL = f"""
 SELECT s.seq, s.day, s.prev_seq, s.prev_hash, s.hash, r.seq IS NOT NULL,
@@ -102,8 +103,31 @@ def audit_chain_verify(*, batch_size: int = 20_000) -> VerifyResult:
             row = cursor.fetchone()
         if row is not None and (failure is None or row[0] < failure[0]):
             failure = (row[0], "record inside the sealed range has no seal")
+    if failure is None:
+        failure = _anchor_check(last_seq, dropped_ranges)
     if failure is not None:
         return VerifyResult(
             ok=False, checked=checked, last_seq=last_seq, bad_seq=failure[0], reason=failure[1]
         )
     return VerifyResult(ok=True, checked=checked, last_seq=last_seq)
+
+
+def _anchor_check(last_seq: int | None, dropped_ranges) -> tuple[int, str] | None:
+    """The chain still holds the newest seal anchored outside the database (audit/anchor.py):
+    records removed from its end, seals and all, leave it shorter than that."""
+    anchored = anchor_latest()
+    if anchored is None:
+        return None
+    seq, seal_hash = anchored
+    if any(lo <= seq <= hi for lo, hi in dropped_ranges):
+        return None  # retention dropped it, after export
+    if last_seq is None or last_seq < seq:
+        return (
+            seq,
+            f"the chain ends at seq {last_seq}, before its anchored seal {seq}: records were "
+            "removed from its end",
+        )
+    stored = AuditSeal.objects.filter(seq=seq).values_list("hash", flat=True).first()
+    if stored is None or bytes(stored) != seal_hash:
+        return (seq, "the seal differs from its anchor outside the database")
+    return None

@@ -208,3 +208,48 @@ def test_a_writer_held_open_in_another_database_does_not_hold_the_sealer_back():
     finally:
         other.rollback()
         other.close()
+
+
+def _delete_behind_the_triggers(table: str, trigger: str, seqs: list[int]) -> None:
+    """Remove rows as a superuser could: the partitions' append-only trigger off meanwhile."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT DISTINCT tableoid::regclass::text FROM {table} WHERE seq = ANY(%s)", [seqs]
+        )
+        for (partition,) in cursor.fetchall():
+            cursor.execute(f'ALTER TABLE "{partition}" DISABLE TRIGGER {trigger}')
+            try:
+                cursor.execute(f'DELETE FROM "{partition}" WHERE seq = ANY(%s)', [seqs])
+            finally:
+                cursor.execute(f'ALTER TABLE "{partition}" ENABLE TRIGGER {trigger}')
+
+
+@pytest.mark.django_db(transaction=True)
+def test_newest_records_removed_with_their_seals_fail_verification_against_the_anchor(
+    marker, settings, tmp_path, monkeypatch
+):
+    # The end of the chain has nothing after it: removing the newest records and their seals
+    # left a shorter chain that verified (`ok`). The sealer now anchors its newest seal in a
+    # file outside the database.
+    from audit import anchor
+
+    settings.AUDIT_EXPORT_DIR = tmp_path
+    monkeypatch.setattr(anchor, "ANCHOR_EVERY_SECONDS", 0.0)
+    seqs = audit_record_many(
+        records=[
+            AuditEntry(event_type=AuditEvent.LOGIN, payload={"m": marker, "i": i}) for i in range(4)
+        ]
+    )
+    audit_seal_all()
+    assert anchor.anchor_latest()[0] >= seqs[-1]
+    assert audit_chain_verify().ok
+    newest = list(
+        AuditSeal.objects.filter(seq__gte=seqs[2]).order_by("seq").values_list("seq", flat=True)
+    )
+    _delete_behind_the_triggers("audit_seal", "audit_seal_append_only", newest)
+    _delete_behind_the_triggers("audit_record", "audit_record_append_only", newest)
+    result = audit_chain_verify()
+    assert (result.ok, result.bad_seq) == (False, newest[-1])
+    assert "removed from its end" in result.reason
+    with pytest.raises(CommandError, match="anchored seal"):
+        call_command("audit_verify")
