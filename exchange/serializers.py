@@ -283,7 +283,12 @@ def order_representation(order: Order, fills: list[dict] | None = None) -> dict:
         "stop_price": price_str(instrument, order.stop_price),
         "quantity": quantity_str(instrument, order.quantity),
         "quote_quantity": money_str(instrument, order.quote_quantity),
-        "display_quantity": quantity_str(instrument, order.display_quantity),
+        # The slice shown is never more than the order: an iceberg amended below its display
+        # quantity shows its whole quantity (the engine keeps the display for a later increase).
+        "display_quantity": quantity_str(
+            instrument,
+            None if order.display_quantity is None else min(order.display_quantity, order.quantity),
+        ),
         "post_only": order.post_only,
         "post_only_adjust": order.post_only_adjust,
         "stp_mode": order.stp_mode or None,

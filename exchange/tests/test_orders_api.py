@@ -187,6 +187,9 @@ def test_iceberg_shows_only_its_display_quantity_in_the_book(market):
         timeout=10,
     )
     assert book["asks"] == [{"price": "30.00", "quantity": "10", "orders": 1}]
+    # Amended below its display quantity it shows all of it (it said display 10 of 5).
+    amended = maker.patch(f"/api/v1/orders/{body['order_id']}", {"quantity": "5"}).json()
+    assert (amended["quantity"], amended["display_quantity"]) == ("5", "5")
 
 
 def test_stop_loss_triggers_on_the_last_trade_price(market):
