@@ -314,8 +314,9 @@ def test_an_amend_failing_twice_gives_back_what_it_held_more(processes, process_
         failing_commit_trigger_drop()
     amend = Command.objects.get(order_id=buy.pk, kind="amend")
     assert amend.reject_code == "CommandFailed"
-    rejected = AuditRecord.objects.get(order_id=buy.pk, event_type="order.rejected")
-    assert rejected.payload == {"command": "amend", "reason": "invalid", "code": "CommandFailed"}
+    refused = AuditRecord.objects.get(order_id=buy.pk, event_type="order.amend_refused")
+    assert refused.payload == {"command": "amend", "reason": "invalid", "code": "CommandFailed"}
+    assert refused.user_id == buy.user_id  # the order's user, though the engine never saw it
     order = Order.objects.get(pk=buy.pk)
     assert (order.status, order.quantity) == ("new", Decimal("2"))
     assert order.held_amount == order.hold_remaining == held_before
