@@ -868,6 +868,9 @@ class BatchWriter:
                 "user" if reason == p.R_USER else "staff" if reason == "staff" else "system"
             )
             payload["why"] = reason
+            # The command that ended it: a mass cancel's request is recorded once, without an
+            # order (its record names this command_id), so the order's history says which.
+            payload["command"] = a.kind
         elif status == p.EXPIRED:
             event, payload["why"] = AuditEvent.ORDER_EXPIRED, reason
         elif status == p.TRIGGERED:

@@ -322,9 +322,17 @@ def test_cancel_amend_and_mass_cancel(market):
     again = maker.delete(f"/api/v1/orders/{second['order_id']}")
     assert again.status_code == 400 and again.json()["error"] == "OrderNotOpen"
     third = maker.place(**limit(instrument.symbol, "sell", "90.00", "1")).json()
-    assert maker.delete("/api/v1/orders", symbol=instrument.symbol).status_code == 202
+    mass = maker.delete("/api/v1/orders", symbol=instrument.symbol)
+    assert mass.status_code == 202
     for order_id in (first["order_id"], third["order_id"]):
         assert maker.get(f"/api/v1/orders/{order_id}").json()["status"] == "cancelled"
+        # Its history says which command ended it: the mass cancel whose request record
+        # (actor, address, key) names that command (it read as the user's own cancel).
+        ended = AuditRecord.objects.get(event_type="order.cancelled", order_id=order_id)
+        assert ended.payload["command"] == "mass_cancel"
+        assert ended.payload["command_id"] in mass.json()["command_ids"]
+    single = AuditRecord.objects.get(event_type="order.cancelled", order_id=second["order_id"])
+    assert single.payload["command"] == "cancel"
     open_orders = maker.get("/api/v1/orders", symbol=instrument.symbol, status="open").json()
     assert open_orders["results"] == []
 
