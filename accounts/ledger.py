@@ -19,6 +19,7 @@ from accounts.balance_events import (
     balance_version,
 )
 from accounts.models import LedgerAccount, LedgerEntry, LedgerPosting
+from accounts.models.ledger import LEDGER_AMOUNT
 from exchange.db_cursors import bound_cursor
 from exchange.errors import ApiError, trading_error
 
@@ -78,6 +79,14 @@ UPDATE accounts_ledgeraccount a
 """
 
 
+# A balance is a numeric(30, 12) column: it holds magnitudes below 10^18. The exchange's
+# external account of an asset holds minus everything deposited, and no user can hold more
+# than was deposited (fees and rebates only move it between accounts), so refusing a deposit
+# that would take that total to the limit keeps every balance, trade settlement included,
+# inside the column.
+BALANCE_LIMIT = Decimal(10) ** (LEDGER_AMOUNT["max_digits"] - LEDGER_AMOUNT["decimal_places"])
+
+
 class LedgerUnbalanced(ValueError):
     """The lines of an entry do not sum to zero in every asset (a programming error)."""
 
@@ -123,6 +132,20 @@ def _shortfall(asset: str, needed: Decimal, balance: Decimal, kind: str, field: 
     )
 
 
+def _over_limit(asset: str, kind: str, balance: Decimal, field: str | None) -> ApiError:
+    """The 400 BalanceLimitExceeded for an account whose balance would leave the ledger."""
+    if kind == EXTERNAL:
+        what = f"the {asset} deposited on the exchange would total {-balance:f}"
+    else:
+        what = f"the {asset} balance would be {balance:f}"
+    return trading_error(
+        "BalanceLimitExceeded",
+        f"{what}; the ledger holds less than {BALANCE_LIMIT:f} of an asset",
+        field=field,
+        extra={"asset": asset},
+    )
+
+
 def ledger_post(
     *,
     kind: str,
@@ -136,7 +159,8 @@ def ledger_post(
     """Write one balanced entry and move the cached balances.
 
     A user's cash or hold that would go negative raises `InsufficientBalance` (400, naming
-    `shortfall_field`) before anything is written; the caller's transaction rolls back.
+    `shortfall_field`), and a balance that would reach `BALANCE_LIMIT` raises
+    `BalanceLimitExceeded`, before anything is written; the caller's transaction rolls back.
     """
     lines = [(key, amount) for key, amount in lines if amount]
     _check_balanced(lines)
@@ -153,6 +177,8 @@ def ledger_post(
         balance = accounts[key][1]
         if kind_ in LedgerAccount.USER_KINDS and balance + delta < 0:
             raise _shortfall(asset, -delta, balance, kind_, shortfall_field)
+        if abs(balance + delta) >= BALANCE_LIMIT:
+            raise _over_limit(asset, kind_, balance + delta, shortfall_field)
     entry = LedgerEntry.objects.create(
         kind=kind, user=user, order_id=order_id, trade_id=trade_id, memo=memo
     )
@@ -272,6 +298,7 @@ def funds_deposit(*, user, asset: str, amount: Decimal, memo: str = "") -> Ledge
         lines=[((EXTERNAL, None, asset), -amount), ((CASH, user.pk, asset), amount)],
         user=user,
         memo=memo,
+        shortfall_field="amount",
     )
 
 

@@ -10,7 +10,7 @@ from rest_framework.views import APIView
 
 from accounts import selectors
 from accounts.funds import deposit_create, withdrawal_create
-from accounts.models import LedgerPosting
+from accounts.models import LedgerAccount, LedgerEntry, LedgerPosting
 from exchange.pagination import CursorPage
 from exchange.serializers import DecimalString, refuse_unknown_fields
 
@@ -50,8 +50,21 @@ class FundsMovedSerializer(serializers.Serializer):
     balance = BalanceSerializer()
 
 
-def _posting_representation(posting: LedgerPosting, places: dict[str, int]) -> dict:
+def _posting_order_id(posting: LedgerPosting, trade_sides: dict) -> int | None:
+    """The user's own order a posting belongs to. A trade's entry names the taker's order; the
+    buyer's postings are their held quote and available base, the seller's the other two."""
     entry = posting.entry
+    side = trade_sides.get(entry.trade_id) if entry.kind == LedgerEntry.Kind.TRADE else None
+    if side is None:
+        return entry.order_id
+    base, buy_order_id, sell_order_id = side
+    buyers = (posting.account.kind == LedgerAccount.Kind.HOLD) == (posting.asset != base)
+    return buy_order_id if buyers else sell_order_id
+
+
+def _posting_representation(posting: LedgerPosting, places: dict[str, int], trade_sides) -> dict:
+    entry = posting.entry
+    order_id = _posting_order_id(posting, trade_sides)
     return {
         "id": posting.pk,
         "entry_id": entry.pk,
@@ -59,7 +72,7 @@ def _posting_representation(posting: LedgerPosting, places: dict[str, int]) -> d
         "account": "available" if posting.account.kind == "cash" else "held",
         "asset": posting.asset,
         "amount": selectors.amount_str(posting.amount, places.get(posting.asset)),
-        "order_id": None if entry.order_id is None else str(entry.order_id),
+        "order_id": None if order_id is None else str(order_id),
         "trade_id": None if entry.trade_id is None else str(entry.trade_id),
         "created_at": entry.created_at,
     }
@@ -106,7 +119,12 @@ class LedgerView(APIView):
         paginator = CursorPage()
         page = paginator.paginate_queryset(postings, request, view=self)
         places = selectors.asset_precisions_cached()
-        return paginator.get_paginated_response([_posting_representation(p, places) for p in page])
+        trade_sides = selectors.ledger_trade_sides(
+            trade_ids=[p.entry.trade_id for p in page if p.entry.trade_id is not None]
+        )
+        return paginator.get_paginated_response(
+            [_posting_representation(p, places, trade_sides) for p in page]
+        )
 
 
 class _FundsMoveView(APIView):

@@ -7,7 +7,7 @@ from django.db import connection
 from django.db.models import QuerySet
 
 from accounts.models import LedgerAccount, LedgerPosting
-from exchange.models import Instrument
+from exchange.models import Instrument, Trade
 
 
 def asset_precisions() -> dict[str, int]:
@@ -74,6 +74,19 @@ def ledger_postings_for_user(*, user, asset: str | None = None) -> QuerySet[Ledg
     if asset:
         postings = postings.filter(asset=asset)
     return postings.order_by("-id")
+
+
+def ledger_trade_sides(*, trade_ids) -> dict[int, tuple[str, int, int]]:
+    """Trade id -> (base asset, buy order id, sell order id), for naming the order a trade
+    posting belongs to: a trade's ledger entry covers both sides, and its `order_id` is the
+    taker's."""
+    rows = Trade.objects.filter(pk__in=set(trade_ids)).values_list(
+        "pk", "instrument__base_asset", "taker_side", "taker_order_id", "maker_order_id"
+    )
+    return {
+        pk: (base, taker, maker) if taker_side == "buy" else (base, maker, taker)
+        for pk, base, taker_side, taker, maker in rows
+    }
 
 
 CHECKS = {

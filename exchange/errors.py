@@ -59,6 +59,7 @@ ERROR_CODES: dict[str, int] = {
     # funds
     "UnknownAsset": -3001,
     "DepositNotAllowed": -3002,
+    "BalanceLimitExceeded": -3003,
 }
 
 # Engine reject codes that keep their own name at the API; any other becomes OrderRejected.

@@ -9,6 +9,7 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.utils import timezone
 
+from accounts.ledger import funds_withdraw
 from accounts.models import FeeTierAssignment, LedgerAccount
 from accounts.selectors import ledger_discrepancies
 from accounts.tests.fee_tier_data import ensure_shipped_tiers
@@ -85,10 +86,11 @@ def test_trade_moves_both_assets_and_books_both_fees(market):
     seller = ApiClient(base_url, make_user(funds={"TST": Decimal(10)}))
     buyer = ApiClient(base_url, make_user(funds={"USD": Decimal("2000.00")}))
     fees_before = exchange_balance("fee_revenue", "USD")
-    seller.place(**limit(instrument.symbol, "sell", "150.45", "10"))
+    sell = seller.place(**limit(instrument.symbol, "sell", "150.45", "10")).json()
     # Price improvement: the buy may pay 151.00 but trades at 150.45; the rest goes back.
     response = buyer.place(**limit(instrument.symbol, "buy", "151.00", "4"))
     assert response.json()["status"] == "filled", response.text
+    buy = response.json()
     all_applied()
     # 4 x 150.45 = 601.80; fees round up to the cent: the taker pays 0.20% (1.2036 -> 1.21),
     # the maker 0.10% (0.6018 -> 0.61).
@@ -104,6 +106,16 @@ def test_trade_moves_both_assets_and_books_both_fees(market):
     assert sorted((r["asset"], r["amount"]) for r in trade_entries) == [
         ("TST", "4"), ("USD", "-603.01")
     ]  # fmt: skip
+    # Each side's postings name its own order (the maker's had named the taker's: another
+    # user's order id in the seller's ledger).
+    assert {r["order_id"] for r in trade_entries} == {str(buy["order_id"])}
+    seller_trade = [
+        r for r in seller.get("/api/v1/ledger").json()["results"] if r["kind"] == "trade"
+    ]
+    assert sorted((r["asset"], r["amount"]) for r in seller_trade) == [
+        ("TST", "-4"), ("USD", "601.19")
+    ]  # fmt: skip
+    assert {r["order_id"] for r in seller_trade} == {str(sell["order_id"])}
     assert ledger_discrepancies() == {}
 
 
@@ -309,6 +321,31 @@ def test_deposits_are_credited_by_staff_only_and_withdrawals_need_funds(market):
     # Another user's ledger and balances are never visible.
     assert balances(staff) == {}
     assert staff.get("/api/v1/ledger").json()["results"] == []
+
+
+def test_a_deposit_past_what_the_ledger_holds_is_refused_and_nothing_is_stored(market):
+    _, base_url = market
+    user = ApiClient(base_url, make_user(funds={}))
+    staff_user = make_user("staff", funds={})
+    staff_user.is_staff = staff_user.is_superuser = True
+    staff_user.save(update_fields=["is_staff", "is_superuser"])
+    staff = ApiClient(base_url, staff_user)
+    url = f"/api/v1/users/{user.user.pk}/deposit"
+    big = {"asset": "USD", "amount": "600000000000000000.00"}
+    assert staff.http.post(url, json=big).status_code == 201
+    # A second one would take the balance (and the USD deposited on the exchange) to 1.2 x
+    # 10^18, past the balance column's 10^18: it had failed in PostgreSQL, a 500.
+    refused = staff.http.post(url, json=big)
+    assert refused.status_code == 400, refused.text
+    body = refused.json()
+    assert body["error"] == "BalanceLimitExceeded" and body["code"] == -3003
+    assert body["field"] == "amount" and body["asset"] == "USD"
+    assert "less than 1000000000000000000" in body["message"]
+    assert balances(user)["USD"]["available"] == "600000000000000000.00"
+    assert [r["kind"] for r in user.get("/api/v1/ledger").json()["results"]] == ["deposit"]
+    assert ledger_discrepancies() == {}
+    # Pay it out again: the USD deposited on the exchange is shared by the tests after this.
+    funds_withdraw(user=user.user, asset="USD", amount=Decimal(big["amount"]))
 
 
 def test_random_trading_run_keeps_every_asset_summing_to_zero(market):
