@@ -6,7 +6,7 @@ Everything here raises a catalogue error naming the field at fault; nothing here
 import datetime as dt
 import zoneinfo
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from exchange.errors import trading_error
 from exchange.models import Instrument, Order, StpMode
@@ -189,9 +189,13 @@ def check_band(instrument: Instrument, price: Decimal, reference: Decimal | None
     if reference is None or not instrument.price_band_pct:
         return
     if abs(price - reference) * 100 > reference * instrument.price_band_pct:
+        # The band named is the prices it takes: its edges rounded inward to the tick (rounded
+        # to the nearest, 4.985-14.955 had read "4.98-14.96" of prices that were refused).
         tick = instrument.tick_size.normalize()
-        low = (reference * (100 - instrument.price_band_pct) / 100).quantize(tick)
-        high = (reference * (100 + instrument.price_band_pct) / 100).quantize(tick)
+        low_edge = reference * (100 - instrument.price_band_pct) / 100
+        high_edge = reference * (100 + instrument.price_band_pct) / 100
+        low = ((low_edge / tick).to_integral_value(ROUND_CEILING) * tick).quantize(tick)
+        high = ((high_edge / tick).to_integral_value(ROUND_FLOOR) * tick).quantize(tick)
         pct = format(instrument.price_band_pct.normalize(), "f")
         raise trading_error(
             "PriceOutsideBand",

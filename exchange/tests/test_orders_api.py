@@ -680,6 +680,23 @@ def test_price_outside_the_band_around_the_last_trade_is_refused(market):
     assert (response.json()["error"], response.json()["field"]) == ("PriceOutsideBand", "price")
 
 
+def test_the_band_a_refusal_names_holds_only_prices_it_takes(market):
+    # 10% around 9.97 is 8.973-10.967: on the cent grid 8.98-10.96 (it had said 8.97-10.97,
+    # both refused, rounding each edge to the nearest cent).
+    instrument, maker, taker = market
+    maker.place(**limit(instrument.symbol, "sell", "9.97", "1"))
+    assert taker.place(**limit(instrument.symbol, "buy", "9.97", "1")).json()["status"] == "filled"
+    for price in ("10.97", "8.97"):
+        refused = maker.place(**limit(instrument.symbol, "sell", price, "1"))
+        assert refused.json()["error"] == "PriceOutsideBand", refused.text
+        assert refused.json()["message"] == (
+            f"price {price} is outside the band 8.98-10.96 (10% around the last price 9.97)"
+        )
+    for price in ("10.96", "8.98"):
+        taken = maker.place(**limit(instrument.symbol, "sell", price, "1"))
+        assert taken.status_code == 201, taken.text
+
+
 def test_market_data_endpoints(market):
     instrument, maker, taker = market
     maker.place(**limit(instrument.symbol, "sell", "101.00", "5"))
