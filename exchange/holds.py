@@ -33,7 +33,8 @@ def buy_hold_minor(
     Limit and stop-limit: price x quantity. Market by quote: the quote amount. Market by
     quantity: quantity at the collar above the best ask (no ask: nothing can fill). Stop-loss:
     quantity at the collar above the stop price, or above the best ask when that is higher
-    (the stop then triggers at once and buys from there). Plus the fee rounding reserve.
+    (the book has moved past the stop since the last trade; the stop buys from there when a
+    trade reaches it). Plus the fee rounding reserve.
     """
     if order_type == Order.Type.MARKET and quote_minor:
         return quote_minor
@@ -46,6 +47,13 @@ def buy_hold_minor(
     else:
         return 0
     return buy_cost_minor(engine, worst_ticks, qty_lots, taker_fee_ppm)
+
+
+def best_ask_ticks(engine: EngineInstrument, snapshot: dict | None) -> int | None:
+    """The best ask of a book snapshot (`exchange.selectors.book_snapshot`) in ticks, if any."""
+    if not snapshot or not snapshot["asks"]:
+        return None
+    return engine.price_to_ticks(Decimal(snapshot["asks"][0][0]))
 
 
 def buy_cost_minor(engine: EngineInstrument, price_ticks: int, qty_lots: int, fee_ppm: int) -> int:

@@ -25,7 +25,7 @@ from audit.services import AuditEntry, audit_entry, audit_record, audit_record_c
 from exchange.db_cursors import bound_cursor
 from exchange.errors import ApiError, trading_error
 from exchange.fees import fee_rates_for
-from exchange.holds import buy_hold_minor, held_amount
+from exchange.holds import best_ask_ticks, buy_hold_minor, held_amount
 from exchange.models import Instrument, Order
 from exchange.order_rules import (
     ORDER_TYPES,
@@ -223,7 +223,6 @@ def order_plan(
     maker_ppm, taker_ppm = fee_rates_for(user=user, instrument=instrument)
     buy_minor = 0
     if is_buy:
-        best_ask = snapshot["asks"][0][0] if snapshot and snapshot["asks"] else None
         buy_minor = buy_hold_minor(
             engine=engine,
             order_type=kind,
@@ -231,7 +230,7 @@ def order_plan(
             qty_lots=qty,
             stop_ticks=stop,
             quote_minor=spend,
-            best_ask_ticks=engine.price_to_ticks(Decimal(best_ask)) if best_ask else None,
+            best_ask_ticks=best_ask_ticks(engine, snapshot),
             taker_fee_ppm=taker_ppm,
         )
         buy_minor = buy_value_check(
@@ -611,7 +610,9 @@ def order_amend(
     new_held = order.held_amount
     # A buy's budget (max_quote, all it may spend in its life) becomes what it has spent plus
     # what its remaining quantity can cost at its new price; a stop-loss buy has no price: its
-    # remaining quantity at the collar above its stop price (as when it was placed).
+    # remaining quantity at the collar above its stop price or above the best ask when that is
+    # higher, as when it was placed (the stop alone had cut the budget of a stop whose book had
+    # moved above it: reduced, it then filled short with reason max_quote).
     stop_loss = order.order_type == Order.Type.STOP_LOSS
     if order.side == Order.Side.BUY and (new_price is not None or stop_loss):
         needed = engine.quote_to_minor(order.quote_spent) + buy_hold_minor(
@@ -621,7 +622,9 @@ def order_amend(
             qty_lots=engine.qty_to_lots(new_quantity - order.filled_quantity),
             stop_ticks=engine.price_to_ticks(order.stop_price) if stop_loss else 0,
             quote_minor=0,
-            best_ask_ticks=None,
+            best_ask_ticks=best_ask_ticks(engine, book_snapshot(instrument.symbol))
+            if stop_loss
+            else None,
             taker_fee_ppm=order.taker_fee_ppm,
         )
         max_quote = buy_value_check(

@@ -167,6 +167,35 @@ def test_amending_a_stop_loss_buy_up_holds_more_and_it_fills_its_new_size(market
     assert ledger_discrepancies() == {}
 
 
+def test_a_stop_loss_buy_reduced_while_the_asks_are_above_its_stop_keeps_their_budget(market):
+    # Reduced to 2, it was budgeted at the collar above its stop (10.69) and not above the best
+    # ask (11.55) as when placed: triggered, it bought 1 at 11.00 and ended with max_quote.
+    instrument, base_url = market
+    seller, buyer = ApiClient(base_url, make_user()), ApiClient(base_url, make_user())
+    trader = ApiClient(base_url, make_user(funds={"USD": Decimal("100.00")}))
+    assert seller.place(**limit(instrument.symbol, "sell", "10.18", "1")).status_code == 201
+    assert buyer.place(**limit(instrument.symbol, "buy", "10.18", "1")).status_code == 201
+    assert seller.place(**limit(instrument.symbol, "sell", "11.00", "10")).status_code == 201
+    all_applied()
+    stop = {"symbol": instrument.symbol, "side": "buy", "order_type": "stop_loss",
+            "stop_price": "10.19", "quantity": "3"}  # fmt: skip
+    placed = trader.place(**stop).json()
+    assert placed["status"] == "untriggered" and placed["held_amount"] == "34.74"  # 3 x 11.55
+    amended = trader.patch(f"/api/v1/orders/{placed['order_id']}", {"quantity": "2"})
+    assert amended.status_code == 200, amended.text
+    all_applied()
+    # 2 x 11.55 = 23.10, the 0.20% fee (0.05) and 0.01 of reserve.
+    assert balances(trader)["USD"]["held"] == "23.16"
+    assert seller.place(**limit(instrument.symbol, "sell", "10.19", "1")).status_code == 201
+    assert buyer.place(**limit(instrument.symbol, "buy", "10.19", "1")).status_code == 201
+    all_applied()  # that trade at 10.19 triggered the stop: a market buy of 2 from 11.00
+    assert order_state(placed["order_id"]) == ("filled", Decimal(2), "")
+    assert balances(trader)["USD"] == {
+        "asset": "USD", "available": "77.95", "held": "0.00", "total": "77.95"
+    }  # fmt: skip
+    assert ledger_discrepancies() == {}
+
+
 def order_state(order_id) -> tuple:
     stored = Order.objects.get(pk=order_id)
     return stored.status, stored.filled_quantity, stored.reason
