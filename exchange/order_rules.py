@@ -87,9 +87,14 @@ def check_session(instrument: Instrument, now: dt.datetime) -> None:
     if not is_open:
         raise trading_error(
             "MarketClosed",
-            f"{instrument.symbol} trades {instrument.session_open:%H:%M}-"
-            f"{instrument.session_close:%H:%M} {instrument.session_timezone} on weekdays",
+            f"{instrument.symbol} trades {_clock(instrument.session_open)}-"
+            f"{_clock(instrument.session_close)} {instrument.session_timezone} on weekdays",
         )
+
+
+def _clock(at: dt.time) -> str:
+    """09:30, or 20:48:45 when the time has seconds (a close at 20:48:45 read "20:48")."""
+    return f"{at:%H:%M:%S}" if at.second else f"{at:%H:%M}"
 
 
 def day_expiry(instrument: Instrument, now: dt.datetime) -> dt.datetime:

@@ -66,6 +66,23 @@ def test_orders_outside_the_session_are_refused_with_market_closed(local_time):
 
 
 @pytest.mark.django_db
+def test_market_closed_names_a_session_edge_with_seconds_to_the_second():
+    instrument = make_instrument(
+        trades_24_7=False,
+        session_open=dt.time(9, 30),
+        session_close=dt.time(20, 48, 45),
+        session_timezone="America/New_York",
+    )
+    with pytest.raises(ApiError) as refused:
+        order_place(
+            user=make_user(),
+            request=buy(instrument.symbol),
+            now=dt.datetime(2026, 11, 25, 20, 48, 50, tzinfo=NEW_YORK),
+        )
+    assert "trades 09:30-20:48:45 America/New_York" in refused.value.message  # was "20:48"
+
+
+@pytest.mark.django_db
 def test_after_the_close_an_amend_may_reduce_an_order_but_not_reprice_or_grow_it():
     # A price amend after the close was taken and traded (a closed market made a trade).
     instrument = session_instrument()
