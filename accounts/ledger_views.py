@@ -29,8 +29,8 @@ class PostingSerializer(serializers.Serializer):
     account = serializers.CharField(help_text="available or held")
     asset = serializers.CharField()
     amount = serializers.CharField(help_text="signed decimal string")
-    order_id = serializers.CharField(allow_null=True)
-    trade_id = serializers.CharField(allow_null=True)
+    order_id = serializers.IntegerField(allow_null=True)
+    trade_id = serializers.IntegerField(allow_null=True)
     created_at = serializers.DateTimeField()
 
 
@@ -72,8 +72,8 @@ def _posting_representation(posting: LedgerPosting, places: dict[str, int], trad
         "account": "available" if posting.account.kind == "cash" else "held",
         "asset": posting.asset,
         "amount": selectors.amount_str(posting.amount, places.get(posting.asset)),
-        "order_id": None if order_id is None else str(order_id),
-        "trade_id": None if entry.trade_id is None else str(entry.trade_id),
+        "order_id": order_id,
+        "trade_id": entry.trade_id,
         "created_at": entry.created_at,
     }
 

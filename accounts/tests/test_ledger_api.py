@@ -108,14 +108,16 @@ def test_trade_moves_both_assets_and_books_both_fees(market):
     ]  # fmt: skip
     # Each side's postings name its own order (the maker's had named the taker's: another
     # user's order id in the seller's ledger).
-    assert {r["order_id"] for r in trade_entries} == {str(buy["order_id"])}
+    # Integers, as in every other answer (they were strings here).
+    assert {r["order_id"] for r in trade_entries} == {buy["order_id"]}
+    assert all(isinstance(r["trade_id"], int) for r in trade_entries)
     seller_trade = [
         r for r in seller.get("/api/v1/ledger").json()["results"] if r["kind"] == "trade"
     ]
     assert sorted((r["asset"], r["amount"]) for r in seller_trade) == [
         ("TST", "-4"), ("USD", "601.19")
     ]  # fmt: skip
-    assert {r["order_id"] for r in seller_trade} == {str(sell["order_id"])}
+    assert {r["order_id"] for r in seller_trade} == {sell["order_id"]}
     assert ledger_discrepancies() == {}
 
 
