@@ -256,6 +256,11 @@ class OrderSerializer(serializers.Serializer):
     expire_at = serializers.DateTimeField(allow_null=True)
     filled_quantity = serializers.CharField()
     remaining_quantity = serializers.CharField()
+    cancelled_quantity = serializers.CharField(
+        allow_null=True,
+        help_text="What will never fill: cancelled, expired or rejected, or taken off by "
+        "self-trade prevention (decrement_both); quantity = filled + remaining + cancelled",
+    )
     avg_price = serializers.CharField(allow_null=True)
     cumulative_quote = serializers.CharField()
     fees = serializers.CharField()
@@ -263,6 +268,16 @@ class OrderSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
     fills = FillSerializer(many=True, required=False)
+
+
+def _cancelled_quantity(order: Order) -> Decimal | None:
+    """The part of the order that will never fill. An open order's is what self-trade
+    prevention took off (decrement_both); an ended order's is all it did not fill. None for a
+    market buy by quote amount (it has no quantity)."""
+    if order.quantity is None:
+        return None
+    still_open = order.remaining_quantity if order.status in Order.OPEN_STATUSES else 0
+    return order.quantity - order.filled_quantity - still_open
 
 
 def order_representation(order: Order, fills: list[dict] | None = None) -> dict:
@@ -295,6 +310,7 @@ def order_representation(order: Order, fills: list[dict] | None = None) -> dict:
         "expire_at": iso_z(order.expire_at),
         "filled_quantity": quantity_str(instrument, order.filled_quantity),
         "remaining_quantity": quantity_str(instrument, order.remaining_quantity),
+        "cancelled_quantity": quantity_str(instrument, _cancelled_quantity(order)),
         # The average carries four more places than the tick, so it is not rounded to a tick.
         "avg_price": _fmt(avg, instrument.tick_size.normalize().scaleb(-4)) if avg else None,
         "cumulative_quote": money_str(instrument, order.cumulative_quote),

@@ -307,6 +307,28 @@ def test_self_trade_prevention_cancels_the_resting_order_by_default(market):
     assert (cancelled["status"], cancelled["reason"]) == ("cancelled", "stp")
 
 
+def test_quantity_taken_off_by_decrement_both_shows_as_cancelled_quantity(market):
+    # The 4 decremented lots were in no field: the sell read "filled", 6 of 10 filled.
+    instrument, maker, taker = market
+    sell = maker.place(**limit(instrument.symbol, "sell", "50.00", "10", stp_mode="none")).json()
+    assert sell["cancelled_quantity"] == "0"
+    buy = maker.place(**limit(instrument.symbol, "buy", "50.00", "4", stp_mode="decrement_both"))
+    assert (buy.json()["status"], buy.json()["reason"]) == ("cancelled", "stp"), buy.text
+    assert (buy.json()["filled_quantity"], buy.json()["cancelled_quantity"]) == ("0", "4")
+    decremented = maker.get(f"/api/v1/orders/{sell['order_id']}").json()
+    assert (decremented["status"], decremented["remaining_quantity"]) == ("new", "6")
+    assert decremented["cancelled_quantity"] == "4"
+    taken = taker.place(**limit(instrument.symbol, "buy", "50.00", "6", time_in_force="IOC"))
+    assert taken.json()["status"] == "filled", taken.text
+    ended = maker.get(f"/api/v1/orders/{sell['order_id']}").json()
+    assert (ended["status"], ended["filled_quantity"], ended["cancelled_quantity"]) == (
+        "filled", "6", "4"
+    )  # fmt: skip
+    by_quote = taker.place(symbol=instrument.symbol, side="buy", order_type="market",
+                           quote_quantity="10.00").json()  # fmt: skip
+    assert by_quote["cancelled_quantity"] is None  # no quantity to divide
+
+
 def test_cancel_amend_and_mass_cancel(market):
     instrument, maker, _ = market
     first = maker.place(**limit(instrument.symbol, "buy", "10.00", "5")).json()
