@@ -26,6 +26,20 @@ def limit(symbol, side, price, quantity, **extra):
             "quantity": quantity, **extra}  # fmt: skip
 
 
+def stop_loss_buy(symbol, stop_price, quantity):
+    return {"symbol": symbol, "side": "buy", "order_type": "stop_loss",
+            "stop_price": stop_price, "quantity": quantity}  # fmt: skip
+
+
+def trade_then_rest_ask(symbol, seller, buyer, *, last, ask, quantity) -> None:
+    """A trade of 1 at `last` (the last price stops trigger on), then `quantity` offered at
+    `ask`, all applied."""
+    assert seller.place(**limit(symbol, "sell", last, "1")).status_code == 201
+    assert buyer.place(**limit(symbol, "buy", last, "1")).status_code == 201
+    assert seller.place(**limit(symbol, "sell", ask, quantity)).status_code == 201
+    all_applied()
+
+
 def balances(client: ApiClient) -> dict[str, dict]:
     response = client.get("/api/v1/balances")
     assert response.status_code == 200, response.text
@@ -147,9 +161,7 @@ def test_amend_up_needs_and_holds_more_and_amend_down_gives_it_back(market):
 def test_amending_a_stop_loss_buy_up_holds_more_and_it_fills_its_new_size(market):
     instrument, base_url = market
     trader = ApiClient(base_url, make_user(funds={"USD": Decimal("700.00")}))
-    stop = {"symbol": instrument.symbol, "side": "buy", "order_type": "stop_loss",
-            "stop_price": "120.00", "quantity": "1"}  # fmt: skip
-    order = trader.place(**stop).json()
+    order = trader.place(**stop_loss_buy(instrument.symbol, "120.00", "1")).json()
     # The quantity at the 5% collar above the stop price, with the taker fee: 126 + 0.26.
     assert balances(trader)["USD"]["held"] == "126.26"
     too_big = trader.patch(f"/api/v1/orders/{order['order_id']}", {"quantity": "6"})
@@ -175,13 +187,8 @@ def test_a_stop_loss_buy_reduced_while_the_asks_are_above_its_stop_keeps_their_b
     instrument, base_url = market
     seller, buyer = ApiClient(base_url, make_user()), ApiClient(base_url, make_user())
     trader = ApiClient(base_url, make_user(funds={"USD": Decimal("100.00")}))
-    assert seller.place(**limit(instrument.symbol, "sell", "10.18", "1")).status_code == 201
-    assert buyer.place(**limit(instrument.symbol, "buy", "10.18", "1")).status_code == 201
-    assert seller.place(**limit(instrument.symbol, "sell", "11.00", "10")).status_code == 201
-    all_applied()
-    stop = {"symbol": instrument.symbol, "side": "buy", "order_type": "stop_loss",
-            "stop_price": "10.19", "quantity": "3"}  # fmt: skip
-    placed = trader.place(**stop).json()
+    trade_then_rest_ask(instrument.symbol, seller, buyer, last="10.18", ask="11.00", quantity="10")
+    placed = trader.place(**stop_loss_buy(instrument.symbol, "10.19", "3")).json()
     assert placed["status"] == "untriggered" and placed["held_amount"] == "34.74"  # 3 x 11.55
     amended = trader.patch(f"/api/v1/orders/{placed['order_id']}", {"quantity": "2"})
     assert amended.status_code == 200, amended.text
@@ -267,13 +274,8 @@ def test_a_stop_loss_buy_that_triggers_at_once_holds_for_the_best_ask(market):
     # above its stop price (9.45), it filled 2 of 3 at 10.40 and stopped (max_quote).
     instrument, base_url = market
     seller, buyer = ApiClient(base_url, make_user()), ApiClient(base_url, make_user())
-    assert seller.place(**limit(instrument.symbol, "sell", "10.00", "1")).status_code == 201
-    assert buyer.place(**limit(instrument.symbol, "buy", "10.00", "1")).status_code == 201
-    assert seller.place(**limit(instrument.symbol, "sell", "10.40", "5")).status_code == 201
-    all_applied()
-    stop = {"symbol": instrument.symbol, "side": "buy", "order_type": "stop_loss",
-            "stop_price": "9.00", "quantity": "3"}  # fmt: skip
-    placed = buyer.place(**stop).json()
+    trade_then_rest_ask(instrument.symbol, seller, buyer, last="10.00", ask="10.40", quantity="5")
+    placed = buyer.place(**stop_loss_buy(instrument.symbol, "9.00", "3")).json()
     # 3 at the 5% collar above the best ask (10.92), the 0.20% fee, and 0.02 of reserve.
     assert placed["held_amount"] == "32.85"
     all_applied()
