@@ -4,6 +4,13 @@ Each function runs in the caller's transaction (the outermost service owns it). 
 locked with `accounts_lock`, always in primary-key order, so that a web request and the shard
 workers touching the same user's balances queue up instead of deadlocking. The matching worker
 settles a whole batch through `accounts.settlement`, which uses the same lock order.
+
+Before its accounts, a writer locks each user it posts for (`USERS_LOCK_SQL`, in user id
+order), and draws entry and posting ids only once it holds them. So a user's postings get their
+ids in the order their transactions commit, whatever assets they move: `GET /ledger` lists by
+posting id, and a client reading the newest postings above the last id it has seen misses none.
+(With the account locks alone, a hold of USD and a trade's settlement of BNC for the same user
+committed in either order, and a smaller id could appear below one already read.)
 """
 
 from collections import defaultdict
@@ -31,6 +38,15 @@ HOLD = LedgerAccount.Kind.HOLD.value
 FEE_REVENUE = LedgerAccount.Kind.FEE_REVENUE.value
 REBATE_EXPENSE = LedgerAccount.Kind.REBATE_EXPENSE.value
 EXTERNAL = LedgerAccount.Kind.EXTERNAL.value
+
+# Transaction-level advisory locks, one per user, in the two-integer key space under a class of
+# their own (the lease and the audit sealer use other classes). The user id is folded into an
+# int4: two users sharing a key only queue behind each other. The ids come sorted and are
+# locked in array order (a function scan).
+USERS_LOCK_CLASS = 0x4C45_4447  # "LEDG"
+USERS_LOCK_SQL = """
+SELECT pg_advisory_xact_lock(%s, (u.id %% 2147483648)::int) FROM unnest(%s::bigint[]) AS u(id)
+"""
 
 LOCK_SQL = """
 SELECT a.id, a.kind, a.user_id, a.asset, a.balance
@@ -96,12 +112,21 @@ def key_columns(keys: Sequence[AccountKey]) -> list[list]:
     return [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]]
 
 
+def users_lock_params(user_ids: Iterable[int | None]) -> list:
+    """`USERS_LOCK_SQL`'s parameters for the users among `user_ids` (None: an exchange account),
+    in the one order every writer takes them."""
+    return [USERS_LOCK_CLASS, sorted({uid for uid in user_ids if uid is not None})]
+
+
 def accounts_lock(*, keys: Iterable[AccountKey]) -> dict[AccountKey, tuple[int, Decimal]]:
-    """Lock the accounts named by `keys` (creating missing ones) in primary-key order; returns
-    key -> (account id, balance). Call inside a transaction."""
+    """Lock the users of `keys` (see the module's docstring), then the accounts named by `keys`
+    (creating missing ones) in primary-key order; returns key -> (account id, balance). Call
+    inside a transaction."""
     wanted = sorted(set(keys), key=lambda k: (k[0], k[1] or 0, k[2]))
-    with bound_cursor() as cursor:
-        cursor.execute(LOCK_SQL, key_columns(wanted))
+    with bound_cursor() as users, bound_cursor() as cursor:
+        with connection.connection.pipeline():  # both locks in one round trip
+            users.execute(USERS_LOCK_SQL, users_lock_params(k[1] for k in wanted))
+            cursor.execute(LOCK_SQL, key_columns(wanted))
         found = {(kind, uid, asset): (pk, bal) for pk, kind, uid, asset, bal in cursor.fetchall()}
         if len(found) < len(wanted):
             missing = [k for k in wanted if k not in found]

@@ -8,7 +8,8 @@ A buyer's fee comes out of the hold, exactly as the engine counts it against the
 a maker rebate on a buy stays in the hold and reaches the buyer's cash with the order's release.
 Per release (an order ended, or an amend freed part of its hold), one entry: hold -> cash.
 
-Accounts are created when missing and locked in primary-key order, like `accounts.ledger`.
+Accounts are created when missing; users and then accounts are locked as `accounts.ledger` locks
+them, before the batch draws its entry ids.
 """
 
 from collections import defaultdict
@@ -25,8 +26,10 @@ from accounts.ledger import (
     FEE_REVENUE,
     HOLD,
     REBATE_EXPENSE,
+    USERS_LOCK_SQL,
     AccountKey,
     key_columns,
+    users_lock_params,
 )
 from accounts.models import LedgerEntry
 
@@ -40,22 +43,19 @@ SELECT a.id, a.kind, a.user_id, a.asset
     ON a.kind = k.kind AND a.user_id IS NOT DISTINCT FROM k.user_id AND a.asset = k.asset
 """
 
-ENTRY_IDS_SQL = (
-    "SELECT nextval(pg_get_serial_sequence('accounts_ledgerentry', 'id')) "
-    "FROM generate_series(1, %s)"
-)
-
-# The lock (primary-key order), the balance moves, the users' balances after them (cash and
-# hold of every user asset that moved, for the balance events) and the events' version, in one
-# round trip. The lock takes both accounts of each user asset that moved, as accounts.ledger
-# does: the events report both, and their version orders them only among transactions that
-# locked both (accounts.balance_events). The
-# cash and hold accounts of each (user, asset) are probed through the unique (kind, user,
-# asset) index (LATERAL, OFFSET 0): the matching worker's batch runs with hash and merge joins
-# off, and a plain join became a nested loop comparing every moved (user, asset) with every
-# cash and hold account (78,000 comparisons a batch of bench worker's 100 users; quadratic
-# in the users a batch touches).
-BALANCES_SQL = f"""
+# The locks, then the batch's entry ids, in one round trip: the users whose postings the batch
+# writes (`USERS_LOCK_SQL`, as every ledger writer takes them), then their accounts in
+# primary-key order. The lock takes both accounts of each user asset that moved, as
+# accounts.ledger does: the balance events report both, and their version orders them only among
+# transactions that locked both (accounts.balance_events). The ids are drawn only once the locks
+# are held, so a user's postings are numbered in the order their transactions commit (see
+# accounts.ledger). The cash and hold accounts of each (user, asset) are probed through the
+# unique (kind, user, asset) index (LATERAL, OFFSET 0): the matching worker's batch runs with
+# hash and merge joins off, and a plain join became a nested loop comparing every moved (user,
+# asset) with every cash and hold account (78,000 comparisons a batch of bench worker's 100
+# users; quadratic in the users a batch touches).
+LOCK_AND_IDS_SQL = f"""
+{USERS_LOCK_SQL};
 SELECT 1 FROM accounts_ledgeraccount
  WHERE id = ANY(%s::bigint[] || ARRAY(
        SELECT a.id
@@ -66,6 +66,12 @@ SELECT 1 FROM accounts_ledgeraccount
                WHERE a.kind IN ('cash', 'hold') AND a.user_id = t.user_id AND a.asset = t.asset
               OFFSET 0) a))
  ORDER BY id FOR UPDATE;
+SELECT nextval(pg_get_serial_sequence('accounts_ledgerentry', 'id')) FROM generate_series(1, %s)
+"""
+
+# The balance moves, the users' balances after them (cash and hold of every user asset that
+# moved, for the balance events) and the events' version, in one round trip.
+BALANCES_SQL = f"""
 UPDATE accounts_ledgeraccount a
    SET balance = a.balance + d.delta, updated_at = now()
   FROM unnest(%s::bigint[], %s::numeric[]) AS d(id, delta)
@@ -154,28 +160,33 @@ class SettlementWriter:
         if not entries:
             return []
         ids = self._resolve({key for _, key, _ in lines})
-        with psycopg.Cursor(connection.connection) as cursor:
-            cursor.execute(ENTRY_IDS_SQL, [len(entries)])
+        deltas: dict[int, Decimal] = defaultdict(Decimal)
+        for _, key, amount in lines:
+            deltas[ids[key]] += amount
+        moved = sorted(account_id for account_id, delta in deltas.items() if delta)
+        with psycopg.ClientCursor(connection.connection) as cursor:
+            cursor.execute(
+                LOCK_AND_IDS_SQL,
+                [*users_lock_params(key[1] for _, key, _ in lines), moved, moved, len(entries)],
+            )
+            cursor.nextset()
+            cursor.nextset()
             entry_ids = [row[0] for row in cursor.fetchall()]
+        with psycopg.Cursor(connection.connection) as cursor:
             with cursor.copy(
                 "COPY accounts_ledgerentry (id, kind, user_id, order_id, trade_id, memo) FROM STDIN"
             ) as copy:
                 for entry_id, row in zip(entry_ids, entries, strict=True):
                     copy.write_row((entry_id, *row))
-            deltas: dict[int, Decimal] = defaultdict(Decimal)
             with cursor.copy(
                 "COPY accounts_ledgerposting (entry_id, account_id, asset, amount) FROM STDIN"
             ) as copy:
                 for index, key, amount in lines:
-                    account_id = ids[key]
-                    deltas[account_id] += amount
-                    copy.write_row((entry_ids[index], account_id, key[2], amount))
-        moved = sorted(account_id for account_id, delta in deltas.items() if delta)
+                    copy.write_row((entry_ids[index], ids[key], key[2], amount))
         if not moved:
             return []
         with psycopg.ClientCursor(connection.connection) as cursor:
-            cursor.execute(BALANCES_SQL, [moved, moved, moved, [deltas[i] for i in moved], moved])
-            cursor.nextset()
+            cursor.execute(BALANCES_SQL, [moved, [deltas[i] for i in moved], moved])
             cursor.nextset()
             rows = cursor.fetchall()
             cursor.nextset()
