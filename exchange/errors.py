@@ -107,6 +107,15 @@ ENGINE_CODE_NAMES = {
 }
 
 
+def rejection_body(code: str, message: str) -> dict | None:
+    """An order's `rejection` as its reads show it: the error body (`error`, `code`, `message`)
+    its placement was (or, answered 202, would have been) refused with; None without a code."""
+    if not code:
+        return None
+    error = engine_rejection(code, message)
+    return {"error": error.error, "code": error.error_code, "message": error.message}
+
+
 def engine_rejection(code: str, message: str, *, order_id: int | None = None) -> ApiError:
     """The API error for a command the engine refused."""
     error = ENGINE_CODE_NAMES.get(code, code if code in ENGINE_CODES_EXPOSED else "OrderRejected")

@@ -9,10 +9,10 @@ import datetime as dt
 import re
 from decimal import Decimal, InvalidOperation
 
-from drf_spectacular.utils import extend_schema_field
+from drf_spectacular.utils import extend_schema_field, inline_serializer
 from rest_framework import serializers
 
-from exchange.errors import echoed, trading_error
+from exchange.errors import echoed, rejection_body, trading_error
 from exchange.models import MONEY, Instrument, Order, StpMode, Trade
 from exchange.order_rules import OrderRequest
 
@@ -261,6 +261,17 @@ class OrderSerializer(serializers.Serializer):
         help_text="What will never fill: cancelled, expired or rejected, or taken off by "
         "self-trade prevention (decrement_both); quantity = filled + remaining + cancelled",
     )
+    rejection = inline_serializer(
+        "OrderRejection",
+        fields={
+            "error": serializers.CharField(),
+            "code": serializers.IntegerField(),
+            "message": serializers.CharField(),
+        },
+        allow_null=True,
+        help_text="A rejected order's error (as its placement's 400): why the matching engine "
+        "refused it; null otherwise",
+    )
     avg_price = serializers.CharField(allow_null=True)
     cumulative_quote = serializers.CharField()
     fees = serializers.CharField()
@@ -311,6 +322,7 @@ def order_representation(order: Order, fills: list[dict] | None = None) -> dict:
         "filled_quantity": quantity_str(instrument, order.filled_quantity),
         "remaining_quantity": quantity_str(instrument, order.remaining_quantity),
         "cancelled_quantity": quantity_str(instrument, _cancelled_quantity(order)),
+        "rejection": rejection_body(order.reject_code, order.reject_message),
         # The average carries four more places than the tick, so it is not rounded to a tick.
         "avg_price": _fmt(avg, instrument.tick_size.normalize().scaleb(-4)) if avg else None,
         "cumulative_quote": money_str(instrument, order.cumulative_quote),

@@ -26,6 +26,7 @@ from accounts.settlement import HoldRelease, SettlementWriter, TradeFill
 from accounts.volume import daily_volume_add, daily_volume_rows
 from audit.events import AuditEvent
 from audit.services import ROW_TRADE_ID, AuditEntry, audit_rows, audit_rows_copy
+from exchange.errors import rejection_body
 from matching.command_codec import command_to_json, json_text, ns_to_datetime
 from matching.engine import Engine, Instrument
 from matching.engine import protocol as p
@@ -1130,6 +1131,8 @@ class BatchWriter:
             summary["amended"] = True
         if u.reason:
             summary["reason"] = u.reason
+        if u.reject_code:
+            summary["rejection"] = rejection_body(u.reject_code, u.reject_message)
         if u.triggered:
             summary["triggered"] = True
         return summary

@@ -165,6 +165,11 @@ def test_post_only_that_would_cross_is_rejected_with_the_price(market):
     assert error["code"] == -2010
     assert error["message"] == "Order would match immediately at 150.45"
     assert Order.objects.get(pk=error["order_id"]).status == "rejected"
+    # Read back (as after a 202), the order says why: it had read rejected / post_only only.
+    shown = taker.get(f"/api/v1/orders/{error['order_id']}").json()
+    assert (shown["status"], shown["reason"]) == ("rejected", "post_only")
+    assert shown["rejection"] == {key: error[key] for key in ("error", "code", "message")}
+    assert maker.get("/api/v1/orders").json()["results"][0]["rejection"] is None
 
 
 def test_post_only_adjust_reprices_one_tick_behind_the_best_offer(market):
@@ -780,6 +785,14 @@ def test_an_expire_at_that_passes_before_the_engine_takes_the_order_is_expire_at
     )
     stored = Order.objects.get(pk=placed.order.pk)
     assert (stored.status, stored.reject_code) == ("rejected", "InvalidExpireAt")
+    # Its reason is the engine's generic `invalid`; its rejection names the error it got.
+    shown = maker.get(f"/api/v1/orders/{stored.pk}").json()
+    assert (shown["status"], shown["reason"]) == ("rejected", "invalid")
+    assert shown["rejection"] == {
+        "error": "ExpireAtInPast",
+        "code": -1119,
+        "message": "expire_at had passed when the matching engine received the order",
+    }
 
 
 def test_avg_price_is_the_exact_average_of_the_fill_prices(exchange_stack, live_db):

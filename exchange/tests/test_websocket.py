@@ -408,6 +408,10 @@ def test_a_rejected_order_frame_says_it_filled_nothing(market):
             frame = await recv_until(ws, lambda f: f.get("type") == "order")
             assert frame["data"]["order_id"] == int(refused.json()["order_id"])
             assert (frame["data"]["event"], frame["data"]["filled"]) == ("rejected", "0")
+            # And why, as the placement's 400 said it (the frame had only reason fok_unfillable).
+            assert frame["data"]["rejection"] == {
+                key: refused.json()[key] for key in ("error", "code", "message")
+            }
         await http.aclose()
 
     asyncio.run(scenario())
