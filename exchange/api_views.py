@@ -354,6 +354,10 @@ class TickerView(PublicView):
                     for name in (
                         "symbol",
                         "last_price",
+                        "best_bid",
+                        "best_bid_size",
+                        "best_ask",
+                        "best_ask_size",
                         "volume_24h",
                         "quote_volume_24h",
                         "high_24h",
@@ -370,9 +374,11 @@ class TickerView(PublicView):
     def get(self, request: Request, symbol: str) -> Response:
         instrument = selectors.instrument_by_symbol(symbol)
         data = selectors.ticker_24h(instrument=instrument)
-        for key in ("last_price", "high_24h", "low_24h", "open_24h", "change_24h"):
+        for key in ("last_price", "best_bid", "best_ask", "high_24h", "low_24h", "open_24h"):
             data[key] = price_str(instrument, data[key])
-        data["volume_24h"] = quantity_str(instrument, data["volume_24h"])
+        data["change_24h"] = price_str(instrument, data["change_24h"])
+        for key in ("volume_24h", "best_bid_size", "best_ask_size"):
+            data[key] = quantity_str(instrument, data[key])
         data["quote_volume_24h"] = money_str(instrument, data["quote_volume_24h"])
         if data["change_pct_24h"] is not None:
             data["change_pct_24h"] = str(data["change_pct_24h"])

@@ -240,8 +240,20 @@ def trades_recent(*, instrument: Instrument) -> QuerySet[Trade]:
     return Trade.objects.filter(instrument=instrument)
 
 
+def book_top(*, instrument: Instrument) -> dict:
+    """Best bid and ask with the quantity shown at each (None for an empty side), from the
+    worker's book snapshot."""
+    snapshot = book_snapshot(instrument.symbol) or {"bids": [], "asks": []}
+    top = {}
+    for side, name in (("bids", "best_bid"), ("asks", "best_ask")):
+        best = snapshot[side][0] if snapshot[side] else None
+        top[name] = Decimal(best[0]) if best else None
+        top[f"{name}_size"] = Decimal(best[1]) if best else None
+    return top
+
+
 def ticker_24h(*, instrument: Instrument, now: dt.datetime | None = None) -> dict:
-    """Last price and the rolling 24 hours' volume, high, low and change."""
+    """Last price, best bid and ask, and the rolling 24 hours' volume, high, low and change."""
     now = now or timezone.now()
     window = Trade.objects.filter(instrument=instrument, executed_at__gte=now - dt.timedelta(1))
     stats = window.aggregate(
@@ -260,6 +272,7 @@ def ticker_24h(*, instrument: Instrument, now: dt.datetime | None = None) -> dic
     return {
         "symbol": instrument.symbol,
         "last_price": last.price if last else None,
+        **book_top(instrument=instrument),
         "volume_24h": stats["volume"] or Decimal(0),
         "quote_volume_24h": stats["quote_volume"] or Decimal(0),
         "high_24h": stats["high"],

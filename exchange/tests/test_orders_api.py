@@ -750,6 +750,12 @@ def test_market_data_endpoints(market):
     ]
     ticker = taker.get(f"/api/v1/ticker/{symbol}").json()
     assert (ticker["last_price"], ticker["volume_24h"], ticker["trades_24h"]) == ("101.00", "2", 1)
+    # The top of the book, as the socket's ticker carries it (REST's had none).
+    top = [ticker[k] for k in ("best_bid", "best_bid_size", "best_ask", "best_ask_size")]
+    assert top == ["99.00", "4", "101.00", "3"]
+    empty = make_instrument()
+    quiet = taker.get(f"/api/v1/ticker/{empty.symbol}").json()
+    assert (quiet["best_bid"], quiet["best_ask_size"], quiet["last_price"]) == (None, None, None)
     symbols = {s["symbol"]: s for s in taker.get("/api/v1/symbols").json()}
     assert symbols[symbol]["tick_size"] == "0.01"
     assert symbols[symbol]["min_notional"] == "1.00"
