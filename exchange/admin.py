@@ -104,8 +104,12 @@ class OrderAdmin(ReadOnlyAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         # Django's own check (the `exchange.change_order` permission), which the cancel action
-        # needs; every field stays read-only. It had been any staff member's: every user's
-        # orders open to view and to cancel without a permission.
+        # needs. It had been any staff member's: every user's orders open to view and to
+        # cancel without a permission. Never for one order: its page is a view without Save.
+        # Saving wrote back the whole row as read, over the worker's fill committed meanwhile
+        # (the order open again, refilled once the worker rebuilt its book from it).
+        if obj is not None:
+            return False
         return admin.ModelAdmin.has_change_permission(self, request, obj)
 
     def get_readonly_fields(self, request, obj=None):

@@ -19,6 +19,7 @@ from exchange.tests.admin_http import (
     admin_action_post,
     admin_client,
     admin_instrument_change,
+    csrf_token,
 )
 from exchange.tests.api_client import ApiClient, make_instrument, make_user
 from matching.models import Command
@@ -211,6 +212,28 @@ def test_staff_see_and_cancel_orders_only_with_the_permissions_for_it(exchange_s
     canceller = admin_client(exchange_stack, permissions=("exchange.change_order",))
     admin_action(canceller, changelist, "cancel_orders", order["order_id"])
     assert Command.objects.filter(order_id=order["order_id"], kind="cancel").exists()
+
+
+@pytest.mark.processes
+def test_an_orders_admin_page_cannot_save_it(exchange_stack, live_db):
+    # Every field was read-only, yet "Save" wrote the row back as read: over a fill the worker
+    # committed meanwhile (the order open again, and refilled after the worker's rebuild).
+    instrument = make_instrument()
+    trader = ApiClient(exchange_stack)
+    order = trader.place(
+        symbol=instrument.symbol, side="sell", order_type="limit", price="12.00", quantity="3"
+    ).json()
+    canceller = admin_client(exchange_stack, permissions=("exchange.change_order",))
+    page_url = f"/admin/exchange/order/{order['order_id']}/change/"
+    page = canceller.get(page_url)
+    assert page.status_code == 200 and 'name="_save"' not in page.text
+    before = Order.objects.get(pk=order["order_id"]).updated_at
+    saved = canceller.post(
+        page_url, data={"csrfmiddlewaretoken": csrf_token(canceller, page_url), "_save": "Save"}
+    )
+    assert saved.status_code == 403
+    assert Order.objects.get(pk=order["order_id"]).updated_at == before
+    assert "cancel_orders" in canceller.get("/admin/exchange/order/").text  # the action stays
 
 
 @pytest.mark.processes
