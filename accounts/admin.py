@@ -1,5 +1,6 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django_otp.plugins.otp_static.models import StaticDevice
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts.models import (
@@ -148,3 +149,32 @@ class TOTPDeviceAdmin(admin.ModelAdmin):
 if admin.site.is_registered(TOTPDevice):  # django-otp's, if its admin module came first
     admin.site.unregister(TOTPDevice)
 admin.site.register(TOTPDevice, TOTPDeviceAdmin)
+
+
+class RecoveryCodesAdmin(admin.ModelAdmin):
+    """A user's recovery codes (django-otp's static device), without the codes. django-otp's
+    own admin listed each code in an editable field: anyone allowed to view devices could have
+    read any user's codes, staff's included (one, with the password, passes the second factor),
+    or added codes of their own choosing. Staff see how many codes are left and may delete the
+    device (a user who lost them enrols again); only its owner ever sees the codes."""
+
+    list_display = ("user", "name", "codes_left", "created_at", "last_used_at")
+    fields = ("user", "name", "codes_left", "created_at", "last_used_at")
+    readonly_fields = fields
+    search_fields = ("user__username", "user__email")
+    list_select_related = ("user",)
+
+    @admin.display(description="Codes left")
+    def codes_left(self, device: StaticDevice) -> int:
+        return device.token_set.count()
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+if admin.site.is_registered(StaticDevice):
+    admin.site.unregister(StaticDevice)
+admin.site.register(StaticDevice, RecoveryCodesAdmin)

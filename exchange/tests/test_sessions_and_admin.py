@@ -6,6 +6,7 @@ import zoneinfo
 from decimal import Decimal
 
 import pytest
+from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 
 from accounts.tests.otp_login import give_totp_device
 from audit.models import AuditRecord
@@ -249,6 +250,35 @@ def test_the_admin_never_shows_a_second_factors_secret(exchange_stack, live_db):
         assert device.key not in response.text and "otpauth://" not in response.text, path
         assert "svg" not in response.headers.get("content-type", ""), path
     assert staff.get("/admin/otp_totp/totpdevice/").status_code == 200
+
+
+@pytest.mark.processes
+def test_the_admin_never_shows_or_takes_recovery_codes(exchange_stack, live_db):
+    # django-otp's admin listed every user's recovery codes in editable fields.
+    device = StaticDevice.objects.create(user=make_user(), name="Recovery codes", confirmed=True)
+    codes = [device.token_set.create(token=StaticToken.random_token()) for _ in range(10)]
+    staff = admin_client(exchange_stack)
+    base = "/admin/otp_static/staticdevice/"
+    page = staff.get(f"{base}{device.pk}/change/")
+    assert page.status_code == 200 and "Codes left" in page.text
+    stored = [token.token for token in device.token_set.all()]
+    assert len(stored) == len(codes)
+    for token in stored:
+        assert token not in page.text
+    assert 'name="_save"' not in page.text and 'name="token_set-0-token"' not in page.text
+    assert staff.get(f"{base}add/").status_code == 403
+    refused = staff.post(
+        f"{base}{device.pk}/change/",
+        data={
+            "csrfmiddlewaretoken": csrf_token(staff, base),
+            "token_set-TOTAL_FORMS": "1",
+            "token_set-INITIAL_FORMS": "0",
+            "token_set-0-token": "mychosen",
+        },
+    )
+    assert refused.status_code == 403
+    assert not device.token_set.filter(token="mychosen").exists()
+    assert staff.get(base).status_code == 200
 
 
 @pytest.mark.processes
