@@ -3,6 +3,7 @@ from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django_otp.plugins.otp_static.models import StaticDevice
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from accounts.forms import StaffUserChangeForm, StaffUserCreationForm
 from accounts.models import (
     APIKey,
     DailyVolume,
@@ -21,6 +22,17 @@ from exchange.admin import ReadOnlyAdmin
 @admin.register(User)
 class UserAdmin(DjangoUserAdmin):
     list_display = ("username", "email", "is_staff", "is_active", "date_joined")
+    form = StaffUserChangeForm
+    add_form = StaffUserCreationForm
+    add_fieldsets = (
+        (
+            None,
+            {
+                "classes": ("wide",),
+                "fields": ("username", "email", "usable_password", "password1", "password2"),
+            },
+        ),
+    )
 
 
 # ---- fee tiers ---------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
-"""Forms of the sign-in pages: sign-up, login, and the one-time code of the 2FA pages."""
+"""Forms of the sign-in pages (sign-up, login, the one-time code of the 2FA pages) and the
+admin's user forms."""
 
 from django import forms
 from django.contrib.auth import get_user_model, password_validation
+from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 
 from accounts.login_throttle import normalize_email
 
@@ -81,3 +83,38 @@ class CodeForm(forms.Form):
             widget.attrs.update(inputmode="numeric", pattern=r"[0-9 ]{6,7}", maxlength="7")
         if not autofocus:
             widget.attrs.pop("autofocus", None)
+
+
+def unique_email(value: str, *, exclude_pk: int | None = None) -> str:
+    """`value` as accounts keep it (trimmed, lower case); a ValidationError when another
+    account has it in any case: sign-in finds an account by its email whatever the case."""
+    email = normalize_email(value)
+    others = get_user_model().objects.filter(email__iexact=email)
+    if exclude_pk is not None:
+        others = others.exclude(pk=exclude_pk)
+    if others.exists():
+        raise forms.ValidationError("An account with this email already exists.")
+    return email
+
+
+class StaffUserCreationForm(AdminUserCreationForm):
+    """The admin's add-user form: an email is required (users sign in with it) and unique in
+    any case. Without it, a second user added with no email was a 500 (the empty email was
+    taken), and one whose email differed only in case could never sign in."""
+
+    class Meta(AdminUserCreationForm.Meta):
+        model = get_user_model()
+        fields = ("username", "email")
+
+    def clean_email(self) -> str:
+        return unique_email(self.cleaned_data["email"])
+
+
+class StaffUserChangeForm(UserChangeForm):
+    """The admin's change-user form, with the same rule for the email."""
+
+    class Meta(UserChangeForm.Meta):
+        model = get_user_model()
+
+    def clean_email(self) -> str:
+        return unique_email(self.cleaned_data["email"], exclude_pk=self.instance.pk)

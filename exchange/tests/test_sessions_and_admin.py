@@ -2,10 +2,13 @@
 admin."""
 
 import datetime as dt
+import uuid
 import zoneinfo
 from decimal import Decimal
 
+import httpx
 import pytest
+from django.contrib.auth import get_user_model
 from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 
 from accounts.tests.otp_login import give_totp_device
@@ -279,6 +282,53 @@ def test_the_admin_never_shows_or_takes_recovery_codes(exchange_stack, live_db):
     assert refused.status_code == 403
     assert not device.token_set.filter(token="mychosen").exists()
     assert staff.get(base).status_code == 200
+
+
+@pytest.mark.processes
+def test_staff_add_and_edit_users_only_with_an_email_no_one_else_has(exchange_stack, live_db):
+    # A second user added without an email was a 500 (the empty email already taken); one
+    # whose email differed from another's only in case was kept, and could never sign in.
+    staff = admin_client(exchange_stack)
+    existing = make_user()
+    add_url = "/admin/accounts/user/add/"
+
+    def add(username: str, email: str) -> httpx.Response:
+        return staff.post(
+            add_url,
+            data={
+                "csrfmiddlewaretoken": csrf_token(staff, add_url),
+                "username": username,
+                "email": email,
+                "usable_password": "true",
+                "password1": "a-long-password-42",
+                "password2": "a-long-password-42",
+            },
+        )
+
+    for email in ("", existing.email.upper()):
+        refused = add(f"new-{uuid.uuid4().hex[:8]}", email)
+        assert refused.status_code == 200, email  # the form again, with the error
+        assert "This field is required." in refused.text or "already exists" in refused.text
+    created = add(f"new-{uuid.uuid4().hex[:8]}", "  New.Person@Example.COM ")
+    assert created.status_code == 302
+    new_user = get_user_model().objects.get(email="new.person@example.com")
+    change_url = f"/admin/accounts/user/{new_user.pk}/change/"
+    form = staff.get(change_url).text
+    assert 'name="email"' in form
+    clash = staff.post(
+        change_url,
+        data={
+            "csrfmiddlewaretoken": csrf_token(staff, change_url),
+            "username": new_user.username,
+            "email": existing.email.upper(),
+            "is_active": "on",
+            "date_joined_0": "2026-01-01",
+            "date_joined_1": "00:00:00",
+        },
+    )
+    assert clash.status_code == 200 and "already exists" in clash.text
+    new_user.refresh_from_db()
+    assert new_user.email == "new.person@example.com"
 
 
 @pytest.mark.processes
