@@ -41,7 +41,8 @@ INSTRUMENT_AUDIT_EVENTS = {
 
 
 REJECT_MESSAGES = {
-    p.INSTRUMENT_HALTED: "the instrument is halted",
+    p.INSTRUMENT_HALTED: "trading is halted: new orders and amends are refused, cancels are "
+    "taken",
     p.FOK_UNFILLABLE: "the fill-or-kill order cannot be filled in full",
     p.UNKNOWN_INSTRUMENT: "the matching engine does not know this instrument",
     p.INVALID_EXPIRE_AT: "expire_at had passed when the matching engine received the order",
@@ -651,7 +652,7 @@ class BatchWriter:
                     audits.extend(self._trade_audits(a, ev, texts))
                 elif kind == p.EV_REJECT:
                     a.reject_code = a.reject_code or ev[p.R_CODE]
-                    if not a.reject_message and ev[p.R_CODE] == p.POST_ONLY_WOULD_MATCH:
+                    if not a.reject_message:  # a refused amend had said only "refused"
                         a.reject_message = reject_message(ev, specs.get(ev[3]))
                     oid = ev[p.R_ORDER_ID]
                     if (

@@ -143,6 +143,12 @@ def test_staff_halt_rejects_new_orders_keeps_cancels_and_resume_reopens(exchange
 
     refused = wait_until(halted_answer, timeout=10)
     assert Order.objects.get(pk=refused.json()["order_id"]).status == "rejected"
+    halted = "trading is halted: new orders and amends are refused, cancels are taken"
+    assert refused.json()["message"] == halted
+    # An amend is refused saying why (it had said "the matching engine refused the change").
+    amend = trader.patch(f"/api/v1/orders/{resting['order_id']}", {"price": "9.00"})
+    assert amend.status_code == 400
+    assert (amend.json()["error"], amend.json()["message"]) == ("InstrumentHalted", halted)
     cancelled = trader.delete(f"/api/v1/orders/{resting['order_id']}")
     assert cancelled.json()["status"] == "cancelled"
 
