@@ -11,11 +11,13 @@ import datetime as dt
 import json
 import os
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from django.db import connections
 
+from accounts.ledger import funds_deposit
 from accounts.tests.fee_tier_data import ensure_shipped_tiers
 from accounts.two_factor import totp_code
 from exchange.book_checksum import book_checksum
@@ -177,6 +179,26 @@ def test_log_in_and_a_limit_order_appears_in_the_ladder_and_open_orders_without_
     # The hold shows in the available balance next to the ticket: 10,000,000 - 501.04 (500,
     # the worst-case taker fee 1.00, and a cent of fee rounding reserve per fill after the first).
     expect(page.locator('#ticket-balances [data-asset="USD"]')).to_have_text("9999498.96")
+
+
+def test_the_tickets_balances_follow_changes_made_elsewhere(open_page, exchange_stack, live_db):
+    # They changed only with an order of the page's own symbol: an order of another symbol or
+    # a deposit left them stale until then.
+    instrument, other, user = make_instrument(), make_instrument(), trader()
+    page = open_page()
+    open_trading(page, user, instrument.symbol)
+    available = page.locator('#ticket-balances [data-asset="USD"]')
+    expect(available).to_have_text("10000000.00")
+    elsewhere = ApiClient(exchange_stack, user)
+    placed = elsewhere.place(
+        symbol=other.symbol, side="buy", order_type="limit", price="10.00", quantity="10"
+    )
+    assert placed.status_code == 201, placed.text
+    usd = next(b for b in elsewhere.get("/api/v1/balances").json() if b["asset"] == "USD")
+    assert usd["available"] != "10000000.00"
+    expect(available).to_have_text(usd["available"])
+    funds_deposit(user=user, asset="USD", amount=Decimal("0.01"), memo="test")
+    expect(available).to_have_text(f"{Decimal(usd['available']) + Decimal('0.01')}")
 
 
 def test_a_crossing_order_of_a_second_user_fills_it_in_both_tapes_and_fills(open_page, live_db):
@@ -467,6 +489,7 @@ def test_two_factor_enrolment_then_login_with_a_code_and_the_account_page(open_p
 
 
 def test_account_page_deposit_withdraw_ledger_and_api_keys(open_page, live_db):
+    make_instrument()  # the forms offer the listed instruments' assets (run alone: none)
     user = trader()
     page = open_page()
     log_in(page, user, "/account/")
@@ -506,6 +529,11 @@ def test_account_page_deposit_withdraw_ledger_and_api_keys(open_page, live_db):
     keys.get_by_label("IP allow-list").fill("not-an-ip")
     keys.get_by_role("button", name="Create key").click()
     expect(keys.locator('[data-error-for="ip_allowlist"]')).to_be_visible()
+    keys.get_by_label("Label").fill("")
+    keys.get_by_label("IP allow-list").fill("")
+    keys.get_by_role("button", name="Create key").click()
+    # At its input the message does not repeat the field's name (it read "label: This ...").
+    expect(keys.locator('[data-error-for="label"]')).to_have_text("This field may not be blank.")
 
     page.once("dialog", lambda dialog: dialog.accept())
     row.get_by_role("button", name="Revoke key my bot").click()

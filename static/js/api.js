@@ -48,9 +48,12 @@ export function showError(form, error) {
   const field = error.field ? String(error.field).split(".")[0] : null;
   let slot = field ? form.querySelector(`[data-error-for="${field}"]`) : null;
   if (!slot || slot.parentElement.closest("[hidden]")) slot = form.querySelector('[data-error-for="__all__"]');
-  slot.textContent = message;
+  const atField = slot.dataset.errorFor !== "__all__";
+  // At its input the message need not name the field ("label: This field may not be blank.").
+  const prefix = `${error.field}: `;
+  slot.textContent = atField && message.startsWith(prefix) ? message.slice(prefix.length) : message;
   slot.hidden = false;
-  const input = slot.dataset.errorFor !== "__all__" && form.elements.namedItem(field);
+  const input = atField && form.elements.namedItem(field);
   if (input && input.setAttribute) {
     input.setAttribute("aria-invalid", "true");
     input.focus();

@@ -518,6 +518,11 @@ const stream = new Stream(channels, {
       }
     } else if (frame.type === "order" && frame.data.symbol === symbol) {
       refreshMine();
+    } else if (frame.type === "balance") {
+      // Any change of a balance shown here: an order of another symbol, a deposit, a
+      // withdrawal (the hub sends only a newer balance than the last it sent).
+      const slot = document.querySelector(`#ticket-balances [data-asset="${CSS.escape(frame.data.asset)}"]`);
+      if (slot) slot.textContent = frame.data.available;
     } else if (frame.type === "error" && frame.error !== "NotSubscribed") {
       document.getElementById("stream-state").textContent = `Feed error: ${frame.message}`;
     } else if (frame.type === "resync") {
