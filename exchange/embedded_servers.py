@@ -46,6 +46,20 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _processes_in(directory: Path) -> list[int]:
+    """Pids of the processes whose working directory is `directory` (Linux /proc; elsewhere
+    none are found). A PostgreSQL server's processes all run in its data directory."""
+    target = directory.resolve()
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if Path(os.readlink(entry / "cwd")) == target:
+                found.append(int(entry.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
 class EmbeddedPostgres:
     """A PostgreSQL server from the pgserver wheel, data in `data_dir`."""
 
@@ -109,6 +123,11 @@ class EmbeddedPostgres:
             deadline = time.monotonic() + 15
             while _pid_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
+        # A killed postmaster's children (checkpointer, backends, ...) exit once they notice,
+        # which takes longer on a loaded machine; a new server started beside them failed.
+        deadline = time.monotonic() + 15
+        while _processes_in(self.data_dir) and time.monotonic() < deadline:
+            time.sleep(0.1)
         if pid_file.exists():
             pid_file.unlink()
 
@@ -150,8 +169,11 @@ class EmbeddedPostgres:
             timeout=90,
         )
         if result.returncode != 0:
-            tail = log_file.read_text()[-2000:] if log_file.exists() else result.stderr
-            raise EmbeddedServerError(f"PostgreSQL did not start (log {log_file}):\n{tail}")
+            tail = log_file.read_text()[-2000:] if log_file.exists() else ""
+            raise EmbeddedServerError(
+                f"PostgreSQL did not start: pg_ctl said {result.stderr.strip()!r} "
+                f"(log {log_file}):\n{tail}"
+            )
         return self.url
 
     def stop(self) -> None:
