@@ -16,10 +16,9 @@ from rest_framework.views import APIView
 from accounts.fee_tiers import fee_tier_status, user_fee_rates
 from accounts.models import FeeTier
 from accounts.quote_presence import daily_presence, uptime_30d
-from accounts.volume import daily_volumes, window_days
+from accounts.volume import VOLUME_QUOTE_ASSET, daily_volumes, window_days
 
 # Every listed instrument quotes USD: volumes and thresholds are USD, at cent precision.
-VOLUME_QUOTE_ASSET = "USD"
 
 
 def usd(value: Decimal) -> str:

@@ -2,10 +2,12 @@
 batches and recomputed nightly from the trades.
 
 The window of an instant `now` is the 30 UTC days ending with now's UTC day, today included:
-`[today - 29, today]`. Volume is the quote-currency notional (USD for every listed instrument
-today); each trade counts for its maker and for its taker. A self-trade (maker and taker the
-same user, possible with self-trade prevention `none`) counts for nobody: trading with oneself
-must not buy a cheaper tier.
+`[today - 29, today]`. Volume is in `VOLUME_QUOTE_ASSET` (USD): the notional of the trades of
+instruments quoted in it (an instrument quoted in another asset counts for nothing: its amounts
+are in another unit, and without an exchange rate, a thousand of a cheap currency had bought
+a USD tier); each trade counts for its maker and for its taker. A self-trade (maker and taker
+the same user, possible with self-trade prevention `none`) counts for nobody: trading with
+oneself must not buy a cheaper tier.
 """
 
 import datetime as dt
@@ -20,6 +22,8 @@ from accounts.models import DailyVolume
 from exchange.models import Trade
 
 WINDOW_DAYS = 30
+# The currency of the fee tiers' volume thresholds.
+VOLUME_QUOTE_ASSET = "USD"
 # Advisory lock key of the nightly recompute (an arbitrary constant of this module).
 RECOMPUTE_LOCK_KEY = 0x5F0E_7A11
 
@@ -36,11 +40,12 @@ SELECT r.user_id, r.day, r.quote_volume, clock_timestamp()
 # The nightly correction: each user's volume per day from the trades (maker and taker legs).
 DAILY_VOLUME_FROM_TRADES_SQL = """
 WITH window_trades AS (
-    SELECT maker_user_id, taker_user_id, (executed_at AT TIME ZONE 'UTC')::date AS day,
-           quote_quantity
-      FROM exchange_trade
-     WHERE id >= %(min_id)s AND executed_at >= %(start)s AND executed_at < %(end)s
-       AND maker_user_id <> taker_user_id
+    SELECT t.maker_user_id, t.taker_user_id, (t.executed_at AT TIME ZONE 'UTC')::date AS day,
+           t.quote_quantity
+      FROM exchange_trade t
+      JOIN exchange_instrument i ON i.id = t.instrument_id
+     WHERE t.id >= %(min_id)s AND t.executed_at >= %(start)s AND t.executed_at < %(end)s
+       AND t.maker_user_id <> t.taker_user_id AND i.quote_asset = %(quote_asset)s
 ), legs AS (
     SELECT maker_user_id AS user_id, day, quote_quantity FROM window_trades
     UNION ALL
@@ -137,7 +142,12 @@ def daily_volume_recompute(*, now: dt.datetime, days: int = WINDOW_DAYS) -> int:
     with connection.cursor() as cursor:
         cursor.execute(
             DAILY_VOLUME_FROM_TRADES_SQL,
-            {"min_id": trade_id_lower_bound(start), "start": start, "end": end},
+            {
+                "min_id": trade_id_lower_bound(start),
+                "start": start,
+                "end": end,
+                "quote_asset": VOLUME_QUOTE_ASSET,
+            },
         )
         rows = cursor.fetchall()
         # Two overlapping runs would each delete and insert the same rows: one at a time.

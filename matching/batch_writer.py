@@ -23,7 +23,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from accounts.settlement import HoldRelease, SettlementWriter, TradeFill
-from accounts.volume import daily_volume_add, daily_volume_rows
+from accounts.volume import VOLUME_QUOTE_ASSET, daily_volume_add, daily_volume_rows
 from audit.events import AuditEvent
 from audit.services import ROW_TRADE_ID, AuditEntry, audit_rows, audit_rows_copy
 from exchange.errors import rejection_body
@@ -41,8 +41,7 @@ INSTRUMENT_AUDIT_EVENTS = {
 
 
 REJECT_MESSAGES = {
-    p.INSTRUMENT_HALTED: "trading is halted: new orders and amends are refused, cancels are "
-    "taken",
+    p.INSTRUMENT_HALTED: "trading is halted: new orders and amends are refused, cancels are taken",
     p.FOK_UNFILLABLE: "the fill-or-kill order cannot be filled in full",
     p.UNKNOWN_INSTRUMENT: "the matching engine does not know this instrument",
     p.INVALID_EXPIRE_AT: "expire_at had passed when the matching engine received the order",
@@ -811,16 +810,17 @@ class BatchWriter:
             )
         return fills
 
-    @staticmethod
-    def _volume_add(prepared: "PreparedBatch") -> None:
-        """Count the batch's trades in both users' daily volume (the fee tiers' 30 days)."""
+    def _volume_add(self, prepared: "PreparedBatch") -> None:
+        """Count the batch's trades in both users' daily volume (the fee tiers' 30 days): those
+        of instruments quoted in the tiers' currency."""
         if not prepared.trade_rows:
             return
-        specs = prepared.specs
+        specs, assets = prepared.specs, self.assets
         legs = (
             (m_uid, t_uid, ts.date(), specs[sym].minor_to_quote(notional))
             for (sym, _k, _tseq, _price, _qty, notional, _m_oid, _t_oid, m_uid, t_uid, _side,
                  _m_fee, _t_fee, ts, _ts_ns) in prepared.trade_rows
+            if assets[sym][1] == VOLUME_QUOTE_ASSET
         )  # fmt: skip
         with psycopg.Cursor(connection.connection) as cursor:
             daily_volume_add(cursor=cursor, rows=daily_volume_rows(legs))

@@ -113,6 +113,9 @@ def test_nightly_recompute_rewrites_completed_days_from_the_trades_and_leaves_to
     trade(instrument, taker, maker, at("2030-05-19T12:00:00"), "1.00", "5")
     trade(instrument, maker, taker, at("2030-05-20T00:05:00"), "7.00", "1")  # today
     trade(instrument, maker, maker, at("2030-05-19T13:00:00"), "500.00", "9")  # self-trade
+    # Quoted in another asset: not dollars (it had been added as if it were).
+    yen = new_instrument(quote_asset="JPYX", quote_precision=0, tick_size=Decimal("1"))
+    trade(yen, maker, taker, at("2030-05-19T14:00:00"), "1000", "1000")
     # Drift: a wrong count, a day without trades, and today's row (the worker's, untouched).
     for user in (maker, taker):
         DailyVolume.objects.create(

@@ -8,7 +8,7 @@ from django.db.models import Sum
 
 from accounts.models import DailyVolume, LedgerAccount
 from accounts.selectors import ledger_discrepancies
-from exchange.models import Order
+from exchange.models import Order, Trade
 from exchange.services import order_amend
 from exchange.tests.api_client import make_user
 from matching.models import Command
@@ -64,6 +64,25 @@ def test_maker_rebates_are_paid_by_the_exchange_and_reach_the_maker(processes, p
     for user in (seller, buyer):
         volume = DailyVolume.objects.filter(user=user).aggregate(total=Sum("quote_volume"))
         assert volume["total"] == Decimal("1495.00")
+    exactly_once_invariants()
+
+
+def test_only_trades_quoted_in_usd_count_toward_the_fee_tiers_volume(processes, process_env):
+    # The volume thresholds are in USD: a trade quoted in another asset had been added as if
+    # its amount were dollars (a million of a cheap currency bought the Volume 1 tier).
+    usd, other = instrument_create(), instrument_create(quote_asset="JPYX")
+    seller, buyer = make_user("seller", funds={}), make_user("buyer", funds={})
+    start_worker(processes, process_env)
+    for instrument in (usd, other):
+        order_row_place(user=seller, instrument=instrument, side="sell", quantity="10",
+                        price="100.00")  # fmt: skip
+        order_row_place(user=buyer, instrument=instrument, side="buy", quantity="10",
+                        price="100.00")  # fmt: skip
+    all_commands_applied()
+    assert Trade.objects.filter(instrument=other).count() == 1
+    for user in (seller, buyer):
+        volume = DailyVolume.objects.filter(user=user).aggregate(total=Sum("quote_volume"))
+        assert volume["total"] == Decimal("1000.00")
     exactly_once_invariants()
 
 
