@@ -115,14 +115,28 @@ class Instrument(models.Model):
         for field in ("base_precision", "quote_precision"):
             if getattr(self, field) is not None and getattr(self, field) > places:
                 errors[field] = f"At most {places} decimal places (what amounts are stored with)."
+        # Said at the field (the database's constraints would name themselves, form-wide).
+        for field in ("tick_size", "lot_size", "min_quantity"):
+            if getattr(self, field) is not None and getattr(self, field) <= 0:
+                errors[field] = "Must be more than 0."
+        if self.min_notional is not None and self.min_notional < 0:
+            errors["min_notional"] = "Cannot be negative (0: no minimum)."
         lot, minimum = self.lot_size, self.min_quantity
-        if lot is not None and lot > 0 and minimum is not None and minimum % lot:
+        if lot is not None and lot > 0 and minimum is not None and minimum > 0 and minimum % lot:
             errors["min_quantity"] = f"Must be a multiple of the lot size {lot.normalize():f}."
         for field, value, precision in (
             ("lot_size", lot, self.base_precision),
             ("min_notional", self.min_notional, self.quote_precision),
+            # A price is an amount of the quote asset: a finer tick settled a fill of 1 at 0.0099
+            # (quote precision 2) for 0.00, the base asset given away.
+            ("tick_size", self.tick_size, self.quote_precision),
         ):
-            if value is not None and precision is not None and _decimals(value) > precision:
+            if (
+                field not in errors
+                and value is not None
+                and precision is not None
+                and _decimals(value) > precision
+            ):
                 errors[field] = f"At most {precision} decimal places (the asset's precision)."
         if self.price_band_pct is not None and self.price_band_pct < 0:
             errors["price_band_pct"] = "Cannot be negative (0 turns the band off)."
@@ -136,6 +150,10 @@ class Instrument(models.Model):
         opens, closes = self.session_open, self.session_close
         if not self.trades_24_7 and opens is not None and closes is not None and opens >= closes:
             errors["session_close"] = "Must be after the session open."
+        if not self.trades_24_7:
+            for field, value in (("session_open", opens), ("session_close", closes)):
+                if value is None:
+                    errors[field] = "Set the session's open and close, or tick trades 24/7."
         if errors:
             raise ValidationError(errors)
 

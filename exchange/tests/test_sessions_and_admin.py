@@ -412,9 +412,44 @@ def test_the_admin_refuses_rules_order_entry_cannot_use_and_freezes_the_scale(
         "Not a time zone name",
     ):
         assert message in refused.text
+    # Said at each field: they had read 'Constraint "instrument_min_qty_gt_0" is violated.'.
+    refused = admin_instrument_change(staff, instrument, min_quantity="0", min_notional="-1",
+                                      trades_24_7="")  # fmt: skip
+    assert refused.status_code == 200 and "Constraint" not in refused.text
+    for message in (
+        "Must be more than 0.",
+        "Cannot be negative (0: no minimum).",
+        "Set the session&#x27;s open and close, or tick trades 24/7.",
+    ):
+        assert message in refused.text
     instrument.refresh_from_db()
     assert (instrument.min_quantity, instrument.trades_24_7) == (Decimal("1"), True)
     assert not Command.objects.filter(kind="update_rules", payload__symbol=instrument.symbol)
+    # A tick finer than the quote asset's precision: a fill of 1 at 0.0099 settled for 0.00.
+    add_url = "/admin/exchange/instrument/add/"
+    symbol = f"FINE{instrument.symbol[-4:]}"
+    added = staff.post(
+        add_url,
+        data={
+            "csrfmiddlewaretoken": csrf_token(staff, add_url),
+            "symbol": symbol,
+            "base_asset": "FIN",
+            "quote_asset": "USD",
+            "base_precision": "0",
+            "quote_precision": "2",
+            "tick_size": "0.0001",
+            "lot_size": "1",
+            "min_quantity": "1",
+            "min_notional": "0",
+            "price_band_pct": "10",
+            "market_collar_pct": "5",
+            "trades_24_7": "on",
+            "session_timezone": "UTC",
+            "default_stp_mode": "cancel_resting",
+        },
+    )
+    assert added.status_code == 200 and "At most 2 decimal places" in added.text
+    assert not Instrument.objects.filter(symbol=symbol).exists()
     trader = ApiClient(exchange_stack)
     placed = trader.place(
         symbol=instrument.symbol, side="buy", order_type="limit", price="10.00", quantity="1"
