@@ -117,7 +117,7 @@ def price_ticks(engine: EngineInstrument, instrument: Instrument, value: Decimal
         raise trading_error(
             "PriceOffTick",
             f"{field} {value} is not a multiple of the tick size "
-            f"{instrument.tick_size.normalize()}",
+            f"{instrument.tick_size.normalize():f}",
             field=field,
         ) from None
     return _within_engine(ticks, field, value)
@@ -163,13 +163,14 @@ def quantity_lots(engine: EngineInstrument, instrument: Instrument, value: Decim
     except ValueError:
         raise trading_error(
             "QuantityOffLot",
-            f"{field} {value} is not a multiple of the lot size {instrument.lot_size.normalize()}",
+            f"{field} {value} is not a multiple of the lot size "
+            f"{instrument.lot_size.normalize():f}",
             field=field,
         ) from None
     if field == "quantity" and value < instrument.min_quantity:
         raise trading_error(
             "QuantityBelowMinimum",
-            f"quantity {value} is below the minimum {instrument.min_quantity.normalize()}",
+            f"quantity {value} is below the minimum {instrument.min_quantity.normalize():f}",
             field=field,
         )
     return _within_engine(lots, field, value)

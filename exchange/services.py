@@ -199,8 +199,8 @@ def order_plan(
         if notional < instrument.min_notional:
             raise trading_error(
                 "NotionalTooSmall",
-                f"order value {notional.normalize()} is below the minimum "
-                f"{instrument.min_notional.normalize()} {instrument.quote_asset}",
+                f"order value {notional.normalize():f} is below the minimum "
+                f"{instrument.min_notional.normalize():f} {instrument.quote_asset}",
                 field="quantity",
             )
 

@@ -724,6 +724,23 @@ def test_the_band_a_refusal_names_holds_only_prices_it_takes(market):
         assert taken.status_code == 201, taken.text
 
 
+def test_rule_messages_print_plain_numbers(exchange_stack, live_db):
+    # They read "lot size 1E+1", "minimum 1E+2", "order value 1E+2 is below the minimum 1E+3".
+    instrument = make_instrument(
+        lot_size=Decimal("10"), min_quantity=Decimal("100"), min_notional=Decimal("1000.00")
+    )
+    client = ApiClient(exchange_stack)
+    expected = {
+        ("10.00", "15"): "quantity 15 is not a multiple of the lot size 10",
+        ("10.00", "50"): "quantity 50 is below the minimum 100",
+        ("1.00", "100"): "order value 100 is below the minimum 1000 USD",
+    }
+    for (price, quantity), message in expected.items():
+        refused = client.place(**limit(instrument.symbol, "buy", price, quantity))
+        assert refused.status_code == 400
+        assert refused.json()["message"].startswith(message), refused.json()
+
+
 def test_market_data_endpoints(market):
     instrument, maker, taker = market
     maker.place(**limit(instrument.symbol, "sell", "101.00", "5"))
