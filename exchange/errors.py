@@ -104,7 +104,13 @@ ENGINE_CODE_NAMES = {
     # expire_at was ahead when the order was accepted, and had passed when the engine took it
     # (a GTD a few milliseconds ahead, a DAY order at the close, the worker away meanwhile).
     "InvalidExpireAt": "ExpireAtInPast",
+    # Order entry checked the instrument's rules as it had them (cached up to 2 s), and staff
+    # raised a minimum meanwhile: the engine's refusal is the one order entry gives now.
+    "InvalidQuantity": "QuantityBelowMinimum",
+    "BelowMinNotional": "NotionalTooSmall",
 }
+# The request field such a refusal names, as order entry's own does.
+ENGINE_CODE_FIELDS = {"InvalidQuantity": "quantity", "BelowMinNotional": "quantity"}
 
 
 def rejection_body(code: str, message: str) -> dict | None:
@@ -122,4 +128,4 @@ def engine_rejection(code: str, message: str, *, order_id: int | None = None) ->
     extra = {"order_id": order_id} if order_id is not None else None
     if error == "OrderRejected":
         message = f"{code}: {message}" if message else code
-    return trading_error(error, message or code, extra=extra)
+    return trading_error(error, message or code, field=ENGINE_CODE_FIELDS.get(code), extra=extra)

@@ -45,6 +45,10 @@ REJECT_MESSAGES = {
     p.FOK_UNFILLABLE: "the fill-or-kill order cannot be filled in full",
     p.UNKNOWN_INSTRUMENT: "the matching engine does not know this instrument",
     p.INVALID_EXPIRE_AT: "expire_at had passed when the matching engine received the order",
+    # Order entry had checked the rules before a change reached it (GET /symbols has them).
+    p.INVALID_QUANTITY: "quantity is below the instrument's minimum, which has just changed",
+    p.BELOW_MIN_NOTIONAL: "the order's value is below the instrument's minimum notional, which "
+    "has just changed",
     "CommandFailed": "the matching worker could not apply this order",
     "InvalidCommand": "the matching engine could not read this order",
 }
