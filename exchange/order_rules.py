@@ -190,6 +190,27 @@ def quote_minor(engine: EngineInstrument, value: Decimal, field: str) -> int:
     return _within_engine(minor, field, value)
 
 
+def check_minimums(instrument: Instrument, price: Decimal | None, quantity: Decimal, field: str):
+    """The instrument's minimum quantity, and its minimum notional (price x quantity) for an
+    order with a price; `field` is the request field a refused notional names."""
+    if quantity < instrument.min_quantity:
+        raise trading_error(
+            "QuantityBelowMinimum",
+            f"quantity {quantity.normalize():f} is below the minimum "
+            f"{instrument.min_quantity.normalize():f}",
+            field="quantity",
+        )
+    if price is not None and instrument.min_notional:
+        notional = price * quantity
+        if notional < instrument.min_notional:
+            raise trading_error(
+                "NotionalTooSmall",
+                f"order value {notional.normalize():f} is below the minimum "
+                f"{instrument.min_notional.normalize():f} {instrument.quote_asset}",
+                field=field,
+            )
+
+
 def check_band(instrument: Instrument, price: Decimal, reference: Decimal | None, field: str):
     """A limit price more than price_band_pct away from the last trade price is refused."""
     if reference is None or not instrument.price_band_pct:

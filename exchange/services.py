@@ -33,6 +33,7 @@ from exchange.order_rules import (
     OrderRequest,
     buy_value_check,
     check_band,
+    check_minimums,
     check_session,
     check_shape,
     day_expiry,
@@ -194,15 +195,8 @@ def order_plan(
                 f"display_quantity {request.display_quantity} exceeds quantity {request.quantity}",
                 field="display_quantity",
             )
-    if price and qty and instrument.min_notional:
-        notional = request.price * request.quantity
-        if notional < instrument.min_notional:
-            raise trading_error(
-                "NotionalTooSmall",
-                f"order value {notional.normalize():f} is below the minimum "
-                f"{instrument.min_notional.normalize():f} {instrument.quote_asset}",
-                field="quantity",
-            )
+    if price and qty:
+        check_minimums(instrument, request.price, request.quantity, "quantity")
 
     expire_at = request.expire_at
     if request.time_in_force == Order.TimeInForce.GTD:
@@ -598,6 +592,15 @@ def order_amend(
                 f"{order.filled_quantity.normalize():f} filled",
                 field="quantity",
             )
+    if new_quantity is not None:
+        # The amended order meets the rules a new one must (a new price had been taken below
+        # the minimum notional, and on an order below a minimum raised since it was placed).
+        check_minimums(
+            instrument,
+            new_price if order.order_type in (Order.Type.LIMIT, Order.Type.STOP_LIMIT) else None,
+            new_quantity,
+            "quantity" if quantity is not None else "price",
+        )
     if Command.objects.filter(
         order_id=order.pk, kind=Command.Kind.AMEND, applied_at__isnull=True
     ).exists():

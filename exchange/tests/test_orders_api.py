@@ -741,6 +741,21 @@ def test_rule_messages_print_plain_numbers(exchange_stack, live_db):
         assert refused.json()["message"].startswith(message), refused.json()
 
 
+def test_an_amend_meets_the_minimums_a_new_order_must(exchange_stack, live_db):
+    # A new price below the minimum notional was taken (a quantity amend was checked).
+    instrument = make_instrument(min_notional=Decimal("100.00"))
+    client = ApiClient(exchange_stack)
+    placed = client.place(**limit(instrument.symbol, "sell", "60.00", "2")).json()
+    path = f"/api/v1/orders/{placed['order_id']}"
+    refused = client.patch(path, {"price": "45.00"})
+    assert refused.status_code == 400
+    body = refused.json()
+    assert (body["error"], body["field"]) == ("NotionalTooSmall", "price")
+    assert body["message"] == "order value 90 is below the minimum 100 USD"
+    assert client.get(path).json()["price"] == "60.00"
+    assert client.patch(path, {"price": "55.00"}).status_code == 200
+
+
 def test_market_data_endpoints(market):
     instrument, maker, taker = market
     maker.place(**limit(instrument.symbol, "sell", "101.00", "5"))
