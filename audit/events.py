@@ -50,6 +50,7 @@ class AuditEvent(models.TextChoices):
     SHARD_TAKEOVER = "worker.shard_takeover", "Shard takeover"
     WORKER_RECOVERY = "worker.recovery", "Worker recovery"
     # Instruments.
+    INSTRUMENT_LISTED = "instrument.listed", "Instrument listed"
     INSTRUMENT_HALTED = "instrument.halted", "Instrument halted"
     INSTRUMENT_RESUMED = "instrument.resumed", "Instrument resumed"
     INSTRUMENT_HALT_REQUESTED = "instrument.halt_requested", "Instrument halt requested"

@@ -54,7 +54,7 @@ class InstrumentAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change) -> None:
         if not change:
             super().save_model(request, obj, form, change)
-            services.instrument_list(instrument=obj)
+            services.instrument_list(instrument=obj, actor=request.user, http_request=request)
             return
         previous = Instrument.objects.get(pk=obj.pk)
         super().save_model(request, obj, form, change)

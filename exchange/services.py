@@ -803,13 +803,32 @@ def instrument_rules_update(
 
 
 @transaction.atomic
-def instrument_list(*, instrument: Instrument) -> Command:
-    """Add a newly created instrument to its shard's engine."""
-    return command_enqueue(
-        shard=instrument.shard,
-        kind=Command.Kind.ADD_INSTRUMENT,
-        payload=engine_instrument_spec(instrument),
+def instrument_list(*, instrument: Instrument, actor=None, http_request=None) -> Command:
+    """Add a newly created instrument to its shard's engine, audited with all its rules (who
+    listed it: staff in the admin; no actor for a listing by the system)."""
+    spec = engine_instrument_spec(instrument)
+    command = command_enqueue(
+        shard=instrument.shard, kind=Command.Kind.ADD_INSTRUMENT, payload=spec
     )
+    audit_record(
+        event_type=AuditEvent.INSTRUMENT_LISTED,
+        actor=actor,
+        symbol=instrument.symbol,
+        shard=instrument.shard,
+        payload={
+            "command_id": command.pk,
+            "base_asset": instrument.base_asset,
+            "quote_asset": instrument.quote_asset,
+            "base_precision": instrument.base_precision,
+            "quote_precision": instrument.quote_precision,
+            "tick_size": instrument.tick_size,
+            "lot_size": instrument.lot_size,
+            "trades_24_7": instrument.trades_24_7,
+            "rules": spec,
+        },
+        request=http_request,
+    )
+    return command
 
 
 def _usd_pair(symbol: str, base: str, base_precision: int, lot: str, min_notional: str) -> dict:

@@ -79,3 +79,28 @@ def admin_instrument_change(
         **changes,
     }
     return client.post(url, data={k: v for k, v in data.items() if v != ""})
+
+
+def admin_instrument_add(client: httpx.Client, symbol: str, **fields) -> httpx.Response:
+    """Post the admin's add-instrument form: a 24/7 USD instrument (tick 0.01, lot 1) with
+    `fields` changed."""
+    url = "/admin/exchange/instrument/add/"
+    data = {
+        "csrfmiddlewaretoken": csrf_token(client, url),
+        "symbol": symbol,
+        "base_asset": symbol[:12],
+        "quote_asset": "USD",
+        "base_precision": "0",
+        "quote_precision": "2",
+        "tick_size": "0.01",
+        "lot_size": "1",
+        "min_quantity": "1",
+        "min_notional": "0",
+        "price_band_pct": "10",
+        "market_collar_pct": "5",
+        "trades_24_7": "on",
+        "session_timezone": "UTC",
+        "default_stp_mode": "cancel_resting",
+        **fields,
+    }
+    return client.post(url, data=data)

@@ -22,6 +22,7 @@ from exchange.tests.admin_http import (
     admin_action,
     admin_action_post,
     admin_client,
+    admin_instrument_add,
     admin_instrument_change,
     csrf_token,
 )
@@ -346,6 +347,25 @@ def test_the_audit_admins_id_filters_take_ascii_digits_only(exchange_stack, live
 
 
 @pytest.mark.processes
+def test_an_instrument_listed_in_the_admin_is_audited_with_its_rules(exchange_stack, live_db):
+    # Only the admin's generic record ("Added.", no symbol) had said it; a listing by the
+    # system none at all.
+    staff = admin_client(exchange_stack)
+    symbol = f"L{uuid.uuid4().hex[:6].upper()}"
+    assert admin_instrument_add(staff, symbol, min_notional="5.00").status_code == 302
+    listed = AuditRecord.objects.get(event_type="instrument.listed", symbol=symbol)
+    assert listed.actor_id is not None and listed.actor_id != 0
+    assert (listed.payload["tick_size"], listed.payload["quote_asset"]) == ("0.01", "USD")
+    assert listed.payload["rules"]["min_notional"] == 500
+    command = Command.objects.get(pk=listed.payload["command_id"])
+    assert command.kind == "add_instrument"
+    by_system = make_instrument()
+    assert AuditRecord.objects.filter(
+        event_type="instrument.listed", symbol=by_system.symbol, actor_id__isnull=True
+    ).exists()
+
+
+@pytest.mark.processes
 def test_rules_staff_change_in_the_admin_reach_the_matching_engine(exchange_stack, live_db):
     """The engine kept the rules an instrument was listed with: order entry took a lowered
     minimum, and then the engine rejected the order; a new default STP mode never applied."""
@@ -426,28 +446,8 @@ def test_the_admin_refuses_rules_order_entry_cannot_use_and_freezes_the_scale(
     assert (instrument.min_quantity, instrument.trades_24_7) == (Decimal("1"), True)
     assert not Command.objects.filter(kind="update_rules", payload__symbol=instrument.symbol)
     # A tick finer than the quote asset's precision: a fill of 1 at 0.0099 settled for 0.00.
-    add_url = "/admin/exchange/instrument/add/"
     symbol = f"FINE{instrument.symbol[-4:]}"
-    added = staff.post(
-        add_url,
-        data={
-            "csrfmiddlewaretoken": csrf_token(staff, add_url),
-            "symbol": symbol,
-            "base_asset": "FIN",
-            "quote_asset": "USD",
-            "base_precision": "0",
-            "quote_precision": "2",
-            "tick_size": "0.0001",
-            "lot_size": "1",
-            "min_quantity": "1",
-            "min_notional": "0",
-            "price_band_pct": "10",
-            "market_collar_pct": "5",
-            "trades_24_7": "on",
-            "session_timezone": "UTC",
-            "default_stp_mode": "cancel_resting",
-        },
-    )
+    added = admin_instrument_add(staff, symbol, tick_size="0.0001")
     assert added.status_code == 200 and "At most 2 decimal places" in added.text
     assert not Instrument.objects.filter(symbol=symbol).exists()
     trader = ApiClient(exchange_stack)
