@@ -62,6 +62,13 @@ def _self_credited(user, asset: str) -> Decimal:
 DEPOSIT_PERMISSION = "accounts.add_ledgerentry"
 
 
+def may_deposit(*, actor) -> bool:
+    """Whether `actor` may credit a deposit (to someone, or to themselves in a demo)."""
+    return (actor.is_staff and actor.has_perm(DEPOSIT_PERMISSION)) or Decimal(
+        settings.DEMO_SELF_CREDIT_LIMIT
+    ) > 0
+
+
 @transaction.atomic
 def deposit_create(*, user, asset: str, amount: Decimal, actor, http_request=None) -> LedgerEntry:
     """Credit `amount` of `asset` to `user`: by staff with DEPOSIT_PERMISSION, or by the user

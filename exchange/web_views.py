@@ -9,6 +9,7 @@ from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 
 from accounts import two_factor
+from accounts.funds import may_deposit
 from accounts.views import full_login_required
 from exchange import selectors
 from exchange.models import Instrument, Order, StpMode
@@ -71,5 +72,7 @@ def account(request: HttpRequest) -> HttpResponse:
         "two_factor_enabled": enabled,
         "recovery_codes_left": two_factor.recovery_codes_left(user) if enabled else 0,
         "assets": sorted({asset for i in instruments for asset in (i.base_asset, i.quote_asset)}),
+        # Without the right to credit one, the form only led to "credited by exchange staff".
+        "may_deposit": may_deposit(actor=user),
     }
     return render(request, "trading/account.html", context)

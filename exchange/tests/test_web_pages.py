@@ -3,6 +3,7 @@
 
 import pytest
 from django.contrib.staticfiles import finders
+from django.test import override_settings
 from django.urls import reverse
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
@@ -107,9 +108,13 @@ def test_account_page_holds_every_section_and_links_to_two_factor(client):
     page = client.get(reverse("account")).content.decode()
     for element in ('id="balances"', 'id="ledger"', 'id="fee-tier"', 'id="api-keys"'):
         assert element in page
-    assert 'id="deposit-form"' in page and 'id="withdraw-form"' in page
+    assert 'id="withdraw-form"' in page
+    # No deposit form where deposits are staff's to credit (it only led to a 403).
+    assert 'id="deposit-form"' not in page and "credited by exchange staff" in page
     assert f'href="{reverse("accounts:enrol")}"' in page
     assert 'src="/static/js/account.js"' in page
+    with override_settings(DEMO_SELF_CREDIT_LIMIT="100"):  # a demo: users credit themselves
+        assert 'id="deposit-form"' in client.get(reverse("account")).content.decode()
 
 
 def test_account_page_of_a_user_with_two_factor_links_to_its_settings(client):
