@@ -201,6 +201,28 @@ def test_the_tickets_balances_follow_changes_made_elsewhere(open_page, exchange_
     expect(available).to_have_text(f"{Decimal(usd['available']) + Decimal('0.01')}")
 
 
+def test_a_page_left_open_after_logging_out_elsewhere_says_so(open_page, live_db):
+    # It said "Authentication credentials were not provided." and "Feed error: log in
+    # (session or login op) to see your orders", with no way back.
+    instrument, user = make_instrument(), trader()
+    page = open_page()
+    open_trading(page, user, instrument.symbol)
+    other_tab = page.context.new_page()
+    other_tab.goto("/account/")
+    other_tab.get_by_role("button", name="Log out").click()
+    expect(other_tab.get_by_role("link", name="Log in")).to_be_visible()
+    page.locator("#ticket-price").fill("100.00")
+    page.locator("#ticket-quantity").fill("1")
+    page.locator("#ticket-submit").click()
+    notice = page.locator('#ticket [data-error-for="__all__"]')
+    expect(notice).to_have_text("You are signed out. Log in again.")
+    link = notice.get_by_role("link", name="Log in again")
+    expect(link).to_have_attribute(
+        "href", f"/accounts/login/?next=%2Ftrade%2F{instrument.symbol}%2F"
+    )
+    expect(page.locator("#stream-state")).to_have_text("You are signed out. Log in again.")
+
+
 def test_a_crossing_order_of_a_second_user_fills_it_in_both_tapes_and_fills(open_page, live_db):
     instrument, maker, taker = make_instrument(), trader("maker"), trader("taker")
     maker_page, taker_page = open_page(), open_page()

@@ -41,8 +41,23 @@ export async function api(method, path, body) {
 
 // Shows an ApiError next to the input its `field` names (an element with
 // data-error-for="field" inside `form`), else in the form's general error box.
+// A request refused because the session has ended (logged out in another tab, a password
+// change, deactivation): what to do about it, with a link back here after logging in.
+export function signedOutNotice(element) {
+  const link = document.createElement("a");
+  link.href = `/accounts/login/?next=${encodeURIComponent(location.pathname)}`;
+  link.textContent = "Log in again";
+  element.replaceChildren("You are signed out. ", link, ".");
+}
+
 export function showError(form, error) {
   clearErrors(form);
+  if (error instanceof ApiError && error.error === "NotAuthenticated") {
+    const general = form.querySelector('[data-error-for="__all__"]');
+    signedOutNotice(general);
+    general.hidden = false;
+    return;
+  }
   const message = error instanceof ApiError ? error.message : `Something went wrong: ${error}`;
   // A nested field ("ip_allowlist.0") is shown at its top-level input.
   const field = error.field ? String(error.field).split(".")[0] : null;

@@ -1,6 +1,6 @@
 // The trading page: live ladder (local book checked by seq and checksum, resynced by itself),
 // trades tape, candles, and for a signed-in user the order ticket, open orders and fills.
-import { api, cell, clearErrors, debounce, shortTime, showError } from "./api.js";
+import { api, cell, clearErrors, debounce, shortTime, showError, signedOutNotice } from "./api.js";
 import { LocalBook, compareDecimal } from "./book.js";
 import { CandleChart } from "./chart.js";
 import { addDecimals } from "./decimal.js";
@@ -412,7 +412,7 @@ async function cancelOrder(order) {
     await api("DELETE", `/api/v1/orders/${order.order_id}`);
     ordersResult.textContent = `Order ${order.order_id} cancelled.`;
   } catch (error) {
-    ordersResult.textContent = error.message;
+    showOrdersError(error);
   }
   refreshMine();
 }
@@ -422,9 +422,14 @@ async function cancelAll() {
     await api("DELETE", `/api/v1/orders?symbol=${encodeURIComponent(symbol)}`);
     ordersResult.textContent = `All your open ${symbol} orders are cancelled.`;
   } catch (error) {
-    ordersResult.textContent = error.message;
+    showOrdersError(error);
   }
   refreshMine();
+}
+
+function showOrdersError(error) {
+  if (error.error === "NotAuthenticated") signedOutNotice(ordersResult);
+  else ordersResult.textContent = error.message;
 }
 
 async function loadOrders() {
@@ -523,6 +528,8 @@ const stream = new Stream(channels, {
       // withdrawal (the hub sends only a newer balance than the last it sent).
       const slot = document.querySelector(`#ticket-balances [data-asset="${CSS.escape(frame.data.asset)}"]`);
       if (slot) slot.textContent = frame.data.available;
+    } else if (frame.type === "error" && frame.error === "NotAuthenticated") {
+      signedOutNotice(document.getElementById("stream-state"));
     } else if (frame.type === "error" && frame.error !== "NotSubscribed") {
       document.getElementById("stream-state").textContent = `Feed error: ${frame.message}`;
     } else if (frame.type === "resync") {
