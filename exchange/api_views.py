@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 from accounts.api_key_auth import ApiKeyPermission
 from exchange import selectors, services
 from exchange.errors import echoed, trading_error
-from exchange.models import Order
+from exchange.models import Instrument, Order
 from exchange.order_answers import await_command, order_changed_answer, order_placed_answer
 from exchange.pagination import CursorPage
 from exchange.query_params import symbol_filter, whole_number
@@ -367,7 +367,10 @@ class TickerView(PublicView):
                         "change_pct_24h",
                     )
                 }
-                | {"trades_24h": serializers.IntegerField()},
+                | {
+                    "trades_24h": serializers.IntegerField(),
+                    "status": serializers.ChoiceField(choices=Instrument.Status.choices),
+                },
             )
         },
     )

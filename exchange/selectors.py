@@ -271,6 +271,7 @@ def ticker_24h(*, instrument: Instrument, now: dt.datetime | None = None) -> dic
         change_pct = (change / first.price * 100).quantize(Decimal("0.01"))
     return {
         "symbol": instrument.symbol,
+        "status": instrument.status,
         "last_price": last.price if last else None,
         **book_top(instrument=instrument),
         "volume_24h": stats["volume"] or Decimal(0),

@@ -783,6 +783,7 @@ def test_market_data_endpoints(market):
     ticker = taker.get(f"/api/v1/ticker/{symbol}").json()
     assert (ticker["last_price"], ticker["volume_24h"], ticker["trades_24h"]) == ("101.00", "2", 1)
     # The top of the book, as the socket's ticker carries it (REST's had none).
+    assert ticker["status"] == "trading"
     top = [ticker[k] for k in ("best_bid", "best_bid_size", "best_ask", "best_ask_size")]
     assert top == ["99.00", "4", "101.00", "3"]
     empty = make_instrument()

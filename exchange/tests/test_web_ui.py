@@ -20,7 +20,9 @@ from django.db import connections
 from accounts.ledger import funds_deposit
 from accounts.tests.fee_tier_data import ensure_shipped_tiers
 from accounts.two_factor import totp_code
+from conftest import wait_until
 from exchange.book_checksum import book_checksum
+from exchange.services import instrument_halt
 from exchange.tests.api_client import ApiClient, make_instrument, make_user
 
 pytestmark = pytest.mark.processes
@@ -221,6 +223,26 @@ def test_a_page_left_open_after_logging_out_elsewhere_says_so(open_page, live_db
         "href", f"/accounts/login/?next=%2Ftrade%2F{instrument.symbol}%2F"
     )
     expect(page.locator("#stream-state")).to_have_text("You are signed out. Log in again.")
+
+
+def test_the_trading_pages_status_follows_a_halt(open_page, live_db):
+    # It was rendered once: "Trading" while every order was refused as halted.
+    instrument, user = make_instrument(), trader()
+    page = open_page()
+    open_trading(page, user, instrument.symbol)
+    expect(page.locator("#stat-status")).to_have_text("Trading")
+    instrument_halt(instrument=instrument, actor=None, http_request=None)
+    page.locator("#ticket-price").fill("100.00")
+    page.locator("#ticket-quantity").fill("1")
+
+    def refused_as_halted() -> bool:
+        page.locator("#ticket-submit").click()
+        error = page.locator('#ticket [data-error-for="__all__"]')
+        error.wait_for(state="visible")
+        return "halted" in error.inner_text()
+
+    wait_until(refused_as_halted, timeout=15)
+    expect(page.locator("#stat-status")).to_have_text("Halted")
 
 
 def test_a_crossing_order_of_a_second_user_fills_it_in_both_tapes_and_fills(open_page, live_db):

@@ -149,7 +149,13 @@ const refreshStats = debounce(async () => {
   document.getElementById("stat-high").textContent = data.high_24h ?? "–";
   document.getElementById("stat-low").textContent = data.low_24h ?? "–";
   document.getElementById("stat-volume").textContent = `${data.volume_24h} ${page.dataset.base}`;
+  document.getElementById("stat-status").textContent = STATUS_LABELS[data.status] ?? data.status;
 }, 1000);
+// The instrument's status as the page renders it (Instrument.Status); a halt or resume shows
+// within STATUS_REFRESH_MS, or at once when an order is refused because of it.
+const STATUS_LABELS = { trading: "Trading", halted: "Halted", delisted: "Delisted" };
+const STATUS_REFRESH_MS = 10_000;
+setInterval(refreshStats, STATUS_REFRESH_MS);
 
 // ---- chart ---------------------------------------------------------------------------------
 
@@ -272,6 +278,7 @@ async function submitTicket(event) {
   } catch (error) {
     result.textContent = "";
     showError(ticket, error);
+    if (error.error === "InstrumentHalted") refreshStats();
   } finally {
     submit.disabled = false;
   }
