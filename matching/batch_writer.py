@@ -22,6 +22,7 @@ import psycopg
 from django.conf import settings
 from django.db import connection, transaction
 
+from accounts.ledger import USERS_LOCK_SQL, users_lock_params
 from accounts.settlement import HoldRelease, SettlementWriter, TradeFill
 from accounts.volume import VOLUME_QUOTE_ASSET, daily_volume_add, daily_volume_rows
 from audit.events import AuditEvent
@@ -1074,6 +1075,13 @@ class BatchWriter:
         counters = [*prepared.counters, self.shard, self.epoch]
         statements.append(("shard", SHARD_STATE_SQL, counters))
         if prepared.trade_rows:
+            # The trades' users are locked, as every ledger writer locks them (see
+            # accounts.ledger), before the Trade ids are drawn: so a user's fills are numbered
+            # in commit order across shards too (GET /fills lists by id; a fill of one shard
+            # committed below an id of another already read was skipped by a client reading
+            # down to the last id it had seen). Orders were locked first, as by every writer.
+            users = {uid for row in prepared.trade_rows for uid in (row[8], row[9])}
+            statements.append(("users", USERS_LOCK_SQL, users_lock_params(users)))
             ids = self.instrument_ids
             trade_params = [*prepared.factors, list(ids), list(ids.values())]
             if inline:

@@ -3,11 +3,15 @@ rebates are booked, and holds go back when orders end or shrink."""
 
 from decimal import Decimal
 
+import psycopg
 import pytest
+from django.db import connection
 from django.db.models import Sum
 
+from accounts.ledger import USERS_LOCK_SQL, users_lock_params
 from accounts.models import DailyVolume, LedgerAccount
 from accounts.selectors import ledger_discrepancies
+from conftest import wait_until
 from exchange.models import Order, Trade
 from exchange.services import order_amend
 from exchange.tests.api_client import make_user
@@ -83,6 +87,38 @@ def test_only_trades_quoted_in_usd_count_toward_the_fee_tiers_volume(processes, 
     for user in (seller, buyer):
         volume = DailyVolume.objects.filter(user=user).aggregate(total=Sum("quote_volume"))
         assert volume["total"] == Decimal("1000.00")
+    exactly_once_invariants()
+
+
+def test_the_worker_draws_a_trades_id_only_once_it_holds_its_users(processes, process_env):
+    # A user's fills are listed by trade id: an id drawn before the user's lock (held here as
+    # any ledger writer holds it, until its commit) let a batch of another shard commit a
+    # smaller id after a larger one had been read.
+    instrument = instrument_create()
+    maker, taker = make_user("maker", funds={}), make_user("taker", funds={})
+    start_worker(processes, process_env)
+    order_row_place(user=maker, instrument=instrument, side="sell", quantity="1", price="10.00")
+    all_commands_applied()
+    with psycopg.connect(process_env["DATABASE_URL"]) as writer:  # a transaction, left open
+        writer.execute(USERS_LOCK_SQL, users_lock_params([maker.pk]))
+        sequence = "SELECT last_value, is_called FROM exchange_trade_id_seq"
+        before = writer.execute(sequence).fetchone()
+        order_row_place(user=taker, instrument=instrument, side="buy", quantity="1",
+                        price="10.00")  # fmt: skip
+
+        def worker_waits_for_the_user() -> bool:
+            waiting = "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            with connection.cursor() as cursor:
+                cursor.execute(waiting)
+                return cursor.fetchone() is not None
+
+        wait_until(worker_waits_for_the_user, timeout=20)
+        after = psycopg.connect(process_env["DATABASE_URL"], autocommit=True)
+        with after:
+            assert after.execute(sequence).fetchone() == before, "a trade id drawn first"
+        writer.rollback()
+    all_commands_applied()
+    assert Trade.objects.filter(instrument=instrument).count() == 1
     exactly_once_invariants()
 
 
