@@ -55,6 +55,7 @@ class AuditEvent(models.TextChoices):
     INSTRUMENT_RESUMED = "instrument.resumed", "Instrument resumed"
     INSTRUMENT_HALT_REQUESTED = "instrument.halt_requested", "Instrument halt requested"
     INSTRUMENT_RESUME_REQUESTED = "instrument.resume_requested", "Instrument resume requested"
+    INSTRUMENT_DELIST_REQUESTED = "instrument.delist_requested", "Instrument delisting requested"
     INSTRUMENT_RULES_CHANGE_REQUESTED = (
         "instrument.rules_change_requested",
         "Instrument rules change requested",

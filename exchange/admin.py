@@ -1,7 +1,8 @@
-"""Staff views of the trading core. Orders and trades are read-only; halts, resumes and
-cancels go through the services (and so through the engine and the audit trail)."""
+"""Staff views of the trading core. Orders and trades are read-only; halts, resumes,
+delistings and cancels go through the services (and so through the engine and the audit trail)."""
 
 from django.contrib import admin, messages
+from django.shortcuts import render
 
 from exchange import services
 from exchange.api_errors import ApiError
@@ -35,7 +36,7 @@ class InstrumentAdmin(admin.ModelAdmin):
     list_filter = ("status", "quote_asset", "shard")
     search_fields = ("symbol", "base_asset", "quote_asset")
     readonly_fields = ("shard", "status", "created_at")
-    actions = ["halt_trading", "resume_trading"]
+    actions = ["halt_trading", "resume_trading", "delist"]
 
     def has_delete_permission(self, request, obj=None) -> bool:
         # Listed instruments stay: its shard's engine holds the book (a worker could not rebuild
@@ -74,11 +75,36 @@ class InstrumentAdmin(admin.ModelAdmin):
 
     @admin.action(description="Resume trading")
     def resume_trading(self, request, queryset) -> None:
+        sent = 0
         for instrument in queryset:
-            services.instrument_resume(
+            try:
+                services.instrument_resume(
+                    instrument=instrument, actor=request.user, http_request=request
+                )
+                sent += 1
+            except ApiError as exc:
+                self.message_user(request, exc.message, messages.WARNING)
+        self.message_user(request, f"Resume sent for {sent} instrument(s).")
+
+    @admin.action(description="Delist for good (halt, cancel every open order)")
+    def delist(self, request, queryset):
+        """A confirmation page first (delisting cannot be undone), then the delisting."""
+        instruments = list(queryset.exclude(status=Instrument.Status.DELISTED))
+        if request.POST.get("confirmed") != "yes":
+            for instrument in instruments:
+                instrument.open_orders = Order.objects.filter(
+                    instrument=instrument, status__in=Order.OPEN_STATUSES
+                ).count()
+            context = {**self.admin_site.each_context(request), "instruments": instruments}
+            return render(request, "admin/exchange/instrument/delist_confirmation.html", context)
+        for instrument in instruments:
+            cancelled = services.instrument_delist(
                 instrument=instrument, actor=request.user, http_request=request
             )
-        self.message_user(request, f"Resume sent for {queryset.count()} instrument(s).")
+            self.message_user(
+                request, f"{instrument.symbol} delisted; {cancelled} open order(s) cancelled."
+            )
+        return None
 
 
 @admin.register(Order)

@@ -169,6 +169,12 @@ def order_plan(
     now = now or timezone.now()
     digest = request_digest(request)
     instrument = instrument_by_symbol(request.symbol)
+    if instrument.status == Instrument.Status.DELISTED:
+        raise trading_error(
+            "InstrumentHalted",
+            f"{instrument.symbol} is delisted: it no longer trades",
+            field="symbol",
+        )
     check_shape(request)
     check_session(instrument, now)
     engine = engine_instrument_for(instrument)
@@ -497,7 +503,11 @@ def order_cancel(*, order: Order, actor, reason: str = "user", http_request=None
     Stored like an order (see `order_place`): through the process's order entry batch outside
     a transaction, in the caller's inside one."""
     _require_open(order)
-    plan = CancelPlan(
+    return _entry_store(_cancel_plan(order, actor, reason, http_request))
+
+
+def _cancel_plan(order: Order, actor, reason: str, http_request) -> CancelPlan:
+    return CancelPlan(
         order=order,
         reason=reason,
         audit=audit_entry(
@@ -511,7 +521,6 @@ def order_cancel(*, order: Order, actor, reason: str = "user", http_request=None
             request=http_request,
         ),
     )
-    return _entry_store(plan)
 
 
 def orders_cancel_store(*, plans: list[CancelPlan]) -> list[Command]:
@@ -741,7 +750,11 @@ def instrument_halt(*, instrument: Instrument, actor, http_request=None) -> Comm
 
 @transaction.atomic
 def instrument_resume(*, instrument: Instrument, actor, http_request=None) -> Command:
-    """Resume trading of a halted instrument."""
+    """Resume trading of a halted instrument (never of a delisted one)."""
+    if Instrument.objects.get(pk=instrument.pk).status == Instrument.Status.DELISTED:
+        raise trading_error(
+            "InvalidParameter", f"{instrument.symbol} is delisted: it cannot trade again"
+        )
     return _instrument_status_change(
         instrument=instrument,
         status=Instrument.Status.TRADING,
@@ -750,6 +763,34 @@ def instrument_resume(*, instrument: Instrument, actor, http_request=None) -> Co
         actor=actor,
         http_request=http_request,
     )
+
+
+@transaction.atomic
+def instrument_delist(*, instrument: Instrument, actor, http_request=None) -> int:
+    """Close an instrument for good: its book is halted (new orders and amends refused), every
+    open order is cancelled on its owner's behalf (reason `staff`; each hold is released as its
+    order ends), and it leaves the listings (GET /symbols, the markets page). It cannot resume;
+    its orders, trades and history stay. Returns the number of orders cancelled."""
+    if Instrument.objects.get(pk=instrument.pk).status == Instrument.Status.DELISTED:
+        raise trading_error("InvalidParameter", f"{instrument.symbol} is already delisted")
+    _instrument_status_change(
+        instrument=instrument,
+        status=Instrument.Status.DELISTED,
+        kind=Command.Kind.HALT,
+        event=AuditEvent.INSTRUMENT_DELIST_REQUESTED,
+        actor=actor,
+        http_request=http_request,
+    )
+    # After the halt in command order: no order can rest or trade once these are applied.
+    open_orders = list(
+        Order.objects.filter(instrument=instrument, status__in=Order.OPEN_STATUSES)
+        .select_related("instrument")
+        .order_by("pk")
+    )
+    orders_cancel_store(
+        plans=[_cancel_plan(order, actor, "staff", http_request) for order in open_orders]
+    )
+    return len(open_orders)
 
 
 # Instrument fields that cannot change once it is listed (see instrument_rules_update).

@@ -176,6 +176,67 @@ def test_staff_halt_rejects_new_orders_keeps_cancels_and_resume_reopens(exchange
 
 
 @pytest.mark.processes
+def test_staff_delist_an_instrument_for_good_after_a_confirmation(exchange_stack, live_db):
+    # The delisted status existed but nothing set it: a closed instrument stayed halted with
+    # its orders, and their holds, open indefinitely.
+    instrument = make_instrument()
+    trader = ApiClient(exchange_stack)
+    usd_before = next(b for b in trader.get("/api/v1/balances").json() if b["asset"] == "USD")[
+        "available"
+    ]
+    resting = trader.place(
+        symbol=instrument.symbol, side="buy", order_type="limit", price="10.00", quantity="3"
+    ).json()
+    stop = trader.place(
+        symbol=instrument.symbol, side="buy", order_type="stop_limit", stop_price="12.00",
+        limit_price="12.50", quantity="1",
+    ).json()  # fmt: skip
+    staff = admin_client(exchange_stack)
+    changelist = "/admin/exchange/instrument/"
+    asked = admin_action_post(staff, changelist, "delist", instrument.pk)
+    assert asked.status_code == 200 and "Delisting is final" in asked.text
+    assert "2 open orders" in asked.text
+    instrument.refresh_from_db()
+    assert instrument.status == "trading"  # nothing happens before the confirmation
+    confirmed = staff.post(
+        changelist,
+        data={
+            "action": "delist",
+            "_selected_action": str(instrument.pk),
+            "confirmed": "yes",
+            "csrfmiddlewaretoken": csrf_token(staff, changelist),
+        },
+    )
+    assert confirmed.status_code == 302
+    for order in (resting, stop):
+        ended = wait_until(
+            lambda o=order: (
+                (r := trader.get(f"/api/v1/orders/{o['order_id']}").json())["status"] == "cancelled"
+                and r
+            ),
+            timeout=10,
+        )
+        assert ended["reason"] == "staff"
+    usd = next(b for b in trader.get("/api/v1/balances").json() if b["asset"] == "USD")
+    assert (usd["available"], usd["held"]) == (usd_before, "0.00")
+    symbols = [s["symbol"] for s in trader.get("/api/v1/symbols").json()]
+    assert instrument.symbol not in symbols
+    refused = trader.place(
+        symbol=instrument.symbol, side="buy", order_type="limit", price="10.00", quantity="1"
+    )
+    assert refused.status_code == 400
+    assert refused.json()["error"] == "InstrumentHalted"
+    assert "delisted" in refused.json()["message"]
+    admin_action(staff, changelist, "resume_trading", instrument.pk)
+    instrument.refresh_from_db()
+    assert instrument.status == "delisted"  # it cannot trade again
+    requested = AuditRecord.objects.get(
+        event_type="instrument.delist_requested", symbol=instrument.symbol
+    )
+    assert requested.actor_id is not None
+
+
+@pytest.mark.processes
 def test_staff_cancel_on_a_users_behalf_and_tick_size_frozen_once_traded(exchange_stack, live_db):
     instrument = make_instrument()
     trader = ApiClient(exchange_stack)
