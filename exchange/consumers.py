@@ -74,6 +74,18 @@ _ENCODER = DjangoJSONEncoder(separators=(",", ":"))
 _open_per_address: Counter[str] = Counter()
 
 
+def _op_and_id(raw) -> dict:
+    """The `op` and `id` of a message, as answers echo them ({} when it is not a JSON object)."""
+    try:
+        message = json.loads(raw)
+    except (ValueError, TypeError, RecursionError):
+        return {}
+    if not isinstance(message, dict):
+        return {}
+    op, request_id = message.get("op"), message.get("id")
+    return {"op": op} if request_id is None else {"op": op, "id": request_id}
+
+
 class SocketRequest:
     """What the audit trail reads from a request (client address, session, API version)."""
 
@@ -470,10 +482,13 @@ class StreamConsumer(AsyncWebsocketConsumer):
             if self.refused >= settings.WS_ABUSE_CLOSE_AFTER:
                 await self._close(CLOSE_RATE_LIMIT)
                 return
+            # With the op's `op` and `id`, as every answer has them: a refused order.place
+            # could not be told from the others in flight.
             self.error(
                 "TooManyRequests",
                 f"more than {settings.WS_MAX_MESSAGES_PER_SECOND} messages per second; "
                 f"the connection is closed (4029) after {settings.WS_ABUSE_CLOSE_AFTER} refusals",
+                **_op_and_id(text_data if text_data is not None else bytes_data),
             )
             return
         self.tokens -= 1
@@ -666,12 +681,16 @@ class StreamConsumer(AsyncWebsocketConsumer):
             self.error(rejected.error, rejected.message, **extra)
             return
         self.key_credentials = credentials
-        resubscribe = "orders" in self.sub.channels and self.sub.user_id != user.pk
-        if resubscribe:
+        subscribed = "orders" in self.sub.channels
+        # A key without `read` may not see the channel: a subscription made under an earlier
+        # login ended with this one (it had kept the frames coming, which subscribing under
+        # this key is refused).
+        dropped = subscribed and not self._key_allows("read")
+        if subscribed and (dropped or self.sub.user_id != user.pk):
             hub.remove(self.sub, "orders")
         self.user = user
         self.sub.user_id = user.pk
-        if resubscribe:
+        if subscribed and not dropped and "orders" not in self.sub.channels:
             hub.add(self.sub, "orders")
         self.push(
             {
@@ -682,6 +701,14 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 "permissions": sorted(credentials.permissions),
             }
         )
+        if dropped:
+            self.error(
+                "ApiKeyPermissionMissing",
+                "this API key lacks the 'read' permission: unsubscribed from orders",
+                **extra,
+                channel="orders",
+            )
+            self.push({"type": "unsubscribed", **extra, "channel": "orders"})
 
     async def op_order_place(self, message: dict, extra: dict) -> None:
         body = {k: v for k, v in message.items() if k not in ("op", "id")}

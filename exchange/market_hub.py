@@ -642,7 +642,8 @@ class MarketHub:
             if not subs:
                 continue
             data = {k: v for k, v in event.items() if k != "user_id"}
-            data["event"] = ORDER_EVENTS.get(event["status"], event["status"])
+            if "event" not in data:  # the worker names it when the status does not say it
+                data["event"] = ORDER_EVENTS.get(event["status"], event["status"])
             frame = dumps({"channel": "orders", "type": "order", "data": data})
             for sub in list(subs):
                 self.push(sub, frame)

@@ -33,6 +33,14 @@ def await_command(command_id: int) -> Command:
 def order_placed_answer(order: Order, command_id: int | None, created: bool) -> tuple[int, dict]:
     """201 with the engine's result, 202 while pending, 200 for a client_order_id replay;
     raises the 400 ApiError of an engine rejection."""
+    if command_id is None and not created and order.status == Order.Status.PENDING_NEW:
+        # A replay of a client_order_id whose order is still on its way to the engine waits
+        # for it as the first request does (it had answered 202 at once, the same state).
+        command_id = (
+            Command.objects.filter(order_id=order.pk, kind=Command.Kind.PLACE)
+            .values_list("pk", flat=True)
+            .first()
+        )
     if command_id is not None:
         # Applied means no longer pending_new: the order row is the answer, re-read once.
         def applied() -> bool:

@@ -1142,6 +1142,10 @@ class BatchWriter:
                 summary["price"] = text.price(u.price)
         if u.amended:
             summary["amended"] = True
+            if not u.d_value and u.status not in ENDED:
+                # Nothing filled in this batch: its status (partially_filled, say) is not news
+                # of a fill.
+                summary["event"] = "amended"
         if u.reason:
             summary["reason"] = u.reason
         if u.reject_code:

@@ -834,6 +834,24 @@ def test_an_expire_at_that_passes_before_the_engine_takes_the_order_is_expire_at
     }
 
 
+def test_a_client_order_id_replay_of_an_order_in_flight_waits_for_it(market):
+    # The replay answered 202 pending_new at once, while the first request waited for the
+    # engine: two answers of the same order, one stale (and 201 or 202 by which came first).
+    instrument, maker, _ = market
+    request = OrderRequest(
+        symbol=instrument.symbol,
+        side="buy",
+        order_type="limit",
+        price=Decimal("10.00"),
+        quantity=Decimal("1"),
+        client_order_id="replayed-in-flight",
+    )
+    placed = order_place(user=maker.user, request=request)
+    assert placed.order.status == "pending_new"  # as the replay finds it
+    status, body = order_placed_answer(placed.order, None, created=False)
+    assert (status, body["status"]) == (200, "new")
+
+
 def test_avg_price_is_the_exact_average_of_the_fill_prices(exchange_stack, live_db):
     # Each fill's notional is rounded down to the cent (0.777 x 101.5 = 78.8655 -> 78.86), and
     # the average came from those: a one-fill order at 101.0 averaged 100.99099.

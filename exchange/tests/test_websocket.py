@@ -437,6 +437,22 @@ def test_an_amend_shows_on_the_orders_channel_with_the_new_price(market):
             assert (data["order_id"], data["amended"], data["price"], data["remaining"]) == (
                 int(order_id), True, "96.00", "4"
             )  # fmt: skip
+            assert data["event"] == "amended"  # it read "accepted", as if placed again
+            # Partly filled, then amended: not news of a fill (it read "partial_fill").
+            seller = rest(market["base"], market["keys"][1])
+            sold = await seller.post("/api/v1/orders", json=limit(symbol, "sell", "96.00", "1"))
+            assert sold.status_code == 201, sold.text
+            filled = await recv_until(
+                ws, lambda f: f.get("type") == "order" and f["data"]["order_id"] == int(order_id)
+            )
+            assert filled["data"]["event"] == "partial_fill"
+            again = await http.patch(f"/api/v1/orders/{order_id}", json={"price": "95.50"})
+            assert again.status_code == 200, again.text
+            frame = await recv_until(ws, lambda f: f.get("type") == "order")
+            assert (frame["data"]["status"], frame["data"]["event"]) == (
+                "partially_filled", "amended"
+            )  # fmt: skip
+            await seller.aclose()
         await http.aclose()
 
     asyncio.run(scenario())
@@ -471,6 +487,35 @@ def test_an_op_the_sockets_key_may_not_make_is_audited_as_rest_audits_it(market)
     assert sorted((r.payload["method"], r.payload["permission"]) for r in denied) == [
         ("order.place", "trade"), ("subscribe", "read")
     ]  # fmt: skip
+
+
+def test_a_login_with_a_key_without_read_ends_the_orders_subscription(market):
+    # Subscribed under a read key, the socket kept receiving the channel after logging in
+    # again with a trade-only key, which may not subscribe to it.
+    user = market["users"][0]
+    read_only, trade_only = (make_api_key(user, permissions=(p,)) for p in ("read", "trade"))
+
+    async def scenario():
+        http = rest(market["base"], trade_only)
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            await watch_own_orders(ws, read_only)
+            await send(ws, login_op(trade_only, id=5))
+            seen: list[dict] = []
+            await recv_until(ws, lambda f: f.get("type") == "unsubscribed", seen=seen)
+            refused = next(f for f in seen if f.get("type") == "error")
+            assert (refused["error"], refused["channel"], refused["id"]) == (
+                "ApiKeyPermissionMissing", "orders", 5
+            )  # fmt: skip
+            placed = await http.post("/api/v1/orders", json=limit(market["symbol"], "buy",
+                                                                  "1.00", "1"))  # fmt: skip
+            assert placed.status_code == 201, placed.text
+            late: list[dict] = []
+            with pytest.raises((TimeoutError, AssertionError)):  # nothing is expected
+                await recv_until(ws, lambda f: False, timeout=1.5, seen=late)
+            assert not [f for f in late if f.get("type") in ("order", "balance")], late
+        await http.aclose()
+
+    asyncio.run(scenario())
 
 
 def test_the_orders_channel_needs_a_login(market):
@@ -702,6 +747,9 @@ def test_message_flood_is_refused_then_the_socket_is_closed(market):
                 await send(ws, {"op": "ping", "id": n})
             refused = await recv_until(ws, lambda f: f.get("type") == "error")
             assert refused["error"] == "TooManyRequests" and refused["code"] == -1015
+            # Naming the refused op, as every answer does (a refused order.place could not be
+            # told from the others in flight).
+            assert refused["op"] == "ping" and refused["id"] in range(24)
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 for n in range(20):
                     await send(ws, {"op": "ping", "id": n})
