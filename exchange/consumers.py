@@ -582,6 +582,13 @@ class StreamConsumer(AsyncWebsocketConsumer):
             self.error("UnknownChannel", f"unknown channel {echoed(channel)}", **refuse)
             return
         if channel in self.sub.channels:
+            if kind == "book" and self.sub.depths.get(symbol) != depth:
+                # A new depth for a book already watched: acknowledged with it, and a fresh
+                # snapshot at it (the view had silently stayed at the first depth).
+                self.sub.depths[symbol] = depth
+                self.push({"type": "subscribed", **refuse, "depth": depth})
+                hub.snapshot_again(self.sub, symbol)
+                return
             self.push({"type": "subscribed", **refuse})
             return
         if len(self.sub.channels) >= settings.WS_MAX_SUBSCRIPTIONS:

@@ -458,6 +458,10 @@ class MarketHub:
         except asyncio.QueueFull:
             self._resync(sub)
 
+    def snapshot_again(self, sub: Subscriber, symbol: str) -> None:
+        """Queue a fresh snapshot of a book `sub` watches (at its depth now)."""
+        self._push_snapshot(sub, self.books[symbol])
+
     def _push_snapshot(self, sub: Subscriber, mirror: BookMirror) -> None:
         if not mirror.loaded or mirror.busy:
             sub.book_seq[mirror.symbol] = -1  # the update being processed sends it

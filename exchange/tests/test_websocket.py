@@ -518,6 +518,24 @@ def test_a_login_with_a_key_without_read_ends_the_orders_subscription(market):
     asyncio.run(scenario())
 
 
+def test_subscribing_again_at_another_depth_sends_a_snapshot_at_it(market):
+    # It was acknowledged without a depth and the view stayed at the first one.
+    channel = f"book.{market['symbol']}"
+
+    async def scenario():
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            await send(ws, {"op": "subscribe", "channels": [channel], "depth": 20, "id": 1})
+            first = await recv_until(ws, lambda f: f.get("type") == "snapshot")
+            assert first["depth"] == 20
+            await send(ws, {"op": "subscribe", "channels": [channel], "depth": 10, "id": 2})
+            ack = await recv_until(ws, lambda f: f.get("type") == "subscribed")
+            assert (ack["id"], ack["depth"]) == (2, 10)
+            again = await recv_until(ws, lambda f: f.get("type") == "snapshot")
+            assert again["depth"] == 10
+
+    asyncio.run(scenario())
+
+
 def test_the_orders_channel_needs_a_login(market):
     async def scenario():
         async with websockets.connect(market["ws"], ping_interval=None) as ws:
