@@ -104,6 +104,27 @@ def _symbol_exists(symbol: str) -> bool:
     return Instrument.objects.filter(symbol=symbol).exists()
 
 
+def _login_fields_refusal(message: dict) -> tuple[str, str] | None:
+    """(error, message) for a login whose fields are missing or of the wrong JSON type, in the
+    socket's terms (the signature check names HTTP headers: "missing X-API-TIMESTAMP" for a
+    timestamp sent as a float); None when they have the right shape."""
+
+    def whole(value) -> bool:
+        return (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, str) and value.isascii() and value.isdigit()
+        )
+
+    for name in ("api_key", "signature"):
+        if not isinstance(message.get(name), str):
+            return "MissingAuthHeader", f"login needs {name}, a string"
+    if not whole(message.get("timestamp")):
+        return "InvalidTimestamp", "timestamp must be whole milliseconds since the epoch"
+    window = message.get("recv_window")
+    if window is not None and not whole(window):
+        return "InvalidRecvWindow", "recv_window must be a whole number of milliseconds"
+    return None
+
+
 def _api_key_login(message: dict, request: SocketRequest, now_ms: int):
     """Check a signed login (accounts/signing.py, the request line being GET /ws/v1): the
     user and the key's credentials, or SignatureRejected (audited)."""
@@ -679,6 +700,10 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 "login takes api_key, timestamp and signature (docs/websocket.md)",
                 **extra,
             )
+            return
+        refused = _login_fields_refusal(message)
+        if refused is not None:
+            self.error(*refused, **extra)
             return
         request = SocketRequest(self.scope)
         login = database_sync_to_async(_api_key_login, thread_sensitive=False)

@@ -883,6 +883,30 @@ def test_an_api_key_login_is_refused_when_stale_revoked_or_unknown(market):
     assert failures[2].api_key_id == revoked.api_key.pk
 
 
+def test_login_fields_of_the_wrong_type_are_named_in_the_sockets_terms(market):
+    # A float timestamp read "missing X-API-TIMESTAMP" (an HTTP header), and a float
+    # recv_window was ignored for the default.
+    key = make_api_key(make_user())
+
+    async def scenario():
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            good = login_op(key)
+            for n, (change, error, words) in enumerate(
+                [
+                    ({"timestamp": float(good["timestamp"])}, "InvalidTimestamp", "timestamp"),
+                    ({"recv_window": 1.5}, "InvalidRecvWindow", "recv_window"),
+                    ({"api_key": [good["api_key"]]}, "MissingAuthHeader", "api_key"),
+                    ({"signature": 7}, "MissingAuthHeader", "signature"),
+                ]
+            ):
+                await send(ws, {**good, **change, "id": n})
+                refused = await recv_until(ws, lambda f: f.get("type") in ("error", "login"))
+                assert (refused.get("error"), refused["id"]) == (error, n), refused
+                assert words in refused["message"] and "X-API" not in refused["message"]
+
+    asyncio.run(scenario())
+
+
 def test_a_socket_whose_key_is_revoked_after_the_login_can_no_longer_trade_and_is_closed(
     market,
 ):
