@@ -536,6 +536,23 @@ def test_subscribing_again_at_another_depth_sends_a_snapshot_at_it(market):
     asyncio.run(scenario())
 
 
+def test_a_browser_from_another_origin_is_refused_at_the_handshake(market):
+    # Refused through Channels' denier, a consumer of the Redis channel layer: each refusal
+    # opened a Redis receive, and some left a traceback in the log when it timed out.
+    async def scenario():
+        for _ in range(3):
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                async with websockets.connect(market["ws"], origin="http://evil.example"):
+                    pass
+            assert refused.value.response.status_code == 403
+        own = market["ws"].replace("ws://", "http://").split("/ws/")[0]
+        async with websockets.connect(market["ws"], origin=own, ping_interval=None) as ws:
+            await send(ws, {"op": "ping", "id": 1})
+            assert (await recv_until(ws, lambda f: f.get("type") == "pong"))["id"] == 1
+
+    asyncio.run(scenario())
+
+
 def test_the_orders_channel_needs_a_login(market):
     async def scenario():
         async with websockets.connect(market["ws"], ping_interval=None) as ws:
