@@ -254,6 +254,9 @@ class PreparedBatch:
     audit_rows: list[tuple]  # trade_id: the engine trade seq until the Trade row exists
     amend_releases: list[tuple]  # (order_id, user_id, symbol, is_buy, amount)
     outcome: BatchOutcome
+    # The users whose ledger the batch writes (trades, releases), locked before any id is
+    # drawn, all in one sorted statement (see `_staged_apply`).
+    ledger_users: list[int] = field(default_factory=list)
 
 
 # Integers (lots, ticks, minor units) are scaled to Decimal in SQL by the engine instrument's
@@ -517,6 +520,12 @@ class BatchWriter:
         self._live_orders(engine, updates)
         order_rows, factors, factor_k = self._order_rows(updates, specs)
         last_seq = max((a.apply_seq for a in applied if a.apply_seq is not None), default=None)
+        ledger_users = {uid for t in trades for uid in (t[p.T_MAKER_USER_ID], t[p.T_TAKER_USER_ID])}
+        ledger_users.update(
+            u.user_id for u in updates.values() if u.status in ENDED or u.hold_release
+        )
+        ledger_users.update(release[1] for release in amend_releases)
+        ledger_users.discard(None)
         return PreparedBatch(
             applied=applied,
             specs=specs,
@@ -537,6 +546,7 @@ class BatchWriter:
             ),
             audit_rows=audit_rows(records=audits),
             amend_releases=amend_releases,
+            ledger_users=sorted(ledger_users),
             outcome=BatchOutcome(
                 command_ids=[a.command_id for a in applied],
                 symbols=symbols,
@@ -1074,14 +1084,17 @@ class BatchWriter:
             statements.append(("books", BOOKS_UPSERT_SQL, [*prepared.books]))
         counters = [*prepared.counters, self.shard, self.epoch]
         statements.append(("shard", SHARD_STATE_SQL, counters))
+        if prepared.ledger_users:
+            # Every user whose ledger the batch writes is locked here, in one sorted statement,
+            # as every ledger writer locks them (see accounts.ledger), and before any Trade or
+            # ledger id is drawn: so a user's fills and postings are numbered in commit order,
+            # across shards too (GET /fills lists by id; a fill of one shard committed below an
+            # id of another already read was skipped by a client reading down to the last id
+            # it had seen). Orders were locked first, as by every writer; the settlement's own
+            # lock of these users is then a no-op (locking some there, after these, would take
+            # them out of order).
+            statements.append(("users", USERS_LOCK_SQL, users_lock_params(prepared.ledger_users)))
         if prepared.trade_rows:
-            # The trades' users are locked, as every ledger writer locks them (see
-            # accounts.ledger), before the Trade ids are drawn: so a user's fills are numbered
-            # in commit order across shards too (GET /fills lists by id; a fill of one shard
-            # committed below an id of another already read was skipped by a client reading
-            # down to the last id it had seen). Orders were locked first, as by every writer.
-            users = {uid for row in prepared.trade_rows for uid in (row[8], row[9])}
-            statements.append(("users", USERS_LOCK_SQL, users_lock_params(users)))
             ids = self.instrument_ids
             trade_params = [*prepared.factors, list(ids), list(ids.values())]
             if inline:
