@@ -834,6 +834,26 @@ def test_an_expire_at_that_passes_before_the_engine_takes_the_order_is_expire_at
     }
 
 
+def test_a_gtd_order_past_its_expiry_never_trades_without_the_scheduler(market):
+    # Expiry came only with Celery beat's expire_due (this stack runs no beat): a GTD order
+    # traded as maker 8 s after its expire_at while the scheduler was down.
+    instrument, maker, taker = market
+    expire_at = (timezone.now() + dt.timedelta(seconds=1)).isoformat().replace("+00:00", "Z")
+    gtd = maker.place(
+        **limit(instrument.symbol, "buy", "50.00", "2", time_in_force="GTD", expire_at=expire_at)
+    ).json()
+    assert gtd["status"] == "new"
+    time.sleep(1.5)
+    crossing = taker.place(**limit(instrument.symbol, "sell", "50.00", "2"))
+    assert crossing.status_code == 201, crossing.text
+    assert (crossing.json()["status"], crossing.json()["fills"]) == ("new", [])
+    expired = maker.get(f"/api/v1/orders/{gtd['order_id']}").json()
+    assert (expired["status"], expired["reason"], expired["held_amount"]) == (
+        "expired", "gtd_expired", "100.21"
+    )  # fmt: skip
+    assert not Trade.objects.filter(maker_order_id=gtd["order_id"]).exists()
+
+
 def test_a_client_order_id_replay_of_an_order_in_flight_waits_for_it(market):
     # The replay answered 202 pending_new at once, while the first request waited for the
     # engine: two answers of the same order, one stale (and 201 or 202 by which came first).

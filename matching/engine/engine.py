@@ -368,16 +368,21 @@ class Engine:
         self._expiry: list[tuple] = []
         self._touched: list[Book] = []
         slow = self._slow
+        # Each opcode's general handler (cmd, out); `_handlers` runs one through `_slow`.
+        self._raw_handlers = {
+            OP_PLACE: self._place_slow,
+            OP_CANCEL: self._cancel_slow,
+            OP_AMEND: self._amend_slow,
+            OP_MASS_CANCEL: self._mass_cancel,
+            OP_EXPIRE_DUE: self._expire_due,
+            OP_HALT: self._halt,
+            OP_RESUME: self._resume,
+            OP_ADD_INSTRUMENT: self._add_instrument,
+            OP_UPDATE_INSTRUMENT: self._update_instrument,
+        }
         self._handlers = {
-            OP_PLACE: lambda cmd: slow(self._place_slow, cmd),
-            OP_CANCEL: lambda cmd: slow(self._cancel_slow, cmd),
-            OP_AMEND: lambda cmd: slow(self._amend_slow, cmd),
-            OP_MASS_CANCEL: lambda cmd: slow(self._mass_cancel, cmd),
-            OP_EXPIRE_DUE: lambda cmd: slow(self._expire_due, cmd),
-            OP_HALT: lambda cmd: slow(self._halt, cmd),
-            OP_RESUME: lambda cmd: slow(self._resume, cmd),
-            OP_ADD_INSTRUMENT: lambda cmd: slow(self._add_instrument, cmd),
-            OP_UPDATE_INSTRUMENT: lambda cmd: slow(self._update_instrument, cmd),
+            op: (lambda cmd, handler=handler: slow(handler, cmd))
+            for op, handler in self._raw_handlers.items()
         }
         for inst in instruments:
             self._new_book(inst)
@@ -401,6 +406,15 @@ class Engine:
         """
         try:
             op = cmd[0]
+            expiry = self._expiry
+            if (
+                expiry
+                and op is not OP_EXPIRE_DUE
+                and len(cmd) > 1
+                and cmd[1].__class__ is int
+                and expiry[0][0] <= cmd[1]
+            ):
+                return self._expire_first(cmd)
             if op is OP_AMEND:
                 _, ts, oid, price, qty, mq = cmd
                 try:
@@ -837,6 +851,28 @@ class Engine:
         except _BAD_INPUT as exc:
             raise EngineBug(f"command failed half-way: {cmd!r}") from exc
         return self._take(book, o, cmd[1], cmd)
+
+    def _expire_first(self, cmd) -> list[tuple]:
+        """A command stamped at or after some order's `expire_at`: those orders expire first,
+        as an `expire_due` at the command's time would expire them, then the command applies,
+        all as one command (one book seq step): an order never trades, nor is amended, after
+        its expiry, however late the scheduled `expire_due` comes."""
+        handler = self._raw_handlers.get(cmd[0])
+        if handler is None:
+            return self._invalid(cmd)
+        ts = cmd[1]
+
+        def expire_then(c, out) -> None:
+            self._expire_due((OP_EXPIRE_DUE, ts, ts), out)
+            expired, touched = len(out), len(self._touched)
+            try:
+                handler(c, out)
+            except _BAD_INPUT as exc:
+                if len(out) != expired or len(self._touched) != touched:
+                    raise EngineBug(f"command failed half-way: {c!r}") from exc
+                self._reject(out, c, None, None, None, INVALID_COMMAND)
+
+        return self._slow(expire_then, cmd)
 
     def _slow(self, handler, cmd) -> list[tuple]:
         """Run a general handler; count each touched book's update seq once."""

@@ -216,7 +216,8 @@ class ReferenceModel:
 
     # ---- commands ----------------------------------------------------------------------------
     def apply(self, cmd: tuple) -> list[tuple]:
-        """Apply one command and return its events."""
+        """Apply one command and return its events. Orders whose expiry is at or before the
+        command's time expire first, as an expire_due at that time would, within the command."""
         self.events = []
         self.ts = cmd[1]
         depth_before = {symbol: self.depth(symbol) for symbol in self.books}
@@ -234,6 +235,9 @@ class ReferenceModel:
         if handler is None:
             self._reject(None, None, None, cmd[0], INVALID_COMMAND)
         else:
+            ts = cmd[1] if len(cmd) > 1 else None
+            if cmd[0] != OP_EXPIRE_DUE and is_int(ts):
+                self._expire_due((OP_EXPIRE_DUE, ts, ts))
             handler(cmd)
         for symbol, before in depth_before.items():
             if self.depth(symbol) != before:

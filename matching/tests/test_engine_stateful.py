@@ -145,7 +145,14 @@ class OrderLedger:
 
     def apply(self, cmd: tuple, events: list[tuple], l3_before: dict) -> None:
         pending = self.record_for(cmd) if cmd[0] == OP_PLACE else None
-        if cmd[0] == OP_AMEND and not (len(events) == 1 and events[0][0] == EV_REJECT):
+        # An amend that was applied: neither refused, nor of an order that expired first in
+        # the same command (its expire_at passed by the command's time).
+        amended = cmd[0] == OP_AMEND and not any(
+            (e[0] == EV_REJECT and e[6] == OP_AMEND)
+            or (e[0] == EV_ORDER and e[4] == cmd[2] and e[6] == EXPIRED)
+            for e in events
+        )
+        if amended:
             rec = self.live[cmd[2]]
             if cmd[3] is not None:
                 rec["price"] = cmd[3]
@@ -160,7 +167,10 @@ class OrderLedger:
             self.event_seq += 1
             assert e[1] == self.event_seq, f"event seq {e[1]}, expected {self.event_seq}"
             assert e[2] == cmd[1], "every event carries its command's ts"
-            if pending is not None and pending["id"] in self._order_ids(e):
+            # An order expiring first in this command (its expire_at passed by the command's
+            # time) may have the id being placed again: its end is not the new order's.
+            expiring = e[0] == EV_ORDER and e[6] == EXPIRED
+            if pending is not None and pending["id"] in self._order_ids(e) and not expiring:
                 if not (e[0] == EV_REJECT and e[6] == OP_PLACE):
                     self.live[pending["id"]] = pending
                 pending = None

@@ -1,4 +1,4 @@
-"""Time in force: GTC, IOC, FOK (atomic), GTD and DAY expiry through expire_due(now)."""
+"""Time in force: GTC, IOC, FOK (atomic), GTD and DAY expiry (expire_due, or any later command)."""
 
 from matching.engine import (
     DAY,
@@ -114,3 +114,27 @@ def test_gtd_in_the_past_is_rejected():
     h.ts = 100
     ev = h.buy(1, 100, 1, tif=GTD, expire_at=50)
     assert rejects(ev)[0][0] == INVALID_EXPIRE_AT
+
+
+def test_an_order_past_its_expiry_never_trades_even_before_expire_due():
+    # Expiry came only with the scheduled expire_due (every second, from Celery beat): with the
+    # scheduler late or down, a GTD order traded as maker after its expire_at.
+    h = Harness()
+    h.buy(1, 100, 2, tif=GTD, expire_at=5)
+    h.ts = 10  # the next command is stamped after the expiry; no expire_due came
+    ev = h.sell(2, 100, 2)
+    assert final(ev, 1) == ("expired", "gtd_expired", 0, 0)
+    assert trades(ev) == []
+    assert final(ev, 2) == ("new", None, 0, 2)
+    assert [e[4] for e in order_events(ev)] == [1, 2]  # the expiry comes first
+    assert rejects(h.amend(1, qty=1))[0][0] == "UnknownOrder"  # nor is it amended
+
+
+def test_an_order_expires_within_a_command_as_one_book_update():
+    h = Harness()
+    h.buy(1, 100, 2, tif=GTD, expire_at=5)
+    seq = h.engine.book_seq("X")
+    h.ts = 10
+    h.buy(2, 99, 1)
+    assert h.engine.book_seq("X") == seq + 1
+    assert h.depth() == ([(99, 1, 1)], [])
