@@ -300,7 +300,13 @@ def audit_rows_copy(*, rows: Sequence[tuple]) -> int:
     if not rows:
         return 0
     connection.ensure_connection()
-    with connection.connection.cursor() as cursor, cursor.copy(COPY_SQL) as copy:
+    # Django's error types (a dropped connection is an OperationalError, answered 503): the
+    # raw psycopg error had made an order entry batch a 500.
+    with (
+        connection.wrap_database_errors,
+        connection.connection.cursor() as cursor,
+        cursor.copy(COPY_SQL) as copy,
+    ):
         write_row = copy.write_row
         for row in rows:
             write_row(row)

@@ -10,9 +10,12 @@ from audit.events import AuditChannel, AuditEvent
 from audit.models import NS_PER_DAY, AuditRecord
 from audit.services import (
     AuditEntry,
+    audit_entry,
     audit_record,
     audit_record_copy,
     audit_record_many,
+    audit_rows,
+    audit_rows_copy,
     day_of,
     session_hash,
 )
@@ -125,3 +128,28 @@ def test_day_of_gives_the_utc_day_of_a_nanosecond_timestamp():
     noon = int(dt.datetime(2026, 11, 26, 12, tzinfo=dt.UTC).timestamp()) * 1_000_000_000
     assert day_of(noon) == day_of(noon + 1) == dt.date(2026, 11, 26)  # the second from the cache
     assert day_of(noon + NS_PER_DAY // 2) == dt.date(2026, 11, 27)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_dropped_during_the_copy_is_an_outage_the_api_answers_503():
+    # The raw psycopg error (AdminShutdown) had passed as no database error of Django's: an
+    # order entry batch whose connection was cut during its audit COPY was answered 500.
+    import psycopg
+    from django.db import OperationalError
+
+    from exchange.api_errors import database_unavailable
+
+    rows = audit_rows(records=[audit_entry(event_type=AuditEvent.LOGIN)])
+    connection.ensure_connection()
+    pid = connection.connection.info.backend_pid
+    params = connection.get_connection_params()
+    with psycopg.connect(
+        dbname=connection.settings_dict["NAME"],
+        **{k: params[k] for k in ("host", "port", "user") if params.get(k)},
+        autocommit=True,
+    ) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+    with pytest.raises(OperationalError) as dropped, transaction.atomic():
+        audit_rows_copy(rows=rows)
+    assert database_unavailable(dropped.value)
+    connection.close()
