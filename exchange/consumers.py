@@ -550,7 +550,15 @@ class StreamConsumer(AsyncWebsocketConsumer):
             return
         try:
             await handler(message, extra)
-        except Exception:
+        except Exception as exc:
+            if database_unavailable(exc):
+                # As REST answers it (503): the client may retry; "malformed" told it not to.
+                self.error(
+                    "ServiceUnavailable",
+                    "the exchange's database is out of reach for a moment: retry shortly",
+                    **extra,
+                )
+                return
             logger.exception("websocket op failed", extra={"op": op})
             self.error("MalformedRequest", "the request could not be handled", **extra)
 

@@ -1,6 +1,7 @@
 """The API when the database drops the web process's connections (a restart, a failover): a
 503 a client can retry, never Django's HTML 500 page, and the next requests work again."""
 
+import time
 import uuid
 
 import httpx
@@ -59,3 +60,39 @@ def test_dropped_database_connections_are_a_retryable_503_then_requests_work(
     replay = client.post("/api/v1/orders", json=order)
     assert replay.status_code == 202 and replay.json()["order_id"] == response.json()["order_id"]
     assert Order.objects.filter(client_order_id="after-outage").count() == 1
+
+
+def test_a_socket_login_without_the_database_is_a_retryable_service_unavailable(
+    processes, process_env
+):
+    # It was MalformedRequest "the request could not be handled": a client told its request
+    # is malformed does not retry it.
+    import asyncio
+    import json
+
+    import websockets
+
+    from accounts.signing import ws_login_message
+
+    out_of_reach = "postgres://postgres@127.0.0.1:1/unreachable?connect_timeout=1"
+    base_url = start_web(processes, env={**process_env, "DATABASE_URL": out_of_reach})
+    key = make_api_key(make_user())
+    login = ws_login_message(
+        api_key=key.api_key.key, secret=key.secret, timestamp_ms=int(time.time() * 1000)
+    )
+
+    async def scenario():
+        url = base_url.replace("http://", "ws://") + "/ws/v1"
+        async with websockets.connect(url, ping_interval=None) as ws:
+            await ws.send(json.dumps({**login, "id": 1}))
+            while True:
+                frame = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                if frame.get("type") == "ping":  # the server's keep-alive: answered
+                    await ws.send(json.dumps({"op": "pong", "id": frame["id"]}))
+                elif frame.get("id") == 1:
+                    return frame
+
+    refused = asyncio.run(scenario())
+    assert (refused["type"], refused["error"], refused["code"]) == (
+        "error", "ServiceUnavailable", -1001
+    )  # fmt: skip
