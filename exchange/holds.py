@@ -49,11 +49,9 @@ def buy_hold_minor(
     return buy_cost_minor(engine, worst_ticks, qty_lots, taker_fee_ppm)
 
 
-def best_ask_ticks(engine: EngineInstrument, snapshot: dict | None) -> int | None:
-    """The best ask of a book snapshot (`exchange.selectors.book_snapshot`) in ticks, if any."""
-    if not snapshot or not snapshot["asks"]:
-        return None
-    return engine.price_to_ticks(Decimal(snapshot["asks"][0][0]))
+def best_ask_ticks(engine: EngineInstrument, price: Decimal | None) -> int | None:
+    """The best ask (`exchange.selectors.best_ask`) in ticks, if any."""
+    return None if price is None else engine.price_to_ticks(price)
 
 
 def buy_cost_minor(engine: EngineInstrument, price_ticks: int, qty_lots: int, fee_ppm: int) -> int:

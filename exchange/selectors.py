@@ -217,6 +217,20 @@ def book_spread(*, instrument: Instrument) -> dict:
     }
 
 
+def best_ask(instrument: Instrument, snapshot: dict | None) -> Decimal | None:
+    """The best ask: from the worker's book snapshot, or, when Redis has none (wiped, or out of
+    reach), the lowest price among the resting sells in the database (a market buy's budget
+    is priced from it: without it, it was held nothing and refused every fill, max_quote)."""
+    if snapshot is not None:
+        return Decimal(snapshot["asks"][0][0]) if snapshot["asks"] else None
+    return Order.objects.filter(
+        instrument=instrument,
+        side=Order.Side.SELL,
+        status__in=(Order.Status.NEW, Order.Status.PARTIALLY_FILLED, Order.Status.TRIGGERED),
+        price__isnull=False,
+    ).aggregate(best=Min("price"))["best"]
+
+
 def band_reference(instrument: Instrument, snapshot: dict | None) -> Decimal | None:
     """The price band's reference: the last price in the worker's book snapshot, or from the
     database when Redis has no snapshot (the engine enforces the band in any case)."""

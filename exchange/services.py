@@ -46,6 +46,7 @@ from exchange.order_rules import (
 from exchange.replies import release_db_connection
 from exchange.selectors import (
     band_reference,
+    best_ask,
     book_snapshot,
     instrument_by_symbol,
     reference_price,
@@ -230,7 +231,9 @@ def order_plan(
             qty_lots=qty,
             stop_ticks=stop,
             quote_minor=spend,
-            best_ask_ticks=best_ask_ticks(engine, snapshot),
+            best_ask_ticks=best_ask_ticks(engine, best_ask(instrument, snapshot))
+            if kind in (Order.Type.MARKET, Order.Type.STOP_LOSS)
+            else None,
             taker_fee_ppm=taker_ppm,
         )
         buy_minor = buy_value_check(
@@ -634,7 +637,9 @@ def order_amend(
             qty_lots=engine.qty_to_lots(new_quantity - order.filled_quantity),
             stop_ticks=engine.price_to_ticks(order.stop_price) if stop_loss else 0,
             quote_minor=0,
-            best_ask_ticks=best_ask_ticks(engine, book_snapshot(instrument.symbol))
+            best_ask_ticks=best_ask_ticks(
+                engine, best_ask(instrument, book_snapshot(instrument.symbol))
+            )
             if stop_loss
             else None,
             taker_fee_ppm=order.taker_fee_ppm,

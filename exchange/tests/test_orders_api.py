@@ -854,6 +854,22 @@ def test_a_gtd_order_past_its_expiry_never_trades_without_the_scheduler(market):
     assert not Trade.objects.filter(maker_order_id=gtd["order_id"]).exists()
 
 
+def test_a_market_buy_is_priced_from_the_database_when_redis_lost_the_book(market):
+    # Its budget comes from the best ask of the worker's Redis snapshot: with the snapshot gone
+    # (Redis wiped, or out of reach) it was held nothing and cancelled max_quote, 0 filled,
+    # with asks on the book.
+    from exchange.redis_connection import redis_client
+    from matching.transport import book_snapshot_key
+
+    instrument, maker, taker = market
+    maker.place(**limit(instrument.symbol, "sell", "101.00", "5"))
+    redis_client().delete(book_snapshot_key(instrument.symbol))
+    bought = taker.place(
+        symbol=instrument.symbol, side="buy", order_type="market", quantity="2"
+    ).json()
+    assert (bought["status"], bought["filled_quantity"]) == ("filled", "2"), bought
+
+
 def test_a_client_order_id_replay_of_an_order_in_flight_waits_for_it(market):
     # The replay answered 202 pending_new at once, while the first request waited for the
     # engine: two answers of the same order, one stale (and 201 or 202 by which came first).
