@@ -123,15 +123,22 @@ def api_exception_handler(exc, context):
     response = exception_handler(exc, context)
     if response is None:
         request = context.get("request")
+        set_rollback()
+        if database_unavailable(exc):
+            # An outage the client retries through, logged as what it is (it had been logged
+            # "Internal Server Error", status 500, with a traceback: false alerts on 500s).
+            request_logger.warning(
+                "Service Unavailable (database out of reach): %s",
+                getattr(request, "path", "?"),
+                extra={"status_code": 503, "why": str(exc).strip()[:200]},
+            )
+            return Response(SERVICE_UNAVAILABLE_BODY, status=503, headers={"Retry-After": "1"})
         request_logger.error(
             "Internal Server Error: %s",
             getattr(request, "path", "?"),
             exc_info=exc,
             extra={"status_code": 500, "request": getattr(request, "_request", request)},
         )
-        set_rollback()
-        if database_unavailable(exc):
-            return Response(SERVICE_UNAVAILABLE_BODY, status=503, headers={"Retry-After": "1"})
         return Response(INTERNAL_ERROR_BODY, status=500)
     name, code = next(
         ((name, code) for cls, name, code in _DRF_ERRORS if isinstance(exc, cls)), ("Error", -1000)

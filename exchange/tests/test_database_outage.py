@@ -50,6 +50,9 @@ def test_dropped_database_connections_are_a_retryable_503_then_requests_work(
             break
         unavailable.append(response)
     assert unavailable, "no request met a dropped connection"
+    # Logged as the outage it is, not as a 500 with a traceback (false alerts on 500s).
+    log = (processes.log_dir / "web.log").read_text()
+    assert "Service Unavailable" in log and "Internal Server Error" not in log
     for refused in unavailable:
         assert refused.headers["content-type"] == "application/json"
         assert refused.headers["retry-after"] == "1"
