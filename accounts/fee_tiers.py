@@ -75,6 +75,8 @@ def _assess_chunk(*, user_ids: list[int], tiers: list[FeeTier], now: dt.datetime
     base = base_tier(tiers)
     with transaction.atomic():
         with connection.cursor() as cursor:
+            # Waits for a running assessment however long it takes (not DB_LOCK_TIMEOUT_MS).
+            cursor.execute("SET LOCAL lock_timeout = 0")
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ASSESS_LOCK_KEY])
         volumes = volumes_30d(now=now, user_ids=user_ids)
         uptimes = uptimes_30d(now=now, user_ids=user_ids)

@@ -151,6 +151,7 @@ def daily_volume_recompute(*, now: dt.datetime, days: int = WINDOW_DAYS) -> int:
         )
         rows = cursor.fetchall()
         # Two overlapping runs would each delete and insert the same rows: one at a time.
+        cursor.execute("SET LOCAL lock_timeout = 0")  # however long the other run takes
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [RECOMPUTE_LOCK_KEY])
         cursor.execute(
             "DELETE FROM accounts_dailyvolume WHERE day >= %s AND day < %s", [first_day, today]

@@ -20,10 +20,11 @@ from rest_framework.views import exception_handler, set_rollback
 # Logged as Django logs an exception it turns into a 500 itself.
 request_logger = logging.getLogger("django.request")
 
-# SQLSTATEs of a database out of reach: its connection failed (class 08) or the server is
-# shutting down or starting (57P01-57P03). Other operational errors (a deadlock, 40P01; a
-# serialization failure, 40001) are not an outage: they are 500s.
-_OUTAGE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+# SQLSTATEs of a database out of reach: its connection failed (class 08), the server is
+# shutting down or starting (57P01-57P03), or a lock was not granted within DB_LOCK_TIMEOUT_MS
+# (55P03: a matching worker stuck mid-batch holds it). Other operational errors (a deadlock,
+# 40P01; a serialization failure, 40001) are not an outage: they are 500s.
+_OUTAGE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "55P03")
 
 
 def database_unavailable(exc: BaseException) -> bool:

@@ -194,6 +194,12 @@ DB_POOL_MAX_SIZE = env.int("DB_POOL_MAX_SIZE", default=20)
 DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env.int(
     "DB_CONNECT_TIMEOUT", default=3
 )
+# How long a statement waits for a lock before it fails (55P03, answered 503 by the API): a
+# matching worker stopped mid-batch (SIGSTOP, a hung host) holds its users' ledger locks, and
+# order entry waited behind it without end. 0 waits forever.
+DB_LOCK_TIMEOUT_MS = env.int("DB_LOCK_TIMEOUT_MS", default=5000)
+if DB_LOCK_TIMEOUT_MS:
+    DATABASES["default"]["OPTIONS"]["options"] = f"-c lock_timeout={DB_LOCK_TIMEOUT_MS}"
 # psycopg's default: a statement run this many times on a connection is prepared there.
 DB_PREPARE_THRESHOLD = 5
 if DB_POOL_MAX_SIZE:

@@ -99,3 +99,33 @@ def test_a_socket_login_without_the_database_is_a_retryable_service_unavailable(
     assert (refused["type"], refused["error"], refused["code"]) == (
         "error", "ServiceUnavailable", -1001
     )  # fmt: skip
+
+
+def test_order_entry_behind_a_stuck_lock_holder_is_a_retryable_503_in_bounded_time(
+    processes, process_env
+):
+    # A matching worker stopped mid-batch (SIGSTOP) holds its users' ledger locks: every
+    # order entry batch waited behind it without end, for every user.
+    import psycopg
+
+    from accounts.ledger import USERS_LOCK_SQL, users_lock_params
+
+    base_url = start_web(processes, env={**process_env, "DB_LOCK_TIMEOUT_MS": "1000"})
+    instrument = make_instrument()
+    user = make_user()
+    key = make_api_key(user)
+    client = httpx.Client(
+        base_url=base_url, auth=ApiKeyAuth(key.api_key.key, key.secret), timeout=30
+    )
+    order = {"symbol": instrument.symbol, "side": "buy", "order_type": "limit",
+             "price": "10.00", "quantity": "1"}  # fmt: skip
+    with psycopg.connect(process_env["DATABASE_URL"]) as stuck:  # a transaction left open
+        stuck.execute(USERS_LOCK_SQL, users_lock_params([user.pk]))
+        started = time.monotonic()
+        refused = client.post("/api/v1/orders", json=order)
+        waited = time.monotonic() - started
+        stuck.rollback()
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"] == "ServiceUnavailable" and waited < 10
+    assert not Order.objects.filter(user=user).exists()  # nothing half-stored
+    assert client.post("/api/v1/orders", json=order).status_code in (201, 202)
