@@ -39,8 +39,6 @@ export async function api(method, path, body) {
   return { status: response.status, data };
 }
 
-// Shows an ApiError next to the input its `field` names (an element with
-// data-error-for="field" inside `form`), else in the form's general error box.
 // A request refused because the session has ended (logged out in another tab, a password
 // change, deactivation): what to do about it, with a link back here after logging in.
 export function signedOutNotice(element) {
@@ -50,10 +48,12 @@ export function signedOutNotice(element) {
   element.replaceChildren("You are signed out. ", link, ".");
 }
 
+// Shows an ApiError next to the input its `field` names (an element with
+// data-error-for="field" inside `form`), else in the form's general error box.
 export function showError(form, error) {
   clearErrors(form);
-  if (error instanceof ApiError && error.error === "NotAuthenticated") {
-    const general = form.querySelector('[data-error-for="__all__"]');
+  const general = form.querySelector('[data-error-for="__all__"]');
+  if (error instanceof ApiError && error.error === "NotAuthenticated" && general) {
     signedOutNotice(general);
     general.hidden = false;
     return;
