@@ -67,29 +67,31 @@ class InstrumentAdmin(admin.ModelAdmin):
 
     @admin.action(description="Halt trading (new orders rejected, cancels allowed)")
     def halt_trading(self, request, queryset) -> None:
-        for instrument in queryset:
-            services.instrument_halt(
-                instrument=instrument, actor=request.user, http_request=request
-            )
-        self.message_user(request, f"Halt sent for {queryset.count()} instrument(s).")
+        self._status_change(request, queryset, services.instrument_halt, "Halt")
 
     @admin.action(description="Resume trading")
     def resume_trading(self, request, queryset) -> None:
+        self._status_change(request, queryset, services.instrument_resume, "Resume")
+
+    def _status_change(self, request, queryset, service, what: str) -> None:
+        """Send `service` (halt, resume) for each instrument; a refusal (a delisted one) is a
+        warning naming it, the others still go."""
         sent = 0
         for instrument in queryset:
             try:
-                services.instrument_resume(
-                    instrument=instrument, actor=request.user, http_request=request
-                )
+                service(instrument=instrument, actor=request.user, http_request=request)
                 sent += 1
             except ApiError as exc:
                 self.message_user(request, exc.message, messages.WARNING)
-        self.message_user(request, f"Resume sent for {sent} instrument(s).")
+        self.message_user(request, f"{what} sent for {sent} instrument(s).")
 
     @admin.action(description="Delist for good (halt, cancel every open order)")
     def delist(self, request, queryset):
         """A confirmation page first (delisting cannot be undone), then the delisting."""
         instruments = list(queryset.exclude(status=Instrument.Status.DELISTED))
+        if not instruments:
+            self.message_user(request, "Already delisted.", messages.WARNING)
+            return None
         if request.POST.get("confirmed") != "yes":
             for instrument in instruments:
                 instrument.open_orders = Order.objects.filter(

@@ -724,6 +724,12 @@ def orders_mass_cancel(*, user, actor, symbol: str | None = None, http_request=N
 def _instrument_status_change(
     *, instrument: Instrument, status: str, kind: str, event: str, actor, http_request
 ) -> Command:
+    """Set the instrument's status and send its engine the command; a delisted instrument's
+    status never changes again (400)."""
+    if Instrument.objects.get(pk=instrument.pk).status == Instrument.Status.DELISTED:
+        raise trading_error(
+            "InvalidParameter", f"{instrument.symbol} is delisted: it cannot trade again"
+        )
     instrument.status = status
     instrument.save(update_fields=["status"])
     command = command_enqueue(
@@ -756,10 +762,6 @@ def instrument_halt(*, instrument: Instrument, actor, http_request=None) -> Comm
 @transaction.atomic
 def instrument_resume(*, instrument: Instrument, actor, http_request=None) -> Command:
     """Resume trading of a halted instrument (never of a delisted one)."""
-    if Instrument.objects.get(pk=instrument.pk).status == Instrument.Status.DELISTED:
-        raise trading_error(
-            "InvalidParameter", f"{instrument.symbol} is delisted: it cannot trade again"
-        )
     return _instrument_status_change(
         instrument=instrument,
         status=Instrument.Status.TRADING,
@@ -776,8 +778,6 @@ def instrument_delist(*, instrument: Instrument, actor, http_request=None) -> in
     open order is cancelled on its owner's behalf (reason `staff`; each hold is released as its
     order ends), and it leaves the listings (GET /symbols, the markets page). It cannot resume;
     its orders, trades and history stay. Returns the number of orders cancelled."""
-    if Instrument.objects.get(pk=instrument.pk).status == Instrument.Status.DELISTED:
-        raise trading_error("InvalidParameter", f"{instrument.symbol} is already delisted")
     _instrument_status_change(
         instrument=instrument,
         status=Instrument.Status.DELISTED,

@@ -227,9 +227,11 @@ def test_staff_delist_an_instrument_for_good_after_a_confirmation(exchange_stack
     assert refused.status_code == 400
     assert refused.json()["error"] == "InstrumentHalted"
     assert "delisted" in refused.json()["message"]
-    admin_action(staff, changelist, "resume_trading", instrument.pk)
-    instrument.refresh_from_db()
-    assert instrument.status == "delisted"  # it cannot trade again
+    for action in ("resume_trading", "halt_trading", "delist"):
+        admin_action(staff, changelist, action, instrument.pk)
+        instrument.refresh_from_db()
+        # It cannot trade again (a halt had made it "halted": listed, and resumable).
+        assert instrument.status == "delisted", action
     requested = AuditRecord.objects.get(
         event_type="instrument.delist_requested", symbol=instrument.symbol
     )
