@@ -62,11 +62,14 @@ def _self_credited(user, asset: str) -> Decimal:
 DEPOSIT_PERMISSION = "accounts.add_ledgerentry"
 
 
+def _credits_deposits(actor) -> bool:
+    """Staff with DEPOSIT_PERMISSION credit deposits to anyone."""
+    return actor.is_staff and actor.has_perm(DEPOSIT_PERMISSION)
+
+
 def may_deposit(*, actor) -> bool:
     """Whether `actor` may credit a deposit (to someone, or to themselves in a demo)."""
-    return (actor.is_staff and actor.has_perm(DEPOSIT_PERMISSION)) or Decimal(
-        settings.DEMO_SELF_CREDIT_LIMIT
-    ) > 0
+    return _credits_deposits(actor) or Decimal(settings.DEMO_SELF_CREDIT_LIMIT) > 0
 
 
 @transaction.atomic
@@ -74,7 +77,7 @@ def deposit_create(*, user, asset: str, amount: Decimal, actor, http_request=Non
     """Credit `amount` of `asset` to `user`: by staff with DEPOSIT_PERMISSION, or by the user
     within the demo limit."""
     asset, amount = _validated(asset, amount)
-    self_credit = not (actor.is_staff and actor.has_perm(DEPOSIT_PERMISSION))
+    self_credit = not _credits_deposits(actor)
     if self_credit:
         limit = Decimal(settings.DEMO_SELF_CREDIT_LIMIT)
         if actor.pk != user.pk or limit <= 0:

@@ -80,8 +80,11 @@ def _op_and_id(raw) -> dict:
         message = json.loads(raw)
     except (ValueError, TypeError, RecursionError):
         return {}
-    if not isinstance(message, dict):
-        return {}
+    return _answer_ids(message) if isinstance(message, dict) else {}
+
+
+def _answer_ids(message: dict) -> dict:
+    """What every answer to `message` repeats of it: its `op`, and its `id` when it has one."""
     op, request_id = message.get("op"), message.get("id")
     return {"op": op} if request_id is None else {"op": op, "id": request_id}
 
@@ -523,8 +526,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
             self.error("MalformedRequest", "a message is one JSON object")
             return
         op = message.get("op")
-        request_id = message.get("id")
-        extra = {"op": op} if request_id is None else {"op": op, "id": request_id}
+        extra = _answer_ids(message)
         if holds_nul(raw, message):
             # No field accepts one, and PostgreSQL refuses it in text (a lookup would fail).
             self.error("MalformedRequest", "a message holds a NUL character (\\u0000)", **extra)

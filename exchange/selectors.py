@@ -197,10 +197,21 @@ def _level(level: list) -> dict:
     return {"price": price, "quantity": quantity, "orders": orders}
 
 
+def snapshot_top(snapshot: dict | None) -> dict:
+    """Best bid and ask of a book snapshot with the quantity shown at each (None for an empty
+    side, or without a snapshot)."""
+    top = {}
+    for side, name in (("bids", "best_bid"), ("asks", "best_ask")):
+        best = snapshot[side][0] if snapshot and snapshot[side] else None
+        top[name] = Decimal(best[0]) if best else None
+        top[f"{name}_size"] = Decimal(best[1]) if best else None
+    return top
+
+
 def book_spread(*, instrument: Instrument) -> dict:
-    snapshot = book_snapshot(instrument.symbol) or {"seq": 0, "bids": [], "asks": []}
-    bid = Decimal(snapshot["bids"][0][0]) if snapshot["bids"] else None
-    ask = Decimal(snapshot["asks"][0][0]) if snapshot["asks"] else None
+    snapshot = book_snapshot(instrument.symbol)
+    top = snapshot_top(snapshot)
+    bid, ask = top["best_bid"], top["best_ask"]
     spread = mid = bps = None
     if bid is not None and ask is not None:
         spread = ask - bid
@@ -208,7 +219,7 @@ def book_spread(*, instrument: Instrument) -> dict:
         bps = (spread / mid * 10_000).quantize(Decimal("0.01"))
     return {
         "symbol": instrument.symbol,
-        "seq": snapshot["seq"],
+        "seq": snapshot["seq"] if snapshot else 0,
         "best_bid": bid,
         "best_ask": ask,
         "spread": spread,
@@ -222,7 +233,7 @@ def best_ask(instrument: Instrument, snapshot: dict | None) -> Decimal | None:
     reach), the lowest price among the resting sells in the database (a market buy's budget
     is priced from it: without it, it was held nothing and refused every fill, max_quote)."""
     if snapshot is not None:
-        return Decimal(snapshot["asks"][0][0]) if snapshot["asks"] else None
+        return snapshot_top(snapshot)["best_ask"]
     return Order.objects.filter(
         instrument=instrument,
         side=Order.Side.SELL,
@@ -255,15 +266,8 @@ def trades_recent(*, instrument: Instrument) -> QuerySet[Trade]:
 
 
 def book_top(*, instrument: Instrument) -> dict:
-    """Best bid and ask with the quantity shown at each (None for an empty side), from the
-    worker's book snapshot."""
-    snapshot = book_snapshot(instrument.symbol) or {"bids": [], "asks": []}
-    top = {}
-    for side, name in (("bids", "best_bid"), ("asks", "best_ask")):
-        best = snapshot[side][0] if snapshot[side] else None
-        top[name] = Decimal(best[0]) if best else None
-        top[f"{name}_size"] = Decimal(best[1]) if best else None
-    return top
+    """Best bid and ask with the quantity shown at each, from the worker's book snapshot."""
+    return snapshot_top(book_snapshot(instrument.symbol))
 
 
 def ticker_24h(*, instrument: Instrument, now: dt.datetime | None = None) -> dict:
