@@ -29,6 +29,47 @@ def wait_until(predicate: Callable[[], object], *, timeout: float, interval: flo
         time.sleep(interval)
 
 
+def second_waits_for_first(first_write, second_write) -> tuple[bool, object, object]:
+    """Run `first_write` in a transaction left open, then `second_write` in another (each on a
+    thread of its own, with its own connection); returns whether the second was still waiting
+    half a second later, and what each returned, once both have committed."""
+    import threading
+
+    from django.db import connection, transaction
+
+    first_written = threading.Event()
+    first_may_commit = threading.Event()
+    results: dict[str, object] = {}
+
+    def first() -> None:
+        try:
+            with transaction.atomic():
+                results["first"] = first_write()
+                first_written.set()
+                first_may_commit.wait(10)
+        finally:
+            connection.close()
+
+    def second() -> None:
+        try:
+            with transaction.atomic():
+                results["second"] = second_write()
+        finally:
+            connection.close()
+
+    first_thread = threading.Thread(target=first)
+    first_thread.start()
+    assert first_written.wait(10)
+    second_thread = threading.Thread(target=second)
+    second_thread.start()
+    second_thread.join(0.5)
+    still_waiting = second_thread.is_alive()
+    first_may_commit.set()
+    first_thread.join(10)
+    second_thread.join(10)
+    return still_waiting, results["first"], results["second"]
+
+
 @pytest.fixture(scope="session")
 def django_db_setup(request, django_test_environment, django_db_blocker, django_db_keepdb):
     """Always create the test database, even when no collected test carries a django_db

@@ -2,15 +2,14 @@
 asset they move and whoever writes them (a web request's hold, the matching worker's batch), so
 a client that reads `GET /ledger` above the last posting id it has seen misses none."""
 
-import threading
 from decimal import Decimal
 
 import pytest
-from django.db import connection, transaction
 
 from accounts.ledger import funds_hold
 from accounts.models import LedgerEntry, LedgerPosting
 from accounts.settlement import HoldRelease, SettlementWriter
+from conftest import second_waits_for_first
 from exchange.tests.api_client import make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -20,46 +19,15 @@ def posting_ids(entry_ids: list[int]) -> list[int]:
     return list(LedgerPosting.objects.filter(entry_id__in=entry_ids).values_list("id", flat=True))
 
 
-def second_waits_for_first(first_write, second_write) -> tuple[bool, list[int], list[int]]:
-    """Run `first_write` in a transaction that stays open, then `second_write` in another;
-    returns whether the second was still waiting after half a second, and the posting ids
-    each wrote (as entry ids, read back once both have committed)."""
-    first_written = threading.Event()
-    first_may_commit = threading.Event()
-    entries: dict[str, list[int]] = {}
-
-    def first() -> None:
-        try:
-            with transaction.atomic():
-                entries["first"] = first_write()
-                first_written.set()
-                first_may_commit.wait(10)
-        finally:
-            connection.close()
-
-    def second() -> None:
-        try:
-            with transaction.atomic():
-                entries["second"] = second_write()
-        finally:
-            connection.close()
-
-    first_thread = threading.Thread(target=first)
-    first_thread.start()
-    assert first_written.wait(10)
-    second_thread = threading.Thread(target=second)
-    second_thread.start()
-    second_thread.join(0.5)
-    still_waiting = second_thread.is_alive()
-    first_may_commit.set()
-    first_thread.join(10)
-    second_thread.join(10)
-    return still_waiting, posting_ids(entries["first"]), posting_ids(entries["second"])
+def postings_wait(first_write, second_write) -> tuple[bool, list[int], list[int]]:
+    """`second_waits_for_first`, with the posting ids of the entries each wrote."""
+    still_waiting, first, second = second_waits_for_first(first_write, second_write)
+    return still_waiting, posting_ids(first), posting_ids(second)
 
 
 def test_a_hold_of_another_asset_waits_for_the_same_users_uncommitted_hold():
     user = make_user(funds={"USD": Decimal("100"), "BNC": Decimal("100")})
-    still_waiting, first, second = second_waits_for_first(
+    still_waiting, first, second = postings_wait(
         lambda: [funds_hold(user=user, asset="USD", amount=Decimal("10"), order_id=None).pk],
         lambda: [funds_hold(user=user, asset="BNC", amount=Decimal("5"), order_id=None).pk],
     )
@@ -78,7 +46,7 @@ def test_the_workers_settlement_waits_for_the_same_users_uncommitted_hold():
         )
         return list(LedgerEntry.objects.filter(kind="release").values_list("id", flat=True))
 
-    still_waiting, first, second = second_waits_for_first(
+    still_waiting, first, second = postings_wait(
         lambda: [funds_hold(user=user, asset="USD", amount=Decimal("10"), order_id=None).pk],
         settle,
     )
@@ -89,7 +57,7 @@ def test_the_workers_settlement_waits_for_the_same_users_uncommitted_hold():
 def test_users_who_share_nothing_do_not_wait_for_each_other():
     alice = make_user("alice", funds={"USD": Decimal("100")})
     bob = make_user("bob", funds={"USD": Decimal("100")})
-    still_waiting, _, _ = second_waits_for_first(
+    still_waiting, _, _ = postings_wait(
         lambda: [funds_hold(user=alice, asset="USD", amount=Decimal("1"), order_id=None).pk],
         lambda: [funds_hold(user=bob, asset="USD", amount=Decimal("1"), order_id=None).pk],
     )
