@@ -67,6 +67,15 @@ if MATCHING_SHARDS < 1:
     raise ImproperlyConfigured(f"MATCHING_SHARDS must be at least 1, got {MATCHING_SHARDS}")
 # A shard whose heartbeat is older than this is reported down by /healthz.
 MATCHING_HEARTBEAT_TTL_MS = env.int("MATCHING_HEARTBEAT_TTL_MS", default=5000)
+# A standby fences a shard's holder whose lease session has been idle this long (the holder
+# touches it every second from a thread, so only a hung process goes quiet): it terminates the
+# holder's database sessions and takes the shard. 0 turns fencing off. Keep it well above the
+# longest pause a live worker can have (a garbage collection, a swap storm).
+MATCHING_LEASE_STALE_SECONDS = env.float("MATCHING_LEASE_STALE_SECONDS", default=10.0)
+if MATCHING_LEASE_STALE_SECONDS < 0:
+    raise ImproperlyConfigured(
+        f"MATCHING_LEASE_STALE_SECONDS must be 0 or more, got {MATCHING_LEASE_STALE_SECONDS}"
+    )
 # How long an order request waits for the engine before answering 202 pending_new.
 ORDER_REPLY_TIMEOUT_SECONDS = env.float("ORDER_REPLY_TIMEOUT_SECONDS", default=2.0)
 # How far ahead a GTD order's expire_at may be (ExpireAtTooFar beyond). The engine's clock is

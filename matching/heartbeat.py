@@ -25,8 +25,20 @@ def heartbeat_write(*, client: redis.Redis, shard: int, epoch: int, pid: int, tt
     return bool(existed)
 
 
-def heartbeat_clear(*, client: redis.Redis, shard: int) -> None:
-    client.delete(heartbeat_key(shard))
+# Delete the heartbeat only if it is still the given epoch's: a holder that was fenced and
+# then woke up must not erase its successor's.
+_CLEAR_OWN_HEARTBEAT = """
+local value = redis.call('GET', KEYS[1])
+if value and cjson.decode(value)['epoch'] == tonumber(ARGV[1]) then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def heartbeat_clear(*, client: redis.Redis, shard: int, epoch: int) -> bool:
+    """Remove the heartbeat of `shard` if lease `epoch` wrote it; whether it did."""
+    return bool(client.eval(_CLEAR_OWN_HEARTBEAT, 1, heartbeat_key(shard), epoch))
 
 
 def heartbeats_read(*, client: redis.Redis, shard_count: int) -> dict[int, dict | None]:

@@ -15,7 +15,9 @@ import time
 
 import redis
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import Error as DjangoDatabaseError
+from django.db import transaction
+from django.db.backends.signals import connection_created
 
 from audit.events import AuditEvent
 from audit.services import audit_record
@@ -23,7 +25,7 @@ from exchange.redis_connection import redis_client
 from matching.batch_loop import BatchFailed, ShardLoop
 from matching.batch_writer import LeaseFenced
 from matching.heartbeat import heartbeat_clear, heartbeat_write
-from matching.lease import LeaseLost, ShardLease
+from matching.lease import LeaseLost, ShardLease, session_name
 from matching.publish import Publisher
 
 logger = logging.getLogger(__name__)
@@ -48,6 +50,9 @@ class ShardWorker:
 
     def run(self) -> int:
         """Run until stopped (exit code 0) or until the lease is lost (exit code 1)."""
+        # Every session of this process carries its name, so that a standby can end them all
+        # if this process hangs holding the lease (matching.lease).
+        connection_created.connect(_name_session, dispatch_uid="matching-session-name")
         logger.info("shard worker waiting for lease", extra={"shard": self.shard})
         if not self.lease.acquire(wait=True, should_stop=self.stopping.is_set):
             return 0
@@ -123,14 +128,17 @@ class ShardWorker:
 
         A failure propagates: a worker that cannot write the trail must not run the shard."""
         takeover = (self.lease.epoch or 0) > 1
-        self._audit_lifecycle(AuditEvent.SHARD_TAKEOVER if takeover else AuditEvent.WORKER_STARTED)
+        fenced = {"fenced_holder": self.lease.fenced} if self.lease.fenced else {}
+        self._audit_lifecycle(
+            AuditEvent.SHARD_TAKEOVER if takeover else AuditEvent.WORKER_STARTED, **fenced
+        )
 
     def _audit_stopped(self, reason: str) -> None:
         """Record the stop; best effort, since the process is exiting anyway (often because
         the database is what failed)."""
         try:
             self._audit_lifecycle(AuditEvent.WORKER_STOPPED, reason=reason)
-        except DatabaseError as exc:
+        except DjangoDatabaseError as exc:  # a session another worker ended is an InterfaceError
             logger.warning("worker stop not audited", extra={"shard": self.shard, "why": str(exc)})
 
     def _beat(self) -> bool | None:
@@ -150,5 +158,12 @@ class ShardWorker:
             return None
 
     def _clear_heartbeat(self) -> None:
+        if self.lease.epoch is None:
+            return
         with contextlib.suppress(redis.RedisError):
-            heartbeat_clear(client=redis_client(), shard=self.shard)
+            heartbeat_clear(client=redis_client(), shard=self.shard, epoch=self.lease.epoch)
+
+
+def _name_session(sender, connection, **kwargs) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('application_name', %s, false)", [session_name()])

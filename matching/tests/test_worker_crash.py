@@ -145,6 +145,40 @@ def test_standby_takes_over_with_orders_flowing(processes, process_env, redis_co
     assert last != "pending_new"
 
 
+def test_a_standby_fences_a_hung_holder_and_the_woken_holder_writes_nothing(
+    processes, process_env, redis_conn
+):
+    # A stopped holder (SIGSTOP: a frozen process or paused host) kept its database sessions,
+    # so its lease lock and its batch's locks: the standby waited for ever, and so did order
+    # entry for the users of the batch in flight.
+    env = {**process_env, "MATCHING_LEASE_STALE_SECONDS": "3"}
+    instrument = instrument_create()
+    users = [make_user() for _ in range(3)]
+    holder = processes.manage("run_matching", "--shard", "0", env=env, name="holder")
+    assert serving_pid(redis_conn) == holder.pid
+    standby = processes.manage("run_matching", "--shard", "0", env=env, name="standby")
+    wait_until(lambda: "waiting for lease" in standby.log_path.read_text(), timeout=30)
+    flow = OrderFlow(instrument=instrument, users=users, seed=5)
+    flow.start()
+    try:
+        time.sleep(1.5)
+        os.killpg(holder.pid, signal.SIGSTOP)
+        assert serving_pid(redis_conn, other_than=holder.pid) == standby.pid
+        time.sleep(1.0)
+        os.killpg(holder.pid, signal.SIGCONT)
+        # It wakes to find its sessions gone: it exits (lease lost, or its batch failed).
+        assert holder.wait(timeout=30) in (1, 3)
+        time.sleep(1.0)
+    finally:
+        flow.stop.set()
+        flow.join()
+    final_checks(flow, process_env)
+    takeover = AuditRecord.objects.filter(event_type="worker.shard_takeover").latest("seq")
+    fenced = takeover.payload["fenced_holder"]
+    assert fenced["session"].startswith(f"exchange-matching:{holder.pid}@")
+    assert fenced["idle_seconds"] >= 3 and fenced["sessions_terminated"] >= 2
+
+
 def test_redis_wipe_mid_stream_loses_no_accepted_order(processes, process_env, redis_conn):
     instrument = instrument_create()
     users = [make_user() for _ in range(3)]

@@ -3,11 +3,12 @@
 import json
 import os
 import signal
+import time
 
 import pytest
 
 from conftest import wait_until
-from matching.heartbeat import heartbeat_key
+from matching.heartbeat import heartbeat_clear, heartbeat_key, heartbeat_write
 from matching.models import ShardState
 
 pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
@@ -46,6 +47,29 @@ def test_standby_takes_over_within_seconds_when_the_holder_is_killed(
     )
     assert taken["epoch"] == first["epoch"] + 1
     assert ShardState.objects.get(shard=0).lease_epoch == taken["epoch"]
+
+
+def test_a_live_holder_is_not_fenced_however_short_the_staleness_limit(
+    processes, process_env, redis_conn
+):
+    # The holder's lease session is touched from a thread, not only between batches.
+    env = {**process_env, "MATCHING_LEASE_STALE_SECONDS": "0.5"}
+    holder = processes.manage("run_matching", "--shard", "0", env=env, name="holder")
+    first = wait_until(lambda: heartbeat(redis_conn), timeout=30)
+    standby = processes.manage("run_matching", "--shard", "0", env=env, name="standby")
+    wait_until(lambda: "waiting for lease" in standby.log_path.read_text(), timeout=30)
+    time.sleep(4)
+    assert heartbeat(redis_conn)["pid"] == holder.pid
+    assert ShardState.objects.get(shard=0).lease_epoch == first["epoch"]
+    assert "terminated" not in standby.log_path.read_text()
+
+
+def test_a_fenced_holder_leaves_its_successors_heartbeat(redis_conn):
+    heartbeat_write(client=redis_conn, shard=0, epoch=8, pid=123, ttl_ms=5000)
+    assert heartbeat_clear(client=redis_conn, shard=0, epoch=7) is False
+    assert heartbeat(redis_conn)["epoch"] == 8
+    assert heartbeat_clear(client=redis_conn, shard=0, epoch=8) is True
+    assert heartbeat(redis_conn) is None
 
 
 def test_worker_stops_cleanly_and_clears_its_heartbeat(processes, process_env, redis_conn):
