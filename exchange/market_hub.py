@@ -38,6 +38,9 @@ from matching.transport import book_snapshot_key, market_data_channel, private_e
 logger = logging.getLogger(__name__)
 
 RELOAD_RETRY_SECONDS = 0.5  # between attempts to reload a book from Redis
+# How often a book loaded without a snapshot in Redis (wiped, or not yet written again by the
+# worker) looks for one, until one appears.
+SNAPSHOT_RECHECK_SECONDS = 1.0
 
 SNAPSHOT_DEPTH = 50  # what the worker writes to Redis
 ORDER_EVENTS = {
@@ -142,6 +145,8 @@ class BookMirror:
         self.asks = Side(descending=False)
         self.last_price: str | None = None
         self.pending: list[dict] = []  # updates that arrived while the snapshot was loading
+        # Loaded as an empty book because Redis held no snapshot: not known to be the book.
+        self.without_snapshot = False
         self.views: dict[int, tuple[list[Level], list[Level]]] = {}  # depth -> last view sent
         self._snapshots: dict[int, tuple[int, str]] = {}  # depth -> (seq, frame)
 
@@ -150,6 +155,7 @@ class BookMirror:
         return self.seq is not None
 
     def load(self, snapshot: dict | None) -> None:
+        self.without_snapshot = snapshot is None
         snapshot = snapshot or {"seq": 0, "bids": [], "asks": [], "last_price": None}
         self.seq = snapshot["seq"]
         self.bids.load(snapshot["bids"])
@@ -368,8 +374,29 @@ class MarketHub:
             mirror.load(snapshot)
             for update in newer:
                 mirror.apply(update)
-            return
-        mirror.load(snapshot)  # give up on continuity; subscribers get this as a snapshot
+            break
+        else:
+            mirror.load(snapshot)  # give up on continuity; subscribers get this as a snapshot
+        if mirror.without_snapshot:
+            asyncio.get_running_loop().create_task(self._snapshot_awaited(mirror))
+
+    async def _snapshot_awaited(self, mirror: BookMirror) -> None:
+        """A book loaded without a snapshot (a Redis wipe the worker has not repaired yet) is
+        read again every second until one appears; one ahead of the mirror reloads it and its
+        subscribers get it. Before, they kept an empty book until the book next changed."""
+        while self.books.get(mirror.symbol) is mirror and mirror.without_snapshot:
+            await asyncio.sleep(SNAPSHOT_RECHECK_SECONDS)
+            if self.books.get(mirror.symbol) is not mirror or not mirror.loaded:
+                return  # forgotten, or being reloaded (which watches again if it must)
+            try:
+                raw = await self._client.get(book_snapshot_key(mirror.symbol))
+            except (redis.RedisError, OSError):
+                continue
+            if raw is None:
+                continue
+            if mirror.without_snapshot and json.loads(raw)["seq"] > mirror.seq:
+                self._reload(mirror)
+            mirror.without_snapshot = False
 
     def _reload(self, mirror: BookMirror) -> None:
         """A gap in the stream: reload the mirror, then send its subscribers fresh snapshots."""

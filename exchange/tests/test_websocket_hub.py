@@ -271,3 +271,33 @@ def test_a_first_book_load_that_fails_is_forgotten_and_tried_again():
         assert (await asyncio.wait_for(hub.mirror(symbol), timeout=5)).seq == 7
 
     asyncio.run(scenario())
+
+
+def test_a_book_loaded_before_its_snapshot_was_written_again_gets_it_without_a_change():
+    # After a Redis wipe, a book first watched before the worker wrote its snapshot again was
+    # mirrored empty at seq 0, and its subscribers kept that empty book until the book changed.
+    symbol = f"HUB{uuid.uuid4().hex[:8].upper()}"
+
+    async def scenario():
+        from exchange.redis_connection import redis_client
+        from matching.transport import book_snapshot_key
+
+        hub = MarketHub()
+        hub._client = aioredis.Redis.from_url(settings.REDIS_URL)
+        mirror = await hub.mirror(symbol)
+        assert (mirror.seq, mirror.bids.top(1)) == (0, [])
+        sub = Subscriber(maxsize=10)
+        hub.add(sub, f"book.{symbol}")
+        assert [f["type"] for f in drained(sub)] == ["snapshot"]
+        snapshot = {"seq": 12, "bids": [["10.00", "3", 1]], "asks": [], "last_price": None}
+        redis_client().set(book_snapshot_key(symbol), json.dumps(snapshot), ex=60)
+        for _ in range(60):
+            if mirror.seq == 12:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)
+        frames = drained(sub)
+        assert [(f["type"], f["seq"]) for f in frames] == [("snapshot", 12)]
+        assert frames[0]["bids"] == [["10.00", "3"]]
+
+    asyncio.run(scenario())
