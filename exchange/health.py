@@ -1,23 +1,40 @@
 """The health of the deployment's parts, as /healthz reports it."""
 
+import json
 import logging
+import socket
+import time
 
 import psycopg
 import redis
 from django.conf import settings
 
-from exchange.redis_connection import redis_client
+from exchange.redis_connection import redis_client, redis_key
 from matching.heartbeat import heartbeats_read
 from matching.lease import database_conninfo
 
 logger = logging.getLogger(__name__)
 
 
-def health_status() -> tuple[dict, int]:
-    """Check PostgreSQL, Redis and every shard's heartbeat; return (report, HTTP status).
+def scheduler_heartbeat_key() -> str:
+    return redis_key("scheduler", "heartbeat")
 
-    PostgreSQL down is 503 (nothing can be accepted durably). Redis or a shard down is a
-    200 `degraded` naming the component: orders are still accepted durably then.
+
+def scheduler_heartbeat_write() -> None:
+    """Record that a scheduled task ran just now (so beat scheduled it and a worker ran it);
+    it expires after `SCHEDULER_HEARTBEAT_TTL_SECONDS`."""
+    value = json.dumps({"ts_ms": int(time.time() * 1000), "host": socket.gethostname()})
+    redis_client().set(
+        scheduler_heartbeat_key(), value, px=int(settings.SCHEDULER_HEARTBEAT_TTL_SECONDS * 1000)
+    )
+
+
+def health_status() -> tuple[dict, int]:
+    """Check PostgreSQL, Redis, every shard's heartbeat and the scheduler's; return (report,
+    HTTP status).
+
+    PostgreSQL down is 503 (nothing can be accepted durably). Redis, a shard or the scheduler
+    down is a 200 `degraded` naming the component: orders are still accepted durably then.
     """
     components: dict[str, dict] = {}
     try:
@@ -29,11 +46,13 @@ def health_status() -> tuple[dict, int]:
         components["postgres"] = {"status": "down", "error": _first_line(exc)}
 
     heartbeats: dict[int, dict | None] | None = None
+    scheduler_beat: bytes | None = None
     try:
         client = redis_client()
         client.ping()
         components["redis"] = {"status": "ok"}
         heartbeats = heartbeats_read(client=client, shard_count=settings.MATCHING_SHARDS)
+        scheduler_beat = client.get(scheduler_heartbeat_key())
     except redis.RedisError as exc:
         components["redis"] = {"status": "down", "error": _first_line(exc)}
 
@@ -46,6 +65,19 @@ def health_status() -> tuple[dict, int]:
         else:
             beat = heartbeats[shard]
             components[name] = {"status": "ok", "epoch": beat["epoch"], "pid": beat["pid"]}
+
+    # Celery beat and worker: expiry of quiet books, audit sealing, fee tiers, quote presence.
+    if heartbeats is None:
+        components["scheduler"] = {"status": "unknown", "error": "Redis is down"}
+    elif scheduler_beat is None:
+        components["scheduler"] = {
+            "status": "down",
+            "error": "no scheduled task ran in the last "
+            f"{settings.SCHEDULER_HEARTBEAT_TTL_SECONDS:g} s (Celery beat or worker down)",
+        }
+    else:
+        age = time.time() - json.loads(scheduler_beat)["ts_ms"] / 1000
+        components["scheduler"] = {"status": "ok", "last_run_seconds_ago": round(age, 1)}
 
     failing = sorted(name for name, part in components.items() if part["status"] != "ok")
     if components["postgres"]["status"] != "ok":

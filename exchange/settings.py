@@ -332,12 +332,34 @@ FEE_TIER_REFRESH_MARGIN_SECONDS = env.float("FEE_TIER_REFRESH_MARGIN_SECONDS", d
 QUOTE_PRESENCE_SAMPLE_SECONDS = env.float("QUOTE_PRESENCE_SAMPLE_SECONDS", default=10.0)
 QUOTE_PRESENCE_MAX_DISTANCE_BPS = env.int("QUOTE_PRESENCE_MAX_DISTANCE_BPS", default=100)
 
+# /healthz reports the scheduler down when no scheduled task has run for this long (its
+# heartbeat task runs every SCHEDULER_HEARTBEAT_SECONDS).
+SCHEDULER_HEARTBEAT_SECONDS = env.float("SCHEDULER_HEARTBEAT_SECONDS", default=5.0)
+SCHEDULER_HEARTBEAT_TTL_SECONDS = env.float("SCHEDULER_HEARTBEAT_TTL_SECONDS", default=30.0)
+
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# The tasks that run every few seconds expire unrun after a few: with the worker down, beat
+# would queue thousands that it must then work through, all for nothing.
+_EXPIRE_UNRUN = {"expire_seconds": 10}  # django-celery-beat's name for `expires`
 CELERY_BEAT_SCHEDULE: dict = {
     # Audit trail: seal every second; partitions, export and retention daily (UTC).
-    "audit-seal": {"task": "audit.tasks.audit_seal_task", "schedule": 1.0},
+    "audit-seal": {
+        "task": "audit.tasks.audit_seal_task",
+        "schedule": 1.0,
+        "options": _EXPIRE_UNRUN,
+    },
     # Matching: GTD/DAY expiry, one expire_due command per shard per second.
-    "matching-expire-due": {"task": "matching.tasks.expire_due_task", "schedule": 1.0},
+    "matching-expire-due": {
+        "task": "matching.tasks.expire_due_task",
+        "schedule": 1.0,
+        "options": _EXPIRE_UNRUN,
+    },
+    # /healthz: proof that beat schedules and a worker runs what it schedules.
+    "exchange-scheduler-heartbeat": {
+        "task": "exchange.tasks.scheduler_heartbeat_task",
+        "schedule": SCHEDULER_HEARTBEAT_SECONDS,
+        "options": _EXPIRE_UNRUN,
+    },
     "audit-partitions": {
         "task": "audit.tasks.audit_partitions_task",
         "schedule": crontab(minute=5, hour="*/6"),

@@ -1,10 +1,13 @@
 """GET /healthz over HTTP against the real web process, in each state of the deployment."""
 
+import sys
+
 import httpx
 import pytest
 
 from conftest import start_web, wait_until
 from exchange.embedded_servers import free_port
+from exchange.health import scheduler_heartbeat_key
 
 pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
 
@@ -13,9 +16,16 @@ def health(base_url: str) -> httpx.Response:
     return httpx.get(f"{base_url}/healthz", timeout=10)
 
 
-def test_all_up_with_a_live_shard_worker_is_ok(processes, process_env):
-    processes.manage("run_matching", "--shard", "0", env=process_env, name="matching-0")
-    base_url = start_web(processes, env=process_env)
+def celery(*args: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "exchange", *args, "--loglevel", "INFO"]
+
+
+def test_all_up_with_a_live_shard_worker_and_scheduler_is_ok(processes, process_env):
+    env = {**process_env, "SCHEDULER_HEARTBEAT_SECONDS": "1"}
+    processes.manage("run_matching", "--shard", "0", env=env, name="matching-0")
+    processes.start(celery("worker", "--pool", "solo"), env=env, name="celery-worker")
+    processes.start(celery("beat"), env=env, name="celery-beat")
+    base_url = start_web(processes, env=env)
 
     response = wait_until(
         lambda: (r := health(base_url)).json()["status"] == "ok" and r, timeout=30
@@ -27,15 +37,43 @@ def test_all_up_with_a_live_shard_worker_is_ok(processes, process_env):
     assert body["components"]["redis"] == {"status": "ok"}
     assert body["components"]["matching-shard-0"]["status"] == "ok"
     assert body["components"]["matching-shard-0"]["epoch"] >= 1
+    assert body["components"]["scheduler"]["status"] == "ok"
+    assert 0 <= body["components"]["scheduler"]["last_run_seconds_ago"] < 30
 
 
-def test_shard_without_a_worker_is_degraded_and_named(processes, process_env):
+def no_scheduler_heartbeat(redis_conn) -> None:
+    """As if no Celery had run lately (the all-up test's lasts 30 s)."""
+    redis_conn.delete(scheduler_heartbeat_key())
+
+
+def test_scheduler_without_celery_is_degraded_and_named(processes, process_env, redis_conn):
+    # Celery beat and worker expire quiet books' GTD/DAY orders and seal the audit trail; with
+    # both dead /healthz said "ok".
+    no_scheduler_heartbeat(redis_conn)
+    processes.manage("run_matching", "--shard", "0", env=process_env, name="matching-0")
+    base_url = start_web(processes, env=process_env)
+    body = wait_until(
+        lambda: (
+            (b := health(base_url).json())["components"]["matching-shard-0"]["status"] == "ok" and b
+        ),
+        timeout=30,
+    )
+    assert body["status"] == "degraded"
+    assert body["failing"] == ["scheduler"]
+    assert body["components"]["scheduler"] == {
+        "status": "down",
+        "error": "no scheduled task ran in the last 30 s (Celery beat or worker down)",
+    }
+
+
+def test_shard_without_a_worker_is_degraded_and_named(processes, process_env, redis_conn):
+    no_scheduler_heartbeat(redis_conn)
     base_url = start_web(processes, env={**process_env, "MATCHING_SHARDS": "2"})
     response = health(base_url)
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "degraded"
-    assert body["failing"] == ["matching-shard-0", "matching-shard-1"]
+    assert body["failing"] == ["matching-shard-0", "matching-shard-1", "scheduler"]
     assert body["components"]["matching-shard-1"] == {"status": "down", "error": "no heartbeat"}
 
 
@@ -50,6 +88,7 @@ def test_redis_down_is_degraded_naming_redis(processes, process_env):
     assert body["components"]["redis"]["status"] == "down"
     assert body["components"]["postgres"] == {"status": "ok"}
     assert body["components"]["matching-shard-0"]["status"] == "unknown"
+    assert body["components"]["scheduler"]["status"] == "unknown"
 
 
 def test_postgres_unreachable_is_503(processes, process_env):
