@@ -100,3 +100,20 @@ def test_postgres_unreachable_is_503(processes, process_env):
     assert body["status"] == "down"
     assert body["components"]["postgres"]["status"] == "down"
     assert "postgres" in body["failing"]
+
+
+@pytest.mark.parametrize(
+    "name", ["audit-seal", "matching-expire-due", "exchange-scheduler-heartbeat"]
+)
+def test_a_frequent_task_beat_queued_expires_unrun_after_ten_seconds(name):
+    # django-celery-beat takes `expire_seconds` (an `expires` option would be dropped silently):
+    # with the worker down, beat queued one of each a second, all run late when it came back.
+    from django.conf import settings
+    from django_celery_beat.schedulers import ModelEntry
+
+    from exchange.celery import app
+
+    app.loader.import_default_modules()
+    entry = ModelEntry.from_entry(name, app=app, **settings.CELERY_BEAT_SCHEDULE[name])
+    assert entry.task in app.tasks
+    assert entry.options["expires"] == 10
