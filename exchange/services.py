@@ -50,6 +50,7 @@ from exchange.selectors import (
     book_snapshot,
     instrument_by_symbol,
     reference_price,
+    snapshot_top,
 )
 from exchange.serializers import price_str, quantity_str
 from matching.engine import protocol as p
@@ -202,8 +203,28 @@ def order_plan(
                 f"display_quantity {request.display_quantity} exceeds quantity {request.quantity}",
                 field="display_quantity",
             )
-    if price and qty:
-        check_minimums(instrument, request.price, request.quantity, "quantity")
+    # The minimums hold for every order: a market order's value is taken at the best opposite
+    # price, a stop-loss's at its stop price. Market and stop orders had skipped the minimum
+    # notional, so dust fills (single lots worth less than a cent, each with a whole cent of
+    # fee charged to the maker) could be forced on any resting order.
+    best_ask_price = (
+        best_ask(instrument, snapshot)
+        if is_buy and kind in (Order.Type.MARKET, Order.Type.STOP_LOSS)
+        else None
+    )
+    if qty:
+        if kind == Order.Type.MARKET:
+            valued_at = best_ask_price if is_buy else snapshot_top(snapshot)["best_bid"]
+        else:
+            valued_at = request.stop_price if kind == Order.Type.STOP_LOSS else request.price
+        check_minimums(instrument, valued_at, request.quantity, "quantity")
+    elif spend and request.quote_quantity < instrument.min_notional:
+        raise trading_error(
+            "NotionalTooSmall",
+            f"quote_quantity {request.quote_quantity.normalize():f} is below the minimum "
+            f"{instrument.min_notional.normalize():f} {instrument.quote_asset}",
+            field="quote_quantity",
+        )
 
     expire_at = request.expire_at
     if request.time_in_force == Order.TimeInForce.GTD:
@@ -231,7 +252,7 @@ def order_plan(
             qty_lots=qty,
             stop_ticks=stop,
             quote_minor=spend,
-            best_ask_ticks=best_ask_ticks(engine, best_ask(instrument, snapshot))
+            best_ask_ticks=best_ask_ticks(engine, best_ask_price)
             if kind in (Order.Type.MARKET, Order.Type.STOP_LOSS)
             else None,
             taker_fee_ppm=taker_ppm,

@@ -741,6 +741,52 @@ def test_rule_messages_print_plain_numbers(exchange_stack, live_db):
         assert refused.json()["message"].startswith(message), refused.json()
 
 
+def test_market_and_stop_orders_meet_the_minimum_notional(exchange_stack, live_db):
+    # Market and stop-loss orders skipped it: single lots worth 0.05 were forced on a resting
+    # sell, each charging its maker a whole cent of fee (20 %).
+    instrument = make_instrument(min_notional=Decimal("10.00"))
+    maker, taker = ApiClient(exchange_stack), ApiClient(exchange_stack)
+    symbol = instrument.symbol
+    assert maker.place(**limit(symbol, "sell", "5.00", "20")).status_code == 201
+    assert maker.place(**limit(symbol, "buy", "4.00", "20")).status_code == 201
+    wait_until(lambda: maker.get(f"/api/v1/orderbook/{symbol}").json()["bids"], timeout=10)
+    refusals = {
+        "market buy of 1 at the best ask 5.00": (
+            {"order_type": "market", "side": "buy", "quantity": "1"},
+            "quantity",
+            "order value 5 is below the minimum 10 USD",
+        ),
+        "market sell of 2 at the best bid 4.00": (
+            {"order_type": "market", "side": "sell", "quantity": "2"},
+            "quantity",
+            "order value 8 is below the minimum 10 USD",
+        ),
+        "market buy spending 9.99": (
+            {"order_type": "market", "side": "buy", "quote_quantity": "9.99"},
+            "quote_quantity",
+            "quote_quantity 9.99 is below the minimum 10 USD",
+        ),
+        "stop-loss of 1 at 6.00": (
+            {"order_type": "stop_loss", "side": "buy", "stop_price": "6.00", "quantity": "1"},
+            "quantity",
+            "order value 6 is below the minimum 10 USD",
+        ),
+    }
+    for what, (body, field, message) in refusals.items():
+        refused = taker.place(symbol=symbol, **body)
+        assert refused.status_code == 400, (what, refused.text)
+        answer = refused.json()
+        assert (answer["error"], answer["field"], answer["message"]) == (
+            "NotionalTooSmall",
+            field,
+            message,
+        ), what
+    assert not Order.objects.filter(instrument=instrument, user=taker.user).exists()
+    # At the minimum they are taken.
+    bought = taker.place(symbol=symbol, order_type="market", side="buy", quantity="2")
+    assert bought.status_code == 201 and bought.json()["status"] == "filled", bought.text
+
+
 def test_an_amend_meets_the_minimums_a_new_order_must(exchange_stack, live_db):
     # A new price below the minimum notional was taken (a quantity amend was checked).
     instrument = make_instrument(min_notional=Decimal("100.00"))

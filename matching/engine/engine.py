@@ -1379,7 +1379,7 @@ class Engine:
                     continue
                 mq = m.qty
                 fill = mq if mq < rem else rem
-                n = p * fill * kn // kd
+                n = p * fill * kn // kd or 1
                 mf = m.maker_fee
                 if is_buy:
                     tf = -((-n * tfee) // PPM)
@@ -1389,7 +1389,7 @@ class Engine:
                         if not fill:
                             stopped = R_MAX_QUOTE
                             break
-                        n = p * fill * kn // kd
+                        n = p * fill * kn // kd or 1
                         tf = -((-n * tfee) // PPM)
                         cost = n + tf
                     budget -= cost
@@ -1407,7 +1407,7 @@ class Engine:
                             ev = self.ev_seq
                             m = lvl.head
                             continue
-                        n = p * fill * kn // kd
+                        n = p * fill * kn // kd or 1
                         mf = _fee(n, m.maker_fee)
                         cost = n + mf
                     m.spent += cost
@@ -1601,7 +1601,7 @@ class Engine:
                         continue
                     return False
                 fill = mq if mq < rem else rem
-                n = p * fill * kn // kd
+                n = p * fill * kn // kd or 1
                 if is_buy:
                     cost = n + _fee(n, tfee)
                     if cost > budget:
@@ -1614,7 +1614,7 @@ class Engine:
                         if not fill:
                             queue.popleft()
                             continue
-                        n = p * fill * kn // kd
+                        n = p * fill * kn // kd or 1
                         cost = n + _fee(n, mfee)
                     mbud -= cost
                     e[5] = mbud

@@ -3,9 +3,12 @@
 The engine works in integer price ticks, integer quantity lots and integer minor units of the
 quote asset. Decimal appears only in the boundary helpers (`price_to_ticks`, `ticks_to_price`,
 ...). Notional of `price_ticks * qty_lots` in quote minor units is
-`price_ticks * qty_lots * K_NUM // K_DEN` where K = tick_size * lot_size * 10**quote_decimals
-reduced to lowest terms; when K is an integer (K_DEN == 1) this is exact, otherwise it rounds
-down (floor), identically for buyer and seller.
+`price_ticks * qty_lots * K_NUM // K_DEN or 1` where K = tick_size * lot_size *
+10**quote_decimals reduced to lowest terms; when K is an integer (K_DEN == 1) this is exact,
+otherwise it rounds down (floor), identically for buyer and seller, but never to 0: a fill
+worth less than one minor unit (one lot of a cheap coin) costs one. Rounded to 0, such fills
+had handed the base asset over for nothing, hundreds of them to one market buy whose budget
+they never reduced.
 """
 
 from __future__ import annotations
@@ -49,8 +52,9 @@ class Instrument:
 
     # ---- exact integer money math (also used by the engine) --------------------------------
     def notional(self, price_ticks: int, qty_lots: int) -> int:
-        """Quote minor units for qty_lots at price_ticks (floor when K is not an integer)."""
-        return price_ticks * qty_lots * self.k_num // self.k_den
+        """Quote minor units for qty_lots (>= 1) at price_ticks (floor when K is not an
+        integer, but at least 1)."""
+        return price_ticks * qty_lots * self.k_num // self.k_den or 1
 
     # ---- Decimal boundary helpers -----------------------------------------------------------
     def price_to_ticks(self, price: Decimal | str) -> int:
@@ -117,7 +121,7 @@ def fee_for(notional: int, rate_ppm: int) -> int:
 
 def buy_cost(k_num: int, k_den: int, price: int, qty: int, rate_ppm: int) -> int:
     """What a buyer pays for qty lots at price: notional + fee (fee may be a negative rebate)."""
-    n = price * qty * k_num // k_den
+    n = price * qty * k_num // k_den or 1
     if rate_ppm >= 0:
         return n - ((-n * rate_ppm) // PPM)
     return n - ((n * -rate_ppm) // PPM)
