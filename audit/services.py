@@ -21,6 +21,7 @@ import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -206,8 +207,18 @@ def audit_record(
     return audit_record_many(records=[entry])[0]
 
 
+class _PayloadEncoder(DjangoJSONEncoder):
+    """Django's encoder, but a Decimal is written in fixed point: "0.00000001", where str()
+    gives "1E-8" (a tick size of a listing, a price of a cheap coin)."""
+
+    def default(self, o):
+        if isinstance(o, Decimal):
+            return format(o, "f")
+        return super().default(o)
+
+
 # One encoder for every record (json.dumps(cls=...) would build a new one per call).
-_PAYLOAD_ENCODER = DjangoJSONEncoder(allow_nan=False, separators=(",", ":"))
+_PAYLOAD_ENCODER = _PayloadEncoder(allow_nan=False, separators=(",", ":"))
 
 
 _FLAT_JSON_TYPES = frozenset((str, int, bool, type(None)))

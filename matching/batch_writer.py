@@ -59,7 +59,7 @@ def reject_message(ev: tuple, inst: Instrument | None) -> str:
     """A human message for an engine rejection of a PLACE (stored in Order.reject_message)."""
     code, detail = ev[p.R_CODE], ev[p.R_DETAIL]
     if code == p.POST_ONLY_WOULD_MATCH and detail is not None and inst is not None:
-        return f"Order would match immediately at {inst.ticks_to_price(detail)}"
+        return f"Order would match immediately at {inst.price_text(detail)}"
     return REJECT_MESSAGES.get(code, f"rejected by the matching engine: {code}")
 
 
@@ -188,9 +188,10 @@ class _OrderUpdate:
 
 
 class DecimalText:
-    """`str()` of an instrument's integer ticks, lots and quote minor units as Decimals,
-    remembered: a batch writes the same few prices and quantities thousands of times into its
-    audit payloads and market-data summaries (the same text the Instrument helpers give)."""
+    """The texts of an instrument's integer ticks, lots and quote minor units (`price_text`,
+    `qty_text`, `quote_text`: fixed point, never "8.5E-7"), remembered: a batch writes the same
+    few prices and quantities thousands of times into its audit payloads and market-data
+    summaries."""
 
     __slots__ = ("_minor", "_price", "_qty", "inst")
     LIMIT = 50_000  # entries per kind before the memo starts over
@@ -206,7 +207,7 @@ class DecimalText:
         if text is None:
             if len(self._price) >= self.LIMIT:
                 self._price.clear()
-            text = self._price[ticks] = str(self.inst.ticks_to_price(ticks))
+            text = self._price[ticks] = self.inst.price_text(ticks)
         return text
 
     def qty(self, lots: int) -> str:
@@ -214,7 +215,7 @@ class DecimalText:
         if text is None:
             if len(self._qty) >= self.LIMIT:
                 self._qty.clear()
-            text = self._qty[lots] = str(self.inst.lots_to_qty(lots))
+            text = self._qty[lots] = self.inst.qty_text(lots)
         return text
 
     def quote(self, minor: int) -> str:
@@ -222,7 +223,7 @@ class DecimalText:
         if text is None:
             if len(self._minor) >= self.LIMIT:
                 self._minor.clear()
-            text = self._minor[minor] = str(self.inst.minor_to_quote(minor))
+            text = self._minor[minor] = self.inst.quote_text(minor)
         return text
 
 

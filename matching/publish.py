@@ -38,17 +38,14 @@ def book_snapshot(engine: Engine, symbol: str, *, ts_ns: int) -> dict[str, Any]:
     last = engine.last_price(symbol)
 
     def levels(rows):
-        return [
-            [str(inst.ticks_to_price(price)), str(inst.lots_to_qty(qty)), count]
-            for price, qty, count in rows
-        ]
+        return [[inst.price_text(price), inst.qty_text(qty), count] for price, qty, count in rows]
 
     return {
         "symbol": symbol,
         "seq": engine.book_seq(symbol),
         "bids": levels(bids),
         "asks": levels(asks),
-        "last_price": None if last is None else str(inst.ticks_to_price(last)),
+        "last_price": None if last is None else inst.price_text(last),
         "ts_ns": ts_ns,
     }
 
@@ -183,6 +180,6 @@ class Publisher:
         seq, levels = drained
         bids, asks = [], []
         for is_buy, price, qty, count in levels:
-            row = [str(inst.ticks_to_price(price)), str(inst.lots_to_qty(qty)), count]
+            row = [inst.price_text(price), inst.qty_text(qty), count]
             (bids if is_buy else asks).append(row)
         return {"seq": seq, "prev_seq": None, "changes": {"bids": bids, "asks": asks}}

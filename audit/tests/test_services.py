@@ -153,3 +153,14 @@ def test_a_connection_dropped_during_the_copy_is_an_outage_the_api_answers_503()
         audit_rows_copy(rows=rows)
     assert database_unavailable(dropped.value)
     connection.close()
+
+
+def test_a_decimal_in_a_payload_is_written_in_fixed_point():
+    # An instrument listed with tick size 0.00000001 was recorded as "1E-8".
+    from decimal import Decimal
+
+    from audit.services import _payload_json
+
+    assert _payload_json({"tick_size": Decimal("1E-8"), "at": [Decimal("8.5E-7")]}) == (
+        '{"tick_size":"0.00000001","at":["0.00000085"]}'
+    )

@@ -802,6 +802,42 @@ def test_an_amend_meets_the_minimums_a_new_order_must(exchange_stack, live_db):
     assert client.patch(path, {"price": "55.00"}).status_code == 200
 
 
+def test_prices_and_quantities_of_a_cheap_coin_are_fixed_point_everywhere(exchange_stack, live_db):
+    # The worker wrote str(Decimal): the book, the socket and the audit trail read "8.5E-7"
+    # where REST's orders read "0.00000085", and a client matched neither to the other.
+    instrument = make_instrument(
+        quote_precision=8,
+        tick_size=Decimal("0.00000001"),
+        base_precision=8,
+        lot_size=Decimal("0.00000001"),
+        min_quantity=Decimal("0.00000001"),
+        min_notional=Decimal("0"),
+    )
+    maker, taker = ApiClient(exchange_stack), ApiClient(exchange_stack)
+    symbol = instrument.symbol
+    placed = maker.place(**limit(symbol, "buy", "0.00000085", "1000000.00000005"))
+    assert placed.status_code == 201, placed.text
+    book = wait_until(
+        lambda: (b := maker.get(f"/api/v1/orderbook/{symbol}").json())["bids"] and b, timeout=10
+    )
+    assert book["bids"] == [{"price": "0.00000085", "quantity": "1000000.00000005", "orders": 1}]
+    assert taker.place(**limit(symbol, "sell", "0.00000085", "0.00000007")).status_code == 201
+    ticker = wait_until(
+        lambda: (t := maker.get(f"/api/v1/ticker/{symbol}").json())["last_price"] and t,
+        timeout=10,
+    )
+    assert ticker["last_price"] == "0.00000085"
+    snapshot = maker.get(f"/api/v1/orderbook/{symbol}").json()
+    assert snapshot["bids"][0]["quantity"] == "999999.99999998"
+    records = {
+        r.event_type: r.payload
+        for r in AuditRecord.objects.filter(order_id=placed.json()["order_id"])
+    }
+    accepted, traded = records["order.accepted"], records["trade.executed"]
+    assert (accepted["price"], accepted["remaining"]) == ("0.00000085", "1000000.00000005")
+    assert (traded["price"], traded["quantity"]) == ("0.00000085", "0.00000007")
+
+
 def test_market_data_endpoints(market):
     instrument, maker, taker = market
     maker.place(**limit(instrument.symbol, "sell", "101.00", "5"))

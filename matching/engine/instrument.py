@@ -39,6 +39,9 @@ class Instrument:
     stp_default: int = STP_CANCEL_RESTING
     k_num: int = field(init=False, default=0)
     k_den: int = field(init=False, default=1)
+    # Decimal places of the texts of prices (the tick size's) and quantities (the lot size's).
+    price_places: int = field(init=False, default=0)
+    qty_places: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         k = Fraction(Decimal(self.tick_size)) * Fraction(Decimal(self.lot_size))
@@ -49,6 +52,8 @@ class Instrument:
             raise ValueError("stp_default must be a concrete STP mode")
         object.__setattr__(self, "k_num", k.numerator)
         object.__setattr__(self, "k_den", k.denominator)
+        object.__setattr__(self, "price_places", _places(self.tick_size))
+        object.__setattr__(self, "qty_places", _places(self.lot_size))
 
     # ---- exact integer money math (also used by the engine) --------------------------------
     def notional(self, price_ticks: int, qty_lots: int) -> int:
@@ -90,6 +95,19 @@ class Instrument:
             raise ValueError(f"amount {amount} is finer than {self.quote_decimals} decimals")
         return int(q)
 
+    # ---- texts (what clients read: fixed point, never "8.5E-7") --------------------------
+    def price_text(self, ticks: int) -> str:
+        """Integer ticks -> the price as a decimal string with the tick size's places."""
+        return f"{self.ticks_to_price(ticks):.{self.price_places}f}"
+
+    def qty_text(self, lots: int) -> str:
+        """Integer lots -> the quantity as a decimal string with the lot size's places."""
+        return f"{self.lots_to_qty(lots):.{self.qty_places}f}"
+
+    def quote_text(self, minor: int) -> str:
+        """Integer quote minor units -> the amount as a decimal string at the quote precision."""
+        return f"{self.minor_to_quote(minor):.{self.quote_decimals}f}"
+
     def as_tuple(self) -> tuple:
         """Plain-data form (for snapshots and hashing)."""
         return (
@@ -110,6 +128,12 @@ class Instrument:
     def from_tuple(cls, t: tuple) -> Instrument:
         """Inverse of as_tuple."""
         return cls(*t)
+
+
+def _places(step: str) -> int:
+    """Decimal places of a tick or lot size ("0.50" -> 1, "1E-8" -> 8, "5E+1" -> 0)."""
+    exponent = Decimal(step).normalize().as_tuple().exponent
+    return -exponent if exponent < 0 else 0
 
 
 def fee_for(notional: int, rate_ppm: int) -> int:
