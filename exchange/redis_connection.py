@@ -25,6 +25,21 @@ def redis_key(*parts: object) -> str:
     return settings.REDIS_KEY_PREFIX + ":".join(str(part) for part in parts)
 
 
+@lru_cache(maxsize=8)
+def _database_number(url: str) -> int:
+    return int(redis.connection.parse_url(url).get("db") or 0)
+
+
+def pubsub_channel(*parts: object) -> str:
+    """A PUBLISH/SUBSCRIBE channel under the deployment's prefix and its database number.
+
+    Keys live in the URL's database, but channels are one namespace for the whole server: two
+    deployments on databases 5 and 6 of one Redis with the default prefix received each other's
+    trades, order events and book updates (a forged update from another database stuck in the
+    socket's books)."""
+    return redis_key(f"db{_database_number(settings.REDIS_URL)}", *parts)
+
+
 # A change counter: every process that remembers what it read at some value looks again only
 # once the counter has moved (API-key revocations, ended web sessions).
 def change_counter_bump(key: str, *, unsignalled: str) -> None:

@@ -1,4 +1,5 @@
-"""Redis names shared by the web processes and the shard workers (all under the key prefix).
+"""Redis names shared by the web processes and the shard workers (all under the key prefix;
+the pub/sub channels under the database number too: `pubsub_channel`).
 
 - `command_stream_key(shard)`: XADD on commit of a command row: a wake-up signal, not the record.
 - `REPLIES_CHANNEL`: the worker PUBLISHes, after each batch commit, a JSON list of the command
@@ -11,7 +12,7 @@
   withdrawals), PUBLISHed after their commit; the hubs forward them like the worker's.
 """
 
-from exchange.redis_connection import redis_key
+from exchange.redis_connection import pubsub_channel, redis_key
 
 REPLIES = "replies"
 
@@ -21,7 +22,7 @@ def command_stream_key(shard: int) -> str:
 
 
 def replies_channel() -> str:
-    return redis_key("matching", REPLIES)
+    return pubsub_channel("matching", REPLIES)
 
 
 def book_snapshot_key(symbol: str) -> str:
@@ -29,8 +30,8 @@ def book_snapshot_key(symbol: str) -> str:
 
 
 def market_data_channel(shard: int) -> str:
-    return redis_key("md", "shard", shard)
+    return pubsub_channel("md", "shard", shard)
 
 
 def private_events_channel() -> str:
-    return redis_key("md", "private")
+    return pubsub_channel("md", "private")
