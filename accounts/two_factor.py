@@ -131,9 +131,21 @@ def two_factor_pending(user: Any) -> bool:
     return not (verified is not None and verified()) and two_factor_enabled(user)
 
 
+def staff_unverified(user: Any) -> bool:
+    """A staff member whose session has not passed the OTP step (with or without an
+    authenticator yet): staff powers need it, as the admin does."""
+    if not getattr(user, "is_staff", False):
+        return False
+    verified = getattr(user, "is_verified", None)
+    return not (verified is not None and verified())
+
+
 def session_two_factor_pending(user: Any, session: Any) -> bool:
-    """`two_factor_pending` for a session without OTPMiddleware (WebSocket scope)."""
-    if not getattr(user, "is_authenticated", False) or not two_factor_enabled(user):
+    """`two_factor_pending` for a session without OTPMiddleware (WebSocket scope); a staff
+    member's session is pending until verified, authenticator or not (`staff_unverified`)."""
+    if not getattr(user, "is_authenticated", False):
+        return False
+    if not getattr(user, "is_staff", False) and not two_factor_enabled(user):
         return False
     persistent_id = session.get(DEVICE_ID_SESSION_KEY) if session is not None else None
     device = Device.from_persistent_id(persistent_id) if persistent_id else None

@@ -165,3 +165,53 @@ def test_a_half_signed_in_session_is_anonymous_on_the_websocket(web, live_db):
         cookie = f"sessionid={client.cookies['sessionid']}"
         accepted = asyncio.run(subscribe_orders(web, cookie))
         assert accepted["type"] == "subscribed" and accepted["channel"] == "orders"
+
+
+@pytest.mark.django_db
+def test_staff_use_the_api_with_a_session_only_after_the_otp_step():
+    # A password alone let a staff member without an authenticator credit deposits, read the
+    # audit trail and the exchange's metrics, and mint an API key (which then never needs 2FA),
+    # while the admin sent them to the login.
+    from django.contrib.auth.models import Permission
+    from django.test import Client
+
+    from accounts.tests.otp_login import PASSWORD, make_person, verified_client
+
+    staff = make_person(staff=True)
+    staff.user_permissions.add(Permission.objects.get(codename="add_ledgerentry"))
+    trader = make_person()
+    client = Client(enforce_csrf_checks=False)
+    assert client.login(username=staff.username, password=PASSWORD)
+    attempts = [
+        client.post(
+            f"/api/v1/users/{trader.pk}/deposit",
+            {"asset": "USD", "amount": "5.00"},
+            content_type="application/json",
+        ),
+        client.get("/api/v1/metrics/exchange"),
+        client.post(
+            "/api/v1/api-keys",
+            {"label": "x", "permissions": ["read"]},
+            content_type="application/json",
+        ),
+        client.get("/api/v1/balances"),
+    ]
+    for response in attempts:
+        assert response.status_code in (401, 403), response.content[:300]
+        assert response.json()["error"] == "AuthenticationFailed", response.content[:300]
+        assert "two-factor" in response.json()["message"]
+    from accounts.models import LedgerAccount
+
+    assert not LedgerAccount.objects.filter(user=trader).exists()  # nothing was credited
+    verified = verified_client(staff)
+    assert verified.get("/api/v1/metrics/exchange").status_code == 200
+    assert verified.get("/api/v1/balances").status_code == 200
+
+
+@pytest.mark.django_db
+def test_a_staff_socket_session_without_the_otp_step_is_anonymous():
+    from accounts.tests.otp_login import make_person
+    from accounts.two_factor import session_two_factor_pending
+
+    assert session_two_factor_pending(make_person(staff=True), {})
+    assert not session_two_factor_pending(make_person(), {})
