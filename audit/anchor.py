@@ -24,6 +24,7 @@ ANCHOR_FILE_NAME = "anchors.log"
 ANCHOR_EVERY_SECONDS = 10.0
 
 _last_written = -ANCHOR_EVERY_SECONDS
+_last_written_seq: int | None = None  # the seal this process anchored last
 
 
 def anchor_path() -> Path:
@@ -38,10 +39,18 @@ def database_key() -> str:
     return f"{name}:{oid}"
 
 
+def anchor_pending(seq: int) -> bool:
+    """Whether `seq`, the newest seal, is not the one this process anchored last: the sealer
+    offers it again on every tick, so a seal skipped because it came less than
+    ANCHOR_EVERY_SECONDS after the last anchor is anchored later even if nothing more is
+    sealed (it had stayed unanchored, so removing it went unnoticed)."""
+    return seq != _last_written_seq
+
+
 def anchor_write(seq: int, seal_hash: bytes, *, force: bool = False) -> bool:
     """Append the seal (`seq`, `seal_hash`), committed, to the anchor file: when forced or
     ANCHOR_EVERY_SECONDS after the last one this process wrote. Whether it wrote."""
-    global _last_written
+    global _last_written, _last_written_seq
     now = time.monotonic()
     if not force and now < _last_written + ANCHOR_EVERY_SECONDS:
         return False
@@ -50,6 +59,7 @@ def anchor_write(seq: int, seal_hash: bytes, *, force: bool = False) -> bool:
     with path.open("a", encoding="ascii") as anchors:
         anchors.write(f"{database_key()} {seq} {seal_hash.hex()}\n")
     _last_written = now
+    _last_written_seq = seq
     return True
 
 

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 
 from django.db import connection, transaction
 
-from audit.anchor import anchor_write
+from audit.anchor import anchor_pending, anchor_write
 from audit.chain import GENESIS_HASH, RECORD_COLUMNS, link_hash, record_content
 
 logger = logging.getLogger(__name__)
@@ -200,6 +200,7 @@ def audit_seal(*, batch_size: int = 20_000, max_records: int | None = None) -> S
             _prune_horizons(horizon)
         if sealed:
             logger.info("audit records sealed", extra={"sealed": sealed, "last_seq": last_seq})
+        if last_seq is not None and anchor_pending(last_seq):
             anchored_seq, anchored_hash = last_seq, last_hash
             # Once committed (never a seal that could still roll back): audit/anchor.py.
             transaction.on_commit(lambda: anchor_write(anchored_seq, anchored_hash))

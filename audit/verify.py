@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import gzip
+import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
+from django.conf import settings
 from django.db import connection
+from django.utils import timezone
 
 from audit.anchor import anchor_latest
 from audit.chain import GENESIS_HASH, RECORD_COLUMNS, link_hash, record_content
-from audit.models import AuditRetentionDrop, AuditSeal
+from audit.models import AuditExport, AuditRetentionDrop, AuditSeal
 
 _WALK_SQL = f"""
 SELECT s.seq, s.day, s.prev_seq, s.prev_hash, s.hash, r.seq IS NOT NULL,
@@ -49,6 +56,43 @@ def _dropped_by_retention() -> tuple[set, list[tuple[int, int]]]:
     return days, ranges
 
 
+def _drop_unproven(seq: int, link_hash_hex: str | None) -> str | None:
+    """Why the gap that ends at `seq` (a dropped day's last record, whose seal hash the next
+    seal names as `link_hash_hex`; None: check the day only) is not a retention drop; None
+    when it is.
+
+    A row in audit_retention_drop alone proved nothing: anyone able to delete records could
+    insert one over the hole. A real drop is of a day older than AUDIT_RETENTION_DAYS whose
+    seals are all gone, and its export file outside the database (with the checksum the drop
+    recorded) ends with that very record."""
+    drop = AuditRetentionDrop.objects.filter(first_seq__lte=seq, last_seq__gte=seq).first()
+    if drop is None:
+        return f"no retention drop covers seq {seq}"
+    oldest_kept = timezone.now().date() - dt.timedelta(days=settings.AUDIT_RETENTION_DAYS)
+    if drop.day >= oldest_kept:
+        return f"retention drop of {drop.day} is younger than the retention period"
+    if AuditSeal.objects.filter(day=drop.day).exists():
+        return f"retention drop of {drop.day}, but seals of that day remain"
+    if link_hash_hex is None:
+        return None
+    if drop.last_seq != seq:
+        return f"retention drop of {drop.day} ends at seq {drop.last_seq}, not {seq}"
+    export = AuditExport.objects.filter(day=drop.day).first()
+    path = Path(export.path) if export is not None else None
+    if path is None or not path.is_file():
+        return f"the export of dropped day {drop.day} is not at {path}: it proves the gap"
+    if hashlib.sha256(path.read_bytes()).hexdigest() != drop.export_sha256:
+        return f"the export of dropped day {drop.day} does not match the drop's checksum"
+    last_line = None
+    with gzip.open(path, "rt", encoding="utf-8") as lines:
+        for last_line in lines:  # noqa: B007  (the last one is wanted)
+            pass
+    last = json.loads(last_line) if last_line else {}
+    if last.get("seq") != seq or last.get("hash") != link_hash_hex:
+        return f"the export of dropped day {drop.day} does not end with the record {seq}"
+    return None
+
+
 def audit_chain_verify(*, batch_size: int = 20_000) -> VerifyResult:
     """Check every seal's link to its predecessor and every sealed record's hash, then that no
     record inside the sealed range lacks a seal. Stops at the first mismatch."""
@@ -68,16 +112,16 @@ def audit_chain_verify(*, batch_size: int = 20_000) -> VerifyResult:
             seq, day, prev_seq, prev_hash, stored_hash, present = row[:6]
             prev_hash, stored_hash = bytes(prev_hash), bytes(stored_hash)
             if prev_seq != last_seq:
-                anchored = (
-                    prev_seq is not None
-                    and (last_seq is None or prev_seq > last_seq)
-                    and any(lo <= prev_seq <= hi for lo, hi in dropped_ranges)
+                unproven = (
+                    "not a dropped day's"
+                    if prev_seq is None or (last_seq is not None and prev_seq < last_seq)
+                    else _drop_unproven(prev_seq, prev_hash.hex())
                 )
-                if not anchored:
+                if unproven is not None:
                     failure = (
                         seq,
                         f"link broken: seal names predecessor {prev_seq}, "
-                        f"the chain's previous seal is {last_seq}",
+                        f"the chain's previous seal is {last_seq} ({unproven})",
                     )
                     break
             elif prev_hash != last_hash:
@@ -119,7 +163,7 @@ def _anchor_check(last_seq: int | None, dropped_ranges) -> tuple[int, str] | Non
     if anchored is None:
         return None
     seq, seal_hash = anchored
-    if any(lo <= seq <= hi for lo, hi in dropped_ranges):
+    if any(lo <= seq <= hi for lo, hi in dropped_ranges) and _drop_unproven(seq, None) is None:
         return None  # retention dropped it, after export
     if last_seq is None or last_seq < seq:
         return (

@@ -96,3 +96,45 @@ def test_retention_keeps_a_day_that_was_never_exported(marker):
     audit_seal_all()
     assert day not in audit_retention_apply(today=dt.date.today(), retention_days=30)
     assert day in audit_partition_days()
+
+
+def test_a_forged_retention_drop_does_not_hide_records_deleted_from_the_chain(marker):
+    # Deleting a record and its seal (triggers off) broke the chain, but one plain INSERT of a
+    # retention drop over the hole made audit_verify report the chain ok again.
+    with transaction.atomic():
+        seqs = audit_record_many(
+            records=[
+                AuditEntry(event_type=AuditEvent.LOGIN, actor_label="x", payload={"m": marker})
+                for _ in range(3)
+            ]
+        )
+    audit_seal_all()
+    assert audit_chain_verify().ok
+    hole = seqs[1]
+    with connection.cursor() as cursor:
+        cursor.execute("SET session_replication_role = replica")
+        try:
+            cursor.execute("DELETE FROM audit_record WHERE seq = %s", [hole])
+            cursor.execute("DELETE FROM audit_seal WHERE seq = %s", [hole])
+        finally:
+            cursor.execute("SET session_replication_role = origin")
+        cursor.execute(
+            "INSERT INTO audit_retention_drop (day, first_seq, last_seq, record_count, "
+            "export_sha256, dropped_ns) VALUES ('2000-01-01', %s, %s, 1, %s, 0)",
+            [hole, hole, "0" * 64],
+        )
+    try:
+        result = audit_chain_verify()
+        assert not result.ok and result.bad_seq == seqs[2]
+        assert "link broken" in result.reason and "no retention" not in result.reason
+    finally:
+        # The tables outlive the test (append-only): leave a chain that ends whole at seqs[0].
+        with connection.cursor() as cursor:
+            cursor.execute("SET session_replication_role = replica")
+            try:
+                cursor.execute("DELETE FROM audit_record WHERE seq = %s", [seqs[2]])
+                cursor.execute("DELETE FROM audit_seal WHERE seq = %s", [seqs[2]])
+                cursor.execute("DELETE FROM audit_retention_drop WHERE first_seq = %s", [hole])
+            finally:
+                cursor.execute("SET session_replication_role = origin")
+    assert audit_chain_verify().ok

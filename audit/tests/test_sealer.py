@@ -253,3 +253,27 @@ def test_newest_records_removed_with_their_seals_fail_verification_against_the_a
     assert "removed from its end" in result.reason
     with pytest.raises(CommandError, match="anchored seal"):
         call_command("audit_verify")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_seal_too_soon_after_the_last_anchor_is_anchored_on_a_later_idle_tick(
+    marker, settings, tmp_path, monkeypatch
+):
+    # An anchor was skipped, not postponed, when it came less than 10 s after the previous one:
+    # with nothing sealed afterwards, the newest records stayed unanchored and their removal
+    # (seals and all) verified.
+    import time as time_module
+
+    from audit import anchor
+    from audit.sealer import audit_seal
+
+    settings.AUDIT_EXPORT_DIR = tmp_path
+    monkeypatch.setattr(anchor, "_last_written", time_module.monotonic())  # just anchored
+    seqs = audit_record_many(
+        records=[AuditEntry(event_type=AuditEvent.LOGIN, payload={"m": marker})]
+    )
+    audit_seal_all()
+    assert anchor.anchor_latest() is None  # too soon after the last anchor
+    monkeypatch.setattr(anchor, "ANCHOR_EVERY_SECONDS", 0.0)  # as if 10 s went by, idle
+    audit_seal()
+    assert anchor.anchor_latest()[0] == seqs[-1]

@@ -805,7 +805,11 @@ def test_an_amend_meets_the_minimums_a_new_order_must(exchange_stack, live_db):
 def test_prices_and_quantities_of_a_cheap_coin_are_fixed_point_everywhere(exchange_stack, live_db):
     # The worker wrote str(Decimal): the book, the socket and the audit trail read "8.5E-7"
     # where REST's orders read "0.00000085", and a client matched neither to the other.
+    # Assets of their own: an asset's precision is its instruments' (USD at 8 places would
+    # change every other test's balances on this stack).
     instrument = make_instrument(
+        base_asset="SAT",
+        quote_asset="MIC",
         quote_precision=8,
         tick_size=Decimal("0.00000001"),
         base_precision=8,
@@ -813,7 +817,9 @@ def test_prices_and_quantities_of_a_cheap_coin_are_fixed_point_everywhere(exchan
         min_quantity=Decimal("0.00000001"),
         min_notional=Decimal("0"),
     )
-    maker, taker = ApiClient(exchange_stack), ApiClient(exchange_stack)
+    funds = {"SAT": Decimal("5000000"), "MIC": Decimal("2000000")}
+    maker = ApiClient(exchange_stack, user=make_user(funds=funds))
+    taker = ApiClient(exchange_stack, user=make_user(funds=funds))
     symbol = instrument.symbol
     placed = maker.place(**limit(symbol, "buy", "0.00000085", "1000000.00000005"))
     assert placed.status_code == 201, placed.text
