@@ -169,6 +169,15 @@ class OrdersView(APIView):
         },
     )
     def delete(self, request: Request) -> Response:
+        if request.data:
+            # A bot that sent {"symbol": ...} in the body cancelled every order on every symbol.
+            name = next(iter(request.data)) if isinstance(request.data, dict) else None
+            raise trading_error(
+                "UnexpectedParameter",
+                "DELETE /orders takes no body: send the symbol as a query parameter "
+                "(?symbol=); without it every open order is cancelled",
+                field=name,
+            )
         command_ids = services.orders_mass_cancel(
             user=request.user,
             actor=request.user,

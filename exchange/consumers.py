@@ -28,7 +28,12 @@ from exchange.api_errors import (
     database_unavailable,
 )
 from exchange.errors import echoed
-from exchange.json_text import LONE_SURROGATE_MESSAGE, holds_lone_surrogate, holds_nul
+from exchange.json_text import (
+    LONE_SURROGATE_MESSAGE,
+    holds_lone_surrogate,
+    holds_nul,
+    unique_keys,
+)
 from exchange.market_hub import SNAPSHOT_DEPTH, Subscriber, channel_symbol, hub
 from exchange.view_threads import view_executor
 from exchange.ws_direct import RAW_SEND_KEY, DirectSocket, text_frame
@@ -518,9 +523,10 @@ class StreamConsumer(AsyncWebsocketConsumer):
         self.tokens -= 1
         raw = text_data if text_data is not None else bytes_data
         try:
-            message = json.loads(raw)
-        except (ValueError, TypeError, RecursionError):  # RecursionError: nested too deeply
-            self.error("MalformedRequest", "a message is one JSON object")
+            message = json.loads(raw, object_pairs_hook=unique_keys)
+        except (ValueError, TypeError, RecursionError) as exc:  # RecursionError: too deep
+            why = str(exc) if "more than once" in str(exc) else "a message is one JSON object"
+            self.error("MalformedRequest", why, **_op_and_id(raw))
             return
         if not isinstance(message, dict):
             self.error("MalformedRequest", "a message is one JSON object")

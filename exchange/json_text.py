@@ -56,3 +56,14 @@ def _not_utf8(text: str) -> bool:
     except UnicodeEncodeError:
         return True
     return False
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """`object_pairs_hook` refusing an object with a key twice (ValueError): json lets the last
+    one win, so a body could say one thing to whoever read it and another to the exchange."""
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        seen: set[str] = set()
+        twice = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise ValueError(f"key {twice!r} appears more than once in an object")
+    return data

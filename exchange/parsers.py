@@ -1,9 +1,12 @@
 """The API's JSON request body parser."""
 
-from rest_framework.exceptions import ParseError
-from rest_framework.parsers import JSONParser
+import codecs
 
-from exchange.json_text import LONE_SURROGATE_MESSAGE, holds_lone_surrogate
+from rest_framework.exceptions import ParseError
+from rest_framework.parsers import JSONParser, get_encoding
+from rest_framework.utils import json
+
+from exchange.json_text import LONE_SURROGATE_MESSAGE, holds_lone_surrogate, unique_keys
 
 
 class JsonBodyParser(JSONParser):
@@ -11,11 +14,16 @@ class JsonBodyParser(JSONParser):
     - a body nested too deeply for Python's decoder (say 100,000 `[`), which DRF lets through
       as a RecursionError (a 500);
     - a string holding a lone surrogate (`"\\ud800"`), in a value or a key: no field can take
-      it, and the error that named it could not be encoded in the response (a 500)."""
+      it, and the error that named it could not be encoded in the response (a 500);
+    - an object with the same key twice (`{"quantity": "1", "quantity": "1000000"}`): the last
+      one won, so what a proxy or a log showed of a signed body was not what was acted on."""
 
     def parse(self, stream, media_type=None, parser_context=None):
+        encoding = get_encoding(parser_context or {})
         try:
-            data = super().parse(stream, media_type, parser_context)
+            data = json.load(codecs.getreader(encoding)(stream), object_pairs_hook=unique_keys)
+        except ValueError as exc:  # json's errors, and unique_keys'
+            raise ParseError(f"JSON parse error - {exc}") from None
         except RecursionError:
             raise ParseError("JSON parse error - nested too deeply") from None
         if holds_lone_surrogate(None, data):

@@ -844,6 +844,31 @@ def test_prices_and_quantities_of_a_cheap_coin_are_fixed_point_everywhere(exchan
     assert (traded["price"], traded["quantity"]) == ("0.00000085", "0.00000007")
 
 
+def test_a_body_with_a_key_twice_and_a_mass_cancel_with_a_body_are_refused(market):
+    instrument, maker, _ = market
+    symbol = instrument.symbol
+    raw = (
+        f'{{"symbol": "{symbol}", "side": "buy", "order_type": "limit", "price": "10.00", '
+        '"quantity": "1", "quantity": "1000000"}'
+    )
+    twice = maker.http.post(
+        "/api/v1/orders", content=raw, headers={"Content-Type": "application/json"}
+    )
+    assert twice.status_code == 400, twice.text
+    assert twice.json()["error"] == "MalformedRequest"
+    assert "'quantity' appears more than once" in twice.json()["message"]
+    assert not Order.objects.filter(instrument=instrument).exists()
+    kept = maker.place(**limit(symbol, "buy", "10.00", "1")).json()
+    # A bot sending the symbol in the body lost every order on every symbol.
+    other = make_instrument()
+    elsewhere = maker.place(**limit(other.symbol, "buy", "10.00", "1")).json()
+    refused = maker.http.request("DELETE", "/api/v1/orders", json={"symbol": other.symbol})
+    assert refused.status_code == 400, refused.text
+    assert (refused.json()["error"], refused.json()["field"]) == ("UnexpectedParameter", "symbol")
+    for order in (kept, elsewhere):
+        assert maker.get(f"/api/v1/orders/{order['order_id']}").json()["status"] == "new"
+
+
 def test_market_data_endpoints(market):
     instrument, maker, taker = market
     maker.place(**limit(instrument.symbol, "sell", "101.00", "5"))

@@ -602,6 +602,15 @@ def test_bad_input_and_unknown_channels_get_errors_not_a_crash(market):
             assert (await recv_until(ws, lambda f: True))["error"] == "MalformedRequest"
             await send(ws, "[1, 2]")
             assert (await recv_until(ws, lambda f: True))["error"] == "MalformedRequest"
+            # The same key twice: the last one won (json's way), whatever a log showed.
+            await send(ws, '{"op": "subscribe", "id": 4, "channels": ["x"], "channels": []}')
+            twice = await recv_until(ws, lambda f: True)
+            assert (twice["error"], twice["op"], twice["id"]) == (
+                "MalformedRequest",
+                "subscribe",
+                4,
+            )
+            assert "'channels' appears more than once" in twice["message"]
             await send(ws, {"op": "dance"})
             assert (await recv_until(ws, lambda f: True))["error"] == "UnknownOp"
             await send(ws, {"op": "subscribe", "channels": "book.X"})
