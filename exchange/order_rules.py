@@ -76,15 +76,20 @@ def engine_instrument_for(instrument: Instrument) -> EngineInstrument:
     return engine
 
 
-def check_session(instrument: Instrument, now: dt.datetime) -> None:
-    """Refuse orders outside the instrument's trading session (weekdays, open to close)."""
+def session_open_at(instrument: Instrument, now: dt.datetime) -> bool:
+    """Whether the instrument's trading session is open at `now` (24/7, or a weekday between
+    its open and close in its time zone)."""
     if instrument.trades_24_7:
-        return
+        return True
     local = now.astimezone(zoneinfo.ZoneInfo(instrument.session_timezone))
-    is_open = (
+    return (
         local.weekday() < 5 and instrument.session_open <= local.time() < instrument.session_close
     )
-    if not is_open:
+
+
+def check_session(instrument: Instrument, now: dt.datetime) -> None:
+    """Refuse orders outside the instrument's trading session (weekdays, open to close)."""
+    if not session_open_at(instrument, now):
         raise trading_error(
             "MarketClosed",
             f"{instrument.symbol} trades {_clock(instrument.session_open)}-"

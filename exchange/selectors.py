@@ -14,6 +14,7 @@ from django.utils import timezone
 from exchange.db_cursors import bound_cursor
 from exchange.errors import echoed, trading_error
 from exchange.models import Instrument, Order, Trade
+from exchange.order_rules import session_open_at
 from exchange.redis_connection import redis_client
 from matching.models import BookState, Command
 from matching.transport import book_snapshot_key
@@ -289,7 +290,10 @@ def ticker_24h(*, instrument: Instrument, now: dt.datetime | None = None) -> dic
         change_pct = (change / first.price * 100).quantize(Decimal("0.01"))
     return {
         "symbol": instrument.symbol,
-        "status": instrument.status,
+        # `closed` outside the trading session: orders are refused MarketClosed then.
+        "status": "closed"
+        if instrument.status == Instrument.Status.TRADING and not session_open_at(instrument, now)
+        else instrument.status,
         "last_price": last.price if last else None,
         **book_top(instrument=instrument),
         "volume_24h": stats["volume"] or Decimal(0),

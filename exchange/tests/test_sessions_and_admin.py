@@ -72,6 +72,20 @@ def test_orders_outside_the_session_are_refused_with_market_closed(local_time):
 
 
 @pytest.mark.django_db
+def test_the_ticker_says_closed_outside_the_session_and_trading_inside_it():
+    # It said "trading" while every order was refused MarketClosed.
+    from exchange.selectors import ticker_24h
+
+    instrument = session_instrument()
+    saturday = dt.datetime(2026, 11, 28, 11, 0, tzinfo=NEW_YORK)
+    wednesday = dt.datetime(2026, 11, 25, 11, 0, tzinfo=NEW_YORK)
+    assert ticker_24h(instrument=instrument, now=saturday)["status"] == "closed"
+    assert ticker_24h(instrument=instrument, now=wednesday)["status"] == "trading"
+    instrument.status = Instrument.Status.HALTED
+    assert ticker_24h(instrument=instrument, now=saturday)["status"] == "halted"
+
+
+@pytest.mark.django_db
 def test_market_closed_names_a_session_edge_with_seconds_to_the_second():
     instrument = make_instrument(
         trades_24_7=False,
