@@ -5,6 +5,7 @@ own login form is not used: sign-in goes through /accounts/login/ (throttled, au
 OTP step), and a staff member without an authenticator is sent to enrol one first.
 """
 
+import functools
 from urllib.parse import urlencode
 
 from django.contrib.admin import AdminSite
@@ -13,6 +14,7 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 
 from accounts.two_factor import two_factor_enabled
+from audit.signals import admin_request
 
 
 def _is_verified(user) -> bool:
@@ -25,6 +27,21 @@ class TwoFactorAdminSite(AdminSite):
 
     def has_permission(self, request: HttpRequest) -> bool:
         return super().has_permission(request) and _is_verified(request.user)
+
+    def admin_view(self, view, cacheable=False):
+        """Every admin view runs with its request at hand for the audit trail: the staff
+        actions it records keep the client address and session (audit.signals)."""
+        inner = super().admin_view(view, cacheable)
+
+        @functools.wraps(inner)
+        def with_request(request, *args, **kwargs):
+            token = admin_request.set(request)
+            try:
+                return inner(request, *args, **kwargs)
+            finally:
+                admin_request.reset(token)
+
+        return with_request
 
     def login(self, request: HttpRequest, extra_context=None) -> HttpResponseRedirect:
         """Send the visitor to the step they are missing: sign-in, the OTP step, or enrolment."""

@@ -532,3 +532,43 @@ def test_the_admin_refuses_rules_order_entry_cannot_use_and_freezes_the_scale(
         symbol=instrument.symbol, side="buy", order_type="limit", price="10.00", quantity="1"
     )
     assert placed.status_code == 201, placed.text
+
+
+@pytest.mark.processes
+def test_staff_actions_keep_the_request_the_values_changed_and_whose_object_it_was(
+    exchange_stack, live_db
+):
+    # staff.action records had no client address or session, said only "Changed Session open"
+    # (not from what to what), had no symbol; and a staff reset of a user's 2FA did not appear
+    # in that user's activity.
+    instrument = make_instrument()
+    staff = admin_client(exchange_stack)
+    changed = admin_instrument_change(
+        staff,
+        instrument,
+        trades_24_7="",
+        session_open="09:30",
+        session_close="16:00",
+        min_notional="2.50",
+    )
+    assert changed.status_code == 302, changed.text[:2000]
+    record = AuditRecord.objects.filter(
+        event_type="staff.action", payload__model="exchange.instrument"
+    ).latest("seq")
+    assert record.ip == "127.0.0.1" and record.session_hash
+    assert record.symbol == instrument.symbol
+    changes = record.payload["changes"]
+    assert changes["session_open"] == {"before": None, "after": "09:30:00"}
+    assert changes["trades_24_7"] == {"before": True, "after": False}
+    assert changes["min_notional"] == {"before": "1", "after": "2.5"}
+
+    user = make_user()
+    device = give_totp_device(user)
+    page = f"/admin/otp_totp/totpdevice/{device.pk}/delete/"
+    deleted = staff.post(page, data={"post": "yes", "csrfmiddlewaretoken": csrf_token(staff, page)})
+    assert deleted.status_code == 302, deleted.text[:2000]
+    reset = AuditRecord.objects.get(event_type="auth.2fa_disabled", user_id=user.pk)
+    assert reset.payload["method"] == "staff_reset" and reset.ip == "127.0.0.1"
+    assert AuditRecord.objects.get(
+        event_type="staff.action", payload__model="otp_totp.totpdevice", user_id=user.pk
+    )
