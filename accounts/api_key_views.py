@@ -21,7 +21,7 @@ from accounts.api_keys import (
 )
 from accounts.models import APIKey
 from exchange.api_views import ERROR
-from exchange.pagination import CursorPage
+from exchange.pagination import PAGE_PARAMETERS, CursorPage, page_of
 
 
 class ApiKeySerializer(serializers.ModelSerializer):
@@ -82,7 +82,11 @@ class KeyManagementView(APIView):
 
 
 class ApiKeysView(KeyManagementView):
-    @extend_schema(operation_id="api_keys_list", responses={200: ApiKeySerializer(many=True)})
+    @extend_schema(
+        operation_id="api_keys_list",
+        parameters=PAGE_PARAMETERS,
+        responses={200: page_of(ApiKeySerializer)},
+    )
     def get(self, request: Request) -> Response:
         paginator = CursorPage()
         page = paginator.paginate_queryset(api_keys_for_user(user=request.user), request, view=self)

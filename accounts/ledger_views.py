@@ -11,7 +11,7 @@ from rest_framework.views import APIView
 from accounts import selectors
 from accounts.funds import deposit_create, withdrawal_create
 from accounts.models import LedgerAccount, LedgerEntry, LedgerPosting
-from exchange.pagination import CursorPage
+from exchange.pagination import PAGE_PARAMETERS, CursorPage, page_of
 from exchange.serializers import DecimalString, refuse_unknown_fields
 
 
@@ -109,8 +109,8 @@ class LedgerView(APIView):
 
     @extend_schema(
         operation_id="ledger_list",
-        parameters=[OpenApiParameter("asset", str), OpenApiParameter("limit", int)],
-        responses={200: PostingSerializer(many=True)},
+        parameters=[OpenApiParameter("asset", str), *PAGE_PARAMETERS],
+        responses={200: page_of(PostingSerializer)},
     )
     def get(self, request: Request) -> Response:
         postings = selectors.ledger_postings_for_user(

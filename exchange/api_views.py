@@ -17,7 +17,7 @@ from exchange import selectors, services
 from exchange.errors import echoed, trading_error
 from exchange.models import Instrument, Order
 from exchange.order_answers import await_command, order_changed_answer, order_placed_answer
-from exchange.pagination import CursorPage
+from exchange.pagination import PAGE_PARAMETERS, CursorPage, page_of
 from exchange.query_params import symbol_filter, whole_number
 from exchange.serializers import (
     ISO_DATETIME,
@@ -143,8 +143,9 @@ class OrdersView(APIView):
             OpenApiParameter("status", str, description="A status, or `open`."),
             OpenApiParameter("start", dt.datetime),
             OpenApiParameter("end", dt.datetime),
+            *PAGE_PARAMETERS,
         ],
-        responses={200: OrderSerializer(many=True)},
+        responses={200: page_of(OrderSerializer), 400: ERROR},
     )
     def get(self, request: Request) -> Response:
         orders = selectors.orders_for_user(
@@ -165,7 +166,8 @@ class OrdersView(APIView):
             202: inline_serializer(
                 "MassCancel",
                 fields={"command_ids": serializers.ListField(child=serializers.IntegerField())},
-            )
+            ),
+            400: ERROR,
         },
     )
     def delete(self, request: Request) -> Response:
@@ -239,8 +241,8 @@ class FillsView(APIView):
 
     @extend_schema(
         operation_id="fills_list",
-        parameters=[OpenApiParameter("symbol", str)],
-        responses={200: UserFillSerializer(many=True)},
+        parameters=[OpenApiParameter("symbol", str), *PAGE_PARAMETERS],
+        responses={200: page_of(UserFillSerializer), 400: ERROR},
     )
     def get(self, request: Request) -> Response:
         trades = selectors.fills_for_user(user=request.user, symbol=symbol_filter(request))
@@ -342,7 +344,11 @@ class SpreadView(PublicView):
 
 
 class TradesView(PublicView):
-    @extend_schema(operation_id="trades_recent", responses={200: PublicTradeSerializer(many=True)})
+    @extend_schema(
+        operation_id="trades_recent",
+        parameters=PAGE_PARAMETERS,
+        responses={200: page_of(PublicTradeSerializer), 404: ERROR},
+    )
     def get(self, request: Request, symbol: str) -> Response:
         instrument = selectors.instrument_by_symbol(symbol)
         paginator = CursorPage()

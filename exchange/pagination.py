@@ -1,5 +1,7 @@
 """Cursor pagination for every list endpoint (stable under inserts, no page counting)."""
 
+from drf_spectacular.utils import OpenApiParameter, inline_serializer
+from rest_framework import serializers
 from rest_framework.exceptions import NotFound
 from rest_framework.pagination import CursorPagination
 
@@ -37,3 +39,24 @@ class CursorPage(CursorPagination):
             if not (position.isascii() and position.isdigit() and int(position) <= MAX_ID):
                 raise NotFound(self.invalid_cursor_message)
         return cursor
+
+
+# The query parameters of every cursor-paginated list, for its OpenAPI description.
+PAGE_PARAMETERS = [
+    OpenApiParameter("limit", int, description="Items per page, 1-1000 (default 100)."),
+    OpenApiParameter("cursor", str, description="The position in `next` or `previous`."),
+]
+
+
+def page_of(serializer_class: type[serializers.Serializer]) -> serializers.Serializer:
+    """The OpenAPI shape of a page of `serializer_class` items (views that paginate by hand:
+    the schema had said a plain array, and a client generated from it could read no list)."""
+    name = serializer_class.__name__.removesuffix("Serializer")
+    return inline_serializer(
+        name=f"Paginated{name}List",
+        fields={
+            "next": serializers.URLField(allow_null=True, help_text="The next page, or null."),
+            "previous": serializers.URLField(allow_null=True),
+            "results": serializer_class(many=True),
+        },
+    )

@@ -1,0 +1,36 @@
+"""The OpenAPI schema describes the answers as they are."""
+
+import pytest
+
+pytestmark = pytest.mark.django_db
+
+LISTS = [
+    "/api/v1/orders",
+    "/api/v1/fills",
+    "/api/v1/ledger",
+    "/api/v1/api-keys",
+    "/api/v1/trades/{symbol}",
+]
+
+
+def resolve(schema: dict, node: dict) -> dict:
+    while "$ref" in node:
+        node = schema["components"]["schemas"][node["$ref"].rsplit("/", 1)[1]]
+    return node
+
+
+def test_every_list_is_described_as_a_page_with_its_cursor_parameters(client):
+    # The hand-paginated lists were described as plain arrays, without limit and cursor: a
+    # client generated from the schema could read none of them.
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
+    for path in LISTS:
+        operation = schema["paths"][path]["get"]
+        answer = operation["responses"]["200"]["content"]["application/json"]["schema"]
+        body = resolve(schema, answer)
+        assert body["type"] == "object", path
+        assert set(body["properties"]) == {"next", "previous", "results"}, path
+        assert body["properties"]["results"]["type"] == "array", path
+        names = {p["name"] for p in operation["parameters"]}
+        assert {"limit", "cursor"} <= names, path
+    mass_cancel = schema["paths"]["/api/v1/orders"]["delete"]
+    assert "400" in mass_cancel["responses"]
