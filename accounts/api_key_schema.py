@@ -1,4 +1,4 @@
-"""How the OpenAPI schema (drf-spectacular) describes API-key authentication."""
+"""How the OpenAPI schema (drf-spectacular) describes API-key and session authentication."""
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 
@@ -17,5 +17,23 @@ class ApiKeySignatureScheme(OpenApiAuthenticationExtension):
                 "X-API-SIGNATURE (hex HMAC-SHA256 with the secret of timestamp + METHOD + path "
                 "+ '?' + query when there is one + body), optional X-API-RECV-WINDOW (ms, "
                 "default 5000, at most 60000). See README, API keys."
+            ),
+        }
+
+
+class VerifiedSessionScheme(OpenApiAuthenticationExtension):
+    """The web session (a cookie), past the OTP step where the user has an authenticator."""
+
+    target_class = "accounts.authentication.VerifiedSessionAuthentication"
+    name = "cookieAuth"
+
+    def get_security_definition(self, auto_schema):
+        return {
+            "type": "apiKey",
+            "in": "cookie",
+            "name": "sessionid",
+            "description": (
+                "The web session of /accounts/login/ (and its OTP step when the user has an "
+                "authenticator; staff always). Unsafe methods need the CSRF token."
             ),
         }

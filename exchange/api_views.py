@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 from accounts.api_key_auth import ApiKeyPermission
 from exchange import selectors, services
 from exchange.errors import echoed, trading_error
-from exchange.models import Instrument, Order
+from exchange.models import Order
 from exchange.order_answers import await_command, order_changed_answer, order_placed_answer
 from exchange.pagination import PAGE_PARAMETERS, CursorPage, page_of
 from exchange.query_params import symbol_filter, whole_number
@@ -384,7 +384,7 @@ class TickerView(PublicView):
                 }
                 | {
                     "trades_24h": serializers.IntegerField(),
-                    "status": serializers.ChoiceField(choices=Instrument.Status.choices),
+                    "status": serializers.ChoiceField(choices=selectors.TICKER_STATUSES),
                 },
             )
         },

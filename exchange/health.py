@@ -15,6 +15,8 @@ from matching.lease import database_conninfo
 
 logger = logging.getLogger(__name__)
 
+HEALTH_STATUSES = ("ok", "degraded", "down")
+
 
 def scheduler_heartbeat_key() -> str:
     return redis_key("scheduler", "heartbeat")

@@ -271,6 +271,10 @@ def book_top(*, instrument: Instrument) -> dict:
     return snapshot_top(book_snapshot(instrument.symbol))
 
 
+# A ticker's status: the instrument's, or `closed` outside its trading session.
+TICKER_STATUSES = (*Instrument.Status.values, "closed")
+
+
 def ticker_24h(*, instrument: Instrument, now: dt.datetime | None = None) -> dict:
     """Last price, best bid and ask, and the rolling 24 hours' volume, high, low and change."""
     now = now or timezone.now()

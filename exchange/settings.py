@@ -312,7 +312,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
-    "ENUM_NAME_OVERRIDES": {"StpModeEnum": "exchange.models.StpMode"},
+    "ENUM_NAME_OVERRIDES": {
+        "StpModeEnum": "exchange.models.StpMode",
+        "OrderStatusEnum": "exchange.models.Order.Status",
+        "TickerStatusEnum": "exchange.selectors.TICKER_STATUSES",
+        "HealthStatusEnum": "exchange.health.HEALTH_STATUSES",
+    },
 }
 
 CELERY_BROKER_URL = REDIS_URL

@@ -8,7 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from exchange.health import health_status
+from exchange.health import HEALTH_STATUSES, health_status
 
 
 class HealthView(APIView):
@@ -24,7 +24,7 @@ class HealthView(APIView):
             (200, "application/json"): inline_serializer(
                 "Health",
                 fields={
-                    "status": serializers.ChoiceField(choices=["ok", "degraded", "down"]),
+                    "status": serializers.ChoiceField(choices=HEALTH_STATUSES),
                     "failing": serializers.ListField(child=serializers.CharField()),
                     "components": serializers.DictField(),
                 },
