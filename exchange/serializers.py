@@ -75,26 +75,48 @@ class IsoDateTime(serializers.DateTimeField):
 
 
 @extend_schema_field({"type": "string", "format": "decimal", "example": "150.45"})
+class StrictBoolean(serializers.BooleanField):
+    """A JSON true or false; DRF's field also took "true", 1, "on" and the like."""
+
+    def to_internal_value(self, data) -> bool:
+        if data is True or data is False:
+            return data
+        raise trading_error(
+            "InvalidParameter",
+            f"{self.field_name} must be true or false, got {echoed(data)}",
+            field=self.field_name,
+        )
+
+
 class DecimalString(serializers.Field):
     """A non-negative decimal given as a JSON string, e.g. "150.45"."""
 
     def to_internal_value(self, data) -> Decimal:
         name = self.field_name
-        if isinstance(data, bool | int | float):
+        if isinstance(data, bool):  # not a number either: said "such as \"True\""
+            raise trading_error(
+                "InvalidNumber",
+                f'{name} must be a non-negative decimal string like "150.45", got {echoed(data)}',
+                field=name,
+            )
+        if isinstance(data, int | float):
             raise trading_error(
                 "NumberNotString",
                 f'{name} must be a JSON string such as "{data}", not a number '
                 "(numbers lose precision)",
                 field=name,
             )
-        if not isinstance(data, str) or not DECIMAL_STRING.match(data.strip()):
+        # As given, ASCII digits only: " 90.00" or "1\u00a0" (a no-break space) had been
+        # trimmed and taken, where the contract is a decimal string.
+        if not isinstance(data, str) or not DECIMAL_STRING.match(data):
             raise trading_error(
                 "InvalidNumber",
-                f'{name} must be a non-negative decimal string like "150.45", got {echoed(data)}',
+                f'{name} must be a non-negative decimal string like "150.45" (ASCII digits, no '
+                f"spaces), got {echoed(data)}",
                 field=name,
             )
         try:
-            value = Decimal(data.strip())
+            value = Decimal(data)
         except InvalidOperation:  # pragma: no cover - the pattern already guarantees a decimal
             raise trading_error("InvalidNumber", f"{name} is not a number", field=name) from None
         if value >= AMOUNT_LIMIT:
@@ -143,8 +165,8 @@ class OrderPlaceSerializer(RequestBodySerializer):
     limit_price = DecimalString(required=False, help_text="Limit price (stop-limit orders).")
     time_in_force = Choice(choices=Order.TimeInForce.choices, default=Order.TimeInForce.GTC)
     expire_at = IsoDateTime(required=False, help_text="GTD expiry (ISO 8601).")
-    post_only = serializers.BooleanField(default=False)
-    post_only_adjust = serializers.BooleanField(default=False)
+    post_only = StrictBoolean(default=False)
+    post_only_adjust = StrictBoolean(default=False)
     display_quantity = DecimalString(required=False, help_text="Iceberg visible quantity.")
     stp_mode = Choice(choices=StpMode.choices, required=False)
     client_order_id = TextOnly(max_length=64, required=False, trim_whitespace=False)

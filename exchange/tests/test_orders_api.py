@@ -622,6 +622,12 @@ BAD_INPUTS = [
     (gtd_at("2030-01-01"), "InvalidParameter", "expire_at"),
     (gtd_at("2030-01-01T00:00:00.\u0661Z"), "InvalidParameter", "expire_at"),
     ({"price": 10.5}, "NumberNotString", "price"),
+    # Trimmed and taken, a no-break space too, where the contract is ASCII digits.
+    ({"price": " 10.00"}, "InvalidNumber", "price"),
+    ({"quantity": "1\u00a0"}, "InvalidNumber", "quantity"),
+    ({"price": True}, "InvalidNumber", "price"),  # had said: a number, "such as True"
+    ({"post_only": "true"}, "InvalidParameter", "post_only"),  # "true", 1 and "on" were taken
+    ({"post_only": 1}, "InvalidParameter", "post_only"),
     ({"quantity": "ten"}, "InvalidNumber", "quantity"),
     ({"quantity": "-1"}, "InvalidNumber", "quantity"),
     ({"price": "\u0661\u0660.\u0665\u0660"}, "InvalidNumber", "price"),  # Arabic-Indic: was 10.50
