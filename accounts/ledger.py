@@ -148,10 +148,18 @@ def _check_balanced(lines: Sequence[Line]) -> None:
 
 def _shortfall(asset: str, needed: Decimal, balance: Decimal, kind: str, field: str | None):
     """The 400 InsufficientBalance for `needed` of `asset` against a user's `kind` balance."""
+    from accounts.selectors import amount_str, asset_precisions_cached
+
     what = "available" if kind == CASH else "held"
+    places = asset_precisions_cached().get(asset)
+
+    def shown(amount: Decimal) -> str:  # at the asset's precision, as balances read ("50.20")
+        text = amount_str(amount, places)
+        return text if Decimal(text) == amount else format(amount.normalize(), "f")
+
     return trading_error(
         "InsufficientBalance",
-        f"insufficient {asset}: {needed.normalize():f} needed, {balance.normalize():f} {what}",
+        f"insufficient {asset}: {shown(needed)} needed, {shown(balance)} {what}",
         field=field,
         extra={"asset": asset},
     )

@@ -70,7 +70,8 @@ def test_buy_beyond_available_funds_is_refused_and_nothing_is_stored(market):
     assert body["field"] == "quantity"
     # 10 x 10.00, the 0.20% taker fee, and 0.09 of fee rounding reserve (one cent for each of
     # up to nine more fills, each of whose fee the engine rounds up).
-    assert "100.29 needed" in body["message"] and body["asset"] == "USD"
+    # At the precision balances read ("100", not "100.00", before).
+    assert "100.29 needed, 100.00 available" in body["message"] and body["asset"] == "USD"
     assert not Order.objects.filter(user=poor.user).exists()
     assert balances(poor)["USD"] == {
         "asset": "USD", "available": "100.00", "held": "0.00", "total": "100.00"
