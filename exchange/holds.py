@@ -58,10 +58,15 @@ def buy_cost_minor(engine: EngineInstrument, price_ticks: int, qty_lots: int, fe
     """The most `qty_lots` bought at `price_ticks` can cost: notional, fee, and one minor unit
     for each fill after the first. The engine rounds each fill's fee up on its own, so n fills
     can cost up to n - 1 minor units more than the fee on the whole notional; without that
-    reserve a buy its owner can pay for stopped short (`max_quote`). Released when it ends."""
+    reserve a buy its owner can pay for stopped short (`max_quote`). Released when it ends.
+
+    A fill's fee never exceeds its notional, so the fees never exceed the notional either:
+    the reserve is at most the notional less the fee. Without that bound a million lots of a
+    coin worth 0.00000085 (8-place quote) held a million of the quote asset for 0.85."""
     notional = engine.notional(price_ticks, qty_lots)
-    reserve = qty_lots - 1 if fee_ppm > 0 and qty_lots > 1 else 0
-    return notional + fee_for(notional, fee_ppm) + reserve
+    fee = fee_for(notional, fee_ppm)
+    reserve = min(qty_lots - 1, max(notional - fee, 0)) if fee_ppm > 0 and qty_lots > 1 else 0
+    return notional + fee + reserve
 
 
 def held_amount(

@@ -823,7 +823,8 @@ def test_prices_and_quantities_of_a_cheap_coin_are_fixed_point_everywhere(exchan
         min_quantity=Decimal("0.00000001"),
         min_notional=Decimal("0"),
     )
-    funds = {"SAT": Decimal("5000000"), "MIC": Decimal("2000000")}
+    # 10 MIC: the hold of the buy below had been a million MIC (a cent-like reserve per lot).
+    funds = {"SAT": Decimal("5000000"), "MIC": Decimal("10")}
     maker = ApiClient(exchange_stack, user=make_user(funds=funds))
     taker = ApiClient(exchange_stack, user=make_user(funds=funds))
     symbol = instrument.symbol
