@@ -148,6 +148,10 @@ class RequestBodySerializer(serializers.Serializer):
     `fields` binds them again."""
 
     def is_valid(self, *, raise_exception: bool = False) -> bool:
+        # A body that is not an object (null, a list): DRF said "No data provided" or "This
+        # field may not be null" as an InvalidParameter of no field.
+        if not isinstance(self.initial_data, dict):
+            raise trading_error("MalformedRequest", "the request body must be a JSON object")
         try:
             return super().is_valid(raise_exception=raise_exception)
         finally:

@@ -874,6 +874,14 @@ def test_a_body_with_a_key_twice_and_a_mass_cancel_with_a_body_are_refused(marke
     assert (refused.json()["error"], refused.json()["field"]) == ("UnexpectedParameter", "symbol")
     for order in (kept, elsewhere):
         assert maker.get(f"/api/v1/orders/{order['order_id']}").json()["status"] == "new"
+    # A body that is no object: "No data provided", an InvalidParameter, before.
+    for raw in ("null", "[]"):
+        amend = maker.http.patch(
+            f"/api/v1/orders/{kept['order_id']}",
+            content=raw,
+            headers={"Content-Type": "application/json"},
+        )
+        assert (amend.status_code, amend.json()["error"]) == (400, "MalformedRequest"), raw
 
 
 def test_market_data_endpoints(market):
