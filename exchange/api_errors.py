@@ -11,7 +11,7 @@ import logging
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, connection
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -36,6 +36,16 @@ def database_unavailable(exc: BaseException) -> bool:
         return False
     sqlstate = getattr(exc.__cause__, "sqlstate", None)
     return sqlstate is None or sqlstate.startswith(_OUTAGE_SQLSTATES)
+
+
+def broken_connections_discard() -> None:
+    """After a connection failure: close this thread's connection and have the pool test its
+    idle ones, dropping the dead (a failover ends them all at once, and the pool had handed
+    them out one by one: one client met four 503s in a row)."""
+    connection.close()
+    pool = getattr(connection, "pool", None)  # the psycopg pool, when pooling is on
+    if pool is not None:
+        pool.check()
 
 
 SERVICE_UNAVAILABLE_BODY = {
@@ -126,6 +136,7 @@ def api_exception_handler(exc, context):
         request = context.get("request")
         set_rollback()
         if database_unavailable(exc):
+            broken_connections_discard()
             # An outage the client retries through, logged as what it is (it had been logged
             # "Internal Server Error", status 500, with a traceback: false alerts on 500s).
             request_logger.warning(

@@ -5,14 +5,32 @@ order row: a (status code, body) pair, or a catalogue ApiError for an engine rej
 code: the WebSocket runs it in a worker thread.
 """
 
+import logging
+
 from django.conf import settings
+from django.db import Error as DatabaseError
 
 from exchange import selectors
+from exchange.api_errors import broken_connections_discard
 from exchange.errors import engine_rejection, trading_error
 from exchange.models import Order
 from exchange.replies import reply_hub
 from exchange.serializers import order_representation
 from matching.models import Command
+
+logger = logging.getLogger(__name__)
+
+
+def _durable_but_unread(order: Order, exc: DatabaseError) -> tuple[int, dict]:
+    """The command is committed (the order durable, the change on its way) but the database
+    failed while the answer was read: 202 with what is known. A 503 here told the client to
+    retry, and a retried order without a client_order_id was placed twice."""
+    logger.warning(
+        "answer not read back (database error after commit): 202",
+        extra={"order_id": order.pk, "why": str(exc).strip()[:200]},
+    )
+    broken_connections_discard()
+    return 202, order_representation(order)
 
 
 def await_command(command_id: int) -> Command:
@@ -41,26 +59,32 @@ def order_placed_answer(order: Order, command_id: int | None, created: bool) -> 
             .values_list("pk", flat=True)
             .first()
         )
-    if command_id is not None:
-        # Applied means no longer pending_new: the order row is the answer, re-read once.
-        def applied() -> bool:
-            selectors.order_state_refresh(order)
-            return order.status != Order.Status.PENDING_NEW
+    try:
+        if command_id is not None:
+            # Applied means no longer pending_new: the order row is the answer, re-read once.
+            def applied() -> bool:
+                selectors.order_state_refresh(order)
+                return order.status != Order.Status.PENDING_NEW
 
-        reply_hub.wait(command_id, done=applied, timeout=settings.ORDER_REPLY_TIMEOUT_SECONDS)
-    if order.status == Order.Status.REJECTED and created:
-        raise engine_rejection(order.reject_code, order.reject_message, order_id=order.pk)
-    if order.status == Order.Status.PENDING_NEW:
-        return 202, order_representation(order)
-    fills = selectors.fills_for_order(order) if order.filled_quantity else []
+            reply_hub.wait(command_id, done=applied, timeout=settings.ORDER_REPLY_TIMEOUT_SECONDS)
+        if order.status == Order.Status.REJECTED and created:
+            raise engine_rejection(order.reject_code, order.reject_message, order_id=order.pk)
+        if order.status == Order.Status.PENDING_NEW:
+            return 202, order_representation(order)
+        fills = selectors.fills_for_order(order) if order.filled_quantity else []
+    except DatabaseError as exc:
+        return _durable_but_unread(order, exc)
     return (201 if created else 200), order_representation(order, fills)
 
 
 def order_changed_answer(order: Order, command_id: int) -> tuple[int, dict]:
     """200 with the order after a cancel/amend, 202 if pending; raises the 400 ApiError when
     the engine refused the command."""
-    command = await_command(command_id)
-    selectors.order_state_refresh(order)
+    try:
+        command = await_command(command_id)
+        selectors.order_state_refresh(order)
+    except DatabaseError as exc:
+        return _durable_but_unread(order, exc)
     if command.reject_code == "UnknownOrder":
         # The order ended in the engine before the change arrived (filled, expired, ...).
         raise trading_error(
@@ -75,5 +99,8 @@ def order_changed_answer(order: Order, command_id: int) -> tuple[int, dict]:
             order_id=order.pk,
         )
     code = 200 if command.applied_at else 202
-    fills = selectors.fills_for_order(order) if order.filled_quantity else []
+    try:
+        fills = selectors.fills_for_order(order) if order.filled_quantity else []
+    except DatabaseError as exc:
+        return _durable_but_unread(order, exc)
     return code, order_representation(order, fills)

@@ -207,8 +207,20 @@ DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env.int(
 # matching worker stopped mid-batch (SIGSTOP, a hung host) holds its users' ledger locks, and
 # order entry waited behind it without end. 0 waits forever.
 DB_LOCK_TIMEOUT_MS = env.int("DB_LOCK_TIMEOUT_MS", default=5000)
+# A session idle inside a transaction this long is ended by PostgreSQL, rolling back and
+# releasing its locks: a web process stopped mid-transaction (SIGSTOP, a hung host) held the
+# order entry's command-order lock, and every process's order entry waited on it without end.
+# 0 never ends one.
+DB_IDLE_IN_TRANSACTION_TIMEOUT_MS = env.int("DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", default=15000)
+_session_options = []
 if DB_LOCK_TIMEOUT_MS:
-    DATABASES["default"]["OPTIONS"]["options"] = f"-c lock_timeout={DB_LOCK_TIMEOUT_MS}"
+    _session_options.append(f"-c lock_timeout={DB_LOCK_TIMEOUT_MS}")
+if DB_IDLE_IN_TRANSACTION_TIMEOUT_MS:
+    _session_options.append(
+        f"-c idle_in_transaction_session_timeout={DB_IDLE_IN_TRANSACTION_TIMEOUT_MS}"
+    )
+if _session_options:
+    DATABASES["default"]["OPTIONS"]["options"] = " ".join(_session_options)
 # psycopg's default: a statement run this many times on a connection is prepared there.
 DB_PREPARE_THRESHOLD = 5
 if DB_POOL_MAX_SIZE:

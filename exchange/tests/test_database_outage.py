@@ -3,6 +3,7 @@
 
 import time
 import uuid
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -129,3 +130,67 @@ def test_order_entry_behind_a_stuck_lock_holder_is_a_retryable_503_in_bounded_ti
     assert refused.json()["error"] == "ServiceUnavailable" and waited < 10
     assert not Order.objects.filter(user=user).exists()  # nothing half-stored
     assert client.post("/api/v1/orders", json=order).status_code in (201, 202)
+
+
+def test_an_order_committed_before_the_database_failed_is_answered_202_not_503(settings):
+    # The answer's read-back (waiting for the engine) met a dropped connection after the order
+    # had committed: a 503 told the client to retry, and the retried order was placed twice.
+    from exchange.order_answers import order_placed_answer
+    from exchange.order_rules import OrderRequest
+    from exchange.services import order_place
+
+    settings.ORDER_REPLY_TIMEOUT_SECONDS = 0.2  # no matching worker here
+    instrument = make_instrument()
+    placed = order_place(
+        user=make_user(),
+        request=OrderRequest(
+            symbol=instrument.symbol,
+            side="buy",
+            order_type="limit",
+            price=Decimal("10.00"),
+            quantity=Decimal("1"),
+        ),
+    )
+    # Every other session of this database ends (a failover, say), the pool's idle ones too.
+    import psycopg
+
+    from matching.lease import database_conninfo
+
+    with psycopg.connect(database_conninfo(), autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    status, body = order_placed_answer(placed.order, placed.command_id, placed.created)
+    assert (status, body["order_id"], body["status"]) == (202, placed.order.pk, "pending_new")
+    connection.close()
+    assert Order.objects.filter(pk=placed.order.pk).count() == 1
+
+
+def test_a_session_idle_inside_a_transaction_is_ended_and_lets_its_locks_go(process_env):
+    # A web process stopped mid-transaction held the order entry's command-order lock, and
+    # every process's order entry waited on it without end: PostgreSQL now ends such a session
+    # (DB_IDLE_IN_TRANSACTION_TIMEOUT_MS, 15 s; 1 s here).
+    import subprocess
+    import sys
+
+    from conftest import BASE_DIR
+
+    script = (
+        "import time, django; django.setup()\n"
+        "from django.db import connection, transaction\n"
+        "with transaction.atomic():\n"
+        "    connection.cursor().execute('SELECT pg_advisory_xact_lock(424242)')\n"
+        "    time.sleep(4)\n"  # idle in the transaction, as a stopped process would be
+    )
+    env = {**process_env, "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS": "1000"}
+    holder = subprocess.Popen([sys.executable, "-c", script], cwd=BASE_DIR, env=env)
+    try:
+        time.sleep(1.0)
+        started = time.monotonic()
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '10s'")
+            cursor.execute("SELECT pg_advisory_xact_lock(424242)")
+        assert time.monotonic() - started < 3.5  # ended after ~1 s idle, not at the sleep's end
+    finally:
+        holder.wait(timeout=30)
