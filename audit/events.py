@@ -48,6 +48,7 @@ class AuditEvent(models.TextChoices):
     WORKER_STARTED = "worker.started", "Worker started"
     WORKER_STOPPED = "worker.stopped", "Worker stopped"
     SHARD_TAKEOVER = "worker.shard_takeover", "Shard takeover"
+    HOLDER_FENCED = "worker.holder_fenced", "Hung shard holder fenced"
     WORKER_RECOVERY = "worker.recovery", "Worker recovery"
     # Instruments.
     INSTRUMENT_LISTED = "instrument.listed", "Instrument listed"

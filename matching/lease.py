@@ -78,7 +78,7 @@ SELECT a.pid, pg_terminate_backend(a.pid)
 class ShardLease:
     """Exclusive ownership of one shard for as long as the dedicated connection lives."""
 
-    def __init__(self, *, shard: int, stale_seconds: float | None = None) -> None:
+    def __init__(self, *, shard: int, stale_seconds: float | None = None, on_fenced=None) -> None:
         self.shard = shard
         self.epoch: int | None = None
         self.holder = f"{socket.gethostname()}:{os.getpid()}"
@@ -86,8 +86,11 @@ class ShardLease:
         self.stale_seconds = (
             settings.MATCHING_LEASE_STALE_SECONDS if stale_seconds is None else stale_seconds
         )
-        # The hung holder this lease fenced to take the shard ({pid, session, idle_seconds}).
+        # The hung holder this process fenced while waiting for this acquisition (what the
+        # takeover's audit record names), and who hears of each fence as it happens (the
+        # worker audits it: another standby may win the lease it freed).
         self.fenced: dict | None = None
+        self.on_fenced = on_fenced
         self._conn: psycopg.Connection | None = None
         self._keepalive_stop = threading.Event()
         self._keepalive: threading.Thread | None = None
@@ -99,6 +102,7 @@ class ShardLease:
         Returns False when `wait` is false and the lease is taken, or when `should_stop()`
         turns true while waiting.
         """
+        self.fenced = None
         self._conn = psycopg.connect(
             database_conninfo(application_name=session_name()), autocommit=True
         )
@@ -111,8 +115,9 @@ class ShardLease:
             if not wait or (should_stop is not None and should_stop()):
                 self.release()
                 return False
-            if self.stale_seconds:
-                self._fence_if_hung()
+            if self.stale_seconds and self._fence_if_hung():
+                time.sleep(0.05)  # the ended backend lets go in a moment: be first to take it
+                continue
             time.sleep(poll_seconds)
         self.epoch = self._conn.execute(
             """
@@ -147,19 +152,21 @@ class ShardLease:
             except psycopg.Error:
                 return  # the main loop's next verify() finds the connection gone
 
-    def _fence_if_hung(self) -> None:
+    def _fence_if_hung(self) -> bool:
         """Terminate the holder's sessions if its lease session has been idle for longer than
-        `stale_seconds`: the lock is free at the next try."""
+        `stale_seconds` (the lock is free at the next try); whether it did."""
         row = self._conn.execute(LEASE_HOLDER_SQL, (LEASE_LOCK_CLASS, self.shard)).fetchone()
         if row is None or row[2] < self.stale_seconds:
-            return
-        pid, session, idle_seconds = row
+            return False
+        backend_pid, session, idle_seconds = row
         terminated = [
-            r[0] for r in self._conn.execute(FENCE_SQL, (session, pid)).fetchall() if r[1]
+            r[0] for r in self._conn.execute(FENCE_SQL, (session, backend_pid)).fetchall() if r[1]
         ]
+        process = session.removeprefix("exchange-matching:").partition("@")[0]
         self.fenced = {
-            "pid": pid,
             "session": session,
+            "pid": int(process) if process.isdigit() else None,  # the hung process's
+            "backend_pid": backend_pid,  # its lease session's, in pg_stat_activity
             "idle_seconds": round(idle_seconds, 1),
             "sessions_terminated": len(terminated),
         }
@@ -167,6 +174,9 @@ class ShardLease:
             "shard holder hung: its sessions terminated",
             extra={"shard": self.shard, **self.fenced},
         )
+        if self.on_fenced is not None:
+            self.on_fenced(dict(self.fenced))
+        return True
 
     def verify(self) -> None:
         """Raise LeaseLost unless our connection is alive and the epoch is still ours."""

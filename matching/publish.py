@@ -26,6 +26,23 @@ logger = logging.getLogger(__name__)
 SNAPSHOT_DEPTH = 50
 CONSUMER_GROUP = "matching"
 
+# A batch's book snapshot replaces the stored one unless a later lease epoch wrote that: a
+# holder that was fenced while it hung (between its commit and this write) and then woke up
+# had put its older book over its successor's, and the order book API read it until the book
+# next changed. (Recovery writes unconditionally: a rebuilt database starts its epochs over.)
+_SNAPSHOT_SET_UNLESS_NEWER_EPOCH = """
+local stored = redis.call('GET', KEYS[1])
+if stored then
+  local ok, doc = pcall(cjson.decode, stored)
+  if ok and type(doc) == 'table' and tonumber(doc['epoch']) and
+     tonumber(doc['epoch']) > tonumber(ARGV[2]) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
+
 
 def _dumps(value: Any) -> str:
     return json_text(value)
@@ -53,9 +70,10 @@ def book_snapshot(engine: Engine, symbol: str, *, ts_ns: int) -> dict[str, Any]:
 class Publisher:
     """Redis side of one shard worker."""
 
-    def __init__(self, *, client: redis.Redis, shard: int, consumer: str) -> None:
+    def __init__(self, *, client: redis.Redis, shard: int, consumer: str, epoch: int = 0) -> None:
         self.client = client
         self.shard = shard
+        self.epoch = epoch  # the lease epoch, written into every book snapshot
         self.consumer = consumer
         self.stream = command_stream_key(shard)
         self.pending_acks: list[bytes] = []
@@ -111,7 +129,9 @@ class Publisher:
         snapshots = []
         books = {}
         for symbol in sorted((outcome.symbols | set(changes)) & set(specs)):
-            snapshots.append((symbol, _dumps(book_snapshot(engine, symbol, ts_ns=ts_ns))))
+            snapshot = book_snapshot(engine, symbol, ts_ns=ts_ns)
+            snapshot["epoch"] = self.epoch
+            snapshots.append((symbol, _dumps(snapshot)))
             if symbol in changes:
                 books[symbol] = self._book_changes(specs[symbol], changes[symbol])
         return {"outcome": outcome, "snapshots": snapshots, "books": books}
@@ -127,7 +147,13 @@ class Publisher:
                 pipe.xack(self.stream, CONSUMER_GROUP, *self.pending_acks)
             pipe.publish(replies_channel(), _dumps(outcome.command_ids))
             for symbol, snapshot in prepared["snapshots"]:
-                pipe.set(book_snapshot_key(symbol), snapshot)
+                pipe.eval(
+                    _SNAPSHOT_SET_UNLESS_NEWER_EPOCH,
+                    1,
+                    book_snapshot_key(symbol),
+                    snapshot,
+                    self.epoch,
+                )
             for symbol, book in books.items():
                 # A consumer that sees prev_seq != its last seq knows it missed a message.
                 book["prev_seq"] = self.sent_seq.get(symbol, 0)
@@ -170,6 +196,7 @@ class Publisher:
             for inst in engine.instruments():
                 self.sent_seq[inst.symbol] = engine.book_seq(inst.symbol)
                 snapshot = book_snapshot(engine, inst.symbol, ts_ns=ts_ns)
+                snapshot["epoch"] = self.epoch
                 pipe.set(book_snapshot_key(inst.symbol), _dumps(snapshot))
             pipe.execute()
         except redis.RedisError as exc:

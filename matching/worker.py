@@ -41,7 +41,7 @@ class ShardWorker:
             )
         self.shard = shard
         self.heartbeat_seconds = heartbeat_seconds
-        self.lease = ShardLease(shard=shard)
+        self.lease = ShardLease(shard=shard, on_fenced=self._audit_fenced)
         self.stopping = threading.Event()
 
     def install_signal_handlers(self) -> None:
@@ -66,7 +66,10 @@ class ShardWorker:
                 epoch=self.lease.epoch,
                 actor_label=f"worker:{self.lease.holder}",
                 publisher=Publisher(
-                    client=redis_client(), shard=self.shard, consumer=self.lease.holder
+                    client=redis_client(),
+                    shard=self.shard,
+                    consumer=self.lease.holder,
+                    epoch=self.lease.epoch,
                 ),
             )
             loop.recover()
@@ -122,6 +125,19 @@ class ShardWorker:
                     **extra,
                 },
             )
+
+    def _audit_fenced(self, fenced: dict) -> None:
+        """Record the fencing of a hung holder as it happens, whoever then wins the lease."""
+        try:
+            with transaction.atomic():
+                audit_record(
+                    event_type=AuditEvent.HOLDER_FENCED,
+                    actor=f"worker:{self.lease.holder}",
+                    shard=self.shard,
+                    payload={"shard": self.shard, "fenced_holder": fenced},
+                )
+        except DjangoDatabaseError as exc:  # the lease loop goes on; the log has it
+            logger.warning("fencing not audited", extra={"shard": self.shard, "why": str(exc)})
 
     def _audit_started(self) -> None:
         """Record the lease acquisition; a takeover when the shard had a previous holder.

@@ -55,3 +55,37 @@ def test_a_lost_book_message_leaves_a_gap_in_prev_seq(redis_conn):
     # The lost message took a number too: hubs tell trade and order subscribers of the gap.
     assert feeds == [{"id": publisher.feed_id, "seq": 1}, {"id": publisher.feed_id, "seq": 3}]
     listener.close()
+
+
+def test_a_fenced_holders_late_snapshot_does_not_replace_its_successors(redis_conn):
+    # A holder fenced while it hung between its commit and its Redis writes woke up and put
+    # its older book over its successor's: the order book API read it until the book changed.
+    from matching.transport import book_snapshot_key
+
+    shard = 9_000 + free_port() % 1_000
+    symbol = f"EP{free_port()}"
+    key = book_snapshot_key(symbol)
+
+    def sent(epoch: int, price: int) -> None:
+        book = Harness(symbol=symbol, tick_size="0.01", lot_size="1", quote_decimals=2)
+        book.place(1, True, 1, price)
+        publisher = Publisher(client=redis_conn, shard=shard, consumer="t", epoch=epoch)
+        outcome = BatchOutcome(command_ids=[1], symbols={symbol}, trades=[], orders=[])
+        publisher.send(publisher.prepare(engine=book.engine, outcome=outcome, ts_ns=1))
+
+    def stored_bid() -> str:
+        return json.loads(redis_conn.get(key))["bids"][0][0]
+
+    sent(epoch=7, price=101)
+    sent(epoch=6, price=99)  # the fenced predecessor, late
+    assert stored_bid() == "1.01"
+    sent(epoch=7, price=102)
+    assert stored_bid() == "1.02"
+    # Recovery writes whatever is stored: a database rebuilt from scratch starts at epoch 1.
+    book = Harness(symbol=symbol, tick_size="0.01", lot_size="1", quote_decimals=2)
+    book.place(1, True, 1, 98)
+    Publisher(client=redis_conn, shard=shard, consumer="t", epoch=1).snapshots_write(
+        engine=book.engine, ts_ns=2
+    )
+    assert stored_bid() == "0.98"
+    redis_conn.delete(key)

@@ -176,7 +176,12 @@ def test_a_standby_fences_a_hung_holder_and_the_woken_holder_writes_nothing(
     takeover = AuditRecord.objects.filter(event_type="worker.shard_takeover").latest("seq")
     fenced = takeover.payload["fenced_holder"]
     assert fenced["session"].startswith(f"exchange-matching:{holder.pid}@")
+    assert fenced["pid"] == holder.pid and fenced["backend_pid"] != holder.pid
     assert fenced["idle_seconds"] >= 3 and fenced["sessions_terminated"] >= 2
+    # The fencing itself is recorded when it happens (whoever then wins the lease).
+    fencing = AuditRecord.objects.get(event_type="worker.holder_fenced")
+    assert fencing.payload["fenced_holder"] == fenced
+    assert fencing.actor_label == f"worker:{takeover.payload['holder']}"
 
 
 def test_redis_wipe_mid_stream_loses_no_accepted_order(processes, process_env, redis_conn):
