@@ -8,8 +8,10 @@ the event loop never blocks. It writes nothing itself.
 
 import asyncio
 import datetime as dt
+import functools
 import json
 import logging
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -30,9 +32,12 @@ from exchange.api_errors import (
 from exchange.errors import echoed
 from exchange.json_text import (
     LONE_SURROGATE_MESSAGE,
+    STRICT_JSON,
+    JsonRefused,
+    finite_float,
     holds_lone_surrogate,
     holds_nul,
-    unique_keys,
+    refuse_constant,
 )
 from exchange.market_hub import SNAPSHOT_DEPTH, Subscriber, channel_symbol, hub
 from exchange.view_threads import view_executor
@@ -82,7 +87,7 @@ _open_per_address: Counter[str] = Counter()
 def _op_and_id(raw) -> dict:
     """The `op` and `id` of a message, as answers echo them ({} when it is not a JSON object)."""
     try:
-        message = json.loads(raw)
+        message = json.loads(raw, parse_constant=refuse_constant, parse_float=finite_float)
     except (ValueError, TypeError, RecursionError):
         return {}
     return _answer_ids(message) if isinstance(message, dict) else {}
@@ -278,7 +283,15 @@ def _denied_record(**fields) -> None:
         connection.close()
 
 
-def _order_place(user, body: dict, request: SocketRequest) -> tuple[int, dict]:
+# How long a cancel waits for the places sent before it on its socket to be stored.
+PLACES_BEFORE_CANCEL_WAIT_SECONDS = 5.0
+
+
+def _order_place(
+    user, body: dict, request: SocketRequest, *, stored: threading.Event | None = None
+) -> tuple[int, dict]:
+    """`stored` is set once the order is stored (or refused): a cancel sent after this place on
+    the same socket waits for it (`_order_cancel`)."""
     from exchange import services
     from exchange.order_answers import order_placed_answer
     from exchange.serializers import OrderPlaceSerializer
@@ -289,16 +302,29 @@ def _order_place(user, body: dict, request: SocketRequest) -> tuple[int, dict]:
         placement = services.order_place(
             user=user, request=serializer.to_request(), http_request=request
         )
+        if stored is not None:
+            stored.set()  # durable: the answer may wait for the engine, a cancel need not
         return order_placed_answer(placement.order, placement.command_id, placement.created)
     except APIException as exc:
         return _error_answer(exc)
+    finally:
+        if stored is not None:
+            stored.set()
 
 
-def _order_cancel(user, body: dict, request: SocketRequest) -> tuple[int, dict]:
+def _order_cancel(
+    user, body: dict, request: SocketRequest, *, places_before: tuple = ()
+) -> tuple[int, dict]:
+    """Cancel one order, once every place sent before it on the socket is stored: the ops ran
+    side by side, and a cancel by client_order_id sent right behind its place overtook it
+    (404, and the order then rested)."""
     from exchange import selectors, services
     from exchange.errors import trading_error
     from exchange.order_answers import order_changed_answer
 
+    deadline = time.monotonic() + PLACES_BEFORE_CANCEL_WAIT_SECONDS
+    for stored in places_before:
+        stored.wait(max(deadline - time.monotonic(), 0))
     try:
         order_id, client_order_id = body.get("order_id"), body.get("client_order_id")
         if order_id is not None:
@@ -352,6 +378,8 @@ class StreamConsumer(AsyncWebsocketConsumer):
         self.refused = 0
         self.ping_id = 0
         self.tasks: set[asyncio.Task] = set()
+        # One event per order.place of this socket not yet stored (see _order_cancel).
+        self.places_in_flight: list[threading.Event] = []
         self.closing = False
         self.address = None  # counted in _open_per_address while the socket is open
         address = (self.scope.get("client") or (None,))[0]
@@ -523,9 +551,9 @@ class StreamConsumer(AsyncWebsocketConsumer):
         self.tokens -= 1
         raw = text_data if text_data is not None else bytes_data
         try:
-            message = json.loads(raw, object_pairs_hook=unique_keys)
+            message = json.loads(raw, **STRICT_JSON)
         except (ValueError, TypeError, RecursionError) as exc:  # RecursionError: too deep
-            why = str(exc) if "more than once" in str(exc) else "a message is one JSON object"
+            why = str(exc) if isinstance(exc, JsonRefused) else "a message is one JSON object"
             self.error("MalformedRequest", why, **_op_and_id(raw))
             return
         if not isinstance(message, dict):
@@ -760,15 +788,20 @@ class StreamConsumer(AsyncWebsocketConsumer):
 
     async def op_order_place(self, message: dict, extra: dict) -> None:
         body = {k: v for k, v in message.items() if k not in ("op", "id")}
-        self._spawn(_order_place, body, extra)
+        stored = threading.Event()
+        self.places_in_flight = [e for e in self.places_in_flight if not e.is_set()]
+        self.places_in_flight.append(stored)
+        if not self._spawn(functools.partial(_order_place, stored=stored), body, extra):
+            stored.set()
 
     async def op_order_cancel(self, message: dict, extra: dict) -> None:
         body = {k: v for k, v in message.items() if k not in ("op", "id")}
-        self._spawn(_order_cancel, body, extra)
+        earlier = tuple(e for e in self.places_in_flight if not e.is_set())
+        self._spawn(functools.partial(_order_cancel, places_before=earlier), body, extra)
 
-    def _spawn(self, service, body: dict, extra: dict) -> None:
+    def _spawn(self, service, body: dict, extra: dict) -> bool:
         """Run an order op in a worker thread; its answer is queued when it completes (other
-        messages are handled meanwhile)."""
+        messages are handled meanwhile). False when it was refused without running."""
         if self.user is None:
             self.push(
                 {
@@ -782,7 +815,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
                     },
                 }
             )
-            return
+            return False
         if not self._key_allows("trade"):
             self.push(
                 {
@@ -797,7 +830,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 }
             )
             self._record_denied("trade", extra.get("op", ""))
-            return
+            return False
         user, credentials, request = self.user, self.key_credentials, SocketRequest(self.scope)
         request.api_key_id = credentials.id if credentials is not None else None
         seen, session_key = self.sessions_seen, self.session_key
@@ -838,3 +871,4 @@ class StreamConsumer(AsyncWebsocketConsumer):
         task = asyncio.get_running_loop().create_task(run())
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        return True

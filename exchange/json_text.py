@@ -58,6 +58,10 @@ def _not_utf8(text: str) -> bool:
     return False
 
 
+class JsonRefused(ValueError):
+    """Valid to Python's json module, refused here (the message says why)."""
+
+
 def unique_keys(pairs: list[tuple[str, Any]]) -> dict:
     """`object_pairs_hook` refusing an object with a key twice (ValueError): json lets the last
     one win, so a body could say one thing to whoever read it and another to the exchange."""
@@ -65,5 +69,27 @@ def unique_keys(pairs: list[tuple[str, Any]]) -> dict:
     if len(data) != len(pairs):
         seen: set[str] = set()
         twice = next(key for key, _ in pairs if key in seen or seen.add(key))
-        raise ValueError(f"key {twice!r} appears more than once in an object")
+        raise JsonRefused(f"key {twice!r} appears more than once in an object")
     return data
+
+
+def refuse_constant(name: str) -> Any:
+    """`parse_constant`: NaN, Infinity and -Infinity are not JSON (echoed back, they made
+    frames strict parsers refuse)."""
+    raise JsonRefused(f"{name} is not JSON")
+
+
+def finite_float(text: str) -> float:
+    """`parse_float` refusing a number too large for a float (1e999 read as infinity)."""
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise JsonRefused(f"the number {text[:20]} is out of range")
+    return value
+
+
+# The keyword arguments of json.loads for whatever a client sends.
+STRICT_JSON = {
+    "object_pairs_hook": unique_keys,
+    "parse_constant": refuse_constant,
+    "parse_float": finite_float,
+}

@@ -6,7 +6,7 @@ from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser, get_encoding
 from rest_framework.utils import json
 
-from exchange.json_text import LONE_SURROGATE_MESSAGE, holds_lone_surrogate, unique_keys
+from exchange.json_text import LONE_SURROGATE_MESSAGE, STRICT_JSON, holds_lone_surrogate
 
 
 class JsonBodyParser(JSONParser):
@@ -21,8 +21,8 @@ class JsonBodyParser(JSONParser):
     def parse(self, stream, media_type=None, parser_context=None):
         encoding = get_encoding(parser_context or {})
         try:
-            data = json.load(codecs.getreader(encoding)(stream), object_pairs_hook=unique_keys)
-        except ValueError as exc:  # json's errors, and unique_keys'
+            data = json.load(codecs.getreader(encoding)(stream), **STRICT_JSON)
+        except ValueError as exc:  # json's errors, and STRICT_JSON's refusals
             raise ParseError(f"JSON parse error - {exc}") from None
         except RecursionError:
             raise ParseError("JSON parse error - nested too deeply") from None

@@ -871,6 +871,52 @@ def test_order_entry_over_the_socket_answers_like_rest(market):
     asyncio.run(scenario())
 
 
+def test_nan_and_infinity_are_not_json_and_never_come_back(market):
+    # Python's json reads them: answers echoed them in `id`, frames strict parsers refuse.
+    async def scenario():
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            for raw in ('{"op": "ping", "id": NaN}', '{"op": "x", "id": 1e999}'):
+                await send(ws, raw)
+                text = await asyncio.wait_for(ws.recv(), 10)
+                # Strictly JSON: a NaN or Infinity value would raise here.
+                refused = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} sent"))
+                assert refused["error"] == "MalformedRequest" and "id" not in refused, raw
+
+    asyncio.run(scenario())
+
+
+def test_a_cancel_sent_right_behind_its_place_on_the_socket_cancels_it(market):
+    # The ops ran side by side: a cancel by client_order_id sent without waiting for the
+    # place's answer was looked up first (404 OrderNotFound), and the order then rested.
+    symbol = market["symbol"]
+
+    async def scenario():
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            await send(ws, login_op(market["keys"][0]))
+            await recv_until(ws, lambda f: f.get("type") == "login")
+            for n in range(5):
+                coid = f"behind-{n}-{time.monotonic_ns()}"
+                order = {**limit(symbol, "buy", "90.00", "1"), "client_order_id": coid}
+                await send(ws, {"op": "order.place", "id": f"p{n}", **order})
+                await send(ws, {"op": "order.cancel", "id": f"c{n}", "client_order_id": coid})
+                answers = {}
+                while len(answers) < 2:
+                    frame = await recv_until(ws, lambda f: f.get("type") == "response")
+                    answers[frame["id"]] = frame
+                cancel = answers[f"c{n}"]
+                assert cancel["status"] in (200, 202), cancel
+                assert cancel["data"]["status"] in ("cancelled", "new", "pending_new")
+        http = rest(market["base"], market["keys"][0])
+        opened = await http.get("/api/v1/orders", params={"symbol": symbol, "status": "open"})
+        left = [
+            o for o in opened.json()["results"] if (o["client_order_id"] or "")[:7] == "behind-"
+        ]
+        assert left == []
+        await http.aclose()
+
+    asyncio.run(scenario())
+
+
 def test_an_api_key_login_is_refused_when_stale_revoked_or_unknown(market):
     from accounts.api_keys import api_key_revoke
     from audit.events import AuditEvent
