@@ -140,6 +140,7 @@ class _OrderUpdate:
         "expire_at",
         "filled",
         "held_revert",
+        "hold_only",
         "hold_release",
         "id",
         "max_quote",
@@ -185,6 +186,8 @@ class _OrderUpdate:
         # a market or limit order in the same command), the orders channel still tells it.
         self.triggered = False
         self.amended = False  # an amend of this batch changed it (the orders channel says so)
+        # Touched only to give back a refused amend's hold: no news for the orders channel.
+        self.hold_only = False
 
 
 class DecimalText:
@@ -552,7 +555,9 @@ class BatchWriter:
                 command_ids=[a.command_id for a in applied],
                 symbols=symbols,
                 trades=[self._trade_summary(t, texts) for t in trades],
-                orders=[self._order_summary(u, texts) for u in updates.values()],
+                # Not an order whose only change is a refused amend's hold, given back: the
+                # engine left it as it was (its frame had read `accepted` again).
+                orders=[self._order_summary(u, texts) for u in updates.values() if not u.hold_only],
             ),
         )
 
@@ -783,6 +788,7 @@ class BatchWriter:
                 u = updates[live["order_id"]] = _OrderUpdate(
                     live["order_id"], live["symbol"], live["user_id"]
                 )
+                u.hold_only = True
             if refused:
                 u.held_revert += delta
             if release:

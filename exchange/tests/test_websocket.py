@@ -458,6 +458,38 @@ def test_an_amend_shows_on_the_orders_channel_with_the_new_price(market):
     asyncio.run(scenario())
 
 
+def test_an_amend_the_engine_refuses_sends_no_order_frame(market):
+    # A refused amend (here: post-only, it would match) left the order as it was, yet its
+    # owner got an order frame reading `accepted` again.
+    symbol = market["symbol"]
+
+    async def scenario():
+        http = rest(market["base"], market["keys"][0])
+        seller = rest(market["base"], market["keys"][1])
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            await watch_own_orders(ws, market["keys"][0])
+            assert (await seller.post("/api/v1/orders", json=limit(symbol, "sell", "99.00", "1"))
+                    ).status_code == 201  # fmt: skip
+            body = {**limit(symbol, "buy", "95.00", "2"), "post_only": True}
+            order_id = (await http.post("/api/v1/orders", json=body)).json()["order_id"]
+            await recv_until(
+                ws, lambda f: f.get("type") == "order" and f["data"]["order_id"] == order_id
+            )
+            refused = await http.patch(f"/api/v1/orders/{order_id}", json={"price": "99.00"})
+            assert refused.json()["error"] == "PostOnlyWouldMatch", refused.text
+            later = await http.patch(f"/api/v1/orders/{order_id}", json={"quantity": "1"})
+            assert later.status_code == 200, later.text
+            frame = await recv_until(
+                ws, lambda f: f.get("type") == "order" and f["data"]["order_id"] == order_id
+            )
+            # The next frame is the accepted amend's, not a repeat of the first.
+            assert (frame["data"]["event"], frame["data"]["remaining"]) == ("amended", "1")
+        await http.aclose()
+        await seller.aclose()
+
+    asyncio.run(scenario())
+
+
 def test_an_op_the_sockets_key_may_not_make_is_audited_as_rest_audits_it(market):
     # Refused over REST, such a request is audited (auth.api_key_denied); over the socket the
     # refusal had left no record.
