@@ -154,6 +154,7 @@ class _OrderUpdate:
         "seq",
         "spent",
         "status",
+        "stp_reduced",
         "symbol",
         "triggered",
         "user_id",
@@ -188,6 +189,7 @@ class _OrderUpdate:
         self.amended = False  # an amend of this batch changed it (the orders channel says so)
         # Touched only to give back a refused amend's hold: no news for the orders channel.
         self.hold_only = False
+        self.stp_reduced = False  # self-trade prevention took quantity off it (decrement_both)
 
 
 class DecimalText:
@@ -704,6 +706,8 @@ class BatchWriter:
                     )
                 elif kind == p.EV_STP:
                     (_, _, _, sym, mode, taker, maker, uid, price, qty) = ev
+                    if mode == "decrement_both":  # the resting one (the taker's is news)
+                        upd(maker, sym, uid).stp_reduced = True
                     audits.append(
                         self._audit(
                             AuditEvent.SELF_TRADE_PREVENTED,
@@ -1166,7 +1170,12 @@ class BatchWriter:
                 # Nothing filled in this batch: its status (partially_filled, say) is not news
                 # of a fill.
                 summary["event"] = "amended"
-        if u.reason:
+        if u.stp_reduced and not u.d_value and u.status in (p.NEW, p.PARTIALLY_FILLED):
+            # Self-trade prevention took quantity off an order that stays open: it had read
+            # `accepted` again, remaining lower with no fill and no reason.
+            summary["event"] = "reduced"
+            summary["reason"] = "stp"
+        elif u.reason:
             summary["reason"] = u.reason
         if u.reject_code:
             summary["rejection"] = rejection_body(u.reject_code, u.reject_message)

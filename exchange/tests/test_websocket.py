@@ -490,6 +490,31 @@ def test_an_amend_the_engine_refuses_sends_no_order_frame(market):
     asyncio.run(scenario())
 
 
+def test_a_resting_order_self_trade_prevention_reduces_says_so(market):
+    symbol = market["symbol"]
+
+    async def scenario():
+        http = rest(market["base"], market["keys"][0])
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            await watch_own_orders(ws, market["keys"][0])
+            sell = (await http.post("/api/v1/orders", json=limit(symbol, "sell", "99.50", "10"))
+                    ).json()["order_id"]  # fmt: skip
+            await recv_until(
+                ws, lambda f: f.get("type") == "order" and f["data"]["order_id"] == sell
+            )
+            body = {**limit(symbol, "buy", "99.50", "4"), "stp_mode": "decrement_both"}
+            assert (await http.post("/api/v1/orders", json=body)).status_code in (200, 201)
+            frame = await recv_until(
+                ws, lambda f: f.get("type") == "order" and f["data"]["order_id"] == sell
+            )
+            data = frame["data"]
+            # It read `accepted` again: remaining lower, no fill, no reason.
+            assert (data["event"], data["reason"], data["remaining"]) == ("reduced", "stp", "6")
+        await http.aclose()
+
+    asyncio.run(scenario())
+
+
 def test_an_op_the_sockets_key_may_not_make_is_audited_as_rest_audits_it(market):
     # Refused over REST, such a request is audited (auth.api_key_denied); over the socket the
     # refusal had left no record.
