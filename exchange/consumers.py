@@ -283,6 +283,9 @@ def _denied_record(**fields) -> None:
         connection.close()
 
 
+# Refusals over the message rate close the socket when WS_ABUSE_CLOSE_AFTER of them come within
+# this many seconds of the first.
+ABUSE_WINDOW_SECONDS = 10.0
 # How long a cancel waits for the places sent before it on its socket to be stored.
 PLACES_BEFORE_CANCEL_WAIT_SECONDS = 5.0
 
@@ -375,7 +378,8 @@ class StreamConsumer(AsyncWebsocketConsumer):
         self.sub.user_id = self.user.pk if self.user else None
         self.last_seen = time.monotonic()
         self.tokens = float(settings.WS_MAX_MESSAGES_PER_SECOND)  # a token bucket
-        self.refused = 0
+        self.refused = 0  # messages refused over the rate since `refused_since`
+        self.refused_since = 0.0
         self.ping_id = 0
         self.tasks: set[asyncio.Task] = set()
         # One event per order.place of this socket not yet stored (see _order_cancel).
@@ -535,18 +539,23 @@ class StreamConsumer(AsyncWebsocketConsumer):
         self.tokens = min(rate, self.tokens + (now - self.last_seen) * rate)
         self.last_seen = now
         if self.tokens < 1:
+            # Refusals count towards the close within ABUSE_WINDOW_SECONDS of the first: they
+            # had added up over the connection's life, and three brief overshoots an hour
+            # apart closed it.
+            if now - self.refused_since > ABUSE_WINDOW_SECONDS:
+                self.refused, self.refused_since = 0, now
             self.refused += 1
-            if self.refused >= settings.WS_ABUSE_CLOSE_AFTER:
-                await self._close(CLOSE_RATE_LIMIT)
-                return
             # With the op's `op` and `id`, as every answer has them: a refused order.place
-            # could not be told from the others in flight.
+            # could not be told from the others in flight. The last one too, before the close.
             self.error(
                 "TooManyRequests",
                 f"more than {settings.WS_MAX_MESSAGES_PER_SECOND} messages per second; "
-                f"the connection is closed (4029) after {settings.WS_ABUSE_CLOSE_AFTER} refusals",
+                f"the connection is closed (4029) after {settings.WS_ABUSE_CLOSE_AFTER} refusals "
+                f"within {ABUSE_WINDOW_SECONDS:g} s",
                 **_op_and_id(text_data if text_data is not None else bytes_data),
             )
+            if self.refused >= settings.WS_ABUSE_CLOSE_AFTER:
+                await self._close(CLOSE_RATE_LIMIT)
             return
         self.tokens -= 1
         raw = text_data if text_data is not None else bytes_data

@@ -860,6 +860,53 @@ def test_message_flood_is_refused_then_the_socket_is_closed(market):
     asyncio.run(scenario())
 
 
+def test_brief_overshoots_far_apart_do_not_close_the_socket_and_every_refusal_is_answered(
+    market,
+):
+    # Refusals added up over the connection's life (three short bursts a few seconds apart
+    # closed it), and the refusal that closed it got no answer.
+    async def burst(ws, count: int) -> int:
+        for n in range(count):
+            await send(ws, {"op": "ping", "id": n})
+        return await read_for(ws, 1.5)
+
+    async def read_for(ws, seconds: float) -> int:
+        """Read (answering the server's pings) for `seconds`; the refusals seen."""
+        refusals, deadline = 0, time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                frame = json.loads(await asyncio.wait_for(ws.recv(), left))
+            except TimeoutError:
+                break
+            if frame.get("type") == "ping":
+                await send(ws, {"op": "pong", "id": frame["id"]})
+            refusals += frame.get("error") == "TooManyRequests"
+        return refusals
+
+    async def scenario():
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            # Here 20 messages a second, and the close after 5 refusals.
+            first = await burst(ws, 23)
+            assert 2 <= first < 5
+            await read_for(ws, 10.5)  # past the window of the first refusal
+            second = await burst(ws, 23)
+            assert 2 <= second < 5 and first + second >= 5
+            await send(ws, {"op": "ping", "id": "alive"})
+            assert (await recv_until(ws, lambda f: True))["type"] == "pong"
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            for n in range(60):
+                await send(ws, {"op": "ping", "id": n})
+            refusals = 0
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                while True:
+                    frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                    refusals += frame.get("error") == "TooManyRequests"
+            assert closed.value.rcvd.code == 4029
+            assert refusals == 5  # the one that closed it too
+
+    asyncio.run(scenario())
+
+
 def test_a_silent_connection_is_closed_after_the_ping_timeout(market):
     async def scenario():
         async with websockets.connect(market["ws"], ping_interval=None) as ws:
