@@ -1,6 +1,7 @@
 """The streaming WebSocket (/ws/v1) against the real web process, worker and Redis."""
 
 import asyncio
+import itertools
 import json
 import random
 import time
@@ -917,6 +918,27 @@ def test_a_silent_connection_is_closed_after_the_ping_timeout(market):
                     pings += frame.get("type") == "ping"
             assert closed.value.rcvd.code == 4000
             assert pings >= 2
+
+    asyncio.run(scenario())
+
+
+def test_heartbeats_come_every_second_without_a_skip(market):
+    # A fixed one-second sleep that woke a hair early skipped a beat: 35 heartbeats in 40 s.
+    async def scenario():
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            await send(ws, {"op": "subscribe", "channels": ["heartbeat"]})
+            times, deadline = [], time.monotonic() + 12
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    frame = json.loads(await asyncio.wait_for(ws.recv(), left))
+                except TimeoutError:
+                    break
+                if frame.get("type") == "ping":
+                    await send(ws, {"op": "pong", "id": frame["id"]})
+                elif frame.get("type") == "heartbeat":
+                    times.append(frame["server_time_ns"] / 1e9)
+            gaps = [b - a for a, b in itertools.pairwise(times)]
+            assert len(times) >= 11 and max(gaps) < 1.25, gaps
 
     asyncio.run(scenario())
 
