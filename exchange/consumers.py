@@ -471,7 +471,8 @@ class StreamConsumer(AsyncWebsocketConsumer):
         heartbeat_s = settings.WS_HEARTBEAT_SECONDS
         ping_s = settings.WS_PING_INTERVAL_SECONDS
         timeout_s = settings.WS_PING_TIMEOUT_SECONDS
-        next_heartbeat = next_ping = time.monotonic()
+        start = time.monotonic()
+        next_heartbeat, next_ping = start + heartbeat_s, start + ping_s
         while True:
             # Until the next deadline, on a fixed grid: a fixed sleep that woke a hair before
             # its deadline skipped a beat (a 2 s gap in about one heartbeat of eight).

@@ -88,6 +88,14 @@ class StrictBoolean(serializers.BooleanField):
         )
 
 
+@extend_schema_field(  # the schema's pattern is DECIMAL_STRING's, in ECMAScript's syntax
+    {
+        "type": "string",
+        "format": "decimal",
+        "pattern": r"^[0-9]{1,24}(\.[0-9]{1,18})?$",
+        "example": "150.45",
+    }
+)
 class DecimalString(serializers.Field):
     """A non-negative decimal given as a JSON string, e.g. "150.45"."""
 
