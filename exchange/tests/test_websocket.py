@@ -95,6 +95,13 @@ async def recv_until(ws, predicate, *, timeout: float = 10.0, seen: list | None 
             return frame
 
 
+async def order_frame(ws, order_id: int) -> dict:
+    """The next `orders` frame of the order `order_id` (other frames are read past)."""
+    return await recv_until(
+        ws, lambda f: f.get("type") == "order" and f["data"]["order_id"] == order_id
+    )
+
+
 async def watch_own_orders(ws, key) -> dict:
     """Log the socket in with `key` and subscribe it to its `orders` channel; the login frame."""
     await send(ws, login_op(key, id=1))
@@ -375,18 +382,14 @@ def test_a_stop_triggered_in_a_batch_says_so_on_the_orders_channel(market):
             placed = await http_a.post("/api/v1/orders", json=stop)
             assert placed.json()["status"] == "untriggered", placed.text
             stop_id = placed.json()["order_id"]
-            first = await recv_until(
-                ws, lambda f: f.get("type") == "order" and f["data"]["order_id"] == stop_id
-            )
+            first = await order_frame(ws, stop_id)
             assert first["data"]["event"] == "accepted" and "triggered" not in first["data"]
             # A trade at 105.00 (its owner sells to the other trader) triggers it.
             assert (await http_a.post("/api/v1/orders", json=limit(symbol, "sell", "105.00", "1"))
                     ).status_code == 201  # fmt: skip
             assert (await http_b.post("/api/v1/orders", json=limit(symbol, "buy", "105.00", "1"))
                     ).status_code == 201  # fmt: skip
-            frame = await recv_until(
-                ws, lambda f: f.get("type") == "order" and f["data"]["order_id"] == stop_id
-            )
+            frame = await order_frame(ws, stop_id)
             assert frame["data"]["triggered"] is True, frame
             assert (frame["data"]["status"], frame["data"]["event"]) == ("new", "accepted")
         await http_a.aclose()
@@ -443,9 +446,7 @@ def test_an_amend_shows_on_the_orders_channel_with_the_new_price(market):
             seller = rest(market["base"], market["keys"][1])
             sold = await seller.post("/api/v1/orders", json=limit(symbol, "sell", "96.00", "1"))
             assert sold.status_code == 201, sold.text
-            filled = await recv_until(
-                ws, lambda f: f.get("type") == "order" and f["data"]["order_id"] == int(order_id)
-            )
+            filled = await order_frame(ws, int(order_id))
             assert filled["data"]["event"] == "partial_fill"
             again = await http.patch(f"/api/v1/orders/{order_id}", json={"price": "95.50"})
             assert again.status_code == 200, again.text
@@ -473,16 +474,12 @@ def test_an_amend_the_engine_refuses_sends_no_order_frame(market):
                     ).status_code == 201  # fmt: skip
             body = {**limit(symbol, "buy", "95.00", "2"), "post_only": True}
             order_id = (await http.post("/api/v1/orders", json=body)).json()["order_id"]
-            await recv_until(
-                ws, lambda f: f.get("type") == "order" and f["data"]["order_id"] == order_id
-            )
+            await order_frame(ws, order_id)
             refused = await http.patch(f"/api/v1/orders/{order_id}", json={"price": "99.00"})
             assert refused.json()["error"] == "PostOnlyWouldMatch", refused.text
             later = await http.patch(f"/api/v1/orders/{order_id}", json={"quantity": "1"})
             assert later.status_code == 200, later.text
-            frame = await recv_until(
-                ws, lambda f: f.get("type") == "order" and f["data"]["order_id"] == order_id
-            )
+            frame = await order_frame(ws, order_id)
             # The next frame is the accepted amend's, not a repeat of the first.
             assert (frame["data"]["event"], frame["data"]["remaining"]) == ("amended", "1")
         await http.aclose()
@@ -500,14 +497,10 @@ def test_a_resting_order_self_trade_prevention_reduces_says_so(market):
             await watch_own_orders(ws, market["keys"][0])
             sell = (await http.post("/api/v1/orders", json=limit(symbol, "sell", "99.50", "10"))
                     ).json()["order_id"]  # fmt: skip
-            await recv_until(
-                ws, lambda f: f.get("type") == "order" and f["data"]["order_id"] == sell
-            )
+            await order_frame(ws, sell)
             body = {**limit(symbol, "buy", "99.50", "4"), "stp_mode": "decrement_both"}
             assert (await http.post("/api/v1/orders", json=body)).status_code in (200, 201)
-            frame = await recv_until(
-                ws, lambda f: f.get("type") == "order" and f["data"]["order_id"] == sell
-            )
+            frame = await order_frame(ws, sell)
             data = frame["data"]
             # It read `accepted` again: remaining lower, no fill, no reason.
             assert (data["event"], data["reason"], data["remaining"]) == ("reduced", "stp", "6")

@@ -89,32 +89,37 @@ def test_market_buy_never_exceeds_max_quote():
     assert ev[-1][11] <= 720
 
 
+def cheap_coin() -> Harness:
+    """Lot 0.001 at prices around 1.00 (quote 2 decimals): one lot is worth 0.001."""
+    return Harness(tick_size="0.01", lot_size="0.001", quote_decimals=2)
+
+
+def buy_by_quote(h: Harness, order_id: int, amount: int, fee_ppm: int) -> list[tuple]:
+    return h.apply(
+        market_buy_quote(
+            ts=order_id, symbol="X", order_id=order_id, user_id=1, quote_amount=amount,
+            taker_fee_ppm=fee_ppm,
+        )
+    )  # fmt: skip
+
+
 def test_a_fill_worth_less_than_one_minor_unit_costs_one_and_a_tiny_budget_buys_once():
-    # Lot 0.001 at price 1.00 (quote 2 decimals): one lot is worth 0.001. Notionals floored to
-    # 0.00, so a market buy of 0.01 took a 5.000 sell in 556 free fills of 9 lots each: its
-    # budget never went down.
-    h = Harness(tick_size="0.01", lot_size="0.001", quote_decimals=2)
+    # Notionals floored to 0.00, so a market buy of 0.01 took a 5.000 sell in 556 free fills
+    # of 9 lots each: its budget never went down.
+    h = cheap_coin()
     h.sell(1, 100, 5000)
-    ev = h.apply(
-        market_buy_quote(ts=9, symbol="X", order_id=2, user_id=1, quote_amount=1, taker_fee_ppm=0)
-    )
+    ev = buy_by_quote(h, 2, amount=1, fee_ppm=0)
     # One fill: the most that costs 0.01 (19 lots, 0.019 floored as every notional is), then
     # the budget is spent.
     assert fills(ev) == [(1, 2, 100, 19)]
     assert [t[7] for t in trades(ev)] == [1]
     assert final(ev, 2)[:3] == ("filled", None, 19)
-    ev = h.apply(
-        market_buy_quote(
-            ts=10, symbol="X", order_id=3, user_id=1, quote_amount=3, taker_fee_ppm=2000
-        )
-    )
+    ev = buy_by_quote(h, 3, amount=3, fee_ppm=2000)
     # With a 0.2 % fee every fill costs its notional plus 0.01: 0.03 buys one fill of 0.02.
     assert [(t[6], t[7], t[14]) for t in trades(ev)] == [(29, 2, 1)]
-    fresh = Harness(tick_size="0.01", lot_size="0.001", quote_decimals=2)
+    fresh = cheap_coin()
     fresh.sell(1, 100, 9)
-    ev = fresh.apply(
-        market_buy_quote(ts=9, symbol="X", order_id=2, user_id=1, quote_amount=100, taker_fee_ppm=0)
-    )
+    ev = buy_by_quote(fresh, 2, amount=100, fee_ppm=0)
     # A maker's 9 lots (0.009) cost a whole minor unit, not nothing.
     assert fills(ev) == [(1, 2, 100, 9)]
     assert [t[7] for t in trades(ev)] == [1]

@@ -50,6 +50,15 @@ def serving_pid(redis_conn, *, other_than: int | None = None) -> int:
     return wait_until(serving, timeout=45, interval=0.1)
 
 
+def holder_and_standby(processes, env, redis_conn):
+    """Two shard-0 workers: the one serving (lease held), and a standby waiting for it."""
+    holder = processes.manage("run_matching", "--shard", "0", env=env, name="holder")
+    assert serving_pid(redis_conn) == holder.pid
+    standby = processes.manage("run_matching", "--shard", "0", env=env, name="standby")
+    wait_until(lambda: "waiting for lease" in standby.log_path.read_text(), timeout=30)
+    return holder, standby
+
+
 def final_checks(flow: OrderFlow, env) -> None:
     assert not flow.errors
     all_commands_applied(timeout=90)
@@ -124,13 +133,8 @@ def test_kill_9_under_supervisord_loses_and_duplicates_nothing(
 
 
 def test_standby_takes_over_with_orders_flowing(processes, process_env, redis_conn):
-    instrument = instrument_create()
-    users = [make_user() for _ in range(3)]
-    holder = processes.manage("run_matching", "--shard", "0", env=process_env, name="holder")
-    assert serving_pid(redis_conn) == holder.pid
-    standby = processes.manage("run_matching", "--shard", "0", env=process_env, name="standby")
-    wait_until(lambda: "waiting for lease" in standby.log_path.read_text(), timeout=30)
-    flow = OrderFlow(instrument=instrument, users=users, seed=11)
+    holder, standby = holder_and_standby(processes, process_env, redis_conn)
+    flow = OrderFlow(instrument=instrument_create(), users=[make_user() for _ in range(3)], seed=11)
     flow.start()
     try:
         time.sleep(1.5)
@@ -152,13 +156,8 @@ def test_a_standby_fences_a_hung_holder_and_the_woken_holder_writes_nothing(
     # so its lease lock and its batch's locks: the standby waited for ever, and so did order
     # entry for the users of the batch in flight.
     env = {**process_env, "MATCHING_LEASE_STALE_SECONDS": "3"}
-    instrument = instrument_create()
-    users = [make_user() for _ in range(3)]
-    holder = processes.manage("run_matching", "--shard", "0", env=env, name="holder")
-    assert serving_pid(redis_conn) == holder.pid
-    standby = processes.manage("run_matching", "--shard", "0", env=env, name="standby")
-    wait_until(lambda: "waiting for lease" in standby.log_path.read_text(), timeout=30)
-    flow = OrderFlow(instrument=instrument, users=users, seed=5)
+    holder, standby = holder_and_standby(processes, env, redis_conn)
+    flow = OrderFlow(instrument=instrument_create(), users=[make_user() for _ in range(3)], seed=5)
     flow.start()
     try:
         time.sleep(1.5)
