@@ -8,6 +8,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models
 
+from matching.engine import decimal_places
 from matching.sharding import shard_for_symbol
 
 MONEY = {"max_digits": 30, "decimal_places": 12}
@@ -22,11 +23,6 @@ class StpMode(models.TextChoices):
     CANCEL_SMALLEST = "cancel_smallest", "Cancel smallest"
     DECREMENT_BOTH = "decrement_both", "Decrement both"
     NONE = "none", "Allow self-trade"
-
-
-def _decimals(value: Decimal) -> int:
-    """Decimal places `value` needs (0.0100 needs 2)."""
-    return max(0, -value.normalize().as_tuple().exponent)
 
 
 class Instrument(models.Model):
@@ -135,7 +131,7 @@ class Instrument(models.Model):
                 field not in errors
                 and value is not None
                 and precision is not None
-                and _decimals(value) > precision
+                and decimal_places(value) > precision
             ):
                 errors[field] = f"At most {precision} decimal places (the asset's precision)."
         if self.price_band_pct is not None and self.price_band_pct < 0:

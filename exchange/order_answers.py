@@ -83,24 +83,20 @@ def order_changed_answer(order: Order, command_id: int) -> tuple[int, dict]:
     try:
         command = await_command(command_id)
         selectors.order_state_refresh(order)
-    except DatabaseError as exc:
-        return _durable_but_unread(order, exc)
-    if command.reject_code == "UnknownOrder":
-        # The order ended in the engine before the change arrived (filled, expired, ...).
-        raise trading_error(
-            "OrderNotOpen",
-            f"order {order.pk} is {order.status}; only open orders can be changed",
-            extra={"order_id": order.pk},
-        )
-    if command.reject_code:
-        raise engine_rejection(
-            command.reject_code,
-            command.reject_message or "the matching engine refused the change",
-            order_id=order.pk,
-        )
-    code = 200 if command.applied_at else 202
-    try:
+        if command.reject_code == "UnknownOrder":
+            # The order ended in the engine before the change arrived (filled, expired, ...).
+            raise trading_error(
+                "OrderNotOpen",
+                f"order {order.pk} is {order.status}; only open orders can be changed",
+                extra={"order_id": order.pk},
+            )
+        if command.reject_code:
+            raise engine_rejection(
+                command.reject_code,
+                command.reject_message or "the matching engine refused the change",
+                order_id=order.pk,
+            )
         fills = selectors.fills_for_order(order) if order.filled_quantity else []
     except DatabaseError as exc:
         return _durable_but_unread(order, exc)
-    return code, order_representation(order, fills)
+    return (200 if command.applied_at else 202), order_representation(order, fills)

@@ -15,6 +15,7 @@ from rest_framework import serializers
 from exchange.errors import echoed, rejection_body, trading_error
 from exchange.models import MONEY, Instrument, Order, StpMode, Trade
 from exchange.order_rules import OrderRequest
+from matching.engine import decimal_places
 
 # ASCII digits only: \d (and Decimal) would read Arabic-Indic digits as 10 for "\u0661\u0660".
 DECIMAL_STRING = re.compile(r"^[0-9]{1,24}(\.[0-9]{1,18})?\Z")
@@ -232,9 +233,7 @@ class OrderAmendSerializer(RequestBodySerializer):
 def _fmt(value: Decimal | None, step: Decimal) -> str | None:
     if value is None:
         return None
-    exponent = step.normalize().as_tuple().exponent
-    places = -exponent if exponent < 0 else 0
-    return f"{value:.{places}f}"
+    return f"{value:.{decimal_places(step)}f}"
 
 
 def iso_z(value: dt.datetime | None) -> str | None:

@@ -129,9 +129,7 @@ class Publisher:
         snapshots = []
         books = {}
         for symbol in sorted((outcome.symbols | set(changes)) & set(specs)):
-            snapshot = book_snapshot(engine, symbol, ts_ns=ts_ns)
-            snapshot["epoch"] = self.epoch
-            snapshots.append((symbol, _dumps(snapshot)))
+            snapshots.append((symbol, self._snapshot_text(engine, symbol, ts_ns)))
             if symbol in changes:
                 books[symbol] = self._book_changes(specs[symbol], changes[symbol])
         return {"outcome": outcome, "snapshots": snapshots, "books": books}
@@ -195,12 +193,17 @@ class Publisher:
             pipe = self.client.pipeline(transaction=False)
             for inst in engine.instruments():
                 self.sent_seq[inst.symbol] = engine.book_seq(inst.symbol)
-                snapshot = book_snapshot(engine, inst.symbol, ts_ns=ts_ns)
-                snapshot["epoch"] = self.epoch
-                pipe.set(book_snapshot_key(inst.symbol), _dumps(snapshot))
+                pipe.set(
+                    book_snapshot_key(inst.symbol), self._snapshot_text(engine, inst.symbol, ts_ns)
+                )
             pipe.execute()
         except redis.RedisError as exc:
             logger.warning("book snapshots not written", extra={"why": str(exc)})
+
+    def _snapshot_text(self, engine: Engine, symbol: str, ts_ns: int) -> str:
+        """A book's snapshot as stored, with this publisher's lease epoch (see
+        _SNAPSHOT_SET_UNLESS_NEWER_EPOCH)."""
+        return _dumps({**book_snapshot(engine, symbol, ts_ns=ts_ns), "epoch": self.epoch})
 
     @staticmethod
     def _book_changes(inst: Instrument, drained: tuple) -> dict[str, Any]:

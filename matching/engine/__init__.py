@@ -6,7 +6,7 @@ own. Same commands -> same events -> same `state_hash()`. The contract is in API
 """
 
 from .engine import Engine
-from .instrument import Instrument, affordable_lots, buy_cost, fee_for
+from .instrument import Instrument, affordable_lots, buy_cost, decimal_places, fee_for
 from .protocol import *  # noqa: F403
 from .protocol import (
     add_instrument,
@@ -31,6 +31,7 @@ __all__ = [
     "amend",
     "buy_cost",
     "cancel",
+    "decimal_places",
     "expire_due",
     "fee_for",
     "halt",

@@ -52,8 +52,8 @@ class Instrument:
             raise ValueError("stp_default must be a concrete STP mode")
         object.__setattr__(self, "k_num", k.numerator)
         object.__setattr__(self, "k_den", k.denominator)
-        object.__setattr__(self, "price_places", _places(self.tick_size))
-        object.__setattr__(self, "qty_places", _places(self.lot_size))
+        object.__setattr__(self, "price_places", decimal_places(self.tick_size))
+        object.__setattr__(self, "qty_places", decimal_places(self.lot_size))
 
     # ---- exact integer money math (also used by the engine) --------------------------------
     def notional(self, price_ticks: int, qty_lots: int) -> int:
@@ -130,9 +130,10 @@ class Instrument:
         return cls(*t)
 
 
-def _places(step: str) -> int:
-    """Decimal places of a tick or lot size ("0.50" -> 1, "1E-8" -> 8, "5E+1" -> 0)."""
-    exponent = Decimal(step).normalize().as_tuple().exponent
+def decimal_places(value: Decimal | str) -> int:
+    """Decimal places `value` needs: a tick or lot size's, an amount's ("0.50" -> 1,
+    "1E-8" -> 8, "5E+1" -> 0)."""
+    exponent = Decimal(value).normalize().as_tuple().exponent
     return -exponent if exponent < 0 else 0
 
 
