@@ -242,7 +242,12 @@ SESSION_ENDED_ANSWER = {
 }
 
 
-def _rate_limited(user, credentials) -> dict | None:
+# What an order op costs of the user's and key's rate limits: as its REST request does.
+ORDER_OP_WEIGHTS = {"requests": 1, "orders": 1}
+CANCEL_ALL_WEIGHTS = {"requests": 5, "orders": 5}
+
+
+def _rate_limited(user, credentials, weights: dict[str, int]) -> dict | None:
     """Count one order op against the user's and key's order-entry limits (as REST does);
     the 429 error body when refused."""
     from accounts.rate_limits import rate_limit_hit
@@ -250,7 +255,7 @@ def _rate_limited(user, credentials) -> dict | None:
     decision = rate_limit_hit(
         user_id=user.pk,
         key_id=credentials.id if credentials is not None else None,
-        weights={"requests": 1, "orders": 1},
+        weights=weights,
     )
     if decision.allowed:
         return None
@@ -317,41 +322,109 @@ def _order_place(
             stored.set()
 
 
-def _order_cancel(
-    user, body: dict, request: SocketRequest, *, places_before: tuple = ()
-) -> tuple[int, dict]:
-    """Cancel one order, once every place sent before it on the socket is stored: the ops ran
-    side by side, and a cancel by client_order_id sent right behind its place overtook it
-    (404, and the order then rested)."""
-    from exchange import selectors, services
-    from exchange.errors import trading_error
-    from exchange.order_answers import order_changed_answer
-
+def _await_places(places_before: tuple) -> None:
+    """Wait until every place sent before this op on its socket is stored: the ops run side by
+    side, and a cancel by client_order_id sent right behind its place overtook it (404, and the
+    order then rested)."""
     deadline = time.monotonic() + PLACES_BEFORE_CANCEL_WAIT_SECONDS
     for stored in places_before:
         stored.wait(max(deadline - time.monotonic(), 0))
+
+
+ORDER_KEYS = ("order_id", "client_order_id")
+
+
+def _named_order(user, body: dict):
+    """The user's order an op names by `order_id` or `client_order_id` (404 otherwise)."""
+    from exchange import selectors
+    from exchange.errors import trading_error
+
+    order_id, client_order_id = body.get("order_id"), body.get("client_order_id")
+    if order_id is not None:
+        if isinstance(order_id, str) and order_id.isascii() and order_id.isdigit():
+            order_id = int(order_id)
+        if not isinstance(order_id, int) or isinstance(order_id, bool):
+            raise trading_error("InvalidParameter", "order_id must be an integer", field="order_id")
+        return selectors.order_for_user(user=user, order_id=order_id)
+    if isinstance(client_order_id, str):
+        return selectors.order_for_user(user=user, client_order_id=client_order_id)
+    if client_order_id is not None:
+        raise trading_error(
+            "InvalidParameter", "client_order_id must be a string", field="client_order_id"
+        )
+    raise trading_error(
+        "MissingParameter", "order_id or client_order_id is required", field="order_id"
+    )
+
+
+def _order_cancel(
+    user, body: dict, request: SocketRequest, *, places_before: tuple = ()
+) -> tuple[int, dict]:
+    """Cancel one order (as DELETE /orders/{id}), once the places sent before it are stored."""
+    from exchange import services
+    from exchange.order_answers import order_changed_answer
+
+    _await_places(places_before)
     try:
-        order_id, client_order_id = body.get("order_id"), body.get("client_order_id")
-        if order_id is not None:
-            if isinstance(order_id, str) and order_id.isascii() and order_id.isdigit():
-                order_id = int(order_id)
-            if not isinstance(order_id, int) or isinstance(order_id, bool):
-                raise trading_error(
-                    "InvalidParameter", "order_id must be an integer", field="order_id"
-                )
-            order = selectors.order_for_user(user=user, order_id=order_id)
-        elif isinstance(client_order_id, str):
-            order = selectors.order_for_user(user=user, client_order_id=client_order_id)
-        elif client_order_id is not None:
-            raise trading_error(
-                "InvalidParameter", "client_order_id must be a string", field="client_order_id"
-            )
-        else:
-            raise trading_error(
-                "MissingParameter", "order_id or client_order_id is required", field="order_id"
-            )
+        order = _named_order(user, body)
         command = services.order_cancel(order=order, actor=user, http_request=request)
         return order_changed_answer(order, command.pk)
+    except APIException as exc:
+        return _error_answer(exc)
+
+
+def _order_amend(
+    user, body: dict, request: SocketRequest, *, places_before: tuple = ()
+) -> tuple[int, dict]:
+    """Amend one order (as PATCH /orders/{id}: `quantity` the new total, `price`), once the
+    places sent before it are stored."""
+    from exchange import services
+    from exchange.order_answers import order_changed_answer
+    from exchange.serializers import OrderAmendSerializer
+
+    _await_places(places_before)
+    try:
+        order = _named_order(user, body)
+        serializer = OrderAmendSerializer(
+            data={k: v for k, v in body.items() if k not in ORDER_KEYS}
+        )
+        serializer.is_valid(raise_exception=True)
+        command = services.order_amend(
+            order=order, actor=user, http_request=request, **serializer.validated_data
+        )
+        return order_changed_answer(order, command.pk)
+    except APIException as exc:
+        return _error_answer(exc)
+
+
+def _orders_cancel_all(
+    user, body: dict, request: SocketRequest, *, places_before: tuple = ()
+) -> tuple[int, dict]:
+    """Cancel every open order of the user, or of one `symbol` (as DELETE /orders?symbol=),
+    including the ones placed before it on this socket: 202 with the commands' ids once the
+    engine has applied them (or the wait ran out)."""
+    from exchange import services
+    from exchange.errors import trading_error
+    from exchange.order_answers import await_command
+
+    _await_places(places_before)
+    try:
+        unexpected = [name for name in body if name != "symbol"]
+        if unexpected:
+            raise trading_error(
+                "UnexpectedParameter",
+                f"order.cancel_all takes only symbol; got {echoed(unexpected[0])}",
+                field=unexpected[0],
+            )
+        symbol = body.get("symbol")
+        if symbol is not None and not isinstance(symbol, str):
+            raise trading_error("InvalidParameter", "symbol must be a string", field="symbol")
+        command_ids = services.orders_mass_cancel(
+            user=user, actor=user, symbol=symbol, http_request=request
+        )
+        for command_id in command_ids:
+            await_command(command_id)
+        return 202, {"command_ids": command_ids}
     except APIException as exc:
         return _error_answer(exc)
 
@@ -594,6 +667,8 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 "login": self.op_login,
                 "order.place": self.op_order_place,
                 "order.cancel": self.op_order_cancel,
+                "order.amend": self.op_order_amend,
+                "order.cancel_all": self.op_order_cancel_all,
                 "ping": self.op_ping,
                 "pong": self.op_pong,
             }.get(op)
@@ -814,11 +889,23 @@ class StreamConsumer(AsyncWebsocketConsumer):
             stored.set()
 
     async def op_order_cancel(self, message: dict, extra: dict) -> None:
+        self._spawn_after_places(_order_cancel, message, extra)
+
+    async def op_order_amend(self, message: dict, extra: dict) -> None:
+        self._spawn_after_places(_order_amend, message, extra)
+
+    async def op_order_cancel_all(self, message: dict, extra: dict) -> None:
+        self._spawn_after_places(_orders_cancel_all, message, extra, weights=CANCEL_ALL_WEIGHTS)
+
+    def _spawn_after_places(self, service, message: dict, extra: dict, **options) -> None:
+        """Spawn an op on orders that waits for the places sent before it on this socket."""
         body = {k: v for k, v in message.items() if k not in ("op", "id")}
         earlier = tuple(e for e in self.places_in_flight if not e.is_set())
-        self._spawn(functools.partial(_order_cancel, places_before=earlier), body, extra)
+        self._spawn(functools.partial(service, places_before=earlier), body, extra, **options)
 
-    def _spawn(self, service, body: dict, extra: dict) -> bool:
+    def _spawn(
+        self, service, body: dict, extra: dict, *, weights: dict[str, int] = ORDER_OP_WEIGHTS
+    ) -> bool:
         """Run an order op in a worker thread; its answer is queued when it completes (other
         messages are handled meanwhile). False when it was refused without running."""
         if self.user is None:
@@ -862,7 +949,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
                     return 401, KEY_REVOKED_ANSWER
             elif not _web_session_still_valid(user.pk, session_key, seen)[0]:
                 return 401, SESSION_ENDED_ANSWER
-            refused = _rate_limited(user, credentials)
+            refused = _rate_limited(user, credentials, weights)
             if refused is not None:
                 return 429, refused
             return service(user, body, request)

@@ -990,6 +990,62 @@ def test_order_entry_over_the_socket_answers_like_rest(market):
     asyncio.run(scenario())
 
 
+def test_amends_and_cancel_all_over_the_socket_answer_like_rest(market):
+    # A quoting engine requotes and pulls everything in one op; both had to go through REST.
+    symbol = market["symbol"]
+
+    async def scenario():
+        http = rest(market["base"], market["keys"][0])
+        rest_id = (await http.post("/api/v1/orders", json=limit(symbol, "buy", "94.00", "5"))
+                   ).json()["order_id"]  # fmt: skip
+        by_rest = await http.patch(f"/api/v1/orders/{rest_id}", json={"quantity": "4"})
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            await send(ws, login_op(market["keys"][0]))
+            await recv_until(ws, lambda f: f.get("type") == "login")
+            order = {**limit(symbol, "buy", "95.00", "5"), "client_order_id": "q1"}
+            await send(ws, {"op": "order.place", "id": "p", **order})
+            # Sent behind the place without waiting: it finds the order all the same.
+            await send(ws, {"op": "order.amend", "id": "a", "client_order_id": "q1",
+                            "quantity": "4"})  # fmt: skip
+            answers = {}
+            while len(answers) < 2:
+                frame = await recv_until(ws, lambda f: f.get("type") == "response")
+                answers[frame["id"]] = frame
+            amended = answers["a"]
+            assert (amended["op"], amended["status"]) == ("order.amend", by_rest.status_code)
+            assert amended["data"].keys() == by_rest.json().keys()
+            assert (amended["data"]["quantity"], amended["data"]["price"]) == ("4", "95.00")
+            order_id = amended["data"]["order_id"]
+            await send(ws, {"op": "order.amend", "id": "b", "order_id": order_id,
+                            "price": "96.00"})  # fmt: skip
+            repriced = await recv_until(ws, lambda f: f.get("id") == "b")
+            assert (repriced["status"], repriced["data"]["price"]) == (200, "96.00")
+            for bad, error in (
+                ({"order_id": order_id}, "NothingToAmend"),
+                ({"order_id": order_id, "quantity": "4", "side": "sell"}, "UnexpectedParameter"),
+                ({"quantity": "4"}, "MissingParameter"),
+                ({"order_id": 10**12, "quantity": "4"}, "OrderNotFound"),
+            ):
+                await send(ws, {"op": "order.amend", "id": "bad", **bad})
+                refused = await recv_until(ws, lambda f: f.get("id") == "bad")
+                assert refused["error"]["error"] == error, (bad, refused)
+            await send(ws, {"op": "order.cancel_all", "id": "x", "side": "buy"})
+            refused = await recv_until(ws, lambda f: f.get("id") == "x")
+            assert (refused["status"], refused["error"]["field"]) == (400, "side")
+            await send(ws, {"op": "order.cancel_all", "id": "x", "symbol": "NOPE"})
+            refused = await recv_until(ws, lambda f: f.get("id") == "x")
+            assert refused["error"]["error"] == "UnknownSymbol", refused
+            await send(ws, {"op": "order.place", "id": "p2", **limit(symbol, "sell", "99", "1")})
+            await send(ws, {"op": "order.cancel_all", "id": "all", "symbol": symbol})
+            pulled = await recv_until(ws, lambda f: f.get("id") == "all")
+            assert pulled["status"] == 202 and len(pulled["data"]["command_ids"]) == 1
+        opened = await http.get("/api/v1/orders", params={"symbol": symbol, "status": "open"})
+        assert opened.json()["results"] == []  # the REST one, the amended one and the late sell
+        await http.aclose()
+
+    asyncio.run(scenario())
+
+
 def test_nan_and_infinity_are_not_json_and_never_come_back(market):
     # Python's json reads them: answers echoed them in `id`, frames strict parsers refuse.
     async def scenario():
