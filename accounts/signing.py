@@ -18,8 +18,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 RECV_WINDOW_DEFAULT_MS = 5_000
 RECV_WINDOW_MAX_MS = 60_000
@@ -89,9 +90,23 @@ class KeyCredentials:
         return permission in self.permissions
 
 
+# What a client calls each part of a signed request, in the check's messages: the REST headers,
+# or the socket login's fields.
+HEADER_NAMES = MappingProxyType(
+    {
+        "api_key": "X-API-KEY",
+        "timestamp": "X-API-TIMESTAMP",
+        "signature": "X-API-SIGNATURE",
+        "recv_window": "X-API-RECV-WINDOW",
+    }
+)
+WS_LOGIN_FIELD_NAMES = MappingProxyType({name: name for name in HEADER_NAMES})
+
+
 @dataclass(frozen=True, slots=True)
 class SignedRequest:
-    """A request as the signature check sees it (header values as sent, None when absent)."""
+    """A request as the signature check sees it (header values as sent, None when absent);
+    `names` are the client's names of its parts (HEADER_NAMES or WS_LOGIN_FIELD_NAMES)."""
 
     api_key: str | None
     timestamp: str | None
@@ -102,6 +117,7 @@ class SignedRequest:
     body: bytes = b""
     recv_window: str | None = None
     client_ip: str | None = None
+    names: Mapping[str, str] = field(default_factory=lambda: HEADER_NAMES)
 
 
 class SignatureRejected(Exception):
@@ -141,13 +157,14 @@ def signature_verify(
     SignatureRejected. The window is checked before the key is looked up (a stale request
     costs no lookup); the digest is compared in constant time; the IP allow-list is checked
     only for a correct signature (a wrong one learns nothing about the key)."""
+    names = signed.names
     if not signed.api_key or not signed.timestamp or not signed.signature:
         missing = [
-            name
-            for name, value in (
-                ("X-API-KEY", signed.api_key),
-                ("X-API-TIMESTAMP", signed.timestamp),
-                ("X-API-SIGNATURE", signed.signature),
+            names[part]
+            for part, value in (
+                ("api_key", signed.api_key),
+                ("timestamp", signed.timestamp),
+                ("signature", signed.signature),
             )
             if not value
         ]
@@ -157,7 +174,9 @@ def signature_verify(
     timestamp = _whole_number(signed.timestamp)
     if timestamp is None:
         raise SignatureRejected(
-            "bad_timestamp", "InvalidTimestamp", "X-API-TIMESTAMP must be milliseconds since epoch"
+            "bad_timestamp",
+            "InvalidTimestamp",
+            f"{names['timestamp']} must be milliseconds since epoch",
         )
     recv_window = RECV_WINDOW_DEFAULT_MS
     if signed.recv_window is not None:
@@ -166,7 +185,7 @@ def signature_verify(
             raise SignatureRejected(
                 "bad_recv_window",
                 "InvalidRecvWindow",
-                f"X-API-RECV-WINDOW must be whole milliseconds from 1 to {RECV_WINDOW_MAX_MS}",
+                f"{names['recv_window']} must be whole milliseconds from 1 to {RECV_WINDOW_MAX_MS}",
                 http_status=400,
             )
     if now_ms - timestamp > recv_window:

@@ -147,6 +147,7 @@ def _api_key_login(message: dict, request: SocketRequest, now_ms: int):
         api_key_mark_used,
     )
     from accounts.signing import (
+        WS_LOGIN_FIELD_NAMES,
         WS_LOGIN_METHOD,
         WS_LOGIN_PATH,
         SignatureRejected,
@@ -167,6 +168,7 @@ def _api_key_login(message: dict, request: SocketRequest, now_ms: int):
         method=WS_LOGIN_METHOD,
         path=WS_LOGIN_PATH,
         client_ip=request.META.get("REMOTE_ADDR"),
+        names=WS_LOGIN_FIELD_NAMES,
     )
     users = {}
 

@@ -1146,6 +1146,11 @@ def test_login_fields_of_the_wrong_type_are_named_in_the_sockets_terms(market):
                     ({"recv_window": 1.5}, "InvalidRecvWindow", "recv_window"),
                     ({"api_key": [good["api_key"]]}, "MissingAuthHeader", "api_key"),
                     ({"signature": 7}, "MissingAuthHeader", "signature"),
+                    # The right types, refused by the signature check itself, which named the
+                    # REST headers.
+                    ({"recv_window": 70_000}, "InvalidRecvWindow", "recv_window"),
+                    ({"timestamp": "soon"}, "InvalidTimestamp", "timestamp"),
+                    ({"signature": ""}, "MissingAuthHeader", "signature"),
                 ]
             ):
                 await send(ws, {**good, **change, "id": n})
