@@ -8,7 +8,9 @@ and transaction id; the sealer hashes committed records later (see audit/sealer.
 Request context: with a `request`, the record also carries the client IP (REMOTE_ADDR: the
 deployment's proxy must set it; forwarded headers are not trusted here), the API key id
 (`request.api_key_id`, when API keys exist), the API version (`v1` from `/api/v1/...` or DRF's
-`request.version`), the channel (admin / REST / web by path, unless given) and the session as
+`request.version`), the channel (unless given: admin, web or ws by path; an /api/ request is web
+when the browser's session authenticated it, as the web UI's pages do, REST otherwise) and the
+session as
 `session_hash`: the hex SHA-256 of the session key. The raw key is a credential, so it is never
 stored; the hash still lets compliance group one session's records, or match a known key.
 """
@@ -27,6 +29,7 @@ from typing import Any
 import orjson
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection
+from rest_framework.authentication import SessionAuthentication
 
 from audit.events import AuditChannel, AuditEvent
 from audit.models import NS_PER_DAY
@@ -107,6 +110,10 @@ def _channel_of(request: Any) -> str:
     if path.startswith("/admin/"):
         return AuditChannel.ADMIN
     if path.startswith("/api/"):
+        # The web UI's pages call the API with the browser's session cookie (and CSRF token);
+        # API clients sign their requests with a key.
+        if isinstance(getattr(request, "successful_authenticator", None), SessionAuthentication):
+            return AuditChannel.WEB
         return AuditChannel.REST
     if path.startswith("/ws/"):
         return AuditChannel.WS

@@ -129,6 +129,29 @@ def test_signed_and_session_requests_get_the_same_security_headers(base):
     assert "set-cookie" not in signed.headers
 
 
+def test_orders_from_the_web_session_are_audited_as_web_and_signed_ones_as_rest(base):
+    # The web UI's pages place orders through the API with the session cookie: they were all
+    # recorded as channel `rest`, as if an API client had sent them.
+    instrument = make_instrument()
+    client = ApiClient(base)
+    order = {"symbol": instrument.symbol, "side": "buy", "order_type": "limit", "quantity": "1"}
+    signed = client.place(**order, price="1.00")
+    browser = session_client(base, client.user)
+    in_session = browser.post("/api/v1/orders", json={**order, "price": "1.01"})
+    cancelled = browser.delete(f"/api/v1/orders/{signed.json()['order_id']}")
+    assert (signed.status_code, in_session.status_code, cancelled.status_code) == (201, 201, 200)
+    records = AuditRecord.objects.filter(
+        event_type__in=(AuditEvent.ORDER_SUBMITTED, AuditEvent.ORDER_CANCEL_REQUESTED),
+        symbol=instrument.symbol,
+    )
+    signed_id, session_id = signed.json()["order_id"], in_session.json()["order_id"]
+    assert set(records.values_list("event_type", "order_id", "channel")) == {
+        (AuditEvent.ORDER_SUBMITTED, signed_id, "rest"),
+        (AuditEvent.ORDER_SUBMITTED, session_id, "web"),
+        (AuditEvent.ORDER_CANCEL_REQUESTED, signed_id, "web"),
+    }
+
+
 @pytest.mark.parametrize(
     ("tamper", "error", "code", "reason"),
     [
