@@ -8,6 +8,8 @@ class AuditEvent(models.TextChoices):
 
     # Orders (payload: every field of the order as submitted; for changes, before and after).
     ORDER_SUBMITTED = "order.submitted", "Order submitted"
+    # Refused at entry (400/404/409 before anything was stored): what was sent and the error.
+    ORDER_REFUSED = "order.refused", "Order refused at entry"
     ORDER_ACCEPTED = "order.accepted", "Order accepted by the matching engine"
     ORDER_AMENDED = "order.amended", "Order amended"
     ORDER_CANCELLED = "order.cancelled", "Order cancelled"  # who and why

@@ -166,3 +166,10 @@ def api_exception_handler(exc, context):
         body["field"] = field
     response.data = body
     return response
+
+
+def error_answer(exc: exceptions.APIException) -> tuple[int, dict]:
+    """The HTTP status and error body REST answers `exc` with (for the socket's answers and for
+    the audit of a refused order)."""
+    response = api_exception_handler(exc, {})
+    return response.status_code, dict(response.data)

@@ -7,6 +7,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
+from rest_framework.exceptions import APIException
 from rest_framework.permissions import AllowAny, IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -14,6 +15,7 @@ from rest_framework.views import APIView
 
 from accounts.api_key_auth import ApiKeyPermission
 from exchange import selectors, services
+from exchange.api_errors import error_answer
 from exchange.errors import echoed, trading_error
 from exchange.models import Order
 from exchange.order_answers import await_command, order_changed_answer, order_placed_answer
@@ -129,11 +131,20 @@ class OrdersView(APIView):
         ),
     )
     def post(self, request: Request) -> Response:
-        serializer = OrderPlaceSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        placement = services.order_place(
-            user=request.user, request=serializer.to_request(), http_request=request
-        )
+        sent = None
+        try:
+            sent = request.data  # MalformedRequest when it is not JSON
+            serializer = OrderPlaceSerializer(data=sent)
+            serializer.is_valid(raise_exception=True)
+            placement = services.order_place(
+                user=request.user, request=serializer.to_request(), http_request=request
+            )
+        except APIException as exc:
+            code, error = error_answer(exc)
+            services.order_refusal_record(
+                user=request.user, sent=sent, status=code, error=error, http_request=request
+            )
+            return Response(error, status=code)
         return placed_response(placement.order, placement.command_id, placement.created)
 
     @extend_schema(

@@ -28,6 +28,7 @@ from exchange.api_errors import (
     INTERNAL_ERROR_BODY,
     SERVICE_UNAVAILABLE_BODY,
     database_unavailable,
+    error_answer,
 )
 from exchange.errors import echoed
 from exchange.json_text import (
@@ -269,13 +270,6 @@ def _rate_limited(user, credentials, weights: dict[str, int]) -> dict | None:
     }
 
 
-def _error_answer(exc: APIException) -> tuple[int, dict]:
-    from exchange.api_errors import api_exception_handler
-
-    response = api_exception_handler(exc, {})
-    return response.status_code, dict(response.data)
-
-
 def _denied_record(**fields) -> None:
     """`api_key_auth_failure_record` on a view thread, which then hands its connection back."""
     from django.db import connection
@@ -318,7 +312,11 @@ def _order_place(
             stored.set()  # durable: the answer may wait for the engine, a cancel need not
         return order_placed_answer(placement.order, placement.command_id, placement.created)
     except APIException as exc:
-        return _error_answer(exc)
+        code, error = error_answer(exc)
+        services.order_refusal_record(
+            user=user, sent=body, status=code, error=error, http_request=request
+        )
+        return code, error
     finally:
         if stored is not None:
             stored.set()
@@ -372,7 +370,7 @@ def _order_cancel(
         command = services.order_cancel(order=order, actor=user, http_request=request)
         return order_changed_answer(order, command.pk)
     except APIException as exc:
-        return _error_answer(exc)
+        return error_answer(exc)
 
 
 def _order_amend(
@@ -396,7 +394,7 @@ def _order_amend(
         )
         return order_changed_answer(order, command.pk)
     except APIException as exc:
-        return _error_answer(exc)
+        return error_answer(exc)
 
 
 def _orders_cancel_all(
@@ -428,7 +426,7 @@ def _orders_cancel_all(
             await_command(command_id)
         return 202, {"command_ids": command_ids}
     except APIException as exc:
-        return _error_answer(exc)
+        return error_answer(exc)
 
 
 class StreamConsumer(AsyncWebsocketConsumer):

@@ -9,6 +9,7 @@ arrives later (see `exchange.replies`).
 import datetime as dt
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, fields
 from decimal import Decimal
 
@@ -52,11 +53,13 @@ from exchange.selectors import (
     reference_price,
     snapshot_top,
 )
-from exchange.serializers import price_str, quantity_str
+from exchange.serializers import OrderPlaceSerializer, price_str, quantity_str
 from matching.engine import protocol as p
 from matching.instruments import engine_instrument_spec
 from matching.models import Command
 from matching.services import CommandRow, command_enqueue, commands_enqueue_many
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +161,65 @@ def order_place(
     if isinstance(result, ApiError):
         raise result
     return result
+
+
+# A refused order's audit record keeps each field it sent cut to this many characters, and the
+# names of at most this many fields no order has.
+REFUSED_VALUE_MAX_CHARS = 100
+REFUSED_UNKNOWN_NAMES_MAX = 10
+
+
+def order_refusal_record(*, user, sent, status: int, error: dict, http_request=None) -> None:
+    """Audit an order placement refused before anything was stored (`order.refused`): the
+    order's fields as sent (values cut short, the names of other fields listed) and the error
+    answered. Only a client's refusal (4xx): an outage (503) stored nothing to refuse. A record
+    the database cannot take is logged; the client's answer stands."""
+    if not 400 <= status < 500 or not getattr(user, "is_authenticated", False):
+        return
+    payload: dict = {"status": status, "error": error}
+    if isinstance(sent, dict):
+        known = set(OrderPlaceSerializer._declared_fields)
+        payload["request"] = {
+            name: _refused_value(value) for name, value in sent.items() if name in known
+        }
+        unknown = [name for name in sent if name not in known]
+        if unknown:
+            payload["unknown_fields"] = [
+                _refused_value(str(name)) for name in unknown[:REFUSED_UNKNOWN_NAMES_MAX]
+            ]
+    symbol = sent.get("symbol") if isinstance(sent, dict) else None
+    if (
+        not isinstance(symbol, str)
+        or len(symbol) > Instrument._meta.get_field("symbol").max_length
+        or "\x00" in symbol
+    ):
+        symbol = None  # only in the payload, cut short
+    try:
+        audit_record(
+            event_type=AuditEvent.ORDER_REFUSED,
+            actor=user,
+            user_id=user.pk,
+            symbol=symbol,
+            payload=payload,
+            request=http_request,
+        )
+    except Exception:  # the refusal stands; its audit record is what failed
+        logger.exception("refused order not audited", extra={"user_id": user.pk})
+
+
+def _refused_value(value):
+    """A value as a refused order sent it, fit for the audit payload: text cut to
+    REFUSED_VALUE_MAX_CHARS, NUL characters dropped (PostgreSQL's JSON refuses them); a value
+    that is not text, a number, a boolean or null is named by its JSON type."""
+    if isinstance(value, str):
+        return value[:REFUSED_VALUE_MAX_CHARS].replace("\x00", "")
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if abs(value) < 10**18 else str(value)[:40]
+    if isinstance(value, float | Decimal):
+        return str(value)[:40]
+    return "array" if isinstance(value, list) else "object"
 
 
 def order_plan(

@@ -656,6 +656,28 @@ def test_bad_input_is_a_400_naming_the_field_and_stores_nothing(market, change, 
     assert (payload["error"], payload.get("field")) == (error, field)
     assert isinstance(payload["code"], int) and payload["message"]
     assert not Order.objects.filter(user=maker.user).exists()
+    # Nothing stored, yet the refusal is in the audit trail: what was sent and what was said.
+    refused = AuditRecord.objects.get(event_type="order.refused", user_id=maker.user.pk)
+    assert (refused.payload["status"], refused.payload["error"]) == (400, payload)
+    assert (refused.channel, refused.api_key_id) == ("rest", maker.api_key.pk)
+    assert refused.payload["request"]["symbol"] == body["symbol"][:100]
+    assert refused.payload.get("unknown_fields", []) == [n for n in change if n == "colour"]
+
+
+def test_an_order_refused_at_entry_is_audited_whatever_its_body_and_a_placed_one_is_not(market):
+    instrument, maker, _ = market
+    placed = maker.place(**limit(instrument.symbol, "buy", "10.00", "10"))
+    assert placed.status_code == 201, placed.text
+    malformed = maker.http.post(
+        "/api/v1/orders", content=b'{"symbol": ', headers={"Content-Type": "application/json"}
+    )
+    huge = maker.place(**limit("X" * 5000, "buy", "10.00", "10"), price_note=[1, {"a": 2}])
+    assert (malformed.status_code, huge.status_code) == (400, 400)
+    records = AuditRecord.objects.filter(event_type="order.refused", user_id=maker.user.pk)
+    first, second = records.order_by("seq")
+    assert first.payload == {"status": 400, "error": malformed.json()}  # no body to keep
+    assert second.payload["request"]["symbol"] == "X" * 100 and second.symbol is None
+    assert second.payload["unknown_fields"] == ["price_note"]
 
 
 def test_a_bad_choice_is_named_with_the_choices_and_not_echoed_whole(market):

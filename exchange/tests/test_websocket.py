@@ -988,6 +988,11 @@ def test_order_entry_over_the_socket_answers_like_rest(market):
         await http.aclose()
 
     asyncio.run(scenario())
+    # Both refusals are in the audit trail, each by its channel.
+    refusals = AuditRecord.objects.filter(event_type="order.refused", user_id=market["users"][0].pk)
+    assert sorted(refusals.values_list("channel", "payload__error__field")) == [
+        ("rest", "price"), ("ws", "price")
+    ]  # fmt: skip
 
 
 def test_amends_and_cancel_all_over_the_socket_answer_like_rest(market):
