@@ -18,7 +18,8 @@ from django.db import IntegrityError, transaction
 
 from accounts.login_throttle import (
     ThrottleState,
-    login_throttle_register_failure,
+    login_throttle_attempt,
+    login_throttle_attempt_passed,
     login_throttle_reset_account,
     login_throttle_state,
     normalize_email,
@@ -95,12 +96,13 @@ def user_sign_up(*, request: Any, email: str, password: str) -> Any:
 
 
 def login_with_password(*, request: Any, email: str, password: str, now: float) -> LoginOutcome:
-    """Check the throttle, then the password; on success sign the user in (the OTP step may
-    still be owed). A wrong password counts against the account and the client IP."""
+    """Count the attempt against the throttle, then check the password; on success sign the
+    user in (the OTP step may still be owed). A wrong password stays counted against the
+    account and the client IP."""
     User = get_user_model()
     ip = _client_ip(request)
     account = User.objects.filter(email__iexact=normalize_email(email)).first()
-    state = login_throttle_state(email=email, ip=ip, now=now)
+    state = login_throttle_attempt(email=email, ip=ip, now=now)  # counted before the check
     if state.throttled:
         with transaction.atomic():
             audit_record(
@@ -121,8 +123,8 @@ def login_with_password(*, request: Any, email: str, password: str, now: float) 
     # timing does not tell them apart); its failure signal writes the LOGIN_FAILED record.
     user = authenticate(request, username=account.username if account else email, password=password)
     if user is None:
-        state = login_throttle_register_failure(email=email, ip=ip, now=now)
-        return LoginOutcome("failed", throttle=state)
+        return LoginOutcome("failed", throttle=login_throttle_state(email=email, ip=ip, now=now))
+    login_throttle_attempt_passed(email=email, ip=ip, now=now)
     with transaction.atomic():
         login(request, user)
     if two_factor_enabled(user):

@@ -36,7 +36,8 @@ from django_otp.util import random_hex
 
 from accounts.login_throttle import (
     ThrottleState,
-    login_throttle_register_failure,
+    login_throttle_attempt,
+    login_throttle_attempt_passed,
     login_throttle_reset_account,
     login_throttle_state,
 )
@@ -247,7 +248,9 @@ def _client_ip(request: Any) -> str | None:
 
 
 def _throttled(*, user: Any, request: Any, now: float, stage: str) -> ThrottleState | None:
-    state = login_throttle_state(email=user.email, ip=_client_ip(request), now=now)
+    """Count a code attempt before it is checked (`login_throttle_attempt`); the state when it
+    is refused (audited), None when the code may be checked: then `_passed` or `_failed`."""
+    state = login_throttle_attempt(email=user.email, ip=_client_ip(request), now=now)
     if not state.throttled:
         return None
     with transaction.atomic():
@@ -275,8 +278,12 @@ def _failed(*, user: Any, request: Any, now: float, stage: str) -> CodeOutcome:
             request=request,
             payload={"stage": stage},
         )
-    state = login_throttle_register_failure(email=user.email, ip=_client_ip(request), now=now)
+    state = login_throttle_state(email=user.email, ip=_client_ip(request), now=now)
     return CodeOutcome(accepted=False, throttle=state)
+
+
+def _passed(*, user: Any, request: Any, now: float) -> None:
+    login_throttle_attempt_passed(email=user.email, ip=_client_ip(request), now=now)
 
 
 def two_factor_verify(*, request: Any, code: str, now: float) -> CodeOutcome:
@@ -301,6 +308,7 @@ def two_factor_verify(*, request: Any, code: str, now: float) -> CodeOutcome:
             )
     if device is None:
         return _failed(user=user, request=request, now=now, stage="verify")
+    _passed(user=user, request=request, now=now)
     login_throttle_reset_account(email=user.email, now=now)
     return CodeOutcome(accepted=True, method=method)
 
@@ -333,6 +341,7 @@ def two_factor_enable(*, request: Any, key_hex: str, code: str, now: float) -> C
             codes = None
     if codes is None:
         return _failed(user=user, request=request, now=now, stage="enrol")
+    _passed(user=user, request=request, now=now)
     request.session.pop(ENROL_KEY_SESSION, None)
     return CodeOutcome(accepted=True, method="totp", recovery_codes=codes)
 
@@ -361,6 +370,7 @@ def two_factor_disable(*, request: Any, code: str, now: float) -> CodeOutcome:
             )
     if device is None:
         return _failed(user=user, request=request, now=now, stage="disable")
+    _passed(user=user, request=request, now=now)
     request.session.pop(DEVICE_ID_SESSION_KEY, None)
     user.otp_device = None
     return CodeOutcome(accepted=True, method=method)
@@ -387,6 +397,7 @@ def recovery_codes_regenerate(*, request: Any, code: str, now: float) -> CodeOut
             )
     if device is None:
         return _failed(user=user, request=request, now=now, stage="recovery_codes")
+    _passed(user=user, request=request, now=now)
     return CodeOutcome(accepted=True, method=method, recovery_codes=codes)
 
 

@@ -1,11 +1,13 @@
 """Failed sign-ins are throttled per account and per IP on Redis counters, at chosen instants."""
 
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from accounts.login_throttle import (
-    login_throttle_register_failure,
+    login_throttle_attempt,
+    login_throttle_attempt_passed,
     login_throttle_reset_account,
     login_throttle_state,
 )
@@ -32,12 +34,18 @@ def ip() -> str:
     return f"10.{part % 250}.{part // 250 % 250}.{part // 62500 % 250}"
 
 
+def failure(*, email: str, ip: str | None, now: float):
+    """One attempt that failed its check: counted up front; the state after it."""
+    login_throttle_attempt(email=email, ip=ip, now=now)
+    return login_throttle_state(email=email, ip=ip, now=now)
+
+
 def test_five_failures_throttle_the_account_and_the_count_decays_with_time():
     account, client_ip = email(), ip()
     for attempt in range(4):
-        state = login_throttle_register_failure(email=account, ip=client_ip, now=T0 + attempt)
+        state = failure(email=account, ip=client_ip, now=T0 + attempt)
         assert not state.throttled
-    state = login_throttle_register_failure(email=account, ip=client_ip, now=T0 + 4)
+    state = failure(email=account, ip=client_ip, now=T0 + 4)
     assert state.throttled and state.throttled_by == "account"
     assert state.account_failures == 5
     # The same address in another case and with spaces is the same account.
@@ -56,7 +64,7 @@ def test_no_burst_across_a_window_boundary():
     account = email()
     end_of_window = T0 + WINDOW / 2 - 2  # two seconds before the boundary
     for attempt in range(5):
-        login_throttle_register_failure(email=account, ip=None, now=end_of_window + attempt * 0.1)
+        failure(email=account, ip=None, now=end_of_window + attempt * 0.1)
     just_after = login_throttle_state(email=account, ip=None, now=end_of_window + 3)
     assert just_after.throttled_by == "account"
 
@@ -64,7 +72,7 @@ def test_no_burst_across_a_window_boundary():
 def test_retry_after_is_when_the_estimate_drops_below_the_limit():
     account = email()
     for _ in range(5):
-        login_throttle_register_failure(email=account, ip=None, now=T0)
+        failure(email=account, ip=None, now=T0)
     state = login_throttle_state(email=account, ip=None, now=T0)
     # Rest of this window (WINDOW/2), then 1/5 of the next one: 4 failures weigh < 5.
     assert state.retry_after_seconds == WINDOW / 2 + WINDOW / 5
@@ -76,7 +84,7 @@ def test_retry_after_is_when_the_estimate_drops_below_the_limit():
 def test_twenty_failures_from_one_ip_throttle_it_for_every_account():
     client_ip = ip()
     for attempt in range(20):
-        state = login_throttle_register_failure(email=email(), ip=client_ip, now=T0 + attempt)
+        state = failure(email=email(), ip=client_ip, now=T0 + attempt)
     assert state.throttled_by == "ip" and state.ip_failures == 20
     fresh_account = login_throttle_state(email=email(), ip=client_ip, now=T0 + 30)
     assert fresh_account.throttled_by == "ip"
@@ -86,16 +94,16 @@ def test_twenty_failures_from_one_ip_throttle_it_for_every_account():
 def test_limits_come_from_settings(settings):
     settings.LOGIN_THROTTLE_ACCOUNT_FAILURES = 2
     account = email()
-    login_throttle_register_failure(email=account, ip=None, now=T0)
+    failure(email=account, ip=None, now=T0)
     assert not login_throttle_state(email=account, ip=None, now=T0).throttled
-    login_throttle_register_failure(email=account, ip=None, now=T0)
+    failure(email=account, ip=None, now=T0)
     assert login_throttle_state(email=account, ip=None, now=T0).throttled
 
 
 def test_a_complete_sign_in_resets_the_account_but_not_the_ip():
     account, client_ip = email(), ip()
     for _ in range(4):
-        login_throttle_register_failure(email=account, ip=client_ip, now=T0)
+        failure(email=account, ip=client_ip, now=T0)
     login_throttle_reset_account(email=account, now=T0 + 1)
     state = login_throttle_state(email=account, ip=client_ip, now=T0 + 2)
     assert state.account_failures == 0 and state.ip_failures == 4
@@ -103,9 +111,49 @@ def test_a_complete_sign_in_resets_the_account_but_not_the_ip():
 
 def test_counters_carry_the_run_prefix_and_expire(redis_conn):
     account = email()
-    login_throttle_register_failure(email=account, ip="192.0.2.77", now=T0)
+    failure(email=account, ip="192.0.2.77", now=T0)
     keys = [k.decode() for k in redis_conn.scan_iter(match=f"{RUN_PREFIX}login_throttle:ip:*")]
     ip_keys = [k for k in keys if ":192.0.2.77:" in k]
     assert ip_keys and all(k.startswith(RUN_PREFIX) for k in ip_keys)
     assert account.lower() not in " ".join(keys), "no email address is written to Redis"
     assert 0 < redis_conn.ttl(ip_keys[0]) <= 2 * WINDOW + 1
+
+
+def test_parallel_attempts_are_counted_before_any_is_checked():
+    # The counters were read, the password checked, then a failure counted: 40 parallel
+    # attempts all read 0 failures, and 28 passwords of one account were checked.
+    account, client_ip = email(), ip()
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        states = list(
+            pool.map(
+                lambda _: login_throttle_attempt(email=account, ip=client_ip, now=T0), range(40)
+            )
+        )
+    assert sum(not state.throttled for state in states) == 5
+    # The refused ones were not counted: only the 5 checked (and failed) are.
+    assert login_throttle_state(email=account, ip=client_ip, now=T0).account_failures == 5
+
+
+def test_an_attempt_that_passes_is_taken_back_and_a_refused_one_never_counts():
+    account, client_ip = email(), ip()
+    for _ in range(4):
+        failure(email=account, ip=client_ip, now=T0)
+    assert not login_throttle_attempt(email=account, ip=client_ip, now=T0).throttled
+    login_throttle_attempt_passed(email=account, ip=client_ip, now=T0)
+    state = login_throttle_state(email=account, ip=client_ip, now=T0)
+    assert (state.account_failures, state.ip_failures) == (4, 4)
+    failure(email=account, ip=client_ip, now=T0)
+    for _ in range(3):
+        assert login_throttle_attempt(email=account, ip=client_ip, now=T0).throttled
+    assert login_throttle_state(email=account, ip=client_ip, now=T0).account_failures == 5
+
+
+def test_taking_back_an_attempt_after_a_reset_leaves_no_negative_count(redis_conn):
+    account = email()
+    login_throttle_attempt(email=account, ip=None, now=T0)
+    login_throttle_reset_account(email=account, now=T0)
+    login_throttle_attempt_passed(email=account, ip=None, now=T0)
+    assert login_throttle_state(email=account, ip=None, now=T0).account_failures == 0
+    for _ in range(5):
+        failure(email=account, ip=None, now=T0)
+    assert login_throttle_state(email=account, ip=None, now=T0).throttled

@@ -5,9 +5,11 @@ another."""
 import re
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connection
 from django.test import Client
 from django_otp.plugins.otp_static.models import StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
@@ -149,6 +151,27 @@ def test_login_is_throttled_after_five_failures_with_429_even_for_the_right_pass
     throttled = AuditRecord.objects.get(event_type=AuditEvent.LOGIN_THROTTLED, user_id=user.pk)
     assert throttled.payload["by"] == "account" and throttled.payload["stage"] == "password"
     # Another client address is throttled too: the account is.
+    assert log_in(browser(), user).status_code == 429
+
+
+@pytest.mark.django_db(transaction=True)
+def test_parallel_wrong_passwords_are_checked_no_more_than_the_limit_allows():
+    # Each attempt read the throttle, checked its password, then counted its failure: a burst
+    # sent at once had 28 of 40 passwords checked, and the right one, last, signed in.
+    user = make_person()
+    address = browser().defaults["REMOTE_ADDR"]
+
+    def attempt(password: str) -> int:
+        try:
+            return log_in(Client(REMOTE_ADDR=address), user, password=password).status_code
+        finally:
+            connection.close()  # the thread's own
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        codes = list(pool.map(attempt, [f"wrong-{n}" for n in range(12)]))
+    assert sorted(set(codes)) == [200, 429] and codes.count(200) <= 5, codes
+    failed = AuditRecord.objects.filter(event_type=AuditEvent.LOGIN_FAILED, user_id=user.pk)
+    assert failed.count() == codes.count(200) <= 5
     assert log_in(browser(), user).status_code == 429
 
 
