@@ -128,9 +128,12 @@ class LedgerView(APIView):
 
 
 class _FundsMoveView(APIView):
-    """POST {"asset", "amount"} for the user in the path, through one funds service."""
+    """POST {"asset", "amount"} for the user in the path, through one funds service. Moving
+    money takes an API key's `withdraw` permission, a deposit too: it had fallen back to
+    `trade`, and a staff member's trading key credited a million USD to a user."""
 
     staff_may_act = False
+    key_permissions = {"POST": "withdraw"}
 
     def move(self, request: Request, user_id: int, service) -> Response:
         user = _target_user(request, user_id, staff_may_act=self.staff_may_act)
@@ -163,8 +166,6 @@ class DepositView(_FundsMoveView):
 
 class WithdrawView(_FundsMoveView):
     """Withdraw from your available balance (an API key needs the `withdraw` permission)."""
-
-    key_permissions = {"POST": "withdraw"}
 
     @extend_schema(
         operation_id="withdraw_create",

@@ -321,6 +321,11 @@ def test_deposits_are_credited_by_staff_only_and_withdrawals_need_funds(market):
     # able to credit any user).
     refused = unpermitted.http.post(f"/api/v1/users/{user.user.pk}/deposit", json=body)
     assert refused.status_code == 403 and refused.json()["error"] == "DepositNotAllowed"
+    # A staff member's key without `withdraw` (which moves funds) cannot: it had fallen back to
+    # `trade`, and a trading bot's key could create money.
+    trading_key = ApiClient(base_url, staff_users[1], permissions=("read", "trade"))
+    refused = trading_key.http.post(f"/api/v1/users/{user.user.pk}/deposit", json=body)
+    assert refused.status_code == 403 and refused.json()["error"] == "ApiKeyPermissionMissing"
     credited = staff.http.post(f"/api/v1/users/{user.user.pk}/deposit", json=body)
     assert credited.status_code == 201, credited.text
     assert credited.json()["balance"]["available"] == "250.00"
