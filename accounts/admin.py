@@ -18,6 +18,10 @@ from accounts.models import (
 )
 from exchange.admin import ReadOnlyAdmin
 
+# What only a superuser may change of a user: who is staff and what powers anyone has. Staff
+# with `change_user` alone (support) had ticked is_superuser on their own account.
+POWER_FIELDS = ("is_staff", "is_superuser", "groups", "user_permissions")
+
 
 @admin.register(User)
 class UserAdmin(DjangoUserAdmin):
@@ -33,6 +37,22 @@ class UserAdmin(DjangoUserAdmin):
             },
         ),
     )
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = super().get_readonly_fields(request, obj)
+        return fields if request.user.is_superuser else (*fields, *POWER_FIELDS)
+
+    def has_change_permission(self, request, obj=None):
+        # Nor may they change a superuser (a password reset, a deactivation: a takeover or a
+        # lock-out of the accounts above them).
+        if obj is not None and obj.is_superuser and not request.user.is_superuser:
+            return False
+        return super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        if obj is not None and obj.is_superuser and not request.user.is_superuser:
+            return False
+        return super().has_delete_permission(request, obj)
 
 
 # ---- fee tiers ---------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from decimal import Decimal
 import httpx
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 
 from accounts.tests.otp_login import give_totp_device
@@ -413,6 +414,58 @@ def test_staff_add_and_edit_users_only_with_an_email_no_one_else_has(exchange_st
     assert clash.status_code == 200 and "already exists" in clash.text
     new_user.refresh_from_db()
     assert new_user.email == "new.person@example.com"
+
+
+@pytest.mark.processes
+def test_staff_who_may_change_users_cannot_grant_powers_or_touch_a_superuser(
+    exchange_stack, live_db
+):
+    # Support staff with only change_user ticked is_superuser on their own account.
+    support = admin_client(
+        exchange_stack, permissions=("accounts.change_user", "accounts.view_user")
+    )
+    me = get_user_model().objects.filter(is_staff=True).latest("pk")
+    change_url = f"/admin/accounts/user/{me.pk}/change/"
+    form = support.get(change_url).text
+    assert 'name="email"' in form and 'name="is_superuser"' not in form
+    saved = support.post(
+        change_url,
+        data={
+            "csrfmiddlewaretoken": csrf_token(support, change_url),
+            "username": me.username,
+            "email": me.email,
+            "is_active": "on",
+            "is_staff": "on",
+            "is_superuser": "on",
+            "user_permissions": [str(p.pk) for p in Permission.objects.all()[:5]],
+            "date_joined_0": "2026-01-01",
+            "date_joined_1": "00:00:00",
+        },
+    )
+    assert saved.status_code == 302  # the other fields are saved; the powers are not
+    me.refresh_from_db()
+    assert not me.is_superuser and me.user_permissions.count() == 2
+    superuser = make_user("root")
+    superuser.is_staff = superuser.is_superuser = True
+    superuser.save()
+    pages = {
+        url: support.get(f"/admin/accounts/user/{superuser.pk}/{url}/")
+        for url in ("change", "password", "delete")
+    }
+    # A superuser's page is a view only: no form, no password reset, no deletion.
+    seen = {url: (page.status_code, 'name="email"' in page.text) for url, page in pages.items()}
+    assert seen == {"change": (200, False), "password": (403, False), "delete": (403, False)}
+    reset = support.post(
+        f"/admin/accounts/user/{superuser.pk}/password/",
+        data={
+            "csrfmiddlewaretoken": csrf_token(support, change_url),
+            "password1": "taken-over-42!",
+            "password2": "taken-over-42!",
+        },
+    )
+    assert reset.status_code == 403
+    superuser.refresh_from_db()
+    assert not superuser.check_password("taken-over-42!")
 
 
 @pytest.mark.processes
