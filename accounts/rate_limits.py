@@ -181,8 +181,12 @@ class ApiRateThrottle(BaseThrottle):
             key_id = request.auth.id if isinstance(request.auth, KeyCredentials) else None
             decision = rate_limit_hit(user_id=user.pk, key_id=key_id, weights=weights)
         else:
+            # The connection's address (REMOTE_ADDR), as everywhere else. DRF's get_ident took
+            # X-Forwarded-For as sent: a client named a new address each request, and was
+            # never limited, or spent another client's budget.
+            client_ip = request.META.get("REMOTE_ADDR") or "unknown"
             decision = rate_limit_hit(
-                user_id=None, key_id=None, weights=weights, client_ip=self.get_ident(request)
+                user_id=None, key_id=None, weights=weights, client_ip=client_ip
             )
         request._request.used_weight = decision.used
         self.retry_after = decision.retry_after_s
