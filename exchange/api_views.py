@@ -191,6 +191,15 @@ class OrdersView(APIView):
                 "(?symbol=); without it every open order is cancelled",
                 field=name,
             )
+        unexpected = [name for name in request.query_params if name != "symbol"]
+        if unexpected:
+            # `?symbols=AAPL` (a typo) was read as no filter: every order on every symbol went.
+            raise trading_error(
+                "UnexpectedParameter",
+                f"DELETE /orders takes only symbol; got {echoed(unexpected[0])} (without symbol "
+                "every open order is cancelled)",
+                field=unexpected[0][:100],
+            )
         command_ids = services.orders_mass_cancel(
             user=request.user,
             actor=request.user,

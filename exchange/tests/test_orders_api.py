@@ -894,6 +894,10 @@ def test_a_body_with_a_key_twice_and_a_mass_cancel_with_a_body_are_refused(marke
     refused = maker.http.request("DELETE", "/api/v1/orders", json={"symbol": other.symbol})
     assert refused.status_code == 400, refused.text
     assert (refused.json()["error"], refused.json()["field"]) == ("UnexpectedParameter", "symbol")
+    # So was a misspelt filter: `symbols` was no filter at all.
+    typo = maker.delete("/api/v1/orders", symbols=other.symbol)
+    assert typo.status_code == 400, typo.text
+    assert (typo.json()["error"], typo.json()["field"]) == ("UnexpectedParameter", "symbols")
     for order in (kept, elsewhere):
         assert maker.get(f"/api/v1/orders/{order['order_id']}").json()["status"] == "new"
     # A body that is no object: "No data provided", an InvalidParameter, before.
