@@ -14,9 +14,10 @@ class ApiKeySignatureScheme(OpenApiAuthenticationExtension):
             "name": "X-API-KEY",
             "description": (
                 "Signed requests: X-API-KEY (the key), X-API-TIMESTAMP (ms since the epoch), "
-                "X-API-SIGNATURE (hex HMAC-SHA256 with the secret of timestamp + METHOD + path "
-                "+ '?' + query when there is one + body), optional X-API-RECV-WINDOW (ms, "
-                "default 5000, at most 60000). See README, API keys."
+                "X-API-SIGNATURE (hex HMAC-SHA256 with the secret of timestamp (+ ',' + the "
+                "receive window when one is sent) + METHOD + path + '?' + query when there is "
+                "one + body; a GET carries no body), optional X-API-RECV-WINDOW (ms, default "
+                "5000, at most 60000). See README, API keys."
             ),
         }
 

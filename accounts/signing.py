@@ -4,13 +4,17 @@ Framework-free on purpose (no Django, no database, no clock): clients (exchange/
 bench/) sign with it, and the server's check takes the key lookup and the current time as
 arguments, so tests choose the instant. The spec is in README.md ("API keys and signing"):
 
-    payload   = timestamp + METHOD + path + ("?" + query when the query is not empty) + body
+    payload   = stamp + METHOD + path + ("?" + query when the query is not empty) + body
+    stamp     = timestamp, or timestamp + "," + recv_window when a receive window is sent
     signature = hex(HMAC-SHA256(secret, payload))
 
-`timestamp` is the X-API-TIMESTAMP header as sent (milliseconds since the epoch), `path` the
-path as sent on the request line (percent-encoding included), `query` the raw query string,
-`body` the raw body bytes. A request is refused when its timestamp is older than the receive
-window (X-API-RECV-WINDOW, default 5000 ms, at most 60000) or more than 1000 ms ahead.
+`timestamp` is the X-API-TIMESTAMP header as sent (milliseconds since the epoch), `recv_window`
+the X-API-RECV-WINDOW header as sent, `path` the path as sent on the request line
+(percent-encoding included), `query` the raw query string, `body` the raw body bytes. A request
+is refused when its timestamp is older than the receive window (default 5000 ms, at most 60000)
+or more than 1000 ms ahead. GET and HEAD requests carry no body: the payload does not mark
+where a query ends and a body begins, so a GET's query moved into its body would sign the same
+(and the filters it asked for would be dropped). A DELETE with a body is refused by its views.
 """
 
 from __future__ import annotations
@@ -32,31 +36,69 @@ WS_LOGIN_PATH = "/ws/v1"
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+# Methods whose requests carry no body (see the module docstring).
+BODILESS_METHODS = frozenset({"GET", "HEAD"})
+
+
 def signature_payload(
-    *, timestamp: str, method: str, path: str, query: str = "", body: bytes = b""
+    *,
+    timestamp: str,
+    method: str,
+    path: str,
+    query: str = "",
+    body: bytes = b"",
+    recv_window: str | None = None,
 ) -> bytes:
-    """The bytes a request's signature covers."""
-    head = f"{timestamp}{method.upper()}{path}"
+    """The bytes a request's signature covers. A receive window, when sent, is signed with the
+    timestamp: unsigned, anyone replaying a captured request could stretch its life from 5 s to
+    60 s by adding one."""
+    stamp = timestamp if recv_window is None else f"{timestamp},{recv_window}"
+    head = f"{stamp}{method.upper()}{path}"
     if query:
         head += f"?{query}"
     return head.encode() + body
 
 
 def sign(
-    *, secret: str, timestamp: str, method: str, path: str, query: str = "", body: bytes = b""
+    *,
+    secret: str,
+    timestamp: str,
+    method: str,
+    path: str,
+    query: str = "",
+    body: bytes = b"",
+    recv_window: str | None = None,
 ) -> str:
     """The hex HMAC-SHA256 signature of a request."""
     payload = signature_payload(
-        timestamp=timestamp, method=method, path=path, query=query, body=body
+        timestamp=timestamp,
+        method=method,
+        path=path,
+        query=query,
+        body=body,
+        recv_window=recv_window,
     )
     return hmac.new(secret.encode(), payload, hashlib.sha256).hexdigest()
 
 
-def ws_login_message(*, api_key: str, secret: str, timestamp_ms: int) -> dict:
-    """The WebSocket `login` op for an API key, signed for `timestamp_ms`."""
+def ws_login_message(
+    *, api_key: str, secret: str, timestamp_ms: int, recv_window_ms: int | None = None
+) -> dict:
+    """The WebSocket `login` op for an API key, signed for `timestamp_ms` (and the receive
+    window, when one is given)."""
     timestamp = str(timestamp_ms)
-    signature = sign(secret=secret, timestamp=timestamp, method=WS_LOGIN_METHOD, path=WS_LOGIN_PATH)
-    return {"op": "login", "api_key": api_key, "timestamp": timestamp, "signature": signature}
+    window = None if recv_window_ms is None else str(recv_window_ms)
+    signature = sign(
+        secret=secret,
+        timestamp=timestamp,
+        method=WS_LOGIN_METHOD,
+        path=WS_LOGIN_PATH,
+        recv_window=window,
+    )
+    message = {"op": "login", "api_key": api_key, "timestamp": timestamp, "signature": signature}
+    if recv_window_ms is not None:
+        message["recv_window"] = recv_window_ms
+    return message
 
 
 def ip_networks(entries: Iterable[str]) -> tuple[IpNetwork, ...]:
@@ -171,6 +213,14 @@ def signature_verify(
         raise SignatureRejected(
             "missing_header", "MissingAuthHeader", f"missing {', '.join(missing)}"
         )
+    if signed.body and signed.method.upper() in BODILESS_METHODS:
+        raise SignatureRejected(
+            "body_not_allowed",
+            "MalformedRequest",
+            f"a signed {signed.method.upper()} request carries no body (send its parameters in "
+            "the query string)",
+            http_status=400,
+        )
     timestamp = _whole_number(signed.timestamp)
     if timestamp is None:
         raise SignatureRejected(
@@ -219,6 +269,7 @@ def signature_verify(
         path=signed.path,
         query=signed.query,
         body=signed.body,
+        recv_window=signed.recv_window,
     )
     given = signed.signature.strip().lower().encode("utf-8", "replace")
     if not hmac.compare_digest(expected.encode(), given):

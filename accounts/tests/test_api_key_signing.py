@@ -44,7 +44,8 @@ def signed_request(
     body: bytes = b'{"symbol":"AAPL","side":"buy"}',
     **fields,
 ) -> SignedRequest:
-    """A request signed correctly (with `secret`, default the key's own) at `timestamp`."""
+    """A request signed correctly (with `secret`, default the key's own) at `timestamp`, and
+    its receive window when `fields` has one."""
     signature = sign(
         secret=secret or key.secret,
         timestamp=str(timestamp),
@@ -52,6 +53,7 @@ def signed_request(
         path=path,
         query=query,
         body=body,
+        recv_window=fields.get("recv_window"),
     )
     values = dict(
         api_key=key.key,
@@ -84,6 +86,31 @@ def test_the_signed_string_is_timestamp_method_path_query_and_body():
     assert payload == b"1795000000000POST/api/v1/orders?a=1{}"
     no_query = signature_payload(timestamp="1", method="GET", path="/api/v1/fills")
     assert no_query == b"1GET/api/v1/fills"
+
+
+def test_a_receive_window_is_signed_with_the_timestamp():
+    # Unsigned, a replayed request could be given a 60 s window by whoever captured it.
+    payload = signature_payload(
+        timestamp="1795000000000", method="GET", path="/api/v1/fills", recv_window="60000"
+    )
+    assert payload == b"1795000000000,60000GET/api/v1/fills"
+    old = signed_request(timestamp=NOW - 30_000)
+    assert refused(old).reason == "stale_timestamp"
+    stretched = refused(dataclasses.replace(old, recv_window="60000"))
+    assert (stretched.reason, stretched.error) == ("bad_signature", "InvalidSignature")
+    assert verify(signed_request(timestamp=NOW - 30_000, recv_window="60000")) == ALICE
+
+
+def test_a_get_with_a_body_is_refused_since_its_query_could_have_moved_there():
+    # `GET /orders?symbol=MSFT` and `GET /orders` with the body `?symbol=MSFT` signed the same:
+    # a captured request could be replayed without its filters.
+    filtered = signed_request(method="GET", query="symbol=MSFT", body=b"")
+    moved = dataclasses.replace(filtered, query="", body=b"?symbol=MSFT")
+    rejected = refused(moved)
+    assert (rejected.reason, rejected.error, rejected.http_status) == (
+        "body_not_allowed", "MalformedRequest", 400
+    )  # fmt: skip
+    assert verify(filtered) == ALICE
 
 
 def test_a_correctly_signed_request_is_accepted_and_names_its_key():

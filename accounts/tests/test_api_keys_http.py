@@ -173,7 +173,7 @@ def test_a_tampered_or_mistimed_request_is_refused_with_401_and_audited(
         base,
         created.api_key.key,
         created.secret,
-        "GET",
+        "POST",
         "/api/v1/orders",
         query="symbol=AAPL",
         body=b'{"symbol": "AAPL"}',

@@ -57,11 +57,13 @@ def rest(base: str, key) -> httpx.AsyncClient:
     )
 
 
-def login_op(key, *, at_ms: int | None = None, **extra) -> dict:
+def login_op(key, *, at_ms: int | None = None, recv_window: int | None = None, **extra) -> dict:
     """The signed `login` op of `key`, for the instant `at_ms` (default now)."""
     at_ms = time.time_ns() // 1_000_000 if at_ms is None else at_ms
-    return {**ws_login_message(api_key=key.api_key.key, secret=key.secret, timestamp_ms=at_ms),
-            **extra}  # fmt: skip
+    signed = ws_login_message(
+        api_key=key.api_key.key, secret=key.secret, timestamp_ms=at_ms, recv_window_ms=recv_window
+    )
+    return {**signed, **extra}
 
 
 def limit(symbol: str, side: str, price: str, quantity: str) -> dict:
@@ -1121,6 +1123,11 @@ def test_an_api_key_login_is_refused_when_stale_revoked_or_unknown(market):
             await send(ws, login_op(revoked, id=3))
             gone = await recv_until(ws, lambda f: f.get("type") == "error")
             assert gone["error"] == "InvalidApiKey" and gone["id"] == 3
+            # A receive window added to a signed login it did not sign: a captured login had
+            # been replayable for 60 s this way.
+            await send(ws, {**login_op(key, at_ms=now - 6_000), "recv_window": 10_000, "id": 5})
+            stretched = await recv_until(ws, lambda f: f.get("type") == "error")
+            assert (stretched["error"], stretched["id"]) == ("InvalidSignature", 5)
             await send(ws, login_op(key, at_ms=now - 6_000, recv_window=10_000, id=4))
             late_but_allowed = await recv_until(ws, lambda f: f.get("type") == "login")
             assert late_but_allowed["user_id"] == user.pk and late_but_allowed["id"] == 4
@@ -1133,6 +1140,7 @@ def test_an_api_key_login_is_refused_when_stale_revoked_or_unknown(market):
         ("stale_timestamp", "ws"),
         ("future_timestamp", "ws"),
         ("revoked_key", "ws"),
+        ("bad_signature", "ws"),
     ]
     assert failures[2].api_key_id == revoked.api_key.pk
 
