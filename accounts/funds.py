@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Sum
 
-from accounts.ledger import funds_deposit, funds_withdraw
+from accounts.ledger import funds_deposit, funds_withdraw, users_lock
 from accounts.models import LedgerEntry, LedgerPosting
 from accounts.selectors import asset_precisions
 from audit.events import AuditEvent
@@ -86,6 +86,9 @@ def deposit_create(*, user, asset: str, amount: Decimal, actor, http_request=Non
                 "deposits are credited by exchange staff",
                 http_status=403,
             )
+        # Read under the user's ledger lock: parallel self-credits had each read the total
+        # before any was written (4 of 600 passed a limit of 1,000).
+        users_lock(user_ids=[user.pk])
         already = _self_credited(user, asset)
         if already + amount > limit:
             raise trading_error(

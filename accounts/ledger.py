@@ -118,6 +118,14 @@ def users_lock_params(user_ids: Iterable[int | None]) -> list:
     return [USERS_LOCK_CLASS, sorted({uid for uid in user_ids if uid is not None})]
 
 
+def users_lock(*, user_ids: Iterable[int | None]) -> None:
+    """Take the users' ledger locks (as every writer does before its accounts) ahead of a read
+    the write depends on; a writer taking them again later in the transaction holds them
+    already. Call inside a transaction."""
+    with bound_cursor() as cursor:
+        cursor.execute(USERS_LOCK_SQL, users_lock_params(user_ids))
+
+
 def accounts_lock(*, keys: Iterable[AccountKey]) -> dict[AccountKey, tuple[int, Decimal]]:
     """Lock the users of `keys` (see the module's docstring), then the accounts named by `keys`
     (creating missing ones) in primary-key order; returns key -> (account id, balance). Call

@@ -1,11 +1,14 @@
 """The ledger's write path in PostgreSQL: balanced entries only, balances never negative for
 users, and `ledger_verify` naming what a tampered ledger breaks."""
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connection
 from django.test import override_settings
 
 from accounts.funds import deposit_create
@@ -117,3 +120,26 @@ def test_the_demo_self_credit_is_capped_per_asset_and_only_for_yourself():
     with pytest.raises(ApiError) as off:  # the default: staff credit deposits
         deposit_create(user=user, asset="USD", amount=Decimal("1.00"), actor=user)
     assert off.value.error == "DepositNotAllowed"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_parallel_self_credits_stay_within_the_demo_limit():
+    # Each read the total credited before any was written: 4 of 600 passed a limit of 1,000.
+    new_instrument()
+    user = make_user(funds={})
+    start = threading.Barrier(8)
+
+    def credit(_) -> bool:
+        start.wait()
+        try:
+            deposit_create(user=user, asset="USD", amount=Decimal("60.00"), actor=user)
+            return True
+        except ApiError:
+            return False
+        finally:
+            connection.close()  # the thread's own
+
+    with override_settings(DEMO_SELF_CREDIT_LIMIT="100"), ThreadPoolExecutor(8) as pool:
+        credited = list(pool.map(credit, range(8)))
+    assert credited.count(True) == 1
+    assert LedgerAccount.objects.get(user=user, kind="cash", asset="USD").balance == 60
