@@ -1,6 +1,9 @@
 """Throttling of failed sign-ins, per account and per client IP, on Redis counters.
 
-A failed password and a failed one-time code both count. Counters live in fixed windows of
+A failed password and a failed one-time code both count, against the account and the client
+IP; a sign-up refused because its email is taken counts against the IP only (the refusal tells
+that the address has an account, so probing addresses is throttled as guessing passwords is,
+without locking the owner of the address out). Counters live in fixed windows of
 `LOGIN_THROTTLE_WINDOW_SECONDS` computed from the caller's clock (`now`, Unix seconds), so
 tests choose the instant instead of waiting; each key names its window and expires one window
 after it ends. The failures "in the last window" are estimated as a sliding window: this
@@ -53,13 +56,20 @@ def _window(now: float) -> tuple[int, float]:
     return index, (now - index * length) / length
 
 
-def _keys(email: str, ip: str | None, window: int) -> list[str]:
-    """The account key and, with an IP, the IP key of one window."""
-    digest = hashlib.sha256(normalize_email(email).encode()).hexdigest()[:32]
-    keys = [redis_key("login_throttle", "account", digest, window)]
+def _keys(email: str | None, ip: str | None, window: int) -> list[str]:
+    """The account key (without an email: none) and, with an IP, the IP key of one window."""
+    keys = []
+    if email is not None:
+        digest = hashlib.sha256(normalize_email(email).encode()).hexdigest()[:32]
+        keys.append(redis_key("login_throttle", "account", digest, window))
     if ip:
         keys.append(redis_key("login_throttle", "ip", ip, window))
     return keys
+
+
+def _scopes(email: str | None, ip: str | None) -> tuple[str, ...]:
+    """What `_keys` counts, in its order."""
+    return (*(("account",) if email is not None else ()), *(("ip",) if ip else ()))
 
 
 def _estimate(current: int, previous: int, elapsed: float) -> int:
@@ -78,43 +88,46 @@ def _retry_after(current: int, previous: int, elapsed: float, limit: int) -> int
     return max(1, math.ceil((1 - elapsed + needed) * length))
 
 
-def _state(counts: list[int], ip: bool, elapsed: float) -> ThrottleState:
-    """`counts`: this window's account[, ip] counts, then the previous window's."""
+def _state(counts: list[int], scopes: tuple[str, ...], elapsed: float) -> ThrottleState:
+    """`counts`: this window's count of each of `scopes`, then the previous window's."""
     half = len(counts) // 2
     current, previous = counts[:half], counts[half:]
-    limits = [settings.LOGIN_THROTTLE_ACCOUNT_FAILURES]
-    if ip:
-        limits.append(settings.LOGIN_THROTTLE_IP_FAILURES)
-    estimates = [_estimate(c, p, elapsed) for c, p in zip(current, previous, strict=True)]
+    limits = {
+        "account": settings.LOGIN_THROTTLE_ACCOUNT_FAILURES,
+        "ip": settings.LOGIN_THROTTLE_IP_FAILURES,
+    }
+    estimates = {}
     throttled_by, retry_after = None, 0
-    for name, estimate, limit, c, p in zip(
-        ("account", "ip"), estimates, limits, current, previous, strict=False
-    ):
-        if estimate >= limit:
-            wait = _retry_after(c, p, elapsed, limit)
+    for name, c, p in zip(scopes, current, previous, strict=True):
+        estimates[name] = _estimate(c, p, elapsed)
+        if estimates[name] >= limits[name]:
+            wait = _retry_after(c, p, elapsed, limits[name])
             if wait > retry_after:
                 throttled_by, retry_after = name, wait
     return ThrottleState(
-        account_failures=estimates[0],
-        ip_failures=estimates[1] if ip else 0,
+        account_failures=estimates.get("account", 0),
+        ip_failures=estimates.get("ip", 0),
         throttled_by=throttled_by,
         retry_after_seconds=retry_after,
     )
 
 
-def login_throttle_state(*, email: str, ip: str | None, now: float) -> ThrottleState:
-    """The failures counted for this email and IP over the window up to `now`."""
+def login_throttle_state(*, email: str | None, ip: str | None, now: float) -> ThrottleState:
+    """The failures counted for this email and IP over the window up to `now` (no email: the
+    IP's only)."""
     window, elapsed = _window(now)
     keys = _keys(email, ip, window) + _keys(email, ip, window - 1)
+    if not keys:
+        return ThrottleState(0, 0, None, 0)
     try:
         values = redis_client().mget(keys)
     except redis.RedisError:
         logger.exception("login throttle: Redis unavailable, not throttling")
         return ThrottleState(0, 0, None, 0)
-    return _state([int(v or 0) for v in values], bool(ip), elapsed)
+    return _state([int(v or 0) for v in values], _scopes(email, ip), elapsed)
 
 
-def login_throttle_attempt(*, email: str, ip: str | None, now: float) -> ThrottleState:
+def login_throttle_attempt(*, email: str | None, ip: str | None, now: float) -> ThrottleState:
     """Count an attempt as a failure BEFORE its password or code is checked, and return the
     state as the attempt found it. Throttled: the count is taken back and the attempt must be
     refused. Otherwise it stays counted unless `login_throttle_attempt_passed` takes it back.
@@ -127,6 +140,8 @@ def login_throttle_attempt(*, email: str, ip: str | None, now: float) -> Throttl
     # Kept through the next window, which still weighs this one.
     ttl = math.ceil((2 - elapsed) * length) + 1
     keys = _keys(email, ip, window)
+    if not keys:
+        return ThrottleState(0, 0, None, 0)
     try:
         pipe = redis_client().pipeline(transaction=True)
         for key in keys:
@@ -139,7 +154,7 @@ def login_throttle_attempt(*, email: str, ip: str | None, now: float) -> Throttl
         return ThrottleState(0, 0, None, 0)
     found = [int(v) - 1 for v in results[1:-1:2]]  # without this attempt
     previous = [int(v or 0) for v in results[-1]]
-    state = _state(found + previous, bool(ip), elapsed)
+    state = _state(found + previous, _scopes(email, ip), elapsed)
     if state.throttled:
         _take_back(keys)  # a refused attempt checked nothing: it is no failure
     return state
@@ -155,13 +170,15 @@ end
 
 
 def _take_back(keys: list[str]) -> None:
+    if not keys:
+        return
     try:
         redis_client().eval(_DECR_IF_PRESENT, len(keys), *keys)
     except redis.RedisError:
         logger.exception("login throttle: Redis unavailable, attempt not taken back")
 
 
-def login_throttle_attempt_passed(*, email: str, ip: str | None, now: float) -> None:
+def login_throttle_attempt_passed(*, email: str | None, ip: str | None, now: float) -> None:
     """The attempt `login_throttle_attempt` counted (at the same `now`) passed its check: it
     is no failure."""
     window, _ = _window(now)

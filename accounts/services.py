@@ -39,6 +39,14 @@ class SignUpError(Exception):
         self.field = field
 
 
+class SignUpThrottled(Exception):
+    """Too many sign-ups refused for a taken email from this client IP (the throttle's state)."""
+
+    def __init__(self, throttle: ThrottleState) -> None:
+        super().__init__("too many refused sign-ups from this address")
+        self.throttle = throttle
+
+
 @dataclass(frozen=True, slots=True)
 class LoginOutcome:
     """`next_step`: "done" (fully signed in), "verify" (OTP step owed), "enrol" (staff without
@@ -64,13 +72,28 @@ def username_from_email(email: str) -> str:
     return candidate
 
 
-def user_sign_up(*, request: Any, email: str, password: str) -> Any:
+def user_sign_up(*, request: Any, email: str, password: str, now: float) -> Any:
     """Create an ordinary user (never staff) and sign them in; audited in one transaction.
-    The password must already have passed the password validators (the form does it)."""
+    The password must already have passed the password validators (the form does it).
+
+    A refusal for an email already taken counts against the client IP's sign-in throttle (it
+    tells that the address has an account): past it, SignUpThrottled."""
     User = get_user_model()
     email = normalize_email(email)
+    ip = _client_ip(request)
+    state = login_throttle_attempt(email=None, ip=ip, now=now)
+    if state.throttled:
+        with transaction.atomic():
+            audit_record(
+                event_type=AuditEvent.LOGIN_THROTTLED,
+                actor="anonymous",
+                request=request,
+                payload={"stage": "signup", "by": "ip", "ip_failures": state.ip_failures},
+            )
+        raise SignUpThrottled(state)
     if User.objects.filter(email__iexact=email).exists():
         raise SignUpError("An account with this email already exists.", field="email")
+    login_throttle_attempt_passed(email=None, ip=ip, now=now)
     for _ in range(5):
         try:
             with transaction.atomic():

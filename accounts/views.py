@@ -85,6 +85,11 @@ def signup(request: HttpRequest) -> HttpResponse:
                 request=request,
                 email=form.cleaned_data["email"],
                 password=form.cleaned_data["password1"],
+                now=time.time(),
+            )
+        except services.SignUpThrottled as refused:
+            return _render_throttled(
+                request, "accounts/signup.html", {"form": form}, refused.throttle
             )
         except services.SignUpError as error:
             form.add_error(error.field, str(error))

@@ -116,6 +116,34 @@ def test_sign_up_refuses_a_taken_email_and_a_weak_or_mismatched_password():
     assert get_user_model().objects.filter(email__iexact=existing.email).count() == 1
 
 
+def test_probing_which_emails_have_accounts_through_sign_up_is_throttled_per_address(settings):
+    # "An account with this email already exists" answered every probe, unthrottled.
+    settings.LOGIN_THROTTLE_IP_FAILURES = 3
+    owner, prober = make_person(), browser()
+
+    def sign_up(client: Client, email: str):
+        return client.post(
+            "/accounts/signup/",
+            {"email": email, "password1": "a-long-password-42", "password2": "a-long-password-42"},
+        )
+
+    for _ in range(3):
+        probe = sign_up(prober, owner.email)
+        assert probe.status_code == 200 and b"already exists" in probe.content
+    refused = sign_up(prober, owner.email)
+    assert refused.status_code == 429 and b"already exists" not in refused.content
+    assert int(refused["Retry-After"]) > 0
+    # The owner is not locked out, and a new address from elsewhere signs up.
+    assert log_in(browser(), owner).status_code == 302
+    assert sign_up(browser(), f"new-{uuid.uuid4().hex[:8]}@example.com").status_code == 302
+    # An account created takes its attempt back: three more from one address all pass.
+    newcomer = browser()
+    for _ in range(4):
+        created = sign_up(newcomer, f"new-{uuid.uuid4().hex[:8]}@example.com")
+        assert created.status_code == 302
+        newcomer.logout()
+
+
 def test_login_by_email_and_logout_are_audited_and_a_wrong_password_is_not_signed_in():
     user = make_person()
     client = browser()
