@@ -31,7 +31,7 @@ def test_compose_runs_every_procfile_process_from_the_dockerfile():
 
 def test_compose_passes_the_same_settings_variables():
     services = compose()["services"]
-    for name in ("web", "matching-0", "worker", "beat", "migrate"):
+    for name in ("web", "matching-0", "standby-0", "worker", "beat", "migrate"):
         environment = services[name]["environment"]
         assert environment["DATABASE_URL"].startswith("postgres://")
         assert "@postgres:5432/" in environment["DATABASE_URL"]
@@ -42,6 +42,7 @@ def test_compose_passes_the_same_settings_variables():
 def test_compose_commands_match_the_procfile():
     services = compose()["services"]
     assert services["matching-0"]["command"][-3:] == ["run_matching", "--shard", "0"]
+    assert services["standby-0"]["command"] == services["matching-0"]["command"]
     assert services["worker"]["command"][:4] == ["celery", "-A", "exchange", "worker"]
     assert services["beat"]["command"][:4] == ["celery", "-A", "exchange", "beat"]
     assert "exchange.asgi:application" in services["web"]["command"]

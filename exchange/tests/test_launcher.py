@@ -86,10 +86,14 @@ def test_procfile_runs_one_matching_worker_per_shard():
         "matching-0",
         "matching-1",
         "matching-2",
+        "standby-0",
+        "standby-1",
+        "standby-2",
         "web",
         "worker",
     ]
     assert programs["matching-2"].endswith("manage.py run_matching --shard 2")
+    assert programs["standby-2"] == programs["matching-2"]  # a second worker: the standby
     assert "--port 8123" in programs["web"]
     assert programs["web"].startswith(sys.executable)
     assert programs["worker"].startswith(f"{sys.executable} -m celery -A exchange worker")

@@ -79,6 +79,14 @@ def test_make_run_brings_up_every_process_and_ctrl_c_stops_them(tmp_path, scratc
             timeout=60,
         )
         assert health.status_code == 200
+        # Shard 0's worker holds the lease; a second one waits as its standby.
+        matching = [
+            p.pid
+            for p in psutil.Process(launcher.pid).children(recursive=True)
+            if "run_matching" in " ".join(p.cmdline())
+        ]
+        assert len(matching) == 2, matching
+        assert health.json()["components"]["matching-shard-0"]["pid"] in matching
 
         with httpx.Client(base_url=base, follow_redirects=False) as client:
             # The admin sends a newcomer to sign in: email and password, then the TOTP code.
