@@ -368,7 +368,7 @@ def test_a_deposit_past_what_the_ledger_holds_is_refused_and_nothing_is_stored(m
     staff_user = make_user("staff", funds={})
     staff_user.is_staff = staff_user.is_superuser = True
     staff_user.save(update_fields=["is_staff", "is_superuser"])
-    staff = ApiClient(base_url, staff_user)
+    staff = ApiClient(base_url, staff_user, permissions=("read", "withdraw"))
     url = f"/api/v1/users/{user.user.pk}/deposit"
     big = {"asset": "USD", "amount": "600000000000000000.00"}
     assert staff.http.post(url, json=big).status_code == 201
