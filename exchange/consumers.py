@@ -334,12 +334,33 @@ def _await_places(places_before: tuple) -> None:
 ORDER_KEYS = ("order_id", "client_order_id")
 
 
+def _refuse_unexpected(body: dict, accepted: tuple[str, ...], op: str) -> None:
+    """UnexpectedParameter naming the first field of `body` the op does not take (a cancel
+    with a `symbol` had cancelled its order as if the symbol had been checked)."""
+    from exchange.errors import trading_error
+
+    unexpected = [name for name in body if name not in accepted]
+    if unexpected:
+        raise trading_error(
+            "UnexpectedParameter",
+            f"{op} takes {', '.join(accepted)}; got {echoed(unexpected[0])}",
+            field=unexpected[0][:100],
+        )
+
+
 def _named_order(user, body: dict):
     """The user's order an op names by `order_id` or `client_order_id` (404 otherwise)."""
     from exchange import selectors
     from exchange.errors import trading_error
 
     order_id, client_order_id = body.get("order_id"), body.get("client_order_id")
+    if order_id is not None and client_order_id is not None:
+        # One was used and the other ignored: an op naming two orders changed the first.
+        raise trading_error(
+            "InvalidParameter",
+            "give order_id or client_order_id, not both",
+            field="client_order_id",
+        )
     if order_id is not None:
         if isinstance(order_id, str) and order_id.isascii() and order_id.isdigit():
             order_id = int(order_id)
@@ -366,6 +387,7 @@ def _order_cancel(
 
     _await_places(places_before)
     try:
+        _refuse_unexpected(body, ORDER_KEYS, "order.cancel")
         order = _named_order(user, body)
         command = services.order_cancel(order=order, actor=user, http_request=request)
         return order_changed_answer(order, command.pk)
@@ -409,16 +431,15 @@ def _orders_cancel_all(
 
     _await_places(places_before)
     try:
-        unexpected = [name for name in body if name != "symbol"]
-        if unexpected:
-            raise trading_error(
-                "UnexpectedParameter",
-                f"order.cancel_all takes only symbol; got {echoed(unexpected[0])}",
-                field=unexpected[0],
-            )
+        _refuse_unexpected(body, ("symbol",), "order.cancel_all")
         symbol = body.get("symbol")
-        if symbol is not None and not isinstance(symbol, str):
-            raise trading_error("InvalidParameter", "symbol must be a string", field="symbol")
+        if "symbol" in body and not isinstance(symbol, str):
+            # `null` (a bot's unset variable) had cancelled every order on every symbol.
+            raise trading_error(
+                "InvalidParameter",
+                "symbol must be a string; leave it out to cancel every open order",
+                field="symbol",
+            )
         command_ids = services.orders_mass_cancel(
             user=user, actor=user, symbol=symbol, http_request=request
         )
@@ -885,7 +906,8 @@ class StreamConsumer(AsyncWebsocketConsumer):
         stored = threading.Event()
         self.places_in_flight = [e for e in self.places_in_flight if not e.is_set()]
         self.places_in_flight.append(stored)
-        if not self._spawn(functools.partial(_order_place, stored=stored), body, extra):
+        service = functools.partial(_order_place, stored=stored)
+        if not self._spawn(service, body, extra, settled=stored):
             stored.set()
 
     async def op_order_cancel(self, message: dict, extra: dict) -> None:
@@ -904,10 +926,17 @@ class StreamConsumer(AsyncWebsocketConsumer):
         self._spawn(functools.partial(service, places_before=earlier), body, extra, **options)
 
     def _spawn(
-        self, service, body: dict, extra: dict, *, weights: dict[str, int] = ORDER_OP_WEIGHTS
+        self,
+        service,
+        body: dict,
+        extra: dict,
+        *,
+        weights: dict[str, int] = ORDER_OP_WEIGHTS,
+        settled: threading.Event | None = None,
     ) -> bool:
         """Run an order op in a worker thread; its answer is queued when it completes (other
-        messages are handled meanwhile). False when it was refused without running."""
+        messages are handled meanwhile). False when it was refused without running. `settled`
+        is set once the op is over however it went (a place: the ops behind it wait for it)."""
         if self.user is None:
             self.push(
                 {
@@ -968,6 +997,11 @@ class StreamConsumer(AsyncWebsocketConsumer):
                     code, body_out = 503, SERVICE_UNAVAILABLE_BODY
                 else:
                     code, body_out = 500, INTERNAL_ERROR_BODY
+            finally:
+                # A place refused before it ran (rate limit, a revoked key) had never set it:
+                # every later cancel on the socket waited its 5 s for it, for good.
+                if settled is not None:
+                    settled.set()
             answer = {"type": "response", **extra, "status": code}
             answer["data" if code < 400 else "error"] = body_out
             self.push(answer)

@@ -501,6 +501,54 @@ def test_socket_order_entry_counts_against_the_same_limits(limited_web):
     assert 1 <= third["error"]["retry_after"] <= 60
 
 
+def test_a_socket_place_refused_by_the_rate_limit_holds_up_no_later_op(
+    base, processes, process_env
+):
+    # A refused place was never marked settled: every later cancel, amend and cancel_all on
+    # the socket waited its 5 s for it (PLACES_BEFORE_CANCEL_WAIT_SECONDS), for good.
+    web = start_web(
+        processes,
+        env={**process_env, "RATE_LIMIT_ORDERS_KEY_PER_SECOND": "2"},
+        name="web-limited-per-second",
+    )
+    instrument = make_instrument()
+    created = make_api_key(make_user())
+
+    async def answer(ws) -> dict:
+        while True:
+            frame = json.loads(await asyncio.wait_for(ws.recv(), 15))
+            if frame.get("type") in ("response", "login", "error"):
+                return frame
+
+    async def scenario() -> tuple[list[dict], list[float]]:
+        async with websockets.connect(web.replace("http://", "ws://") + "/ws/v1") as ws:
+            login = ws_login_message(
+                api_key=created.api_key.key, secret=created.secret, timestamp_ms=now_ms()
+            )
+            await ws.send(json.dumps(login))
+            assert (await answer(ws))["type"] == "login"
+            for n in range(3):
+                await ws.send(json.dumps({"op": "order.place", "id": n, **buy(instrument.symbol)}))
+            placed = sorted([await answer(ws) for _ in range(3)], key=lambda a: a["status"])
+            first, second = (a["data"]["order_id"] for a in placed[:2])
+            await asyncio.sleep(1.2)  # the next second: the limit admits ops again
+            waits = []
+            for op in (
+                {"op": "order.cancel", "order_id": first},
+                {"op": "order.amend", "order_id": second, "quantity": "2"},
+            ):
+                sent = time.monotonic()
+                await ws.send(json.dumps({**op, "id": "later"}))
+                placed.append(await answer(ws))
+                waits.append(time.monotonic() - sent)
+            return placed, waits
+
+    answers, waits = asyncio.run(scenario())
+    assert answers[2]["status"] == 429, answers
+    assert [a["status"] for a in answers[3:]] == [200, 200], answers
+    assert max(waits) < 3, waits
+
+
 def test_a_key_revoked_or_a_user_deactivated_elsewhere_is_refused_at_once(base):
     """The web process keeps credentials in a cache; a revocation or a deactivation made by
     another process (here the test's) is seen on the very next request."""

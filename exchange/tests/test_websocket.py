@@ -1027,18 +1027,25 @@ def test_amends_and_cancel_all_over_the_socket_answer_like_rest(market):
                             "price": "96.00"})  # fmt: skip
             repriced = await recv_until(ws, lambda f: f.get("id") == "b")
             assert (repriced["status"], repriced["data"]["price"]) == (200, "96.00")
-            for bad, error in (
-                ({"order_id": order_id}, "NothingToAmend"),
-                ({"order_id": order_id, "quantity": "4", "side": "sell"}, "UnexpectedParameter"),
-                ({"quantity": "4"}, "MissingParameter"),
-                ({"order_id": 10**12, "quantity": "4"}, "OrderNotFound"),
-            ):
-                await send(ws, {"op": "order.amend", "id": "bad", **bad})
+            for op, bad, error in (
+                ("order.amend", {"order_id": order_id}, "NothingToAmend"),
+                ("order.amend", {"order_id": order_id, "quantity": "4", "side": "sell"},
+                 "UnexpectedParameter"),
+                ("order.amend", {"quantity": "4"}, "MissingParameter"),
+                ("order.amend", {"order_id": 10**12, "quantity": "4"}, "OrderNotFound"),
+                # Two names: one was used, the other ignored.
+                ("order.amend", {"order_id": order_id, "client_order_id": "other",
+                                 "quantity": "3"}, "InvalidParameter"),
+                # A field a cancel does not take: it was ignored, the order cancelled.
+                ("order.cancel", {"order_id": order_id, "symbol": "ZZZ"}, "UnexpectedParameter"),
+                ("order.cancel_all", {"side": "buy"}, "UnexpectedParameter"),
+                # An unset symbol: it cancelled every order on every symbol.
+                ("order.cancel_all", {"symbol": None}, "InvalidParameter"),
+            ):  # fmt: skip
+                await send(ws, {"op": op, "id": "bad", **bad})
                 refused = await recv_until(ws, lambda f: f.get("id") == "bad")
-                assert refused["error"]["error"] == error, (bad, refused)
-            await send(ws, {"op": "order.cancel_all", "id": "x", "side": "buy"})
-            refused = await recv_until(ws, lambda f: f.get("id") == "x")
-            assert (refused["status"], refused["error"]["field"]) == (400, "side")
+                status = 404 if error == "OrderNotFound" else 400
+                assert (refused["status"], refused["error"]["error"]) == (status, error), refused
             await send(ws, {"op": "order.cancel_all", "id": "x", "symbol": "NOPE"})
             refused = await recv_until(ws, lambda f: f.get("id") == "x")
             assert refused["error"]["error"] == "UnknownSymbol", refused
