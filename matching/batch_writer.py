@@ -263,7 +263,17 @@ class PreparedBatch:
     # The users whose ledger the batch writes (trades, releases), locked before any id is
     # drawn, all in one sorted statement (see `_staged_apply`).
     ledger_users: list[int] = field(default_factory=list)
+    # (order_id, amount): the held_amount change of an amend refused because its order had
+    # ended in an earlier batch, undone on that order's row (its hold went back when it ended).
+    ended_held_reverts: list[tuple] = field(default_factory=list)
 
+
+# A refused amend's change of held_amount, undone on orders that ended in an earlier batch.
+HELD_REVERT_SQL = """
+UPDATE exchange_order o SET held_amount = o.held_amount - r.amount
+  FROM unnest(%s::bigint[], %s::numeric[]) AS r(id, amount)
+ WHERE o.id = r.id
+"""
 
 # Integers (lots, ticks, minor units) are scaled to Decimal in SQL by the engine instrument's
 # tick_size / lot_size / 10**-quote_decimals (f, joined by position k): the same arithmetic as
@@ -522,7 +532,7 @@ class BatchWriter:
         texts = self._texts_for(specs)
         updates, trades, symbols, audits = self._collect(applied, specs, texts)
         _subjects_fill(audits)
-        amend_releases = self._amend_holds(engine, applied, updates)
+        amend_releases, ended_held_reverts = self._amend_holds(engine, applied, updates)
         self._live_orders(engine, updates)
         order_rows, factors, factor_k = self._order_rows(updates, specs)
         last_seq = max((a.apply_seq for a in applied if a.apply_seq is not None), default=None)
@@ -552,6 +562,7 @@ class BatchWriter:
             ),
             audit_rows=audit_rows(records=audits),
             amend_releases=amend_releases,
+            ended_held_reverts=ended_held_reverts,
             ledger_users=sorted(ledger_users),
             outcome=BatchOutcome(
                 command_ids=[a.command_id for a in applied],
@@ -769,8 +780,9 @@ class BatchWriter:
         """Hold changes of the batch's amends, for orders still live after the batch (an order
         that ended gives back its whole hold anyway): a decrease the engine applied is released;
         a refused increase is released and the order's held_amount changes back. An amend that
-        failed twice (never applied) counts as refused."""
-        releases = []
+        failed twice (never applied) counts as refused. An order that ended gets its held_amount
+        back too: returned apart for one that ended in an earlier batch."""
+        releases, ended_reverts = [], []
         for a in applied:
             delta = a.hold_delta
             if not delta:
@@ -783,6 +795,14 @@ class BatchWriter:
                 continue
             live = engine.order(order_id)
             if live is None:
+                # Its hold went back whole when it ended; only the row's held_amount still
+                # read the amend's (a filled 20 x 99.90 buy said 1201.31 held).
+                if refused:
+                    ended = updates.get(order_id)
+                    if ended is not None:
+                        ended.held_revert += delta
+                    else:
+                        ended_reverts.append((order_id, delta))
                 continue
             release = (delta if delta > 0 else Decimal(0)) if refused else max(-delta, Decimal(0))
             if not release and not refused:
@@ -800,7 +820,7 @@ class BatchWriter:
                 releases.append(
                     (live["order_id"], live["user_id"], live["symbol"], live["is_buy"], release)
                 )
-        return releases
+        return releases, ended_reverts
 
     def _amend_hold_releases(self, prepared: "PreparedBatch") -> list[HoldRelease]:
         releases = []
@@ -1091,6 +1111,9 @@ class BatchWriter:
             else:
                 statements.append(("orders", ORDERS_UPDATE_SQL, [*prepared.factors]))
         statements.append(("commands", COMMANDS_APPLIED_SQL, [*prepared.command_params]))
+        if prepared.ended_held_reverts:
+            ids, amounts = zip(*prepared.ended_held_reverts, strict=True)
+            statements.append(("held", HELD_REVERT_SQL, [list(ids), list(amounts)]))
         if prepared.books:
             statements.append(("books", BOOKS_UPSERT_SQL, [*prepared.books]))
         counters = [*prepared.counters, self.shard, self.epoch]

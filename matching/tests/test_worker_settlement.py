@@ -142,3 +142,54 @@ def test_amend_down_releases_on_apply_and_a_second_amend_waits_for_the_first(
     assert Order.objects.get(pk=order.pk).hold_remaining == 4
     assert Command.objects.filter(order_id=order.pk, kind="amend").count() == 1
     assert ledger_discrepancies() == {}
+
+
+def drain_one_command_a_batch() -> None:
+    """Apply every queued command of shard 0 in this process, one command per batch."""
+    from exchange.redis_connection import redis_client
+    from matching.batch_loop import ShardLoop
+    from matching.lease import ShardLease
+    from matching.publish import Publisher
+
+    lease = ShardLease(shard=0)
+    lease.acquire(wait=False)
+    loop = ShardLoop(
+        shard=0,
+        epoch=lease.epoch,
+        actor_label="test",
+        publisher=Publisher(client=redis_client(), shard=0, consumer="test"),
+        batch_limit=1,
+    )
+    try:
+        loop.recover()
+        while rows := loop.poll():
+            loop.batch_apply(rows)
+    finally:
+        loop.close()
+        lease.release()
+
+
+@pytest.mark.parametrize("one_batch", [True, False], ids=["same-batch", "later-batch"])
+def test_an_amend_refused_because_its_order_ended_leaves_the_orders_held_amount_as_it_was(
+    processes, process_env, one_batch
+):
+    # Its hold went back whole when the order ended, yet the row kept the amend's held_amount:
+    # a filled 20 x 99.90 buy read 1201.31 held.
+    instrument = instrument_create()
+    buyer, seller = make_user("buyer", funds={}), make_user("seller", funds={})
+    buy = order_row_place(
+        user=buyer, instrument=instrument, side="buy", quantity="20", price="99.90"
+    )
+    order_row_place(user=seller, instrument=instrument, side="sell", quantity="20", price="99.90")
+    held = Order.objects.get(pk=buy.pk).held_amount
+    order_amend(order=buy, actor=buyer, quantity=Decimal(12))  # stored: the row is still open
+    assert Order.objects.get(pk=buy.pk).held_amount < held
+    if one_batch:
+        start_worker(processes, process_env)
+        all_commands_applied()
+    else:
+        drain_one_command_a_batch()  # the fill ends the buy a batch before its amend is refused
+    ended = Order.objects.get(pk=buy.pk)
+    assert (ended.status, ended.hold_remaining, ended.held_amount) == ("filled", 0, held)
+    assert Command.objects.get(order_id=buy.pk, kind="amend").reject_code
+    assert balance(buyer, "hold", "USD") == 0 and ledger_discrepancies() == {}
