@@ -289,27 +289,33 @@ TICK_SLACK_SECONDS = 0.005
 # Refusals over the message rate close the socket when WS_ABUSE_CLOSE_AFTER of them come within
 # this many seconds of the first.
 ABUSE_WINDOW_SECONDS = 10.0
-# How long a cancel waits for the places sent before it on its socket to be stored.
-PLACES_BEFORE_CANCEL_WAIT_SECONDS = 5.0
+# How long an order op waits for the ops sent before it on its socket to be stored (see
+# StreamConsumer._spawn_in_turn).
+EARLIER_OPS_WAIT_SECONDS = 5.0
 
 
 def _order_place(
-    user, body: dict, request: SocketRequest, *, stored: threading.Event | None = None
+    user,
+    body: dict,
+    request: SocketRequest,
+    *,
+    earlier: tuple = (),
+    stored: threading.Event | None = None,
 ) -> tuple[int, dict]:
-    """`stored` is set once the order is stored (or refused): a cancel sent after this place on
-    the same socket waits for it (`_order_cancel`)."""
+    """Place an order (as POST /orders), once the ops it must follow are stored (`earlier`);
+    `stored` is set once it is stored (or refused): the ops sent after it wait for that."""
     from exchange import services
     from exchange.order_answers import order_placed_answer
     from exchange.serializers import OrderPlaceSerializer
 
+    _await_stored(earlier)
     try:
         serializer = OrderPlaceSerializer(data=body)
         serializer.is_valid(raise_exception=True)
         placement = services.order_place(
             user=user, request=serializer.to_request(), http_request=request
         )
-        if stored is not None:
-            stored.set()  # durable: the answer may wait for the engine, a cancel need not
+        _set(stored)  # durable: the answer may wait for the engine, the ops behind it need not
         return order_placed_answer(placement.order, placement.command_id, placement.created)
     except APIException as exc:
         code, error = error_answer(exc)
@@ -318,16 +324,13 @@ def _order_place(
         )
         return code, error
     finally:
-        if stored is not None:
-            stored.set()
+        _set(stored)
 
 
-def _await_places(places_before: tuple) -> None:
-    """Wait until every place sent before this op on its socket is stored: the ops run side by
-    side, and a cancel by client_order_id sent right behind its place overtook it (404, and the
-    order then rested)."""
-    deadline = time.monotonic() + PLACES_BEFORE_CANCEL_WAIT_SECONDS
-    for stored in places_before:
+def _await_stored(earlier: tuple) -> None:
+    """Wait (at most EARLIER_OPS_WAIT_SECONDS) until every op in `earlier` is stored."""
+    deadline = time.monotonic() + EARLIER_OPS_WAIT_SECONDS
+    for stored in earlier:
         stored.wait(max(deadline - time.monotonic(), 0))
 
 
@@ -379,32 +382,45 @@ def _named_order(user, body: dict):
 
 
 def _order_cancel(
-    user, body: dict, request: SocketRequest, *, places_before: tuple = ()
+    user,
+    body: dict,
+    request: SocketRequest,
+    *,
+    earlier: tuple = (),
+    stored: threading.Event | None = None,
 ) -> tuple[int, dict]:
-    """Cancel one order (as DELETE /orders/{id}), once the places sent before it are stored."""
+    """Cancel one order (as DELETE /orders/{id}), once the ops sent before it are stored."""
     from exchange import services
     from exchange.order_answers import order_changed_answer
 
-    _await_places(places_before)
+    _await_stored(earlier)
     try:
         _refuse_unexpected(body, ORDER_KEYS, "order.cancel")
         order = _named_order(user, body)
         command = services.order_cancel(order=order, actor=user, http_request=request)
+        _set(stored)  # the engine's answer may take a while; the ops behind it need not wait
         return order_changed_answer(order, command.pk)
     except APIException as exc:
         return error_answer(exc)
+    finally:
+        _set(stored)
 
 
 def _order_amend(
-    user, body: dict, request: SocketRequest, *, places_before: tuple = ()
+    user,
+    body: dict,
+    request: SocketRequest,
+    *,
+    earlier: tuple = (),
+    stored: threading.Event | None = None,
 ) -> tuple[int, dict]:
-    """Amend one order (as PATCH /orders/{id}: `quantity` the new total, `price`), once the
-    places sent before it are stored."""
+    """Amend one order (as PATCH /orders/{id}: `quantity` the new total, `price`), once the ops
+    sent before it are stored."""
     from exchange import services
     from exchange.order_answers import order_changed_answer
     from exchange.serializers import OrderAmendSerializer
 
-    _await_places(places_before)
+    _await_stored(earlier)
     try:
         order = _named_order(user, body)
         serializer = OrderAmendSerializer(
@@ -414,13 +430,21 @@ def _order_amend(
         command = services.order_amend(
             order=order, actor=user, http_request=request, **serializer.validated_data
         )
+        _set(stored)
         return order_changed_answer(order, command.pk)
     except APIException as exc:
         return error_answer(exc)
+    finally:
+        _set(stored)
 
 
 def _orders_cancel_all(
-    user, body: dict, request: SocketRequest, *, places_before: tuple = ()
+    user,
+    body: dict,
+    request: SocketRequest,
+    *,
+    earlier: tuple = (),
+    stored: threading.Event | None = None,
 ) -> tuple[int, dict]:
     """Cancel every open order of the user, or of one `symbol` (as DELETE /orders?symbol=),
     including the ones placed before it on this socket: 202 with the commands' ids once the
@@ -429,7 +453,7 @@ def _orders_cancel_all(
     from exchange.errors import trading_error
     from exchange.order_answers import await_command
 
-    _await_places(places_before)
+    _await_stored(earlier)
     try:
         _refuse_unexpected(body, ("symbol",), "order.cancel_all")
         symbol = body.get("symbol")
@@ -443,11 +467,19 @@ def _orders_cancel_all(
         command_ids = services.orders_mass_cancel(
             user=user, actor=user, symbol=symbol, http_request=request
         )
+        _set(stored)
         for command_id in command_ids:
             await_command(command_id)
         return 202, {"command_ids": command_ids}
     except APIException as exc:
         return error_answer(exc)
+    finally:
+        _set(stored)
+
+
+def _set(event: threading.Event | None) -> None:
+    if event is not None:
+        event.set()
 
 
 class StreamConsumer(AsyncWebsocketConsumer):
@@ -478,8 +510,10 @@ class StreamConsumer(AsyncWebsocketConsumer):
         self.refused_since = 0.0
         self.ping_id = 0
         self.tasks: set[asyncio.Task] = set()
-        # One event per order.place of this socket not yet stored (see _order_cancel).
+        # One event per order op of this socket not yet stored: places, and the ops that change
+        # orders (cancel, amend, cancel_all). See `_spawn_in_turn`.
         self.places_in_flight: list[threading.Event] = []
+        self.changes_in_flight: list[threading.Event] = []
         self.closing = False
         self.address = None  # counted in _open_per_address while the socket is open
         address = (self.scope.get("client") or (None,))[0]
@@ -902,28 +936,34 @@ class StreamConsumer(AsyncWebsocketConsumer):
             self.push({"type": "unsubscribed", **extra, "channel": "orders"})
 
     async def op_order_place(self, message: dict, extra: dict) -> None:
-        body = {k: v for k, v in message.items() if k not in ("op", "id")}
-        stored = threading.Event()
-        self.places_in_flight = [e for e in self.places_in_flight if not e.is_set()]
-        self.places_in_flight.append(stored)
-        service = functools.partial(_order_place, stored=stored)
-        if not self._spawn(service, body, extra, settled=stored):
-            stored.set()
+        self._spawn_in_turn(_order_place, message, extra, change=False)
 
     async def op_order_cancel(self, message: dict, extra: dict) -> None:
-        self._spawn_after_places(_order_cancel, message, extra)
+        self._spawn_in_turn(_order_cancel, message, extra)
 
     async def op_order_amend(self, message: dict, extra: dict) -> None:
-        self._spawn_after_places(_order_amend, message, extra)
+        self._spawn_in_turn(_order_amend, message, extra)
 
     async def op_order_cancel_all(self, message: dict, extra: dict) -> None:
-        self._spawn_after_places(_orders_cancel_all, message, extra, weights=CANCEL_ALL_WEIGHTS)
+        self._spawn_in_turn(_orders_cancel_all, message, extra, weights=CANCEL_ALL_WEIGHTS)
 
-    def _spawn_after_places(self, service, message: dict, extra: dict, **options) -> None:
-        """Spawn an op on orders that waits for the places sent before it on this socket."""
+    def _spawn_in_turn(
+        self, service, message: dict, extra: dict, *, change: bool = True, **options
+    ) -> None:
+        """Spawn an order op that is stored only after the ops it must follow: the ops of a
+        socket run side by side, and a cancel sent right behind its place overtook it (404, and
+        the order rested), a cancel sent behind an amend overtook the amend. An op that changes
+        orders follows every earlier op of the socket; a place follows the earlier changes only
+        (places are independent, and are stored together in one batch)."""
         body = {k: v for k, v in message.items() if k not in ("op", "id")}
-        earlier = tuple(e for e in self.places_in_flight if not e.is_set())
-        self._spawn(functools.partial(service, places_before=earlier), body, extra, **options)
+        self.places_in_flight = [e for e in self.places_in_flight if not e.is_set()]
+        self.changes_in_flight = [e for e in self.changes_in_flight if not e.is_set()]
+        earlier = (*self.changes_in_flight, *(self.places_in_flight if change else ()))
+        stored = threading.Event()
+        (self.changes_in_flight if change else self.places_in_flight).append(stored)
+        call = functools.partial(service, earlier=earlier, stored=stored)
+        if not self._spawn(call, body, extra, settled=stored, **options):
+            stored.set()
 
     def _spawn(
         self,
@@ -936,7 +976,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
     ) -> bool:
         """Run an order op in a worker thread; its answer is queued when it completes (other
         messages are handled meanwhile). False when it was refused without running. `settled`
-        is set once the op is over however it went (a place: the ops behind it wait for it)."""
+        is set once the op is over however it went (the ops behind it wait for it)."""
         if self.user is None:
             self.push(
                 {
@@ -998,8 +1038,8 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 else:
                     code, body_out = 500, INTERNAL_ERROR_BODY
             finally:
-                # A place refused before it ran (rate limit, a revoked key) had never set it:
-                # every later cancel on the socket waited its 5 s for it, for good.
+                # An op refused before it ran (rate limit, a revoked key) had never set it: every
+                # later cancel on the socket waited its 5 s for it, for good.
                 if settled is not None:
                     settled.set()
             answer = {"type": "response", **extra, "status": code}

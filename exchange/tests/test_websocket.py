@@ -1060,6 +1060,33 @@ def test_amends_and_cancel_all_over_the_socket_answer_like_rest(market):
     asyncio.run(scenario())
 
 
+def test_ops_pipelined_on_one_order_apply_in_the_order_sent(market):
+    # The ops ran side by side: a cancel sent behind an amend overtook it, and the amend was
+    # refused OrderNotOpen (4 runs of 4).
+    symbol = market["symbol"]
+
+    async def scenario():
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            await send(ws, login_op(market["keys"][0]))
+            await recv_until(ws, lambda f: f.get("type") == "login")
+            for n in range(3):
+                coid = f"turn-{n}-{time.monotonic_ns()}"
+                order = {**limit(symbol, "buy", "90.00", "5"), "client_order_id": coid}
+                await send(ws, {"op": "order.place", "id": "p", **order})
+                await send(ws, {"op": "order.amend", "id": "a", "client_order_id": coid,
+                                "quantity": "3"})  # fmt: skip
+                await send(ws, {"op": "order.cancel", "id": "c", "client_order_id": coid})
+                answers = {}
+                while len(answers) < 3:
+                    frame = await recv_until(ws, lambda f: f.get("type") == "response")
+                    answers[frame["id"]] = frame
+                assert answers["a"]["status"] in (200, 202), answers["a"]
+                assert answers["c"]["status"] in (200, 202), answers["c"]
+                assert answers["c"]["data"]["quantity"] == "3"  # cancelled after the amend
+
+    asyncio.run(scenario())
+
+
 def test_nan_and_infinity_are_not_json_and_never_come_back(market):
     # Python's json reads them: answers echoed them in `id`, frames strict parsers refuse.
     async def scenario():
