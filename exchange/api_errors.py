@@ -101,17 +101,17 @@ _DRF_ERRORS: list[tuple[type[exceptions.APIException], str, int]] = [
 ]
 
 
-def _first_validation_error(detail, prefix: str = "") -> tuple[str | None, str]:
-    """The first (field path, message) of a nested ValidationError detail."""
+def _first_validation_error(detail, prefix: str = "") -> tuple[str | None, str, str | None]:
+    """The first (field path, message, DRF code) of a nested ValidationError detail."""
     if isinstance(detail, dict):
         for key, value in detail.items():
             name = key if key != "non_field_errors" else None
             path = f"{prefix}.{name}" if prefix and name else (name or prefix or None)
-            field, message = _first_validation_error(value, path or "")
-            return field or path, message
+            field, message, code = _first_validation_error(value, path or "")
+            return field or path, message, code
     if isinstance(detail, list) and detail:
         return _first_validation_error(detail[0], prefix)
-    return (prefix or None), str(detail)
+    return (prefix or None), str(detail), getattr(detail, "code", None)
 
 
 def api_exception_handler(exc, context):
@@ -157,8 +157,12 @@ def api_exception_handler(exc, context):
     )
     field = None
     if isinstance(exc, exceptions.ValidationError):
-        field, message = _first_validation_error(exc.detail)
+        field, message, drf_code = _first_validation_error(exc.detail)
         message = f"{field}: {message}" if field else message
+        if drf_code == "required":
+            # As the catalogue names a missing field (a missing price said so; a missing symbol,
+            # side or order_type read InvalidParameter).
+            name, code = "MissingParameter", -1105  # as in exchange.errors.ERROR_CODES
     else:
         message = str(exc.detail)
     body = {"error": name, "code": code, "message": message}

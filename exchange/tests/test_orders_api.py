@@ -637,6 +637,10 @@ BAD_INPUTS = [
     ({"side": "sell", "price": "9" * 24 + ".00"}, "NumberTooLarge", "price"),  # was a 500
     ({"price": "1" + "0" * 17 + ".00"}, "NumberTooLarge", "price"),
     ({"side": "hold"}, "InvalidParameter", "side"),
+    # A required field left out, as a missing price is named (they read InvalidParameter).
+    ({"symbol": None}, "MissingParameter", "symbol"),
+    ({"side": None}, "MissingParameter", "side"),
+    ({"order_type": None}, "MissingParameter", "order_type"),
     ({"colour": "red"}, "UnexpectedParameter", "colour"),
     # Kept as sent: a number was stored as its text, padding was trimmed off.
     ({"client_order_id": 5}, "InvalidParameter", "client_order_id"),
@@ -660,7 +664,8 @@ def test_bad_input_is_a_400_naming_the_field_and_stores_nothing(market, change, 
     refused = AuditRecord.objects.get(event_type="order.refused", user_id=maker.user.pk)
     assert (refused.payload["status"], refused.payload["error"]) == (400, payload)
     assert (refused.channel, refused.api_key_id) == ("rest", maker.api_key.pk)
-    assert refused.payload["request"]["symbol"] == body["symbol"][:100]
+    sent_symbol = body.get("symbol")
+    assert refused.payload["request"].get("symbol") == (sent_symbol and sent_symbol[:100])
     assert refused.payload.get("unknown_fields", []) == [n for n in change if n == "colour"]
 
 
