@@ -4,7 +4,9 @@ import json
 import logging
 from datetime import UTC, datetime
 
-_STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+# Not extras: the record's own attributes, and uvicorn's `color_message` (the message again,
+# with terminal colour codes).
+_STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):

@@ -306,11 +306,9 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": ["accounts.rate_limits.ApiRateThrottle"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": [
-        "exchange.parsers.JsonBodyParser",
-        "rest_framework.parsers.FormParser",
-        "rest_framework.parsers.MultiPartParser",
-    ],
+    # JSON bodies only: a form body took the last of a repeated field (quantity=1&quantity=3
+    # placed 3), where JSON refuses a key twice. Another content type is 415.
+    "DEFAULT_PARSER_CLASSES": ["exchange.parsers.JsonBodyParser"],
     "EXCEPTION_HANDLER": "exchange.api_errors.api_exception_handler",
     "DEFAULT_PAGINATION_CLASS": "exchange.pagination.CursorPage",
     "PAGE_SIZE": 100,
@@ -435,5 +433,8 @@ LOGGING = {
     "loggers": {
         "django.db.backends": {"level": "INFO"},
         "celery": {"level": LOG_LEVEL},
+        # The web server's own lines ("connection open", shutdown) in the same format: uvicorn
+        # configured its logger with a plain-text handler before it loaded the application.
+        "uvicorn": {"handlers": ["stdout"], "level": LOG_LEVEL, "propagate": False},
     },
 }

@@ -22,6 +22,9 @@ api_urlpatterns = pooled_patterns(
     ]
 )
 
+# Django's 400 (e.g. a Host header not in ALLOWED_HOSTS): JSON under /api/.
+handler400 = views.bad_request
+
 urlpatterns = [
     path("", web_views.markets, name="home"),
     path("trade/<str:symbol>/", web_views.trade, name="trade"),

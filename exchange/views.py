@@ -1,5 +1,8 @@
 """HTTP views of the trading core: thin adapters over services and selectors."""
 
+from django.core.exceptions import DisallowedHost
+from django.http import JsonResponse
+from django.views import defaults
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound
@@ -61,3 +64,17 @@ class ApiPathNotFoundView(APIView):
         )
 
     get = post = put = patch = delete = head = options = not_found
+
+
+def bad_request(request, exception):
+    """Django's 400 (a Host header the exchange does not serve, another suspicious request
+    refused before any view): under /api/ in the API's JSON error shape, elsewhere Django's
+    page. It had been an HTML page under /api/ too."""
+    if not request.path.startswith("/api/"):
+        return defaults.bad_request(request, exception)
+    if isinstance(exception, DisallowedHost):
+        message = "the Host header names no host this exchange serves (ALLOWED_HOSTS)"
+    else:
+        message = "the request was refused as malformed"
+    body = {"error": "MalformedRequest", "code": -1100, "message": message}  # errors.ERROR_CODES
+    return JsonResponse(body, status=400)

@@ -3,6 +3,10 @@
 import json
 import logging
 
+import httpx
+import pytest
+
+from conftest import start_web
 from exchange.log_format import JsonFormatter
 
 
@@ -37,3 +41,15 @@ def test_exception_is_kept_inside_the_line():
         )
     entry = json.loads(JsonFormatter().format(record))
     assert "ValueError: boom" in entry["exc"]
+
+
+@pytest.mark.processes
+def test_the_web_servers_own_lines_are_json_without_their_colour_codes(processes, process_env):
+    # uvicorn had its own plain-text handler: "INFO:     connection open" among the JSON lines
+    # (324 of 555 lines of one web log).
+    web = start_web(processes, env={**process_env, "DEBUG": "false"}, name="web-log-format")
+    assert httpx.get(f"{web}/healthz", timeout=15).status_code in (200, 503)
+    text = (processes.log_dir / "web-log-format.log").read_text()
+    entries = [json.loads(line) for line in text.splitlines() if line.strip()]  # JSON, all
+    server = [e for e in entries if e["logger"].startswith("uvicorn")]
+    assert server and all("color_message" not in e for e in server)

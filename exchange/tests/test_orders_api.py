@@ -446,6 +446,17 @@ def test_a_path_no_endpoint_matches_gets_the_apis_json_404(market):
         }
     # The API reference pages keep their slash-appending redirect.
     assert maker.http.get("/api/docs").status_code == 301
+    # A Host the exchange does not serve: Django's 400 page, HTML, under /api/ too.
+    for path in ("/api/v1/time", "/api/v1/orders"):
+        refused = httpx.get(f"{maker.http.base_url}{path}", headers={"Host": "evil.example"})
+        assert refused.status_code == 400 and refused.json()["error"] == "MalformedRequest"
+        assert "evil.example" not in refused.text
+    assert (
+        "text/html"
+        in httpx.get(f"{maker.http.base_url}/", headers={"Host": "evil.example"}).headers[
+            "content-type"
+        ]
+    )
 
 
 def test_a_nul_character_in_the_path_or_query_is_a_400_not_a_500(market):
@@ -891,6 +902,13 @@ def test_a_body_with_a_key_twice_and_a_mass_cancel_with_a_body_are_refused(marke
     assert twice.status_code == 400, twice.text
     assert twice.json()["error"] == "MalformedRequest"
     assert "'quantity' appears more than once" in twice.json()["message"]
+    # The same as a form body took the last value (3): only JSON is read.
+    form = maker.http.post(
+        "/api/v1/orders",
+        content=f"symbol={symbol}&side=buy&order_type=limit&price=10.00&quantity=1&quantity=3",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert (form.status_code, form.json()["error"]) == (415, "UnsupportedMediaType"), form.text
     assert not Order.objects.filter(instrument=instrument).exists()
     kept = maker.place(**limit(symbol, "buy", "10.00", "1")).json()
     # A bot sending the symbol in the body lost every order on every symbol.
