@@ -46,6 +46,8 @@ ERROR = inline_serializer(
         "message": serializers.CharField(),
         "field": serializers.CharField(required=False),
         "order_id": serializers.IntegerField(required=False),
+        # InsufficientBalance and BalanceLimitExceeded name the asset.
+        "asset": serializers.CharField(required=False),
     },
 )
 
@@ -123,7 +125,14 @@ class OrdersView(APIView):
     @extend_schema(
         operation_id="order_place",
         request=OrderPlaceSerializer,
-        responses={201: OrderSerializer, 202: OrderSerializer, 400: ERROR, 409: ERROR},
+        responses={
+            200: OrderSerializer,
+            201: OrderSerializer,
+            202: OrderSerializer,
+            400: ERROR,
+            409: ERROR,
+            415: ERROR,
+        },
         description=(
             "Waits up to 2 s for the matching engine: 201 with the result (fills, average "
             "price), or 202 with status pending_new (the order is durable either way). "
@@ -349,7 +358,8 @@ class SpreadView(PublicView):
                     "spread_bps": serializers.CharField(allow_null=True),
                     "mid": serializers.CharField(allow_null=True),
                 },
-            )
+            ),
+            400: ERROR,
         },
     )
     def get(self, request: Request, symbol: str) -> Response:
@@ -367,7 +377,7 @@ class TradesView(PublicView):
     @extend_schema(
         operation_id="trades_recent",
         parameters=PAGE_PARAMETERS,
-        responses={200: page_of(PublicTradeSerializer), 404: ERROR},
+        responses={200: page_of(PublicTradeSerializer), 400: ERROR, 404: ERROR},
     )
     def get(self, request: Request, symbol: str) -> Response:
         instrument = selectors.instrument_by_symbol(symbol)
@@ -406,7 +416,8 @@ class TickerView(PublicView):
                     "trades_24h": serializers.IntegerField(),
                     "status": serializers.ChoiceField(choices=selectors.TICKER_STATUSES),
                 },
-            )
+            ),
+            400: ERROR,
         },
     )
     def get(self, request: Request, symbol: str) -> Response:
