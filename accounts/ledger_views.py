@@ -12,6 +12,7 @@ from accounts import selectors
 from accounts.funds import deposit_create, withdrawal_create
 from accounts.models import LedgerAccount, LedgerEntry, LedgerPosting
 from exchange.pagination import PAGE_PARAMETERS, CursorPage, page_of
+from exchange.query_params import PAGE_QUERY, KnownQueryParameters
 from exchange.serializers import DecimalString, refuse_unknown_fields
 
 
@@ -96,16 +97,20 @@ def _target_user(request: Request, user_id: int, *, staff_may_act: bool):
     raise NotFound(f"no user {user_id}")
 
 
-class BalancesView(APIView):
+class BalancesView(KnownQueryParameters, APIView):
     """Your balances per asset: available, held for open orders, and total."""
+
+    query_parameters = {"GET": ()}
 
     @extend_schema(operation_id="balances_list", responses={200: BalanceSerializer(many=True)})
     def get(self, request: Request) -> Response:
         return Response(selectors.balances_for_user(user=request.user))
 
 
-class LedgerView(APIView):
+class LedgerView(KnownQueryParameters, APIView):
     """Your ledger postings (every movement of your money), newest first."""
+
+    query_parameters = {"GET": ("asset", *PAGE_QUERY)}
 
     @extend_schema(
         operation_id="ledger_list",

@@ -20,7 +20,7 @@ from exchange.errors import echoed, trading_error
 from exchange.models import Order
 from exchange.order_answers import await_command, order_changed_answer, order_placed_answer
 from exchange.pagination import PAGE_PARAMETERS, CursorPage, page_of
-from exchange.query_params import symbol_filter, whole_number
+from exchange.query_params import PAGE_QUERY, KnownQueryParameters, symbol_filter, whole_number
 from exchange.serializers import (
     ISO_DATETIME,
     InstrumentSerializer,
@@ -110,8 +110,16 @@ def order_status_filter(request: Request) -> str | None:
     return value
 
 
-class OrdersView(APIView):
+class OrdersView(KnownQueryParameters, APIView):
     """Place an order, list your orders, cancel all your open orders."""
+
+    query_parameters = {
+        "GET": ("symbol", "status", "start", "end", *PAGE_QUERY),
+        "POST": (),
+        # Without `symbol` every open order on every symbol is cancelled: a misspelt one
+        # (`symbols`) is refused, not read as no filter.
+        "DELETE": ("symbol",),
+    }
 
     # What an API key needs (accounts.api_key_auth.ApiKeyPermission) and what a request costs
     # of the caller's rate limits (accounts.rate_limits).
@@ -200,15 +208,6 @@ class OrdersView(APIView):
                 "(?symbol=); without it every open order is cancelled",
                 field=name,
             )
-        unexpected = [name for name in request.query_params if name != "symbol"]
-        if unexpected:
-            # `?symbols=AAPL` (a typo) was read as no filter: every order on every symbol went.
-            raise trading_error(
-                "UnexpectedParameter",
-                f"DELETE /orders takes only symbol; got {echoed(unexpected[0])} (without symbol "
-                "every open order is cancelled)",
-                field=unexpected[0][:100],
-            )
         command_ids = services.orders_mass_cancel(
             user=request.user,
             actor=request.user,
@@ -220,10 +219,11 @@ class OrdersView(APIView):
         return Response({"command_ids": command_ids}, status=status.HTTP_202_ACCEPTED)
 
 
-class OrderDetailView(APIView):
+class OrderDetailView(KnownQueryParameters, APIView):
     """One of your orders by id (or by client_order_id): read, cancel, amend."""
 
     lookup = "order_id"
+    query_parameters = {"GET": (), "DELETE": (), "PATCH": ()}
     key_permissions = {"GET": "read", "DELETE": "trade", "PATCH": "trade"}
     rate_weights = {"DELETE": {"requests": 1, "orders": 1}, "PATCH": {"requests": 1, "orders": 1}}
 
@@ -263,10 +263,11 @@ class OrderByClientIdView(OrderDetailView):
     lookup = "client_order_id"
 
 
-class FillsView(APIView):
+class FillsView(KnownQueryParameters, APIView):
     """Your fills, newest first."""
 
     rate_weights = {"GET": {"requests": 5}}
+    query_parameters = {"GET": ("symbol", *PAGE_QUERY)}
 
     @extend_schema(
         operation_id="fills_list",
@@ -282,9 +283,10 @@ class FillsView(APIView):
         )
 
 
-class PublicView(APIView):
+class PublicView(KnownQueryParameters, APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
+    query_parameters = {"GET": ()}
 
 
 class TimeView(PublicView):
@@ -321,6 +323,8 @@ class BookLevelSerializer(serializers.Serializer):
 
 
 class OrderBookView(PublicView):
+    query_parameters = {"GET": ("depth",)}
+
     @extend_schema(
         operation_id="orderbook",
         parameters=[OpenApiParameter("depth", int, description="Levels per side, 1-50.")],
@@ -374,6 +378,8 @@ class SpreadView(PublicView):
 
 
 class TradesView(PublicView):
+    query_parameters = {"GET": PAGE_QUERY}
+
     @extend_schema(
         operation_id="trades_recent",
         parameters=PAGE_PARAMETERS,
@@ -446,6 +452,8 @@ class CandleSerializer(serializers.Serializer):
 
 
 class CandlesView(PublicView):
+    query_parameters = {"GET": ("interval", "limit", "end")}
+
     MAX_LIMIT = 1000
 
     @extend_schema(

@@ -3,7 +3,34 @@
 from rest_framework.request import Request
 
 from exchange import selectors
-from exchange.errors import trading_error
+from exchange.errors import echoed, trading_error
+
+# The cursor pages' own parameters (exchange.pagination.CursorPage).
+PAGE_QUERY = ("limit", "cursor")
+
+
+class KnownQueryParameters:
+    """A view mixin: `query_parameters` names, per HTTP method, every query parameter the view
+    reads; any other is a 400 UnexpectedParameter, checked after authentication, permissions
+    and rate limits. A misspelt filter had been no filter: `/fills?symbl=AAPL` listed the fills
+    of every symbol, and `DELETE /orders?symbols=AAPL` cancelled every order. A method left out
+    is not checked."""
+
+    query_parameters: dict[str, tuple[str, ...]] = {}
+
+    def initial(self, request, *args, **kwargs) -> None:
+        super().initial(request, *args, **kwargs)
+        names = self.query_parameters.get(request.method)
+        if names is None:
+            return
+        for name in request.query_params:
+            if name not in names:
+                takes = f"takes only {', '.join(names)}" if names else "takes no query parameters"
+                raise trading_error(
+                    "UnexpectedParameter",
+                    f"{request.method} {request.path} {takes}; got {echoed(name)}",
+                    field=name[:100],
+                )
 
 
 def whole_number(request: Request, name: str, *, default: int, low: int, high: int) -> int:

@@ -1091,6 +1091,37 @@ def test_avg_price_is_the_exact_average_of_the_fill_prices(exchange_stack, live_
     assert (maker["status"], maker["avg_price"]) == ("filled", "101.00000")
 
 
+def test_a_query_parameter_an_endpoint_does_not_read_is_refused(market):
+    # A misspelt filter was no filter: /fills?symbl=AAPL listed the fills of every symbol.
+    instrument, maker, _ = market
+    symbol = instrument.symbol
+    for path, params in [
+        ("/api/v1/fills", {"symbl": symbol}),
+        ("/api/v1/orders", {"symbols": symbol, "limit": "5"}),
+        ("/api/v1/ledger", {"assets": "USD"}),
+        ("/api/v1/balances", {"asset": "USD"}),
+        (f"/api/v1/orderbook/{symbol}", {"levels": "5"}),
+        (f"/api/v1/trades/{symbol}", {"since": "1"}),
+        (f"/api/v1/ticker/{symbol}", {"window": "1h"}),
+        (f"/api/v1/candles/{symbol}", {"interval": "1m", "start": "2026-01-01T00:00:00Z"}),
+    ]:
+        response = maker.get(path, **params)
+        assert response.status_code == 400, (path, response.text)
+        unread = next(name for name in params if name not in ("limit", "interval"))
+        assert (response.json()["error"], response.json()["field"]) == (
+            "UnexpectedParameter", unread
+        ), path  # fmt: skip
+    # What they do read is taken as before.
+    for path, params in [
+        ("/api/v1/fills", {"symbol": symbol, "limit": "5"}),
+        ("/api/v1/orders", {"symbol": symbol, "status": "open", "limit": "5"}),
+        ("/api/v1/ledger", {"asset": "USD", "limit": "5"}),
+        (f"/api/v1/orderbook/{symbol}", {"depth": "5"}),
+        (f"/api/v1/candles/{symbol}", {"interval": "1m", "limit": "5"}),
+    ]:
+        assert maker.get(path, **params).status_code == 200, path
+
+
 def test_a_symbol_filter_naming_no_instrument_is_a_400_not_an_empty_list(market):
     instrument, maker, _ = market
     maker.place(**limit(instrument.symbol, "buy", "10.00", "1"))
