@@ -43,16 +43,25 @@ class UserAdmin(DjangoUserAdmin):
         return fields if request.user.is_superuser else (*fields, *POWER_FIELDS)
 
     def has_change_permission(self, request, obj=None):
-        # Nor may they change a superuser (a password reset, a deactivation: a takeover or a
-        # lock-out of the accounts above them).
-        if obj is not None and obj.is_superuser and not request.user.is_superuser:
+        # Nor may they change another staff member (a password reset is a takeover of that
+        # account's powers: support reset a treasurer's password and credited itself a million
+        # USD), nor delete one; their own account they may edit, its powers read-only.
+        if obj is not None and not _may_manage(request.user, obj, own=True):
             return False
         return super().has_change_permission(request, obj)
 
     def has_delete_permission(self, request, obj=None):
-        if obj is not None and obj.is_superuser and not request.user.is_superuser:
+        if obj is not None and not _may_manage(request.user, obj, own=False):
             return False
         return super().has_delete_permission(request, obj)
+
+
+def _may_manage(actor, user, *, own: bool) -> bool:
+    """A superuser manages every account; other staff ordinary users only (and, with `own`,
+    themselves)."""
+    if actor.is_superuser or not (user.is_staff or user.is_superuser):
+        return True
+    return own and user.pk == actor.pk
 
 
 # ---- fee tiers ---------------------------------------------------------------------------------

@@ -448,24 +448,36 @@ def test_staff_who_may_change_users_cannot_grant_powers_or_touch_a_superuser(
     superuser = make_user("root")
     superuser.is_staff = superuser.is_superuser = True
     superuser.save()
-    pages = {
-        url: support.get(f"/admin/accounts/user/{superuser.pk}/{url}/")
-        for url in ("change", "password", "delete")
-    }
-    # A superuser's page is a view only: no form, no password reset, no deletion.
-    seen = {url: (page.status_code, 'name="email"' in page.text) for url, page in pages.items()}
-    assert seen == {"change": (200, False), "password": (403, False), "delete": (403, False)}
-    reset = support.post(
-        f"/admin/accounts/user/{superuser.pk}/password/",
-        data={
-            "csrfmiddlewaretoken": csrf_token(support, change_url),
-            "password1": "taken-over-42!",
-            "password2": "taken-over-42!",
-        },
+    # Another staff member with a power support lacks: resetting its password took it over
+    # (support then credited itself a million USD).
+    treasurer = make_user("treasurer")
+    treasurer.is_staff = True
+    treasurer.save()
+    treasurer.user_permissions.add(
+        Permission.objects.get(content_type__app_label="accounts", codename="add_ledgerentry")
     )
-    assert reset.status_code == 403
-    superuser.refresh_from_db()
-    assert not superuser.check_password("taken-over-42!")
+    for above in (superuser, treasurer):
+        pages = {
+            url: support.get(f"/admin/accounts/user/{above.pk}/{url}/")
+            for url in ("change", "password", "delete")
+        }
+        # A view only: no form, no password reset, no deletion.
+        seen = {url: (page.status_code, 'name="email"' in page.text) for url, page in pages.items()}
+        assert seen == {"change": (200, False), "password": (403, False), "delete": (403, False)}
+        reset = support.post(
+            f"/admin/accounts/user/{above.pk}/password/",
+            data={
+                "csrfmiddlewaretoken": csrf_token(support, change_url),
+                "password1": "taken-over-42!",
+                "password2": "taken-over-42!",
+            },
+        )
+        assert reset.status_code == 403
+        above.refresh_from_db()
+        assert not above.check_password("taken-over-42!")
+    # An ordinary user's account support does manage.
+    customer = make_user()
+    assert 'name="email"' in support.get(f"/admin/accounts/user/{customer.pk}/change/").text
 
 
 @pytest.mark.processes
