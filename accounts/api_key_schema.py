@@ -16,8 +16,8 @@ class ApiKeySignatureScheme(OpenApiAuthenticationExtension):
                 "Signed requests: X-API-KEY (the key), X-API-TIMESTAMP (ms since the epoch), "
                 "X-API-SIGNATURE (hex HMAC-SHA256 with the secret of timestamp (+ ',' + the "
                 "receive window when one is sent) + METHOD + path + '?' + query when there is "
-                "one + body; a GET carries no body), optional X-API-RECV-WINDOW (ms, default "
-                "5000, at most 60000). See README, API keys."
+                "one + body; a GET, HEAD or DELETE carries none), optional X-API-RECV-WINDOW "
+                "(ms, default 5000, at most 60000). See README, API keys."
             ),
         }
 

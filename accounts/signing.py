@@ -12,9 +12,10 @@ arguments, so tests choose the instant. The spec is in README.md ("API keys and 
 the X-API-RECV-WINDOW header as sent, `path` the path as sent on the request line
 (percent-encoding included), `query` the raw query string, `body` the raw body bytes. A request
 is refused when its timestamp is older than the receive window (default 5000 ms, at most 60000)
-or more than 1000 ms ahead. GET and HEAD requests carry no body: the payload does not mark
-where a query ends and a body begins, so a GET's query moved into its body would sign the same
-(and the filters it asked for would be dropped). A DELETE with a body is refused by its views.
+or more than 1000 ms ahead. GET, HEAD and DELETE requests carry no body: the payload does not
+mark where the path and query end and a body begins, so a GET's query moved into its body
+signed the same (its filters dropped), and a DELETE of order 30 replayed as a DELETE of order 3
+with the body `0` cancelled order 3.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 # Methods whose requests carry no body (see the module docstring).
-BODILESS_METHODS = frozenset({"GET", "HEAD"})
+BODILESS_METHODS = frozenset({"GET", "HEAD", "DELETE"})
 
 
 def signature_payload(
@@ -276,7 +277,8 @@ def signature_verify(
         raise SignatureRejected(
             "bad_signature",
             "InvalidSignature",
-            "signature does not match (HMAC-SHA256 of timestamp + METHOD + path + ?query + body)",
+            "signature does not match (hex HMAC-SHA256 of timestamp, + ',' + the receive window "
+            "when one is sent, + METHOD + path + '?' + query when there is one + body)",
             credentials=credentials,
         )
     if credentials.ip_allowlist and not _ip_allowed(signed.client_ip, credentials.ip_allowlist):

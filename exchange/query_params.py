@@ -11,10 +11,10 @@ PAGE_QUERY = ("limit", "cursor")
 
 class KnownQueryParameters:
     """A view mixin: `query_parameters` names, per HTTP method, every query parameter the view
-    reads; any other is a 400 UnexpectedParameter, checked after authentication, permissions
-    and rate limits. A misspelt filter had been no filter: `/fills?symbl=AAPL` listed the fills
-    of every symbol, and `DELETE /orders?symbols=AAPL` cancelled every order. A method left out
-    is not checked."""
+    reads; any other, or one given twice, is a 400 UnexpectedParameter, checked after
+    authentication, permissions and rate limits. A misspelt filter had been no filter:
+    `/fills?symbl=AAPL` listed the fills of every symbol, and `DELETE /orders?symbols=AAPL`
+    cancelled every order. A method left out is not checked."""
 
     query_parameters: dict[str, tuple[str, ...]] = {}
 
@@ -23,12 +23,19 @@ class KnownQueryParameters:
         names = self.query_parameters.get(request.method)
         if names is None:
             return
-        for name in request.query_params:
+        for name, values in request.query_params.lists():
             if name not in names:
                 takes = f"takes only {', '.join(names)}" if names else "takes no query parameters"
                 raise trading_error(
                     "UnexpectedParameter",
                     f"{request.method} {request.path} {takes}; got {echoed(name)}",
+                    field=name[:100],
+                )
+            if len(values) > 1:
+                # `?symbol=AAA&symbol=BBB` had read the last: a mass cancel of BBB alone.
+                raise trading_error(
+                    "UnexpectedParameter",
+                    f"{name} given {len(values)} times; give it once",
                     field=name[:100],
                 )
 

@@ -113,6 +113,15 @@ def test_a_get_with_a_body_is_refused_since_its_query_could_have_moved_there():
     assert verify(filtered) == ALICE
 
 
+def test_a_delete_with_a_body_is_refused_since_its_path_could_have_moved_there():
+    # A signed DELETE of order 30, replayed as a DELETE of order 3 with the body `0`, signed
+    # the same and cancelled order 3.
+    signed = signed_request(method="DELETE", path="/api/v1/orders/30", query="", body=b"")
+    moved = dataclasses.replace(signed, path="/api/v1/orders/3", body=b"0")
+    assert refused(moved).reason == "body_not_allowed"
+    assert verify(signed) == ALICE
+
+
 def test_a_correctly_signed_request_is_accepted_and_names_its_key():
     assert verify(signed_request()) == ALICE
     assert verify(signed_request(query="", body=b"", method="GET")) == ALICE
@@ -130,7 +139,7 @@ def test_the_signature_is_case_insensitive_hex():
         {"path": "/api/v1/orders/7"},
         {"query": "symbol=MSFT"},
         {"query": ""},
-        {"method": "DELETE"},
+        {"method": "PATCH"},
         {"timestamp": str(NOW - 1)},
     ],
     ids=["body", "path", "query", "query-removed", "method", "timestamp"],
