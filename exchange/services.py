@@ -167,6 +167,7 @@ def order_place(
 # names of at most this many fields no order has.
 REFUSED_VALUE_MAX_CHARS = 100
 REFUSED_UNKNOWN_NAMES_MAX = 10
+REFUSED_ERROR_MAX_CHARS = 1000  # a text of the error answered (its message, its field)
 
 
 def order_refusal_record(*, user, sent, status: int, error: dict, http_request=None) -> None:
@@ -176,6 +177,12 @@ def order_refusal_record(*, user, sent, status: int, error: dict, http_request=N
     the database cannot take is logged; the client's answer stands."""
     if not 400 <= status < 500 or not getattr(user, "is_authenticated", False):
         return
+    # The error may name what was sent (an unknown field's name, NUL and all): a NUL had made
+    # PostgreSQL refuse the record.
+    error = {
+        k: v.replace("\x00", "")[:REFUSED_ERROR_MAX_CHARS] if isinstance(v, str) else v
+        for k, v in error.items()
+    }
     payload: dict = {"status": status, "error": error}
     if isinstance(sent, dict):
         known = set(OrderPlaceSerializer._declared_fields)

@@ -694,6 +694,11 @@ def test_an_order_refused_at_entry_is_audited_whatever_its_body_and_a_placed_one
     assert first.payload == {"status": 400, "error": malformed.json()}  # no body to keep
     assert second.payload["request"]["symbol"] == "X" * 100 and second.symbol is None
     assert second.payload["unknown_fields"] == ["price_note"]
+    # A NUL in a field's name, echoed by the error: PostgreSQL had refused the record.
+    nul = maker.place(**limit(instrument.symbol, "buy", "10.00", "10"), **{"x\u0000y": 1})
+    assert (nul.status_code, nul.json()["field"]) == (400, "x\u0000y")
+    third = records.order_by("seq").last()
+    assert (third.payload["error"]["field"], third.payload["unknown_fields"]) == ("xy", ["xy"])
 
 
 def test_a_bad_choice_is_named_with_the_choices_and_not_echoed_whole(market):
