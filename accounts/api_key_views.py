@@ -22,6 +22,7 @@ from accounts.api_keys import (
 from accounts.models import APIKey
 from exchange.api_views import ERROR
 from exchange.pagination import PAGE_PARAMETERS, CursorPage, page_of
+from exchange.query_params import PAGE_QUERY, KnownQueryParameters
 
 
 class ApiKeySerializer(serializers.ModelSerializer):
@@ -71,8 +72,10 @@ class ApiKeyCreateSerializer(serializers.Serializer):
     )
 
 
-class KeyManagementView(APIView):
+class KeyManagementView(KnownQueryParameters, APIView):
     """Changes (POST, DELETE) need the web session; reads accept an API key with `read`."""
+
+    query_parameters = {"GET": (), "POST": (), "DELETE": ()}
 
     def get_permissions(self):
         permissions = super().get_permissions()
@@ -82,6 +85,8 @@ class KeyManagementView(APIView):
 
 
 class ApiKeysView(KeyManagementView):
+    query_parameters = {"GET": PAGE_QUERY, "POST": ()}
+
     @extend_schema(
         operation_id="api_keys_list",
         parameters=PAGE_PARAMETERS,

@@ -17,6 +17,7 @@ from accounts.fee_tiers import fee_tier_status, user_fee_rates
 from accounts.models import FeeTier
 from accounts.quote_presence import daily_presence, uptime_30d
 from accounts.volume import VOLUME_QUOTE_ASSET, daily_volumes, window_days
+from exchange.query_params import KnownQueryParameters
 
 # Every listed instrument quotes USD: volumes and thresholds are USD, at cent precision.
 
@@ -101,8 +102,10 @@ def _tier(tier: FeeTier) -> dict:
     }
 
 
-class OwnUserView(APIView):
+class OwnUserView(KnownQueryParameters, APIView):
     """Scoped to the caller: any other user id is not found."""
+
+    query_parameters = {"GET": ()}
 
     def check_user(self, request: Request, user_id: int) -> None:
         if user_id != request.user.pk:

@@ -132,13 +132,14 @@ class LedgerView(KnownQueryParameters, APIView):
         )
 
 
-class _FundsMoveView(APIView):
+class _FundsMoveView(KnownQueryParameters, APIView):
     """POST {"asset", "amount"} for the user in the path, through one funds service. Moving
     money takes an API key's `withdraw` permission, a deposit too: it had fallen back to
     `trade`, and a staff member's trading key credited a million USD to a user."""
 
     staff_may_act = False
     key_permissions = {"POST": "withdraw"}
+    query_parameters = {"POST": ()}
 
     def move(self, request: Request, user_id: int, service) -> Response:
         user = _target_user(request, user_id, staff_may_act=self.staff_may_act)

@@ -15,6 +15,7 @@ from audit.selectors import (
 from audit.serializers import AuditRecordSerializer, UserActivityQuery
 from exchange.api_errors import ApiError
 from exchange.pagination import CursorPage
+from exchange.query_params import PAGE_QUERY, KnownQueryParameters
 
 VIEW_PERMISSION = "audit.view_audit_trail"
 
@@ -36,11 +37,12 @@ class AuditCursorPage(CursorPage):
     ordering = "seq"
 
 
-class _AuditListView(generics.ListAPIView):
+class _AuditListView(KnownQueryParameters, generics.ListAPIView):
     serializer_class = AuditRecordSerializer
     # An API key of compliance staff needs `read` too (accounts.api_key_auth).
     permission_classes = [IsComplianceStaff, ApiKeyPermission]
     pagination_class = AuditCursorPage
+    query_parameters = {"GET": PAGE_QUERY}
 
 
 class OrderHistoryView(_AuditListView):
@@ -67,6 +69,8 @@ class TradeRecordsView(_AuditListView):
 
 class UserActivityView(_AuditListView):
     """A user's activity (as actor or subject) within an optional [start, end] window."""
+
+    query_parameters = {"GET": ("start", "end", *PAGE_QUERY)}
 
     @extend_schema(
         operation_id="audit_user_activity",

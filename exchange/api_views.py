@@ -514,8 +514,10 @@ class CandlesView(PublicView):
         return Response({"symbol": instrument.symbol, "interval": interval, "candles": candles})
 
 
-class ExchangeMetricsView(APIView):
+class ExchangeMetricsView(KnownQueryParameters, APIView):
     """Volume, trades and fee revenue net of rebates, per symbol and per quote asset (staff)."""
+
+    query_parameters = {"GET": ()}
 
     permission_classes = [IsAdminUser, ApiKeyPermission]
 

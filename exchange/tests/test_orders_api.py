@@ -1118,6 +1118,8 @@ def test_a_query_parameter_an_endpoint_does_not_read_is_refused(market):
         (f"/api/v1/trades/{symbol}", {"since": "1"}),
         (f"/api/v1/ticker/{symbol}", {"window": "1h"}),
         (f"/api/v1/candles/{symbol}", {"interval": "1m", "start": "2026-01-01T00:00:00Z"}),
+        (f"/api/v1/users/{maker.user.pk}/fee-tier", {"tier": "x"}),
+        ("/api/v1/api-keys", {"page": "2"}),
     ]:
         response = maker.get(path, **params)
         assert response.status_code == 400, (path, response.text)
@@ -1132,6 +1134,7 @@ def test_a_query_parameter_an_endpoint_does_not_read_is_refused(market):
         ("/api/v1/ledger", {"asset": "USD", "limit": "5"}),
         (f"/api/v1/orderbook/{symbol}", {"depth": "5"}),
         (f"/api/v1/candles/{symbol}", {"interval": "1m", "limit": "5"}),
+        ("/api/v1/api-keys", {"limit": "100"}),  # as the account page asks
     ]:
         assert maker.get(path, **params).status_code == 200, path
 
