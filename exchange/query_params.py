@@ -1,6 +1,7 @@
 """Reading the API's query parameters strictly: a bad value is a 400 naming it, never ignored."""
 
 from rest_framework.request import Request
+from rest_framework.settings import api_settings
 
 from exchange import selectors
 from exchange.errors import echoed, trading_error
@@ -24,7 +25,7 @@ class KnownQueryParameters:
         if names is None:
             return
         for name, values in request.query_params.lists():
-            if name not in names:
+            if name not in names and name != api_settings.URL_FORMAT_OVERRIDE:  # DRF's `format`
                 takes = f"takes only {', '.join(names)}" if names else "takes no query parameters"
                 raise trading_error(
                     "UnexpectedParameter",

@@ -435,6 +435,8 @@ LOGGING = {
         "celery": {"level": LOG_LEVEL},
         # The web server's own lines ("connection open", shutdown) in the same format: uvicorn
         # configured its logger with a plain-text handler before it loaded the application.
-        "uvicorn": {"handlers": ["stdout"], "level": LOG_LEVEL, "propagate": False},
+        # Only `uvicorn.error`: configuring its parent `uvicorn` reset the children, and the
+        # access log `--no-access-log` had turned off came back, a line per request.
+        "uvicorn.error": {"handlers": ["stdout"], "level": LOG_LEVEL, "propagate": False},
     },
 }

@@ -53,3 +53,5 @@ def test_the_web_servers_own_lines_are_json_without_their_colour_codes(processes
     entries = [json.loads(line) for line in text.splitlines() if line.strip()]  # JSON, all
     server = [e for e in entries if e["logger"].startswith("uvicorn")]
     assert server and all("color_message" not in e for e in server)
+    # The Procfile turns the access log off: it had come back, a line per request.
+    assert not [e for e in entries if e["logger"] == "uvicorn.access"]

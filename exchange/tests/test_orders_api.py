@@ -1135,6 +1135,7 @@ def test_a_query_parameter_an_endpoint_does_not_read_is_refused(market):
         (f"/api/v1/orderbook/{symbol}", {"depth": "5"}),
         (f"/api/v1/candles/{symbol}", {"interval": "1m", "limit": "5"}),
         ("/api/v1/api-keys", {"limit": "100"}),  # as the account page asks
+        ("/api/v1/symbols", {"format": "json"}),  # DRF's own
     ]:
         assert maker.get(path, **params).status_code == 200, path
 
