@@ -87,7 +87,7 @@ def deposit_create(*, user, asset: str, amount: Decimal, actor, http_request=Non
                 http_status=403,
             )
         # Read under the user's ledger lock: parallel self-credits had each read the total
-        # before any was written (4 of 600 passed a limit of 1,000).
+        # before any was written (four credits of 600 passed a limit of 1,000).
         users_lock(user_ids=[user.pk])
         already = _self_credited(user, asset)
         if already + amount > limit:
