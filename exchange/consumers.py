@@ -294,44 +294,61 @@ ABUSE_WINDOW_SECONDS = 10.0
 EARLIER_OPS_WAIT_SECONDS = 5.0
 
 
-def _order_place(
-    user,
-    body: dict,
-    request: SocketRequest,
-    *,
-    earlier: tuple = (),
-    stored: threading.Event | None = None,
-) -> tuple[int, dict]:
-    """Place an order (as POST /orders), once the ops it must follow are stored (`earlier`);
-    `stored` is set once it is stored (or refused): the ops sent after it wait for that."""
+def _in_turn(op):
+    """An order op of a socket, run in its turn (see StreamConsumer._spawn_in_turn): it waits
+    (at most EARLIER_OPS_WAIT_SECONDS) until the ops in `earlier` are stored, and `stored` is
+    set once it is over however it went. The op sets `stored` itself as soon as its command is
+    durable: the ops behind it need not wait for the engine's answer. A refusal is answered as
+    REST answers it."""
+
+    @functools.wraps(op)
+    def in_turn(
+        user,
+        body: dict,
+        request: SocketRequest,
+        *,
+        earlier: tuple = (),
+        stored: threading.Event | None = None,
+    ) -> tuple[int, dict]:
+        deadline = time.monotonic() + EARLIER_OPS_WAIT_SECONDS
+        for before in earlier:
+            before.wait(max(deadline - time.monotonic(), 0))
+        try:
+            return op(user, body, request, stored)
+        except APIException as exc:
+            return error_answer(exc)
+        finally:
+            _set(stored)
+
+    return in_turn
+
+
+def _set(event: threading.Event | None) -> None:
+    if event is not None:
+        event.set()
+
+
+@_in_turn
+def _order_place(user, body: dict, request: SocketRequest, stored) -> tuple[int, dict]:
+    """Place an order (as POST /orders); a refusal is recorded in the audit trail, as REST's."""
     from exchange import services
     from exchange.order_answers import order_placed_answer
     from exchange.serializers import OrderPlaceSerializer
 
-    _await_stored(earlier)
     try:
         serializer = OrderPlaceSerializer(data=body)
         serializer.is_valid(raise_exception=True)
         placement = services.order_place(
             user=user, request=serializer.to_request(), http_request=request
         )
-        _set(stored)  # durable: the answer may wait for the engine, the ops behind it need not
-        return order_placed_answer(placement.order, placement.command_id, placement.created)
     except APIException as exc:
         code, error = error_answer(exc)
         services.order_refusal_record(
             user=user, sent=body, status=code, error=error, http_request=request
         )
         return code, error
-    finally:
-        _set(stored)
-
-
-def _await_stored(earlier: tuple) -> None:
-    """Wait (at most EARLIER_OPS_WAIT_SECONDS) until every op in `earlier` is stored."""
-    deadline = time.monotonic() + EARLIER_OPS_WAIT_SECONDS
-    for stored in earlier:
-        stored.wait(max(deadline - time.monotonic(), 0))
+    _set(stored)  # durable: the answer may wait for the engine, the ops behind it need not
+    return order_placed_answer(placement.order, placement.command_id, placement.created)
 
 
 ORDER_KEYS = ("order_id", "client_order_id")
@@ -381,71 +398,38 @@ def _named_order(user, body: dict):
     )
 
 
-def _order_cancel(
-    user,
-    body: dict,
-    request: SocketRequest,
-    *,
-    earlier: tuple = (),
-    stored: threading.Event | None = None,
-) -> tuple[int, dict]:
-    """Cancel one order (as DELETE /orders/{id}), once the ops sent before it are stored."""
+@_in_turn
+def _order_cancel(user, body: dict, request: SocketRequest, stored) -> tuple[int, dict]:
+    """Cancel one order (as DELETE /orders/{id})."""
     from exchange import services
     from exchange.order_answers import order_changed_answer
 
-    _await_stored(earlier)
-    try:
-        _refuse_unexpected(body, ORDER_KEYS, "order.cancel")
-        order = _named_order(user, body)
-        command = services.order_cancel(order=order, actor=user, http_request=request)
-        _set(stored)  # the engine's answer may take a while; the ops behind it need not wait
-        return order_changed_answer(order, command.pk)
-    except APIException as exc:
-        return error_answer(exc)
-    finally:
-        _set(stored)
+    _refuse_unexpected(body, ORDER_KEYS, "order.cancel")
+    order = _named_order(user, body)
+    command = services.order_cancel(order=order, actor=user, http_request=request)
+    _set(stored)
+    return order_changed_answer(order, command.pk)
 
 
-def _order_amend(
-    user,
-    body: dict,
-    request: SocketRequest,
-    *,
-    earlier: tuple = (),
-    stored: threading.Event | None = None,
-) -> tuple[int, dict]:
-    """Amend one order (as PATCH /orders/{id}: `quantity` the new total, `price`), once the ops
-    sent before it are stored."""
+@_in_turn
+def _order_amend(user, body: dict, request: SocketRequest, stored) -> tuple[int, dict]:
+    """Amend one order (as PATCH /orders/{id}: `quantity` the new total, `price`)."""
     from exchange import services
     from exchange.order_answers import order_changed_answer
     from exchange.serializers import OrderAmendSerializer
 
-    _await_stored(earlier)
-    try:
-        order = _named_order(user, body)
-        serializer = OrderAmendSerializer(
-            data={k: v for k, v in body.items() if k not in ORDER_KEYS}
-        )
-        serializer.is_valid(raise_exception=True)
-        command = services.order_amend(
-            order=order, actor=user, http_request=request, **serializer.validated_data
-        )
-        _set(stored)
-        return order_changed_answer(order, command.pk)
-    except APIException as exc:
-        return error_answer(exc)
-    finally:
-        _set(stored)
+    order = _named_order(user, body)
+    serializer = OrderAmendSerializer(data={k: v for k, v in body.items() if k not in ORDER_KEYS})
+    serializer.is_valid(raise_exception=True)
+    command = services.order_amend(
+        order=order, actor=user, http_request=request, **serializer.validated_data
+    )
+    _set(stored)
+    return order_changed_answer(order, command.pk)
 
 
-def _orders_cancel_all(
-    user,
-    body: dict,
-    request: SocketRequest,
-    *,
-    earlier: tuple = (),
-    stored: threading.Event | None = None,
-) -> tuple[int, dict]:
+@_in_turn
+def _orders_cancel_all(user, body: dict, request: SocketRequest, stored) -> tuple[int, dict]:
     """Cancel every open order of the user, or of one `symbol` (as DELETE /orders?symbol=),
     including the ones placed before it on this socket: 202 with the commands' ids once the
     engine has applied them (or the wait ran out)."""
@@ -453,33 +437,22 @@ def _orders_cancel_all(
     from exchange.errors import trading_error
     from exchange.order_answers import await_command
 
-    _await_stored(earlier)
-    try:
-        _refuse_unexpected(body, ("symbol",), "order.cancel_all")
-        symbol = body.get("symbol")
-        if "symbol" in body and not isinstance(symbol, str):
-            # `null` (a bot's unset variable) had cancelled every order on every symbol.
-            raise trading_error(
-                "InvalidParameter",
-                "symbol must be a string; leave it out to cancel every open order",
-                field="symbol",
-            )
-        command_ids = services.orders_mass_cancel(
-            user=user, actor=user, symbol=symbol, http_request=request
+    _refuse_unexpected(body, ("symbol",), "order.cancel_all")
+    symbol = body.get("symbol")
+    if "symbol" in body and not isinstance(symbol, str):
+        # `null` (a bot's unset variable) had cancelled every order on every symbol.
+        raise trading_error(
+            "InvalidParameter",
+            "symbol must be a string; leave it out to cancel every open order",
+            field="symbol",
         )
-        _set(stored)
-        for command_id in command_ids:
-            await_command(command_id)
-        return 202, {"command_ids": command_ids}
-    except APIException as exc:
-        return error_answer(exc)
-    finally:
-        _set(stored)
-
-
-def _set(event: threading.Event | None) -> None:
-    if event is not None:
-        event.set()
+    command_ids = services.orders_mass_cancel(
+        user=user, actor=user, symbol=symbol, http_request=request
+    )
+    _set(stored)
+    for command_id in command_ids:
+        await_command(command_id)
+    return 202, {"command_ids": command_ids}
 
 
 class StreamConsumer(AsyncWebsocketConsumer):
