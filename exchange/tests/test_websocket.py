@@ -104,10 +104,24 @@ async def order_frame(ws, order_id: int) -> dict:
     )
 
 
+async def log_in(ws, key, **fields) -> dict:
+    """Send the signed `login` op of `key` (with `fields`); the login frame."""
+    await send(ws, login_op(key, **fields))
+    return await recv_until(ws, lambda f: f.get("type") == "login")
+
+
+async def responses_by_id(ws, count: int) -> dict:
+    """The next `count` op answers (other frames are read past), by their `id`."""
+    answers = {}
+    while len(answers) < count:
+        frame = await recv_until(ws, lambda f: f.get("type") == "response")
+        answers[frame["id"]] = frame
+    return answers
+
+
 async def watch_own_orders(ws, key) -> dict:
     """Log the socket in with `key` and subscribe it to its `orders` channel; the login frame."""
-    await send(ws, login_op(key, id=1))
-    login = await recv_until(ws, lambda f: f.get("type") == "login")
+    login = await log_in(ws, key, id=1)
     await send(ws, {"op": "subscribe", "channels": ["orders"]})
     await recv_until(ws, lambda f: f.get("type") == "subscribed")
     return login
@@ -525,8 +539,7 @@ def test_an_op_the_sockets_key_may_not_make_is_audited_as_rest_audits_it(market)
             (trade_only, {"op": "subscribe", "id": 1, "channels": ["orders"]}),
         ):
             async with websockets.connect(market["ws"], ping_interval=None) as ws:
-                await send(ws, login_op(key, id=0))
-                await recv_until(ws, lambda f: f.get("type") == "login")
+                await log_in(ws, key, id=0)
                 await send(ws, message)
                 refused = await recv_until(ws, lambda f: f.get("id") == 1)
                 assert "ApiKeyPermissionMissing" in json.dumps(refused), refused
@@ -968,8 +981,7 @@ def test_order_entry_over_the_socket_answers_like_rest(market):
                                     "quantity": "1"}
         )  # fmt: skip
         async with websockets.connect(market["ws"], ping_interval=None) as ws:
-            await send(ws, login_op(market["keys"][0]))
-            await recv_until(ws, lambda f: f.get("type") == "login")
+            await log_in(ws, market["keys"][0])
             await send(ws, {"op": "order.place", "id": "a1", **limit(symbol, "buy", "96.00", "3")})
             placed = await recv_until(ws, lambda f: f.get("type") == "response")
             assert placed["id"] == "a1" and placed["op"] == "order.place"
@@ -1007,17 +1019,13 @@ def test_amends_and_cancel_all_over_the_socket_answer_like_rest(market):
                    ).json()["order_id"]  # fmt: skip
         by_rest = await http.patch(f"/api/v1/orders/{rest_id}", json={"quantity": "4"})
         async with websockets.connect(market["ws"], ping_interval=None) as ws:
-            await send(ws, login_op(market["keys"][0]))
-            await recv_until(ws, lambda f: f.get("type") == "login")
+            await log_in(ws, market["keys"][0])
             order = {**limit(symbol, "buy", "95.00", "5"), "client_order_id": "q1"}
             await send(ws, {"op": "order.place", "id": "p", **order})
             # Sent behind the place without waiting: it finds the order all the same.
             await send(ws, {"op": "order.amend", "id": "a", "client_order_id": "q1",
                             "quantity": "4"})  # fmt: skip
-            answers = {}
-            while len(answers) < 2:
-                frame = await recv_until(ws, lambda f: f.get("type") == "response")
-                answers[frame["id"]] = frame
+            answers = await responses_by_id(ws, 2)
             amended = answers["a"]
             assert (amended["op"], amended["status"]) == ("order.amend", by_rest.status_code)
             assert amended["data"].keys() == by_rest.json().keys()
@@ -1067,8 +1075,7 @@ def test_ops_pipelined_on_one_order_apply_in_the_order_sent(market):
 
     async def scenario():
         async with websockets.connect(market["ws"], ping_interval=None) as ws:
-            await send(ws, login_op(market["keys"][0]))
-            await recv_until(ws, lambda f: f.get("type") == "login")
+            await log_in(ws, market["keys"][0])
             for n in range(3):
                 coid = f"turn-{n}-{time.monotonic_ns()}"
                 order = {**limit(symbol, "buy", "90.00", "5"), "client_order_id": coid}
@@ -1076,10 +1083,7 @@ def test_ops_pipelined_on_one_order_apply_in_the_order_sent(market):
                 await send(ws, {"op": "order.amend", "id": "a", "client_order_id": coid,
                                 "quantity": "3"})  # fmt: skip
                 await send(ws, {"op": "order.cancel", "id": "c", "client_order_id": coid})
-                answers = {}
-                while len(answers) < 3:
-                    frame = await recv_until(ws, lambda f: f.get("type") == "response")
-                    answers[frame["id"]] = frame
+                answers = await responses_by_id(ws, 3)
                 assert answers["a"]["status"] in (200, 202), answers["a"]
                 assert answers["c"]["status"] in (200, 202), answers["c"]
                 assert answers["c"]["data"]["quantity"] == "3"  # cancelled after the amend
@@ -1110,17 +1114,13 @@ def test_a_cancel_sent_right_behind_its_place_on_the_socket_cancels_it(market):
 
     async def scenario():
         async with websockets.connect(market["ws"], ping_interval=None) as ws:
-            await send(ws, login_op(market["keys"][0]))
-            await recv_until(ws, lambda f: f.get("type") == "login")
+            await log_in(ws, market["keys"][0])
             for n in range(5):
                 coid = f"behind-{n}-{time.monotonic_ns()}"
                 order = {**limit(symbol, "buy", "90.00", "1"), "client_order_id": coid}
                 await send(ws, {"op": "order.place", "id": f"p{n}", **order})
                 await send(ws, {"op": "order.cancel", "id": f"c{n}", "client_order_id": coid})
-                answers = {}
-                while len(answers) < 2:
-                    frame = await recv_until(ws, lambda f: f.get("type") == "response")
-                    answers[frame["id"]] = frame
+                answers = await responses_by_id(ws, 2)
                 cancel = answers[f"c{n}"]
                 assert cancel["status"] in (200, 202), cancel
                 assert cancel["data"]["status"] in ("cancelled", "new", "pending_new")
@@ -1162,8 +1162,7 @@ def test_an_api_key_login_is_refused_when_stale_revoked_or_unknown(market):
             await send(ws, {**login_op(key, at_ms=now - 6_000), "recv_window": 10_000, "id": 5})
             stretched = await recv_until(ws, lambda f: f.get("type") == "error")
             assert (stretched["error"], stretched["id"]) == ("InvalidSignature", 5)
-            await send(ws, login_op(key, at_ms=now - 6_000, recv_window=10_000, id=4))
-            late_but_allowed = await recv_until(ws, lambda f: f.get("type") == "login")
+            late_but_allowed = await log_in(ws, key, at_ms=now - 6_000, recv_window=10_000, id=4)
             assert late_but_allowed["user_id"] == user.pk and late_but_allowed["id"] == 4
 
     asyncio.run(scenario())
@@ -1350,8 +1349,7 @@ def test_socket_order_entry_needs_a_key_with_trade_and_carries_the_key_in_the_au
 
     async def scenario():
         async with websockets.connect(market["ws"], ping_interval=None) as ws:
-            await send(ws, login_op(reader))
-            logged_in = await recv_until(ws, lambda f: f.get("type") == "login")
+            logged_in = await log_in(ws, reader)
             assert logged_in["permissions"] == ["read"]
             await send(ws, {"op": "subscribe", "channels": ["orders"]})
             await recv_until(ws, lambda f: f.get("type") == "subscribed")
@@ -1360,8 +1358,7 @@ def test_socket_order_entry_needs_a_key_with_trade_and_carries_the_key_in_the_au
             assert refused["status"] == 403
             assert refused["error"]["error"] == "ApiKeyPermissionMissing"
         async with websockets.connect(market["ws"], ping_interval=None) as ws:
-            await send(ws, login_op(trader_only))
-            await recv_until(ws, lambda f: f.get("type") == "login")
+            await log_in(ws, trader_only)
             await send(ws, {"op": "subscribe", "channels": ["orders"], "id": 5})
             no_read = await recv_until(ws, lambda f: f.get("type") == "error")
             assert no_read["error"] == "ApiKeyPermissionMissing" and no_read["id"] == 5
