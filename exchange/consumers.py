@@ -354,20 +354,6 @@ def _order_place(user, body: dict, request: SocketRequest, stored) -> tuple[int,
 ORDER_KEYS = ("order_id", "client_order_id")
 
 
-def _refuse_unexpected(body: dict, accepted: tuple[str, ...], op: str) -> None:
-    """UnexpectedParameter naming the first field of `body` the op does not take (a cancel
-    with a `symbol` had cancelled its order as if the symbol had been checked)."""
-    from exchange.errors import trading_error
-
-    unexpected = [name for name in body if name not in accepted]
-    if unexpected:
-        raise trading_error(
-            "UnexpectedParameter",
-            f"{op} takes {', '.join(accepted)}; got {echoed(unexpected[0])}",
-            field=unexpected[0][:100],
-        )
-
-
 def _named_order(user, body: dict):
     """The user's order an op names by `order_id` or `client_order_id` (404 otherwise)."""
     from exchange import selectors
@@ -403,8 +389,9 @@ def _order_cancel(user, body: dict, request: SocketRequest, stored) -> tuple[int
     """Cancel one order (as DELETE /orders/{id})."""
     from exchange import services
     from exchange.order_answers import order_changed_answer
+    from exchange.serializers import refuse_unknown_names
 
-    _refuse_unexpected(body, ORDER_KEYS, "order.cancel")
+    refuse_unknown_names(body, ORDER_KEYS)
     order = _named_order(user, body)
     command = services.order_cancel(order=order, actor=user, http_request=request)
     _set(stored)
@@ -436,8 +423,9 @@ def _orders_cancel_all(user, body: dict, request: SocketRequest, stored) -> tupl
     from exchange import services
     from exchange.errors import trading_error
     from exchange.order_answers import await_command
+    from exchange.serializers import refuse_unknown_names
 
-    _refuse_unexpected(body, ("symbol",), "order.cancel_all")
+    refuse_unknown_names(body, ("symbol",))
     symbol = body.get("symbol")
     if "symbol" in body and not isinstance(symbol, str):
         # `null` (a bot's unset variable) had cancelled every order on every symbol.

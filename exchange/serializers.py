@@ -141,11 +141,17 @@ class DecimalString(serializers.Field):
 def refuse_unknown_fields(serializer: serializers.Serializer, data) -> None:
     if not isinstance(data, dict):
         raise trading_error("MalformedRequest", "the request body must be a JSON object")
-    unknown = sorted(set(data) - set(serializer.fields))
+    refuse_unknown_names(data, serializer.fields)
+
+
+def refuse_unknown_names(data: dict, accepted) -> None:
+    """UnexpectedParameter naming the first field of `data` (alphabetically) not in
+    `accepted`."""
+    unknown = sorted(set(data) - set(accepted))
     if unknown:
         raise trading_error(
             "UnexpectedParameter",
-            f"unknown field {unknown[0]!r}; accepted: {', '.join(sorted(serializer.fields))}",
+            f"unknown field {unknown[0]!r}; accepted: {', '.join(sorted(accepted))}",
             field=unknown[0],
         )
 
