@@ -16,6 +16,8 @@ class AuditEvent(models.TextChoices):
     ORDER_REJECTED = "order.rejected", "Order rejected"  # reason
     ORDER_EXPIRED = "order.expired", "Order expired"
     ORDER_TRIGGERED = "order.triggered", "Stop order triggered"
+    # A DAY order's expiry moved: its instrument's session hours changed (payload: the new one).
+    ORDER_EXPIRY_CHANGED = "order.expiry_changed", "Order expiry changed"
     # What a user or staff member asked for (the engine's outcome is recorded separately).
     ORDER_CANCEL_REQUESTED = "order.cancel_requested", "Order cancel requested"
     ORDER_AMEND_REQUESTED = "order.amend_requested", "Order amend requested"

@@ -42,6 +42,7 @@ from exchange.order_rules import (
     price_ticks,
     quantity_lots,
     quote_minor,
+    session_open_at,
     to_ns,
 )
 from exchange.replies import release_db_connection
@@ -900,6 +901,17 @@ INSTRUMENT_FIXED_AT_LISTING = (
 )
 
 
+# The trading session: a change moves the expiry of the instrument's open DAY orders.
+INSTRUMENT_SESSION_FIELDS = ("trades_24_7", "session_open", "session_close", "session_timezone")
+
+
+def day_orders_expiry(instrument: Instrument, now: dt.datetime) -> dt.datetime:
+    """When the open DAY orders of `instrument` expire after its session hours changed: at the
+    close of the session open now, as a DAY order placed now would; at once when no session is
+    open now (the market is closed, so no DAY order stays)."""
+    return day_expiry(instrument, now) if session_open_at(instrument, now) else now
+
+
 @transaction.atomic
 def instrument_rules_update(
     *, instrument: Instrument, previous: Instrument, actor, http_request=None
@@ -907,6 +919,11 @@ def instrument_rules_update(
     """Send an edited instrument's trading rules (minimums, band, collar, default STP mode) to
     its shard's engine, which otherwise kept enforcing the rules it was listed with; None when
     the edit changed none of them. Order entry picks the new row up by itself.
+
+    New session hours also move the expiry of its open DAY orders (see day_orders_expiry):
+    they had kept the close of the hours they were placed under (one placed on a 24/7 book
+    stayed open after the book got hours and closed). An order placed while the edit commits
+    may have read the old hours; it keeps the expiry they gave it.
 
     Called after the row's UPDATE, in its transaction: that holds the row FOR NO KEY UPDATE
     (no key column changes: the symbol is fixed), which the foreign-key checks of the entry
@@ -924,18 +941,46 @@ def instrument_rules_update(
         before = engine_instrument_spec(previous)
     except ValueError:  # rules saved before Instrument.clean() checked them: send the new ones
         before = None
-    if spec == before:
+    session_changed = any(
+        getattr(previous, field) != getattr(instrument, field)
+        for field in INSTRUMENT_SESSION_FIELDS
+    )
+    if spec == before and not session_changed:
         return None
-    command = command_enqueue(shard=instrument.shard, kind=Command.Kind.UPDATE_RULES, payload=spec)
+    payload: dict = dict(spec)
+    audit_payload: dict = {"from": before, "to": spec}
+    if session_changed:
+        day_expire_at = day_orders_expiry(instrument, timezone.now())
+        payload["day_expire_at"] = to_ns(day_expire_at)
+        audit_payload["session"] = {
+            "from": _session_hours(previous),
+            "to": _session_hours(instrument),
+            "day_orders_expire_at": day_expire_at.isoformat(),
+        }
+    command = command_enqueue(
+        shard=instrument.shard, kind=Command.Kind.UPDATE_RULES, payload=payload
+    )
     audit_record(
         event_type=AuditEvent.INSTRUMENT_RULES_CHANGE_REQUESTED,
         actor=actor,
         symbol=instrument.symbol,
         shard=instrument.shard,
-        payload={"command_id": command.pk, "from": before, "to": spec},
+        payload={"command_id": command.pk, **audit_payload},
         request=http_request,
     )
     return command
+
+
+def _session_hours(instrument: Instrument) -> dict:
+    """An instrument's session hours, for the audit trail."""
+    if instrument.trades_24_7:
+        return {"trades_24_7": True}
+    return {
+        "trades_24_7": False,
+        "open": instrument.session_open.isoformat() if instrument.session_open else None,
+        "close": instrument.session_close.isoformat() if instrument.session_close else None,
+        "timezone": instrument.session_timezone,
+    }
 
 
 @transaction.atomic

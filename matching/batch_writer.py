@@ -138,6 +138,7 @@ class _OrderUpdate:
         "d_spent",
         "d_value",
         "expire_at",
+        "expiry_moved",
         "filled",
         "held_revert",
         "hold_only",
@@ -190,6 +191,8 @@ class _OrderUpdate:
         # Touched only to give back a refused amend's hold: no news for the orders channel.
         self.hold_only = False
         self.stp_reduced = False  # self-trade prevention took quantity off it (decrement_both)
+        # Only its expiry changed: its instrument's session hours did (a DAY order).
+        self.expiry_moved = False
 
 
 class DecimalText:
@@ -531,6 +534,7 @@ class BatchWriter:
         specs = {inst.symbol: inst for inst in engine.instruments()}
         texts = self._texts_for(specs)
         updates, trades, symbols, audits = self._collect(applied, specs, texts)
+        audits += self._day_expiries_moved(engine, applied, updates)
         _subjects_fill(audits)
         amend_releases, ended_held_reverts = self._amend_holds(engine, applied, updates)
         self._live_orders(engine, updates)
@@ -739,6 +743,8 @@ class BatchWriter:
                     payload = {}
                     if ev[p.I_ACTION] == "updated":  # the rules the engine now applies
                         payload = dataclasses.asdict(a.cmd[2])
+                        if len(a.cmd) > 3:  # new session hours: the DAY orders' new expiry
+                            payload["day_orders_expire_at"] = ns_to_datetime(a.cmd[3]).isoformat()
                     event = INSTRUMENT_AUDIT_EVENTS[ev[p.I_ACTION]]
                     audits.append(self._audit(event, a, symbol=symbol, payload=payload))
             if a.priority_seq is not None and subject in updates:
@@ -752,6 +758,48 @@ class BatchWriter:
             ):
                 updates[subject].quantity = a.cmd[4]
         return updates, trades, symbols, [e for e in audits if e is not None]
+
+    def _day_expiries_moved(
+        self, engine: Engine, applied: list[Applied], updates: dict[int, _OrderUpdate]
+    ) -> list[AuditEntry]:
+        """The open DAY orders whose expiry an update of their instrument's session hours moved
+        (the engine says which are left after the batch: those it expired at once have their
+        own events; those placed after the update kept their own expiry). Each one is written
+        with its new expire_at (`_live_orders` reads it) and audited."""
+        audits = []
+        for index, a in enumerate(applied):
+            cmd = a.cmd
+            if (
+                cmd is None
+                or cmd[0] != p.OP_UPDATE_INSTRUMENT
+                or len(cmd) < 4
+                or any(ev[0] == p.EV_REJECT for ev in a.events)
+            ):
+                continue
+            symbol = cmd[2].symbol
+            expire_at = ns_to_datetime(cmd[3]).isoformat()
+            placed_after = {
+                later.cmd[3]
+                for later in applied[index + 1 :]
+                if later.cmd is not None and later.cmd[0] == p.OP_PLACE
+            }
+            for order_id, user_id in engine.day_orders(symbol):
+                if order_id in placed_after:
+                    continue
+                if order_id not in updates:
+                    u = updates[order_id] = _OrderUpdate(order_id, symbol, user_id)
+                    u.expiry_moved = True
+                audits.append(
+                    self._audit(
+                        AuditEvent.ORDER_EXPIRY_CHANGED,
+                        a,
+                        order_id=order_id,
+                        user_id=user_id,
+                        symbol=symbol,
+                        payload={"expire_at": expire_at, "reason": "session_hours_changed"},
+                    )
+                )
+        return audits
 
     @staticmethod
     def _trade_collect(ev: tuple, upd) -> None:
@@ -1204,4 +1252,7 @@ class BatchWriter:
             summary["rejection"] = rejection_body(u.reject_code, u.reject_message)
         if u.triggered:
             summary["triggered"] = True
+        if u.expiry_moved and u.expire_at is not None:
+            summary["event"] = "expiry_changed"
+            summary["expire_at"] = ns_to_datetime(u.expire_at).isoformat()
         return summary

@@ -74,7 +74,13 @@ def _add_instrument(ts: int, payload: dict) -> tuple:
 
 
 def _update_rules(ts: int, payload: dict) -> tuple:
-    return p.update_instrument(ts=ts, instrument=_instrument(payload))
+    # Beside the rules, `day_expire_at` when the session hours changed (the DAY orders' new
+    # expiry), floored to whole microseconds like a placed order's `expire_at`.
+    rules = dict(payload)
+    day_expire_at = rules.pop("day_expire_at", None)
+    if isinstance(day_expire_at, int):
+        day_expire_at -= day_expire_at % 1000
+    return p.update_instrument(ts=ts, instrument=_instrument(rules), day_expire_at=day_expire_at)
 
 
 def _expire_due(ts: int, payload: dict) -> tuple:
@@ -120,14 +126,15 @@ def engine_command(kind: str, payload: dict, ts: int) -> tuple:
 
 
 def command_to_json(cmd: tuple) -> list[Any]:
-    """A command tuple as JSON-ready data (an Instrument becomes its plain tuple)."""
+    """A command tuple as JSON-ready data (an Instrument becomes its plain tuple; an update's
+    `day_expire_at` follows it)."""
     if cmd[0] in _INSTRUMENT_OPS:
-        return [cmd[0], cmd[1], list(cmd[2].as_tuple())]
+        return [cmd[0], cmd[1], list(cmd[2].as_tuple()), *cmd[3:]]
     return list(cmd)
 
 
 def command_from_json(data: list) -> tuple:
     """Inverse of `command_to_json`."""
     if data[0] in _INSTRUMENT_OPS:
-        return (data[0], data[1], Instrument.from_tuple(tuple(data[2])))
+        return (data[0], data[1], Instrument.from_tuple(tuple(data[2])), *data[3:])
     return tuple(data)

@@ -637,3 +637,40 @@ def test_staff_actions_keep_the_request_the_values_changed_and_whose_object_it_w
     assert AuditRecord.objects.get(
         event_type="staff.action", payload__model="otp_totp.totpdevice", user_id=user.pk
     )
+
+
+@pytest.mark.processes
+def test_session_hours_staff_set_end_the_day_orders_their_close_has_passed(exchange_stack, live_db):
+    """A DAY order placed while the book traded 24/7 kept its UTC-midnight expiry when staff
+    gave the book hours: after their close it still rested on the closed market, its funds
+    held, and would have traded into the next session had the book gone 24/7 again."""
+    instrument = make_instrument()
+    trader = ApiClient(exchange_stack)
+    order = {"symbol": instrument.symbol, "side": "buy", "order_type": "limit", "quantity": "1"}
+    day = trader.place(**order, price="10.00", time_in_force="DAY").json()
+    gtc = trader.place(**order, price="9.00").json()
+    assert (day["status"], gtc["status"]) == ("new", "new")
+
+    staff = admin_client(exchange_stack)
+    changed = admin_instrument_change(
+        staff, instrument, trades_24_7="", session_open="00:00:00", session_close="00:00:01",
+        session_timezone="UTC",
+    )  # fmt: skip
+    assert changed.status_code == 302, changed.text[:2000]
+
+    def ended():
+        state = trader.get(f"/api/v1/orders/{day['order_id']}").json()
+        return state["status"] != "new" and state
+
+    ended_day = wait_until(ended, timeout=15)
+    assert (ended_day["status"], ended_day["reason"]) == ("expired", "day_expired")
+    assert trader.get(f"/api/v1/orders/{gtc['order_id']}").json()["status"] == "new"
+    usd = next(b for b in trader.get("/api/v1/balances").json() if b["asset"] == "USD")
+    assert Decimal(usd["held"]) == Decimal(gtc["held_amount"])  # the DAY order's went back
+    requested = AuditRecord.objects.get(
+        event_type="instrument.rules_change_requested", symbol=instrument.symbol
+    )
+    assert requested.payload["session"]["to"] == {
+        "trades_24_7": False, "open": "00:00:00", "close": "00:00:01", "timezone": "UTC"
+    }  # fmt: skip
+    assert AuditRecord.objects.filter(event_type="order.expired", order_id=day["order_id"]).exists()

@@ -1836,9 +1836,15 @@ class Engine:
     def _update_instrument(self, cmd, out) -> None:
         """New rules for a listed symbol (band, collar, minimums, price limits, default STP);
         resting orders stay as they are. Its scale (tick size, lot size, quote decimals) cannot
-        change: every resting price and quantity is counted in it."""
+        change: every resting price and quantity is counted in it.
+
+        With a `day_expire_at` (its session hours changed), every live DAY order of the symbol
+        expires then instead: at once when that is not after the command's ts."""
         inst = cmd[2]
-        if not isinstance(inst, Instrument):
+        day_expire_at = cmd[3] if len(cmd) > 3 else None
+        if not isinstance(inst, Instrument) or not (
+            day_expire_at is None or (day_expire_at.__class__ is int and day_expire_at > 0)
+        ):
             return self._reject(out, cmd, None, None, None, INVALID_COMMAND)
         book = self.books.get(inst.symbol)
         if book is None:
@@ -1857,6 +1863,19 @@ class Engine:
                 if o.book is book:
                     o.rich = False
         self._instrument_event(out, cmd[1], inst.symbol, "updated")
+        if day_expire_at is not None:
+            self._day_orders_expire_at(book, day_expire_at, cmd[1], out)
+
+    def _day_orders_expire_at(self, book: Book, expire_at: int, ts: int, out) -> None:
+        """Move every live DAY order of `book` to `expire_at` (a stale entry of the expiry heap
+        is skipped: its time no longer equals its order's), expiring them now if it is due."""
+        expiry = self._expiry
+        for o in self.orders.values():
+            if o.book is book and o.tif == DAY and o.expire_at != expire_at:
+                o.expire_at = expire_at
+                heapq.heappush(expiry, (expire_at, o.id))
+        if expire_at <= ts:
+            self._expire_due((OP_EXPIRE_DUE, ts, ts), out)
 
     # ======================================================================================
     # Read side
@@ -1918,6 +1937,12 @@ class Engine:
     def is_halted(self, symbol: str) -> bool:
         """Whether the instrument is halted."""
         return self.books[symbol].halted
+
+    def day_orders(self, symbol: str) -> list[tuple[int, int]]:
+        """`(order_id, user_id)` of each live DAY order of `symbol` (resting or untriggered
+        stop), in arrival order of the engine's order table."""
+        book = self.books.get(symbol)
+        return [(o.id, o.user) for o in self.orders.values() if o.book is book and o.tif == DAY]
 
     def instruments(self) -> list[Instrument]:
         """Instruments in add order."""

@@ -390,7 +390,11 @@ def add_instrument(*, ts: int, instrument) -> tuple:
     return (OP_ADD_INSTRUMENT, ts, instrument)
 
 
-def update_instrument(*, ts: int, instrument) -> tuple:
+def update_instrument(*, ts: int, instrument, day_expire_at: int | None = None) -> tuple:
     """Build an UPDATE_INSTRUMENT command: (OP_UPDATE_INSTRUMENT, ts, Instrument), the new
-    rules of a listed symbol (its tick size, lot size and quote decimals unchanged)."""
-    return (OP_UPDATE_INSTRUMENT, ts, instrument)
+    rules of a listed symbol (its tick size, lot size and quote decimals unchanged); with
+    `day_expire_at` (its session hours changed), (OP_UPDATE_INSTRUMENT, ts, Instrument,
+    day_expire_at): the new expiry of its live DAY orders."""
+    if day_expire_at is None:
+        return (OP_UPDATE_INSTRUMENT, ts, instrument)
+    return (OP_UPDATE_INSTRUMENT, ts, instrument, day_expire_at)

@@ -103,7 +103,9 @@ def order_row_place(
                 "order_type": {"limit": p.LIMIT, "market": p.MARKET}[order_type],
                 "price": 0 if price is None else spec.price_to_ticks(price),
                 "qty": spec.qty_to_lots(quantity),
-                "tif": {"GTC": p.GTC, "IOC": p.IOC, "FOK": p.FOK, "GTD": p.GTD}[time_in_force],
+                "tif": {"GTC": p.GTC, "IOC": p.IOC, "FOK": p.FOK, "GTD": p.GTD, "DAY": p.DAY}[
+                    time_in_force
+                ],
                 "expire_at": datetime_to_ns(expire_at) if expire_at else 0,
                 "flags": p.POST_ONLY if post_only else 0,
                 "display_qty": 0,

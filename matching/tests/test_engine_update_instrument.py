@@ -3,6 +3,8 @@
 import dataclasses
 
 from matching.engine import (
+    DAY,
+    GTD,
     INSTRUMENT_HALTED,
     INSTRUMENT_SCALE_CHANGED,
     INVALID_COMMAND,
@@ -13,10 +15,11 @@ from matching.engine import (
     UNKNOWN_INSTRUMENT,
     Engine,
     Instrument,
+    expire_due,
     halt,
     update_instrument,
 )
-from matching.engine.testing import Harness, fills, final, rejects
+from matching.engine.testing import Harness, fills, final, order_events, rejects
 
 
 def rules(h: Harness, **changes) -> list[tuple]:
@@ -117,3 +120,77 @@ def test_a_higher_price_limit_forgets_which_buys_could_pay_for_any_price():
     order.rich = True
     rules(h, price_max=1_000_000)
     assert order.rich is False
+
+
+def session_change(h: Harness, day_expire_at) -> list[tuple]:
+    """An update of X's rules that moves its DAY orders to `day_expire_at` (new session hours)."""
+    inst = h.engine.instruments()[0]
+    return h.apply(update_instrument(ts=h._ts(), instrument=inst, day_expire_at=day_expire_at))
+
+
+def test_new_session_hours_move_every_day_order_and_no_other():
+    h = Harness()
+    h.sell(1, 100, 1, tif=DAY, expire_at=1_000)
+    h.buy(2, 90, 1, tif=DAY, expire_at=1_000)
+    h.buy(3, 120, 1, tif=DAY, expire_at=1_000, order_type=STOP_MARKET, stop_price=150)
+    h.sell(4, 101, 1, tif=GTD, expire_at=1_000)
+    h.sell(5, 102, 1)
+    assert session_change(h, 500) == [(5, h.engine.ev_seq, h.ts, "X", "updated")]
+    assert sorted(h.engine.day_orders("X")) == [(1, 2), (2, 1), (3, 1)]
+    expired = h.expire_due(500)
+    assert [(e[4], e[6], e[7]) for e in order_events(expired)] == [
+        (1, "expired", "day_expired"),
+        (2, "expired", "day_expired"),
+        (3, "expired", "day_expired"),
+    ]
+    assert h.depth()[1] == [(101, 1, 1), (102, 1, 1)]  # the GTD and GTC sells stay
+    assert order_events(h.expire_due(999)) == []
+    assert [(e[4], e[7]) for e in order_events(h.expire_due(1_000))] == [(4, "gtd_expired")]
+
+
+def test_a_later_close_keeps_day_orders_past_their_old_expiry():
+    h = Harness()
+    h.sell(1, 100, 1, tif=DAY, expire_at=1_000)
+    session_change(h, 2_000)
+    assert order_events(h.expire_due(1_500)) == []
+    assert fills(h.buy(2, 100, 1)) == [(1, 2, 100, 1)]  # still in the book after its old expiry
+    h.sell(3, 100, 1, tif=DAY, expire_at=1_800)
+    session_change(h, 2_000)
+    assert h.ts < 2_000
+    assert final(h.expire_due(2_000), 3)[:2] == ("expired", "day_expired")
+
+
+def test_a_close_already_passed_expires_day_orders_in_the_same_command():
+    h = Harness()
+    h.sell(1, 100, 2, tif=DAY, expire_at=1_000)
+    h.buy(2, 90, 1, tif=GTD, expire_at=1_000)
+    seq = h.engine.book_seq("X")
+    events = session_change(h, h.ts)  # the market closed: the close is now
+    assert events[0][4] == "updated"
+    assert [(e[4], e[6], e[7], e[9]) for e in order_events(events)] == [
+        (1, "expired", "day_expired", 0)
+    ]
+    assert h.depth() == ([(90, 1, 1)], [])
+    assert h.engine.book_seq("X") == seq + 1  # one book update for the whole command
+
+
+def test_a_bad_day_expiry_is_refused_and_changes_nothing():
+    h = Harness()
+    h.sell(1, 100, 1, tif=DAY, expire_at=1_000)
+    state = h.engine.export_state
+    before = state()
+    for bad in (0, -5, 1.5, "1000", True):
+        assert rejects(session_change(h, bad))[0][0] == INVALID_COMMAND
+    # Only the event counter moved (the rejects); the rules, books and orders are as they were.
+    assert {**state(), "counters": None} == {**before, "counters": None}
+    assert order_events(h.expire_due(999)) == []
+
+
+def test_moved_day_expiries_survive_a_snapshot():
+    h = Harness()
+    h.sell(1, 100, 1, tif=DAY, expire_at=1_000)
+    session_change(h, 400)
+    restored = Engine.restore(h.engine.snapshot())
+    assert restored.state_hash() == h.engine.state_hash()
+    events = restored.apply(expire_due(now=400))
+    assert [(e[4], e[6]) for e in order_events(events)] == [(1, "expired")]

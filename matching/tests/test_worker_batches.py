@@ -32,7 +32,7 @@ from matching.tests.worker_checks import (
     exactly_once_invariants,
     matching_verify,
 )
-from matching.transport import book_snapshot_key, replies_channel
+from matching.transport import book_snapshot_key, market_data_channel, replies_channel
 
 pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
 
@@ -381,3 +381,109 @@ def test_matching_verify_fails_when_the_stored_book_differs_from_the_journal(
     )
     assert result.returncode == 1
     assert "MISMATCH" in result.stderr
+
+
+def test_new_session_hours_move_open_day_orders_and_replay(processes, process_env, redis_conn):
+    """A DAY order kept the expiry of the hours it was placed under: one placed while the
+    instrument had hours stayed until that close after it went 24/7, and one placed on a 24/7
+    book stayed open after it got hours and closed."""
+    instrument = instrument_create(
+        trades_24_7=False, session_open=dt.time(0), session_close=dt.time(23, 59),
+        session_timezone="UTC",
+    )  # fmt: skip
+    start_worker(processes, process_env)
+    soon = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(minutes=30)
+    seller, buyer = make_user("seller"), make_user("buyer")
+
+    def place(user, side, quantity, price, time_in_force):
+        return order_row_place(
+            user=user, instrument=instrument, side=side, quantity=quantity, price=price,
+            time_in_force=time_in_force, expire_at=soon,
+        )  # fmt: skip
+
+    day_sell = place(seller, "sell", "2", "10.00", "DAY")
+    day_buy = place(buyer, "buy", "1", "9.00", "DAY")
+    gtd = place(seller, "sell", "1", "11.00", "GTD")
+    all_commands_applied()
+    feed = redis_conn.pubsub()
+    feed.subscribe(market_data_channel(0))
+
+    def session_change(**hours):
+        previous = Instrument.objects.get(pk=instrument.pk)
+        for name, value in hours.items():
+            setattr(instrument, name, value)
+        instrument.save()
+        assert instrument_rules_update(instrument=instrument, previous=previous, actor="test")
+        all_commands_applied()
+
+    session_change(trades_24_7=True)  # now 24/7: DAY orders end at the next UTC midnight
+    midnight = dt.datetime.combine(
+        dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC
+    )
+    for order in (day_sell, day_buy):
+        order.refresh_from_db()
+        assert (order.status, order.expire_at) == ("new", midnight)
+    gtd.refresh_from_db()
+    assert gtd.expire_at == soon
+    moved = AuditRecord.objects.filter(event_type="order.expiry_changed", symbol=instrument.symbol)
+    assert sorted(moved.values_list("order_id", flat=True)) == sorted([day_sell.pk, day_buy.pk])
+    assert moved.first().payload == {
+        "expire_at": midnight.isoformat(), "reason": "session_hours_changed"
+    }  # fmt: skip
+    # Their owners hear of it on the orders channel (one frame each, status unchanged).
+    frames = []
+
+    def both_heard() -> bool:
+        while (message := feed.get_message(timeout=0.2)) is not None:
+            if message["type"] == "message":
+                frames.extend(json.loads(message["data"]).get("orders", ()))
+        return len(frames) >= 2
+
+    wait_until(both_heard, timeout=10)
+    assert sorted((f["order_id"], f["status"], f["event"], f["expire_at"]) for f in frames) == [
+        (day_sell.pk, "new", "expiry_changed", midnight.isoformat()),
+        (day_buy.pk, "new", "expiry_changed", midnight.isoformat()),
+    ]
+    feed.close()
+
+    # Back to hours whose session is over for the day: the DAY orders end at once.
+    session_change(trades_24_7=False, session_open=dt.time(0), session_close=dt.time(0, 0, 1))
+    for order in (day_sell, day_buy):
+        order.refresh_from_db()
+        assert (order.status, order.reason, order.is_open) == ("expired", "day_expired", False)
+    gtd.refresh_from_db()
+    assert gtd.status == "new"
+    changed = AuditRecord.objects.filter(
+        event_type="instrument.rules_changed", symbol=instrument.symbol
+    ).latest("seq")
+    assert "day_orders_expire_at" in changed.payload
+    exactly_once_invariants()
+    # The journal's replay (both updates with their DAY expiry) equals the rebuilt book.
+    assert "OK" in matching_verify(process_env)
+
+
+def test_a_day_order_placed_after_new_session_hours_in_the_same_batch_keeps_its_expiry(
+    processes, process_env
+):
+    instrument = instrument_create(
+        trades_24_7=False, session_open=dt.time(0), session_close=dt.time(23, 59),
+        session_timezone="UTC",
+    )  # fmt: skip
+    soon = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(minutes=30)
+    seller = make_user("seller")
+    place = {"user": seller, "instrument": instrument, "side": "sell", "quantity": "1"}
+    before = order_row_place(**place, price="10.00", time_in_force="DAY", expire_at=soon)
+    previous = Instrument.objects.get(pk=instrument.pk)
+    instrument.trades_24_7 = True
+    instrument.save()
+    instrument_rules_update(instrument=instrument, previous=previous, actor="test")
+    after = order_row_place(**place, price="11.00", time_in_force="DAY", expire_at=soon)
+    # Queued before the worker starts: its first poll takes all three into one batch.
+    start_worker(processes, process_env)
+    all_commands_applied()
+    before.refresh_from_db()
+    after.refresh_from_db()
+    assert before.expire_at != soon and after.expire_at == soon
+    moved = AuditRecord.objects.filter(event_type="order.expiry_changed", symbol=instrument.symbol)
+    assert list(moved.values_list("order_id", flat=True)) == [before.pk]
+    assert "OK" in matching_verify(process_env)
