@@ -291,7 +291,8 @@ def ticker_24h(*, instrument: Instrument, now: dt.datetime | None = None) -> dic
     change = change_pct = None
     if last is not None and first is not None:
         change = last.price - first.price
-        change_pct = (change / first.price * 100).quantize(Decimal("0.01"))
+        # `+ 0` drops the sign of a change that rounds to zero: it had read "-0.00".
+        change_pct = (change / first.price * 100).quantize(Decimal("0.01")) + 0
     return {
         "symbol": instrument.symbol,
         # `closed` outside the trading session: orders are refused MarketClosed then.

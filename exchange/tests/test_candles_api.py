@@ -241,3 +241,15 @@ def test_candles_are_public_and_in_the_openapi_schema(client):
     interval = next(p for p in operation["parameters"] if p["name"] == "interval")
     assert interval["required"] is True
     assert sorted(interval["schema"]["enum"]) == ["1d", "1h", "1m", "5m"]
+
+
+def test_a_24h_change_that_rounds_to_zero_has_no_sign():
+    """30000.10 then 29999.99 is -0.0004 %: the ticker and both pages read "-0.00"."""
+    from exchange.selectors import ticker_24h
+
+    instrument = make_instrument()
+    tape = Tape(instrument)
+    tape.trade(at(0, 10), "30000.10", "1")
+    tape.trade(at(0, 20), "29999.99", "1")
+    stats = ticker_24h(instrument=instrument, now=at(1))
+    assert (stats["change_24h"], str(stats["change_pct_24h"])) == (Decimal("-0.11"), "0.00")

@@ -10,6 +10,7 @@ import base64
 import datetime as dt
 import json
 import os
+import re
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -223,6 +224,58 @@ def test_a_page_left_open_after_logging_out_elsewhere_says_so(open_page, live_db
         "href", f"/accounts/login/?next=%2Ftrade%2F{instrument.symbol}%2F"
     )
     expect(page.locator("#stream-state")).to_have_text("You are signed out. Log in again.")
+
+
+def test_a_page_left_open_while_logging_in_again_elsewhere_still_trades(open_page, live_db):
+    """Logging in again in another tab gives a new CSRF token: the page's copy of the old one
+    made every order, amend and cancel from it a 403 ("CSRF Failed: CSRF token ... incorrect"),
+    Cancel all included, until a reload."""
+    instrument, user = make_instrument(), trader()
+    page = open_page()
+    open_trading(page, user, instrument.symbol)
+    other_tab = page.context.new_page()
+    other_tab.goto("/account/")
+    other_tab.get_by_role("button", name="Log out").click()
+    log_in(other_tab, user, "/account/")
+    other_tab.wait_for_url("**/account/")
+    place_limit(page, "buy", "99.00", "1")
+    expect(page.locator("#ticket-result")).to_have_text(re.compile(r"Order \d+: new\."))
+    page.get_by_role("button", name="Cancel all").click()
+    expect(page.locator("#orders-result")).to_have_text(
+        f"Cancel of all your open {instrument.symbol} orders sent."
+    )
+    expect(page.locator("#open-orders tbody")).to_contain_text("No open orders.")
+
+
+def test_the_trading_page_says_why_the_engine_ended_an_order(open_page, live_db):
+    """A market order on an empty book read "Order 33: cancelled.", and the resting order
+    self-trade prevention cancelled left the table without a word."""
+    instrument, user = make_instrument(), trader()
+    page = open_page()
+    open_trading(page, user, instrument.symbol)
+    expect(page.get_by_role("link", name="Admin")).to_have_count(0)  # not for traders
+    ticket = page.locator("#ticket")
+    ticket.get_by_label("Order type").select_option("market")
+    ticket.get_by_label(f"Quantity ({BASE})", exact=True).fill("1")
+    ticket.locator("#ticket-submit").click()
+    expect(page.locator("#ticket-result")).to_have_text(
+        re.compile(r"Order \d+: cancelled \(no liquidity\)\.")
+    )
+    # A market buy by amount with no amount: the error is at the amount, not at `quantity`.
+    ticket.get_by_label("Buy", exact=True).check()
+    ticket.get_by_label("By amount to spend").check()
+    ticket.locator("#ticket-submit").click()
+    expect(page.locator('#ticket [data-error-for="quote_quantity"]')).to_have_text(
+        "Enter the amount to spend."
+    )
+    place_limit(page, "buy", "99.00", "1")
+    resting = open_order_row(page, "99.00")
+    expect(resting).to_be_visible()
+    resting_id = resting.get_attribute("data-order-id")
+    place_limit(page, "sell", "99.00", "1")  # cancel_resting: the buy goes
+    expect(page.locator("#orders-result")).to_have_text(
+        f"Order {resting_id}: cancelled (self-trade prevention)."
+    )
 
 
 def test_the_trading_pages_status_follows_a_halt(open_page, live_db):

@@ -12,7 +12,11 @@ export class ApiError extends Error {
   }
 }
 
+// The CSRF cookie first: logging in again (in another tab, say) gives a new token there, and the
+// copy written into the page is then stale (every change from this page was a 403).
 function csrfToken() {
+  const cookie = document.cookie.split("; ").find((part) => part.startsWith("csrftoken="));
+  if (cookie) return decodeURIComponent(cookie.slice("csrftoken=".length));
   const holder = document.querySelector("[data-csrf]");
   return holder ? holder.dataset.csrf : "";
 }

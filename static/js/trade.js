@@ -1,6 +1,8 @@
 // The trading page: live ladder (local book checked by seq and checksum, resynced by itself),
 // trades tape, candles, and for a signed-in user the order ticket, open orders and fills.
-import { api, cell, clearErrors, debounce, shortTime, showError, signedOutNotice } from "./api.js";
+import {
+  ApiError, api, cell, clearErrors, debounce, shortTime, showError, signedOutNotice,
+} from "./api.js";
 import { LocalBook, compareDecimal } from "./book.js";
 import { CandleChart } from "./chart.js";
 import { addDecimals } from "./decimal.js";
@@ -266,13 +268,19 @@ async function submitTicket(event) {
   const submit = document.getElementById("ticket-submit");
   submit.disabled = true;
   try {
-    const { status, data } = await api("POST", "/api/v1/orders", ticketBody());
+    const body = ticketBody();
+    if (body.order_type === "market" && visibleValue("quote_quantity") === "") {
+      // Else the API's answer names `quantity`, a field this choice hides.
+      throw new ApiError(400, { error: "MissingParameter", field: "quote_quantity",
+                                message: "quote_quantity: Enter the amount to spend." });
+    }
+    const { status, data } = await api("POST", "/api/v1/orders", body);
     const filled = data.filled_quantity && Number(data.filled_quantity) > 0;
     result.textContent =
       status === 202
         ? `Order ${data.order_id} accepted; the engine has not confirmed it yet.`
-        : `Order ${data.order_id}: ${data.status.replaceAll("_", " ")}` +
-          (filled ? `, filled ${data.filled_quantity} at ${data.avg_price}` : "") +
+        : `Order ${data.order_id}: ${statusText(data)}` +
+          (filled ? `, filled ${data.filled_quantity} at ${trimPrice(data.avg_price)}` : "") +
           ".";
     refreshMine();
   } catch (error) {
@@ -401,10 +409,12 @@ function toggleAmend(row, order, button) {
     }
     try {
       const { data } = await api("PATCH", `/api/v1/orders/${id}`, body);
-      ordersResult.textContent = `Order ${id} amended: ${data.price ?? ""} × ${data.quantity}.`;
+      const price = data.price === null || data.price === undefined ? "" : `${data.price} × `;
+      ordersResult.textContent = `Order ${id} amended: ${price}${data.quantity}.`;
       amendRow.remove();
       refreshMine();
     } catch (error) {
+      ordersResult.textContent = "";  // not a message of an earlier success beside this error
       showError(form, error);
     }
   });
@@ -416,8 +426,12 @@ function toggleAmend(row, order, button) {
 
 async function cancelOrder(order) {
   try {
-    await api("DELETE", `/api/v1/orders/${order.order_id}`);
-    ordersResult.textContent = `Order ${order.order_id} cancelled.`;
+    const { status, data } = await api("DELETE", `/api/v1/orders/${order.order_id}`);
+    // 202: queued, the engine has not taken it yet (it had read "cancelled" then too).
+    ordersResult.textContent =
+      status === 202
+        ? `Cancel of order ${order.order_id} sent; the engine has not confirmed it yet.`
+        : `Order ${order.order_id}: ${statusText(data)}.`;
   } catch (error) {
     showOrdersError(error);
   }
@@ -427,11 +441,44 @@ async function cancelOrder(order) {
 async function cancelAll() {
   try {
     await api("DELETE", `/api/v1/orders?symbol=${encodeURIComponent(symbol)}`);
-    ordersResult.textContent = `All your open ${symbol} orders are cancelled.`;
+    // Always 202: the orders leave the table as the engine cancels them.
+    ordersResult.textContent = `Cancel of all your open ${symbol} orders sent.`;
   } catch (error) {
     showOrdersError(error);
   }
   refreshMine();
+}
+
+// Why an order ended, in words ("cancelled (no liquidity)"): it had read "cancelled" alone.
+const REASONS = {
+  user: "by you",
+  staff: "by staff",
+  ioc_remainder: "rest of an IOC order",
+  fok_unfillable: "could not fill whole",
+  no_liquidity: "no liquidity",
+  stp: "self-trade prevention",
+  post_only: "post-only would have matched",
+  max_quote: "funds held used up",
+  gtd_expired: "its expiry passed",
+  day_expired: "session closed",
+  halted: "trading halted",
+};
+
+function statusText(order) {
+  const status = order.status.replaceAll("_", " ");
+  const reason = order.reason && (REASONS[order.reason] ?? order.reason.replaceAll("_", " "));
+  return reason ? `${status} (${reason})` : status;
+}
+
+// An average price without the zeros past the tick's decimals ("150.000000" -> "150.00").
+function trimPrice(value) {
+  if (!value || !value.includes(".")) return value;
+  const tick = page.dataset.tick ?? "";
+  const decimals = tick.includes(".") ? tick.split(".")[1].length : 0;
+  let text = value.replace(/0+$/, "");
+  const [whole, fraction = ""] = text.split(".");
+  text = fraction.length < decimals ? `${whole}.${fraction.padEnd(decimals, "0")}` : text;
+  return text.endsWith(".") ? text.slice(0, -1) : text;
 }
 
 function showOrdersError(error) {
@@ -529,6 +576,12 @@ const stream = new Stream(channels, {
         document.getElementById("stat-last").textContent = frame.data.last_price;
       }
     } else if (frame.type === "order" && frame.data.symbol === symbol) {
+      // An order the engine ended by itself (self-trade prevention, expiry, funds) says why
+      // before it leaves the table; the user's own cancels say so where they were made.
+      const why = frame.data.reason;
+      if (["cancelled", "expired"].includes(frame.data.status) && why && why !== "user") {
+        ordersResult.textContent = `Order ${frame.data.order_id}: ${statusText(frame.data)}.`;
+      }
       refreshMine();
     } else if (frame.type === "balance") {
       // Any change of a balance shown here: an order of another symbol, a deposit, a
