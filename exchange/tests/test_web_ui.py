@@ -432,6 +432,13 @@ def test_the_ticket_sends_market_by_amount_stop_limit_and_gtd_iceberg_orders(
     gtd = next(o for o in orders.json()["results"] if o["price"] == "46.50")
     assert (gtd["time_in_force"], gtd["display_quantity"]) == ("GTD", "2")
     assert gtd["expire_at"].startswith(expiry_day)
+    # The open orders say when it ends (a time in force left from an earlier ticket had gone
+    # unseen), and the stop's GTC.
+    expires = gtd["expire_at"].replace("T", " ")[:16]
+    expect(open_order_row(page, "46.50").locator("td").nth(7)).to_have_text(
+        f"GTD until {expires} UTC"
+    )
+    expect(stop.locator("td").nth(7)).to_have_text("GTC")
 
 
 def test_a_checksum_mismatch_or_a_gap_makes_the_page_fetch_a_fresh_snapshot(

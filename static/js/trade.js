@@ -1,7 +1,7 @@
 // The trading page: live ladder (local book checked by seq and checksum, resynced by itself),
 // trades tape, candles, and for a signed-in user the order ticket, open orders and fills.
 import {
-  ApiError, api, cell, clearErrors, debounce, shortTime, showError, signedOutNotice,
+  ApiError, api, cell, clearErrors, dateTime, debounce, shortTime, showError, signedOutNotice,
 } from "./api.js";
 import { LocalBook, compareDecimal } from "./book.js";
 import { CandleChart } from "./chart.js";
@@ -341,9 +341,18 @@ function orderRow(order) {
     cell(order.remaining_quantity, "num"),
     cell(order.filled_quantity, "num"),
     cell(order.status.replaceAll("_", " ")),
+    cell(timeInForce(order)),
     actions,
   );
   return row;
+}
+
+// "GTC", or when it expires ("DAY until 2026-11-27 21:00 UTC"): a time in force left over from
+// an earlier ticket had gone unseen.
+function timeInForce(order) {
+  const tif = order.time_in_force;
+  if (!order.expire_at) return tif;
+  return `${tif} until ${dateTime(order.expire_at).slice(0, 16)} UTC`;
 }
 
 function toggleAmend(row, order, button) {
@@ -359,7 +368,7 @@ function toggleAmend(row, order, button) {
   amendRow.className = "amend-row";
   amendRow.dataset.orderId = String(order.order_id);
   const holder = document.createElement("td");
-  holder.colSpan = 8;
+  holder.colSpan = 9;
   const form = document.createElement("form");
   form.className = "amend-form";
   form.noValidate = true;
@@ -504,7 +513,7 @@ async function loadOrders() {
       rows.push(amendRow);
     }
   }
-  ordersBody.replaceChildren(...(rows.length ? rows : [emptyRow(8, "No open orders.")]));
+  ordersBody.replaceChildren(...(rows.length ? rows : [emptyRow(9, "No open orders.")]));
 }
 
 async function loadFills() {
