@@ -94,12 +94,12 @@ def parse_time(request: Request, name: str) -> dt.datetime | None:
     return value
 
 
-ORDER_STATUS_FILTERS = ("open", *Order.Status.values)
+ORDER_STATUS_FILTERS = ("open", "closed", *Order.Status.values)
 
 
 def order_status_filter(request: Request) -> str | None:
-    """The orders list's optional `status`: a status, or `open` (an unknown one had matched
-    nothing: an empty list, as if the user had no such orders)."""
+    """The orders list's optional `status`: a status, `open` or `closed` (an unknown one had
+    matched nothing: an empty list, as if the user had no such orders)."""
     value = request.query_params.get("status")
     if value is not None and value not in ORDER_STATUS_FILTERS:
         raise trading_error(
@@ -168,7 +168,9 @@ class OrdersView(KnownQueryParameters, APIView):
         operation_id="orders_list",
         parameters=[
             OpenApiParameter("symbol", str),
-            OpenApiParameter("status", str, description="A status, or `open`."),
+            OpenApiParameter(
+                "status", str, description="A status, `open` (can still trade) or `closed`."
+            ),
             OpenApiParameter("start", dt.datetime),
             OpenApiParameter("end", dt.datetime),
             *PAGE_PARAMETERS,

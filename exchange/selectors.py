@@ -72,12 +72,15 @@ def orders_for_user(
     start: dt.datetime | None = None,
     end: dt.datetime | None = None,
 ) -> QuerySet[Order]:
-    """The user's orders, newest first; `status="open"` means any status that can still trade."""
+    """The user's orders, newest first; `status="open"` means any status that can still trade,
+    `"closed"` any that cannot (filled, cancelled, expired, rejected)."""
     orders = Order.objects.filter(user=user).select_related("instrument")
     if symbol:
         orders = orders.filter(instrument__symbol=symbol)
     if status == "open":
         orders = orders.filter(status__in=Order.OPEN_STATUSES)
+    elif status == "closed":
+        orders = orders.exclude(status__in=Order.OPEN_STATUSES)
     elif status:
         orders = orders.filter(status=status)
     if start:

@@ -362,6 +362,10 @@ def test_cancel_amend_and_mass_cancel(market):
     assert single.payload["command"] == "cancel"
     open_orders = maker.get("/api/v1/orders", symbol=instrument.symbol, status="open").json()
     assert open_orders["results"] == []
+    closed = maker.get("/api/v1/orders", symbol=instrument.symbol, status="closed").json()
+    assert [o["order_id"] for o in closed["results"]] == [
+        third["order_id"], second["order_id"], first["order_id"]
+    ]  # fmt: skip
 
 
 def test_an_amend_the_engine_refuses_is_a_400_and_leaves_the_order_as_it_was(market):

@@ -276,6 +276,11 @@ def test_the_trading_page_says_why_the_engine_ended_an_order(open_page, live_db)
     expect(page.locator("#orders-result")).to_have_text(
         f"Order {resting_id}: cancelled (self-trade prevention)."
     )
+    # Both stay findable, with why, under the orders that ended.
+    history = page.locator("#order-history tbody tr[data-order-id]")
+    expect(history).to_have_count(2)
+    expect(history.nth(0)).to_contain_text("cancelled (self-trade prevention)")
+    expect(history.nth(1)).to_contain_text("cancelled (no liquidity)")
 
 
 def test_the_trading_pages_status_follows_a_halt(open_page, live_db):

@@ -516,6 +516,33 @@ async function loadOrders() {
   ordersBody.replaceChildren(...(rows.length ? rows : [emptyRow(9, "No open orders.")]));
 }
 
+// Orders that ended, newest first, with why: one that left the open orders (filled, cancelled
+// by self-trade prevention, expired, ...) could not be looked up on this page.
+const historyBody = document.querySelector("#order-history tbody");
+
+async function loadHistory() {
+  const { data } = await api(
+    "GET",
+    `/api/v1/orders?symbol=${encodeURIComponent(symbol)}&status=closed&limit=20`,
+  );
+  const rows = data.results.map((order) => {
+    const row = document.createElement("tr");
+    row.dataset.orderId = String(order.order_id);
+    row.className = order.side;
+    row.append(
+      cell(shortTime(order.created_at)),
+      cell(order.side === "buy" ? "Buy" : "Sell", order.side),
+      cell(order.order_type.replace("_", "-")),
+      cell(orderPrice(order), "num"),
+      cell(order.filled_quantity, "num"),
+      cell(order.avg_price ? trimPrice(order.avg_price) : "–", "num"),
+      cell(statusText(order)),
+    );
+    return row;
+  });
+  historyBody.replaceChildren(...(rows.length ? rows : [emptyRow(7, "No ended orders yet.")]));
+}
+
 async function loadFills() {
   const { data } = await api("GET", `/api/v1/fills?symbol=${encodeURIComponent(symbol)}&limit=30`);
   const rows = data.results.map((fill) => {
@@ -555,6 +582,7 @@ async function loadFeeRates() {
 
 const refreshMine = debounce(() => {
   loadOrders().catch(() => {});
+  loadHistory().catch(() => {});
   loadFills().catch(() => {});
   loadBalances().catch(() => {});
 }, 100);
