@@ -519,8 +519,10 @@ class StreamConsumer(AsyncWebsocketConsumer):
         for task in (getattr(self, "writer", None), getattr(self, "timer", None)):
             if task is not None:
                 task.cancel()
-        for task in getattr(self, "tasks", ()):
-            task.cancel()
+        # The order ops received before the close still run, in their turn, unanswered: they
+        # had been cancelled, and those already running were stored while the ones waiting
+        # their turn were dropped (a cancel-all sent behind ten places, then a close: some of
+        # the places rested, and nothing cancelled them).
 
     # ---- output ------------------------------------------------------------------------------
     def push(self, value: dict) -> None:
@@ -1003,6 +1005,8 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 # later cancel on the socket waited its 5 s for it, for good.
                 if settled is not None:
                     settled.set()
+            if self.closing:
+                return  # the socket is gone (see disconnect): no one to answer
             answer = {"type": "response", **extra, "status": code}
             answer["data" if code < 400 else "error"] = body_out
             self.push(answer)

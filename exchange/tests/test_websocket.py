@@ -1413,3 +1413,39 @@ def test_the_orders_channel_carries_the_subscribers_balance_changes(market):
         await http_b.aclose()
 
     asyncio.run(scenario())
+
+
+def test_ops_sent_before_a_close_still_run_in_order(market):
+    """A close right behind a burst of places and a cancel-all cancelled the ops still waiting
+    their turn: places already running were stored, the cancel-all was dropped, and orders
+    rested that the client believed pulled (helper 44: 34 left open over 10 rounds)."""
+    symbol = market["symbol"]
+
+    async def scenario():
+        http = rest(market["base"], market["keys"][0])
+
+        async def orders(status: str) -> list[dict]:
+            params = {"symbol": symbol, "status": status, "limit": 100}
+            return (await http.get("/api/v1/orders", params=params)).json()["results"]
+
+        for round_ in range(3):
+            async with websockets.connect(market["ws"], ping_interval=None) as ws:
+                await log_in(ws, market["keys"][0])
+                for n in range(10):
+                    order = {**limit(symbol, "buy", "95.00", "1"),
+                             "client_order_id": f"close-{round_}-{n}"}  # fmt: skip
+                    await send(ws, {"op": "order.place", "id": n, **order})
+                await send(ws, {"op": "order.cancel_all", "id": "all", "symbol": symbol})
+            # Closed at once: every place, then the cancel-all, ran in the order sent.
+            deadline = time.monotonic() + 20
+            while True:
+                ended = [o for o in await orders("closed")
+                         if o["client_order_id"].startswith(f"close-{round_}-")]  # fmt: skip
+                if len(ended) == 10 and await orders("open") == []:
+                    break
+                assert time.monotonic() < deadline, f"round {round_}: {len(ended)} of 10 ended"
+                await asyncio.sleep(0.2)
+            assert {(o["status"], o["reason"]) for o in ended} == {("cancelled", "user")}
+        await http.aclose()
+
+    asyncio.run(scenario())
