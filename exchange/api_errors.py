@@ -144,7 +144,10 @@ def api_exception_handler(exc, context):
                 getattr(request, "path", "?"),
                 extra={"status_code": 503, "why": str(exc).strip()[:200]},
             )
-            return Response(SERVICE_UNAVAILABLE_BODY, status=503, headers={"Retry-After": "1"})
+            response = Response(SERVICE_UNAVAILABLE_BODY, status=503, headers={"Retry-After": "1"})
+            # Logged just above: Django would log the 503 again, at ERROR (its flag for that).
+            response._has_been_logged = True
+            return response
         request_logger.error(
             "Internal Server Error: %s",
             getattr(request, "path", "?"),

@@ -995,10 +995,14 @@ class StreamConsumer(AsyncWebsocketConsumer):
             try:
                 code, body_out = await call(user, body, request)
             except Exception as exc:
-                logger.exception("websocket order op failed")
                 if database_unavailable(exc):
+                    logger.warning(  # an outage the client retries through, as REST logs it
+                        "websocket order op failed: database out of reach",
+                        extra={"why": str(exc).strip()[:200]},
+                    )
                     code, body_out = 503, SERVICE_UNAVAILABLE_BODY
                 else:
+                    logger.exception("websocket order op failed")
                     code, body_out = 500, INTERNAL_ERROR_BODY
             finally:
                 # An op refused before it ran (rate limit, a revoked key) had never set it: every

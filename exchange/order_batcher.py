@@ -24,6 +24,8 @@ from concurrent.futures import Future
 from django.conf import settings
 from django.db import connection
 
+from exchange.api_errors import database_unavailable
+
 logger = logging.getLogger(__name__)
 
 
@@ -85,7 +87,15 @@ class OrderBatcher:
                 plans=[plan for plan, _ in places], cancels=[plan for plan, _ in cancels]
             )
         except Exception as exc:  # every waiter must hear of the failure
-            logger.exception("order entry batch failed", extra={"requests": len(batch)})
+            if database_unavailable(exc):
+                # An outage its clients retry through (503), logged as REST logs one: a
+                # traceback at ERROR per batch had read as a bug, 22 of them in one stall.
+                logger.warning(
+                    "order entry batch failed: database out of reach",
+                    extra={"requests": len(batch), "why": str(exc).strip()[:200]},
+                )
+            else:
+                logger.exception("order entry batch failed", extra={"requests": len(batch)})
             connection.close()
             for _, future in batch:
                 future.set_exception(exc)

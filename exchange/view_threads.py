@@ -121,6 +121,8 @@ def _run_view(view, request, *args, **kwargs):
             for name, value in response.items():
                 plain[name] = value
             plain.cookies = response.cookies
+            if getattr(response, "_has_been_logged", False):  # a 503 logged as an outage
+                plain._has_been_logged = True
             _drf_cycles_break(response)
             response = plain
         return response

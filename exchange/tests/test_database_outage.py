@@ -130,6 +130,10 @@ def test_order_entry_behind_a_stuck_lock_holder_is_a_retryable_503_in_bounded_ti
     assert refused.json()["error"] == "ServiceUnavailable" and waited < 10
     assert not Order.objects.filter(user=user).exists()  # nothing half-stored
     assert client.post("/api/v1/orders", json=order).status_code in (201, 202)
+    # Logged as the outage it is, not as a bug (a traceback at ERROR for each entry batch).
+    log = (processes.log_dir / "web.log").read_text()
+    assert "order entry batch failed: database out of reach" in log
+    assert "Traceback" not in log and '"level":"error"' not in log
 
 
 def test_an_order_committed_before_the_database_failed_is_answered_202_not_503(settings):
