@@ -191,7 +191,7 @@ class _OrderUpdate:
         # Touched only to give back a refused amend's hold: no news for the orders channel.
         self.hold_only = False
         self.stp_reduced = False  # self-trade prevention took quantity off it (decrement_both)
-        # Only its expiry changed: its instrument's session hours did (a DAY order).
+        # Its expiry moved: its instrument's session hours changed (a DAY order).
         self.expiry_moved = False
 
 
@@ -534,7 +534,6 @@ class BatchWriter:
         specs = {inst.symbol: inst for inst in engine.instruments()}
         texts = self._texts_for(specs)
         updates, trades, symbols, audits = self._collect(applied, specs, texts)
-        audits += self._day_expiries_moved(engine, applied, updates)
         _subjects_fill(audits)
         amend_releases, ended_held_reverts = self._amend_holds(engine, applied, updates)
         self._live_orders(engine, updates)
@@ -719,6 +718,22 @@ class BatchWriter:
                             },
                         )
                     )
+                elif kind == p.EV_EXPIRY_MOVED:  # new session hours moved a DAY order
+                    (_, _, _, sym, oid, uid, expire_at) = ev
+                    upd(oid, sym, uid).expiry_moved = True
+                    audits.append(
+                        self._audit(
+                            AuditEvent.ORDER_EXPIRY_CHANGED,
+                            a,
+                            order_id=oid,
+                            user_id=uid,
+                            symbol=sym,
+                            payload={
+                                "expire_at": ns_to_datetime(expire_at).isoformat(),
+                                "reason": "session_hours_changed",
+                            },
+                        )
+                    )
                 elif kind == p.EV_STP:
                     (_, _, _, sym, mode, taker, maker, uid, price, qty) = ev
                     if mode == "decrement_both":  # the resting one (the taker's is news)
@@ -758,48 +773,6 @@ class BatchWriter:
             ):
                 updates[subject].quantity = a.cmd[4]
         return updates, trades, symbols, [e for e in audits if e is not None]
-
-    def _day_expiries_moved(
-        self, engine: Engine, applied: list[Applied], updates: dict[int, _OrderUpdate]
-    ) -> list[AuditEntry]:
-        """The open DAY orders whose expiry an update of their instrument's session hours moved
-        (the engine says which are left after the batch: those it expired at once have their
-        own events; those placed after the update kept their own expiry). Each one is written
-        with its new expire_at (`_live_orders` reads it) and audited."""
-        audits = []
-        for index, a in enumerate(applied):
-            cmd = a.cmd
-            if (
-                cmd is None
-                or cmd[0] != p.OP_UPDATE_INSTRUMENT
-                or len(cmd) < 4
-                or any(ev[0] == p.EV_REJECT for ev in a.events)
-            ):
-                continue
-            symbol = cmd[2].symbol
-            expire_at = ns_to_datetime(cmd[3]).isoformat()
-            placed_after = {
-                later.cmd[3]
-                for later in applied[index + 1 :]
-                if later.cmd is not None and later.cmd[0] == p.OP_PLACE
-            }
-            for order_id, user_id in engine.day_orders(symbol):
-                if order_id in placed_after:
-                    continue
-                if order_id not in updates:
-                    u = updates[order_id] = _OrderUpdate(order_id, symbol, user_id)
-                    u.expiry_moved = True
-                audits.append(
-                    self._audit(
-                        AuditEvent.ORDER_EXPIRY_CHANGED,
-                        a,
-                        order_id=order_id,
-                        user_id=user_id,
-                        symbol=symbol,
-                        payload={"expire_at": expire_at, "reason": "session_hours_changed"},
-                    )
-                )
-        return audits
 
     @staticmethod
     def _trade_collect(ev: tuple, upd) -> None:
@@ -1252,7 +1225,8 @@ class BatchWriter:
             summary["rejection"] = rejection_body(u.reject_code, u.reject_message)
         if u.triggered:
             summary["triggered"] = True
-        if u.expiry_moved and u.expire_at is not None:
-            summary["event"] = "expiry_changed"
+        if u.expiry_moved and u.expire_at is not None and u.status not in ENDED:
             summary["expire_at"] = ns_to_datetime(u.expire_at).isoformat()
+            if "event" not in summary and not (u.d_value or u.triggered):
+                summary["event"] = "expiry_changed"  # nothing else happened to it
         return summary

@@ -30,6 +30,7 @@ from .protocol import (
     DAY,
     DUPLICATE_INSTRUMENT,
     DUPLICATE_ORDER_ID,
+    EV_EXPIRY_MOVED,
     EV_INSTRUMENT,
     EV_ORDER,
     EV_REJECT,
@@ -1868,12 +1869,16 @@ class Engine:
 
     def _day_orders_expire_at(self, book: Book, expire_at: int, ts: int, out) -> None:
         """Move every live DAY order of `book` to `expire_at` (a stale entry of the expiry heap
-        is skipped: its time no longer equals its order's), expiring them now if it is due."""
+        is skipped: its time no longer equals its order's), one EV_EXPIRY_MOVED each, in the
+        order table's order; they expire now if that is due."""
         expiry = self._expiry
+        symbol = book.symbol
         for o in self.orders.values():
             if o.book is book and o.tif == DAY and o.expire_at != expire_at:
                 o.expire_at = expire_at
                 heapq.heappush(expiry, (expire_at, o.id))
+                self.ev_seq += 1
+                out.append((EV_EXPIRY_MOVED, self.ev_seq, ts, symbol, o.id, o.user, expire_at))
         if expire_at <= ts:
             self._expire_due((OP_EXPIRE_DUE, ts, ts), out)
 
@@ -1937,12 +1942,6 @@ class Engine:
     def is_halted(self, symbol: str) -> bool:
         """Whether the instrument is halted."""
         return self.books[symbol].halted
-
-    def day_orders(self, symbol: str) -> list[tuple[int, int]]:
-        """`(order_id, user_id)` of each live DAY order of `symbol` (resting or untriggered
-        stop), in arrival order of the engine's order table."""
-        book = self.books.get(symbol)
-        return [(o.id, o.user) for o in self.orders.values() if o.book is book and o.tif == DAY]
 
     def instruments(self) -> list[Instrument]:
         """Instruments in add order."""

@@ -4,6 +4,8 @@ import dataclasses
 
 from matching.engine import (
     DAY,
+    EV_EXPIRY_MOVED,
+    EV_INSTRUMENT,
     GTD,
     INSTRUMENT_HALTED,
     INSTRUMENT_SCALE_CHANGED,
@@ -135,8 +137,15 @@ def test_new_session_hours_move_every_day_order_and_no_other():
     h.buy(3, 120, 1, tif=DAY, expire_at=1_000, order_type=STOP_MARKET, stop_price=150)
     h.sell(4, 101, 1, tif=GTD, expire_at=1_000)
     h.sell(5, 102, 1)
-    assert session_change(h, 500) == [(5, h.engine.ev_seq, h.ts, "X", "updated")]
-    assert sorted(h.engine.day_orders("X")) == [(1, 2), (2, 1), (3, 1)]
+    events = session_change(h, 500)
+    seq = events[0][1]
+    assert events == [
+        (EV_INSTRUMENT, seq, h.ts, "X", "updated"),
+        (EV_EXPIRY_MOVED, seq + 1, h.ts, "X", 1, 2, 500),
+        (EV_EXPIRY_MOVED, seq + 2, h.ts, "X", 2, 1, 500),
+        (EV_EXPIRY_MOVED, seq + 3, h.ts, "X", 3, 1, 500),
+    ]
+    assert session_change(h, 500)[1:] == []  # none moves again to the time it has
     expired = h.expire_due(500)
     assert [(e[4], e[6], e[7]) for e in order_events(expired)] == [
         (1, "expired", "day_expired"),
@@ -165,8 +174,8 @@ def test_a_close_already_passed_expires_day_orders_in_the_same_command():
     h.sell(1, 100, 2, tif=DAY, expire_at=1_000)
     h.buy(2, 90, 1, tif=GTD, expire_at=1_000)
     seq = h.engine.book_seq("X")
-    events = session_change(h, h.ts)  # the market closed: the close is now
-    assert events[0][4] == "updated"
+    events = session_change(h, h.ts + 1)  # the market closed: the close is now
+    assert [e[0] for e in events[:2]] == [EV_INSTRUMENT, EV_EXPIRY_MOVED]
     assert [(e[4], e[6], e[7], e[9]) for e in order_events(events)] == [
         (1, "expired", "day_expired", 0)
     ]

@@ -618,6 +618,10 @@ const stream = new Stream(channels, {
       const why = frame.data.reason;
       if (["cancelled", "expired"].includes(frame.data.status) && why && why !== "user") {
         ordersResult.textContent = `Order ${frame.data.order_id}: ${statusText(frame.data)}.`;
+      } else if (frame.data.event === "expiry_changed") {
+        const until = dateTime(frame.data.expire_at).slice(0, 16);
+        ordersResult.textContent =
+          `Order ${frame.data.order_id} now expires ${until} UTC: the session hours changed.`;
       }
       refreshMine();
     } else if (frame.type === "balance") {
