@@ -15,7 +15,12 @@ from exchange.db_cursors import bound_cursor
 from exchange.errors import echoed, trading_error
 from exchange.models import Instrument, Order, Trade
 from exchange.order_rules import session_open_at
-from exchange.redis_connection import redis_client
+from exchange.redis_connection import (
+    change_counter_bump,
+    change_counter_read,
+    redis_client,
+    redis_key,
+)
 from matching.models import BookState, Command
 from matching.transport import book_snapshot_key
 
@@ -27,18 +32,40 @@ def instruments_listed() -> QuerySet[Instrument]:
     return Instrument.objects.exclude(status=Instrument.Status.DELISTED).order_by("symbol")
 
 
-# Instruments read on the order path, per process, for a moment: their trading rules cannot
-# change once they have orders, and halts are decided by the engine, not by this copy.
+# Instruments read on the order path, per process, for a moment: their scale cannot change
+# once they have orders, and halts are decided by the engine, not by this copy. An edit of
+# their rules or session hours bumps a counter (instrument_rules_changed) that every read
+# checks: for up to these seconds after staff gave a 24/7 book hours that had closed, each
+# web process took DAY orders with the old expiry (80 rested on the closed book) and let
+# orders through that MarketClosed should have refused.
 INSTRUMENT_CACHE_SECONDS = 2.0
-_instrument_cache: dict[str, tuple[float, Instrument]] = {}
+_instrument_cache: dict[str, tuple[float, bytes | None, Instrument]] = {}
 _instrument_ids: dict[int, str] = {}  # instrument id -> symbol
+
+
+def _instrument_rules_key() -> str:
+    return redis_key("instruments", "rules-changed")
+
+
+def instrument_rules_changed() -> None:
+    """Tell every process's instrument cache to read again (call once the edit committed)."""
+    change_counter_bump(
+        _instrument_rules_key(), unsignalled="instrument change not signalled to the caches"
+    )
+    _instrument_cache.clear()
 
 
 def instrument_by_symbol(symbol: str) -> Instrument:
     cached = _instrument_cache.get(symbol)
     now = time.monotonic()
-    if cached is not None and now - cached[0] < INSTRUMENT_CACHE_SECONDS:
-        return cached[1]
+    version = change_counter_read(_instrument_rules_key())  # None without Redis: read again
+    if (
+        cached is not None
+        and now - cached[0] < INSTRUMENT_CACHE_SECONDS
+        and version is not None
+        and version == cached[1]
+    ):
+        return cached[2]
     try:
         instrument = Instrument.objects.get(symbol=symbol)
     except Instrument.DoesNotExist:
@@ -47,7 +74,7 @@ def instrument_by_symbol(symbol: str) -> Instrument:
             f"unknown symbol {echoed(symbol)}; see GET /api/v1/symbols",
             field="symbol",
         ) from None
-    _instrument_cache[symbol] = (now, instrument)
+    _instrument_cache[symbol] = (now, version, instrument)
     return instrument
 
 
@@ -60,7 +87,8 @@ def instrument_by_id(instrument_id: int) -> Instrument:
             return instrument
     instrument = Instrument.objects.get(pk=instrument_id)
     _instrument_ids[instrument_id] = instrument.symbol
-    _instrument_cache[instrument.symbol] = (time.monotonic(), instrument)
+    version = change_counter_read(_instrument_rules_key())
+    _instrument_cache[instrument.symbol] = (time.monotonic(), version, instrument)
     return instrument
 
 

@@ -51,6 +51,7 @@ from exchange.selectors import (
     best_ask,
     book_snapshot,
     instrument_by_symbol,
+    instrument_rules_changed,
     reference_price,
     snapshot_top,
 )
@@ -922,8 +923,9 @@ def instrument_rules_update(
 
     New session hours also move the expiry of its open DAY orders (see day_orders_expiry):
     they had kept the close of the hours they were placed under (one placed on a 24/7 book
-    stayed open after the book got hours and closed). An order placed while the edit commits
-    may have read the old hours; it keeps the expiry they gave it.
+    stayed open after the book got hours and closed). Once the edit commits, order entry in
+    every process reads the new row (instrument_rules_changed); an order validated while the
+    edit commits may have read the old hours, and keeps the expiry they gave it.
 
     Called after the row's UPDATE, in its transaction: that holds the row FOR NO KEY UPDATE
     (no key column changes: the symbol is fixed), which the foreign-key checks of the entry
@@ -960,6 +962,7 @@ def instrument_rules_update(
     command = command_enqueue(
         shard=instrument.shard, kind=Command.Kind.UPDATE_RULES, payload=payload
     )
+    transaction.on_commit(instrument_rules_changed)  # order entry reads the new row at once
     audit_record(
         event_type=AuditEvent.INSTRUMENT_RULES_CHANGE_REQUESTED,
         actor=actor,

@@ -657,6 +657,10 @@ def test_session_hours_staff_set_end_the_day_orders_their_close_has_passed(excha
         session_timezone="UTC",
     )  # fmt: skip
     assert changed.status_code == 302, changed.text[:2000]
+    # At once: for 2 s the web processes' copy of the instrument had taken DAY orders with the
+    # old expiry (80 rested on the closed book), and any order MarketClosed should refuse.
+    late = trader.place(**order, price="10.00", time_in_force="DAY")
+    assert (late.status_code, late.json()["error"]) == (400, "MarketClosed"), late.text
 
     def ended():
         state = trader.get(f"/api/v1/orders/{day['order_id']}").json()
