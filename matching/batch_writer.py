@@ -719,8 +719,10 @@ class BatchWriter:
                         )
                     )
                 elif kind == p.EV_EXPIRY_MOVED:  # new session hours moved a DAY order
-                    (_, _, _, sym, oid, uid, expire_at) = ev
-                    upd(oid, sym, uid).expiry_moved = True
+                    (_, _, _, sym, oid, uid, expire_at, previous) = ev
+                    u = upd(oid, sym, uid)
+                    # Kept for one that also expires at once (only live ones are read again).
+                    u.expiry_moved, u.expire_at = True, expire_at
                     audits.append(
                         self._audit(
                             AuditEvent.ORDER_EXPIRY_CHANGED,
@@ -730,7 +732,9 @@ class BatchWriter:
                             symbol=sym,
                             payload={
                                 "expire_at": ns_to_datetime(expire_at).isoformat(),
+                                "previous_expire_at": ns_to_datetime(previous).isoformat(),
                                 "reason": "session_hours_changed",
+                                "command_id": a.command_id,
                             },
                         )
                     )

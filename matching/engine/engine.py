@@ -1869,16 +1869,22 @@ class Engine:
 
     def _day_orders_expire_at(self, book: Book, expire_at: int, ts: int, out) -> None:
         """Move every live DAY order of `book` to `expire_at` (a stale entry of the expiry heap
-        is skipped: its time no longer equals its order's), one EV_EXPIRY_MOVED each, in the
-        order table's order; they expire now if that is due."""
+        is skipped: its time no longer equals its order's), one EV_EXPIRY_MOVED each, resting
+        orders first in priority order, then stops (as a mass cancel: the order table's own
+        order differs in an engine rebuilt from its state); they expire now if that is due."""
         expiry = self._expiry
         symbol = book.symbol
-        for o in self.orders.values():
-            if o.book is book and o.tif == DAY and o.expire_at != expire_at:
-                o.expire_at = expire_at
-                heapq.heappush(expiry, (expire_at, o.id))
-                self.ev_seq += 1
-                out.append((EV_EXPIRY_MOVED, self.ev_seq, ts, symbol, o.id, o.user, expire_at))
+        moved = [
+            o
+            for o in self.orders.values()
+            if o.book is book and o.tif == DAY and o.expire_at != expire_at
+        ]
+        moved.sort(key=lambda o: (o.level is None, o.seq))
+        for o in moved:
+            before, o.expire_at = o.expire_at, expire_at
+            heapq.heappush(expiry, (expire_at, o.id))
+            self.ev_seq += 1
+            out.append((EV_EXPIRY_MOVED, self.ev_seq, ts, symbol, o.id, o.user, expire_at, before))
         if expire_at <= ts:
             self._expire_due((OP_EXPIRE_DUE, ts, ts), out)
 

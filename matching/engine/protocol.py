@@ -101,8 +101,8 @@ EV_INSTRUMENT = 5
 # (EV_INSTRUMENT, seq, ts, symbol, action)
 #   action: "added" | "halted" | "resumed" | "updated"
 EV_EXPIRY_MOVED = 6
-# (EV_EXPIRY_MOVED, seq, ts, symbol, order_id, user_id, expire_at): a live DAY order's new
-# expiry (update_instrument with day_expire_at: its session hours changed)
+# (EV_EXPIRY_MOVED, seq, ts, symbol, order_id, user_id, expire_at, previous_expire_at): a live
+# DAY order's new expiry (update_instrument with day_expire_at: its session hours changed)
 
 # Field indices shared by events.
 E_KIND = 0

@@ -141,9 +141,9 @@ def test_new_session_hours_move_every_day_order_and_no_other():
     seq = events[0][1]
     assert events == [
         (EV_INSTRUMENT, seq, h.ts, "X", "updated"),
-        (EV_EXPIRY_MOVED, seq + 1, h.ts, "X", 1, 2, 500),
-        (EV_EXPIRY_MOVED, seq + 2, h.ts, "X", 2, 1, 500),
-        (EV_EXPIRY_MOVED, seq + 3, h.ts, "X", 3, 1, 500),
+        (EV_EXPIRY_MOVED, seq + 1, h.ts, "X", 1, 2, 500, 1_000),
+        (EV_EXPIRY_MOVED, seq + 2, h.ts, "X", 2, 1, 500, 1_000),
+        (EV_EXPIRY_MOVED, seq + 3, h.ts, "X", 3, 1, 500, 1_000),
     ]
     assert session_change(h, 500)[1:] == []  # none moves again to the time it has
     expired = h.expire_due(500)
@@ -203,3 +203,19 @@ def test_moved_day_expiries_survive_a_snapshot():
     assert restored.state_hash() == h.engine.state_hash()
     events = restored.apply(expire_due(now=400))
     assert [(e[4], e[6]) for e in order_events(events)] == [(1, "expired")]
+
+
+def test_day_expiry_moves_come_in_the_same_order_from_an_engine_rebuilt_from_its_state():
+    """They came in the order table's order: arrival in a running engine, resting orders then
+    stops in one rebuilt from its state, so the journal's replay differed from the events a
+    restarted worker had journaled (matching_verify: MISMATCH)."""
+    h = Harness()
+    h.buy(1, 120, 1, tif=DAY, expire_at=1_000, order_type=STOP_MARKET, stop_price=150)
+    h.buy(2, 90, 1, tif=DAY, expire_at=1_000)
+    h.sell(3, 100, 1, tif=DAY, expire_at=1_000)
+    h.amend(2, price=91)  # a new priority seq: behind order 3 now
+    rebuilt = Engine.bulk_load(h.engine.export_state())
+    command = update_instrument(ts=h._ts(), instrument=h.engine.instruments()[0], day_expire_at=500)
+    moved = [e[4] for e in h.apply(command) if e[0] == EV_EXPIRY_MOVED]
+    assert moved == [3, 2, 1]  # resting by priority seq, then the stop
+    assert rebuilt.apply(command) == h.log[-4:]

@@ -427,9 +427,11 @@ def test_new_session_hours_move_open_day_orders_and_replay(processes, process_en
     assert gtd.expire_at == soon
     moved = AuditRecord.objects.filter(event_type="order.expiry_changed", symbol=instrument.symbol)
     assert sorted(moved.values_list("order_id", flat=True)) == sorted([day_sell.pk, day_buy.pk])
-    assert moved.first().payload == {
-        "expire_at": midnight.isoformat(), "reason": "session_hours_changed"
-    }  # fmt: skip
+    payload = moved.first().payload
+    assert (payload["expire_at"], payload["previous_expire_at"], payload["reason"]) == (
+        midnight.isoformat(), soon.isoformat(), "session_hours_changed"
+    )  # fmt: skip
+    assert payload["command_id"] > 0
     # Their owners hear of it on the orders channel (one frame each, status unchanged).
     frames = []
 
@@ -451,6 +453,8 @@ def test_new_session_hours_move_open_day_orders_and_replay(processes, process_en
     for order in (day_sell, day_buy):
         order.refresh_from_db()
         assert (order.status, order.reason, order.is_open) == ("expired", "day_expired", False)
+        # Its record says when it expired (it had kept the midnight it never reached).
+        assert order.expire_at <= dt.datetime.now(dt.UTC)
     gtd.refresh_from_db()
     assert gtd.status == "new"
     changed = AuditRecord.objects.filter(
