@@ -19,6 +19,10 @@ class EmbeddedServerError(RuntimeError):
     """An embedded server could not be started; the message says why and where to look."""
 
 
+# Where a running launcher names the embedded servers it started (read by settings).
+EMBEDDED_SERVERS_FILE = "embedded-servers.json"
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -244,10 +248,35 @@ class EmbeddedRedis:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        if not wait_for_port(self.port, timeout=15):
+        if not wait_for_port(self.port, timeout=15) or not self._wait_loaded(timeout=120):
             self.stop()
             raise EmbeddedServerError(f"Redis did not start (log {self.data_dir / 'server.log'})")
         return self.url
+
+    def _wait_loaded(self, *, timeout: float) -> bool:
+        """Wait until the server answers PING: it opens its port before it has read its
+        append-only file back, and answers LOADING until then (a restart after a few minutes
+        of the demo failed the launcher's check: "Redis is loading the dataset in memory")."""
+        import redis
+
+        client = redis.Redis(
+            host="127.0.0.1", port=self.port, socket_connect_timeout=2, socket_timeout=2
+        )
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    return bool(client.ping())
+                except redis.BusyLoadingError:
+                    pass
+                except redis.ConnectionError:
+                    if self._process is None or self._process.poll() is not None:
+                        return False
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.05)
+        finally:
+            client.close()
 
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:

@@ -12,6 +12,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -45,7 +46,12 @@ def with_database(url: str, name: str) -> str:
 
 def start_embedded_servers(stack: ExitStack, environ: dict) -> list[str]:
     """Start the embedded servers whose URL is missing; return the names of those started."""
-    from exchange.embedded_servers import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError
+    from exchange.embedded_servers import (
+        EMBEDDED_SERVERS_FILE,
+        EmbeddedPostgres,
+        EmbeddedRedis,
+        EmbeddedServerError,
+    )
 
     started = []
     try:
@@ -69,6 +75,12 @@ def start_embedded_servers(stack: ExitStack, environ: dict) -> list[str]:
         ) from exc
     except EmbeddedServerError as exc:
         raise LaunchError(str(exc)) from exc
+    if started:
+        # For `manage.py` commands run beside this one (see settings._embedded_server_urls).
+        names = {"postgres": "DATABASE_URL", "redis": "REDIS_URL"}
+        urls_file = VAR_DIR / EMBEDDED_SERVERS_FILE
+        urls_file.write_text(json.dumps({names[n]: environ[names[n]] for n in started}))
+        stack.callback(urls_file.unlink, missing_ok=True)
     return started
 
 
@@ -261,6 +273,21 @@ def announce_when_up(port: int, stop: threading.Event) -> None:
         return
 
 
+def check_port_free(port: int) -> None:
+    """Refuse to start when something already serves the web port: a crashed run's web
+    process left behind answered the banner's health check ("Exchange is up"), while the new
+    one failed to bind, restarted by supervisord over and over."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise LaunchError(
+                f"port {port} is in use ({exc.strerror}): another `make run`, or the processes "
+                f"a crashed one left behind (`pgrep -af 'exchange.asgi|celery -A exchange'`), "
+                "serve there. Stop them, or choose another port: PORT=8001 make run"
+            ) from exc
+
+
 def run_supervised(environ: dict) -> int:
     from django.conf import settings  # settings are valid: preflight passed
 
@@ -303,6 +330,11 @@ def main(argv: list[str]) -> int:
     environ = os.environ
     environ.setdefault("DJANGO_SETTINGS_MODULE", "exchange.settings")
     if mode == "run":
+        try:
+            check_port_free(int(environ.get("PORT", "8000")))
+        except LaunchError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         environ.setdefault("DEBUG", "1")
         # The demo lets a signed-up user credit themselves some play money (staff-only otherwise).
         environ.setdefault("DEMO_SELF_CREDIT_LIMIT", "1000000")

@@ -1,16 +1,20 @@
 """Settings for the exchange: every value comes from the environment, read here and only here.
 
 Required: DATABASE_URL, REDIS_URL (the launcher sets both, starting embedded servers when they
-are absent). Optional: SECRET_KEY (a dev key is generated into var/ when absent), DEBUG,
-ALLOWED_HOSTS, MATCHING_SHARDS, REDIS_KEY_PREFIX, LOG_LEVEL, VAR_DIR. The README lists them.
+are absent; a command run beside `make run` takes those from var/embedded-servers.json).
+Optional: SECRET_KEY (a dev key is generated into var/ when absent), DEBUG, ALLOWED_HOSTS,
+MATCHING_SHARDS, REDIS_KEY_PREFIX, LOG_LEVEL, VAR_DIR. The README lists them.
 """
 
+import json
 import secrets
 from pathlib import Path
 
 import environ
 from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
+
+from exchange.embedded_servers import EMBEDDED_SERVERS_FILE
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -32,8 +36,19 @@ def _dev_secret_key(var_dir: Path) -> str:
     return key
 
 
+def _embedded_server_urls(var_dir: Path) -> dict:
+    """The URLs of the embedded servers a running `make run` started, which it writes to
+    var/embedded-servers.json while they run: a `manage.py` command run beside it
+    (demo_totp_code, ledger_verify, ...) had failed with "DATABASE_URL is not set"."""
+    try:
+        urls = json.loads((var_dir / EMBEDDED_SERVERS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return urls if isinstance(urls, dict) else {}
+
+
 def _required_url(name: str, example: str) -> str:
-    value = env.str(name, default="")
+    value = env.str(name, default="") or _embedded_server_urls(VAR_DIR).get(name, "")
     if not value:
         raise ImproperlyConfigured(
             f"{name} is not set: run through `make run` / `make test` (they start embedded "

@@ -102,3 +102,24 @@ def test_embedded_redis_recovers_from_a_crashed_previous_run(tmp_path):
         assert redis.Redis.from_url(url).ping()
     finally:
         successor.stop()
+
+
+def test_embedded_redis_is_started_only_once_it_has_read_its_data_back(tmp_path):
+    """The port opens before the append-only file is read back, and Redis answers LOADING until
+    then: a restart after a few minutes of `make run` failed the launcher's PING."""
+    data = tmp_path / "redis"
+    data.mkdir()
+    value = b"x" * 200
+    command = b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$200\r\n" + value + b"\r\n"
+    with open(data / "appendonly.aof", "wb") as aof:  # ~60 MB: it takes a while to load
+        for chunk in range(30):
+            aof.write(b"".join(command % (len(key), key) for key in (
+                b"k%d-%d" % (chunk, n) for n in range(10_000))))  # fmt: skip
+    server = EmbeddedRedis(data)
+    url = server.start()
+    try:
+        client = redis.Redis.from_url(url)
+        assert client.ping() and client.dbsize() == 300_000
+        client.close()
+    finally:
+        server.stop()

@@ -176,3 +176,34 @@ def test_a_recycled_pid_of_another_program_is_not_taken_for_supervisord(tmp_path
     (tmp_path / "supervisord.pid").write_text(str(os.getpid()))  # pytest, alive
     clear_stale_supervisor_files()
     assert not (tmp_path / "supervisord.pid").exists()
+
+
+def test_make_run_refuses_a_web_port_something_already_serves(monkeypatch, capsys):
+    """A crashed run's web process answered the new run's health check ("Exchange is up")
+    while the new web process failed to bind and was restarted again and again."""
+    import socket
+
+    from exchange import launcher
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setenv("PORT", str(port))
+        assert launcher.main(["run"]) == 2
+    assert f"port {port} is in use" in capsys.readouterr().err
+
+
+def test_the_embedded_servers_are_named_in_var_while_they_run(tmp_path, monkeypatch):
+    """For the `manage.py` commands the README has one run beside `make run`."""
+    from contextlib import ExitStack
+
+    from exchange import launcher
+
+    monkeypatch.setattr(launcher, "VAR_DIR", tmp_path)
+    environ = {"DATABASE_URL": "postgres://given@127.0.0.1:5432/exchange"}
+    with ExitStack() as stack:
+        assert launcher.start_embedded_servers(stack, environ) == ["redis"]
+        named = json.loads((tmp_path / "embedded-servers.json").read_text())
+        assert named == {"REDIS_URL": environ["REDIS_URL"]}  # the given one is not repeated
+    assert not (tmp_path / "embedded-servers.json").exists()

@@ -150,3 +150,19 @@ def test_gtd_horizon_outside_what_the_engine_clock_holds_is_refused(tmp_path):
     result = run_with({**GOOD, "GTD_MAX_DAYS": "100000"}, tmp_path, code=probe)
     assert result.returncode != 0
     assert "GTD_MAX_DAYS must be from 1 to 73000, got 100000" in result.stderr
+
+
+def test_a_command_beside_make_run_finds_its_embedded_servers(tmp_path):
+    """`manage.py demo_totp_code`, as the README and `make run`'s banner say, failed with
+    "DATABASE_URL is not set" beside a run on embedded servers: nothing said where they were."""
+    var = tmp_path / "var"
+    var.mkdir()
+    (var / "embedded-servers.json").write_text(json.dumps(GOOD))
+    result = run_with({}, tmp_path)
+    assert result.returncode == 0, result.stderr
+    settings = json.loads(result.stdout)
+    assert settings["db"][2:4] == ["db.internal", 6543]
+    assert settings["redis"] == GOOD["REDIS_URL"]
+    # The environment still wins over the file.
+    given = "redis://elsewhere:6379/1"
+    assert json.loads(run_with({"REDIS_URL": given}, tmp_path).stdout)["redis"] == given
