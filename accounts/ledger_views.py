@@ -1,4 +1,5 @@
-"""Balances, ledger history, deposits and withdrawals over the API (thin adapters)."""
+"""Who you are, balances, ledger history, deposits and withdrawals over the API (thin
+adapters)."""
 
 from django.contrib.auth import get_user_model
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -11,6 +12,7 @@ from rest_framework.views import APIView
 from accounts import selectors
 from accounts.funds import deposit_create, withdrawal_create
 from accounts.models import LedgerAccount, LedgerEntry, LedgerPosting
+from accounts.signing import KeyCredentials
 from exchange.pagination import PAGE_PARAMETERS, CursorPage, page_of
 from exchange.query_params import PAGE_QUERY, KnownQueryParameters
 from exchange.serializers import DecimalString, refuse_unknown_fields
@@ -95,6 +97,35 @@ def _target_user(request: Request, user_id: int, *, staff_may_act: bool):
         if found is not None:
             return found
     raise NotFound(f"no user {user_id}")
+
+
+class MeKeySerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    permissions = serializers.ListField(child=serializers.CharField())
+
+
+class MeSerializer(serializers.Serializer):
+    user_id = serializers.IntegerField()
+    email = serializers.EmailField()
+    api_key = MeKeySerializer(
+        allow_null=True, help_text="the key that signed this request (null for a web session)"
+    )
+
+
+class MeView(KnownQueryParameters, APIView):
+    """Who you are: your user id (the `{user_id}` of /users/{user_id}/... ) and, for a signed
+    request, its key and permissions. An API client had no way to learn its user id but the
+    account page's HTML or the WebSocket login answer."""
+
+    query_parameters = {"GET": ()}
+
+    @extend_schema(operation_id="me", responses={200: MeSerializer})
+    def get(self, request: Request) -> Response:
+        credentials = request.auth if isinstance(request.auth, KeyCredentials) else None
+        key = None
+        if credentials is not None:
+            key = {"id": credentials.id, "permissions": sorted(credentials.permissions)}
+        return Response({"user_id": request.user.pk, "email": request.user.email, "api_key": key})
 
 
 class BalancesView(KnownQueryParameters, APIView):

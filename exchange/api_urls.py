@@ -21,6 +21,7 @@ urlpatterns = [
     path("api-keys", api_key_views.ApiKeysView.as_view(), name="api-keys"),
     path("api-keys/<int:api_key_id>", api_key_views.ApiKeyDetailView.as_view(), name="api-key"),
     path("users/", include("accounts.fee_tier_urls")),
+    path("me", ledger_views.MeView.as_view(), name="me"),
     path("balances", ledger_views.BalancesView.as_view(), name="balances"),
     path("ledger", ledger_views.LedgerView.as_view(), name="ledger"),
     path("users/<int:user_id>/deposit", ledger_views.DepositView.as_view(), name="deposit"),

@@ -568,3 +568,19 @@ def test_a_key_revoked_or_a_user_deactivated_elsewhere_is_refused_at_once(base):
     other.is_active = False
     other.save(update_fields=["is_active"])
     assert [status(k) for k in keys] == [401, 200, 401]
+
+
+def test_me_says_who_signed_a_request_and_with_which_key(base):
+    """The user id that /users/{user_id}/deposit, /withdraw and /fee-tier take was on no REST
+    answer: an API client had to read it off the account page's HTML."""
+    client = ApiClient(base, permissions=("read",))
+    me = client.get("/api/v1/me")
+    assert me.status_code == 200, me.text
+    assert me.json() == {
+        "user_id": client.user.pk,
+        "email": client.user.email,
+        "api_key": {"id": client.api_key.pk, "permissions": ["read"]},
+    }
+    with session_client(base, client.user) as browser:
+        assert browser.get("/api/v1/me").json()["api_key"] is None
+    assert httpx.get(f"{base}/api/v1/me").status_code == 401
