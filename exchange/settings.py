@@ -448,6 +448,12 @@ LOGGING = {
     "loggers": {
         "django.db.backends": {"level": "INFO"},
         "celery": {"level": LOG_LEVEL},
+        # A line per run of the per-second tasks (expiry, audit sealing) flooded the console
+        # `make run` prints its URLs and credentials to, 7 lines a second: warnings and errors
+        # of the scheduler and of task runs only.
+        "celery.beat": {"level": "WARNING"},
+        "celery.app.trace": {"level": "WARNING"},
+        "celery.worker.strategy": {"level": "WARNING"},
         # The web server's own lines ("connection open", shutdown) in the same format: uvicorn
         # configured its logger with a plain-text handler before it loaded the application.
         # Only `uvicorn.error`: configuring its parent `uvicorn` reset the children, and the
