@@ -244,10 +244,17 @@ def demo_credential_lines(credentials: list[dict]) -> list[str]:
     return lines
 
 
+# How long the banner waits for /healthz to say `ok` once the web process answers.
+HEALTH_SETTLE_SECONDS = 20
+
+
 def announce_when_up(port: int, stop: threading.Event) -> None:
-    """Print the URLs once the web process answers /healthz."""
+    """Print the URLs once the web process answers /healthz: when it is `ok`, or with what it
+    says after a while (it said "degraded" for the few seconds the other processes take to
+    send their first heartbeats)."""
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
+    settle_until = None
     while not stop.is_set() and time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"{base}/healthz", timeout=2) as response:
@@ -255,6 +262,10 @@ def announce_when_up(port: int, stop: threading.Event) -> None:
         except urllib.error.HTTPError as exc:
             status = json.load(exc)["status"]
         except (OSError, ValueError):
+            stop.wait(0.5)
+            continue
+        settle_until = settle_until or time.monotonic() + HEALTH_SETTLE_SECONDS
+        if status != "ok" and time.monotonic() < settle_until:
             stop.wait(0.5)
             continue
         credentials = VAR_DIR / "demo_credentials.json"

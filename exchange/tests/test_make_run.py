@@ -64,6 +64,8 @@ def test_make_run_brings_up_every_process_and_ctrl_c_stops_them(tmp_path, scratc
         output = wait_until(
             lambda: "Press Ctrl-C" in (text := log_path.read_text()) and text, timeout=120
         )
+        # Once every process reports in (it had said "degraded" while they started).
+        assert "Exchange is up (health: ok)." in output
         assert f"Admin:       {base}/admin/" in output
         assert f"Swagger UI:  {base}/api/docs/" in output
         admin_email, admin_password = re.search(r"admin\s+(\S+@\S+) / (\S+)", output).groups()
