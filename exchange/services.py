@@ -6,6 +6,7 @@ the order row, the command for the shard's engine and the audit record. The engi
 arrives later (see `exchange.replies`).
 """
 
+import copy
 import datetime as dt
 import hashlib
 import json
@@ -59,7 +60,12 @@ from exchange.serializers import OrderPlaceSerializer, price_str, quantity_str
 from matching.engine import protocol as p
 from matching.instruments import engine_instrument_spec
 from matching.models import Command
-from matching.services import CommandRow, command_enqueue, commands_enqueue_many
+from matching.services import (
+    COMMAND_ORDER_LOCK_SQL,
+    CommandRow,
+    command_enqueue,
+    commands_enqueue_many,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -517,6 +523,8 @@ def _orders_store(plans: list[OrderPlan]) -> list[Placement | ApiError]:
             else:
                 earlier[key] = i
     todo = [i for i in range(len(plans)) if results[i] is None and i not in replay_of]
+    _day_plans_recheck(plans, todo, results)
+    todo = [i for i in todo if results[i] is None]
     if todo:
         with bound_cursor() as cursor:
             cursor.execute(ORDER_IDS_SQL, [len(todo)])
@@ -581,6 +589,51 @@ def _orders_store(plans: list[OrderPlan]) -> list[Placement | ApiError]:
             # The first was refused: this one is refused the same way (nothing was stored).
             results[i] = stored_first
     return results
+
+
+_SESSION_SQL = (
+    "SELECT id, trades_24_7, session_open, session_close, session_timezone "
+    "FROM exchange_instrument WHERE id = ANY(%s)"
+)
+
+
+def _day_plans_recheck(
+    plans: list[OrderPlan], todo: list[int], results: list[Placement | ApiError | None]
+) -> None:
+    """DAY orders whose instrument's session hours changed after they were checked: refused
+    MarketClosed when no session is open now, else given the new session's close.
+
+    Under the command-order lock, taken here and held to the commit: an edit of the hours
+    enqueues its command under the same lock, so either these orders' commands precede it
+    (and its day_expire_at moves them) or this reads the edited row. Orders checked while an
+    edit committed had otherwise kept the old hours: DAY orders sent as staff closed a 24/7
+    book rested on the closed book until the next UTC midnight."""
+    day = [i for i in todo if plans[i].request.time_in_force == Order.TimeInForce.DAY]
+    if not day:
+        return
+    with bound_cursor() as cursor:
+        cursor.execute(COMMAND_ORDER_LOCK_SQL)
+        cursor.execute(_SESSION_SQL, [list({plans[i].instrument.pk for i in day})])
+        hours = {row[0]: row[1:] for row in cursor.fetchall()}
+    now = timezone.now()
+    for i in day:
+        plan = plans[i]
+        instrument = plan.instrument
+        fresh = hours[instrument.pk]
+        if fresh == tuple(getattr(instrument, field) for field in INSTRUMENT_SESSION_FIELDS):
+            continue
+        edited = copy.copy(instrument)
+        for field, value in zip(INSTRUMENT_SESSION_FIELDS, fresh, strict=True):
+            setattr(edited, field, value)
+        try:
+            check_session(edited, now)
+        except ApiError as exc:
+            results[i] = exc
+            continue
+        expire_at = day_expiry(edited, now)
+        plan.order.expire_at = expire_at
+        plan.command_payload["expire_at"] = to_ns(expire_at)
+        plan.audit.payload = {**plan.audit.payload, "expire_at": expire_at}
 
 
 def _require_open(order: Order) -> None:
@@ -924,8 +977,9 @@ def instrument_rules_update(
     New session hours also move the expiry of its open DAY orders (see day_orders_expiry):
     they had kept the close of the hours they were placed under (one placed on a 24/7 book
     stayed open after the book got hours and closed). Once the edit commits, order entry in
-    every process reads the new row (instrument_rules_changed); an order validated while the
-    edit commits may have read the old hours, and keeps the expiry they gave it.
+    every process reads the new row (instrument_rules_changed), and a DAY order checked
+    against the old row while it committed follows the new hours when stored
+    (_day_plans_recheck).
 
     Called after the row's UPDATE, in its transaction: that holds the row FOR NO KEY UPDATE
     (no key column changes: the symbol is fixed), which the foreign-key checks of the entry

@@ -294,3 +294,49 @@ def test_more_waiting_orders_than_pooled_connections_are_all_answered(
     with ThreadPoolExecutor(max_workers=36) as pool:
         codes = list(pool.map(place, range(36)))
     assert sorted(set(codes)) == [201], codes
+
+
+@pytest.mark.django_db
+def test_day_orders_checked_before_new_session_hours_committed_follow_them():
+    """DAY orders in flight while staff closed a 24/7 book had been checked against the old
+    row: they rested on the closed book until the next UTC midnight (7 of 23, helper 48)."""
+    import dataclasses
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from exchange.models import Instrument
+    from exchange.order_rules import day_expiry, session_open_at, to_ns
+
+    instrument = make_instrument()  # 24/7
+    user = make_user(funds={"USD": Decimal("1000.00")})
+
+    def day_buy():
+        return plan(
+            user, dataclasses.replace(buy(instrument.symbol, "10.00", "1"), time_in_force="DAY")
+        )
+
+    def hours_changed(**hours):
+        Instrument.objects.filter(pk=instrument.pk).update(
+            trades_24_7=False, session_timezone="UTC", **hours
+        )
+        return Instrument.objects.get(pk=instrument.pk)
+
+    checked = day_buy()  # against the 24/7 row
+    hours_changed(session_open=dt.time(0), session_close=dt.time(0, 0, 1))  # closed now
+    [refused] = services.orders_store(plans=[checked])
+    assert isinstance(refused, ApiError) and refused.error == "MarketClosed"
+    assert not Order.objects.filter(user=user).exists()
+
+    Instrument.objects.filter(pk=instrument.pk).update(trades_24_7=True)
+    checked = day_buy()
+    edited = hours_changed(session_open=dt.time(0), session_close=dt.time(23, 59, 59))
+    [result] = services.orders_store(plans=[checked])
+    now = timezone.now()
+    if session_open_at(edited, now):  # a weekday: the new session's close
+        stored = Order.objects.get(pk=result.order.pk)
+        assert stored.expire_at == day_expiry(edited, now)
+        command = Command.objects.get(order_id=stored.pk)
+        assert command.payload["expire_at"] == to_ns(stored.expire_at)
+    else:  # Saturday or Sunday in UTC: no session is open
+        assert isinstance(result, ApiError) and result.error == "MarketClosed"
