@@ -60,12 +60,7 @@ from exchange.serializers import OrderPlaceSerializer, price_str, quantity_str
 from matching.engine import protocol as p
 from matching.instruments import engine_instrument_spec
 from matching.models import Command
-from matching.services import (
-    COMMAND_ORDER_LOCK_SQL,
-    CommandRow,
-    command_enqueue,
-    commands_enqueue_many,
-)
+from matching.services import CommandRow, command_enqueue, commands_enqueue_many
 
 logger = logging.getLogger(__name__)
 
@@ -593,7 +588,7 @@ def _orders_store(plans: list[OrderPlan]) -> list[Placement | ApiError]:
 
 _SESSION_SQL = (
     "SELECT id, trades_24_7, session_open, session_close, session_timezone "
-    "FROM exchange_instrument WHERE id = ANY(%s)"
+    "FROM exchange_instrument WHERE id = ANY(%s) FOR SHARE"
 )
 
 
@@ -603,16 +598,17 @@ def _day_plans_recheck(
     """DAY orders whose instrument's session hours changed after they were checked: refused
     MarketClosed when no session is open now, else given the new session's close.
 
-    Under the command-order lock, taken here and held to the commit: an edit of the hours
-    enqueues its command under the same lock, so either these orders' commands precede it
-    (and its day_expire_at moves them) or this reads the edited row. Orders checked while an
-    edit committed had otherwise kept the old hours: DAY orders sent as staff closed a 24/7
-    book rested on the closed book until the next UTC midnight."""
+    The rows are read FOR SHARE, before the batch takes any other lock, and kept to its commit:
+    an edit's UPDATE of the row waits for this batch, whose commands then precede the edit's
+    (its day_expire_at moves them), or this read waits for the edit to commit and sees it.
+    (The command-order lock would do too, but other batches take it after their users' ledger
+    locks, and this one would take it before them.) Orders checked while an edit committed had
+    otherwise kept the old hours: DAY orders sent as staff closed a 24/7 book rested on the
+    closed book until the next UTC midnight."""
     day = [i for i in todo if plans[i].request.time_in_force == Order.TimeInForce.DAY]
     if not day:
         return
     with bound_cursor() as cursor:
-        cursor.execute(COMMAND_ORDER_LOCK_SQL)
         cursor.execute(_SESSION_SQL, [list({plans[i].instrument.pk for i in day})])
         hours = {row[0]: row[1:] for row in cursor.fetchall()}
     now = timezone.now()

@@ -340,3 +340,29 @@ def test_day_orders_checked_before_new_session_hours_committed_follow_them():
         assert command.payload["expire_at"] == to_ns(stored.expire_at)
     else:  # Saturday or Sunday in UTC: no session is open
         assert isinstance(result, ApiError) and result.error == "MarketClosed"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_day_order_stored_while_an_edit_of_the_hours_commits_waits_for_it():
+    """The read of the hours waits for an edit in progress (a plain read saw the row before
+    it and stored the order with the old expiry, after the edit's command had gone)."""
+    import dataclasses
+    import datetime as dt
+
+    from exchange.models import Instrument
+
+    instrument = make_instrument()  # 24/7
+    user = make_user(funds={"USD": Decimal("1000.00")})
+    request = dataclasses.replace(buy(instrument.symbol, "10.00", "1"), time_in_force="DAY")
+    checked = plan(user, request)
+
+    def edit():
+        Instrument.objects.filter(pk=instrument.pk).update(
+            trades_24_7=False, session_open=dt.time(0), session_close=dt.time(0, 0, 1),
+            session_timezone="UTC",
+        )  # fmt: skip
+
+    _, [refused] = second_waits_for_first(
+        first=edit, second=lambda: services.orders_store(plans=[checked])
+    )
+    assert isinstance(refused, ApiError) and refused.error == "MarketClosed"
