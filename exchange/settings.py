@@ -447,6 +447,9 @@ LOGGING = {
     "root": {"handlers": ["stdout"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "INFO"},
+        # Django's own console handler, on when DEBUG is (as `make run` sets it), wrote each of
+        # its lines a second time, unformatted: its records go to the root's handler only.
+        "django": {"handlers": [], "propagate": True},
         "celery": {"level": LOG_LEVEL},
         # A line per run of the per-second tasks (expiry, audit sealing) flooded the console
         # `make run` prints its URLs and credentials to, 7 lines a second: warnings and errors

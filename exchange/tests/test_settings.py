@@ -166,3 +166,15 @@ def test_a_command_beside_make_run_finds_its_embedded_servers(tmp_path):
     # The environment still wins over the file.
     given = "redis://elsewhere:6379/1"
     assert json.loads(run_with({"REDIS_URL": given}, tmp_path).stdout)["redis"] == given
+
+
+def test_a_django_log_line_is_written_once_in_debug_mode(tmp_path):
+    """With DEBUG on (as `make run` sets it) Django's own console handler wrote every line of
+    the `django` loggers (each 4xx and 5xx) a second time, unformatted (helper 48)."""
+    code = (
+        "import django, logging; django.setup(); "
+        "logging.getLogger('django.request').warning('probe-line')"
+    )
+    result = run_with({**GOOD, "DEBUG": "1"}, tmp_path, code)
+    assert result.returncode == 0, result.stderr
+    assert (result.stdout + result.stderr).count("probe-line") == 1
