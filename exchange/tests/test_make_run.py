@@ -73,6 +73,8 @@ def test_make_run_brings_up_every_process_and_ctrl_c_stops_them(tmp_path, scratc
         assert "otpauth://totp/" in output
         credentials = json.loads((tmp_path / "var" / "demo_credentials.json").read_text())
         assert {c["username"] for c in credentials} == {"admin", "alice", "bob"}
+        # The file has the secret as printed (base32, for an authenticator app), not only hex.
+        assert next(c for c in credentials if c["role"] == "admin")["totp_secret"] == secret
 
         supervised = {p.name() for p in psutil.Process(launcher.pid).children(recursive=True)}
         assert any(name.startswith("python") for name in supervised)

@@ -45,6 +45,8 @@ class Command(BaseCommand):
             user.setdefault("email", demo_email(user["username"]))
             if user["role"] == "admin":
                 user.setdefault("totp_key", totp_key_new())
+                # What authenticator apps take (the key is hex, as django-otp keeps it).
+                user["totp_secret"] = totp_secret_base32(user["totp_key"])
         settings.VAR_DIR.mkdir(exist_ok=True)
         credentials_file.write_text(json.dumps(credentials, indent=2))
         credentials_file.chmod(0o600)
