@@ -165,8 +165,11 @@ def test_a_standby_fences_a_hung_holder_and_the_woken_holder_writes_nothing(
         assert serving_pid(redis_conn, other_than=holder.pid) == standby.pid
         time.sleep(1.0)
         os.killpg(holder.pid, signal.SIGCONT)
-        # It wakes to find its sessions gone: it exits (lease lost, or its batch failed).
+        # It wakes to find its sessions gone: it exits (lease lost, or its batch failed),
+        # saying so (it had died of an uncaught AdminShutdown, with its traceback).
         assert holder.wait(timeout=30) in (1, 3)
+        woke = holder.log_path.read_text().split("shard worker serving", 1)[-1]
+        assert "Traceback" not in woke, woke[-3000:]
         time.sleep(1.0)
     finally:
         flow.stop.set()
