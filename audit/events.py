@@ -12,6 +12,8 @@ class AuditEvent(models.TextChoices):
     ORDER_REFUSED = "order.refused", "Order refused at entry"
     ORDER_ACCEPTED = "order.accepted", "Order accepted by the matching engine"
     ORDER_AMENDED = "order.amended", "Order amended"
+    # Self-trade prevention's decrement_both took quantity off an order that stays open.
+    ORDER_REDUCED = "order.reduced", "Order reduced by self-trade prevention"
     ORDER_CANCELLED = "order.cancelled", "Order cancelled"  # who and why
     ORDER_REJECTED = "order.rejected", "Order rejected"  # reason
     ORDER_EXPIRED = "order.expired", "Order expired"

@@ -241,9 +241,22 @@ class OrderDetailView(KnownQueryParameters, APIView):
 
     @extend_schema(responses={200: OrderSerializer, 202: OrderSerializer, 400: ERROR, 404: ERROR})
     def delete(self, request: Request, key) -> Response:
-        order = self.order(request, key)
-        command = services.order_cancel(order=order, actor=request.user, http_request=request)
+        order = None
+        try:
+            order = self.order(request, key)
+            command = services.order_cancel(order=order, actor=request.user, http_request=request)
+        except APIException as exc:
+            self.refusal_record(request, "cancel", {self.lookup: key}, order, exc)
+            raise
         return changed_response(order, command.pk)
+
+    @staticmethod
+    def refusal_record(request: Request, kind: str, sent: dict, order, exc) -> None:
+        code, error = error_answer(exc)
+        services.order_change_refusal_record(
+            user=request.user, kind=kind, sent=sent, order=order, status=code, error=error,
+            http_request=request,
+        )  # fmt: skip
 
     @extend_schema(
         request=OrderAmendSerializer,
@@ -252,12 +265,22 @@ class OrderDetailView(KnownQueryParameters, APIView):
         "quantity loses time priority, a smaller one keeps it.",
     )
     def patch(self, request: Request, key) -> Response:
-        order = self.order(request, key)
-        serializer = OrderAmendSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        command = services.order_amend(
-            order=order, actor=request.user, http_request=request, **serializer.validated_data
-        )
+        order = None
+        try:
+            order = self.order(request, key)
+            serializer = OrderAmendSerializer(data=request.data)
+            serializer.is_valid(raise_exception=True)
+            command = services.order_amend(
+                order=order, actor=request.user, http_request=request, **serializer.validated_data
+            )
+        except APIException as exc:
+            try:
+                body = request.data
+            except APIException:  # not JSON: the error says so
+                body = None
+            sent = {self.lookup: key, **(body if isinstance(body, dict) else {})}
+            self.refusal_record(request, "amend", sent, order, exc)
+            raise
         return changed_response(order, command.pk)
 
 

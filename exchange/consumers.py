@@ -391,11 +391,27 @@ def _order_cancel(user, body: dict, request: SocketRequest, stored) -> tuple[int
     from exchange.order_answers import order_changed_answer
     from exchange.serializers import refuse_unknown_names
 
-    refuse_unknown_names(body, ORDER_KEYS)
-    order = _named_order(user, body)
-    command = services.order_cancel(order=order, actor=user, http_request=request)
+    order = None
+    try:
+        refuse_unknown_names(body, ORDER_KEYS)
+        order = _named_order(user, body)
+        command = services.order_cancel(order=order, actor=user, http_request=request)
+    except APIException as exc:
+        _change_refusal_record(user, "cancel", body, order, exc, request)
+        raise
     _set(stored)
     return order_changed_answer(order, command.pk)
+
+
+def _change_refusal_record(user, kind: str, body: dict, order, exc, request) -> None:
+    """Audit a cancel or amend refused before anything was stored, as REST does."""
+    from exchange import services
+
+    code, error = error_answer(exc)
+    services.order_change_refusal_record(
+        user=user, kind=kind, sent=body, order=order, status=code, error=error,
+        http_request=request,
+    )  # fmt: skip
 
 
 @_in_turn
@@ -405,12 +421,18 @@ def _order_amend(user, body: dict, request: SocketRequest, stored) -> tuple[int,
     from exchange.order_answers import order_changed_answer
     from exchange.serializers import OrderAmendSerializer
 
-    order = _named_order(user, body)
-    serializer = OrderAmendSerializer(data={k: v for k, v in body.items() if k not in ORDER_KEYS})
-    serializer.is_valid(raise_exception=True)
-    command = services.order_amend(
-        order=order, actor=user, http_request=request, **serializer.validated_data
-    )
+    order = None
+    try:
+        order = _named_order(user, body)
+        changes = {k: v for k, v in body.items() if k not in ORDER_KEYS}
+        serializer = OrderAmendSerializer(data=changes)
+        serializer.is_valid(raise_exception=True)
+        command = services.order_amend(
+            order=order, actor=user, http_request=request, **serializer.validated_data
+        )
+    except APIException as exc:
+        _change_refusal_record(user, "amend", body, order, exc, request)
+        raise
     _set(stored)
     return order_changed_answer(order, command.pk)
 

@@ -180,13 +180,7 @@ def order_refusal_record(*, user, sent, status: int, error: dict, http_request=N
     the database cannot take is logged; the client's answer stands."""
     if not 400 <= status < 500 or not getattr(user, "is_authenticated", False):
         return
-    # The error may name what was sent (an unknown field's name, NUL and all): a NUL had made
-    # PostgreSQL refuse the record.
-    error = {
-        k: v.replace("\x00", "")[:REFUSED_ERROR_MAX_CHARS] if isinstance(v, str) else v
-        for k, v in error.items()
-    }
-    payload: dict = {"status": status, "error": error}
+    payload: dict = {"status": status, "error": _refused_error(error)}
     if isinstance(sent, dict):
         known = set(OrderPlaceSerializer._declared_fields)
         payload["request"] = {
@@ -215,6 +209,49 @@ def order_refusal_record(*, user, sent, status: int, error: dict, http_request=N
         )
     except Exception:  # the refusal stands; its audit record is what failed
         logger.exception("refused order not audited", extra={"user_id": user.pk})
+
+
+def order_change_refusal_record(
+    *, user, kind: str, sent, order: Order | None, status: int, error: dict, http_request=None
+) -> None:
+    """Audit a cancel or an amend refused before anything was stored (`order.cancel_refused`,
+    `order.amend_refused`, as for those the engine refuses): what was sent and the error. They
+    had left no record: a second cancel of an ended order, an amend outside the band, a cancel
+    of another user's order (404: its id is only in the payload, `order_ref`). Only a client's
+    refusal (4xx); a record the database cannot take is logged."""
+    if not 400 <= status < 500 or not getattr(user, "is_authenticated", False):
+        return
+    payload: dict = {"status": status, "error": _refused_error(error)}
+    if isinstance(sent, dict):
+        payload["request"] = {
+            _refused_value(str(name)): _refused_value(value)
+            for name, value in list(sent.items())[:REFUSED_UNKNOWN_NAMES_MAX]
+        }
+    if order is None and isinstance(sent, dict):
+        ref = sent.get("order_id", sent.get("client_order_id"))
+        payload["order_ref"] = _refused_value(ref)
+    event = AuditEvent.ORDER_AMEND_REFUSED if kind == "amend" else AuditEvent.ORDER_CANCEL_REFUSED
+    try:
+        audit_record(
+            event_type=event,
+            actor=user,
+            user_id=user.pk,
+            order_id=order.pk if order is not None else None,
+            symbol=order.instrument.symbol if order is not None else None,
+            payload=payload,
+            request=http_request,
+        )
+    except Exception:  # the refusal stands; its audit record is what failed
+        logger.exception("refused order change not audited", extra={"user_id": user.pk})
+
+
+def _refused_error(error: dict) -> dict:
+    """The error answered, fit for the audit payload: it may name what was sent (an unknown
+    field's name, NUL and all), and a NUL had made PostgreSQL refuse the record."""
+    return {
+        k: v.replace("\x00", "")[:REFUSED_ERROR_MAX_CHARS] if isinstance(v, str) else v
+        for k, v in error.items()
+    }
 
 
 def _refused_value(value):

@@ -661,6 +661,7 @@ class BatchWriter:
             op = a.cmd[0]
             subject = a.cmd[3] if op == p.OP_PLACE else (a.cmd[2] if op == p.OP_AMEND else None)
             triggered: set[int] = set()
+            reduced: set[int] = set()  # resting orders decrement_both took quantity off
             for ev in a.events:
                 kind = ev[0]
                 symbol = ev[3]
@@ -681,7 +682,7 @@ class BatchWriter:
                     u.filled, u.remaining = filled, remaining
                     u.price = price or None
                     u.spent, u.d_spent = spent, 0
-                    audits.append(self._order_audit(a, ev, subject, op, triggered, texts))
+                    audits.append(self._order_audit(a, ev, subject, op, triggered, reduced, texts))
                 elif kind == p.EV_TRADE:
                     self._trade_collect(ev, upd)
                     trades.append(ev)
@@ -742,26 +743,32 @@ class BatchWriter:
                     (_, _, _, sym, mode, taker, maker, uid, price, qty) = ev
                     if mode == "decrement_both":  # the resting one (the taker's is news)
                         upd(maker, sym, uid).stp_reduced = True
-                    audits.append(
+                        reduced.add(maker)
+                    payload = {
+                        "mode": mode,
+                        "taker_order_id": taker,
+                        "maker_order_id": maker,
+                        "price": texts[sym].price(price),
+                        "quantity": texts[sym].qty(qty),
+                        "command_id": a.command_id,
+                    }
+                    # Under both orders: the resting one's history had shown only a change
+                    # by the system, with no reason.
+                    audits.extend(
                         self._audit(
                             AuditEvent.SELF_TRADE_PREVENTED,
                             a,
-                            order_id=taker,
+                            order_id=order_id,
                             user_id=uid,
                             symbol=sym,
-                            payload={
-                                "mode": mode,
-                                "taker_order_id": taker,
-                                "maker_order_id": maker,
-                                "price": texts[sym].price(price),
-                                "quantity": texts[sym].qty(qty),
-                            },
+                            payload={**payload, "role": role},
                         )
+                        for order_id, role in ((taker, "incoming"), (maker, "resting"))
                     )
                 elif kind == p.EV_INSTRUMENT and ev[p.I_ACTION] in INSTRUMENT_AUDIT_EVENTS:
-                    payload = {}
+                    payload = {"command_id": a.command_id}  # its request names it too
                     if ev[p.I_ACTION] == "updated":  # the rules the engine now applies
-                        payload = dataclasses.asdict(a.cmd[2])
+                        payload |= dataclasses.asdict(a.cmd[2])
                         if len(a.cmd) > 3:  # new session hours: the DAY orders' new expiry
                             payload["day_orders_expire_at"] = ns_to_datetime(a.cmd[3]).isoformat()
                     event = INSTRUMENT_AUDIT_EVENTS[ev[p.I_ACTION]]
@@ -924,7 +931,9 @@ class BatchWriter:
             **fields,
         )
 
-    def _order_audit(self, a, ev, subject, op, triggered: set[int], texts) -> AuditEntry:
+    def _order_audit(
+        self, a, ev, subject, op, triggered: set[int], reduced: set[int], texts
+    ) -> AuditEntry:
         (_, _, _, sym, oid, uid, status, reason, filled, remaining, price, _spent) = ev
         text = texts[sym]
         payload = {
@@ -951,7 +960,9 @@ class BatchWriter:
             triggered.add(oid)
         elif status == p.REJECTED:
             event, payload["reason"] = AuditEvent.ORDER_REJECTED, reason
-        elif (op == p.OP_AMEND and oid == subject) or reason == p.R_STP:
+        elif oid in reduced or reason == p.R_STP:  # decrement_both: it stays open, with less
+            event, payload["why"] = AuditEvent.ORDER_REDUCED, p.R_STP
+        elif op == p.OP_AMEND and oid == subject:
             event = AuditEvent.ORDER_AMENDED
         elif oid == subject or oid in triggered:
             event = AuditEvent.ORDER_ACCEPTED

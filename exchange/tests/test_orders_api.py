@@ -323,6 +323,13 @@ def test_quantity_taken_off_by_decrement_both_shows_as_cancelled_quantity(market
     decremented = maker.get(f"/api/v1/orders/{sell['order_id']}").json()
     assert (decremented["status"], decremented["remaining_quantity"]) == ("new", "6")
     assert decremented["cancelled_quantity"] == "4"
+    # Its history says why (it had read "order.amended" by the system, with no reason).
+    history = AuditRecord.objects.filter(order_id=sell["order_id"]).order_by("seq")
+    prevented = history.get(event_type="trade.self_trade_prevented")
+    assert (prevented.payload["role"], prevented.payload["mode"]) == ("resting", "decrement_both")
+    reduced = history.get(event_type="order.reduced")
+    assert (reduced.payload["why"], reduced.payload["remaining"]) == ("stp", "6")
+    assert not history.filter(event_type="order.amended").exists()
     taken = taker.place(**limit(instrument.symbol, "buy", "50.00", "6", time_in_force="IOC"))
     assert taken.json()["status"] == "filled", taken.text
     ended = maker.get(f"/api/v1/orders/{sell['order_id']}").json()
@@ -1198,3 +1205,28 @@ def test_exchange_metrics_show_fee_revenue_net_of_rebates_for_staff(market, exch
     assert (row["volume"], row["quote_volume"]) == ("10", "1000.00")
     assert (row["maker_fees"], row["taker_fees"], row["rebates_paid"]) == ("1.00", "2.00", "0.00")
     assert row["net_fee_revenue"] == "3.00"
+
+
+def test_cancels_and_amends_refused_at_entry_are_in_the_audit_trail(market):
+    """Only refused placements were recorded: a second cancel of an ended order, an amend
+    refused, a cancel of another user's order left no trace (helper 50)."""
+    instrument, maker, taker = market
+    order = maker.place(**limit(instrument.symbol, "sell", "50.00", "2")).json()
+    order_id = order["order_id"]
+    assert maker.patch(f"/api/v1/orders/{order_id}", {}).json()["error"] == "NothingToAmend"
+    assert maker.delete(f"/api/v1/orders/{order_id}").status_code == 200
+    again = maker.delete(f"/api/v1/orders/{order_id}")
+    assert again.json()["error"] == "OrderNotOpen"
+    assert taker.delete(f"/api/v1/orders/{order_id}").status_code == 404
+
+    amend = AuditRecord.objects.get(event_type="order.amend_refused", order_id=order_id)
+    assert (amend.payload["status"], amend.payload["error"]["error"]) == (400, "NothingToAmend")
+    assert amend.payload["request"] == {"order_id": order_id}
+    cancel = AuditRecord.objects.get(
+        event_type="order.cancel_refused", order_id=order_id, user_id=maker.user.pk
+    )
+    assert cancel.payload["error"]["error"] == "OrderNotOpen"
+    # Another user's order: under the caller, its id only in the payload.
+    probe = AuditRecord.objects.get(event_type="order.cancel_refused", user_id=taker.user.pk)
+    assert probe.order_id is None and probe.payload["order_ref"] == order_id
+    assert probe.payload["status"] == 404

@@ -1066,6 +1066,14 @@ def test_amends_and_cancel_all_over_the_socket_answer_like_rest(market):
         await http.aclose()
 
     asyncio.run(scenario())
+    # The refused amends are in the audit trail, as REST's are.
+    refused = AuditRecord.objects.filter(
+        event_type="order.amend_refused", user_id=market["users"][0].pk
+    )
+    assert {"NothingToAmend", "OrderNotFound", "MissingParameter"} <= {
+        r.payload["error"]["error"] for r in refused
+    }
+    assert {r.channel for r in refused} == {"ws"}
 
 
 def test_ops_pipelined_on_one_order_apply_in_the_order_sent(market):
