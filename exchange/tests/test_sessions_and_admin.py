@@ -188,6 +188,12 @@ def test_staff_halt_rejects_new_orders_keeps_cancels_and_resume_reopens(exchange
     assert reopened.json()["status"] == "new"
     instrument.refresh_from_db()
     assert instrument.status == "trading"
+    # Each outcome names the command its request (and the staff member) sent.
+    for done, asked in (("halted", "halt_requested"), ("resumed", "resume_requested")):
+        records = AuditRecord.objects.filter(symbol=instrument.symbol)
+        outcome = records.get(event_type=f"instrument.{done}")
+        request = records.get(event_type=f"instrument.{asked}")
+        assert outcome.payload["command_id"] == request.payload["command_id"]
 
 
 @pytest.mark.processes
