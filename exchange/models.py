@@ -100,7 +100,12 @@ class Instrument(models.Model):
         return self.symbol
 
     def save(self, *args, **kwargs) -> None:
-        self.shard = shard_for_symbol(self.symbol, settings.MATCHING_SHARDS)
+        # Its shard is chosen once, when it is listed: its book lives in that shard's engine.
+        # Recomputed on every save, an edit made by a process with another MATCHING_SHARDS (an
+        # operator scaling out, a manage.py with the default) sent the symbol to a shard that
+        # did not hold its book: its orders and cancels waited there for good.
+        if self._state.adding:
+            self.shard = shard_for_symbol(self.symbol, settings.MATCHING_SHARDS)
         super().save(*args, **kwargs)
 
     def clean(self) -> None:

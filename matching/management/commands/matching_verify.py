@@ -2,7 +2,8 @@
 
 import sys
 
-from django.core.management.base import BaseCommand
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
 
 from matching.models import ShardState
 from matching.replay import shard_verify
@@ -18,6 +19,11 @@ class Command(BaseCommand):
         parser.add_argument("--shard", type=int, default=0)
 
     def handle(self, *args, shard: int, **options) -> None:
+        if not 0 <= shard < settings.MATCHING_SHARDS:
+            # As run_matching refuses it: a mistyped shard had read as a passed check.
+            raise CommandError(
+                f"shard {shard} does not exist (MATCHING_SHARDS={settings.MATCHING_SHARDS})"
+            )
         if not ShardState.objects.filter(shard=shard).exists():
             self.stdout.write(f"shard {shard}: no state yet, nothing to verify")
             return
