@@ -365,6 +365,10 @@ def test_cancel_amend_and_mass_cancel(market):
         ended = AuditRecord.objects.get(event_type="order.cancelled", order_id=order_id)
         assert ended.payload["command"] == "mass_cancel"
         assert ended.payload["command_id"] in mass.json()["command_ids"]
+        # Who asked, and from where, is in its own history too (helper 50).
+        asked = AuditRecord.objects.get(event_type="order.cancel_requested", order_id=order_id)
+        assert asked.payload["mass_cancel"] and asked.channel == "rest"
+        assert asked.payload["command_ids"] == mass.json()["command_ids"]
     single = AuditRecord.objects.get(event_type="order.cancelled", order_id=second["order_id"])
     assert single.payload["command"] == "cancel"
     open_orders = maker.get("/api/v1/orders", symbol=instrument.symbol, status="open").json()
