@@ -31,6 +31,13 @@ def scheduler_heartbeat_write() -> None:
     )
 
 
+# Unapplied commands of shards beyond MATCHING_SHARDS (the poll's partial index has them).
+UNSERVED_COMMANDS_SQL = (
+    "SELECT shard, count(*) FROM matching_command "
+    "WHERE applied_at IS NULL AND shard >= %s GROUP BY shard ORDER BY shard"
+)
+
+
 def health_status() -> tuple[dict, int]:
     """Check PostgreSQL, Redis, every shard's heartbeat and the scheduler's; return (report,
     HTTP status).
@@ -39,13 +46,23 @@ def health_status() -> tuple[dict, int]:
     down is a 200 `degraded` naming the component: orders are still accepted durably then.
     """
     components: dict[str, dict] = {}
+    queued: list[tuple[int, int]] = []
     try:
         # A connection of its own with a short timeout: the pool would wait its full timeout.
         with psycopg.connect(database_conninfo(), connect_timeout=2) as conn:
-            conn.execute("SELECT 1")
+            queued = conn.execute(UNSERVED_COMMANDS_SQL, [settings.MATCHING_SHARDS]).fetchall()
         components["postgres"] = {"status": "ok"}
     except psycopg.Error as exc:
         components["postgres"] = {"status": "down", "error": _first_line(exc)}
+    if queued:
+        # Commands no worker will ever take: an instrument on a shard beyond MATCHING_SHARDS
+        # (its orders and cancels had waited for good while this said ok).
+        components["unserved-shards"] = {
+            "status": "down",
+            "error": f"commands queued for shards no worker serves (MATCHING_SHARDS="
+            f"{settings.MATCHING_SHARDS}): "
+            + ", ".join(f"shard {shard}: {count}" for shard, count in queued),
+        }
 
     heartbeats: dict[int, dict | None] | None = None
     scheduler_beat: bytes | None = None

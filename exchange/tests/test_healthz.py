@@ -4,6 +4,7 @@ import sys
 
 import httpx
 import pytest
+from django.db import transaction
 
 from conftest import start_web, wait_until
 from exchange.embedded_servers import free_port
@@ -117,3 +118,16 @@ def test_a_frequent_task_beat_queued_expires_unrun_after_ten_seconds(name):
     entry = ModelEntry.from_entry(name, app=app, **settings.CELERY_BEAT_SCHEDULE[name])
     assert entry.task in app.tasks
     assert entry.options["expires"] == 10
+
+
+def test_commands_queued_for_a_shard_no_worker_serves_are_named(processes, process_env):
+    """An instrument moved to a shard beyond MATCHING_SHARDS: its orders and cancels waited
+    for good while /healthz said ok (helper 49)."""
+    from matching.services import command_enqueue
+
+    with transaction.atomic():
+        command_enqueue(shard=3, kind="mass_cancel", payload={"user_id": 1, "symbol": None})
+    base_url = start_web(processes, env=process_env)
+    body = health(base_url).json()
+    assert body["status"] == "degraded" and "unserved-shards" in body["failing"]
+    assert body["components"]["unserved-shards"]["error"].endswith("shard 3: 1")
