@@ -178,9 +178,7 @@ def order_refusal_record(*, user, sent, status: int, error: dict, http_request=N
     order's fields as sent (values cut short, the names of other fields listed) and the error
     answered. Only a client's refusal (4xx): an outage (503) stored nothing to refuse. A record
     the database cannot take is logged; the client's answer stands."""
-    if not 400 <= status < 500 or not getattr(user, "is_authenticated", False):
-        return
-    payload: dict = {"status": status, "error": _refused_error(error)}
+    payload: dict = {}
     if isinstance(sent, dict):
         known = set(OrderPlaceSerializer._declared_fields)
         payload["request"] = {
@@ -198,17 +196,10 @@ def order_refusal_record(*, user, sent, status: int, error: dict, http_request=N
         or "\x00" in symbol
     ):
         symbol = None  # only in the payload, cut short
-    try:
-        audit_record(
-            event_type=AuditEvent.ORDER_REFUSED,
-            actor=user,
-            user_id=user.pk,
-            symbol=symbol,
-            payload=payload,
-            request=http_request,
-        )
-    except Exception:  # the refusal stands; its audit record is what failed
-        logger.exception("refused order not audited", extra={"user_id": user.pk})
+    _refusal_audit(
+        event_type=AuditEvent.ORDER_REFUSED, user=user, status=status, error=error,
+        symbol=symbol, payload=payload, http_request=http_request, what="order",
+    )  # fmt: skip
 
 
 def order_change_refusal_record(
@@ -219,9 +210,7 @@ def order_change_refusal_record(
     had left no record: a second cancel of an ended order, an amend outside the band, a cancel
     of another user's order (404: its id is only in the payload, `order_ref`). Only a client's
     refusal (4xx); a record the database cannot take is logged."""
-    if not 400 <= status < 500 or not getattr(user, "is_authenticated", False):
-        return
-    payload: dict = {"status": status, "error": _refused_error(error)}
+    payload: dict = {}
     if isinstance(sent, dict):
         payload["request"] = {
             _refused_value(str(name)): _refused_value(value)
@@ -230,19 +219,50 @@ def order_change_refusal_record(
     if order is None and isinstance(sent, dict):
         ref = sent.get("order_id", sent.get("client_order_id"))
         payload["order_ref"] = _refused_value(ref)
-    event = AuditEvent.ORDER_AMEND_REFUSED if kind == "amend" else AuditEvent.ORDER_CANCEL_REFUSED
+    _refusal_audit(
+        event_type=(
+            AuditEvent.ORDER_AMEND_REFUSED if kind == "amend" else AuditEvent.ORDER_CANCEL_REFUSED
+        ),
+        user=user,
+        status=status,
+        error=error,
+        order_id=order.pk if order is not None else None,
+        symbol=order.instrument.symbol if order is not None else None,
+        payload=payload,
+        http_request=http_request,
+        what="order change",
+    )
+
+
+def _refusal_audit(
+    *,
+    event_type: AuditEvent,
+    user,
+    status: int,
+    error: dict,
+    payload: dict,
+    http_request,
+    what: str,
+    order_id: int | None = None,
+    symbol: str | None = None,
+) -> None:
+    """Write a refusal's record: the status and error answered, then `payload`. Only a
+    client's refusal (4xx) of a signed-in user: an outage (503) stored nothing to refuse. A
+    record the database cannot take is logged; the client's answer stands."""
+    if not 400 <= status < 500 or not getattr(user, "is_authenticated", False):
+        return
     try:
         audit_record(
-            event_type=event,
+            event_type=event_type,
             actor=user,
             user_id=user.pk,
-            order_id=order.pk if order is not None else None,
-            symbol=order.instrument.symbol if order is not None else None,
-            payload=payload,
+            order_id=order_id,
+            symbol=symbol,
+            payload={"status": status, "error": _refused_error(error), **payload},
             request=http_request,
         )
     except Exception:  # the refusal stands; its audit record is what failed
-        logger.exception("refused order change not audited", extra={"user_id": user.pk})
+        logger.exception(f"refused {what} not audited", extra={"user_id": user.pk})
 
 
 def _refused_error(error: dict) -> dict:
