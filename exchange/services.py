@@ -908,21 +908,13 @@ def orders_mass_cancel(*, user, actor, symbol: str | None = None, http_request=N
             user_id=user.pk,
         )
         commands.append(command.pk)
-    payload = {"mass_cancel": True, "command_ids": commands}
-    audit_record(
-        event_type=AuditEvent.ORDER_CANCEL_REQUESTED,
-        actor=actor,
-        user_id=user.pk,
-        symbol=symbol,
-        payload=payload,
-        request=http_request,
-    )
-    # And under each order open now, so that its history says who asked and from where (it
-    # had read only "cancelled by the user, command mass_cancel"). One still on its way to
-    # the engine is cancelled too, its record naming the command only.
+    # Once for the request, and under each order open now, so that its history says who asked
+    # and from where (it had read only "cancelled by the user, command mass_cancel"). One still
+    # on its way to the engine is cancelled too, its record naming the command only.
     open_orders = Order.objects.filter(user_id=user.pk, is_open=True)
     if symbol is not None:
         open_orders = open_orders.filter(instrument__symbol=symbol)
+    subjects = [(None, symbol), *open_orders.values_list("pk", "instrument__symbol")]
     audit_record_copy(
         records=[
             audit_entry(
@@ -931,10 +923,10 @@ def orders_mass_cancel(*, user, actor, symbol: str | None = None, http_request=N
                 user_id=user.pk,
                 order_id=order_id,
                 symbol=order_symbol,
-                payload=payload,
+                payload={"mass_cancel": True, "command_ids": commands},
                 request=http_request,
             )
-            for order_id, order_symbol in open_orders.values_list("pk", "instrument__symbol")
+            for order_id, order_symbol in subjects
         ]
     )
     return commands
