@@ -313,10 +313,22 @@ function orderPrice(order) {
   return order.price ?? "market";
 }
 
-function orderRow(order) {
+// A row of one of your orders: when it was placed, its side, type and price, then `cells`.
+function orderTableRow(order, ...cells) {
   const row = document.createElement("tr");
   row.dataset.orderId = String(order.order_id);
   row.className = order.side;
+  row.append(
+    cell(shortTime(order.created_at)),
+    cell(order.side === "buy" ? "Buy" : "Sell", order.side),
+    cell(order.order_type.replace("_", "-")),
+    cell(orderPrice(order), "num"),
+    ...cells,
+  );
+  return row;
+}
+
+function orderRow(order) {
   const actions = document.createElement("td");
   actions.className = "actions";
   const amend = document.createElement("button");
@@ -333,11 +345,8 @@ function orderRow(order) {
   cancel.setAttribute("aria-label", `Cancel order ${order.order_id}`);
   cancel.addEventListener("click", () => cancelOrder(order));
   actions.append(amend, cancel);
-  row.append(
-    cell(shortTime(order.created_at)),
-    cell(order.side === "buy" ? "Buy" : "Sell", order.side),
-    cell(order.order_type.replace("_", "-")),
-    cell(orderPrice(order), "num"),
+  const row = orderTableRow(
+    order,
     cell(order.remaining_quantity, "num"),
     cell(order.filled_quantity, "num"),
     cell(order.status.replaceAll("_", " ")),
@@ -525,21 +534,14 @@ async function loadHistory() {
     "GET",
     `/api/v1/orders?symbol=${encodeURIComponent(symbol)}&status=closed&limit=20`,
   );
-  const rows = data.results.map((order) => {
-    const row = document.createElement("tr");
-    row.dataset.orderId = String(order.order_id);
-    row.className = order.side;
-    row.append(
-      cell(shortTime(order.created_at)),
-      cell(order.side === "buy" ? "Buy" : "Sell", order.side),
-      cell(order.order_type.replace("_", "-")),
-      cell(orderPrice(order), "num"),
+  const rows = data.results.map((order) =>
+    orderTableRow(
+      order,
       cell(order.filled_quantity, "num"),
       cell(order.avg_price ? trimPrice(order.avg_price) : "–", "num"),
       cell(statusText(order)),
-    );
-    return row;
-  });
+    ),
+  );
   historyBody.replaceChildren(...(rows.length ? rows : [emptyRow(7, "No ended orders yet.")]));
 }
 
