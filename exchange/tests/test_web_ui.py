@@ -116,6 +116,15 @@ def log_in(page, user, next_path: str = "/"):
     page.get_by_role("button", name="Log in").click()
 
 
+def log_out_in_another_tab(page):
+    """Log out in a second tab of the page's browser; return that tab."""
+    other_tab = page.context.new_page()
+    other_tab.goto("/account/")
+    other_tab.get_by_role("button", name="Log out").click()
+    expect(other_tab.get_by_role("link", name="Log in")).to_be_visible()
+    return other_tab
+
+
 def open_trading(page, user, symbol: str):
     log_in(page, user, f"/trade/{symbol}/")
     page.wait_for_url(f"**/trade/{symbol}/")
@@ -210,10 +219,7 @@ def test_a_page_left_open_after_logging_out_elsewhere_says_so(open_page, live_db
     instrument, user = make_instrument(), trader()
     page = open_page()
     open_trading(page, user, instrument.symbol)
-    other_tab = page.context.new_page()
-    other_tab.goto("/account/")
-    other_tab.get_by_role("button", name="Log out").click()
-    expect(other_tab.get_by_role("link", name="Log in")).to_be_visible()
+    log_out_in_another_tab(page)
     page.locator("#ticket-price").fill("100.00")
     page.locator("#ticket-quantity").fill("1")
     page.locator("#ticket-submit").click()
@@ -233,9 +239,7 @@ def test_a_page_left_open_while_logging_in_again_elsewhere_still_trades(open_pag
     instrument, user = make_instrument(), trader()
     page = open_page()
     open_trading(page, user, instrument.symbol)
-    other_tab = page.context.new_page()
-    other_tab.goto("/account/")
-    other_tab.get_by_role("button", name="Log out").click()
+    other_tab = log_out_in_another_tab(page)
     log_in(other_tab, user, "/account/")
     other_tab.wait_for_url("**/account/")
     place_limit(page, "buy", "99.00", "1")
