@@ -50,7 +50,7 @@ def _preload(n: int) -> None:
     BookState.objects.create(
         symbol=SYMBOL, shard=0, book_seq=n, position=0, spec=list(spec.as_tuple())
     )
-    ShardState.objects.create(shard=0, priority_seq=n, event_seq=2 * n, trade_seq=0, apply_seq=n)
+    ShardState.objects.create(shard=0, event_seq=2 * n, trade_seq=0, apply_seq=n)
     first_user = users[0].pk
     from exchange.models import Order
 

@@ -441,7 +441,7 @@ ON CONFLICT (symbol) DO UPDATE
 
 SHARD_STATE_SQL = """
 UPDATE matching_shardstate
-   SET apply_seq = COALESCE(%s, apply_seq), priority_seq = %s, event_seq = %s, trade_seq = %s,
+   SET apply_seq = COALESCE(%s, apply_seq), event_seq = %s, trade_seq = %s,
        last_stamp_ns = %s
  WHERE shard = %s AND lease_epoch = %s
 """
@@ -555,10 +555,9 @@ class BatchWriter:
             command_params=_command_params(applied),
             journal_rows=self._journal_rows(applied),
             books=self._book_params(engine, symbols),
-            # The engine's counters (the same three that export_state() reports).
+            # The engine's counters (the same two that export_state() reports).
             counters=(
                 last_seq,
-                engine.prio_seq,
                 engine.ev_seq,
                 engine.trade_seq,
                 max(a.stamp_ns for a in applied),

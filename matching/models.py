@@ -14,7 +14,6 @@ class ShardState(models.Model):
     apply_seq = models.BigIntegerField(
         default=0, db_default=0, help_text="Journal position of the last batch."
     )
-    priority_seq = models.BigIntegerField(default=0, db_default=0)
     event_seq = models.BigIntegerField(default=0, db_default=0)
     trade_seq = models.BigIntegerField(default=0, db_default=0)
     last_stamp_ns = models.BigIntegerField(

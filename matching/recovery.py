@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from django.db import connection, transaction
 
 from exchange.models import Instrument as InstrumentRow
-from matching.engine import Engine
+from matching.engine import STATE_VERSION, Engine
 from matching.engine import protocol as p
 from matching.instruments import engine_instrument_spec
 from matching.models import BookState, Command, ShardState
@@ -122,9 +122,9 @@ def engine_state_read(shard: int) -> tuple[dict, dict[str, int], int, int]:
             for row in cursor:
                 (add_stop if row[0] else add_order)(row[1:])
     export = {
-        "version": 1,
+        "version": STATE_VERSION,
         "instruments": instruments,
-        "counters": (state.priority_seq, state.event_seq, state.trade_seq),
+        "counters": (state.event_seq, state.trade_seq),
         "books": [(b.symbol, b.halted, b.book_seq, b.last_price_ticks) for b in books],
         "orders": orders,
         "stops": stops,

@@ -5,7 +5,7 @@ stamped by the worker) and all sequences (priority, event, trade, book update) a
 own. Same commands -> same events -> same `state_hash()`. The contract is in API.md.
 """
 
-from .engine import Engine
+from .engine import STATE_VERSION, Engine
 from .instrument import Instrument, affordable_lots, buy_cost, decimal_places, fee_for
 from .protocol import *  # noqa: F403
 from .protocol import (
@@ -24,6 +24,7 @@ from .protocol import (
 )
 
 __all__ = [
+    "STATE_VERSION",
     "Engine",
     "Instrument",
     "add_instrument",

@@ -98,7 +98,7 @@ from .protocol import (
 # Remaining quantity of a market buy by quote amount while it matches (effectively unbounded).
 QUOTE_ONLY = 1 << 62
 BIG = MAX_UNITS  # remaining above this means "by quote amount" (reported as 0)
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: priority seqs are event seqs (no counter of their own)
 _ROW_PRICE = itemgetter(1)
 # A level heap is rebuilt past HEAP_GROWTH times its live size plus HEAP_SLACK: rarer rebuilds
 # (each one a latency spike of ~15 us on a book of ~400 levels a side) cost less than the deeper
@@ -363,7 +363,6 @@ class Engine:
     def __init__(self, instruments=()) -> None:
         self.books: dict[str, Book] = {}
         self.orders: dict[int, Order] = {}
-        self.prio_seq = 0
         self.ev_seq = 0
         self.trade_seq = 0
         self._expiry: list[tuple] = []
@@ -474,9 +473,7 @@ class Engine:
                                 o.qty = lvl.qty = vis
                                 o.reserve = q - vis
                             o.price = price
-                            self.prio_seq = o.seq = self.prio_seq + 1
-                            book.seq += 1
-                            self.ev_seq = seq = self.ev_seq + 1
+                            self.ev_seq = book.seq = o.seq = seq = self.ev_seq + 1
                             filled = o.filled
                             return [(1, seq, ts, book.symbol, oid, o.user,
                                      PARTIALLY_FILLED if filled else NEW, None, filled, q, price,
@@ -552,9 +549,7 @@ class Engine:
                                 o.qty = lvl.qty = vis
                                 o.reserve = q - vis
                             o.price = price
-                            self.prio_seq = o.seq = self.prio_seq + 1
-                            book.seq += 1
-                            self.ev_seq = seq = self.ev_seq + 1
+                            self.ev_seq = book.seq = o.seq = seq = self.ev_seq + 1
                             filled = o.filled
                             return [(1, seq, ts, book.symbol, oid, o.user,
                                      PARTIALLY_FILLED if filled else NEW, None, filled, q, price,
@@ -611,7 +606,7 @@ class Engine:
                         o.qty = vis
                         o.reserve = q - vis
                     o.price = price
-                    self.prio_seq = o.seq = self.prio_seq + 1
+                    self.ev_seq = book.seq = o.seq = seq = self.ev_seq + 1
                     tail = lvl.tail
                     o.level = lvl
                     o.prev = tail
@@ -623,8 +618,6 @@ class Engine:
                     lvl.tail = o
                     lvl.qty += vis
                     lvl.count += 1
-                    book.seq += 1
-                    self.ev_seq = seq = self.ev_seq + 1
                     filled = o.filled
                     return [(1, seq, ts, book.symbol, oid, o.user,
                              PARTIALLY_FILLED if filled else NEW, None, filled, q, price,
@@ -640,6 +633,7 @@ class Engine:
                     # resting buy could already pay one lot at its price, so it still can.
                     filled = o.filled
                     cut = filled + o.qty + o.reserve - qty
+                    self.ev_seq = seq = self.ev_seq + 1
                     if o.reserve >= cut:
                         o.reserve -= cut
                     else:
@@ -650,8 +644,7 @@ class Engine:
                         if not lvl.marked:
                             lvl.marked = True
                             (book.changed_b if o.is_buy else book.changed_a)[lvl] = None
-                        book.seq += 1
-                    self.ev_seq = seq = self.ev_seq + 1
+                        book.seq = seq
                     return [(1, seq, ts, book.symbol, oid, o.user,
                              PARTIALLY_FILLED if filled else NEW, None, filled, qty - filled,
                              o.price, o.spent)]  # fmt: skip
@@ -755,7 +748,7 @@ class Engine:
                 if not lvl.marked:
                     lvl.marked = True
                     (book.changed_b if is_buy else book.changed_a)[lvl] = None
-                self.prio_seq = o.seq = self.prio_seq + 1
+                self.ev_seq = book.seq = o.seq = seq = self.ev_seq + 1
                 tail = lvl.tail
                 o.level = lvl
                 o.prev = tail
@@ -768,8 +761,6 @@ class Engine:
                 lvl.qty += qty
                 lvl.count += 1
                 orders[oid] = o
-                book.seq += 1
-                self.ev_seq = seq = self.ev_seq + 1
                 return [(1, seq, ts, sym, oid, uid, NEW, None, 0, qty, price, 0)]
             if op is OP_CANCEL:
                 _, ts, oid = cmd
@@ -830,8 +821,7 @@ class Engine:
                             heappop(keys)
                             while keys and keys[0] not in levels:
                                 heappop(keys)
-                book.seq += 1
-                self.ev_seq = seq = self.ev_seq + 1
+                self.ev_seq = book.seq = seq = self.ev_seq + 1
                 return [(1, seq, ts, book.symbol, oid, o.user, CANCELLED, R_USER, o.filled, 0,
                          o.price, o.spent)]  # fmt: skip
             return self._handlers[op](cmd)
@@ -856,7 +846,7 @@ class Engine:
     def _expire_first(self, cmd) -> list[tuple]:
         """A command stamped at or after some order's `expire_at`: those orders expire first,
         as an `expire_due` at the command's time would expire them, then the command applies,
-        all as one command (one book seq step): an order never trades, nor is amended, after
+        all as one command (one book update): an order never trades, nor is amended, after
         its expiry, however late the scheduled `expire_due` comes."""
         handler = self._raw_handlers.get(cmd[0])
         if handler is None:
@@ -886,8 +876,9 @@ class Engine:
             self._reject(out, cmd, None, None, None, INVALID_COMMAND)
         touched = self._touched
         if touched:
+            seq = self.ev_seq
             for book in touched:
-                book.seq += 1
+                book.seq = seq
                 book.touched = False
             touched.clear()
         return out
@@ -936,8 +927,10 @@ class Engine:
     # ======================================================================================
     # Book structure primitives
     # ======================================================================================
-    def _rest(self, book: Book, o: Order) -> None:
-        """Append o at the back of its price level (new priority seq)."""
+    def _rest(self, book: Book, o: Order, seq: int) -> None:
+        """Append o at the back of its price level with priority seq `seq`: the seq of the event
+        that announces it there (or, for an iceberg refill, of the trade that emptied its
+        slice)."""
         p = o.price
         if o.is_buy:
             levels = book.bids
@@ -970,7 +963,7 @@ class Engine:
         if not lvl.marked:
             lvl.marked = True
             (book.changed_b if o.is_buy else book.changed_a)[lvl] = None
-        self.prio_seq = o.seq = self.prio_seq + 1
+        o.seq = seq
         tail = lvl.tail
         o.level = lvl
         o.prev = tail
@@ -1063,7 +1056,7 @@ class Engine:
         del self.orders[o.id]
 
     def _add_stop(self, book: Book, o: Order) -> None:
-        self.prio_seq = o.seq = self.prio_seq + 1
+        o.seq = self.ev_seq + 1  # the seq of its untriggered event, which follows
         if o.is_buy:
             insort(book.buy_stops, (o.stop_price, o.seq, o))
         else:
@@ -1101,7 +1094,7 @@ class Engine:
             raise EngineBug(f"command failed half-way: {cmd!r}") from exc
         if book.touched:
             # A place or move changes only its own book.
-            book.seq += 1
+            book.seq = self.ev_seq
             book.touched = False
             self._touched.clear()
         return out
@@ -1154,7 +1147,7 @@ class Engine:
         if otype >= STOP_MARKET:
             last = book.last
             if last is not None and (last >= stop_px if is_buy else last <= stop_px):
-                self.prio_seq = o.seq = self.prio_seq + 1  # every stop takes a seq on arrival
+                o.seq = self.ev_seq + 1  # every stop takes a seq on arrival: its triggered event's
                 self._trigger(book, o, ts, out)
                 self._process(book, o, ts, out, False)
             else:
@@ -1306,11 +1299,12 @@ class Engine:
         if disp and o.qty > disp:
             o.reserve = o.qty - disp
             o.qty = disp
-        self._rest(book, o)
-        self.orders[o.id] = o
         # Its EV_ORDER event, built here rather than by _order_event (one call less for every
         # taker that rests): a resting limit order's remaining is never a quote-only marker.
+        # Its seq is the order's priority seq.
         self.ev_seq = seq = self.ev_seq + 1
+        self._rest(book, o, seq)
+        self.orders[o.id] = o
         filled = o.filled
         out.append(
             (EV_ORDER, seq, ts, book.symbol, o.id, o.user, PARTIALLY_FILLED if filled else NEW,
@@ -1464,7 +1458,7 @@ class Engine:
                         vis = m.display if m.display < res else res
                         if m.next is None:
                             # Already last in its level: refill in place with a new seq.
-                            self.prio_seq = m.seq = self.prio_seq + 1
+                            m.seq = ev  # the trade that emptied its slice
                             m.qty = vis
                             m.reserve = res - vis
                             lvl.qty += vis
@@ -1472,7 +1466,7 @@ class Engine:
                             self._unlink(book, m)
                             m.qty = vis
                             m.reserve = res - vis
-                            self._rest(book, m)
+                            self._rest(book, m, ev)
                 else:
                     nxt = m.next
                     # Filled: unlink from the head of the level.
@@ -2047,7 +2041,7 @@ class Engine:
         return {
             "version": STATE_VERSION,
             "instruments": [b.inst.as_tuple() for b in self.books.values()],
-            "counters": (self.prio_seq, self.ev_seq, self.trade_seq),
+            "counters": (self.ev_seq, self.trade_seq),
             "books": [(b.symbol, b.halted, b.seq, b.last) for b in self.books.values()],
             "orders": self.resting_orders(),
             "stops": self.stop_orders(),
@@ -2074,7 +2068,7 @@ class Engine:
     @classmethod
     def _load(cls, state: dict) -> Engine:
         eng = cls([Instrument.from_tuple(tuple(t)) for t in state["instruments"]])
-        eng.prio_seq, eng.ev_seq, eng.trade_seq = state["counters"]
+        eng.ev_seq, eng.trade_seq = state["counters"]
         books = eng.books
         for sym, halted, seq, last in state["books"]:
             b = books[sym]

@@ -147,7 +147,6 @@ class ReferenceModel:
         self.instruments: dict[str, Instrument] = {}  # in add order
         self.books: dict[str, dict] = {}
         self.stops: list[dict] = []  # untriggered stop orders of every symbol
-        self.prio_seq = 0
         self.event_seq = 0
         self.trade_seq = 0
         self.events: list[tuple] = []
@@ -241,7 +240,8 @@ class ReferenceModel:
             handler(cmd)
         for symbol, before in depth_before.items():
             if self.depth(symbol) != before:
-                self.books[symbol]["book_seq"] += 1
+                # A book's seq is the seq of the last event of the last command that changed it.
+                self.books[symbol]["book_seq"] = self.event_seq
         return self.events
 
     def _add_book(self, inst: Instrument) -> None:
@@ -577,7 +577,7 @@ class ReferenceModel:
         elif maker["visible"] == 0:
             # Iceberg refill: a new slice goes to the back of its level.
             maker["visible"] = min(maker["display"], maker["remaining"])
-            maker["seq"] = self._next_seq()
+            maker["seq"] = self.event_seq  # the trade's own seq
 
     def _prevent_self_trade(self, taker: dict, maker: dict, mode: int) -> bool:
         """Apply an STP mode to taker vs maker; True when the taker is done (cancelled stp)."""
@@ -727,8 +727,8 @@ class ReferenceModel:
 
     # ---- small helpers ----------------------------------------------------------------------
     def _next_seq(self) -> int:
-        self.prio_seq += 1
-        return self.prio_seq
+        """A priority seq is the seq of the event that announces the order (the next one)."""
+        return self.event_seq + 1
 
     @staticmethod
     def _open_status(o: dict) -> str:

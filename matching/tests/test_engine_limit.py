@@ -89,7 +89,8 @@ def test_invalid_quantity_and_min_qty_rejected_without_state_change():
     # Rejections only move the event counter.
     assert h.engine.depth("X") == ([], [])
     assert h.engine.state_hash() != before  # event seq moved
-    assert h.engine.prio_seq == 0
+    assert h.engine.export_state()["counters"] == (3, 0)  # three rejects, no trade
+    assert h.engine.book_seq("X") == 0
 
 
 def test_min_notional_rejected():

@@ -34,17 +34,22 @@ def test_l3_lists_orders_in_priority_order():
     assert [(r[0], r[1], r[3]) for r in asks] == [(100, 2, 1), (100, 3, 2), (101, 1, 1)]
 
 
-def test_book_seq_increments_once_per_changing_command():
+def test_book_seq_is_the_last_event_seq_of_the_last_changing_command():
     h = Harness()
     assert h.engine.book_seq("X") == 0
     h.buy(1, 99, 1)
-    h.buy(2, 98, 1)
-    assert h.engine.book_seq("X") == 2
+    placed = h.buy(2, 98, 1)
+    assert h.engine.book_seq("X") == placed[-1][1] == 2
     h.cancel(42)  # rejected: no change
     h.buy(3, 100, 1, tif=FOK)  # FOK rejected: no change
     assert h.engine.book_seq("X") == 2
-    h.sell(4, 99, 1)  # trade
-    assert h.engine.book_seq("X") == 3
+    traded = h.sell(4, 99, 1)  # the trade, then the taker's event: the last one's seq
+    assert len(traded) == 2 and h.engine.book_seq("X") == traded[-1][1] == 6
+    h.buy(5, 97, 3, display_qty=1)
+    reduced = h.amend(5, qty=2)  # only the hidden reserve shrinks: no visible change
+    assert h.engine.book_seq("X") == reduced[-1][1] - 1
+    h.amend(5, price=96)  # a price move
+    assert h.engine.book_seq("X") == h.engine.export_state()["counters"][0] == 9
 
 
 def test_level_changes_report_touched_levels_with_new_qty_and_count():
@@ -54,10 +59,10 @@ def test_level_changes_report_touched_levels_with_new_qty_and_count():
     h.sell(3, 105, 1)
     changes = h.engine.drain_level_changes()
     assert changes == {"X": (3, [(True, 99, 3, 2), (False, 105, 1, 1)])}
-    h.sell(4, 99, 1)
-    assert h.engine.drain_level_changes() == {"X": (4, [(True, 99, 2, 1)])}
+    h.sell(4, 99, 1)  # events 4 (the trade) and 5 (the taker filled)
+    assert h.engine.drain_level_changes() == {"X": (5, [(True, 99, 2, 1)])}
     h.cancel(2)
-    assert h.engine.drain_level_changes() == {"X": (5, [(True, 99, 0, 0)])}
+    assert h.engine.drain_level_changes() == {"X": (6, [(True, 99, 0, 0)])}
     assert h.engine.drain_level_changes() == {}
 
 
@@ -81,16 +86,18 @@ def test_level_changes_follow_levels_that_move_die_and_are_reused():
     put(4, "Y", False, 200, 5)  # ...and may come back as a level of another book
     put(5, "X", False, 106, 2)
     eng.apply(amend(ts=next(ts), order_id=3, qty=1))  # not a reduction: no change at 105
+    # Each book's seq is the seq of the last event that changed it: X's is order 5's (event 7;
+    # the amend after it, event 8, changed nothing visible), Y's order 4's (event 6).
     assert eng.drain_level_changes() == {
-        "X": (6, [(True, 99, 0, 0), (True, 98, 0, 0), (True, 97, 1, 1), (False, 106, 2, 1)]),
-        "Y": (1, [(False, 200, 5, 1)]),
+        "X": (7, [(True, 99, 0, 0), (True, 98, 0, 0), (True, 97, 1, 1), (False, 106, 2, 1)]),
+        "Y": (6, [(False, 200, 5, 1)]),
     }
     put(6, "Y", False, 200, 1)
     eng.apply(cancel(ts=next(ts), order_id=5))
     put(7, "X", True, 98, 3)  # 98 again, in a fresh or pooled level object
     assert eng.drain_level_changes() == {
-        "X": (8, [(True, 98, 3, 1), (False, 106, 0, 0)]),
-        "Y": (2, [(False, 200, 6, 2)]),
+        "X": (11, [(True, 98, 3, 1), (False, 106, 0, 0)]),
+        "Y": (9, [(False, 200, 6, 2)]),
     }
     assert eng.drain_level_changes() == {}
 
