@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 
+import psycopg
 import redis
 from django.conf import settings
 from django.db import Error as DjangoDatabaseError
@@ -49,7 +50,8 @@ class ShardWorker:
             signal.signal(signum, lambda *_: self.stopping.set())
 
     def run(self) -> int:
-        """Run until stopped (exit code 0) or until the lease is lost (exit code 1)."""
+        """Run until stopped (exit code 0), until the lease is lost (exit code 1), or until a
+        batch fails or the database ends its sessions (exit code 3: restart and rebuild)."""
         # Every session of this process carries its name, so that a standby can end them all
         # if this process hangs holding the lease (matching.lease).
         connection_created.connect(_name_session, dispatch_uid="matching-session-name")
@@ -98,6 +100,15 @@ class ShardWorker:
             logger.error(
                 "batch failed, exiting to rebuild from PostgreSQL",
                 extra={"shard": self.shard, "why": str(exc)},
+            )
+            return 3
+        except (DjangoDatabaseError, psycopg.Error) as exc:
+            # PostgreSQL ended this process's sessions under the loop (a restart, or a standby
+            # fencing it as hung): what it holds in memory may be behind; it is rebuilt.
+            stop_reason = "database connection lost"
+            logger.error(
+                "database connection lost, exiting to rebuild from PostgreSQL",
+                extra={"shard": self.shard, "why": str(exc).strip()},
             )
             return 3
         finally:
