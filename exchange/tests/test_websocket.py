@@ -619,6 +619,27 @@ def test_a_browser_from_another_origin_is_refused_at_the_handshake(market):
     asyncio.run(scenario())
 
 
+def test_a_handshake_on_another_path_is_a_404_saying_where_the_stream_is(market):
+    # Channels found no route: a 500 and a traceback in the log for each (a trailing slash, a
+    # v2, a scanner).
+    base = market["ws"].split("/ws/")[0]
+
+    async def scenario():
+        for wrong in ("/ws/v1/", "/ws/v2", "/ws", "/api/v1/time"):
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                async with websockets.connect(base + wrong):
+                    pass
+            response = refused.value.response
+            assert response.status_code == 404, wrong
+            error = json.loads(response.body)
+            assert error["error"] == "NotFound" and "/ws/v1" in error["message"], error
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            await send(ws, {"op": "ping", "id": 1})
+            assert (await recv_until(ws, lambda f: f.get("type") == "pong"))["id"] == 1
+
+    asyncio.run(scenario())
+
+
 def test_the_orders_channel_needs_a_login(market):
     async def scenario():
         async with websockets.connect(market["ws"], ping_interval=None) as ws:
