@@ -56,8 +56,17 @@ class ShardWorker:
         # if this process hangs holding the lease (matching.lease).
         connection_created.connect(_name_session, dispatch_uid="matching-session-name")
         logger.info("shard worker waiting for lease", extra={"shard": self.shard})
-        if not self.lease.acquire(wait=True, should_stop=self.stopping.is_set):
-            return 0
+        try:
+            if not self.lease.acquire(wait=True, should_stop=self.stopping.is_set):
+                return 0
+        except (DjangoDatabaseError, psycopg.Error) as exc:
+            # A standby's session ended while it waited (a restart of PostgreSQL, or a sweep of
+            # the workers' sessions): it holds nothing yet; it is started again.
+            logger.error(
+                "database connection lost while waiting for the lease, exiting",
+                extra={"shard": self.shard, "why": str(exc).strip()},
+            )
+            return 3
         stop_reason = "error"
         loop: ShardLoop | None = None
         try:
