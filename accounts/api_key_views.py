@@ -23,6 +23,7 @@ from accounts.models import APIKey
 from exchange.api_views import ERROR
 from exchange.pagination import PAGE_PARAMETERS, CursorPage, page_of
 from exchange.query_params import PAGE_QUERY, KnownQueryParameters
+from exchange.serializers import RequestBodySerializer, TextOnly, refuse_unknown_fields
 
 
 class ApiKeySerializer(serializers.ModelSerializer):
@@ -58,18 +59,23 @@ class ApiKeyCreatedSerializer(ApiKeySerializer):
         read_only_fields = fields
 
 
-class ApiKeyCreateSerializer(serializers.Serializer):
-    label = serializers.CharField(max_length=100)
+class ApiKeyCreateSerializer(RequestBodySerializer):
+    label = TextOnly(max_length=100)
     permissions = serializers.ListField(
         child=serializers.ChoiceField(PERMISSION_NAMES),
         required=False,
         help_text='default ["read"]',
     )
     ip_allowlist = serializers.ListField(
-        child=serializers.CharField(max_length=49),
+        child=TextOnly(max_length=49),
         required=False,
         help_text="IP addresses or CIDR networks; empty or absent: any address",
     )
+
+    def to_internal_value(self, data):
+        # A misspelt field had been dropped: "ip_whitelist" made a key usable from anywhere.
+        refuse_unknown_fields(self, data)
+        return super().to_internal_value(data)
 
 
 class KeyManagementView(KnownQueryParameters, APIView):

@@ -308,6 +308,24 @@ def test_key_creation_refuses_bad_input_with_the_field(base):
     assert refused.status_code == 400 and refused.json()["field"] == "ip_allowlist"
     unknown = browser.post("/api/v1/api-keys", json={"label": "k", "permissions": ["admin"]})
     assert unknown.status_code == 400 and unknown.json()["field"].startswith("permissions")
+    # A misspelt field was dropped: the key was made, read-only and usable from any address.
+    misspelt = browser.post(
+        "/api/v1/api-keys",
+        json={"label": "bot", "permissions": ["trade"], "ip_whitelist": ["203.0.113.7"]},
+    )
+    assert misspelt.status_code == 400, misspelt.text
+    assert (misspelt.json()["error"], misspelt.json()["field"]) == (
+        "UnexpectedParameter",
+        "ip_whitelist",
+    )
+    for body in (b"[]", b'"x"', b"null"):
+        malformed = browser.post(
+            "/api/v1/api-keys", content=body, headers={"Content-Type": "application/json"}
+        )
+        assert malformed.json()["error"] == "MalformedRequest", (body, malformed.text)
+    numeric = browser.post("/api/v1/api-keys", json={"label": 1})
+    assert numeric.status_code == 400 and numeric.json()["field"] == "label"
+    assert browser.get("/api/v1/api-keys").json()["results"] == []
 
 
 def test_two_users_cannot_use_or_see_each_others_keys(base):
