@@ -18,7 +18,9 @@ from exchange.order_rules import OrderRequest
 from matching.engine import decimal_places
 
 # ASCII digits only: \d (and Decimal) would read Arabic-Indic digits as 10 for "\u0661\u0660".
+DECIMAL_INTEGER_DIGITS, DECIMAL_FRACTION_DIGITS = 24, 18
 DECIMAL_STRING = re.compile(r"^[0-9]{1,24}(\.[0-9]{1,18})?\Z")
+PLAIN_DECIMAL = re.compile(r"^([0-9]+)(?:\.([0-9]+))?\Z")  # DECIMAL_STRING without the limits
 # Amount columns hold 30 digits, 12 of them after the point: every amount stays below 10^18.
 AMOUNT_LIMIT = Decimal(10) ** (MONEY["max_digits"] - MONEY["decimal_places"])
 CLIENT_ORDER_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}\Z")
@@ -117,6 +119,20 @@ class DecimalString(serializers.Field):
             )
         # As given, ASCII digits only: " 90.00" or "1\u00a0" (a no-break space) had been
         # trimmed and taken, where the contract is a decimal string.
+        if isinstance(data, str) and not DECIMAL_STRING.match(data):
+            digits = PLAIN_DECIMAL.match(data)
+            # A well-formed decimal past the digit limits says which limit (it had been told
+            # to be a decimal string "like 150.45", which it was).
+            if digits and len(digits[1]) > DECIMAL_INTEGER_DIGITS:
+                raise trading_error(
+                    "NumberTooLarge", f"{name} must be below {AMOUNT_LIMIT:f}", field=name
+                )
+            if digits and len(digits[2] or "") > DECIMAL_FRACTION_DIGITS:
+                raise trading_error(
+                    "AmountTooPrecise",
+                    f"{name} has more than {DECIMAL_FRACTION_DIGITS} decimal places",
+                    field=name,
+                )
         if not isinstance(data, str) or not DECIMAL_STRING.match(data):
             raise trading_error(
                 "InvalidNumber",

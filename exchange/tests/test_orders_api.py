@@ -662,6 +662,10 @@ BAD_INPUTS = [
     ({"price": "9" * 24 + ".00"}, "NumberTooLarge", "price"),
     ({"side": "sell", "price": "9" * 24 + ".00"}, "NumberTooLarge", "price"),  # was a 500
     ({"price": "1" + "0" * 17 + ".00"}, "NumberTooLarge", "price"),
+    # Past the digits a decimal string may have: each was told to be a decimal string "like
+    # 150.45", which it was.
+    ({"price": "1." + "0" * 20 + "1"}, "AmountTooPrecise", "price"),
+    ({"quantity": "1" * 40}, "NumberTooLarge", "quantity"),
     ({"side": "hold"}, "InvalidParameter", "side"),
     # A required field left out, as a missing price is named (they read InvalidParameter).
     ({"symbol": None}, "MissingParameter", "symbol"),
