@@ -1,5 +1,8 @@
 """Cursor pagination for every list endpoint (stable under inserts, no page counting)."""
 
+import base64
+from urllib import parse
+
 from drf_spectacular.utils import OpenApiParameter, inline_serializer
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound
@@ -32,13 +35,28 @@ class CursorPage(CursorPagination):
 
     def decode_cursor(self, request):
         """DRF's decoding, and a position that is an id: a cursor is opaque but not signed,
-        and a crafted one ("p=abc", "p=1.5") reached the id comparison and failed (500)."""
+        and a crafted one ("p=abc", "p=1.5") reached the id comparison and failed (500). A
+        cursor must also be strict base64 of DRF's own fields: "!!" or "AAAAAAAA" decoded to
+        nothing DRF knew and served the first page, silently starting a client over."""
+        encoded = request.query_params.get(self.cursor_query_param)
+        if encoded is not None and not _cursor_is_wellformed(encoded):
+            raise NotFound(self.invalid_cursor_message)
         cursor = super().decode_cursor(request)
         if cursor is not None and cursor.position is not None:
             position = cursor.position
             if not (position.isascii() and position.isdigit() and int(position) <= MAX_ID):
                 raise NotFound(self.invalid_cursor_message)
         return cursor
+
+
+def _cursor_is_wellformed(encoded: str) -> bool:
+    """Strict base64 of a query string of DRF's cursor fields only (o, r, p), one at least."""
+    try:
+        text = base64.b64decode(encoded.encode("ascii"), validate=True).decode("ascii")
+    except (ValueError, UnicodeError):  # binascii.Error is a ValueError
+        return False
+    fields = parse.parse_qs(text, keep_blank_values=True)
+    return bool(fields) and set(fields) <= {"o", "r", "p"}
 
 
 # The query parameters of every cursor-paginated list, for its OpenAPI description.

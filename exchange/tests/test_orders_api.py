@@ -597,6 +597,11 @@ def test_a_crafted_cursor_is_a_404_and_a_served_one_pages_on(market):
             response = maker.get(path, cursor=cursor)
             assert response.status_code == 404, (crafted, path, response.text)
             assert response.json()["message"] == "Invalid cursor"
+    # Not base64 of a cursor at all: each served the first page, starting the client over.
+    for garbled in ("!!", "AAAAAAAA", base64.b64encode(b"x=1").decode(), served + "!"):
+        for path in ("/api/v1/orders", "/api/v1/ledger"):
+            response = maker.get(path, cursor=garbled)
+            assert response.status_code == 404, (garbled, path, response.text)
 
 
 def test_a_body_over_the_upload_limit_is_a_413(market):
