@@ -13,6 +13,7 @@ from accounts import selectors
 from accounts.funds import deposit_create, withdrawal_create
 from accounts.models import LedgerAccount, LedgerEntry, LedgerPosting
 from accounts.signing import KeyCredentials
+from exchange.errors import trading_error
 from exchange.pagination import PAGE_PARAMETERS, CursorPage, page_of
 from exchange.query_params import PAGE_QUERY, KnownQueryParameters
 from exchange.serializers import DecimalString, refuse_unknown_fields
@@ -149,9 +150,20 @@ class LedgerView(KnownQueryParameters, APIView):
         responses={200: page_of(PostingSerializer)},
     )
     def get(self, request: Request) -> Response:
-        postings = selectors.ledger_postings_for_user(
-            user=request.user, asset=request.query_params.get("asset")
-        )
+        asset = request.query_params.get("asset")
+        # An asset that does not exist (or an empty one) had listed nothing, or everything.
+        if (
+            asset is not None
+            and asset not in selectors.asset_precisions_cached()
+            and asset not in selectors.asset_precisions()  # listed a moment ago
+        ):
+            raise trading_error(
+                "UnknownAsset",
+                f"unknown asset {asset[:20]!r}; assets are the base and quote of "
+                "GET /api/v1/symbols",
+                field="asset",
+            )
+        postings = selectors.ledger_postings_for_user(user=request.user, asset=asset)
         paginator = CursorPage()
         page = paginator.paginate_queryset(postings, request, view=self)
         places = selectors.asset_precisions_cached()

@@ -94,6 +94,11 @@ def test_resting_order_holds_its_funds_and_a_cancel_releases_them(market):
     assert released["TST"]["available"] == "7" and released["TST"]["held"] == "0"
     kinds = [row["kind"] for row in trader.get("/api/v1/ledger", asset="USD").json()["results"]]
     assert kinds == ["release", "release", "hold", "hold", "deposit"]  # both sides are yours
+    # An asset that does not exist listed nothing, an empty one everything.
+    for asset in ("ZZZ", ""):
+        refused = trader.get("/api/v1/ledger", asset=asset)
+        assert refused.status_code == 400, refused.text
+        assert (refused.json()["error"], refused.json()["field"]) == ("UnknownAsset", "asset")
 
 
 def test_trade_moves_both_assets_and_books_both_fees(market):
