@@ -437,11 +437,13 @@ LOGGING = {
         "json": {"()": "exchange.log_format.JsonFormatter"},
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
     },
+    "filters": {"suspicious_requests": {"()": "exchange.log_format.SuspiciousRequestFilter"}},
     "handlers": {
         "stdout": {
             "class": "logging.StreamHandler",
             "stream": "ext://sys.stdout",
             "formatter": "plain" if DEBUG else "json",
+            "filters": ["suspicious_requests"],
         }
     },
     "root": {"handlers": ["stdout"], "level": LOG_LEVEL},

@@ -55,3 +55,21 @@ def test_the_web_servers_own_lines_are_json_without_their_colour_codes(processes
     assert server and all("color_message" not in e for e in server)
     # The Procfile turns the access log off: it had come back, a line per request.
     assert not [e for e in entries if e["logger"] == "uvicorn.access"]
+
+
+@pytest.mark.processes
+@pytest.mark.django_db(transaction=True)
+def test_a_suspicious_request_is_one_warning_line_without_a_traceback(processes, process_env):
+    # Django logs a forged Host header or a disallowed admin lookup at ERROR with a traceback
+    # (45 such lines in one probe of the admin): a client's mistake, answered 400.
+    web = start_web(processes, env={**process_env, "DEBUG": "false"}, name="web-suspicious")
+    forged = httpx.get(f"{web}/api/v1/time", headers={"Host": "evil.example"}, timeout=15)
+    assert forged.status_code == 400
+    text = (processes.log_dir / "web-suspicious.log").read_text()
+    entries = [json.loads(line) for line in text.splitlines() if line.strip()]
+    security = [e for e in entries if e["logger"].startswith("django.security.")]
+    assert [(e["logger"], e["level"]) for e in security] == [
+        ("django.security.DisallowedHost", "warning")
+    ]
+    assert "evil.example" in security[0]["msg"] and "exc" not in security[0]
+    assert not [e for e in entries if e["level"] == "error"], text[-3000:]
