@@ -2,11 +2,28 @@
 
 import codecs
 
-from rest_framework.exceptions import ParseError
+from rest_framework.exceptions import ParseError, UnsupportedMediaType
 from rest_framework.parsers import JSONParser, get_encoding
 from rest_framework.utils import json
 
 from exchange.json_text import LONE_SURROGATE_MESSAGE, STRICT_JSON, holds_lone_surrogate
+
+
+def _refuse_other_than_plain_json(request) -> None:
+    """415 unless the body is declared `application/json` itself (DRF's negotiation matched
+    wildcards: `*/*` and `application/*` were read as JSON) and is not compressed (a gzip body
+    was read as text: "'utf-8' codec can't decode byte 0x8b"; `br` was ignored)."""
+    declared = request.content_type.split(";", 1)[0].strip().lower()
+    if declared != "application/json":
+        raise UnsupportedMediaType(
+            declared, detail=f"send the body as Content-Type application/json, not {declared!r}"
+        )
+    encoding = request.META.get("HTTP_CONTENT_ENCODING", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedMediaType(
+            declared,
+            detail=f"Content-Encoding {encoding[:20]!r} is not accepted: send the body as is",
+        )
 
 
 class JsonBodyParser(JSONParser):
@@ -19,6 +36,9 @@ class JsonBodyParser(JSONParser):
       one won, so what a proxy or a log showed of a signed body was not what was acted on."""
 
     def parse(self, stream, media_type=None, parser_context=None):
+        request = (parser_context or {}).get("request")
+        if request is not None:
+            _refuse_other_than_plain_json(request)
         encoding = get_encoding(parser_context or {})
         try:
             data = json.load(codecs.getreader(encoding)(stream), **STRICT_JSON)

@@ -1,6 +1,7 @@
 """Order entry over HTTP against the real web process and the real shard worker."""
 
 import datetime as dt
+import gzip
 import hashlib
 import json
 import time
@@ -938,6 +939,16 @@ def test_a_body_with_a_key_twice_and_a_mass_cancel_with_a_body_are_refused(marke
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
     assert (form.status_code, form.json()["error"]) == (415, "UnsupportedMediaType"), form.text
+    # A wildcard type was read as JSON, a compressed body as text ("can't decode byte 0x8b").
+    body = json.dumps(limit(symbol, "buy", "10.00", "1")).encode()
+    for headers, content in (
+        ({"Content-Type": "*/*"}, body),
+        ({"Content-Type": "application/*"}, body),
+        ({"Content-Type": "application/json", "Content-Encoding": "gzip"}, gzip.compress(body)),
+        ({"Content-Type": "application/json", "Content-Encoding": "br"}, body),
+    ):
+        odd = maker.http.post("/api/v1/orders", content=content, headers=headers)
+        assert (odd.status_code, odd.json()["error"]) == (415, "UnsupportedMediaType"), odd.text
     assert not Order.objects.filter(instrument=instrument).exists()
     kept = maker.place(**limit(symbol, "buy", "10.00", "1")).json()
     # A bot sending the symbol in the body lost every order on every symbol.
