@@ -121,7 +121,7 @@ def price_ticks(engine: EngineInstrument, instrument: Instrument, value: Decimal
     except ValueError:
         raise trading_error(
             "PriceOffTick",
-            f"{field} {value} is not a multiple of the tick size "
+            f"{field} {value:f} is not a multiple of the tick size "
             f"{instrument.tick_size.normalize():f}",
             field=field,
         ) from None
@@ -168,7 +168,7 @@ def quantity_lots(engine: EngineInstrument, instrument: Instrument, value: Decim
     except ValueError:
         raise trading_error(
             "QuantityOffLot",
-            f"{field} {value} is not a multiple of the lot size "
+            f"{field} {value:f} is not a multiple of the lot size "
             f"{instrument.lot_size.normalize():f}",
             field=field,
         ) from None

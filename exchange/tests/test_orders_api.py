@@ -705,6 +705,18 @@ def test_bad_input_is_a_400_naming_the_field_and_stores_nothing(market, change, 
     assert refused.payload.get("unknown_fields", []) == [n for n in change if n == "colour"]
 
 
+def test_an_off_lot_or_off_tick_value_is_named_in_plain_digits(market):
+    # 0.000000001 was named "1E-9": the API never writes an exponent.
+    instrument, maker, _ = market
+    for change, field in (
+        ({"quantity": "0.000000001"}, "quantity"),
+        ({"price": "0.0000001"}, "price"),
+    ):
+        body = {**limit(instrument.symbol, "buy", "10.00", "10"), **change}
+        refused = maker.place(**body).json()
+        assert refused["field"] == field and f"{field} {change[field]} is not" in refused["message"]
+
+
 def test_an_order_refused_at_entry_is_audited_whatever_its_body_and_a_placed_one_is_not(market):
     instrument, maker, _ = market
     placed = maker.place(**limit(instrument.symbol, "buy", "10.00", "10"))
