@@ -13,7 +13,7 @@ from audit.selectors import (
     audit_records_for_user,
 )
 from audit.serializers import AuditRecordSerializer, UserActivityQuery
-from exchange.api_errors import ApiError
+from exchange.errors import trading_error
 from exchange.pagination import CursorPage
 from exchange.query_params import PAGE_QUERY, KnownQueryParameters
 
@@ -88,10 +88,5 @@ class UserActivityView(_AuditListView):
         query.is_valid(raise_exception=True)
         start, end = query.validated_data.get("start"), query.validated_data.get("end")
         if start is not None and end is not None and start > end:
-            raise ApiError(
-                error="InvalidTimeRange",
-                code=-1131,
-                message="start must not be after end",
-                field="start",
-            )
+            raise trading_error("InvalidTimeRange", "start must not be after end", field="start")
         return audit_records_for_user(user_id=self.kwargs["user_id"], start_ns=start, end_ns=end)

@@ -178,12 +178,15 @@ class OrdersView(KnownQueryParameters, APIView):
         responses={200: page_of(OrderSerializer), 400: ERROR},
     )
     def get(self, request: Request) -> Response:
+        start, end = parse_time(request, "start"), parse_time(request, "end")
+        if start is not None and end is not None and start > end:  # had listed nothing
+            raise trading_error("InvalidTimeRange", "start must not be after end", field="start")
         orders = selectors.orders_for_user(
             user=request.user,
             symbol=symbol_filter(request),
             status=order_status_filter(request),
-            start=parse_time(request, "start"),
-            end=parse_time(request, "end"),
+            start=start,
+            end=end,
         )
         paginator = CursorPage()
         page = paginator.paginate_queryset(orders, request, view=self)

@@ -31,6 +31,7 @@ ERROR_CODES: dict[str, int] = {
     "UnexpectedParameter": -1106,
     "InvalidCombination": -1107,
     "NumberTooLarge": -1108,
+    "InvalidTimeRange": -1131,  # start after end (the orders list, the audit API)
     # instrument rules
     "PriceOffTick": -1111,
     "QuantityOffLot": -1112,

@@ -527,6 +527,14 @@ def test_an_impossible_time_a_non_ascii_digit_or_a_bad_filter_is_a_400(market, p
     assert (body["error"], body["field"]) == ("InvalidParameter", field)
 
 
+def test_an_orders_time_range_that_ends_before_it_starts_is_a_400(market):
+    _, maker, _ = market
+    response = maker.get("/api/v1/orders", start="2027-01-01T00:00:00Z", end="2026-01-01T00:00:00Z")
+    assert response.status_code == 400, response.text  # had listed nothing
+    body = response.json()
+    assert (body["error"], body["code"], body["field"]) == ("InvalidTimeRange", -1131, "start")
+
+
 def test_a_body_nested_deeper_than_the_json_decoder_goes_is_a_400(market):
     _, maker, _ = market
     response = maker.http.post(
