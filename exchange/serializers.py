@@ -77,7 +77,6 @@ class IsoDateTime(serializers.DateTimeField):
         return super().to_internal_value(value)
 
 
-@extend_schema_field({"type": "string", "format": "decimal", "example": "150.45"})
 class StrictBoolean(serializers.BooleanField):
     """A JSON true or false; DRF's field also took "true", 1, "on" and the like."""
 

@@ -36,6 +36,17 @@ def test_every_list_is_described_as_a_page_with_its_cursor_parameters(client):
     assert "400" in mass_cancel["responses"]
 
 
+def test_the_order_request_fields_have_their_own_types(client):
+    # post_only and post_only_adjust were described as decimal strings ("150.45"): a client
+    # generated from the schema sent a string where the API takes only true or false.
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
+    fields = schema["components"]["schemas"]["OrderPlace"]["properties"]
+    for name in ("post_only", "post_only_adjust"):
+        assert fields[name]["type"] == "boolean" and "format" not in fields[name], fields[name]
+    for name in ("price", "quantity", "quote_quantity", "stop_price", "limit_price"):
+        assert (fields[name]["type"], fields[name]["format"]) == ("string", "decimal"), name
+
+
 def test_the_schema_validates_without_a_warning(tmp_path):
     # Session authentication had no security scheme (16 warnings) and three status enums
     # collided into a generated name.
