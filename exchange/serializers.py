@@ -66,11 +66,10 @@ class Choice(serializers.ChoiceField):
 
 class IsoDateTime(serializers.DateTimeField):
     """DRF's DateTimeField, taking only an instant as ISO_INSTANT writes it: a date and time
-    with its zone (surrounding whitespace aside, as for the decimal fields)."""
+    with its zone, as sent (no surrounding whitespace, as for the decimal fields)."""
 
     def to_internal_value(self, value):
         if isinstance(value, str):
-            value = value.strip()
             if not ISO_INSTANT.match(value):
                 self.fail("invalid", format=ISO_INSTANT_FORMAT)
             value = value.upper()  # RFC 3339 allows "t" and "z"; Django's parser does not
@@ -189,7 +188,8 @@ class RequestBodySerializer(serializers.Serializer):
 
 
 class OrderPlaceSerializer(RequestBodySerializer):
-    symbol = serializers.CharField(max_length=20)
+    # As sent: "AAPL\n" had been trimmed and placed on AAPL (a number, 5, taken as "5").
+    symbol = TextOnly(max_length=20, trim_whitespace=False)
     side = Choice(choices=Order.Side.choices)
     order_type = Choice(choices=Order.Type.choices)
     quantity = DecimalString(required=False, help_text='Base quantity, e.g. "10".')
