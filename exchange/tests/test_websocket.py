@@ -14,7 +14,7 @@ from django.test import Client
 
 from accounts.signing import ws_login_message
 from audit.models import AuditRecord
-from conftest import wait_until
+from conftest import start_web, wait_until
 from exchange.tests.api_client import ApiKeyAuth, make_api_key, make_instrument, make_user
 from exchange.wsclient import BookClient
 
@@ -619,25 +619,27 @@ def test_a_browser_from_another_origin_is_refused_at_the_handshake(market):
     asyncio.run(scenario())
 
 
-def test_a_handshake_on_another_path_is_a_404_saying_where_the_stream_is(market):
+@pytest.mark.django_db(transaction=True)
+def test_a_handshake_on_another_path_is_refused_without_an_error_in_the_log(processes, process_env):
     # Channels found no route: a 500 and a traceback in the log for each (a trailing slash, a
     # v2, a scanner).
-    base = market["ws"].split("/ws/")[0]
+    base = start_web(processes, env={**process_env, "DEBUG": "false"}, name="web-ws-paths")
+    ws_base = base.replace("http://", "ws://")
 
     async def scenario():
-        for wrong in ("/ws/v1/", "/ws/v2", "/ws", "/api/v1/time"):
+        for wrong in ("/ws/v1/", "/ws/v2", "/ws", "/api/v1/time", "/"):
             with pytest.raises(websockets.InvalidStatus) as refused:
-                async with websockets.connect(base + wrong):
+                async with websockets.connect(ws_base + wrong):
                     pass
-            response = refused.value.response
-            assert response.status_code == 404, wrong
-            error = json.loads(response.body)
-            assert error["error"] == "NotFound" and "/ws/v1" in error["message"], error
-        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            assert refused.value.response.status_code == 403, wrong
+        async with websockets.connect(ws_base + "/ws/v1", ping_interval=None) as ws:
             await send(ws, {"op": "ping", "id": 1})
             assert (await recv_until(ws, lambda f: f.get("type") == "pong"))["id"] == 1
 
     asyncio.run(scenario())
+    log = (processes.log_dir / "web-ws-paths.log").read_text()
+    entries = [json.loads(line) for line in log.splitlines() if line.strip()]
+    assert not [e for e in entries if e["level"] == "error"], log[-3000:]
 
 
 def test_the_orders_channel_needs_a_login(market):
