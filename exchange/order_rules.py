@@ -133,7 +133,7 @@ def _within_engine(units: int, field: str, value: Decimal) -> int:
     if units >= p.MAX_UNITS:
         raise trading_error(
             "NumberTooLarge",
-            f"{field} {value} is more than this instrument's orders can carry "
+            f"{field} {value:f} is more than this instrument's orders can carry "
             f"({p.MAX_UNITS - 1} ticks, lots or minor units)",
             field=field,
         )
@@ -175,7 +175,7 @@ def quantity_lots(engine: EngineInstrument, instrument: Instrument, value: Decim
     if field == "quantity" and value < instrument.min_quantity:
         raise trading_error(
             "QuantityBelowMinimum",
-            f"quantity {value} is below the minimum {instrument.min_quantity.normalize():f}",
+            f"quantity {value:f} is below the minimum {instrument.min_quantity.normalize():f}",
             field=field,
         )
     return _within_engine(lots, field, value)
@@ -189,7 +189,7 @@ def quote_minor(engine: EngineInstrument, value: Decimal, field: str) -> int:
     except ValueError:
         raise trading_error(
             "AmountTooPrecise",
-            f"{field} {value} has more than {engine.quote_decimals} decimal places",
+            f"{field} {value:f} has more than {engine.quote_decimals} decimal places",
             field=field,
         ) from None
     return _within_engine(minor, field, value)

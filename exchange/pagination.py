@@ -50,7 +50,10 @@ class CursorPage(CursorPagination):
 
 
 def _cursor_is_wellformed(encoded: str) -> bool:
-    """Strict base64 of a query string of DRF's cursor fields only (o, r, p), one at least."""
+    """Strict base64 of a query string of DRF's cursor fields only (o, r, p), one at least; or
+    empty, the start (DRF writes a cursor at the start that way)."""
+    if not encoded:
+        return True
     try:
         text = base64.b64decode(encoded.encode("ascii"), validate=True).decode("ascii")
     except (ValueError, UnicodeError):  # binascii.Error is a ValueError

@@ -122,6 +122,13 @@ class DecimalString(serializers.Field):
             # A well-formed decimal past the digit limits says which limit (it had been told
             # to be a decimal string "like 150.45", which it was).
             if digits and len(digits[1]) > DECIMAL_INTEGER_DIGITS:
+                if int(digits[1]) < AMOUNT_LIMIT:  # leading zeros
+                    raise trading_error(
+                        "InvalidNumber",
+                        f"{name} has more than {DECIMAL_INTEGER_DIGITS} digits before the "
+                        "decimal point: leave out the leading zeros",
+                        field=name,
+                    )
                 raise trading_error(
                     "NumberTooLarge", f"{name} must be below {AMOUNT_LIMIT:f}", field=name
                 )

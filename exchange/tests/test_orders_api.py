@@ -607,6 +607,8 @@ def test_a_crafted_cursor_is_a_404_and_a_served_one_pages_on(market):
             assert response.status_code == 404, (crafted, path, response.text)
             assert response.json()["message"] == "Invalid cursor"
     # Not base64 of a cursor at all: each served the first page, starting the client over.
+    # An empty cursor is the start, as DRF writes one (a crafted offset cursor's `next`).
+    assert maker.get("/api/v1/orders", cursor="").status_code == 200
     for garbled in ("!!", "AAAAAAAA", base64.b64encode(b"x=1").decode(), served + "!"):
         for path in ("/api/v1/orders", "/api/v1/ledger"):
             response = maker.get(path, cursor=garbled)
@@ -685,6 +687,7 @@ BAD_INPUTS = [
     # 150.45", which it was.
     ({"price": "1." + "0" * 20 + "1"}, "AmountTooPrecise", "price"),
     ({"quantity": "1" * 40}, "NumberTooLarge", "quantity"),
+    ({"quantity": "0" * 25 + "1"}, "InvalidNumber", "quantity"),  # was "must be below 10^18"
     ({"side": "hold"}, "InvalidParameter", "side"),
     # A required field left out, as a missing price is named (they read InvalidParameter).
     ({"symbol": None}, "MissingParameter", "symbol"),
@@ -732,6 +735,10 @@ def test_an_off_lot_or_off_tick_value_is_named_in_plain_digits(market):
         body = {**limit(instrument.symbol, "buy", "10.00", "10"), **change}
         refused = maker.place(**body).json()
         assert refused["field"] == field and f"{field} {change[field]} is not" in refused["message"]
+    by_quote = {"symbol": instrument.symbol, "side": "buy", "order_type": "market"}
+    refused = maker.place(**by_quote, quote_quantity="0.000000001").json()
+    assert refused["error"] == "AmountTooPrecise", refused
+    assert refused["message"].startswith("quote_quantity 0.000000001 has more"), refused
 
 
 def test_an_order_refused_at_entry_is_audited_whatever_its_body_and_a_placed_one_is_not(market):
