@@ -336,6 +336,10 @@ class OrderSerializer(serializers.Serializer):
     avg_price = serializers.CharField(allow_null=True)
     cumulative_quote = serializers.CharField()
     fees = serializers.CharField()
+    maker_fee_ppm = serializers.IntegerField(
+        help_text="Maker rate frozen when it was placed, parts per million (negative: rebate)."
+    )
+    taker_fee_ppm = serializers.IntegerField(help_text="Taker rate frozen when it was placed.")
     held_amount = serializers.CharField()
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
@@ -388,6 +392,9 @@ def order_representation(order: Order, fills: list[dict] | None = None) -> dict:
         "avg_price": _fmt(avg, instrument.tick_size.normalize().scaleb(-4)) if avg else None,
         "cumulative_quote": money_str(instrument, order.cumulative_quote),
         "fees": money_str(instrument, order.fees),
+        # The rates its fills pay: a tier change applies to orders placed after it only.
+        "maker_fee_ppm": order.maker_fee_ppm,
+        "taker_fee_ppm": order.taker_fee_ppm,
         "held_amount": (
             money_str(instrument, order.held_amount)
             if order.side == Order.Side.BUY

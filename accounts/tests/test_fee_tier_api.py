@@ -124,8 +124,11 @@ def test_a_maker_on_a_rebate_tier_is_paid_and_metrics_net_the_rebate(client, exc
     sell = {"symbol": instrument.symbol, "side": "sell", "order_type": "limit", "price": "100.00"}
     resting = maker.place(**sell, quantity="10")
     assert resting.status_code == 201, resting.text
+    # The rates it will pay are on the order (frozen: a later tier change does not move them).
+    assert (resting.json()["maker_fee_ppm"], resting.json()["taker_fee_ppm"]) == (-100, 1500)
     taken = taker.place(**{**sell, "side": "buy"}, quantity="10")
     assert taken.status_code == 201, taken.text
+    assert (taken.json()["maker_fee_ppm"], taken.json()["taker_fee_ppm"]) == (1000, 2000)
     trade = Trade.objects.get(pk=taken.json()["fills"][0]["trade_id"])
     # 1000.00 notional: a 0.01 % rebate to the maker, the Retail 0.20 % from the taker.
     assert (trade.maker_fee, trade.taker_fee) == (Decimal("-0.10"), Decimal("2.00"))
