@@ -337,6 +337,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "exchange.openapi.common_error_responses",
+    ],
     "ENUM_NAME_OVERRIDES": {
         "StpModeEnum": "exchange.models.StpMode",
         "OrderStatusEnum": "exchange.models.Order.Status",
