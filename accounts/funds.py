@@ -28,14 +28,20 @@ DEMO_FUNDS = {
 }
 
 
+def unknown_asset_error(asset: str):
+    """The 400 UnknownAsset for an asset no instrument lists (deposits, withdrawals, the
+    ledger's filter)."""
+    return trading_error(
+        "UnknownAsset",
+        f"unknown asset {asset[:20]!r}; assets are the base and quote of GET /api/v1/symbols",
+        field="asset",
+    )
+
+
 def _validated(asset: str, amount: Decimal) -> tuple[str, Decimal]:
     places = asset_precisions().get(asset)
     if places is None:
-        raise trading_error(
-            "UnknownAsset",
-            f"unknown asset {asset!r}; assets are the base and quote of GET /api/v1/symbols",
-            field="asset",
-        )
+        raise unknown_asset_error(asset)
     if amount <= 0:
         raise trading_error("InvalidNumber", "amount must be greater than zero", field="amount")
     if amount != amount.quantize(Decimal(1).scaleb(-places)):

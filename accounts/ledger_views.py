@@ -10,10 +10,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts import selectors
-from accounts.funds import deposit_create, withdrawal_create
+from accounts.funds import deposit_create, unknown_asset_error, withdrawal_create
 from accounts.models import LedgerAccount, LedgerEntry, LedgerPosting
 from accounts.signing import KeyCredentials
-from exchange.errors import trading_error
 from exchange.pagination import PAGE_PARAMETERS, CursorPage, page_of
 from exchange.query_params import PAGE_QUERY, KnownQueryParameters
 from exchange.serializers import DecimalString, refuse_unknown_fields
@@ -157,12 +156,7 @@ class LedgerView(KnownQueryParameters, APIView):
             and asset not in selectors.asset_precisions_cached()
             and asset not in selectors.asset_precisions()  # listed a moment ago
         ):
-            raise trading_error(
-                "UnknownAsset",
-                f"unknown asset {asset[:20]!r}; assets are the base and quote of "
-                "GET /api/v1/symbols",
-                field="asset",
-            )
+            raise unknown_asset_error(asset)
         postings = selectors.ledger_postings_for_user(user=request.user, asset=asset)
         paginator = CursorPage()
         page = paginator.paginate_queryset(postings, request, view=self)

@@ -13,9 +13,8 @@ from audit.selectors import (
     audit_records_for_user,
 )
 from audit.serializers import AuditRecordSerializer, UserActivityQuery
-from exchange.errors import trading_error
 from exchange.pagination import CursorPage
-from exchange.query_params import PAGE_QUERY, KnownQueryParameters
+from exchange.query_params import PAGE_QUERY, KnownQueryParameters, time_range_check
 
 VIEW_PERMISSION = "audit.view_audit_trail"
 
@@ -87,6 +86,5 @@ class UserActivityView(_AuditListView):
         query = UserActivityQuery(data=self.request.query_params)
         query.is_valid(raise_exception=True)
         start, end = query.validated_data.get("start"), query.validated_data.get("end")
-        if start is not None and end is not None and start > end:
-            raise trading_error("InvalidTimeRange", "start must not be after end", field="start")
+        time_range_check(start, end)
         return audit_records_for_user(user_id=self.kwargs["user_id"], start_ns=start, end_ns=end)

@@ -20,7 +20,13 @@ from exchange.errors import echoed, trading_error
 from exchange.models import Order
 from exchange.order_answers import await_command, order_changed_answer, order_placed_answer
 from exchange.pagination import PAGE_PARAMETERS, CursorPage, page_of
-from exchange.query_params import PAGE_QUERY, KnownQueryParameters, symbol_filter, whole_number
+from exchange.query_params import (
+    PAGE_QUERY,
+    KnownQueryParameters,
+    symbol_filter,
+    time_range_check,
+    whole_number,
+)
 from exchange.serializers import (
     ISO_DATETIME,
     InstrumentSerializer,
@@ -179,8 +185,7 @@ class OrdersView(KnownQueryParameters, APIView):
     )
     def get(self, request: Request) -> Response:
         start, end = parse_time(request, "start"), parse_time(request, "end")
-        if start is not None and end is not None and start > end:  # had listed nothing
-            raise trading_error("InvalidTimeRange", "start must not be after end", field="start")
+        time_range_check(start, end)
         orders = selectors.orders_for_user(
             user=request.user,
             symbol=symbol_filter(request),

@@ -41,6 +41,12 @@ class KnownQueryParameters:
                 )
 
 
+def time_range_check(start, end) -> None:
+    """400 InvalidTimeRange for a list's `start` after its `end` (it had listed nothing)."""
+    if start is not None and end is not None and start > end:
+        raise trading_error("InvalidTimeRange", "start must not be after end", field="start")
+
+
 def whole_number(request: Request, name: str, *, default: int, low: int, high: int) -> int:
     """An optional whole-number query parameter within low..high (ASCII digits only: `²` is
     a digit to str.isdigit, not to int)."""
