@@ -28,6 +28,7 @@ from accounts.volume import VOLUME_QUOTE_ASSET, daily_volume_add, daily_volume_r
 from audit.events import AuditEvent
 from audit.services import ROW_TRADE_ID, AuditEntry, audit_rows, audit_rows_copy
 from exchange.errors import rejection_body
+from exchange.serializers import iso_z
 from matching.command_codec import command_to_json, json_text, ns_to_datetime
 from matching.engine import Engine, Instrument
 from matching.engine import protocol as p
@@ -1240,7 +1241,7 @@ class BatchWriter:
         if u.triggered:
             summary["triggered"] = True
         if u.expiry_moved and u.expire_at is not None and u.status not in ENDED:
-            summary["expire_at"] = ns_to_datetime(u.expire_at).isoformat()
+            summary["expire_at"] = iso_z(ns_to_datetime(u.expire_at))  # "Z", as REST writes it
             if "event" not in summary and not (u.d_value or u.triggered):
                 summary["event"] = "expiry_changed"  # nothing else happened to it
         return summary

@@ -442,9 +442,11 @@ def test_new_session_hours_move_open_day_orders_and_replay(processes, process_en
         return len(frames) >= 2
 
     wait_until(both_heard, timeout=10)
+    # With "Z", as REST and the README write a time (it read "+00:00").
+    at = midnight.isoformat().replace("+00:00", "Z")
     assert sorted((f["order_id"], f["status"], f["event"], f["expire_at"]) for f in frames) == [
-        (day_sell.pk, "new", "expiry_changed", midnight.isoformat()),
-        (day_buy.pk, "new", "expiry_changed", midnight.isoformat()),
+        (day_sell.pk, "new", "expiry_changed", at),
+        (day_buy.pk, "new", "expiry_changed", at),
     ]
     feed.close()
 
