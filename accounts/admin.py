@@ -17,6 +17,7 @@ from accounts.models import (
     User,
 )
 from exchange.admin import ReadOnlyAdmin
+from exchange.services import orders_cancel_for_deactivated_user
 
 # What only a superuser may change of a user: who is staff and what powers anyone has. Staff
 # with `change_user` alone (support) had ticked is_superuser on their own account.
@@ -41,6 +42,21 @@ class UserAdmin(DjangoUserAdmin):
     def get_readonly_fields(self, request, obj=None):
         fields = super().get_readonly_fields(request, obj)
         return fields if request.user.is_superuser else (*fields, *POWER_FIELDS)
+
+    def save_model(self, request, obj, form, change) -> None:
+        """A user deactivated has every open order cancelled on their behalf (reason `staff`),
+        in the same transaction: the orders had stayed on the book, able to fill, while their
+        owner could no longer sign in to cancel them."""
+        deactivated = change and "is_active" in form.changed_data and not obj.is_active
+        super().save_model(request, obj, form, change)
+        if deactivated:
+            cancelled = orders_cancel_for_deactivated_user(
+                user=obj, actor=request.user, http_request=request
+            )
+            if cancelled:
+                self.message_user(
+                    request, f"{obj} is deactivated: cancel sent for {cancelled} open order(s)."
+                )
 
     def has_change_permission(self, request, obj=None):
         # Nor may they change another staff member (a password reset is a takeover of that

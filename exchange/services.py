@@ -894,6 +894,23 @@ def order_amend(
 
 
 @transaction.atomic
+def orders_cancel_for_deactivated_user(*, user, actor, http_request=None) -> int:
+    """Cancel every open order of a user staff deactivated, each on the user's behalf (reason
+    `staff`, as the admin's cancel action); returns how many cancels were sent. An order that
+    ended meanwhile is skipped."""
+    sent = 0
+    open_orders = Order.objects.filter(user_id=user.pk, is_open=True).select_related("instrument")
+    for order in open_orders.order_by("pk"):
+        try:
+            order_cancel(order=order, actor=actor, reason="staff", http_request=http_request)
+        except ApiError as exc:
+            if exc.error != "OrderNotOpen":
+                raise
+            continue
+        sent += 1
+    return sent
+
+
 def orders_mass_cancel(*, user, actor, symbol: str | None = None, http_request=None) -> list[int]:
     """Cancel every open order of `user` (optionally of one symbol); returns the command ids."""
     shards = Instrument.objects.values_list("shard", flat=True).distinct()

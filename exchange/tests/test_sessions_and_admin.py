@@ -423,6 +423,45 @@ def test_staff_add_and_edit_users_only_with_an_email_no_one_else_has(exchange_st
 
 
 @pytest.mark.processes
+def test_a_user_staff_deactivate_has_every_open_order_cancelled_on_their_behalf(
+    exchange_stack, live_db
+):
+    # The orders stayed on the book, able to fill, while their owner could no longer sign in.
+    staff = admin_client(exchange_stack)
+    instrument = make_instrument()
+    trader = ApiClient(exchange_stack)
+    placed = [
+        trader.place(symbol=instrument.symbol, side="buy", order_type="limit", price=price,
+                     quantity="1").json()
+        for price in ("10.00", "10.01")
+    ]  # fmt: skip
+    assert [order["status"] for order in placed] == ["new", "new"]
+    user = trader.user
+    change_url = f"/admin/accounts/user/{user.pk}/change/"
+    saved = staff.post(
+        change_url,
+        data={
+            "csrfmiddlewaretoken": csrf_token(staff, change_url),
+            "username": user.username,
+            "email": user.email,
+            "date_joined_0": "2026-01-01",
+            "date_joined_1": "00:00:00",
+        },  # is_active left out: unticked
+    )
+    assert saved.status_code == 302, saved.text[-2000:]
+    user.refresh_from_db()
+    assert not user.is_active
+
+    def all_cancelled():
+        orders = Order.objects.filter(user=user)
+        return all(o.status == "cancelled" for o in orders) and list(orders)
+
+    orders = wait_until(all_cancelled, timeout=20)
+    assert {(o.status, o.reason) for o in orders} == {("cancelled", "staff")}
+    assert all(o.hold_remaining == 0 for o in orders)
+
+
+@pytest.mark.processes
 def test_staff_who_may_change_users_cannot_grant_powers_or_touch_a_superuser(
     exchange_stack, live_db
 ):
