@@ -1,8 +1,10 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.db import transaction
 from django_otp.plugins.otp_static.models import StaticDevice
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from accounts.api_keys import api_key_revoke
 from accounts.forms import StaffUserChangeForm, StaffUserCreationForm
 from accounts.models import (
     APIKey,
@@ -135,8 +137,11 @@ class QuotePresenceSampleAdmin(ReadOnlyAdmin):
 
 @admin.register(APIKey)
 class APIKeyAdmin(ReadOnlyAdmin):
-    """Keys are created and revoked by their owners (web session); staff only look. The
-    encrypted secret is never shown."""
+    """Keys are created by their owners (web session); staff look, and may revoke one (a key
+    leaked or misused: it had taken deactivating its whole user). The encrypted secret is
+    never shown."""
+
+    actions = ["revoke_keys"]
 
     list_display = ("key", "label", "user", "permissions", "created_at", "revoked_at")
     list_filter = ("can_trade", "can_withdraw", ("revoked_at", admin.EmptyFieldListFilter))
@@ -154,6 +159,26 @@ class APIKeyAdmin(ReadOnlyAdmin):
         "last_used_ip",
     )
     readonly_fields = fields
+
+    def has_revoke_permission(self, request) -> bool:
+        return request.user.has_perm("accounts.change_apikey")
+
+    @admin.action(description="Revoke the selected keys", permissions=["revoke"])
+    def revoke_keys(self, request, queryset) -> None:
+        revoked = 0
+        for api_key in queryset.select_related("user"):
+            if not _may_manage(request.user, api_key.user, own=True):
+                self.message_user(
+                    request,
+                    f"Key {api_key.key}: only a superuser may revoke another staff member's key.",
+                    messages.WARNING,
+                )
+                continue
+            if api_key.revoked_at is None:
+                with transaction.atomic():  # the key's row is locked, the record written with it
+                    api_key_revoke(api_key=api_key, actor=request.user, request=request)
+                revoked += 1
+        self.message_user(request, f"Revoked {revoked} key(s).")
 
 
 @admin.register(LedgerAccount)

@@ -462,6 +462,31 @@ def test_a_user_staff_deactivate_has_every_open_order_cancelled_on_their_behalf(
 
 
 @pytest.mark.processes
+def test_staff_revoke_a_traders_api_key_in_the_admin(exchange_stack, live_db):
+    # The key admin was read-only: stopping a leaked key took deactivating its whole user.
+    staff = admin_client(exchange_stack)
+    trader = ApiClient(exchange_stack)
+    assert trader.get("/api/v1/balances").status_code == 200
+    changelist = "/admin/accounts/apikey/"
+    done = staff.post(
+        changelist,
+        data={
+            "csrfmiddlewaretoken": csrf_token(staff, changelist),
+            "action": "revoke_keys",
+            "_selected_action": [str(trader.api_key.pk)],
+        },
+    )
+    assert done.status_code == 302, done.text[-2000:]
+    trader.api_key.refresh_from_db()
+    assert trader.api_key.revoked_at is not None
+    refused = trader.get("/api/v1/balances")
+    assert (refused.status_code, refused.json()["error"]) == (401, "InvalidApiKey")
+    record = AuditRecord.objects.get(event_type="auth.api_key_revoked", user_id=trader.user.pk)
+    assert record.payload["api_key_id"] == trader.api_key.pk
+    assert record.actor_label != f"user:{trader.user.pk}" and record.channel == "admin"
+
+
+@pytest.mark.processes
 def test_staff_who_may_change_users_cannot_grant_powers_or_touch_a_superuser(
     exchange_stack, live_db
 ):
