@@ -203,13 +203,22 @@ def order_refusal_record(*, user, sent, status: int, error: dict, http_request=N
 
 
 def order_change_refusal_record(
-    *, user, kind: str, sent, order: Order | None, status: int, error: dict, http_request=None
+    *,
+    user,
+    kind: str,
+    sent,
+    order: Order | None,
+    status: int,
+    error: dict,
+    http_request=None,
+    on_behalf: bool = False,
 ) -> None:
     """Audit a cancel or an amend refused before anything was stored (`order.cancel_refused`,
     `order.amend_refused`, as for those the engine refuses): what was sent and the error. They
     had left no record: a second cancel of an ended order, an amend outside the band, a cancel
     of another user's order (404: its id is only in the payload, `order_ref`). Only a client's
-    refusal (4xx); a record the database cannot take is logged."""
+    refusal (4xx); a record the database cannot take is logged. `on_behalf`: staff asked (the
+    admin's cancel), and the record is the order owner's, with staff as its actor."""
     payload: dict = {}
     if isinstance(sent, dict):
         payload["request"] = {
@@ -231,6 +240,7 @@ def order_change_refusal_record(
         payload=payload,
         http_request=http_request,
         what="order change",
+        owner_id=order.user_id if on_behalf and order is not None else None,
     )
 
 
@@ -245,17 +255,19 @@ def _refusal_audit(
     what: str,
     order_id: int | None = None,
     symbol: str | None = None,
+    owner_id: int | None = None,
 ) -> None:
-    """Write a refusal's record: the status and error answered, then `payload`. Only a
-    client's refusal (4xx) of a signed-in user: an outage (503) stored nothing to refuse. A
-    record the database cannot take is logged; the client's answer stands."""
+    """Write a refusal's record: the status and error answered, then `payload`, under the
+    caller (or `owner_id`, the user staff acted for). Only a client's refusal (4xx) of a
+    signed-in user: an outage (503) stored nothing to refuse. A record the database cannot
+    take is logged; the client's answer stands."""
     if not 400 <= status < 500 or not getattr(user, "is_authenticated", False):
         return
     try:
         audit_record(
             event_type=event_type,
             actor=user,
-            user_id=user.pk,
+            user_id=owner_id or user.pk,
             order_id=order_id,
             symbol=symbol,
             payload={"status": status, "error": _refused_error(error), **payload},
@@ -911,6 +923,7 @@ def orders_cancel_for_deactivated_user(*, user, actor, http_request=None) -> int
     return sent
 
 
+@transaction.atomic
 def orders_mass_cancel(*, user, actor, symbol: str | None = None, http_request=None) -> list[int]:
     """Cancel every open order of `user` (optionally of one symbol); returns the command ids."""
     shards = Instrument.objects.values_list("shard", flat=True).distinct()

@@ -277,6 +277,13 @@ def test_staff_cancel_on_a_users_behalf_and_tick_size_frozen_once_traded(exchang
     final = AuditRecord.objects.get(order_id=order["order_id"], event_type="order.cancelled")
     assert (final.payload["who"], final.payload["why"]) == ("staff", "staff")
     assert trader.get(f"/api/v1/orders/{order['order_id']}").json()["reason"] == "staff"
+    # Cancelling it again is refused, and recorded as a trader's refused cancel is (it had
+    # left no record), under the order's owner with staff as the actor.
+    admin_action(staff, "/admin/exchange/order/", "cancel_orders", order["order_id"])
+    refusal = AuditRecord.objects.get(order_id=order["order_id"], event_type="order.cancel_refused")
+    assert refusal.user_id == trader.user.pk and refusal.channel == "admin"
+    assert refusal.payload["error"]["error"] == "OrderNotOpen"
+    assert refusal.actor_label != f"user:{trader.user.pk}"
     change_page = staff.get(f"/admin/exchange/instrument/{instrument.pk}/change/").text
     assert 'name="tick_size"' not in change_page
     assert 'name="lot_size"' not in change_page
