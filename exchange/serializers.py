@@ -89,6 +89,29 @@ class StrictBoolean(serializers.BooleanField):
         )
 
 
+def _refuse_past_digit_limits(name: str, data: str) -> None:
+    """A well-formed decimal past DECIMAL_STRING's digit limits is told which limit (it had been
+    told to be a decimal string "like 150.45", which it was); anything else returns."""
+    digits = PLAIN_DECIMAL.match(data)
+    if digits is None:
+        return
+    if len(digits[1]) > DECIMAL_INTEGER_DIGITS:
+        if int(digits[1]) < AMOUNT_LIMIT:  # leading zeros
+            raise trading_error(
+                "InvalidNumber",
+                f"{name} has more than {DECIMAL_INTEGER_DIGITS} digits before the decimal "
+                "point: leave out the leading zeros",
+                field=name,
+            )
+        raise trading_error("NumberTooLarge", f"{name} must be below {AMOUNT_LIMIT:f}", field=name)
+    if len(digits[2] or "") > DECIMAL_FRACTION_DIGITS:
+        raise trading_error(
+            "AmountTooPrecise",
+            f"{name} has more than {DECIMAL_FRACTION_DIGITS} decimal places",
+            field=name,
+        )
+
+
 @extend_schema_field(  # the schema's pattern is DECIMAL_STRING's, in ECMAScript's syntax
     {
         "type": "string",
@@ -117,28 +140,9 @@ class DecimalString(serializers.Field):
             )
         # As given, ASCII digits only: " 90.00" or "1\u00a0" (a no-break space) had been
         # trimmed and taken, where the contract is a decimal string.
-        if isinstance(data, str) and not DECIMAL_STRING.match(data):
-            digits = PLAIN_DECIMAL.match(data)
-            # A well-formed decimal past the digit limits says which limit (it had been told
-            # to be a decimal string "like 150.45", which it was).
-            if digits and len(digits[1]) > DECIMAL_INTEGER_DIGITS:
-                if int(digits[1]) < AMOUNT_LIMIT:  # leading zeros
-                    raise trading_error(
-                        "InvalidNumber",
-                        f"{name} has more than {DECIMAL_INTEGER_DIGITS} digits before the "
-                        "decimal point: leave out the leading zeros",
-                        field=name,
-                    )
-                raise trading_error(
-                    "NumberTooLarge", f"{name} must be below {AMOUNT_LIMIT:f}", field=name
-                )
-            if digits and len(digits[2] or "") > DECIMAL_FRACTION_DIGITS:
-                raise trading_error(
-                    "AmountTooPrecise",
-                    f"{name} has more than {DECIMAL_FRACTION_DIGITS} decimal places",
-                    field=name,
-                )
         if not isinstance(data, str) or not DECIMAL_STRING.match(data):
+            if isinstance(data, str):
+                _refuse_past_digit_limits(name, data)
             raise trading_error(
                 "InvalidNumber",
                 f'{name} must be a non-negative decimal string like "150.45" (ASCII digits, no '
