@@ -33,7 +33,7 @@ from channels.security.websocket import OriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from accounts.channels_auth import TwoFactorSessionMiddleware  # noqa: E402
-from exchange.routing import websocket_urlpatterns  # noqa: E402
+from exchange.routing import websocket_refused, websocket_urlpatterns  # noqa: E402
 from exchange.ws_direct import capture_raw_send  # noqa: E402
 
 
@@ -56,10 +56,7 @@ class BrowserOriginValidator(OriginValidator):
         # Refused at the handshake (403), answered here: Channels' own denier is a consumer
         # of the Redis channel layer, and each refusal opened a Redis receive (tracebacks
         # when it timed out).
-        message = await receive()
-        if message["type"] == "websocket.connect":
-            await send({"type": "websocket.close", "code": 1008})
-        return None
+        return await websocket_refused(scope, receive, send)
 
 
 def allowed_origins() -> list[str]:
