@@ -41,6 +41,21 @@ def csrf_token(client: httpx.Client, url: str) -> str:
     return re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', client.get(url).text).group(1)
 
 
+def admin_user_change(client: httpx.Client, user, **fields) -> httpx.Response:
+    """Post the admin's change form of `user`: its username and email, a join date, then
+    `fields` (a checkbox left out is unticked: `is_active="on"` keeps it active)."""
+    url = f"/admin/accounts/user/{user.pk}/change/"
+    data = {
+        "csrfmiddlewaretoken": csrf_token(client, url),
+        "username": user.username,
+        "email": user.email,
+        "date_joined_0": "2026-01-01",
+        "date_joined_1": "00:00:00",
+        **fields,
+    }
+    return client.post(url, data=data)
+
+
 def admin_action_post(client: httpx.Client, changelist: str, action: str, pk: int):
     """Post `action` on the object `pk` of `changelist`; the response (302 when it ran)."""
     return client.post(

@@ -25,6 +25,7 @@ from exchange.tests.admin_http import (
     admin_client,
     admin_instrument_add,
     admin_instrument_change,
+    admin_user_change,
     csrf_token,
 )
 from exchange.tests.api_client import ApiClient, make_instrument, make_user
@@ -413,17 +414,7 @@ def test_staff_add_and_edit_users_only_with_an_email_no_one_else_has(exchange_st
     change_url = f"/admin/accounts/user/{new_user.pk}/change/"
     form = staff.get(change_url).text
     assert 'name="email"' in form
-    clash = staff.post(
-        change_url,
-        data={
-            "csrfmiddlewaretoken": csrf_token(staff, change_url),
-            "username": new_user.username,
-            "email": existing.email.upper(),
-            "is_active": "on",
-            "date_joined_0": "2026-01-01",
-            "date_joined_1": "00:00:00",
-        },
-    )
+    clash = admin_user_change(staff, new_user, email=existing.email.upper(), is_active="on")
     assert clash.status_code == 200 and "already exists" in clash.text
     new_user.refresh_from_db()
     assert new_user.email == "new.person@example.com"
@@ -444,17 +435,7 @@ def test_a_user_staff_deactivate_has_every_open_order_cancelled_on_their_behalf(
     ]  # fmt: skip
     assert [order["status"] for order in placed] == ["new", "new"]
     user = trader.user
-    change_url = f"/admin/accounts/user/{user.pk}/change/"
-    saved = staff.post(
-        change_url,
-        data={
-            "csrfmiddlewaretoken": csrf_token(staff, change_url),
-            "username": user.username,
-            "email": user.email,
-            "date_joined_0": "2026-01-01",
-            "date_joined_1": "00:00:00",
-        },  # is_active left out: unticked
-    )
+    saved = admin_user_change(staff, user)  # is_active left out: unticked
     assert saved.status_code == 302, saved.text[-2000:]
     user.refresh_from_db()
     assert not user.is_active
@@ -474,16 +455,7 @@ def test_staff_revoke_a_traders_api_key_in_the_admin(exchange_stack, live_db):
     staff = admin_client(exchange_stack)
     trader = ApiClient(exchange_stack)
     assert trader.get("/api/v1/balances").status_code == 200
-    changelist = "/admin/accounts/apikey/"
-    done = staff.post(
-        changelist,
-        data={
-            "csrfmiddlewaretoken": csrf_token(staff, changelist),
-            "action": "revoke_keys",
-            "_selected_action": [str(trader.api_key.pk)],
-        },
-    )
-    assert done.status_code == 302, done.text[-2000:]
+    admin_action(staff, "/admin/accounts/apikey/", "revoke_keys", trader.api_key.pk)
     trader.api_key.refresh_from_db()
     assert trader.api_key.revoked_at is not None
     refused = trader.get("/api/v1/balances")
@@ -505,19 +477,13 @@ def test_staff_who_may_change_users_cannot_grant_powers_or_touch_a_superuser(
     change_url = f"/admin/accounts/user/{me.pk}/change/"
     form = support.get(change_url).text
     assert 'name="email"' in form and 'name="is_superuser"' not in form
-    saved = support.post(
-        change_url,
-        data={
-            "csrfmiddlewaretoken": csrf_token(support, change_url),
-            "username": me.username,
-            "email": me.email,
-            "is_active": "on",
-            "is_staff": "on",
-            "is_superuser": "on",
-            "user_permissions": [str(p.pk) for p in Permission.objects.all()[:5]],
-            "date_joined_0": "2026-01-01",
-            "date_joined_1": "00:00:00",
-        },
+    saved = admin_user_change(
+        support,
+        me,
+        is_active="on",
+        is_staff="on",
+        is_superuser="on",
+        user_permissions=[str(p.pk) for p in Permission.objects.all()[:5]],
     )
     assert saved.status_code == 302  # the other fields are saved; the powers are not
     me.refresh_from_db()
