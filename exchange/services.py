@@ -655,12 +655,6 @@ def _orders_store(plans: list[OrderPlan]) -> list[Placement | ApiError]:
     return results
 
 
-_SESSION_SQL = (
-    "SELECT id, trades_24_7, session_open, session_close, session_timezone "
-    "FROM exchange_instrument WHERE id = ANY(%s) FOR SHARE"
-)
-
-
 def _day_plans_recheck(
     plans: list[OrderPlan], todo: list[int], results: list[Placement | ApiError | None]
 ) -> None:
@@ -1053,6 +1047,13 @@ INSTRUMENT_FIXED_AT_LISTING = (
 
 # The trading session: a change moves the expiry of the instrument's open DAY orders.
 INSTRUMENT_SESSION_FIELDS = ("trades_24_7", "session_open", "session_close", "session_timezone")
+
+
+# The session fields of instruments, in INSTRUMENT_SESSION_FIELDS' order (_day_plans_recheck).
+_SESSION_SQL = (
+    f"SELECT id, {', '.join(INSTRUMENT_SESSION_FIELDS)} "
+    "FROM exchange_instrument WHERE id = ANY(%s) FOR SHARE"
+)
 
 
 def day_orders_expiry(instrument: Instrument, now: dt.datetime) -> dt.datetime:
