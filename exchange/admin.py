@@ -156,8 +156,7 @@ class OrderAdmin(ReadOnlyAdmin):
                 # Recorded as a trader's refused cancel is (it had left no record).
                 services.order_change_refusal_record(
                     user=request.user, kind="cancel", sent={"order_id": order.pk},
-                    order=order, status=exc.status_code, error=exc.as_dict(),
-                    http_request=request, on_behalf=True,
+                    order=order, exc=exc, http_request=request, on_behalf=True,
                 )  # fmt: skip
                 self.message_user(request, f"Order {order.pk}: {exc.message}", messages.WARNING)
         self.message_user(request, f"Cancel sent for {sent} order(s).")

@@ -254,17 +254,12 @@ class OrderDetailView(KnownQueryParameters, APIView):
             order = self.order(request, key)
             command = services.order_cancel(order=order, actor=request.user, http_request=request)
         except APIException as exc:
-            self.refusal_record(request, "cancel", {self.lookup: key}, order, exc)
+            services.order_change_refusal_record(
+                user=request.user, kind="cancel", sent={self.lookup: key}, order=order, exc=exc,
+                http_request=request,
+            )  # fmt: skip
             raise
         return changed_response(order, command.pk)
-
-    @staticmethod
-    def refusal_record(request: Request, kind: str, sent: dict, order, exc) -> None:
-        code, error = error_answer(exc)
-        services.order_change_refusal_record(
-            user=request.user, kind=kind, sent=sent, order=order, status=code, error=error,
-            http_request=request,
-        )  # fmt: skip
 
     @extend_schema(
         request=OrderAmendSerializer,
@@ -287,7 +282,10 @@ class OrderDetailView(KnownQueryParameters, APIView):
             except APIException:  # not JSON: the error says so
                 body = None
             sent = {self.lookup: key, **(body if isinstance(body, dict) else {})}
-            self.refusal_record(request, "amend", sent, order, exc)
+            services.order_change_refusal_record(
+                user=request.user, kind="amend", sent=sent, order=order, exc=exc,
+                http_request=request,
+            )  # fmt: skip
             raise
         return changed_response(order, command.pk)
 

@@ -397,21 +397,12 @@ def _order_cancel(user, body: dict, request: SocketRequest, stored) -> tuple[int
         order = _named_order(user, body)
         command = services.order_cancel(order=order, actor=user, http_request=request)
     except APIException as exc:
-        _change_refusal_record(user, "cancel", body, order, exc, request)
+        services.order_change_refusal_record(
+            user=user, kind="cancel", sent=body, order=order, exc=exc, http_request=request
+        )
         raise
     _set(stored)
     return order_changed_answer(order, command.pk)
-
-
-def _change_refusal_record(user, kind: str, body: dict, order, exc, request) -> None:
-    """Audit a cancel or amend refused before anything was stored, as REST does."""
-    from exchange import services
-
-    code, error = error_answer(exc)
-    services.order_change_refusal_record(
-        user=user, kind=kind, sent=body, order=order, status=code, error=error,
-        http_request=request,
-    )  # fmt: skip
 
 
 @_in_turn
@@ -431,7 +422,9 @@ def _order_amend(user, body: dict, request: SocketRequest, stored) -> tuple[int,
             order=order, actor=user, http_request=request, **serializer.validated_data
         )
     except APIException as exc:
-        _change_refusal_record(user, "amend", body, order, exc, request)
+        services.order_change_refusal_record(
+            user=user, kind="amend", sent=body, order=order, exc=exc, http_request=request
+        )
         raise
     _set(stored)
     return order_changed_answer(order, command.pk)

@@ -18,12 +18,14 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, transaction
 from django.utils import timezone
+from rest_framework.exceptions import APIException
 
 from accounts.funds import DEMO_FUNDS, demo_funds_grant
 from accounts.ledger import HoldRequest, funds_hold, funds_hold_many
 from accounts.models import LedgerAccount
 from audit.events import AuditEvent
 from audit.services import AuditEntry, audit_entry, audit_record, audit_record_copy
+from exchange.api_errors import error_answer
 from exchange.db_cursors import bound_cursor
 from exchange.errors import ApiError, trading_error
 from exchange.fees import fee_rates_for
@@ -208,8 +210,7 @@ def order_change_refusal_record(
     kind: str,
     sent,
     order: Order | None,
-    status: int,
-    error: dict,
+    exc: APIException,
     http_request=None,
     on_behalf: bool = False,
 ) -> None:
@@ -217,8 +218,10 @@ def order_change_refusal_record(
     `order.amend_refused`, as for those the engine refuses): what was sent and the error. They
     had left no record: a second cancel of an ended order, an amend outside the band, a cancel
     of another user's order (404: its id is only in the payload, `order_ref`). Only a client's
-    refusal (4xx); a record the database cannot take is logged. `on_behalf`: staff asked (the
-    admin's cancel), and the record is the order owner's, with staff as its actor."""
+    refusal (4xx); a record the database cannot take is logged. The error recorded is REST's
+    answer to `exc`. `on_behalf`: staff asked (the admin's cancel), and the record is the order
+    owner's, with staff as its actor."""
+    status, error = error_answer(exc)
     payload: dict = {}
     if isinstance(sent, dict):
         payload["request"] = {
