@@ -207,14 +207,14 @@ def api_key_mark_used(
         _credentials_cache[credentials.key] = (cached[0], cached[1], fresher, cached[3])
 
 
-def _revocations_key() -> str:
+def revocations_key() -> str:
     return redis_key("api_keys", "revocations")
 
 
 def _revocations_bump() -> None:
     # Without Redis the cache lives out its seconds in other processes.
     change_counter_bump(
-        _revocations_key(), unsignalled="API key revocation not signalled to the caches"
+        revocations_key(), unsignalled="API key revocation not signalled to the caches"
     )
     _credentials_cache.clear()
 
@@ -222,7 +222,7 @@ def _revocations_bump() -> None:
 def revocations_counter() -> bytes | None:
     """The counter every key revocation and user deactivation bumps (None without Redis): a
     holder of credentials read earlier needs to look again only when it changed."""
-    return change_counter_read(_revocations_key())
+    return change_counter_read(revocations_key())
 
 
 def user_saved_keys_recheck(sender, instance: User, **kwargs) -> None:

@@ -17,17 +17,19 @@ from accounts.models import User
 from exchange.redis_connection import change_counter_bump, change_counter_read, redis_key
 
 
-def _ended_key() -> str:
+def sessions_ended_key() -> str:
     return redis_key("sessions", "ended")
 
 
 def sessions_ended_bump() -> None:
-    change_counter_bump(_ended_key(), unsignalled="ended web session not signalled to sockets")
+    change_counter_bump(
+        sessions_ended_key(), unsignalled="ended web session not signalled to sockets"
+    )
 
 
 def sessions_ended_counter() -> bytes | None:
     """The counter every logout, password change and deactivation moves (None without Redis)."""
-    return change_counter_read(_ended_key())
+    return change_counter_read(sessions_ended_key())
 
 
 def session_signs_in(*, session_key: str | None, user_id: int) -> bool:

@@ -41,6 +41,7 @@ from exchange.json_text import (
     refuse_constant,
 )
 from exchange.market_hub import SNAPSHOT_DEPTH, Subscriber, channel_symbol, hub
+from exchange.redis_connection import redis_read_ahead
 from exchange.view_threads import view_executor
 from exchange.ws_direct import RAW_SEND_KEY, DirectSocket, text_frame
 
@@ -248,6 +249,23 @@ SESSION_ENDED_ANSWER = {
 # What an order op costs of the user's and key's rate limits: as its REST request does.
 ORDER_OP_WEIGHTS = {"requests": 1, "orders": 1}
 CANCEL_ALL_WEIGHTS = {"requests": 5, "orders": 5}
+
+
+def _op_read_ahead_keys(credentials, body: dict) -> list[str]:
+    """The Redis keys an order op reads, read together before it runs (`redis_read_ahead`):
+    the counter that says whether the login still holds, the instrument cache's, and the
+    book snapshot of the op's symbol."""
+    from accounts.api_keys import revocations_key
+    from accounts.web_sessions import sessions_ended_key
+    from exchange.selectors import instrument_rules_key
+    from matching.transport import book_snapshot_key
+
+    keys = [revocations_key() if credentials is not None else sessions_ended_key()]
+    keys.append(instrument_rules_key())
+    symbol = body.get("symbol")
+    if isinstance(symbol, str):
+        keys.append(book_snapshot_key(symbol))
+    return keys
 
 
 def _rate_limited(user, credentials, weights: dict[str, int]) -> dict | None:
@@ -989,6 +1007,10 @@ class StreamConsumer(AsyncWebsocketConsumer):
         seen, session_key = self.sessions_seen, self.session_key
 
         def limited_service(user, body, request):
+            with redis_read_ahead(_op_read_ahead_keys(credentials, body)):
+                return checked_service(user, body, request)
+
+        def checked_service(user, body, request):
             # A key revoked, a session logged out or a user deactivated after the login: the
             # next order op is refused like the next REST request (the socket then closes).
             if credentials is not None:

@@ -18,7 +18,7 @@ from exchange.order_rules import session_open_at
 from exchange.redis_connection import (
     change_counter_bump,
     change_counter_read,
-    redis_client,
+    redis_get,
     redis_key,
 )
 from matching.models import BookState, Command
@@ -43,14 +43,14 @@ _instrument_cache: dict[str, tuple[float, bytes | None, Instrument]] = {}
 _instrument_ids: dict[int, str] = {}  # instrument id -> symbol
 
 
-def _instrument_rules_key() -> str:
+def instrument_rules_key() -> str:
     return redis_key("instruments", "rules-changed")
 
 
 def instrument_rules_changed() -> None:
     """Tell every process's instrument cache to read again (call once the edit committed)."""
     change_counter_bump(
-        _instrument_rules_key(), unsignalled="instrument change not signalled to the caches"
+        instrument_rules_key(), unsignalled="instrument change not signalled to the caches"
     )
     _instrument_cache.clear()
 
@@ -58,7 +58,7 @@ def instrument_rules_changed() -> None:
 def instrument_by_symbol(symbol: str) -> Instrument:
     cached = _instrument_cache.get(symbol)
     now = time.monotonic()
-    version = change_counter_read(_instrument_rules_key())  # None without Redis: read again
+    version = change_counter_read(instrument_rules_key())  # None without Redis: read again
     if (
         cached is not None
         and now - cached[0] < INSTRUMENT_CACHE_SECONDS
@@ -87,7 +87,7 @@ def instrument_by_id(instrument_id: int) -> Instrument:
             return instrument
     instrument = Instrument.objects.get(pk=instrument_id)
     _instrument_ids[instrument_id] = instrument.symbol
-    version = change_counter_read(_instrument_rules_key())
+    version = change_counter_read(instrument_rules_key())
     _instrument_cache[instrument.symbol] = (time.monotonic(), version, instrument)
     return instrument
 
@@ -207,7 +207,7 @@ def fills_for_user(*, user, symbol: str | None = None) -> QuerySet[Trade]:
 def book_snapshot(symbol: str) -> dict | None:
     """The top-50 book the shard worker wrote to Redis after its last batch (None: none yet)."""
     try:
-        raw = redis_client().get(book_snapshot_key(symbol))
+        raw = redis_get(book_snapshot_key(symbol))
     except redis.RedisError as exc:
         logger.warning("book snapshot unavailable", extra={"symbol": symbol, "why": str(exc)})
         return None

@@ -48,6 +48,7 @@ from exchange.order_rules import (
     session_open_at,
     to_ns,
 )
+from exchange.redis_connection import redis_read_ahead
 from exchange.replies import release_db_connection
 from exchange.selectors import (
     band_reference,
@@ -55,6 +56,7 @@ from exchange.selectors import (
     book_snapshot,
     instrument_by_symbol,
     instrument_rules_changed,
+    instrument_rules_key,
     reference_price,
     snapshot_top,
 )
@@ -63,6 +65,7 @@ from matching.engine import protocol as p
 from matching.instruments import engine_instrument_spec
 from matching.models import Command
 from matching.services import CommandRow, command_enqueue, commands_enqueue_many
+from matching.transport import book_snapshot_key
 
 logger = logging.getLogger(__name__)
 
@@ -310,8 +313,14 @@ def order_plan(
     """Check `request` against the instrument's rules and build what storing it writes.
 
     Raises a catalogue ApiError (400) for bad input; reads no database row (the instrument and
-    fee rates come from per-process caches, the book from the worker's Redis snapshot).
+    fee rates come from per-process caches, the book from the worker's Redis snapshot: the
+    cache's change counter and the snapshot in one round trip).
     """
+    with redis_read_ahead((instrument_rules_key(), book_snapshot_key(request.symbol))):
+        return _order_plan(user=user, request=request, http_request=http_request, now=now)
+
+
+def _order_plan(*, user, request: OrderRequest, http_request, now: dt.datetime | None) -> OrderPlan:
     now = now or timezone.now()
     digest = request_digest(request)
     instrument = instrument_by_symbol(request.symbol)
