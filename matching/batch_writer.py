@@ -141,6 +141,7 @@ class _OrderUpdate:
         "expire_at",
         "expiry_moved",
         "filled",
+        "fills",
         "held_revert",
         "hold_only",
         "hold_release",
@@ -178,6 +179,8 @@ class _OrderUpdate:
         self.d_quote = 0
         self.d_value = 0  # price ticks x quantity lots of the batch's fills (exact)
         self.d_fees = 0
+        # The batch's fills of it: (engine trade seq, price, quantity, fee, liquidity).
+        self.fills: list[tuple[int, int, int, int, str]] | None = None
         self.price: int | None = None
         self.seq: int | None = None
         self.max_quote: int | None = None
@@ -245,6 +248,7 @@ class BatchOutcome:
     trades: list[dict[str, Any]]
     orders: list[dict[str, Any]]
     balances: list[dict[str, Any]] = field(default_factory=list)  # set once written
+    fills: list[dict[str, Any]] = field(default_factory=list)  # those `orders` carry
 
 
 @dataclass
@@ -546,6 +550,9 @@ class BatchWriter:
         )
         ledger_users.update(release[1] for release in amend_releases)
         ledger_users.discard(None)
+        # Not an order whose only change is a refused amend's hold, given back: the engine left
+        # it as it was (its frame had read `accepted` again).
+        orders = [self._order_summary(u, texts) for u in updates.values() if not u.hold_only]
         return PreparedBatch(
             applied=applied,
             specs=specs,
@@ -571,9 +578,8 @@ class BatchWriter:
                 command_ids=[a.command_id for a in applied],
                 symbols=symbols,
                 trades=[self._trade_summary(t, texts) for t in trades],
-                # Not an order whose only change is a refused amend's hold, given back: the
-                # engine left it as it was (its frame had read `accepted` again).
-                orders=[self._order_summary(u, texts) for u in updates.values() if not u.hold_only],
+                orders=orders,
+                fills=[fill for order in orders if "fills" in order for fill in order["fills"]],
             ),
         )
 
@@ -594,9 +600,12 @@ class BatchWriter:
         except BaseException:
             self.settlement.forget()  # accounts it created are rolled back
             raise
-        # Committed: market data names trades by their Trade row id, as the REST API does.
+        # Committed: market data names trades by their Trade row id, as the REST API does (an
+        # order's fills on the orders channel too).
         for trade in prepared.outcome.trades:
             trade["trade_id"] = trade_ids.get(trade["trade_id"], trade["trade_id"])
+        for fill in prepared.outcome.fills:
+            fill["trade_id"] = trade_ids.get(fill["trade_id"], fill["trade_id"])
 
     def _execute(self, prepared: "PreparedBatch") -> dict[int, int]:
         with transaction.atomic():
@@ -787,9 +796,11 @@ class BatchWriter:
 
     @staticmethod
     def _trade_collect(ev: tuple, upd) -> None:
-        (_, _, _, sym, _tseq, price, qty, notional, m_oid, m_uid, t_oid, t_uid, t_buy,
+        (_, _, _, sym, tseq, price, qty, notional, m_oid, m_uid, t_oid, t_uid, t_buy,
          m_fee, t_fee, m_status, m_filled, m_rem, t_filled, t_rem) = ev  # fmt: skip
         m = upd(m_oid, sym, m_uid)
+        m.fills = m.fills or []
+        m.fills.append((tseq, price, qty, m_fee, "maker"))
         # A maker trades at its own price: an order filled to its end in this batch has no
         # later event to give it (its last frame on the orders channel showed none).
         m.status, m.filled, m.remaining, m.price = m_status, m_filled, m_rem, price
@@ -799,6 +810,8 @@ class BatchWriter:
         if not t_buy:
             m.d_spent += notional + m_fee
         t = upd(t_oid, sym, t_uid)
+        t.fills = t.fills or []
+        t.fills.append((tseq, price, qty, t_fee, "taker"))
         t.filled, t.remaining = t_filled, t_rem
         t.status = p.FILLED if t_rem == 0 else p.PARTIALLY_FILLED
         t.d_quote += notional
@@ -1223,6 +1236,18 @@ class BatchWriter:
                 summary["remaining"] = text.qty(u.remaining)
             if u.price is not None:
                 summary["price"] = text.price(u.price)
+            if u.fills:
+                # As REST's fills (trade_id the engine's seq until the commit names the row).
+                summary["fills"] = [
+                    {
+                        "trade_id": tseq,
+                        "price": text.price(price),
+                        "quantity": text.qty(qty),
+                        "fee": text.quote(fee),
+                        "liquidity": liquidity,
+                    }
+                    for tseq, price, qty, fee, liquidity in u.fills
+                ]
         if u.amended:
             summary["amended"] = True
             if not u.d_value and u.status not in ENDED:

@@ -383,6 +383,60 @@ def test_a_resting_order_filled_to_the_end_says_its_price_on_the_orders_channel(
     asyncio.run(scenario())
 
 
+def test_order_frames_carry_each_fill_of_the_batch_as_rest_shows_it(market):
+    # Frames named the order by id only, with no fill's price, fee or trade: a market maker
+    # read GET /fills after every frame to learn what it had traded.
+    symbol = market["symbol"]
+    key_a, key_b = market["keys"]
+
+    async def scenario():
+        http_a, http_b = rest(market["base"], key_a), rest(market["base"], key_b)
+        async with (
+            websockets.connect(market["ws"], ping_interval=None) as ws_a,
+            websockets.connect(market["ws"], ping_interval=None) as ws_b,
+        ):
+            await watch_own_orders(ws_a, key_a)
+            await watch_own_orders(ws_b, key_b)
+            cheap = await http_a.post("/api/v1/orders", json=limit(symbol, "sell", "99.00", "2"))
+            dear = await http_a.post("/api/v1/orders", json=limit(symbol, "sell", "99.50", "3"))
+            taker = await http_b.post("/api/v1/orders", json=limit(symbol, "buy", "100.00", "4"))
+            assert taker.status_code == 201, taker.text
+            taker_frame = await recv_until(
+                ws_b, lambda f: f.get("type") == "order" and f["data"]["event"] == "fill"
+            )
+            maker_frames = {}
+            while len(maker_frames) < 2:
+                frame = await recv_until(
+                    ws_a,
+                    lambda f: (
+                        f.get("type") == "order" and f["data"]["event"] in ("fill", "partial_fill")
+                    ),
+                )
+                maker_frames[frame["data"]["order_id"]] = frame["data"]
+        answer = taker.json()
+        data = taker_frame["data"]
+        assert data["order_id"] == answer["order_id"]
+        assert data["fills"] == answer["fills"]  # trade ids, prices, quantities, fees: REST's
+        assert [f["liquidity"] for f in data["fills"]] == ["taker", "taker"]
+        assert [(f["price"], f["quantity"]) for f in data["fills"]] == [
+            ("99.00", "2"), ("99.50", "2")
+        ]  # fmt: skip
+        cheap_frame = maker_frames[cheap.json()["order_id"]]
+        dear_frame = maker_frames[dear.json()["order_id"]]
+        assert (cheap_frame["event"], dear_frame["event"]) == ("fill", "partial_fill")
+        rest_fills = {
+            f["trade_id"]: f for f in (await http_a.get("/api/v1/fills")).json()["results"]
+        }
+        for frame in (cheap_frame, dear_frame):
+            [fill] = frame["fills"]
+            assert fill["liquidity"] == "maker"
+            assert {k: rest_fills[fill["trade_id"]][k] for k in fill} == fill
+        await http_a.aclose()
+        await http_b.aclose()
+
+    asyncio.run(scenario())
+
+
 def test_a_stop_triggered_in_a_batch_says_so_on_the_orders_channel(market):
     # A stop turns into a limit or market order in the command that triggers it: its frame
     # showed what it became (accepted) and nothing told the client it had triggered.
