@@ -292,6 +292,8 @@ UPDATE exchange_order o SET held_amount = o.held_amount - r.amount
 # ends keeps 0 and the rows returned name the amounts for the ledger. (A second UPDATE of the
 # ended rows cost another row version each, and two foreign-key checks each at commit, since
 # PostgreSQL re-checks a row's keys when it updates a version its own transaction wrote.)
+# Every updated order is returned, with its side and client_order_id, which the orders
+# channel's frames say (the engine has no client_order_id, nor the side of an ended order).
 # RETURNING shows only the new row, so the ended rows are read once more (LATERAL, by primary
 # key) FOR NO KEY UPDATE: the lock makes that read the latest version, the one the UPDATE then
 # changes, so an amend committed meanwhile (it adds to hold_remaining) is released too.
@@ -340,14 +342,14 @@ WITH updated AS (
              WHERE x.id = u.id AND NOT u.open
             OFFSET 0 FOR NO KEY UPDATE) e ON true
      WHERE o.id = u.id
-    RETURNING o.id, o.user_id, o.side, o.instrument_id, e.hold_left
+    RETURNING o.id, o.user_id, o.side, o.instrument_id, o.client_order_id, e.hold_left
 )
 SELECT r.id, r.user_id,
-       CASE WHEN r.side = 'buy' THEN i.quote_asset ELSE i.base_asset END,
-       r.hold_left
+       CASE WHEN r.hold_left > 0 THEN
+            CASE WHEN r.side = 'buy' THEN i.quote_asset ELSE i.base_asset END END,
+       r.hold_left, r.side, r.client_order_id
   FROM updated r
   JOIN exchange_instrument i ON i.id = r.instrument_id
- WHERE r.hold_left > 0
 """
 
 TRADES_INSERT_SQL = """
@@ -596,18 +598,25 @@ class BatchWriter:
         rolled back, on any failure). Reads nothing from the engine."""
         self.session_prepare()
         try:
-            trade_ids = self._execute(prepared)
+            trade_ids, order_refs = self._execute(prepared)
         except BaseException:
             self.settlement.forget()  # accounts it created are rolled back
             raise
         # Committed: market data names trades by their Trade row id, as the REST API does (an
-        # order's fills on the orders channel too).
+        # order's fills on the orders channel too), and an order frame says the order's side
+        # and client_order_id, read back by the batch's own UPDATE.
         for trade in prepared.outcome.trades:
             trade["trade_id"] = trade_ids.get(trade["trade_id"], trade["trade_id"])
         for fill in prepared.outcome.fills:
             fill["trade_id"] = trade_ids.get(fill["trade_id"], fill["trade_id"])
+        for summary in prepared.outcome.orders:
+            ref = order_refs.get(summary["order_id"])
+            if ref is not None:
+                summary["side"], summary["client_order_id"] = ref
 
-    def _execute(self, prepared: "PreparedBatch") -> dict[int, int]:
+    def _execute(
+        self, prepared: "PreparedBatch"
+    ) -> tuple[dict[int, int], dict[int, tuple[str, str | None]]]:
         with transaction.atomic():
             lease_epoch_check(shard=self.shard, epoch=self.epoch)
             # An amend that failed twice releases a hold with no event naming its symbol.
@@ -620,12 +629,12 @@ class BatchWriter:
                 self._copy("batch_order_update", prepared.order_rows)
                 self._copy("batch_trade", prepared.trade_rows)
             self._journal_write(prepared.journal_rows)
-            trade_ids, ended_holds = self._staged_apply(prepared, inline=inline)
+            trade_ids, updated = self._staged_apply(prepared, inline=inline)
             prepared.outcome.balances = self.settlement.write(
                 fills=self._fills(prepared, trade_ids),
                 releases=[
                     *self._amend_hold_releases(prepared),
-                    *(HoldRelease(*row) for row in ended_holds),
+                    *(HoldRelease(*row[:4]) for row in updated if row[2] is not None),
                 ],
             )
             self._volume_add(prepared)
@@ -637,7 +646,7 @@ class BatchWriter:
                     for row in audits
                 ]
             audit_rows_copy(rows=audits)
-        return trade_ids
+        return trade_ids, {row[0]: (row[4], row[5]) for row in updated}
 
     # ---- collecting ------------------------------------------------------------------------
     def _collect(
@@ -1149,8 +1158,9 @@ class BatchWriter:
     ) -> tuple[dict[int, int], list[tuple]]:
         """Orders, hold releases, commands, books, shard counters and trades from the staged
         rows (`inline`: passed here as arrays, not staged), in one round trip; returns engine
-        trade seq -> Trade row id, and (order id, user id, asset, amount) of each hold released
-        because its order ended."""
+        trade seq -> Trade row id, and (order id, user id, asset, amount, side,
+        client_order_id) of each order updated, its asset None unless the order ended with a
+        hold to give back (`amount`)."""
         statements: list[tuple[str, str, list]] = []
         if prepared.order_rows:
             if inline:

@@ -383,7 +383,7 @@ def test_a_resting_order_filled_to_the_end_says_its_price_on_the_orders_channel(
     asyncio.run(scenario())
 
 
-def test_order_frames_carry_each_fill_of_the_batch_as_rest_shows_it(market):
+def test_order_frames_say_side_client_order_id_and_each_fill_as_rest_does(market):
     # Frames named the order by id only, with no fill's price, fee or trade: a market maker
     # read GET /fills after every frame to learn what it had traded.
     symbol = market["symbol"]
@@ -397,9 +397,15 @@ def test_order_frames_carry_each_fill_of_the_batch_as_rest_shows_it(market):
         ):
             await watch_own_orders(ws_a, key_a)
             await watch_own_orders(ws_b, key_b)
-            cheap = await http_a.post("/api/v1/orders", json=limit(symbol, "sell", "99.00", "2"))
+            cheap = await http_a.post(
+                "/api/v1/orders",
+                json={**limit(symbol, "sell", "99.00", "2"), "client_order_id": "mm-1"},
+            )
             dear = await http_a.post("/api/v1/orders", json=limit(symbol, "sell", "99.50", "3"))
-            taker = await http_b.post("/api/v1/orders", json=limit(symbol, "buy", "100.00", "4"))
+            taker = await http_b.post(
+                "/api/v1/orders",
+                json={**limit(symbol, "buy", "100.00", "4"), "client_order_id": "t-1"},
+            )
             assert taker.status_code == 201, taker.text
             taker_frame = await recv_until(
                 ws_b, lambda f: f.get("type") == "order" and f["data"]["event"] == "fill"
@@ -415,7 +421,9 @@ def test_order_frames_carry_each_fill_of_the_batch_as_rest_shows_it(market):
                 maker_frames[frame["data"]["order_id"]] = frame["data"]
         answer = taker.json()
         data = taker_frame["data"]
-        assert data["order_id"] == answer["order_id"]
+        assert (data["order_id"], data["side"], data["client_order_id"]) == (
+            answer["order_id"], "buy", "t-1"
+        )  # fmt: skip
         assert data["fills"] == answer["fills"]  # trade ids, prices, quantities, fees: REST's
         assert [f["liquidity"] for f in data["fills"]] == ["taker", "taker"]
         assert [(f["price"], f["quantity"]) for f in data["fills"]] == [
@@ -424,6 +432,8 @@ def test_order_frames_carry_each_fill_of_the_batch_as_rest_shows_it(market):
         cheap_frame = maker_frames[cheap.json()["order_id"]]
         dear_frame = maker_frames[dear.json()["order_id"]]
         assert (cheap_frame["event"], dear_frame["event"]) == ("fill", "partial_fill")
+        assert (cheap_frame["side"], cheap_frame["client_order_id"]) == ("sell", "mm-1")
+        assert (dear_frame["side"], dear_frame["client_order_id"]) == ("sell", None)
         rest_fills = {
             f["trade_id"]: f for f in (await http_a.get("/api/v1/fills")).json()["results"]
         }
