@@ -1,6 +1,7 @@
 """The process's Redis client and key naming (every key carries the deployment's prefix)."""
 
 import logging
+import secrets
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -44,20 +45,35 @@ def pubsub_channel(*parts: object) -> str:
 
 
 # A change counter: every process that remembers what it read at some value looks again only
-# once the counter has moved (API-key revocations, ended web sessions).
+# once the counter has moved (API-key revocations, ended web sessions, instrument rules). Its
+# values are random, never a count: Redis keeps nothing on disk, and a count that a flush or a
+# restart had set back to 0 came back to a value a process still remembered, whose cache then
+# served a key revoked after the flush as valid until it expired.
+def _counter_value() -> bytes:
+    return secrets.token_hex(8).encode()
+
+
 def change_counter_bump(key: str, *, unsignalled: str) -> None:
-    """Move the counter at `key`; without Redis, log `unsignalled` (the readers then notice
-    only when they look again anyway)."""
+    """Move the counter at `key` to a value it never had; without Redis, log `unsignalled` (the
+    readers then notice only when they look again anyway)."""
     try:
-        redis_client().incr(key)
+        redis_client().set(key, _counter_value())
     except redis.RedisError as exc:
         logger.warning(unsignalled, extra={"why": str(exc)})
 
 
 def change_counter_read(key: str) -> bytes | None:
-    """The counter at `key` (b"0" before its first move; None without Redis: look again)."""
+    """The counter at `key` (None without Redis: look again). A counter Redis does not have
+    (never moved, or lost) starts at a value it never had, so nothing remembered from before
+    matches it."""
     try:
-        return redis_get(key) or b"0"
+        value = redis_get(key)
+        if value is None:
+            pipe = redis_client().pipeline(transaction=False)
+            pipe.set(key, _counter_value(), nx=True)  # another process may start it first
+            pipe.get(key)
+            value = pipe.execute()[1]
+        return value
     except redis.RedisError:
         return None
 

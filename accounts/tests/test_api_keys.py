@@ -148,3 +148,28 @@ def test_marking_a_freshly_used_key_costs_no_query(django_assert_num_queries):
     assert fresh.last_used_at is not None
     with django_assert_num_queries(0):
         api_key_mark_used(credentials=fresh, ip="192.0.2.1")
+
+
+def test_a_key_revoked_after_redis_lost_its_data_is_refused_at_once():
+    # The revocation counter was a count: a flush set it back, the next revocation brought it
+    # to a value a process had cached credentials under, and a key revoked elsewhere (another
+    # web process, the admin) kept working from that process's cache until it expired.
+    from django.utils import timezone
+
+    from accounts.api_keys import api_key_credentials_cached, revocations_key
+    from exchange.redis_connection import change_counter_bump, redis_client
+
+    def revoked_elsewhere(key: APIKey | None) -> None:
+        """What another process's revocation leaves here: the row, and the counter moved."""
+        if key is not None:
+            APIKey.objects.filter(pk=key.pk).update(revoked_at=timezone.now())
+        change_counter_bump(revocations_key(), unsignalled="test")
+
+    kept = api_key_create(user=make_user(), label="kept").api_key
+    redis_client().delete(revocations_key())  # Redis lost its data
+    assert not api_key_credentials_cached(kept.key)[0].revoked
+    revoked_elsewhere(None)  # another key revoked: this process reads its keys again
+    assert not api_key_credentials_cached(kept.key)[0].revoked
+    redis_client().delete(revocations_key())  # lost again
+    revoked_elsewhere(kept)
+    assert api_key_credentials_cached(kept.key)[0].revoked

@@ -6,6 +6,7 @@ from django.test import override_settings
 
 from exchange.embedded_servers import free_port
 from exchange.redis_connection import (
+    change_counter_bump,
     change_counter_read,
     redis_client,
     redis_get,
@@ -62,3 +63,16 @@ def test_without_redis_nothing_is_read_ahead_and_each_reader_answers_as_redis_do
             assert change_counter_read(counter) is None  # "look again", as without it
     finally:
         redis_client.cache_clear()
+
+
+def test_a_change_counter_never_comes_back_to_a_value_it_had_even_after_redis_lost_it():
+    counter = fresh_key()
+    seen = [change_counter_read(counter)]  # started at first read
+    assert seen[0] == change_counter_read(counter)  # and stays until it moves
+    for _ in range(3):
+        change_counter_bump(counter, unsignalled="test")
+        seen.append(change_counter_read(counter))
+        redis_client().delete(counter)  # Redis keeps nothing on disk: lost
+        seen.append(change_counter_read(counter))
+    assert None not in seen and len(set(seen)) == len(seen)
+    redis_client().delete(counter)
