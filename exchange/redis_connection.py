@@ -46,9 +46,10 @@ def pubsub_channel(*parts: object) -> str:
 
 # A change counter: every process that remembers what it read at some value looks again only
 # once the counter has moved (API-key revocations, ended web sessions, instrument rules). Its
-# values are random, never a count: Redis keeps nothing on disk, and a count that a flush or a
-# restart had set back to 0 came back to a value a process still remembered, whose cache then
-# served a key revoked after the flush as valid until it expired.
+# values are random, never a count: Redis may lose everything (a flush, a restart; it holds
+# nothing the exchange cannot lose), and a count set back to 0 came back to a value a process
+# still remembered, whose cache then served a key revoked after the loss as valid until it
+# expired.
 def _counter_value() -> bytes:
     return secrets.token_hex(8).encode()
 

@@ -72,7 +72,7 @@ def test_a_change_counter_never_comes_back_to_a_value_it_had_even_after_redis_lo
     for _ in range(3):
         change_counter_bump(counter, unsignalled="test")
         seen.append(change_counter_read(counter))
-        redis_client().delete(counter)  # Redis keeps nothing on disk: lost
+        redis_client().delete(counter)  # Redis lost it (a flush, a restart)
         seen.append(change_counter_read(counter))
     assert None not in seen and len(set(seen)) == len(seen)
     redis_client().delete(counter)
