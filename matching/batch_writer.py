@@ -248,7 +248,6 @@ class BatchOutcome:
     trades: list[dict[str, Any]]
     orders: list[dict[str, Any]]
     balances: list[dict[str, Any]] = field(default_factory=list)  # set once written
-    fills: list[dict[str, Any]] = field(default_factory=list)  # those `orders` carry
 
 
 @dataclass
@@ -552,9 +551,6 @@ class BatchWriter:
         )
         ledger_users.update(release[1] for release in amend_releases)
         ledger_users.discard(None)
-        # Not an order whose only change is a refused amend's hold, given back: the engine left
-        # it as it was (its frame had read `accepted` again).
-        orders = [self._order_summary(u, texts) for u in updates.values() if not u.hold_only]
         return PreparedBatch(
             applied=applied,
             specs=specs,
@@ -580,8 +576,9 @@ class BatchWriter:
                 command_ids=[a.command_id for a in applied],
                 symbols=symbols,
                 trades=[self._trade_summary(t, texts) for t in trades],
-                orders=orders,
-                fills=[fill for order in orders if "fills" in order for fill in order["fills"]],
+                # Not an order whose only change is a refused amend's hold, given back: the
+                # engine left it as it was (its frame had read `accepted` again).
+                orders=[self._order_summary(u, texts) for u in updates.values() if not u.hold_only],
             ),
         )
 
@@ -607,12 +604,12 @@ class BatchWriter:
         # and client_order_id, read back by the batch's own UPDATE.
         for trade in prepared.outcome.trades:
             trade["trade_id"] = trade_ids.get(trade["trade_id"], trade["trade_id"])
-        for fill in prepared.outcome.fills:
-            fill["trade_id"] = trade_ids.get(fill["trade_id"], fill["trade_id"])
         for summary in prepared.outcome.orders:
             ref = order_refs.get(summary["order_id"])
             if ref is not None:
                 summary["side"], summary["client_order_id"] = ref
+            for fill in summary.get("fills", ()):
+                fill["trade_id"] = trade_ids.get(fill["trade_id"], fill["trade_id"])
 
     def _execute(
         self, prepared: "PreparedBatch"
