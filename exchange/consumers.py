@@ -253,18 +253,18 @@ CANCEL_ALL_WEIGHTS = {"requests": 5, "orders": 5}
 
 def _op_read_ahead_keys(credentials, body: dict) -> list[str]:
     """The Redis keys an order op reads, read together before it runs (`redis_read_ahead`):
-    the counter that says whether the login still holds, the instrument cache's, and the
-    book snapshot of the op's symbol."""
+    the counter that says whether the login still holds, and what planning an order on the
+    op's symbol reads (a cancel or an amend reads the instrument cache's counter too)."""
     from accounts.api_keys import revocations_key
     from accounts.web_sessions import sessions_ended_key
     from exchange.selectors import instrument_rules_key
-    from matching.transport import book_snapshot_key
+    from exchange.services import order_plan_redis_keys
 
     keys = [revocations_key() if credentials is not None else sessions_ended_key()]
-    keys.append(instrument_rules_key())
     symbol = body.get("symbol")
-    if isinstance(symbol, str):
-        keys.append(book_snapshot_key(symbol))
+    keys.extend(
+        order_plan_redis_keys(symbol) if isinstance(symbol, str) else [instrument_rules_key()]
+    )
     return keys
 
 

@@ -316,8 +316,14 @@ def order_plan(
     fee rates come from per-process caches, the book from the worker's Redis snapshot: the
     cache's change counter and the snapshot in one round trip).
     """
-    with redis_read_ahead((instrument_rules_key(), book_snapshot_key(request.symbol))):
+    with redis_read_ahead(order_plan_redis_keys(request.symbol)):
         return _order_plan(user=user, request=request, http_request=http_request, now=now)
+
+
+def order_plan_redis_keys(symbol: str) -> tuple[str, str]:
+    """The Redis keys planning an order on `symbol` reads: the instrument cache's change
+    counter and the book snapshot (a caller may read them ahead with more of its own)."""
+    return instrument_rules_key(), book_snapshot_key(symbol)
 
 
 def _order_plan(*, user, request: OrderRequest, http_request, now: dt.datetime | None) -> OrderPlan:
