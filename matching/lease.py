@@ -106,6 +106,7 @@ class ShardLease:
         self._conn = psycopg.connect(
             database_conninfo(application_name=session_name()), autocommit=True
         )
+        waiting = False
         while True:
             row = self._conn.execute(
                 "SELECT pg_try_advisory_lock(%s, %s)", (LEASE_LOCK_CLASS, self.shard)
@@ -115,6 +116,11 @@ class ShardLease:
             if not wait or (should_stop is not None and should_stop()):
                 self.release()
                 return False
+            if not waiting:
+                # Said once the lock was found taken, on the session that waits (not before it
+                # is open): whoever reads it may count on this process being a standby.
+                logger.info("shard worker waiting for lease", extra={"shard": self.shard})
+                waiting = True
             if self.stale_seconds and self._fence_if_hung():
                 time.sleep(0.05)  # the ended backend lets go in a moment: be first to take it
                 continue

@@ -55,7 +55,7 @@ class ShardWorker:
         # Every session of this process carries its name, so that a standby can end them all
         # if this process hangs holding the lease (matching.lease).
         connection_created.connect(_name_session, dispatch_uid="matching-session-name")
-        logger.info("shard worker waiting for lease", extra={"shard": self.shard})
+        logger.info("shard worker starting", extra={"shard": self.shard})
         try:
             if not self.lease.acquire(wait=True, should_stop=self.stopping.is_set):
                 return 0
