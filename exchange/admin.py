@@ -1,7 +1,9 @@
 """Staff views of the trading core. Orders and trades are read-only; halts, resumes,
 delistings and cancels go through the services (and so through the engine and the audit trail)."""
 
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ActionForm
 from django.shortcuts import render
 
 from exchange import services
@@ -22,8 +24,17 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+class InstrumentActionForm(ActionForm):
+    """The action bar with a field for a halt's (or delisting's) reason."""
+
+    # No max_length here: the form refusing would say only "No action selected"; the
+    # service's refusal names the limit.
+    reason = forms.CharField(required=False, label="Reason (halt, delist)")
+
+
 @admin.register(Instrument)
 class InstrumentAdmin(admin.ModelAdmin):
+    action_form = InstrumentActionForm
     list_display = (
         "symbol",
         "base_asset",
@@ -67,19 +78,20 @@ class InstrumentAdmin(admin.ModelAdmin):
 
     @admin.action(description="Halt trading (new orders rejected, cancels allowed)")
     def halt_trading(self, request, queryset) -> None:
-        self._status_change(request, queryset, services.instrument_halt, "Halt")
+        reason = request.POST.get("reason", "")
+        self._status_change(request, queryset, services.instrument_halt, "Halt", reason=reason)
 
     @admin.action(description="Resume trading")
     def resume_trading(self, request, queryset) -> None:
         self._status_change(request, queryset, services.instrument_resume, "Resume")
 
-    def _status_change(self, request, queryset, service, what: str) -> None:
-        """Send `service` (halt, resume) for each instrument; a refusal (a delisted one) is a
-        warning naming it, the others still go."""
+    def _status_change(self, request, queryset, service, what: str, **fields) -> None:
+        """Send `service` (halt, resume) for each instrument; a refusal (a delisted one, one
+        already in that state, a reason too long) is a warning naming it, the others still go."""
         sent = 0
         for instrument in queryset:
             try:
-                service(instrument=instrument, actor=request.user, http_request=request)
+                service(instrument=instrument, actor=request.user, http_request=request, **fields)
                 sent += 1
             except ApiError as exc:
                 self.message_user(request, exc.message, messages.WARNING)
@@ -97,12 +109,23 @@ class InstrumentAdmin(admin.ModelAdmin):
                 instrument.open_orders = Order.objects.filter(
                     instrument=instrument, status__in=Order.OPEN_STATUSES
                 ).count()
-            context = {**self.admin_site.each_context(request), "instruments": instruments}
+            context = {
+                **self.admin_site.each_context(request),
+                "instruments": instruments,
+                "reason": request.POST.get("reason", ""),
+            }
             return render(request, "admin/exchange/instrument/delist_confirmation.html", context)
         for instrument in instruments:
-            cancelled = services.instrument_delist(
-                instrument=instrument, actor=request.user, http_request=request
-            )
+            try:
+                cancelled = services.instrument_delist(
+                    instrument=instrument,
+                    actor=request.user,
+                    reason=request.POST.get("reason", ""),
+                    http_request=request,
+                )
+            except ApiError as exc:
+                self.message_user(request, exc.message, messages.WARNING)
+                continue
             self.message_user(
                 request, f"{instrument.symbol} delisted; {cancelled} open order(s) cancelled."
             )

@@ -668,6 +668,15 @@ class MarketHub:
                 ]
                 self._fan_out(channel, dumps({"channel": channel, "type": "trades", "data": data}))
 
+        for change in message.get("statuses", ()):
+            # A halt, resume or delisting, on the symbol's book and ticker channels (a market
+            # maker following only the book hears of it as one following the ticker does).
+            symbol = change["symbol"]
+            for channel in (f"book.{symbol}", f"ticker.{symbol}"):
+                self._fan_out(
+                    channel, dumps({"channel": channel, "type": "status", "data": change})
+                )
+
         for event in message.get("orders", ()):
             subs = self.users.get(event.get("user_id"))
             if not subs:

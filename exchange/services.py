@@ -974,34 +974,76 @@ def orders_mass_cancel(*, user, actor, symbol: str | None = None, http_request=N
     return commands
 
 
+HALT_REASON_MAX_LENGTH = 200
+
+
+def _halt_reason(reason: str) -> str:
+    """A halt's reason as staff typed it, trimmed; 400 when too long."""
+    reason = (reason or "").strip()
+    if len(reason) > HALT_REASON_MAX_LENGTH:
+        raise trading_error(
+            "InvalidParameter",
+            f"a halt reason is at most {HALT_REASON_MAX_LENGTH} characters",
+            field="reason",
+        )
+    return reason
+
+
 def _instrument_status_change(
-    *, instrument: Instrument, status: str, kind: str, event: str, actor, http_request
+    *,
+    instrument: Instrument,
+    status: str,
+    kind: str,
+    event: str,
+    actor,
+    http_request,
+    reason: str = "",
+    delist: bool = False,
 ) -> Command:
-    """Set the instrument's status and send its engine the command; a delisted instrument's
-    status never changes again (400)."""
-    if Instrument.objects.get(pk=instrument.pk).status == Instrument.Status.DELISTED:
+    """Set the instrument's status and send its engine the command (with staff's `reason`,
+    and whether it delists, which the engine does not need but the market-data feed and the
+    audit trail say). A delisted instrument's status never changes again, and a halt of a
+    halted one or a resume of a trading one changes nothing: each is a 400, nothing sent."""
+    # Locked as its UPDATE would lock it (FOR NO KEY UPDATE: order entry's inserts, which take
+    # FOR KEY SHARE on it for their foreign key while holding the command-order lock, never
+    # wait on it), so that two staff requests cannot both see the old status.
+    current = Instrument.objects.select_for_update(no_key=True).get(pk=instrument.pk).status
+    if current == Instrument.Status.DELISTED:
         raise trading_error(
             "InvalidParameter", f"{instrument.symbol} is delisted: it cannot trade again"
         )
+    if current == status:
+        raise trading_error(
+            "InvalidParameter", f"{instrument.symbol} is already {status}: nothing was sent"
+        )
     instrument.status = status
     instrument.save(update_fields=["status"])
-    command = command_enqueue(
-        shard=instrument.shard, kind=kind, payload={"symbol": instrument.symbol}
-    )
+    payload = {"symbol": instrument.symbol}
+    if reason:
+        payload["reason"] = reason
+    if delist:
+        payload["delist"] = True
+    command = command_enqueue(shard=instrument.shard, kind=kind, payload=payload)
+    audit_payload = {"command_id": command.pk}
+    if reason:
+        audit_payload["reason"] = reason
     audit_record(
         event_type=event,
         actor=actor,
         symbol=instrument.symbol,
         shard=instrument.shard,
-        payload={"command_id": command.pk},
+        payload=audit_payload,
         request=http_request,
     )
     return command
 
 
 @transaction.atomic
-def instrument_halt(*, instrument: Instrument, actor, http_request=None) -> Command:
-    """Halt trading: new orders and amends are rejected, cancels still work."""
+def instrument_halt(
+    *, instrument: Instrument, actor, reason: str = "", http_request=None
+) -> Command:
+    """Halt trading: new orders and amends are rejected, cancels still work. `reason` (optional,
+    at most 200 characters) goes to the audit trail and the market-data feed's status frame."""
     return _instrument_status_change(
         instrument=instrument,
         status=Instrument.Status.HALTED,
@@ -1009,6 +1051,7 @@ def instrument_halt(*, instrument: Instrument, actor, http_request=None) -> Comm
         event=AuditEvent.INSTRUMENT_HALT_REQUESTED,
         actor=actor,
         http_request=http_request,
+        reason=_halt_reason(reason),
     )
 
 
@@ -1026,7 +1069,7 @@ def instrument_resume(*, instrument: Instrument, actor, http_request=None) -> Co
 
 
 @transaction.atomic
-def instrument_delist(*, instrument: Instrument, actor, http_request=None) -> int:
+def instrument_delist(*, instrument: Instrument, actor, reason: str = "", http_request=None) -> int:
     """Close an instrument for good: its book is halted (new orders and amends refused), every
     open order is cancelled on its owner's behalf (reason `staff`; each hold is released as its
     order ends), and it leaves the listings (GET /symbols, the markets page). It cannot resume;
@@ -1038,6 +1081,8 @@ def instrument_delist(*, instrument: Instrument, actor, http_request=None) -> in
         event=AuditEvent.INSTRUMENT_DELIST_REQUESTED,
         actor=actor,
         http_request=http_request,
+        reason=_halt_reason(reason),
+        delist=True,
     )
     # After the halt in command order: no order can rest or trade once these are applied.
     open_orders = list(

@@ -385,6 +385,10 @@ class ShardLoop:
                     applied[-1].hold_delta = Decimal(row.payload["hold_delta"])
                 elif op == p.OP_CANCEL:
                     applied[-1].cancel_reason = row.payload.get("reason")
+                elif op == p.OP_HALT and len(row.payload) > 1:
+                    applied[-1].halt_note = {
+                        k: row.payload[k] for k in ("reason", "delist") if k in row.payload
+                    }
             else:
                 applied.append(Applied(row.id, row.kind, stamp, cmd, events, None))
         count = self._commit(applied)

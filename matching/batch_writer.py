@@ -127,6 +127,20 @@ class Applied:
     # The refusal in words when its code alone does not say it all (a post-only amend: the
     # price it would have matched at).
     reject_message: str = ""
+    # A halt's `reason` and `delist` as staff sent them (its payload's), which the engine does
+    # not know: for the audit record and the market-data feed's status frame.
+    halt_note: dict | None = None
+
+
+def _status_change(symbol: str, action: str, a: Applied) -> dict[str, Any]:
+    """A halt or resume the engine applied, as the market-data feed announces it: the
+    instrument's new status as REST's ticker names it, and staff's reason if they gave one."""
+    note = a.halt_note or {}
+    status = "trading" if action == "resumed" else "delisted" if note.get("delist") else "halted"
+    change = {"symbol": symbol, "status": status, "ts_ns": a.stamp_ns}
+    if note.get("reason"):
+        change["reason"] = note["reason"]
+    return change
 
 
 class _OrderUpdate:
@@ -248,6 +262,8 @@ class BatchOutcome:
     trades: list[dict[str, Any]]
     orders: list[dict[str, Any]]
     balances: list[dict[str, Any]] = field(default_factory=list)  # set once written
+    # Instruments halted, resumed or delisted: {"symbol", "status", "reason"?, "ts_ns"}.
+    statuses: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -539,7 +555,8 @@ class BatchWriter:
         this batch): the engine may move on to the next batch before this one commits."""
         specs = {inst.symbol: inst for inst in engine.instruments()}
         texts = self._texts_for(specs)
-        updates, trades, symbols, audits = self._collect(applied, specs, texts)
+        statuses: list[dict[str, Any]] = []
+        updates, trades, symbols, audits = self._collect(applied, specs, texts, statuses)
         _subjects_fill(audits)
         amend_releases, ended_held_reverts = self._amend_holds(engine, applied, updates)
         self._live_orders(engine, updates)
@@ -579,6 +596,7 @@ class BatchWriter:
                 # Not an order whose only change is a refused amend's hold, given back: the
                 # engine left it as it was (its frame had read `accepted` again).
                 orders=[self._order_summary(u, texts) for u in updates.values() if not u.hold_only],
+                statuses=statuses,
             ),
         )
 
@@ -647,7 +665,11 @@ class BatchWriter:
 
     # ---- collecting ------------------------------------------------------------------------
     def _collect(
-        self, applied: list[Applied], specs: dict[str, Instrument], texts: dict[str, DecimalText]
+        self,
+        applied: list[Applied],
+        specs: dict[str, Instrument],
+        texts: dict[str, DecimalText],
+        statuses: list[dict[str, Any]],
     ):
         updates: dict[int, _OrderUpdate] = {}
         trades: list[tuple] = []
@@ -781,12 +803,16 @@ class BatchWriter:
                         for order_id, role in ((taker, "incoming"), (maker, "resting"))
                     )
                 elif kind == p.EV_INSTRUMENT and ev[p.I_ACTION] in INSTRUMENT_AUDIT_EVENTS:
+                    action = ev[p.I_ACTION]
                     payload = {"command_id": a.command_id}  # its request names it too
-                    if ev[p.I_ACTION] == "updated":  # the rules the engine now applies
+                    if action == "updated":  # the rules the engine now applies
                         payload |= dataclasses.asdict(a.cmd[2])
                         if len(a.cmd) > 3:  # new session hours: the DAY orders' new expiry
                             payload["day_orders_expire_at"] = ns_to_datetime(a.cmd[3]).isoformat()
-                    event = INSTRUMENT_AUDIT_EVENTS[ev[p.I_ACTION]]
+                    else:
+                        payload |= a.halt_note or {}
+                        statuses.append(_status_change(symbol, action, a))
+                    event = INSTRUMENT_AUDIT_EVENTS[action]
                     audits.append(self._audit(event, a, symbol=symbol, payload=payload))
             if a.priority_seq is not None and subject in updates:
                 updates[subject].seq = a.priority_seq

@@ -99,13 +99,19 @@ def _amend(ts: int, payload: dict) -> tuple:
     return p.amend(ts=ts, **fields)
 
 
+def _halt(ts: int, payload: dict) -> tuple:
+    # `reason` and `delist` (staff's words, a delisting) are for the audit trail and the
+    # market-data feed, not the engine: a delisting halts the book as a halt does.
+    return p.halt(ts=ts, **{k: v for k, v in payload.items() if k not in ("reason", "delist")})
+
+
 _BUILDERS = {
     "place": _place,
     "cancel": _cancel,
     "amend": _amend,
     "mass_cancel": lambda ts, payload: p.mass_cancel(ts=ts, **payload),
     "expire_due": _expire_due,
-    "halt": lambda ts, payload: p.halt(ts=ts, **payload),
+    "halt": _halt,
     "resume": lambda ts, payload: p.resume(ts=ts, **payload),
     "add_instrument": _add_instrument,
     "update_rules": _update_rules,

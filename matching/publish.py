@@ -155,7 +155,7 @@ class Publisher:
             for symbol, book in books.items():
                 # A consumer that sees prev_seq != its last seq knows it missed a message.
                 book["prev_seq"] = self.sent_seq.get(symbol, 0)
-            if books or outcome.trades or outcome.orders or outcome.balances:
+            if books or outcome.trades or outcome.orders or outcome.balances or outcome.statuses:
                 self.feed_seq += 1
                 pipe.publish(
                     market_data_channel(self.shard),
@@ -167,6 +167,7 @@ class Publisher:
                             "trades": outcome.trades,
                             "orders": outcome.orders,
                             "balances": outcome.balances,
+                            "statuses": outcome.statuses,
                             # Sent only after the batch committed: the time it became durable.
                             "committed_ns": time.time_ns(),
                         }

@@ -56,20 +56,22 @@ def admin_user_change(client: httpx.Client, user, **fields) -> httpx.Response:
     return client.post(url, data=data)
 
 
-def admin_action_post(client: httpx.Client, changelist: str, action: str, pk: int):
-    """Post `action` on the object `pk` of `changelist`; the response (302 when it ran)."""
+def admin_action_post(client: httpx.Client, changelist: str, action: str, pk: int, **fields):
+    """Post `action` on the object `pk` of `changelist`, with the action bar's other `fields`
+    (an instrument's halt `reason`); the response (302 when it ran)."""
     return client.post(
         changelist,
         data={
             "action": action,
             "_selected_action": str(pk),
             "csrfmiddlewaretoken": csrf_token(client, changelist),
+            **fields,
         },
     )
 
 
-def admin_action(client: httpx.Client, changelist: str, action: str, pk: int) -> None:
-    response = admin_action_post(client, changelist, action, pk)
+def admin_action(client: httpx.Client, changelist: str, action: str, pk: int, **fields) -> None:
+    response = admin_action_post(client, changelist, action, pk, **fields)
     assert response.status_code == 302, response.text[:300]
 
 

@@ -2,6 +2,8 @@
 admin."""
 
 import datetime as dt
+import json
+import time
 import uuid
 import zoneinfo
 from decimal import Decimal
@@ -11,6 +13,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
+from websockets.sync.client import connect as ws_connect
 
 from accounts.tests.otp_login import give_totp_device
 from audit.models import AuditRecord
@@ -258,6 +261,69 @@ def test_staff_delist_an_instrument_for_good_after_a_confirmation(exchange_stack
         event_type="instrument.delist_requested", symbol=instrument.symbol
     )
     assert requested.actor_id is not None
+
+
+def status_frames(ws, count: int) -> list[dict]:
+    """The next `count` status frames on the socket (other frames skipped)."""
+    frames = []
+    deadline = time.monotonic() + 15
+    while len(frames) < count:
+        frame = json.loads(ws.recv(timeout=max(deadline - time.monotonic(), 0.01)))
+        if frame.get("type") == "status":
+            frames.append(frame)
+    return frames
+
+
+@pytest.mark.processes
+def test_halts_resumes_and_delistings_are_announced_on_the_book_and_ticker_channels(
+    exchange_stack, live_db
+):
+    # No frame said that trading had halted: a market maker learned it from its rejected
+    # orders. And a halt took no reason, and a halt of a halted instrument was sent again.
+    instrument = make_instrument()
+    symbol = instrument.symbol
+    channels = {f"book.{symbol}", f"ticker.{symbol}"}
+    staff = admin_client(exchange_stack)
+    changelist = "/admin/exchange/instrument/"
+    with ws_connect(exchange_stack.replace("http://", "ws://") + "/ws/v1") as ws:
+        ws.send(json.dumps({"op": "subscribe", "channels": sorted(channels)}))
+        admin_action(staff, changelist, "halt_trading", instrument.pk, reason=" Pending news ")
+        halted = status_frames(ws, 2)
+        assert {f["channel"] for f in halted} == channels
+        for frame in halted:
+            assert frame["data"] == {
+                "symbol": symbol,
+                "status": "halted",
+                "reason": "Pending news",
+                "ts_ns": halted[0]["data"]["ts_ns"],
+            }
+        # Already halted: refused, nothing sent nor recorded.
+        admin_action(staff, changelist, "halt_trading", instrument.pk, reason="again")
+        assert f"{symbol} is already halted: nothing was sent" in staff.get(changelist).text
+        assert Command.objects.filter(kind="halt", payload__symbol=symbol).count() == 1
+        records = AuditRecord.objects.filter(symbol=symbol)
+        [asked] = records.filter(event_type="instrument.halt_requested")
+        [done] = records.filter(event_type="instrument.halted")
+        assert asked.payload["reason"] == done.payload["reason"] == "Pending news"
+        too_long = "x" * 201
+        admin_action(staff, changelist, "resume_trading", instrument.pk)
+        resumed = status_frames(ws, 2)
+        assert [f["data"]["status"] for f in resumed] == ["trading", "trading"]
+        assert "reason" not in resumed[0]["data"]
+        admin_action(staff, changelist, "halt_trading", instrument.pk, reason=too_long)
+        assert "halt reason is at most 200 characters" in staff.get(changelist).text
+        instrument.refresh_from_db()
+        assert instrument.status == "trading"
+        admin_action(
+            staff, changelist, "delist", instrument.pk, confirmed="yes", reason="Issuer wound up"
+        )
+        delisted = status_frames(ws, 2)
+        assert {(f["data"]["status"], f["data"]["reason"]) for f in delisted} == {
+            ("delisted", "Issuer wound up")
+        }
+    # The engine halts a delisted book as any other; its record says it was a delisting.
+    last = AuditRecord.objects.filter(symbol=symbol, event_type="instrument.halted").latest("seq")
+    assert last.payload["delist"] is True and last.payload["reason"] == "Issuer wound up"
 
 
 @pytest.mark.processes
