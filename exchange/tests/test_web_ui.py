@@ -23,7 +23,7 @@ from accounts.tests.fee_tier_data import ensure_shipped_tiers
 from accounts.two_factor import totp_code
 from conftest import wait_until
 from exchange.book_checksum import book_checksum
-from exchange.services import instrument_halt
+from exchange.services import instrument_halt, instrument_resume
 from exchange.tests.api_client import ApiClient, make_instrument, make_user
 
 pytestmark = pytest.mark.processes
@@ -305,6 +305,18 @@ def test_the_trading_pages_status_follows_a_halt(open_page, live_db):
 
     wait_until(refused_as_halted, timeout=15)
     expect(page.locator("#stat-status")).to_have_text("Halted")
+
+
+def test_the_trading_pages_status_shows_a_halt_and_its_reason_at_once(open_page, live_db):
+    # It learned of a halt only from its next poll of the ticker (10 s) or a refused order.
+    instrument, user = make_instrument(), trader()
+    page = open_page()
+    open_trading(page, user, instrument.symbol)
+    expect(page.locator("#stat-status")).to_have_text("Trading")
+    instrument_halt(instrument=instrument, actor=None, reason="Pending news", http_request=None)
+    expect(page.locator("#stat-status")).to_have_text("Halted: Pending news", timeout=5000)
+    instrument_resume(instrument=instrument, actor=None, http_request=None)
+    expect(page.locator("#stat-status")).to_have_text("Trading", timeout=5000)
 
 
 def test_a_crossing_order_of_a_second_user_fills_it_in_both_tapes_and_fills(open_page, live_db):

@@ -151,12 +151,21 @@ const refreshStats = debounce(async () => {
   document.getElementById("stat-high").textContent = data.high_24h ?? "–";
   document.getElementById("stat-low").textContent = data.low_24h ?? "–";
   document.getElementById("stat-volume").textContent = `${data.volume_24h} ${page.dataset.base}`;
-  document.getElementById("stat-status").textContent = STATUS_LABELS[data.status] ?? data.status;
+  showStatus(data.status);
 }, 1000);
-// The instrument's status as the page renders it (Instrument.Status); a halt or resume shows
-// within STATUS_REFRESH_MS, or at once when an order is refused because of it.
+// The instrument's status as the page renders it (Instrument.Status); a halt, resume or
+// delisting shows at once from the ticker channel's status frame (with staff's reason), else
+// within STATUS_REFRESH_MS, or when an order is refused because of it.
 const STATUS_LABELS = { trading: "Trading", halted: "Halted", delisted: "Delisted" };
 const STATUS_REFRESH_MS = 10_000;
+// The last status frame's: its reason stays shown while the status is still that one.
+const lastStatusFrame = { status: null, reason: null };
+
+function showStatus(status) {
+  const label = STATUS_LABELS[status] ?? status;
+  const reason = status === lastStatusFrame.status ? lastStatusFrame.reason : null;
+  document.getElementById("stat-status").textContent = reason ? `${label}: ${reason}` : label;
+}
 setInterval(refreshStats, STATUS_REFRESH_MS);
 
 // ---- chart ---------------------------------------------------------------------------------
@@ -614,6 +623,10 @@ const stream = new Stream(channels, {
       if (frame.data.last_price) {
         document.getElementById("stat-last").textContent = frame.data.last_price;
       }
+    } else if (frame.type === "status" && frame.channel === `ticker.${symbol}`) {
+      lastStatusFrame.status = frame.data.status;
+      lastStatusFrame.reason = frame.data.reason ?? null;
+      showStatus(frame.data.status);
     } else if (frame.type === "order" && frame.data.symbol === symbol) {
       // An order the engine ended by itself (self-trade prevention, expiry, funds) says why
       // before it leaves the table; the user's own cancels say so where they were made.
