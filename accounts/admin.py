@@ -93,13 +93,18 @@ class FeeTierAdmin(admin.ModelAdmin):
 
     list_display = (
         "name",
-        "min_volume_30d",
+        "min_volume",
         "maker_fee_pct",
         "taker_fee_pct",
         "min_uptime_pct",
         "updated_at",
     )
     ordering = ("min_volume_30d", "name")
+
+    @admin.display(description="min volume 30d", ordering="min_volume_30d")
+    def min_volume(self, tier: FeeTier) -> str:
+        # The column's twelve decimal places read "0E-12" for the base tier.
+        return format(tier.min_volume_30d.normalize(), "f")
 
 
 @admin.register(FeeTierAssignment)

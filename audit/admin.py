@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from django.contrib import admin
@@ -194,7 +195,16 @@ class AuditRecordAdmin(admin.ModelAdmin):
             "opts": self.model._meta,
             "title": f"Audit history of order {order_id}",
             "order_id": order_id,
-            "records": [(r, iso_ns(r.ts_ns), r.seal_hash is not None) for r in records],
+            # Payloads as JSON (the template had shown Python's repr of each dict).
+            "records": [
+                (
+                    r,
+                    iso_ns(r.ts_ns),
+                    r.seal_hash is not None,
+                    json.dumps(r.payload, ensure_ascii=False),
+                )
+                for r in records
+            ],
         }
         return TemplateResponse(request, "admin/audit/order_history.html", context)
 

@@ -14,6 +14,11 @@ from matching.sharding import shard_for_symbol
 MONEY = {"max_digits": 30, "decimal_places": 12}
 
 
+def _plain(value: Decimal | None) -> str:
+    """A stored amount without its twelve places of zeros ("10", not "10.000000000000")."""
+    return "-" if value is None else format(value.normalize(), "f")
+
+
 class StpMode(models.TextChoices):
     """Self-trade prevention modes; the incoming order's mode decides."""
 
@@ -306,7 +311,18 @@ class Order(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"order {self.pk} {self.side} {self.instrument_id} {self.status}"
+        # "order 42: buy 10 AAPL (new)"; the symbol only when the instrument is already loaded
+        # (a label must not cost a query per order in a list).
+        symbol = (
+            self.instrument.symbol
+            if Order.instrument.is_cached(self)
+            else f"instrument {self.instrument_id}"
+        )
+        if self.quantity is not None:
+            amount = f"{_plain(self.quantity)} {symbol}"
+        else:  # a market buy by quote amount
+            amount = f"{symbol} for {_plain(self.quote_quantity)}"
+        return f"order {self.pk}: {self.side} {amount} ({self.status})"
 
     @property
     def avg_price(self) -> Decimal | None:
@@ -357,4 +373,4 @@ class Trade(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"trade {self.pk} {self.quantity}@{self.price}"
+        return f"trade {self.pk}: {_plain(self.quantity)} @ {_plain(self.price)}"

@@ -81,6 +81,8 @@ def test_compliance_admin_is_read_only_and_shows_sealer_lag_and_order_history(ma
     assert client.get("/admin/audit/auditrecord/?q=abc").status_code == 200
     history = client.get("/admin/audit/auditrecord/order-history/9300001/")
     assert history.status_code == 200 and b"Order submitted" in history.content
+    # The payload as JSON (it had shown Python's repr: {'q': '1'}).
+    assert b"{&quot;q&quot;: &quot;1&quot;}" in history.content
     other = make_user(staff=True)
     verified_client(other, client)
     assert client.get("/admin/audit/auditrecord/").status_code == 403

@@ -10,6 +10,7 @@ from decimal import Decimal
 
 import httpx
 import pytest
+from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
@@ -787,3 +788,26 @@ def test_session_hours_staff_set_end_the_day_orders_their_close_has_passed(excha
         "trades_24_7": False, "open": "00:00:00", "close": "00:00:01", "timezone": "UTC"
     }  # fmt: skip
     assert AuditRecord.objects.filter(event_type="order.expired", order_id=day["order_id"]).exists()
+
+
+def test_admin_labels_say_what_an_order_trade_and_fee_tier_are():
+    # An order's label put its instrument's id where its quantity reads ("order 7 buy 3 new"),
+    # and the base fee tier's minimum volume read "0E-12".
+    from accounts.admin import FeeTierAdmin
+    from accounts.models import FeeTier
+    from exchange.models import Trade
+
+    aapl = Instrument(pk=3, symbol="AAPL")
+    order = Order(pk=42, side="buy", quantity=Decimal("10.000000000000"), status="new")
+    order.instrument = aapl
+    assert str(order) == "order 42: buy 10 AAPL (new)"
+    by_quote = Order(pk=43, side="buy", instrument_id=3, quote_quantity=Decimal("250.50"))
+    by_quote.status = "pending_new"
+    assert str(by_quote) == "order 43: buy instrument 3 for 250.5 (pending_new)"
+    trade = Trade(pk=7, quantity=Decimal("2.000000000000"), price=Decimal("101.500000000000"))
+    assert str(trade) == "trade 7: 2 @ 101.5"
+    tier_admin = FeeTierAdmin(FeeTier, admin.site)
+    assert tier_admin.min_volume(FeeTier(min_volume_30d=Decimal("0E-12"))) == "0"
+    assert tier_admin.min_volume(FeeTier(min_volume_30d=Decimal("1000000.000000000000"))) == (
+        "1000000"
+    )
