@@ -1018,6 +1018,9 @@ def _instrument_status_change(
         )
     instrument.status = status
     instrument.save(update_fields=["status"])
+    # Every process's instrument cache reads it again at once: the ticker had said `trading`
+    # for up to 2 s after a halt, and order entry had taken orders for a delisted instrument.
+    transaction.on_commit(instrument_rules_changed)
     payload = {"symbol": instrument.symbol}
     if reason:
         payload["reason"] = reason

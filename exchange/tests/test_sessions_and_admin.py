@@ -286,9 +286,13 @@ def test_halts_resumes_and_delistings_are_announced_on_the_book_and_ticker_chann
     channels = {f"book.{symbol}", f"ticker.{symbol}"}
     staff = admin_client(exchange_stack)
     changelist = "/admin/exchange/instrument/"
+    ticker_url = f"{exchange_stack}/api/v1/ticker/{symbol}"
+    assert httpx.get(ticker_url).json()["status"] == "trading"  # now in the web's cache
     with ws_connect(exchange_stack.replace("http://", "ws://") + "/ws/v1") as ws:
         ws.send(json.dumps({"op": "subscribe", "channels": sorted(channels)}))
         admin_action(staff, changelist, "halt_trading", instrument.pk, reason=" Pending news ")
+        # At once (it had said `trading` for up to 2 s: the cache was not told).
+        assert httpx.get(ticker_url).json()["status"] == "halted"
         halted = status_frames(ws, 2)
         assert {f["channel"] for f in halted} == channels
         for frame in halted:
