@@ -59,6 +59,11 @@ def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
+# How a queued status frame shows (`dumps` writes no spaces): what a slow consumer's resync
+# looks for among the frames it drops.
+_STATUS_MARK = '"type":"status"'
+
+
 def hub_client_name() -> str:
     """The name of a hub's Redis subscription connection."""
     return f"market-hub-{os.getpid()}"
@@ -498,15 +503,19 @@ class MarketHub:
 
     def _resync(self, sub: Subscriber) -> None:
         """A slow consumer: drop what it has queued, then a notice and fresh snapshots."""
-        while not sub.queue.empty():
-            sub.queue.get_nowait()
         sub.resyncs += 1
         if sub.resyncs > Subscriber.RESYNC_LIMIT and sub.on_give_up is not None:
             sub.on_give_up()
             return
-        lost = sorted(c for c in sub.channels if channel_symbol(c)[0] in ("trades", "orders"))
+        # Trade and order frames cannot be replayed; nor can a book's or ticker's status frame
+        # (a halt, a resume): those channels are named only when one was dropped.
+        lost = {c for c in sub.channels if channel_symbol(c)[0] in ("trades", "orders")}
+        while not sub.queue.empty():
+            frame = sub.queue.get_nowait()
+            if _STATUS_MARK in frame:
+                lost.add(json.loads(frame)["channel"])
         sub.queue.put_nowait(
-            dumps({"type": "resync", "reason": "slow_consumer", "lost_channels": lost})
+            dumps({"type": "resync", "reason": "slow_consumer", "lost_channels": sorted(lost)})
         )
         for channel in sorted(sub.channels):
             kind, symbol = channel_symbol(channel)
@@ -541,15 +550,17 @@ class MarketHub:
             self._feed_lost(shard=shard)
 
     def _feed_lost(self, *, shard: int | None) -> None:
-        """Tell each subscriber of order events, or of trades of the shard's symbols (of
-        every symbol when `shard` is None: the hub's own subscription was lost), that some of
-        those frames were lost and cannot be replayed (books resync by themselves)."""
+        """Tell each subscriber of order events, or of the trades, book or ticker of the
+        shard's symbols (of every symbol when `shard` is None: the hub's own subscription was
+        lost), that some of those frames were lost and cannot be replayed: trades, order
+        events, and a book's or ticker's status frames (a book's levels resync by themselves,
+        by its seq)."""
 
         def touched(channel: str) -> bool:
             kind, symbol = channel_symbol(channel)
             if kind == "orders":
                 return True
-            return kind == "trades" and (
+            return kind in ("trades", "book", "ticker") and (
                 shard is None or shard_for_symbol(symbol, settings.MATCHING_SHARDS) == shard
             )
 

@@ -147,7 +147,7 @@ def feed_message(shard: int, feed_id: str, seq: int, **content) -> str:
                        "trades": [], "orders": [], **content})  # fmt: skip
 
 
-def test_a_lost_feed_message_tells_trade_and_order_subscribers_what_they_missed():
+def test_a_lost_feed_message_tells_trade_order_book_and_ticker_subscribers_what_they_missed():
     # A book resyncs itself after a gap (prev_seq); the trades and order events of a message
     # Redis lost were gone without a word to the client.
     async def scenario():
@@ -172,7 +172,8 @@ def test_a_lost_feed_message_tells_trade_and_order_subscribers_what_they_missed(
                                                                 if k != "symbol"}]},
         ]  # fmt: skip
         assert drained(orders) == [{**notice, "lost_channels": ["orders"]}]
-        assert book.queue.empty()  # its gap shows in prev_seq
+        # Its levels resync by its seq, but a status frame (a halt) may have been lost too.
+        assert drained(book) == [{**notice, "lost_channels": ["book.X"]}]
         # Another worker took the shard over: its predecessor's last batch may never have gone
         # out. A gap on another shard loses no trades of X (every symbol is on shard 0 here).
         await hub.on_message(feed_message(0, "b", 1))
@@ -184,7 +185,7 @@ def test_a_lost_feed_message_tells_trade_and_order_subscribers_what_they_missed(
     asyncio.run(scenario())
 
 
-def test_a_hub_that_lost_its_redis_subscription_tells_trade_and_order_subscribers():
+def test_a_hub_that_lost_its_redis_subscription_tells_its_subscribers():
     async def scenario():
         hub = MarketHub()
         await hub.ensure_started()
@@ -208,7 +209,7 @@ def test_a_hub_that_lost_its_redis_subscription_tells_trade_and_order_subscriber
         notice = {"type": "resync", "reason": "feed_gap"}
         assert drained(trades) == [{**notice, "lost_channels": ["trades.X"]}]
         assert drained(orders) == [{**notice, "lost_channels": ["orders"]}]
-        assert ticker.queue.empty()
+        assert drained(ticker) == [{**notice, "lost_channels": ["ticker.X"]}]  # its statuses
         hub._task.cancel()
 
     asyncio.run(scenario())
@@ -299,5 +300,34 @@ def test_a_book_loaded_before_its_snapshot_was_written_again_gets_it_without_a_c
         frames = drained(sub)
         assert [(f["type"], f["seq"]) for f in frames] == [("snapshot", 12)]
         assert frames[0]["bids"] == [["10.00", "3"]]
+
+    asyncio.run(scenario())
+
+
+def test_a_slow_consumer_is_told_when_a_status_frame_was_among_the_frames_dropped():
+    # A halt's status frame dropped with a slow consumer's queue was gone without a word: the
+    # fresh snapshot and ticker that follow do not say the status.
+    async def scenario():
+        hub, _ = hub_with_book()
+        sub = Subscriber(maxsize=3)
+        hub.add(sub, "book.X")
+        hub.add(sub, "ticker.X")
+        drained(sub)
+        halt = {"symbol": "X", "status": "halted", "reason": "news", "ts_ns": 5}
+        await hub.on_message(feed_message(0, "a", 1, statuses=[halt]))
+        assert [f["type"] for f in drained(sub)] == ["status", "status"]
+        await hub.on_message(feed_message(0, "a", 2, statuses=[halt]))
+        update = json.dumps({"channel": "book.X", "type": "update"})
+        hub.push(sub, update)  # the queue is full
+        hub.push(sub, update)  # it overflows: the status frames queued are dropped
+        notice = {"type": "resync", "reason": "slow_consumer"}
+        assert json.loads(sub.queue.get_nowait()) == {
+            **notice,
+            "lost_channels": ["book.X", "ticker.X"],
+        }
+        # Without a status frame dropped, book and ticker are not named.
+        hub.push(sub, update)
+        hub.push(sub, update)
+        assert drained(sub)[0] == {**notice, "lost_channels": []}
 
     asyncio.run(scenario())
