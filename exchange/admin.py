@@ -24,12 +24,19 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+class _ReasonField(forms.CharField):
+    """A reason as typed: the service refuses what it cannot take (too long, a NUL), saying
+    why, where the form's own validators would make the admin say only "No action selected"."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.validators = []
+
+
 class InstrumentActionForm(ActionForm):
     """The action bar with a field for a halt's (or delisting's) reason."""
 
-    # No max_length here: the form refusing would say only "No action selected"; the
-    # service's refusal names the limit.
-    reason = forms.CharField(required=False, label="Reason (halt, delist)")
+    reason = _ReasonField(required=False, label="Reason (halt, delist)")
 
 
 @admin.register(Instrument)
@@ -46,7 +53,7 @@ class InstrumentAdmin(admin.ModelAdmin):
     )
     list_filter = ("status", "quote_asset", "shard")
     search_fields = ("symbol", "base_asset", "quote_asset")
-    readonly_fields = ("shard", "status", "created_at")
+    readonly_fields = ("shard", "status", "status_reason", "created_at")
     actions = ["halt_trading", "resume_trading", "delist"]
 
     def has_delete_permission(self, request, obj=None) -> bool:
@@ -78,12 +85,26 @@ class InstrumentAdmin(admin.ModelAdmin):
 
     @admin.action(description="Halt trading (new orders rejected, cancels allowed)")
     def halt_trading(self, request, queryset) -> None:
-        reason = request.POST.get("reason", "")
-        self._status_change(request, queryset, services.instrument_halt, "Halt", reason=reason)
+        reason = self._reason(request)
+        if reason is not None:
+            self._status_change(request, queryset, services.instrument_halt, "Halt", reason=reason)
 
     @admin.action(description="Resume trading")
     def resume_trading(self, request, queryset) -> None:
+        if request.POST.get("reason", "").strip():
+            self.message_user(
+                request, "A resume takes no reason: the one typed was not kept.", messages.WARNING
+            )
         self._status_change(request, queryset, services.instrument_resume, "Resume")
+
+    def _reason(self, request) -> str | None:
+        """The action bar's reason, checked once for all the instruments selected; None (and
+        a warning saying why) when it cannot be taken."""
+        try:
+            return services.halt_reason_clean(request.POST.get("reason", ""))
+        except ApiError as exc:
+            self.message_user(request, f"Nothing was sent: {exc.message}", messages.WARNING)
+            return None
 
     def _status_change(self, request, queryset, service, what: str, **fields) -> None:
         """Send `service` (halt, resume) for each instrument; a refusal (a delisted one, one
@@ -104,6 +125,9 @@ class InstrumentAdmin(admin.ModelAdmin):
         if not instruments:
             self.message_user(request, "Already delisted.", messages.WARNING)
             return None
+        reason = self._reason(request)
+        if reason is None:
+            return None
         if request.POST.get("confirmed") != "yes":
             for instrument in instruments:
                 instrument.open_orders = Order.objects.filter(
@@ -112,7 +136,7 @@ class InstrumentAdmin(admin.ModelAdmin):
             context = {
                 **self.admin_site.each_context(request),
                 "instruments": instruments,
-                "reason": request.POST.get("reason", ""),
+                "reason": reason,
             }
             return render(request, "admin/exchange/instrument/delist_confirmation.html", context)
         for instrument in instruments:
@@ -120,7 +144,7 @@ class InstrumentAdmin(admin.ModelAdmin):
                 cancelled = services.instrument_delist(
                     instrument=instrument,
                     actor=request.user,
-                    reason=request.POST.get("reason", ""),
+                    reason=reason,
                     http_request=request,
                 )
             except ApiError as exc:

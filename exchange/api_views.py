@@ -435,6 +435,7 @@ class TickerView(PublicView):
                     name: serializers.CharField(allow_null=True)
                     for name in (
                         "symbol",
+                        "status_reason",
                         "last_price",
                         "best_bid",
                         "best_bid_size",

@@ -73,6 +73,9 @@ class Instrument(models.Model):
     session_close = models.TimeField(null=True, blank=True)
     session_timezone = models.CharField(max_length=64, default="America/New_York")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.TRADING)
+    # Staff's reason for the halt or delisting in force (empty while trading): GET /ticker
+    # says it to clients that were not connected when the status frame went out.
+    status_reason = models.CharField(max_length=200, blank=True, default="")
     default_stp_mode = models.CharField(
         max_length=16, choices=StpMode.choices, default=StpMode.CANCEL_RESTING
     )

@@ -330,6 +330,8 @@ def ticker_24h(*, instrument: Instrument, now: dt.datetime | None = None) -> dic
         "status": "closed"
         if instrument.status == Instrument.Status.TRADING and not session_open_at(instrument, now)
         else instrument.status,
+        # Staff's reason for a halt or delisting, if they gave one.
+        "status_reason": instrument.status_reason or None,
         "last_price": last.price if last else None,
         **book_top(instrument=instrument),
         "volume_24h": stats["volume"] or Decimal(0),

@@ -977,14 +977,19 @@ def orders_mass_cancel(*, user, actor, symbol: str | None = None, http_request=N
 HALT_REASON_MAX_LENGTH = 200
 
 
-def _halt_reason(reason: str) -> str:
-    """A halt's reason as staff typed it, trimmed; 400 when too long."""
+def halt_reason_clean(reason: str) -> str:
+    """A halt's or delisting's reason as staff typed it, trimmed; 400 when longer than
+    HALT_REASON_MAX_LENGTH or holding a NUL character (the audit trail's JSON cannot)."""
     reason = (reason or "").strip()
     if len(reason) > HALT_REASON_MAX_LENGTH:
         raise trading_error(
             "InvalidParameter",
-            f"a halt reason is at most {HALT_REASON_MAX_LENGTH} characters",
+            f"a reason is at most {HALT_REASON_MAX_LENGTH} characters (this one has {len(reason)})",
             field="reason",
+        )
+    if "\x00" in reason:
+        raise trading_error(
+            "InvalidParameter", "a reason cannot hold a NUL character", field="reason"
         )
     return reason
 
@@ -1017,7 +1022,8 @@ def _instrument_status_change(
             "InvalidParameter", f"{instrument.symbol} is already {status}: nothing was sent"
         )
     instrument.status = status
-    instrument.save(update_fields=["status"])
+    instrument.status_reason = reason
+    instrument.save(update_fields=["status", "status_reason"])
     # Every process's instrument cache reads it again at once: the ticker had said `trading`
     # for up to 2 s after a halt, and order entry had taken orders for a delisted instrument.
     transaction.on_commit(instrument_rules_changed)
@@ -1054,7 +1060,7 @@ def instrument_halt(
         event=AuditEvent.INSTRUMENT_HALT_REQUESTED,
         actor=actor,
         http_request=http_request,
-        reason=_halt_reason(reason),
+        reason=halt_reason_clean(reason),
     )
 
 
@@ -1084,7 +1090,7 @@ def instrument_delist(*, instrument: Instrument, actor, reason: str = "", http_r
         event=AuditEvent.INSTRUMENT_DELIST_REQUESTED,
         actor=actor,
         http_request=http_request,
-        reason=_halt_reason(reason),
+        reason=halt_reason_clean(reason),
         delist=True,
     )
     # After the halt in command order: no order can rest or trade once these are applied.

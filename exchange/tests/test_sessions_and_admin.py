@@ -291,8 +291,10 @@ def test_halts_resumes_and_delistings_are_announced_on_the_book_and_ticker_chann
     with ws_connect(exchange_stack.replace("http://", "ws://") + "/ws/v1") as ws:
         ws.send(json.dumps({"op": "subscribe", "channels": sorted(channels)}))
         admin_action(staff, changelist, "halt_trading", instrument.pk, reason=" Pending news ")
-        # At once (it had said `trading` for up to 2 s: the cache was not told).
-        assert httpx.get(ticker_url).json()["status"] == "halted"
+        # At once (it had said `trading` for up to 2 s: the cache was not told), with the
+        # reason for a client that connects later.
+        ticker = httpx.get(ticker_url).json()
+        assert (ticker["status"], ticker["status_reason"]) == ("halted", "Pending news")
         halted = status_frames(ws, 2)
         assert {f["channel"] for f in halted} == channels
         for frame in halted:
@@ -315,8 +317,14 @@ def test_halts_resumes_and_delistings_are_announced_on_the_book_and_ticker_chann
         resumed = status_frames(ws, 2)
         assert [f["data"]["status"] for f in resumed] == ["trading", "trading"]
         assert "reason" not in resumed[0]["data"]
+        ticker = httpx.get(ticker_url).json()
+        assert (ticker["status"], ticker["status_reason"]) == ("trading", None)
         admin_action(staff, changelist, "halt_trading", instrument.pk, reason=too_long)
-        assert "halt reason is at most 200 characters" in staff.get(changelist).text
+        refused = "Nothing was sent: a reason is at most 200 characters (this one has 201)"
+        assert refused in staff.get(changelist).text
+        # A NUL, which the audit trail's JSON cannot hold: said, not "No action selected".
+        admin_action(staff, changelist, "halt_trading", instrument.pk, reason="a\x00b")
+        assert "Nothing was sent: a reason cannot hold a NUL" in staff.get(changelist).text
         instrument.refresh_from_db()
         assert instrument.status == "trading"
         admin_action(

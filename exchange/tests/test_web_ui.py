@@ -317,6 +317,11 @@ def test_the_trading_pages_status_shows_a_halt_and_its_reason_at_once(open_page,
     expect(page.locator("#stat-status")).to_have_text("Halted: Pending news", timeout=5000)
     instrument_resume(instrument=instrument, actor=None, http_request=None)
     expect(page.locator("#stat-status")).to_have_text("Trading", timeout=5000)
+    # Opened during a halt, the page says its reason from the start.
+    instrument_halt(instrument=instrument, actor=None, reason="Pending news", http_request=None)
+    later = open_page()
+    open_trading(later, user, instrument.symbol)
+    expect(later.locator("#stat-status")).to_have_text("Halted: Pending news")
 
 
 def test_a_crossing_order_of_a_second_user_fills_it_in_both_tapes_and_fills(open_page, live_db):

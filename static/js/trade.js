@@ -151,19 +151,22 @@ const refreshStats = debounce(async () => {
   document.getElementById("stat-high").textContent = data.high_24h ?? "–";
   document.getElementById("stat-low").textContent = data.low_24h ?? "–";
   document.getElementById("stat-volume").textContent = `${data.volume_24h} ${page.dataset.base}`;
-  showStatus(data.status);
+  showStatus(data.status, data.status_reason);
 }, 1000);
-// The instrument's status as the page renders it (Instrument.Status); a halt, resume or
-// delisting shows at once from the ticker channel's status frame (with staff's reason), else
-// within STATUS_REFRESH_MS, or when an order is refused because of it.
-const STATUS_LABELS = { trading: "Trading", halted: "Halted", delisted: "Delisted" };
+// The instrument's status (the ticker's: Instrument.Status, or closed outside its trading
+// hours) with staff's reason for a halt; a halt, resume or delisting shows at once from the
+// ticker channel's status frame, else within STATUS_REFRESH_MS, or when an order is refused
+// because of it.
+const STATUS_LABELS = {
+  trading: "Trading",
+  halted: "Halted",
+  delisted: "Delisted",
+  closed: "Closed (outside trading hours)",
+};
 const STATUS_REFRESH_MS = 10_000;
-// The last status frame's: its reason stays shown while the status is still that one.
-const lastStatusFrame = { status: null, reason: null };
 
-function showStatus(status) {
+function showStatus(status, reason) {
   const label = STATUS_LABELS[status] ?? status;
-  const reason = status === lastStatusFrame.status ? lastStatusFrame.reason : null;
   document.getElementById("stat-status").textContent = reason ? `${label}: ${reason}` : label;
 }
 setInterval(refreshStats, STATUS_REFRESH_MS);
@@ -624,9 +627,9 @@ const stream = new Stream(channels, {
         document.getElementById("stat-last").textContent = frame.data.last_price;
       }
     } else if (frame.type === "status" && frame.channel === `ticker.${symbol}`) {
-      lastStatusFrame.status = frame.data.status;
-      lastStatusFrame.reason = frame.data.reason ?? null;
-      showStatus(frame.data.status);
+      // Resumed: the ticker says whether it trades now or is closed (outside its hours).
+      if (frame.data.status === "trading") refreshStats();
+      else showStatus(frame.data.status, frame.data.reason);
     } else if (frame.type === "order" && frame.data.symbol === symbol) {
       // An order the engine ended by itself (self-trade prevention, expiry, funds) says why
       // before it leaves the table; the user's own cancels say so where they were made.
@@ -653,6 +656,7 @@ const stream = new Stream(channels, {
       // upstream of the server ("feed_gap": the book checks its own seq). Re-read the tape.
       if (frame.reason !== "feed_gap") awaitingSnapshot = true;
       loadTrades().catch(() => {});
+      refreshStats(); // a status frame (a halt, a resume) may have been lost too
       if (canTrade) refreshMine();
     }
   },
