@@ -324,6 +324,27 @@ def test_the_trading_pages_status_shows_a_halt_and_its_reason_at_once(open_page,
     expect(later.locator("#stat-status")).to_have_text("Halted: Pending news")
 
 
+def test_a_resume_outside_the_trading_hours_shows_closed_as_the_ticker_says(open_page, live_db):
+    # The status frame of a resume says "trading"; outside its hours the instrument is closed.
+    now = dt.datetime.now(dt.UTC)
+    opens = dt.time(15, 0) if dt.time(2, 59) <= now.time() <= dt.time(3, 1) else dt.time(3, 0)
+    instrument = make_instrument(
+        trades_24_7=False,
+        session_open=opens,
+        session_close=opens.replace(second=1),  # one second a day: closed now
+        session_timezone="UTC",
+    )
+    user = trader()
+    instrument_halt(instrument=instrument, actor=None, reason="Pending news", http_request=None)
+    page = open_page()
+    open_trading(page, user, instrument.symbol)
+    expect(page.locator("#stat-status")).to_have_text("Halted: Pending news")
+    instrument_resume(instrument=instrument, actor=None, http_request=None)
+    expect(page.locator("#stat-status")).to_have_text(
+        "Closed (outside trading hours)", timeout=5000
+    )
+
+
 def test_a_crossing_order_of_a_second_user_fills_it_in_both_tapes_and_fills(open_page, live_db):
     instrument, maker, taker = make_instrument(), trader("maker"), trader("taker")
     maker_page, taker_page = open_page(), open_page()
