@@ -110,12 +110,18 @@ class InstrumentAdmin(admin.ModelAdmin):
         """Send `service` (halt, resume) for each instrument; a refusal (a delisted one, one
         already in that state, a reason too long) is a warning naming it, the others still go."""
         sent = 0
+        reason = fields.get("reason")
         for instrument in queryset:
             try:
                 service(instrument=instrument, actor=request.user, http_request=request, **fields)
                 sent += 1
             except ApiError as exc:
                 self.message_user(request, exc.message, messages.WARNING)
+                continue
+            # In the instrument's History, as an edit there is (and a staff.action record).
+            self.log_change(
+                request, instrument, f"{what} sent" + (f" (reason: {reason})" if reason else "")
+            )
         self.message_user(request, f"{what} sent for {sent} instrument(s).")
 
     @admin.action(description="Delist for good (halt, cancel every open order)")
@@ -150,9 +156,13 @@ class InstrumentAdmin(admin.ModelAdmin):
             except ApiError as exc:
                 self.message_user(request, exc.message, messages.WARNING)
                 continue
-            self.message_user(
-                request, f"{instrument.symbol} delisted; {cancelled} open order(s) cancelled."
+            done = f"delisted; {cancelled} open order(s) cancelled"
+            self.log_change(
+                request,
+                instrument,
+                f"Delist sent: {done}" + (f" (reason: {reason})" if reason else ""),
             )
+            self.message_user(request, f"{instrument.symbol} {done}.")
         return None
 
 
@@ -199,6 +209,7 @@ class OrderAdmin(ReadOnlyAdmin):
                     order=order, actor=request.user, reason="staff", http_request=request
                 )
                 sent += 1
+                self.log_change(request, order, "Cancel sent on the user's behalf")
             except ApiError as exc:
                 # Recorded as a trader's refused cancel is (it had left no record).
                 services.order_change_refusal_record(

@@ -304,6 +304,9 @@ def test_halts_resumes_and_delistings_are_announced_on_the_book_and_ticker_chann
                 "reason": "Pending news",
                 "ts_ns": halted[0]["data"]["ts_ns"],
             }
+        # In the instrument's History, as edits there are.
+        history = staff.get(f"{changelist}{instrument.pk}/history/").text
+        assert "Halt sent (reason: Pending news)" in history
         # Already halted: refused, nothing sent nor recorded.
         admin_action(staff, changelist, "halt_trading", instrument.pk, reason="again")
         assert f"{symbol} is already halted: nothing was sent" in staff.get(changelist).text
@@ -334,6 +337,9 @@ def test_halts_resumes_and_delistings_are_announced_on_the_book_and_ticker_chann
         assert {(f["data"]["status"], f["data"]["reason"]) for f in delisted} == {
             ("delisted", "Issuer wound up")
         }
+    history = staff.get(f"{changelist}{instrument.pk}/history/").text
+    assert "Delist sent: delisted; 0 open order(s) cancelled (reason: Issuer wound up)" in history
+    assert "Resume sent" in history
     # The engine halts a delisted book as any other; its record says it was a delisting.
     last = AuditRecord.objects.filter(symbol=symbol, event_type="instrument.halted").latest("seq")
     assert last.payload["delist"] is True and last.payload["reason"] == "Issuer wound up"
@@ -357,6 +363,8 @@ def test_staff_cancel_on_a_users_behalf_and_tick_size_frozen_once_traded(exchang
     final = AuditRecord.objects.get(order_id=order["order_id"], event_type="order.cancelled")
     assert (final.payload["who"], final.payload["why"]) == ("staff", "staff")
     assert trader.get(f"/api/v1/orders/{order['order_id']}").json()["reason"] == "staff"
+    history = staff.get(f"/admin/exchange/order/{order['order_id']}/history/").text
+    assert "Cancel sent on the user&#x27;s behalf" in history
     # Cancelling it again is refused, and recorded as a trader's refused cancel is (it had
     # left no record), under the order's owner with staff as the actor.
     admin_action(staff, "/admin/exchange/order/", "cancel_orders", order["order_id"])
