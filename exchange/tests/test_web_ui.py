@@ -324,7 +324,7 @@ def test_the_trading_pages_status_shows_a_halt_and_its_reason_at_once(open_page,
     expect(later.locator("#stat-status")).to_have_text("Halted: Pending news")
 
 
-def test_a_resume_outside_the_trading_hours_shows_closed_as_the_ticker_says(open_page, live_db):
+def test_outside_its_trading_hours_the_page_says_closed_and_after_a_resume_too(open_page, live_db):
     # The status frame of a resume says "trading"; outside its hours the instrument is closed.
     now = dt.datetime.now(dt.UTC)
     opens = dt.time(15, 0) if dt.time(2, 59) <= now.time() <= dt.time(3, 1) else dt.time(3, 0)
@@ -335,10 +335,14 @@ def test_a_resume_outside_the_trading_hours_shows_closed_as_the_ticker_says(open
         session_timezone="UTC",
     )
     user = trader()
-    instrument_halt(instrument=instrument, actor=None, reason="Pending news", http_request=None)
     page = open_page()
     open_trading(page, user, instrument.symbol)
-    expect(page.locator("#stat-status")).to_have_text("Halted: Pending news")
+    # At once, as the ticker says it (it rendered "Trading" until its first poll, 10 s on).
+    expect(page.locator("#stat-status")).to_have_text(
+        "Closed (outside trading hours)", timeout=3000
+    )
+    instrument_halt(instrument=instrument, actor=None, reason="Pending news", http_request=None)
+    expect(page.locator("#stat-status")).to_have_text("Halted: Pending news", timeout=5000)
     instrument_resume(instrument=instrument, actor=None, http_request=None)
     expect(page.locator("#stat-status")).to_have_text(
         "Closed (outside trading hours)", timeout=5000

@@ -142,7 +142,7 @@ async function loadTrades() {
   addTrades(data.results, { prepend: false });
 }
 
-const refreshStats = debounce(async () => {
+async function loadStats() {
   const { data } = await api("GET", `/api/v1/ticker/${encodeURIComponent(symbol)}`);
   document.getElementById("stat-last").textContent = data.last_price ?? "–";
   const change = document.getElementById("stat-change");
@@ -152,7 +152,11 @@ const refreshStats = debounce(async () => {
   document.getElementById("stat-low").textContent = data.low_24h ?? "–";
   document.getElementById("stat-volume").textContent = `${data.volume_24h} ${page.dataset.base}`;
   showStatus(data.status, data.status_reason);
-}, 1000);
+}
+// After trades, once they pause (a burst reads the ticker once). The status poll, a resume and
+// the page's load read it at once: a debounce that every trade restarts had held them off for
+// as long as trades kept coming.
+const refreshStats = debounce(loadStats, 1000);
 // The instrument's status (the ticker's: Instrument.Status, or closed outside its trading
 // hours) with staff's reason for a halt; a halt, resume or delisting shows at once from the
 // ticker channel's status frame, else within STATUS_REFRESH_MS, or when an order is refused
@@ -169,7 +173,7 @@ function showStatus(status, reason) {
   const label = STATUS_LABELS[status] ?? status;
   document.getElementById("stat-status").textContent = reason ? `${label}: ${reason}` : label;
 }
-setInterval(refreshStats, STATUS_REFRESH_MS);
+setInterval(() => loadStats().catch(() => {}), STATUS_REFRESH_MS);
 
 // ---- chart ---------------------------------------------------------------------------------
 
@@ -628,8 +632,8 @@ const stream = new Stream(channels, {
       }
     } else if (frame.type === "status" && frame.channel === `ticker.${symbol}`) {
       // Resumed: the ticker says whether it trades now or is closed (outside its hours).
-      if (frame.data.status === "trading") refreshStats();
-      else showStatus(frame.data.status, frame.data.reason);
+      showStatus(frame.data.status, frame.data.reason);
+      if (frame.data.status === "trading") loadStats().catch(() => {});
     } else if (frame.type === "order" && frame.data.symbol === symbol) {
       // An order the engine ended by itself (self-trade prevention, expiry, funds) says why
       // before it leaves the table; the user's own cancels say so where they were made.
@@ -663,6 +667,7 @@ const stream = new Stream(channels, {
 });
 
 loadTrades().catch(() => {});
+loadStats().catch(() => {}); // the status as the ticker says it now (closed outside its hours)
 chart.load("1m");
 
 if (ticket) {
