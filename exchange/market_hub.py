@@ -59,9 +59,10 @@ def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-# How a queued status frame shows (`dumps` writes no spaces): what a slow consumer's resync
-# looks for among the frames it drops.
+# How a queued status frame and resync notice show (`dumps` writes no spaces): what a slow
+# consumer's resync looks for among the frames it drops.
 _STATUS_MARK = '"type":"status"'
+_RESYNC_MARK = '"type":"resync"'
 
 
 def hub_client_name() -> str:
@@ -488,7 +489,7 @@ class MarketHub:
         try:
             sub.queue.put_nowait(frame)
         except asyncio.QueueFull:
-            self._resync(sub)
+            self._resync(sub, overflowing=frame)
 
     def snapshot_again(self, sub: Subscriber, symbol: str) -> None:
         """Queue a fresh snapshot of a book `sub` watches (at its depth now)."""
@@ -501,19 +502,26 @@ class MarketHub:
         sub.book_seq[mirror.symbol] = mirror.seq
         self.push(sub, mirror.snapshot_frame(sub.depths.get(mirror.symbol, SNAPSHOT_DEPTH)))
 
-    def _resync(self, sub: Subscriber) -> None:
-        """A slow consumer: drop what it has queued, then a notice and fresh snapshots."""
+    def _resync(self, sub: Subscriber, overflowing: str | None = None) -> None:
+        """A slow consumer: drop what it has queued (and the frame that did not fit), then a
+        notice and fresh snapshots."""
         sub.resyncs += 1
         if sub.resyncs > Subscriber.RESYNC_LIMIT and sub.on_give_up is not None:
             sub.on_give_up()
             return
         # Trade and order frames cannot be replayed; nor can a book's or ticker's status frame
-        # (a halt, a resume): those channels are named only when one was dropped.
+        # (a halt, a resume): those channels are named only when one was dropped. A notice
+        # still queued (an earlier resync, a feed gap) is dropped too: what it named is named
+        # again, else a queue overflowing twice before the client reads lost the news.
         lost = {c for c in sub.channels if channel_symbol(c)[0] in ("trades", "orders")}
-        while not sub.queue.empty():
-            frame = sub.queue.get_nowait()
+        dropped = [sub.queue.get_nowait() for _ in range(sub.queue.qsize())]
+        if overflowing is not None:
+            dropped.append(overflowing)
+        for frame in dropped:
             if _STATUS_MARK in frame:
                 lost.add(json.loads(frame)["channel"])
+            elif _RESYNC_MARK in frame:
+                lost.update(json.loads(frame)["lost_channels"])
         sub.queue.put_nowait(
             dumps({"type": "resync", "reason": "slow_consumer", "lost_channels": sorted(lost)})
         )

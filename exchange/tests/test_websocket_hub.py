@@ -331,3 +331,36 @@ def test_a_slow_consumer_is_told_when_a_status_frame_was_among_the_frames_droppe
         assert drained(sub)[0] == {**notice, "lost_channels": []}
 
     asyncio.run(scenario())
+
+
+def test_a_slow_consumer_overflowing_again_before_it_reads_is_still_told_what_it_lost():
+    # Each resync dropped the queue, an earlier notice included, and never looked at the frame
+    # that overflowed it: a status frame lost that way was never named (helper 58).
+    async def scenario():
+        hub, _ = hub_with_book()
+        sub = Subscriber(maxsize=3)
+        hub.add(sub, "book.X")
+        drained(sub)
+        update = json.dumps({"channel": "book.X", "type": "update"})
+        halt = {"symbol": "X", "status": "halted", "ts_ns": 5}
+        await hub.on_message(feed_message(0, "a", 1, statuses=[halt]))  # a status frame queued
+        for _ in range(3):  # two overflows: the second drops the first one's notice
+            hub.push(sub, update)
+        notices = [f for f in drained(sub) if f["type"] == "resync"]
+        assert [n["lost_channels"] for n in notices] == [["book.X"]]
+        # The status frame that overflows a full queue is named too.
+        for _ in range(3):
+            hub.push(sub, update)
+        drained(sub)
+        for _ in range(3):
+            hub.push(sub, update)
+        await hub.on_message(feed_message(0, "a", 2, statuses=[halt]))
+        assert drained(sub)[0]["lost_channels"] == ["book.X"]
+        # A feed gap's notice still queued when the queue overflows: its channels are named.
+        await hub.on_message(feed_message(0, "a", 4))  # 3 was lost
+        for _ in range(3):
+            hub.push(sub, update)
+        notices = [f for f in drained(sub) if f["type"] == "resync"]
+        assert [n["lost_channels"] for n in notices] == [["book.X"]]
+
+    asyncio.run(scenario())
