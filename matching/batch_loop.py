@@ -222,6 +222,7 @@ class ShardLoop:
         except Exception as exc:  # Redis is best effort
             logger.warning("consumer group not created", extra={"why": str(exc)})
         self.publisher.snapshots_write(engine=self.engine, ts_ns=time.time_ns())
+        self.publisher.announce()
 
     def step(self) -> int:
         """Apply one batch if commands are waiting, else wait briefly for a signal; returns

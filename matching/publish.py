@@ -187,6 +187,27 @@ class Publisher:
             for symbol, book in books.items():
                 self.sent_seq[symbol] = book["seq"]
 
+    def announce(self) -> None:
+        """Publish an empty market-data message, this worker's first: hubs see its feed at
+        once and tell their clients that its predecessor's last batch may never have gone out
+        (else they heard of it with this worker's first batch, and a quiet shard may not have
+        one for long: a halt's status frame lost so went unannounced)."""
+        self.feed_seq += 1
+        message = {
+            "shard": self.shard,
+            "feed": {"id": self.feed_id, "seq": self.feed_seq},
+            "books": {},
+            "trades": [],
+            "orders": [],
+            "balances": [],
+            "statuses": [],
+            "committed_ns": time.time_ns(),
+        }
+        try:
+            self.client.publish(market_data_channel(self.shard), _dumps(message))
+        except redis.RedisError as exc:
+            logger.warning("feed not announced", extra={"shard": self.shard, "why": str(exc)})
+
     def snapshots_write(self, *, engine: Engine, ts_ns: int) -> None:
         """Every book's snapshot (after recovery: Redis may have lost them)."""
         engine.drain_level_changes()

@@ -89,3 +89,28 @@ def test_a_fenced_holders_late_snapshot_does_not_replace_its_successors(redis_co
     )
     assert stored_bid() == "0.98"
     redis_conn.delete(key)
+
+
+def test_a_worker_announces_its_feed_before_its_first_batch(redis_conn):
+    # A takeover on a quiet shard went unnoticed by the hubs until the new worker's first
+    # batch: a status frame its predecessor committed but never published stayed unannounced.
+    shard = 9_000 + free_port() % 1_000
+    book = Harness(symbol="ANN", tick_size="0.01", lot_size="1", quote_decimals=2)
+    publisher = Publisher(client=redis_conn, shard=shard, consumer="test")
+    listener = redis_conn.pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(market_data_channel(shard))
+    listener.get_message(timeout=1)
+    publisher.announce()
+    book.place(1, True, 1, 100)
+    outcome = BatchOutcome(command_ids=[1], symbols={"ANN"}, trades=[], orders=[])
+    publisher.send(publisher.prepare(engine=book.engine, outcome=outcome, ts_ns=time.time_ns()))
+    messages = []
+    deadline = time.monotonic() + 5
+    while len(messages) < 2 and time.monotonic() < deadline:
+        message = listener.get_message(timeout=0.5)
+        if message is not None:
+            messages.append(json.loads(message["data"]))
+    first, second = messages
+    assert first["feed"] == {"id": publisher.feed_id, "seq": 1}
+    assert (first["books"], first["trades"], first["orders"], first["statuses"]) == ({}, [], [], [])
+    assert second["feed"] == {"id": publisher.feed_id, "seq": 2} and "ANN" in second["books"]

@@ -389,3 +389,39 @@ def test_an_amend_failing_twice_gives_back_what_it_held_more(processes, process_
     assert order.held_amount == order.hold_remaining == held_before
     exactly_once_invariants()  # the ledger's held USD matches the open orders' holds
     assert "OK" in matching_verify(process_env)
+
+
+def test_a_takeover_on_a_quiet_shard_tells_book_subscribers_at_once(
+    processes, process_env, redis_conn
+):
+    # A holder killed between its batch's commit and its publish (a halt's status frame) left
+    # the hub none the wiser until the new holder's first batch, which on a quiet shard may
+    # never come: the new holder now announces its feed once it serves (helper 58).
+    from websockets.sync.client import connect as ws_connect
+
+    from conftest import start_web
+
+    instrument = instrument_create()
+    holder, standby = holder_and_standby(processes, process_env, redis_conn)
+    base_url = start_web(processes, env=process_env)
+    channel = f"book.{instrument.symbol}"
+    with ws_connect(base_url.replace("http://", "ws://") + "/ws/v1") as ws:
+
+        def next_frame(predicate, timeout: float) -> dict:
+            deadline = time.monotonic() + timeout
+            while True:
+                frame = json.loads(ws.recv(timeout=max(deadline - time.monotonic(), 0.01)))
+                if predicate(frame):
+                    return frame
+
+        ws.send(json.dumps({"op": "subscribe", "channels": [channel]}))
+        next_frame(lambda f: f.get("type") == "snapshot", timeout=15)
+        # A batch the hub sees: it then follows the holder's feed.
+        order_row_place(user=make_user(), instrument=instrument, side="buy", quantity="1",
+                        price="10.00")  # fmt: skip
+        next_frame(lambda f: f.get("type") == "update", timeout=15)
+        os.killpg(holder.pid, signal.SIGKILL)
+        assert serving_pid(redis_conn, other_than=holder.pid) == standby.pid
+        # No order, no batch: the notice comes from the standby's announcement alone.
+        notice = next_frame(lambda f: f.get("type") == "resync", timeout=15)
+        assert notice == {"type": "resync", "reason": "feed_gap", "lost_channels": [channel]}
