@@ -122,7 +122,8 @@ class InstrumentAdmin(admin.ModelAdmin):
             self.log_change(
                 request, instrument, f"{what} sent" + (f" (reason: {reason})" if reason else "")
             )
-        self.message_user(request, f"{what} sent for {sent} instrument(s).")
+        if sent:
+            self.message_user(request, f"{what} sent for {sent} instrument(s).")
 
     @admin.action(description="Delist for good (halt, cancel every open order)")
     def delist(self, request, queryset):

@@ -309,7 +309,9 @@ def test_halts_resumes_and_delistings_are_announced_on_the_book_and_ticker_chann
         assert "Halt sent (reason: Pending news)" in history
         # Already halted: refused, nothing sent nor recorded.
         admin_action(staff, changelist, "halt_trading", instrument.pk, reason="again")
-        assert f"{symbol} is already halted: nothing was sent" in staff.get(changelist).text
+        page = staff.get(changelist).text
+        assert f"{symbol} is already halted: nothing was sent" in page
+        assert "Halt sent for 0" not in page  # no success beside the refusal
         assert Command.objects.filter(kind="halt", payload__symbol=symbol).count() == 1
         records = AuditRecord.objects.filter(symbol=symbol)
         [asked] = records.filter(event_type="instrument.halt_requested")
