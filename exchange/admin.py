@@ -108,7 +108,7 @@ class InstrumentAdmin(admin.ModelAdmin):
 
     def _status_change(self, request, queryset, service, what: str, **fields) -> None:
         """Send `service` (halt, resume) for each instrument; a refusal (a delisted one, one
-        already in that state, a reason too long) is a warning naming it, the others still go."""
+        already in that state) is a warning naming it, the others still go."""
         sent = 0
         reason = fields.get("reason")
         for instrument in queryset:

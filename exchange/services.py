@@ -1052,7 +1052,8 @@ def instrument_halt(
     *, instrument: Instrument, actor, reason: str = "", http_request=None
 ) -> Command:
     """Halt trading: new orders and amends are rejected, cancels still work. `reason` (optional,
-    at most 200 characters) goes to the audit trail and the market-data feed's status frame."""
+    at most 200 characters) goes to the audit trail, the market-data feed's status frame and
+    the ticker's `status_reason`."""
     return _instrument_status_change(
         instrument=instrument,
         status=Instrument.Status.HALTED,
