@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import os
 import re
+import threading
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -347,6 +348,35 @@ def test_outside_its_trading_hours_the_page_says_closed_and_after_a_resume_too(o
     expect(page.locator("#stat-status")).to_have_text(
         "Closed (outside trading hours)", timeout=5000
     )
+
+
+def test_a_resume_shows_at_once_while_trades_keep_coming(open_page, exchange_stack, live_db):
+    # A resume's read of the ticker went through the trades' 1 s debounce, which every trade
+    # restarts: "Halted: <reason>" stayed up for as long as trades kept coming (helper 58).
+    instrument, user = make_instrument(), trader()
+    seller, buyer = ApiClient(exchange_stack), ApiClient(exchange_stack)
+    page = open_page()
+    open_trading(page, user, instrument.symbol)
+    status = page.locator("#stat-status")
+    instrument_halt(instrument=instrument, actor=None, reason="Pending news", http_request=None)
+    expect(status).to_have_text("Halted: Pending news", timeout=5000)
+    stop = threading.Event()
+
+    def trade_on() -> None:  # a trade every few tenths of a second, once trading resumed
+        order = {"symbol": instrument.symbol, "order_type": "limit", "quantity": "1"}
+        while not stop.is_set():
+            seller.place(**order, side="sell", price="100.00")
+            buyer.place(**order, side="buy", price="100.00")
+            time.sleep(0.2)
+
+    instrument_resume(instrument=instrument, actor=None, http_request=None)
+    trading = threading.Thread(target=trade_on)
+    trading.start()
+    try:
+        expect(status).to_have_text("Trading", timeout=3000)
+    finally:
+        stop.set()
+        trading.join()
 
 
 def test_a_crossing_order_of_a_second_user_fills_it_in_both_tapes_and_fills(open_page, live_db):
