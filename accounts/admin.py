@@ -19,6 +19,7 @@ from accounts.models import (
     User,
 )
 from exchange.admin import ReadOnlyAdmin
+from exchange.models import decimal_plain
 from exchange.services import orders_cancel_for_deactivated_user
 
 # What only a superuser may change of a user: who is staff and what powers anyone has. Staff
@@ -104,7 +105,7 @@ class FeeTierAdmin(admin.ModelAdmin):
     @admin.display(description="min volume 30d", ordering="min_volume_30d")
     def min_volume(self, tier: FeeTier) -> str:
         # The column's twelve decimal places read "0E-12" for the base tier.
-        return format(tier.min_volume_30d.normalize(), "f")
+        return decimal_plain(tier.min_volume_30d)
 
 
 @admin.register(FeeTierAssignment)

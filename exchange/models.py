@@ -14,8 +14,9 @@ from matching.sharding import shard_for_symbol
 MONEY = {"max_digits": 30, "decimal_places": 12}
 
 
-def _plain(value: Decimal | None) -> str:
-    """A stored amount without its twelve places of zeros ("10", not "10.000000000000")."""
+def decimal_plain(value: Decimal | None) -> str:
+    """A stored amount without its trailing zeros ("10", not "10.000000000000"; "0", not
+    "0E-12"); "-" for none."""
     return "-" if value is None else format(value.normalize(), "f")
 
 
@@ -322,9 +323,9 @@ class Order(models.Model):
             else f"instrument {self.instrument_id}"
         )
         if self.quantity is not None:
-            amount = f"{_plain(self.quantity)} {symbol}"
+            amount = f"{decimal_plain(self.quantity)} {symbol}"
         else:  # a market buy by quote amount
-            amount = f"{symbol} for {_plain(self.quote_quantity)}"
+            amount = f"{symbol} for {decimal_plain(self.quote_quantity)}"
         return f"order {self.pk}: {self.side} {amount} ({self.status})"
 
     @property
@@ -376,4 +377,4 @@ class Trade(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"trade {self.pk}: {_plain(self.quantity)} @ {_plain(self.price)}"
+        return f"trade {self.pk}: {decimal_plain(self.quantity)} @ {decimal_plain(self.price)}"

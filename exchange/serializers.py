@@ -13,7 +13,7 @@ from drf_spectacular.utils import extend_schema_field, inline_serializer
 from rest_framework import serializers
 
 from exchange.errors import echoed, rejection_body, trading_error
-from exchange.models import MONEY, Instrument, Order, StpMode, Trade
+from exchange.models import MONEY, Instrument, Order, StpMode, Trade, decimal_plain
 from exchange.order_rules import OrderRequest
 from matching.engine import decimal_places
 
@@ -516,19 +516,19 @@ class InstrumentSerializer(serializers.ModelSerializer):
         ]
 
     def get_tick_size(self, obj) -> str:
-        return format(obj.tick_size.normalize(), "f")
+        return decimal_plain(obj.tick_size)
 
     def get_lot_size(self, obj) -> str:
-        return format(obj.lot_size.normalize(), "f")
+        return decimal_plain(obj.lot_size)
 
     def get_min_quantity(self, obj) -> str:
-        return format(obj.min_quantity.normalize(), "f")
+        return decimal_plain(obj.min_quantity)
 
     def get_min_notional(self, obj) -> str:
         return money_str(obj, obj.min_notional)
 
     def get_price_band_pct(self, obj) -> str:
-        return format(obj.price_band_pct.normalize(), "f")
+        return decimal_plain(obj.price_band_pct)
 
     def get_market_collar_pct(self, obj) -> str:
-        return format(obj.market_collar_pct.normalize(), "f")
+        return decimal_plain(obj.market_collar_pct)
