@@ -36,7 +36,7 @@ from django.db.models import F
 from audit.events import AuditEvent
 from audit.services import audit_record
 from matching.batch_writer import Applied, BatchWriter, LeaseFenced, PreparedBatch
-from matching.command_codec import InvalidPayload, engine_command
+from matching.command_codec import InvalidPayload, engine_command, halt_note
 from matching.engine import protocol as p
 from matching.models import Command
 from matching.publish import Publisher
@@ -386,10 +386,8 @@ class ShardLoop:
                     applied[-1].hold_delta = Decimal(row.payload["hold_delta"])
                 elif op == p.OP_CANCEL:
                     applied[-1].cancel_reason = row.payload.get("reason")
-                elif op == p.OP_HALT and len(row.payload) > 1:
-                    applied[-1].halt_note = {
-                        k: row.payload[k] for k in ("reason", "delist") if k in row.payload
-                    }
+                elif op == p.OP_HALT:
+                    applied[-1].halt_note = halt_note(row.payload)
             else:
                 applied.append(Applied(row.id, row.kind, stamp, cmd, events, None))
         count = self._commit(applied)

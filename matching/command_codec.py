@@ -99,10 +99,18 @@ def _amend(ts: int, payload: dict) -> tuple:
     return p.amend(ts=ts, **fields)
 
 
+# A halt's payload beside its symbol: staff's words and whether it delists, for the audit trail
+# and the market-data feed, not the engine (a delisting halts the book as a halt does).
+HALT_NOTE_KEYS = ("reason", "delist")
+
+
+def halt_note(payload: dict) -> dict | None:
+    """What a halt's payload says beyond what the engine takes (None when nothing)."""
+    return {k: payload[k] for k in HALT_NOTE_KEYS if k in payload} or None
+
+
 def _halt(ts: int, payload: dict) -> tuple:
-    # `reason` and `delist` (staff's words, a delisting) are for the audit trail and the
-    # market-data feed, not the engine: a delisting halts the book as a halt does.
-    return p.halt(ts=ts, **{k: v for k, v in payload.items() if k not in ("reason", "delist")})
+    return p.halt(ts=ts, **{k: v for k, v in payload.items() if k not in HALT_NOTE_KEYS})
 
 
 _BUILDERS = {
