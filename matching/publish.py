@@ -156,21 +156,14 @@ class Publisher:
                 # A consumer that sees prev_seq != its last seq knows it missed a message.
                 book["prev_seq"] = self.sent_seq.get(symbol, 0)
             if books or outcome.trades or outcome.orders or outcome.balances or outcome.statuses:
-                self.feed_seq += 1
                 pipe.publish(
                     market_data_channel(self.shard),
-                    _dumps(
-                        {
-                            "shard": self.shard,
-                            "feed": {"id": self.feed_id, "seq": self.feed_seq},
-                            "books": books,
-                            "trades": outcome.trades,
-                            "orders": outcome.orders,
-                            "balances": outcome.balances,
-                            "statuses": outcome.statuses,
-                            # Sent only after the batch committed: the time it became durable.
-                            "committed_ns": time.time_ns(),
-                        }
+                    self._feed_message(
+                        books=books,
+                        trades=outcome.trades,
+                        orders=outcome.orders,
+                        balances=outcome.balances,
+                        statuses=outcome.statuses,
                     ),
                 )
             pipe.execute()
@@ -192,21 +185,27 @@ class Publisher:
         once and tell their clients that its predecessor's last batch may never have gone out
         (else they heard of it with this worker's first batch, and a quiet shard may not have
         one for long: a halt's status frame lost so went unannounced)."""
-        self.feed_seq += 1
-        message = {
-            "shard": self.shard,
-            "feed": {"id": self.feed_id, "seq": self.feed_seq},
-            "books": {},
-            "trades": [],
-            "orders": [],
-            "balances": [],
-            "statuses": [],
-            "committed_ns": time.time_ns(),
-        }
         try:
-            self.client.publish(market_data_channel(self.shard), _dumps(message))
+            self.client.publish(market_data_channel(self.shard), self._feed_message())
         except redis.RedisError as exc:
             logger.warning("feed not announced", extra={"shard": self.shard, "why": str(exc)})
+
+    def _feed_message(self, *, books=None, trades=(), orders=(), balances=(), statuses=()) -> str:
+        """The next numbered market-data message of this publisher (sent only after what it
+        says committed: `committed_ns` is when it became durable)."""
+        self.feed_seq += 1
+        return _dumps(
+            {
+                "shard": self.shard,
+                "feed": {"id": self.feed_id, "seq": self.feed_seq},
+                "books": books or {},
+                "trades": trades,  # a tuple is a JSON array too
+                "orders": orders,
+                "balances": balances,
+                "statuses": statuses,
+                "committed_ns": time.time_ns(),
+            }
+        )
 
     def snapshots_write(self, *, engine: Engine, ts_ns: int) -> None:
         """Every book's snapshot (after recovery: Redis may have lost them)."""
