@@ -851,12 +851,15 @@ def order_amend(
     # higher, as when it was placed (the stop alone had cut the budget of a stop whose book had
     # moved above it: reduced, it then filled short with reason max_quote).
     stop_loss = order.order_type == Order.Type.STOP_LOSS
+    # What is left to fill: the new total less the filled, or what the order has left (self-
+    # trade prevention may have taken some off its quantity).
+    rest = order.remaining_quantity if quantity is None else new_quantity - order.filled_quantity
     if order.side == Order.Side.BUY and (new_price is not None or stop_loss):
         needed = engine.quote_to_minor(order.quote_spent) + buy_hold_minor(
             engine=engine,
             order_type=order.order_type,
             price_ticks=engine.price_to_ticks(new_price) if new_price is not None else 0,
-            qty_lots=engine.qty_to_lots(new_quantity - order.filled_quantity),
+            qty_lots=engine.qty_to_lots(rest),
             stop_ticks=engine.price_to_ticks(order.stop_price) if stop_loss else 0,
             quote_minor=0,
             best_ask_ticks=best_ask_ticks(
@@ -871,7 +874,7 @@ def order_amend(
         )
         new_held = engine.minor_to_quote(needed)
     elif order.side == Order.Side.SELL:
-        new_held = new_quantity
+        new_held = order.filled_quantity + rest
     hold_delta = new_held - order.held_amount
     if hold_delta > 0:
         funds_hold(

@@ -28,6 +28,7 @@ from accounts.volume import VOLUME_QUOTE_ASSET, daily_volume_add, daily_volume_r
 from audit.events import AuditEvent
 from audit.services import ROW_TRADE_ID, AuditEntry, audit_rows, audit_rows_copy
 from exchange.errors import rejection_body
+from exchange.holds import buy_cost_minor
 from exchange.serializers import iso_z
 from matching.command_codec import command_to_json, json_text, ns_to_datetime
 from matching.engine import Engine, Instrument
@@ -161,9 +162,11 @@ class _OrderUpdate:
         "hold_release",
         "id",
         "max_quote",
+        "need",
         "price",
         "quantity",
         "reason",
+        "rebudget",
         "reject_code",
         "reject_message",
         "remaining",
@@ -209,6 +212,11 @@ class _OrderUpdate:
         # Touched only to give back a refused amend's hold: no news for the orders channel.
         self.hold_only = False
         self.stp_reduced = False  # self-trade prevention took quantity off it (decrement_both)
+        # It may now need less hold than it has (repriced lower, decremented, amended, or a
+        # buy resting after fills below its price): `need` is then what its rest needs, in
+        # quote minor units for a buy, lots for a sell (None: not reckoned, keep the hold).
+        self.rebudget = False
+        self.need: int | None = None
         # Its expiry moved: its instrument's session hours changed (a DAY order).
         self.expiry_moved = False
 
@@ -307,11 +315,20 @@ UPDATE exchange_order o SET held_amount = o.held_amount - r.amount
 # ends keeps 0 and the rows returned name the amounts for the ledger. (A second UPDATE of the
 # ended rows cost another row version each, and two foreign-key checks each at commit, since
 # PostgreSQL re-checks a row's keys when it updates a version its own transaction wrote.)
+# A live order with a `need` (see BatchWriter._hold_needs) gives back what it holds above
+# it (`reduced`), in the same statement, and its held_amount (its budget over its life) drops
+# by as much, so that an amend reckons its change from what is really held.
 # Every updated order is returned, with its side and client_order_id, which the orders
 # channel's frames say (the engine has no client_order_id, nor the side of an ended order).
-# RETURNING shows only the new row, so the ended rows are read once more (LATERAL, by primary
-# key) FOR NO KEY UPDATE: the lock makes that read the latest version, the one the UPDATE then
-# changes, so an amend committed meanwhile (it adds to hold_remaining) is released too.
+# RETURNING shows only the new row, so the ended rows and those with a need are read once more
+# (LATERAL, by primary key) FOR NO KEY UPDATE: the lock makes that read the latest version,
+# the one the UPDATE then changes, so an amend committed meanwhile (it adds to hold_remaining)
+# is released too.
+_HOLD_LEFT = """x.hold_remaining - u.hold_release - CASE WHEN x.side = 'buy'
+                       THEN COALESCE(u.spent * u.minor, x.quote_spent) + u.d_spent * u.minor
+                            - x.quote_spent
+                       ELSE COALESCE(u.filled * u.lot, x.filled_quantity) - x.filled_quantity
+                   END"""
 ORDERS_UPDATE_SQL = """
 WITH updated AS (
     UPDATE exchange_order o SET
@@ -330,13 +347,14 @@ WITH updated AS (
         quote_spent = COALESCE(u.spent * u.minor, o.quote_spent) + u.d_spent * u.minor,
         price = COALESCE(u.price * u.tick, o.price),
         priority_seq = COALESCE(u.seq, o.priority_seq),
-        hold_remaining = CASE WHEN e.hold_left > 0 THEN 0
+        hold_remaining = CASE WHEN e.hold_left > 0 AND NOT u.open THEN 0
             ELSE o.hold_remaining - u.hold_release - CASE WHEN o.side = 'buy'
                 THEN COALESCE(u.spent * u.minor, o.quote_spent) + u.d_spent * u.minor
                      - o.quote_spent
                 ELSE COALESCE(u.filled * u.lot, o.filled_quantity) - o.filled_quantity END
+                - COALESCE(e.reduced, 0)
             END,
-        held_amount = o.held_amount - u.held_revert,
+        held_amount = o.held_amount - u.held_revert - COALESCE(e.reduced, 0),
         engine_max_quote = COALESCE(u.max_quote, o.engine_max_quote),
         expire_at = COALESCE(u.expire_at, o.expire_at),
         updated_at = now()
@@ -348,24 +366,23 @@ WITH updated AS (
                    AS f(tick, lot, minor, k)
                 ON f.k = u.k) u
       LEFT JOIN LATERAL (
-            SELECT x.hold_remaining - u.hold_release - CASE WHEN x.side = 'buy'
-                       THEN COALESCE(u.spent * u.minor, x.quote_spent) + u.d_spent * u.minor
-                            - x.quote_spent
-                       ELSE COALESCE(u.filled * u.lot, x.filled_quantity) - x.filled_quantity
-                   END AS hold_left
+            SELECT HOLD_LEFT AS hold_left,
+                   CASE WHEN u.open THEN GREATEST(HOLD_LEFT - u.need
+                       * CASE WHEN x.side = 'buy' THEN u.minor ELSE u.lot END, 0) END AS reduced
               FROM exchange_order x
-             WHERE x.id = u.id AND NOT u.open
+             WHERE x.id = u.id AND (NOT u.open OR u.need IS NOT NULL)
             OFFSET 0 FOR NO KEY UPDATE) e ON true
      WHERE o.id = u.id
-    RETURNING o.id, o.user_id, o.side, o.instrument_id, o.client_order_id, e.hold_left
+    RETURNING o.id, o.user_id, o.side, o.instrument_id, o.client_order_id,
+              COALESCE(e.reduced, e.hold_left) AS hold_left, e.reduced IS NOT NULL AS live
 )
 SELECT r.id, r.user_id,
        CASE WHEN r.hold_left > 0 THEN
             CASE WHEN r.side = 'buy' THEN i.quote_asset ELSE i.base_asset END END,
-       r.hold_left, r.side, r.client_order_id
+       r.hold_left, r.side, r.client_order_id, r.live
   FROM updated r
   JOIN exchange_instrument i ON i.id = r.instrument_id
-"""
+""".replace("HOLD_LEFT", _HOLD_LEFT)
 
 TRADES_INSERT_SQL = """
 INSERT INTO exchange_trade (
@@ -406,6 +423,7 @@ ORDER_ROW_COLUMNS = (
     ("spent", "bigint"), ("d_spent", "bigint"), ("price", "bigint"), ("seq", "bigint"),
     ("max_quote", "bigint"), ("expire_at", "timestamptz"), ("hold_release", "numeric"),
     ("held_revert", "numeric"), ("quantity", "bigint"), ("d_value", "numeric"),
+    ("need", "bigint"),
 )  # fmt: skip
 TRADE_ROW_COLUMNS = (
     ("symbol", "text"), ("k", "int"), ("engine_trade_seq", "bigint"), ("price", "bigint"),
@@ -560,6 +578,7 @@ class BatchWriter:
         _subjects_fill(audits)
         amend_releases, ended_held_reverts = self._amend_holds(engine, applied, updates)
         self._live_orders(engine, updates)
+        self._hold_needs(engine, specs, updates)
         order_rows, factors, factor_k = self._order_rows(updates, specs)
         last_seq = max((a.apply_seq for a in applied if a.apply_seq is not None), default=None)
         ledger_users = {uid for t in trades for uid in (t[p.T_MAKER_USER_ID], t[p.T_TAKER_USER_ID])}
@@ -649,7 +668,11 @@ class BatchWriter:
                 fills=self._fills(prepared, trade_ids),
                 releases=[
                     *self._amend_hold_releases(prepared),
-                    *(HoldRelease(*row[:4]) for row in updated if row[2] is not None),
+                    *(
+                        HoldRelease(*row[:4], "reduced" if row[6] else "")
+                        for row in updated
+                        if row[2] is not None
+                    ),
                 ],
             )
             self._volume_add(prepared)
@@ -714,7 +737,7 @@ class BatchWriter:
                     if status == p.TRIGGERED:
                         u.triggered = True
                     elif op == p.OP_AMEND and oid == subject:
-                        u.amended = True
+                        u.amended = u.rebudget = True
                     u.status, u.reason = status, reason or ""
                     u.filled, u.remaining = filled, remaining
                     u.price = price or None
@@ -779,8 +802,10 @@ class BatchWriter:
                 elif kind == p.EV_STP:
                     (_, _, _, sym, mode, taker, maker, uid, price, qty) = ev
                     if mode == "decrement_both":  # the resting one (the taker's is news)
-                        upd(maker, sym, uid).stp_reduced = True
+                        resting = upd(maker, sym, uid)
+                        resting.stp_reduced = resting.rebudget = True
                         reduced.add(maker)
+                        upd(taker, sym, uid).rebudget = True
                     payload = {
                         "mode": mode,
                         "taker_order_id": taker,
@@ -816,6 +841,11 @@ class BatchWriter:
                     audits.append(self._audit(event, a, symbol=symbol, payload=payload))
             if a.priority_seq is not None and subject in updates:
                 updates[subject].seq = a.priority_seq
+            # A post-only buy repriced behind the best ask needs less than its price held.
+            if op == p.OP_PLACE and a.cmd[5] and a.cmd[11] & p.POST_ONLY_ADJUST:
+                placed = updates.get(subject)
+                if placed is not None:
+                    placed.rebudget = True
             # An amend the engine accepted sets the order's new total quantity.
             if (
                 op == p.OP_AMEND
@@ -842,6 +872,7 @@ class BatchWriter:
         if not t_buy:
             m.d_spent += notional + m_fee
         t = upd(t_oid, sym, t_uid)
+        t.rebudget = t.rebudget or t_buy  # what it saved below its price, if it rests
         t.fills = t.fills or []
         t.fills.append((tseq, price, qty, t_fee, "taker"))
         t.filled, t.remaining = t_filled, t_rem
@@ -966,6 +997,33 @@ class BatchWriter:
             u.d_spent = 0
             u.expire_at = expire_at or None
 
+    @staticmethod
+    def _hold_needs(engine: Engine, specs: dict[str, Instrument], updates) -> None:
+        """What the rest of each live order marked `rebudget` needs held: a sell its remaining
+        lots; a priced buy its remaining lots at its price with the fee and the fee rounding
+        reserve, as order entry and amends reckon it (`buy_cost_minor`). The batch's UPDATE
+        gives back what the order holds above that.
+
+        The engine's spending cap (max_quote) stays where it was, so the need must bound every
+        way the rest can still be paid for: at the higher of its two fee rates (a fee tier may
+        charge makers more than takers), and only where a lot at its price is worth at least
+        one minor unit (below that each fill costs at least one unit whatever its size, and only
+        the cap stops the order: it keeps its hold). A stop-loss buy (no price: held at a
+        collar) keeps its hold too; an ended order gives back all of its hold anyway."""
+        for u in updates.values():
+            if not u.rebudget:
+                continue
+            live = engine.order(u.id)
+            if live is None:
+                continue
+            if not live["is_buy"]:
+                u.need = live["remaining"]
+                continue
+            inst, price = specs[live["symbol"]], live["price"]
+            if price and price * inst.k_num >= inst.k_den:
+                fee_ppm = max(live["maker_fee_ppm"], live["taker_fee_ppm"])
+                u.need = buy_cost_minor(inst, price, live["remaining"], fee_ppm)
+
     # ---- audit -------------------------------------------------------------------------------
     def _audit(self, event_type, a: Applied, **fields) -> AuditEntry:
         return AuditEntry(
@@ -1074,10 +1132,10 @@ class BatchWriter:
             ticks.append(Decimal(inst.tick_size) if inst else Decimal(1))
             lots.append(Decimal(inst.lot_size) if inst else Decimal(1))
             minors.append(Decimal(1).scaleb(-inst.quote_decimals) if inst else Decimal(1))
-        cols: list[list] = [[] for _ in range(21)]
+        cols: list[list] = [[] for _ in range(22)]
         (c_id, c_k, c_status, c_reason, c_code, c_message, c_filled, c_rem, c_res, c_dq, c_df,
          c_spent, c_ds, c_price, c_seq, c_mq, c_exp, c_release, c_revert, c_qty,
-         c_dv) = cols  # fmt: skip
+         c_dv, c_need) = cols  # fmt: skip
         for u in updates.values():
             c_id.append(u.id)
             c_k.append(factors[u.symbol if u.symbol in factors else None])
@@ -1100,6 +1158,7 @@ class BatchWriter:
             c_revert.append(u.held_revert)
             c_qty.append(u.quantity)
             c_dv.append(u.d_value)
+            c_need.append(u.need)
         return list(zip(*cols, strict=True)), (ticks, lots, minors), factors
 
     @staticmethod

@@ -275,6 +275,94 @@ def test_amending_a_partly_filled_buy_budgets_its_rest_at_the_new_price(market):
     assert ledger_discrepancies() == {}
 
 
+def held(client: ApiClient, asset: str = "USD") -> tuple[str, str]:
+    row = balances(client)[asset]
+    return row["held"], row["available"]
+
+
+def test_a_buy_that_rests_for_less_than_it_was_placed_for_holds_only_what_its_rest_needs(market):
+    # Repriced lower (post-only adjust), or resting after fills below its price: the hold had
+    # stayed at the price and size it was placed with until the order ended.
+    instrument, base_url = market
+    seller = ApiClient(base_url, make_user())
+    trader = ApiClient(base_url, make_user(funds={"USD": Decimal("2000.00")}))
+    assert seller.place(**limit(instrument.symbol, "sell", "100.00", "5")).status_code == 201
+    adjusted = trader.place(
+        **limit(instrument.symbol, "buy", "101.00", "10", post_only_adjust=True)
+    ).json()
+    assert (adjusted["status"], adjusted["price"]) == ("new", "99.99"), adjusted
+    all_applied()
+    # 10 x 99.99 = 999.90, the 0.20% fee (2.00) and 0.09 of reserve; placed, it held
+    # 1012.11 (10 x 101.00).
+    assert held(trader) == ("1001.99", "998.01")
+    assert trader.delete(f"/api/v1/orders/{adjusted['order_id']}").status_code == 200
+    all_applied()
+    assert held(trader) == ("0.00", "2000.00")
+
+    # 4 bought at 99.00 (396.00 and a 0.80 fee), 6 rest at 99.50: 597 + 1.20 + 0.05 (placed,
+    # it held 997.08: 10 x 99.50).
+    assert seller.place(**limit(instrument.symbol, "sell", "99.00", "4")).status_code == 201
+    improved = trader.place(**limit(instrument.symbol, "buy", "99.50", "10")).json()
+    assert (improved["status"], improved["filled_quantity"]) == ("partially_filled", "4")
+    all_applied()
+    assert held(trader) == ("598.25", "1004.95")
+    stored = Order.objects.get(pk=improved["order_id"])
+    assert (stored.held_amount, stored.hold_remaining) == (Decimal("995.05"), Decimal("598.25"))
+    # 997.08 held, 396.80 spent, 598.25 needed: 2.03 back, in the batch of the trade.
+    rows = trader.get("/api/v1/ledger", asset="USD").json()["results"][:3]
+    assert [(row["kind"], row["account"], row["amount"]) for row in rows] == [
+        ("release", "available", "2.03"), ("release", "held", "-2.03"),
+        ("trade", "held", "-396.80"),
+    ]  # fmt: skip
+    assert ledger_discrepancies() == {}
+
+
+def test_quantity_self_trade_prevention_takes_off_gives_its_hold_back(market):
+    # decrement_both: the resting order, and an incoming one that then rests, each kept the
+    # hold of their whole quantity until they ended.
+    instrument, base_url = market
+    trader = ApiClient(base_url, make_user(funds={"USD": Decimal("2000.00"), "TST": Decimal(10)}))
+    stp = {"stp_mode": "decrement_both"}
+    bid = trader.place(**limit(instrument.symbol, "buy", "100.00", "10", **stp)).json()
+    assert held(trader) == ("1002.09", "997.91")
+    offer = trader.place(**limit(instrument.symbol, "sell", "100.00", "4", **stp)).json()
+    assert (offer["status"], offer["reason"]) == ("cancelled", "stp"), offer
+    all_applied()
+    # The bid rests with 6: 600 + 1.20 fee + 0.05 reserve.
+    assert held(trader) == ("601.25", "1398.75")
+    assert held(trader, "TST") == ("0", "10")
+    # Its price amended: budgeted for the 6 it has left, not for the 10 it was placed with.
+    amended = trader.patch(f"/api/v1/orders/{bid['order_id']}", {"price": "101.00"})
+    assert amended.status_code == 200, amended.text
+    all_applied()
+    assert held(trader) == ("607.27", "1392.73")  # 606 + 1.22 + 0.05
+    # Only the difference was asked for (it had held 410.86 more, then given 404.84 back).
+    rows = trader.get("/api/v1/ledger", asset="USD").json()["results"][:2]
+    assert [(row["kind"], row["amount"]) for row in rows] == [("hold", "6.02"), ("hold", "-6.02")]
+    assert trader.delete(f"/api/v1/orders/{bid['order_id']}").status_code == 200
+
+    ask = trader.place(**limit(instrument.symbol, "sell", "100.00", "4", **stp)).json()
+    assert ask["status"] == "new", ask
+    bigger_bid = trader.place(**limit(instrument.symbol, "buy", "100.00", "10", **stp)).json()
+    assert (bigger_bid["status"], bigger_bid["remaining_quantity"]) == ("new", "6"), bigger_bid
+    all_applied()
+    assert held(trader) == ("601.25", "1398.75")
+    assert held(trader, "TST") == ("0", "10")
+    stored = Order.objects.get(pk=bigger_bid["order_id"])
+    assert (stored.held_amount, stored.hold_remaining) == (Decimal("601.25"), Decimal("601.25"))
+
+    offer = trader.place(**limit(instrument.symbol, "sell", "120.00", "10", **stp)).json()
+    assert (
+        trader.place(**limit(instrument.symbol, "buy", "120.00", "3", **stp)).json()["status"]
+        == "cancelled"
+    )
+    all_applied()
+    assert held(trader, "TST") == ("7", "3")
+    stored = Order.objects.get(pk=offer["order_id"])
+    assert (stored.held_amount, stored.hold_remaining) == (Decimal(7), Decimal(7))
+    assert ledger_discrepancies() == {}
+
+
 def test_a_stop_loss_buy_that_triggers_at_once_holds_for_the_best_ask(market):
     # Its stop already below the last trade, it buys from the asks at once: held at the collar
     # above its stop price (9.45), it filled 2 of 3 at 10.40 and stopped (max_quote).
