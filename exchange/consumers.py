@@ -119,6 +119,18 @@ def _symbol_exists(symbol: str) -> bool:
     return Instrument.objects.filter(symbol=symbol).exists()
 
 
+def _instrument_status(symbol: str) -> tuple[str, str]:
+    """(status, reason) of a listed instrument, as staff last set them (trading for one
+    deleted meanwhile: its book is all there is to show)."""
+    from exchange.selectors import instrument_by_symbol
+
+    try:
+        instrument = instrument_by_symbol(symbol)
+    except APIException:
+        return "trading", ""
+    return instrument.status, instrument.status_reason
+
+
 def _login_fields_refusal(message: dict) -> tuple[str, str] | None:
     """(error, message) for a login whose fields are missing or of the wrong JSON type, in the
     socket's terms (the signature check names HTTP headers: "missing X-API-TIMESTAMP" for a
@@ -826,6 +838,11 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 return
             if kind == "book":
                 self.sub.depths[symbol] = depth
+            listed = ("trading", "")
+            if kind in ("book", "ticker"):
+                listed = await database_sync_to_async(_instrument_status, thread_sensitive=False)(
+                    symbol
+                )
             try:
                 await hub.mirror(symbol)
             except (redis.RedisError, OSError):
@@ -842,6 +859,8 @@ class StreamConsumer(AsyncWebsocketConsumer):
             ack["depth"] = depth
         self.push(ack)
         hub.add(self.sub, channel)  # queues the snapshot right behind the ack
+        if symbol is not None and kind in ("book", "ticker"):
+            hub.status_tell(self.sub, channel, listed)
 
     async def op_unsubscribe(self, message: dict, extra: dict) -> None:
         channels = self._channels_of(message, extra)

@@ -155,6 +155,9 @@ class BookMirror:
         self.without_snapshot = False
         self.views: dict[int, tuple[list[Level], list[Level]]] = {}  # depth -> last view sent
         self._snapshots: dict[int, tuple[int, str]] = {}  # depth -> (seq, frame)
+        # The last status frame's data this hub fanned out for the symbol since it began to
+        # mirror it (None: none seen, or one may have been lost in a gap).
+        self.status: dict | None = None
 
     @property
     def loaded(self) -> bool:
@@ -408,6 +411,7 @@ class MarketHub:
         """A gap in the stream: reload the mirror, then send its subscribers fresh snapshots."""
         mirror.seq = None
         mirror.pending = []
+        mirror.status = None  # a status frame may have been lost too
 
         async def reload() -> None:
             # Until it loads (Redis may be coming back: a reconnect reloads every book) or
@@ -443,6 +447,22 @@ class MarketHub:
             self._push_snapshot(sub, self.books[symbol])
         elif kind == "ticker":
             self.push(sub, self._ticker_frame(self.books[symbol]))
+
+    def status_tell(self, sub: Subscriber, channel: str, listed: tuple[str, str]) -> None:
+        """Right behind a new book or ticker subscription's first frame: a `status` frame when
+        its instrument is not trading. The status is the last status frame this hub fanned out
+        for it, else `listed`, (status, reason) as staff last set them (read from PostgreSQL
+        before the subscription was added, so a frame fanned out meanwhile wins)."""
+        _, symbol = channel_symbol(channel)
+        mirror = self.books.get(symbol)
+        change = mirror.status if mirror is not None else None
+        if change is None:
+            status, reason = listed
+            change = {"symbol": symbol, "status": status}
+            if reason:
+                change["reason"] = reason
+        if change["status"] != "trading":
+            self.push(sub, dumps({"channel": channel, "type": "status", "data": change}))
 
     def remove(self, sub: Subscriber, channel: str) -> None:
         subs = self.channels.get(channel)
@@ -691,6 +711,9 @@ class MarketHub:
             # A halt, resume or delisting, on the symbol's book and ticker channels (a market
             # maker following only the book hears of it as one following the ticker does).
             symbol = change["symbol"]
+            mirror = self.books.get(symbol)
+            if mirror is not None:
+                mirror.status = change
             for channel in (f"book.{symbol}", f"ticker.{symbol}"):
                 self._fan_out(
                     channel, dumps({"channel": channel, "type": "status", "data": change})

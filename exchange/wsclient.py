@@ -78,6 +78,10 @@ class BookClient:
         self.book = LocalBook()
         self.awaiting_snapshot = True
         self.snapshots = self.updates = self.gaps = self.checksum_errors = 0
+        # The instrument's trading status as the status frames tell it ("trading" until one
+        # says otherwise; a subscription made during a halt gets one right behind the
+        # snapshot), and staff's reason.
+        self.status, self.status_reason = "trading", None
         self.drop_next_updates = 0  # tests: drop this many updates on purpose (forces a gap)
         self.ws = None
         self.ready = asyncio.Event()
@@ -103,6 +107,9 @@ class BookClient:
             self.awaiting_snapshot = False
             self.snapshots += 1
             self.ready.set()
+        elif kind == "status":
+            self.status = frame["data"]["status"]
+            self.status_reason = frame["data"].get("reason")
         elif kind == "update" and not self.awaiting_snapshot:
             if frame["seq"] <= self.book.seq:
                 return  # already in the snapshot
@@ -161,6 +168,11 @@ def print_top(client: BookClient, levels: int) -> None:
         f"seq {client.book.seq}  updates {client.updates}  gaps {client.gaps}  "
         f"checksum errors {client.checksum_errors}  snapshots {client.snapshots}"
     )
+    if client.status != "trading":
+        print(
+            f"  {client.status.upper()}"
+            + (f": {client.status_reason}" if client.status_reason else "")
+        )
     for i in range(max(len(bids), len(asks))):
         bid = f"{bids[i][1]:>12} @ {bids[i][0]:<12}" if i < len(bids) else " " * 27
         ask = f"{asks[i][0]:>12} x {asks[i][1]:<12}" if i < len(asks) else ""

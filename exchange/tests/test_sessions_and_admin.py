@@ -347,6 +347,63 @@ def test_halts_resumes_and_delistings_are_announced_on_the_book_and_ticker_chann
     assert last.payload["delist"] is True and last.payload["reason"] == "Issuer wound up"
 
 
+def frames_until_ack(ws, channel: str) -> list[dict]:
+    """Subscribe to `channel`; the frames received before its acknowledgement."""
+    ws.send(json.dumps({"op": "subscribe", "channels": [channel]}))
+    frames = []
+    while True:
+        frame = json.loads(ws.recv(timeout=15))
+        if frame.get("type") == "subscribed" and frame.get("channel") == channel:
+            return frames
+        frames.append(frame)
+
+
+@pytest.mark.processes
+def test_a_book_or_ticker_subscribed_while_halted_says_so_right_behind_its_first_frame(
+    exchange_stack, live_db
+):
+    # A client subscribing during a halt got the book and the ticker and nothing that said
+    # trading was halted: only GET /ticker told it.
+    instrument, trading = make_instrument(), make_instrument()
+    symbol = instrument.symbol
+    staff = admin_client(exchange_stack)
+    changelist = "/admin/exchange/instrument/"
+    url = exchange_stack.replace("http://", "ws://") + "/ws/v1"
+    admin_action(staff, changelist, "halt_trading", instrument.pk, reason="Pending news")
+    wait_until(lambda: not Command.objects.filter(applied_at__isnull=True).exists(), timeout=15)
+    with ws_connect(url) as ws, ws_connect(url) as later:
+        # Nobody watched it when it halted: the status staff set, without the engine's time.
+        ws.send(json.dumps({"op": "subscribe", "channels": [f"book.{symbol}"]}))
+        frames = [json.loads(ws.recv(timeout=15)) for _ in range(3)]
+        assert [f["type"] for f in frames] == ["subscribed", "snapshot", "status"]
+        assert frames[2] == {
+            "channel": f"book.{symbol}",
+            "type": "status",
+            "data": {"symbol": symbol, "status": "halted", "reason": "Pending news"},
+        }
+        # A trading one's subscription has no status frame.
+        assert frames_until_ack(ws, f"ticker.{trading.symbol}") == []
+        assert frames_until_ack(ws, "heartbeat")[0]["type"] == "ticker"
+        admin_action(staff, changelist, "resume_trading", instrument.pk)
+        resumed = status_frames(ws, 1)[0]["data"]
+        assert resumed["status"] == "trading"
+        assert [f["type"] for f in frames_until_ack(later, f"ticker.{symbol}")] == []
+        assert [f["type"] for f in frames_until_ack(later, "heartbeat")] == ["ticker"]
+        # This process saw the delisting's frame: a later subscriber gets that frame's data.
+        admin_action(staff, changelist, "delist", instrument.pk, confirmed="yes", reason="Wound up")
+        delisted = status_frames(ws, 1)[0]["data"]
+        assert (delisted["status"], delisted["reason"]) == ("delisted", "Wound up")
+        frames = frames_until_ack(later, "heartbeat")
+        status = [f for f in frames if f["type"] == "status"]
+        assert status == [{"channel": f"ticker.{symbol}", "type": "status", "data": delisted}], (
+            frames
+        )
+        frames = frames_until_ack(later, f"book.{symbol}")
+        late = [json.loads(later.recv(timeout=15)) for _ in range(2)]
+        assert [f["type"] for f in late] == ["snapshot", "status"], (frames, late)
+        assert late[1]["data"] == delisted and "ts_ns" in delisted
+
+
 @pytest.mark.processes
 def test_staff_cancel_on_a_users_behalf_and_tick_size_frozen_once_traded(exchange_stack, live_db):
     instrument = make_instrument()
