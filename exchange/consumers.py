@@ -42,6 +42,7 @@ from exchange.json_text import (
 )
 from exchange.market_hub import SNAPSHOT_DEPTH, Subscriber, channel_symbol, hub
 from exchange.redis_connection import redis_read_ahead
+from exchange.selectors import instruments_trading_state
 from exchange.view_threads import view_executor
 from exchange.ws_direct import RAW_SEND_KEY, DirectSocket, text_frame
 
@@ -117,18 +118,6 @@ def _symbol_exists(symbol: str) -> bool:
     from exchange.models import Instrument
 
     return Instrument.objects.filter(symbol=symbol).exists()
-
-
-def _instrument_status(symbol: str) -> tuple[str, str]:
-    """(status, reason) of a listed instrument, as staff last set them (trading for one
-    deleted meanwhile: its book is all there is to show)."""
-    from exchange.selectors import instrument_by_symbol
-
-    try:
-        instrument = instrument_by_symbol(symbol)
-    except APIException:
-        return "trading", ""
-    return instrument.status, instrument.status_reason
 
 
 def _login_fields_refusal(message: dict) -> tuple[str, str] | None:
@@ -838,11 +827,12 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 return
             if kind == "book":
                 self.sub.depths[symbol] = depth
-            listed = ("trading", "")
+            listed = ("trading", "", True)
             if kind in ("book", "ticker"):
-                listed = await database_sync_to_async(_instrument_status, thread_sensitive=False)(
-                    symbol
-                )
+                states = await database_sync_to_async(
+                    instruments_trading_state, thread_sensitive=False
+                )([symbol])
+                listed = states.get(symbol, listed)  # deleted meanwhile: its book is all
             try:
                 await hub.mirror(symbol)
             except (redis.RedisError, OSError):

@@ -41,6 +41,9 @@ RELOAD_RETRY_SECONDS = 0.5  # between attempts to reload a book from Redis
 # How often a book loaded without a snapshot in Redis (wiped, or not yet written again by the
 # worker) looks for one, until one appears.
 SNAPSHOT_RECHECK_SECONDS = 1.0
+# How often the hub looks whether the trading sessions of the instruments it mirrors opened or
+# closed (their status frames then say `trading` or `closed`).
+SESSION_CHECK_SECONDS = 1.0
 
 SNAPSHOT_DEPTH = 50  # what the worker writes to Redis
 ORDER_EVENTS = {
@@ -158,6 +161,7 @@ class BookMirror:
         # The last status frame's data this hub fanned out for the symbol since it began to
         # mirror it (None: none seen, or one may have been lost in a gap).
         self.status: dict | None = None
+        self.session_open: bool | None = None  # its trading session, as last looked at
 
     @property
     def loaded(self) -> bool:
@@ -278,6 +282,7 @@ class MarketHub:
         self.balance_versions: dict[tuple[int, str], int] = {}
         self.books: dict[str, BookMirror] = {}
         self._task: asyncio.Task | None = None
+        self._sessions_task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listening = asyncio.Event()
         self._client: aioredis.Redis | None = None
@@ -299,6 +304,8 @@ class MarketHub:
             self._loop = loop
             self._client = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2)
             self._task = loop.create_task(self._run(), name="market-hub")
+        if self._sessions_task is None or self._sessions_task.done():
+            self._sessions_task = loop.create_task(self._sessions_watch(), name="market-sessions")
         await asyncio.wait_for(self._listening.wait(), timeout=10)
 
     async def _run(self) -> None:
@@ -448,21 +455,72 @@ class MarketHub:
         elif kind == "ticker":
             self.push(sub, self._ticker_frame(self.books[symbol]))
 
-    def status_tell(self, sub: Subscriber, channel: str, listed: tuple[str, str]) -> None:
+    def status_tell(self, sub: Subscriber, channel: str, listed: tuple[str, str, bool]) -> None:
         """Right behind a new book or ticker subscription's first frame: a `status` frame when
         its instrument is not trading. The status is the last status frame this hub fanned out
-        for it, else `listed`, (status, reason) as staff last set them (read from PostgreSQL
-        before the subscription was added, so a frame fanned out meanwhile wins)."""
+        for it, else `listed`: (status, reason, session open) as staff last set them, read from
+        PostgreSQL before the subscription was added, so a frame fanned out meanwhile wins."""
         _, symbol = channel_symbol(channel)
         mirror = self.books.get(symbol)
-        change = mirror.status if mirror is not None else None
+        if mirror is None:
+            return
+        status, reason, session_open = listed
+        if mirror.session_open is None:
+            mirror.session_open = session_open
+        change = mirror.status
         if change is None:
-            status, reason = listed
+            if status == "trading" and not session_open:
+                status = "closed"
             change = {"symbol": symbol, "status": status}
-            if reason:
+            if reason and status in ("halted", "delisted"):
                 change["reason"] = reason
         if change["status"] != "trading":
             self.push(sub, dumps({"channel": channel, "type": "status", "data": change}))
+
+    async def _sessions_watch(self) -> None:
+        """Every SESSION_CHECK_SECONDS, the trading state of the instruments this hub mirrors
+        (`session_seen`): a session that opened or closed (or hours staff changed) is told on
+        their book and ticker channels."""
+        from channels.db import database_sync_to_async
+
+        from exchange.selectors import instruments_trading_state
+
+        read = database_sync_to_async(instruments_trading_state, thread_sensitive=False)
+        while True:
+            await asyncio.sleep(SESSION_CHECK_SECONDS)
+            symbols = list(self.books)
+            if not symbols:
+                continue
+            try:
+                states = await read(symbols)
+            except Exception as exc:  # the database or Redis away: look again next time
+                logger.warning("trading sessions not read", extra={"why": str(exc)})
+                continue
+            now_ns = time.time_ns()
+            for symbol, listed in states.items():
+                mirror = self.books.get(symbol)
+                if mirror is not None:
+                    self.session_seen(mirror, listed, now_ns)
+
+    def session_seen(self, mirror: BookMirror, listed: tuple[str, str, bool], now_ns: int) -> None:
+        """`listed` (status, reason, session open) of a mirrored instrument: when its session
+        opened or closed since the last look, and it is neither halted nor delisted, its book
+        and ticker subscribers get a status frame saying `trading` or `closed`."""
+        status, _reason, session_open = listed
+        previous, mirror.session_open = mirror.session_open, session_open
+        if previous is None or previous == session_open:
+            return
+        current = mirror.status["status"] if mirror.status is not None else status
+        if current not in ("trading", "closed"):
+            return  # halted or delisted: its frames say so, whatever the clock
+        change = {
+            "symbol": mirror.symbol,
+            "status": "trading" if session_open else "closed",
+            "ts_ns": now_ns,
+        }
+        mirror.status = change
+        for channel in (f"book.{mirror.symbol}", f"ticker.{mirror.symbol}"):
+            self._fan_out(channel, dumps({"channel": channel, "type": "status", "data": change}))
 
     def remove(self, sub: Subscriber, channel: str) -> None:
         subs = self.channels.get(channel)
@@ -713,6 +771,10 @@ class MarketHub:
             symbol = change["symbol"]
             mirror = self.books.get(symbol)
             if mirror is not None:
+                if change["status"] == "trading" and mirror.session_open is False:
+                    # Resumed outside its trading session: it is closed until the session
+                    # opens (then `session_seen` says `trading`).
+                    change = {**change, "status": "closed"}
                 mirror.status = change
             for channel in (f"book.{symbol}", f"ticker.{symbol}"):
                 self._fan_out(

@@ -12,7 +12,7 @@ from django.db.models import Count, Max, Min, Q, QuerySet, Sum
 from django.utils import timezone
 
 from exchange.db_cursors import bound_cursor
-from exchange.errors import echoed, trading_error
+from exchange.errors import ApiError, echoed, trading_error
 from exchange.models import Instrument, Order, Trade
 from exchange.order_rules import session_open_at
 from exchange.redis_connection import (
@@ -53,6 +53,24 @@ def instrument_rules_changed() -> None:
         instrument_rules_key(), unsignalled="instrument change not signalled to the caches"
     )
     _instrument_cache.clear()
+
+
+def instruments_trading_state(symbols: list[str]) -> dict[str, tuple[str, str, bool]]:
+    """(status, status_reason, whether its trading session is open now) of each symbol that is
+    listed, from the instrument cache (for the socket's status frames)."""
+    now = timezone.now()
+    states = {}
+    for symbol in symbols:
+        try:
+            instrument = instrument_by_symbol(symbol)
+        except ApiError:
+            continue
+        states[symbol] = (
+            instrument.status,
+            instrument.status_reason,
+            session_open_at(instrument, now),
+        )
+    return states
 
 
 def instrument_by_symbol(symbol: str) -> Instrument:

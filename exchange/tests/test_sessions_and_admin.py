@@ -405,6 +405,42 @@ def test_a_book_or_ticker_subscribed_while_halted_says_so_right_behind_its_first
 
 
 @pytest.mark.processes
+def test_a_session_closing_or_opening_is_told_on_the_book_and_ticker_channels(
+    exchange_stack, live_db
+):
+    # No frame said when a session opened or closed (the ticker's `closed` was computed per
+    # request). Here staff change the hours: closed but for one second a weekday at midnight
+    # UTC, then 24/7 again.
+    instrument = make_instrument()
+    symbol = instrument.symbol
+    staff = admin_client(exchange_stack)
+    url = exchange_stack.replace("http://", "ws://") + "/ws/v1"
+    closed_hours = {
+        "trades_24_7": "",
+        "session_open": "00:00:00",
+        "session_close": "00:00:01",
+        "session_timezone": "UTC",
+    }
+    with ws_connect(url) as ws, ws_connect(url) as later:
+        assert frames_until_ack(ws, f"ticker.{symbol}") == []
+        assert [f["type"] for f in frames_until_ack(ws, f"book.{symbol}")] == ["ticker"]
+        assert admin_instrument_change(staff, instrument, **closed_hours).status_code == 302
+        closed = status_frames(ws, 2)
+        assert {f["channel"] for f in closed} == {f"book.{symbol}", f"ticker.{symbol}"}
+        assert {(f["data"]["symbol"], f["data"]["status"]) for f in closed} == {(symbol, "closed")}
+        later.send(json.dumps({"op": "subscribe", "channels": [f"ticker.{symbol}"]}))
+        frames = [json.loads(later.recv(timeout=15)) for _ in range(3)]
+        assert [f["type"] for f in frames] == ["subscribed", "ticker", "status"]
+        assert frames[2]["data"]["status"] == "closed"
+        instrument.refresh_from_db()
+        reopened = admin_instrument_change(staff, instrument, trades_24_7="on")
+        assert reopened.status_code == 302, reopened.text[:2000]
+        opened = status_frames(ws, 2)
+        assert {f["data"]["status"] for f in opened} == {"trading"}
+        assert all(f["data"]["ts_ns"] > 0 for f in opened)
+
+
+@pytest.mark.processes
 def test_staff_cancel_on_a_users_behalf_and_tick_size_frozen_once_traded(exchange_stack, live_db):
     instrument = make_instrument()
     trader = ApiClient(exchange_stack)

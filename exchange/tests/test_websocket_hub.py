@@ -364,3 +364,49 @@ def test_a_slow_consumer_overflowing_again_before_it_reads_is_still_told_what_it
         assert [n["lost_channels"] for n in notices] == [["book.X"]]
 
     asyncio.run(scenario())
+
+
+def test_a_session_that_opens_or_closes_is_told_on_the_book_and_ticker_channels():
+    # No frame had said when a session opened or closed: the ticker's `closed` was computed
+    # per request, and a resume outside the session said `trading`.
+    async def scenario():
+        hub, mirror = hub_with_book()
+        sub = Subscriber(maxsize=20)
+        hub.add(sub, "book.X")
+        hub.status_tell(sub, "book.X", ("trading", "", False))  # subscribed while closed
+        frames = drained(sub)
+        assert [f["type"] for f in frames] == ["snapshot", "status"]
+        assert frames[1]["data"] == {"symbol": "X", "status": "closed"}
+        hub.add(sub, "ticker.X")
+        drained(sub)
+        hub.session_seen(mirror, ("trading", "", False), 1)  # still closed: nothing
+        assert drained(sub) == []
+        hub.session_seen(mirror, ("trading", "", True), 2)
+        opened = drained(sub)
+        assert [(f["channel"], f["data"]) for f in opened] == [
+            (channel, {"symbol": "X", "status": "trading", "ts_ns": 2})
+            for channel in ("book.X", "ticker.X")
+        ]
+        # Halted: the clock changes nothing it says.
+        halt = {"symbol": "X", "status": "halted", "ts_ns": 3}
+        await hub.on_message(feed_message(0, "a", 1, statuses=[halt]))
+        drained(sub)
+        hub.session_seen(mirror, ("halted", "", False), 4)
+        assert drained(sub) == []
+        # Resumed while the session is closed: `closed`, then `trading` when it opens.
+        resume = {"symbol": "X", "status": "trading", "ts_ns": 5}
+        await hub.on_message(feed_message(0, "a", 2, statuses=[resume]))
+        assert {f["data"]["status"] for f in drained(sub)} == {"closed"}
+        later = Subscriber(maxsize=20)
+        hub.add(later, "ticker.X")
+        hub.status_tell(later, "ticker.X", ("trading", "", True))  # the hub's own view wins
+        assert [f["data"]["status"] for f in drained(later)[1:]] == ["closed"]
+        hub.session_seen(mirror, ("trading", "", True), 6)
+        assert {f["data"]["status"] for f in drained(sub)} == {"trading"}
+        assert [f["data"]["status"] for f in drained(later)] == ["trading"]
+        # A trading instrument's new subscriber gets no status frame.
+        hub.add(later, "book.X")
+        hub.status_tell(later, "book.X", ("trading", "", True))
+        assert [f["type"] for f in drained(later)] == ["snapshot"]
+
+    asyncio.run(scenario())
