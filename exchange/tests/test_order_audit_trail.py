@@ -64,14 +64,20 @@ def test_a_stop_order_is_accepted_once_when_placed_and_then_triggered(clients):
 
     assert events(stop) == [
         "order.submitted",
+        "fee.calculated",
         "order.accepted",
         "order.triggered",
         "trade.executed",
     ]
-    accepted = history(stop)[1]
+    accepted = history(stop)[2]
     assert (accepted.payload["status"], accepted.payload["remaining"]) == ("untriggered", "2")
     # Triggered, it rests at its limit price (its fills, had it any, would follow).
-    assert events(stop_limit) == ["order.submitted", "order.accepted", "order.triggered"]
+    assert events(stop_limit) == [
+        "order.submitted",
+        "fee.calculated",
+        "order.accepted",
+        "order.triggered",
+    ]
 
 
 def test_an_order_that_trades_on_arrival_is_accepted_once_before_its_fills(clients):
@@ -86,11 +92,12 @@ def test_an_order_that_trades_on_arrival_is_accepted_once_before_its_fills(clien
     assert sweep["status"] == "filled"
     assert events(sweep) == [
         "order.submitted",
+        "fee.calculated",
         "order.accepted",
         "trade.executed",
         "trade.executed",
     ]
-    accepted = history(sweep)[1]
+    accepted = history(sweep)[2]
     assert (accepted.payload["status"], accepted.payload["filled"]) == ("filled", "4")
 
     symbol = make_instrument().symbol
@@ -101,11 +108,12 @@ def test_an_order_that_trades_on_arrival_is_accepted_once_before_its_fills(clien
     assert (reduced["status"], reduced["filled_quantity"]) == ("filled", "2")
     assert events(reduced) == [
         "order.submitted",
+        "fee.calculated",
         "order.accepted",
         "trade.self_trade_prevented",
         "trade.executed",
     ]
-    assert history(reduced)[1].payload["status"] == "filled"  # its state after arrival
+    assert history(reduced)[2].payload["status"] == "filled"  # its state after arrival
 
     # The last trade was at 100.00: a sell stop at 105.00 triggers as it arrives.
     maker.place(**limit(symbol, "buy", "99.00", "1"))
@@ -115,6 +123,7 @@ def test_an_order_that_trades_on_arrival_is_accepted_once_before_its_fills(clien
     assert stop["status"] == "filled"
     assert events(stop) == [
         "order.submitted",
+        "fee.calculated",
         "order.accepted",
         "order.triggered",
         "trade.executed",
