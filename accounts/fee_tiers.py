@@ -186,8 +186,41 @@ def fee_tiers_refresh(*, now: dt.datetime) -> int:
 # ---- rates on the order path -----------------------------------------------------------------
 
 _tiers_cache: tuple[float, dict[int, FeeTier], FeeTier | None] | None = None
-_user_tier_cache: dict[int, tuple[float, int | None]] = {}
+# user id -> (when read, tier id, 30-day volume, uptime %, assessed at) of their assignment
+# (all None: never assessed).
+_user_tier_cache: dict[int, tuple] = {}
 _USER_CACHE_MAX = 50_000
+_UNASSESSED = (None, None, None, None)
+
+
+@dataclass(frozen=True, slots=True)
+class FeeRates:
+    """The rates frozen on a new order (ppm) and what they were chosen from: the user's tier
+    (`basis` "assigned"; "base" when never assessed, or assessed to a tier this process does not
+    know yet; "fallback" when no tier exists), with the 30-day volume and uptime of the
+    assessment that assigned it (None when never assessed)."""
+
+    maker_fee_ppm: int
+    taker_fee_ppm: int
+    tier: FeeTier | None
+    basis: str
+    volume_30d: Decimal | None
+    uptime_pct: Decimal | None
+    assessed_at: dt.datetime | None
+
+    def audit_payload(self) -> dict:
+        """The `fee.calculated` record's payload (rates in %, as `fee.tier_changed` gives them)."""
+        tier = self.tier
+        return {
+            "tier": tier.name if tier is not None else None,
+            "tier_id": tier.pk if tier is not None else None,
+            "basis": self.basis,
+            "maker_fee_pct": Decimal(self.maker_fee_ppm).scaleb(-4),
+            "taker_fee_pct": Decimal(self.taker_fee_ppm).scaleb(-4),
+            "volume_30d": self.volume_30d,
+            "uptime_pct": self.uptime_pct,
+            "assessed_at": self.assessed_at,
+        }
 
 
 def fee_rates_cache_clear() -> None:
@@ -205,8 +238,8 @@ def _tiers_cached(now: float, ttl: float) -> tuple[dict[int, FeeTier], FeeTier |
     return _tiers_cache[1], _tiers_cache[2]
 
 
-def user_fee_rates(*, user_id: int) -> tuple[int, int]:
-    """(maker_ppm, taker_ppm) of the user's tier, cached per process for
+def user_fee_tier_rates(*, user_id: int) -> FeeRates:
+    """The rates of the user's tier and where they come from, cached per process for
     `FEE_RATES_CACHE_SECONDS` (an assignment or tier edit applies to new orders within that)."""
     ttl = settings.FEE_RATES_CACHE_SECONDS
     now = time.monotonic()
@@ -215,20 +248,31 @@ def user_fee_rates(*, user_id: int) -> tuple[int, int]:
     if cached is None or now - cached[0] >= ttl:
         if len(_user_tier_cache) >= _USER_CACHE_MAX:
             _user_tier_cache.clear()
-        tier_id = (
+        assignment = (
             FeeTierAssignment.objects.filter(user_id=user_id)
-            .values_list("tier_id", flat=True)
+            .values_list("tier_id", "volume_30d", "uptime_pct", "assessed_at")
             .first()
         )
-        cached = (now, tier_id)
+        cached = (now, *(assignment or _UNASSESSED))
         _user_tier_cache[user_id] = cached
-    tier = tiers.get(cached[1]) if cached[1] is not None else None
+    _, tier_id, volume, uptime, assessed_at = cached
+    tier = tiers.get(tier_id) if tier_id is not None else None
+    basis = "assigned"
     if tier is None:
         # Not assessed yet, or assigned a tier created after the tiers were cached.
-        tier = base
+        tier, basis = base, "base"
     if tier is None:
-        return FALLBACK_MAKER_FEE_PPM, FALLBACK_TAKER_FEE_PPM
-    return tier.maker_fee_ppm, tier.taker_fee_ppm
+        return FeeRates(FALLBACK_MAKER_FEE_PPM, FALLBACK_TAKER_FEE_PPM, None, "fallback",
+                        volume, uptime, assessed_at)  # fmt: skip
+    return FeeRates(
+        tier.maker_fee_ppm, tier.taker_fee_ppm, tier, basis, volume, uptime, assessed_at
+    )
+
+
+def user_fee_rates(*, user_id: int) -> tuple[int, int]:
+    """(maker_ppm, taker_ppm) of the user's tier (`user_fee_tier_rates`)."""
+    rates = user_fee_tier_rates(user_id=user_id)
+    return rates.maker_fee_ppm, rates.taker_fee_ppm
 
 
 # ---- reads for the API -------------------------------------------------------------------------

@@ -30,6 +30,9 @@ class AuditEvent(models.TextChoices):
     # Trades (both orders, both users, maker side, price, quantity, both fees).
     TRADE_EXECUTED = "trade.executed", "Trade executed"
     SELF_TRADE_PREVENTED = "trade.self_trade_prevented", "Self-trade prevented"
+    # At order entry, beside order.submitted: the rates frozen on the order (maker, taker) and
+    # the fee tier, 30-day volume and uptime they were chosen from. Each fill's fees are in its
+    # trade.executed.
     FEE_CALCULATED = "fee.calculated", "Fee calculated"
     FEE_TIER_CHANGED = "fee.tier_changed", "Fee tier changed"  # from, to, volume, uptime
     # Money movements.

@@ -5,9 +5,14 @@ The rates are those of the user's fee tier (accounts/fee_tiers.py): the tier ass
 negative maker rate is a rebate. Cached per process for `FEE_RATES_CACHE_SECONDS`.
 """
 
-from accounts.fee_tiers import user_fee_rates
+from accounts.fee_tiers import FeeRates, user_fee_rates, user_fee_tier_rates
 
 
 def fee_rates_for(*, user, instrument) -> tuple[int, int]:
     """(maker_ppm, taker_ppm) for an order of `user` on `instrument` (same on every instrument)."""
     return user_fee_rates(user_id=user.pk)
+
+
+def fee_tier_rates_for(*, user, instrument) -> FeeRates:
+    """The rates `fee_rates_for` gives and the tier, volume and uptime they were chosen from."""
+    return user_fee_tier_rates(user_id=user.pk)

@@ -7,6 +7,7 @@ arrives later (see `exchange.replies`).
 """
 
 import copy
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -20,6 +21,7 @@ from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, transaction
 from django.utils import timezone
 from rest_framework.exceptions import APIException
 
+from accounts.fee_tiers import FeeRates
 from accounts.funds import DEMO_FUNDS, demo_funds_grant
 from accounts.ledger import HoldRequest, funds_hold, funds_hold_many
 from accounts.models import LedgerAccount
@@ -28,7 +30,7 @@ from audit.services import AuditEntry, audit_entry, audit_record, audit_record_c
 from exchange.api_errors import error_answer
 from exchange.db_cursors import bound_cursor
 from exchange.errors import ApiError, trading_error
-from exchange.fees import fee_rates_for
+from exchange.fees import fee_tier_rates_for
 from exchange.holds import best_ask_ticks, buy_hold_minor, held_amount
 from exchange.models import Instrument, Order
 from exchange.order_rules import (
@@ -94,6 +96,7 @@ class OrderPlan:
     hold_field: str
     command_payload: dict  # without order_id
     audit: AuditEntry  # without order_id and command_id
+    fees: FeeRates  # the rates frozen on the order and their tier (its fee.calculated record)
 
 
 @dataclass(slots=True)
@@ -401,7 +404,8 @@ def _order_plan(*, user, request: OrderRequest, http_request, now: dt.datetime |
     if request.time_in_force == Order.TimeInForce.DAY:
         expire_at = day_expiry(instrument, now)
 
-    maker_ppm, taker_ppm = fee_rates_for(user=user, instrument=instrument)
+    fees = fee_tier_rates_for(user=user, instrument=instrument)
+    maker_ppm, taker_ppm = fees.maker_fee_ppm, fees.taker_fee_ppm
     buy_minor = 0
     if is_buy:
         buy_minor = buy_hold_minor(
@@ -493,8 +497,11 @@ def _order_plan(*, user, request: OrderRequest, http_request, now: dt.datetime |
         hold_field="quote_quantity" if request.quote_quantity is not None else "quantity",
         command_payload=command_payload,
         audit=audit,
+        fees=fees,
     )
 
+
+FEE_CALCULATED = str(AuditEvent.FEE_CALCULATED)  # as an AuditEntry's event_type
 
 ORDER_IDS_SQL = (
     "SELECT nextval(pg_get_serial_sequence('exchange_order', 'id')) FROM generate_series(1, %s)"
@@ -656,6 +663,20 @@ def _orders_store(plans: list[OrderPlan]) -> list[Placement | ApiError]:
                 **plan.audit.payload, "order_id": plan.order.pk, "command_id": command_id
             }  # fmt: skip
             entries.append(plan.audit)
+            # The rates frozen on it and the tier they came from, beside its submission.
+            entries.append(
+                dataclasses.replace(
+                    plan.audit,
+                    event_type=FEE_CALCULATED,
+                    payload={
+                        **plan.fees.audit_payload(),
+                        "maker_fee_ppm": plan.fees.maker_fee_ppm,
+                        "taker_fee_ppm": plan.fees.taker_fee_ppm,
+                        "order_id": plan.order.pk,
+                        "command_id": command_id,
+                    },
+                )
+            )
             results[i] = Placement(order=plan.order, created=True, command_id=command_id)
         audit_record_copy(records=entries)
     for i, first in replay_of.items():

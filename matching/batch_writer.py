@@ -74,6 +74,7 @@ REFUSED_EVENTS = {
 
 
 KIND_OPCODES = {"cancel": p.OP_CANCEL, "amend": p.OP_AMEND}
+ACCEPTED = str(AuditEvent.ORDER_ACCEPTED)  # as an AuditEntry's event_type
 
 
 def _subjects_fill(audits: list[AuditEntry]) -> None:
@@ -722,6 +723,9 @@ class BatchWriter:
             subject = a.cmd[3] if op == p.OP_PLACE else (a.cmd[2] if op == p.OP_AMEND else None)
             triggered: set[int] = set()
             reduced: set[int] = set()  # resting orders decrement_both took quantity off
+            # Where a placed order's `order.accepted` goes: before the records its arrival
+            # caused (its fills, a trigger, a self-trade prevented), and only once.
+            start, accepted_at = len(audits), -1
             for ev in a.events:
                 kind = ev[0]
                 symbol = ev[3]
@@ -742,7 +746,14 @@ class BatchWriter:
                     u.filled, u.remaining = filled, remaining
                     u.price = price or None
                     u.spent, u.d_spent = spent, 0
-                    audits.append(self._order_audit(a, ev, subject, op, triggered, reduced, texts))
+                    entry = self._order_audit(a, ev, subject, op, triggered, reduced, texts)
+                    if oid != subject or op != p.OP_PLACE or entry.event_type != ACCEPTED:
+                        audits.append(entry)
+                    elif accepted_at < 0:
+                        audits.insert(start, entry)
+                        accepted_at = start
+                    else:  # its state after the command (decrement_both had reported it)
+                        audits[accepted_at] = entry
                 elif kind == p.EV_TRADE:
                     self._trade_collect(ev, upd)
                     trades.append(ev)
@@ -1036,7 +1047,7 @@ class BatchWriter:
 
     def _order_audit(
         self, a, ev, subject, op, triggered: set[int], reduced: set[int], texts
-    ) -> AuditEntry:
+    ) -> AuditEntry | None:
         (_, _, _, sym, oid, uid, status, reason, filled, remaining, price, _spent) = ev
         text = texts[sym]
         payload = {
@@ -1067,8 +1078,12 @@ class BatchWriter:
             event, payload["why"] = AuditEvent.ORDER_REDUCED, p.R_STP
         elif op == p.OP_AMEND and oid == subject:
             event = AuditEvent.ORDER_AMENDED
-        elif oid == subject or oid in triggered:
+        elif oid == subject:
             event = AuditEvent.ORDER_ACCEPTED
+        elif oid in triggered:
+            # A stop triggered by another command: accepted when placed, its trigger and fills
+            # recorded now; what it became is in those (it read `order.accepted` again).
+            return None
         else:
             event = AuditEvent.ORDER_AMENDED
         return self._audit(event, a, order_id=oid, user_id=uid, symbol=sym, payload=payload)

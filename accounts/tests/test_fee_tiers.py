@@ -20,7 +20,12 @@ from accounts.models import QuotePresenceSample as Sample
 from accounts.tests.fee_tier_data import SHIPPED_TIERS, at, ensure_shipped_tiers, new_user
 from audit.events import AuditEvent
 from audit.models import AuditRecord
+from exchange import services
+from exchange.api_errors import ApiError
 from exchange.fees import fee_rates_for
+from exchange.models import Order
+from exchange.order_rules import OrderRequest
+from exchange.tests.api_client import make_instrument, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -161,6 +166,47 @@ def test_order_rates_are_the_users_tier_and_retail_without_an_assignment(tiers):
     fee_tier_assign(user=whale, now=NOW)
     assert fee_rates_for(user=newcomer, instrument=None) == (1_000, 2_000)
     assert fee_rates_for(user=whale, instrument=None) == (-300, 1_000)
+
+
+def test_each_stored_order_records_its_frozen_rates_and_their_tier_as_fee_calculated(tiers):
+    # The catalogue had `fee.calculated`, and nothing wrote it.
+    fee_rates_cache_clear()
+    whale, newcomer = make_user("whale"), make_user("newcomer")
+    poor = make_user("poor", funds={})
+    volume(whale, NOW.date(), "50000000")
+    fee_tier_assign(user=whale, now=NOW)
+    symbol = make_instrument().symbol
+
+    def plan(user):
+        request = OrderRequest(symbol=symbol, side="buy", order_type="limit",
+                               price=Decimal("10.00"), quantity=Decimal("2"))  # fmt: skip
+        return services.order_plan(user=user, request=request)
+
+    big, small, refused = services.orders_store(plans=[plan(whale), plan(newcomer), plan(poor)])
+    assert isinstance(refused, ApiError)  # nothing stored, nothing calculated
+    assert not AuditRecord.objects.filter(user_id=poor.pk).exists()
+    calculated = {}
+    for placed in (big, small):
+        order = Order.objects.get(pk=placed.order.pk)
+        [submitted] = AuditRecord.objects.filter(event_type="order.submitted", order_id=order.pk)
+        [record] = AuditRecord.objects.filter(event_type="fee.calculated", order_id=order.pk)
+        assert record.seq == submitted.seq + 1  # beside it, in the same COPY and transaction
+        assert (record.user_id, record.symbol) == (order.user_id, symbol)
+        assert record.payload["command_id"] == placed.command_id
+        assert (record.payload["maker_fee_ppm"], record.payload["taker_fee_ppm"]) == (
+            order.maker_fee_ppm,
+            order.taker_fee_ppm,
+        )
+        calculated[order.user_id] = record.payload
+    whales = calculated[whale.pk]
+    assert (whales["tier"], whales["basis"]) == ("Volume 3", "assigned")
+    assert (whales["maker_fee_pct"], whales["taker_fee_pct"]) == ("-0.0300", "0.1000")
+    assert Decimal(whales["volume_30d"]) == Decimal("50000000")
+    assert whales["assessed_at"] == NOW.isoformat().replace("+00:00", "Z")
+    newcomers = calculated[newcomer.pk]
+    assert (newcomers["tier"], newcomers["basis"]) == ("Retail", "base")  # never assessed
+    assert (newcomers["maker_fee_pct"], newcomers["taker_fee_pct"]) == ("0.1000", "0.2000")
+    assert newcomers["volume_30d"] is None and newcomers["assessed_at"] is None
 
 
 def test_full_assessment_moves_everyone_including_those_whose_volume_left(tiers):

@@ -1,0 +1,130 @@
+"""An order's audit trail as a compliance officer reads it: each event of the order once, in
+the order it happened (against the real web process and shard worker)."""
+
+import pytest
+
+from audit.models import AuditRecord
+from conftest import wait_until
+from exchange.tests.api_client import ApiClient, make_instrument
+
+pytestmark = [pytest.mark.processes]
+
+
+@pytest.fixture
+def clients(exchange_stack, live_db):
+    return ApiClient(exchange_stack), ApiClient(exchange_stack), ApiClient(exchange_stack)
+
+
+def limit(symbol, side, price, quantity, **extra):
+    return {
+        "symbol": symbol,
+        "side": side,
+        "order_type": "limit",
+        "price": price,
+        "quantity": quantity,
+        **extra,
+    }
+
+
+def settled(client, order, status):
+    path = f"/api/v1/orders/{order['order_id']}"
+    return wait_until(lambda: (o := client.get(path).json())["status"] == status and o, timeout=10)
+
+
+def history(order) -> list[AuditRecord]:
+    return list(AuditRecord.objects.filter(order_id=order["order_id"]).order_by("seq"))
+
+
+def events(order) -> list[str]:
+    return [r.event_type for r in history(order)]
+
+
+def test_a_stop_order_is_accepted_once_when_placed_and_then_triggered(clients):
+    # After its trigger the worker recorded `order.accepted` a second time (status filled, or
+    # new for a stop-limit now resting), as if the engine had taken in another order.
+    maker, stopper, other = clients
+    symbol = make_instrument().symbol
+    stop = stopper.place(
+        symbol=symbol, side="sell", order_type="stop_loss", stop_price="95.00", quantity="2"
+    ).json()
+    stop_limit = stopper.place(
+        symbol=symbol,
+        side="buy",
+        order_type="stop_limit",
+        stop_price="95.00",
+        limit_price="90.00",
+        quantity="1",
+    ).json()
+    assert stop["status"] == stop_limit["status"] == "untriggered"
+    maker.place(**limit(symbol, "buy", "94.00", "5"))
+    maker.place(**limit(symbol, "buy", "95.00", "1"))
+    other.place(symbol=symbol, side="sell", order_type="market", quantity="1")  # last 95.00
+    settled(stopper, stop, "filled")
+    settled(stopper, stop_limit, "new")
+
+    assert events(stop) == [
+        "order.submitted",
+        "fee.calculated",
+        "order.accepted",
+        "order.triggered",
+        "trade.executed",
+    ]
+    accepted = history(stop)[2]
+    assert (accepted.payload["status"], accepted.payload["remaining"]) == ("untriggered", "2")
+    # Triggered, it rests at its limit price (its fills, had it any, would follow).
+    assert events(stop_limit) == [
+        "order.submitted",
+        "fee.calculated",
+        "order.accepted",
+        "order.triggered",
+    ]
+
+
+def test_an_order_that_trades_on_arrival_is_accepted_once_before_its_fills(clients):
+    # The acceptance came after the fills it made; a taker that self-trade prevention's
+    # decrement_both reduced was accepted twice (reduced, then again at its end); a stop
+    # triggered on arrival read triggered, fills, then accepted.
+    maker, taker, _ = clients
+    symbol = make_instrument().symbol
+    maker.place(**limit(symbol, "sell", "100.00", "2"))
+    maker.place(**limit(symbol, "sell", "101.00", "2"))
+    sweep = taker.place(symbol=symbol, side="buy", order_type="market", quantity="4").json()
+    assert sweep["status"] == "filled"
+    assert events(sweep) == [
+        "order.submitted",
+        "fee.calculated",
+        "order.accepted",
+        "trade.executed",
+        "trade.executed",
+    ]
+    accepted = history(sweep)[2]
+    assert (accepted.payload["status"], accepted.payload["filled"]) == ("filled", "4")
+
+    symbol = make_instrument().symbol
+    taker.place(**limit(symbol, "sell", "100.00", "1"))  # its own, first in the queue
+    maker.place(**limit(symbol, "sell", "100.00", "2"))
+    reduced = taker.place(**limit(symbol, "buy", "100.00", "3", stp_mode="decrement_both"))
+    reduced = reduced.json()
+    assert (reduced["status"], reduced["filled_quantity"]) == ("filled", "2")
+    assert events(reduced) == [
+        "order.submitted",
+        "fee.calculated",
+        "order.accepted",
+        "trade.self_trade_prevented",
+        "trade.executed",
+    ]
+    assert history(reduced)[2].payload["status"] == "filled"  # its state after arrival
+
+    # The last trade was at 100.00: a sell stop at 105.00 triggers as it arrives.
+    maker.place(**limit(symbol, "buy", "99.00", "1"))
+    stop = taker.place(
+        symbol=symbol, side="sell", order_type="stop_loss", stop_price="105.00", quantity="1"
+    ).json()
+    assert stop["status"] == "filled"
+    assert events(stop) == [
+        "order.submitted",
+        "fee.calculated",
+        "order.accepted",
+        "order.triggered",
+        "trade.executed",
+    ]
