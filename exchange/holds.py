@@ -26,9 +26,10 @@ def buy_hold_minor(
     stop_ticks: int,
     quote_minor: int,
     best_ask_ticks: int | None,
-    taker_fee_ppm: int,
+    fee_ppm: int,
 ) -> int:
-    """Quote minor units a buy may spend, fees included (the worst case is taking liquidity).
+    """Quote minor units a buy may spend, fees included at `fee_ppm` (the higher of its maker and
+    taker rates: it may fill either way).
 
     Limit and stop-limit: price x quantity. Market by quote: the quote amount. Market by
     quantity: quantity at the collar above the best ask (no ask: nothing can fill). Stop-loss:
@@ -46,7 +47,7 @@ def buy_hold_minor(
         worst_ticks = _collar_price(best_ask_ticks, engine.collar_ppm)
     else:
         return 0
-    return buy_cost_minor(engine, worst_ticks, qty_lots, taker_fee_ppm)
+    return buy_cost_minor(engine, worst_ticks, qty_lots, fee_ppm)
 
 
 def best_ask_ticks(engine: EngineInstrument, price: Decimal | None) -> int | None:

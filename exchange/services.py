@@ -418,7 +418,8 @@ def _order_plan(*, user, request: OrderRequest, http_request, now: dt.datetime |
             best_ask_ticks=best_ask_ticks(engine, best_ask_price)
             if kind in (Order.Type.MARKET, Order.Type.STOP_LOSS)
             else None,
-            taker_fee_ppm=taker_ppm,
+            # The higher rate: a fill as maker may cost more where a tier charges makers more.
+            fee_ppm=max(maker_ppm, taker_ppm),
         )
         buy_minor = buy_value_check(
             engine, instrument, buy_minor, "quote_quantity" if spend else "quantity"
@@ -888,7 +889,7 @@ def order_amend(
             )
             if stop_loss
             else None,
-            taker_fee_ppm=order.taker_fee_ppm,
+            fee_ppm=max(order.maker_fee_ppm, order.taker_fee_ppm),
         )
         max_quote = buy_value_check(
             engine, instrument, needed, "quantity" if quantity is not None else "price"

@@ -298,6 +298,8 @@ class PreparedBatch:
     # (order_id, amount): the held_amount change of an amend refused because its order had
     # ended in an earlier batch, undone on that order's row (its hold went back when it ended).
     ended_held_reverts: list[tuple] = field(default_factory=list)
+    # Orders that may give hold back (a `need`), in id order: locked first (ORDERS_LOCK_SQL).
+    reducible: list[int] = field(default_factory=list)
 
 
 # A refused amend's change of held_amount, undone on orders that ended in an earlier batch.
@@ -318,7 +320,12 @@ UPDATE exchange_order o SET held_amount = o.held_amount - r.amount
 # PostgreSQL re-checks a row's keys when it updates a version its own transaction wrote.)
 # A live order with a `need` (see BatchWriter._hold_needs) gives back what it holds above
 # it (`reduced`), in the same statement, and its held_amount (its budget over its life) drops
-# by as much, so that an amend reckons its change from what is really held.
+# by as much, so that an amend reckons its change from what is really held. Not while an amend
+# of it waits for the engine: its hold change is in the row already, and the need (from the
+# engine, before that amend) knows nothing of it; the batch that applies the amend reckons
+# again. The rows were locked by ORDERS_LOCK_SQL earlier in the transaction, so no amend can
+# commit between this statement's snapshot and its read of the row; this batch's own commands
+# are marked applied before this statement.
 # Every updated order is returned, with its side and client_order_id, which the orders
 # channel's frames say (the engine has no client_order_id, nor the side of an ended order).
 # RETURNING shows only the new row, so the ended rows and those with a need are read once more
@@ -368,8 +375,13 @@ WITH updated AS (
                 ON f.k = u.k) u
       LEFT JOIN LATERAL (
             SELECT HOLD_LEFT AS hold_left,
-                   CASE WHEN u.open THEN GREATEST(HOLD_LEFT - u.need
-                       * CASE WHEN x.side = 'buy' THEN u.minor ELSE u.lot END, 0) END AS reduced
+                   CASE WHEN u.open AND NOT EXISTS (
+                            SELECT FROM matching_command c
+                             WHERE c.order_id = x.id AND c.kind = 'amend'
+                               AND c.applied_at IS NULL)
+                        THEN GREATEST(HOLD_LEFT - u.need
+                            * CASE WHEN x.side = 'buy' THEN u.minor ELSE u.lot END, 0)
+                   END AS reduced
               FROM exchange_order x
              WHERE x.id = u.id AND (NOT u.open OR u.need IS NOT NULL)
             OFFSET 0 FOR NO KEY UPDATE) e ON true
@@ -384,6 +396,12 @@ SELECT r.id, r.user_id,
   FROM updated r
   JOIN exchange_instrument i ON i.id = r.instrument_id
 """.replace("HOLD_LEFT", _HOLD_LEFT)
+
+# The orders a batch may give hold back from, locked first (in id order) so that an amend of one
+# either committed before the batch's statements read it or waits for the batch's commit.
+ORDERS_LOCK_SQL = """
+SELECT FROM exchange_order WHERE id = ANY(%s::bigint[]) ORDER BY id FOR NO KEY UPDATE
+"""
 
 TRADES_INSERT_SQL = """
 INSERT INTO exchange_trade (
@@ -587,6 +605,8 @@ class BatchWriter:
             u.user_id for u in updates.values() if u.status in ENDED or u.hold_release
         )
         ledger_users.update(release[1] for release in amend_releases)
+        # Those whose orders may give hold back (`reduced`, found by the orders UPDATE).
+        ledger_users.update(u.user_id for u in updates.values() if u.need is not None)
         ledger_users.discard(None)
         return PreparedBatch(
             applied=applied,
@@ -609,6 +629,7 @@ class BatchWriter:
             amend_releases=amend_releases,
             ended_held_reverts=ended_held_reverts,
             ledger_users=sorted(ledger_users),
+            reducible=sorted(u.id for u in updates.values() if u.need is not None),
             outcome=BatchOutcome(
                 command_ids=[a.command_id for a in applied],
                 symbols=symbols,
@@ -934,6 +955,7 @@ class BatchWriter:
                 u.hold_only = True
             if refused:
                 u.held_revert += delta
+                u.rebudget = True  # what an earlier batch could not give back meanwhile
             if release:
                 u.hold_release += release
                 releases.append(
@@ -1259,6 +1281,10 @@ class BatchWriter:
         client_order_id) of each order updated, its asset None unless the order ended with a
         hold to give back (`amount`)."""
         statements: list[tuple[str, str, list]] = []
+        if prepared.reducible:
+            statements.append(("lock", ORDERS_LOCK_SQL, [prepared.reducible]))
+        # The commands first: the orders UPDATE must see this batch's amends applied.
+        statements.append(("commands", COMMANDS_APPLIED_SQL, [*prepared.command_params]))
         if prepared.order_rows:
             if inline:
                 columns = [list(column) for column in zip(*prepared.order_rows, strict=True)]
@@ -1266,7 +1292,6 @@ class BatchWriter:
                 statements.append(("orders", ORDERS_UPDATE_INLINE_SQL, params))
             else:
                 statements.append(("orders", ORDERS_UPDATE_SQL, [*prepared.factors]))
-        statements.append(("commands", COMMANDS_APPLIED_SQL, [*prepared.command_params]))
         if prepared.ended_held_reverts:
             ids, amounts = zip(*prepared.ended_held_reverts, strict=True)
             statements.append(("held", HELD_REVERT_SQL, [list(ids), list(amounts)]))
