@@ -387,7 +387,8 @@ WITH updated AS (
             OFFSET 0 FOR NO KEY UPDATE) e ON true
      WHERE o.id = u.id
     RETURNING o.id, o.user_id, o.side, o.instrument_id, o.client_order_id,
-              COALESCE(e.reduced, e.hold_left) AS hold_left, e.reduced IS NOT NULL AS live
+              CASE WHEN u.open THEN e.reduced ELSE e.hold_left END AS hold_left,
+              u.open AS live
 )
 SELECT r.id, r.user_id,
        CASE WHEN r.hold_left > 0 THEN
