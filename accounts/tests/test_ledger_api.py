@@ -5,6 +5,7 @@ import random
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
+import psycopg
 import pytest
 from django.contrib.auth.models import Permission
 from django.utils import timezone
@@ -361,6 +362,46 @@ def test_quantity_self_trade_prevention_takes_off_gives_its_hold_back(market):
     stored = Order.objects.get(pk=offer["order_id"])
     assert (stored.held_amount, stored.hold_remaining) == (Decimal(7), Decimal(7))
     assert ledger_discrepancies() == {}
+
+
+def test_an_amend_committed_while_a_batch_reducing_its_order_is_written_keeps_its_hold(
+    market, process_env
+):
+    # The batch's need came from the engine before the amend, its UPDATE read the row with the
+    # amend's added hold: it gave that back too, and the order, under-held, failed the batch
+    # of its next fill (order_hold_remaining_gte_0) with the worker exiting each time.
+    instrument, base_url = market
+    symbol = instrument.symbol
+    trader = ApiClient(base_url, make_user(funds={"USD": Decimal("5000.00"), "TST": Decimal(10)}))
+    stp = {"stp_mode": "decrement_both"}
+    bid = trader.place(**limit(symbol, "buy", "100.00", "10", **stp)).json()
+    all_applied()
+    # The worker's next batch waits at its lease check, after the engine applied it.
+    with psycopg.connect(process_env["DATABASE_URL"], autocommit=False) as blocker:
+        blocker.execute("SELECT FROM matching_shardstate WHERE shard = 0 FOR UPDATE")
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            decrement = pool.submit(trader.place, **limit(symbol, "sell", "100.00", "4", **stp))
+            wait_until(lambda: blocker_waited_on(process_env["DATABASE_URL"]), timeout=15)
+            amended = trader.patch(f"/api/v1/orders/{bid['order_id']}", {"quantity": "20"})
+            assert amended.status_code in (200, 202), amended.text
+            blocker.rollback()
+            assert decrement.result().status_code in (201, 202)
+    all_applied()
+    # 20 x 100.00, the 0.20% fee and 0.19 of reserve: the amend's new total is all left.
+    assert held(trader) == ("2004.19", "2995.81")
+    seller = ApiClient(base_url, make_user(funds={"TST": Decimal(20)}))
+    assert seller.place(**limit(symbol, "sell", "100.00", "20")).status_code in (201, 202)
+    all_applied()
+    assert order_state(bid["order_id"]) == ("filled", Decimal(20), "")
+    assert held(trader) == ("0.00", "2998.00")
+    assert ledger_discrepancies() == {}
+
+
+def blocker_waited_on(url: str) -> bool:
+    """Whether a session waits for a lock (the worker's batch, behind the test's row lock)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        return conn.execute(waiting).fetchone()[0] > 0
 
 
 def test_a_stop_loss_buy_that_triggers_at_once_holds_for_the_best_ask(market):
