@@ -827,12 +827,20 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 return
             if kind == "book":
                 self.sub.depths[symbol] = depth
+            # Its status, for a status frame behind the first one when it is not trading. A
+            # symbol deleted meanwhile, or the database out of reach, has none: the market data
+            # (from Redis) still flows.
             listed = ("trading", "", True)
             if kind in ("book", "ticker"):
-                states = await database_sync_to_async(
-                    instruments_trading_state, thread_sensitive=False
-                )([symbol])
-                listed = states.get(symbol, listed)  # deleted meanwhile: its book is all
+                try:
+                    states = await database_sync_to_async(
+                        instruments_trading_state, thread_sensitive=False
+                    )([symbol])
+                except Exception as exc:
+                    if not database_unavailable(exc):
+                        raise
+                    states = {}
+                listed = states.get(symbol, listed)
             try:
                 await hub.mirror(symbol)
             except (redis.RedisError, OSError):
