@@ -925,20 +925,20 @@ class BatchWriter:
         back too: returned apart for one that ended in an earlier batch."""
         releases, ended_reverts = [], []
         for a in applied:
-            delta = a.hold_delta
-            if not delta:
-                continue
             if a.cmd is not None and a.cmd[0] == p.OP_AMEND:
                 order_id, refused = a.cmd[2], any(ev[0] == p.EV_REJECT for ev in a.events)
             elif a.cmd is None and a.kind == "amend" and a.order_id is not None:
                 order_id, refused = a.order_id, True
             else:
                 continue
+            delta = a.hold_delta or Decimal(0)
+            if not delta and not refused:
+                continue  # applied: its order's event marks it for the need's reckoning
             live = engine.order(order_id)
             if live is None:
                 # Its hold went back whole when it ended; only the row's held_amount still
                 # read the amend's (a filled 20 x 99.90 buy said 1201.31 held).
-                if refused:
+                if refused and delta:
                     ended = updates.get(order_id)
                     if ended is not None:
                         ended.held_revert += delta
@@ -955,8 +955,10 @@ class BatchWriter:
                 )
                 u.hold_only = True
             if refused:
+                # Even with nothing to revert: a batch that ran while the amend waited for the
+                # engine gave nothing back (a price-only amend refused, say), this one reckons.
                 u.held_revert += delta
-                u.rebudget = True  # what an earlier batch could not give back meanwhile
+                u.rebudget = True
             if release:
                 u.hold_release += release
                 releases.append(

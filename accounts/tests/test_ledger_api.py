@@ -397,6 +397,41 @@ def test_an_amend_committed_while_a_batch_reducing_its_order_is_written_keeps_it
     assert ledger_discrepancies() == {}
 
 
+def test_a_refused_amend_with_no_hold_to_revert_still_gives_back_what_its_order_no_longer_needs(
+    market, process_env
+):
+    # A batch taking quantity off an order gives nothing back while an amend of it waits for
+    # the engine; the amend's batch reckons again. A refused price-only amend (nothing to
+    # revert) did not, and the order kept the hold of quantity it no longer had until it ended.
+    instrument, base_url = market
+    symbol = instrument.symbol
+    other = ApiClient(base_url, make_user(funds={"USD": Decimal("1000.00")}))
+    assert other.place(**limit(symbol, "buy", "99.00", "5")).status_code == 201
+    trader = ApiClient(base_url, make_user(funds={"USD": Decimal("1000.00"), "TST": Decimal(10)}))
+    stp = {"stp_mode": "decrement_both"}
+    offer = trader.place(**limit(symbol, "sell", "100.00", "10", post_only=True, **stp)).json()
+    assert offer["status"] == "new", offer
+    all_applied()
+    with psycopg.connect(process_env["DATABASE_URL"], autocommit=False) as blocker:
+        blocker.execute("SELECT FROM matching_shardstate WHERE shard = 0 FOR UPDATE")
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            decrement = pool.submit(trader.place, **limit(symbol, "buy", "100.00", "4", **stp))
+            wait_until(lambda: blocker_waited_on(process_env["DATABASE_URL"]), timeout=15)
+            # Post-only at the other's bid: the engine refuses it (PostOnlyWouldMatch).
+            amended = trader.patch(f"/api/v1/orders/{offer['order_id']}", {"price": "99.00"})
+            assert amended.status_code in (202, 400), amended.text
+            blocker.rollback()
+            assert decrement.result().status_code in (201, 202)
+    all_applied()
+    stored = Order.objects.get(pk=offer["order_id"])
+    assert (stored.status, stored.price, stored.remaining_quantity) == (
+        "new", Decimal("100.00"), Decimal(6)
+    )  # fmt: skip
+    assert (stored.held_amount, stored.hold_remaining) == (Decimal(6), Decimal(6))
+    assert held(trader, "TST") == ("6", "4")
+    assert ledger_discrepancies() == {}
+
+
 def blocker_waited_on(url: str) -> bool:
     """Whether a session waits for a lock (the worker's batch, behind the test's row lock)."""
     with psycopg.connect(url, autocommit=True) as conn:
