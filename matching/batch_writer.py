@@ -75,6 +75,8 @@ REFUSED_EVENTS = {
 
 KIND_OPCODES = {"cancel": p.OP_CANCEL, "amend": p.OP_AMEND}
 ACCEPTED = str(AuditEvent.ORDER_ACCEPTED)  # as an AuditEntry's event_type
+ENDED = {str(AuditEvent.ORDER_CANCELLED), str(AuditEvent.ORDER_EXPIRED)}
+STATE = ("status", "filled", "remaining", "price", "command_id")  # an order.accepted's
 
 
 def _subjects_fill(audits: list[AuditEntry]) -> None:
@@ -770,6 +772,16 @@ class BatchWriter:
                     u.spent, u.d_spent = spent, 0
                     entry = self._order_audit(a, ev, subject, op, triggered, reduced, texts)
                     if oid != subject or op != p.OP_PLACE or entry.event_type != ACCEPTED:
+                        placed = op == p.OP_PLACE and oid == subject
+                        if placed and accepted_at < 0 and entry.event_type in ENDED:
+                            # Taken in and ended by the same command (an IOC's or a market
+                            # order's unfilled rest, a taker self-trade prevention cancelled):
+                            # accepted first all the same, with its state after the command.
+                            state = {k: v for k, v in entry.payload.items() if k in STATE}
+                            accepted = self._audit(ACCEPTED, a, order_id=oid, user_id=uid,
+                                                   symbol=sym, payload=state)  # fmt: skip
+                            audits.insert(start, accepted)
+                            accepted_at = start
                         audits.append(entry)
                     elif accepted_at < 0:
                         audits.insert(start, entry)

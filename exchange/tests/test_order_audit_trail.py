@@ -128,3 +128,52 @@ def test_an_order_that_trades_on_arrival_is_accepted_once_before_its_fills(clien
         "order.triggered",
         "trade.executed",
     ]
+
+
+def test_an_order_ended_by_the_command_that_placed_it_is_accepted_before_it_ends(clients):
+    # An IOC whose rest was cancelled, a market order that found no liquidity and a taker
+    # that self-trade prevention cancelled read submitted, fee, (fills,) cancelled: their
+    # trail never said the engine had taken them in.
+    maker, taker, _ = clients
+    symbol = make_instrument().symbol
+    maker.place(**limit(symbol, "sell", "100.00", "2"))
+    ioc = taker.place(**limit(symbol, "buy", "100.00", "5", time_in_force="IOC")).json()
+    assert (ioc["status"], ioc["filled_quantity"]) == ("cancelled", "2")
+    assert events(ioc) == [
+        "order.submitted",
+        "fee.calculated",
+        "order.accepted",
+        "trade.executed",
+        "order.cancelled",
+    ]
+    accepted, cancelled = history(ioc)[2], history(ioc)[4]
+    assert accepted.payload == {
+        "status": "cancelled",
+        "filled": "2",
+        "remaining": "0",
+        "price": "100.00",
+        "command_id": cancelled.payload["command_id"],
+    }
+    assert cancelled.payload["why"] == "ioc_remainder"
+
+    unmatched = taker.place(symbol=symbol, side="buy", order_type="market", quantity="1").json()
+    assert (unmatched["status"], unmatched["filled_quantity"]) == ("cancelled", "0")
+    assert events(unmatched) == [
+        "order.submitted",
+        "fee.calculated",
+        "order.accepted",
+        "order.cancelled",
+    ]
+    assert history(unmatched)[3].payload["why"] == "no_liquidity"
+
+    maker.place(**limit(symbol, "sell", "101.00", "1"))
+    own = maker.place(**limit(symbol, "buy", "101.00", "1", stp_mode="cancel_incoming")).json()
+    assert own["status"] == "cancelled"
+    assert events(own) == [
+        "order.submitted",
+        "fee.calculated",
+        "order.accepted",
+        "trade.self_trade_prevented",
+        "order.cancelled",
+    ]
+    assert history(own)[4].payload["why"] == "stp"
