@@ -75,7 +75,8 @@ REFUSED_EVENTS = {
 
 KIND_OPCODES = {"cancel": p.OP_CANCEL, "amend": p.OP_AMEND}
 ACCEPTED = str(AuditEvent.ORDER_ACCEPTED)  # as an AuditEntry's event_type
-ENDED = {str(AuditEvent.ORDER_CANCELLED), str(AuditEvent.ORDER_EXPIRED)}
+# The audit records of an order ended (apart from ENDED, the statuses of one).
+ENDED_EVENTS = {str(AuditEvent.ORDER_CANCELLED), str(AuditEvent.ORDER_EXPIRED)}
 STATE = ("status", "filled", "remaining", "price", "command_id")  # an order.accepted's
 
 
@@ -773,7 +774,7 @@ class BatchWriter:
                     entry = self._order_audit(a, ev, subject, op, triggered, reduced, texts)
                     if oid != subject or op != p.OP_PLACE or entry.event_type != ACCEPTED:
                         placed = op == p.OP_PLACE and oid == subject
-                        if placed and accepted_at < 0 and entry.event_type in ENDED:
+                        if placed and accepted_at < 0 and entry.event_type in ENDED_EVENTS:
                             # Taken in and ended by the same command (an IOC's or a market
                             # order's unfilled rest, a taker self-trade prevention cancelled):
                             # accepted first all the same, with its state after the command.

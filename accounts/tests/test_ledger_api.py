@@ -8,9 +8,10 @@ from decimal import Decimal
 import psycopg
 import pytest
 from django.contrib.auth.models import Permission
+from django.db import transaction
 from django.utils import timezone
 
-from accounts.ledger import funds_withdraw
+from accounts.ledger import funds_deposit, funds_withdraw
 from accounts.models import FeeTierAssignment, LedgerAccount
 from accounts.selectors import ledger_discrepancies
 from accounts.tests.fee_tier_data import ensure_shipped_tiers
@@ -430,6 +431,53 @@ def test_a_refused_amend_with_no_hold_to_revert_still_gives_back_what_its_order_
     assert (stored.held_amount, stored.hold_remaining) == (Decimal(6), Decimal(6))
     assert held(trader, "TST") == ("6", "4")
     assert ledger_discrepancies() == {}
+
+
+def test_a_batch_releasing_the_hold_of_a_user_without_a_trade_locks_the_users_in_id_order(
+    market, process_env
+):
+    # The batch locked only the users of its trades (the check for ended orders read a name
+    # the audit trail had reused), then, settling, the user whose order ended: after the
+    # others. A ledger writer holding that user and then asking for another (an order entry
+    # batch, in user id order) deadlocked with it: the web's orders answered 500, or the
+    # worker's batch failed and it rebuilt.
+    instrument, base_url = market
+    symbol = instrument.symbol
+    stopped = ApiClient(base_url, make_user())  # the lowest user id of the three
+    seller, buyer = ApiClient(base_url, make_user()), ApiClient(base_url, make_user())
+    # A cancel first: the worker has settled for each of them before (it creates the ledger
+    # accounts it has not seen, which would wait for the deposit below instead).
+    for trader in (stopped, seller, buyer):
+        bid = trader.place(**limit(symbol, "buy", "1.00", "1")).json()
+        assert trader.delete(f"/api/v1/orders/{bid['order_id']}").status_code == 200
+    stop = stopped.place(**stop_loss_buy(symbol, "10.00", "1")).json()
+    assert stop["status"] == "untriggered", stop
+    assert seller.place(**limit(symbol, "sell", "10.00", "1")).status_code == 201
+    all_applied()
+    with transaction.atomic(), ThreadPoolExecutor(max_workers=1) as pool:
+        funds_deposit(user=stopped.user, asset="USD", amount=Decimal(1))  # holds its user
+        # Trading the only ask at 10.00 triggers the stop: a market buy with nothing to buy,
+        # cancelled (no_liquidity), its hold released in the batch of that trade.
+        crossing = pool.submit(buyer.place, **limit(symbol, "buy", "10.00", "1"))
+        wait_until(lambda: waits_for_user_lock(process_env["DATABASE_URL"]), timeout=15)
+        funds_deposit(user=seller.user, asset="USD", amount=Decimal(1))
+    assert crossing.result().status_code in (201, 202)
+    all_applied()
+    assert order_state(stop["order_id"]) == ("cancelled", Decimal(0), "no_liquidity")
+    users = (stopped.user.pk, seller.user.pk, buyer.user.pk)
+    assert not Command.objects.filter(user_id__in=users, attempts__gt=0).exists()
+    assert held(stopped) == ("0.00", str(Decimal("10000001.00")))
+    assert ledger_discrepancies() == {}
+
+
+def waits_for_user_lock(url: str) -> bool:
+    """Whether a session of the test database waits for a user's ledger lock."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event = 'advisory'"
+        )
+        return conn.execute(waiting).fetchone()[0] > 0
 
 
 def blocker_waited_on(url: str) -> bool:
