@@ -517,6 +517,10 @@ def test_a_nul_character_in_the_path_or_query_is_a_400_not_a_500(market):
         ("/api/v1/trades/{symbol}", {"limit": "\u0661"}, "limit"),
         ("/api/v1/orders", {"status": "bogus"}, "status"),
         ("/api/v1/orders", {"end": "\uff12\uff10\uff12\uff16-01-01T00:00:00Z"}, "end"),
+        # Over the 4,300 digits int() reads (CPython's limit).
+        ("/api/v1/orders", {"limit": "9" * 5000}, "limit"),
+        ("/api/v1/orderbook/{symbol}", {"depth": "0" * 5000 + "51"}, "depth"),
+        ("/api/v1/candles/{symbol}", {"interval": "1m", "limit": "9" * 5000}, "limit"),
     ],
 )
 def test_an_impossible_time_a_non_ascii_digit_or_a_bad_filter_is_a_400(market, path, params, field):
@@ -600,7 +604,7 @@ def test_a_crafted_cursor_is_a_404_and_a_served_one_pages_on(market):
     rest = maker.get("/api/v1/orders", limit="2", cursor=httpx.URL(f"?c={served}").params["c"])
     assert len(rest.json()["results"]) == 1
     # The cursor is opaque but not signed: each of these reached the id comparison (500).
-    for crafted in ("p=abc", "p=1.5", "p=1e5", "r=1&p=abc", "p=" + "9" * 30):
+    for crafted in ("p=abc", "p=1.5", "p=1e5", "r=1&p=abc", "p=" + "9" * 30, "p=" + "9" * 5000):
         cursor = base64.b64encode(crafted.encode()).decode()
         for path in ("/api/v1/orders", "/api/v1/fills", f"/api/v1/trades/{instrument.symbol}"):
             response = maker.get(path, cursor=cursor)
@@ -688,6 +692,9 @@ BAD_INPUTS = [
     ({"price": "1." + "0" * 20 + "1"}, "AmountTooPrecise", "price"),
     ({"quantity": "1" * 40}, "NumberTooLarge", "quantity"),
     ({"quantity": "0" * 25 + "1"}, "InvalidNumber", "quantity"),  # was "must be below 10^18"
+    # Over the 4,300 digits int() reads (CPython's limit): each was a 500.
+    ({"quantity": "9" * 5000}, "NumberTooLarge", "quantity"),
+    ({"price": "0" * 5000 + "1"}, "InvalidNumber", "price"),
     ({"side": "hold"}, "InvalidParameter", "side"),
     # A required field left out, as a missing price is named (they read InvalidParameter).
     ({"symbol": None}, "MissingParameter", "symbol"),
