@@ -402,6 +402,20 @@ def test_an_amend_the_engine_refuses_is_a_400_and_leaves_the_order_as_it_was(mar
     assert (requested.payload["price"], requested.payload["previous_price"]) == ("100.00", "101.00")
 
 
+def test_an_amend_above_the_engines_highest_price_is_refused_before_it_is_stored(market):
+    instrument, maker, _ = market
+    order_id = maker.place(**limit(instrument.symbol, "sell", "10.00", "1")).json()["order_id"]
+    refused = maker.patch(f"/api/v1/orders/{order_id}", {"price": "10000000000.01"})
+    assert refused.status_code == 400, refused.text
+    # Was sent to the engine, which refused it (no field) after an amend was requested.
+    assert (refused.json()["error"], refused.json()["field"]) == ("PriceOutsideBand", "price")
+    assert "10000000000.00" in refused.json()["message"]
+    assert not AuditRecord.objects.filter(
+        event_type="order.amend_requested", order_id=order_id
+    ).exists()
+    assert maker.get(f"/api/v1/orders/{order_id}").json()["price"] == "10.00"
+
+
 def test_client_order_id_is_idempotent_and_refuses_a_different_body(market):
     instrument, maker, _ = market
     body = limit(instrument.symbol, "buy", "10.00", "1", client_order_id="my-order-1")
@@ -643,6 +657,13 @@ MARKET_BUY_BY_QUOTE_FOK = {
     "quote_quantity": "300.00",
     "time_in_force": "FOK",
 }
+STOP_LIMIT_SELL_ABOVE_THE_ENGINE = {
+    "order_type": "stop_limit",
+    "side": "sell",
+    "price": None,
+    "stop_price": "5.00",
+    "limit_price": "10000000000.01",
+}
 BAD_INPUTS = [
     ({"symbol": "NOPE"}, "UnknownSymbol", "symbol"),
     # Trimmed and placed on the symbol: kept as sent, as every other field is.
@@ -696,6 +717,10 @@ BAD_INPUTS = [
     ({"quantity": "9" * 5000}, "NumberTooLarge", "quantity"),
     ({"price": "0" * 5000 + "1"}, "InvalidNumber", "price"),
     ({"side": "hold"}, "InvalidParameter", "side"),
+    # Above the engine's highest price (10^12 ticks), with no last trade to band it: each was
+    # stored, then rejected by the matching engine (an order_id, no field).
+    ({"side": "sell", "price": "10000000000.01"}, "PriceOutsideBand", "price"),
+    (STOP_LIMIT_SELL_ABOVE_THE_ENGINE, "PriceOutsideBand", "limit_price"),
     # A required field left out, as a missing price is named (they read InvalidParameter).
     ({"symbol": None}, "MissingParameter", "symbol"),
     ({"side": None}, "MissingParameter", "side"),
