@@ -13,17 +13,18 @@ from audit.chain import iso_ns
 from audit.events import AuditChannel, AuditEvent
 from audit.models import NS_PER_SECOND
 
+# ASCII digits only, as sent (\d matched any Unicode digit, which int() then read).
 _ISO_RE = re.compile(
-    r"^(?P<date>\d{4}-\d{2}-\d{2})"
-    r"(?:[T ](?P<time>\d{2}:\d{2}(?::\d{2})?)(?:\.(?P<frac>\d{1,9}))?"
-    r"(?P<tz>Z|[+-]\d{2}:?\d{2})?)?$"
+    r"^(?P<date>[0-9]{4}-[0-9]{2}-[0-9]{2})"
+    r"(?:[T ](?P<time>[0-9]{2}:[0-9]{2}(?::[0-9]{2})?)(?:\.(?P<frac>[0-9]{1,9}))?"
+    r"(?P<tz>Z|[+-][0-9]{2}:?[0-9]{2})?)?\Z"
 )
 
 
 def parse_iso_ns(text: str) -> int:
     """Parse ISO 8601 (date, or date-time with up to 9 fractional digits; no zone = UTC) to
     integer nanoseconds since the epoch. Raises ValueError."""
-    match = _ISO_RE.match(text.strip())
+    match = _ISO_RE.match(text)
     if not match:
         raise ValueError("not an ISO 8601 date or date-time")
     time_part = match["time"] or "00:00:00"

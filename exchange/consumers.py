@@ -388,7 +388,8 @@ def _named_order(user, body: dict):
         )
     if order_id is not None:
         if isinstance(order_id, str) and order_id.isascii() and order_id.isdigit():
-            order_id = int(order_id)
+            # int() refuses over 4,300 digits: 20 significant digits are past any id already.
+            order_id = int(order_id.lstrip("0")[:20] or "0")
         if not isinstance(order_id, int) or isinstance(order_id, bool):
             raise trading_error("InvalidParameter", "order_id must be an integer", field="order_id")
         return selectors.order_for_user(user=user, order_id=order_id)

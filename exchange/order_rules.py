@@ -216,6 +216,18 @@ def check_minimums(instrument: Instrument, price: Decimal | None, quantity: Deci
             )
 
 
+def check_price_max(engine: EngineInstrument, ticks: int, field: str) -> None:
+    """A limit price above the highest the matching engine takes (its absolute band,
+    `price_max` ticks) is refused here: taken, it was stored and then rejected by the engine."""
+    if ticks > engine.price_max:
+        raise trading_error(
+            "PriceOutsideBand",
+            f"{field} {engine.price_text(ticks)} is above the highest price this instrument "
+            f"takes, {engine.price_text(engine.price_max)}",
+            field=field,
+        )
+
+
 def check_band(instrument: Instrument, price: Decimal, reference: Decimal | None, field: str):
     """A limit price more than price_band_pct away from the last trade price is refused."""
     if reference is None or not instrument.price_band_pct:

@@ -44,7 +44,12 @@ class CursorPage(CursorPagination):
         cursor = super().decode_cursor(request)
         if cursor is not None and cursor.position is not None:
             position = cursor.position
-            if not (position.isascii() and position.isdigit() and int(position) <= MAX_ID):
+            if not (
+                position.isascii()
+                and position.isdigit()
+                and len(position) <= len(str(MAX_ID))  # int() refuses over 4,300 digits
+                and int(position) <= MAX_ID
+            ):
                 raise NotFound(self.invalid_cursor_message)
         return cursor
 

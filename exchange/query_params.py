@@ -53,11 +53,18 @@ def whole_number(request: Request, name: str, *, default: int, low: int, high: i
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not (raw.isascii() and raw.isdigit() and low <= int(raw) <= high):
+    # Without leading zeros and no longer than `high` first: int() refuses over 4,300 digits.
+    significant = raw.lstrip("0")
+    if not (
+        raw.isascii()
+        and raw.isdigit()
+        and len(significant) <= len(str(high))
+        and low <= int(significant or "0") <= high
+    ):
         raise trading_error(
             "InvalidParameter", f"{name} must be a whole number from {low} to {high}", field=name
         )
-    return int(raw)
+    return int(significant or "0")
 
 
 def symbol_filter(request: Request) -> str | None:

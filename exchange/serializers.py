@@ -96,7 +96,9 @@ def _refuse_past_digit_limits(name: str, data: str) -> None:
     if digits is None:
         return
     if len(digits[1]) > DECIMAL_INTEGER_DIGITS:
-        if int(digits[1]) < AMOUNT_LIMIT:  # leading zeros
+        # Without its leading zeros first: int() refuses a string of over 4,300 digits.
+        significant = digits[1].lstrip("0")
+        if len(significant) <= DECIMAL_INTEGER_DIGITS and int(significant or "0") < AMOUNT_LIMIT:
             raise trading_error(
                 "InvalidNumber",
                 f"{name} has more than {DECIMAL_INTEGER_DIGITS} digits before the decimal "

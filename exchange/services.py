@@ -40,6 +40,7 @@ from exchange.order_rules import (
     buy_value_check,
     check_band,
     check_minimums,
+    check_price_max,
     check_session,
     check_shape,
     day_expiry,
@@ -350,6 +351,7 @@ def _order_plan(*, user, request: OrderRequest, http_request, now: dt.datetime |
     price = qty = stop = display = spend = 0
     if request.price is not None:
         price = price_ticks(engine, instrument, request.price, price_field)
+        check_price_max(engine, price, price_field)
         check_band(instrument, request.price, band_reference(instrument, snapshot), price_field)
     if request.stop_price is not None:
         stop = price_ticks(engine, instrument, request.stop_price, "stop_price")
@@ -838,6 +840,7 @@ def order_amend(
     price_arg = qty_arg = None
     if price is not None:
         price_arg = price_ticks(engine, instrument, price, "price")
+        check_price_max(engine, price_arg, "price")
         check_band(instrument, price, reference_price(instrument), "price")
     if quantity is not None:
         qty_arg = quantity_lots(engine, instrument, quantity, "quantity")

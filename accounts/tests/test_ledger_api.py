@@ -551,8 +551,11 @@ def test_deposits_are_credited_by_staff_only_and_withdrawals_need_funds(market):
         ({"asset": "USD", "amount": "1.001"}, "AmountTooPrecise"),
         ({"asset": "XXX", "amount": "1"}, "UnknownAsset"),
         ({"asset": "USD", "amount": "0"}, "InvalidNumber"),
+        ({"asset": "USD", "amount": "9" * 5000}, "NumberTooLarge"),  # was a 500 (int()'s limit)
     ):
         response = staff.http.post(f"/api/v1/users/{user.user.pk}/deposit", json=bad)
+        assert response.status_code == 400 and response.json()["error"] == error, response.text
+        response = user.http.post(f"/api/v1/users/{user.user.pk}/withdraw", json=bad)
         assert response.status_code == 400 and response.json()["error"] == error, response.text
     # Withdrawals: only your own money, only what is available.
     other = staff.http.post(f"/api/v1/users/{user.user.pk}/withdraw", json=body)

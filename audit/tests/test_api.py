@@ -93,6 +93,12 @@ def test_user_activity_filters_by_time_window(make_user):
     [
         ({"start": "yesterday"}, "InvalidParameter", -1102),
         ({"end": "2026-13-01"}, "InvalidParameter", -1102),
+        # Arabic-Indic digits in the fraction had been read as 0.1 s and 0.123 s, and padding
+        # trimmed: the order list's time filters take ASCII digits as sent.
+        ({"start": "2027-01-15T08:00:00.\u0661Z"}, "InvalidParameter", -1102),
+        ({"end": "2027-01-15T08:00:00.\u0661\u0662\u0663Z"}, "InvalidParameter", -1102),
+        ({"start": "2027-01-15T08:00:00Z\t"}, "InvalidParameter", -1102),
+        ({"end": " 2027-01-15T08:00:00Z"}, "InvalidParameter", -1102),
         ({"start": "2026-02-02", "end": "2026-02-01"}, "InvalidTimeRange", -1131),
     ],
 )

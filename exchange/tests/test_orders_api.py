@@ -402,6 +402,20 @@ def test_an_amend_the_engine_refuses_is_a_400_and_leaves_the_order_as_it_was(mar
     assert (requested.payload["price"], requested.payload["previous_price"]) == ("100.00", "101.00")
 
 
+def test_an_amend_above_the_engines_highest_price_is_refused_before_it_is_stored(market):
+    instrument, maker, _ = market
+    order_id = maker.place(**limit(instrument.symbol, "sell", "10.00", "1")).json()["order_id"]
+    refused = maker.patch(f"/api/v1/orders/{order_id}", {"price": "10000000000.01"})
+    assert refused.status_code == 400, refused.text
+    # Was sent to the engine, which refused it (no field) after an amend was requested.
+    assert (refused.json()["error"], refused.json()["field"]) == ("PriceOutsideBand", "price")
+    assert "10000000000.00" in refused.json()["message"]
+    assert not AuditRecord.objects.filter(
+        event_type="order.amend_requested", order_id=order_id
+    ).exists()
+    assert maker.get(f"/api/v1/orders/{order_id}").json()["price"] == "10.00"
+
+
 def test_client_order_id_is_idempotent_and_refuses_a_different_body(market):
     instrument, maker, _ = market
     body = limit(instrument.symbol, "buy", "10.00", "1", client_order_id="my-order-1")
@@ -517,6 +531,10 @@ def test_a_nul_character_in_the_path_or_query_is_a_400_not_a_500(market):
         ("/api/v1/trades/{symbol}", {"limit": "\u0661"}, "limit"),
         ("/api/v1/orders", {"status": "bogus"}, "status"),
         ("/api/v1/orders", {"end": "\uff12\uff10\uff12\uff16-01-01T00:00:00Z"}, "end"),
+        # Over the 4,300 digits int() reads (CPython's limit).
+        ("/api/v1/orders", {"limit": "9" * 5000}, "limit"),
+        ("/api/v1/orderbook/{symbol}", {"depth": "0" * 5000 + "51"}, "depth"),
+        ("/api/v1/candles/{symbol}", {"interval": "1m", "limit": "9" * 5000}, "limit"),
     ],
 )
 def test_an_impossible_time_a_non_ascii_digit_or_a_bad_filter_is_a_400(market, path, params, field):
@@ -600,7 +618,7 @@ def test_a_crafted_cursor_is_a_404_and_a_served_one_pages_on(market):
     rest = maker.get("/api/v1/orders", limit="2", cursor=httpx.URL(f"?c={served}").params["c"])
     assert len(rest.json()["results"]) == 1
     # The cursor is opaque but not signed: each of these reached the id comparison (500).
-    for crafted in ("p=abc", "p=1.5", "p=1e5", "r=1&p=abc", "p=" + "9" * 30):
+    for crafted in ("p=abc", "p=1.5", "p=1e5", "r=1&p=abc", "p=" + "9" * 30, "p=" + "9" * 5000):
         cursor = base64.b64encode(crafted.encode()).decode()
         for path in ("/api/v1/orders", "/api/v1/fills", f"/api/v1/trades/{instrument.symbol}"):
             response = maker.get(path, cursor=cursor)
@@ -638,6 +656,13 @@ MARKET_BUY_BY_QUOTE_FOK = {
     "quantity": None,
     "quote_quantity": "300.00",
     "time_in_force": "FOK",
+}
+STOP_LIMIT_SELL_ABOVE_THE_ENGINE = {
+    "order_type": "stop_limit",
+    "side": "sell",
+    "price": None,
+    "stop_price": "5.00",
+    "limit_price": "10000000000.01",
 }
 BAD_INPUTS = [
     ({"symbol": "NOPE"}, "UnknownSymbol", "symbol"),
@@ -688,7 +713,14 @@ BAD_INPUTS = [
     ({"price": "1." + "0" * 20 + "1"}, "AmountTooPrecise", "price"),
     ({"quantity": "1" * 40}, "NumberTooLarge", "quantity"),
     ({"quantity": "0" * 25 + "1"}, "InvalidNumber", "quantity"),  # was "must be below 10^18"
+    # Over the 4,300 digits int() reads (CPython's limit): each was a 500.
+    ({"quantity": "9" * 5000}, "NumberTooLarge", "quantity"),
+    ({"price": "0" * 5000 + "1"}, "InvalidNumber", "price"),
     ({"side": "hold"}, "InvalidParameter", "side"),
+    # Above the engine's highest price (10^12 ticks), with no last trade to band it: each was
+    # stored, then rejected by the matching engine (an order_id, no field).
+    ({"side": "sell", "price": "10000000000.01"}, "PriceOutsideBand", "price"),
+    (STOP_LIMIT_SELL_ABOVE_THE_ENGINE, "PriceOutsideBand", "limit_price"),
     # A required field left out, as a missing price is named (they read InvalidParameter).
     ({"symbol": None}, "MissingParameter", "symbol"),
     ({"side": None}, "MissingParameter", "side"),

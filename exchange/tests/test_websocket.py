@@ -818,6 +818,22 @@ def test_bad_input_and_unknown_channels_get_errors_not_a_crash(market):
     asyncio.run(scenario())
 
 
+def test_an_order_id_of_thousands_of_digits_is_a_404_not_a_crash(market):
+    # Over the 4,300 digits int() reads (CPython's limit): each was a 500.
+    async def scenario():
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            await log_in(ws, market["keys"][0])
+            for n, (op, order_id) in enumerate(
+                [("order.cancel", "9" * 5000), ("order.amend", "0" * 5000 + "9")]
+            ):
+                extra = {"quantity": "1"} if op == "order.amend" else {}
+                await send(ws, {"op": op, "order_id": order_id, "id": n, **extra})
+                answer = await recv_until(ws, lambda f, n=n: f.get("id") == n)
+                assert (answer["status"], answer["error"]["error"]) == (404, "OrderNotFound")
+
+    asyncio.run(scenario())
+
+
 def test_a_lone_surrogate_anywhere_in_a_message_is_refused_not_a_crash(market):
     async def scenario():
         async with websockets.connect(market["ws"], ping_interval=None) as ws:
