@@ -693,8 +693,12 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 await self._close(CLOSE_RATE_LIMIT)
             return
         self.tokens -= 1
-        raw = text_data if text_data is not None else bytes_data
+        raw = text_data
         try:
+            if raw is None:
+                # A binary frame: its text as json.loads reads bytes (UTF-8, -16 or -32, a
+                # surrogate let through), so the checks below see what the decoder saw.
+                raw = bytes_data.decode(json.detect_encoding(bytes_data), "surrogatepass")
             message = json.loads(raw, **STRICT_JSON)
         except (ValueError, TypeError, RecursionError) as exc:  # RecursionError: too deep
             why = str(exc) if isinstance(exc, JsonRefused) else "a message is one JSON object"
@@ -709,7 +713,8 @@ class StreamConsumer(AsyncWebsocketConsumer):
             # No field accepts one, and PostgreSQL refuses it in text (a lookup would fail).
             self.error("MalformedRequest", "a message holds a NUL character (\\u0000)", **extra)
             return
-        if holds_lone_surrogate(raw, message):
+        # Unescaped in a binary frame's UTF-8 bytes: every string of one is looked at.
+        if holds_lone_surrogate(raw if text_data is not None else None, message):
             self.error("MalformedRequest", LONE_SURROGATE_MESSAGE, **extra)
             return
         handler = (

@@ -847,6 +847,41 @@ def test_a_lone_surrogate_anywhere_in_a_message_is_refused_not_a_crash(market):
     asyncio.run(scenario())
 
 
+def test_a_binary_frame_is_checked_for_nul_and_lone_surrogates_as_a_text_frame_is(market):
+    # A binary frame is read as JSON in whatever encoding json detects (UTF-8, -16, -32), and
+    # UTF-8 bytes may carry a surrogate unescaped: the checks looked for the escapes in the
+    # raw bytes, so a UTF-16 frame's "\\u0000" or a UTF-8 frame's raw surrogate went through
+    # to the lookups (tracebacks; a 500 for the cancel).
+    async def scenario():
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            await send(ws, login_op(market["keys"][0]))
+            assert (await recv_until(ws, lambda f: True))["type"] == "login"
+            symbol = market["symbol"]
+            utf16 = [  # json.dumps writes both as escapes
+                {"op": "subscribe", "channels": [f"book.{symbol}\x00"], "id": 7},
+                {"op": "order.cancel", "client_order_id": "a\x00", "id": 7},
+                {"op": "subscribe", "channels": [f"book.{symbol}\ud800"], "id": 7},
+                {"op": "order.cancel", "client_order_id": "a\ud800", "id": 7},
+            ]
+            frames = [json.dumps(message).encode("utf-16") for message in utf16] + [
+                b'{"op": "order.cancel", "client_order_id": "a\xed\xa0\x80", "id": 7}',
+                b'{"op": "ping", "id": 7, "x": "\xed\xa0\x80"}',
+            ]
+            for frame in frames:
+                await ws.send(frame)
+                refused = await recv_until(ws, lambda f: True)
+                assert (refused["type"], refused["id"]) == ("error", 7), (frame, refused)
+                assert (refused["error"], refused["code"]) == ("MalformedRequest", -1100)
+                assert "NUL" in refused["message"] or "surrogate" in refused["message"]
+            # Bytes that are no text at all, and a good binary frame.
+            await ws.send(b'{"op": "ping", "id": "\x80"}')
+            assert (await recv_until(ws, lambda f: True))["error"] == "MalformedRequest"
+            await ws.send('{"op": "ping", "id": 8}'.encode("utf-16"))
+            assert await recv_until(ws, lambda f: True) == {"type": "pong", "op": "ping", "id": 8}
+
+    asyncio.run(scenario())
+
+
 def test_subscribing_or_unsubscribing_an_empty_channel_list_is_answered(market):
     # Each channel is answered on its own: an empty list had no answer at all.
     async def scenario():
