@@ -133,6 +133,8 @@ def _login_fields_refusal(message: dict) -> tuple[str, str] | None:
     for name in ("api_key", "signature"):
         if not isinstance(message.get(name), str):
             return "MissingAuthHeader", f"login needs {name}, a string"
+    if message.get("timestamp") is None:  # absent, as REST's missing header
+        return "MissingAuthHeader", "login needs timestamp, milliseconds since the epoch"
     if not whole(message.get("timestamp")):
         return "InvalidTimestamp", "timestamp must be whole milliseconds since the epoch"
     window = message.get("recv_window")

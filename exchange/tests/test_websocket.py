@@ -1337,6 +1337,29 @@ def test_login_fields_of_the_wrong_type_are_named_in_the_sockets_terms(market):
     asyncio.run(scenario())
 
 
+def test_a_login_without_a_timestamp_is_missing_one_as_without_a_signature(market):
+    # docs/websocket.md: MissingAuthHeader is a login without timestamp or signature; one
+    # without a timestamp was told InvalidTimestamp ("not whole milliseconds").
+    key = make_api_key(make_user())
+
+    async def scenario():
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            good = login_op(key)
+            for n, missing in enumerate(("timestamp", "signature")):
+                for absent in (
+                    {k: v for k, v in good.items() if k != missing},
+                    {**good, missing: None},
+                ):
+                    await send(ws, {**absent, "id": n})
+                    refused = await recv_until(ws, lambda f: f.get("type") in ("error", "login"))
+                    assert (refused.get("error"), refused.get("code"), refused["id"]) == (
+                        "MissingAuthHeader", -1013, n
+                    ), refused  # fmt: skip
+                    assert missing in refused["message"]
+
+    asyncio.run(scenario())
+
+
 def test_a_socket_whose_key_is_revoked_after_the_login_can_no_longer_trade_and_is_closed(
     market,
 ):
