@@ -97,9 +97,11 @@ def _op_and_id(raw) -> dict:
 
 
 def _answer_ids(message: dict) -> dict:
-    """What every answer to `message` repeats of it: its `op`, and its `id` when it has one."""
+    """What every answer to `message` repeats of it: its `op`, and its `id` when it has one;
+    not one holding a lone surrogate, which strict JSON parsers refuse in the answer."""
     op, request_id = message.get("op"), message.get("id")
-    return {"op": op} if request_id is None else {"op": op, "id": request_id}
+    ids = {"op": op} if request_id is None else {"op": op, "id": request_id}
+    return {name: value for name, value in ids.items() if not holds_lone_surrogate(None, value)}
 
 
 class SocketRequest:

@@ -847,6 +847,44 @@ def test_a_lone_surrogate_anywhere_in_a_message_is_refused_not_a_crash(market):
     asyncio.run(scenario())
 
 
+def test_an_answer_never_echoes_a_lone_surrogate_back(market):
+    # The refusal of a message whose `id` or `op` held a lone surrogate repeated it ("\ud800"
+    # in the frame), which strict JSON parsers refuse (as NaN was refused): a client lost the
+    # frame that said what was wrong, or its connection.
+    def strict_text(value) -> bool:
+        if isinstance(value, str):
+            return not any(0xD800 <= ord(c) <= 0xDFFF for c in value)
+        if isinstance(value, dict):
+            return all(strict_text(k) and strict_text(v) for k, v in value.items())
+        if isinstance(value, list):
+            return all(strict_text(v) for v in value)
+        return True
+
+    async def scenario():
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            for text in (
+                '{"op": "ping", "id": "\\ud800"}',
+                '{"op": "ping\\udfff", "id": 7}',
+                '{"op": "ping", "id": [{"\\udc00": 1}]}',
+            ):
+                await send(ws, text)
+                refused = await recv_until(ws, lambda f: True)
+                assert (refused["type"], refused["error"]) == ("error", "MalformedRequest")
+                assert "lone UTF-16 surrogate" in refused["message"]
+                assert strict_text(refused), refused
+            await send(ws, '{"op": "ping\\udfff", "id": 7}')
+            assert (await recv_until(ws, lambda f: True))["id"] == 7  # what is clean is repeated
+        # Over the message rate too (this module allows a burst of 20, and 4 refusals).
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            for _ in range(23):
+                await send(ws, '{"op": "ping", "id": "\\ud800"}')
+            frames = [await recv_until(ws, lambda f: True) for _ in range(23)]
+            assert any(f.get("error") == "TooManyRequests" for f in frames)
+            assert all(strict_text(f) for f in frames), frames
+
+    asyncio.run(scenario())
+
+
 def test_a_binary_frame_is_checked_for_nul_and_lone_surrogates_as_a_text_frame_is(market):
     # A binary frame is read as JSON in whatever encoding json detects (UTF-8, -16, -32), and
     # UTF-8 bytes may carry a surrogate unescaped: the checks looked for the escapes in the
