@@ -809,7 +809,10 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 self.push({"type": "subscribed", **refuse, "depth": depth})
                 hub.snapshot_again(self.sub, symbol)
                 return
-            self.push({"type": "subscribed", **refuse})
+            ack = {"type": "subscribed", **refuse}
+            if kind == "book":
+                ack["depth"] = depth  # as every book acknowledgement
+            self.push(ack)
             return
         if len(self.sub.channels) >= settings.WS_MAX_SUBSCRIPTIONS:
             self.error(

@@ -662,6 +662,13 @@ def test_subscribing_again_at_another_depth_sends_a_snapshot_at_it(market):
             assert (ack["id"], ack["depth"]) == (2, 10)
             again = await recv_until(ws, lambda f: f.get("type") == "snapshot")
             assert again["depth"] == 10
+            # At the same depth: acknowledged with it too (it had no depth), and no snapshot.
+            await send(ws, {"op": "subscribe", "channels": [channel], "depth": 10, "id": 3})
+            ack = await recv_until(ws, lambda f: f.get("type") == "subscribed")
+            assert (ack["id"], ack["depth"]) == (3, 10)
+            await send(ws, {"op": "ping", "id": 4})
+            after = await recv_until(ws, lambda f: f.get("type") in ("snapshot", "pong"))
+            assert after["type"] == "pong"
 
     asyncio.run(scenario())
 
