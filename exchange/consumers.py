@@ -523,8 +523,14 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 return
             _open_per_address[address] += 1
             self.address = address
-        await hub.ensure_started()
-        await self.accept()
+        try:
+            await hub.ensure_started()
+            await self.accept()
+        except BaseException:
+            # Not opened (the hub could not reach Redis in time, say): no disconnect follows,
+            # and the place it took had stayed taken for the process's life.
+            self._give_place_back()
+            raise
         self.sub.direct = DirectSocket.attach(self.scope.get(RAW_SEND_KEY))
         loop = asyncio.get_running_loop()
         self.writer = loop.create_task(self._write())
@@ -544,13 +550,17 @@ class StreamConsumer(AsyncWebsocketConsumer):
         self.closing = True
         await self.close(code=CLOSE_TOO_MANY_CONNECTIONS)
 
-    async def disconnect(self, code) -> None:
+    def _give_place_back(self) -> None:
+        """Uncount this socket from its address's open sockets (once)."""
         address = getattr(self, "address", None)
         if address is not None:
             self.address = None
             _open_per_address[address] -= 1
             if _open_per_address[address] <= 0:
                 del _open_per_address[address]
+
+    async def disconnect(self, code) -> None:
+        self._give_place_back()
         self.closing = True
         if hasattr(self, "sub"):
             hub.remove_all(self.sub)
