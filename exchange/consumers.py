@@ -7,7 +7,6 @@ the event loop never blocks. It writes nothing itself.
 """
 
 import asyncio
-import datetime as dt
 import functools
 import json
 import logging
@@ -45,6 +44,7 @@ from exchange.redis_connection import redis_read_ahead
 from exchange.selectors import instruments_trading_state
 from exchange.view_threads import view_executor
 from exchange.ws_direct import RAW_SEND_KEY, DirectSocket, text_frame
+from matching.command_codec import ns_to_datetime
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +102,12 @@ def _answer_ids(message: dict) -> dict:
     op, request_id = message.get("op"), message.get("id")
     ids = {"op": op} if request_id is None else {"op": op, "id": request_id}
     return {name: value for name, value in ids.items() if not holds_lone_surrogate(None, value)}
+
+
+def heartbeat_time(ns: int) -> str:
+    """UTC nanoseconds as a heartbeat's `server_time`, to the millisecond (floored, as
+    GET /time: a float of the seconds rounded .999999800 up into the next second)."""
+    return ns_to_datetime(ns).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class SocketRequest:
@@ -632,9 +638,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
                         {
                             "channel": "heartbeat",
                             "type": "heartbeat",
-                            "server_time": dt.datetime.fromtimestamp(ns / 1e9, dt.UTC)
-                            .isoformat(timespec="milliseconds")
-                            .replace("+00:00", "Z"),
+                            "server_time": heartbeat_time(ns),
                             "server_time_ns": ns,
                             "books": {
                                 s: self.sub.book_seq[s]

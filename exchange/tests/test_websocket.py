@@ -1647,3 +1647,13 @@ def test_ops_sent_before_a_close_still_run_in_order(market):
         await http.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_heartbeats_server_time_is_its_server_time_ns_in_milliseconds():
+    # Made from the float ns / 1e9, rounded to the microsecond: .999999800 s read .000 of the
+    # next second, and .123999700 read .124, whereas GET /time floors.
+    from exchange.consumers import heartbeat_time
+
+    assert heartbeat_time(1764084001999999800) == "2025-11-25T15:20:01.999Z"
+    assert heartbeat_time(1764084001123999700) == "2025-11-25T15:20:01.123Z"
+    assert heartbeat_time(1764084001000000000) == "2025-11-25T15:20:01.000Z"
