@@ -7,7 +7,6 @@ the event loop never blocks. It writes nothing itself.
 """
 
 import asyncio
-import datetime as dt
 import functools
 import json
 import logging
@@ -45,6 +44,7 @@ from exchange.redis_connection import redis_read_ahead
 from exchange.selectors import instruments_trading_state
 from exchange.view_threads import view_executor
 from exchange.ws_direct import RAW_SEND_KEY, DirectSocket, text_frame
+from matching.command_codec import ns_to_datetime
 
 logger = logging.getLogger(__name__)
 
@@ -97,9 +97,17 @@ def _op_and_id(raw) -> dict:
 
 
 def _answer_ids(message: dict) -> dict:
-    """What every answer to `message` repeats of it: its `op`, and its `id` when it has one."""
+    """What every answer to `message` repeats of it: its `op`, and its `id` when it has one;
+    not one holding a lone surrogate, which strict JSON parsers refuse in the answer."""
     op, request_id = message.get("op"), message.get("id")
-    return {"op": op} if request_id is None else {"op": op, "id": request_id}
+    ids = {"op": op} if request_id is None else {"op": op, "id": request_id}
+    return {name: value for name, value in ids.items() if not holds_lone_surrogate(None, value)}
+
+
+def heartbeat_time(ns: int) -> str:
+    """UTC nanoseconds as a heartbeat's `server_time`, to the millisecond (floored, as
+    GET /time: a float of the seconds rounded .999999800 up into the next second)."""
+    return ns_to_datetime(ns).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class SocketRequest:
@@ -133,6 +141,8 @@ def _login_fields_refusal(message: dict) -> tuple[str, str] | None:
     for name in ("api_key", "signature"):
         if not isinstance(message.get(name), str):
             return "MissingAuthHeader", f"login needs {name}, a string"
+    if message.get("timestamp") is None:  # absent, as REST's missing header
+        return "MissingAuthHeader", "login needs timestamp, milliseconds since the epoch"
     if not whole(message.get("timestamp")):
         return "InvalidTimestamp", "timestamp must be whole milliseconds since the epoch"
     window = message.get("recv_window")
@@ -520,8 +530,14 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 return
             _open_per_address[address] += 1
             self.address = address
-        await hub.ensure_started()
-        await self.accept()
+        try:
+            await hub.ensure_started()
+            await self.accept()
+        except BaseException:
+            # Not opened (the hub could not reach Redis in time, say): no disconnect follows,
+            # and the place it took had stayed taken for the process's life.
+            self._give_place_back()
+            raise
         self.sub.direct = DirectSocket.attach(self.scope.get(RAW_SEND_KEY))
         loop = asyncio.get_running_loop()
         self.writer = loop.create_task(self._write())
@@ -541,13 +557,17 @@ class StreamConsumer(AsyncWebsocketConsumer):
         self.closing = True
         await self.close(code=CLOSE_TOO_MANY_CONNECTIONS)
 
-    async def disconnect(self, code) -> None:
+    def _give_place_back(self) -> None:
+        """Uncount this socket from its address's open sockets (once)."""
         address = getattr(self, "address", None)
         if address is not None:
             self.address = None
             _open_per_address[address] -= 1
             if _open_per_address[address] <= 0:
                 del _open_per_address[address]
+
+    async def disconnect(self, code) -> None:
+        self._give_place_back()
         self.closing = True
         if hasattr(self, "sub"):
             hub.remove_all(self.sub)
@@ -619,9 +639,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
                         {
                             "channel": "heartbeat",
                             "type": "heartbeat",
-                            "server_time": dt.datetime.fromtimestamp(ns / 1e9, dt.UTC)
-                            .isoformat(timespec="milliseconds")
-                            .replace("+00:00", "Z"),
+                            "server_time": heartbeat_time(ns),
                             "server_time_ns": ns,
                             "books": {
                                 s: self.sub.book_seq[s]
@@ -694,8 +712,12 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 await self._close(CLOSE_RATE_LIMIT)
             return
         self.tokens -= 1
-        raw = text_data if text_data is not None else bytes_data
+        raw = text_data
         try:
+            if raw is None:
+                # A binary frame: its text as json.loads reads bytes (UTF-8, -16 or -32, a
+                # surrogate let through), so the checks below see what the decoder saw.
+                raw = bytes_data.decode(json.detect_encoding(bytes_data), "surrogatepass")
             message = json.loads(raw, **STRICT_JSON)
         except (ValueError, TypeError, RecursionError) as exc:  # RecursionError: too deep
             why = str(exc) if isinstance(exc, JsonRefused) else "a message is one JSON object"
@@ -710,7 +732,8 @@ class StreamConsumer(AsyncWebsocketConsumer):
             # No field accepts one, and PostgreSQL refuses it in text (a lookup would fail).
             self.error("MalformedRequest", "a message holds a NUL character (\\u0000)", **extra)
             return
-        if holds_lone_surrogate(raw, message):
+        # Unescaped in a binary frame's UTF-8 bytes: every string of one is looked at.
+        if holds_lone_surrogate(raw if text_data is not None else None, message):
             self.error("MalformedRequest", LONE_SURROGATE_MESSAGE, **extra)
             return
         handler = (
@@ -801,7 +824,10 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 self.push({"type": "subscribed", **refuse, "depth": depth})
                 hub.snapshot_again(self.sub, symbol)
                 return
-            self.push({"type": "subscribed", **refuse})
+            ack = {"type": "subscribed", **refuse}
+            if kind == "book":
+                ack["depth"] = depth  # as every book acknowledgement
+            self.push(ack)
             return
         if len(self.sub.channels) >= settings.WS_MAX_SUBSCRIPTIONS:
             self.error(

@@ -66,6 +66,12 @@ def dumps(value: Any) -> str:
 # consumer's resync looks for among the frames it drops.
 _STATUS_MARK = '"type":"status"'
 _RESYNC_MARK = '"type":"resync"'
+# How the answers to a connection's own ops begin (the consumer writes `type` first): a slow
+# consumer's resync keeps them.
+_ANSWER_STARTS = tuple(
+    '{"type":"' + kind + '"'
+    for kind in ("response", "error", "subscribed", "unsubscribed", "login", "pong")
+)
 
 
 def hub_client_name() -> str:
@@ -581,20 +587,31 @@ class MarketHub:
         self.push(sub, mirror.snapshot_frame(sub.depths.get(mirror.symbol, SNAPSHOT_DEPTH)))
 
     def _resync(self, sub: Subscriber, overflowing: str | None = None) -> None:
-        """A slow consumer: drop what it has queued (and the frame that did not fit), then a
-        notice and fresh snapshots."""
+        """A slow consumer: drop what it has queued (and the frame that did not fit) but the
+        answers to its ops, then a notice and fresh snapshots."""
         sub.resyncs += 1
         if sub.resyncs > Subscriber.RESYNC_LIMIT and sub.on_give_up is not None:
             sub.on_give_up()
             return
+        dropped = [sub.queue.get_nowait() for _ in range(sub.queue.qsize())]
+        if overflowing is not None:
+            dropped.append(overflowing)
+        # The answers to its ops stay, in order: nothing else would tell the client that an
+        # op was answered (an order.place's order id, say). Only when they leave no room for
+        # the notice is the connection given up on (it sends ops and reads nothing).
+        answers = [frame for frame in dropped if frame.startswith(_ANSWER_STARTS)]
+        if len(answers) >= sub.queue.maxsize:
+            if sub.on_give_up is not None:
+                sub.on_give_up()
+                return
+            answers = answers[len(answers) - sub.queue.maxsize + 1 :]
+        for frame in answers:
+            sub.queue.put_nowait(frame)
         # Trade and order frames cannot be replayed; nor can a book's or ticker's status frame
         # (a halt, a resume): those channels are named only when one was dropped. A notice
         # still queued (an earlier resync, a feed gap) is dropped too: what it named is named
         # again, else a queue overflowing twice before the client reads lost the news.
         lost = {c for c in sub.channels if channel_symbol(c)[0] in ("trades", "orders")}
-        dropped = [sub.queue.get_nowait() for _ in range(sub.queue.qsize())]
-        if overflowing is not None:
-            dropped.append(overflowing)
         for frame in dropped:
             if _STATUS_MARK in frame:
                 lost.add(json.loads(frame)["channel"])

@@ -662,6 +662,13 @@ def test_subscribing_again_at_another_depth_sends_a_snapshot_at_it(market):
             assert (ack["id"], ack["depth"]) == (2, 10)
             again = await recv_until(ws, lambda f: f.get("type") == "snapshot")
             assert again["depth"] == 10
+            # At the same depth: acknowledged with it too (it had no depth), and no snapshot.
+            await send(ws, {"op": "subscribe", "channels": [channel], "depth": 10, "id": 3})
+            ack = await recv_until(ws, lambda f: f.get("type") == "subscribed")
+            assert (ack["id"], ack["depth"]) == (3, 10)
+            await send(ws, {"op": "ping", "id": 4})
+            after = await recv_until(ws, lambda f: f.get("type") in ("snapshot", "pong"))
+            assert after["type"] == "pong"
 
     asyncio.run(scenario())
 
@@ -859,6 +866,79 @@ def test_a_lone_surrogate_anywhere_in_a_message_is_refused_not_a_crash(market):
             # A surrogate pair (an escaped emoji) is text like any other.
             await send(ws, {"op": "ping", "id": 9, "x": "\ud83d\ude00"})
             assert (await recv_until(ws, lambda f: True))["type"] == "pong"
+
+    asyncio.run(scenario())
+
+
+def test_an_answer_never_echoes_a_lone_surrogate_back(market):
+    # The refusal of a message whose `id` or `op` held a lone surrogate repeated it ("\ud800"
+    # in the frame), which strict JSON parsers refuse (as NaN was refused): a client lost the
+    # frame that said what was wrong, or its connection.
+    def strict_text(value) -> bool:
+        if isinstance(value, str):
+            return not any(0xD800 <= ord(c) <= 0xDFFF for c in value)
+        if isinstance(value, dict):
+            return all(strict_text(k) and strict_text(v) for k, v in value.items())
+        if isinstance(value, list):
+            return all(strict_text(v) for v in value)
+        return True
+
+    async def scenario():
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            for text in (
+                '{"op": "ping", "id": "\\ud800"}',
+                '{"op": "ping\\udfff", "id": 7}',
+                '{"op": "ping", "id": [{"\\udc00": 1}]}',
+            ):
+                await send(ws, text)
+                refused = await recv_until(ws, lambda f: True)
+                assert (refused["type"], refused["error"]) == ("error", "MalformedRequest")
+                assert "lone UTF-16 surrogate" in refused["message"]
+                assert strict_text(refused), refused
+            await send(ws, '{"op": "ping\\udfff", "id": 7}')
+            assert (await recv_until(ws, lambda f: True))["id"] == 7  # what is clean is repeated
+        # Over the message rate too (this module allows a burst of 20, and 4 refusals).
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            for _ in range(23):
+                await send(ws, '{"op": "ping", "id": "\\ud800"}')
+            frames = [await recv_until(ws, lambda f: True) for _ in range(23)]
+            assert any(f.get("error") == "TooManyRequests" for f in frames)
+            assert all(strict_text(f) for f in frames), frames
+
+    asyncio.run(scenario())
+
+
+def test_a_binary_frame_is_checked_for_nul_and_lone_surrogates_as_a_text_frame_is(market):
+    # A binary frame is read as JSON in whatever encoding json detects (UTF-8, -16, -32), and
+    # UTF-8 bytes may carry a surrogate unescaped: the checks looked for the escapes in the
+    # raw bytes, so a UTF-16 frame's "\\u0000" or a UTF-8 frame's raw surrogate went through
+    # to the lookups (tracebacks; a 500 for the cancel).
+    async def scenario():
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            await send(ws, login_op(market["keys"][0]))
+            assert (await recv_until(ws, lambda f: True))["type"] == "login"
+            symbol = market["symbol"]
+            utf16 = [  # json.dumps writes both as escapes
+                {"op": "subscribe", "channels": [f"book.{symbol}\x00"], "id": 7},
+                {"op": "order.cancel", "client_order_id": "a\x00", "id": 7},
+                {"op": "subscribe", "channels": [f"book.{symbol}\ud800"], "id": 7},
+                {"op": "order.cancel", "client_order_id": "a\ud800", "id": 7},
+            ]
+            frames = [json.dumps(message).encode("utf-16") for message in utf16] + [
+                b'{"op": "order.cancel", "client_order_id": "a\xed\xa0\x80", "id": 7}',
+                b'{"op": "ping", "id": 7, "x": "\xed\xa0\x80"}',
+            ]
+            for frame in frames:
+                await ws.send(frame)
+                refused = await recv_until(ws, lambda f: True)
+                assert (refused["type"], refused["id"]) == ("error", 7), (frame, refused)
+                assert (refused["error"], refused["code"]) == ("MalformedRequest", -1100)
+                assert "NUL" in refused["message"] or "surrogate" in refused["message"]
+            # Bytes that are no text at all, and a good binary frame.
+            await ws.send(b'{"op": "ping", "id": "\x80"}')
+            assert (await recv_until(ws, lambda f: True))["error"] == "MalformedRequest"
+            await ws.send('{"op": "ping", "id": 8}'.encode("utf-16"))
+            assert await recv_until(ws, lambda f: True) == {"type": "pong", "op": "ping", "id": 8}
 
     asyncio.run(scenario())
 
@@ -1318,6 +1398,29 @@ def test_login_fields_of_the_wrong_type_are_named_in_the_sockets_terms(market):
     asyncio.run(scenario())
 
 
+def test_a_login_without_a_timestamp_is_missing_one_as_without_a_signature(market):
+    # docs/websocket.md: MissingAuthHeader is a login without timestamp or signature; one
+    # without a timestamp was told InvalidTimestamp ("not whole milliseconds").
+    key = make_api_key(make_user())
+
+    async def scenario():
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            good = login_op(key)
+            for n, missing in enumerate(("timestamp", "signature")):
+                for absent in (
+                    {k: v for k, v in good.items() if k != missing},
+                    {**good, missing: None},
+                ):
+                    await send(ws, {**absent, "id": n})
+                    refused = await recv_until(ws, lambda f: f.get("type") in ("error", "login"))
+                    assert (refused.get("error"), refused.get("code"), refused["id"]) == (
+                        "MissingAuthHeader", -1013, n
+                    ), refused  # fmt: skip
+                    assert missing in refused["message"]
+
+    asyncio.run(scenario())
+
+
 def test_a_socket_whose_key_is_revoked_after_the_login_can_no_longer_trade_and_is_closed(
     market,
 ):
@@ -1560,3 +1663,13 @@ def test_ops_sent_before_a_close_still_run_in_order(market):
         await http.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_heartbeats_server_time_is_its_server_time_ns_in_milliseconds():
+    # Made from the float ns / 1e9, rounded to the microsecond: .999999800 s read .000 of the
+    # next second, and .123999700 read .124, whereas GET /time floors.
+    from exchange.consumers import heartbeat_time
+
+    assert heartbeat_time(1764084001999999800) == "2025-11-25T15:20:01.999Z"
+    assert heartbeat_time(1764084001123999700) == "2025-11-25T15:20:01.123Z"
+    assert heartbeat_time(1764084001000000000) == "2025-11-25T15:20:01.000Z"

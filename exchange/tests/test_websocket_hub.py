@@ -82,6 +82,30 @@ def test_a_consumer_that_falls_behind_gets_a_resync_and_a_fresh_snapshot():
     asyncio.run(scenario())
 
 
+def test_a_consumer_whose_answers_alone_fill_its_queue_is_given_up_on():
+    # A resync keeps the answers to the connection's ops: one sending ops and reading nothing
+    # is closed (4008) rather than losing one of them.
+    async def scenario():
+        hub, _ = hub_with_book()
+        gave_up = []
+        slow = Subscriber(maxsize=4, on_give_up=lambda: gave_up.append(True))
+        hub.add(slow, "book.X")
+        await hub.on_message(update(11, "11.00", "1"))
+        hub.push(slow, json.dumps({"type": "pong", "id": 1}, separators=(",", ":")))
+        for seq in range(12, 15):  # the queue overflows: the pong stays, the book resyncs
+            await hub.on_message(update(seq, f"{seq}.00", "1"))
+        frames = drained(slow)
+        assert [f["type"] for f in frames[:2]] == ["pong", "resync"] and not gave_up
+        assert_resynced_without_gap(frames[1:], 14)
+        for n in range(4):
+            hub.push(slow, json.dumps({"type": "pong", "id": n}, separators=(",", ":")))
+        assert not gave_up
+        hub.push(slow, json.dumps({"type": "pong", "id": 4}, separators=(",", ":")))
+        assert gave_up
+
+    asyncio.run(scenario())
+
+
 def test_a_ticker_frame_goes_out_when_what_it_shows_changes_only():
     # The comparison included the book's seq, so a change deeper in the book sent a ticker
     # frame identical to the last but for its seq (346 of 1,270 frames in one live run).
