@@ -47,20 +47,25 @@ def test_the_order_request_fields_have_their_own_types(client):
         assert (fields[name]["type"], fields[name]["format"]) == ("string", "decimal"), name
 
 
+def api_operations(schema):
+    """(path, method, operation) of every operation under /api/v1/."""
+    for path, operations in schema["paths"].items():
+        if path.startswith("/api/v1/"):
+            for method, operation in operations.items():
+                yield path, method, operation
+
+
 def test_every_operation_lists_the_rate_limit_and_outage_answers_and_signed_ones_401_403(client):
     # No operation listed 429 (nor 401 or 403): a generated client had no case for them.
     schema = client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
-    for path, operations in schema["paths"].items():
-        if not path.startswith("/api/v1/"):
-            continue
-        for method, operation in operations.items():
-            answers = operation["responses"]
-            assert {"429", "503"} <= set(answers), (method, path)
-            assert answers["429"]["content"]["application/json"]["schema"] == {
-                "$ref": "#/components/schemas/Error"
-            }
-            anyone = {} in operation.get("security", [{}])
-            assert ({"401", "403"} <= set(answers)) != anyone, (method, path)
+    for path, method, operation in api_operations(schema):
+        answers = operation["responses"]
+        assert {"429", "503"} <= set(answers), (method, path)
+        assert answers["429"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Error"
+        }
+        anyone = {} in operation.get("security", [{}])
+        assert ({"401", "403"} <= set(answers)) != anyone, (method, path)
     assert {} in schema["paths"]["/api/v1/time"]["get"]["security"]
 
 
@@ -78,20 +83,17 @@ def test_every_operation_lists_the_400_and_those_naming_something_or_paging_the_
     # 400; a cursor the server did not hand out is a 404 on every list, and another user's id a
     # 404 on /users/{user_id}/..., as is the audit API to all but compliance: none listed it.
     schema = client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
-    for path, operations in schema["paths"].items():
-        if not path.startswith("/api/v1/"):
-            continue
-        for method, operation in operations.items():
-            answers = operation["responses"]
-            assert "400" in answers, (method, path)
-            assert answers["400"]["content"]["application/json"]["schema"] == {
-                "$ref": "#/components/schemas/Error"
-            }, (method, path)
-            names = {(p["in"], p["name"]) for p in operation.get("parameters", [])}
-            if ("query", "cursor") in names or any(
-                where == "path" and name != "symbol" for where, name in names
-            ):
-                assert "404" in answers, (method, path)
+    for path, method, operation in api_operations(schema):
+        answers = operation["responses"]
+        assert "400" in answers, (method, path)
+        assert answers["400"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Error"
+        }, (method, path)
+        names = {(p["in"], p["name"]) for p in operation.get("parameters", [])}
+        if ("query", "cursor") in names or any(
+            where == "path" and name != "symbol" for where, name in names
+        ):
+            assert "404" in answers, (method, path)
     for path in (
         "/api/v1/users/{user_id}/deposit",
         "/api/v1/users/{user_id}/withdraw",
