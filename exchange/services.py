@@ -31,7 +31,7 @@ from exchange.api_errors import error_answer
 from exchange.db_cursors import bound_cursor
 from exchange.errors import ApiError, trading_error
 from exchange.fees import fee_tier_rates_for
-from exchange.holds import best_ask_ticks, buy_hold_minor, held_amount
+from exchange.holds import best_ask_ticks, buy_cost_minor, buy_hold_minor, held_amount
 from exchange.models import Instrument, Order
 from exchange.order_rules import (
     ORDER_TYPES,
@@ -894,6 +894,22 @@ def order_amend(
             else None,
             fee_ppm=max(order.maker_fee_ppm, order.taker_fee_ppm),
         )
+        if price is not None and order.price is not None and price < order.price:
+            # The row's fills may lag the engine: a fill at the old price waiting ahead of this
+            # amend spends more than the new price reckons for those lots (a 10 x 100 buy,
+            # 5 filled unseen, repriced to 90 had a budget for 10 x 90 and ended a lot short
+            # with reason max_quote). Until the engine applies the amend, the order keeps what
+            # it holds and adds only the lots it grows by, at the new price; the batch that
+            # applies the amend gives back what the real rest does not need.
+            kept = engine.quote_to_minor(order.held_amount)
+            if new_quantity > order.quantity:
+                kept += buy_cost_minor(
+                    engine,
+                    engine.price_to_ticks(new_price),
+                    engine.qty_to_lots(new_quantity - order.quantity),
+                    max(order.maker_fee_ppm, order.taker_fee_ppm),
+                )
+            needed = max(needed, kept)
         max_quote = buy_value_check(
             engine, instrument, needed, "quantity" if quantity is not None else "price"
         )

@@ -8,7 +8,7 @@ import pytest
 from django.db import connection
 from django.db.models import Sum
 
-from accounts.ledger import USERS_LOCK_SQL, users_lock_params
+from accounts.ledger import USERS_LOCK_SQL, funds_deposit, users_lock_params
 from accounts.models import DailyVolume, LedgerAccount
 from accounts.selectors import ledger_discrepancies
 from conftest import wait_until
@@ -193,3 +193,47 @@ def test_an_amend_refused_because_its_order_ended_leaves_the_orders_held_amount_
     assert (ended.status, ended.hold_remaining, ended.held_amount) == ("filled", 0, held)
     assert Command.objects.get(order_id=buy.pk, kind="amend").reject_code
     assert balance(buyer, "hold", "USD") == 0 and ledger_discrepancies() == {}
+
+
+@pytest.mark.parametrize("grow", [False, True], ids=["price", "price-and-quantity"])
+def test_a_buy_repriced_lower_while_a_fill_of_it_waits_still_fills_in_full(
+    processes, process_env, grow
+):
+    # The amend reckoned its budget from the row (nothing filled yet): 10 lots at 90. The fill
+    # of 5 at 100 ahead of it in the engine spent more than that reckoning gave those lots, and
+    # the buy ended a lot short with reason max_quote.
+    instrument = instrument_create()
+    buyer, seller = make_user("buyer", funds={}), make_user("seller", funds={})
+    buy = order_row_place(
+        user=buyer, instrument=instrument, side="buy", quantity="10", price="100.00"
+    )
+    order_row_place(user=seller, instrument=instrument, side="sell", quantity="5", price="100.00")
+    total = Decimal(12 if grow else 10)
+    if grow:
+        funds_deposit(user=buyer, asset="USD", amount=Decimal("200.00"), memo="test funds")
+    order_amend(order=buy, actor=buyer, price=Decimal("90.00"), quantity=total if grow else None)
+    start_worker(processes, process_env)
+    all_commands_applied()
+    resting = Order.objects.get(pk=buy.pk)
+    assert (resting.status, resting.filled_quantity, resting.price) == (
+        "partially_filled",
+        5,
+        Decimal("90.00"),
+    )
+    # Once applied, the amend's batch gives back what the rest does not need: its lots at 90
+    # with the fee at the higher rate and the fill rounding reserve.
+    rest_lots = int(total) - 5
+    rest_need = Decimal(90 * rest_lots) * Decimal("1.002") + Decimal(rest_lots - 1) / 100
+    assert balance(buyer, "hold", "USD") == rest_need.quantize(Decimal("0.01"))
+    order_row_place(
+        user=seller, instrument=instrument, side="sell", quantity=str(rest_lots), price="90.00"
+    )
+    all_commands_applied()
+    filled = Order.objects.get(pk=buy.pk)
+    assert (filled.status, filled.filled_quantity, filled.reason) == ("filled", total, "")
+    assert (
+        balance(buyer, "hold", "USD") == 0
+        and balance(buyer, "cash", instrument.base_asset) == total
+    )
+    assert ledger_discrepancies() == {}
+    exactly_once_invariants()
