@@ -481,9 +481,13 @@ def waits_for_user_lock(url: str) -> bool:
 
 
 def blocker_waited_on(url: str) -> bool:
-    """Whether a session waits for a lock (the worker's batch, behind the test's row lock)."""
+    """Whether a session of this database waits for a lock (the worker's batch, behind the
+    test's row lock); one of another database (a parallel run) does not count."""
     with psycopg.connect(url, autocommit=True) as conn:
-        waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
         return conn.execute(waiting).fetchone()[0] > 0
 
 

@@ -107,7 +107,10 @@ def test_the_worker_draws_a_trades_id_only_once_it_holds_its_users(processes, pr
                         price="10.00")  # fmt: skip
 
         def worker_waits_for_the_user() -> bool:
-            waiting = "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            waiting = (
+                "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND database"
+                " = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
             with connection.cursor() as cursor:
                 cursor.execute(waiting)
                 return cursor.fetchone() is not None
