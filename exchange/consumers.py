@@ -71,6 +71,7 @@ WS_ERRORS: dict[str, int] = {
     "TooManyRequests": -1015,
     "MalformedRequest": -1100,
     "InvalidParameter": -1102,
+    "UnexpectedParameter": -1106,
     "UnknownSymbol": -1121,
     "UnknownOp": -1140,
     "UnknownChannel": -1141,
@@ -797,7 +798,23 @@ class StreamConsumer(AsyncWebsocketConsumer):
         self.tokens -= len(channels) - 1
         return channels
 
+    def _refused_unknown_fields(self, message: dict, accepted: tuple[str, ...], extra) -> bool:
+        """Refuse (UnexpectedParameter) an op with a field it does not read, as REST refuses a
+        body's: a misspelt `depth` ("depht") had been ignored, the book sent at 50 levels."""
+        unknown = sorted(set(message) - {"op", "id", *accepted})
+        if not unknown:
+            return False
+        self.error(
+            "UnexpectedParameter",
+            f"unknown field {echoed(unknown[0])}; accepted: {', '.join(accepted)}",
+            **extra,
+            field=unknown[0][:64],
+        )
+        return True
+
     async def op_subscribe(self, message: dict, extra: dict) -> None:
+        if self._refused_unknown_fields(message, ("channels", "depth"), extra):
+            return
         channels = self._channels_of(message, extra)
         if channels is None:
             return
@@ -888,6 +905,8 @@ class StreamConsumer(AsyncWebsocketConsumer):
             hub.status_tell(self.sub, channel, listed)
 
     async def op_unsubscribe(self, message: dict, extra: dict) -> None:
+        if self._refused_unknown_fields(message, ("channels",), extra):
+            return
         channels = self._channels_of(message, extra)
         if channels is None:
             return
@@ -933,6 +952,10 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 "login takes api_key, timestamp and signature (docs/websocket.md)",
                 **extra,
             )
+            return
+        if self._refused_unknown_fields(
+            message, ("api_key", "timestamp", "signature", "recv_window"), extra
+        ):
             return
         refused = _login_fields_refusal(message)
         if refused is not None:

@@ -753,6 +753,31 @@ def test_the_web_session_cookie_authenticates_the_socket(market):
     asyncio.run(scenario())
 
 
+def test_a_field_an_op_does_not_read_is_refused_as_rest_refuses_it(market):
+    # A misspelt depth ("depht") had been ignored and the book sent at 50 levels.
+    symbol, key = market["symbol"], market["keys"][0]
+
+    async def scenario():
+        async with websockets.connect(market["ws"]) as ws:
+            for message in [
+                {"op": "subscribe", "channels": [f"book.{symbol}"], "depht": 10, "id": 5},
+                {"op": "unsubscribe", "channels": [f"book.{symbol}"], "symbol": symbol, "id": 5},
+                {**login_op(key), "recvWindow": 6000, "id": 5},
+            ]:
+                await send(ws, message)
+                refused = await recv_until(ws, lambda f: True)
+                assert (refused["error"], refused["code"], refused["id"]) == (
+                    "UnexpectedParameter",
+                    -1106,
+                    5,
+                )
+                assert refused["field"] in ("depht", "symbol", "recvWindow")
+            await send(ws, {"op": "ping", "id": 6})  # nothing came between: not subscribed
+            assert await recv_until(ws, lambda f: True) == {"type": "pong", "op": "ping", "id": 6}
+
+    asyncio.run(scenario())
+
+
 def test_bad_input_and_unknown_channels_get_errors_not_a_crash(market):
     symbol = market["symbol"]
 
