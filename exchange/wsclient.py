@@ -3,6 +3,9 @@
 Keeps a local book from the `snapshot` and `update` frames of `book.<symbol>`, checks that each
 update continues the last seq (prev_seq) and that the CRC32 checksum of its top 10 levels
 matches, and resubscribes for a fresh snapshot when either fails. Answers the server's pings.
+A refused subscription of the book is tried again a second later when the refusal is for the
+moment (Redis or the database out of reach, the message rate), and ends the client otherwise (an
+unknown symbol: exit status 1, the server's error printed), as does a socket the server closes.
 With an API key (`--api-key`, secret in EXCHANGE_API_SECRET) it logs in with a signed `login`
 op and prints your order events too. Importable by tests and benchmarks (no Django needed).
 """
@@ -21,6 +24,20 @@ import websockets
 
 from accounts.signing import ws_login_message
 from exchange.book_checksum import book_checksum
+
+# The id of the client's own subscribe ops: their refusals repeat it.
+SUBSCRIBE_ID = "book"
+# Refusals of the book's subscription for the moment (docs/websocket.md): tried again.
+RETRYABLE_ERRORS = ("ServiceUnavailable", "TooManyRequests")
+RETRY_SECONDS = 1.0
+
+
+class SubscriptionRefused(Exception):
+    """The server refused the book's subscription for good (an unknown symbol, say)."""
+
+    def __init__(self, frame: dict) -> None:
+        super().__init__(f"{frame.get('error')} ({frame.get('code')}): {frame.get('message')}")
+        self.frame = frame
 
 
 class LocalBook:
@@ -83,22 +100,53 @@ class BookClient:
         # snapshot), and staff's reason.
         self.status, self.status_reason = "trading", None
         self.drop_next_updates = 0  # tests: drop this many updates on purpose (forces a gap)
+        self.refusals = 0  # subscriptions of the book refused for the moment, then tried again
+        self._retry: asyncio.Task | None = None
         self.ws = None
         self.ready = asyncio.Event()
 
     async def _send(self, message: dict) -> None:
         await self.ws.send(json.dumps(message))
 
+    async def _subscribe(self, channels: list[str]) -> None:
+        await self._send(
+            {"op": "subscribe", "channels": channels, "depth": self.depth, "id": SUBSCRIBE_ID}
+        )
+
     async def resync(self) -> None:
         """Ask for a fresh snapshot: unsubscribe and subscribe again."""
         self.awaiting_snapshot = True
         await self._send({"op": "unsubscribe", "channels": [self.channel]})
-        await self._send({"op": "subscribe", "channels": [self.channel], "depth": self.depth})
+        await self._subscribe([self.channel])
+
+    async def _subscribe_again(self, channels: list[str]) -> None:
+        await asyncio.sleep(RETRY_SECONDS)
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await self._subscribe(channels)
+
+    def _refused(self, frame: dict) -> None:
+        """A refusal of one of the client's subscribe ops that concerns the book: the whole
+        message (the rate, say) or the book's channel; another channel's is not the book's."""
+        if frame.get("error") not in RETRYABLE_ERRORS:
+            raise SubscriptionRefused(frame)
+        self.refusals += 1
+        # The first subscription again with every channel it named; a resync's, the book's.
+        first = self.snapshots == 0 and frame.get("channel") is None
+        channels = [self.channel, *self.extra_channels] if first else [self.channel]
+        self._retry = asyncio.ensure_future(self._subscribe_again(channels))
 
     async def handle(self, frame: dict) -> None:
         kind = frame.get("type")
         if kind == "ping":
             await self._send({"op": "pong", "id": frame.get("id")})
+            return
+        if (
+            kind == "error"
+            and frame.get("op") == "subscribe"
+            and frame.get("id") == SUBSCRIBE_ID
+            and frame.get("channel") in (None, self.channel)
+        ):
+            self._refused(frame)
             return
         if frame.get("channel") != self.channel:
             return
@@ -135,13 +183,7 @@ class BookClient:
                 key, secret = self.api_key
                 now_ms = time.time_ns() // 1_000_000
                 await self._send(ws_login_message(api_key=key, secret=secret, timestamp_ms=now_ms))
-            await self._send(
-                {
-                    "op": "subscribe",
-                    "channels": [self.channel, *self.extra_channels],
-                    "depth": self.depth,
-                }
-            )
+            await self._subscribe([self.channel, *self.extra_channels])
             stopping = asyncio.ensure_future(stop.wait())
             try:
                 while not stop.is_set():
@@ -160,6 +202,8 @@ class BookClient:
                     await self.handle(frame)
             finally:
                 stopping.cancel()
+                if self._retry is not None:
+                    self._retry.cancel()
 
 
 def print_top(client: BookClient, levels: int) -> None:
@@ -192,7 +236,9 @@ async def follow(
     levels: int,
     seconds: float | None,
     api_key: tuple[str, str] | None = None,
-) -> None:
+) -> int:
+    """Follow the book, printing its top every second; the exit status (1: the server refused
+    the book or closed the socket)."""
     client = BookClient(
         url,
         symbol,
@@ -213,7 +259,16 @@ async def follow(
                 stop.set()
     finally:
         stop.set()
-        await task
+        await asyncio.wait({task})
+    try:
+        task.result()
+    except SubscriptionRefused as refused:
+        print(f"subscription of {client.channel} refused: {refused}", file=sys.stderr)
+        return 1
+    except websockets.ConnectionClosed as closed:
+        print(f"the server closed the socket: {closed}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str]) -> int:
@@ -234,7 +289,9 @@ def main(argv: list[str]) -> int:
             parser.error("--api-key needs the key's secret in EXCHANGE_API_SECRET")
         api_key = (args.api_key, secret)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(follow(args.url, args.symbol, args.depth, args.levels, args.seconds, api_key))
+        return asyncio.run(
+            follow(args.url, args.symbol, args.depth, args.levels, args.seconds, api_key)
+        )
     return 0
 
 

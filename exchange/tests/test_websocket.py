@@ -15,6 +15,7 @@ from django.test import Client
 from accounts.signing import ws_login_message
 from audit.models import AuditRecord
 from conftest import start_web, wait_until
+from exchange import wsclient
 from exchange.tests.api_client import ApiKeyAuth, make_api_key, make_instrument, make_user
 from exchange.wsclient import BookClient
 
@@ -751,6 +752,15 @@ def test_the_web_session_cookie_authenticates_the_socket(market):
             assert ack["type"] == "subscribed" and ack["channel"] == "orders"
 
     asyncio.run(scenario())
+
+
+def test_the_reference_client_ends_when_its_book_is_refused(market, capsys):
+    # It had waited for a snapshot that never came, printing nothing, until interrupted.
+    started = time.monotonic()
+    argv = ["--url", market["ws"], "--symbol", "NOPE123", "--seconds", "30"]
+    assert wsclient.main(argv) == 1
+    assert time.monotonic() - started < 10
+    assert "subscription of book.NOPE123 refused: UnknownSymbol (-1121)" in capsys.readouterr().err
 
 
 def test_a_field_an_op_does_not_read_is_refused_as_rest_refuses_it(market):
