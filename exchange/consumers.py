@@ -83,6 +83,9 @@ WS_ERRORS: dict[str, int] = {
 PUBLIC_KINDS = ("book", "trades", "ticker")
 MAX_CHANNELS_PER_MESSAGE = 100  # names in one subscribe or unsubscribe
 PLAIN_CHANNELS = ("orders", "heartbeat")
+# How long a subscription waits for the process's market-data feed to first listen (Redis out of
+# reach when the process started): past it, ServiceUnavailable.
+FEED_WAIT_SECONDS = 2.0
 _ENCODER = DjangoJSONEncoder(separators=(",", ":"))
 # Open sockets per client address in this process (WS_MAX_CONNECTIONS_PER_IP).
 _open_per_address: Counter[str] = Counter()
@@ -535,8 +538,8 @@ class StreamConsumer(AsyncWebsocketConsumer):
             await hub.ensure_started()
             await self.accept()
         except BaseException:
-            # Not opened (the hub could not reach Redis in time, say): no disconnect follows,
-            # and the place it took had stayed taken for the process's life.
+            # Not opened (the client gone before the answer, say): no disconnect follows, and
+            # the place it took had stayed taken for the process's life.
             self._give_place_back()
             raise
         self.sub.direct = DirectSocket.attach(self.scope.get(RAW_SEND_KEY))
@@ -863,6 +866,13 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 "ApiKeyPermissionMissing", "this API key lacks the 'read' permission", **refuse
             )
             self._record_denied("read", "subscribe")
+            return
+        if (symbol is not None or kind == "orders") and not await hub.listening(FEED_WAIT_SECONDS):
+            self.error(
+                "ServiceUnavailable",
+                "market data is out of reach for a moment: subscribe again shortly",
+                **refuse,
+            )
             return
         if symbol is not None:
             lookup = database_sync_to_async(_symbol_exists, thread_sensitive=False)

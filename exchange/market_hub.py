@@ -303,6 +303,9 @@ class MarketHub:
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def ensure_started(self) -> None:
+        """Start the feed and the sessions watch in this event loop unless they run; does not
+        wait for the feed to listen (`listening`): a socket opened while Redis is out of reach
+        can still log in and trade (it had waited 10 s, then failed its handshake with a 500)."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop or self._task is None or self._task.done():
             if self._loop is not loop:  # a new event loop (tests): start over
@@ -312,7 +315,15 @@ class MarketHub:
             self._task = loop.create_task(self._run(), name="market-hub")
         if self._sessions_task is None or self._sessions_task.done():
             self._sessions_task = loop.create_task(self._sessions_watch(), name="market-sessions")
-        await asyncio.wait_for(self._listening.wait(), timeout=10)
+
+    async def listening(self, timeout: float) -> bool:
+        """Whether the feed listens, waiting up to `timeout` for it to: a subscription made
+        before it first does would miss what is published meanwhile."""
+        try:
+            await asyncio.wait_for(self._listening.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     async def _run(self) -> None:
         channels = [market_data_channel(shard) for shard in range(settings.MATCHING_SHARDS)]

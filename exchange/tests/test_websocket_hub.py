@@ -213,6 +213,7 @@ def test_a_hub_that_lost_its_redis_subscription_tells_its_subscribers():
     async def scenario():
         hub = MarketHub()
         await hub.ensure_started()
+        assert await hub.listening(10)
         trades, orders, ticker = (Subscriber(maxsize=10) for _ in range(3))
         orders.user_id = 1
         hub.channels["trades.X"] = {trades}
