@@ -114,6 +114,22 @@ def heartbeat_time(ns: int) -> str:
     return ns_to_datetime(ns).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def heartbeat_frame(sub: Subscriber, ns: int) -> dict:
+    """The server time, and the seq of the last frame sent of each book `sub` follows; `None`
+    for one whose snapshot is still on its way (the hub's -1 had been sent as a seq)."""
+    return {
+        "channel": "heartbeat",
+        "type": "heartbeat",
+        "server_time": heartbeat_time(ns),
+        "server_time_ns": ns,
+        "books": {
+            symbol: seq if seq >= 0 else None
+            for symbol, seq in sorted(sub.book_seq.items())
+            if f"book.{symbol}" in sub.channels
+        },
+    }
+
+
 class SocketRequest:
     """What the audit trail reads from a request (client address, session, API version)."""
 
@@ -638,20 +654,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 if next_heartbeat <= now:  # fell behind (a stalled loop): start over from now
                     next_heartbeat = now + heartbeat_s
                 if "heartbeat" in self.sub.channels:
-                    ns = time.time_ns()
-                    self.push(
-                        {
-                            "channel": "heartbeat",
-                            "type": "heartbeat",
-                            "server_time": heartbeat_time(ns),
-                            "server_time_ns": ns,
-                            "books": {
-                                s: self.sub.book_seq[s]
-                                for s in sorted(self.sub.book_seq)
-                                if f"book.{s}" in self.sub.channels
-                            },
-                        }
-                    )
+                    self.push(heartbeat_frame(self.sub, time.time_ns()))
             if now >= next_ping:
                 next_ping += ping_s
                 if next_ping <= now:

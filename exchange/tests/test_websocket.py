@@ -1708,3 +1708,20 @@ def test_a_heartbeats_server_time_is_its_server_time_ns_in_milliseconds():
     assert heartbeat_time(1764084001999999800) == "2025-11-25T15:20:01.999Z"
     assert heartbeat_time(1764084001123999700) == "2025-11-25T15:20:01.123Z"
     assert heartbeat_time(1764084001000000000) == "2025-11-25T15:20:01.000Z"
+
+
+def test_a_heartbeat_names_a_book_whose_snapshot_is_on_its_way_without_a_seq():
+    # The hub marks such a book -1 until the update it is processing sends the snapshot; the
+    # heartbeat had sent -1 as the book's last seq.
+    from exchange.consumers import heartbeat_frame
+    from exchange.market_hub import Subscriber
+
+    sub = Subscriber(maxsize=10)
+    sub.channels.update({"book.AAPL", "book.MSFT", "heartbeat"})
+    sub.book_seq.update({"AAPL": 1042, "MSFT": -1, "TSLA": 7})  # TSLA: unsubscribed since
+    frame = heartbeat_frame(sub, 1764084001123456789)
+    assert frame["books"] == {"AAPL": 1042, "MSFT": None}
+    assert (frame["server_time"], frame["server_time_ns"]) == (
+        "2025-11-25T15:20:01.123Z",
+        1764084001123456789,
+    )
