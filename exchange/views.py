@@ -58,9 +58,10 @@ class ApiPathNotFoundView(APIView):
     schema = None  # not an endpoint of the OpenAPI document
 
     def not_found(self, request: Request, *args, **kwargs) -> Response:
+        # Named, not sent back whole: a path may be as long as the server takes (kilobytes).
+        path = request.path if len(request.path) <= 80 else request.path[:77] + "..."
         raise NotFound(
-            f"no API endpoint {request.method} {request.path} "
-            "(the endpoints are listed at /api/docs/)"
+            f"no API endpoint {request.method} {path} (the endpoints are listed at /api/docs/)"
         )
 
     get = post = put = patch = delete = head = options = not_found

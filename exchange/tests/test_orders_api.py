@@ -474,6 +474,12 @@ def test_a_path_no_endpoint_matches_gets_the_apis_json_404(market):
             "code": -1005,
             "message": f"no API endpoint {method} {path} (the endpoints are listed at /api/docs/)",
         }
+    # A long path is named by its first 77 characters, not sent back whole.
+    long_path = "/api/v1/" + "x" * 5000
+    answer = maker.http.get(long_path).json()
+    assert answer["message"] == (
+        f"no API endpoint GET {long_path[:77]}... (the endpoints are listed at /api/docs/)"
+    )
     # The API reference pages keep their slash-appending redirect.
     assert maker.http.get("/api/docs").status_code == 301
     # A Host the exchange does not serve: Django's 400 page, HTML, under /api/ too.
