@@ -199,7 +199,8 @@ def audit_seal(*, batch_size: int = 20_000, max_records: int | None = None) -> S
                     break
             _prune_horizons(horizon)
         if sealed:
-            logger.info("audit records sealed", extra={"sealed": sealed, "last_seq": last_seq})
+            # Every second while anything trades: at INFO it buried `make run`'s console.
+            logger.debug("audit records sealed", extra={"sealed": sealed, "last_seq": last_seq})
         if last_seq is not None and anchor_pending(last_seq):
             anchored_seq, anchored_hash = last_seq, last_hash
             # Once committed (never a seal that could still roll back): audit/anchor.py.
