@@ -319,6 +319,8 @@ class MarketHub:
     async def listening(self, timeout: float) -> bool:
         """Whether the feed listens, waiting up to `timeout` for it to: a subscription made
         before it first does would miss what is published meanwhile."""
+        if self._listening.is_set():
+            return True
         try:
             await asyncio.wait_for(self._listening.wait(), timeout)
         except TimeoutError:
