@@ -2,7 +2,7 @@
 fee-tier selectors. A user reads only their own figures; another user's id is a 404 (staff read
 everyone's in the admin)."""
 
-from decimal import Decimal
+from decimal import ROUND_DOWN, ROUND_UP, Decimal
 
 from django.conf import settings
 from django.utils import timezone
@@ -19,11 +19,15 @@ from accounts.quote_presence import daily_presence, uptime_30d
 from accounts.volume import VOLUME_QUOTE_ASSET, daily_volumes, window_days
 from exchange.query_params import KnownQueryParameters
 
-# Every listed instrument quotes USD: volumes and thresholds are USD, at cent precision.
+# Volumes and thresholds are USD (only instruments quoted in USD count), shown in cents.
+CENT = Decimal("0.01")
 
 
-def usd(value: Decimal) -> str:
-    return f"{value:.2f}"
+def usd(value: Decimal, rounding: str = ROUND_DOWN) -> str:
+    """USD in cents: a volume rounds down, what a tier needs rounds up. A USD instrument quoted
+    to finer than a cent trades sub-cent notionals, and rounded half to even 999,999.995 read
+    1000000.00 traded with 0.00 still needed, by a user the tier refused."""
+    return f"{value.quantize(CENT, rounding=rounding):f}"
 
 
 class TierSerializer(serializers.Serializer):
@@ -97,7 +101,7 @@ def _tier(tier: FeeTier) -> dict:
         "taker_fee_pct": format(tier.taker_fee_pct, "f"),
         "maker_fee_ppm": tier.maker_fee_ppm,
         "taker_fee_ppm": tier.taker_fee_ppm,
-        "min_volume_30d": usd(tier.min_volume_30d),
+        "min_volume_30d": usd(tier.min_volume_30d, ROUND_UP),
         "min_uptime_pct": None if tier.min_uptime_pct is None else str(tier.min_uptime_pct),
     }
 
@@ -129,7 +133,9 @@ class FeeTierView(OwnUserView):
         if status.next_tier is not None:
             target = status.next_tier
             next_tier = _tier(target) | {
-                "volume_needed": usd(max(Decimal(0), target.min_volume_30d - status.volume_30d)),
+                "volume_needed": usd(
+                    max(Decimal(0), target.min_volume_30d - status.volume_30d), ROUND_UP
+                ),
                 "uptime_needed_pct": (
                     None
                     if target.min_uptime_pct is None

@@ -95,6 +95,24 @@ def test_fee_tier_and_volume_stats_after_an_assessment(client):
     assert uptime["max_distance_bps"] == 100
 
 
+def test_a_volume_a_fraction_of_a_cent_short_of_a_tier_does_not_read_as_reaching_it(client):
+    # A USD instrument quoted to finer than a cent trades sub-cent notionals. Rounded half to
+    # even, 999,999.995 read "1000000.00" traded and "0.00" needed for Volume 1, from a user
+    # the assessment (rightly) left in Retail.
+    user = client.user
+    today = timezone.now().astimezone(dt.UTC).date()
+    add_volume(user, today, "999999.995")
+    assert fee_tier_assign(user=user, now=timezone.now()).tier.name == "Retail"
+
+    body = client.get(f"/api/v1/users/{user.pk}/fee-tier").json()
+    assert body["tier"]["name"] == "Retail"
+    assert body["volume_30d"] == "999999.99"
+    assert (body["next_tier"]["name"], body["next_tier"]["volume_needed"]) == ("Volume 1", "0.01")
+    stats = client.get(f"/api/v1/users/{user.pk}/volume-stats").json()
+    assert stats["volume_30d"] == "999999.99"
+    assert stats["days"][-1]["quote_volume"] == "999999.99"
+
+
 def test_another_users_figures_are_not_found(client, exchange_stack):
     other = make_user()
     for path in ("fee-tier", "volume-stats"):

@@ -415,6 +415,32 @@ def test_a_crossing_order_of_a_second_user_fills_it_in_both_tapes_and_fills(open
     screenshot(maker_page, "trading.png")
 
 
+def test_the_fee_preview_is_the_fee_the_engine_charges(open_page, exchange_stack, live_db):
+    # The preview took its rate of the exact price x quantity, 10.05 x 9.951 = 100.00755 (0.20 %:
+    # 0.2000151, shown 0.21); the engine charges it on the notional in whole cents, 100.00 (0.20).
+    instrument = make_instrument(
+        base_asset="FPV", base_precision=3, lot_size=Decimal("0.001"), min_quantity=Decimal("0.001")
+    )
+    maker = ApiClient(exchange_stack, make_user("maker", funds={"FPV": Decimal("100")}))
+    resting = maker.place(
+        symbol=instrument.symbol, side="sell", order_type="limit", price="10.05", quantity="20"
+    )
+    assert resting.status_code == 201, resting.text
+    page = open_page()
+    open_trading(page, trader(), instrument.symbol)
+    expect(ladder_row(page, "ask", "10.05")).to_be_visible()
+    ticket = page.locator("#ticket")
+    ticket.get_by_label(f"Limit price ({QUOTE})", exact=True).fill("10.05")
+    ticket.get_by_label("Quantity (FPV)", exact=True).fill("9.951")
+    expect(page.locator("#fee-preview")).to_have_text(
+        "Fee 0.20 USD (taker 0.20 %) · value 100.00 USD"
+    )
+    ticket.locator("#ticket-submit").click()
+    fill = page.locator("#fills tbody tr[data-trade-id]")
+    expect(fill).to_have_count(1)
+    expect(fill.locator("td").nth(4)).to_have_text("0.20")
+
+
 def test_amend_then_cancel_an_order_and_cancel_all(open_page, live_db):
     instrument, user = make_instrument(), trader()
     page = open_page()

@@ -65,8 +65,11 @@ export function feePreview({ body, rates, bestBid, bestAsk, quote, quotePrecisio
   }
   const notional = multiply(price, quantity);
   const ppm = role === "maker" ? rates.maker : rates.taker;
-  const units = feeUnits(notional, ppm, quotePrecision);
-  const total = rounded(notional, quotePrecision, "down");
+  // The engine takes the fee of the notional in whole minor units (rounded down, at least one),
+  // not of the exact product: 10.05 x 9.951 = 100.00755 pays 0.20 % of 100.00, 0.20, not 0.21.
+  let total = rounded(notional, quotePrecision, "down");
+  if (total === 0n && notional.units > 0n) total = 1n;
+  const units = feeUnits({ units: total, scale: quotePrecision }, ppm, quotePrecision);
   const label = units < 0n ? "Rebate" : "Fee";
   const approx = estimate ? "≈ " : "";
   const shown = formatUnits(units < 0n ? -units : units, quotePrecision);
