@@ -93,10 +93,7 @@ class ApiKeyAuthentication(BaseAuthentication):
             from accounts.rate_limits import auth_failure_allowed
 
             if not auth_failure_allowed(client_ip=signed.client_ip):
-                raise Throttled(
-                    wait=60 - time.time() % 60,
-                    detail="too many refused signatures from this address; wait a minute",
-                ) from None
+                raise _refusals_throttled() from None
             owner = users.get(rejected.credentials.id) if rejected.credentials else None
             api_key_auth_failure_record(
                 reason=rejected.reason,
@@ -117,10 +114,24 @@ class ApiKeyAuthentication(BaseAuthentication):
         return 'APIKey realm="api"'
 
 
+def _refusals_throttled() -> Throttled:
+    """The 429 of a client address past its budget of refused key requests (not audited)."""
+    return Throttled(
+        wait=60 - time.time() % 60,
+        detail="too many refused API key requests from this address; wait a minute.",
+    )
+
+
 def _record_denied(request: Request, reason: str, permission: str | None = None) -> None:
     from accounts.api_keys import api_key_auth_failure_record
+    from accounts.rate_limits import auth_failure_allowed
 
     django_request = request._request
+    # The budget of refused signatures: a denied request is refused before the rate limits
+    # count it, and a read-only key had written an audit record for each order it sent, some
+    # three hundred a second.
+    if not auth_failure_allowed(client_ip=django_request.META.get("REMOTE_ADDR")):
+        raise _refusals_throttled()
     api_key_auth_failure_record(
         reason=reason,
         api_key=request.auth.key,

@@ -164,8 +164,12 @@ def auth_failure_allowed(*, client_ip: str | None, now_ms: int | None = None) ->
 
 def view_weights(view, method: str) -> dict[str, int]:
     """A view's weights for a method: `rate_weights = {"POST": {"requests": 1, "orders": 1}}`;
-    by default 1 request and no order entry."""
+    by default 1 request and no order entry. A HEAD weighs what the GET does."""
     per_method = getattr(view, "rate_weights", None) or {}
+    if method == "HEAD" and "HEAD" not in per_method:
+        # A HEAD runs the view's GET (Django drops the body): at the default weight a list was
+        # read five times as often as its weight allows.
+        method = "GET"
     return per_method.get(method, {"requests": 1})
 
 

@@ -125,7 +125,12 @@ def login_with_password(*, request: Any, email: str, password: str, now: float) 
     User = get_user_model()
     ip = _client_ip(request)
     account = User.objects.filter(email__iexact=normalize_email(email)).first()
-    state = login_throttle_attempt(email=email, ip=ip, now=now)  # counted before the check
+    # Counted against the account found, by its own address: PostgreSQL's case-insensitive
+    # match also finds it for look-alike spellings (a long s, U+017F, or a dotless i, U+0131,
+    # whose upper case is S or I), and each spelling counted apart had doubled the guesses per
+    # s or i of the address.
+    counted_as = account.email if account else email
+    state = login_throttle_attempt(email=counted_as, ip=ip, now=now)  # counted before the check
     if state.throttled:
         with transaction.atomic():
             audit_record(
@@ -146,13 +151,14 @@ def login_with_password(*, request: Any, email: str, password: str, now: float) 
     # timing does not tell them apart); its failure signal writes the LOGIN_FAILED record.
     user = authenticate(request, username=account.username if account else email, password=password)
     if user is None:
-        return LoginOutcome("failed", throttle=login_throttle_state(email=email, ip=ip, now=now))
-    login_throttle_attempt_passed(email=email, ip=ip, now=now)
+        state = login_throttle_state(email=counted_as, ip=ip, now=now)
+        return LoginOutcome("failed", throttle=state)
+    login_throttle_attempt_passed(email=counted_as, ip=ip, now=now)
     with transaction.atomic():
         login(request, user)
     if two_factor_enabled(user):
         return LoginOutcome("verify", user=user)
-    login_throttle_reset_account(email=email, now=now)
+    login_throttle_reset_account(email=counted_as, now=now)
     return LoginOutcome("enrol" if user.is_staff else "done", user=user)
 
 

@@ -320,13 +320,17 @@ def _rate_limited(user, credentials, weights: dict[str, int]) -> dict | None:
 
 
 def _denied_record(**fields) -> None:
-    """`api_key_auth_failure_record` on a view thread, which then hands its connection back."""
+    """`api_key_auth_failure_record` on a view thread, which then hands its connection back;
+    not past the client address's budget of refused key requests (REST's too): a read-only
+    key's order ops, each refused, had each written an audit record at the message rate."""
     from django.db import connection
 
     from accounts.api_keys import api_key_auth_failure_record
+    from accounts.rate_limits import auth_failure_allowed
 
     try:
-        api_key_auth_failure_record(**fields)
+        if auth_failure_allowed(client_ip=fields["request"].META.get("REMOTE_ADDR")):
+            api_key_auth_failure_record(**fields)
     except Exception:  # the refusal stands; its audit record is what failed
         logger.exception("websocket permission refusal not audited")
     finally:

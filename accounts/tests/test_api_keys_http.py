@@ -477,6 +477,57 @@ def test_refused_signatures_are_audited_up_to_a_budget_per_client_ip(base, proce
     assert audit_reasons(user, AuditEvent.API_KEY_AUTH_FAILED) == ["bad_signature"] * 3
 
 
+def test_requests_a_key_may_not_make_are_audited_up_to_the_same_budget(
+    base, processes, process_env
+):
+    # A denied request is refused before the rate limits count it: a read-only key had written
+    # an audit record for every order it sent, some three hundred a second, over REST and over
+    # the socket alike.
+    web = start_web(
+        processes,
+        env={
+            **process_env,
+            "REDIS_KEY_PREFIX": f"{process_env['REDIS_KEY_PREFIX']}deny-{get_random_string(6)}:",
+            "RATE_LIMIT_AUTH_FAILURES_IP_PER_MINUTE": "3",
+        },
+        name="web-deny-limited",
+    )
+    instrument = make_instrument()
+    reader = ApiClient(web, permissions=("read",))
+    early_in_a_minute()
+    refused = [reader.place(**buy(instrument.symbol)) for _ in range(4)]
+    assert [r.status_code for r in refused] == [403, 403, 403, 429]
+    assert refused[3].json()["error"] == "TooManyRequests"
+    assert 1 <= int(refused[3].headers["Retry-After"]) <= 60
+    assert (
+        audit_reasons(reader.user, AuditEvent.API_KEY_ACCESS_DENIED) == ["missing_permission"] * 3
+    )
+    assert reader.get("/api/v1/orders").status_code == 200  # what the key may do, it does
+
+    async def socket_places() -> list[int]:
+        statuses = []
+        async with websockets.connect(web.replace("http://", "ws://") + "/ws/v1") as ws:
+            login = ws_login_message(
+                api_key=reader.api_key.key, secret=reader.secret, timestamp_ms=now_ms()
+            )
+            await ws.send(json.dumps(login))
+            for n in range(3):
+                await ws.send(json.dumps({"op": "order.place", "id": n, **buy(instrument.symbol)}))
+                frame = json.loads(await asyncio.wait_for(ws.recv(), 15))
+                while frame["type"] != "response":
+                    frame = json.loads(await asyncio.wait_for(ws.recv(), 15))
+                statuses.append(frame["status"])
+        return statuses
+
+    assert asyncio.run(socket_places()) == [403] * 3
+    # The socket's records are written on a view thread: none may appear for a second.
+    deadline = time.monotonic() + 1
+    while time.monotonic() < deadline:
+        denied = audit_reasons(reader.user, AuditEvent.API_KEY_ACCESS_DENIED)
+        assert denied == ["missing_permission"] * 3
+        time.sleep(0.1)
+
+
 def test_a_compliance_officers_key_needs_read_for_the_audit_api(base):
     officer = make_user("compliance")
     officer.user_permissions.add(

@@ -127,3 +127,15 @@ def test_requests_without_credentials_are_counted_per_client_ip():
         user_id=None, key_id=None, weights={"requests": 1}, client_ip=other_ip, now_ms=at
     )
     assert other.allowed and other.used[("requests", "1s")] == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", ["/api/v1/orders", "/api/v1/fills"])
+def test_a_head_of_a_list_weighs_what_its_get_does(client, path):
+    # A HEAD runs the view's GET (Django answers it without the body): it had cost the default
+    # weight of 1, so a list could be fetched five times as often as its weight of 5 allows.
+    from exchange.tests.api_client import make_user
+
+    client.force_login(make_user("head", funds={}))
+    head = client.head(path)  # the user's first request: its weight is all it used
+    assert head.status_code == 200 and head["X-Used-Weight-1s"] == "5"

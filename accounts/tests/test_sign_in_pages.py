@@ -182,6 +182,26 @@ def test_login_is_throttled_after_five_failures_with_429_even_for_the_right_pass
     assert log_in(browser(), user).status_code == 429
 
 
+def test_a_look_alike_spelling_of_the_email_counts_against_the_same_account():
+    # PostgreSQL's case-insensitive match finds the account with a long s (U+017F) or a dotless
+    # i (U+0131) in place of s or i (their upper case is S and I); the throttle had counted each
+    # spelling apart, so every s or i of an address doubled the passwords one could try on it.
+    user = make_person()
+    look_alike = user.email.replace("test", "te\u017ft")
+    assert look_alike != user.email
+    for _ in range(5):
+        wrong = browser().post(
+            "/accounts/login/", {"email": user.email, "password": "wrong-password-1"}
+        )
+        assert wrong.status_code == 200
+    client = browser()
+    refused = client.post("/accounts/login/", {"email": look_alike, "password": PASSWORD})
+    assert refused.status_code == 429
+    assert "_auth_user_id" not in client.session
+    throttled = AuditRecord.objects.get(event_type=AuditEvent.LOGIN_THROTTLED, user_id=user.pk)
+    assert throttled.payload["by"] == "account"
+
+
 @pytest.mark.django_db(transaction=True)
 def test_parallel_wrong_passwords_are_checked_no_more_than_the_limit_allows():
     # Each attempt read the throttle, checked its password, then counted its failure: a burst
