@@ -83,13 +83,18 @@ class InstrumentAdmin(admin.ModelAdmin):
         if command is not None:
             self.message_user(request, f"New trading rules sent to the {obj.symbol} book.")
 
-    @admin.action(description="Halt trading (new orders rejected, cancels allowed)")
+    # Each needs `exchange.change_instrument`: without `permissions` an action is offered to
+    # (and run for) anyone who may view the list, so a read-only viewer could halt, resume
+    # and delist instruments.
+    @admin.action(
+        description="Halt trading (new orders rejected, cancels allowed)", permissions=["change"]
+    )
     def halt_trading(self, request, queryset) -> None:
         reason = self._reason(request)
         if reason is not None:
             self._status_change(request, queryset, services.instrument_halt, "Halt", reason=reason)
 
-    @admin.action(description="Resume trading")
+    @admin.action(description="Resume trading", permissions=["change"])
     def resume_trading(self, request, queryset) -> None:
         if request.POST.get("reason", "").strip():
             self.message_user(
@@ -125,7 +130,9 @@ class InstrumentAdmin(admin.ModelAdmin):
         if sent:
             self.message_user(request, f"{what} sent for {sent} instrument(s).")
 
-    @admin.action(description="Delist for good (halt, cancel every open order)")
+    @admin.action(
+        description="Delist for good (halt, cancel every open order)", permissions=["change"]
+    )
     def delist(self, request, queryset):
         """A confirmation page first (delisting cannot be undone), then the delisting."""
         instruments = list(queryset.exclude(status=Instrument.Status.DELISTED))

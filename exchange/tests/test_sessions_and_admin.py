@@ -500,6 +500,35 @@ def test_staff_see_and_cancel_orders_only_with_the_permissions_for_it(exchange_s
 
 
 @pytest.mark.processes
+def test_staff_who_may_only_view_instruments_cannot_halt_resume_or_delist_them(
+    exchange_stack, live_db
+):
+    # The actions were offered to (and run for) anyone who could see the list: a viewer
+    # halted a book, and could have delisted it.
+    instrument = make_instrument()
+    changelist = "/admin/exchange/instrument/"
+    viewer = admin_client(exchange_stack, permissions=("exchange.view_instrument",))
+    page = viewer.get(changelist)
+    assert page.status_code == 200
+    for action in ("halt_trading", "resume_trading", "delist"):
+        assert f'value="{action}"' not in page.text, action
+        refused = admin_action_post(
+            viewer, changelist, action, instrument.pk, reason="x", confirmed="yes"
+        )
+        assert refused.status_code == 200, action  # the list again, nothing run
+        instrument.refresh_from_db()
+        assert instrument.status == "trading", action
+    assert not Command.objects.filter(kind="halt", payload__symbol=instrument.symbol).exists()
+    assert not AuditRecord.objects.filter(
+        symbol=instrument.symbol, event_type__startswith="instrument.", actor_id__isnull=False
+    ).exists()
+    editor = admin_client(exchange_stack, permissions=("exchange.change_instrument",))
+    admin_action(editor, changelist, "halt_trading", instrument.pk)
+    instrument.refresh_from_db()
+    assert instrument.status == "halted"
+
+
+@pytest.mark.processes
 def test_an_orders_admin_page_cannot_save_it(exchange_stack, live_db):
     # Every field was read-only, yet "Save" wrote the row back as read: over a fill the worker
     # committed meanwhile (the order open again, and refilled after the worker's rebuild).
