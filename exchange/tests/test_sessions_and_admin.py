@@ -743,6 +743,35 @@ def test_the_audit_admins_id_filters_take_ascii_digits_only(exchange_stack, live
 
 
 @pytest.mark.processes
+def test_the_audit_admins_filter_boxes_never_list_the_whole_trail_for_a_value_they_cannot_use(
+    exchange_stack, live_db
+):
+    # An id that was not plain digits (" 42" pasted with a space, "alice") was ignored: the
+    # whole trail was listed under a filter box that showed the value as applied.
+    trader = ApiClient(exchange_stack)
+    mine, other = make_instrument(), make_instrument()
+    ids = [
+        trader.place(
+            symbol=instrument.symbol, side="sell", order_type="limit", price="12.00", quantity="1"
+        ).json()["order_id"]
+        for instrument in (mine, other)
+    ]
+    staff = admin_client(exchange_stack)
+
+    def orders_listed(**params) -> list[bool]:
+        page = staff.get("/admin/audit/auditrecord/", params=params)
+        assert page.status_code == 200, page.status_code
+        return [f"/order-history/{order_id}/" in page.text for order_id in ids]
+
+    assert orders_listed() == [True, True]
+    assert orders_listed(order=f" {ids[0]} ") == [True, False]
+    assert orders_listed(symbol=f" {mine.symbol.lower()} ") == [True, False]
+    assert orders_listed(user=f" {trader.user.pk}") == [True, True]
+    for params in ({"order": "abc"}, {"order": f"#{ids[0]}"}, {"user": "alice"}):
+        assert orders_listed(**params) == [False, False], params
+
+
+@pytest.mark.processes
 def test_an_instrument_listed_in_the_admin_is_audited_with_its_rules(exchange_stack, live_db):
     # Only the admin's generic record ("Added.", no symbol) had said it; a listing by the
     # system none at all.
