@@ -3,6 +3,7 @@ admin."""
 
 import datetime as dt
 import json
+import re
 import time
 import uuid
 import zoneinfo
@@ -788,6 +789,28 @@ def test_an_instrument_listed_in_the_admin_is_audited_with_its_rules(exchange_st
     assert AuditRecord.objects.filter(
         event_type="instrument.listed", symbol=by_system.symbol, actor_id__isnull=True
     ).exists()
+
+
+@pytest.mark.processes
+def test_the_admin_lists_an_instrument_only_of_two_distinct_asset_codes(exchange_stack, live_db):
+    # "usd" (or "U SD") typed for USD listed a new asset beside it that no one held, and a
+    # pair of USD for USD was listed too.
+    staff = admin_client(exchange_stack)
+    for assets, field, message in (
+        ({"quote_asset": "usd"}, "quote_asset", "Upper-case letters and digits only"),
+        ({"base_asset": "T T"}, "base_asset", "Upper-case letters and digits only"),
+        ({"base_asset": "USD"}, "quote_asset", "Must differ from the base asset."),
+    ):
+        symbol = f"A{uuid.uuid4().hex[:6].upper()}"
+        refused = admin_instrument_add(staff, symbol, **assets)
+        assert refused.status_code == 200, assets
+        assert re.search(
+            rf'<div class="[^"]*field-{field}[^"]*">\s*<ul class="errorlist[^>]*><li>{message}',
+            refused.text,
+        ), (assets, refused.text[:3000])
+        assert not Instrument.objects.filter(symbol=symbol).exists()
+    symbol = f"A{uuid.uuid4().hex[:6].upper()}"
+    assert admin_instrument_add(staff, symbol, base_asset="TST2").status_code == 302
 
 
 @pytest.mark.processes
