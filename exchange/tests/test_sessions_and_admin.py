@@ -15,6 +15,7 @@ from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
+from django_otp.plugins.otp_totp.models import TOTPDevice
 from websockets.sync.client import connect as ws_connect
 
 from accounts.tests.otp_login import give_totp_device
@@ -593,6 +594,44 @@ def test_the_admin_never_shows_or_takes_recovery_codes(exchange_stack, live_db):
     assert refused.status_code == 403
     assert not device.token_set.filter(token="mychosen").exists()
     assert staff.get(base).status_code == 200
+
+
+@pytest.mark.processes
+def test_only_a_superuser_resets_another_staff_members_second_factor(exchange_stack, live_db):
+    # Staff with the device permissions deleted a superuser's authenticator and recovery codes
+    # (their 2FA reset: the password alone then enrols a new one), which the user admin keeps
+    # them from doing to the account itself.
+    boss = make_user("boss")
+    boss.is_staff = boss.is_superuser = True
+    boss.save()
+    customer = make_user()
+    support = admin_client(
+        exchange_stack,
+        permissions=(
+            "otp_totp.view_totpdevice",
+            "otp_totp.change_totpdevice",
+            "otp_totp.delete_totpdevice",
+            "otp_static.view_staticdevice",
+            "otp_static.delete_staticdevice",
+        ),
+    )
+    for owner, allowed in ((boss, False), (customer, True)):
+        totp = give_totp_device(owner)
+        codes = StaticDevice.objects.create(user=owner, name="Recovery codes", confirmed=True)
+        token = csrf_token(support, "/admin/")
+        renamed = support.post(
+            f"/admin/otp_totp/totpdevice/{totp.pk}/change/",
+            data={"csrfmiddlewaretoken": token, "name": "renamed", "_save": "Save"},
+        )
+        assert renamed.status_code == (302 if allowed else 403), owner
+        for model, device in (("otp_totp.totpdevice", totp), ("otp_static.staticdevice", codes)):
+            deleted = support.post(
+                f"/admin/{model.replace('.', '/')}/{device.pk}/delete/",
+                data={"csrfmiddlewaretoken": token, "post": "yes"},
+            )
+            assert deleted.status_code == (302 if allowed else 403), (owner, model)
+            assert type(device).objects.filter(pk=device.pk).exists() is not allowed
+    assert TOTPDevice.objects.filter(user=boss, name="renamed").count() == 0
 
 
 @pytest.mark.processes
