@@ -76,7 +76,10 @@ class InstrumentAdmin(admin.ModelAdmin):
             services.instrument_list(instrument=obj, actor=request.user, http_request=request)
             return
         previous = Instrument.objects.get(pk=obj.pk)
-        super().save_model(request, obj, form, change)
+        # Only what the form changed: the whole row as read when the form was posted wrote
+        # back the status over a halt, resume or delisting that committed meanwhile (the book
+        # halted in its engine, while order entry and the ticker said trading).
+        obj.save(update_fields=form.changed_data)
         command = services.instrument_rules_update(
             instrument=obj, previous=previous, actor=request.user, http_request=request
         )

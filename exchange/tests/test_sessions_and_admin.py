@@ -4,6 +4,7 @@ admin."""
 import datetime as dt
 import json
 import re
+import threading
 import time
 import uuid
 import zoneinfo
@@ -14,6 +15,7 @@ import pytest
 from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
+from django.db import connection, transaction
 from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 from websockets.sync.client import connect as ws_connect
@@ -24,7 +26,7 @@ from conftest import wait_until
 from exchange.api_errors import ApiError
 from exchange.models import Instrument, Order
 from exchange.order_rules import OrderRequest
-from exchange.services import order_amend, order_place
+from exchange.services import instrument_halt, order_amend, order_place
 from exchange.tests.admin_http import (
     admin_action,
     admin_action_post,
@@ -887,6 +889,55 @@ def test_rules_staff_change_in_the_admin_reach_the_matching_engine(exchange_stac
     requested = audited.get(event_type="instrument.rules_change_requested")
     assert requested.payload["from"]["min_qty"] == 5 and requested.payload["to"]["min_qty"] == 1
     assert audited.filter(event_type="instrument.rules_changed").count() == 1
+
+
+@pytest.mark.processes
+def test_an_instrument_edit_saved_while_a_halt_commits_keeps_the_halt(exchange_stack, live_db):
+    # The edit wrote back the whole row as read, its status too: a halt that committed
+    # meanwhile was undone in the database (trading there, halted in the engine).
+    instrument = make_instrument()
+    staff = admin_client(exchange_stack)
+    halted, may_commit = threading.Event(), threading.Event()
+
+    def halt() -> None:
+        try:
+            with transaction.atomic():
+                instrument_halt(
+                    instrument=Instrument.objects.get(pk=instrument.pk),
+                    actor=None,
+                    reason="Pending news",
+                )
+                halted.set()
+                may_commit.wait(15)
+        finally:
+            connection.close()
+
+    def edit_waits_on_the_halt() -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            )
+            return cursor.fetchone()[0] > 0
+
+    halting = threading.Thread(target=halt)
+    halting.start()
+    assert halted.wait(10)
+    edited: list[httpx.Response] = []
+    editing = threading.Thread(
+        target=lambda: edited.append(admin_instrument_change(staff, instrument, min_notional="2"))
+    )
+    editing.start()
+    try:
+        wait_until(edit_waits_on_the_halt, timeout=10)
+    finally:
+        may_commit.set()
+        halting.join(15)
+        editing.join(15)
+    assert edited[0].status_code == 302, edited[0].text[:2000]
+    instrument.refresh_from_db()
+    assert (instrument.status, instrument.status_reason) == ("halted", "Pending news")
+    assert instrument.min_notional == Decimal("2")
 
 
 @pytest.mark.processes
