@@ -13,11 +13,12 @@ import os
 import re
 import threading
 import time
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from django.db import connections
+from django.db import connections, transaction
 
 from accounts.ledger import funds_deposit
 from accounts.tests.fee_tier_data import ensure_shipped_tiers
@@ -26,6 +27,7 @@ from conftest import wait_until
 from exchange.book_checksum import book_checksum
 from exchange.services import instrument_halt, instrument_resume
 from exchange.tests.api_client import ApiClient, make_instrument, make_user
+from matching.models import ShardState
 
 pytestmark = pytest.mark.processes
 
@@ -454,6 +456,51 @@ def test_amend_then_cancel_an_order_and_cancel_all(open_page, live_db):
     page.get_by_role("button", name="Cancel all").click()
     expect(page.locator("#open-orders tbody")).to_contain_text("No open orders.")
     expect(page.locator("#ladder tr[data-price]")).to_have_count(0)
+
+
+@contextmanager
+def shard_batches_held_up(shard: int):
+    """The shard's worker cannot commit a batch inside the block (its shard-state row, which
+    each batch locks first, is locked here): its commands wait, and a request answers 202."""
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        try:
+            with transaction.atomic():
+                ShardState.objects.select_for_update().get(shard=shard)
+                locked.set()
+                release.wait(30)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert locked.wait(10)
+    try:
+        yield
+    finally:
+        release.set()
+        holder.join(30)
+
+
+def test_an_amend_the_engine_has_not_confirmed_says_it_was_sent(open_page, live_db):
+    # A 202 carries the order as it was before the change: the page said "Order 7 amended:
+    # 99.00 x 4." with the old price while the amend was still on its way.
+    instrument, user = make_instrument(), trader()
+    page = open_page()
+    open_trading(page, user, instrument.symbol)
+    place_limit(page, "buy", "99.00", "4")
+    row = open_order_row(page, "99.00")
+    expect(row).to_be_visible()
+    order_id = row.get_attribute("data-order-id")
+    row.get_by_role("button", name="Amend").click()
+    page.locator(".amend-form").get_by_label("New price").fill("98.50")
+    with shard_batches_held_up(instrument.shard):
+        page.locator(".amend-form").get_by_role("button", name="Save changes").click()
+        expect(page.locator("#orders-result")).to_have_text(
+            f"Amend of order {order_id} sent; the engine has not confirmed it yet."
+        )
+    expect(open_order_row(page, "98.50")).to_be_visible()  # once the engine applied it
 
 
 def test_the_ticket_sends_market_by_amount_stop_limit_and_gtd_iceberg_orders(

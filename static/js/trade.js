@@ -442,9 +442,14 @@ function toggleAmend(row, order, button) {
       if (value && value !== original) body[name] = value;
     }
     try {
-      const { data } = await api("PATCH", `/api/v1/orders/${id}`, body);
+      const { status, data } = await api("PATCH", `/api/v1/orders/${id}`, body);
       const price = data.price === null || data.price === undefined ? "" : `${data.price} × `;
-      ordersResult.textContent = `Order ${id} amended: ${price}${data.quantity}.`;
+      // 202: queued, and the order it carries is the one before the change (it had read
+      // "amended" with the old price and quantity).
+      ordersResult.textContent =
+        status === 202
+          ? `Amend of order ${id} sent; the engine has not confirmed it yet.`
+          : `Order ${id} amended: ${price}${data.quantity}.`;
       amendRow.remove();
       refreshMine();
     } catch (error) {
