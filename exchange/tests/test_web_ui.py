@@ -658,6 +658,49 @@ def test_a_trade_lost_upstream_is_read_again_and_the_ladder_stays_live(
     assert page.locator("#ladder").get_attribute("data-resyncs") == "0"
 
 
+def test_after_the_socket_reconnects_the_page_reads_what_it_missed(
+    open_page, exchange_stack, live_db
+):
+    # Frames sent while the socket was away are gone (docs/websocket.md: read orders, fills and
+    # balances again): an order filled meanwhile stayed in the open orders, and its fill, its
+    # trade and the balance it paid stayed unseen.
+    instrument, user = make_instrument(), trader()
+    buyer = ApiClient(exchange_stack)
+    links: list[dict] = []
+
+    def between_page_and_server(ws):
+        server = ws.connect_to_server()
+        link = {"page": ws, "server": server, "away": False}
+        links.append(link)
+        server.on_message(lambda message: None if link["away"] else ws.send(message))
+
+    page = open_page()
+    page.route_web_socket("**/ws/v1", between_page_and_server)
+    open_trading(page, user, instrument.symbol)
+    place_limit(page, "sell", "107.00", "2")
+    expect(open_order_row(page, "107.00")).to_be_visible()
+    usd = page.locator(f'#ticket-balances [data-asset="{QUOTE}"]')
+    expect(usd).to_have_text("10000000.00")
+
+    link = links[-1]
+    link["away"] = True  # nothing more reaches the page on this socket...
+    filled = buyer.place(
+        symbol=instrument.symbol, side="buy", order_type="limit", price="107.00", quantity="2"
+    )
+    assert filled.json()["status"] == "filled", filled.text
+    link["page"].close(code=1012, reason="restart")  # ...and then it drops, as in a restart
+    link["server"].close()
+
+    expect(page.locator("#open-orders tbody")).to_contain_text("No open orders.")
+    expect(page.locator("#fills tbody tr[data-trade-id]")).to_have_count(1)
+    expect(page.locator("#tape tbody tr").first).to_contain_text("107.00")
+    rest = ApiClient(exchange_stack, user).get("/api/v1/balances").json()
+    paid = next(b for b in rest if b["asset"] == QUOTE)["available"]
+    assert paid != "10000000.00"
+    expect(usd).to_have_text(paid)
+    assert len(links) == 2
+
+
 def test_a_post_only_order_that_would_cross_shows_the_servers_rejection(
     open_page, exchange_stack, live_db
 ):

@@ -626,6 +626,18 @@ const stream = new Stream(channels, {
     }
   },
   onFrame: (frame) => {
+    if (frame.type === "subscribed") {
+      // Subscribed (again, after a reconnect): frames sent while the socket was away are gone
+      // (docs/websocket.md), so read what they would have said. An order filled meanwhile had
+      // stayed in the open orders, its fill, its trade and the new balances unseen.
+      if (frame.channel === `trades.${symbol}`) {
+        loadTrades().catch(() => {});
+        refreshStats();
+      } else if (frame.channel === "orders") {
+        refreshMine();
+      }
+      return;
+    }
     if (frame.channel === `book.${symbol}`) onBookFrame(frame);
     else if (frame.type === "trades" && frame.channel === `trades.${symbol}`) {
       addTrades(frame.data, { prepend: true });
