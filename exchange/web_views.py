@@ -15,11 +15,23 @@ from exchange import selectors
 from exchange.models import Instrument, Order, StpMode
 from exchange.serializers import money_str, price_str, quantity_str
 
+# The ticker's status in words (static/js/api.js marketStatusText says them the same way).
+MARKET_STATUS_LABELS = {
+    "trading": "Trading",
+    "halted": "Halted",
+    "delisted": "Delisted",
+    "closed": "Closed (outside trading hours)",
+}
+
 
 def _market_row(instrument: Instrument) -> dict:
     stats = selectors.ticker_24h(instrument=instrument)
+    label = MARKET_STATUS_LABELS.get(stats["status"], stats["status"])
     return {
         "instrument": instrument,
+        # As the ticker says it: closed outside the trading hours, staff's reason for a halt
+        # (the page had said "Trading" for an instrument closed for the night).
+        "status": f"{label}: {stats['status_reason']}" if stats["status_reason"] else label,
         "last_price": price_str(instrument, stats["last_price"]),
         "change_pct": stats["change_pct_24h"],
         "high": price_str(instrument, stats["high_24h"]),

@@ -1,6 +1,9 @@
 """The web pages as the server renders them: who may see what, and what each page holds.
 (The live behaviour in a real browser is in test_web_ui.py.)"""
 
+import datetime as dt
+import re
+
 import pytest
 from django.contrib.staticfiles import finders
 from django.test import override_settings
@@ -40,6 +43,29 @@ def test_markets_lists_every_listed_instrument_with_a_link_to_trade_it(client):
     assert f'href="/trade/{listed.symbol}/"' in page
     assert delisted.symbol not in page
     assert 'src="/static/js/markets.js"' in page
+
+
+def test_markets_and_trading_pages_say_the_status_the_ticker_says(client):
+    # Both said "Trading" for an instrument closed for the night (every order refused
+    # MarketClosed), and the markets page kept the status it was first rendered with.
+    now = dt.datetime.now(dt.UTC)
+    opens = dt.time(15, 0) if dt.time(2, 59) <= now.time() <= dt.time(3, 1) else dt.time(3, 0)
+    closed = make_instrument(
+        trades_24_7=False,
+        session_open=opens,
+        session_close=opens.replace(second=1),  # one second a day: closed now
+        session_timezone="UTC",
+    )
+    halted = make_instrument(status=Instrument.Status.HALTED, status_reason="Pending news")
+    markets = client.get("/").content.decode()
+    for instrument, status in (
+        (closed, "Closed (outside trading hours)"),
+        (halted, "Halted: Pending news"),
+    ):
+        row = re.search(rf'<tr data-symbol="{instrument.symbol}">.*?</tr>', markets, re.S).group()
+        assert f'<td data-field="status">{status}</td>' in row
+        trading_page = client.get(f"/trade/{instrument.symbol}/").content.decode()
+        assert f'<dd id="stat-status">{status}</dd>' in trading_page
 
 
 def test_trading_page_is_public_with_a_login_link_instead_of_the_order_form(client):

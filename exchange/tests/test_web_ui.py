@@ -352,6 +352,19 @@ def test_outside_its_trading_hours_the_page_says_closed_and_after_a_resume_too(o
     )
 
 
+def test_the_markets_page_follows_a_halt_and_a_resume(open_page, live_db):
+    # Its rows refreshed prices only: a halted market still read "Trading" until a reload.
+    instrument = make_instrument()
+    page = open_page()
+    page.goto("/")
+    status = page.locator(f'#markets tr[data-symbol="{instrument.symbol}"] [data-field="status"]')
+    expect(status).to_have_text("Trading")
+    instrument_halt(instrument=instrument, actor=None, reason="Pending news", http_request=None)
+    expect(status).to_have_text("Halted: Pending news")  # within its 5 s refresh
+    instrument_resume(instrument=instrument, actor=None, http_request=None)
+    expect(status).to_have_text("Trading")
+
+
 def test_a_resume_shows_at_once_while_trades_keep_coming(open_page, exchange_stack, live_db):
     # A resume's read of the ticker went through the trades' 1 s debounce, which every trade
     # restarts: "Halted: <reason>" stayed up for as long as trades kept coming (helper 58).

@@ -1,7 +1,8 @@
 // The trading page: live ladder (local book checked by seq and checksum, resynced by itself),
 // trades tape, candles, and for a signed-in user the order ticket, open orders and fills.
 import {
-  ApiError, api, cell, clearErrors, dateTime, debounce, shortTime, showError, signedOutNotice,
+  ApiError, api, cell, clearErrors, dateTime, debounce, marketStatusText, shortTime, showError,
+  signedOutNotice,
 } from "./api.js";
 import { LocalBook, compareDecimal } from "./book.js";
 import { CandleChart } from "./chart.js";
@@ -161,17 +162,10 @@ const refreshStats = debounce(loadStats, 1000);
 // hours) with staff's reason for a halt; a halt, resume or delisting shows at once from the
 // ticker channel's status frame, else within STATUS_REFRESH_MS, or when an order is refused
 // because of it.
-const STATUS_LABELS = {
-  trading: "Trading",
-  halted: "Halted",
-  delisted: "Delisted",
-  closed: "Closed (outside trading hours)",
-};
 const STATUS_REFRESH_MS = 10_000;
 
 function showStatus(status, reason) {
-  const label = STATUS_LABELS[status] ?? status;
-  document.getElementById("stat-status").textContent = reason ? `${label}: ${reason}` : label;
+  document.getElementById("stat-status").textContent = marketStatusText(status, reason);
 }
 setInterval(() => loadStats().catch(() => {}), STATUS_REFRESH_MS);
 
