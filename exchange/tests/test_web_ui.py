@@ -676,7 +676,7 @@ def test_after_the_socket_reconnects_the_page_reads_what_it_missed(
 ):
     # Frames sent while the socket was away are gone (docs/websocket.md: read orders, fills and
     # balances again): an order filled meanwhile stayed in the open orders, and its fill, its
-    # trade and the balance it paid stayed unseen.
+    # trade, its candle and the balance it paid stayed unseen.
     instrument, user = make_instrument(), trader()
     buyer = ApiClient(exchange_stack)
     links: list[dict] = []
@@ -707,6 +707,7 @@ def test_after_the_socket_reconnects_the_page_reads_what_it_missed(
     expect(page.locator("#open-orders tbody")).to_contain_text("No open orders.")
     expect(page.locator("#fills tbody tr[data-trade-id]")).to_have_count(1)
     expect(page.locator("#tape tbody tr").first).to_contain_text("107.00")
+    expect(page.locator("#chart-summary")).to_contain_text("latest open 107, high 107")
     rest = ApiClient(exchange_stack, user).get("/api/v1/balances").json()
     paid = next(b for b in rest if b["asset"] == QUOTE)["available"]
     assert paid != "10000000.00"

@@ -609,6 +609,7 @@ const refreshMine = debounce(() => {
 const channels = [`book.${symbol}`, `trades.${symbol}`, `ticker.${symbol}`];
 if (canTrade) channels.push("orders");
 const stateLabel = { connecting: "Connecting…", live: "Live", reconnecting: "Reconnecting…" };
+let tradesSubscribedBefore = false;
 
 const stream = new Stream(channels, {
   depth: 50,
@@ -627,6 +628,9 @@ const stream = new Stream(channels, {
       if (frame.channel === `trades.${symbol}`) {
         loadTrades().catch(() => {});
         refreshStats();
+        // The candles too, once subscribed again (the page loaded them when it opened).
+        if (tradesSubscribedBefore) chart.load(chart.interval).catch(() => {});
+        tradesSubscribedBefore = true;
       } else if (frame.channel === "orders") {
         refreshMine();
       }
