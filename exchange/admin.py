@@ -228,7 +228,8 @@ class OrderAdmin(ReadOnlyAdmin):
                     order=order, exc=exc, http_request=request, on_behalf=True,
                 )  # fmt: skip
                 self.message_user(request, f"Order {order.pk}: {exc.message}", messages.WARNING)
-        self.message_user(request, f"Cancel sent for {sent} order(s).")
+        if sent:  # not "sent for 0" beside the refusals (as the halt and resume actions)
+            self.message_user(request, f"Cancel sent for {sent} order(s).")
 
 
 @admin.register(Trade)

@@ -467,6 +467,9 @@ def test_staff_cancel_on_a_users_behalf_and_tick_size_frozen_once_traded(exchang
     # Cancelling it again is refused, and recorded as a trader's refused cancel is (it had
     # left no record), under the order's owner with staff as the actor.
     admin_action(staff, "/admin/exchange/order/", "cancel_orders", order["order_id"])
+    said = staff.get("/admin/exchange/order/").text
+    assert f"Order {order['order_id']}: order {order['order_id']} is cancelled" in said
+    assert "Cancel sent for 0 order(s)" not in said  # beside the refusal
     refusal = AuditRecord.objects.get(order_id=order["order_id"], event_type="order.cancel_refused")
     assert refusal.user_id == trader.user.pk and refusal.channel == "admin"
     assert refusal.payload["error"]["error"] == "OrderNotOpen"
