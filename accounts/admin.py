@@ -51,7 +51,14 @@ class UserAdmin(DjangoUserAdmin):
         in the same transaction: the orders had stayed on the book, able to fill, while their
         owner could no longer sign in to cancel them."""
         deactivated = change and "is_active" in form.changed_data and not obj.is_active
-        super().save_model(request, obj, form, change)
+        if change:
+            # Only what the form changed (its many-to-many fields are saved after this): the
+            # whole row as read when the form was posted wrote back the password hash over a
+            # password its owner changed meanwhile, the old password valid again.
+            concrete = {field.name for field in obj._meta.concrete_fields}
+            obj.save(update_fields=[name for name in form.changed_data if name in concrete])
+        else:
+            super().save_model(request, obj, form, change)
         if deactivated:
             cancelled = orders_cancel_for_deactivated_user(
                 user=obj, actor=request.user, http_request=request

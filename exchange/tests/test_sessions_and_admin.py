@@ -722,6 +722,52 @@ def test_staff_revoke_a_traders_api_key_in_the_admin(exchange_stack, live_db):
 
 
 @pytest.mark.processes
+def test_a_user_edit_saved_while_its_owner_changes_the_password_keeps_the_new_one(
+    exchange_stack, live_db
+):
+    # The edit wrote back the whole row as read, the password hash too: a password changed
+    # meanwhile (say, after a leak) was undone, the old one valid again.
+    customer = make_user()
+    customer.set_password("old-password-1")
+    customer.save()
+    support = admin_client(exchange_stack, permissions=("accounts.change_user",))
+    changed, may_commit = threading.Event(), threading.Event()
+
+    def change_password() -> None:
+        try:
+            with transaction.atomic():
+                owner = get_user_model().objects.select_for_update().get(pk=customer.pk)
+                owner.set_password("new-password-2")
+                owner.save(update_fields=["password"])
+                changed.set()
+                may_commit.wait(15)
+        finally:
+            connection.close()
+
+    changing = threading.Thread(target=change_password)
+    changing.start()
+    assert changed.wait(10)
+    email = f"moved-{customer.email}"
+    edited: list[httpx.Response] = []
+    editing = threading.Thread(
+        target=lambda: edited.append(
+            admin_user_change(support, customer, email=email, is_active="on")
+        )
+    )
+    editing.start()
+    try:
+        wait_until(a_session_waits_on_a_lock, timeout=10)
+    finally:
+        may_commit.set()
+        changing.join(15)
+        editing.join(15)
+    assert edited[0].status_code == 302, edited[0].text[:2000]
+    customer.refresh_from_db()
+    assert customer.email == email
+    assert customer.check_password("new-password-2")
+
+
+@pytest.mark.processes
 def test_staff_who_may_change_users_cannot_grant_powers_or_touch_a_superuser(
     exchange_stack, live_db
 ):
@@ -894,6 +940,17 @@ def test_rules_staff_change_in_the_admin_reach_the_matching_engine(exchange_stac
     assert audited.filter(event_type="instrument.rules_changed").count() == 1
 
 
+def a_session_waits_on_a_lock() -> bool:
+    """Whether a session of the test database (the web process's admin request) waits for a
+    row lock the test holds; one of another database (a parallel run) does not count."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+        return cursor.fetchone()[0] > 0
+
+
 @pytest.mark.processes
 def test_an_instrument_edit_saved_while_a_halt_commits_keeps_the_halt(exchange_stack, live_db):
     # The edit wrote back the whole row as read, its status too: a halt that committed
@@ -915,14 +972,6 @@ def test_an_instrument_edit_saved_while_a_halt_commits_keeps_the_halt(exchange_s
         finally:
             connection.close()
 
-    def edit_waits_on_the_halt() -> bool:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE wait_event_type = 'Lock' AND datname = current_database()"
-            )
-            return cursor.fetchone()[0] > 0
-
     halting = threading.Thread(target=halt)
     halting.start()
     assert halted.wait(10)
@@ -932,7 +981,7 @@ def test_an_instrument_edit_saved_while_a_halt_commits_keeps_the_halt(exchange_s
     )
     editing.start()
     try:
-        wait_until(edit_waits_on_the_halt, timeout=10)
+        wait_until(a_session_waits_on_a_lock, timeout=10)  # the edit, behind the halt
     finally:
         may_commit.set()
         halting.join(15)
