@@ -10,6 +10,7 @@ from django.views.decorators.cache import never_cache
 
 from accounts import two_factor
 from accounts.funds import may_deposit
+from accounts.selectors import asset_precisions
 from accounts.views import full_login_required
 from exchange import selectors
 from exchange.models import Instrument, Order, StpMode
@@ -84,6 +85,9 @@ def account(request: HttpRequest) -> HttpResponse:
         "two_factor_enabled": enabled,
         "recovery_codes_left": two_factor.recovery_codes_left(user) if enabled else 0,
         "assets": sorted({asset for i in instruments for asset in (i.base_asset, i.quote_asset)}),
+        # Every asset a balance can be in, as the API takes them: one held only through a
+        # delisted instrument could not be chosen here, its funds stuck on the account.
+        "withdraw_assets": sorted(asset_precisions()),
         # Without the right to credit one, the form only led to "credited by exchange staff".
         "may_deposit": may_deposit(actor=user),
     }

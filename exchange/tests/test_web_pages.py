@@ -3,6 +3,7 @@
 
 import datetime as dt
 import re
+from decimal import Decimal
 
 import pytest
 from django.contrib.staticfiles import finders
@@ -10,6 +11,7 @@ from django.test import override_settings
 from django.urls import reverse
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from accounts.ledger import funds_deposit
 from exchange.models import Instrument
 from exchange.tests.api_client import make_instrument, make_user
 
@@ -127,6 +129,24 @@ def test_account_needs_a_login(client):
     response = client.get(reverse("account"))
     assert response.status_code == 302
     assert response["Location"] == f"{reverse('accounts:login')}?next=%2Faccount%2F"
+
+
+def test_the_account_page_withdraws_an_asset_held_only_through_a_delisted_instrument(client):
+    # The withdraw form listed the assets of listed instruments only: funds in the asset of a
+    # delisted one (which the API still withdraws) could not be chosen.
+    delisted = make_instrument(base_asset="DLX9", status=Instrument.Status.DELISTED)
+    user = signed_in(client)
+    funds_deposit(user=user, asset="DLX9", amount=Decimal("5"), memo="test funds")
+    page = client.get(reverse("account")).content.decode()
+    withdraw = re.search(r'<select id="withdraw-asset".*?</select>', page, re.S).group()
+    assert f'<option value="{delisted.base_asset}">' in withdraw
+    assert f'<option value="{delisted.quote_asset}">' in withdraw
+    withdrawn = client.post(
+        f"/api/v1/users/{user.pk}/withdraw",
+        {"asset": "DLX9", "amount": "5"},
+        content_type="application/json",
+    )
+    assert withdrawn.status_code == 201, withdrawn.content
 
 
 def test_account_page_holds_every_section_and_links_to_two_factor(client):
