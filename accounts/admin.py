@@ -51,7 +51,14 @@ class UserAdmin(DjangoUserAdmin):
         in the same transaction: the orders had stayed on the book, able to fill, while their
         owner could no longer sign in to cancel them."""
         deactivated = change and "is_active" in form.changed_data and not obj.is_active
-        super().save_model(request, obj, form, change)
+        if change:
+            # Only what the form changed (its many-to-many fields are saved after this): the
+            # whole row as read when the form was posted wrote back the password hash over a
+            # password its owner changed meanwhile, the old password valid again.
+            concrete = {field.name for field in obj._meta.concrete_fields}
+            obj.save(update_fields=[name for name in form.changed_data if name in concrete])
+        else:
+            super().save_model(request, obj, form, change)
         if deactivated:
             cancelled = orders_cancel_for_deactivated_user(
                 user=obj, actor=request.user, http_request=request
@@ -218,7 +225,23 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
 # ---- second factors ----------------------------------------------------------------------------
 
 
-class TOTPDeviceAdmin(admin.ModelAdmin):
+class _OwnerManagedDeviceAdmin(admin.ModelAdmin):
+    """A second factor is changed or deleted only by who may manage its owner's account (see
+    _may_manage): staff with the device permissions had reset a superuser's 2FA, which
+    UserAdmin keeps them from doing through the account itself."""
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        if obj is not None and not _may_manage(request.user, obj.user, own=True):
+            return False
+        return super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        if obj is not None and not _may_manage(request.user, obj.user, own=True):
+            return False
+        return super().has_delete_permission(request, obj)
+
+
+class TOTPDeviceAdmin(_OwnerManagedDeviceAdmin):
     """A user's TOTP devices, without their secret. django-otp's own admin showed each
     device's key, its otpauth:// URI and its QR code: anyone allowed to view devices could
     have cloned any user's second factor, staff's included, and no page view is audited.
@@ -239,7 +262,7 @@ if admin.site.is_registered(TOTPDevice):  # django-otp's, if its admin module ca
 admin.site.register(TOTPDevice, TOTPDeviceAdmin)
 
 
-class RecoveryCodesAdmin(admin.ModelAdmin):
+class RecoveryCodesAdmin(_OwnerManagedDeviceAdmin):
     """A user's recovery codes (django-otp's static device), without the codes. django-otp's
     own admin listed each code in an editable field: anyone allowed to view devices could have
     read any user's codes, staff's included (one, with the password, passes the second factor),

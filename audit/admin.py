@@ -6,6 +6,7 @@ import json
 import time
 
 from django.contrib import admin
+from django.db.models import Q
 from django.http import Http404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -31,18 +32,30 @@ class InputFilter(admin.SimpleListFilter):
         query.pop(self.parameter_name, None)
         yield {"get_query": query, "value": self.value() or ""}
 
+    def typed(self) -> str:
+        """The box's value without the spaces around it (a pasted " 42")."""
+        return (self.value() or "").strip()
+
+
+def _typed_id(value: str) -> int | None:
+    """An id typed in a filter box; None when it is not ASCII digits ("²" is a digit to
+    str.isdigit only). Such a value filters out everything, as the search does: it had been
+    ignored, so " 42" or "alice" listed the whole trail under a filter that seemed to apply."""
+    return int(value) if value.isascii() and value.isdigit() else None
+
 
 class UserFilter(InputFilter):
     title = "user id (actor or subject)"
     parameter_name = "user"
 
     def queryset(self, request, queryset):
-        value = self.value()
-        if value and value.isascii() and value.isdigit():  # "²" is a digit to isdigit only
-            from django.db.models import Q
-
-            return queryset.filter(Q(user_id=int(value)) | Q(actor_id=int(value)))
-        return queryset
+        value = self.typed()
+        if not value:
+            return queryset
+        user_id = _typed_id(value)
+        if user_id is None:
+            return queryset.none()
+        return queryset.filter(Q(user_id=user_id) | Q(actor_id=user_id))
 
 
 class SymbolFilter(InputFilter):
@@ -50,7 +63,7 @@ class SymbolFilter(InputFilter):
     parameter_name = "symbol"
 
     def queryset(self, request, queryset):
-        value = self.value()
+        value = self.typed()
         return queryset.filter(symbol=value.upper()) if value else queryset
 
 
@@ -59,10 +72,11 @@ class OrderFilter(InputFilter):
     parameter_name = "order"
 
     def queryset(self, request, queryset):
-        value = self.value()
-        if value and value.isascii() and value.isdigit():
-            return queryset.filter(order_id=int(value))
-        return queryset
+        value = self.typed()
+        if not value:
+            return queryset
+        order_id = _typed_id(value)
+        return queryset.none() if order_id is None else queryset.filter(order_id=order_id)
 
 
 class TimeFilter(admin.SimpleListFilter):

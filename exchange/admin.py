@@ -76,20 +76,28 @@ class InstrumentAdmin(admin.ModelAdmin):
             services.instrument_list(instrument=obj, actor=request.user, http_request=request)
             return
         previous = Instrument.objects.get(pk=obj.pk)
-        super().save_model(request, obj, form, change)
+        # Only what the form changed: the whole row as read when the form was posted wrote
+        # back the status over a halt, resume or delisting that committed meanwhile (the book
+        # halted in its engine, while order entry and the ticker said trading).
+        obj.save(update_fields=form.changed_data)
         command = services.instrument_rules_update(
             instrument=obj, previous=previous, actor=request.user, http_request=request
         )
         if command is not None:
             self.message_user(request, f"New trading rules sent to the {obj.symbol} book.")
 
-    @admin.action(description="Halt trading (new orders rejected, cancels allowed)")
+    # Each needs `exchange.change_instrument`: without `permissions` an action is offered to
+    # (and run for) anyone who may view the list, so a read-only viewer could halt, resume
+    # and delist instruments.
+    @admin.action(
+        description="Halt trading (new orders rejected, cancels allowed)", permissions=["change"]
+    )
     def halt_trading(self, request, queryset) -> None:
         reason = self._reason(request)
         if reason is not None:
             self._status_change(request, queryset, services.instrument_halt, "Halt", reason=reason)
 
-    @admin.action(description="Resume trading")
+    @admin.action(description="Resume trading", permissions=["change"])
     def resume_trading(self, request, queryset) -> None:
         if request.POST.get("reason", "").strip():
             self.message_user(
@@ -125,7 +133,9 @@ class InstrumentAdmin(admin.ModelAdmin):
         if sent:
             self.message_user(request, f"{what} sent for {sent} instrument(s).")
 
-    @admin.action(description="Delist for good (halt, cancel every open order)")
+    @admin.action(
+        description="Delist for good (halt, cancel every open order)", permissions=["change"]
+    )
     def delist(self, request, queryset):
         """A confirmation page first (delisting cannot be undone), then the delisting."""
         instruments = list(queryset.exclude(status=Instrument.Status.DELISTED))
@@ -218,7 +228,8 @@ class OrderAdmin(ReadOnlyAdmin):
                     order=order, exc=exc, http_request=request, on_behalf=True,
                 )  # fmt: skip
                 self.message_user(request, f"Order {order.pk}: {exc.message}", messages.WARNING)
-        self.message_user(request, f"Cancel sent for {sent} order(s).")
+        if sent:  # not "sent for 0" beside the refusals (as the halt and resume actions)
+            self.message_user(request, f"Cancel sent for {sent} order(s).")
 
 
 @admin.register(Trade)

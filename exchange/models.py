@@ -1,5 +1,6 @@
 """The trading core's records. PostgreSQL is the system of record."""
 
+import re
 import zoneinfo
 from decimal import Decimal
 
@@ -29,6 +30,10 @@ class StpMode(models.TextChoices):
     CANCEL_SMALLEST = "cancel_smallest", "Cancel smallest"
     DECREMENT_BOTH = "decrement_both", "Decrement both"
     NONE = "none", "Allow self-trade"
+
+
+# An asset's code, as the ledger keys balances by it.
+ASSET_CODE = re.compile(r"[A-Z0-9]{1,12}")
 
 
 class Instrument(models.Model):
@@ -148,6 +153,15 @@ class Instrument(models.Model):
                 and decimal_places(value) > precision
             ):
                 errors[field] = f"At most {precision} decimal places (the asset's precision)."
+        if self._state.adding:  # fixed once listed: an older row is not judged again
+            # The ledger keys balances by the asset's code: "usd" typed for USD had listed a
+            # new asset beside it that no one held (and that could then be deposited).
+            for field in ("base_asset", "quote_asset"):
+                value = getattr(self, field)
+                if value and not ASSET_CODE.fullmatch(value):
+                    errors[field] = "Upper-case letters and digits only (e.g. USD)."
+            if self.base_asset and self.base_asset == self.quote_asset:
+                errors["quote_asset"] = "Must differ from the base asset."
         if self.price_band_pct is not None and self.price_band_pct < 0:
             errors["price_band_pct"] = "Cannot be negative (0 turns the band off)."
         if self.market_collar_pct is not None and self.market_collar_pct < 0:

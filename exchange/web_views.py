@@ -10,16 +10,29 @@ from django.views.decorators.cache import never_cache
 
 from accounts import two_factor
 from accounts.funds import may_deposit
+from accounts.selectors import asset_precisions
 from accounts.views import full_login_required
 from exchange import selectors
 from exchange.models import Instrument, Order, StpMode
 from exchange.serializers import money_str, price_str, quantity_str
 
+# The ticker's status in words (static/js/api.js marketStatusText says them the same way).
+MARKET_STATUS_LABELS = {
+    "trading": "Trading",
+    "halted": "Halted",
+    "delisted": "Delisted",
+    "closed": "Closed (outside trading hours)",
+}
+
 
 def _market_row(instrument: Instrument) -> dict:
     stats = selectors.ticker_24h(instrument=instrument)
+    label = MARKET_STATUS_LABELS.get(stats["status"], stats["status"])
     return {
         "instrument": instrument,
+        # As the ticker says it: closed outside the trading hours, staff's reason for a halt
+        # (the page had said "Trading" for an instrument closed for the night).
+        "status": f"{label}: {stats['status_reason']}" if stats["status_reason"] else label,
         "last_price": price_str(instrument, stats["last_price"]),
         "change_pct": stats["change_pct_24h"],
         "high": price_str(instrument, stats["high_24h"]),
@@ -72,6 +85,9 @@ def account(request: HttpRequest) -> HttpResponse:
         "two_factor_enabled": enabled,
         "recovery_codes_left": two_factor.recovery_codes_left(user) if enabled else 0,
         "assets": sorted({asset for i in instruments for asset in (i.base_asset, i.quote_asset)}),
+        # Every asset a balance can be in, as the API takes them: one held only through a
+        # delisted instrument could not be chosen here, its funds stuck on the account.
+        "withdraw_assets": sorted(asset_precisions()),
         # Without the right to credit one, the form only led to "credited by exchange staff".
         "may_deposit": may_deposit(actor=user),
     }

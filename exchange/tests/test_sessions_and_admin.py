@@ -3,6 +3,8 @@ admin."""
 
 import datetime as dt
 import json
+import re
+import threading
 import time
 import uuid
 import zoneinfo
@@ -13,7 +15,9 @@ import pytest
 from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
+from django.db import connection, transaction
 from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
+from django_otp.plugins.otp_totp.models import TOTPDevice
 from websockets.sync.client import connect as ws_connect
 
 from accounts.tests.otp_login import give_totp_device
@@ -22,7 +26,7 @@ from conftest import wait_until
 from exchange.api_errors import ApiError
 from exchange.models import Instrument, Order
 from exchange.order_rules import OrderRequest
-from exchange.services import order_amend, order_place
+from exchange.services import instrument_halt, order_amend, order_place
 from exchange.tests.admin_http import (
     admin_action,
     admin_action_post,
@@ -463,6 +467,9 @@ def test_staff_cancel_on_a_users_behalf_and_tick_size_frozen_once_traded(exchang
     # Cancelling it again is refused, and recorded as a trader's refused cancel is (it had
     # left no record), under the order's owner with staff as the actor.
     admin_action(staff, "/admin/exchange/order/", "cancel_orders", order["order_id"])
+    said = staff.get("/admin/exchange/order/").text
+    assert f"Order {order['order_id']}: order {order['order_id']} is cancelled" in said
+    assert "Cancel sent for 0 order(s)" not in said  # beside the refusal
     refusal = AuditRecord.objects.get(order_id=order["order_id"], event_type="order.cancel_refused")
     assert refusal.user_id == trader.user.pk and refusal.channel == "admin"
     assert refusal.payload["error"]["error"] == "OrderNotOpen"
@@ -497,6 +504,35 @@ def test_staff_see_and_cancel_orders_only_with_the_permissions_for_it(exchange_s
     canceller = admin_client(exchange_stack, permissions=("exchange.change_order",))
     admin_action(canceller, changelist, "cancel_orders", order["order_id"])
     assert Command.objects.filter(order_id=order["order_id"], kind="cancel").exists()
+
+
+@pytest.mark.processes
+def test_staff_who_may_only_view_instruments_cannot_halt_resume_or_delist_them(
+    exchange_stack, live_db
+):
+    # The actions were offered to (and run for) anyone who could see the list: a viewer
+    # halted a book, and could have delisted it.
+    instrument = make_instrument()
+    changelist = "/admin/exchange/instrument/"
+    viewer = admin_client(exchange_stack, permissions=("exchange.view_instrument",))
+    page = viewer.get(changelist)
+    assert page.status_code == 200
+    for action in ("halt_trading", "resume_trading", "delist"):
+        assert f'value="{action}"' not in page.text, action
+        refused = admin_action_post(
+            viewer, changelist, action, instrument.pk, reason="x", confirmed="yes"
+        )
+        assert refused.status_code == 200, action  # the list again, nothing run
+        instrument.refresh_from_db()
+        assert instrument.status == "trading", action
+    assert not Command.objects.filter(kind="halt", payload__symbol=instrument.symbol).exists()
+    assert not AuditRecord.objects.filter(
+        symbol=instrument.symbol, event_type__startswith="instrument.", actor_id__isnull=False
+    ).exists()
+    editor = admin_client(exchange_stack, permissions=("exchange.change_instrument",))
+    admin_action(editor, changelist, "halt_trading", instrument.pk)
+    instrument.refresh_from_db()
+    assert instrument.status == "halted"
 
 
 @pytest.mark.processes
@@ -563,6 +599,44 @@ def test_the_admin_never_shows_or_takes_recovery_codes(exchange_stack, live_db):
     assert refused.status_code == 403
     assert not device.token_set.filter(token="mychosen").exists()
     assert staff.get(base).status_code == 200
+
+
+@pytest.mark.processes
+def test_only_a_superuser_resets_another_staff_members_second_factor(exchange_stack, live_db):
+    # Staff with the device permissions deleted a superuser's authenticator and recovery codes
+    # (their 2FA reset: the password alone then enrols a new one), which the user admin keeps
+    # them from doing to the account itself.
+    boss = make_user("boss")
+    boss.is_staff = boss.is_superuser = True
+    boss.save()
+    customer = make_user()
+    support = admin_client(
+        exchange_stack,
+        permissions=(
+            "otp_totp.view_totpdevice",
+            "otp_totp.change_totpdevice",
+            "otp_totp.delete_totpdevice",
+            "otp_static.view_staticdevice",
+            "otp_static.delete_staticdevice",
+        ),
+    )
+    for owner, allowed in ((boss, False), (customer, True)):
+        totp = give_totp_device(owner)
+        codes = StaticDevice.objects.create(user=owner, name="Recovery codes", confirmed=True)
+        token = csrf_token(support, "/admin/")
+        renamed = support.post(
+            f"/admin/otp_totp/totpdevice/{totp.pk}/change/",
+            data={"csrfmiddlewaretoken": token, "name": "renamed", "_save": "Save"},
+        )
+        assert renamed.status_code == (302 if allowed else 403), owner
+        for model, device in (("otp_totp.totpdevice", totp), ("otp_static.staticdevice", codes)):
+            deleted = support.post(
+                f"/admin/{model.replace('.', '/')}/{device.pk}/delete/",
+                data={"csrfmiddlewaretoken": token, "post": "yes"},
+            )
+            assert deleted.status_code == (302 if allowed else 403), (owner, model)
+            assert type(device).objects.filter(pk=device.pk).exists() is not allowed
+    assert TOTPDevice.objects.filter(user=boss, name="renamed").count() == 0
 
 
 @pytest.mark.processes
@@ -648,6 +722,52 @@ def test_staff_revoke_a_traders_api_key_in_the_admin(exchange_stack, live_db):
 
 
 @pytest.mark.processes
+def test_a_user_edit_saved_while_its_owner_changes_the_password_keeps_the_new_one(
+    exchange_stack, live_db
+):
+    # The edit wrote back the whole row as read, the password hash too: a password changed
+    # meanwhile (say, after a leak) was undone, the old one valid again.
+    customer = make_user()
+    customer.set_password("old-password-1")
+    customer.save()
+    support = admin_client(exchange_stack, permissions=("accounts.change_user",))
+    changed, may_commit = threading.Event(), threading.Event()
+
+    def change_password() -> None:
+        try:
+            with transaction.atomic():
+                owner = get_user_model().objects.select_for_update().get(pk=customer.pk)
+                owner.set_password("new-password-2")
+                owner.save(update_fields=["password"])
+                changed.set()
+                may_commit.wait(15)
+        finally:
+            connection.close()
+
+    changing = threading.Thread(target=change_password)
+    changing.start()
+    assert changed.wait(10)
+    email = f"moved-{customer.email}"
+    edited: list[httpx.Response] = []
+    editing = threading.Thread(
+        target=lambda: edited.append(
+            admin_user_change(support, customer, email=email, is_active="on")
+        )
+    )
+    editing.start()
+    try:
+        wait_until(a_session_waits_on_a_lock, timeout=10)
+    finally:
+        may_commit.set()
+        changing.join(15)
+        editing.join(15)
+    assert edited[0].status_code == 302, edited[0].text[:2000]
+    customer.refresh_from_db()
+    assert customer.email == email
+    assert customer.check_password("new-password-2")
+
+
+@pytest.mark.processes
 def test_staff_who_may_change_users_cannot_grant_powers_or_touch_a_superuser(
     exchange_stack, live_db
 ):
@@ -714,6 +834,35 @@ def test_the_audit_admins_id_filters_take_ascii_digits_only(exchange_stack, live
 
 
 @pytest.mark.processes
+def test_the_audit_admins_filter_boxes_never_list_the_whole_trail_for_a_value_they_cannot_use(
+    exchange_stack, live_db
+):
+    # An id that was not plain digits (" 42" pasted with a space, "alice") was ignored: the
+    # whole trail was listed under a filter box that showed the value as applied.
+    trader = ApiClient(exchange_stack)
+    mine, other = make_instrument(), make_instrument()
+    ids = [
+        trader.place(
+            symbol=instrument.symbol, side="sell", order_type="limit", price="12.00", quantity="1"
+        ).json()["order_id"]
+        for instrument in (mine, other)
+    ]
+    staff = admin_client(exchange_stack)
+
+    def orders_listed(**params) -> list[bool]:
+        page = staff.get("/admin/audit/auditrecord/", params=params)
+        assert page.status_code == 200, page.status_code
+        return [f"/order-history/{order_id}/" in page.text for order_id in ids]
+
+    assert orders_listed() == [True, True]
+    assert orders_listed(order=f" {ids[0]} ") == [True, False]
+    assert orders_listed(symbol=f" {mine.symbol.lower()} ") == [True, False]
+    assert orders_listed(user=f" {trader.user.pk}") == [True, True]
+    for params in ({"order": "abc"}, {"order": f"#{ids[0]}"}, {"user": "alice"}):
+        assert orders_listed(**params) == [False, False], params
+
+
+@pytest.mark.processes
 def test_an_instrument_listed_in_the_admin_is_audited_with_its_rules(exchange_stack, live_db):
     # Only the admin's generic record ("Added.", no symbol) had said it; a listing by the
     # system none at all.
@@ -730,6 +879,28 @@ def test_an_instrument_listed_in_the_admin_is_audited_with_its_rules(exchange_st
     assert AuditRecord.objects.filter(
         event_type="instrument.listed", symbol=by_system.symbol, actor_id__isnull=True
     ).exists()
+
+
+@pytest.mark.processes
+def test_the_admin_lists_an_instrument_only_of_two_distinct_asset_codes(exchange_stack, live_db):
+    # "usd" (or "U SD") typed for USD listed a new asset beside it that no one held, and a
+    # pair of USD for USD was listed too.
+    staff = admin_client(exchange_stack)
+    for assets, field, message in (
+        ({"quote_asset": "usd"}, "quote_asset", "Upper-case letters and digits only"),
+        ({"base_asset": "T T"}, "base_asset", "Upper-case letters and digits only"),
+        ({"base_asset": "USD"}, "quote_asset", "Must differ from the base asset."),
+    ):
+        symbol = f"A{uuid.uuid4().hex[:6].upper()}"
+        refused = admin_instrument_add(staff, symbol, **assets)
+        assert refused.status_code == 200, assets
+        assert re.search(
+            rf'<div class="[^"]*field-{field}[^"]*">\s*<ul class="errorlist[^>]*><li>{message}',
+            refused.text,
+        ), (assets, refused.text[:3000])
+        assert not Instrument.objects.filter(symbol=symbol).exists()
+    symbol = f"A{uuid.uuid4().hex[:6].upper()}"
+    assert admin_instrument_add(staff, symbol, base_asset="TST2").status_code == 302
 
 
 @pytest.mark.processes
@@ -767,6 +938,58 @@ def test_rules_staff_change_in_the_admin_reach_the_matching_engine(exchange_stac
     requested = audited.get(event_type="instrument.rules_change_requested")
     assert requested.payload["from"]["min_qty"] == 5 and requested.payload["to"]["min_qty"] == 1
     assert audited.filter(event_type="instrument.rules_changed").count() == 1
+
+
+def a_session_waits_on_a_lock() -> bool:
+    """Whether a session of the test database (the web process's admin request) waits for a
+    row lock the test holds; one of another database (a parallel run) does not count."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+        return cursor.fetchone()[0] > 0
+
+
+@pytest.mark.processes
+def test_an_instrument_edit_saved_while_a_halt_commits_keeps_the_halt(exchange_stack, live_db):
+    # The edit wrote back the whole row as read, its status too: a halt that committed
+    # meanwhile was undone in the database (trading there, halted in the engine).
+    instrument = make_instrument()
+    staff = admin_client(exchange_stack)
+    halted, may_commit = threading.Event(), threading.Event()
+
+    def halt() -> None:
+        try:
+            with transaction.atomic():
+                instrument_halt(
+                    instrument=Instrument.objects.get(pk=instrument.pk),
+                    actor=None,
+                    reason="Pending news",
+                )
+                halted.set()
+                may_commit.wait(15)
+        finally:
+            connection.close()
+
+    halting = threading.Thread(target=halt)
+    halting.start()
+    assert halted.wait(10)
+    edited: list[httpx.Response] = []
+    editing = threading.Thread(
+        target=lambda: edited.append(admin_instrument_change(staff, instrument, min_notional="2"))
+    )
+    editing.start()
+    try:
+        wait_until(a_session_waits_on_a_lock, timeout=10)  # the edit, behind the halt
+    finally:
+        may_commit.set()
+        halting.join(15)
+        editing.join(15)
+    assert edited[0].status_code == 302, edited[0].text[:2000]
+    instrument.refresh_from_db()
+    assert (instrument.status, instrument.status_reason) == ("halted", "Pending news")
+    assert instrument.min_notional == Decimal("2")
 
 
 @pytest.mark.processes

@@ -1,12 +1,17 @@
 """The web pages as the server renders them: who may see what, and what each page holds.
 (The live behaviour in a real browser is in test_web_ui.py.)"""
 
+import datetime as dt
+import re
+from decimal import Decimal
+
 import pytest
 from django.contrib.staticfiles import finders
 from django.test import override_settings
 from django.urls import reverse
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from accounts.ledger import funds_deposit
 from exchange.models import Instrument
 from exchange.tests.api_client import make_instrument, make_user
 
@@ -40,6 +45,29 @@ def test_markets_lists_every_listed_instrument_with_a_link_to_trade_it(client):
     assert f'href="/trade/{listed.symbol}/"' in page
     assert delisted.symbol not in page
     assert 'src="/static/js/markets.js"' in page
+
+
+def test_markets_and_trading_pages_say_the_status_the_ticker_says(client):
+    # Both said "Trading" for an instrument closed for the night (every order refused
+    # MarketClosed), and the markets page kept the status it was first rendered with.
+    now = dt.datetime.now(dt.UTC)
+    opens = dt.time(15, 0) if dt.time(2, 59) <= now.time() <= dt.time(3, 1) else dt.time(3, 0)
+    closed = make_instrument(
+        trades_24_7=False,
+        session_open=opens,
+        session_close=opens.replace(second=1),  # one second a day: closed now
+        session_timezone="UTC",
+    )
+    halted = make_instrument(status=Instrument.Status.HALTED, status_reason="Pending news")
+    markets = client.get("/").content.decode()
+    for instrument, status in (
+        (closed, "Closed (outside trading hours)"),
+        (halted, "Halted: Pending news"),
+    ):
+        row = re.search(rf'<tr data-symbol="{instrument.symbol}">.*?</tr>', markets, re.S).group()
+        assert f'<td data-field="status">{status}</td>' in row
+        trading_page = client.get(f"/trade/{instrument.symbol}/").content.decode()
+        assert f'<dd id="stat-status">{status}</dd>' in trading_page
 
 
 def test_trading_page_is_public_with_a_login_link_instead_of_the_order_form(client):
@@ -101,6 +129,24 @@ def test_account_needs_a_login(client):
     response = client.get(reverse("account"))
     assert response.status_code == 302
     assert response["Location"] == f"{reverse('accounts:login')}?next=%2Faccount%2F"
+
+
+def test_the_account_page_withdraws_an_asset_held_only_through_a_delisted_instrument(client):
+    # The withdraw form listed the assets of listed instruments only: funds in the asset of a
+    # delisted one (which the API still withdraws) could not be chosen.
+    delisted = make_instrument(base_asset="DLX9", status=Instrument.Status.DELISTED)
+    user = signed_in(client)
+    funds_deposit(user=user, asset="DLX9", amount=Decimal("5"), memo="test funds")
+    page = client.get(reverse("account")).content.decode()
+    withdraw = re.search(r'<select id="withdraw-asset".*?</select>', page, re.S).group()
+    assert f'<option value="{delisted.base_asset}">' in withdraw
+    assert f'<option value="{delisted.quote_asset}">' in withdraw
+    withdrawn = client.post(
+        f"/api/v1/users/{user.pk}/withdraw",
+        {"asset": "DLX9", "amount": "5"},
+        content_type="application/json",
+    )
+    assert withdrawn.status_code == 201, withdrawn.content
 
 
 def test_account_page_holds_every_section_and_links_to_two_factor(client):

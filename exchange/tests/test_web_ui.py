@@ -13,11 +13,12 @@ import os
 import re
 import threading
 import time
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from django.db import connections
+from django.db import connections, transaction
 
 from accounts.ledger import funds_deposit
 from accounts.tests.fee_tier_data import ensure_shipped_tiers
@@ -26,6 +27,7 @@ from conftest import wait_until
 from exchange.book_checksum import book_checksum
 from exchange.services import instrument_halt, instrument_resume
 from exchange.tests.api_client import ApiClient, make_instrument, make_user
+from matching.models import ShardState
 
 pytestmark = pytest.mark.processes
 
@@ -350,6 +352,19 @@ def test_outside_its_trading_hours_the_page_says_closed_and_after_a_resume_too(o
     )
 
 
+def test_the_markets_page_follows_a_halt_and_a_resume(open_page, live_db):
+    # Its rows refreshed prices only: a halted market still read "Trading" until a reload.
+    instrument = make_instrument()
+    page = open_page()
+    page.goto("/")
+    status = page.locator(f'#markets tr[data-symbol="{instrument.symbol}"] [data-field="status"]')
+    expect(status).to_have_text("Trading")
+    instrument_halt(instrument=instrument, actor=None, reason="Pending news", http_request=None)
+    expect(status).to_have_text("Halted: Pending news")  # within its 5 s refresh
+    instrument_resume(instrument=instrument, actor=None, http_request=None)
+    expect(status).to_have_text("Trading")
+
+
 def test_a_resume_shows_at_once_while_trades_keep_coming(open_page, exchange_stack, live_db):
     # A resume's read of the ticker went through the trades' 1 s debounce, which every trade
     # restarts: "Halted: <reason>" stayed up for as long as trades kept coming (helper 58).
@@ -480,6 +495,51 @@ def test_amend_then_cancel_an_order_and_cancel_all(open_page, live_db):
     page.get_by_role("button", name="Cancel all").click()
     expect(page.locator("#open-orders tbody")).to_contain_text("No open orders.")
     expect(page.locator("#ladder tr[data-price]")).to_have_count(0)
+
+
+@contextmanager
+def shard_batches_held_up(shard: int):
+    """The shard's worker cannot commit a batch inside the block (its shard-state row, which
+    each batch locks first, is locked here): its commands wait, and a request answers 202."""
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        try:
+            with transaction.atomic():
+                ShardState.objects.select_for_update().get(shard=shard)
+                locked.set()
+                release.wait(30)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert locked.wait(10)
+    try:
+        yield
+    finally:
+        release.set()
+        holder.join(30)
+
+
+def test_an_amend_the_engine_has_not_confirmed_says_it_was_sent(open_page, live_db):
+    # A 202 carries the order as it was before the change: the page said "Order 7 amended:
+    # 99.00 x 4." with the old price while the amend was still on its way.
+    instrument, user = make_instrument(), trader()
+    page = open_page()
+    open_trading(page, user, instrument.symbol)
+    place_limit(page, "buy", "99.00", "4")
+    row = open_order_row(page, "99.00")
+    expect(row).to_be_visible()
+    order_id = row.get_attribute("data-order-id")
+    row.get_by_role("button", name="Amend").click()
+    page.locator(".amend-form").get_by_label("New price").fill("98.50")
+    with shard_batches_held_up(instrument.shard):
+        page.locator(".amend-form").get_by_role("button", name="Save changes").click()
+        expect(page.locator("#orders-result")).to_have_text(
+            f"Amend of order {order_id} sent; the engine has not confirmed it yet."
+        )
+    expect(open_order_row(page, "98.50")).to_be_visible()  # once the engine applied it
 
 
 def test_the_ticket_sends_market_by_amount_stop_limit_and_gtd_iceberg_orders(
@@ -635,6 +695,50 @@ def test_a_trade_lost_upstream_is_read_again_and_the_ladder_stays_live(
     assert seller.place(**sell, price="108.00").status_code == 201
     expect(ladder_row(page, "ask", "108.00")).to_be_visible()  # the updates still apply
     assert page.locator("#ladder").get_attribute("data-resyncs") == "0"
+
+
+def test_after_the_socket_reconnects_the_page_reads_what_it_missed(
+    open_page, exchange_stack, live_db
+):
+    # Frames sent while the socket was away are gone (docs/websocket.md: read orders, fills and
+    # balances again): an order filled meanwhile stayed in the open orders, and its fill, its
+    # trade, its candle and the balance it paid stayed unseen.
+    instrument, user = make_instrument(), trader()
+    buyer = ApiClient(exchange_stack)
+    links: list[dict] = []
+
+    def between_page_and_server(ws):
+        server = ws.connect_to_server()
+        link = {"page": ws, "server": server, "away": False}
+        links.append(link)
+        server.on_message(lambda message: None if link["away"] else ws.send(message))
+
+    page = open_page()
+    page.route_web_socket("**/ws/v1", between_page_and_server)
+    open_trading(page, user, instrument.symbol)
+    place_limit(page, "sell", "107.00", "2")
+    expect(open_order_row(page, "107.00")).to_be_visible()
+    usd = page.locator(f'#ticket-balances [data-asset="{QUOTE}"]')
+    expect(usd).to_have_text("10000000.00")
+
+    link = links[-1]
+    link["away"] = True  # nothing more reaches the page on this socket...
+    filled = buyer.place(
+        symbol=instrument.symbol, side="buy", order_type="limit", price="107.00", quantity="2"
+    )
+    assert filled.json()["status"] == "filled", filled.text
+    link["page"].close(code=1012, reason="restart")  # ...and then it drops, as in a restart
+    link["server"].close()
+
+    expect(page.locator("#open-orders tbody")).to_contain_text("No open orders.")
+    expect(page.locator("#fills tbody tr[data-trade-id]")).to_have_count(1)
+    expect(page.locator("#tape tbody tr").first).to_contain_text("107.00")
+    expect(page.locator("#chart-summary")).to_contain_text("latest open 107, high 107")
+    rest = ApiClient(exchange_stack, user).get("/api/v1/balances").json()
+    paid = next(b for b in rest if b["asset"] == QUOTE)["available"]
+    assert paid != "10000000.00"
+    expect(usd).to_have_text(paid)
+    assert len(links) == 2
 
 
 def test_a_post_only_order_that_would_cross_shows_the_servers_rejection(

@@ -87,6 +87,20 @@ export function clearErrors(form) {
   for (const input of form.querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
 }
 
+// An instrument's status as the ticker gives it (exchange.selectors.ticker_24h: closed outside
+// its trading hours), with staff's reason for a halt; exchange/web_views.py renders it the same.
+const MARKET_STATUS_LABELS = {
+  trading: "Trading",
+  halted: "Halted",
+  delisted: "Delisted",
+  closed: "Closed (outside trading hours)",
+};
+
+export function marketStatusText(status, reason) {
+  const label = MARKET_STATUS_LABELS[status] ?? status;
+  return reason ? `${label}: ${reason}` : label;
+}
+
 // A <td> (or other element) with text, optionally a class.
 export function cell(text, className, tag = "td") {
   const element = document.createElement(tag);

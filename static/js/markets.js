@@ -1,5 +1,5 @@
-// Markets page: refreshes each row's last price and 24 h figures from GET /api/v1/ticker.
-import { api } from "./api.js";
+// Markets page: refreshes each row's last price, 24 h figures and status from GET /api/v1/ticker.
+import { api, marketStatusText } from "./api.js";
 
 const REFRESH_MS = 5000;
 
@@ -15,6 +15,11 @@ async function refreshRow(row) {
   change.classList.toggle("up", pct !== null && Number(pct) > 0);
   change.classList.toggle("down", pct !== null && Number(pct) < 0);
   change.textContent = pct === null ? "–" : `${Number(pct) > 0 ? "+" : ""}${pct} %`;
+  // A halt, a resume or the session's close shows here too (it kept the status first rendered).
+  row.querySelector('[data-field="status"]').textContent = marketStatusText(
+    data.status,
+    data.status_reason,
+  );
 }
 
 async function refreshAll() {

@@ -1,7 +1,8 @@
 // The trading page: live ladder (local book checked by seq and checksum, resynced by itself),
 // trades tape, candles, and for a signed-in user the order ticket, open orders and fills.
 import {
-  ApiError, api, cell, clearErrors, dateTime, debounce, shortTime, showError, signedOutNotice,
+  ApiError, api, cell, clearErrors, dateTime, debounce, marketStatusText, shortTime, showError,
+  signedOutNotice,
 } from "./api.js";
 import { LocalBook, compareDecimal } from "./book.js";
 import { CandleChart } from "./chart.js";
@@ -161,17 +162,10 @@ const refreshStats = debounce(loadStats, 1000);
 // hours) with staff's reason for a halt; a halt, resume or delisting shows at once from the
 // ticker channel's status frame, else within STATUS_REFRESH_MS, or when an order is refused
 // because of it.
-const STATUS_LABELS = {
-  trading: "Trading",
-  halted: "Halted",
-  delisted: "Delisted",
-  closed: "Closed (outside trading hours)",
-};
 const STATUS_REFRESH_MS = 10_000;
 
 function showStatus(status, reason) {
-  const label = STATUS_LABELS[status] ?? status;
-  document.getElementById("stat-status").textContent = reason ? `${label}: ${reason}` : label;
+  document.getElementById("stat-status").textContent = marketStatusText(status, reason);
 }
 setInterval(() => loadStats().catch(() => {}), STATUS_REFRESH_MS);
 
@@ -442,9 +436,14 @@ function toggleAmend(row, order, button) {
       if (value && value !== original) body[name] = value;
     }
     try {
-      const { data } = await api("PATCH", `/api/v1/orders/${id}`, body);
+      const { status, data } = await api("PATCH", `/api/v1/orders/${id}`, body);
       const price = data.price === null || data.price === undefined ? "" : `${data.price} × `;
-      ordersResult.textContent = `Order ${id} amended: ${price}${data.quantity}.`;
+      // 202: queued, and the order it carries is the one before the change (it had read
+      // "amended" with the old price and quantity).
+      ordersResult.textContent =
+        status === 202
+          ? `Amend of order ${id} sent; the engine has not confirmed it yet.`
+          : `Order ${id} amended: ${price}${data.quantity}.`;
       amendRow.remove();
       refreshMine();
     } catch (error) {
@@ -610,6 +609,7 @@ const refreshMine = debounce(() => {
 const channels = [`book.${symbol}`, `trades.${symbol}`, `ticker.${symbol}`];
 if (canTrade) channels.push("orders");
 const stateLabel = { connecting: "Connecting…", live: "Live", reconnecting: "Reconnecting…" };
+let tradesSubscribedBefore = false;
 
 const stream = new Stream(channels, {
   depth: 50,
@@ -621,6 +621,21 @@ const stream = new Stream(channels, {
     }
   },
   onFrame: (frame) => {
+    if (frame.type === "subscribed") {
+      // Subscribed (again, after a reconnect): frames sent while the socket was away are gone
+      // (docs/websocket.md), so read what they would have said. An order filled meanwhile had
+      // stayed in the open orders, its fill, its trade and the new balances unseen.
+      if (frame.channel === `trades.${symbol}`) {
+        loadTrades().catch(() => {});
+        refreshStats();
+        // The candles too, once subscribed again (the page loaded them when it opened).
+        if (tradesSubscribedBefore) chart.load(chart.interval).catch(() => {});
+        tradesSubscribedBefore = true;
+      } else if (frame.channel === "orders") {
+        refreshMine();
+      }
+      return;
+    }
     if (frame.channel === `book.${symbol}`) onBookFrame(frame);
     else if (frame.type === "trades" && frame.channel === `trades.${symbol}`) {
       addTrades(frame.data, { prepend: true });
