@@ -240,6 +240,16 @@ class _OwnerManagedDeviceAdmin(admin.ModelAdmin):
             return False
         return super().has_delete_permission(request, obj)
 
+    def save_model(self, request, obj, form, change) -> None:
+        # Only what the form changed (a rename): the whole row as read when the form was posted
+        # wrote back the device's replay guard (the last time step used) and its failed-code
+        # count over a sign-in that committed meanwhile: its code could be used again, and its
+        # failures were forgotten.
+        if change:
+            obj.save(update_fields=form.changed_data)
+        else:
+            super().save_model(request, obj, form, change)
+
 
 class TOTPDeviceAdmin(_OwnerManagedDeviceAdmin):
     """A user's TOTP devices, without their secret. django-otp's own admin showed each

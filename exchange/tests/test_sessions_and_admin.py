@@ -768,6 +768,56 @@ def test_a_user_edit_saved_while_its_owner_changes_the_password_keeps_the_new_on
 
 
 @pytest.mark.processes
+def test_an_authenticator_renamed_while_its_owner_signs_in_keeps_its_replay_guard(
+    exchange_stack, live_db
+):
+    # The rename wrote back the whole row as read: the time step of a code used meanwhile (the
+    # guard against using it twice) and the failed-code count went back to their old values.
+    customer = make_user()
+    device = give_totp_device(customer)
+    support = admin_client(
+        exchange_stack,
+        permissions=("otp_totp.view_totpdevice", "otp_totp.change_totpdevice"),
+    )
+    signed_in, may_commit = threading.Event(), threading.Event()
+
+    def sign_in() -> None:
+        try:
+            with transaction.atomic():
+                used = TOTPDevice.objects.select_for_update().get(pk=device.pk)
+                used.last_t, used.throttling_failure_count = 12345, 2
+                used.save(update_fields=["last_t", "throttling_failure_count"])
+                signed_in.set()
+                may_commit.wait(15)
+        finally:
+            connection.close()
+
+    signing_in = threading.Thread(target=sign_in)
+    signing_in.start()
+    assert signed_in.wait(10)
+    renamed: list[httpx.Response] = []
+    token = csrf_token(support, "/admin/")
+    renaming = threading.Thread(
+        target=lambda: renamed.append(
+            support.post(
+                f"/admin/otp_totp/totpdevice/{device.pk}/change/",
+                data={"csrfmiddlewaretoken": token, "name": "phone", "_save": "Save"},
+            )
+        )
+    )
+    renaming.start()
+    try:
+        wait_until(a_session_waits_on_a_lock, timeout=10)
+    finally:
+        may_commit.set()
+        signing_in.join(15)
+        renaming.join(15)
+    assert renamed[0].status_code == 302, renamed[0].text[:2000]
+    device.refresh_from_db()
+    assert (device.name, device.last_t, device.throttling_failure_count) == ("phone", 12345, 2)
+
+
+@pytest.mark.processes
 def test_staff_who_may_change_users_cannot_grant_powers_or_touch_a_superuser(
     exchange_stack, live_db
 ):
