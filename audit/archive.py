@@ -15,12 +15,14 @@ Beside it, `audit-YYYY-MM-DD.jsonl.gz.sha256` holds the file's SHA-256 in `sha25
 A line re-verifies offline: drop ts, hash, prev_seq and prev_hash, canonicalize the rest (see
 audit/chain.py) and check SHA-256(bytes.fromhex(prev_hash) + canonical) == hash.
 
-Only days that are over and completely sealed are exported. Retention drops a day's
-partitions (records and seals) only when the day is older than AUDIT_RETENTION_DAYS, was
-exported, and has no unsealed record; it first writes the day's seq range and export checksum
-to the append-only `audit_retention_drop`, so that `audit_verify` accepts the gap the drop
-leaves in the chain, anchored on the next seal's stored prev_hash. Days that landed in the
-DEFAULT partition (partitions not created in time) are never dropped automatically.
+Only days that are over, with no transaction still open that began before they ended, and
+completely sealed are exported. Retention drops a day's partitions (records and seals) only when
+the day is older than AUDIT_RETENTION_DAYS, was exported, and has no unsealed record (a day that
+holds more records than its export is exported again first); it first writes the day's seq
+range and export checksum to the append-only `audit_retention_drop`, so that `audit_verify`
+accepts the gap the drop leaves in the chain, anchored on the next seal's stored prev_hash.
+Days that landed in the DEFAULT partition (partitions not created in time) are never dropped
+automatically.
 """
 
 from __future__ import annotations
@@ -67,6 +69,33 @@ def audit_partitions_ensure(*, today: dt.date, days_ahead: int = 7) -> list[dt.d
     return failed
 
 
+# Sessions of this database in a transaction that has written (it holds an xid) and began before
+# `%s`, and transactions prepared before it: either may still commit records of a day that ended
+# meanwhile (a record's time is taken when it is made; its seq and commit come later).
+_WRITERS_SINCE_SQL = """
+SELECT (SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()
+           AND backend_xid IS NOT NULL AND xact_start < %s)
+     + (SELECT count(*) FROM pg_prepared_xacts
+         WHERE database = current_database() AND prepared < %s)
+"""
+# A batch stamps its records before its transaction begins: a transaction begun this long after
+# a day ended may still hold records of that day.
+DAY_END_MARGIN = dt.timedelta(minutes=1)
+
+
+def _writers_since_before(moment: dt.datetime) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(_WRITERS_SINCE_SQL, [moment, moment])
+        return cursor.fetchone()[0]
+
+
+def _record_count(day: dt.date) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM audit_record WHERE day = %s", [day])
+        return cursor.fetchone()[0]
+
+
 def _unsealed_count(day: dt.date) -> int:
     with connection.cursor() as cursor:
         cursor.execute(
@@ -89,11 +118,21 @@ def _export_line(row: tuple) -> dict:
 def audit_export_day(*, day: dt.date, export_dir: Path, now_ns: int | None = None) -> AuditExport:
     """Write the day's records as gzip JSONL plus a .sha256 file; record the export.
 
-    Raises ExportNotReady unless the day is over (by `now_ns`, default now) and fully sealed.
+    Raises ExportNotReady unless the day is over (by `now_ns`, default now), no transaction
+    that began before it ended (or within DAY_END_MARGIN after) and has written is still open,
+    and its records are all sealed.
     """
     now_ns = time.time_ns() if now_ns is None else now_ns
     if day >= day_of(now_ns):
         raise ExportNotReady(f"{day} is not over yet")
+    day_end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+    writers = _writers_since_before(day_end + DAY_END_MARGIN)
+    if writers:
+        # Its records would have been missing from the file (and later dropped with the day's
+        # partition: see audit_retention_apply).
+        raise ExportNotReady(
+            f"{writers} transaction(s) open since before {day} ended may still add records to it"
+        )
     unsealed = _unsealed_count(day)
     if unsealed:
         raise ExportNotReady(f"{day} has {unsealed} unsealed records")
@@ -170,6 +209,17 @@ def audit_retention_apply(*, today: dt.date, retention_days: int) -> list[dt.dat
                 "audit partition kept: not exported or not sealed", extra={"day": day.isoformat()}
             )
             continue
+        if _record_count(day) != export.record_count:
+            # Records of the day committed after its export: the drop had taken them with it,
+            # in no file. The day is exported again, whole, first.
+            try:
+                export = audit_export_day(day=day, export_dir=Path(export.path).parent)
+            except ExportNotReady as not_ready:
+                logger.warning(
+                    "audit partition kept: records added since its export",
+                    extra={"day": day.isoformat(), "why": str(not_ready)},
+                )
+                continue
         suffix = day.strftime("%Y%m%d")
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(

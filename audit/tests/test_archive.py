@@ -1,5 +1,6 @@
 """Daily export (gzip JSONL + checksum) round-trips; retention drops only exported days."""
 
+import dataclasses
 import datetime as dt
 import gzip
 import hashlib
@@ -138,3 +139,43 @@ def test_a_forged_retention_drop_does_not_hide_records_deleted_from_the_chain(ma
             finally:
                 cursor.execute("SET session_replication_role = origin")
     assert audit_chain_verify().ok
+
+
+def test_a_record_of_a_day_committed_after_its_export_is_exported_before_the_day_is_dropped(
+    tmp_path, marker
+):
+    # A transaction open across the day's end committed a record of it after the export: the
+    # drop took the record with the partition, in no file.
+    day = dt.date(2001, 4, 5)
+    audit_partitions_ensure(today=day, days_ahead=0)
+    entry = AuditEntry(event_type=AuditEvent.LOGIN, payload={"m": marker}, ts_ns=_ns(day, 5))
+    audit_record_many(records=[entry])
+    audit_seal_all()
+    assert audit_export_day(day=day, export_dir=tmp_path).record_count == 1
+    late = audit_record_many(records=[dataclasses.replace(entry, ts_ns=_ns(day, 86_000))])
+    audit_seal_all()
+    assert audit_retention_apply(today=dt.date.today(), retention_days=30) == [day]
+    with gzip.open(tmp_path / "audit-2001-04-05.jsonl.gz", "rt", encoding="utf-8") as lines:
+        assert [json.loads(line)["seq"] for line in lines][-1] == late[0]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT record_count FROM audit_retention_drop WHERE day = %s", [day])
+        assert cursor.fetchone() == (2,)
+
+
+def test_a_day_is_not_exported_while_a_transaction_begun_before_its_end_may_add_to_it(
+    tmp_path, marker
+):
+    import psycopg
+
+    from matching.lease import database_conninfo
+
+    audit_record_many(records=[AuditEntry(event_type=AuditEvent.LOGIN, payload={"m": marker})])
+    audit_seal_all()
+    today = dt.date.today()
+    tomorrow_ns = _ns(today + dt.timedelta(days=1), 3600)
+    with psycopg.connect(database_conninfo()) as writer:  # a transaction, written in, left open
+        writer.execute("SELECT txid_current()")
+        with pytest.raises(ExportNotReady, match="1 transaction"):
+            audit_export_day(day=today, export_dir=tmp_path, now_ns=tomorrow_ns)
+        writer.rollback()
+    assert audit_export_day(day=today, export_dir=tmp_path, now_ns=tomorrow_ns).record_count
