@@ -51,6 +51,10 @@ class UserAdmin(DjangoUserAdmin):
         in the same transaction: the orders had stayed on the book, able to fill, while their
         owner could no longer sign in to cancel them."""
         deactivated = change and "is_active" in form.changed_data and not obj.is_active
+        promoted = change and any(
+            name in form.changed_data and getattr(obj, name)
+            for name in ("is_staff", "is_superuser")
+        )
         if change:
             # Only what the form changed (its many-to-many fields are saved after this): the
             # whole row as read when the form was posted wrote back the password hash over a
@@ -66,6 +70,20 @@ class UserAdmin(DjangoUserAdmin):
             if cancelled:
                 self.message_user(
                     request, f"{obj} is deactivated: cancel sent for {cancelled} open order(s)."
+                )
+        if promoted:
+            # A key made before the promotion was made without the second factor staff need:
+            # it had carried the new powers (crediting deposits, say) past two-factor
+            # authentication. Staff make new keys behind it.
+            revoked = 0
+            for key in APIKey.objects.filter(user_id=obj.pk, revoked_at__isnull=True):
+                api_key_revoke(api_key=key, actor=request.user, request=request)
+                revoked += 1
+            if revoked:
+                self.message_user(
+                    request,
+                    f"{obj} is staff now: their {revoked} API key(s) made before are revoked "
+                    "(staff make keys behind two-factor authentication).",
                 )
 
     def has_change_permission(self, request, obj=None):

@@ -706,6 +706,31 @@ def test_a_user_staff_deactivate_has_every_open_order_cancelled_on_their_behalf(
 
 
 @pytest.mark.processes
+def test_a_user_made_staff_loses_the_api_keys_made_before(exchange_stack, live_db):
+    # A key made before the promotion, without the second factor staff need, carried the new
+    # powers: crediting deposits over it never asked for a one-time code.
+    trader = ApiClient(exchange_stack)
+    assert trader.get("/api/v1/balances").status_code == 200
+    boss = admin_client(exchange_stack)
+    user = trader.user
+    saved = admin_user_change(boss, user, is_active="on", is_staff="on")
+    assert saved.status_code == 302, saved.text[:2000]
+    trader.api_key.refresh_from_db()
+    assert trader.api_key.revoked_at is not None
+    refused = trader.http.post(
+        f"/api/v1/users/{user.pk}/deposit", json={"asset": "USD", "amount": "1"}
+    )
+    assert (refused.status_code, refused.json()["error"]) == (401, "InvalidApiKey")
+    record = AuditRecord.objects.get(event_type="auth.api_key_revoked", user_id=user.pk)
+    assert record.payload["api_key_id"] == trader.api_key.pk and record.channel == "admin"
+    # Another change of a staff member revokes nothing more (only a promotion does).
+    again = ApiClient(exchange_stack, user=user)
+    assert admin_user_change(boss, user, is_active="on", is_staff="on").status_code == 302
+    again.api_key.refresh_from_db()
+    assert again.api_key.revoked_at is None
+
+
+@pytest.mark.processes
 def test_staff_revoke_a_traders_api_key_in_the_admin(exchange_stack, live_db):
     # The key admin was read-only: stopping a leaked key took deactivating its whole user.
     staff = admin_client(exchange_stack)
