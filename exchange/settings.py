@@ -2,7 +2,7 @@
 
 Required: DATABASE_URL, REDIS_URL (the launcher sets both, starting embedded servers when they
 are absent; a command run beside `make run` takes those from var/embedded-servers.json).
-Optional: SECRET_KEY (a dev key is generated into var/ when absent), DEBUG, ALLOWED_HOSTS,
+Optional: SECRET_KEY (a dev key is generated into var/ when absent), DEBUG, ALLOWED_HOSTS, HTTPS,
 MATCHING_SHARDS, REDIS_KEY_PREFIX, LOG_LEVEL, VAR_DIR. The README lists them.
 """
 
@@ -61,6 +61,17 @@ SECRET_KEY = env.str("SECRET_KEY", default="") or _dev_secret_key(VAR_DIR)
 DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# Served over HTTPS by a TLS-terminating proxy in front, which must set X-Forwarded-Proto (and
+# strip a client's own): the session and CSRF cookies go over TLS only, browsers are told to
+# use HTTPS alone for a year (HSTS), and a plain-HTTP request is redirected to HTTPS, except
+# /healthz (probes from inside). Off for `make run` (plain HTTP on localhost).
+HTTPS = env.bool("HTTPS", default=False)
+if HTTPS:
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+    SECURE_HSTS_SECONDS = 365 * 24 * 3600
 
 DATABASE_URL = _required_url("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/exchange")
 REDIS_URL = _required_url("REDIS_URL", "redis://127.0.0.1:6379/0")
