@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import redis
 from django.conf import settings
 
+from accounts.address_groups import address_group
 from exchange.redis_connection import redis_client, redis_key
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def _keys(email: str | None, ip: str | None, window: int) -> list[str]:
         digest = hashlib.sha256(normalize_email(email).encode()).hexdigest()[:32]
         keys.append(redis_key("login_throttle", "account", digest, window))
     if ip:
-        keys.append(redis_key("login_throttle", "ip", ip, window))
+        keys.append(redis_key("login_throttle", "ip", address_group(ip), window))
     return keys
 
 

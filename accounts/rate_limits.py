@@ -28,6 +28,7 @@ from django.utils.deprecation import MiddlewareMixin
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
+from accounts.address_groups import address_group
 from accounts.signing import KeyCredentials
 from exchange.redis_connection import redis_client, redis_key
 
@@ -106,7 +107,7 @@ def rate_limit_hit(
     if user_id is not None:
         scopes = [("user", user_id)] + ([("key", key_id)] if key_id is not None else [])
     else:
-        scopes = [("ip", client_ip or "unknown")]
+        scopes = [("ip", address_group(client_ip) if client_ip else "unknown")]
     for bucket in BUCKETS:
         weight = weights.get(bucket, 0)
         if weight <= 0:

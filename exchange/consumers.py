@@ -23,6 +23,7 @@ from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from rest_framework.exceptions import APIException
 
+from accounts.address_groups import address_group
 from exchange.api_errors import (
     INTERNAL_ERROR_BODY,
     SERVICE_UNAVAILABLE_BODY,
@@ -549,6 +550,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
         address = (self.scope.get("client") or (None,))[0]
         limit = settings.WS_MAX_CONNECTIONS_PER_IP
         if address is not None:
+            address = address_group(address)  # an IPv6 address counts as its /64
             if limit > 0 and _open_per_address[address] >= limit:
                 await self._refuse_extra_connection(limit)
                 return

@@ -157,3 +157,14 @@ def test_taking_back_an_attempt_after_a_reset_leaves_no_negative_count(redis_con
     for _ in range(5):
         failure(email=account, ip=None, now=T0)
     assert login_throttle_state(email=account, ip=None, now=T0).throttled
+
+
+def test_failures_from_one_ipv6_64_network_count_together():
+    part = uuid.uuid4().int
+    network = f"2001:db8:{part % 65536:x}:{part // 65536 % 65536:x}"
+    for attempt in range(20):
+        state = failure(email=email(), ip=f"{network}::{attempt + 1:x}", now=T0 + attempt)
+    assert state.throttled_by == "ip" and state.ip_failures == 20
+    assert login_throttle_state(email=email(), ip=f"{network}:1:2:3:4", now=T0 + 30).throttled
+    other = f"2001:db8:{part // 2**32 % 65536:x}:{part // 2**48 % 65536:x}::1"
+    assert not login_throttle_state(email=email(), ip=other, now=T0 + 30).throttled

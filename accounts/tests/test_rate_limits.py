@@ -139,3 +139,28 @@ def test_a_head_of_a_list_weighs_what_its_get_does(client, path):
     client.force_login(make_user("head", funds={}))
     head = client.head(path)  # the user's first request: its weight is all it used
     assert head.status_code == 200 and head["X-Used-Weight-1s"] == "5"
+
+
+def test_an_ipv6_client_is_counted_by_its_64_network_and_a_mapped_ipv4_as_that_address():
+    # Each IPv6 address had a budget of its own: a client given a /64 (2^64 addresses) was
+    # never limited, nor was its sign-in guessing or its refused signatures.
+    at = 1_700_000_100_000 + random.randrange(1_000) * 1_000
+    net = f"2001:db8:{random.randrange(65536):x}:{random.randrange(65536):x}"
+
+    def hit(client_ip: str):
+        return rate_limit_hit(
+            user_id=None, key_id=None, weights={"requests": 1}, client_ip=client_ip, now_ms=at
+        )
+
+    hits = [hit(f"{net}::{n:x}") for n in range(1, 5)]
+    assert [h.allowed for h in hits] == [True, True, True, False]
+    assert not hit(f"{net}:0:0:0:1").allowed  # the same /64, spelt out
+    next_net = f"2001:db8:{random.randrange(65536):x}:{random.randrange(65536):x}::1"
+    assert hit(next_net).allowed
+    v4 = f"198.51.100.{random.randrange(256)}"
+    assert [hit(v4).allowed, hit(f"::ffff:{v4}").allowed, hit(v4).allowed, hit(v4).allowed] == [
+        True,
+        True,
+        True,
+        False,
+    ]
