@@ -18,8 +18,9 @@ from exchange.api_errors import ApiError
 from exchange.models import Order, Trade
 from exchange.order_answers import order_placed_answer
 from exchange.order_rules import OrderRequest
-from exchange.services import order_place
+from exchange.services import order_amend, order_place
 from exchange.tests.api_client import ApiClient, make_instrument, make_user
+from matching.models import Command
 
 pytestmark = [pytest.mark.processes]
 
@@ -436,6 +437,26 @@ def test_an_amend_whose_trades_trigger_a_fok_stop_that_cannot_fill_is_applied(ma
     usd = {b["asset"]: b for b in taker.get("/api/v1/balances").json()}["USD"]
     assert usd["held"] == "101.21"
     assert ledger_discrepancies() == {}
+
+
+@pytest.mark.django_db
+def test_a_market_order_on_its_way_to_the_engine_cannot_be_amended():
+    # Open (pending_new) until the engine fills or ends it: a market buy by quote_quantity has
+    # no quantity, and an amend of one was a TypeError answered 500.
+    instrument, user = make_instrument(), make_user()
+    by_quote = order_place(
+        user=user,
+        request=OrderRequest(
+            symbol=instrument.symbol, side="buy", order_type="market",
+            quote_quantity=Decimal("100.00"),
+        ),
+    ).order  # fmt: skip
+    assert by_quote.status == Order.Status.PENDING_NEW
+    for change in ({"quantity": Decimal(5)}, {"price": Decimal("10.00")}):
+        with pytest.raises(ApiError) as refused:
+            order_amend(order=by_quote, actor=user, **change)
+        assert (refused.value.error, refused.value.field) == ("InvalidCombination", *change)
+    assert not Command.objects.filter(order_id=by_quote.pk, kind=Command.Kind.AMEND).exists()
 
 
 def test_an_amend_above_the_engines_highest_price_is_refused_before_it_is_stored(market):
