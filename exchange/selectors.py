@@ -279,15 +279,22 @@ def book_spread(*, instrument: Instrument) -> dict:
 
 
 def best_ask(instrument: Instrument, snapshot: dict | None) -> Decimal | None:
-    """The best ask: from the worker's book snapshot, or, when Redis has none (wiped, or out of
-    reach), the lowest price among the resting sells in the database (a market buy's budget
-    is priced from it: without it, it was held nothing and refused every fill, max_quote)."""
+    """The best ask: from the worker's book snapshot, or, when it shows none (Redis wiped or out
+    of reach, or no ask when the worker last wrote it), the lowest price among the sells in the
+    database that rest or are on their way to the engine: a limit sell stored before this
+    order reaches the engine before it (a market buy's budget is priced from it: without it,
+    it was held nothing and, meeting that sell, ended cancelled, max_quote, having filled
+    nothing)."""
     if snapshot is not None:
-        return snapshot_top(snapshot)["best_ask"]
+        best = snapshot_top(snapshot)["best_ask"]
+        if best is not None:
+            return best
     return Order.objects.filter(
+        Q(status__in=(Order.Status.NEW, Order.Status.PARTIALLY_FILLED, Order.Status.TRIGGERED))
+        | Q(status=Order.Status.PENDING_NEW, order_type=Order.Type.LIMIT),
         instrument=instrument,
+        is_open=True,
         side=Order.Side.SELL,
-        status__in=(Order.Status.NEW, Order.Status.PARTIALLY_FILLED, Order.Status.TRIGGERED),
         price__isnull=False,
     ).aggregate(best=Min("price"))["best"]
 

@@ -826,6 +826,14 @@ def order_amend(
     _require_open(order)
     if quantity is None and price is None:
         raise trading_error("NothingToAmend", "give a new quantity, a new price, or both")
+    if order.order_type == Order.Type.MARKET:
+        # Open only on its way to the engine, which fills or ends it at once. A market buy by
+        # quote_quantity has no quantity to compare with: amending one was a 500.
+        raise trading_error(
+            "InvalidCombination",
+            "a market order cannot be amended: it never rests in the book",
+            field="quantity" if quantity is not None else "price",
+        )
     instrument = order.instrument
     if price is not None or (quantity is not None and quantity > order.quantity):
         # A new price can cross and trade; a larger size joins the book anew.

@@ -100,6 +100,21 @@ def _subjects_fill(audits: list[AuditEntry]) -> None:
             entry.symbol = entry.symbol or found_symbol
 
 
+def _refused(a: "Applied") -> bool:
+    """Whether the engine refused command `a` itself. Its events may hold another order's
+    rejection too: a fill-or-kill stop that its trades triggered and that cannot fill is
+    rejected among them, as a place of its own order. Counted as the command's refusal, an
+    amend that had traded was answered 400 FokUnfillable, its quantity not stored and its
+    added hold given back, and the batch then failed to commit (its hold went negative)."""
+    return any(_own_refusal(a, ev) for ev in a.events if ev[0] == p.EV_REJECT)
+
+
+def _own_refusal(a: "Applied", ev: tuple) -> bool:
+    """Whether EV_REJECT `ev` refuses command `a` (not a stop it triggered)."""
+    op = a.cmd[0]
+    return ev[p.R_OPCODE] == op and (op != p.OP_PLACE or ev[p.R_ORDER_ID] in (None, a.cmd[3]))
+
+
 class LeaseFenced(Exception):
     """The shard's lease epoch moved: another worker owns the shard now."""
 
@@ -794,9 +809,10 @@ class BatchWriter:
                     trades.append(ev)
                     audits.extend(self._trade_audits(a, ev, texts))
                 elif kind == p.EV_REJECT:
-                    a.reject_code = a.reject_code or ev[p.R_CODE]
-                    if not a.reject_message:  # a refused amend had said only "refused"
-                        a.reject_message = reject_message(ev, specs.get(ev[3]))
+                    if _own_refusal(a, ev):  # not a triggered stop's rejection
+                        a.reject_code = a.reject_code or ev[p.R_CODE]
+                        if not a.reject_message:  # a refused amend had said only "refused"
+                            a.reject_message = reject_message(ev, specs.get(ev[3]))
                     oid = ev[p.R_ORDER_ID]
                     if (
                         ev[p.R_OPCODE] == p.OP_PLACE
@@ -893,12 +909,7 @@ class BatchWriter:
                 if placed is not None:
                     placed.rebudget = True
             # An amend the engine accepted sets the order's new total quantity.
-            if (
-                op == p.OP_AMEND
-                and a.cmd[4] is not None
-                and subject in updates
-                and not any(ev[0] == p.EV_REJECT for ev in a.events)
-            ):
+            if op == p.OP_AMEND and a.cmd[4] is not None and subject in updates and not _refused(a):
                 updates[subject].quantity = a.cmd[4]
         return updates, trades, symbols, [e for e in audits if e is not None]
 
@@ -939,7 +950,7 @@ class BatchWriter:
         releases, ended_reverts = [], []
         for a in applied:
             if a.cmd is not None and a.cmd[0] == p.OP_AMEND:
-                order_id, refused = a.cmd[2], any(ev[0] == p.EV_REJECT for ev in a.events)
+                order_id, refused = a.cmd[2], _refused(a)
             elif a.cmd is None and a.kind == "amend" and a.order_id is not None:
                 order_id, refused = a.order_id, True
             else:

@@ -11,14 +11,16 @@ import httpx
 import pytest
 from django.utils import timezone
 
+from accounts.selectors import ledger_discrepancies
 from audit.models import AuditRecord
 from conftest import wait_until
 from exchange.api_errors import ApiError
 from exchange.models import Order, Trade
 from exchange.order_answers import order_placed_answer
 from exchange.order_rules import OrderRequest
-from exchange.services import order_place
+from exchange.services import order_amend, order_place
 from exchange.tests.api_client import ApiClient, make_instrument, make_user
+from matching.models import Command
 
 pytestmark = [pytest.mark.processes]
 
@@ -400,6 +402,61 @@ def test_an_amend_the_engine_refuses_is_a_400_and_leaves_the_order_as_it_was(mar
     assert (refused_record.user_id, refused_record.payload["detail"]) == (maker.user.pk, "100.00")
     requested = AuditRecord.objects.get(event_type="order.amend_requested", order_id=order_id)
     assert (requested.payload["price"], requested.payload["previous_price"]) == ("100.00", "101.00")
+
+
+def test_an_amend_whose_trades_trigger_a_fok_stop_that_cannot_fill_is_applied(market):
+    # The stop's rejection comes among the amend's events: it had been taken for the amend's
+    # own, so the amend that traded was answered 400 FokUnfillable, its new quantity was not
+    # stored and the hold it added was given back, and the worker's batch then failed to
+    # commit (the order's hold went negative), stalling the shard.
+    instrument, maker, taker = market
+    symbol = instrument.symbol
+    maker.place(**limit(symbol, "sell", "100.00", "1"))
+    taker.place(**limit(symbol, "buy", "100.00", "1"))  # the last price is 100.00
+    stopper = ApiClient(maker.http.base_url)
+    stop = stopper.place(
+        symbol=symbol, side="buy", order_type="stop_loss", stop_price="101.00", quantity="50",
+        time_in_force="FOK",
+    ).json()  # fmt: skip
+    assert stop["status"] == "untriggered"
+    maker.place(**limit(symbol, "sell", "101.00", "2"))
+    resting = taker.place(**limit(symbol, "buy", "99.00", "1")).json()
+    amended = taker.patch(
+        f"/api/v1/orders/{resting['order_id']}", {"price": "101.00", "quantity": "3"}
+    )
+    assert amended.status_code == 200, amended.text
+    body = amended.json()
+    assert (body["status"], body["quantity"], body["filled_quantity"]) == (
+        "partially_filled", "3", "2"
+    )  # fmt: skip
+    assert body["remaining_quantity"] == "1"
+    stopped = stopper.get(f"/api/v1/orders/{stop['order_id']}").json()
+    assert (stopped["status"], stopped["rejection"]["error"]) == ("rejected", "FokUnfillable")
+    # What the rest needs is held: 1 x 101.00 with the 0.20% fee rounded up.
+    assert body["held_amount"] == "303.62"
+    usd = {b["asset"]: b for b in taker.get("/api/v1/balances").json()}["USD"]
+    assert usd["held"] == "101.21"
+    assert ledger_discrepancies() == {}
+
+
+@pytest.mark.django_db
+def test_a_market_order_on_its_way_to_the_engine_cannot_be_amended():
+    # Open (pending_new) until the engine fills or ends it: a market buy by quote_quantity has
+    # no quantity, and an amend of one was a TypeError answered 500.
+    instrument, user = make_instrument(), make_user()
+    by_quote = order_place(
+        user=user,
+        request=OrderRequest(
+            symbol=instrument.symbol, side="buy", order_type="market",
+            quote_quantity=Decimal("100.00"),
+        ),
+    ).order  # fmt: skip
+    assert by_quote.status == Order.Status.PENDING_NEW
+    for change in ({"quantity": Decimal(5)}, {"price": Decimal("10.00")}):
+        with pytest.raises(ApiError) as refused:
+            order_amend(order=by_quote, actor=user, **change)
+        assert (refused.value.error, refused.value.field) == ("InvalidCombination", *change)
+    assert not Command.objects.filter(order_id=by_quote.pk, kind=Command.Kind.AMEND).exists()
 
 
 def test_an_amend_above_the_engines_highest_price_is_refused_before_it_is_stored(market):

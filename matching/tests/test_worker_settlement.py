@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import psycopg
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Sum
 
 from accounts.ledger import USERS_LOCK_SQL, funds_deposit, users_lock_params
@@ -13,12 +13,14 @@ from accounts.models import DailyVolume, LedgerAccount
 from accounts.selectors import ledger_discrepancies
 from conftest import wait_until
 from exchange.models import Order, Trade
-from exchange.services import order_amend
-from exchange.tests.api_client import make_user
+from exchange.order_rules import OrderRequest
+from exchange.services import order_amend, order_place
+from exchange.tests.api_client import make_instrument, make_user
 from matching.models import Command
 from matching.tests.order_rows import instrument_create, order_row_place
 from matching.tests.test_worker_batches import start_worker
 from matching.tests.worker_checks import all_commands_applied, exactly_once_invariants
+from matching.transport import book_snapshot_key
 
 pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
 
@@ -240,3 +242,48 @@ def test_a_buy_repriced_lower_while_a_fill_of_it_waits_still_fills_in_full(
     )
     assert ledger_discrepancies() == {}
     exactly_once_invariants()
+
+
+def test_a_market_buy_behind_a_sell_on_its_way_to_the_engine_is_held_for_it(
+    processes, process_env, redis_conn
+):
+    # A market buy's budget is priced from the best ask of the worker's book snapshot. With no
+    # ask there it held nothing, though a sell stored before it was on its way to the engine
+    # ahead of it: the buy met that sell and ended cancelled, max_quote, having filled nothing.
+    instrument = make_instrument()
+    maker, taker = make_user("maker"), make_user("taker")
+    worker = start_worker(processes, process_env)
+    with transaction.atomic():
+        order_place(user=maker, request=limit_request(instrument, "buy", "90.00", "1"))
+    all_commands_applied()
+    key = book_snapshot_key(instrument.symbol)
+    wait_until(lambda: redis_conn.get(key), timeout=15)  # a bid and no ask
+    worker.terminate()
+    worker.wait(timeout=30)
+    with transaction.atomic():
+        sell = order_place(user=maker, request=limit_request(instrument, "sell", "100.00", "5"))
+        buy = order_place(
+            user=taker,
+            request=OrderRequest(
+                symbol=instrument.symbol, side="buy", order_type="market", quantity=Decimal(5)
+            ),
+        )
+    # 5 at the 5 % collar above 100.00 (105.00), the 0.20 % taker fee and the rounding reserve.
+    assert buy.order.held_amount == Decimal("526.09")
+    start_worker(processes, process_env, name="worker-2")
+    all_commands_applied()
+    bought = Order.objects.get(pk=buy.order.pk)
+    assert (bought.status, bought.reason, bought.filled_quantity) == ("filled", "", 5)
+    assert Order.objects.get(pk=sell.order.pk).status == "filled"
+    assert balance(taker, "hold", "USD") == 0
+    exactly_once_invariants()
+
+
+def limit_request(instrument, side: str, price: str, quantity: str) -> OrderRequest:
+    return OrderRequest(
+        symbol=instrument.symbol,
+        side=side,
+        order_type="limit",
+        price=Decimal(price),
+        quantity=Decimal(quantity),
+    )
