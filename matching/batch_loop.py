@@ -262,9 +262,10 @@ class ShardLoop:
         return commands_poll(shard=self.shard, limit=self.batch_limit)
 
     def redis_restore(self) -> None:
-        """Redis lost what the worker keeps there (wiped, or restarted without its data):
-        write every book's snapshot again, once the batch in flight has committed (Redis never
-        shows the engine ahead of PostgreSQL), and the command stream's consumer group."""
+        """Redis lost what the worker keeps there (wiped, or restarted without its data, or
+        out of reach when a batch wrote its snapshots): write every book's snapshot again, once
+        the batch in flight has committed (Redis never shows the engine ahead of PostgreSQL),
+        and the command stream's consumer group."""
         self.flush()
         logger.warning("redis lost the shard's keys: book snapshots written again")
         try:

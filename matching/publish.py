@@ -86,6 +86,9 @@ class Publisher:
         # published), tells the clients of trades and order events that some were lost.
         self.feed_id = uuid.uuid4().hex[:16]
         self.feed_seq = 0
+        # A batch's book snapshots did not get through (Redis out of reach while it kept its
+        # keys): the stored ones are behind the engine until every book's is written again.
+        self.snapshots_lost = False
 
     # ---- the wake-up signal ----------------------------------------------------------------
     def group_ensure(self) -> None:
@@ -169,6 +172,8 @@ class Publisher:
             pipe.execute()
             self.pending_acks.clear()
         except redis.RedisError as exc:
+            if prepared["snapshots"]:
+                self.snapshots_lost = True
             logger.warning(
                 "batch published only in PostgreSQL (Redis unavailable)",
                 extra={"shard": self.shard, "why": str(exc)},
@@ -218,7 +223,9 @@ class Publisher:
                     book_snapshot_key(inst.symbol), self._snapshot_text(engine, inst.symbol, ts_ns)
                 )
             pipe.execute()
+            self.snapshots_lost = False
         except redis.RedisError as exc:
+            self.snapshots_lost = True
             logger.warning("book snapshots not written", extra={"why": str(exc)})
 
     def _snapshot_text(self, engine: Engine, symbol: str, ts_ns: int) -> str:

@@ -1,12 +1,16 @@
 """Crashes lose nothing and apply nothing twice: kill -9 under supervisord, standby takeover,
-a failed commit, a command that fails twice, and a Redis wipe mid-stream."""
+a failed commit, a command that fails twice, a Redis wipe mid-stream and Redis out of reach."""
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import sys
+import threading
 import time
 from decimal import Decimal
+from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 import pytest
@@ -15,6 +19,7 @@ from django.db import connection
 from accounts.ledger import funds_deposit
 from audit.models import AuditRecord
 from conftest import BASE_DIR, RUN_PREFIX, wait_until
+from exchange.embedded_servers import free_port
 from exchange.models import Order
 from exchange.services import order_amend
 from exchange.tests.api_client import make_user
@@ -256,6 +261,96 @@ def test_a_redis_wipe_brings_the_book_snapshots_back_without_a_new_order(
     redis_conn.delete(*keys)  # what FLUSHALL does to this run's keys
     assert redis_conn.get(key) is None
     assert wait_until(snapshot_bids, timeout=10)[0][:2] == ["10.00", "3"]
+
+
+class TcpProxy:
+    """A TCP relay to Redis that can be cut (every connection closed, new ones refused) and
+    restored on the same port: Redis out of reach for one process only."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = free_port()
+        self.sockets: list[socket.socket] = []
+        self.listener: socket.socket | None = None
+        self.lock = threading.Lock()
+        self.restore()
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(16)
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        with self.lock:
+            for sock in [self.listener, *self.sockets]:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            self.sockets.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # cut
+            upstream = socket.create_connection(self.target)
+            with self.lock:
+                self.sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_RDWR)
+
+
+def test_a_book_snapshot_lost_while_redis_was_out_of_reach_is_written_again(
+    processes, process_env, redis_conn
+):
+    # A batch whose Redis writes failed (Redis out of reach for a moment, its keys kept) left
+    # the book's snapshot behind until the book next changed: a quiet book's GET /orderbook,
+    # and order entry's price band and market buy holds, read the book before that batch.
+    instrument = instrument_create()
+    url = urlsplit(process_env["REDIS_URL"])
+    proxy = TcpProxy((url.hostname, url.port or 6379))
+    env = {
+        **process_env,
+        "REDIS_URL": urlunsplit(url._replace(netloc=f"127.0.0.1:{proxy.port}")),
+        # The heartbeat outlives the outage, as it does when Redis is out of reach briefly.
+        "MATCHING_HEARTBEAT_TTL_MS": "120000",
+    }
+    worker = processes.manage("run_matching", "--shard", "0", env=env, name="worker")
+    serving_pid(redis_conn)
+    user = make_user()
+    order_row_place(user=user, instrument=instrument, side="buy", quantity="3", price="10.00")
+    key = book_snapshot_key(instrument.symbol)
+
+    def best_bid():
+        raw = redis_conn.get(key)
+        return raw and json.loads(raw)["bids"] and json.loads(raw)["bids"][0][:2]
+
+    assert wait_until(lambda: best_bid() == ["10.00", "3"], timeout=15)
+    proxy.cut()
+    try:
+        order = order_row_place(
+            user=user, instrument=instrument, side="buy", quantity="2", price="11.00"
+        )
+        wait_until(lambda: Order.objects.get(pk=order.pk).status == "new", timeout=15)
+        wait_until(lambda: "only in PostgreSQL" in worker.log_path.read_text(), timeout=15)
+    finally:
+        proxy.restore()
+    assert wait_until(lambda: best_bid() == ["11.00", "2"], timeout=10)
+    worker.terminate()  # through the proxy still: it clears its long-lived heartbeat
+    worker.wait(timeout=15)
+    proxy.cut()
 
 
 def failing_commit_trigger(condition: str) -> None:
