@@ -267,12 +267,16 @@ class ShardLoop:
         the batch in flight has committed (Redis never shows the engine ahead of PostgreSQL),
         and the command stream's consumer group."""
         self.flush()
+        lost = self.publisher.snapshots_lost
         logger.warning("redis lost the shard's keys: book snapshots written again")
         try:
             self.publisher.group_ensure()
         except Exception as exc:  # Redis is best effort
             logger.warning("consumer group not created", extra={"why": str(exc)})
         self.publisher.snapshots_write(engine=self.engine, ts_ns=time.time_ns())
+        if lost and not self.publisher.snapshots_lost:
+            # The hubs' copies of a book quiet since the lost batch are behind too.
+            self.publisher.announce_new_feed()
 
     def flush(self) -> None:
         """Wait for the batch in flight to commit, then publish it (raises BatchFailed or

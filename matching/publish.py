@@ -195,6 +195,14 @@ class Publisher:
         except redis.RedisError as exc:
             logger.warning("feed not announced", extra={"shard": self.shard, "why": str(exc)})
 
+    def announce_new_feed(self) -> None:
+        """Announce this worker as a new feed: hubs take it as a gap and read the shard's books
+        again. After every snapshot was written again because a batch's did not get through:
+        a hub that saw the gap its lost message left had read them before that."""
+        self.feed_id = uuid.uuid4().hex[:16]
+        self.feed_seq = 0
+        self.announce()
+
     def _feed_message(self, *, books=None, trades=(), orders=(), balances=(), statuses=()) -> str:
         """The next numbered market-data message of this publisher (sent only after what it
         says committed: `committed_ns` is when it became durable)."""

@@ -317,7 +317,12 @@ def test_a_book_snapshot_lost_while_redis_was_out_of_reach_is_written_again(
 ):
     # A batch whose Redis writes failed (Redis out of reach for a moment, its keys kept) left
     # the book's snapshot behind until the book next changed: a quiet book's GET /orderbook,
-    # and order entry's price band and market buy holds, read the book before that batch.
+    # and order entry's price band and market buy holds, read the book before that batch; and
+    # so did the socket's copy of it, with nothing published since to show the gap.
+    from websockets.sync.client import connect as ws_connect
+
+    from conftest import start_web
+
     instrument = instrument_create()
     url = urlsplit(process_env["REDIS_URL"])
     proxy = TcpProxy((url.hostname, url.port or 6379))
@@ -329,25 +334,41 @@ def test_a_book_snapshot_lost_while_redis_was_out_of_reach_is_written_again(
     }
     worker = processes.manage("run_matching", "--shard", "0", env=env, name="worker")
     serving_pid(redis_conn)
+    base_url = start_web(processes, env=process_env)
     user = make_user()
-    order_row_place(user=user, instrument=instrument, side="buy", quantity="3", price="10.00")
     key = book_snapshot_key(instrument.symbol)
+    channel = f"book.{instrument.symbol}"
 
     def best_bid():
         raw = redis_conn.get(key)
         return raw and json.loads(raw)["bids"] and json.loads(raw)["bids"][0][:2]
 
-    assert wait_until(lambda: best_bid() == ["10.00", "3"], timeout=15)
-    proxy.cut()
-    try:
-        order = order_row_place(
-            user=user, instrument=instrument, side="buy", quantity="2", price="11.00"
-        )
-        wait_until(lambda: Order.objects.get(pk=order.pk).status == "new", timeout=15)
-        wait_until(lambda: "only in PostgreSQL" in worker.log_path.read_text(), timeout=15)
-    finally:
-        proxy.restore()
-    assert wait_until(lambda: best_bid() == ["11.00", "2"], timeout=10)
+    with ws_connect(base_url.replace("http://", "ws://") + "/ws/v1") as ws:
+
+        def next_frame(predicate, timeout: float) -> dict:
+            deadline = time.monotonic() + timeout
+            while True:
+                frame = json.loads(ws.recv(timeout=max(deadline - time.monotonic(), 0.01)))
+                if predicate(frame):
+                    return frame
+
+        ws.send(json.dumps({"op": "subscribe", "channels": [channel]}))
+        next_frame(lambda f: f.get("type") == "snapshot", timeout=15)
+        order_row_place(user=user, instrument=instrument, side="buy", quantity="3", price="10.00")
+        next_frame(lambda f: f.get("type") == "update", timeout=15)
+        assert wait_until(lambda: best_bid() == ["10.00", "3"], timeout=15)
+        proxy.cut()
+        try:
+            order = order_row_place(
+                user=user, instrument=instrument, side="buy", quantity="2", price="11.00"
+            )
+            wait_until(lambda: Order.objects.get(pk=order.pk).status == "new", timeout=15)
+            wait_until(lambda: "only in PostgreSQL" in worker.log_path.read_text(), timeout=15)
+        finally:
+            proxy.restore()
+        assert wait_until(lambda: best_bid() == ["11.00", "2"], timeout=10)
+        snapshot = next_frame(lambda f: f.get("type") == "snapshot", timeout=10)
+        assert snapshot["bids"][0][:2] == ["11.00", "2"]
     worker.terminate()  # through the proxy still: it clears its long-lived heartbeat
     worker.wait(timeout=15)
     proxy.cut()
