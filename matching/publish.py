@@ -89,6 +89,9 @@ class Publisher:
         # A batch's book snapshots did not get through (Redis out of reach while it kept its
         # keys): the stored ones are behind the engine until every book's is written again.
         self.snapshots_lost = False
+        # The command stream was out of reach at the last wait: said once, not at every wait
+        # (one every SIGNAL_BLOCK_MS, 100 log lines a second for as long as Redis was away).
+        self.stream_unavailable = False
 
     # ---- the wake-up signal ----------------------------------------------------------------
     def group_ensure(self) -> None:
@@ -102,6 +105,7 @@ class Publisher:
     def signal_wait(self, *, block_ms: int, count: int) -> int:
         """Wait up to `block_ms` for command signals; returns how many arrived. The ids they
         carry are not used: the database poll that follows finds every unapplied command."""
+        group_lost = False
         try:
             try:
                 reply = self.client.xreadgroup(
@@ -111,11 +115,21 @@ class Publisher:
                 if "NOGROUP" not in str(exc):
                     raise
                 self.group_ensure()
-                return 1  # poll now: signals may have been lost with the group
+                group_lost = True
         except redis.RedisError as exc:
-            logger.warning("command stream unavailable", extra={"why": str(exc)})
+            if not self.stream_unavailable:
+                self.stream_unavailable = True
+                logger.warning(
+                    "command stream unavailable: polling PostgreSQL alone",
+                    extra={"shard": self.shard, "why": str(exc)},
+                )
             time.sleep(block_ms / 1000)
             return 0
+        if self.stream_unavailable:
+            self.stream_unavailable = False
+            logger.info("command stream available again", extra={"shard": self.shard})
+        if group_lost:
+            return 1  # poll now: signals may have been lost with the group
         received = 0
         for _stream, entries in reply or ():
             for entry_id, _fields in entries:
