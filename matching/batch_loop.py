@@ -273,7 +273,7 @@ class ShardLoop:
             self.publisher.group_ensure()
         except Exception as exc:  # Redis is best effort
             logger.warning("consumer group not created", extra={"why": str(exc)})
-        self.publisher.snapshots_write(engine=self.engine, ts_ns=time.time_ns())
+        self.publisher.snapshots_write(engine=self.engine, ts_ns=time.time_ns(), unless_newer=True)
         if lost and not self.publisher.snapshots_lost:
             # The hubs' copies of a book quiet since the lost batch are behind too.
             self.publisher.announce_new_feed()

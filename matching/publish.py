@@ -234,16 +234,22 @@ class Publisher:
             }
         )
 
-    def snapshots_write(self, *, engine: Engine, ts_ns: int) -> None:
-        """Every book's snapshot (after recovery: Redis may have lost them)."""
+    def snapshots_write(self, *, engine: Engine, ts_ns: int, unless_newer: bool = False) -> None:
+        """Every book's snapshot (after recovery: Redis may have lost them). `unless_newer`
+        (a holder repairing Redis while it serves): not over one a later lease epoch wrote, as
+        a batch's (fenced between its check of the lease and this write, it had put its book
+        over its successor's)."""
         engine.drain_level_changes()
         try:
             pipe = self.client.pipeline(transaction=False)
             for inst in engine.instruments():
                 self.sent_seq[inst.symbol] = engine.book_seq(inst.symbol)
-                pipe.set(
-                    book_snapshot_key(inst.symbol), self._snapshot_text(engine, inst.symbol, ts_ns)
-                )
+                key = book_snapshot_key(inst.symbol)
+                snapshot = self._snapshot_text(engine, inst.symbol, ts_ns)
+                if unless_newer:
+                    pipe.eval(_SNAPSHOT_SET_UNLESS_NEWER_EPOCH, 1, key, snapshot, self.epoch)
+                else:
+                    pipe.set(key, snapshot)
             pipe.execute()
             self.snapshots_lost = False
         except redis.RedisError as exc:

@@ -81,6 +81,13 @@ def test_a_fenced_holders_late_snapshot_does_not_replace_its_successors(redis_co
     assert stored_bid() == "1.01"
     sent(epoch=7, price=102)
     assert stored_bid() == "1.02"
+    # Nor does a holder repairing Redis while it serves (fenced since it last checked).
+    book = Harness(symbol=symbol, tick_size="0.01", lot_size="1", quote_decimals=2)
+    book.place(1, True, 1, 97)
+    Publisher(client=redis_conn, shard=shard, consumer="t", epoch=6).snapshots_write(
+        engine=book.engine, ts_ns=2, unless_newer=True
+    )
+    assert stored_bid() == "1.02"
     # Recovery writes whatever is stored: a database rebuilt from scratch starts at epoch 1.
     book = Harness(symbol=symbol, tick_size="0.01", lot_size="1", quote_decimals=2)
     book.place(1, True, 1, 98)
