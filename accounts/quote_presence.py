@@ -12,7 +12,8 @@ any resting limit order on an open instrument.
 Uptime over a window = samples present / samples taken, in %, where *samples taken* counts every
 sample at which some instrument was open (the exchange-wide denominator, the same for everyone:
 time a maker is away from the book counts against them). A book without a two-sided mid offers
-no presence at that sample.
+no presence at that sample. No sample is taken while Redis is out of reach (no book can be
+read then).
 """
 
 import datetime as dt
@@ -27,7 +28,7 @@ from accounts.volume import window_days
 from exchange.api_errors import ApiError
 from exchange.models import Instrument, Order
 from exchange.order_rules import check_session
-from exchange.selectors import book_snapshot
+from exchange.selectors import book_snapshot_to_show
 
 RESTING_STATUSES = (Order.Status.NEW, Order.Status.PARTIALLY_FILLED, Order.Status.TRIGGERED)
 
@@ -90,7 +91,9 @@ def _open_for_trading(instrument: Instrument, now: dt.datetime) -> bool:
 
 
 def _band(symbol: str, distance_bps: int) -> tuple[Decimal, Decimal] | None:
-    snapshot = book_snapshot(symbol)
+    """The band around the book's mid (None: no two-sided mid); raises ApiError when Redis,
+    which holds the book, is out of reach."""
+    snapshot = book_snapshot_to_show(symbol)
     if not snapshot or not snapshot["bids"] or not snapshot["asks"]:
         return None
     mid = (Decimal(snapshot["bids"][0][0]) + Decimal(snapshot["asks"][0][0])) / 2
@@ -111,7 +114,12 @@ def quote_presence_sample(
     ]
     if not instruments:
         return None
-    bands = {i.pk: band for i in instruments if (band := _band(i.symbol, max_distance_bps))}
+    try:
+        bands = {i.pk: band for i in instruments if (band := _band(i.symbol, max_distance_bps))}
+    except ApiError:
+        # Without the books no one can be found present: a sample counted then had counted
+        # against every maker's uptime for the exchange's own outage.
+        return None
     day = now.astimezone(dt.UTC).date()
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(SAMPLE_COUNT_SQL, {"day": day, "now": now, "not_before": now - min_interval})

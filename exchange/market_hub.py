@@ -664,13 +664,23 @@ class MarketHub:
                 extra={"shard": shard, "last": list(last), "now": list(current)},
             )
             self._feed_lost(shard=shard)
+            # A lost message's book changes never come: a book quiet since (and every new
+            # subscriber's snapshot of it) had stayed as before them until it next changed.
+            # Its snapshot in Redis has them (a new holder writes every book's before it
+            # announces itself), so the shard's books are read again, as after a reconnect.
+            for mirror in list(self.books.values()):
+                if (
+                    mirror.loaded
+                    and shard_for_symbol(mirror.symbol, settings.MATCHING_SHARDS) == shard
+                ):
+                    self._reload(mirror)
 
     def _feed_lost(self, *, shard: int | None) -> None:
         """Tell each subscriber of order events, or of the trades, book or ticker of the
         shard's symbols (of every symbol when `shard` is None: the hub's own subscription was
         lost), that some of those frames were lost and cannot be replayed: trades, order
-        events, and a book's or ticker's status frames (a book's levels resync by themselves,
-        by its seq)."""
+        events, and a book's or ticker's status frames (a book's levels come back with the
+        fresh snapshot its reload sends)."""
 
         def touched(channel: str) -> bool:
             kind, symbol = channel_symbol(channel)

@@ -9,7 +9,8 @@ ANY_OPERATION = {
     "(`MalformedRequest`); besides, the operation's own refusals (the error and `field` say "
     "which).",
     "429": "Too many requests: wait the `Retry-After` header's seconds (`TooManyRequests`).",
-    "503": "The database is out of reach for a moment (`ServiceUnavailable`): retry.",
+    "503": "The database (for the order book and its spread: Redis, which holds the book) is "
+    "out of reach for a moment (`ServiceUnavailable`): retry.",
 }
 SIGNED_IN_OPERATION = {
     "401": "No session or API key, or the key, timestamp or signature was refused (the error "

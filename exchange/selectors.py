@@ -223,17 +223,32 @@ def fills_for_user(*, user, symbol: str | None = None) -> QuerySet[Trade]:
 
 
 def book_snapshot(symbol: str) -> dict | None:
-    """The top-50 book the shard worker wrote to Redis after its last batch (None: none yet)."""
+    """The top-50 book the shard worker wrote to Redis after its last batch (None: none yet,
+    or Redis out of reach: order entry then falls back on PostgreSQL)."""
+    try:
+        return book_snapshot_to_show(symbol)
+    except ApiError:
+        return None
+
+
+def book_snapshot_to_show(symbol: str) -> dict | None:
+    """`book_snapshot` for the order book API: Redis out of reach is a 503 to retry, not a
+    book with nothing in it (it had answered an empty book at seq 0, and a spread of none)."""
     try:
         raw = redis_get(book_snapshot_key(symbol))
     except redis.RedisError as exc:
         logger.warning("book snapshot unavailable", extra={"symbol": symbol, "why": str(exc)})
-        return None
+        raise ApiError(
+            error="ServiceUnavailable",
+            code=-1001,
+            message="the order book is out of reach for a moment: retry shortly",
+            http_status=503,
+        ) from exc
     return json.loads(raw) if raw else None
 
 
 def book_depth(*, instrument: Instrument, depth: int) -> dict:
-    snapshot = book_snapshot(instrument.symbol) or {"seq": 0, "bids": [], "asks": []}
+    snapshot = book_snapshot_to_show(instrument.symbol) or {"seq": 0, "bids": [], "asks": []}
     return {
         "symbol": instrument.symbol,
         "seq": snapshot["seq"],
@@ -259,7 +274,7 @@ def snapshot_top(snapshot: dict | None) -> dict:
 
 
 def book_spread(*, instrument: Instrument) -> dict:
-    snapshot = book_snapshot(instrument.symbol)
+    snapshot = book_snapshot_to_show(instrument.symbol)
     top = snapshot_top(snapshot)
     bid, ask = top["best_bid"], top["best_ask"]
     spread = mid = bps = None

@@ -262,16 +262,21 @@ class ShardLoop:
         return commands_poll(shard=self.shard, limit=self.batch_limit)
 
     def redis_restore(self) -> None:
-        """Redis lost what the worker keeps there (wiped, or restarted without its data):
-        write every book's snapshot again, once the batch in flight has committed (Redis never
-        shows the engine ahead of PostgreSQL), and the command stream's consumer group."""
+        """Redis lost what the worker keeps there (wiped, or restarted without its data, or
+        out of reach when a batch wrote its snapshots): write every book's snapshot again, once
+        the batch in flight has committed (Redis never shows the engine ahead of PostgreSQL),
+        and the command stream's consumer group."""
         self.flush()
+        lost = self.publisher.snapshots_lost
         logger.warning("redis lost the shard's keys: book snapshots written again")
         try:
             self.publisher.group_ensure()
         except Exception as exc:  # Redis is best effort
             logger.warning("consumer group not created", extra={"why": str(exc)})
-        self.publisher.snapshots_write(engine=self.engine, ts_ns=time.time_ns())
+        self.publisher.snapshots_write(engine=self.engine, ts_ns=time.time_ns(), unless_newer=True)
+        if lost and not self.publisher.snapshots_lost:
+            # The hubs' copies of a book quiet since the lost batch are behind too.
+            self.publisher.announce_new_feed()
 
     def flush(self) -> None:
         """Wait for the batch in flight to commit, then publish it (raises BatchFailed or

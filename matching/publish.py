@@ -86,6 +86,12 @@ class Publisher:
         # published), tells the clients of trades and order events that some were lost.
         self.feed_id = uuid.uuid4().hex[:16]
         self.feed_seq = 0
+        # A batch's book snapshots did not get through (Redis out of reach while it kept its
+        # keys): the stored ones are behind the engine until every book's is written again.
+        self.snapshots_lost = False
+        # The command stream was out of reach at the last wait: said once, not at every wait
+        # (one every SIGNAL_BLOCK_MS, 100 log lines a second for as long as Redis was away).
+        self.stream_unavailable = False
 
     # ---- the wake-up signal ----------------------------------------------------------------
     def group_ensure(self) -> None:
@@ -99,6 +105,7 @@ class Publisher:
     def signal_wait(self, *, block_ms: int, count: int) -> int:
         """Wait up to `block_ms` for command signals; returns how many arrived. The ids they
         carry are not used: the database poll that follows finds every unapplied command."""
+        group_lost = False
         try:
             try:
                 reply = self.client.xreadgroup(
@@ -108,11 +115,21 @@ class Publisher:
                 if "NOGROUP" not in str(exc):
                     raise
                 self.group_ensure()
-                return 1  # poll now: signals may have been lost with the group
+                group_lost = True
         except redis.RedisError as exc:
-            logger.warning("command stream unavailable", extra={"why": str(exc)})
+            if not self.stream_unavailable:
+                self.stream_unavailable = True
+                logger.warning(
+                    "command stream unavailable: polling PostgreSQL alone",
+                    extra={"shard": self.shard, "why": str(exc)},
+                )
             time.sleep(block_ms / 1000)
             return 0
+        if self.stream_unavailable:
+            self.stream_unavailable = False
+            logger.info("command stream available again", extra={"shard": self.shard})
+        if group_lost:
+            return 1  # poll now: signals may have been lost with the group
         received = 0
         for _stream, entries in reply or ():
             for entry_id, _fields in entries:
@@ -169,6 +186,8 @@ class Publisher:
             pipe.execute()
             self.pending_acks.clear()
         except redis.RedisError as exc:
+            if prepared["snapshots"]:
+                self.snapshots_lost = True
             logger.warning(
                 "batch published only in PostgreSQL (Redis unavailable)",
                 extra={"shard": self.shard, "why": str(exc)},
@@ -190,6 +209,14 @@ class Publisher:
         except redis.RedisError as exc:
             logger.warning("feed not announced", extra={"shard": self.shard, "why": str(exc)})
 
+    def announce_new_feed(self) -> None:
+        """Announce this worker as a new feed: hubs take it as a gap and read the shard's books
+        again. After every snapshot was written again because a batch's did not get through:
+        a hub that saw the gap its lost message left had read them before that."""
+        self.feed_id = uuid.uuid4().hex[:16]
+        self.feed_seq = 0
+        self.announce()
+
     def _feed_message(self, *, books=None, trades=(), orders=(), balances=(), statuses=()) -> str:
         """The next numbered market-data message of this publisher (sent only after what it
         says committed: `committed_ns` is when it became durable)."""
@@ -207,18 +234,26 @@ class Publisher:
             }
         )
 
-    def snapshots_write(self, *, engine: Engine, ts_ns: int) -> None:
-        """Every book's snapshot (after recovery: Redis may have lost them)."""
+    def snapshots_write(self, *, engine: Engine, ts_ns: int, unless_newer: bool = False) -> None:
+        """Every book's snapshot (after recovery: Redis may have lost them). `unless_newer`
+        (a holder repairing Redis while it serves): not over one a later lease epoch wrote, as
+        a batch's (fenced between its check of the lease and this write, it had put its book
+        over its successor's)."""
         engine.drain_level_changes()
         try:
             pipe = self.client.pipeline(transaction=False)
             for inst in engine.instruments():
                 self.sent_seq[inst.symbol] = engine.book_seq(inst.symbol)
-                pipe.set(
-                    book_snapshot_key(inst.symbol), self._snapshot_text(engine, inst.symbol, ts_ns)
-                )
+                key = book_snapshot_key(inst.symbol)
+                snapshot = self._snapshot_text(engine, inst.symbol, ts_ns)
+                if unless_newer:
+                    pipe.eval(_SNAPSHOT_SET_UNLESS_NEWER_EPOCH, 1, key, snapshot, self.epoch)
+                else:
+                    pipe.set(key, snapshot)
             pipe.execute()
+            self.snapshots_lost = False
         except redis.RedisError as exc:
+            self.snapshots_lost = True
             logger.warning("book snapshots not written", extra={"why": str(exc)})
 
     def _snapshot_text(self, engine: Engine, symbol: str, ts_ns: int) -> str:

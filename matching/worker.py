@@ -92,9 +92,13 @@ class ShardWorker:
             while not self.stopping.is_set():
                 if time.monotonic() >= next_beat:
                     self.lease.verify()
-                    if self._beat() is False:
+                    previous = self._beat()
+                    if previous is False or (previous and loop.publisher.snapshots_lost):
                         # Our heartbeat was gone: so may the book snapshots be (a wipe, a
                         # restart of Redis), and the order book API would read empty books.
+                        # Or a batch's snapshots did not get through while Redis was out of
+                        # reach: a book quiet since would read as before that batch for good
+                        # (its depth, and order entry's price band and market buy holds).
                         loop.redis_restore()
                     next_beat = time.monotonic() + self.heartbeat_seconds
                 loop.step()

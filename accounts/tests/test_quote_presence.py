@@ -6,11 +6,14 @@ import json
 from decimal import Decimal
 
 import pytest
+from django.test import override_settings
 
 from accounts.models import QuotePresence, QuotePresenceSample
 from accounts.quote_presence import daily_presence, quote_presence_sample, uptime_30d
 from accounts.tests.fee_tier_data import at, new_instrument, new_user, resting_order
+from exchange.embedded_servers import free_port
 from exchange.models import Instrument, Order
+from exchange.redis_connection import redis_client
 from matching.engine import Engine
 from matching.engine import protocol as p
 from matching.engine.instrument import Instrument as EngineInstrument
@@ -136,6 +139,21 @@ def test_a_book_without_a_two_sided_mid_offers_no_presence(books, redis_conn):
     redis_conn.delete(book_snapshot_key(books["second"].symbol))
     sample(NOW)
     assert counters(books["elsewhere"]) == (1, 0)  # resting, but no mid to measure against
+
+
+def test_no_sample_is_taken_while_redis_is_out_of_reach(books):
+    # No book could be read, so no one was present: the sample was counted all the same, and
+    # the exchange's outage counted against every maker's uptime.
+    redis_client.cache_clear()
+    try:
+        with override_settings(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"):
+            assert sample(NOW) is None
+    finally:
+        redis_client.cache_clear()
+    assert not QuotePresenceSample.objects.filter(day=NOW.date()).exists()
+    assert counters(books["tight"]) == (0, 0)
+    sample(NOW + TEN_SECONDS)
+    assert counters(books["tight"]) == (1, 1)
 
 
 def test_halted_instruments_are_not_sampled_and_no_open_book_means_no_sample(books):

@@ -13,8 +13,9 @@ from django.utils import timezone
 
 from accounts.selectors import ledger_discrepancies
 from audit.models import AuditRecord
-from conftest import wait_until
+from conftest import start_web, wait_until
 from exchange.api_errors import ApiError
+from exchange.embedded_servers import free_port
 from exchange.models import Order, Trade
 from exchange.order_answers import order_placed_answer
 from exchange.order_rules import OrderRequest
@@ -1385,3 +1386,21 @@ def test_cancels_and_amends_refused_at_entry_are_in_the_audit_trail(market):
     probe = AuditRecord.objects.get(event_type="order.cancel_refused", user_id=taker.user.pk)
     assert probe.order_id is None and probe.payload["order_ref"] == order_id
     assert probe.payload["status"] == 404
+
+
+def test_the_order_book_while_redis_is_out_of_reach_is_a_503_not_an_empty_book(
+    processes, process_env, live_db
+):
+    # The book comes from the worker's snapshot in Redis: out of reach, the order book and its
+    # spread answered 200 with no bids and no asks at seq 0, a book a client could act on.
+    instrument = make_instrument()
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    base_url = start_web(processes, env={**process_env, "REDIS_URL": dead_redis})
+    for path in (f"/orderbook/{instrument.symbol}", f"/orderbook/{instrument.symbol}/spread"):
+        response = httpx.get(f"{base_url}/api/v1{path}", timeout=10)
+        assert response.status_code == 503, path
+        assert response.json() == {
+            "error": "ServiceUnavailable",
+            "code": -1001,
+            "message": "the order book is out of reach for a moment: retry shortly",
+        }

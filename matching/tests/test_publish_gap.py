@@ -81,6 +81,13 @@ def test_a_fenced_holders_late_snapshot_does_not_replace_its_successors(redis_co
     assert stored_bid() == "1.01"
     sent(epoch=7, price=102)
     assert stored_bid() == "1.02"
+    # Nor does a holder repairing Redis while it serves (fenced since it last checked).
+    book = Harness(symbol=symbol, tick_size="0.01", lot_size="1", quote_decimals=2)
+    book.place(1, True, 1, 97)
+    Publisher(client=redis_conn, shard=shard, consumer="t", epoch=6).snapshots_write(
+        engine=book.engine, ts_ns=2, unless_newer=True
+    )
+    assert stored_bid() == "1.02"
     # Recovery writes whatever is stored: a database rebuilt from scratch starts at epoch 1.
     book = Harness(symbol=symbol, tick_size="0.01", lot_size="1", quote_decimals=2)
     book.place(1, True, 1, 98)
@@ -114,3 +121,27 @@ def test_a_worker_announces_its_feed_before_its_first_batch(redis_conn):
     assert first["feed"] == {"id": publisher.feed_id, "seq": 1}
     assert (first["books"], first["trades"], first["orders"], first["statuses"]) == ({}, [], [], [])
     assert second["feed"] == {"id": publisher.feed_id, "seq": 2} and "ANN" in second["books"]
+
+
+def test_a_command_stream_out_of_reach_is_logged_once_not_at_every_wait(redis_conn, caplog):
+    # The worker waits on the stream every 10 ms when idle: out of reach, it logged a warning
+    # at each wait, 100 lines a second for as long as Redis was away.
+    shard = 9_000 + free_port() % 1_000
+    # From a URL, as the worker's client is (no retries: each wait fails at once).
+    unreachable = redis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    publisher = Publisher(client=unreachable, shard=shard, consumer="test")
+    with caplog.at_level("INFO", logger="matching.publish"):
+        for _ in range(5):
+            assert publisher.signal_wait(block_ms=1, count=10) == 0
+        publisher.client = redis_conn
+        assert publisher.signal_wait(block_ms=1, count=10) == 1  # the group is created
+        assert publisher.signal_wait(block_ms=1, count=10) == 0
+        publisher.client = unreachable
+        publisher.signal_wait(block_ms=1, count=10)
+    said = [record.getMessage() for record in caplog.records]
+    assert said == [
+        "command stream unavailable: polling PostgreSQL alone",
+        "command stream available again",
+        "command stream unavailable: polling PostgreSQL alone",
+    ]
+    redis_conn.delete(publisher.stream)

@@ -1,12 +1,16 @@
 """Crashes lose nothing and apply nothing twice: kill -9 under supervisord, standby takeover,
-a failed commit, a command that fails twice, and a Redis wipe mid-stream."""
+a failed commit, a command that fails twice, a Redis wipe mid-stream and Redis out of reach."""
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import sys
+import threading
 import time
 from decimal import Decimal
+from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 import pytest
@@ -15,6 +19,7 @@ from django.db import connection
 from accounts.ledger import funds_deposit
 from audit.models import AuditRecord
 from conftest import BASE_DIR, RUN_PREFIX, wait_until
+from exchange.embedded_servers import free_port
 from exchange.models import Order
 from exchange.services import order_amend
 from exchange.tests.api_client import make_user
@@ -258,6 +263,117 @@ def test_a_redis_wipe_brings_the_book_snapshots_back_without_a_new_order(
     assert wait_until(snapshot_bids, timeout=10)[0][:2] == ["10.00", "3"]
 
 
+class TcpProxy:
+    """A TCP relay to Redis that can be cut (every connection closed, new ones refused) and
+    restored on the same port: Redis out of reach for one process only."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = free_port()
+        self.sockets: list[socket.socket] = []
+        self.listener: socket.socket | None = None
+        self.lock = threading.Lock()
+        self.restore()
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(16)
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        with self.lock:
+            for sock in [self.listener, *self.sockets]:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            self.sockets.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # cut
+            upstream = socket.create_connection(self.target)
+            with self.lock:
+                self.sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_RDWR)
+
+
+def test_a_book_snapshot_lost_while_redis_was_out_of_reach_is_written_again(
+    processes, process_env, redis_conn
+):
+    # A batch whose Redis writes failed (Redis out of reach for a moment, its keys kept) left
+    # the book's snapshot behind until the book next changed: a quiet book's GET /orderbook,
+    # and order entry's price band and market buy holds, read the book before that batch; and
+    # so did the socket's copy of it, with nothing published since to show the gap.
+    from websockets.sync.client import connect as ws_connect
+
+    from conftest import start_web
+
+    instrument = instrument_create()
+    url = urlsplit(process_env["REDIS_URL"])
+    proxy = TcpProxy((url.hostname, url.port or 6379))
+    env = {
+        **process_env,
+        "REDIS_URL": urlunsplit(url._replace(netloc=f"127.0.0.1:{proxy.port}")),
+        # The heartbeat outlives the outage, as it does when Redis is out of reach briefly.
+        "MATCHING_HEARTBEAT_TTL_MS": "120000",
+    }
+    worker = processes.manage("run_matching", "--shard", "0", env=env, name="worker")
+    serving_pid(redis_conn)
+    base_url = start_web(processes, env=process_env)
+    user = make_user()
+    key = book_snapshot_key(instrument.symbol)
+    channel = f"book.{instrument.symbol}"
+
+    def best_bid():
+        raw = redis_conn.get(key)
+        return raw and json.loads(raw)["bids"] and json.loads(raw)["bids"][0][:2]
+
+    with ws_connect(base_url.replace("http://", "ws://") + "/ws/v1") as ws:
+
+        def next_frame(predicate, timeout: float) -> dict:
+            deadline = time.monotonic() + timeout
+            while True:
+                frame = json.loads(ws.recv(timeout=max(deadline - time.monotonic(), 0.01)))
+                if predicate(frame):
+                    return frame
+
+        ws.send(json.dumps({"op": "subscribe", "channels": [channel]}))
+        next_frame(lambda f: f.get("type") == "snapshot", timeout=15)
+        order_row_place(user=user, instrument=instrument, side="buy", quantity="3", price="10.00")
+        next_frame(lambda f: f.get("type") == "update", timeout=15)
+        assert wait_until(lambda: best_bid() == ["10.00", "3"], timeout=15)
+        proxy.cut()
+        try:
+            order = order_row_place(
+                user=user, instrument=instrument, side="buy", quantity="2", price="11.00"
+            )
+            wait_until(lambda: Order.objects.get(pk=order.pk).status == "new", timeout=15)
+            wait_until(lambda: "only in PostgreSQL" in worker.log_path.read_text(), timeout=15)
+        finally:
+            proxy.restore()
+        assert wait_until(lambda: best_bid() == ["11.00", "2"], timeout=10)
+        snapshot = next_frame(lambda f: f.get("type") == "snapshot", timeout=10)
+        assert snapshot["bids"][0][:2] == ["11.00", "2"]
+    worker.terminate()  # through the proxy still: it clears its long-lived heartbeat
+    worker.wait(timeout=15)
+    proxy.cut()
+
+
 def failing_commit_trigger(condition: str) -> None:
     """Make a batch fail at COMMIT (a deferred constraint trigger on the journal)."""
     with connection.cursor() as cursor:
@@ -428,3 +544,59 @@ def test_a_takeover_on_a_quiet_shard_tells_book_subscribers_at_once(
         # No order, no batch: the notice comes from the standby's announcement alone.
         notice = next_frame(lambda f: f.get("type") == "resync", timeout=15)
         assert notice == {"type": "resync", "reason": "feed_gap", "lost_channels": [channel]}
+
+
+def test_a_takeover_gives_book_subscribers_the_batch_their_holder_never_published(
+    processes, process_env, redis_conn
+):
+    # A holder that committed a batch and died before publishing it (here: Redis out of reach
+    # for it, then kill -9) left each web process's copy of the book before that batch: the
+    # socket's subscribers were told of a feed gap, but a book subscribed again got the same
+    # old copy, and a quiet book stayed so until it next changed.
+    from websockets.sync.client import connect as ws_connect
+
+    from conftest import start_web
+
+    instrument = instrument_create()
+    url = urlsplit(process_env["REDIS_URL"])
+    proxy = TcpProxy((url.hostname, url.port or 6379))
+    through_proxy = {
+        **process_env,
+        "REDIS_URL": urlunsplit(url._replace(netloc=f"127.0.0.1:{proxy.port}")),
+    }
+    holder = processes.manage("run_matching", "--shard", "0", env=through_proxy, name="holder")
+    assert serving_pid(redis_conn) == holder.pid
+    standby = processes.manage("run_matching", "--shard", "0", env=process_env, name="standby")
+    wait_until(lambda: "waiting for lease" in standby.log_path.read_text(), timeout=30)
+    base_url = start_web(processes, env=process_env)
+    channel = f"book.{instrument.symbol}"
+    user = make_user()
+    with ws_connect(base_url.replace("http://", "ws://") + "/ws/v1") as ws:
+
+        def next_frame(predicate, timeout: float) -> dict:
+            deadline = time.monotonic() + timeout
+            while True:
+                frame = json.loads(ws.recv(timeout=max(deadline - time.monotonic(), 0.01)))
+                if predicate(frame):
+                    return frame
+
+        ws.send(json.dumps({"op": "subscribe", "channels": [channel]}))
+        next_frame(lambda f: f.get("type") == "snapshot", timeout=15)
+        order_row_place(user=user, instrument=instrument, side="buy", quantity="1", price="10.00")
+        next_frame(lambda f: f.get("type") == "update", timeout=15)
+        proxy.cut()
+        order = order_row_place(
+            user=user, instrument=instrument, side="buy", quantity="2", price="11.00"
+        )
+        wait_until(lambda: Order.objects.get(pk=order.pk).status == "new", timeout=15)
+        wait_until(lambda: "only in PostgreSQL" in holder.log_path.read_text(), timeout=15)
+        os.killpg(holder.pid, signal.SIGKILL)
+        assert serving_pid(redis_conn, other_than=holder.pid) == standby.pid
+        snapshot = next_frame(lambda f: f.get("type") == "snapshot", timeout=15)
+        assert snapshot["bids"][0][:2] == ["11.00", "2"]
+        # Subscribed again, as a client told of the gap may do: the same, current book.
+        ws.send(json.dumps({"op": "unsubscribe", "channels": [channel]}))
+        ws.send(json.dumps({"op": "subscribe", "channels": [channel]}))
+        again = next_frame(lambda f: f.get("type") == "snapshot", timeout=15)
+        assert again["bids"][0][:2] == ["11.00", "2"]
+    proxy.cut()
