@@ -101,7 +101,9 @@ def _state(counts: list[int], scopes: tuple[str, ...], elapsed: float) -> Thrott
     throttled_by, retry_after = None, 0
     for name, c, p in zip(scopes, current, previous, strict=True):
         estimates[name] = _estimate(c, p, elapsed)
-        if estimates[name] >= limits[name]:
+        # 0 turns a limit off, as the rate limits' 0 does (it had refused every sign-in, then
+        # divided by zero reckoning when to retry: a 500).
+        if limits[name] > 0 and estimates[name] >= limits[name]:
             wait = _retry_after(c, p, elapsed, limits[name])
             if wait > retry_after:
                 throttled_by, retry_after = name, wait

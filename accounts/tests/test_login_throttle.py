@@ -168,3 +168,14 @@ def test_failures_from_one_ipv6_64_network_count_together():
     assert login_throttle_state(email=email(), ip=f"{network}:1:2:3:4", now=T0 + 30).throttled
     other = f"2001:db8:{part // 2**32 % 65536:x}:{part // 2**48 % 65536:x}::1"
     assert not login_throttle_state(email=email(), ip=other, now=T0 + 30).throttled
+
+
+def test_a_limit_of_zero_turns_that_limit_off(settings):
+    # Every sign-in was refused, and reckoning its Retry-After divided by zero (a 500).
+    settings.LOGIN_THROTTLE_ACCOUNT_FAILURES = 0
+    account, client_ip = email(), ip()
+    for attempt in range(8):
+        state = failure(email=account, ip=client_ip, now=T0 + attempt)
+    assert not state.throttled and state.account_failures == 8
+    settings.LOGIN_THROTTLE_IP_FAILURES = 0
+    assert not login_throttle_attempt(email=account, ip=client_ip, now=T0 + 9).throttled
