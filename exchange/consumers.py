@@ -848,10 +848,14 @@ class StreamConsumer(AsyncWebsocketConsumer):
         if channel in self.sub.channels:
             if kind == "book" and self.sub.depths.get(symbol) != depth:
                 # A new depth for a book already watched: acknowledged with it, and a fresh
-                # snapshot at it (the view had silently stayed at the first depth).
+                # snapshot at it (the view had silently stayed at the first depth), with the
+                # status frame a new subscription gets behind it when not trading (a client
+                # that starts over from a snapshot had lost the halt).
+                listed = await self._listed_state(symbol)
                 self.sub.depths[symbol] = depth
                 self.push({"type": "subscribed", **refuse, "depth": depth})
                 hub.snapshot_again(self.sub, symbol)
+                hub.status_tell(self.sub, channel, listed)
                 return
             ack = {"type": "subscribed", **refuse}
             if kind == "book":
@@ -890,20 +894,9 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 return
             if kind == "book":
                 self.sub.depths[symbol] = depth
-            # Its status, for a status frame behind the first one when it is not trading. A
-            # symbol deleted meanwhile, or the database out of reach, has none: the market data
-            # (from Redis) still flows.
             listed = ("trading", "", True)
             if kind in ("book", "ticker"):
-                try:
-                    states = await database_sync_to_async(
-                        instruments_trading_state, thread_sensitive=False
-                    )([symbol])
-                except Exception as exc:
-                    if not database_unavailable(exc):
-                        raise
-                    states = {}
-                listed = states.get(symbol, listed)
+                listed = await self._listed_state(symbol)
             try:
                 await hub.mirror(symbol)
             except (redis.RedisError, OSError):
@@ -922,6 +915,22 @@ class StreamConsumer(AsyncWebsocketConsumer):
         hub.add(self.sub, channel)  # queues the snapshot right behind the ack
         if symbol is not None and kind in ("book", "ticker"):
             hub.status_tell(self.sub, channel, listed)
+
+    @staticmethod
+    async def _listed_state(symbol: str) -> tuple[str, str, bool]:
+        """The symbol's (status, reason, session open) as staff last set them, for a status
+        frame behind a book's or ticker's first frame when it is not trading. A symbol deleted
+        meanwhile, or the database out of reach, reads as trading: the market data (from
+        Redis) still flows."""
+        try:
+            states = await database_sync_to_async(
+                instruments_trading_state, thread_sensitive=False
+            )([symbol])
+        except Exception as exc:
+            if not database_unavailable(exc):
+                raise
+            states = {}
+        return states.get(symbol, ("trading", "", True))
 
     async def op_unsubscribe(self, message: dict, extra: dict) -> None:
         if self._refused_unknown_fields(message, ("channels",), extra):

@@ -385,6 +385,11 @@ def test_a_book_or_ticker_subscribed_while_halted_says_so_right_behind_its_first
             "type": "status",
             "data": {"symbol": symbol, "status": "halted", "reason": "Pending news"},
         }
+        # At another depth: a fresh snapshot, and the status behind it again (it had none).
+        ws.send(json.dumps({"op": "subscribe", "channels": [f"book.{symbol}"], "depth": 20}))
+        again = [json.loads(ws.recv(timeout=15)) for _ in range(3)]
+        assert [f["type"] for f in again] == ["subscribed", "snapshot", "status"], again
+        assert again[2] == frames[2]
         # A trading one's subscription has no status frame.
         assert frames_until_ack(ws, f"ticker.{trading.symbol}") == []
         assert frames_until_ack(ws, "heartbeat")[0]["type"] == "ticker"
