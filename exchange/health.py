@@ -11,7 +11,7 @@ from django.conf import settings
 
 from exchange.redis_connection import redis_client, redis_key
 from matching.heartbeat import heartbeats_read
-from matching.lease import database_conninfo
+from matching.lease import LEASE_LOCK_CLASS, database_conninfo
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,13 @@ UNSERVED_COMMANDS_SQL = (
     "SELECT shard, count(*) FROM matching_command "
     "WHERE applied_at IS NULL AND shard >= %s GROUP BY shard ORDER BY shard"
 )
+# The shards whose lease lock a session holds (the two-key advisory form, objsubid 2): a worker
+# serves them, whatever Redis says.
+LEASED_SHARDS_SQL = """
+SELECT l.objid::int FROM pg_locks l
+ WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.classid = %s
+   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
 
 
 def health_status() -> tuple[dict, int]:
@@ -47,10 +54,12 @@ def health_status() -> tuple[dict, int]:
     """
     components: dict[str, dict] = {}
     queued: list[tuple[int, int]] = []
+    leased: set[int] = set()
     try:
         # A connection of its own with a short timeout: the pool would wait its full timeout.
         with psycopg.connect(database_conninfo(), connect_timeout=2) as conn:
             queued = conn.execute(UNSERVED_COMMANDS_SQL, [settings.MATCHING_SHARDS]).fetchall()
+            leased = {row[0] for row in conn.execute(LEASED_SHARDS_SQL, [LEASE_LOCK_CLASS])}
         components["postgres"] = {"status": "ok"}
     except psycopg.Error as exc:
         components["postgres"] = {"status": "down", "error": _first_line(exc)}
@@ -79,6 +88,15 @@ def health_status() -> tuple[dict, int]:
         name = f"matching-shard-{shard}"
         if heartbeats is None:
             components[name] = {"status": "unknown", "error": "Redis is down"}
+        elif heartbeats[shard] is None and shard in leased:
+            # A worker holds the lease, so it matches (its commands come from PostgreSQL), but
+            # its heartbeat does not reach Redis: neither do its market data and replies. It had
+            # read "down" while orders still filled.
+            components[name] = {
+                "status": "degraded",
+                "error": "no heartbeat in Redis, yet a worker holds the shard's lease: it "
+                "matches, but its market data and replies do not get through",
+            }
         elif heartbeats[shard] is None:
             components[name] = {"status": "down", "error": "no heartbeat"}
         else:

@@ -131,3 +131,25 @@ def test_commands_queued_for_a_shard_no_worker_serves_are_named(processes, proce
     body = health(base_url).json()
     assert body["status"] == "degraded" and "unserved-shards" in body["failing"]
     assert body["components"]["unserved-shards"]["error"].endswith("shard 3: 1")
+
+
+def test_a_shard_whose_worker_cannot_reach_redis_is_degraded_not_down(
+    processes, process_env, redis_conn
+):
+    # Its heartbeat lives in Redis only: a worker matching away (commands come from
+    # PostgreSQL) behind a Redis it could not reach read "down: no heartbeat".
+    no_scheduler_heartbeat(redis_conn)
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    processes.manage(
+        "run_matching", "--shard", "0", env={**process_env, "REDIS_URL": dead_redis}, name="m-0"
+    )
+    base_url = start_web(processes, env=process_env)
+    body = wait_until(
+        lambda: (
+            (b := health(base_url).json())["components"]["matching-shard-0"]["status"] == "degraded"
+            and b
+        ),
+        timeout=30,
+    )
+    assert body["status"] == "degraded" and "matching-shard-0" in body["failing"]
+    assert "holds the shard's lease" in body["components"]["matching-shard-0"]["error"]
