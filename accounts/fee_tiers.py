@@ -25,6 +25,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from accounts.models import DailyVolume, FeeTier, FeeTierAssignment, QuotePresence
+from accounts.models.fee_tiers import PPM_PER_PERCENT
 from accounts.quote_presence import Uptime, uptime_30d, uptimes_30d, window_samples
 from accounts.volume import volume_30d, volumes_30d, window_days
 from audit.events import AuditEvent
@@ -64,6 +65,11 @@ def base_tier(tiers: Sequence[FeeTier]) -> FeeTier | None:
     return tier_for(tiers, volume_30d=Decimal(0), uptime_pct=None)
 
 
+def _pct(ppm: int) -> Decimal:
+    """A rate in parts per million as a percentage, to a tier's four places."""
+    return (Decimal(ppm) / PPM_PER_PERCENT).quantize(Decimal("0.0001"))
+
+
 def _uptime_pct(uptime: Uptime | None, samples: int) -> Decimal | None:
     if uptime is not None:
         return uptime.pct
@@ -87,14 +93,35 @@ def _assess_chunk(*, user_ids: list[int], tiers: list[FeeTier], now: dt.datetime
             .filter(user_id__in=user_ids)
             .order_by("user_id")
         }
-        created, updated, audits = [], [], []
+        created, updated, dropped, audits = [], [], [], []
         for user_id in user_ids:
             volume = volumes.get(user_id, Decimal(0))
             uptime = _uptime_pct(uptimes.get(user_id), samples)
             tier = tier_for(tiers, volume_30d=volume, uptime_pct=uptime)
-            if tier is None:
-                continue
             row = current.get(user_id)
+            if tier is None:
+                # No tier reaches them (staff raised every minimum above 0): they pay the
+                # fallback schedule, as a user never assessed does. They had kept the tier
+                # they last reached, its rebate too, for good.
+                if row is not None:
+                    dropped.append(row.pk)
+                    audits.append(
+                        audit_entry(
+                            event_type=AuditEvent.FEE_TIER_CHANGED,
+                            user_id=user_id,
+                            payload={
+                                "from_tier": row.tier.name,
+                                "to_tier": None,
+                                "maker_fee_pct": _pct(FALLBACK_MAKER_FEE_PPM),
+                                "taker_fee_pct": _pct(FALLBACK_TAKER_FEE_PPM),
+                                "volume_30d": volume,
+                                "uptime_pct": uptime,
+                                "window": [str(d) for d in window_days(now)],
+                                "assessed_at": now,
+                            },
+                        )
+                    )
+                continue
             previous = row.tier if row is not None else base
             if row is None:
                 row = FeeTierAssignment(user_id=user_id, tier=tier, assigned_at=now)
@@ -120,6 +147,7 @@ def _assess_chunk(*, user_ids: list[int], tiers: list[FeeTier], now: dt.datetime
                         },
                     )
                 )
+        FeeTierAssignment.objects.filter(pk__in=dropped).delete()
         FeeTierAssignment.objects.bulk_create(created)
         FeeTierAssignment.objects.bulk_update(
             updated, ["tier", "volume_30d", "uptime_pct", "assigned_at", "assessed_at"]

@@ -278,3 +278,23 @@ def test_a_tier_in_use_cannot_be_deleted(tiers):
     fee_tier_assign(user=user, now=NOW)
     with pytest.raises(ProtectedError), transaction.atomic():
         tiers["Volume 1"].delete()
+
+
+def test_a_user_no_tier_reaches_any_more_pays_the_fallback_schedule(tiers):
+    # Staff raised every minimum above 0: a user whose volume then left the window kept the
+    # tier they had last reached, rebate and all, for good.
+    user = new_user()
+    volume(user, dt.date(2030, 3, 1), "2000000")
+    assert assigned(user, at("2030-03-15T00:00:00")) == "Volume 1"
+    FeeTier.objects.filter(min_volume_30d=0).update(min_volume_30d=Decimal("1.00"))
+    fee_rates_cache_clear()
+    assert fee_tier_assign(user=user, now=NOW + dt.timedelta(days=30)) is None
+    record = AuditRecord.objects.filter(
+        event_type=AuditEvent.FEE_TIER_CHANGED, user_id=user.pk
+    ).latest("seq")
+    assert (record.payload["from_tier"], record.payload["to_tier"]) == ("Volume 1", None)
+    assert (record.payload["maker_fee_pct"], record.payload["taker_fee_pct"]) == (
+        "0.1000",
+        "0.2000",
+    )
+    assert fee_rates_for(user=user, instrument=None) == (1_000, 2_000)
