@@ -263,6 +263,16 @@ def test_a_redis_wipe_brings_the_book_snapshots_back_without_a_new_order(
     assert wait_until(snapshot_bids, timeout=10)[0][:2] == ["10.00", "3"]
 
 
+def next_frame(ws, predicate, timeout: float) -> dict:
+    """The next frame of socket `ws` that satisfies `predicate`, skipping others; fails
+    (TimeoutError) at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        frame = json.loads(ws.recv(timeout=max(deadline - time.monotonic(), 0.01)))
+        if predicate(frame):
+            return frame
+
+
 class TcpProxy:
     """A TCP relay to Redis that can be cut (every connection closed, new ones refused) and
     restored on the same port: Redis out of reach for one process only."""
@@ -274,6 +284,16 @@ class TcpProxy:
         self.listener: socket.socket | None = None
         self.lock = threading.Lock()
         self.restore()
+
+    @classmethod
+    def to_redis(cls, env: dict) -> "TcpProxy":
+        """A relay to the Redis of `env`'s REDIS_URL."""
+        url = urlsplit(env["REDIS_URL"])
+        return cls((url.hostname, url.port or 6379))
+
+    def redis_url(self, env: dict) -> str:
+        """`env`'s REDIS_URL through this relay."""
+        return urlunsplit(urlsplit(env["REDIS_URL"])._replace(netloc=f"127.0.0.1:{self.port}"))
 
     def restore(self) -> None:
         listener = socket.socket()
@@ -324,11 +344,10 @@ def test_a_book_snapshot_lost_while_redis_was_out_of_reach_is_written_again(
     from conftest import start_web
 
     instrument = instrument_create()
-    url = urlsplit(process_env["REDIS_URL"])
-    proxy = TcpProxy((url.hostname, url.port or 6379))
+    proxy = TcpProxy.to_redis(process_env)
     env = {
         **process_env,
-        "REDIS_URL": urlunsplit(url._replace(netloc=f"127.0.0.1:{proxy.port}")),
+        "REDIS_URL": proxy.redis_url(process_env),
         # The heartbeat outlives the outage, as it does when Redis is out of reach briefly.
         "MATCHING_HEARTBEAT_TTL_MS": "120000",
     }
@@ -344,18 +363,10 @@ def test_a_book_snapshot_lost_while_redis_was_out_of_reach_is_written_again(
         return raw and json.loads(raw)["bids"] and json.loads(raw)["bids"][0][:2]
 
     with ws_connect(base_url.replace("http://", "ws://") + "/ws/v1") as ws:
-
-        def next_frame(predicate, timeout: float) -> dict:
-            deadline = time.monotonic() + timeout
-            while True:
-                frame = json.loads(ws.recv(timeout=max(deadline - time.monotonic(), 0.01)))
-                if predicate(frame):
-                    return frame
-
         ws.send(json.dumps({"op": "subscribe", "channels": [channel]}))
-        next_frame(lambda f: f.get("type") == "snapshot", timeout=15)
+        next_frame(ws, lambda f: f.get("type") == "snapshot", timeout=15)
         order_row_place(user=user, instrument=instrument, side="buy", quantity="3", price="10.00")
-        next_frame(lambda f: f.get("type") == "update", timeout=15)
+        next_frame(ws, lambda f: f.get("type") == "update", timeout=15)
         assert wait_until(lambda: best_bid() == ["10.00", "3"], timeout=15)
         proxy.cut()
         try:
@@ -367,7 +378,7 @@ def test_a_book_snapshot_lost_while_redis_was_out_of_reach_is_written_again(
         finally:
             proxy.restore()
         assert wait_until(lambda: best_bid() == ["11.00", "2"], timeout=10)
-        snapshot = next_frame(lambda f: f.get("type") == "snapshot", timeout=10)
+        snapshot = next_frame(ws, lambda f: f.get("type") == "snapshot", timeout=10)
         assert snapshot["bids"][0][:2] == ["11.00", "2"]
     worker.terminate()  # through the proxy still: it clears its long-lived heartbeat
     worker.wait(timeout=15)
@@ -525,24 +536,16 @@ def test_a_takeover_on_a_quiet_shard_tells_book_subscribers_at_once(
     base_url = start_web(processes, env=process_env)
     channel = f"book.{instrument.symbol}"
     with ws_connect(base_url.replace("http://", "ws://") + "/ws/v1") as ws:
-
-        def next_frame(predicate, timeout: float) -> dict:
-            deadline = time.monotonic() + timeout
-            while True:
-                frame = json.loads(ws.recv(timeout=max(deadline - time.monotonic(), 0.01)))
-                if predicate(frame):
-                    return frame
-
         ws.send(json.dumps({"op": "subscribe", "channels": [channel]}))
-        next_frame(lambda f: f.get("type") == "snapshot", timeout=15)
+        next_frame(ws, lambda f: f.get("type") == "snapshot", timeout=15)
         # A batch the hub sees: it then follows the holder's feed.
         order_row_place(user=make_user(), instrument=instrument, side="buy", quantity="1",
                         price="10.00")  # fmt: skip
-        next_frame(lambda f: f.get("type") == "update", timeout=15)
+        next_frame(ws, lambda f: f.get("type") == "update", timeout=15)
         os.killpg(holder.pid, signal.SIGKILL)
         assert serving_pid(redis_conn, other_than=holder.pid) == standby.pid
         # No order, no batch: the notice comes from the standby's announcement alone.
-        notice = next_frame(lambda f: f.get("type") == "resync", timeout=15)
+        notice = next_frame(ws, lambda f: f.get("type") == "resync", timeout=15)
         assert notice == {"type": "resync", "reason": "feed_gap", "lost_channels": [channel]}
 
 
@@ -558,12 +561,8 @@ def test_a_takeover_gives_book_subscribers_the_batch_their_holder_never_publishe
     from conftest import start_web
 
     instrument = instrument_create()
-    url = urlsplit(process_env["REDIS_URL"])
-    proxy = TcpProxy((url.hostname, url.port or 6379))
-    through_proxy = {
-        **process_env,
-        "REDIS_URL": urlunsplit(url._replace(netloc=f"127.0.0.1:{proxy.port}")),
-    }
+    proxy = TcpProxy.to_redis(process_env)
+    through_proxy = {**process_env, "REDIS_URL": proxy.redis_url(process_env)}
     holder = processes.manage("run_matching", "--shard", "0", env=through_proxy, name="holder")
     assert serving_pid(redis_conn) == holder.pid
     standby = processes.manage("run_matching", "--shard", "0", env=process_env, name="standby")
@@ -572,18 +571,10 @@ def test_a_takeover_gives_book_subscribers_the_batch_their_holder_never_publishe
     channel = f"book.{instrument.symbol}"
     user = make_user()
     with ws_connect(base_url.replace("http://", "ws://") + "/ws/v1") as ws:
-
-        def next_frame(predicate, timeout: float) -> dict:
-            deadline = time.monotonic() + timeout
-            while True:
-                frame = json.loads(ws.recv(timeout=max(deadline - time.monotonic(), 0.01)))
-                if predicate(frame):
-                    return frame
-
         ws.send(json.dumps({"op": "subscribe", "channels": [channel]}))
-        next_frame(lambda f: f.get("type") == "snapshot", timeout=15)
+        next_frame(ws, lambda f: f.get("type") == "snapshot", timeout=15)
         order_row_place(user=user, instrument=instrument, side="buy", quantity="1", price="10.00")
-        next_frame(lambda f: f.get("type") == "update", timeout=15)
+        next_frame(ws, lambda f: f.get("type") == "update", timeout=15)
         proxy.cut()
         order = order_row_place(
             user=user, instrument=instrument, side="buy", quantity="2", price="11.00"
@@ -592,11 +583,11 @@ def test_a_takeover_gives_book_subscribers_the_batch_their_holder_never_publishe
         wait_until(lambda: "only in PostgreSQL" in holder.log_path.read_text(), timeout=15)
         os.killpg(holder.pid, signal.SIGKILL)
         assert serving_pid(redis_conn, other_than=holder.pid) == standby.pid
-        snapshot = next_frame(lambda f: f.get("type") == "snapshot", timeout=15)
+        snapshot = next_frame(ws, lambda f: f.get("type") == "snapshot", timeout=15)
         assert snapshot["bids"][0][:2] == ["11.00", "2"]
         # Subscribed again, as a client told of the gap may do: the same, current book.
         ws.send(json.dumps({"op": "unsubscribe", "channels": [channel]}))
         ws.send(json.dumps({"op": "subscribe", "channels": [channel]}))
-        again = next_frame(lambda f: f.get("type") == "snapshot", timeout=15)
+        again = next_frame(ws, lambda f: f.get("type") == "snapshot", timeout=15)
         assert again["bids"][0][:2] == ["11.00", "2"]
     proxy.cut()
