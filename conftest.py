@@ -8,6 +8,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -29,6 +30,36 @@ def wait_until(predicate: Callable[[], object], *, timeout: float, interval: flo
         time.sleep(interval)
 
 
+@contextmanager
+def transaction_held_open(work: Callable[[], object], *, seconds: float = 30):
+    """Run `work` in a transaction on a thread of its own (its own connection), left open with
+    its locks for the block (at most `seconds`), then committed; yields what `work` returned."""
+    import threading
+
+    from django.db import connections, transaction
+
+    done, may_commit = threading.Event(), threading.Event()
+    result: dict[str, object] = {}
+
+    def hold() -> None:
+        try:
+            with transaction.atomic():
+                result["work"] = work()
+                done.set()
+                may_commit.wait(seconds)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert done.wait(10)
+    try:
+        yield result["work"]
+    finally:
+        may_commit.set()
+        holder.join(seconds)
+
+
 def second_waits_for_first(first_write, second_write) -> tuple[bool, object, object]:
     """Run `first_write` in a transaction left open, then `second_write` in another (each on a
     thread of its own, with its own connection); returns whether the second was still waiting
@@ -37,18 +68,7 @@ def second_waits_for_first(first_write, second_write) -> tuple[bool, object, obj
 
     from django.db import connection, transaction
 
-    first_written = threading.Event()
-    first_may_commit = threading.Event()
     results: dict[str, object] = {}
-
-    def first() -> None:
-        try:
-            with transaction.atomic():
-                results["first"] = first_write()
-                first_written.set()
-                first_may_commit.wait(10)
-        finally:
-            connection.close()
 
     def second() -> None:
         try:
@@ -57,17 +77,13 @@ def second_waits_for_first(first_write, second_write) -> tuple[bool, object, obj
         finally:
             connection.close()
 
-    first_thread = threading.Thread(target=first)
-    first_thread.start()
-    assert first_written.wait(10)
-    second_thread = threading.Thread(target=second)
-    second_thread.start()
-    second_thread.join(0.5)
-    still_waiting = second_thread.is_alive()
-    first_may_commit.set()
-    first_thread.join(10)
+    with transaction_held_open(first_write, seconds=10) as first_result:
+        second_thread = threading.Thread(target=second)
+        second_thread.start()
+        second_thread.join(0.5)
+        still_waiting = second_thread.is_alive()
     second_thread.join(10)
-    return still_waiting, results["first"], results["second"]
+    return still_waiting, first_result, results["second"]
 
 
 @pytest.fixture(scope="session")

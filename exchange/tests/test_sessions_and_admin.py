@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 import zoneinfo
+from collections.abc import Callable
 from decimal import Decimal
 
 import httpx
@@ -15,14 +16,14 @@ import pytest
 from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
-from django.db import connection, transaction
+from django.db import connection
 from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 from websockets.sync.client import connect as ws_connect
 
 from accounts.tests.otp_login import give_totp_device
 from audit.models import AuditRecord
-from conftest import wait_until
+from conftest import transaction_held_open, wait_until
 from exchange.api_errors import ApiError
 from exchange.models import Instrument, Order
 from exchange.order_rules import OrderRequest
@@ -761,37 +762,18 @@ def test_a_user_edit_saved_while_its_owner_changes_the_password_keeps_the_new_on
     customer.set_password("old-password-1")
     customer.save()
     support = admin_client(exchange_stack, permissions=("accounts.change_user",))
-    changed, may_commit = threading.Event(), threading.Event()
 
     def change_password() -> None:
-        try:
-            with transaction.atomic():
-                owner = get_user_model().objects.select_for_update().get(pk=customer.pk)
-                owner.set_password("new-password-2")
-                owner.save(update_fields=["password"])
-                changed.set()
-                may_commit.wait(15)
-        finally:
-            connection.close()
+        owner = get_user_model().objects.select_for_update().get(pk=customer.pk)
+        owner.set_password("new-password-2")
+        owner.save(update_fields=["password"])
 
-    changing = threading.Thread(target=change_password)
-    changing.start()
-    assert changed.wait(10)
     email = f"moved-{customer.email}"
-    edited: list[httpx.Response] = []
-    editing = threading.Thread(
-        target=lambda: edited.append(
-            admin_user_change(support, customer, email=email, is_active="on")
-        )
+    edited = saved_behind(
+        change_password,
+        lambda: admin_user_change(support, customer, email=email, is_active="on"),
     )
-    editing.start()
-    try:
-        wait_until(a_session_waits_on_a_lock, timeout=10)
-    finally:
-        may_commit.set()
-        changing.join(15)
-        editing.join(15)
-    assert edited[0].status_code == 302, edited[0].text[:2000]
+    assert edited.status_code == 302, edited.text[:2000]
     customer.refresh_from_db()
     assert customer.email == email
     assert customer.check_password("new-password-2")
@@ -809,40 +791,21 @@ def test_an_authenticator_renamed_while_its_owner_signs_in_keeps_its_replay_guar
         exchange_stack,
         permissions=("otp_totp.view_totpdevice", "otp_totp.change_totpdevice"),
     )
-    signed_in, may_commit = threading.Event(), threading.Event()
 
     def sign_in() -> None:
-        try:
-            with transaction.atomic():
-                used = TOTPDevice.objects.select_for_update().get(pk=device.pk)
-                used.last_t, used.throttling_failure_count = 12345, 2
-                used.save(update_fields=["last_t", "throttling_failure_count"])
-                signed_in.set()
-                may_commit.wait(15)
-        finally:
-            connection.close()
+        used = TOTPDevice.objects.select_for_update().get(pk=device.pk)
+        used.last_t, used.throttling_failure_count = 12345, 2
+        used.save(update_fields=["last_t", "throttling_failure_count"])
 
-    signing_in = threading.Thread(target=sign_in)
-    signing_in.start()
-    assert signed_in.wait(10)
-    renamed: list[httpx.Response] = []
     token = csrf_token(support, "/admin/")
-    renaming = threading.Thread(
-        target=lambda: renamed.append(
-            support.post(
-                f"/admin/otp_totp/totpdevice/{device.pk}/change/",
-                data={"csrfmiddlewaretoken": token, "name": "phone", "_save": "Save"},
-            )
-        )
+    renamed = saved_behind(
+        sign_in,
+        lambda: support.post(
+            f"/admin/otp_totp/totpdevice/{device.pk}/change/",
+            data={"csrfmiddlewaretoken": token, "name": "phone", "_save": "Save"},
+        ),
     )
-    renaming.start()
-    try:
-        wait_until(a_session_waits_on_a_lock, timeout=10)
-    finally:
-        may_commit.set()
-        signing_in.join(15)
-        renaming.join(15)
-    assert renamed[0].status_code == 302, renamed[0].text[:2000]
+    assert renamed.status_code == 302, renamed.text[:2000]
     device.refresh_from_db()
     assert (device.name, device.last_t, device.throttling_failure_count) == ("phone", 12345, 2)
 
@@ -1031,42 +994,32 @@ def a_session_waits_on_a_lock() -> bool:
         return cursor.fetchone()[0] > 0
 
 
+def saved_behind(change: Callable[[], None], save: Callable[[], httpx.Response]) -> httpx.Response:
+    """The answer to `save` (an admin form posted to the web process) made while `change` has
+    not committed: `change` runs in a transaction of another thread, left open with its row
+    locks until the form's save waits on them, then committed."""
+    answers: list[httpx.Response] = []
+    saving = threading.Thread(target=lambda: answers.append(save()))
+    with transaction_held_open(change, seconds=15):
+        saving.start()
+        wait_until(a_session_waits_on_a_lock, timeout=10)  # the save, behind the change
+    saving.join(15)
+    return answers[0]
+
+
 @pytest.mark.processes
 def test_an_instrument_edit_saved_while_a_halt_commits_keeps_the_halt(exchange_stack, live_db):
     # The edit wrote back the whole row as read, its status too: a halt that committed
     # meanwhile was undone in the database (trading there, halted in the engine).
     instrument = make_instrument()
     staff = admin_client(exchange_stack)
-    halted, may_commit = threading.Event(), threading.Event()
-
-    def halt() -> None:
-        try:
-            with transaction.atomic():
-                instrument_halt(
-                    instrument=Instrument.objects.get(pk=instrument.pk),
-                    actor=None,
-                    reason="Pending news",
-                )
-                halted.set()
-                may_commit.wait(15)
-        finally:
-            connection.close()
-
-    halting = threading.Thread(target=halt)
-    halting.start()
-    assert halted.wait(10)
-    edited: list[httpx.Response] = []
-    editing = threading.Thread(
-        target=lambda: edited.append(admin_instrument_change(staff, instrument, min_notional="2"))
+    edited = saved_behind(
+        lambda: instrument_halt(
+            instrument=Instrument.objects.get(pk=instrument.pk), actor=None, reason="Pending news"
+        ),
+        lambda: admin_instrument_change(staff, instrument, min_notional="2"),
     )
-    editing.start()
-    try:
-        wait_until(a_session_waits_on_a_lock, timeout=10)  # the edit, behind the halt
-    finally:
-        may_commit.set()
-        halting.join(15)
-        editing.join(15)
-    assert edited[0].status_code == 302, edited[0].text[:2000]
+    assert edited.status_code == 302, edited.text[:2000]
     instrument.refresh_from_db()
     assert (instrument.status, instrument.status_reason) == ("halted", "Pending news")
     assert instrument.min_notional == Decimal("2")

@@ -18,12 +18,12 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from django.db import connections, transaction
+from django.db import connections
 
 from accounts.ledger import funds_deposit
 from accounts.tests.fee_tier_data import ensure_shipped_tiers
 from accounts.two_factor import totp_code
-from conftest import wait_until
+from conftest import transaction_held_open, wait_until
 from exchange.book_checksum import book_checksum
 from exchange.services import instrument_halt, instrument_resume
 from exchange.tests.api_client import ApiClient, make_instrument, make_user
@@ -501,25 +501,8 @@ def test_amend_then_cancel_an_order_and_cancel_all(open_page, live_db):
 def shard_batches_held_up(shard: int):
     """The shard's worker cannot commit a batch inside the block (its shard-state row, which
     each batch locks first, is locked here): its commands wait, and a request answers 202."""
-    locked, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        try:
-            with transaction.atomic():
-                ShardState.objects.select_for_update().get(shard=shard)
-                locked.set()
-                release.wait(30)
-        finally:
-            connections.close_all()
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    assert locked.wait(10)
-    try:
+    with transaction_held_open(lambda: ShardState.objects.select_for_update().get(shard=shard)):
         yield
-    finally:
-        release.set()
-        holder.join(30)
 
 
 def test_an_amend_the_engine_has_not_confirmed_says_it_was_sent(open_page, live_db):
