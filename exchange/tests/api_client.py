@@ -1,6 +1,7 @@
 """A small REST client for tests: a user with an API key signing every request, JSON in and
 out, like an API client."""
 
+import datetime as dt
 import time
 import uuid
 from collections.abc import Callable
@@ -45,6 +46,20 @@ def make_instrument(**overrides) -> Instrument:
     instrument = Instrument.objects.create(**fields)
     instrument_list(instrument=instrument)
     return instrument
+
+
+def make_closed_instrument(**overrides) -> Instrument:
+    """An instrument outside its trading hours now: its session lasts one second a day (03:00,
+    or 15:00 when now is within a minute of 03:00), in UTC."""
+    now = dt.datetime.now(dt.UTC)
+    opens = dt.time(15, 0) if dt.time(2, 59) <= now.time() <= dt.time(3, 1) else dt.time(3, 0)
+    return make_instrument(
+        trades_24_7=False,
+        session_open=opens,
+        session_close=opens.replace(second=1),
+        session_timezone="UTC",
+        **overrides,
+    )
 
 
 def make_api_key(

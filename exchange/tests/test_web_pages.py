@@ -1,7 +1,6 @@
 """The web pages as the server renders them: who may see what, and what each page holds.
 (The live behaviour in a real browser is in test_web_ui.py.)"""
 
-import datetime as dt
 import re
 from decimal import Decimal
 
@@ -13,7 +12,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts.ledger import funds_deposit
 from exchange.models import Instrument
-from exchange.tests.api_client import make_instrument, make_user
+from exchange.tests.api_client import make_closed_instrument, make_instrument, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -50,14 +49,7 @@ def test_markets_lists_every_listed_instrument_with_a_link_to_trade_it(client):
 def test_markets_and_trading_pages_say_the_status_the_ticker_says(client):
     # Both said "Trading" for an instrument closed for the night (every order refused
     # MarketClosed), and the markets page kept the status it was first rendered with.
-    now = dt.datetime.now(dt.UTC)
-    opens = dt.time(15, 0) if dt.time(2, 59) <= now.time() <= dt.time(3, 1) else dt.time(3, 0)
-    closed = make_instrument(
-        trades_24_7=False,
-        session_open=opens,
-        session_close=opens.replace(second=1),  # one second a day: closed now
-        session_timezone="UTC",
-    )
+    closed = make_closed_instrument()
     halted = make_instrument(status=Instrument.Status.HALTED, status_reason="Pending news")
     markets = client.get("/").content.decode()
     for instrument, status in (

@@ -26,7 +26,12 @@ from accounts.two_factor import totp_code
 from conftest import transaction_held_open, wait_until
 from exchange.book_checksum import book_checksum
 from exchange.services import instrument_halt, instrument_resume
-from exchange.tests.api_client import ApiClient, make_instrument, make_user
+from exchange.tests.api_client import (
+    ApiClient,
+    make_closed_instrument,
+    make_instrument,
+    make_user,
+)
 from matching.models import ShardState
 
 pytestmark = pytest.mark.processes
@@ -329,14 +334,7 @@ def test_the_trading_pages_status_shows_a_halt_and_its_reason_at_once(open_page,
 
 def test_outside_its_trading_hours_the_page_says_closed_and_after_a_resume_too(open_page, live_db):
     # The status frame of a resume says "trading"; outside its hours the instrument is closed.
-    now = dt.datetime.now(dt.UTC)
-    opens = dt.time(15, 0) if dt.time(2, 59) <= now.time() <= dt.time(3, 1) else dt.time(3, 0)
-    instrument = make_instrument(
-        trades_24_7=False,
-        session_open=opens,
-        session_close=opens.replace(second=1),  # one second a day: closed now
-        session_timezone="UTC",
-    )
+    instrument = make_closed_instrument()
     user = trader()
     page = open_page()
     open_trading(page, user, instrument.symbol)
