@@ -27,6 +27,7 @@ from accounts.address_groups import address_group
 from exchange.api_errors import (
     INTERNAL_ERROR_BODY,
     SERVICE_UNAVAILABLE_BODY,
+    ApiError,
     database_unavailable,
     error_answer,
 )
@@ -813,16 +814,14 @@ class StreamConsumer(AsyncWebsocketConsumer):
     def _refused_unknown_fields(self, message: dict, accepted: tuple[str, ...], extra) -> bool:
         """Refuse (UnexpectedParameter) an op with a field it does not read, as REST refuses a
         body's: a misspelt `depth` ("depht") had been ignored, the book sent at 50 levels."""
-        unknown = sorted(set(message) - {"op", "id", *accepted})
-        if not unknown:
-            return False
-        self.error(
-            "UnexpectedParameter",
-            f"unknown field {echoed(unknown[0])}; accepted: {', '.join(accepted)}",
-            **extra,
-            field=unknown[0][:64],
-        )
-        return True
+        from exchange.serializers import refuse_unknown_names
+
+        try:
+            refuse_unknown_names(message, ("op", "id", *accepted))
+        except ApiError as refused:
+            self.error(refused.error, refused.message, **extra, field=refused.field)
+            return True
+        return False
 
     async def op_subscribe(self, message: dict, extra: dict) -> None:
         if self._refused_unknown_fields(message, ("channels", "depth"), extra):

@@ -178,7 +178,7 @@ def refuse_unknown_names(data: dict, accepted) -> None:
     if unknown:
         raise trading_error(
             "UnexpectedParameter",
-            f"unknown field {unknown[0]!r}; accepted: {', '.join(sorted(accepted))}",
+            f"unknown field {echoed(unknown[0])}; accepted: {', '.join(sorted(accepted))}",
             field=unknown[0],
         )
 
