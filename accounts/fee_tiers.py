@@ -29,7 +29,7 @@ from accounts.models.fee_tiers import PPM_PER_PERCENT
 from accounts.quote_presence import Uptime, uptime_30d, uptimes_30d, window_samples
 from accounts.volume import volume_30d, volumes_30d, window_days
 from audit.events import AuditEvent
-from audit.services import audit_entry, audit_record_many
+from audit.services import AuditEntry, audit_entry, audit_record_many
 
 # Rates when no tier exists at all (the shipped tiers were deleted): the Retail schedule.
 FALLBACK_MAKER_FEE_PPM = 1_000
@@ -94,6 +94,25 @@ def _assess_chunk(*, user_ids: list[int], tiers: list[FeeTier], now: dt.datetime
             .order_by("user_id")
         }
         created, updated, dropped, audits = [], [], [], []
+        window = [str(d) for d in window_days(now)]
+
+        def tier_changed(user_id, from_tier, to_tier, rates, volume, uptime) -> AuditEntry:
+            """The fee.tier_changed record of a user's move (`rates`: maker, taker in %)."""
+            return audit_entry(
+                event_type=AuditEvent.FEE_TIER_CHANGED,
+                user_id=user_id,
+                payload={
+                    "from_tier": from_tier,
+                    "to_tier": to_tier,
+                    "maker_fee_pct": rates[0],
+                    "taker_fee_pct": rates[1],
+                    "volume_30d": volume,
+                    "uptime_pct": uptime,
+                    "window": window,
+                    "assessed_at": now,
+                },
+            )
+
         for user_id in user_ids:
             volume = volumes.get(user_id, Decimal(0))
             uptime = _uptime_pct(uptimes.get(user_id), samples)
@@ -105,22 +124,8 @@ def _assess_chunk(*, user_ids: list[int], tiers: list[FeeTier], now: dt.datetime
                 # they last reached, its rebate too, for good.
                 if row is not None:
                     dropped.append(row.pk)
-                    audits.append(
-                        audit_entry(
-                            event_type=AuditEvent.FEE_TIER_CHANGED,
-                            user_id=user_id,
-                            payload={
-                                "from_tier": row.tier.name,
-                                "to_tier": None,
-                                "maker_fee_pct": _pct(FALLBACK_MAKER_FEE_PPM),
-                                "taker_fee_pct": _pct(FALLBACK_TAKER_FEE_PPM),
-                                "volume_30d": volume,
-                                "uptime_pct": uptime,
-                                "window": [str(d) for d in window_days(now)],
-                                "assessed_at": now,
-                            },
-                        )
-                    )
+                    rates = (_pct(FALLBACK_MAKER_FEE_PPM), _pct(FALLBACK_TAKER_FEE_PPM))
+                    audits.append(tier_changed(user_id, row.tier.name, None, rates, volume, uptime))
                 continue
             previous = row.tier if row is not None else base
             if row is None:
@@ -131,20 +136,15 @@ def _assess_chunk(*, user_ids: list[int], tiers: list[FeeTier], now: dt.datetime
             row.volume_30d, row.uptime_pct, row.assessed_at = volume, uptime, now
             if previous is None or previous.pk != tier.pk:
                 row.tier, row.assigned_at = tier, now
+                rates = (tier.maker_fee_pct, tier.taker_fee_pct)
                 audits.append(
-                    audit_entry(
-                        event_type=AuditEvent.FEE_TIER_CHANGED,
-                        user_id=user_id,
-                        payload={
-                            "from_tier": previous.name if previous else None,
-                            "to_tier": tier.name,
-                            "maker_fee_pct": tier.maker_fee_pct,
-                            "taker_fee_pct": tier.taker_fee_pct,
-                            "volume_30d": volume,
-                            "uptime_pct": uptime,
-                            "window": [str(d) for d in window_days(now)],
-                            "assessed_at": now,
-                        },
+                    tier_changed(
+                        user_id,
+                        previous.name if previous else None,
+                        tier.name,
+                        rates,
+                        volume,
+                        uptime,
                     )
                 )
         FeeTierAssignment.objects.filter(pk__in=dropped).delete()
