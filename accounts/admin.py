@@ -18,7 +18,7 @@ from accounts.models import (
     QuotePresenceSample,
     User,
 )
-from exchange.admin import ReadOnlyAdmin
+from exchange.admin import ReadOnlyAdmin, changed_fields_save
 from exchange.models import decimal_plain
 from exchange.services import orders_cancel_for_deactivated_user
 
@@ -56,11 +56,8 @@ class UserAdmin(DjangoUserAdmin):
             for name in ("is_staff", "is_superuser")
         )
         if change:
-            # Only what the form changed (its many-to-many fields are saved after this): the
-            # whole row as read when the form was posted wrote back the password hash over a
-            # password its owner changed meanwhile, the old password valid again.
-            concrete = {field.name for field in obj._meta.concrete_fields}
-            obj.save(update_fields=[name for name in form.changed_data if name in concrete])
+            # A password its owner changed meanwhile had been undone, the old one valid again.
+            changed_fields_save(obj, form)
         else:
             super().save_model(request, obj, form, change)
         if deactivated:
@@ -259,12 +256,11 @@ class _OwnerManagedDeviceAdmin(admin.ModelAdmin):
         return super().has_delete_permission(request, obj)
 
     def save_model(self, request, obj, form, change) -> None:
-        # Only what the form changed (a rename): the whole row as read when the form was posted
-        # wrote back the device's replay guard (the last time step used) and its failed-code
-        # count over a sign-in that committed meanwhile: its code could be used again, and its
-        # failures were forgotten.
+        # A rename had written back the device's replay guard (the last time step used) and its
+        # failed-code count over a sign-in that committed meanwhile: its code could be used
+        # again, and its failures were forgotten.
         if change:
-            obj.save(update_fields=form.changed_data)
+            changed_fields_save(obj, form)
         else:
             super().save_model(request, obj, form, change)
 

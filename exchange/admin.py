@@ -11,6 +11,14 @@ from exchange.api_errors import ApiError
 from exchange.models import Instrument, Order, Trade
 
 
+def changed_fields_save(obj, form) -> None:
+    """Save what an admin change form changed, and only that: the whole row as read when the
+    form was posted wrote back, with its old value, whatever committed meanwhile (a halt, a
+    password, an authenticator's replay guard). Many-to-many fields are the form's to save."""
+    concrete = {field.name for field in obj._meta.concrete_fields}
+    obj.save(update_fields=[name for name in form.changed_data if name in concrete])
+
+
 class ReadOnlyAdmin(admin.ModelAdmin):
     """Records only the engine, the worker or a service writes: staff look, never edit."""
 
@@ -76,10 +84,9 @@ class InstrumentAdmin(admin.ModelAdmin):
             services.instrument_list(instrument=obj, actor=request.user, http_request=request)
             return
         previous = Instrument.objects.get(pk=obj.pk)
-        # Only what the form changed: the whole row as read when the form was posted wrote
-        # back the status over a halt, resume or delisting that committed meanwhile (the book
-        # halted in its engine, while order entry and the ticker said trading).
-        obj.save(update_fields=form.changed_data)
+        # A halt, resume or delisting committed meanwhile had been undone (the book halted in
+        # its engine, while order entry and the ticker said trading).
+        changed_fields_save(obj, form)
         command = services.instrument_rules_update(
             instrument=obj, previous=previous, actor=request.user, http_request=request
         )
