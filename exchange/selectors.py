@@ -11,6 +11,7 @@ from django.db import connection
 from django.db.models import Count, Max, Min, Q, QuerySet, Sum
 from django.utils import timezone
 
+from exchange.api_errors import SERVICE_UNAVAILABLE_BODY
 from exchange.db_cursors import bound_cursor
 from exchange.errors import ApiError, echoed, trading_error
 from exchange.models import Instrument, Order, Trade
@@ -239,8 +240,8 @@ def book_snapshot_to_show(symbol: str) -> dict | None:
     except redis.RedisError as exc:
         logger.warning("book snapshot unavailable", extra={"symbol": symbol, "why": str(exc)})
         raise ApiError(
-            error="ServiceUnavailable",
-            code=-1001,
+            error=SERVICE_UNAVAILABLE_BODY["error"],
+            code=SERVICE_UNAVAILABLE_BODY["code"],
             message="the order book is out of reach for a moment: retry shortly",
             http_status=503,
         ) from exc
