@@ -340,17 +340,21 @@ def trades_recent(*, instrument: Instrument) -> QuerySet[Trade]:
     return Trade.objects.filter(instrument=instrument).select_related("instrument")
 
 
-def book_top(*, instrument: Instrument) -> dict:
-    """Best bid and ask with the quantity shown at each, from the worker's book snapshot."""
-    return snapshot_top(book_snapshot(instrument.symbol))
-
-
 # A ticker's status: the instrument's, or `closed` outside its trading session.
 TICKER_STATUSES = (*Instrument.Status.values, "closed")
 
 
 def ticker_24h(*, instrument: Instrument, now: dt.datetime | None = None) -> dict:
-    """Last price, best bid and ask, and the rolling 24 hours' volume, high, low and change."""
+    """Last price, best bid and ask, and the rolling 24 hours' volume, high, low and change.
+    The best bid and ask come from the worker's book snapshot: Redis out of reach is a 503, as
+    for the order book (the ticker had said "no bid, no ask" of a book with both)."""
+    stats = trading_24h(instrument=instrument, now=now)
+    return {**stats, **snapshot_top(book_snapshot_to_show(instrument.symbol))}
+
+
+def trading_24h(*, instrument: Instrument, now: dt.datetime | None = None) -> dict:
+    """The ticker without the book: status, last price and the rolling 24 hours' volume, high,
+    low and change, all from PostgreSQL."""
     now = now or timezone.now()
     window = Trade.objects.filter(instrument=instrument, executed_at__gte=now - dt.timedelta(1))
     stats = window.aggregate(
@@ -376,7 +380,6 @@ def ticker_24h(*, instrument: Instrument, now: dt.datetime | None = None) -> dic
         # Staff's reason for a halt or delisting, if they gave one.
         "status_reason": instrument.status_reason or None,
         "last_price": last.price if last else None,
-        **book_top(instrument=instrument),
         "volume_24h": stats["volume"] or Decimal(0),
         "quote_volume_24h": stats["quote_volume"] or Decimal(0),
         "high_24h": stats["high"],

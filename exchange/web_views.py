@@ -26,7 +26,7 @@ MARKET_STATUS_LABELS = {
 
 
 def _market_row(instrument: Instrument) -> dict:
-    stats = selectors.ticker_24h(instrument=instrument)
+    stats = selectors.trading_24h(instrument=instrument)
     label = MARKET_STATUS_LABELS.get(stats["status"], stats["status"])
     return {
         "instrument": instrument,

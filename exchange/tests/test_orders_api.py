@@ -1392,11 +1392,16 @@ def test_the_order_book_while_redis_is_out_of_reach_is_a_503_not_an_empty_book(
     processes, process_env, live_db
 ):
     # The book comes from the worker's snapshot in Redis: out of reach, the order book and its
-    # spread answered 200 with no bids and no asks at seq 0, a book a client could act on.
+    # spread answered 200 with no bids and no asks at seq 0, a book a client could act on; the
+    # ticker likewise said best bid and ask null ("no bid, no ask").
     instrument = make_instrument()
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
     base_url = start_web(processes, env={**process_env, "REDIS_URL": dead_redis})
-    for path in (f"/orderbook/{instrument.symbol}", f"/orderbook/{instrument.symbol}/spread"):
+    # The markets page shows only figures PostgreSQL holds: it still answers.
+    markets = httpx.get(f"{base_url}/", timeout=10)
+    assert markets.status_code == 200 and instrument.symbol in markets.text
+    symbol = instrument.symbol
+    for path in (f"/orderbook/{symbol}", f"/orderbook/{symbol}/spread", f"/ticker/{symbol}"):
         response = httpx.get(f"{base_url}/api/v1{path}", timeout=10)
         assert response.status_code == 503, path
         assert response.json() == {
