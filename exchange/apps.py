@@ -6,3 +6,6 @@ class ExchangeConfig(AppConfig):
 
     name = "exchange"
     verbose_name = "Exchange"
+
+    def ready(self) -> None:
+        from exchange import checks  # noqa: F401 (registers the deploy checks)

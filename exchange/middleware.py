@@ -3,8 +3,8 @@
 Under ASGI, a `MiddlewareMixin` middleware runs each of its hooks through
 `sync_to_async(thread_sensitive=True)`: two hops to the request's thread per middleware, a dozen
 per request, which cost more CPU than an order's own work. The classes here are the same
-middleware (subclasses, so Django's system checks still recognise them), changed in how they
-are called:
+middleware (subclasses: `exchange/checks.py` checks by class that they are installed, where
+Django's deploy checks look for its own class paths), changed in how they are called:
 - `InlineHooks`: hooks that do no I/O (headers, redirects, the rate-limit headers) run in the
   event loop itself;
 - `SkippedForApiKeys`: session, CSRF, session authentication and messages do nothing for an

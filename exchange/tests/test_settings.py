@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from django.conf import settings
+from django.core import checks
+from django.test import override_settings
+
 BASE_DIR = Path(__file__).resolve().parents[2]
 GOOD = {
     "DATABASE_URL": "postgres://trader:s3cret@db.internal:6543/exchange",
@@ -178,3 +182,18 @@ def test_a_django_log_line_is_written_once_in_debug_mode(tmp_path):
     result = run_with({**GOOD, "DEBUG": "1"}, tmp_path, code)
     assert result.returncode == 0, result.stderr
     assert (result.stdout + result.stderr).count("probe-line") == 1
+
+
+def _deploy_warnings() -> set[str]:
+    messages = checks.run_checks(include_deployment_checks=True, tags=[checks.Tags.security])
+    return {message.id for message in messages if not message.is_silenced()}
+
+
+def test_deploy_checks_recognise_the_exchanges_middleware_and_miss_a_missing_one():
+    # Django's checks look for its own class paths by name: they warned that the security,
+    # clickjacking and CSRF middleware were missing, when subclasses of them are installed.
+    wanted = {"security.W001", "security.W002", "security.W003"}
+    assert not _deploy_warnings() & (wanted | {"exchange.W001", "exchange.W002", "exchange.W003"})
+    without_csrf = [path for path in settings.MIDDLEWARE if "Csrf" not in path]
+    with override_settings(MIDDLEWARE=without_csrf):
+        assert "exchange.W003" in _deploy_warnings()
