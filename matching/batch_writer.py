@@ -705,6 +705,18 @@ class BatchWriter:
                 self._copy("batch_trade", prepared.trade_rows)
             self._journal_write(prepared.journal_rows)
             trade_ids, updated = self._staged_apply(prepared, inline=inline)
+            audits = prepared.audit_rows
+            if trade_ids:  # engine trade seq -> Trade row id
+                t = ROW_TRADE_ID
+                audits = [
+                    row if row[t] is None else (*row[:t], trade_ids.get(row[t]), *row[t + 1 :])
+                    for row in audits
+                ]
+            audit_rows_copy(rows=audits)
+            # Settlement last: it locks the batch's users and accounts (the exchange's fee and
+            # rebate accounts among them), which order entry and the other shards' batches wait
+            # for until this commits; written before the audit rows, it held them through the
+            # batch's largest COPY as well.
             prepared.outcome.balances = self.settlement.write(
                 fills=self._fills(prepared, trade_ids),
                 releases=[
@@ -717,14 +729,6 @@ class BatchWriter:
                 ],
             )
             self._volume_add(prepared)
-            audits = prepared.audit_rows
-            if trade_ids:  # engine trade seq -> Trade row id
-                t = ROW_TRADE_ID
-                audits = [
-                    row if row[t] is None else (*row[:t], trade_ids.get(row[t]), *row[t + 1 :])
-                    for row in audits
-                ]
-            audit_rows_copy(rows=audits)
         return trade_ids, {row[0]: (row[4], row[5]) for row in updated}
 
     # ---- collecting ------------------------------------------------------------------------
