@@ -46,6 +46,56 @@ class SignUpForm(forms.Form):
         return cleaned
 
 
+class PasswordChangeForm(forms.Form):
+    """The current password, the new one twice, and a current code when the user has
+    two-factor authentication on (the service checks the password and the code)."""
+
+    current_password = forms.CharField(
+        label="Current password",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password", "autofocus": True}),
+    )
+    new_password1 = forms.CharField(
+        label="New password",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        help_text=password_validation.password_validators_help_text_html(),
+    )
+    new_password2 = forms.CharField(
+        label="New password again",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+    )
+    code = forms.CharField(
+        label="Code from your authenticator app or a recovery code",
+        max_length=20,
+        widget=forms.TextInput(
+            attrs={"autocomplete": "one-time-code", "autocapitalize": "none", "spellcheck": "false"}
+        ),
+    )
+
+    def __init__(self, *args, user, two_factor: bool, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.user = user
+        if not two_factor:
+            del self.fields["code"]
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        current = cleaned.get("current_password")
+        first, second = cleaned.get("new_password1"), cleaned.get("new_password2")
+        if first and second and first != second:
+            self.add_error("new_password2", "The two new passwords differ.")
+        elif first and first == current:
+            self.add_error("new_password1", "The new password is your current one.")
+        elif first:
+            try:
+                password_validation.validate_password(first, self.user)
+            except forms.ValidationError as error:
+                self.add_error("new_password1", error)
+        return cleaned
+
+
 class LoginForm(forms.Form):
     email = forms.EmailField(
         label="Email",

@@ -1,4 +1,5 @@
-"""Web identity services: sign-up, password login (throttled) and logout, each audited.
+"""Web identity services: sign-up, password login (throttled), logout and a user's own password
+change, each audited.
 
 A password login is the first step only: a user with a confirmed authenticator is then half
 signed in until `accounts.two_factor.two_factor_verify` accepts a code. Logins, failed logins
@@ -13,7 +14,13 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from django.contrib.auth import authenticate, get_user_model, login, logout
+from django.contrib.auth import (
+    authenticate,
+    get_user_model,
+    login,
+    logout,
+    update_session_auth_hash,
+)
 from django.db import IntegrityError, transaction
 
 from accounts.login_throttle import (
@@ -24,7 +31,7 @@ from accounts.login_throttle import (
     login_throttle_state,
     normalize_email,
 )
-from accounts.two_factor import two_factor_enabled
+from accounts.two_factor import code_match, two_factor_enabled
 from audit.events import AuditEvent
 from audit.services import audit_record
 
@@ -166,3 +173,73 @@ def user_log_out(*, request: Any) -> None:
     """End the session (the audit app records the logout)."""
     with transaction.atomic():
         logout(request)
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordChangeOutcome:
+    """`result`: "changed", "wrong_password", "wrong_code" or "throttled"."""
+
+    result: str
+    throttle: ThrottleState | None = None
+
+
+def password_change(
+    *, request: Any, current_password: str, new_password: str, code: str, now: float
+) -> PasswordChangeOutcome:
+    """Change the signed-in user's password, given their current one and, with two-factor
+    authentication on, a current code (consumed). This session stays signed in; every other
+    session of the user ends (a session carries the password's hash; sockets signed in with
+    one close, accounts.web_sessions). Each attempt counts against the sign-in throttle as a
+    login does, so a stolen session cannot guess the password here. The new password must
+    already have passed the password validators (the form does it)."""
+    User = get_user_model()
+    user = request.user
+    ip = _client_ip(request)
+    state = login_throttle_attempt(email=user.email, ip=ip, now=now)  # counted before the check
+    if state.throttled:
+        with transaction.atomic():
+            audit_record(
+                event_type=AuditEvent.LOGIN_THROTTLED,
+                actor=user,
+                user_id=user.pk,
+                request=request,
+                payload={
+                    "stage": "password_change",
+                    "by": state.throttled_by,
+                    "account_failures": state.account_failures,
+                    "ip_failures": state.ip_failures,
+                },
+            )
+        return PasswordChangeOutcome("throttled", throttle=state)
+    wrong = None
+    with transaction.atomic():
+        locked = User.objects.select_for_update().get(pk=user.pk)
+        two_factor = two_factor_enabled(locked)
+        if not locked.check_password(current_password):
+            wrong = "password"
+        elif two_factor and code_match(locked, code, now=now)[0] is None:
+            wrong = "code"
+        else:
+            locked.set_password(new_password)
+            locked.save(update_fields=["password"])
+            audit_record(
+                event_type=AuditEvent.PASSWORD_CHANGED,
+                actor=locked,
+                user_id=locked.pk,
+                request=request,
+                payload={"two_factor": two_factor},
+            )
+            update_session_auth_hash(request, locked)
+    if wrong is not None:
+        with transaction.atomic():
+            audit_record(
+                event_type=AuditEvent.PASSWORD_CHANGE_REFUSED,
+                actor=user,
+                user_id=user.pk,
+                request=request,
+                payload={"wrong": wrong},
+            )
+        state = login_throttle_state(email=user.email, ip=ip, now=now)
+        return PasswordChangeOutcome(f"wrong_{wrong}", throttle=state)
+    login_throttle_attempt_passed(email=user.email, ip=ip, now=now)
+    return PasswordChangeOutcome("changed")

@@ -195,7 +195,7 @@ def _recovery_match(user: Any, code: str) -> StaticToken | None:
     return token
 
 
-def _code_match(user: Any, code: str, *, now: float) -> tuple[Device | None, str | None]:
+def code_match(user: Any, code: str, *, now: float) -> tuple[Device | None, str | None]:
     """The device that accepts `code` (an app code or a recovery code, consumed), if any.
     Runs inside the caller's transaction; the TOTP row is locked while checked."""
     code = (code or "").strip().replace(" ", "")
@@ -296,7 +296,7 @@ def two_factor_verify(*, request: Any, code: str, now: float) -> CodeOutcome:
     if throttle is not None:
         return CodeOutcome(accepted=False, throttle=throttle)
     with transaction.atomic():
-        device, method = _code_match(user, code, now=now)
+        device, method = code_match(user, code, now=now)
         if device is not None:
             django_otp.login(request, device)
             audit_record(
@@ -357,7 +357,7 @@ def two_factor_disable(*, request: Any, code: str, now: float) -> CodeOutcome:
     if throttle is not None:
         return CodeOutcome(accepted=False, throttle=throttle)
     with transaction.atomic():
-        device, method = _code_match(user, code, now=now)
+        device, method = code_match(user, code, now=now)
         if device is not None:
             TOTPDevice.objects.filter(user=user).delete()
             StaticDevice.objects.filter(user=user).delete()
@@ -385,7 +385,7 @@ def recovery_codes_regenerate(*, request: Any, code: str, now: float) -> CodeOut
     if throttle is not None:
         return CodeOutcome(accepted=False, throttle=throttle)
     with transaction.atomic():
-        device, method = _code_match(user, code, now=now)
+        device, method = code_match(user, code, now=now)
         if device is not None:
             codes = _new_recovery_codes(user)
             audit_record(

@@ -22,7 +22,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts import services, two_factor
-from accounts.forms import CodeForm, LoginForm, SignUpForm
+from accounts.forms import CodeForm, LoginForm, PasswordChangeForm, SignUpForm
 from accounts.login_throttle import ThrottleState
 
 
@@ -303,3 +303,39 @@ def disable(request: HttpRequest) -> HttpResponse:
         return _status_page(request, disable_form=form, throttle=outcome.throttle)
     form.add_error("code", "That code is not right: two-factor authentication is still on.")
     return _status_page(request, disable_form=form)
+
+
+@sensitive_post_parameters("current_password", "new_password1", "new_password2")
+@csrf_protect
+@never_cache
+@require_http_methods(["GET", "POST"])
+@full_login_required
+def password_change(request: HttpRequest) -> HttpResponse:
+    """Change your password: the current one, the new one twice, and a code with 2FA on."""
+    form = PasswordChangeForm(
+        request.POST if request.method == "POST" else None,
+        user=request.user,
+        two_factor=two_factor.two_factor_enabled(request.user),
+    )
+    template, context = "accounts/password_change.html", {"form": form}
+    if not form.is_bound or not form.is_valid():
+        return render(request, template, context)
+    outcome = services.password_change(
+        request=request,
+        current_password=form.cleaned_data["current_password"],
+        new_password=form.cleaned_data["new_password1"],
+        code=form.cleaned_data.get("code", ""),
+        now=time.time(),
+    )
+    if outcome.result == "throttled":
+        return _render_throttled(request, template, context, outcome.throttle)
+    if outcome.result == "wrong_password":
+        form.add_error("current_password", "That is not your current password.")
+        return render(request, template, context)
+    if outcome.result == "wrong_code":
+        form.add_error("code", "That code is not right.")
+        return render(request, template, context)
+    messages.success(
+        request, "Your password is changed. Every other session of your account is signed out."
+    )
+    return redirect("accounts:password_change")

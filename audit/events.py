@@ -51,6 +51,10 @@ class AuditEvent(models.TextChoices):
     USER_SIGNED_UP = "auth.signup", "User signed up"
     LOGIN_THROTTLED = "auth.login_throttled", "Login throttled"
     RECOVERY_CODES_GENERATED = "auth.recovery_codes_generated", "2FA recovery codes generated"
+    # A user's own change on the web (staff's in the admin are staff actions); refused: the
+    # current password or code was wrong (`wrong` in the payload).
+    PASSWORD_CHANGED = "auth.password_changed", "Password changed"
+    PASSWORD_CHANGE_REFUSED = "auth.password_change_refused", "Password change refused"
     # Staff.
     STAFF_ACTION = "staff.action", "Staff action in the admin"
     # Matching workers.
