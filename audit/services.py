@@ -34,6 +34,7 @@ from rest_framework.authentication import SessionAuthentication
 from audit.events import AuditChannel, AuditEvent
 from audit.models import NS_PER_DAY
 from exchange.db_cursors import bound_cursor
+from exchange.timestamps import iso_z
 
 _EPOCH_DAY = dt.date(1970, 1, 1)
 _API_VERSION_RE = re.compile(r"^/api/(v\d+)/")
@@ -216,11 +217,15 @@ def audit_record(
 
 class _PayloadEncoder(DjangoJSONEncoder):
     """Django's encoder, but a Decimal is written in fixed point: "0.00000001", where str()
-    gives "1E-8" (a tick size of a listing, a price of a cheap coin)."""
+    gives "1E-8" (a tick size of a listing, a price of a cheap coin), and an aware datetime in
+    UTC with `Z` to the microsecond, as the API writes it (Django's cut it to the millisecond:
+    a GTD order's recorded expire_at was up to 1 ms before the one it expired at)."""
 
     def default(self, o):
         if isinstance(o, Decimal):
             return format(o, "f")
+        if isinstance(o, dt.datetime) and o.utcoffset() is not None:
+            return iso_z(o)
         return super().default(o)
 
 

@@ -83,10 +83,14 @@ class InstrumentAdmin(admin.ModelAdmin):
             super().save_model(request, obj, form, change)
             services.instrument_list(instrument=obj, actor=request.user, http_request=request)
             return
-        previous = Instrument.objects.get(pk=obj.pk)
+        # Locked as the save's UPDATE locks it: another staff member's edit committed meanwhile
+        # is read here, and ends up in the rules sent (the form's row as it read it had sent the
+        # engine the other edit's old values, which then stayed in force there).
+        previous = Instrument.objects.select_for_update(no_key=True).get(pk=obj.pk)
         # A halt, resume or delisting committed meanwhile had been undone (the book halted in
         # its engine, while order entry and the ticker said trading).
         changed_fields_save(obj, form)
+        obj.refresh_from_db()  # this form's changes over what others committed before it
         command = services.instrument_rules_update(
             instrument=obj, previous=previous, actor=request.user, http_request=request
         )

@@ -5,7 +5,6 @@ a JSON number for them is refused with NumberNotString, so no client loses preci
 """
 
 import copy
-import datetime as dt
 import re
 from decimal import Decimal, InvalidOperation
 
@@ -15,6 +14,7 @@ from rest_framework import serializers
 from exchange.errors import echoed, rejection_body, trading_error
 from exchange.models import MONEY, Instrument, Order, StpMode, Trade, decimal_plain
 from exchange.order_rules import OrderRequest
+from exchange.timestamps import iso_z
 from matching.engine import decimal_places
 
 # ASCII digits only: \d (and Decimal) would read Arabic-Indic digits as 10 for "\u0661\u0660".
@@ -268,14 +268,6 @@ def _fmt(value: Decimal | None, step: Decimal) -> str | None:
     if value is None:
         return None
     return f"{value:.{decimal_places(step)}f}"
-
-
-def iso_z(value: dt.datetime | None) -> str | None:
-    """ISO 8601 in UTC with `Z`, as DRF's DateTimeField renders it (without building one)."""
-    if value is None:
-        return None
-    text = value.astimezone(dt.UTC).isoformat()
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
 def price_str(instrument: Instrument, value: Decimal | None) -> str | None:

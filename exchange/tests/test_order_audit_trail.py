@@ -1,10 +1,14 @@
 """An order's audit trail as a compliance officer reads it: each event of the order once, in
 the order it happened (against the real web process and shard worker)."""
 
+import datetime as dt
+
 import pytest
+from django.utils import timezone
 
 from audit.models import AuditRecord
 from conftest import wait_until
+from exchange.serializers import iso_z
 from exchange.tests.api_client import ApiClient, make_instrument
 
 pytestmark = [pytest.mark.processes]
@@ -177,3 +181,17 @@ def test_an_order_ended_by_the_command_that_placed_it_is_accepted_before_it_ends
         "order.cancelled",
     ]
     assert history(own)[4].payload["why"] == "stp"
+
+
+def test_an_orders_expiry_is_recorded_to_the_microsecond_as_the_order_keeps_it(clients):
+    # order.submitted wrote expire_at cut to the millisecond ("...:00.123Z" of an order that
+    # expires at ...:00.123456): a trade in between read as one after the recorded expiry.
+    trader, _, _ = clients
+    symbol = make_instrument().symbol
+    expire_at = (timezone.now() + dt.timedelta(hours=1)).replace(microsecond=123456)
+    placed = trader.place(
+        **limit(symbol, "buy", "10.00", "1", time_in_force="GTD", expire_at=iso_z(expire_at))
+    ).json()
+    assert placed["expire_at"] == iso_z(expire_at)
+    submitted = next(r for r in history(placed) if r.event_type == "order.submitted")
+    assert submitted.payload["expire_at"] == iso_z(expire_at)

@@ -27,7 +27,7 @@ from conftest import transaction_held_open, wait_until
 from exchange.api_errors import ApiError
 from exchange.models import Instrument, Order
 from exchange.order_rules import OrderRequest
-from exchange.services import instrument_halt, order_amend, order_place
+from exchange.services import instrument_halt, instrument_rules_update, order_amend, order_place
 from exchange.tests.admin_http import (
     admin_action,
     admin_action_post,
@@ -1023,6 +1023,35 @@ def test_an_instrument_edit_saved_while_a_halt_commits_keeps_the_halt(exchange_s
     instrument.refresh_from_db()
     assert (instrument.status, instrument.status_reason) == ("halted", "Pending news")
     assert instrument.min_notional == Decimal("2")
+
+
+@pytest.mark.processes
+def test_two_staff_edits_of_an_instrument_saved_together_both_reach_the_engine(
+    exchange_stack, live_db
+):
+    # The later save sent the engine every rule as its form had read them: another staff
+    # member's band, committed meanwhile, was kept in the database and order entry but undone
+    # in the engine (which then rejected orders order entry took, or took ones it refused).
+    instrument = make_instrument(price_band_pct=Decimal("10"))
+    staff = admin_client(exchange_stack)
+
+    def other_staff_widen_the_band():
+        previous = Instrument.objects.get(pk=instrument.pk)
+        edited = Instrument.objects.get(pk=instrument.pk)
+        edited.price_band_pct = Decimal("20")
+        edited.save(update_fields=["price_band_pct"])
+        instrument_rules_update(instrument=edited, previous=previous, actor=None)
+
+    saved = saved_behind(
+        other_staff_widen_the_band,
+        lambda: admin_instrument_change(staff, instrument, min_notional="2"),
+    )
+    assert saved.status_code == 302, saved.text[:2000]
+    instrument.refresh_from_db()
+    assert (instrument.price_band_pct, instrument.min_notional) == (Decimal("20"), Decimal("2"))
+    sent = Command.objects.filter(kind="update_rules", payload__symbol=instrument.symbol)
+    last = sent.order_by("pk").last().payload
+    assert (last["band_ppm"], last["min_notional"]) == (200_000, 200)
 
 
 @pytest.mark.processes

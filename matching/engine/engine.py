@@ -105,6 +105,10 @@ _ROW_PRICE = itemgetter(1)
 # heap (factor 2: 10,731 instructions a command on the bench mix, 3: 10,632, 4: 10,593).
 HEAP_GROWTH = 4
 HEAP_SLACK = 64
+# The expiry heap keeps an order's entry until its expire_at, ended or not (a cancel does not
+# look for it): past twice its size after the last sweep plus EXPIRY_SLACK it is swept of the
+# entries of orders that ended or moved (amortized: a sweep follows as many new entries).
+EXPIRY_SLACK = 4096
 _BAD_INPUT = (KeyError, IndexError, TypeError, ValueError)
 
 
@@ -366,6 +370,7 @@ class Engine:
         self.ev_seq = 0
         self.trade_seq = 0
         self._expiry: list[tuple] = []
+        self._expiry_kept = 0  # the expiry heap's size after its last sweep
         self._touched: list[Book] = []
         slow = self._slow
         # Each opcode's general handler (cmd, out); `_handlers` runs one through `_slow`.
@@ -1143,7 +1148,10 @@ class Engine:
         o.stp = stp  # STP_DEFAULT: the book's default when it matches
         o.level = o.prev = o.next = None
         if o.expire_at:
-            heapq.heappush(self._expiry, (o.expire_at, oid))
+            expiry = self._expiry
+            if len(expiry) >= 2 * self._expiry_kept + EXPIRY_SLACK:
+                self._expiry_sweep()
+            heapq.heappush(expiry, (o.expire_at, oid))
         if otype >= STOP_MARKET:
             last = book.last
             if last is not None and (last >= stop_px if is_buy else last <= stop_px):
@@ -1159,6 +1167,18 @@ class Engine:
             self._process(book, o, ts, out, True)
         if book.buy_stops or book.sell_stops:
             self._run_stops(book, ts, out)
+
+    def _expiry_sweep(self) -> None:
+        """Drop the expiry heap's entries of orders no longer live, or whose expiry moved."""
+        orders = self.orders
+        expiry = self._expiry
+        expiry[:] = [
+            entry
+            for entry in expiry
+            if (o := orders.get(entry[1])) is not None and o.expire_at == entry[0]
+        ]
+        heapq.heapify(expiry)
+        self._expiry_kept = len(expiry)
 
     def _validate_place(self, book: Book, cmd) -> str | None:
         (_, ts, _sym, _oid, _uid, is_buy, otype, price, qty, tif, exp, flags, disp, stop_px, mq,
@@ -2149,6 +2169,7 @@ class Engine:
             book.buy_stops.sort(key=lambda e: e[:2])
             book.sell_stops.sort(key=lambda e: e[:2])
         heapq.heapify(expiry)
+        eng._expiry_kept = len(expiry)
         return eng
 
     def state_hash(self) -> str:

@@ -138,3 +138,22 @@ def test_an_order_expires_within_a_command_as_one_book_update():
     assert len(events) == 2  # the expiry, then the new order: one book update, at the last
     assert h.engine.book_seq("X") == events[-1][1]
     assert h.depth() == ([(99, 1, 1)], [])
+
+
+def test_gtd_orders_that_ended_early_leave_no_expiry_entry_behind():
+    # Each GTD or DAY order left its entry in the expiry heap until its expire_at, ended or
+    # not: a market maker cancelling GTD orders that run a month grew the worker's memory by
+    # every order it ever sent, for a month (and every command paid a longer heap).
+    h = Harness()
+    far = 10**18
+    h.buy(1, 90, 1, tif=GTD, expire_at=far + 1)  # stays, and still expires at its time
+    for oid in range(2, 30_002):
+        h.sell(oid, 100, 1, tif=GTD, expire_at=far)
+        if oid % 2:
+            h.cancel(oid)
+        else:
+            h.market_buy(oid + 10**6, 1)  # fills it
+    assert len(h.engine.orders) == 1
+    assert len(h.engine._expiry) < 10_000
+    assert h.expire_due(far) == []
+    assert final(h.expire_due(far + 1), 1) == ("expired", "gtd_expired", 0, 0)

@@ -219,3 +219,15 @@ def test_day_expiry_moves_come_in_the_same_order_from_an_engine_rebuilt_from_its
     moved = [e[4] for e in h.apply(command) if e[0] == EV_EXPIRY_MOVED]
     assert moved == [3, 2, 1]  # resting by priority seq, then the stop
     assert rebuilt.apply(command) == h.log[-4:]
+
+
+def test_day_orders_moved_by_new_hours_expire_at_the_new_time_after_the_expiry_sweep():
+    # The expiry heap keeps a moved order's old entry; sweeping it must keep the new one.
+    h = Harness()
+    h.buy(1, 90, 1, tif=DAY, expire_at=10**12)
+    session_change(h, 2 * 10**12)
+    for oid in range(2, 10_002):  # enough ended GTD orders for the heap to be swept
+        h.sell(oid, 100, 1, tif=GTD, expire_at=3 * 10**12)
+        h.cancel(oid)
+    assert h.apply(expire_due(now=10**12)) == []
+    assert final(h.apply(expire_due(now=2 * 10**12)), 1) == ("expired", "day_expired", 0, 0)
