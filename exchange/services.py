@@ -64,6 +64,7 @@ from exchange.selectors import (
     snapshot_top,
 )
 from exchange.serializers import OrderPlaceSerializer, price_str, quantity_str
+from exchange.timestamps import iso_z
 from matching.engine import protocol as p
 from matching.instruments import engine_instrument_spec
 from matching.models import Command
@@ -1233,7 +1234,7 @@ def instrument_rules_update(
         audit_payload["session"] = {
             "from": _session_hours(previous),
             "to": _session_hours(instrument),
-            "day_orders_expire_at": day_expire_at.isoformat(),
+            "day_orders_expire_at": iso_z(day_expire_at),
         }
     command = command_enqueue(
         shard=instrument.shard, kind=Command.Kind.UPDATE_RULES, payload=payload

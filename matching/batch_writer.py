@@ -858,8 +858,8 @@ class BatchWriter:
                             user_id=uid,
                             symbol=sym,
                             payload={
-                                "expire_at": ns_to_datetime(expire_at).isoformat(),
-                                "previous_expire_at": ns_to_datetime(previous).isoformat(),
+                                "expire_at": iso_z(ns_to_datetime(expire_at)),
+                                "previous_expire_at": iso_z(ns_to_datetime(previous)),
                                 "reason": "session_hours_changed",
                                 "command_id": a.command_id,
                             },
@@ -899,7 +899,7 @@ class BatchWriter:
                     if action == "updated":  # the rules the engine now applies
                         payload |= dataclasses.asdict(a.cmd[2])
                         if len(a.cmd) > 3:  # new session hours: the DAY orders' new expiry
-                            payload["day_orders_expire_at"] = ns_to_datetime(a.cmd[3]).isoformat()
+                            payload["day_orders_expire_at"] = iso_z(ns_to_datetime(a.cmd[3]))
                     else:
                         payload |= a.halt_note or {}
                         statuses.append(_status_change(symbol, action, a))

@@ -16,6 +16,7 @@ from conftest import BASE_DIR, wait_until
 from exchange.models import Instrument, Order, Trade
 from exchange.services import instrument_rules_update
 from exchange.tests.api_client import make_user
+from exchange.timestamps import iso_z
 from matching.command_codec import datetime_to_ns
 from matching.engine import STP_CANCEL_BOTH, Engine
 from matching.lease import database_conninfo
@@ -432,8 +433,10 @@ def test_new_session_hours_move_open_day_orders_and_replay(processes, process_en
     assert sorted(moved.values_list("order_id", flat=True)) == sorted([day_sell.pk, day_buy.pk])
     payload = moved.first().payload
     assert (payload["expire_at"], payload["previous_expire_at"], payload["reason"]) == (
-        midnight.isoformat(), soon.isoformat(), "session_hours_changed"
-    )  # fmt: skip
+        iso_z(midnight),
+        iso_z(soon),
+        "session_hours_changed",
+    )  # as the API writes instants (they read +00:00)
     assert payload["command_id"] > 0
     # Their owners hear of it on the orders channel (one frame each, status unchanged).
     frames = []
@@ -465,7 +468,7 @@ def test_new_session_hours_move_open_day_orders_and_replay(processes, process_en
     changed = AuditRecord.objects.filter(
         event_type="instrument.rules_changed", symbol=instrument.symbol
     ).latest("seq")
-    assert "day_orders_expire_at" in changed.payload
+    assert changed.payload["day_orders_expire_at"].endswith("Z")
     exactly_once_invariants()
     # The journal's replay (both updates with their DAY expiry) equals the rebuilt book.
     assert "OK" in matching_verify(process_env)
