@@ -34,12 +34,14 @@ from exchange.api_errors import (
 from exchange.errors import echoed
 from exchange.json_text import (
     LONE_SURROGATE_MESSAGE,
+    NESTING_MESSAGE,
     STRICT_JSON,
     JsonRefused,
     finite_float,
     holds_lone_surrogate,
     holds_nul,
     refuse_constant,
+    refuse_deep_nesting,
 )
 from exchange.market_hub import SNAPSHOT_DEPTH, Subscriber, channel_symbol, hub
 from exchange.redis_connection import redis_read_ahead
@@ -97,6 +99,7 @@ def _op_and_id(raw) -> dict:
     """The `op` and `id` of a message, as answers echo them ({} when it is not a JSON object)."""
     try:
         message = json.loads(raw, parse_constant=refuse_constant, parse_float=finite_float)
+        refuse_deep_nesting(raw, message)
     except (ValueError, TypeError, RecursionError):
         return {}
     return _answer_ids(message) if isinstance(message, dict) else {}
@@ -733,8 +736,14 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 # surrogate let through), so the checks below see what the decoder saw.
                 raw = bytes_data.decode(json.detect_encoding(bytes_data), "surrogatepass")
             message = json.loads(raw, **STRICT_JSON)
+            refuse_deep_nesting(raw, message)
         except (ValueError, TypeError, RecursionError) as exc:  # RecursionError: too deep
-            why = str(exc) if isinstance(exc, JsonRefused) else "a message is one JSON object"
+            if isinstance(exc, JsonRefused):
+                why = str(exc)
+            elif isinstance(exc, RecursionError):
+                why = NESTING_MESSAGE
+            else:
+                why = "a message is one JSON object"
             self.error("MalformedRequest", why, **_op_and_id(raw))
             return
         if not isinstance(message, dict):
