@@ -531,7 +531,11 @@ class StreamConsumer(AsyncWebsocketConsumer):
         await handler(message)
 
     async def connect(self) -> None:
-        self.sub = Subscriber(maxsize=settings.WS_QUEUE_SIZE, on_give_up=self._give_up)
+        self.sub = Subscriber(
+            maxsize=settings.WS_QUEUE_SIZE,
+            max_bytes=settings.WS_QUEUE_BYTES,
+            on_give_up=self._give_up,
+        )
         user = self.scope.get("user")
         self.user = user if getattr(user, "is_authenticated", False) else None
         self.key_credentials = None  # an API-key login's key (a session has every right)
