@@ -575,6 +575,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
         self.sub.direct = DirectSocket.attach(self.scope.get(RAW_SEND_KEY))
         loop = asyncio.get_running_loop()
         self.writer = loop.create_task(self._write())
+        self.login_check: asyncio.Task | None = None  # the last ping's (see _tick)
         self.timer = loop.create_task(self._tick())
 
     async def _refuse_extra_connection(self, limit: int) -> None:
@@ -605,7 +606,11 @@ class StreamConsumer(AsyncWebsocketConsumer):
         self.closing = True
         if hasattr(self, "sub"):
             hub.remove_all(self.sub)
-        for task in (getattr(self, "writer", None), getattr(self, "timer", None)):
+        for task in (
+            getattr(self, "writer", None),
+            getattr(self, "timer", None),
+            getattr(self, "login_check", None),
+        ):
             if task is not None:
                 task.cancel()
         # The order ops received before the close still run, in their turn, unanswered: they
@@ -677,10 +682,17 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 self.push({"type": "ping", "id": self.ping_id})
                 # Also with each ping: a socket whose login no longer stands (its key revoked,
                 # its web session ended, its user deactivated) is closed, its private channel
-                # with it.
-                if self.user is not None and not await self._still_authorised():
-                    await self._close(CLOSE_LOGIN_REVOKED)
-                    return
+                # with it. On a task of its own: the check waits for a view thread, and while
+                # order ops held them all the heartbeats and pings had stopped (and the socket
+                # was then closed 4000 as silent, having had no ping to answer).
+                if self.user is not None and (self.login_check is None or self.login_check.done()):
+                    self.login_check = asyncio.get_running_loop().create_task(
+                        self._close_unless_authorised()
+                    )
+
+    async def _close_unless_authorised(self) -> None:
+        if not await self._still_authorised():
+            await self._close(CLOSE_LOGIN_REVOKED)
 
     async def _still_authorised(self) -> bool:
         """The login still stands: its API key not revoked, its web session not ended, its user
