@@ -13,4 +13,5 @@ RUN pip install --no-cache-dir -r requirements.txt
 COPY . .
 COPY --from=web-assets /assets/node_modules ./node_modules
 EXPOSE 8000
-CMD ["python", "-m", "uvicorn", "exchange.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--no-proxy-headers"]
+# The Procfile's web command (its WebSocket flags: 64 KiB messages, no compression).
+CMD ["python", "-m", "uvicorn", "exchange.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--no-access-log", "--no-proxy-headers", "--ws", "websockets-sansio", "--ws-per-message-deflate", "false", "--ws-max-size", "65536"]

@@ -34,12 +34,14 @@ from exchange.api_errors import (
 from exchange.errors import echoed
 from exchange.json_text import (
     LONE_SURROGATE_MESSAGE,
+    NESTING_MESSAGE,
     STRICT_JSON,
     JsonRefused,
     finite_float,
     holds_lone_surrogate,
     holds_nul,
     refuse_constant,
+    refuse_deep_nesting,
 )
 from exchange.market_hub import SNAPSHOT_DEPTH, Subscriber, channel_symbol, hub
 from exchange.redis_connection import redis_read_ahead
@@ -97,6 +99,7 @@ def _op_and_id(raw) -> dict:
     """The `op` and `id` of a message, as answers echo them ({} when it is not a JSON object)."""
     try:
         message = json.loads(raw, parse_constant=refuse_constant, parse_float=finite_float)
+        refuse_deep_nesting(raw, message)
     except (ValueError, TypeError, RecursionError):
         return {}
     return _answer_ids(message) if isinstance(message, dict) else {}
@@ -528,7 +531,11 @@ class StreamConsumer(AsyncWebsocketConsumer):
         await handler(message)
 
     async def connect(self) -> None:
-        self.sub = Subscriber(maxsize=settings.WS_QUEUE_SIZE, on_give_up=self._give_up)
+        self.sub = Subscriber(
+            maxsize=settings.WS_QUEUE_SIZE,
+            max_bytes=settings.WS_QUEUE_BYTES,
+            on_give_up=self._give_up,
+        )
         user = self.scope.get("user")
         self.user = user if getattr(user, "is_authenticated", False) else None
         self.key_credentials = None  # an API-key login's key (a session has every right)
@@ -568,6 +575,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
         self.sub.direct = DirectSocket.attach(self.scope.get(RAW_SEND_KEY))
         loop = asyncio.get_running_loop()
         self.writer = loop.create_task(self._write())
+        self.login_check: asyncio.Task | None = None  # the last ping's (see _tick)
         self.timer = loop.create_task(self._tick())
 
     async def _refuse_extra_connection(self, limit: int) -> None:
@@ -598,7 +606,11 @@ class StreamConsumer(AsyncWebsocketConsumer):
         self.closing = True
         if hasattr(self, "sub"):
             hub.remove_all(self.sub)
-        for task in (getattr(self, "writer", None), getattr(self, "timer", None)):
+        for task in (
+            getattr(self, "writer", None),
+            getattr(self, "timer", None),
+            getattr(self, "login_check", None),
+        ):
             if task is not None:
                 task.cancel()
         # The order ops received before the close still run, in their turn, unanswered: they
@@ -670,10 +682,17 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 self.push({"type": "ping", "id": self.ping_id})
                 # Also with each ping: a socket whose login no longer stands (its key revoked,
                 # its web session ended, its user deactivated) is closed, its private channel
-                # with it.
-                if self.user is not None and not await self._still_authorised():
-                    await self._close(CLOSE_LOGIN_REVOKED)
-                    return
+                # with it. On a task of its own: the check waits for a view thread, and while
+                # order ops held them all the heartbeats and pings had stopped (and the socket
+                # was then closed 4000 as silent, having had no ping to answer).
+                if self.user is not None and (self.login_check is None or self.login_check.done()):
+                    self.login_check = asyncio.get_running_loop().create_task(
+                        self._close_unless_authorised()
+                    )
+
+    async def _close_unless_authorised(self) -> None:
+        if not await self._still_authorised():
+            await self._close(CLOSE_LOGIN_REVOKED)
 
     async def _still_authorised(self) -> bool:
         """The login still stands: its API key not revoked, its web session not ended, its user
@@ -733,8 +752,14 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 # surrogate let through), so the checks below see what the decoder saw.
                 raw = bytes_data.decode(json.detect_encoding(bytes_data), "surrogatepass")
             message = json.loads(raw, **STRICT_JSON)
+            refuse_deep_nesting(raw, message)
         except (ValueError, TypeError, RecursionError) as exc:  # RecursionError: too deep
-            why = str(exc) if isinstance(exc, JsonRefused) else "a message is one JSON object"
+            if isinstance(exc, JsonRefused):
+                why = str(exc)
+            elif isinstance(exc, RecursionError):
+                why = NESTING_MESSAGE
+            else:
+                why = "a message is one JSON object"
             self.error("MalformedRequest", why, **_op_and_id(raw))
             return
         if not isinstance(message, dict):

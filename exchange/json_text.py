@@ -62,6 +62,30 @@ class JsonRefused(ValueError):
     """Valid to Python's json module, refused here (the message says why)."""
 
 
+# How deep arrays and objects may nest in a message (no field takes more than a list of lists).
+MAX_NESTING = 32
+NESTING_MESSAGE = f"arrays and objects may nest at most {MAX_NESTING} deep"
+
+
+def refuse_deep_nesting(raw: str | bytes, message: Any) -> None:
+    """JsonRefused for arrays and objects nested more than MAX_NESTING deep: the decoder reads
+    nearly a thousand levels, and an answer repeating such a value (a socket op's `id`) ran out
+    of the recursion limit while encoding it."""
+    brackets = ("[", "{") if isinstance(raw, str) else (b"[", b"{")
+    if sum(raw.count(bracket) for bracket in brackets) <= MAX_NESTING:
+        return  # cannot nest deeper than it has brackets
+    todo = [(message, 1)]
+    while todo:
+        value, depth = todo.pop()
+        if isinstance(value, dict):
+            value = value.values()
+        elif not isinstance(value, list):
+            continue
+        if depth > MAX_NESTING:
+            raise JsonRefused(NESTING_MESSAGE)
+        todo.extend((child, depth + 1) for child in value)
+
+
 def unique_keys(pairs: list[tuple[str, Any]]) -> dict:
     """`object_pairs_hook` refusing an object with a key twice (ValueError): json lets the last
     one win, so a body could say one thing to whoever read it and another to the exchange."""

@@ -260,13 +260,51 @@ def _shown(ticker: dict) -> dict:
     return {key: value for key, value in ticker.items() if key != "seq"}
 
 
+class FrameQueue(asyncio.Queue):
+    """A connection's queue of frames, full at `maxsize` frames or once the frames it holds
+    reach `max_bytes` (frames are ASCII JSON: a character is a byte). An answer repeats what
+    the op sent (an `id` of 60 KB), so a bound in frames alone let a client that reads nothing
+    hold 2,000 such answers, 120 MB of the web process's memory."""
+
+    def __init__(self, *, maxsize: int, max_bytes: int | None = None) -> None:
+        super().__init__(maxsize=maxsize)
+        self.max_bytes = max_bytes
+        self.queued_bytes = 0
+
+    def _put(self, item: str) -> None:
+        self.queued_bytes += len(item)
+        super()._put(item)
+
+    def _get(self) -> str:
+        item = super()._get()
+        self.queued_bytes -= len(item)
+        return item
+
+    def full(self) -> bool:
+        return super().full() or (
+            self.max_bytes is not None and self.queued_bytes >= self.max_bytes
+        )
+
+    def leaves_room(self, frames: list[str]) -> bool:
+        """Whether this queue, emptied, would take `frames` and one more."""
+        return len(frames) < self.maxsize and (
+            self.max_bytes is None or sum(map(len, frames)) < self.max_bytes
+        )
+
+
 class Subscriber:
     """One connection as the hub sees it: its subscriptions and its bounded frame queue."""
 
     RESYNC_LIMIT = 50  # resyncs for a slow consumer before the hub gives up on it
 
-    def __init__(self, *, maxsize: int, on_give_up: Callable[[], None] | None = None) -> None:
-        self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=maxsize)
+    def __init__(
+        self,
+        *,
+        maxsize: int,
+        max_bytes: int | None = None,
+        on_give_up: Callable[[], None] | None = None,
+    ) -> None:
+        self.queue = FrameQueue(maxsize=maxsize, max_bytes=max_bytes)
         self.user_id: int | None = None
         self.channels: set[str] = set()
         self.depths: dict[str, int] = {}  # symbol -> book depth
@@ -613,11 +651,12 @@ class MarketHub:
         # op was answered (an order.place's order id, say). Only when they leave no room for
         # the notice is the connection given up on (it sends ops and reads nothing).
         answers = [frame for frame in dropped if frame.startswith(_ANSWER_STARTS)]
-        if len(answers) >= sub.queue.maxsize:
+        if not sub.queue.leaves_room(answers):
             if sub.on_give_up is not None:
                 sub.on_give_up()
                 return
-            answers = answers[len(answers) - sub.queue.maxsize + 1 :]
+            while not sub.queue.leaves_room(answers):
+                answers.pop(0)
         for frame in answers:
             sub.queue.put_nowait(frame)
         # Trade and order frames cannot be replayed; nor can a book's or ticker's status frame

@@ -130,8 +130,10 @@ WS_MAX_CONNECTIONS_PER_IP = env.int("WS_MAX_CONNECTIONS_PER_IP", default=100)
 WS_MAX_MESSAGES_PER_SECOND = env.int("WS_MAX_MESSAGES_PER_SECOND", default=200)
 # Messages refused for the rate limit before the socket is closed (close code 4029).
 WS_ABUSE_CLOSE_AFTER = env.int("WS_ABUSE_CLOSE_AFTER", default=20)
-# Frames queued per connection; a connection past it is dropped to fresh snapshots.
+# Frames queued per connection, and their bytes; a connection past either is dropped to fresh
+# snapshots (closed, 4008, when the answers to its ops alone reach it).
 WS_QUEUE_SIZE = env.int("WS_QUEUE_SIZE", default=2000)
+WS_QUEUE_BYTES = env.int("WS_QUEUE_BYTES", default=8 * 1024 * 1024)
 WS_HEARTBEAT_SECONDS = env.float("WS_HEARTBEAT_SECONDS", default=1.0)
 WS_PING_INTERVAL_SECONDS = env.float("WS_PING_INTERVAL_SECONDS", default=10.0)
 # A connection that sends nothing (not even a pong) this long is closed (close code 4000).

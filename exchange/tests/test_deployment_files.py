@@ -1,5 +1,7 @@
 """docker-compose.yml and the Procfile describe the same processes (compose can't run here)."""
 
+import json
+import shlex
 from pathlib import Path
 
 import yaml
@@ -46,3 +48,36 @@ def test_compose_commands_match_the_procfile():
     assert services["worker"]["command"][:4] == ["celery", "-A", "exchange", "worker"]
     assert services["beat"]["command"][:4] == ["celery", "-A", "exchange", "beat"]
     assert "exchange.asgi:application" in services["web"]["command"]
+
+
+def without_host_and_port(argv: list[str]) -> list[str]:
+    """A uvicorn command line without its interpreter, `--host` and `--port` (they differ by
+    place)."""
+    kept, skip = [], False
+    for arg in argv[1:]:
+        if skip:
+            skip = False
+        elif arg in ("--host", "--port"):
+            skip = True
+        else:
+            kept.append(arg)
+    return kept
+
+
+def test_the_images_own_web_command_is_the_procfiles():
+    # The image's CMD (what `docker run` starts without a command) lacked the Procfile's
+    # WebSocket flags: messages up to uvicorn's 16 MiB instead of the documented 64 KiB (1009
+    # past it), compressed frames, and no direct market-data writes.
+    procfile = shlex.split(
+        procfile_programs(BASE_DIR / "Procfile", shard_count=1, port=8000)["web"]
+    )
+    cmd = next(
+        line
+        for line in (BASE_DIR / "Dockerfile").read_text().splitlines()
+        if line.startswith("CMD")
+    )
+    image = json.loads(cmd.removeprefix("CMD"))
+    assert without_host_and_port(image) == without_host_and_port(procfile)
+    assert without_host_and_port(compose()["services"]["web"]["command"]) == (
+        without_host_and_port(procfile)
+    )

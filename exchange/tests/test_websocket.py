@@ -1169,6 +1169,43 @@ def test_heartbeats_come_every_second_without_a_skip(market):
     asyncio.run(scenario())
 
 
+def test_heartbeats_keep_their_beat_while_order_ops_take_every_view_thread(
+    processes, process_env, live_db
+):
+    # The login check made with each ping ran on the API view threads and the heartbeat loop
+    # waited for it: with the threads busy (order ops waiting for the engine's answer), a
+    # logged-in socket's heartbeats stopped until they were free. Here: one view thread, no
+    # matching worker, so each place holds it for ORDER_REPLY_TIMEOUT_SECONDS.
+    symbol = make_instrument().symbol
+    key = make_api_key(make_user())
+    env = {**process_env, "API_VIEW_THREADS": "1", "ORDER_REPLY_TIMEOUT_SECONDS": "1"}
+    url = start_web(processes, env=env).replace("http://", "ws://") + "/ws/v1"
+
+    async def scenario():
+        async with websockets.connect(url, ping_interval=None) as ws:
+            await log_in(ws, key)
+            await send(ws, {"op": "subscribe", "channels": ["heartbeat"]})
+            for n in range(6):
+                order = limit(symbol, "buy", f"{10 + n}.00", "1")
+                await send(ws, {"op": "order.place", "id": n, **order})
+            times, answers, deadline = [], 0, time.monotonic() + 8
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    frame = json.loads(await asyncio.wait_for(ws.recv(), left))
+                except TimeoutError:
+                    break
+                if frame.get("type") == "ping":
+                    await send(ws, {"op": "pong", "id": frame["id"]})
+                elif frame.get("type") == "heartbeat":
+                    times.append(time.monotonic())
+                answers += frame.get("type") == "response"
+            gaps = [b - a for a, b in itertools.pairwise(times)]
+            assert answers >= 5  # the ops took the thread for as long as the test looked
+            assert len(times) >= 6 and max(gaps) < 1.5, gaps
+
+    asyncio.run(scenario())
+
+
 def test_heartbeat_carries_the_server_time_and_each_books_seq(market):
     symbol = market["symbol"]
 

@@ -54,6 +54,34 @@ def test_one_connection_over_the_per_address_limit_is_told_and_closed(exchange_s
     asyncio.run(scenario())
 
 
+def test_an_id_nested_too_deeply_to_answer_is_refused_and_the_socket_keeps_its_place(
+    exchange_stack,
+):
+    # An `id` of nested arrays the decoder read but the answer repeating it could not encode
+    # (a RecursionError, 2 KB deep): the consumer died (no close frame, two tracebacks) and
+    # never gave its place back, so LIMIT such messages locked the address out (4030) for the
+    # web process's life. Sent at every depth up to past the decoder's limit.
+    url = exchange_stack.replace("http://", "ws://") + "/ws/v1"
+
+    async def scenario():
+        for _ in range(LIMIT + 1):
+            async with websockets.connect(url, ping_interval=None) as ws:
+                for depth in range(880, 1080):
+                    nested = "[" * depth + "]" * depth
+                    await ws.send(f'{{"op": "ping", "id": {nested}}}')
+                    refused = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                    assert refused["type"] == "error", (depth, str(refused)[:200])
+                    assert (refused["error"], refused["code"]) == ("MalformedRequest", -1100)
+                    assert refused["message"] == "arrays and objects may nest at most 32 deep"
+                    assert "id" not in refused
+                # 32 deep, the message's own object included: answered, the `id` repeated.
+                await ws.send(f'{{"op": "ping", "id": {"[" * 31 + "]" * 31}}}')
+                answer = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                assert answer["type"] == "pong" and "id" in answer
+
+    asyncio.run(scenario())
+
+
 async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         while data := await reader.read(65536):

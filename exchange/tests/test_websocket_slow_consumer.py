@@ -80,3 +80,35 @@ def test_a_slow_consumers_resync_keeps_the_answers_to_its_ops(exchange_stack, li
     assert answers[0]["data"]["symbol"] == symbol
     pongs = [f["id"][0] for f in frames if f.get("type") == "pong"]
     assert pongs == list(range(100))
+
+
+def test_a_queue_is_bounded_in_bytes_not_only_in_frames(processes, process_env):
+    # Answers repeat the op's `id` whole: a client that sent pings with 60 KB ids and read
+    # nothing had up to WS_QUEUE_SIZE (2,000) of them queued, 120 MB of the web process's
+    # memory per connection (and 100 connections per address). Its queue now also ends at
+    # WS_QUEUE_BYTES: answers alone past it close the connection (4008), as past its frames.
+    from conftest import start_web
+
+    env = {**process_env, "WS_QUEUE_SIZE": "2000", "WS_QUEUE_BYTES": str(1024 * 1024)}
+    ws_url = start_web(processes, env=env).replace("http://", "ws://") + "/ws/v1"
+
+    async def scenario():
+        sock = barely_reading_socket(ws_url)
+        async with websockets.connect(
+            ws_url, sock=sock, max_size=None, max_queue=1, ping_interval=None
+        ) as ws:
+            pad = "x" * 60_000
+            for n in range(150):  # 9 MB of answers
+                await send(ws, {"op": "ping", "id": [n, pad]})
+            pongs = 0
+            try:
+                while True:
+                    frame = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                    pongs += frame.get("type") == "pong"
+            except websockets.ConnectionClosed as closed:
+                return closed.rcvd.code, pongs
+            except TimeoutError:
+                return None, pongs  # still open: everything was queued
+
+    code, pongs = asyncio.run(scenario())
+    assert (code, pongs < 150) == (4008, True), (code, pongs)
