@@ -181,7 +181,7 @@ def _api_key_login(message: dict, request: SocketRequest, now_ms: int):
     user and the key's credentials, or SignatureRejected (audited)."""
     from accounts.api_keys import (
         api_key_auth_failure_record,
-        api_key_credentials,
+        api_key_credentials_cached,
         api_key_mark_used,
     )
     from accounts.signing import (
@@ -211,7 +211,9 @@ def _api_key_login(message: dict, request: SocketRequest, now_ms: int):
     users = {}
 
     def lookup(key: str):
-        found = api_key_credentials(key)
+        # From the process's cache, as a signed REST request reads its key: each login had
+        # been a database query, at a socket's message rate.
+        found = api_key_credentials_cached(key)
         if found is None:
             return None
         users[found[0].id] = found[1]

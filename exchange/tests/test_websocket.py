@@ -1762,3 +1762,23 @@ def test_a_heartbeat_names_a_book_whose_snapshot_is_on_its_way_without_a_seq():
         "2025-11-25T15:20:01.123Z",
         1764084001123456789,
     )
+
+
+@pytest.mark.django_db
+def test_a_repeated_api_key_login_reads_its_key_from_the_process_cache_as_rest_does():
+    # Each socket login read the key from the database: at a socket's message rate, hundreds of
+    # queries a second per connection that a signed REST request (process cache) never costs.
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from exchange.consumers import SocketRequest, _api_key_login
+
+    user = make_user()
+    key = make_api_key(user)
+    request = SocketRequest({"client": ("198.51.100.7", 4242)})
+    first, _ = _api_key_login(login_op(key), request, time.time_ns() // 1_000_000)
+    assert first.pk == user.pk
+    with CaptureQueriesContext(connection) as queries:
+        again, credentials = _api_key_login(login_op(key), request, time.time_ns() // 1_000_000)
+    assert (again.pk, credentials.id) == (user.pk, key.api_key.pk)
+    assert len(queries) == 0, [q["sql"] for q in queries]
