@@ -54,6 +54,8 @@ SERVICE_UNAVAILABLE_BODY = {
     "message": "the exchange's database is out of reach for a moment: retry shortly (an order "
     "retried with the same client_order_id is placed at most once)",
 }
+# Every ServiceUnavailable (the database's, the order book's) tells the client when to retry.
+SERVICE_UNAVAILABLE_HEADERS = {"Retry-After": "1"}
 INTERNAL_ERROR_BODY = {"error": "Error", "code": -1000, "message": "internal error"}
 
 
@@ -69,6 +71,7 @@ class ApiError(exceptions.APIException):
         field: str | None = None,
         http_status: int = status.HTTP_400_BAD_REQUEST,
         extra: dict | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(detail=message)
         self.error = error
@@ -77,6 +80,7 @@ class ApiError(exceptions.APIException):
         self.field = field
         self.status_code = http_status
         self.extra = extra or {}
+        self.headers = headers
 
     def as_dict(self) -> dict:
         body = {"error": self.error, "code": self.error_code, "message": self.message}
@@ -116,7 +120,7 @@ def _first_validation_error(detail, prefix: str = "") -> tuple[str | None, str, 
 
 def api_exception_handler(exc, context):
     if isinstance(exc, ApiError):
-        return Response(exc.as_dict(), status=exc.status_code)
+        return Response(exc.as_dict(), status=exc.status_code, headers=exc.headers)
     if isinstance(exc, RequestDataTooBig):  # a body over DATA_UPLOAD_MAX_MEMORY_SIZE
         body = {
             "error": "PayloadTooLarge",
@@ -144,7 +148,9 @@ def api_exception_handler(exc, context):
                 getattr(request, "path", "?"),
                 extra={"status_code": 503, "why": str(exc).strip()[:200]},
             )
-            response = Response(SERVICE_UNAVAILABLE_BODY, status=503, headers={"Retry-After": "1"})
+            response = Response(
+                SERVICE_UNAVAILABLE_BODY, status=503, headers=SERVICE_UNAVAILABLE_HEADERS
+            )
             # Logged just above: Django would log the 503 again, at ERROR (its flag for that).
             response._has_been_logged = True
             return response

@@ -11,7 +11,7 @@ from django.db import connection
 from django.db.models import Count, Max, Min, Q, QuerySet, Sum
 from django.utils import timezone
 
-from exchange.api_errors import SERVICE_UNAVAILABLE_BODY
+from exchange.api_errors import SERVICE_UNAVAILABLE_BODY, SERVICE_UNAVAILABLE_HEADERS
 from exchange.db_cursors import bound_cursor
 from exchange.errors import ApiError, echoed, trading_error
 from exchange.models import Instrument, Order, Trade
@@ -244,6 +244,7 @@ def book_snapshot_to_show(symbol: str) -> dict | None:
             code=SERVICE_UNAVAILABLE_BODY["code"],
             message="the order book is out of reach for a moment: retry shortly",
             http_status=503,
+            headers=SERVICE_UNAVAILABLE_HEADERS,
         ) from exc
     return json.loads(raw) if raw else None
 

@@ -1393,7 +1393,8 @@ def test_the_order_book_while_redis_is_out_of_reach_is_a_503_not_an_empty_book(
 ):
     # The book comes from the worker's snapshot in Redis: out of reach, the order book and its
     # spread answered 200 with no bids and no asks at seq 0, a book a client could act on; the
-    # ticker likewise said best bid and ask null ("no bid, no ask").
+    # ticker likewise said best bid and ask null ("no bid, no ask"). The 503 carries Retry-After
+    # as every ServiceUnavailable does (README): it had none.
     instrument = make_instrument()
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
     base_url = start_web(processes, env={**process_env, "REDIS_URL": dead_redis})
@@ -1409,3 +1410,4 @@ def test_the_order_book_while_redis_is_out_of_reach_is_a_503_not_an_empty_book(
             "code": -1001,
             "message": "the order book is out of reach for a moment: retry shortly",
         }
+        assert response.headers.get("Retry-After") == "1", path
