@@ -114,6 +114,14 @@ def _refuse_past_digit_limits(name: str, data: str) -> None:
         )
 
 
+def _fixed_point(number: int | float) -> str:
+    """A JSON number as the decimal string to send instead, in fixed point as the API takes it
+    (0.00000085 had been told to send "8.5e-07", which the API refuses as an exponent), cut to
+    60 characters as `echoed` cuts a value (a number may have 4,300 digits)."""
+    text = f"{Decimal(repr(number)):f}" if isinstance(number, float) else str(number)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 @extend_schema_field(  # the schema's pattern is DECIMAL_STRING's, in ECMAScript's syntax
     {
         "type": "string",
@@ -136,7 +144,7 @@ class DecimalString(serializers.Field):
         if isinstance(data, int | float):
             raise trading_error(
                 "NumberNotString",
-                f'{name} must be a JSON string such as "{data}", not a number '
+                f'{name} must be a JSON string such as "{_fixed_point(data)}", not a number '
                 "(numbers lose precision)",
                 field=name,
             )

@@ -837,6 +837,29 @@ def test_an_off_lot_or_off_tick_value_is_named_in_plain_digits(market):
     assert refused["message"].startswith("quote_quantity 0.000000001 has more"), refused
 
 
+def test_a_number_sent_as_json_is_told_the_fixed_point_string_to_send_instead(market):
+    # 0.00000085 was told to send "8.5e-07" and 1e20 "1e+20", strings the API refuses (it never
+    # takes an exponent); a number of thousands of digits was echoed whole.
+    instrument, maker, _ = market
+    for sent, shown in (
+        ("0.00000085", '"0.00000085"'),
+        ("1e20", '"100000000000000000000"'),
+        ("10.5", '"10.5"'),
+        ("9" * 4000, '"' + "9" * 57 + '..."'),
+    ):
+        body = json.dumps(limit(instrument.symbol, "buy", "10.00", "PLACEHOLDER")).replace(
+            '"PLACEHOLDER"', sent
+        )
+        refused = maker.http.post(
+            "/api/v1/orders", content=body, headers={"Content-Type": "application/json"}
+        )
+        assert refused.status_code == 400, refused.text
+        answer = refused.json()
+        assert (answer["error"], answer["field"]) == ("NumberNotString", "quantity")
+        assert f"must be a JSON string such as {shown}, not a number" in answer["message"]
+    assert not Order.objects.filter(user=maker.user).exists()
+
+
 def test_an_order_refused_at_entry_is_audited_whatever_its_body_and_a_placed_one_is_not(market):
     instrument, maker, _ = market
     placed = maker.place(**limit(instrument.symbol, "buy", "10.00", "10"))
