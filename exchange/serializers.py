@@ -68,10 +68,17 @@ class IsoDateTime(serializers.DateTimeField):
     """DRF's DateTimeField, taking only an instant as ISO_INSTANT writes it: a date and time
     with its zone, as sent (no surrounding whitespace, as for the decimal fields)."""
 
+    # Whatever DRF's parser refused (a number, month 13, an offset of +99:00) had been told
+    # DRF's format, "[+HH:MM|-HH:MM|Z]": the zone optional, where this field requires it.
+    default_error_messages = {
+        "invalid": f"Datetime has wrong format. Use one of these formats instead: "
+        f"{ISO_INSTANT_FORMAT}, a real date and time (e.g. 2026-11-25T14:22:12Z)."
+    }
+
     def to_internal_value(self, value):
         if isinstance(value, str):
             if not ISO_INSTANT.match(value):
-                self.fail("invalid", format=ISO_INSTANT_FORMAT)
+                self.fail("invalid")
             value = value.upper()  # RFC 3339 allows "t" and "z"; Django's parser does not
         return super().to_internal_value(value)
 

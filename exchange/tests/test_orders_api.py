@@ -860,6 +860,20 @@ def test_a_number_sent_as_json_is_told_the_fixed_point_string_to_send_instead(ma
     assert not Order.objects.filter(user=maker.user).exists()
 
 
+def test_a_refused_expiry_is_told_the_format_with_its_zone_required(market):
+    # A number, month 13 or an offset of +99:00 had been told DRF's format, whose zone is
+    # optional ("[+HH:MM|-HH:MM|Z]"): a client following it sent no zone and was refused again.
+    instrument, maker, _ = market
+    for expire_at in (1795000000000, "2030-13-01T00:00:00Z", "2030-01-01T00:00:00+99:00"):
+        body = {**limit(instrument.symbol, "buy", "10.00", "10"), **gtd_at(expire_at)}
+        refused = maker.place(**body)
+        assert refused.status_code == 400, refused.text
+        answer = refused.json()
+        assert (answer["error"], answer["field"]) == ("InvalidParameter", "expire_at")
+        assert "YYYY-MM-DDThh:mm[:ss[.ffffff]](Z|+hh:mm|-hh:mm)" in answer["message"], answer
+    assert not Order.objects.filter(user=maker.user).exists()
+
+
 def test_an_order_refused_at_entry_is_audited_whatever_its_body_and_a_placed_one_is_not(market):
     instrument, maker, _ = market
     placed = maker.place(**limit(instrument.symbol, "buy", "10.00", "10"))
