@@ -335,6 +335,7 @@ REST_FRAMEWORK = {
     # JSON bodies only: a form body took the last of a repeated field (quantity=1&quantity=3
     # placed 3), where JSON refuses a key twice. Another content type is 415.
     "DEFAULT_PARSER_CLASSES": ["exchange.parsers.JsonBodyParser"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "exchange.content_negotiation.JsonContentNegotiation",
     "EXCEPTION_HANDLER": "exchange.api_errors.api_exception_handler",
     "DEFAULT_PAGINATION_CLASS": "exchange.pagination.CursorPage",
     "PAGE_SIZE": 100,

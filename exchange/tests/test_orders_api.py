@@ -1088,6 +1088,33 @@ def test_prices_and_quantities_of_a_cheap_coin_are_fixed_point_everywhere(exchan
     assert (traded["price"], traded["quantity"]) == ("0.00000085", "0.00000007")
 
 
+def test_a_refused_body_type_accept_header_or_format_names_what_to_send(market):
+    # DRF's answers named nothing to send: 'Unsupported media type "application/x-www-form-
+    # urlencoded" in request.' (curl -d's default), 'Could not satisfy the request Accept
+    # header.', and a bare 404 'Not found.' for ?format=xml.
+    instrument, maker, _ = market
+    for content_type in ("application/x-www-form-urlencoded", "text/plain"):
+        refused = maker.http.post(
+            "/api/v1/orders",
+            content=f"symbol={instrument.symbol}&side=buy",
+            headers={"Content-Type": content_type},
+        )
+        assert (refused.status_code, refused.json()["error"]) == (415, "UnsupportedMediaType")
+        assert refused.json()["message"] == (
+            f"send the body as Content-Type application/json, not '{content_type}'"
+        )
+    refused = maker.http.get("/api/v1/orders", headers={"Accept": "application/xml"})
+    assert (refused.status_code, refused.json()["error"]) == (406, "NotAcceptable"), refused.text
+    assert "send Accept: application/json" in refused.json()["message"]
+    refused = maker.http.get("/api/v1/orders", params={"format": "xml"})
+    assert refused.status_code == 400, refused.text
+    answer = refused.json()
+    assert (answer["error"], answer["field"]) == ("InvalidParameter", "format")
+    assert answer["message"] == "format must be json (or leave it out); got 'xml'"
+    assert maker.http.get("/api/v1/orders", params={"format": "json"}).status_code == 200
+    assert not Order.objects.filter(user=maker.user).exists()
+
+
 def test_a_body_with_a_key_twice_and_a_mass_cancel_with_a_body_are_refused(market):
     instrument, maker, _ = market
     symbol = instrument.symbol
