@@ -175,7 +175,10 @@ class OrdersView(KnownQueryParameters, APIView):
         parameters=[
             OpenApiParameter("symbol", str),
             OpenApiParameter(
-                "status", str, description="A status, `open` (can still trade) or `closed`."
+                "status",
+                str,
+                enum=list(ORDER_STATUS_FILTERS),
+                description="A status, `open` (can still trade) or `closed`.",
             ),
             OpenApiParameter("start", dt.datetime),
             OpenApiParameter("end", dt.datetime),
