@@ -9,7 +9,6 @@ import httpx
 import pytest
 import websockets
 from django.contrib.auth.models import Permission
-from django.test import Client
 from django.utils.crypto import get_random_string
 
 from accounts.models import APIKey
@@ -17,7 +16,13 @@ from accounts.signing import sign, ws_login_message
 from audit.events import AuditEvent
 from audit.models import AuditRecord
 from conftest import start_web, wait_until
-from exchange.tests.api_client import ApiClient, make_api_key, make_instrument, make_user
+from exchange.tests.api_client import (
+    ApiClient,
+    make_api_key,
+    make_instrument,
+    make_user,
+    session_client,
+)
 
 pytestmark = [pytest.mark.processes]
 
@@ -25,19 +30,6 @@ pytestmark = [pytest.mark.processes]
 @pytest.fixture
 def base(exchange_stack, live_db) -> str:
     return exchange_stack
-
-
-def session_client(base_url: str, user) -> httpx.Client:
-    """A browser signed in to the web session (CSRF token in cookie and header)."""
-    browser = Client()
-    browser.force_login(user)
-    csrf = get_random_string(32)
-    return httpx.Client(
-        base_url=base_url,
-        cookies={"sessionid": browser.cookies["sessionid"].value, "csrftoken": csrf},
-        headers={"X-CSRFToken": csrf},
-        timeout=15,
-    )
 
 
 def now_ms() -> int:

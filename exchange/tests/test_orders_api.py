@@ -20,7 +20,7 @@ from exchange.models import Order, Trade
 from exchange.order_answers import order_placed_answer
 from exchange.order_rules import OrderRequest
 from exchange.services import order_amend, order_place
-from exchange.tests.api_client import ApiClient, make_instrument, make_user
+from exchange.tests.api_client import ApiClient, make_instrument, make_user, session_client
 from matching.models import Command
 
 pytestmark = [pytest.mark.processes]
@@ -1113,6 +1113,30 @@ def test_a_refused_body_type_accept_header_or_format_names_what_to_send(market):
     assert answer["message"] == "format must be json (or leave it out); got 'xml'"
     assert maker.http.get("/api/v1/orders", params={"format": "json"}).status_code == 200
     assert not Order.objects.filter(user=maker.user).exists()
+
+
+def test_a_web_sessions_mass_cancel_with_a_body_that_reads_as_nothing_cancels_nothing(market):
+    # `[]`, `{}` or `null` in the body of DELETE /orders (falsy once parsed) had been read as
+    # no body: every open order on every symbol cancelled, where a body is refused.
+    instrument, maker, _ = market
+    resting = maker.place(**limit(instrument.symbol, "buy", "10.00", "1"))
+    assert resting.status_code == 201, resting.text
+    with session_client(maker.http.base_url, maker.user) as browser:
+        for body in (b"[]", b"{}", b"null", b"[1]", b"{"):
+            refused = browser.request(
+                "DELETE",
+                "/api/v1/orders",
+                content=body,
+                headers={"Content-Type": "application/json"},
+            )
+            assert refused.status_code == 400, (body, refused.text)
+            assert refused.json()["error"] == "UnexpectedParameter", refused.text
+            assert "takes no body" in refused.json()["message"]
+        named = browser.request("DELETE", "/api/v1/orders", json={"symbol": instrument.symbol})
+        assert named.json()["field"] == "symbol", named.text
+    assert not Command.objects.filter(kind=Command.Kind.MASS_CANCEL, user_id=maker.user.pk)
+    order = maker.get(f"/api/v1/orders/{resting.json()['order_id']}").json()
+    assert order["status"] == "new", order
 
 
 def test_a_body_with_a_key_twice_and_a_mass_cancel_with_a_body_are_refused(market):
