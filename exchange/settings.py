@@ -190,6 +190,7 @@ INSTALLED_APPS = [
 # Django's own middleware, called without a thread hop per hook (see exchange/middleware.py).
 MIDDLEWARE = [
     "exchange.middleware.NulCharacterGuard",
+    "exchange.middleware.UnsizedBodyGuard",
     "exchange.middleware.SecurityMiddleware",
     "exchange.middleware.SessionMiddleware",
     "exchange.middleware.CommonMiddleware",
