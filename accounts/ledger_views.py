@@ -15,7 +15,12 @@ from accounts.models import LedgerAccount, LedgerEntry, LedgerPosting
 from accounts.signing import KeyCredentials
 from exchange.pagination import PAGE_PARAMETERS, CursorPage, page_of
 from exchange.query_params import PAGE_QUERY, KnownQueryParameters
-from exchange.serializers import DecimalString, refuse_unknown_fields
+from exchange.serializers import (
+    DecimalString,
+    RequestBodySerializer,
+    TextOnly,
+    refuse_unknown_fields,
+)
 
 
 class BalanceSerializer(serializers.Serializer):
@@ -37,8 +42,9 @@ class PostingSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
 
 
-class FundsMoveSerializer(serializers.Serializer):
-    asset = serializers.CharField(max_length=16)
+class FundsMoveSerializer(RequestBodySerializer):
+    # As sent, as an order's symbol: "USD\n" had been trimmed and moved USD.
+    asset = TextOnly(max_length=16, trim_whitespace=False)
     amount = DecimalString()
 
     def to_internal_value(self, data):

@@ -8,6 +8,7 @@ import re
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.fields import empty
 
 from audit.chain import iso_ns
 from audit.events import AuditChannel, AuditEvent
@@ -44,6 +45,11 @@ class NanoTimestampField(serializers.Field):
     """ISO 8601 input parsed to integer nanoseconds (UTC)."""
 
     default_error_messages = {"invalid": "Not an ISO 8601 timestamp (e.g. 2026-11-25T14:22:12Z)."}
+
+    def get_value(self, dictionary):
+        # DRF reads an empty form or query value of an optional field as absent: `?start=` had
+        # listed the user's whole activity, where every other time filter refuses it.
+        return dictionary.get(self.field_name, empty)
 
     def to_internal_value(self, data) -> int:
         try:

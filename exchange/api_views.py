@@ -175,7 +175,10 @@ class OrdersView(KnownQueryParameters, APIView):
         parameters=[
             OpenApiParameter("symbol", str),
             OpenApiParameter(
-                "status", str, description="A status, `open` (can still trade) or `closed`."
+                "status",
+                str,
+                enum=list(ORDER_STATUS_FILTERS),
+                description="A status, `open` (can still trade) or `closed`.",
             ),
             OpenApiParameter("start", dt.datetime),
             OpenApiParameter("end", dt.datetime),
@@ -209,9 +212,14 @@ class OrdersView(KnownQueryParameters, APIView):
         },
     )
     def delete(self, request: Request) -> Response:
-        if request.data:
-            # A bot that sent {"symbol": ...} in the body cancelled every order on every symbol.
-            name = next(iter(request.data)) if isinstance(request.data, dict) else None
+        if request.stream is not None:  # a body, whatever it reads as
+            # A bot that sent {"symbol": ...} in the body cancelled every order on every symbol,
+            # and so did a body that reads as nothing ([], {}, null) after that was refused.
+            try:
+                sent = request.data
+            except APIException:  # not JSON: refused as a body all the same
+                sent = None
+            name = next(iter(sent), None) if isinstance(sent, dict) else None
             raise trading_error(
                 "UnexpectedParameter",
                 "DELETE /orders takes no body: send the symbol as a query parameter "

@@ -12,7 +12,8 @@ Django's deploy checks look for its own class paths), changed in how they are ca
   has no session or cookie); other requests run them as before, hops included, because they
   may touch the database (loading or saving a session).
 
-`NulCharacterGuard` comes first: it refuses a NUL character in the path or the query string.
+`NulCharacterGuard` comes first: it refuses a NUL character in the path or the query string;
+`UnsizedBodyGuard` next: it refuses an API request body sent without a Content-Length.
 """
 
 from asgiref.sync import sync_to_async
@@ -69,6 +70,28 @@ class NulCharacterGuard(InlineHooks, MiddlewareMixin):
         if request.path.startswith("/api/"):
             return JsonResponse(trading_error("MalformedRequest", message).as_dict(), status=400)
         return HttpResponseBadRequest(message)
+
+
+class UnsizedBodyGuard(InlineHooks, MiddlewareMixin):
+    """A 400 for an API request whose body comes without a Content-Length (`Transfer-Encoding:
+    chunked`, as Go's client or a streaming one sends it). DRF reads a body only by its
+    Content-Length: such a body was taken as none, so an order was refused 'symbol: This field
+    is required' (it was sent) and a web session's DELETE /orders with one cancelled every
+    order; Django's 2.5 MB body limit does not see it either."""
+
+    def process_request(self, request):
+        meta = request.META
+        if (
+            "HTTP_TRANSFER_ENCODING" not in meta
+            or "CONTENT_LENGTH" in meta
+            or not request.path.startswith("/api/")
+        ):
+            return None
+        message = (
+            "a request body without a Content-Length header (Transfer-Encoding: "
+            f"{meta['HTTP_TRANSFER_ENCODING'][:20]!r}) is not read: send it with its Content-Length"
+        )
+        return JsonResponse(trading_error("MalformedRequest", message).as_dict(), status=400)
 
 
 class SecurityMiddleware(InlineHooks, security.SecurityMiddleware):

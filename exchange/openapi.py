@@ -24,6 +24,12 @@ NOT_FOUND = (
     'A cursor the server did not hand out (`NotFound`, "Invalid cursor"), or nothing of '
     "yours by that id (`NotFound`, `OrderNotFound`, `ApiKeyNotFound`)."
 )
+# Answers of every operation that reads a JSON body, whatever its own.
+BODY_OPERATION = {
+    "413": "The request body is over 2.5 MB (`PayloadTooLarge`).",
+    "415": "The body is not declared `Content-Type: application/json` itself, or is compressed "
+    "(`UnsupportedMediaType`).",
+}
 METHODS = ("get", "post", "put", "patch", "delete")
 
 
@@ -38,9 +44,10 @@ def _may_be_not_found(operation: dict) -> bool:
 
 def common_error_responses(result, generator, request, public):
     """Every API operation lists the rate limit (429), the outage (503) and the refused query
-    (400) answers, every one that needs a signed-in user the 401 and 403 ones, and pages and
-    operations naming an object the 404: none did, so a client generated from the schema had
-    no case for a 429 and its Retry-After, nor for a 400 from /balances or a withdrawal."""
+    (400) answers, every one that needs a signed-in user the 401 and 403 ones, every one that
+    reads a body the 413 and 415 ones, and pages and operations naming an object the 404: none
+    did, so a client generated from the schema had no case for a 429 and its Retry-After, nor
+    for a 400 from /balances or a withdrawal, nor (but placing an order) for a 415."""
     if "Error" not in result.get("components", {}).get("schemas", {}):
         return result
     for path, operations in result["paths"].items():
@@ -52,6 +59,8 @@ def common_error_responses(result, generator, request, public):
             answers = dict(ANY_OPERATION)
             if {} not in operation.get("security", [{}]):  # {}: anyone may call it
                 answers.update(SIGNED_IN_OPERATION)
+            if "requestBody" in operation:
+                answers.update(BODY_OPERATION)
             if _may_be_not_found(operation):
                 answers["404"] = NOT_FOUND
             responses = operation.setdefault("responses", {})

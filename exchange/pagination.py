@@ -21,6 +21,10 @@ class CursorPage(CursorPagination):
     page_size = 100
     page_size_query_param = "limit"
     max_page_size = 1000
+    # What the schema says of the views it paginates itself (the audit API's had said only
+    # "Number of results to return per page."); the others list PAGE_PARAMETERS.
+    page_size_query_description = "Items per page, 1-1000 (default 100)."
+    cursor_query_description = "The position in `next` or `previous`."
 
     def get_page_size(self, request) -> int:
         """`limit` when given: ASCII digits from 1 to max_page_size. DRF's own reading fell
@@ -69,8 +73,8 @@ def _cursor_is_wellformed(encoded: str) -> bool:
 
 # The query parameters of every cursor-paginated list, for its OpenAPI description.
 PAGE_PARAMETERS = [
-    OpenApiParameter("limit", int, description="Items per page, 1-1000 (default 100)."),
-    OpenApiParameter("cursor", str, description="The position in `next` or `previous`."),
+    OpenApiParameter("limit", int, description=CursorPage.page_size_query_description),
+    OpenApiParameter("cursor", str, description=CursorPage.cursor_query_description),
 ]
 
 

@@ -9,7 +9,7 @@ from rest_framework.utils import json
 from exchange.json_text import LONE_SURROGATE_MESSAGE, STRICT_JSON, holds_lone_surrogate
 
 
-def _refuse_other_than_plain_json(request) -> None:
+def refuse_other_than_plain_json(request) -> None:
     """415 unless the body is declared `application/json` itself (DRF's negotiation matched
     wildcards: `*/*` and `application/*` were read as JSON) and is not compressed (a gzip body
     was read as text: "'utf-8' codec can't decode byte 0x8b"; `br` was ignored)."""
@@ -38,7 +38,7 @@ class JsonBodyParser(JSONParser):
     def parse(self, stream, media_type=None, parser_context=None):
         request = (parser_context or {}).get("request")
         if request is not None:
-            _refuse_other_than_plain_json(request)
+            refuse_other_than_plain_json(request)
         encoding = get_encoding(parser_context or {})
         try:
             data = json.load(codecs.getreader(encoding)(stream), **STRICT_JSON)

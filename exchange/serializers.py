@@ -68,10 +68,17 @@ class IsoDateTime(serializers.DateTimeField):
     """DRF's DateTimeField, taking only an instant as ISO_INSTANT writes it: a date and time
     with its zone, as sent (no surrounding whitespace, as for the decimal fields)."""
 
+    # Whatever DRF's parser refused (a number, month 13, an offset of +99:00) had been told
+    # DRF's format, "[+HH:MM|-HH:MM|Z]": the zone optional, where this field requires it.
+    default_error_messages = {
+        "invalid": f"Datetime has wrong format. Use one of these formats instead: "
+        f"{ISO_INSTANT_FORMAT}, a real date and time (e.g. 2026-11-25T14:22:12Z)."
+    }
+
     def to_internal_value(self, value):
         if isinstance(value, str):
             if not ISO_INSTANT.match(value):
-                self.fail("invalid", format=ISO_INSTANT_FORMAT)
+                self.fail("invalid")
             value = value.upper()  # RFC 3339 allows "t" and "z"; Django's parser does not
         return super().to_internal_value(value)
 
@@ -114,6 +121,14 @@ def _refuse_past_digit_limits(name: str, data: str) -> None:
         )
 
 
+def _fixed_point(number: int | float) -> str:
+    """A JSON number as the decimal string to send instead, in fixed point as the API takes it
+    (0.00000085 had been told to send "8.5e-07", which the API refuses as an exponent), cut to
+    60 characters as `echoed` cuts a value (a number may have 4,300 digits)."""
+    text = f"{Decimal(repr(number)):f}" if isinstance(number, float) else str(number)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 @extend_schema_field(  # the schema's pattern is DECIMAL_STRING's, in ECMAScript's syntax
     {
         "type": "string",
@@ -136,7 +151,7 @@ class DecimalString(serializers.Field):
         if isinstance(data, int | float):
             raise trading_error(
                 "NumberNotString",
-                f'{name} must be a JSON string such as "{data}", not a number '
+                f'{name} must be a JSON string such as "{_fixed_point(data)}", not a number '
                 "(numbers lose precision)",
                 field=name,
             )

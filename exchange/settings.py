@@ -192,6 +192,7 @@ INSTALLED_APPS = [
 # Django's own middleware, called without a thread hop per hook (see exchange/middleware.py).
 MIDDLEWARE = [
     "exchange.middleware.NulCharacterGuard",
+    "exchange.middleware.UnsizedBodyGuard",
     "exchange.middleware.SecurityMiddleware",
     "exchange.middleware.SessionMiddleware",
     "exchange.middleware.CommonMiddleware",
@@ -340,6 +341,7 @@ REST_FRAMEWORK = {
     # JSON bodies only: a form body took the last of a repeated field (quantity=1&quantity=3
     # placed 3), where JSON refuses a key twice. Another content type is 415.
     "DEFAULT_PARSER_CLASSES": ["exchange.parsers.JsonBodyParser"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "exchange.content_negotiation.JsonContentNegotiation",
     "EXCEPTION_HANDLER": "exchange.api_errors.api_exception_handler",
     "DEFAULT_PAGINATION_CLASS": "exchange.pagination.CursorPage",
     "PAGE_SIZE": 100,

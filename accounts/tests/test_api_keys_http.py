@@ -9,7 +9,6 @@ import httpx
 import pytest
 import websockets
 from django.contrib.auth.models import Permission
-from django.test import Client
 from django.utils.crypto import get_random_string
 
 from accounts.models import APIKey
@@ -17,7 +16,13 @@ from accounts.signing import sign, ws_login_message
 from audit.events import AuditEvent
 from audit.models import AuditRecord
 from conftest import start_web, wait_until
-from exchange.tests.api_client import ApiClient, make_api_key, make_instrument, make_user
+from exchange.tests.api_client import (
+    ApiClient,
+    make_api_key,
+    make_instrument,
+    make_user,
+    session_client,
+)
 
 pytestmark = [pytest.mark.processes]
 
@@ -25,19 +30,6 @@ pytestmark = [pytest.mark.processes]
 @pytest.fixture
 def base(exchange_stack, live_db) -> str:
     return exchange_stack
-
-
-def session_client(base_url: str, user) -> httpx.Client:
-    """A browser signed in to the web session (CSRF token in cookie and header)."""
-    browser = Client()
-    browser.force_login(user)
-    csrf = get_random_string(32)
-    return httpx.Client(
-        base_url=base_url,
-        cookies={"sessionid": browser.cookies["sessionid"].value, "csrftoken": csrf},
-        headers={"X-CSRFToken": csrf},
-        timeout=15,
-    )
 
 
 def now_ms() -> int:
@@ -298,6 +290,28 @@ def test_keys_are_created_and_revoked_through_the_web_session_only(base):
         AuditEvent.API_KEY_AUTH_FAILED,
     ]
     assert audit_reasons(user, AuditEvent.API_KEY_AUTH_FAILED) == ["revoked_key"]
+
+
+def test_a_method_the_key_endpoints_do_not_take_is_a_405_for_a_key_as_for_a_session(base):
+    # A key's PUT or PATCH had been answered 403 SessionRequired ("sign in to the web session
+    # for this") and audited as a denied request: signed in, it is a 405 all the same.
+    user = make_user()
+    created = make_api_key(user)
+    key, secret = created.api_key, created.secret
+    for method, path in (
+        ("PUT", "/api/v1/api-keys"),
+        ("PATCH", "/api/v1/api-keys"),
+        ("PUT", f"/api/v1/api-keys/{key.pk}"),
+        ("PATCH", f"/api/v1/api-keys/{key.pk}"),
+        ("POST", f"/api/v1/api-keys/{key.pk}"),
+    ):
+        answer = send_signed(base, key.key, secret, method, path, body=b"{}")
+        assert answer.status_code == 405, (method, path, answer.text)
+        assert answer.json()["error"] == "MethodNotAllowed"
+        assert session_client(base, user).request(method, path, json={}).status_code == 405
+    assert not AuditRecord.objects.filter(
+        user_id=user.pk, event_type=AuditEvent.API_KEY_ACCESS_DENIED
+    ).exists()
 
 
 def test_key_creation_refuses_bad_input_with_the_field(base):

@@ -586,6 +586,30 @@ def test_deposits_are_credited_by_staff_only_and_withdrawals_need_funds(market):
     assert staff.get("/api/v1/ledger").json()["results"] == []
 
 
+def test_a_funds_move_takes_the_asset_as_sent_and_only_an_object_body(market):
+    _, base_url = market
+    user = ApiClient(
+        base_url, make_user(funds={"USD": Decimal("100.00")}), permissions=("read", "withdraw")
+    )
+    url = f"/api/v1/users/{user.user.pk}/withdraw"
+    # "USD\n" and " USD" had been trimmed and paid out USD, as an order's symbol no longer is;
+    # the number 5 had been read as the asset "5".
+    for asset in ("USD\n", " USD", "USD "):
+        refused = user.http.post(url, json={"asset": asset, "amount": "1.00"})
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"] == "UnknownAsset" and refused.json()["field"] == "asset"
+    refused = user.http.post(url, json={"asset": 5, "amount": "1.00"})
+    assert refused.status_code == 400 and refused.json()["field"] == "asset", refused.text
+    assert refused.json()["error"] == "InvalidParameter"
+    # A body that is not an object is malformed, as for an order ("No data provided" before).
+    for body in (b"null", b"[]", b'"USD"'):
+        refused = user.http.post(url, content=body, headers={"Content-Type": "application/json"})
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"] == "MalformedRequest"
+    assert balances(user)["USD"]["available"] == "100.00"
+    assert user.get("/api/v1/ledger").json()["results"][0]["kind"] == "deposit"
+
+
 def test_a_deposit_past_what_the_ledger_holds_is_refused_and_nothing_is_stored(market):
     _, base_url = market
     user = ApiClient(base_url, make_user(funds={}))

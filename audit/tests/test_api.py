@@ -99,6 +99,9 @@ def test_user_activity_filters_by_time_window(make_user):
         ({"end": "2027-01-15T08:00:00.\u0661\u0662\u0663Z"}, "InvalidParameter", -1102),
         ({"start": "2027-01-15T08:00:00Z\t"}, "InvalidParameter", -1102),
         ({"end": " 2027-01-15T08:00:00Z"}, "InvalidParameter", -1102),
+        # Empty had been no filter: the whole activity, as if none had been asked for.
+        ({"start": ""}, "InvalidParameter", -1102),
+        ({"end": ""}, "InvalidParameter", -1102),
         ({"start": "2026-02-02", "end": "2026-02-01"}, "InvalidTimeRange", -1131),
     ],
 )

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from decimal import Decimal
 
 import httpx
+from django.test import Client
+from django.utils.crypto import get_random_string
 
 from accounts.api_keys import CreatedApiKey, api_key_create
 from accounts.ledger import funds_deposit
@@ -67,6 +69,19 @@ def make_api_key(
 ) -> CreatedApiKey:
     """An API key of `user` (read and trade unless told), through the service."""
     return api_key_create(user=user, label="test", permissions=list(permissions), **options)
+
+
+def session_client(base_url: str, user: User) -> httpx.Client:
+    """A browser signed in to the web session (CSRF token in cookie and header)."""
+    browser = Client()
+    browser.force_login(user)
+    csrf = get_random_string(32)
+    return httpx.Client(
+        base_url=base_url,
+        cookies={"sessionid": browser.cookies["sessionid"].value, "csrftoken": csrf},
+        headers={"X-CSRFToken": csrf},
+        timeout=15,
+    )
 
 
 class ApiKeyAuth(httpx.Auth):

@@ -104,3 +104,39 @@ def test_every_operation_lists_the_400_and_those_naming_something_or_paging_the_
     ):
         (operation,) = schema["paths"][path].values()
         assert "404" in operation["responses"], path
+
+
+def test_every_operation_reading_a_body_lists_the_payload_too_large_and_media_type_answers(client):
+    # Only placing an order listed its 415: an amend, a deposit, a withdrawal or a new API key
+    # sent as text/plain is a 415 too, and any body over 2.5 MB a 413; neither was described.
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
+    with_body = [
+        (method, path)
+        for path, method, operation in api_operations(schema)
+        if "requestBody" in operation
+    ]
+    assert ("patch", "/api/v1/orders/{key}") in with_body
+    assert ("post", "/api/v1/users/{user_id}/withdraw") in with_body
+    for method, path in with_body:
+        answers = schema["paths"][path][method]["responses"]
+        for status in ("413", "415"):
+            assert answers[status]["content"]["application/json"]["schema"] == {
+                "$ref": "#/components/schemas/Error"
+            }, (method, path, status)
+
+
+def test_the_orders_status_filter_and_every_page_size_say_what_they_take(client):
+    # `status` was a bare string (a generated client could not know `partially_filled`), and
+    # the audit API's pages said only "Number of results to return per page." of their limit.
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
+    orders = {p["name"]: p for p in schema["paths"]["/api/v1/orders"]["get"]["parameters"]}
+    assert set(orders["status"]["schema"]["enum"]) == {
+        "open", "closed", "pending_new", "new", "partially_filled", "filled", "cancelled",
+        "rejected", "expired", "untriggered", "triggered",
+    }  # fmt: skip
+    for path, method, operation in api_operations(schema):
+        for parameter in operation.get("parameters", []):
+            if (parameter["in"], parameter["name"]) == ("query", "limit") and "cursor" in {
+                p["name"] for p in operation["parameters"]
+            }:
+                assert "1-1000" in parameter["description"], (method, path)

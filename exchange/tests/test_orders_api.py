@@ -20,7 +20,7 @@ from exchange.models import Order, Trade
 from exchange.order_answers import order_placed_answer
 from exchange.order_rules import OrderRequest
 from exchange.services import order_amend, order_place
-from exchange.tests.api_client import ApiClient, make_instrument, make_user
+from exchange.tests.api_client import ApiClient, make_instrument, make_user, session_client
 from matching.models import Command
 
 pytestmark = [pytest.mark.processes]
@@ -837,6 +837,43 @@ def test_an_off_lot_or_off_tick_value_is_named_in_plain_digits(market):
     assert refused["message"].startswith("quote_quantity 0.000000001 has more"), refused
 
 
+def test_a_number_sent_as_json_is_told_the_fixed_point_string_to_send_instead(market):
+    # 0.00000085 was told to send "8.5e-07" and 1e20 "1e+20", strings the API refuses (it never
+    # takes an exponent); a number of thousands of digits was echoed whole.
+    instrument, maker, _ = market
+    for sent, shown in (
+        ("0.00000085", '"0.00000085"'),
+        ("1e20", '"100000000000000000000"'),
+        ("10.5", '"10.5"'),
+        ("9" * 4000, '"' + "9" * 57 + '..."'),
+    ):
+        body = json.dumps(limit(instrument.symbol, "buy", "10.00", "PLACEHOLDER")).replace(
+            '"PLACEHOLDER"', sent
+        )
+        refused = maker.http.post(
+            "/api/v1/orders", content=body, headers={"Content-Type": "application/json"}
+        )
+        assert refused.status_code == 400, refused.text
+        answer = refused.json()
+        assert (answer["error"], answer["field"]) == ("NumberNotString", "quantity")
+        assert f"must be a JSON string such as {shown}, not a number" in answer["message"]
+    assert not Order.objects.filter(user=maker.user).exists()
+
+
+def test_a_refused_expiry_is_told_the_format_with_its_zone_required(market):
+    # A number, month 13 or an offset of +99:00 had been told DRF's format, whose zone is
+    # optional ("[+HH:MM|-HH:MM|Z]"): a client following it sent no zone and was refused again.
+    instrument, maker, _ = market
+    for expire_at in (1795000000000, "2030-13-01T00:00:00Z", "2030-01-01T00:00:00+99:00"):
+        body = {**limit(instrument.symbol, "buy", "10.00", "10"), **gtd_at(expire_at)}
+        refused = maker.place(**body)
+        assert refused.status_code == 400, refused.text
+        answer = refused.json()
+        assert (answer["error"], answer["field"]) == ("InvalidParameter", "expire_at")
+        assert "YYYY-MM-DDThh:mm[:ss[.ffffff]](Z|+hh:mm|-hh:mm)" in answer["message"], answer
+    assert not Order.objects.filter(user=maker.user).exists()
+
+
 def test_an_order_refused_at_entry_is_audited_whatever_its_body_and_a_placed_one_is_not(market):
     instrument, maker, _ = market
     placed = maker.place(**limit(instrument.symbol, "buy", "10.00", "10"))
@@ -1049,6 +1086,89 @@ def test_prices_and_quantities_of_a_cheap_coin_are_fixed_point_everywhere(exchan
     accepted, traded = records["order.accepted"], records["trade.executed"]
     assert (accepted["price"], accepted["remaining"]) == ("0.00000085", "1000000.00000005")
     assert (traded["price"], traded["quantity"]) == ("0.00000085", "0.00000007")
+
+
+def test_a_refused_body_type_accept_header_or_format_names_what_to_send(market):
+    # DRF's answers named nothing to send: 'Unsupported media type "application/x-www-form-
+    # urlencoded" in request.' (curl -d's default), 'Could not satisfy the request Accept
+    # header.', and a bare 404 'Not found.' for ?format=xml.
+    instrument, maker, _ = market
+    for content_type in ("application/x-www-form-urlencoded", "text/plain"):
+        refused = maker.http.post(
+            "/api/v1/orders",
+            content=f"symbol={instrument.symbol}&side=buy",
+            headers={"Content-Type": content_type},
+        )
+        assert (refused.status_code, refused.json()["error"]) == (415, "UnsupportedMediaType")
+        assert refused.json()["message"] == (
+            f"send the body as Content-Type application/json, not '{content_type}'"
+        )
+    refused = maker.http.get("/api/v1/orders", headers={"Accept": "application/xml"})
+    assert (refused.status_code, refused.json()["error"]) == (406, "NotAcceptable"), refused.text
+    assert "send Accept: application/json" in refused.json()["message"]
+    refused = maker.http.get("/api/v1/orders", params={"format": "xml"})
+    assert refused.status_code == 400, refused.text
+    answer = refused.json()
+    assert (answer["error"], answer["field"]) == ("InvalidParameter", "format")
+    assert answer["message"] == "format must be json (or leave it out); got 'xml'"
+    assert maker.http.get("/api/v1/orders", params={"format": "json"}).status_code == 200
+    assert not Order.objects.filter(user=maker.user).exists()
+
+
+def test_a_web_sessions_mass_cancel_with_a_body_that_reads_as_nothing_cancels_nothing(market):
+    # `[]`, `{}` or `null` in the body of DELETE /orders (falsy once parsed) had been read as
+    # no body: every open order on every symbol cancelled, where a body is refused.
+    instrument, maker, _ = market
+    resting = maker.place(**limit(instrument.symbol, "buy", "10.00", "1"))
+    assert resting.status_code == 201, resting.text
+    with session_client(maker.http.base_url, maker.user) as browser:
+        for body in (b"[]", b"{}", b"null", b"[1]", b"{"):
+            refused = browser.request(
+                "DELETE",
+                "/api/v1/orders",
+                content=body,
+                headers={"Content-Type": "application/json"},
+            )
+            assert refused.status_code == 400, (body, refused.text)
+            assert refused.json()["error"] == "UnexpectedParameter", refused.text
+            assert "takes no body" in refused.json()["message"]
+        named = browser.request("DELETE", "/api/v1/orders", json={"symbol": instrument.symbol})
+        assert named.json()["field"] == "symbol", named.text
+    assert not Command.objects.filter(kind=Command.Kind.MASS_CANCEL, user_id=maker.user.pk)
+    order = maker.get(f"/api/v1/orders/{resting.json()['order_id']}").json()
+    assert order["status"] == "new", order
+
+
+def test_a_body_sent_without_a_content_length_is_refused_not_read_as_none(market):
+    # A chunked body (no Content-Length: Go's client with a streamed body sends one) was taken
+    # as no body: the order was refused "symbol: This field is required", and a web session's
+    # DELETE /orders with one cancelled every open order.
+    instrument, maker, _ = market
+    resting = maker.place(**limit(instrument.symbol, "buy", "10.00", "1"))
+    assert resting.status_code == 201, resting.text
+    body = json.dumps(limit(instrument.symbol, "buy", "10.00", "2")).encode()
+
+    def chunked(data: bytes):
+        yield data[:10]
+        yield data[10:]
+
+    sent = maker.http.post(
+        "/api/v1/orders", content=chunked(body), headers={"Content-Type": "application/json"}
+    )
+    assert sent.request.headers["Transfer-Encoding"] == "chunked"
+    with session_client(maker.http.base_url, maker.user) as browser:
+        mass_cancel = browser.request(
+            "DELETE",
+            "/api/v1/orders",
+            content=chunked(b'{"symbol": "%s"}' % instrument.symbol.encode()),
+            headers={"Content-Type": "application/json"},
+        )
+    for refused in (sent, mass_cancel):
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"] == "MalformedRequest"
+        assert "send it with its Content-Length" in refused.json()["message"]
+    orders = maker.get("/api/v1/orders").json()["results"]
+    assert [(o["order_id"], o["status"]) for o in orders] == [(resting.json()["order_id"], "new")]
 
 
 def test_a_body_with_a_key_twice_and_a_mass_cancel_with_a_body_are_refused(market):
