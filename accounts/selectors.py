@@ -7,6 +7,7 @@ from django.db import connection
 from django.db.models import QuerySet
 
 from accounts.models import LedgerAccount, LedgerPosting
+from accounts.models.ledger import ledger_arithmetic
 from exchange.models import Instrument, Trade
 
 
@@ -36,6 +37,7 @@ def asset_precisions_cached() -> dict[str, int]:
     return cached[1]
 
 
+@ledger_arithmetic
 def amount_str(amount: Decimal, places: int | None) -> str:
     """An amount as a decimal string at its asset's precision (exact when unknown)."""
     if places is None:
@@ -43,6 +45,7 @@ def amount_str(amount: Decimal, places: int | None) -> str:
     return format(amount.quantize(Decimal(1).scaleb(-places)), "f")
 
 
+@ledger_arithmetic
 def balance_view(*, asset: str, available: Decimal, held: Decimal, places: dict) -> dict:
     """One asset's balance as the API shows it (REST and the balance events alike)."""
     precision = places.get(asset)
@@ -54,6 +57,7 @@ def balance_view(*, asset: str, available: Decimal, held: Decimal, places: dict)
     }
 
 
+@ledger_arithmetic
 def balances_for_user(*, user) -> list[dict]:
     """Per asset the user holds or has held: available, held and total, at the asset's precision."""
     per_asset: dict[str, dict[str, Decimal]] = {}
