@@ -159,7 +159,7 @@ def _shortfall(asset: str, needed: Decimal, balance: Decimal, kind: str, field: 
     from accounts.selectors import amount_str, asset_precisions_cached
 
     what = "available" if kind == CASH else "held"
-    places = asset_precisions_cached().get(asset)
+    places = asset_precisions_cached(assets=[asset]).get(asset)
 
     def shown(amount: Decimal) -> str:  # at the asset's precision, as balances read ("50.20")
         text = amount_str(amount, places)
