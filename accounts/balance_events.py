@@ -40,7 +40,7 @@ def balance_events(rows: Iterable[tuple[int, str, str, Decimal]], *, version: in
     for user_id, asset, kind, balance in rows:
         row = merged.setdefault((user_id, asset), {"available": Decimal(0), "held": Decimal(0)})
         row["available" if kind == "cash" else "held"] = balance
-    places = asset_precisions_cached()
+    places = asset_precisions_cached(assets={asset for _, asset in merged})
     return [
         {
             "user_id": user_id,

@@ -14,6 +14,7 @@ from django.db.models import Sum
 
 from accounts.ledger import funds_deposit, funds_withdraw, users_lock
 from accounts.models import LedgerEntry, LedgerPosting
+from accounts.models.ledger import ledger_arithmetic
 from accounts.selectors import asset_precisions
 from audit.events import AuditEvent
 from audit.services import audit_record
@@ -38,6 +39,7 @@ def unknown_asset_error(asset: str):
     )
 
 
+@ledger_arithmetic
 def _validated(asset: str, amount: Decimal) -> tuple[str, Decimal]:
     places = asset_precisions().get(asset)
     if places is None:
@@ -79,6 +81,7 @@ def may_deposit(*, actor) -> bool:
 
 
 @transaction.atomic
+@ledger_arithmetic
 def deposit_create(*, user, asset: str, amount: Decimal, actor, http_request=None) -> LedgerEntry:
     """Credit `amount` of `asset` to `user`: by staff with DEPOSIT_PERMISSION, or by the user
     within the demo limit."""

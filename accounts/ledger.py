@@ -26,7 +26,7 @@ from accounts.balance_events import (
     balance_version,
 )
 from accounts.models import LedgerAccount, LedgerEntry, LedgerPosting
-from accounts.models.ledger import LEDGER_AMOUNT
+from accounts.models.ledger import LEDGER_AMOUNT, ledger_arithmetic
 from exchange.db_cursors import bound_cursor
 from exchange.errors import ApiError, trading_error
 
@@ -159,7 +159,7 @@ def _shortfall(asset: str, needed: Decimal, balance: Decimal, kind: str, field: 
     from accounts.selectors import amount_str, asset_precisions_cached
 
     what = "available" if kind == CASH else "held"
-    places = asset_precisions_cached().get(asset)
+    places = asset_precisions_cached(assets=[asset]).get(asset)
 
     def shown(amount: Decimal) -> str:  # at the asset's precision, as balances read ("50.20")
         text = amount_str(amount, places)
@@ -187,6 +187,7 @@ def _over_limit(asset: str, kind: str, balance: Decimal, field: str | None) -> A
     )
 
 
+@ledger_arithmetic
 def ledger_post(
     *,
     kind: str,
@@ -243,6 +244,7 @@ def ledger_post(
     return entry
 
 
+@ledger_arithmetic
 def funds_hold(
     *, user, asset: str, amount: Decimal, order_id: int | None, field: str | None = None
 ) -> LedgerEntry | None:
@@ -270,6 +272,7 @@ class HoldRequest:
     field: str | None = None
 
 
+@ledger_arithmetic
 def funds_hold_many(*, holds: Sequence[HoldRequest]) -> list[ApiError | None]:
     """Post the holds of many orders at once (the order entry batch), in the given order.
 
@@ -332,6 +335,7 @@ def funds_hold_many(*, holds: Sequence[HoldRequest]) -> list[ApiError | None]:
 
 
 @transaction.atomic
+@ledger_arithmetic
 def funds_deposit(*, user, asset: str, amount: Decimal, memo: str = "") -> LedgerEntry:
     """Credit `amount` of `asset` from outside the exchange to the user's available balance."""
     return ledger_post(
@@ -344,6 +348,7 @@ def funds_deposit(*, user, asset: str, amount: Decimal, memo: str = "") -> Ledge
 
 
 @transaction.atomic
+@ledger_arithmetic
 def funds_withdraw(*, user, asset: str, amount: Decimal, memo: str = "") -> LedgerEntry:
     """Pay `amount` of the user's available `asset` out of the exchange."""
     return ledger_post(

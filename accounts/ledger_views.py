@@ -166,7 +166,7 @@ class LedgerView(KnownQueryParameters, APIView):
         postings = selectors.ledger_postings_for_user(user=request.user, asset=asset)
         paginator = CursorPage()
         page = paginator.paginate_queryset(postings, request, view=self)
-        places = selectors.asset_precisions_cached()
+        places = selectors.asset_precisions_cached(assets={p.asset for p in page})
         trade_sides = selectors.ledger_trade_sides(
             trade_ids=[p.entry.trade_id for p in page if p.entry.trade_id is not None]
         )
@@ -231,7 +231,8 @@ def _moved(entry, data: dict, user) -> Response:
             "entry_id": entry.pk,
             "asset": data["asset"],
             "amount": selectors.amount_str(
-                data["amount"], selectors.asset_precisions_cached().get(data["asset"])
+                data["amount"],
+                selectors.asset_precisions_cached(assets=[data["asset"]]).get(data["asset"]),
             ),
             "balance": _balance_of(user, data["asset"]),
         },

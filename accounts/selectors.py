@@ -1,12 +1,14 @@
 """Reads of the ledger: a user's balances and postings, and the ledger's own consistency checks."""
 
 import time
+from collections.abc import Iterable
 from decimal import Decimal
 
 from django.db import connection
 from django.db.models import QuerySet
 
 from accounts.models import LedgerAccount, LedgerPosting
+from accounts.models.ledger import ledger_arithmetic
 from exchange.models import Instrument, Trade
 
 
@@ -23,19 +25,31 @@ def asset_precisions() -> dict[str, int]:
 
 
 ASSET_PRECISIONS_CACHE_SECONDS = 2.0
-_asset_precisions_cache: tuple[float, dict[str, int]] | None = None
+# (when read, precision per asset, assets asked for that no instrument listed when read)
+_asset_precisions_cache: tuple[float, dict[str, int], set[str]] | None = None
 
 
-def asset_precisions_cached() -> dict[str, int]:
-    """`asset_precisions()`, kept per process for a moment (read on every balance event)."""
+def asset_precisions_cached(*, assets: Iterable[str] = ()) -> dict[str, int]:
+    """`asset_precisions()`, kept per process for a moment (read on every balance event); read
+    again at once for one of `assets` (those about to be shown) that it does not know, once: an
+    asset listed meanwhile had its amounts shown unformatted ("0" held, "50.2" available)."""
     global _asset_precisions_cache
     now = time.monotonic()
     cached = _asset_precisions_cache
     if cached is None or now - cached[0] >= ASSET_PRECISIONS_CACHE_SECONDS:
-        cached = _asset_precisions_cache = (now, asset_precisions())
+        cached = _asset_precisions_cache = (now, asset_precisions(), set())
+    unknown = {asset for asset in assets if asset not in cached[1] and asset not in cached[2]}
+    if unknown:
+        precisions = asset_precisions()
+        cached = _asset_precisions_cache = (
+            cached[0],
+            precisions,
+            cached[2] | {asset for asset in unknown if asset not in precisions},
+        )
     return cached[1]
 
 
+@ledger_arithmetic
 def amount_str(amount: Decimal, places: int | None) -> str:
     """An amount as a decimal string at its asset's precision (exact when unknown)."""
     if places is None:
@@ -43,6 +57,7 @@ def amount_str(amount: Decimal, places: int | None) -> str:
     return format(amount.quantize(Decimal(1).scaleb(-places)), "f")
 
 
+@ledger_arithmetic
 def balance_view(*, asset: str, available: Decimal, held: Decimal, places: dict) -> dict:
     """One asset's balance as the API shows it (REST and the balance events alike)."""
     precision = places.get(asset)
@@ -54,6 +69,7 @@ def balance_view(*, asset: str, available: Decimal, held: Decimal, places: dict)
     }
 
 
+@ledger_arithmetic
 def balances_for_user(*, user) -> list[dict]:
     """Per asset the user holds or has held: available, held and total, at the asset's precision."""
     per_asset: dict[str, dict[str, Decimal]] = {}
@@ -61,7 +77,7 @@ def balances_for_user(*, user) -> list[dict]:
     for asset, kind, balance in accounts:
         row = per_asset.setdefault(asset, {"available": Decimal(0), "held": Decimal(0)})
         row["available" if kind == LedgerAccount.Kind.CASH else "held"] += balance
-    places = asset_precisions_cached()
+    places = asset_precisions_cached(assets=per_asset)
     return [
         balance_view(asset=asset, available=row["available"], held=row["held"], places=places)
         for asset, row in sorted(per_asset.items())

@@ -195,25 +195,47 @@ def quote_minor(engine: EngineInstrument, value: Decimal, field: str) -> int:
     return _within_engine(minor, field, value)
 
 
-def check_minimums(instrument: Instrument, price: Decimal | None, quantity: Decimal, field: str):
+def check_minimums(
+    instrument: Instrument,
+    price: Decimal | None,
+    quantity: Decimal,
+    field: str,
+    *,
+    quantity_field: str = "quantity",
+):
     """The instrument's minimum quantity, and its minimum notional (price x quantity) for an
-    order with a price; `field` is the request field a refused notional names."""
+    order with a price; `field` is the request field a refused notional names, and
+    `quantity_field` the one a refused quantity names (and what the messages call it)."""
     if quantity < instrument.min_quantity:
         raise trading_error(
             "QuantityBelowMinimum",
-            f"quantity {quantity.normalize():f} is below the minimum "
+            f"{quantity_field} {quantity.normalize():f} is below the minimum "
             f"{instrument.min_quantity.normalize():f}",
-            field="quantity",
+            field=quantity_field,
         )
     if price is not None and instrument.min_notional:
         notional = price * quantity
         if notional < instrument.min_notional:
+            what = "order value" if quantity_field == "quantity" else f"{quantity_field} value"
             raise trading_error(
                 "NotionalTooSmall",
-                f"order value {notional.normalize():f} is below the minimum "
+                f"{what} {notional.normalize():f} is below the minimum "
                 f"{instrument.min_notional.normalize():f} {instrument.quote_asset}",
                 field=field,
             )
+
+
+def check_display_minimums(
+    instrument: Instrument, price: Decimal | None, display: Decimal, quantity: Decimal, field: str
+) -> None:
+    """An iceberg's slice (its display quantity, or its whole quantity when that is less) meets
+    the instrument's minimums at its limit price, as an order does: each slice trades on its
+    own, and slices below them split every taker meeting them into dust fills, each paying a
+    fee rounded up to a whole minor unit. `field` is the request field a refused notional
+    names."""
+    check_minimums(
+        instrument, price, min(display, quantity), field, quantity_field="display_quantity"
+    )
 
 
 def check_price_max(engine: EngineInstrument, ticks: int, field: str) -> None:

@@ -39,6 +39,7 @@ from exchange.order_rules import (
     OrderRequest,
     buy_value_check,
     check_band,
+    check_display_minimums,
     check_minimums,
     check_price_max,
     check_session,
@@ -383,6 +384,14 @@ def _order_plan(*, user, request: OrderRequest, http_request, now: dt.datetime |
         else:
             valued_at = request.stop_price if kind == Order.Type.STOP_LOSS else request.price
         check_minimums(instrument, valued_at, request.quantity, "quantity")
+        if request.display_quantity is not None:
+            check_display_minimums(
+                instrument,
+                request.price,
+                request.display_quantity,
+                request.quantity,
+                "display_quantity",
+            )
     elif spend and request.quote_quantity < instrument.min_notional:
         raise trading_error(
             "NotionalTooSmall",
@@ -869,6 +878,14 @@ def order_amend(
             new_quantity,
             "quantity" if quantity is not None else "price",
         )
+        if order.display_quantity is not None:  # and so do its slices
+            check_display_minimums(
+                instrument,
+                new_price,
+                order.display_quantity,
+                new_quantity,
+                "quantity" if quantity is not None else "price",
+            )
     if Command.objects.filter(
         order_id=order.pk, kind=Command.Kind.AMEND, applied_at__isnull=True
     ).exists():

@@ -7,11 +7,39 @@ withdrawals) accounts per asset. `balance` is the sum of the account's postings,
 by the one write path (`accounts.ledger`), with rows locked in primary-key order.
 """
 
+import decimal
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
 from django.conf import settings
 from django.db import models
 from django.db.models.functions import Now
 
 LEDGER_AMOUNT = {"max_digits": 30, "decimal_places": 12}
+
+# Python's default decimal context keeps 28 significant digits, and a ledger amount has up to
+# 30 (a sum of two, 31). Ledger arithmetic in Python (sums, comparisons, an amount at its
+# asset's precision) runs in this context instead, so that it is exact: for an asset of 12
+# decimal places, a deposit of 10^16 had been refused as an unbalanced entry, one with its
+# amount checked a 500, and a hold taken from such a balance moved the cached balance by a
+# rounded delta.
+LEDGER_DECIMAL_CONTEXT = decimal.Context(prec=2 * LEDGER_AMOUNT["max_digits"])
+
+
+Params = ParamSpec("Params")
+Result = TypeVar("Result")
+
+
+def ledger_arithmetic(function: Callable[Params, Result]) -> Callable[Params, Result]:
+    """Run `function` in LEDGER_DECIMAL_CONTEXT: exact Decimal arithmetic on ledger amounts."""
+
+    @functools.wraps(function)
+    def exact(*args: Params.args, **kwargs: Params.kwargs) -> Result:
+        with decimal.localcontext(LEDGER_DECIMAL_CONTEXT):
+            return function(*args, **kwargs)
+
+    return exact
 
 
 class LedgerAccount(models.Model):

@@ -2,6 +2,7 @@
 deposits, withdrawals, and the ledger's invariants after trading."""
 
 import random
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
@@ -633,6 +634,49 @@ def test_a_deposit_past_what_the_ledger_holds_is_refused_and_nothing_is_stored(m
     assert ledger_discrepancies() == {}
     # Pay it out again: the USD deposited on the exchange is shared by the tests after this.
     funds_withdraw(user=user.user, asset="USD", amount=Decimal(big["amount"]))
+
+
+def test_an_asset_of_twelve_decimal_places_is_deposited_held_and_withdrawn_exactly(market):
+    """Amounts of up to 30 digits, as the balance column holds them (Python's decimals keep 28
+    by default): such a deposit had been refused as an unbalanced entry, or a 500."""
+    _, base_url = market
+    instrument = make_instrument(
+        base_asset=f"D{uuid.uuid4().hex[:8].upper()}",
+        base_precision=12,
+        lot_size=Decimal("0.000000000001"),
+        min_quantity=Decimal("0.000000000001"),
+    )
+    asset = instrument.base_asset
+    trader = ApiClient(base_url, make_user(funds={}), permissions=("read", "trade", "withdraw"))
+    staff_user = make_user("staff", funds={})
+    staff_user.is_staff = staff_user.is_superuser = True
+    staff_user.save(update_fields=["is_staff", "is_superuser"])
+    staff = ApiClient(base_url, staff_user, permissions=("read", "withdraw"))
+    amount = "600000000000000000.000000000001"
+    credited = staff.http.post(
+        f"/api/v1/users/{trader.user.pk}/deposit", json={"asset": asset, "amount": amount}
+    )
+    assert credited.status_code == 201, credited.text
+    assert credited.json()["balance"]["available"] == amount
+    # A hold taken from that balance moves it by exactly the order's quantity (the rounded
+    # difference had moved the cached balance by 1.000000000001).
+    sell = trader.place(**limit(instrument.symbol, "sell", "100.00", "1.000000000002"))
+    assert sell.status_code == 201, sell.text
+    assert balances(trader)[asset] == {
+        "asset": asset,
+        "available": "599999999999999998.999999999999",
+        "held": "1.000000000002",
+        "total": amount,
+    }
+    assert trader.delete(f"/api/v1/orders/{sell.json()['order_id']}").status_code in (200, 202)
+    all_applied()
+    assert balances(trader)[asset]["available"] == amount
+    paid = trader.http.post(
+        f"/api/v1/users/{trader.user.pk}/withdraw", json={"asset": asset, "amount": amount}
+    )
+    assert paid.status_code == 201, paid.text
+    assert Decimal(paid.json()["balance"]["total"]) == 0
+    assert ledger_discrepancies() == {}
 
 
 def test_random_trading_run_keeps_every_asset_summing_to_zero(market):

@@ -2,6 +2,7 @@
 users, and `ledger_verify` naming what a tampered ledger breaks."""
 
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
@@ -143,3 +144,19 @@ def test_parallel_self_credits_stay_within_the_demo_limit():
         credited = list(pool.map(credit, range(8)))
     assert credited.count(True) == 1
     assert LedgerAccount.objects.get(user=user, kind="cash", asset="USD").balance == 60
+
+
+def test_balances_of_an_asset_listed_a_moment_ago_show_its_precision():
+    """The asset precisions are cached per process for a moment: an asset listed meanwhile had
+    been shown unformatted ("0" held, "50.2" available) in balances and balance events."""
+    from accounts.balance_events import balance_events
+    from accounts.selectors import asset_precisions_cached, balances_for_user
+
+    asset_precisions_cached()  # cached now, without the asset below
+    asset = f"N{uuid.uuid4().hex[:8].upper()}"
+    new_instrument(base_asset=asset, base_precision=2, lot_size=Decimal("0.01"))
+    user = make_user(funds={asset: Decimal("50.20")})
+    shown = {"asset": asset, "available": "50.20", "held": "0.00", "total": "50.20"}
+    assert balances_for_user(user=user) == [shown]
+    rows = [(user.pk, asset, "cash", Decimal("50.20")), (user.pk, asset, "hold", Decimal(0))]
+    assert balance_events(rows, version=1) == [{"user_id": user.pk, **shown, "version": 1}]

@@ -201,6 +201,33 @@ def test_iceberg_shows_only_its_display_quantity_in_the_book(market):
     assert (amended["quantity"], amended["display_quantity"]) == ("5", "5")
 
 
+def test_an_iceberg_slice_meets_the_instruments_minimums_as_an_order_does(market):
+    """Each slice of an iceberg trades on its own: slices below the minimum notional split
+    every taker meeting them into dust fills, each paying a fee rounded up to a whole minor
+    unit (100 fills of 1 x 0.50 had charged a taker 1.00 of fees on 50.00, ten times its 0.2 %,
+    and the maker as much)."""
+    _, maker, taker = market
+    instrument = make_instrument(min_quantity=Decimal("2"), min_notional=Decimal("5.00"))
+    symbol = instrument.symbol
+    for display, error in (("1", "QuantityBelowMinimum"), ("9", "NotionalTooSmall")):
+        refused = maker.place(**limit(symbol, "sell", "0.50", "100", display_quantity=display))
+        assert refused.status_code == 400, refused.text
+        assert (refused.json()["error"], refused.json()["field"]) == (error, "display_quantity")
+    assert not Order.objects.filter(instrument=instrument).exists()
+    placed = maker.place(**limit(symbol, "sell", "0.50", "100", display_quantity="10"))
+    assert placed.status_code == 201, placed.text
+    # Repriced, its slices would be worth less than the minimum: refused as a new order is.
+    order_id = placed.json()["order_id"]
+    repriced = maker.patch(f"/api/v1/orders/{order_id}", {"price": "0.49"})
+    assert repriced.status_code == 400, repriced.text
+    assert (repriced.json()["error"], repriced.json()["field"]) == ("NotionalTooSmall", "price")
+    reduced = maker.patch(f"/api/v1/orders/{order_id}", {"quantity": "12"})
+    assert reduced.status_code == 200, reduced.text
+    bought = taker.place(**limit(symbol, "buy", "0.50", "12"))
+    assert bought.status_code == 201, bought.text
+    assert [fill["quantity"] for fill in bought.json()["fills"]] == ["10", "2"]
+
+
 def test_stop_loss_triggers_on_the_last_trade_price(market):
     instrument, maker, taker = market
     stop = taker.place(
