@@ -71,6 +71,8 @@ ENGINE_CODES_EXPOSED = {
     "PriceOutsideBand",
     "AmendQuantityTooLow",
     "InvalidMaxQuote",
+    # Refused by the matching worker, not the engine: the session closed before it got there.
+    "MarketClosed",
 }
 
 

@@ -113,6 +113,16 @@ def day_expiry(instrument: Instrument, now: dt.datetime) -> dt.datetime:
     )
 
 
+def session_close_ns(instrument: Instrument, now: dt.datetime) -> int | None:
+    """The close of the session open at `now`, in ns, for an order or amend accepted then (None
+    for a 24/7 instrument): the matching worker refuses it MarketClosed when it reaches the
+    engine only after that close (queued behind a stopped worker, or in flight at the close),
+    so that nothing trades outside the session."""
+    if instrument.trades_24_7:
+        return None
+    return to_ns(day_expiry(instrument, now))
+
+
 def price_ticks(engine: EngineInstrument, instrument: Instrument, value: Decimal, field: str):
     if value <= 0:
         raise trading_error("InvalidNumber", f"{field} must be greater than 0", field=field)

@@ -49,6 +49,7 @@ from exchange.order_rules import (
     price_ticks,
     quantity_lots,
     quote_minor,
+    session_close_ns,
     session_open_at,
     to_ns,
 )
@@ -66,6 +67,7 @@ from exchange.selectors import (
 )
 from exchange.serializers import OrderPlaceSerializer, price_str, quantity_str
 from exchange.timestamps import iso_z
+from matching.command_codec import SESSION_CLOSE_KEY
 from matching.engine import protocol as p
 from matching.instruments import engine_instrument_spec
 from matching.models import Command
@@ -484,6 +486,9 @@ def _order_plan(*, user, request: OrderRequest, http_request, now: dt.datetime |
         "taker_fee_ppm": taker_ppm,
         "stp": p.STP_MODE_NAMES.index(request.stp_mode) if request.stp_mode else 0,
     }
+    closes = session_close_ns(instrument, now)
+    if closes is not None:
+        command_payload[SESSION_CLOSE_KEY] = closes
     audit = audit_entry(
         event_type=AuditEvent.ORDER_SUBMITTED,
         actor=user,
@@ -744,6 +749,10 @@ def _day_plans_recheck(
         expire_at = day_expiry(edited, now)
         plan.order.expire_at = expire_at
         plan.command_payload["expire_at"] = to_ns(expire_at)
+        plan.command_payload.pop(SESSION_CLOSE_KEY, None)
+        closes = session_close_ns(edited, now)
+        if closes is not None:
+            plan.command_payload[SESSION_CLOSE_KEY] = closes
         plan.audit.payload = {**plan.audit.payload, "expire_at": expire_at}
 
 
@@ -845,9 +854,12 @@ def order_amend(
             field="quantity" if quantity is not None else "price",
         )
     instrument = order.instrument
+    closes = None
     if price is not None or (quantity is not None and quantity > order.quantity):
         # A new price can cross and trade; a larger size joins the book anew.
-        check_session(instrument, now or timezone.now())
+        now = now or timezone.now()
+        check_session(instrument, now)
+        closes = session_close_ns(instrument, now)
     engine = engine_instrument_for(instrument)
     if price is not None and order.order_type not in (Order.Type.LIMIT, Order.Type.STOP_LIMIT):
         raise trading_error(
@@ -963,6 +975,7 @@ def order_amend(
             "qty": qty_arg,
             "max_quote": max_quote,
             "hold_delta": str(hold_delta),
+            **({} if closes is None else {SESSION_CLOSE_KEY: closes}),
         },
         order_id=order.pk,
         user_id=order.user_id,

@@ -36,7 +36,7 @@ from django.db.models import F
 from audit.events import AuditEvent
 from audit.services import audit_record
 from matching.batch_writer import Applied, BatchWriter, LeaseFenced, PreparedBatch
-from matching.command_codec import InvalidPayload, engine_command, halt_note
+from matching.command_codec import InvalidPayload, closed_before, engine_command, halt_note
 from matching.engine import protocol as p
 from matching.models import Command
 from matching.publish import Publisher
@@ -80,6 +80,8 @@ GC_THRESHOLDS = (20_000, 20, 20)
 _CONNECTION_ERRORS = (OperationalError, InterfaceError, psycopg.OperationalError)
 FAILED_TWICE = "CommandFailed"
 INVALID_COMMAND = "InvalidCommand"
+MARKET_CLOSED = "MarketClosed"
+MARKET_CLOSED_MESSAGE = "the trading session had closed when the matching engine received it"
 
 
 class BatchFailed(Exception):
@@ -360,6 +362,18 @@ class ShardLoop:
         seq = self.apply_seq
         for row in rows:
             stamp = self._stamp()
+            if closed_before(row.payload, stamp):
+                # Accepted in its session but reaching the engine after the close (behind a
+                # stopped worker, or in flight at the close): refused without the engine, as
+                # order entry would refuse it now, so that nothing trades outside the session.
+                refused = Applied(
+                    row.id, row.kind, stamp, None, [], None, MARKET_CLOSED, row.order_id,
+                    reject_message=MARKET_CLOSED_MESSAGE,
+                )  # fmt: skip
+                if row.kind == Command.Kind.AMEND and row.payload.get("hold_delta"):
+                    refused.hold_delta = Decimal(row.payload["hold_delta"])
+                applied.append(refused)
+                continue
             try:
                 cmd = engine_command(row.kind, row.payload, stamp)
             except InvalidPayload as exc:

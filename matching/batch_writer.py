@@ -54,7 +54,12 @@ REJECT_MESSAGES = {
     "has just changed",
     "CommandFailed": "the matching worker could not apply this order",
     "InvalidCommand": "the matching engine could not read this order",
+    "MarketClosed": "the trading session had closed when the matching engine received the order",
 }
+
+
+# The reason an order rejected without the engine ends with (by its code; else `invalid`).
+REASONS_WITHOUT_ENGINE = {"MarketClosed": "market_closed"}
 
 
 def reject_message(ev: tuple, inst: Instrument | None) -> str:
@@ -751,16 +756,17 @@ class BatchWriter:
             return u
 
         for a in applied:
-            if a.cmd is None:  # rejected without the engine (failed twice)
+            if a.cmd is None:  # rejected without the engine (failed twice, session closed)
+                reason = REASONS_WITHOUT_ENGINE.get(a.reject_code, p.R_INVALID)
                 if a.kind == "place" and a.order_id is not None:
                     u = upd(a.order_id, None, None)
-                    u.status, u.reason, u.reject_code = p.REJECTED, p.R_INVALID, a.reject_code
+                    u.status, u.reason, u.reject_code = p.REJECTED, reason, a.reject_code
                     u.reject_message = REJECT_MESSAGES.get(a.reject_code, "")
                     u.filled = u.remaining = 0
                 if a.order_id is not None:  # the order's own command, or its amend or cancel
                     event = REFUSED_EVENTS.get(KIND_OPCODES.get(a.kind), AuditEvent.ORDER_REJECTED)
                     audits.append(self._audit(event, a, order_id=a.order_id,
-                                              payload={"command": a.kind, "reason": p.R_INVALID,
+                                              payload={"command": a.kind, "reason": reason,
                                                        "code": a.reject_code}))  # fmt: skip
                 continue
             op = a.cmd[0]

@@ -50,8 +50,20 @@ def datetime_to_ns(moment: dt.datetime) -> int:
     return (moment - EPOCH) // dt.timedelta(microseconds=1) * 1000
 
 
+# A place's or amend's session close (ns), for the worker (matching.batch_loop), not the engine:
+# past it when the command reaches the engine, the command is refused MarketClosed unapplied.
+SESSION_CLOSE_KEY = "session_close_ns"
+
+
+def closed_before(payload: Any, stamp: int) -> bool:
+    """The command's session closed at or before `stamp` (False without a session close)."""
+    closes = payload.get(SESSION_CLOSE_KEY) if type(payload) is dict else None
+    return type(closes) is int and stamp >= closes
+
+
 def _place(ts: int, payload: dict) -> tuple:
     args = dict(payload)
+    args.pop(SESSION_CLOSE_KEY, None)
     if args.get("order_type", p.LIMIT) not in _STOP_TYPES:
         args["stop_price"] = 0
     expire_at = args.get("expire_at") or 0
@@ -94,8 +106,9 @@ def _cancel(ts: int, payload: dict) -> tuple:
 
 
 def _amend(ts: int, payload: dict) -> tuple:
-    # `hold_delta` is for the ledger (see matching.batch_writer), not the engine.
-    fields = {k: v for k, v in payload.items() if k != "hold_delta"}
+    # `hold_delta` is for the ledger (see matching.batch_writer), the session close for the
+    # worker, not the engine.
+    fields = {k: v for k, v in payload.items() if k != "hold_delta" and k != SESSION_CLOSE_KEY}
     return p.amend(ts=ts, **fields)
 
 

@@ -16,7 +16,7 @@ import pytest
 from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
-from django.db import connection
+from django.db import connection, transaction
 from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 from websockets.sync.client import connect as ws_connect
@@ -1211,3 +1211,59 @@ def test_admin_labels_say_what_an_order_trade_and_fee_tier_are():
     assert tier_admin.min_volume(FeeTier(min_volume_30d=Decimal("1000000.000000000000"))) == (
         "1000000"
     )
+
+
+@pytest.mark.processes
+def test_an_order_or_amend_reaching_the_engine_after_the_close_is_refused_and_trades_nothing(
+    exchange_stack, live_db
+):
+    # Order entry checked the session; the engine knows none: an order accepted before the
+    # close but applied after it (behind a stopped worker, or in flight at the close) traded on
+    # the closed book. Here both are accepted "on Wednesday" and reach the engine now.
+    instrument = make_instrument()  # 24/7 while the maker's orders rest
+    maker, taker = ApiClient(exchange_stack), ApiClient(exchange_stack)
+    resting = {
+        side: maker.place(symbol=instrument.symbol, side=side, order_type="limit",
+                          price=price, quantity="2").json()
+        for side, price in (("sell", "10.00"), ("buy", "9.00"))
+    }  # fmt: skip
+    assert {order["status"] for order in resting.values()} == {"new"}
+    with transaction.atomic():
+        previous = Instrument.objects.select_for_update().get(pk=instrument.pk)
+        instrument.trades_24_7 = False
+        instrument.session_open, instrument.session_close = dt.time(9, 30), dt.time(16, 0)
+        instrument.session_timezone = "America/New_York"
+        instrument.save()
+        instrument_rules_update(instrument=instrument, previous=previous, actor=None)
+    in_session = dt.datetime(2026, 11, 25, 15, 59, 59, tzinfo=NEW_YORK)
+    crossing = order_place(user=taker.user, request=buy(instrument.symbol), now=in_session)
+    assert crossing.order.status == "pending_new"
+    bid = Order.objects.get(pk=resting["buy"]["order_id"])
+    held_before = bid.held_amount
+    repriced = order_amend(order=bid, actor=maker.user, price=Decimal("10.00"), now=in_session)
+
+    def both_applied():
+        return not Command.objects.filter(
+            pk__in=[crossing.command_id, repriced.pk], applied_at__isnull=True
+        ).exists()
+
+    wait_until(both_applied, timeout=20)
+    crossing.order.refresh_from_db()
+    assert (crossing.order.status, crossing.order.reason, crossing.order.reject_code) == (
+        "rejected", "market_closed", "MarketClosed"
+    )  # fmt: skip
+    assert crossing.order.hold_remaining == 0
+    refused = taker.get(f"/api/v1/orders/{crossing.order.pk}").json()
+    assert refused["rejection"]["error"] == "MarketClosed"
+    repriced.refresh_from_db()
+    assert repriced.reject_code == "MarketClosed"
+    bid.refresh_from_db()
+    assert (bid.status, bid.price, bid.held_amount) == ("new", Decimal("9.00"), held_before)
+    assert not taker.get("/api/v1/fills").json()["results"]
+    book = taker.get(f"/api/v1/orderbook/{instrument.symbol}").json()
+    assert (book["bids"][0]["price"], book["asks"][0]["price"]) == ("9.00", "10.00")
+    balances = {b["asset"]: b for b in taker.get("/api/v1/balances").json()}
+    assert Decimal(balances["USD"]["held"]) == 0
+    assert AuditRecord.objects.filter(
+        order_id=crossing.order.pk, event_type="order.rejected", payload__code="MarketClosed"
+    ).exists()
