@@ -191,6 +191,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "exchange.middleware.NulCharacterGuard",
     "exchange.middleware.SecurityMiddleware",
+    "exchange.middleware.ContentSecurityPolicyMiddleware",
     "exchange.middleware.SessionMiddleware",
     "exchange.middleware.CommonMiddleware",
     "exchange.middleware.CsrfViewMiddleware",
