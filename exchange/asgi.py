@@ -31,6 +31,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs the app regi
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import OriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
+from django.utils.http import is_same_domain  # noqa: E402
 
 from accounts.channels_auth import TwoFactorSessionMiddleware  # noqa: E402
 from exchange.routing import websocket_refused, websocket_urlpatterns  # noqa: E402
@@ -38,25 +39,54 @@ from exchange.ws_direct import capture_raw_send  # noqa: E402
 
 
 class BrowserOriginValidator(OriginValidator):
-    """A browser's Origin must be one of ALLOWED_HOSTS (no cross-site use of the session
-    cookie); a client without an Origin header is not a browser and is let through (it
-    logs in with a signed API key)."""
+    """A browser's Origin must be the socket's own origin (the Host it connects to, a host of
+    ALLOWED_HOSTS) or one of CSRF_TRUSTED_ORIGINS: the rule Django's CSRF check applies to the
+    same session cookie's POSTs. (Only the Origin's host name had been checked, so a page on
+    another port of the same host, same-site and sent the SameSite=Lax session cookie, opened
+    sockets signed in as its visitor.) The scheme is not compared with the socket's: behind a
+    TLS proxy the server sees ws:// for an https:// page. A client without an Origin header is
+    not a browser and is let through (it logs in with a signed API key)."""
 
-    def valid_origin(self, parsed_origin) -> bool:
-        return parsed_origin is None or self.validate_origin(parsed_origin)
+    def valid_origin(self, parsed_origin, host: str | None = None) -> bool:
+        if parsed_origin is None:
+            return True
+        if origin_csrf_trusted(parsed_origin):
+            return True
+        return (
+            host is not None
+            and parsed_origin.netloc.lower() == host.lower()
+            and self.validate_origin(parsed_origin)
+        )
 
     async def __call__(self, scope, receive, send):
-        origin = None
+        origin = host = None
         for name, value in scope.get("headers", []):
-            if name == b"origin":
-                with contextlib.suppress(UnicodeDecodeError):
+            with contextlib.suppress(UnicodeDecodeError, ValueError):
+                if name == b"origin":
                     origin = urlparse(value.decode("latin1"))
-        if self.valid_origin(origin):
+                elif name == b"host":
+                    host = value.decode("latin1")
+        if self.valid_origin(origin, host):
             return await self.application(scope, receive, send)
         # Refused at the handshake (403), answered here: Channels' own denier is a consumer
         # of the Redis channel layer, and each refusal opened a Redis receive (tracebacks
         # when it timed out).
         return await websocket_refused(scope, receive, send)
+
+
+def origin_csrf_trusted(parsed_origin) -> bool:
+    """The origin is one of CSRF_TRUSTED_ORIGINS (scheme and host, `*.` for subdomains), as
+    Django's CSRF check reads them."""
+    netloc = parsed_origin.netloc.lower()
+    for trusted in settings.CSRF_TRUSTED_ORIGINS:
+        pattern = urlparse(trusted.lower())
+        if pattern.scheme != parsed_origin.scheme.lower():
+            continue
+        if pattern.netloc == netloc or (
+            pattern.netloc.startswith("*") and is_same_domain(netloc, pattern.netloc[1:])
+        ):
+            return True
+    return False
 
 
 def allowed_origins() -> list[str]:

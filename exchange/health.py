@@ -62,7 +62,7 @@ def health_status() -> tuple[dict, int]:
             leased = {row[0] for row in conn.execute(LEASED_SHARDS_SQL, [LEASE_LOCK_CLASS])}
         components["postgres"] = {"status": "ok"}
     except psycopg.Error as exc:
-        components["postgres"] = {"status": "down", "error": _first_line(exc)}
+        components["postgres"] = {"status": "down", "error": _unreachable("postgres", exc)}
     if queued:
         # Commands no worker will ever take: an instrument on a shard beyond MATCHING_SHARDS
         # (its orders and cancels had waited for good while this said ok).
@@ -82,7 +82,7 @@ def health_status() -> tuple[dict, int]:
         heartbeats = heartbeats_read(client=client, shard_count=settings.MATCHING_SHARDS)
         scheduler_beat = client.get(scheduler_heartbeat_key())
     except redis.RedisError as exc:
-        components["redis"] = {"status": "down", "error": _first_line(exc)}
+        components["redis"] = {"status": "down", "error": _unreachable("redis", exc)}
 
     for shard in range(settings.MATCHING_SHARDS):
         name = f"matching-shard-{shard}"
@@ -126,6 +126,9 @@ def health_status() -> tuple[dict, int]:
     return {"status": status, "failing": failing, "components": components}, http_status
 
 
-def _first_line(exc: Exception) -> str:
+def _unreachable(component: str, exc: Exception) -> str:
+    """The public answer names the kind of failure; the driver's message, which holds the
+    server's address and port (and may hold its user and database names), goes to the log."""
     text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
+    logger.warning("health: %s unreachable: %s", component, text.splitlines()[0])
+    return f"{type(exc).__name__} (the reason is in the web process's log)"

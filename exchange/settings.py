@@ -194,6 +194,7 @@ MIDDLEWARE = [
     "exchange.middleware.NulCharacterGuard",
     "exchange.middleware.UnsizedBodyGuard",
     "exchange.middleware.SecurityMiddleware",
+    "exchange.middleware.ContentSecurityPolicyMiddleware",
     "exchange.middleware.SessionMiddleware",
     "exchange.middleware.CommonMiddleware",
     "exchange.middleware.CsrfViewMiddleware",

@@ -544,6 +544,8 @@ def test_requests_a_key_may_not_make_are_audited_up_to_the_same_budget(
 
 def test_a_compliance_officers_key_needs_read_for_the_audit_api(base):
     officer = make_user("compliance")
+    officer.is_staff = True
+    officer.save(update_fields=["is_staff"])
     officer.user_permissions.add(
         Permission.objects.get(content_type__app_label="audit", codename="view_audit_trail")
     )

@@ -1,6 +1,8 @@
 """The compliance query API: hidden (404) from everyone but compliance staff."""
 
 import pytest
+from django.test import Client
+from django.urls import reverse
 from rest_framework.test import APIClient
 
 from audit.events import AuditEvent
@@ -130,3 +132,25 @@ def test_audit_endpoints_are_in_the_openapi_schema(make_user):
     ):
         assert path in schema
     assert "AuditRecord" in schema
+
+
+def test_a_compliance_group_member_without_the_staff_flag_is_a_404_as_in_the_admin(make_user):
+    # The admin and its two-factor step are for staff only, yet the API had served the whole
+    # audit trail (every user's activity and addresses) to a non-staff member of the group
+    # signed in with a password alone, no second factor asked.
+    member = make_user(compliance=True)
+    member.is_staff = False
+    member.save(update_fields=["is_staff"])
+    browser = Client()
+    signed_in = browser.post(
+        reverse("accounts:login"), {"email": member.email, "password": "correct horse battery 9"}
+    )
+    assert signed_in.status_code == 302
+    for url in [
+        f"/api/v1/audit/orders/{ORDER_ID}/history",
+        f"/api/v1/audit/users/{member.pk}/activity",
+        "/api/v1/audit/trades/1",
+    ]:
+        response = browser.get(url)
+        assert response.status_code == 404, url
+        assert response.json()["error"] == "NotFound"

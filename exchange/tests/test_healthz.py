@@ -79,10 +79,13 @@ def test_shard_without_a_worker_is_degraded_and_named(processes, process_env, re
 
 
 def test_redis_down_is_degraded_naming_redis(processes, process_env):
-    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    dead_port = free_port()
+    dead_redis = f"redis://127.0.0.1:{dead_port}/0"
     base_url = start_web(processes, env={**process_env, "REDIS_URL": dead_redis})
     response = health(base_url)
     assert response.status_code == 200
+    # Public: the driver's message (the server's address and port) stays in the log.
+    assert str(dead_port) not in response.text
     body = response.json()
     assert body["status"] == "degraded"
     assert "redis" in body["failing"]
@@ -93,10 +96,14 @@ def test_redis_down_is_degraded_naming_redis(processes, process_env):
 
 
 def test_postgres_unreachable_is_503(processes, process_env):
-    dead_db = f"postgres://postgres@127.0.0.1:{free_port()}/exchange"
+    dead_port = free_port()
+    dead_db = f"postgres://postgres@127.0.0.1:{dead_port}/exchange"
     base_url = start_web(processes, env={**process_env, "DATABASE_URL": dead_db})
     response = health(base_url)
     assert response.status_code == 503
+    # The driver's message had been sent to anyone: the database server's address and port
+    # (and, for others, its user and database names). It stays in the log.
+    assert str(dead_port) not in response.text and "127.0.0.1" not in response.text
     body = response.json()
     assert body["status"] == "down"
     assert body["components"]["postgres"]["status"] == "down"

@@ -160,3 +160,24 @@ def test_account_page_of_a_user_with_two_factor_links_to_its_settings(client):
     page = client.get(reverse("account")).content.decode()
     assert "Two-factor authentication is <strong>on</strong>" in page
     assert f'href="{reverse("accounts:two_factor")}"' in page
+
+
+def test_the_traders_pages_carry_a_content_security_policy(client):
+    # No page had one: an injected script or inline handler would have run, with the session.
+    instrument = make_instrument()
+    pages = [reverse("home"), reverse("trade", args=[instrument.symbol]), reverse("accounts:login")]
+    signed_in(client)
+    pages += [reverse("account"), reverse("accounts:two_factor")]
+    for page in pages:
+        response = client.get(page)
+        assert response.status_code == 200, page
+        policy = dict(
+            directive.strip().split(" ", 1)
+            for directive in response["Content-Security-Policy"].split(";")
+        )
+        assert policy["script-src"] == policy["connect-src"] == "'self'"
+        assert policy["style-src"].split()[0] == "'self'" and "unsafe" not in policy["style-src"]
+        assert policy["object-src"] == policy["frame-ancestors"] == "'none'", page
+    # JSON has no use for one; the admin's and Swagger UI's pages hold inline scripts.
+    for other in ["/api/v1/symbols", reverse("admin:login"), "/api/docs/"]:
+        assert "Content-Security-Policy" not in client.get(other), other

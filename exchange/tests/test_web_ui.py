@@ -98,6 +98,13 @@ def open_page(browser, exchange_stack):
         contexts.append(context)
         page = context.new_page()
         page.on("pageerror", lambda error: errors.append(str(error)))
+        # What the Content-Security-Policy refused (a script, a style, a socket) fails the test.
+        page.on(
+            "console",
+            lambda message: (
+                "Content Security Policy" in message.text and errors.append(message.text)
+            ),
+        )
         return page
 
     errors: list[str] = []

@@ -691,6 +691,66 @@ def test_a_browser_from_another_origin_is_refused_at_the_handshake(market):
     asyncio.run(scenario())
 
 
+def test_a_page_of_another_origin_on_an_allowed_host_cannot_open_a_session_socket(market):
+    # Only the Origin's host name was checked against ALLOWED_HOSTS: a page served on another
+    # port of the same host (same-site, so its handshake carries the SameSite=Lax session
+    # cookie) opened a socket signed in as its visitor and could trade, where Django's CSRF
+    # check refuses that origin's POSTs.
+    browser = Client()
+    browser.force_login(market["users"][1])
+    cookie = f"sessionid={browser.cookies['sessionid'].value}"
+    port = int(market["base"].rsplit(":", 1)[1])
+    foreign = [f"http://127.0.0.1:{port + 1}", f"http://localhost:{port}"]
+
+    async def scenario():
+        for origin in foreign:
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                async with websockets.connect(
+                    market["ws"], origin=origin, additional_headers={"Cookie": cookie}
+                ):
+                    pass
+            assert refused.value.response.status_code == 403, origin
+        async with websockets.connect(
+            market["ws"],
+            origin=f"http://127.0.0.1:{port}",
+            additional_headers={"Cookie": cookie},
+            ping_interval=None,
+        ) as ws:
+            await send(ws, {"op": "subscribe", "channels": ["orders"]})
+            ack = await recv_until(ws, lambda f: f.get("type") in ("subscribed", "error"))
+            assert ack["type"] == "subscribed"
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_origin_of_csrf_trusted_origins_may_open_a_socket(processes, process_env):
+    # Behind a proxy that sends another Host, the page's origin is named in
+    # CSRF_TRUSTED_ORIGINS, as for the session's POSTs.
+    base = start_web(
+        processes,
+        env={
+            **process_env,
+            "CSRF_TRUSTED_ORIGINS": "https://exchange.example,https://*.trusted.example",
+        },
+        name="web-ws-trusted-origin",
+    )
+    ws_url = base.replace("http://", "ws://") + "/ws/v1"
+
+    async def scenario():
+        for origin in ("https://exchange.example", "https://desk.trusted.example"):
+            async with websockets.connect(ws_url, origin=origin, ping_interval=None) as ws:
+                await send(ws, {"op": "ping", "id": 1})
+                assert (await recv_until(ws, lambda f: f.get("type") == "pong"))["id"] == 1
+        for origin in ("http://exchange.example", "https://exchange.example:8443"):
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                async with websockets.connect(ws_url, origin=origin):
+                    pass
+            assert refused.value.response.status_code == 403, origin
+
+    asyncio.run(scenario())
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_handshake_on_another_path_is_refused_without_an_error_in_the_log(processes, process_env):
     # Channels found no route: a 500 and a traceback in the log for each (a trailing slash, a
