@@ -18,11 +18,13 @@ Django's deploy checks look for its own class paths), changed in how they are ca
 """
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.contrib.auth import middleware as auth
 from django.contrib.messages import middleware as messages
 from django.contrib.sessions import middleware as sessions
 from django.http import HttpResponseBadRequest, JsonResponse
 from django.middleware import clickjacking, common, csrf, security
+from django.utils.cache import add_never_cache_headers
 from django.utils.deprecation import MiddlewareMixin
 
 from accounts import rate_limits
@@ -128,6 +130,24 @@ class ContentSecurityPolicyMiddleware(InlineHooks, MiddlewareMixin):
             and "Content-Security-Policy" not in response
         ):
             response["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+        return response
+
+
+class PrivateApiNoStore(InlineHooks, MiddlewareMixin):
+    """An API answer to a request with credentials (an API key, or the web session's cookie)
+    may be the caller's alone: no shared cache or proxy may keep it (balances, orders, fills,
+    keys had gone out without any Cache-Control). Answers to requests without credentials
+    (public market data) stay cacheable."""
+
+    def process_response(self, request, response):
+        if (
+            request.path.startswith("/api/")
+            and (
+                "HTTP_X_API_KEY" in request.META or settings.SESSION_COOKIE_NAME in request.COOKIES
+            )
+            and "Cache-Control" not in response
+        ):
+            add_never_cache_headers(response)
         return response
 
 

@@ -203,6 +203,7 @@ MIDDLEWARE = [
     "exchange.middleware.MessageMiddleware",
     "exchange.middleware.XFrameOptionsMiddleware",
     "exchange.middleware.UsedWeightHeadersMiddleware",
+    "exchange.middleware.PrivateApiNoStore",
 ]
 # Django's deploy checks for the security, clickjacking and CSRF middleware match its class
 # paths by name and so warned about the subclasses above; exchange/checks.py checks by class.

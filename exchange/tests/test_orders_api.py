@@ -1558,3 +1558,17 @@ def test_the_order_book_while_redis_is_out_of_reach_is_a_503_not_an_empty_book(
             "message": "the order book is out of reach for a moment: retry shortly",
         }
         assert response.headers.get("Retry-After") == "1", path
+
+
+def test_answers_to_signed_requests_may_not_be_kept_by_shared_caches(market):
+    # Balances, orders and fills went out without any Cache-Control: a shared cache or proxy
+    # between a client and the exchange was free to keep one user's answers.
+    instrument, maker, _ = market
+    for path in ("/api/v1/balances", "/api/v1/orders", f"/api/v1/ticker/{instrument.symbol}"):
+        response = maker.get(path)
+        assert response.status_code == 200, path
+        assert "no-store" in response.headers["Cache-Control"], path
+        assert "private" in response.headers["Cache-Control"], path
+    base_url = str(maker.http.base_url).rstrip("/")
+    public = httpx.get(f"{base_url}/api/v1/ticker/{instrument.symbol}", timeout=10)
+    assert public.status_code == 200 and "no-store" not in public.headers.get("Cache-Control", "")
