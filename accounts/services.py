@@ -31,7 +31,7 @@ from accounts.login_throttle import (
     login_throttle_state,
     normalize_email,
 )
-from accounts.two_factor import code_match, two_factor_enabled
+from accounts.two_factor import attempt_throttled, code_match, two_factor_enabled
 from audit.events import AuditEvent
 from audit.services import audit_record
 
@@ -195,22 +195,10 @@ def password_change(
     User = get_user_model()
     user = request.user
     ip = _client_ip(request)
-    state = login_throttle_attempt(email=user.email, ip=ip, now=now)  # counted before the check
-    if state.throttled:
-        with transaction.atomic():
-            audit_record(
-                event_type=AuditEvent.LOGIN_THROTTLED,
-                actor=user,
-                user_id=user.pk,
-                request=request,
-                payload={
-                    "stage": "password_change",
-                    "by": state.throttled_by,
-                    "account_failures": state.account_failures,
-                    "ip_failures": state.ip_failures,
-                },
-            )
-        return PasswordChangeOutcome("throttled", throttle=state)
+    # Counted before the check, as a one-time code's attempt is (audited when throttled).
+    throttle = attempt_throttled(user=user, request=request, now=now, stage="password_change")
+    if throttle is not None:
+        return PasswordChangeOutcome("throttled", throttle=throttle)
     wrong = None
     with transaction.atomic():
         locked = User.objects.select_for_update().get(pk=user.pk)

@@ -247,9 +247,10 @@ def _client_ip(request: Any) -> str | None:
     return (getattr(request, "META", None) or {}).get("REMOTE_ADDR") or None
 
 
-def _throttled(*, user: Any, request: Any, now: float, stage: str) -> ThrottleState | None:
-    """Count a code attempt before it is checked (`login_throttle_attempt`); the state when it
-    is refused (audited), None when the code may be checked: then `_passed` or `_failed`."""
+def attempt_throttled(*, user: Any, request: Any, now: float, stage: str) -> ThrottleState | None:
+    """Count a signed-in user's attempt (a code, or their password on the password change)
+    before it is checked (`login_throttle_attempt`); the state when it is refused (audited),
+    None when it may be checked."""
     state = login_throttle_attempt(email=user.email, ip=_client_ip(request), now=now)
     if not state.throttled:
         return None
@@ -292,7 +293,7 @@ def two_factor_verify(*, request: Any, code: str, now: float) -> CodeOutcome:
     user = request.user
     if not two_factor_enabled(user):
         raise TwoFactorError("Two-factor authentication is not turned on for this account.")
-    throttle = _throttled(user=user, request=request, now=now, stage="verify")
+    throttle = attempt_throttled(user=user, request=request, now=now, stage="verify")
     if throttle is not None:
         return CodeOutcome(accepted=False, throttle=throttle)
     with transaction.atomic():
@@ -319,7 +320,7 @@ def two_factor_enable(*, request: Any, key_hex: str, code: str, now: float) -> C
     user = request.user
     if two_factor_enabled(user):
         raise TwoFactorError("Two-factor authentication is already on.")
-    throttle = _throttled(user=user, request=request, now=now, stage="enrol")
+    throttle = attempt_throttled(user=user, request=request, now=now, stage="enrol")
     if throttle is not None:
         return CodeOutcome(accepted=False, throttle=throttle)
     device = TOTPDevice(user=user, name=TOTP_DEVICE_NAME, key=key_hex, confirmed=True)
@@ -353,7 +354,7 @@ def two_factor_disable(*, request: Any, code: str, now: float) -> CodeOutcome:
         raise TwoFactorError("Staff accounts must keep two-factor authentication on.")
     if not two_factor_enabled(user):
         raise TwoFactorError("Two-factor authentication is not turned on.")
-    throttle = _throttled(user=user, request=request, now=now, stage="disable")
+    throttle = attempt_throttled(user=user, request=request, now=now, stage="disable")
     if throttle is not None:
         return CodeOutcome(accepted=False, throttle=throttle)
     with transaction.atomic():
@@ -381,7 +382,7 @@ def recovery_codes_regenerate(*, request: Any, code: str, now: float) -> CodeOut
     user = request.user
     if not two_factor_enabled(user):
         raise TwoFactorError("Two-factor authentication is not turned on.")
-    throttle = _throttled(user=user, request=request, now=now, stage="recovery_codes")
+    throttle = attempt_throttled(user=user, request=request, now=now, stage="recovery_codes")
     if throttle is not None:
         return CodeOutcome(accepted=False, throttle=throttle)
     with transaction.atomic():

@@ -98,6 +98,20 @@ async def recv_until(ws, predicate, *, timeout: float = 10.0, seen: list | None 
             return frame
 
 
+async def frames_for(ws, seconds: float):
+    """The frames that arrive within `seconds` (the server's pings answered, not yielded)."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            frame = json.loads(await asyncio.wait_for(ws.recv(), left))
+        except TimeoutError:
+            return
+        if frame.get("type") == "ping":
+            await send(ws, {"op": "pong", "id": frame["id"]})
+        else:
+            yield frame
+
+
 async def order_frame(ws, order_id: int) -> dict:
     """The next `orders` frame of the order `order_id` (other frames are read past)."""
     return await recv_until(
@@ -1159,14 +1173,8 @@ def test_brief_overshoots_far_apart_do_not_close_the_socket_and_every_refusal_is
 
     async def read_for(ws, seconds: float) -> int:
         """Read (answering the server's pings) for `seconds`; the refusals seen."""
-        refusals, deadline = 0, time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                frame = json.loads(await asyncio.wait_for(ws.recv(), left))
-            except TimeoutError:
-                break
-            if frame.get("type") == "ping":
-                await send(ws, {"op": "pong", "id": frame["id"]})
+        refusals = 0
+        async for frame in frames_for(ws, seconds):
             refusals += frame.get("error") == "TooManyRequests"
         return refusals
 
@@ -1213,16 +1221,11 @@ def test_heartbeats_come_every_second_without_a_skip(market):
     async def scenario():
         async with websockets.connect(market["ws"], ping_interval=None) as ws:
             await send(ws, {"op": "subscribe", "channels": ["heartbeat"]})
-            times, deadline = [], time.monotonic() + 12
-            while (left := deadline - time.monotonic()) > 0:
-                try:
-                    frame = json.loads(await asyncio.wait_for(ws.recv(), left))
-                except TimeoutError:
-                    break
-                if frame.get("type") == "ping":
-                    await send(ws, {"op": "pong", "id": frame["id"]})
-                elif frame.get("type") == "heartbeat":
-                    times.append(frame["server_time_ns"] / 1e9)
+            times = [
+                frame["server_time_ns"] / 1e9
+                async for frame in frames_for(ws, 12)
+                if frame.get("type") == "heartbeat"
+            ]
             gaps = [b - a for a, b in itertools.pairwise(times)]
             assert len(times) >= 11 and max(gaps) < 1.25, gaps
 
@@ -1248,15 +1251,9 @@ def test_heartbeats_keep_their_beat_while_order_ops_take_every_view_thread(
             for n in range(6):
                 order = limit(symbol, "buy", f"{10 + n}.00", "1")
                 await send(ws, {"op": "order.place", "id": n, **order})
-            times, answers, deadline = [], 0, time.monotonic() + 8
-            while (left := deadline - time.monotonic()) > 0:
-                try:
-                    frame = json.loads(await asyncio.wait_for(ws.recv(), left))
-                except TimeoutError:
-                    break
-                if frame.get("type") == "ping":
-                    await send(ws, {"op": "pong", "id": frame["id"]})
-                elif frame.get("type") == "heartbeat":
+            times, answers = [], 0
+            async for frame in frames_for(ws, 8):
+                if frame.get("type") == "heartbeat":
                     times.append(time.monotonic())
                 answers += frame.get("type") == "response"
             gaps = [b - a for a, b in itertools.pairwise(times)]
