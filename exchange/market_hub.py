@@ -295,7 +295,10 @@ class FrameQueue(asyncio.Queue):
 class Subscriber:
     """One connection as the hub sees it: its subscriptions and its bounded frame queue."""
 
-    RESYNC_LIMIT = 50  # resyncs for a slow consumer before the hub gives up on it
+    # A slow consumer resyncing more than this many times within the window is given up on
+    # (closed 4008); one that falls behind now and then, over days, is not.
+    RESYNC_LIMIT = 50
+    RESYNC_WINDOW_SECONDS = 600.0
 
     def __init__(
         self,
@@ -309,7 +312,8 @@ class Subscriber:
         self.channels: set[str] = set()
         self.depths: dict[str, int] = {}  # symbol -> book depth
         self.book_seq: dict[str, int] = {}  # symbol -> seq of the last book frame queued
-        self.resyncs = 0
+        self.resyncs = 0  # within the window that began at resyncs_since (monotonic seconds)
+        self.resyncs_since = 0.0
         self.on_give_up = on_give_up
         # Set when the connection can be written to directly (ws_direct): a frame then skips
         # the queue whenever nothing is queued ahead of it and the transport takes data.
@@ -640,6 +644,9 @@ class MarketHub:
     def _resync(self, sub: Subscriber, overflowing: str | None = None) -> None:
         """A slow consumer: drop what it has queued (and the frame that did not fit) but the
         answers to its ops, then a notice and fresh snapshots."""
+        now = time.monotonic()
+        if now - sub.resyncs_since > Subscriber.RESYNC_WINDOW_SECONDS:
+            sub.resyncs, sub.resyncs_since = 0, now
         sub.resyncs += 1
         if sub.resyncs > Subscriber.RESYNC_LIMIT and sub.on_give_up is not None:
             sub.on_give_up()

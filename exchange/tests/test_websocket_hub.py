@@ -106,6 +106,44 @@ def test_a_consumer_whose_answers_alone_fill_its_queue_is_given_up_on():
     asyncio.run(scenario())
 
 
+def test_a_consumer_resyncing_too_often_is_given_up_on_but_not_one_slow_now_and_then():
+    # 50 resyncs within the window close the connection (4008); a long-lived connection that
+    # falls behind now and then is not closed at its 51st resync of all time.
+    async def scenario():
+        hub, _ = hub_with_book()
+        gave_up = []
+        slow = Subscriber(maxsize=4, on_give_up=lambda: gave_up.append(True))
+        hub.add(slow, "book.X")
+        seq = 11
+        for _ in range(Subscriber.RESYNC_LIMIT):
+            while not slow.queue.full():
+                await hub.on_message(update(seq, f"{seq}.00", "1"))
+                seq += 1
+            resyncs = slow.resyncs
+            await hub.on_message(update(seq, f"{seq}.00", "1"))
+            seq += 1
+            assert slow.resyncs == resyncs + 1
+            drained(slow)
+        assert not gave_up
+        slow.resyncs_since -= Subscriber.RESYNC_WINDOW_SECONDS + 1  # the window has passed
+        while not slow.queue.full():
+            await hub.on_message(update(seq, f"{seq}.00", "1"))
+            seq += 1
+        await hub.on_message(update(seq, f"{seq}.00", "1"))
+        assert not gave_up and slow.resyncs == 1
+        seq += 1
+        for _ in range(Subscriber.RESYNC_LIMIT):
+            while not slow.queue.full() and not gave_up:
+                await hub.on_message(update(seq, f"{seq}.00", "1"))
+                seq += 1
+            await hub.on_message(update(seq, f"{seq}.00", "1"))
+            seq += 1
+            drained(slow)
+        assert gave_up
+
+    asyncio.run(scenario())
+
+
 def test_a_ticker_frame_goes_out_when_what_it_shows_changes_only():
     # The comparison included the book's seq, so a change deeper in the book sent a ticker
     # frame identical to the last but for its seq (346 of 1,270 frames in one live run).
