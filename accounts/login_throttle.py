@@ -32,6 +32,11 @@ from exchange.redis_connection import redis_client, redis_key
 logger = logging.getLogger(__name__)
 
 
+def client_ip(request: object) -> str | None:
+    """The address a sign-in attempt came from (the connection's, REMOTE_ADDR), if known."""
+    return (getattr(request, "META", None) or {}).get("REMOTE_ADDR") or None
+
+
 @dataclass(frozen=True, slots=True)
 class ThrottleState:
     """Failures estimated over the last window, and whether sign-in is refused for now."""

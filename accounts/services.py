@@ -25,6 +25,7 @@ from django.db import IntegrityError, transaction
 
 from accounts.login_throttle import (
     ThrottleState,
+    client_ip,
     login_throttle_attempt,
     login_throttle_attempt_passed,
     login_throttle_reset_account,
@@ -64,10 +65,6 @@ class LoginOutcome:
     throttle: ThrottleState | None = None
 
 
-def _client_ip(request: Any) -> str | None:
-    return (getattr(request, "META", None) or {}).get("REMOTE_ADDR") or None
-
-
 def username_from_email(email: str) -> str:
     """A free username derived from the email's local part (`jane.doe`, else `jane.doe-3f9a`).
     Usernames stay for the admin and the audit trail's actor label; people sign in by email."""
@@ -87,7 +84,7 @@ def user_sign_up(*, request: Any, email: str, password: str, now: float) -> Any:
     tells that the address has an account): past it, SignUpThrottled."""
     User = get_user_model()
     email = normalize_email(email)
-    ip = _client_ip(request)
+    ip = client_ip(request)
     state = login_throttle_attempt(email=None, ip=ip, now=now)
     if state.throttled:
         with transaction.atomic():
@@ -130,7 +127,7 @@ def login_with_password(*, request: Any, email: str, password: str, now: float) 
     user in (the OTP step may still be owed). A wrong password stays counted against the
     account and the client IP."""
     User = get_user_model()
-    ip = _client_ip(request)
+    ip = client_ip(request)
     account = User.objects.filter(email__iexact=normalize_email(email)).first()
     # Counted against the account found, by its own address: PostgreSQL's case-insensitive
     # match also finds it for look-alike spellings (a long s, U+017F, or a dotless i, U+0131,
@@ -194,7 +191,7 @@ def password_change(
     already have passed the password validators (the form does it)."""
     User = get_user_model()
     user = request.user
-    ip = _client_ip(request)
+    ip = client_ip(request)
     # Counted before the check, as a one-time code's attempt is (audited when throttled).
     throttle = attempt_throttled(user=user, request=request, now=now, stage="password_change")
     if throttle is not None:

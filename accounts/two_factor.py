@@ -36,6 +36,7 @@ from django_otp.util import random_hex
 
 from accounts.login_throttle import (
     ThrottleState,
+    client_ip,
     login_throttle_attempt,
     login_throttle_attempt_passed,
     login_throttle_reset_account,
@@ -243,15 +244,11 @@ class CodeOutcome:
         return self.throttle is not None and self.throttle.throttled
 
 
-def _client_ip(request: Any) -> str | None:
-    return (getattr(request, "META", None) or {}).get("REMOTE_ADDR") or None
-
-
 def attempt_throttled(*, user: Any, request: Any, now: float, stage: str) -> ThrottleState | None:
     """Count a signed-in user's attempt (a code, or their password on the password change)
     before it is checked (`login_throttle_attempt`); the state when it is refused (audited),
     None when it may be checked."""
-    state = login_throttle_attempt(email=user.email, ip=_client_ip(request), now=now)
+    state = login_throttle_attempt(email=user.email, ip=client_ip(request), now=now)
     if not state.throttled:
         return None
     with transaction.atomic():
@@ -279,12 +276,12 @@ def _failed(*, user: Any, request: Any, now: float, stage: str) -> CodeOutcome:
             request=request,
             payload={"stage": stage},
         )
-    state = login_throttle_state(email=user.email, ip=_client_ip(request), now=now)
+    state = login_throttle_state(email=user.email, ip=client_ip(request), now=now)
     return CodeOutcome(accepted=False, throttle=state)
 
 
 def _passed(*, user: Any, request: Any, now: float) -> None:
-    login_throttle_attempt_passed(email=user.email, ip=_client_ip(request), now=now)
+    login_throttle_attempt_passed(email=user.email, ip=client_ip(request), now=now)
 
 
 def two_factor_verify(*, request: Any, code: str, now: float) -> CodeOutcome:
