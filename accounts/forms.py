@@ -1,11 +1,51 @@
 """Forms of the sign-in pages (sign-up, login, the one-time code of the 2FA pages) and the
 admin's user forms."""
 
+from collections.abc import Callable
+
 from django import forms
 from django.contrib.auth import get_user_model, password_validation
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 
 from accounts.login_throttle import normalize_email
+
+
+def new_password_field(label: str, *, help_text: bool = False) -> forms.CharField:
+    """A field for a new password (the first of a pair shows the validators' rules)."""
+    return forms.CharField(
+        label=label,
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        help_text=password_validation.password_validators_help_text_html() if help_text else "",
+    )
+
+
+def new_password_pair_check(
+    form: forms.Form,
+    names: tuple[str, str],
+    *,
+    user,
+    differ: str,
+    refuse: Callable[[str], str | None] | None = None,
+) -> None:
+    """A new password typed twice (`names`): the second must equal the first (else `differ` on
+    it), then the first must pass `refuse` (a form's own rule) and the password validators for
+    `user`; errors go on the field at fault."""
+    first_name, second_name = names
+    first, second = form.cleaned_data.get(first_name), form.cleaned_data.get(second_name)
+    if first and second and first != second:
+        form.add_error(second_name, differ)
+        return
+    if not first:
+        return
+    refusal = refuse(first) if refuse is not None else None
+    if refusal:
+        form.add_error(first_name, refusal)
+        return
+    try:
+        password_validation.validate_password(first, user)
+    except forms.ValidationError as error:
+        form.add_error(first_name, error)
 
 
 class SignUpForm(forms.Form):
@@ -14,17 +54,8 @@ class SignUpForm(forms.Form):
         max_length=254,
         widget=forms.EmailInput(attrs={"autocomplete": "email", "autofocus": True}),
     )
-    password1 = forms.CharField(
-        label="Password",
-        strip=False,
-        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
-        help_text=password_validation.password_validators_help_text_html(),
-    )
-    password2 = forms.CharField(
-        label="Password again",
-        strip=False,
-        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
-    )
+    password1 = new_password_field("Password", help_text=True)
+    password2 = new_password_field("Password again")
 
     def clean_email(self) -> str:
         # Whether the address is taken is the sign-up service's to say: each such refusal
@@ -34,15 +65,12 @@ class SignUpForm(forms.Form):
 
     def clean(self) -> dict:
         cleaned = super().clean()
-        first, second = cleaned.get("password1"), cleaned.get("password2")
-        if first and second and first != second:
-            self.add_error("password2", "The two passwords differ.")
-        elif first:
-            probe = get_user_model()(email=cleaned.get("email", ""))
-            try:
-                password_validation.validate_password(first, probe)
-            except forms.ValidationError as error:
-                self.add_error("password1", error)
+        new_password_pair_check(
+            self,
+            ("password1", "password2"),
+            user=get_user_model()(email=cleaned.get("email", "")),
+            differ="The two passwords differ.",
+        )
         return cleaned
 
 
@@ -55,17 +83,8 @@ class PasswordChangeForm(forms.Form):
         strip=False,
         widget=forms.PasswordInput(attrs={"autocomplete": "current-password", "autofocus": True}),
     )
-    new_password1 = forms.CharField(
-        label="New password",
-        strip=False,
-        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
-        help_text=password_validation.password_validators_help_text_html(),
-    )
-    new_password2 = forms.CharField(
-        label="New password again",
-        strip=False,
-        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
-    )
+    new_password1 = new_password_field("New password", help_text=True)
+    new_password2 = new_password_field("New password again")
     code = forms.CharField(
         label="Code from your authenticator app or a recovery code",
         max_length=20,
@@ -83,16 +102,13 @@ class PasswordChangeForm(forms.Form):
     def clean(self) -> dict:
         cleaned = super().clean()
         current = cleaned.get("current_password")
-        first, second = cleaned.get("new_password1"), cleaned.get("new_password2")
-        if first and second and first != second:
-            self.add_error("new_password2", "The two new passwords differ.")
-        elif first and first == current:
-            self.add_error("new_password1", "The new password is your current one.")
-        elif first:
-            try:
-                password_validation.validate_password(first, self.user)
-            except forms.ValidationError as error:
-                self.add_error("new_password1", error)
+        new_password_pair_check(
+            self,
+            ("new_password1", "new_password2"),
+            user=self.user,
+            differ="The two new passwords differ.",
+            refuse=lambda new: "The new password is your current one." if new == current else None,
+        )
         return cleaned
 
 
