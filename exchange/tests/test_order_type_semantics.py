@@ -1,5 +1,5 @@
-"""Order types in combination, as a client of the real web process and shard worker sees them:
-what a real venue does with stops, icebergs, self-trade prevention and amends."""
+"""Order types as a client of the real web process and shard worker sees them, held to what a
+real venue does with them."""
 
 import pytest
 
