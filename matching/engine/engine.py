@@ -237,6 +237,8 @@ class Book:
         "stp_default",
         "symbol",
         "touched",
+        "traded_hi",
+        "traded_lo",
     )
 
     def __init__(self, inst: Instrument, index: int) -> None:
@@ -264,6 +266,11 @@ class Book:
         self.gone_a: dict[int, None] = {}
         self.buy_stops: list[tuple] = []  # (stop_price, seq, order) ascending: nearest first
         self.sell_stops: list[tuple] = []  # (-stop_price, seq, order) ascending: nearest first
+        # Lowest and highest trade price since the stops were last collected (None: no trade),
+        # kept only while there are stops: a sweep's first print can cross a stop that its
+        # last print (the last price) is back on the other side of.
+        self.traded_lo: int | None = None
+        self.traded_hi: int | None = None
         self.rules_set(inst)
 
     def rules_set(self, inst: Instrument) -> None:
@@ -1062,6 +1069,7 @@ class Engine:
 
     def _add_stop(self, book: Book, o: Order) -> None:
         o.seq = self.ev_seq + 1  # the seq of its untriggered event, which follows
+        book.traded_lo = book.traded_hi = None  # no earlier print may trigger it
         if o.is_buy:
             insort(book.buy_stops, (o.stop_price, o.seq, o))
         else:
@@ -1438,6 +1446,8 @@ class Engine:
                 if not lvl.marked:
                     lvl.marked = True
                     changed[lvl] = None
+                if last is None:
+                    first = p
                 last = p
                 tr += 1
                 ev += 1
@@ -1517,6 +1527,13 @@ class Engine:
         if last is not None:
             t.rich = False  # spent changed (a buy)
             book.last = last
+            if book.buy_stops or book.sell_stops:
+                # A taker's fills go from the best price outward: its prints span first..last.
+                lo, hi = (first, last) if is_buy else (last, first)
+                if book.traded_lo is None or lo < book.traded_lo:
+                    book.traded_lo = lo
+                if book.traded_hi is None or hi > book.traded_hi:
+                    book.traded_hi = hi
             if not book.touched:
                 book.touched = True
                 self._touched.append(book)
@@ -1660,18 +1677,28 @@ class Engine:
         o.type = MARKET if o.type == STOP_MARKET else LIMIT
         self._order_event(out, ts, o, TRIGGERED)
 
-    def _collect_stops(self, book: Book, queue, ts: int, out) -> None:
-        last = book.last
-        if last is None:
-            return
+    def _traded_range(self, book: Book) -> tuple[int, int]:
+        """(lowest, highest) trade price since the stops were last collected, or the last price
+        twice when there was none; the range starts again from here."""
+        lo = book.traded_lo
+        if lo is None:
+            return book.last, book.last
+        hi = book.traded_hi
+        book.traded_lo = book.traded_hi = None
+        return lo, hi
+
+    def _collect_stops(self, book: Book, queue, ts: int, out, lo: int, hi: int) -> None:
+        """Trigger every stop that a trade since the last collection reached (a buy stop at or
+        below the highest print, a sell stop at or above the lowest): buy stops by stop price
+        ascending then seq, then sell stops by stop price descending then seq."""
         buys = book.buy_stops
-        while buys and buys[0][0] <= last:
+        while buys and buys[0][0] <= hi:
             o = buys.pop(0)[2]
             del self.orders[o.id]
             self._trigger(book, o, ts, out)
             queue.append(o)
         sells = book.sell_stops
-        while sells and -sells[0][0] >= last:
+        while sells and -sells[0][0] >= lo:
             o = sells.pop(0)[2]
             del self.orders[o.id]
             self._trigger(book, o, ts, out)
@@ -1679,19 +1706,20 @@ class Engine:
 
     def _run_stops(self, book: Book, ts: int, out) -> None:
         """Trigger every eligible stop and process the cascade within this command."""
-        last = book.last
-        if last is None:
+        if book.last is None:
             return
+        lo, hi = self._traded_range(book)
         buys = book.buy_stops
         sells = book.sell_stops
-        if not ((buys and buys[0][0] <= last) or (sells and -sells[0][0] >= last)):
+        if not ((buys and buys[0][0] <= hi) or (sells and -sells[0][0] >= lo)):
             return
         queue: deque = deque()
-        self._collect_stops(book, queue, ts, out)
+        self._collect_stops(book, queue, ts, out, lo, hi)
         while queue:
             o = queue.popleft()
             self._process(book, o, ts, out, False)
-            self._collect_stops(book, queue, ts, out)
+            lo, hi = self._traded_range(book)
+            self._collect_stops(book, queue, ts, out, lo, hi)
 
     # ======================================================================================
     # CANCEL / AMEND / MASS CANCEL / EXPIRY

@@ -252,6 +252,7 @@ class ReferenceModel:
             "halted": False,
             "book_seq": 0,
             "last_price": None,
+            "prints": [],  # trade prices since the stops were last collected
         }
 
     def _add_instrument(self, cmd: tuple) -> None:
@@ -432,7 +433,20 @@ class ReferenceModel:
         return last >= o["stop_price"] if o["is_buy"] else last <= o["stop_price"]
 
     def _collect_triggered(self, symbol: str, queue: list[dict]) -> None:
-        mine = [o for o in self.stops if o["symbol"] == symbol and self._stop_is_eligible(o)]
+        """Trigger every stop that a trade since the last collection reached (a trade at or
+        through its stop price; without one, the last price decides)."""
+        book = self.books[symbol]
+        prints, book["prints"] = book["prints"], []
+        last = book["last_price"]
+        if last is None:
+            return
+
+        def reached(o: dict) -> bool:
+            if o["is_buy"]:
+                return any(p >= o["stop_price"] for p in prints or [last])
+            return any(p <= o["stop_price"] for p in prints or [last])
+
+        mine = [o for o in self.stops if o["symbol"] == symbol and reached(o)]
         buys = sorted((o for o in mine if o["is_buy"]), key=lambda o: (o["stop_price"], o["seq"]))
         sells = sorted(
             (o for o in mine if not o["is_buy"]), key=lambda o: (-o["stop_price"], o["seq"])
@@ -550,6 +564,7 @@ class ReferenceModel:
             taker["quote_spent"] += notional + taker_fee
         self.trade_seq += 1
         self.books[taker["symbol"]]["last_price"] = price
+        self.books[taker["symbol"]]["prints"].append(price)
         self._emit(
             EV_TRADE,
             taker["symbol"],

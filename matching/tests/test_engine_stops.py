@@ -1,6 +1,6 @@
 """Stop-market and stop-limit orders: trigger on last trade price, order, cascades."""
 
-from matching.engine import STOP_LIMIT, STOP_MARKET
+from matching.engine import IOC, STOP_LIMIT, STOP_MARKET
 from matching.engine.testing import Harness, fills, final, order_events
 
 
@@ -96,3 +96,41 @@ def test_cancel_untriggered_stop():
     ev = h.cancel(1)
     assert final(ev, 1) == ("cancelled", "user", 0, 0)
     assert h.engine.books["X"].buy_stops == []
+
+
+def test_sell_stop_triggers_on_a_print_at_its_price_though_the_sweep_ends_above_it():
+    # A market buy prints 97 then 98: the trade at 97 reached the sell stop at 97 (a stop is
+    # elected by a trade at or through its price), though the last price is 98 once it is done.
+    h = Harness()
+    trade_at(h, 100, 900)
+    h.sell(1, 97, 1, user=3)
+    h.sell(2, 98, 1, user=3)
+    h.buy(3, 90, 5, user=4)
+    h.place(10, False, 1, 0, user=7, order_type=STOP_MARKET, stop_price=97)
+    ev = h.market_buy(11, 2, user=8)
+    assert [e[6] for e in order_events(ev, 10)] == ["triggered", "filled"]
+    assert fills(ev) == [(1, 11, 97, 1), (2, 11, 98, 1), (3, 10, 90, 1)]
+
+
+def test_buy_stop_triggers_on_a_print_at_its_price_though_the_sweep_ends_below_it():
+    h = Harness()
+    trade_at(h, 100, 900)
+    h.buy(1, 103, 1, user=3)
+    h.buy(2, 102, 1, user=3)
+    h.sell(3, 110, 5, user=4)
+    h.place(10, True, 1, 0, user=7, order_type=STOP_MARKET, stop_price=103)
+    ev = h.sell(11, 102, 2, user=8)  # prints 103 then 102
+    assert [e[6] for e in order_events(ev, 10)] == ["triggered", "filled"]
+    assert (3, 10, 110, 1) in fills(ev)
+
+
+def test_prints_before_a_stop_arrived_never_trigger_it():
+    h = Harness()
+    trade_at(h, 100, 900)
+    h.sell(1, 97, 1, user=3)
+    h.sell(2, 98, 1, user=3)
+    h.market_buy(3, 2, user=8)  # prints 97 then 98, with no stop waiting
+    ev = h.place(10, False, 1, 0, user=7, order_type=STOP_MARKET, stop_price=97)
+    ev += h.buy(11, 90, 1, user=4, tif=IOC)  # a command that trades nothing
+    ev += h.place(12, False, 1, 0, user=7, order_type=STOP_MARKET, stop_price=96)
+    assert [e[6] for e in order_events(ev) if e[4] in (10, 12)] == ["untriggered"] * 2
