@@ -1,5 +1,7 @@
 from django.contrib import admin, messages
+from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.contrib.auth.models import Group
 from django.db import transaction
 from django_otp.plugins.otp_static.models import StaticDevice
 from django_otp.plugins.otp_totp.models import TOTPDevice
@@ -103,6 +105,22 @@ def _may_manage(actor, user, *, own: bool) -> bool:
     if actor.is_superuser or not (user.is_staff or user.is_superuser):
         return True
     return own and user.pk == actor.pk
+
+
+if admin.site.is_registered(Group):
+    admin.site.unregister(Group)
+
+
+@admin.register(Group)
+class GroupAdmin(DjangoGroupAdmin):
+    """A group's permissions are its members' powers, so only a superuser sets them: staff with
+    `auth.change_group` had ticked `accounts.add_ledgerentry` on a group they were in (the
+    compliance group) and credited deposits, past the rule that only a superuser grants powers.
+    Other staff may still name groups."""
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = super().get_readonly_fields(request, obj)
+        return fields if request.user.is_superuser else (*fields, "permissions")
 
 
 # ---- fee tiers ---------------------------------------------------------------------------------

@@ -1,0 +1,69 @@
+"""The admin as compliance and operations staff use it, over HTTP with the real web process:
+who may grant powers, staff actions on schedules, and list pages that stay usable on big
+tables."""
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group, Permission
+
+from exchange.tests.admin_http import admin_client, csrf_token
+
+
+def permission(name: str) -> Permission:
+    app_label, codename = name.split(".")
+    return Permission.objects.get(content_type__app_label=app_label, codename=codename)
+
+
+@pytest.mark.processes
+def test_staff_who_may_change_groups_cannot_give_a_group_powers(exchange_stack, live_db):
+    # Staff with auth.change_group, in a group, ticked accounts.add_ledgerentry on it and could
+    # credit deposits: only a superuser grants powers.
+    staff = admin_client(
+        exchange_stack, permissions=("auth.view_group", "auth.change_group", "auth.add_group")
+    )
+    me = get_user_model().objects.filter(is_staff=True).latest("pk")
+    group = Group.objects.create(name=f"desk-{me.pk}")
+    group.permissions.add(permission("audit.view_audit_trail"))
+    me.groups.add(group)  # as a superuser had made them a member
+    credit = permission("accounts.add_ledgerentry")
+    url = f"/admin/auth/group/{group.pk}/change/"
+    assert 'name="permissions"' not in staff.get(url).text
+    saved = staff.post(
+        url,
+        data={
+            "csrfmiddlewaretoken": csrf_token(staff, url),
+            "name": f"desk-{me.pk}-renamed",
+            "permissions": [str(credit.pk)],
+            "_save": "Save",
+        },
+    )
+    assert saved.status_code == 302  # the name is saved, the powers are not
+    group.refresh_from_db()
+    assert group.name == f"desk-{me.pk}-renamed"
+    assert list(group.permissions.all()) == [permission("audit.view_audit_trail")]
+    assert not get_user_model().objects.get(pk=me.pk).has_perm("accounts.add_ledgerentry")
+    add_url = "/admin/auth/group/add/"
+    added = staff.post(
+        add_url,
+        data={
+            "csrfmiddlewaretoken": csrf_token(staff, add_url),
+            "name": f"new-{me.pk}",
+            "permissions": [str(credit.pk)],
+            "_save": "Save",
+        },
+    )
+    assert added.status_code == 302
+    assert not Group.objects.get(name=f"new-{me.pk}").permissions.exists()
+    # A superuser does.
+    root = admin_client(exchange_stack)
+    granted = root.post(
+        url,
+        data={
+            "csrfmiddlewaretoken": csrf_token(root, url),
+            "name": group.name,
+            "permissions": [str(credit.pk)],
+            "_save": "Save",
+        },
+    )
+    assert granted.status_code == 302
+    assert list(group.permissions.all()) == [credit]
