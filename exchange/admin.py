@@ -4,7 +4,10 @@ delistings and cancels go through the services (and so through the engine and th
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
+from django.db import transaction
 from django.shortcuts import render
+from django_celery_beat import admin as celery_beat_admin
+from django_celery_beat.models import PeriodicTask
 
 from exchange import services
 from exchange.api_errors import ApiError
@@ -260,3 +263,53 @@ class TradeAdmin(ReadOnlyAdmin):
     list_filter = ("instrument", "taker_side")
     search_fields = ("=id", "=maker_order__id", "=taker_order__id")
     list_select_related = ("instrument",)
+
+
+# ---- Celery beat's schedules ----------------------------------------------------------------
+
+if admin.site.is_registered(PeriodicTask):  # django-celery-beat's, if its admin came first
+    admin.site.unregister(PeriodicTask)
+
+
+@admin.register(PeriodicTask)
+class PeriodicTaskAdmin(celery_beat_admin.PeriodicTaskAdmin):
+    """django-celery-beat's periodic tasks, whose list actions need the permission to change
+    them and are recorded. Its enable, disable, toggle and run actions had no permission of
+    their own (anyone who could view the list could stop the audit sealer or the expiry of
+    GTD/DAY orders, or run any scheduled task at once) and wrote with a bulk update, no record
+    of who did it: now each needs `django_celery_beat.change_periodictask`, and each task acted
+    on shows in its History and in the audit trail as a `staff.action`."""
+
+    @admin.action(description="Enable selected tasks", permissions=["change"])
+    def enable_tasks(self, request, queryset) -> None:
+        self._recorded(request, queryset, super().enable_tasks, lambda task: "Enabled")
+
+    @admin.action(description="Disable selected tasks", permissions=["change"])
+    def disable_tasks(self, request, queryset) -> None:
+        self._recorded(request, queryset, super().disable_tasks, lambda task: "Disabled")
+
+    @admin.action(description="Toggle activity of selected tasks", permissions=["change"])
+    def toggle_tasks(self, request, queryset) -> None:
+        self._recorded(
+            request,
+            queryset,
+            super().toggle_tasks,
+            lambda task: "Disabled" if task.enabled else "Enabled",
+        )
+
+    @admin.action(description="Run selected tasks", permissions=["change"])
+    def run_tasks(self, request, queryset) -> None:
+        tasks = list(queryset.order_by("pk"))
+        super().run_tasks(request, queryset)  # sends them all, or none when one is unknown
+        if all(self.celery_app.tasks.get(task.task) is not None for task in tasks):
+            for task in tasks:
+                self.log_change(request, task, "Run now")
+
+    def _recorded(self, request, queryset, action, message) -> None:
+        """Run `action` and record `message(task)` (as the task was before) for each task, in
+        one transaction with the change."""
+        with transaction.atomic():
+            tasks = list(queryset.order_by("pk"))
+            action(request, queryset)
+            for task in tasks:
+                self.log_change(request, task, message(task))

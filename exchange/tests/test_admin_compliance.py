@@ -2,11 +2,15 @@
 who may grant powers, staff actions on schedules, and list pages that stay usable on big
 tables."""
 
+import uuid
+
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-from exchange.tests.admin_http import admin_client, csrf_token
+from audit.models import AuditRecord
+from exchange.tests.admin_http import admin_action_post, admin_client, csrf_token
 
 
 def permission(name: str) -> Permission:
@@ -67,3 +71,47 @@ def test_staff_who_may_change_groups_cannot_give_a_group_powers(exchange_stack, 
     )
     assert granted.status_code == 302
     assert list(group.permissions.all()) == [credit]
+
+
+@pytest.mark.processes
+def test_periodic_tasks_are_stopped_or_run_only_with_the_permission_and_on_the_record(
+    exchange_stack, live_db
+):
+    # Anyone who could view the periodic tasks could disable the audit sealer or the expiry of
+    # GTD/DAY orders (or run any task at once), and no record said who had.
+    every_second, _ = IntervalSchedule.objects.get_or_create(every=1, period="seconds")
+    task = PeriodicTask.objects.create(
+        name=f"sealer-{uuid.uuid4().hex[:8]}",
+        task="audit.tasks.audit_seal_task",
+        interval=every_second,
+        enabled=True,
+    )
+    changelist = "/admin/django_celery_beat/periodictask/"
+    viewer = admin_client(exchange_stack, permissions=("django_celery_beat.view_periodictask",))
+    assert "disable_tasks" not in viewer.get(changelist).text
+    for action in ("disable_tasks", "toggle_tasks"):
+        admin_action_post(viewer, changelist, action, task.pk)
+        task.refresh_from_db()
+        assert task.enabled, action
+    operator = admin_client(
+        exchange_stack,
+        permissions=(
+            "django_celery_beat.view_periodictask",
+            "django_celery_beat.change_periodictask",
+        ),
+    )
+    me = get_user_model().objects.filter(is_staff=True).latest("pk")
+    assert admin_action_post(operator, changelist, "disable_tasks", task.pk).status_code == 302
+    task.refresh_from_db()
+    assert not task.enabled
+    assert admin_action_post(operator, changelist, "toggle_tasks", task.pk).status_code == 302
+    task.refresh_from_db()
+    assert task.enabled
+    records = AuditRecord.objects.filter(
+        event_type="staff.action", payload__model="django_celery_beat.periodictask"
+    ).filter(payload__object_id=str(task.pk))
+    assert [(r.actor_id, r.payload["change_message"]) for r in records.order_by("seq")] == [
+        (me.pk, "Disabled"),
+        (me.pk, "Enabled"),
+    ]
+    assert "Disabled" in operator.get(f"{changelist}{task.pk}/history/").text
