@@ -2,15 +2,21 @@
 who may grant powers, staff actions on schedules, and list pages that stay usable on big
 tables."""
 
+import re
 import uuid
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
+from accounts.tests.otp_login import make_person, verified_client
 from audit.models import AuditRecord
+from exchange.models import Trade
 from exchange.tests.admin_http import admin_action_post, admin_client, csrf_token
+from exchange.tests.api_client import ApiClient, make_instrument
 
 
 def permission(name: str) -> Permission:
@@ -115,3 +121,54 @@ def test_periodic_tasks_are_stopped_or_run_only_with_the_permission_and_on_the_r
         (me.pk, "Enabled"),
     ]
     assert "Disabled" in operator.get(f"{changelist}{task.pk}/history/").text
+
+
+def results(page) -> int:
+    """The number of rows an admin list page says it found."""
+    assert page.status_code == 200, page.status_code
+    return int(re.search(r"(\d+) results?", page.text).group(1))
+
+
+@pytest.mark.processes
+def test_the_trades_and_the_audit_trail_are_searched_by_order_or_trade_id(exchange_stack, live_db):
+    instrument = make_instrument()
+    maker, taker = ApiClient(exchange_stack), ApiClient(exchange_stack)
+    fields = {"symbol": instrument.symbol, "order_type": "limit", "price": "12.00"}
+    sell = maker.place(side="sell", quantity="2", **fields).json()["order_id"]
+    buy = taker.place(side="buy", quantity="2", **fields).json()["order_id"]
+    trade = Trade.objects.get(maker_order_id=sell)
+    staff = admin_client(exchange_stack)
+    for term in (str(sell), f" {buy} ", f'"{trade.pk}"'):
+        page = staff.get("/admin/exchange/trade/", params={"q": term})
+        assert f"/admin/exchange/trade/{trade.pk}/change/" in page.text, term
+    history = f"/order-history/{sell}/"
+    assert history in staff.get("/admin/audit/auditrecord/", params={"q": str(sell)}).text
+    for term in ("abc", "\u00b2", "99999999999999999999", "-1", f"{sell}abc"):
+        for url in ("/admin/exchange/trade/", "/admin/audit/auditrecord/"):
+            assert results(staff.get(url, params={"q": term})) == 0, (url, term)
+
+
+@pytest.mark.django_db
+def test_searching_the_trail_or_the_trades_by_id_reads_their_indexes_not_every_row():
+    # Django's `=id` search compared text, UPPER(order_id::text) = UPPER('42'), which no index
+    # serves: each search of the audit trail (and of the trades) by an order id read every
+    # row, for the page and again for its count.
+    staff = verified_client(make_person(superuser=True))
+    for url, table in (
+        ("/admin/audit/auditrecord/", "audit_record"),
+        ("/admin/exchange/trade/", "exchange_trade"),
+    ):
+        with CaptureQueriesContext(connection) as queries:
+            assert staff.get(url, {"q": "42"}).status_code == 200
+        searches = [
+            query["sql"]
+            for query in queries.captured_queries
+            if f'FROM "{table}"' in query["sql"] and "42" in query["sql"]
+        ]
+        assert len(searches) >= 2, url  # the count and the page
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL enable_seqscan = off")
+            for sql in searches:
+                cursor.execute("EXPLAIN " + sql)
+                plan = "\n".join(row[0] for row in cursor.fetchall())
+                assert "Seq Scan" not in plan and "upper(" not in plan, plan
