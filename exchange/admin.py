@@ -323,7 +323,8 @@ class TradeAdmin(ReadOnlyAdmin):
     )
     list_filter = ("instrument", "taker_side")
     search_fields = ("=id", "=maker_order__id", "=taker_order__id")
-    list_select_related = ("instrument",)
+    # Both orders are columns: without them here each row read its two orders one by one.
+    list_select_related = ("instrument", "maker_order", "taker_order")
 
 
 # ---- Celery beat's schedules ----------------------------------------------------------------

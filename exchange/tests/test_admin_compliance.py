@@ -2,8 +2,10 @@
 who may grant powers, staff actions on schedules, and list pages that stay usable on big
 tables."""
 
+import datetime as dt
 import re
 import uuid
+from decimal import Decimal
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -11,12 +13,13 @@ from django.contrib.auth.models import Group, Permission
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
+from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 
 from accounts.tests.otp_login import make_person, verified_client
 from audit.models import AuditRecord
-from exchange.models import Trade
+from exchange.models import Order, Trade
 from exchange.tests.admin_http import admin_action_post, admin_client, csrf_token
-from exchange.tests.api_client import ApiClient, make_instrument
+from exchange.tests.api_client import ApiClient, make_instrument, make_user
 
 
 def permission(name: str) -> Permission:
@@ -172,3 +175,63 @@ def test_searching_the_trail_or_the_trades_by_id_reads_their_indexes_not_every_r
                 cursor.execute("EXPLAIN " + sql)
                 plan = "\n".join(row[0] for row in cursor.fetchall())
                 assert "Seq Scan" not in plan and "upper(" not in plan, plan
+
+
+def queries_for(client, url: str, params: dict) -> int:
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get(url, params).status_code == 200
+    return len(queries.captured_queries)
+
+
+def stored_trade(instrument, seq: int) -> Trade:
+    """A trade row between two new users' orders (no engine: only the admin reads it)."""
+    maker, taker = make_user(funds={}), make_user(funds={})
+    orders = [
+        Order.objects.create(
+            user=user, instrument=instrument, side=side, order_type="limit",
+            time_in_force="GTC", price=Decimal("10"), quantity=Decimal("1"),
+            maker_fee_ppm=0, taker_fee_ppm=0, status="filled", is_open=False,
+        )
+        for user, side in ((maker, "sell"), (taker, "buy"))
+    ]  # fmt: skip
+    return Trade.objects.create(
+        instrument=instrument, engine_trade_seq=seq, price=Decimal("10"), quantity=Decimal("1"),
+        quote_quantity=Decimal("10"), maker_order=orders[0], taker_order=orders[1],
+        maker_user=maker, taker_user=taker, taker_side="buy", maker_fee=Decimal(0),
+        taker_fee=Decimal(0), executed_at=dt.datetime.now(dt.UTC), executed_at_ns=seq,
+    )  # fmt: skip
+
+
+@pytest.mark.django_db
+def test_the_trade_and_recovery_code_lists_cost_the_same_queries_for_one_row_or_many():
+    # The trade list read each row's maker and taker order one by one (200 queries for a page
+    # of 100), the recovery-code list counted each device's codes one by one.
+    staff = verified_client(make_person(superuser=True))
+    instrument = make_instrument()
+    by_instrument = {"instrument__id__exact": instrument.pk}
+    stored_trade(instrument, 1)
+    one = queries_for(staff, "/admin/exchange/trade/", by_instrument)
+    for seq in range(2, 6):
+        stored_trade(instrument, seq)
+    assert queries_for(staff, "/admin/exchange/trade/", by_instrument) == one
+    tag = uuid.uuid4().hex[:10]
+
+    def recovery_codes(count: int) -> None:
+        user = make_user(f"codes-{tag}", funds={})
+        device = StaticDevice.objects.create(user=user, name="backup")
+        for n in range(count):
+            StaticToken.objects.create(device=device, token=f"code{n}")
+
+    recovery_codes(3)
+    by_tag = {"q": tag}
+    one = queries_for(staff, "/admin/otp_static/staticdevice/", by_tag)
+    for count in (1, 2, 4):
+        recovery_codes(count)
+    page = staff.get("/admin/otp_static/staticdevice/", by_tag).content.decode()
+    assert sorted(re.findall(r'<td class="field-codes_left">(\d+)</td>', page)) == [
+        "1",
+        "2",
+        "3",
+        "4",
+    ]
+    assert queries_for(staff, "/admin/otp_static/staticdevice/", by_tag) == one
