@@ -41,7 +41,7 @@ def _integer_field(model, path: str) -> bool:
     return isinstance(field, models.IntegerField | models.AutoField)
 
 
-def _typed_integer(term: str) -> int | None:
+def typed_integer(term: str) -> int | None:
     """A search term as an id: ASCII digits within PostgreSQL's bigint, else None."""
     if not (term.isascii() and term.isdigit()):
         return None
@@ -70,7 +70,7 @@ class IdSearchAdmin(admin.ModelAdmin):
         for bit in smart_split(search_term):
             if bit.startswith(('"', "'")) and bit[0] == bit[-1]:
                 bit = unescape_string_literal(bit)
-            number = _typed_integer(bit)
+            number = typed_integer(bit)
             either = [
                 Q(**{lookup: number if integer else bit})
                 for lookup, integer in lookups
@@ -84,7 +84,12 @@ class IdSearchAdmin(admin.ModelAdmin):
 
 
 class ReadOnlyAdmin(IdSearchAdmin):
-    """Records only the engine, the worker or a service writes: staff look, never edit."""
+    """Records only the engine, the worker or a service writes: staff look, never edit.
+
+    Tables of millions of rows: a filtered list counts what it found, not also the whole table
+    ("N results (M total)" had counted every order, trade or command again on each search)."""
+
+    show_full_result_count = False
 
     def has_add_permission(self, request) -> bool:
         return False
