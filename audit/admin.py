@@ -15,7 +15,7 @@ from django.utils.html import format_html
 from audit.chain import iso_ns
 from audit.models import NS_PER_SECOND, AuditRecord
 from audit.selectors import audit_records_for_order, audit_records_with_seal_hash, audit_seal_lag
-from exchange.admin import IdSearchAdmin
+from exchange.admin import IdSearchAdmin, TableEstimatePaginator
 
 VIEW_PERMISSION = "audit.view_audit_trail"
 
@@ -122,6 +122,7 @@ class AuditRecordAdmin(IdSearchAdmin):
     search_help_text = "Exact order, trade or user id."
     ordering = ["-seq"]
     show_full_result_count = False
+    paginator = TableEstimatePaginator
     list_per_page = 100
     actions = None
     readonly_fields = ["timestamp", "seal_hash_hex"]
