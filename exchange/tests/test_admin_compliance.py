@@ -311,3 +311,35 @@ def test_an_unfiltered_list_of_a_big_table_is_counted_from_the_estimate_not_row_
     # A filtered list is counted: its count is exact.
     page = staff.get("/admin/exchange/trade/", {"instrument__id__exact": instrument.pk})
     assert "3 trades" in page.content.decode() and "about" not in page.content.decode()
+
+
+@pytest.mark.processes
+def test_an_admin_action_on_a_selection_that_is_not_ids_is_refused_without_a_500(
+    exchange_stack, live_db
+):
+    # A posted _selected_action of "abc" reached the ORM's pk__in: every action (a staff
+    # cancel, a halt, a key's revocation, Django's "delete selected") answered 500.
+    instrument = make_instrument()
+    trader = ApiClient(exchange_stack)
+    order_id = trader.place(
+        symbol=instrument.symbol, side="buy", order_type="limit", price="10.00", quantity="1"
+    ).json()["order_id"]
+    staff = admin_client(exchange_stack)
+    for changelist, action in (
+        ("/admin/exchange/order/", "cancel_orders"),
+        ("/admin/exchange/instrument/", "halt_trading"),
+        ("/admin/accounts/apikey/", "revoke_keys"),
+        ("/admin/accounts/user/", "delete_selected"),
+        ("/admin/django_celery_beat/periodictask/", "disable_tasks"),
+    ):
+        for selected in ("abc", "", "1.5", "\u00b2", f"{order_id}x"):
+            response = admin_action_post(staff, changelist, action, selected, index="0")
+            assert response.status_code == 302, (changelist, action, selected)
+            page = staff.get(response.headers["location"]).text
+            assert "the selection is not a list of ids" in page, (changelist, action, selected)
+    assert Order.objects.get(pk=order_id).status == "new"
+    instrument.refresh_from_db()
+    assert instrument.status == "trading"
+    # A selection of ids still acts.
+    admin_action_post(staff, "/admin/exchange/order/", "cancel_orders", order_id, index="0")
+    assert Command.objects.filter(order_id=order_id, kind="cancel").exists()
