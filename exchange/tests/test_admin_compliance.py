@@ -343,3 +343,27 @@ def test_an_admin_action_on_a_selection_that_is_not_ids_is_refused_without_a_500
     # A selection of ids still acts.
     admin_action_post(staff, "/admin/exchange/order/", "cancel_orders", order_id, index="0")
     assert Command.objects.filter(order_id=order_id, kind="cancel").exists()
+
+
+@pytest.mark.processes
+def test_staff_change_their_password_only_on_the_throttled_audited_page(exchange_stack, live_db):
+    # Django's /admin/password_change/ took the current password alone: no one-time code, no
+    # count of wrong guesses (a stolen staff session could guess without limit), no record.
+    staff = admin_client(exchange_stack)
+    me = get_user_model().objects.filter(is_staff=True).latest("pk")
+    url = "/admin/password_change/"
+    page = staff.get(url)
+    assert page.status_code == 302 and page.headers["location"] == "/accounts/password/"
+    for old in ("wrong-guess-1", "staff-password-1"):
+        changed = staff.post(
+            url,
+            data={
+                "csrfmiddlewaretoken": csrf_token(staff, "/admin/"),
+                "old_password": old,
+                "new_password1": "a-new-password-77",
+                "new_password2": "a-new-password-77",
+            },
+        )
+        assert changed.status_code == 302 and changed.headers["location"] == "/accounts/password/"
+    me.refresh_from_db()
+    assert me.check_password("staff-password-1")
