@@ -15,6 +15,7 @@ from django.test.utils import CaptureQueriesContext
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 
+from accounts.models import DailyVolume
 from accounts.tests.otp_login import make_person, verified_client
 from audit.models import AuditRecord
 from exchange import admin as exchange_admin
@@ -367,3 +368,32 @@ def test_staff_change_their_password_only_on_the_throttled_audited_page(exchange
         assert changed.status_code == 302 and changed.headers["location"] == "/accounts/password/"
     me.refresh_from_db()
     assert me.check_password("staff-password-1")
+
+
+@pytest.mark.django_db
+def test_the_daily_volume_lists_narrow_by_day_without_reading_every_row_on_load():
+    # Their date hierarchy ran MIN/MAX and SELECT DISTINCT of the day over every row (kept for
+    # good, one per user and day) on each load.
+    staff = verified_client(make_person(superuser=True))
+    user = make_user(funds={})
+    today = dt.datetime.now(dt.UTC).date()
+    now = dt.datetime.now(dt.UTC)
+    recent = DailyVolume.objects.create(user=user, day=today, quote_volume=1, updated_at=now)
+    old = DailyVolume.objects.create(
+        user=user, day=today - dt.timedelta(days=40), quote_volume=1, updated_at=now
+    )
+    for url in ("/admin/accounts/dailyvolume/", "/admin/accounts/quotepresence/"):
+        with CaptureQueriesContext(connection) as queries:
+            assert staff.get(url).status_code == 200
+        day_scans = [
+            query["sql"]
+            for query in queries.captured_queries
+            if "DISTINCT" in query["sql"] or 'MIN("accounts_' in query["sql"]
+        ]
+        assert not day_scans, url
+    page = staff.get(
+        "/admin/accounts/dailyvolume/",
+        {"day__gte": str(today - dt.timedelta(days=6)), "day__lt": str(today + dt.timedelta(1))},
+    ).content.decode()
+    assert f"/dailyvolume/{recent.pk}/change/" in page
+    assert f"/dailyvolume/{old.pk}/change/" not in page
