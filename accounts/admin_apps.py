@@ -8,3 +8,9 @@ class TwoFactorAdminConfig(AdminConfig):
     `@admin.register` lands on the site that requires a verified 2FA session."""
 
     default_site = "accounts.admin_site.TwoFactorAdminSite"
+
+    def ready(self) -> None:
+        super().ready()
+        from accounts.admin_site import admin_actions_take_ids_only
+
+        admin_actions_take_ids_only()

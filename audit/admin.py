@@ -15,6 +15,7 @@ from django.utils.html import format_html
 from audit.chain import iso_ns
 from audit.models import NS_PER_SECOND, AuditRecord
 from audit.selectors import audit_records_for_order, audit_records_with_seal_hash, audit_seal_lag
+from exchange.admin import IdSearchAdmin, TableEstimatePaginator
 
 VIEW_PERMISSION = "audit.view_audit_trail"
 
@@ -100,8 +101,9 @@ class TimeFilter(admin.SimpleListFilter):
 
 
 @admin.register(AuditRecord)
-class AuditRecordAdmin(admin.ModelAdmin):
-    """Read-only for holders of audit.view_audit_trail; nobody can add, change or delete."""
+class AuditRecordAdmin(IdSearchAdmin):
+    """Read-only for holders of audit.view_audit_trail; nobody can add, change or delete. Its
+    search takes ids only (every search field is an integer): any other term finds nothing."""
 
     list_display = [
         "seq",
@@ -120,6 +122,7 @@ class AuditRecordAdmin(admin.ModelAdmin):
     search_help_text = "Exact order, trade or user id."
     ordering = ["-seq"]
     show_full_result_count = False
+    paginator = TableEstimatePaginator
     list_per_page = 100
     actions = None
     readonly_fields = ["timestamp", "seal_hash_hex"]
@@ -146,12 +149,6 @@ class AuditRecordAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         return audit_records_with_seal_hash(super().get_queryset(request))
-
-    def get_search_results(self, request, queryset, search_term):
-        # Every search field is an integer: ignore non-numeric terms rather than erroring.
-        if search_term and not search_term.strip().isdigit():
-            return queryset.none(), False
-        return super().get_search_results(request, queryset, search_term)
 
     # Read-only, for compliance only.
     def has_view_permission(self, request, obj=None) -> bool:

@@ -4,11 +4,20 @@ delistings and cancels go through the services (and so through the engine and th
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
+from django.contrib.admin.utils import lookup_spawns_duplicates
+from django.core.paginator import Paginator
+from django.db import models, transaction
+from django.db.models import Q
 from django.shortcuts import render
+from django.utils.functional import cached_property
+from django.utils.text import smart_split, unescape_string_literal
+from django_celery_beat import admin as celery_beat_admin
+from django_celery_beat.models import PeriodicTask
 
 from exchange import services
 from exchange.api_errors import ApiError
 from exchange.models import Instrument, Order, Trade
+from exchange.selectors import table_rows_estimate
 
 
 def changed_fields_save(obj, form) -> None:
@@ -19,8 +28,96 @@ def changed_fields_save(obj, form) -> None:
     obj.save(update_fields=[name for name in form.changed_data if name in concrete])
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Records only the engine, the worker or a service writes: staff look, never edit."""
+_BIGINT_MAX = 2**63 - 1
+_TEXT_LOOKUPS = {"^": "istartswith", "=": "iexact", "@": "search"}
+
+
+def _integer_field(model, path: str) -> bool:
+    """Whether `path` ("id", "maker_order__id", "order_id") names an integer column."""
+    field = None
+    for name in path.split("__"):
+        field = model._meta.get_field(name)
+        if field.is_relation:
+            model = field.related_model
+    if field is not None and field.is_relation:
+        field = field.target_field
+    return isinstance(field, models.IntegerField | models.AutoField)
+
+
+def typed_integer(term: str) -> int | None:
+    """A search term as an id: ASCII digits within PostgreSQL's bigint, else None."""
+    if not (term.isascii() and term.isdigit()):
+        return None
+    value = int(term)
+    return value if value <= _BIGINT_MAX else None
+
+
+class IdSearchAdmin(admin.ModelAdmin):
+    """Exact searches (`=name`) of integer columns compare integers, so they use the column's
+    index. Django's own `=id` search compares text (UPPER(id::text) = UPPER('42')), which no
+    index serves: every search of the audit trail or the trades by an order id read the whole
+    table, twice (the page and its count). A term that is not an id matches no such column."""
+
+    def get_search_results(self, request, queryset, search_term):
+        search_fields = self.get_search_fields(request)
+        if not search_term or not search_fields:
+            return super().get_search_results(request, queryset, search_term)
+        lookups: list[tuple[str, bool]] = []  # (lookup, integer)
+        for field in search_fields:
+            prefix, name = (field[0], field[1:]) if field[0] in "^=@" else ("", field)
+            if prefix == "=" and _integer_field(queryset.model, name):
+                lookups.append((name, True))
+            else:
+                lookups.append((f"{name}__{_TEXT_LOOKUPS.get(prefix, 'icontains')}", False))
+        terms = Q()
+        for bit in smart_split(search_term):
+            if bit.startswith(('"', "'")) and bit[0] == bit[-1]:
+                bit = unescape_string_literal(bit)
+            number = typed_integer(bit)
+            either = [
+                Q(**{lookup: number if integer else bit})
+                for lookup, integer in lookups
+                if not integer or number is not None
+            ]
+            if not either:
+                return queryset.none(), False
+            terms &= Q.create(either, connector=Q.OR)
+        duplicates = any(lookup_spawns_duplicates(self.opts, lookup) for lookup, _ in lookups)
+        return queryset.filter(terms), duplicates
+
+
+# Up to this many rows (as PostgreSQL estimates them) an unfiltered list is counted exactly.
+EXACT_COUNT_UP_TO = 100_000
+
+
+class TableEstimatePaginator(Paginator):
+    """The admin's paginator for tables of millions of rows: the unfiltered list takes its
+    count from PostgreSQL's estimate of the table's rows once that is past EXACT_COUNT_UP_TO
+    (the page says "about"); a filtered list, or a smaller table, is counted. A COUNT(*) of the
+    whole table, on each opening of the list, reads every row (minutes on the audit trail or
+    the orders of a few years)."""
+
+    @cached_property
+    def count(self) -> int:
+        queryset = self.object_list
+        if not queryset.query.where:
+            estimate = table_rows_estimate(table=queryset.model._meta.db_table)
+            if estimate > EXACT_COUNT_UP_TO:
+                self.estimated = True
+                return estimate
+        return super().count
+
+    estimated = False
+
+
+class ReadOnlyAdmin(IdSearchAdmin):
+    """Records only the engine, the worker or a service writes: staff look, never edit.
+
+    Tables of millions of rows: a filtered list counts what it found, not also the whole table
+    ("N results (M total)" had counted every order, trade or command again on each search)."""
+
+    show_full_result_count = False
+    paginator = TableEstimatePaginator
 
     def has_add_permission(self, request) -> bool:
         return False
@@ -259,4 +356,55 @@ class TradeAdmin(ReadOnlyAdmin):
     )
     list_filter = ("instrument", "taker_side")
     search_fields = ("=id", "=maker_order__id", "=taker_order__id")
-    list_select_related = ("instrument",)
+    # Both orders are columns: without them here each row read its two orders one by one.
+    list_select_related = ("instrument", "maker_order", "taker_order")
+
+
+# ---- Celery beat's schedules ----------------------------------------------------------------
+
+if admin.site.is_registered(PeriodicTask):  # django-celery-beat's, if its admin came first
+    admin.site.unregister(PeriodicTask)
+
+
+@admin.register(PeriodicTask)
+class PeriodicTaskAdmin(celery_beat_admin.PeriodicTaskAdmin):
+    """django-celery-beat's periodic tasks, whose list actions need the permission to change
+    them and are recorded. Its enable, disable, toggle and run actions had no permission of
+    their own (anyone who could view the list could stop the audit sealer or the expiry of
+    GTD/DAY orders, or run any scheduled task at once) and wrote with a bulk update, no record
+    of who did it: now each needs `django_celery_beat.change_periodictask`, and each task acted
+    on shows in its History and in the audit trail as a `staff.action`."""
+
+    @admin.action(description="Enable selected tasks", permissions=["change"])
+    def enable_tasks(self, request, queryset) -> None:
+        self._recorded(request, queryset, super().enable_tasks, lambda task: "Enabled")
+
+    @admin.action(description="Disable selected tasks", permissions=["change"])
+    def disable_tasks(self, request, queryset) -> None:
+        self._recorded(request, queryset, super().disable_tasks, lambda task: "Disabled")
+
+    @admin.action(description="Toggle activity of selected tasks", permissions=["change"])
+    def toggle_tasks(self, request, queryset) -> None:
+        self._recorded(
+            request,
+            queryset,
+            super().toggle_tasks,
+            lambda task: "Disabled" if task.enabled else "Enabled",
+        )
+
+    @admin.action(description="Run selected tasks", permissions=["change"])
+    def run_tasks(self, request, queryset) -> None:
+        tasks = list(queryset.order_by("pk"))
+        super().run_tasks(request, queryset)  # sends them all, or none when one is unknown
+        if all(self.celery_app.tasks.get(task.task) is not None for task in tasks):
+            for task in tasks:
+                self.log_change(request, task, "Run now")
+
+    def _recorded(self, request, queryset, action, message) -> None:
+        """Run `action` and record `message(task)` (as the task was before) for each task, in
+        one transaction with the change."""
+        with transaction.atomic():
+            tasks = list(queryset.order_by("pk"))
+            action(request, queryset)
+            for task in tasks:
+                self.log_change(request, task, message(task))

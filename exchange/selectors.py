@@ -507,3 +507,17 @@ def exchange_metrics() -> dict:
         total["net_fee_revenue"] += entry["net_fee_revenue"]
         total["quote_precision"] = max(total["quote_precision"], entry["quote_precision"])
     return {"symbols": symbols, "totals": list(totals.values())}
+
+
+def table_rows_estimate(*, table: str) -> int:
+    """PostgreSQL's estimate of a table's rows (pg_class.reltuples, as ANALYZE and autovacuum
+    keep it; a partitioned table's is the sum of its partitions'), read without touching a row.
+    0 for a table never analyzed."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT COALESCE(SUM(GREATEST(reltuples, 0)), 0)::bigint FROM pg_class "
+            "WHERE oid = to_regclass(%s) "
+            "OR oid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = to_regclass(%s))",
+            [table, table],
+        )
+        return cursor.fetchone()[0]
