@@ -198,3 +198,83 @@ def test_a_session_idle_inside_a_transaction_is_ended_and_lets_its_locks_go(proc
         assert time.monotonic() - started < 3.5  # ended after ~1 s idle, not at the sleep's end
     finally:
         holder.wait(timeout=30)
+
+
+def backend_pids(application_name: str, *, waiting_on_lock: bool = False) -> list[int]:
+    """The database sessions named `application_name` (only those waiting for a lock)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s"
+            + (" AND wait_event_type = 'Lock'" if waiting_on_lock else ""),
+            [application_name],
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+def test_a_web_process_stopped_while_its_batch_waits_for_a_lock_holds_no_order_entry(
+    processes, process_env
+):
+    # A web process stopped (SIGSTOP, a paused host) while its order entry batch waited for the
+    # command-order lock got it while stopped, and kept it: the session sat idle in its
+    # transaction for good, since a psycopg pipeline ends with a Flush after its Sync, and a
+    # message after the Sync turns PostgreSQL's idle-in-transaction timer off. Every process's
+    # order entry then failed (503 after DB_LOCK_TIMEOUT_MS) until the process woke up.
+    import os
+    import signal
+    import threading
+
+    import psycopg
+
+    from conftest import wait_until
+    from exchange.order_rules import OrderRequest
+    from exchange.services import order_place
+    from matching.services import COMMAND_ORDER_LOCK_SQL
+
+    app_name = f"stopped-web-{uuid.uuid4().hex[:8]}"
+    env = {**process_env, "PGAPPNAME": app_name, "DB_LOCK_TIMEOUT_MS": "0",
+           "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS": "1000"}  # fmt: skip
+    web = start_web(processes, env=env)
+    web_process = processes.started[-1]
+    instrument = make_instrument()
+    user = make_user()
+    key = make_api_key(user)
+    client = httpx.Client(base_url=web, auth=ApiKeyAuth(key.api_key.key, key.secret), timeout=30)
+    order = {"symbol": instrument.symbol, "side": "buy", "order_type": "limit",
+             "price": "10.00", "quantity": "1", "client_order_id": "stalled"}  # fmt: skip
+    answers = []
+    with psycopg.connect(process_env["DATABASE_URL"]) as blocker:
+        blocker.execute(COMMAND_ORDER_LOCK_SQL)  # another transaction enqueuing commands
+        sender = threading.Thread(
+            target=lambda: answers.append(client.post("/api/v1/orders", json=order))
+        )
+        sender.start()
+        (batch_pid,) = wait_until(lambda: backend_pids(app_name, waiting_on_lock=True), timeout=15)
+        os.killpg(web_process.pid, signal.SIGSTOP)
+        try:
+            blocker.rollback()  # the stopped process's batch now holds the command-order lock
+            # PostgreSQL ends its session (1 s idle in the transaction), and the lock is free:
+            # another process's order (here the test's own) is stored meanwhile.
+            wait_until(lambda: batch_pid not in backend_pids(app_name), timeout=15)
+            with connection.cursor() as cursor:
+                cursor.execute("SET lock_timeout = '5s'")
+            other = order_place(
+                user=make_user(),
+                request=OrderRequest(symbol=instrument.symbol, side="buy", order_type="limit",
+                                     price=Decimal("10.00"), quantity=Decimal("1")),
+            )  # fmt: skip
+            assert other.created
+        finally:
+            os.killpg(web_process.pid, signal.SIGCONT)
+        sender.join(30)
+    # The stopped process's client is told to retry; nothing of its batch was stored.
+    (refused,) = answers
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"] == "ServiceUnavailable"
+    assert refused.headers["retry-after"] == "1"
+    assert not Order.objects.filter(user=user).exists()
+    retried = client.post("/api/v1/orders", json=order)
+    assert retried.status_code == 202, retried.text  # no worker runs: pending_new
+    assert Order.objects.filter(user=user, client_order_id="stalled").count() == 1
+    log = (processes.log_dir / "web.log").read_text()
+    assert "order entry batch failed: database out of reach" in log
+    assert "Traceback" not in log and "Internal Server Error" not in log
