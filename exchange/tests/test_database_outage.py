@@ -278,3 +278,33 @@ def test_a_web_process_stopped_while_its_batch_waits_for_a_lock_holds_no_order_e
     log = (processes.log_dir / "web.log").read_text()
     assert "order entry batch failed: database out of reach" in log
     assert "Traceback" not in log and "Internal Server Error" not in log
+
+
+def test_a_session_ended_idle_in_its_transaction_is_a_retryable_503_not_a_500():
+    # PostgreSQL ends a session left idle inside its transaction past
+    # DB_IDLE_IN_TRANSACTION_TIMEOUT_MS (a process stalled mid-transaction) with SQLSTATE 25P03,
+    # which psycopg raises as an InternalError, not an OperationalError: the order entry batch
+    # logged a traceback at ERROR and its clients got 500 Error, which a client does not retry,
+    # for an order rolled back whole.
+    from django.db import DatabaseError, transaction
+
+    from exchange.api_errors import error_answer
+    from exchange.order_rules import OrderRequest
+    from exchange.services import order_place
+
+    instrument = make_instrument()
+    user = make_user()
+    with pytest.raises(DatabaseError) as ended, transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL idle_in_transaction_session_timeout = 200")
+        time.sleep(1.0)  # stalled: PostgreSQL ends the session meanwhile
+        order_place(
+            user=user,
+            request=OrderRequest(symbol=instrument.symbol, side="buy", order_type="limit",
+                                 price=Decimal("10.00"), quantity=Decimal("1")),
+        )  # fmt: skip
+    assert getattr(ended.value.__cause__, "sqlstate", None) == "25P03", repr(ended.value)
+    status, body = error_answer(ended.value)
+    assert (status, body["error"], body["code"]) == (503, "ServiceUnavailable", -1001)
+    connection.close()
+    assert not Order.objects.filter(user=user).exists()  # nothing half-stored
