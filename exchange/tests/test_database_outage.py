@@ -211,20 +211,23 @@ def backend_pids(application_name: str, *, waiting_on_lock: bool = False) -> lis
         return [row[0] for row in cursor.fetchall()]
 
 
+@pytest.mark.parametrize("lock", ["command-order", "ledger"])
 def test_a_web_process_stopped_while_its_batch_waits_for_a_lock_holds_no_order_entry(
-    processes, process_env
+    processes, process_env, lock
 ):
     # A web process stopped (SIGSTOP, a paused host) while its order entry batch waited for the
-    # command-order lock got it while stopped, and kept it: the session sat idle in its
-    # transaction for good, since a psycopg pipeline ends with a Flush after its Sync, and a
-    # message after the Sync turns PostgreSQL's idle-in-transaction timer off. Every process's
-    # order entry then failed (503 after DB_LOCK_TIMEOUT_MS) until the process woke up.
+    # command-order lock (or its user's ledger lock) got it while stopped, and kept it: the
+    # session sat idle in its transaction for good, since a psycopg pipeline ends with a Flush
+    # after its Sync, and a message after the Sync turns PostgreSQL's idle-in-transaction timer
+    # off. Every process's order entry (that user's) then failed (503 after
+    # DB_LOCK_TIMEOUT_MS) until the process woke up.
     import os
     import signal
     import threading
 
     import psycopg
 
+    from accounts.ledger import USERS_LOCK_SQL, users_lock_params
     from conftest import wait_until
     from exchange.order_rules import OrderRequest
     from exchange.services import order_place
@@ -243,7 +246,10 @@ def test_a_web_process_stopped_while_its_batch_waits_for_a_lock_holds_no_order_e
              "price": "10.00", "quantity": "1", "client_order_id": "stalled"}  # fmt: skip
     answers = []
     with psycopg.connect(process_env["DATABASE_URL"]) as blocker:
-        blocker.execute(COMMAND_ORDER_LOCK_SQL)  # another transaction enqueuing commands
+        if lock == "ledger":  # another transaction moving the user's money
+            blocker.execute(USERS_LOCK_SQL, users_lock_params([user.pk]))
+        else:  # another transaction enqueuing commands
+            blocker.execute(COMMAND_ORDER_LOCK_SQL)
         sender = threading.Thread(
             target=lambda: answers.append(client.post("/api/v1/orders", json=order))
         )
@@ -251,14 +257,12 @@ def test_a_web_process_stopped_while_its_batch_waits_for_a_lock_holds_no_order_e
         (batch_pid,) = wait_until(lambda: backend_pids(app_name, waiting_on_lock=True), timeout=15)
         os.killpg(web_process.pid, signal.SIGSTOP)
         try:
-            blocker.rollback()  # the stopped process's batch now holds the command-order lock
+            blocker.rollback()  # the stopped process's batch now holds that lock
             # PostgreSQL ends its session (1 s idle in the transaction), and the lock is free:
-            # another process's order (here the test's own) is stored meanwhile.
+            # another process's order of that user (here the test's own) is stored meanwhile.
             wait_until(lambda: batch_pid not in backend_pids(app_name), timeout=15)
-            with connection.cursor() as cursor:
-                cursor.execute("SET lock_timeout = '5s'")
             other = order_place(
-                user=make_user(),
+                user=user,
                 request=OrderRequest(symbol=instrument.symbol, side="buy", order_type="limit",
                                      price=Decimal("10.00"), quantity=Decimal("1")),
             )  # fmt: skip
@@ -271,7 +275,7 @@ def test_a_web_process_stopped_while_its_batch_waits_for_a_lock_holds_no_order_e
     assert refused.status_code == 503, refused.text
     assert refused.json()["error"] == "ServiceUnavailable"
     assert refused.headers["retry-after"] == "1"
-    assert not Order.objects.filter(user=user).exists()
+    assert not Order.objects.filter(user=user, client_order_id="stalled").exists()
     retried = client.post("/api/v1/orders", json=order)
     assert retried.status_code == 202, retried.text  # no worker runs: pending_new
     assert Order.objects.filter(user=user, client_order_id="stalled").count() == 1
