@@ -29,9 +29,9 @@ def transaction_pipeline() -> Iterator[psycopg.Pipeline]:
 
     psycopg ends a pipeline with a Sync followed by a Flush request: PostgreSQL arms its
     idle-in-transaction timer (DB_IDLE_IN_TRANSACTION_TIMEOUT_MS) at the Sync, disarms it at
-    the Flush, and arms it again only at the next Sync or query. A web process stopped while
-    such a pipeline waited for a lock (the command-order lock, a user's ledger lock) held that
-    lock once granted, idle in its transaction for good, and every process's order entry
+    the Flush, and arms it again only at the next Sync or query. A process (web or matching
+    worker) stopped while such a pipeline waited for a lock (the command-order lock, a user's
+    ledger lock) held that lock once granted, idle in its transaction for good, and order entry
     failed behind it. (Between leaving the block and the next statement the timer is still off:
     a stop in those microseconds is not covered.)"""
     connection.ensure_connection()
