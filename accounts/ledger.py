@@ -27,7 +27,7 @@ from accounts.balance_events import (
 )
 from accounts.models import LedgerAccount, LedgerEntry, LedgerPosting
 from accounts.models.ledger import LEDGER_AMOUNT, ledger_arithmetic
-from exchange.db_cursors import bound_cursor
+from exchange.db_cursors import bound_cursor, transaction_pipeline
 from exchange.errors import ApiError, trading_error
 
 AccountKey = tuple[str, int | None, str]  # (kind, user_id or None for the exchange, asset)
@@ -132,7 +132,7 @@ def accounts_lock(*, keys: Iterable[AccountKey]) -> dict[AccountKey, tuple[int, 
     inside a transaction."""
     wanted = sorted(set(keys), key=lambda k: (k[0], k[1] or 0, k[2]))
     with bound_cursor() as users, bound_cursor() as cursor:
-        with connection.connection.pipeline():  # both locks in one round trip
+        with transaction_pipeline():  # both locks in one round trip
             users.execute(USERS_LOCK_SQL, users_lock_params(k[1] for k in wanted))
             cursor.execute(LOCK_SQL, key_columns(wanted))
         found = {(kind, uid, asset): (pk, bal) for pk, kind, uid, asset, bal in cursor.fetchall()}

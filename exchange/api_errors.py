@@ -11,7 +11,7 @@ import logging
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
-from django.db import InterfaceError, OperationalError, connection
+from django.db import InterfaceError, InternalError, OperationalError, connection
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -25,6 +25,10 @@ request_logger = logging.getLogger("django.request")
 # (55P03: a matching worker stuck mid-batch holds it). Other operational errors (a deadlock,
 # 40P01; a serialization failure, 40001) are not an outage: they are 500s.
 _OUTAGE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "55P03")
+# The session was ended, idle inside its transaction past DB_IDLE_IN_TRANSACTION_TIMEOUT_MS (a
+# process stalled mid-transaction): rolled back whole, its connection gone. psycopg raises it as
+# an InternalError, not an OperationalError.
+_SESSION_ENDED_IDLE = "25P03"
 
 
 def database_unavailable(exc: BaseException) -> bool:
@@ -32,9 +36,11 @@ def database_unavailable(exc: BaseException) -> bool:
     connection): the client may retry. Whether the request took effect is unknown when the
     connection failed at COMMIT; an order retried with the same client_order_id is placed at
     most once."""
+    sqlstate = getattr(exc.__cause__, "sqlstate", None)
+    if isinstance(exc, InternalError):
+        return sqlstate == _SESSION_ENDED_IDLE
     if not isinstance(exc, OperationalError | InterfaceError):
         return False
-    sqlstate = getattr(exc.__cause__, "sqlstate", None)
     return sqlstate is None or sqlstate.startswith(_OUTAGE_SQLSTATES)
 
 

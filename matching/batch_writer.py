@@ -27,6 +27,7 @@ from accounts.settlement import HoldRelease, SettlementWriter, TradeFill
 from accounts.volume import VOLUME_QUOTE_ASSET, daily_volume_add, daily_volume_rows
 from audit.events import AuditEvent
 from audit.services import ROW_TRADE_ID, AuditEntry, audit_rows, audit_rows_copy
+from exchange.db_cursors import transaction_pipeline
 from exchange.errors import rejection_body
 from exchange.holds import buy_cost_minor
 from exchange.serializers import iso_z
@@ -1357,10 +1358,11 @@ class BatchWriter:
         trade_ids: dict[int, int] = {}
         released: list[tuple] = []
         # Prepared statements (planned once per session: re-planning these joins cost more
-        # than executing them for a small batch), sent together in one pipeline round trip.
+        # than executing them for a small batch), sent together in one pipeline round trip
+        # (ending with a Sync alone: see transaction_pipeline).
         conn = connection.connection
         results: list[tuple[str, psycopg.Cursor]] = []
-        with conn.pipeline():
+        with transaction_pipeline():
             for name, sql, params in statements:
                 cursor = psycopg.Cursor(conn)
                 cursor.execute(sql, params, prepare=True)

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
-from django.db import connection, transaction
+from django.db import transaction
 
-from exchange.db_cursors import bound_cursor
+from exchange.db_cursors import bound_cursor, transaction_pipeline
 from exchange.redis_connection import redis_client
 from matching.models import Command
 from matching.transport import command_stream_key
@@ -103,7 +103,7 @@ def commands_enqueue_many(*, commands: Sequence[CommandRow]) -> list[int]:
         return []
     # The lock and the INSERT in one round trip (a pipeline).
     with bound_cursor() as lock, bound_cursor() as cursor:
-        with connection.connection.pipeline():
+        with transaction_pipeline():
             lock.execute(COMMAND_ORDER_LOCK_SQL)
             cursor.execute(
                 COMMANDS_INSERT_SQL,

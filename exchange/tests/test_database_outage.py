@@ -198,3 +198,117 @@ def test_a_session_idle_inside_a_transaction_is_ended_and_lets_its_locks_go(proc
         assert time.monotonic() - started < 3.5  # ended after ~1 s idle, not at the sleep's end
     finally:
         holder.wait(timeout=30)
+
+
+def backend_pids(application_name: str, *, waiting_on_lock: bool = False) -> list[int]:
+    """The database sessions named `application_name` (only those waiting for a lock)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s"
+            + (" AND wait_event_type = 'Lock'" if waiting_on_lock else ""),
+            [application_name],
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+@pytest.mark.parametrize("lock", ["command-order", "ledger"])
+def test_a_web_process_stopped_while_its_batch_waits_for_a_lock_holds_no_order_entry(
+    processes, process_env, lock
+):
+    # A web process stopped (SIGSTOP, a paused host) while its order entry batch waited for the
+    # command-order lock (or its user's ledger lock) got it while stopped, and kept it: the
+    # session sat idle in its transaction for good, since a psycopg pipeline ends with a Flush
+    # after its Sync, and a message after the Sync turns PostgreSQL's idle-in-transaction timer
+    # off. Every process's order entry (that user's) then failed (503 after
+    # DB_LOCK_TIMEOUT_MS) until the process woke up.
+    import os
+    import signal
+    import threading
+
+    import psycopg
+
+    from accounts.ledger import USERS_LOCK_SQL, users_lock_params
+    from conftest import wait_until
+    from exchange.order_rules import OrderRequest
+    from exchange.services import order_place
+    from matching.services import COMMAND_ORDER_LOCK_SQL
+
+    app_name = f"stopped-web-{uuid.uuid4().hex[:8]}"
+    env = {**process_env, "PGAPPNAME": app_name, "DB_LOCK_TIMEOUT_MS": "0",
+           "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS": "1000"}  # fmt: skip
+    web = start_web(processes, env=env)
+    web_process = processes.started[-1]
+    instrument = make_instrument()
+    user = make_user()
+    key = make_api_key(user)
+    client = httpx.Client(base_url=web, auth=ApiKeyAuth(key.api_key.key, key.secret), timeout=30)
+    order = {"symbol": instrument.symbol, "side": "buy", "order_type": "limit",
+             "price": "10.00", "quantity": "1", "client_order_id": "stalled"}  # fmt: skip
+    answers = []
+    with psycopg.connect(process_env["DATABASE_URL"]) as blocker:
+        if lock == "ledger":  # another transaction moving the user's money
+            blocker.execute(USERS_LOCK_SQL, users_lock_params([user.pk]))
+        else:  # another transaction enqueuing commands
+            blocker.execute(COMMAND_ORDER_LOCK_SQL)
+        sender = threading.Thread(
+            target=lambda: answers.append(client.post("/api/v1/orders", json=order))
+        )
+        sender.start()
+        (batch_pid,) = wait_until(lambda: backend_pids(app_name, waiting_on_lock=True), timeout=15)
+        os.killpg(web_process.pid, signal.SIGSTOP)
+        try:
+            blocker.rollback()  # the stopped process's batch now holds that lock
+            # PostgreSQL ends its session (1 s idle in the transaction), and the lock is free:
+            # another process's order of that user (here the test's own) is stored meanwhile.
+            wait_until(lambda: batch_pid not in backend_pids(app_name), timeout=15)
+            other = order_place(
+                user=user,
+                request=OrderRequest(symbol=instrument.symbol, side="buy", order_type="limit",
+                                     price=Decimal("10.00"), quantity=Decimal("1")),
+            )  # fmt: skip
+            assert other.created
+        finally:
+            os.killpg(web_process.pid, signal.SIGCONT)
+        sender.join(30)
+    # The stopped process's client is told to retry; nothing of its batch was stored.
+    (refused,) = answers
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"] == "ServiceUnavailable"
+    assert refused.headers["retry-after"] == "1"
+    assert not Order.objects.filter(user=user, client_order_id="stalled").exists()
+    retried = client.post("/api/v1/orders", json=order)
+    assert retried.status_code == 202, retried.text  # no worker runs: pending_new
+    assert Order.objects.filter(user=user, client_order_id="stalled").count() == 1
+    log = (processes.log_dir / "web.log").read_text()
+    assert "order entry batch failed: database out of reach" in log
+    assert "Traceback" not in log and "Internal Server Error" not in log
+
+
+def test_a_session_ended_idle_in_its_transaction_is_a_retryable_503_not_a_500():
+    # PostgreSQL ends a session left idle inside its transaction past
+    # DB_IDLE_IN_TRANSACTION_TIMEOUT_MS (a process stalled mid-transaction) with SQLSTATE 25P03,
+    # which psycopg raises as an InternalError, not an OperationalError: the order entry batch
+    # logged a traceback at ERROR and its clients got 500 Error, which a client does not retry,
+    # for an order rolled back whole.
+    from django.db import DatabaseError, transaction
+
+    from exchange.api_errors import error_answer
+    from exchange.order_rules import OrderRequest
+    from exchange.services import order_place
+
+    instrument = make_instrument()
+    user = make_user()
+    with pytest.raises(DatabaseError) as ended, transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL idle_in_transaction_session_timeout = 200")
+        time.sleep(1.0)  # stalled: PostgreSQL ends the session meanwhile
+        order_place(
+            user=user,
+            request=OrderRequest(symbol=instrument.symbol, side="buy", order_type="limit",
+                                 price=Decimal("10.00"), quantity=Decimal("1")),
+        )  # fmt: skip
+    assert getattr(ended.value.__cause__, "sqlstate", None) == "25P03", repr(ended.value)
+    status, body = error_answer(ended.value)
+    assert (status, body["error"], body["code"]) == (503, "ServiceUnavailable", -1001)
+    connection.close()
+    assert not Order.objects.filter(user=user).exists()  # nothing half-stored

@@ -591,3 +591,59 @@ def test_a_takeover_gives_book_subscribers_the_batch_their_holder_never_publishe
         again = next_frame(ws, lambda f: f.get("type") == "snapshot", timeout=15)
         assert again["bids"][0][:2] == ["11.00", "2"]
     proxy.cut()
+
+
+def test_a_worker_stopped_while_its_batch_waits_for_a_ledger_lock_lets_it_go(
+    processes, process_env, redis_conn
+):
+    # A worker stopped (SIGSTOP, a paused host; no standby to fence it) while its batch waited
+    # for a user's ledger lock got it while stopped and kept it: its session sat idle in the
+    # transaction for good (a psycopg pipeline ends with a Flush after its Sync, which turns
+    # PostgreSQL's idle-in-transaction timer off), and that user's order entry, deposits and
+    # withdrawals failed until the process woke up. Woken, the worker exits to rebuild, and the
+    # outage is not counted against the batch's commands.
+    import psycopg
+
+    from accounts.ledger import USERS_LOCK_SQL, users_lock_params
+
+    env = {**process_env, "DB_LOCK_TIMEOUT_MS": "0", "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS": "1000",
+           "MATCHING_LEASE_STALE_SECONDS": "0"}  # fmt: skip
+    worker = processes.manage("run_matching", "--shard", "0", env=env, name="w1")
+    assert serving_pid(redis_conn) == worker.pid
+    instrument = instrument_create()
+    seller, buyer = make_user("seller"), make_user("buyer")
+    order_row_place(user=seller, instrument=instrument, side="sell", quantity="1", price="10.00")
+    all_commands_applied()
+
+    def sessions(waiting: bool = False) -> list[int]:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name LIKE %s"
+                + (" AND wait_event_type = 'Lock'" if waiting else ""),
+                [f"exchange-matching:{worker.pid}@%"],
+            )
+            return [row[0] for row in cursor.fetchall()]
+
+    with psycopg.connect(process_env["DATABASE_URL"]) as blocker:
+        blocker.execute(USERS_LOCK_SQL, users_lock_params([seller.pk]))  # the seller's ledger
+        buy = order_row_place(
+            user=buyer, instrument=instrument, side="buy", quantity="1", price="10.00"
+        )
+        (writer,) = wait_until(lambda: sessions(waiting=True), timeout=15)
+        os.killpg(worker.pid, signal.SIGSTOP)
+        try:
+            blocker.rollback()  # the stopped worker's batch now holds the seller's ledger lock
+            wait_until(lambda: writer not in sessions(), timeout=15)  # ended: 1 s idle
+            # The seller's ledger is free again (this waits DB_LOCK_TIMEOUT_MS at most).
+            funds_deposit(user=seller, asset="USD", amount=Decimal("1"), memo="test funds")
+        finally:
+            os.killpg(worker.pid, signal.SIGCONT)
+    assert worker.wait(timeout=30) == 3, "woken, it exits to rebuild from PostgreSQL"
+    log = worker.log_path.read_text()
+    assert "Traceback" not in log, log[-3000:]
+    assert Command.objects.get(order_id=buy.pk).attempts == 0, "an outage is not its failure"
+    processes.manage("run_matching", "--shard", "0", env=env, name="w2")  # as supervisord does
+    all_commands_applied()
+    assert Order.objects.get(pk=buy.pk).status == "filled"
+    exactly_once_invariants()
+    assert "OK" in matching_verify(process_env)
