@@ -1,12 +1,14 @@
 """Cursor pagination for every list endpoint (stable under inserts, no page counting)."""
 
 import base64
+import hashlib
 from urllib import parse
 
 from drf_spectacular.utils import OpenApiParameter, inline_serializer
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound
 from rest_framework.pagination import CursorPagination
+from rest_framework.utils.urls import replace_query_param
 
 from exchange.query_params import whole_number
 
@@ -37,13 +39,32 @@ class CursorPage(CursorPagination):
             high=self.max_page_size,
         )
 
+    def paginate_queryset(self, queryset, request, view=None):
+        self.list_tag = list_tag(request.path)
+        return super().paginate_queryset(queryset, request, view)
+
+    def encode_cursor(self, cursor) -> str:
+        """DRF's encoding, with the tag of the list it pages (`e`, see `list_tag`)."""
+        tokens = {}
+        if cursor.offset != 0:
+            tokens["o"] = str(cursor.offset)
+        if cursor.reverse:
+            tokens["r"] = "1"
+        if cursor.position is not None:
+            tokens["p"] = cursor.position
+        tokens["e"] = self.list_tag
+        encoded = base64.b64encode(parse.urlencode(tokens).encode("ascii")).decode("ascii")
+        return replace_query_param(self.base_url, self.cursor_query_param, encoded)
+
     def decode_cursor(self, request):
         """DRF's decoding, and a position that is an id: a cursor is opaque but not signed,
         and a crafted one ("p=abc", "p=1.5") reached the id comparison and failed (500). A
         cursor must also be strict base64 of DRF's own fields: "!!" or "AAAAAAAA" decoded to
-        nothing DRF knew and served the first page, silently starting a client over."""
+        nothing DRF knew and served the first page, silently starting a client over. And it
+        must be one this list handed out: a cursor of /fills (a trade id) sent to /orders was
+        read as an order id, and served a page of orders from an arbitrary point, silently."""
         encoded = request.query_params.get(self.cursor_query_param)
-        if encoded is not None and not _cursor_is_wellformed(encoded):
+        if encoded is not None and not _cursor_is_wellformed(encoded, list_tag(request.path)):
             raise NotFound(self.invalid_cursor_message)
         cursor = super().decode_cursor(request)
         if cursor is not None and cursor.position is not None:
@@ -58,9 +79,15 @@ class CursorPage(CursorPagination):
         return cursor
 
 
-def _cursor_is_wellformed(encoded: str) -> bool:
-    """Strict base64 of a query string of DRF's cursor fields only (o, r, p), one at least; or
-    empty, the start (DRF writes a cursor at the start that way)."""
+def list_tag(path: str) -> str:
+    """What a cursor says of the list it pages: a digest of the list's path (/api/v1/orders,
+    /api/v1/trades/AAPL), so that a cursor sent to another list is refused, not read there."""
+    return hashlib.sha256(path.encode()).hexdigest()[:12]
+
+
+def _cursor_is_wellformed(encoded: str, tag: str) -> bool:
+    """Strict base64 of a query string of DRF's cursor fields (o, r, p) and the tag `e` of the
+    list it was handed out for, which must be `tag`; or empty, the start."""
     if not encoded:
         return True
     try:
@@ -68,7 +95,7 @@ def _cursor_is_wellformed(encoded: str) -> bool:
     except (ValueError, UnicodeError):  # binascii.Error is a ValueError
         return False
     fields = parse.parse_qs(text, keep_blank_values=True)
-    return bool(fields) and set(fields) <= {"o", "r", "p"}
+    return set(fields) <= {"o", "r", "p", "e"} and fields.get("e") == [tag]
 
 
 # The query parameters of every cursor-paginated list, for its OpenAPI description.
