@@ -1,9 +1,9 @@
 """Cursor pagination for every list endpoint (stable under inserts, no page counting)."""
 
 import base64
-import hashlib
 from urllib import parse
 
+from django.utils.crypto import constant_time_compare, salted_hmac
 from drf_spectacular.utils import OpenApiParameter, inline_serializer
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound
@@ -40,11 +40,11 @@ class CursorPage(CursorPagination):
         )
 
     def paginate_queryset(self, queryset, request, view=None):
-        self.list_tag = list_tag(request.path)
+        self.list_path = request.path
         return super().paginate_queryset(queryset, request, view)
 
     def encode_cursor(self, cursor) -> str:
-        """DRF's encoding, with the tag of the list it pages (`e`, see `list_tag`)."""
+        """DRF's encoding, signed for the list it pages (`e`, see `cursor_signature`)."""
         tokens = {}
         if cursor.offset != 0:
             tokens["o"] = str(cursor.offset)
@@ -52,19 +52,19 @@ class CursorPage(CursorPagination):
             tokens["r"] = "1"
         if cursor.position is not None:
             tokens["p"] = cursor.position
-        tokens["e"] = self.list_tag
+        tokens["e"] = cursor_signature(self.list_path, tokens)
         encoded = base64.b64encode(parse.urlencode(tokens).encode("ascii")).decode("ascii")
         return replace_query_param(self.base_url, self.cursor_query_param, encoded)
 
     def decode_cursor(self, request):
-        """DRF's decoding, and a position that is an id: a cursor is opaque but not signed,
-        and a crafted one ("p=abc", "p=1.5") reached the id comparison and failed (500). A
-        cursor must also be strict base64 of DRF's own fields: "!!" or "AAAAAAAA" decoded to
-        nothing DRF knew and served the first page, silently starting a client over. And it
-        must be one this list handed out: a cursor of /fills (a trade id) sent to /orders was
-        read as an order id, and served a page of orders from an arbitrary point, silently."""
+        """DRF's decoding of a cursor this list handed out, unchanged: a cursor of /fills (a
+        trade id) sent to /orders had been read as an order id, and a position or offset edited
+        by hand was read too, each serving a page from an arbitrary point, silently. A crafted
+        one ("p=abc", "p=1.5") had reached the id comparison and failed (500), and "!!" or
+        "AAAAAAAA" decoded to nothing DRF knew and served the first page, starting a client
+        over: all are 404 "Invalid cursor"."""
         encoded = request.query_params.get(self.cursor_query_param)
-        if encoded is not None and not _cursor_is_wellformed(encoded, list_tag(request.path)):
+        if encoded is not None and not _cursor_is_wellformed(encoded, request.path):
             raise NotFound(self.invalid_cursor_message)
         cursor = super().decode_cursor(request)
         if cursor is not None and cursor.position is not None:
@@ -79,15 +79,16 @@ class CursorPage(CursorPagination):
         return cursor
 
 
-def list_tag(path: str) -> str:
-    """What a cursor says of the list it pages: a digest of the list's path (/api/v1/orders,
-    /api/v1/trades/AAPL), so that a cursor sent to another list is refused, not read there."""
-    return hashlib.sha256(path.encode()).hexdigest()[:12]
+def cursor_signature(path: str, tokens: dict[str, str]) -> str:
+    """The signature (`e`) of a cursor's fields for the list at `path` (/api/v1/orders,
+    /api/v1/trades/AAPL): another list, or any field changed, and the cursor is refused."""
+    message = "\n".join([path, *(f"{name}={tokens.get(name, '')}" for name in ("o", "r", "p"))])
+    return salted_hmac("exchange.pagination.cursor", message, algorithm="sha256").hexdigest()[:20]
 
 
-def _cursor_is_wellformed(encoded: str, tag: str) -> bool:
-    """Strict base64 of a query string of DRF's cursor fields (o, r, p) and the tag `e` of the
-    list it was handed out for, which must be `tag`; or empty, the start."""
+def _cursor_is_wellformed(encoded: str, path: str) -> bool:
+    """Strict base64 of a query string of DRF's cursor fields (o, r, p), each once, signed for
+    the list at `path` (`e`); or empty, the start."""
     if not encoded:
         return True
     try:
@@ -95,7 +96,11 @@ def _cursor_is_wellformed(encoded: str, tag: str) -> bool:
     except (ValueError, UnicodeError):  # binascii.Error is a ValueError
         return False
     fields = parse.parse_qs(text, keep_blank_values=True)
-    return set(fields) <= {"o", "r", "p", "e"} and fields.get("e") == [tag]
+    if not set(fields) <= {"o", "r", "p", "e"} or any(len(v) != 1 for v in fields.values()):
+        return False
+    tokens = {name: values[0] for name, values in fields.items()}
+    signature = tokens.pop("e", "")
+    return constant_time_compare(signature, cursor_signature(path, tokens))
 
 
 # The query parameters of every cursor-paginated list, for its OpenAPI description.

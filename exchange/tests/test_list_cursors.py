@@ -1,6 +1,7 @@
 """Cursor pagination of the lists: a cursor pages on the list that handed it out, only."""
 
-from urllib.parse import parse_qs, urlsplit
+import base64
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
@@ -56,3 +57,21 @@ def test_paging_trades_that_share_a_timestamp_while_more_arrive_skips_and_repeat
     assert seen == sorted(first, reverse=True)
     # Back from the last page, the previous pages hold the same trades.
     assert page["previous"] is not None
+
+
+def test_a_cursor_edited_by_hand_is_refused_not_read_from_wherever_it_points(client):
+    # A cursor was opaque but not signed: its position or offset edited (or a stale one of
+    # another filter written by hand) served a page from that point, silently skipping rows.
+    tape = Tape(make_instrument())
+    for second in range(5):
+        tape.trade(at(0, second), "100.00", "1")
+    path = f"/api/v1/trades/{tape.instrument.symbol}"
+    served = cursor_of(client.get(path, {"limit": "2"}).json()["next"])
+    assert client.get(path, {"limit": "2", "cursor": served}).status_code == 200
+    fields = parse_qs(base64.b64decode(served).decode(), keep_blank_values=True)
+    position = int(fields["p"][0])
+    for edit in ({"p": [str(position - 2)]}, {"o": ["1"]}, {"r": ["1"]}, {"e": ["0" * 20]}):
+        edited = base64.b64encode(urlencode({**fields, **edit}, doseq=True).encode()).decode()
+        refused = client.get(path, {"limit": "2", "cursor": edited})
+        assert refused.status_code == 404, (edit, refused.content)
+        assert refused.json()["message"] == "Invalid cursor"
