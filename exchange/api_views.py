@@ -1,6 +1,7 @@
 """The REST API of the trading core (/api/v1): thin adapters over services and selectors."""
 
 import datetime as dt
+import re
 import time
 
 from django.utils import timezone
@@ -77,7 +78,21 @@ LATEST_TIME = dt.datetime(9000, 1, 1, tzinfo=dt.UTC)
 
 
 def parse_time(request: Request, name: str) -> dt.datetime | None:
-    """An optional ISO 8601 query parameter as an aware UTC datetime (no zone: UTC)."""
+    """An optional ISO 8601 query parameter as an aware UTC datetime (no zone: UTC); an instant
+    between two microseconds (up to 9 decimal places are taken) is the later microsecond, so
+    that a stored time (kept to the microsecond) is before it exactly when it was: Django's
+    parser cut the digits past six off, and `end=...00.0000001Z` left out an order of
+    ...00.000000, before that end."""
+    instant = parse_time_ns(request, name)
+    if instant is None:
+        return None
+    value, past_microsecond = instant
+    return value + dt.timedelta(microseconds=1) if past_microsecond else value
+
+
+def parse_time_ns(request: Request, name: str) -> tuple[dt.datetime, int] | None:
+    """An optional ISO 8601 query parameter as (the aware UTC datetime to the microsecond below
+    it, the nanoseconds past that microsecond, 0-999)."""
     raw = request.query_params.get(name)
     if raw is None:
         return None
@@ -97,7 +112,12 @@ def parse_time(request: Request, name: str) -> dt.datetime | None:
             f"{name} must be an ISO 8601 date-time from 1970 to 8999 (e.g. 2026-11-25T14:22:12Z)",
             field=name,
         )
-    return value
+    fraction = SUB_MICROSECOND.search(text)
+    return value, int(fraction[1].ljust(3, "0")) if fraction else 0
+
+
+# The digits of a time's fraction of a second past the sixth (ISO_DATETIME allows nine).
+SUB_MICROSECOND = re.compile(r"[.,][0-9]{6}([0-9]{1,3})")
 
 
 ORDER_STATUS_FILTERS = ("open", "closed", *Order.Status.values)
@@ -535,9 +555,13 @@ class CandlesView(PublicView):
                 field="interval",
             )
         limit = whole_number(request, "limit", default=500, low=1, high=self.MAX_LIMIT)
-        end = parse_time(request, "end") or timezone.now()
+        end, end_extra_ns = parse_time_ns(request, "end") or (timezone.now(), 0)
         rows = selectors.candles_for_instrument(
-            instrument=instrument, interval=interval, limit=limit, end=end
+            instrument=instrument,
+            interval=interval,
+            limit=limit,
+            end=end,
+            end_extra_ns=end_extra_ns,
         )
         candles = [
             {

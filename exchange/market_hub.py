@@ -451,6 +451,8 @@ class MarketHub:
             mirror.load(snapshot)
             for update in newer:
                 mirror.apply(update)
+                if update.get("last_price") is not None:
+                    mirror.last_price = update["last_price"]
             break
         else:
             mirror.load(snapshot)  # give up on continuity; subscribers get this as a snapshot
@@ -792,7 +794,9 @@ class MarketHub:
             if mirror is None:
                 continue
             if not mirror.loaded:
-                mirror.pending.append(update)
+                # With its trades' last price: applied after a snapshot older than it, the
+                # update is all that says the price (the ticker had kept the snapshot's).
+                mirror.pending.append({**update, "last_price": last_prices.get(symbol)})
                 continue
             if update["seq"] <= mirror.seq:
                 continue  # already in the snapshot the mirror was loaded from

@@ -3,10 +3,12 @@
 import base64
 from urllib import parse
 
+from django.utils.crypto import constant_time_compare, salted_hmac
 from drf_spectacular.utils import OpenApiParameter, inline_serializer
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound
 from rest_framework.pagination import CursorPagination
+from rest_framework.utils.urls import replace_query_param
 
 from exchange.query_params import whole_number
 
@@ -37,13 +39,32 @@ class CursorPage(CursorPagination):
             high=self.max_page_size,
         )
 
+    def paginate_queryset(self, queryset, request, view=None):
+        self.list_path = request.path
+        return super().paginate_queryset(queryset, request, view)
+
+    def encode_cursor(self, cursor) -> str:
+        """DRF's encoding, signed for the list it pages (`e`, see `cursor_signature`)."""
+        tokens = {}
+        if cursor.offset != 0:
+            tokens["o"] = str(cursor.offset)
+        if cursor.reverse:
+            tokens["r"] = "1"
+        if cursor.position is not None:
+            tokens["p"] = cursor.position
+        tokens["e"] = cursor_signature(self.list_path, tokens)
+        encoded = base64.b64encode(parse.urlencode(tokens).encode("ascii")).decode("ascii")
+        return replace_query_param(self.base_url, self.cursor_query_param, encoded)
+
     def decode_cursor(self, request):
-        """DRF's decoding, and a position that is an id: a cursor is opaque but not signed,
-        and a crafted one ("p=abc", "p=1.5") reached the id comparison and failed (500). A
-        cursor must also be strict base64 of DRF's own fields: "!!" or "AAAAAAAA" decoded to
-        nothing DRF knew and served the first page, silently starting a client over."""
+        """DRF's decoding of a cursor this list handed out, unchanged: a cursor of /fills (a
+        trade id) sent to /orders had been read as an order id, and a position or offset edited
+        by hand was read too, each serving a page from an arbitrary point, silently. A crafted
+        one ("p=abc", "p=1.5") had reached the id comparison and failed (500), and "!!" or
+        "AAAAAAAA" decoded to nothing DRF knew and served the first page, starting a client
+        over: all are 404 "Invalid cursor"."""
         encoded = request.query_params.get(self.cursor_query_param)
-        if encoded is not None and not _cursor_is_wellformed(encoded):
+        if encoded is not None and not _cursor_is_wellformed(encoded, request.path):
             raise NotFound(self.invalid_cursor_message)
         cursor = super().decode_cursor(request)
         if cursor is not None and cursor.position is not None:
@@ -58,9 +79,16 @@ class CursorPage(CursorPagination):
         return cursor
 
 
-def _cursor_is_wellformed(encoded: str) -> bool:
-    """Strict base64 of a query string of DRF's cursor fields only (o, r, p), one at least; or
-    empty, the start (DRF writes a cursor at the start that way)."""
+def cursor_signature(path: str, tokens: dict[str, str]) -> str:
+    """The signature (`e`) of a cursor's fields for the list at `path` (/api/v1/orders,
+    /api/v1/trades/AAPL): another list, or any field changed, and the cursor is refused."""
+    message = "\n".join([path, *(f"{name}={tokens.get(name, '')}" for name in ("o", "r", "p"))])
+    return salted_hmac("exchange.pagination.cursor", message, algorithm="sha256").hexdigest()[:20]
+
+
+def _cursor_is_wellformed(encoded: str, path: str) -> bool:
+    """Strict base64 of a query string of DRF's cursor fields (o, r, p), each once, signed for
+    the list at `path` (`e`); or empty, the start."""
     if not encoded:
         return True
     try:
@@ -68,7 +96,11 @@ def _cursor_is_wellformed(encoded: str) -> bool:
     except (ValueError, UnicodeError):  # binascii.Error is a ValueError
         return False
     fields = parse.parse_qs(text, keep_blank_values=True)
-    return bool(fields) and set(fields) <= {"o", "r", "p"}
+    if not set(fields) <= {"o", "r", "p", "e"} or any(len(v) != 1 for v in fields.values()):
+        return False
+    tokens = {name: values[0] for name, values in fields.items()}
+    signature = tokens.pop("e", "")
+    return constant_time_compare(signature, cursor_signature(path, tokens))
 
 
 # The query parameters of every cursor-paginated list, for its OpenAPI description.

@@ -22,6 +22,7 @@ from exchange.redis_connection import (
     redis_get,
     redis_key,
 )
+from matching.command_codec import datetime_to_ns
 from matching.models import BookState, Command
 from matching.transport import book_snapshot_key
 
@@ -415,7 +416,7 @@ _CANDLES_SQL = """
            count(*) AS trades
       FROM exchange_trade
      WHERE instrument_id = %(instrument_id)s
-       AND executed_at >= %(start)s AND executed_at < %(end)s
+       AND executed_at >= %(start)s AND executed_at < %(end)s AND executed_at_ns < %(end_ns)s
   GROUP BY 1
   ORDER BY 1 DESC
      LIMIT %(limit)s
@@ -423,13 +424,24 @@ _CANDLES_SQL = """
 
 
 def candles_for_instrument(
-    *, instrument: Instrument, interval: str, limit: int, end: dt.datetime
+    *,
+    instrument: Instrument,
+    interval: str,
+    limit: int,
+    end: dt.datetime,
+    end_extra_ns: int = 0,
 ) -> list[dict]:
     """OHLC and volume of the instrument's trades per `interval` bucket (UTC-aligned), the
     `limit` latest buckets that start before `end`, oldest first. Buckets without a trade are
     absent. Aggregated in PostgreSQL (date_bin); open and close are the first and last trade by
-    trade id, the engine's execution order."""
+    trade id, the engine's execution order. `end_extra_ns` (0-999) are the nanoseconds of the
+    end past its microsecond: a trade is before it by its nanosecond time (its `executed_at`
+    is cut to the microsecond: a trade 300 ns before an end 500 ns past a microsecond had been
+    left out, the end cut to that microsecond)."""
     width = CANDLE_INTERVALS[interval]
+    end_ns = datetime_to_ns(end) + end_extra_ns
+    if end_extra_ns:
+        end += dt.timedelta(microseconds=1)
     # The last bucket is the one holding the instant just before `end` (trades before `end`
     # only: with the default `end` of now, that is the live, partial candle).
     last_open = (
@@ -445,6 +457,7 @@ def candles_for_instrument(
                 "instrument_id": instrument.pk,
                 "start": start,
                 "end": end,
+                "end_ns": end_ns,
                 "limit": limit,
             },
         )

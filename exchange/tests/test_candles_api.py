@@ -253,3 +253,23 @@ def test_a_24h_change_that_rounds_to_zero_has_no_sign():
     tape.trade(at(0, 20), "29999.99", "1")
     stats = ticker_24h(instrument=instrument, now=at(1))
     assert (stats["change_24h"], str(stats["change_pct_24h"])) == (Decimal("-0.11"), "0.00")
+
+
+def test_an_end_between_two_microseconds_counts_the_trades_before_it_to_the_nanosecond(client):
+    # Django's parser cut an end's digits past the sixth: an end 100 ns after a trade left it
+    # out (...00.0000001 read as ...00.000000, which the trade is not before), and a client
+    # asking up to a trade's executed_at_ns + 1 did not get that trade.
+    tape = Tape(make_instrument())
+    trade = tape.trade(at(0, 10), "100.00", "2")
+    trade.executed_at_ns += 700  # 10.000000700 s: its executed_at, 10.000000, is cut to the µs
+    trade.save(update_fields=["executed_at_ns"])
+    symbol = tape.instrument.symbol
+
+    def volume(end: str) -> list[str]:
+        body = candles(client, symbol, interval="1m", end=end).json()
+        return [c["volume"] for c in body["candles"]]
+
+    assert volume("2026-11-25T12:00:10.0000001Z") == []  # 100 ns: before the trade
+    assert volume("2026-11-25T12:00:10.0000007Z") == []  # at it: "before end" only
+    assert volume("2026-11-25T12:00:10.000000701Z") == ["2"]  # 1 ns after it
+    assert volume("2026-11-25T12:00:10.000001Z") == ["2"]

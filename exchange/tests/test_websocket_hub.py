@@ -473,3 +473,31 @@ def test_a_session_that_opens_or_closes_is_told_on_the_book_and_ticker_channels(
         assert [f["type"] for f in drained(later)] == ["snapshot"]
 
     asyncio.run(scenario())
+
+
+def test_a_trade_in_an_update_that_arrives_while_the_book_loads_is_the_tickers_last_price():
+    # A batch that arrived while a book's snapshot was being read (a snapshot from before it)
+    # was kept and applied to the book, but its trades' price was not: the ticker's
+    # last_price stayed the snapshot's, where REST's ticker said the new trade's, until the
+    # next trade.
+    symbol = f"HUB{uuid.uuid4().hex[:8].upper()}"
+
+    async def scenario():
+        from exchange.redis_connection import redis_client
+        from matching.transport import book_snapshot_key
+
+        older = {"seq": 10, "bids": [["99.00", "5", 1]], "asks": [], "last_price": "100.00"}
+        redis_client().set(book_snapshot_key(symbol), json.dumps(older), ex=60)
+        hub = MarketHub()
+        hub._client = aioredis.Redis.from_url(settings.REDIS_URL)
+        hub.books[symbol] = mirror = BookMirror(symbol)  # loading: updates wait in `pending`
+        book = {"seq": 11, "prev_seq": 10, "changes": {"bids": [["99.00", "3", 1]], "asks": []}}
+        trade = {"symbol": symbol, "trade_id": 7, "price": "99.00", "quantity": "2",
+                 "taker_side": "sell", "ts_ns": 1}  # fmt: skip
+        message = {"shard": 0, "books": {symbol: book}, "trades": [trade], "orders": []}
+        await hub.on_message(json.dumps(message))
+        await hub._load(mirror)
+        assert mirror.seq == 11 and mirror.bids.top(1) == [("99.00", "3")]
+        assert mirror.ticker()["last_price"] == "99.00"
+
+    asyncio.run(scenario())
