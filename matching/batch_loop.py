@@ -35,6 +35,7 @@ from django.db.models import F
 
 from audit.events import AuditEvent
 from audit.services import audit_record
+from exchange.api_errors import database_unavailable
 from matching.batch_writer import Applied, BatchWriter, LeaseFenced, PreparedBatch
 from matching.command_codec import InvalidPayload, closed_before, engine_command, halt_note
 from matching.engine import protocol as p
@@ -78,6 +79,18 @@ WRITER_SWITCH_INTERVAL_S = 0.0002
 # commands in `bench worker`); the book loaded at recovery is frozen out of the collector.
 GC_THRESHOLDS = (20_000, 20, 20)
 _CONNECTION_ERRORS = (OperationalError, InterfaceError, psycopg.OperationalError)
+
+
+def commit_failure_is_commands_fault(exc: BaseException) -> bool:
+    """Whether a batch's failed commit counts against its commands (two such failures reject a
+    command CommandFailed): not when the database went away, nor when PostgreSQL ended the
+    session idle in its transaction (25P03, an InternalError: a writer stalled mid-batch),
+    which the same commands meet again only if the database fails again."""
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return False
+    return not database_unavailable(exc)
+
+
 FAILED_TWICE = "CommandFailed"
 INVALID_COMMAND = "InvalidCommand"
 MARKET_CLOSED = "MarketClosed"
@@ -298,9 +311,9 @@ class ShardLoop:
             future.result()
         except LeaseFenced:
             raise
-        except _CONNECTION_ERRORS as exc:
-            raise BatchFailed(f"database unavailable: {exc}") from exc
         except Exception as exc:
+            if not commit_failure_is_commands_fault(exc):
+                raise BatchFailed(f"database unavailable: {exc}") from exc
             attempts_record(batch.outcome.command_ids)
             raise BatchFailed(f"batch commit failed: {exc!r}") from exc
         self.applied_total += len(batch.applied)

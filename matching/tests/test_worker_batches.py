@@ -499,3 +499,31 @@ def test_a_day_order_placed_after_new_session_hours_in_the_same_batch_keeps_its_
     moved = AuditRecord.objects.filter(event_type="order.expiry_changed", symbol=instrument.symbol)
     assert list(moved.values_list("order_id", flat=True)) == [before.pk]
     assert "OK" in matching_verify(process_env)
+
+
+def test_a_batch_whose_session_postgresql_ended_is_not_held_against_its_commands():
+    # A commit that failed because the database went away, or because PostgreSQL ended the
+    # writer's session idle in its transaction (25P03, raised as an InternalError: a writer
+    # stalled mid-batch), is no fault of the batch's commands: two such failures had rejected
+    # accepted orders CommandFailed. A failure of the statements themselves still counts.
+    from django.db import DatabaseError, IntegrityError, transaction
+
+    from matching.batch_loop import commit_failure_is_commands_fault
+
+    with pytest.raises(DatabaseError) as ended, transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL idle_in_transaction_session_timeout = 200")
+        threading.Event().wait(1.0)  # stalled: PostgreSQL ends the session meanwhile
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    connection.close()
+    assert getattr(ended.value.__cause__, "sqlstate", None) == "25P03", repr(ended.value)
+    assert not commit_failure_is_commands_fault(ended.value)
+
+    with (
+        pytest.raises(IntegrityError) as refused,
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute("CREATE TEMP TABLE t (x int PRIMARY KEY); INSERT INTO t VALUES (1), (1)")
+    assert commit_failure_is_commands_fault(refused.value)
