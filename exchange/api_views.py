@@ -7,7 +7,7 @@ import time
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
-from rest_framework import serializers, status
+from rest_framework import serializers
 from rest_framework.exceptions import APIException
 from rest_framework.permissions import AllowAny, IsAdminUser
 from rest_framework.request import Request
@@ -19,7 +19,7 @@ from exchange import selectors, services
 from exchange.api_errors import error_answer
 from exchange.errors import echoed, trading_error
 from exchange.models import Order
-from exchange.order_answers import await_command, order_changed_answer, order_placed_answer
+from exchange.order_answers import mass_cancel_answer, order_changed_answer, order_placed_answer
 from exchange.pagination import PAGE_PARAMETERS, CursorPage, page_of
 from exchange.query_params import (
     PAGE_QUERY,
@@ -252,9 +252,8 @@ class OrdersView(KnownQueryParameters, APIView):
             symbol=request.query_params.get("symbol"),
             http_request=request,
         )
-        for command_id in command_ids:
-            await_command(command_id)
-        return Response({"command_ids": command_ids}, status=status.HTTP_202_ACCEPTED)
+        code, body = mass_cancel_answer(command_ids)
+        return Response(body, status=code)
 
 
 class OrderDetailView(KnownQueryParameters, APIView):

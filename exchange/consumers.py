@@ -498,7 +498,7 @@ def _orders_cancel_all(user, body: dict, request: SocketRequest, stored) -> tupl
     engine has applied them (or the wait ran out)."""
     from exchange import services
     from exchange.errors import trading_error
-    from exchange.order_answers import await_command
+    from exchange.order_answers import mass_cancel_answer
     from exchange.serializers import refuse_unknown_names
 
     refuse_unknown_names(body, ("symbol",))
@@ -514,9 +514,7 @@ def _orders_cancel_all(user, body: dict, request: SocketRequest, stored) -> tupl
         user=user, actor=user, symbol=symbol, http_request=request
     )
     _set(stored)
-    for command_id in command_ids:
-        await_command(command_id)
-    return 202, {"command_ids": command_ids}
+    return mass_cancel_answer(command_ids)
 
 
 class StreamConsumer(AsyncWebsocketConsumer):

@@ -48,6 +48,23 @@ def await_command(command_id: int) -> Command:
     return seen[0]
 
 
+def mass_cancel_answer(command_ids: list[int]) -> tuple[int, dict]:
+    """202 with the mass cancel's command ids once the engine has applied them (or the wait
+    ran out). They are committed: a database failure while waiting is logged and answered the
+    same (a 503 had told the client to retry a mass cancel that was on its way, and the retry
+    also cancelled what it placed in between)."""
+    try:
+        for command_id in command_ids:
+            await_command(command_id)
+    except DatabaseError as exc:
+        logger.warning(
+            "mass cancel's answer not read back (database error after commit): 202",
+            extra={"command_ids": command_ids[:20], "why": str(exc).strip()[:200]},
+        )
+        broken_connections_discard()
+    return 202, {"command_ids": command_ids}
+
+
 def order_placed_answer(order: Order, command_id: int | None, created: bool) -> tuple[int, dict]:
     """201 with the engine's result, 202 while pending, 200 for a client_order_id replay;
     raises the 400 ApiError of an engine rejection."""

@@ -312,3 +312,35 @@ def test_a_session_ended_idle_in_its_transaction_is_a_retryable_503_not_a_500():
     assert (status, body["error"], body["code"]) == (503, "ServiceUnavailable", -1001)
     connection.close()
     assert not Order.objects.filter(user=user).exists()  # nothing half-stored
+
+
+def test_a_mass_cancel_committed_before_the_database_failed_is_answered_202_not_503(settings):
+    # As for an order: the mass cancel is committed and on its way to the engine when its
+    # answer's wait meets a dropped connection; a 503 told the client to retry it, and the
+    # retry also cancelled every order placed in between.
+    import psycopg
+
+    from exchange.order_answers import mass_cancel_answer
+    from exchange.order_rules import OrderRequest
+    from exchange.services import order_place, orders_mass_cancel
+    from matching.lease import database_conninfo
+    from matching.models import Command
+
+    settings.ORDER_REPLY_TIMEOUT_SECONDS = 0.2  # no matching worker here
+    instrument, user = make_instrument(), make_user()
+    order_place(
+        user=user,
+        request=OrderRequest(symbol=instrument.symbol, side="buy", order_type="limit",
+                             price=Decimal("10.00"), quantity=Decimal("1")),
+    )  # fmt: skip
+    command_ids = orders_mass_cancel(user=user, actor=user, symbol=instrument.symbol)
+    assert command_ids
+    # Every other session of this database ends (a failover, say), the pool's idle ones too.
+    with psycopg.connect(database_conninfo(), autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    assert mass_cancel_answer(command_ids) == (202, {"command_ids": command_ids})
+    connection.close()
+    assert Command.objects.filter(pk__in=command_ids).count() == len(command_ids)
