@@ -685,6 +685,47 @@ def test_a_trade_lost_upstream_is_read_again_and_the_ladder_stays_live(
     assert page.locator("#ladder").get_attribute("data-resyncs") == "0"
 
 
+def test_a_trade_read_again_goes_to_the_top_of_the_tape(open_page, exchange_stack, live_db):
+    # Trades read again over REST (after a lost frame or a reconnect) were appended below the
+    # rows shown, though newer than all of them: the latest trade showed at the bottom of the
+    # tape (and under a full tape was trimmed away at once).
+    instrument, user = make_instrument(), trader()
+    seller, buyer = ApiClient(exchange_stack), ApiClient(exchange_stack)
+    channel = f"trades.{instrument.symbol}"
+    lose = []
+
+    def between_page_and_server(ws):
+        server = ws.connect_to_server()
+
+        def from_server(message):
+            frame = json.loads(message)
+            if frame.get("channel") == channel and frame.get("type") == "trades" and lose:
+                lose.pop()
+                message = json.dumps(
+                    {"type": "resync", "reason": "feed_gap", "lost_channels": [channel]}
+                )
+            ws.send(message)
+
+        server.on_message(from_server)
+
+    page = open_page()
+    page.route_web_socket("**/ws/v1", between_page_and_server)
+    open_trading(page, user, instrument.symbol)
+    sell = {"symbol": instrument.symbol, "side": "sell", "order_type": "limit", "quantity": "1"}
+    for price in ("105.00", "106.00"):
+        assert seller.place(**sell, price=price).status_code == 201
+        assert buyer.place(**{**sell, "side": "buy", "price": price}).json()["status"] == "filled"
+        expect(page.locator("#tape tbody tr").first).to_contain_text(price)  # live
+    lose.append(True)
+    assert seller.place(**sell, price="107.00").status_code == 201
+    assert buyer.place(**{**sell, "side": "buy", "price": "107.00"}).json()["status"] == "filled"
+    rows = page.locator("#tape tbody tr")
+    expect(rows).to_have_count(3)  # the lost trade, read again
+    expect(rows.nth(0)).to_contain_text("107.00")
+    expect(rows.nth(1)).to_contain_text("106.00")
+    expect(rows.nth(2)).to_contain_text("105.00")
+
+
 def test_after_the_socket_reconnects_the_page_reads_what_it_missed(
     open_page, exchange_stack, live_db
 ):

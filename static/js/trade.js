@@ -121,17 +121,18 @@ function tapeRow(trade, iso) {
   return row;
 }
 
-function addTrades(trades, { prepend }) {
-  const rows = [];
+// Newest first by trade id, wherever a trade comes from: the trades read again over REST
+// after a reconnect or a lost frame are newer than the rows shown, and had been appended below
+// them (under a full tape, trimmed away at once).
+function addTrades(trades) {
   for (const trade of trades) {
     const id = String(trade.trade_id);
     if (tapeIds.has(id)) continue;
     tapeIds.add(id);
     const iso = trade.executed_at || new Date(Number(BigInt(trade.ts_ns) / 1000000n)).toISOString();
-    rows.push(tapeRow(trade, iso));
+    const older = [...tapeBody.rows].find((row) => Number(row.dataset.tradeId) < Number(id));
+    tapeBody.insertBefore(tapeRow(trade, iso), older ?? null);
   }
-  if (prepend) tapeBody.prepend(...rows.reverse());
-  else tapeBody.append(...rows);
   while (tapeBody.rows.length > TAPE_ROWS) {
     tapeIds.delete(tapeBody.lastElementChild.dataset.tradeId);
     tapeBody.lastElementChild.remove();
@@ -140,7 +141,7 @@ function addTrades(trades, { prepend }) {
 
 async function loadTrades() {
   const { data } = await api("GET", `/api/v1/trades/${encodeURIComponent(symbol)}?limit=30`);
-  addTrades(data.results, { prepend: false });
+  addTrades(data.results);
 }
 
 async function loadStats() {
@@ -638,7 +639,7 @@ const stream = new Stream(channels, {
     }
     if (frame.channel === `book.${symbol}`) onBookFrame(frame);
     else if (frame.type === "trades" && frame.channel === `trades.${symbol}`) {
-      addTrades(frame.data, { prepend: true });
+      addTrades(frame.data);
       chart.addTrades(frame.data);
       refreshStats();
     } else if (frame.type === "ticker" && frame.channel === `ticker.${symbol}`) {
