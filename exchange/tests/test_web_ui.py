@@ -886,6 +886,91 @@ def test_account_page_deposit_withdraw_ledger_and_api_keys(open_page, live_db):
     expect(row).to_contain_text("revoked")
 
 
+def _changes_sent(page) -> tuple[list[str], list[str]]:
+    """The POST/PATCH/DELETE requests the page sends, and those finished (answered or failed)."""
+    sent: list[str] = []
+    done: list[str] = []
+    changes = ("POST", "PATCH", "DELETE")
+    page.on("request", lambda r: r.method in changes and sent.append(f"{r.method} {r.url}"))
+    for event in ("requestfinished", "requestfailed"):
+        page.on(event, lambda r: r.method in changes and done.append(f"{r.method} {r.url}"))
+    return sent, done
+
+
+def _settled(page, sent: list[str], done: list[str]) -> None:
+    """Wait until every change the page sent has finished (Playwright's sync API delivers its
+    events only while it runs, so this waits in the page, not in a sleep)."""
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while len(done) < len(sent):
+        assert time.monotonic() < deadline, f"unfinished: {sent} vs {done}"
+        page.wait_for_timeout(50)
+
+
+def test_a_double_click_sends_a_withdrawal_a_key_or_a_ledger_page_once(open_page, live_db):
+    # Nothing kept the account page's buttons from sending again while a request was in flight:
+    # a double click withdrew twice, made two API keys (the first one's secret never shown) and
+    # appended the same page of older ledger entries twice.
+    from accounts.models import APIKey, LedgerEntry
+
+    make_instrument()
+    user = trader()
+    for _ in range(28):  # 30 entries with the two of make_user: a second page
+        funds_deposit(user=user, asset="USD", amount=Decimal("1"), memo="test funds")
+    page = open_page()
+    sent, done = _changes_sent(page)
+    log_in(page, user, "/account/")
+    page.wait_for_url("**/account/")
+
+    withdraw = page.locator("#withdraw-form")
+    withdraw.get_by_label("Asset").select_option("USD")
+    withdraw.get_by_label("Amount").fill("7")
+    withdraw.get_by_role("button", name="Withdraw").dblclick()
+    expect(withdraw.locator("[data-result]")).to_contain_text("Withdrew 7.00 USD")
+    _settled(page, sent, done)
+    assert LedgerEntry.objects.filter(user=user, kind="withdrawal").count() == 1, sent
+    expect(page.locator("#balances tbody tr[data-asset='USD'] td").first).to_have_text(
+        "10000021.00"
+    )
+
+    keys = page.locator("#key-form")
+    keys.get_by_label("Label").fill("bot")
+    keys.get_by_role("button", name="Create key").dblclick()
+    expect(page.locator("#key-created")).to_be_visible()
+    _settled(page, sent, done)
+    assert APIKey.objects.filter(user=user).count() == 1
+    expect(page.locator("#api-keys tbody tr[data-key-id]")).to_have_count(1)
+
+    ledger = page.locator("#ledger tbody tr")
+    expect(ledger).to_have_count(25)
+    page.locator("#ledger-more").dblclick()
+    expect(ledger).to_have_count(31)  # the 31 entries, each once
+    page.wait_for_timeout(500)  # a second copy of the page would have arrived by now
+    expect(ledger).to_have_count(31)
+
+
+def test_a_double_click_on_save_sends_an_amend_once(open_page, live_db):
+    from matching.models import Command
+
+    instrument, user = make_instrument(), trader()
+    page = open_page()
+    sent, done = _changes_sent(page)
+    open_trading(page, user, instrument.symbol)
+    place_limit(page, "buy", "99.00", "4")
+    row = open_order_row(page, "99.00")
+    expect(row).to_be_visible()
+    order_id = int(row.get_attribute("data-order-id"))
+    row.get_by_role("button", name=f"Amend order {order_id}").click()
+    page.get_by_label(f"New price (order {order_id})").fill("98.00")
+    page.get_by_role("button", name="Save changes").dblclick()
+    expect(page.locator("#orders-result")).to_contain_text(f"Order {order_id} amended: 98.00")
+    _settled(page, sent, done)
+    assert [r for r in sent if r.startswith("PATCH")] == [
+        f"PATCH {page.url.split('/trade/')[0]}/api/v1/orders/{order_id}"
+    ]
+    amends = Command.objects.filter(kind="amend", payload__order_id=order_id)
+    assert amends.count() == 1
+
+
 def test_the_pages_fit_a_narrow_screen(open_page, live_db):
     instrument, user = make_instrument(), trader()
     page = open_page(width=390, height=844)

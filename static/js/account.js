@@ -1,6 +1,6 @@
 // The account page: balances, deposits and withdrawals, ledger, fee tier and API keys, all
 // through the REST API with the web session.
-import { api, cell, clearErrors, dateTime, showError } from "./api.js";
+import { api, cell, clearErrors, dateTime, showError, whileBusy } from "./api.js";
 
 const page = document.getElementById("account");
 const userId = page.dataset.userId;
@@ -38,28 +38,33 @@ async function loadBalances() {
 // ---- deposit and withdraw ----------------------------------------------------------------------
 
 for (const form of document.querySelectorAll(".funds-form")) {
-  form.addEventListener("submit", async (event) => {
+  const submit = form.querySelector('button[type="submit"]');
+  form.addEventListener("submit", (event) => {
     event.preventDefault();
-    clearErrors(form);
-    const result = form.querySelector("[data-result]");
-    result.textContent = "";
-    const kind = form.dataset.kind;
-    const body = {
-      asset: form.elements.namedItem("asset").value,
-      amount: form.elements.namedItem("amount").value.trim(),
-    };
-    try {
-      const { data } = await api("POST", `/api/v1/users/${userId}/${kind}`, body);
-      result.textContent =
-        `${kind === "deposit" ? "Deposited" : "Withdrew"} ${data.amount} ${data.asset}; ` +
-        `available now ${data.balance.available} ${data.asset}.`;
-      form.elements.namedItem("amount").value = "";
-      loadBalances();
-      loadLedger({ reset: true });
-    } catch (error) {
-      showError(form, error);
-    }
+    whileBusy(submit, () => sendFunds(form));
   });
+}
+
+async function sendFunds(form) {
+  clearErrors(form);
+  const result = form.querySelector("[data-result]");
+  result.textContent = "";
+  const kind = form.dataset.kind;
+  const body = {
+    asset: form.elements.namedItem("asset").value,
+    amount: form.elements.namedItem("amount").value.trim(),
+  };
+  try {
+    const { data } = await api("POST", `/api/v1/users/${userId}/${kind}`, body);
+    result.textContent =
+      `${kind === "deposit" ? "Deposited" : "Withdrew"} ${data.amount} ${data.asset}; ` +
+      `available now ${data.balance.available} ${data.asset}.`;
+    form.elements.namedItem("amount").value = "";
+    loadBalances();
+    loadLedger({ reset: true });
+  } catch (error) {
+    showError(form, error);
+  }
 }
 
 // ---- ledger ----------------------------------------------------------------------------------
@@ -95,7 +100,7 @@ async function loadLedger({ reset }) {
   ledgerMore.hidden = !ledgerNext;
 }
 
-ledgerMore.addEventListener("click", () => loadLedger({ reset: false }));
+ledgerMore.addEventListener("click", () => whileBusy(ledgerMore, () => loadLedger({ reset: false })));
 
 // ---- fee tier ----------------------------------------------------------------------------------
 
@@ -201,8 +206,12 @@ async function revokeKey(key) {
   loadKeys();
 }
 
-keyForm.addEventListener("submit", async (event) => {
+keyForm.addEventListener("submit", (event) => {
   event.preventDefault();
+  whileBusy(keyForm.querySelector('button[type="submit"]'), createKey);
+});
+
+async function createKey() {
   clearErrors(keyForm);
   const body = {
     label: keyForm.elements.namedItem("label").value.trim(),
@@ -224,7 +233,7 @@ keyForm.addEventListener("submit", async (event) => {
   } catch (error) {
     showError(keyForm, error);
   }
-});
+}
 
 loadBalances();
 loadLedger({ reset: true });

@@ -2,7 +2,7 @@
 // trades tape, candles, and for a signed-in user the order ticket, open orders and fills.
 import {
   ApiError, api, cell, clearErrors, dateTime, debounce, marketStatusText, shortTime, showError,
-  signedOutNotice,
+  signedOutNotice, whileBusy,
 } from "./api.js";
 import { LocalBook, compareDecimal } from "./book.js";
 import { CandleChart } from "./chart.js";
@@ -428,34 +428,38 @@ function toggleAmend(row, order, button) {
   save.type = "submit";
   save.textContent = "Save changes";
   form.append(save);
-  form.addEventListener("submit", async (event) => {
+  form.addEventListener("submit", (event) => {
     event.preventDefault();
-    clearErrors(form);
-    const body = {};
-    for (const [name, , original] of fields) {
-      const value = form.elements.namedItem(name).value.trim();
-      if (value && value !== original) body[name] = value;
-    }
-    try {
-      const { status, data } = await api("PATCH", `/api/v1/orders/${id}`, body);
-      const price = data.price === null || data.price === undefined ? "" : `${data.price} × `;
-      // 202: queued, and the order it carries is the one before the change (it had read
-      // "amended" with the old price and quantity).
-      ordersResult.textContent =
-        status === 202
-          ? `Amend of order ${id} sent; the engine has not confirmed it yet.`
-          : `Order ${id} amended: ${price}${data.quantity}.`;
-      amendRow.remove();
-      refreshMine();
-    } catch (error) {
-      ordersResult.textContent = "";  // not a message of an earlier success beside this error
-      showError(form, error);
-    }
+    whileBusy(save, () => sendAmend(form, fields, id, amendRow));
   });
   holder.append(form);
   amendRow.append(holder);
   row.after(amendRow);
   form.elements[0].focus();
+}
+
+async function sendAmend(form, fields, id, amendRow) {
+  clearErrors(form);
+  const body = {};
+  for (const [name, , original] of fields) {
+    const value = form.elements.namedItem(name).value.trim();
+    if (value && value !== original) body[name] = value;
+  }
+  try {
+    const { status, data } = await api("PATCH", `/api/v1/orders/${id}`, body);
+    const price = data.price === null || data.price === undefined ? "" : `${data.price} × `;
+    // 202: queued, and the order it carries is the one before the change (it had read
+    // "amended" with the old price and quantity).
+    ordersResult.textContent =
+      status === 202
+        ? `Amend of order ${id} sent; the engine has not confirmed it yet.`
+        : `Order ${id} amended: ${price}${data.quantity}.`;
+    amendRow.remove();
+    refreshMine();
+  } catch (error) {
+    ordersResult.textContent = "";  // not a message of an earlier success beside this error
+    showError(form, error);
+  }
 }
 
 async function cancelOrder(order) {
