@@ -266,6 +266,32 @@ def test_a_page_left_open_while_logging_in_again_elsewhere_still_trades(open_pag
     expect(page.locator("#open-orders tbody")).to_contain_text("No open orders.")
 
 
+def test_a_form_of_a_page_older_than_a_sign_in_in_another_tab_says_what_to_do(open_page, live_db):
+    """Signing in gives a new CSRF token: the login form (or Log out) of a tab opened before
+    got Django's bare "403 Forbidden: CSRF verification failed. Request aborted.", its style
+    refused by the Content-Security-Policy, with no way back to the site."""
+    user = trader()
+    page = open_page()
+    page.goto("/accounts/login/?next=/account/")
+    other_tab = page.context.new_page()
+    log_in(other_tab, user, "/account/")
+    other_tab.wait_for_url("**/account/")
+
+    page.get_by_label("Email").fill(user.email)
+    page.get_by_label("Password").fill(PASSWORD)
+    with page.expect_response("**/accounts/login/") as answer:
+        page.get_by_role("button", name="Log in").click()
+    assert answer.value.status == 403
+    expect(page.locator("#csrf-failure")).to_contain_text("Nothing was done")
+    expect(page.get_by_role("button", name="Log out")).to_be_visible()  # the site's own page
+    page.get_by_role("link", name="Open the page again").click()
+    page.wait_for_url("**/accounts/login/?next=/account/")  # where the form was, its next kept
+    page.get_by_label("Email").fill(user.email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url("**/account/")
+
+
 def test_the_trading_page_says_why_the_engine_ended_an_order(open_page, live_db):
     """A market order on an empty book read "Order 33: cancelled.", and the resting order
     self-trade prevention cancelled left the table without a word."""
