@@ -247,6 +247,31 @@ def test_a_page_left_open_after_logging_out_elsewhere_says_so(open_page, live_db
     expect(page.locator("#stream-state")).to_have_text("You are signed out. Log in again.")
 
 
+def test_the_account_page_left_open_after_logging_out_elsewhere_says_so(open_page, live_db):
+    # Revoke said "Authentication credentials were not provided." and Show older entries showed
+    # nothing, each with an uncaught error on the page.
+    from accounts.api_keys import api_key_create
+
+    user = trader()
+    api_key_create(user=user, label="bot", permissions=["read"])
+    for _ in range(25):  # a second page of the ledger
+        funds_deposit(user=user, asset="USD", amount=Decimal("1"), memo="test funds")
+    page = open_page()
+    log_in(page, user, "/account/")
+    page.wait_for_url("**/account/")
+    expect(page.locator("#ledger-more")).to_be_visible()
+    log_out_in_another_tab(page)
+
+    page.get_by_role("button", name="Show older entries").click()
+    expect(page.locator("#ledger-result")).to_have_text("You are signed out. Log in again.")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Revoke key bot").click()
+    expect(page.locator("#keys-result")).to_have_text("You are signed out. Log in again.")
+    expect(page.locator("#keys-result").get_by_role("link", name="Log in again")).to_have_attribute(
+        "href", "/accounts/login/?next=%2Faccount%2F"
+    )
+
+
 def test_a_page_left_open_while_logging_in_again_elsewhere_still_trades(open_page, live_db):
     """Logging in again in another tab gives a new CSRF token: the page's copy of the old one
     made every order, amend and cancel from it a 403 ("CSRF Failed: CSRF token ... incorrect"),

@@ -1,9 +1,19 @@
 // The account page: balances, deposits and withdrawals, ledger, fee tier and API keys, all
 // through the REST API with the web session.
-import { api, cell, clearErrors, dateTime, showError, whileBusy } from "./api.js";
+import {
+  ApiError, api, cell, clearErrors, dateTime, showError, signedOutNotice, whileBusy,
+} from "./api.js";
 
 const page = document.getElementById("account");
 const userId = page.dataset.userId;
+
+// A request refused because the session ended (logged out in another tab, a password change)
+// says so with a way back; it read "Authentication credentials were not provided.", or showed
+// nothing and threw (Show older entries).
+function report(element, error) {
+  if (error instanceof ApiError && error.error === "NotAuthenticated") signedOutNotice(element);
+  else element.textContent = error instanceof ApiError ? error.message : String(error);
+}
 
 function emptyRow(columns, text) {
   const row = document.createElement("tr");
@@ -100,7 +110,11 @@ async function loadLedger({ reset }) {
   ledgerMore.hidden = !ledgerNext;
 }
 
-ledgerMore.addEventListener("click", () => whileBusy(ledgerMore, () => loadLedger({ reset: false })));
+const ledgerResult = document.getElementById("ledger-result");
+ledgerMore.addEventListener("click", () => {
+  ledgerResult.textContent = "";
+  whileBusy(ledgerMore, () => loadLedger({ reset: false })).catch((error) => report(ledgerResult, error));
+});
 
 // ---- fee tier ----------------------------------------------------------------------------------
 
@@ -201,9 +215,10 @@ async function revokeKey(key) {
     await api("DELETE", `/api/v1/api-keys/${key.id}`);
     keysResult.textContent = `Key "${key.label}" revoked.`;
   } catch (error) {
-    keysResult.textContent = error.message;
+    report(keysResult, error);
+    if (error.error === "NotAuthenticated") return;
   }
-  loadKeys();
+  loadKeys().catch((error) => report(keysResult, error));
 }
 
 keyForm.addEventListener("submit", (event) => {
