@@ -821,6 +821,29 @@ def test_after_the_socket_reconnects_the_page_reads_what_it_missed(
     assert len(links) == 2
 
 
+def test_a_post_only_adjusting_order_says_the_price_it_rests_at(open_page, exchange_stack, live_db):
+    # A sell typed at 99.00 against a bid at 100.00 rests one tick behind it, at 100.01: the
+    # ticket said only "Order 7: new."
+    instrument, user = make_instrument(), trader()
+    buyer = ApiClient(exchange_stack)
+    bid = {"symbol": instrument.symbol, "side": "buy", "order_type": "limit", "quantity": "1"}
+    assert buyer.place(**bid, price="100.00").status_code == 201
+    page = open_page()
+    open_trading(page, user, instrument.symbol)
+    expect(ladder_row(page, "bid", "100.00")).to_be_visible()
+    ticket = page.locator("#ticket")
+    ticket.get_by_label("Sell", exact=True).check()
+    ticket.get_by_label(f"Limit price ({QUOTE})", exact=True).fill("99.00")
+    ticket.get_by_label(f"Quantity ({BASE})", exact=True).fill("2")
+    ticket.locator("summary").click()
+    ticket.get_by_label("Post-only, adjusting: reprice one tick behind the best instead").check()
+    ticket.locator("#ticket-submit").click()
+    expect(page.locator("#ticket-result")).to_have_text(
+        re.compile(r"Order \d+: new at 100\.01 \(repriced from 99\.00 to stay a maker\)\.")
+    )
+    expect(open_order_row(page, "100.01")).to_be_visible()
+
+
 def test_a_post_only_order_that_would_cross_shows_the_servers_rejection(
     open_page, exchange_stack, live_db
 ):

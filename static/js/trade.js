@@ -287,10 +287,15 @@ async function submitTicket(event) {
     }
     const { status, data } = await api("POST", "/api/v1/orders", body);
     const filled = data.filled_quantity && Number(data.filled_quantity) > 0;
+    // Post-only, adjusting: the engine may rest it at another price than typed (it had said
+    // only "new", the price it rests at to be found in the open orders).
+    const repriced =
+      status !== 202 && body.price && data.price && compareDecimal(data.price, body.price) !== 0;
     result.textContent =
       status === 202
         ? `Order ${data.order_id} accepted; the engine has not confirmed it yet.`
         : `Order ${data.order_id}: ${statusText(data)}` +
+          (repriced ? ` at ${data.price} (repriced from ${body.price} to stay a maker)` : "") +
           (filled ? `, filled ${data.filled_quantity} at ${trimPrice(data.avg_price)}` : "") +
           ".";
     refreshMine();
