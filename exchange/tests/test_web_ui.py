@@ -581,6 +581,33 @@ def test_an_amend_the_engine_has_not_confirmed_says_it_was_sent(open_page, live_
     expect(open_order_row(page, "98.50")).to_be_visible()  # once the engine applied it
 
 
+def test_what_the_engine_had_not_confirmed_is_said_once_it_is(open_page, live_db):
+    # "Cancel of order 7 sent; the engine has not confirmed it yet." stayed after the engine
+    # had cancelled it (and so for an order placed, or an amend, answered 202).
+    instrument, user = make_instrument(), trader()
+    page = open_page()
+    open_trading(page, user, instrument.symbol)
+    result, orders_result = page.locator("#ticket-result"), page.locator("#orders-result")
+    with shard_batches_held_up(instrument.shard):
+        place_limit(page, "buy", "99.00", "4")
+        expect(result).to_contain_text("accepted; the engine has not confirmed it yet.")
+    expect(result).to_have_text(re.compile(r"Order \d+: new\."))
+    row = open_order_row(page, "99.00")
+    order_id = row.get_attribute("data-order-id")
+
+    row.get_by_role("button", name="Amend").click()
+    page.locator(".amend-form").get_by_label("New price").fill("98.50")
+    with shard_batches_held_up(instrument.shard):
+        page.locator(".amend-form").get_by_role("button", name="Save changes").click()
+        expect(orders_result).to_contain_text(f"Amend of order {order_id} sent")
+    expect(orders_result).to_have_text(f"Order {order_id} amended: 98.50 \u00d7 4.")
+
+    with shard_batches_held_up(instrument.shard):
+        open_order_row(page, "98.50").get_by_role("button", name="Cancel").click()
+        expect(orders_result).to_contain_text(f"Cancel of order {order_id} sent")
+    expect(orders_result).to_have_text(f"Order {order_id}: cancelled (by you).")
+
+
 def test_the_ticket_sends_market_by_amount_stop_limit_and_gtd_iceberg_orders(
     open_page, exchange_stack, live_db
 ):

@@ -291,13 +291,16 @@ async function submitTicket(event) {
     // only "new", the price it rests at to be found in the open orders).
     const repriced =
       status !== 202 && body.price && data.price && compareDecimal(data.price, body.price) !== 0;
-    result.textContent =
-      status === 202
-        ? `Order ${data.order_id} accepted; the engine has not confirmed it yet.`
-        : `Order ${data.order_id}: ${statusText(data)}` +
-          (repriced ? ` at ${data.price} (repriced from ${body.price} to stay a maker)` : "") +
-          (filled ? `, filled ${data.filled_quantity} at ${trimPrice(data.avg_price)}` : "") +
-          ".";
+    if (status === 202) {
+      const text = `Order ${data.order_id} accepted; the engine has not confirmed it yet.`;
+      unconfirmed(data.order_id, "place", result, text);
+    } else {
+      result.textContent =
+        `Order ${data.order_id}: ${statusText(data)}` +
+        (repriced ? ` at ${data.price} (repriced from ${body.price} to stay a maker)` : "") +
+        (filled ? `, filled ${data.filled_quantity} at ${trimPrice(data.avg_price)}` : "") +
+        ".";
+    }
     refreshMine();
   } catch (error) {
     result.textContent = "";
@@ -455,10 +458,12 @@ async function sendAmend(form, fields, id, amendRow) {
     const price = data.price === null || data.price === undefined ? "" : `${data.price} × `;
     // 202: queued, and the order it carries is the one before the change (it had read
     // "amended" with the old price and quantity).
-    ordersResult.textContent =
-      status === 202
-        ? `Amend of order ${id} sent; the engine has not confirmed it yet.`
-        : `Order ${id} amended: ${price}${data.quantity}.`;
+    if (status === 202) {
+      const text = `Amend of order ${id} sent; the engine has not confirmed it yet.`;
+      unconfirmed(id, "amend", ordersResult, text);
+    } else {
+      ordersResult.textContent = `Order ${id} amended: ${price}${data.quantity}.`;
+    }
     amendRow.remove();
     refreshMine();
   } catch (error) {
@@ -471,10 +476,12 @@ async function cancelOrder(order) {
   try {
     const { status, data } = await api("DELETE", `/api/v1/orders/${order.order_id}`);
     // 202: queued, the engine has not taken it yet (it had read "cancelled" then too).
-    ordersResult.textContent =
-      status === 202
-        ? `Cancel of order ${order.order_id} sent; the engine has not confirmed it yet.`
-        : `Order ${order.order_id}: ${statusText(data)}.`;
+    if (status === 202) {
+      const text = `Cancel of order ${order.order_id} sent; the engine has not confirmed it yet.`;
+      unconfirmed(order.order_id, "cancel", ordersResult, text);
+    } else {
+      ordersResult.textContent = `Order ${order.order_id}: ${statusText(data)}.`;
+    }
   } catch (error) {
     showOrdersError(error);
   }
@@ -506,6 +513,33 @@ const REASONS = {
   day_expired: "session closed",
   halted: "trading halted",
 };
+
+// What the engine had not confirmed yet (a 202), by order id: the message that said so gives
+// way to what the engine made of it once the order's frame comes (it had kept saying "not
+// confirmed yet" after the order was cancelled, amended or placed).
+const ENDED = ["filled", "cancelled", "rejected", "expired"];
+const awaiting = new Map();
+
+function unconfirmed(orderId, kind, element, text) {
+  element.textContent = text;
+  awaiting.set(String(orderId), { kind, element, text });
+}
+
+function confirmIfAwaited(order) {
+  const id = String(order.order_id);
+  const notice = awaiting.get(id);
+  if (!notice) return;
+  const ended = ENDED.includes(order.status);
+  if (notice.kind === "cancel" && !ended) return; // a fill of the order, before the cancel
+  if (notice.kind === "amend" && !ended && !order.amended) return;
+  awaiting.delete(id);
+  if (notice.element.textContent !== notice.text) return; // a later message is shown there
+  const total = addDecimals(order.filled, order.remaining);
+  notice.element.textContent =
+    notice.kind === "amend" && order.amended && total
+      ? `Order ${id} amended: ${order.price ? `${order.price} × ` : ""}${total}.`
+      : `Order ${id}: ${statusText(order)}.`;
+}
 
 function statusText(order) {
   const status = order.status.replaceAll("_", " ");
@@ -662,6 +696,7 @@ const stream = new Stream(channels, {
     } else if (frame.type === "order" && frame.data.symbol === symbol) {
       // An order the engine ended by itself (self-trade prevention, expiry, funds) says why
       // before it leaves the table; the user's own cancels say so where they were made.
+      confirmIfAwaited(frame.data);
       const why = frame.data.reason;
       if (["cancelled", "expired"].includes(frame.data.status) && why && why !== "user") {
         ordersResult.textContent = `Order ${frame.data.order_id}: ${statusText(frame.data)}.`;
