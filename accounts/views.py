@@ -19,7 +19,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.debug import sensitive_post_parameters
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.http import require_http_methods
 
 from accounts import services, two_factor
 from accounts.forms import CodeForm, LoginForm, PasswordChangeForm, SignUpForm
@@ -134,9 +134,15 @@ def login_view(request: HttpRequest) -> HttpResponse:
     return HttpResponseRedirect(target)
 
 
-@require_POST
+@require_http_methods(["GET", "POST"])
 @csrf_protect
 def logout_view(request: HttpRequest) -> HttpResponse:
+    """Logging out is a POST. The address opened in the browser (typed, a bookmark) answers 405
+    still, with a page holding the Log out button: it had been a blank page."""
+    if request.method != "POST":
+        response = render(request, "accounts/logout.html", status=405)
+        response["Allow"] = "POST"
+        return response
     services.user_log_out(request=request)
     messages.info(request, "You are signed out.")
     return redirect(settings.LOGOUT_REDIRECT_URL)
@@ -252,12 +258,14 @@ def enrol(request: HttpRequest) -> HttpResponse:
     return render(request, "accounts/two_factor_enrol.html", _enrol_context(request, form, target))
 
 
-@require_POST
+@require_http_methods(["GET", "POST"])
 @csrf_protect
 @never_cache
 @full_login_required
 def recovery_codes(request: HttpRequest) -> HttpResponse:
     """Make new recovery codes (the old ones stop working); needs a current code."""
+    if request.method != "POST":  # reloaded, or opened again: the page it belongs to (was blank)
+        return redirect("accounts:two_factor")
     form = CodeForm(request.POST, prefix="regenerate", autofocus=False)
     if not form.is_valid():
         return _status_page(request, regenerate_form=form)
@@ -280,12 +288,14 @@ def recovery_codes(request: HttpRequest) -> HttpResponse:
     return _status_page(request, regenerate_form=form)
 
 
-@require_POST
+@require_http_methods(["GET", "POST"])
 @csrf_protect
 @never_cache
 @full_login_required
 def disable(request: HttpRequest) -> HttpResponse:
     """Turn 2FA off; needs a current code (from the app or a recovery code)."""
+    if request.method != "POST":  # reloaded, or opened again: the page it belongs to (was blank)
+        return redirect("accounts:two_factor")
     form = CodeForm(request.POST, prefix="disable", autofocus=False)
     if not form.is_valid():
         return _status_page(request, disable_form=form)

@@ -61,6 +61,8 @@ SECRET_KEY = env.str("SECRET_KEY", default="") or _dev_secret_key(VAR_DIR)
 DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# A form refused for its CSRF token gets the site's page saying what to do (exchange/web_views.py).
+CSRF_FAILURE_VIEW = "exchange.web_views.csrf_failure"
 # Served over HTTPS by a TLS-terminating proxy in front, which must set X-Forwarded-Proto (and
 # strip a client's own): the session and CSRF cookies go over TLS only, browsers are told to
 # use HTTPS alone for a year (HSTS), and a plain-HTTP request is redirected to HTTPS, except

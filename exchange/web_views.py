@@ -6,6 +6,7 @@ that read and write through the REST API with the session cookie and follow the 
 
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 
 from accounts import two_factor
@@ -92,3 +93,16 @@ def account(request: HttpRequest) -> HttpResponse:
         "may_deposit": may_deposit(actor=user),
     }
     return render(request, "trading/account.html", context)
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """A form refused for its CSRF token (settings.CSRF_FAILURE_VIEW): the site's page saying
+    what happened and what to do. Django's own was a bare page, its style refused by the
+    Content-Security-Policy; the usual cause is a page shown before signing in or out in
+    another tab (signing in gives a new token), e.g. the login form or Log out of an old tab."""
+    back = request.META.get("HTTP_REFERER", "")
+    if not url_has_allowed_host_and_scheme(
+        back, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        back = request.path
+    return render(request, "csrf_failure.html", {"back": back}, status=403)

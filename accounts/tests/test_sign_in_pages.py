@@ -160,6 +160,27 @@ def test_login_by_email_and_logout_are_audited_and_a_wrong_password_is_not_signe
     assert events_of(user) == [AuditEvent.LOGIN_FAILED, AuditEvent.LOGIN, AuditEvent.LOGOUT]
 
 
+def test_the_logout_and_2fa_form_addresses_opened_in_the_browser_are_not_blank_pages():
+    # Each answered 405 with an empty body: a blank page for /accounts/logout/ typed or
+    # bookmarked, and for the recovery codes page reloaded (or 2FA turned off) from history.
+    user = make_person()
+    client = verified_client(user, browser())
+    page = client.get("/accounts/logout/")
+    assert page.status_code == 405 and page["Allow"] == "POST"  # logout is still a POST
+    html = page.content.decode()
+    assert f"You are signed in as {user.email}." in html
+    assert re.search(r'<form method="post" action="/accounts/logout/">', html)
+    assert 'name="csrfmiddlewaretoken"' in html and "Log out of this browser" in html
+    assert client.get("/api/v1/orders").status_code == 200  # still signed in
+    for path in ("/accounts/2fa/recovery-codes/", "/accounts/2fa/disable/"):
+        answer = client.get(path)
+        assert (answer.status_code, answer["Location"]) == (302, "/accounts/2fa/"), path
+    assert TOTPDevice.objects.filter(user=user).exists()
+    assert client.post("/accounts/logout/").status_code == 302
+    signed_out = client.get("/accounts/logout/")
+    assert signed_out.status_code == 405 and b"You are signed out." in signed_out.content
+
+
 def test_an_unsafe_next_is_replaced_by_the_home_page():
     user = make_person()
     response = log_in(browser(), user, next_url="https://evil.example/steal")

@@ -46,6 +46,17 @@ def test_markets_lists_every_listed_instrument_with_a_link_to_trade_it(client):
     assert 'src="/static/js/markets.js"' in page
 
 
+def test_an_unknown_or_delisted_market_is_a_page_of_the_site_that_leads_to_the_markets(client):
+    # It was Django's bare "Not Found" page: no navigation, no way back to the markets.
+    delisted = make_instrument(status=Instrument.Status.DELISTED)
+    for path in (f"/trade/{delisted.symbol}/", "/trade/NOSUCH/", "/no-such-page/"):
+        answer = client.get(path)
+        assert answer.status_code == 404, path
+        page = answer.content.decode()
+        assert '<a href="/">See the markets</a>' in page, path
+        assert 'href="/static/css/app.css"' in page and 'href="/accounts/login/"' in page
+
+
 def test_markets_and_trading_pages_say_the_status_the_ticker_says(client):
     # Both said "Trading" for an instrument closed for the night (every order refused
     # MarketClosed), and the markets page kept the status it was first rendered with.

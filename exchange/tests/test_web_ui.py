@@ -247,6 +247,31 @@ def test_a_page_left_open_after_logging_out_elsewhere_says_so(open_page, live_db
     expect(page.locator("#stream-state")).to_have_text("You are signed out. Log in again.")
 
 
+def test_the_account_page_left_open_after_logging_out_elsewhere_says_so(open_page, live_db):
+    # Revoke said "Authentication credentials were not provided." and Show older entries showed
+    # nothing, each with an uncaught error on the page.
+    from accounts.api_keys import api_key_create
+
+    user = trader()
+    api_key_create(user=user, label="bot", permissions=["read"])
+    for _ in range(25):  # a second page of the ledger
+        funds_deposit(user=user, asset="USD", amount=Decimal("1"), memo="test funds")
+    page = open_page()
+    log_in(page, user, "/account/")
+    page.wait_for_url("**/account/")
+    expect(page.locator("#ledger-more")).to_be_visible()
+    log_out_in_another_tab(page)
+
+    page.get_by_role("button", name="Show older entries").click()
+    expect(page.locator("#ledger-result")).to_have_text("You are signed out. Log in again.")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Revoke key bot").click()
+    expect(page.locator("#keys-result")).to_have_text("You are signed out. Log in again.")
+    expect(page.locator("#keys-result").get_by_role("link", name="Log in again")).to_have_attribute(
+        "href", "/accounts/login/?next=%2Faccount%2F"
+    )
+
+
 def test_a_page_left_open_while_logging_in_again_elsewhere_still_trades(open_page, live_db):
     """Logging in again in another tab gives a new CSRF token: the page's copy of the old one
     made every order, amend and cancel from it a 403 ("CSRF Failed: CSRF token ... incorrect"),
@@ -264,6 +289,32 @@ def test_a_page_left_open_while_logging_in_again_elsewhere_still_trades(open_pag
         f"Cancel of all your open {instrument.symbol} orders sent."
     )
     expect(page.locator("#open-orders tbody")).to_contain_text("No open orders.")
+
+
+def test_a_form_of_a_page_older_than_a_sign_in_in_another_tab_says_what_to_do(open_page, live_db):
+    """Signing in gives a new CSRF token: the login form (or Log out) of a tab opened before
+    got Django's bare "403 Forbidden: CSRF verification failed. Request aborted.", its style
+    refused by the Content-Security-Policy, with no way back to the site."""
+    user = trader()
+    page = open_page()
+    page.goto("/accounts/login/?next=/account/")
+    other_tab = page.context.new_page()
+    log_in(other_tab, user, "/account/")
+    other_tab.wait_for_url("**/account/")
+
+    page.get_by_label("Email").fill(user.email)
+    page.get_by_label("Password").fill(PASSWORD)
+    with page.expect_response("**/accounts/login/") as answer:
+        page.get_by_role("button", name="Log in").click()
+    assert answer.value.status == 403
+    expect(page.locator("#csrf-failure")).to_contain_text("Nothing was done")
+    expect(page.get_by_role("button", name="Log out")).to_be_visible()  # the site's own page
+    page.get_by_role("link", name="Open the page again").click()
+    page.wait_for_url("**/accounts/login/?next=/account/")  # where the form was, its next kept
+    page.get_by_label("Email").fill(user.email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url("**/account/")
 
 
 def test_the_trading_page_says_why_the_engine_ended_an_order(open_page, live_db):
@@ -530,6 +581,33 @@ def test_an_amend_the_engine_has_not_confirmed_says_it_was_sent(open_page, live_
     expect(open_order_row(page, "98.50")).to_be_visible()  # once the engine applied it
 
 
+def test_what_the_engine_had_not_confirmed_is_said_once_it_is(open_page, live_db):
+    # "Cancel of order 7 sent; the engine has not confirmed it yet." stayed after the engine
+    # had cancelled it (and so for an order placed, or an amend, answered 202).
+    instrument, user = make_instrument(), trader()
+    page = open_page()
+    open_trading(page, user, instrument.symbol)
+    result, orders_result = page.locator("#ticket-result"), page.locator("#orders-result")
+    with shard_batches_held_up(instrument.shard):
+        place_limit(page, "buy", "99.00", "4")
+        expect(result).to_contain_text("accepted; the engine has not confirmed it yet.")
+    expect(result).to_have_text(re.compile(r"Order \d+: new\."))
+    row = open_order_row(page, "99.00")
+    order_id = row.get_attribute("data-order-id")
+
+    row.get_by_role("button", name="Amend").click()
+    page.locator(".amend-form").get_by_label("New price").fill("98.50")
+    with shard_batches_held_up(instrument.shard):
+        page.locator(".amend-form").get_by_role("button", name="Save changes").click()
+        expect(orders_result).to_contain_text(f"Amend of order {order_id} sent")
+    expect(orders_result).to_have_text(f"Order {order_id} amended: 98.50 \u00d7 4.")
+
+    with shard_batches_held_up(instrument.shard):
+        open_order_row(page, "98.50").get_by_role("button", name="Cancel").click()
+        expect(orders_result).to_contain_text(f"Cancel of order {order_id} sent")
+    expect(orders_result).to_have_text(f"Order {order_id}: cancelled (by you).")
+
+
 def test_the_ticket_sends_market_by_amount_stop_limit_and_gtd_iceberg_orders(
     open_page, exchange_stack, live_db
 ):
@@ -685,6 +763,47 @@ def test_a_trade_lost_upstream_is_read_again_and_the_ladder_stays_live(
     assert page.locator("#ladder").get_attribute("data-resyncs") == "0"
 
 
+def test_a_trade_read_again_goes_to_the_top_of_the_tape(open_page, exchange_stack, live_db):
+    # Trades read again over REST (after a lost frame or a reconnect) were appended below the
+    # rows shown, though newer than all of them: the latest trade showed at the bottom of the
+    # tape (and under a full tape was trimmed away at once).
+    instrument, user = make_instrument(), trader()
+    seller, buyer = ApiClient(exchange_stack), ApiClient(exchange_stack)
+    channel = f"trades.{instrument.symbol}"
+    lose = []
+
+    def between_page_and_server(ws):
+        server = ws.connect_to_server()
+
+        def from_server(message):
+            frame = json.loads(message)
+            if frame.get("channel") == channel and frame.get("type") == "trades" and lose:
+                lose.pop()
+                message = json.dumps(
+                    {"type": "resync", "reason": "feed_gap", "lost_channels": [channel]}
+                )
+            ws.send(message)
+
+        server.on_message(from_server)
+
+    page = open_page()
+    page.route_web_socket("**/ws/v1", between_page_and_server)
+    open_trading(page, user, instrument.symbol)
+    sell = {"symbol": instrument.symbol, "side": "sell", "order_type": "limit", "quantity": "1"}
+    for price in ("105.00", "106.00"):
+        assert seller.place(**sell, price=price).status_code == 201
+        assert buyer.place(**{**sell, "side": "buy", "price": price}).json()["status"] == "filled"
+        expect(page.locator("#tape tbody tr").first).to_contain_text(price)  # live
+    lose.append(True)
+    assert seller.place(**sell, price="107.00").status_code == 201
+    assert buyer.place(**{**sell, "side": "buy", "price": "107.00"}).json()["status"] == "filled"
+    rows = page.locator("#tape tbody tr")
+    expect(rows).to_have_count(3)  # the lost trade, read again
+    expect(rows.nth(0)).to_contain_text("107.00")
+    expect(rows.nth(1)).to_contain_text("106.00")
+    expect(rows.nth(2)).to_contain_text("105.00")
+
+
 def test_after_the_socket_reconnects_the_page_reads_what_it_missed(
     open_page, exchange_stack, live_db
 ):
@@ -727,6 +846,29 @@ def test_after_the_socket_reconnects_the_page_reads_what_it_missed(
     assert paid != "10000000.00"
     expect(usd).to_have_text(paid)
     assert len(links) == 2
+
+
+def test_a_post_only_adjusting_order_says_the_price_it_rests_at(open_page, exchange_stack, live_db):
+    # A sell typed at 99.00 against a bid at 100.00 rests one tick behind it, at 100.01: the
+    # ticket said only "Order 7: new."
+    instrument, user = make_instrument(), trader()
+    buyer = ApiClient(exchange_stack)
+    bid = {"symbol": instrument.symbol, "side": "buy", "order_type": "limit", "quantity": "1"}
+    assert buyer.place(**bid, price="100.00").status_code == 201
+    page = open_page()
+    open_trading(page, user, instrument.symbol)
+    expect(ladder_row(page, "bid", "100.00")).to_be_visible()
+    ticket = page.locator("#ticket")
+    ticket.get_by_label("Sell", exact=True).check()
+    ticket.get_by_label(f"Limit price ({QUOTE})", exact=True).fill("99.00")
+    ticket.get_by_label(f"Quantity ({BASE})", exact=True).fill("2")
+    ticket.locator("summary").click()
+    ticket.get_by_label("Post-only, adjusting: reprice one tick behind the best instead").check()
+    ticket.locator("#ticket-submit").click()
+    expect(page.locator("#ticket-result")).to_have_text(
+        re.compile(r"Order \d+: new at 100\.01 \(repriced from 99\.00 to stay a maker\)\.")
+    )
+    expect(open_order_row(page, "100.01")).to_be_visible()
 
 
 def test_a_post_only_order_that_would_cross_shows_the_servers_rejection(
@@ -843,6 +985,91 @@ def test_account_page_deposit_withdraw_ledger_and_api_keys(open_page, live_db):
     page.once("dialog", lambda dialog: dialog.accept())
     row.get_by_role("button", name="Revoke key my bot").click()
     expect(row).to_contain_text("revoked")
+
+
+def _changes_sent(page) -> tuple[list[str], list[str]]:
+    """The POST/PATCH/DELETE requests the page sends, and those finished (answered or failed)."""
+    sent: list[str] = []
+    done: list[str] = []
+    changes = ("POST", "PATCH", "DELETE")
+    page.on("request", lambda r: r.method in changes and sent.append(f"{r.method} {r.url}"))
+    for event in ("requestfinished", "requestfailed"):
+        page.on(event, lambda r: r.method in changes and done.append(f"{r.method} {r.url}"))
+    return sent, done
+
+
+def _settled(page, sent: list[str], done: list[str]) -> None:
+    """Wait until every change the page sent has finished (Playwright's sync API delivers its
+    events only while it runs, so this waits in the page, not in a sleep)."""
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while len(done) < len(sent):
+        assert time.monotonic() < deadline, f"unfinished: {sent} vs {done}"
+        page.wait_for_timeout(50)
+
+
+def test_a_double_click_sends_a_withdrawal_a_key_or_a_ledger_page_once(open_page, live_db):
+    # Nothing kept the account page's buttons from sending again while a request was in flight:
+    # a double click withdrew twice, made two API keys (the first one's secret never shown) and
+    # appended the same page of older ledger entries twice.
+    from accounts.models import APIKey, LedgerEntry
+
+    make_instrument()
+    user = trader()
+    for _ in range(28):  # 30 entries with the two of make_user: a second page
+        funds_deposit(user=user, asset="USD", amount=Decimal("1"), memo="test funds")
+    page = open_page()
+    sent, done = _changes_sent(page)
+    log_in(page, user, "/account/")
+    page.wait_for_url("**/account/")
+
+    withdraw = page.locator("#withdraw-form")
+    withdraw.get_by_label("Asset").select_option("USD")
+    withdraw.get_by_label("Amount").fill("7")
+    withdraw.get_by_role("button", name="Withdraw").dblclick()
+    expect(withdraw.locator("[data-result]")).to_contain_text("Withdrew 7.00 USD")
+    _settled(page, sent, done)
+    assert LedgerEntry.objects.filter(user=user, kind="withdrawal").count() == 1, sent
+    expect(page.locator("#balances tbody tr[data-asset='USD'] td").first).to_have_text(
+        "10000021.00"
+    )
+
+    keys = page.locator("#key-form")
+    keys.get_by_label("Label").fill("bot")
+    keys.get_by_role("button", name="Create key").dblclick()
+    expect(page.locator("#key-created")).to_be_visible()
+    _settled(page, sent, done)
+    assert APIKey.objects.filter(user=user).count() == 1
+    expect(page.locator("#api-keys tbody tr[data-key-id]")).to_have_count(1)
+
+    ledger = page.locator("#ledger tbody tr")
+    expect(ledger).to_have_count(25)
+    page.locator("#ledger-more").dblclick()
+    expect(ledger).to_have_count(31)  # the 31 entries, each once
+    page.wait_for_timeout(500)  # a second copy of the page would have arrived by now
+    expect(ledger).to_have_count(31)
+
+
+def test_a_double_click_on_save_sends_an_amend_once(open_page, live_db):
+    from matching.models import Command
+
+    instrument, user = make_instrument(), trader()
+    page = open_page()
+    sent, done = _changes_sent(page)
+    open_trading(page, user, instrument.symbol)
+    place_limit(page, "buy", "99.00", "4")
+    row = open_order_row(page, "99.00")
+    expect(row).to_be_visible()
+    order_id = int(row.get_attribute("data-order-id"))
+    row.get_by_role("button", name=f"Amend order {order_id}").click()
+    page.get_by_label(f"New price (order {order_id})").fill("98.00")
+    page.get_by_role("button", name="Save changes").dblclick()
+    expect(page.locator("#orders-result")).to_contain_text(f"Order {order_id} amended: 98.00")
+    _settled(page, sent, done)
+    assert [r for r in sent if r.startswith("PATCH")] == [
+        f"PATCH {page.url.split('/trade/')[0]}/api/v1/orders/{order_id}"
+    ]
+    amends = Command.objects.filter(kind="amend", payload__order_id=order_id)
+    assert amends.count() == 1
 
 
 def test_the_pages_fit_a_narrow_screen(open_page, live_db):

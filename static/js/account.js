@@ -1,9 +1,19 @@
 // The account page: balances, deposits and withdrawals, ledger, fee tier and API keys, all
 // through the REST API with the web session.
-import { api, cell, clearErrors, dateTime, showError } from "./api.js";
+import {
+  ApiError, api, cell, clearErrors, dateTime, showError, signedOutNotice, whileBusy,
+} from "./api.js";
 
 const page = document.getElementById("account");
 const userId = page.dataset.userId;
+
+// A request refused because the session ended (logged out in another tab, a password change)
+// says so with a way back; it read "Authentication credentials were not provided.", or showed
+// nothing and threw (Show older entries).
+function report(element, error) {
+  if (error instanceof ApiError && error.error === "NotAuthenticated") signedOutNotice(element);
+  else element.textContent = error instanceof ApiError ? error.message : String(error);
+}
 
 function emptyRow(columns, text) {
   const row = document.createElement("tr");
@@ -38,28 +48,33 @@ async function loadBalances() {
 // ---- deposit and withdraw ----------------------------------------------------------------------
 
 for (const form of document.querySelectorAll(".funds-form")) {
-  form.addEventListener("submit", async (event) => {
+  const submit = form.querySelector('button[type="submit"]');
+  form.addEventListener("submit", (event) => {
     event.preventDefault();
-    clearErrors(form);
-    const result = form.querySelector("[data-result]");
-    result.textContent = "";
-    const kind = form.dataset.kind;
-    const body = {
-      asset: form.elements.namedItem("asset").value,
-      amount: form.elements.namedItem("amount").value.trim(),
-    };
-    try {
-      const { data } = await api("POST", `/api/v1/users/${userId}/${kind}`, body);
-      result.textContent =
-        `${kind === "deposit" ? "Deposited" : "Withdrew"} ${data.amount} ${data.asset}; ` +
-        `available now ${data.balance.available} ${data.asset}.`;
-      form.elements.namedItem("amount").value = "";
-      loadBalances();
-      loadLedger({ reset: true });
-    } catch (error) {
-      showError(form, error);
-    }
+    whileBusy(submit, () => sendFunds(form));
   });
+}
+
+async function sendFunds(form) {
+  clearErrors(form);
+  const result = form.querySelector("[data-result]");
+  result.textContent = "";
+  const kind = form.dataset.kind;
+  const body = {
+    asset: form.elements.namedItem("asset").value,
+    amount: form.elements.namedItem("amount").value.trim(),
+  };
+  try {
+    const { data } = await api("POST", `/api/v1/users/${userId}/${kind}`, body);
+    result.textContent =
+      `${kind === "deposit" ? "Deposited" : "Withdrew"} ${data.amount} ${data.asset}; ` +
+      `available now ${data.balance.available} ${data.asset}.`;
+    form.elements.namedItem("amount").value = "";
+    loadBalances();
+    loadLedger({ reset: true });
+  } catch (error) {
+    showError(form, error);
+  }
 }
 
 // ---- ledger ----------------------------------------------------------------------------------
@@ -95,7 +110,11 @@ async function loadLedger({ reset }) {
   ledgerMore.hidden = !ledgerNext;
 }
 
-ledgerMore.addEventListener("click", () => loadLedger({ reset: false }));
+const ledgerResult = document.getElementById("ledger-result");
+ledgerMore.addEventListener("click", () => {
+  ledgerResult.textContent = "";
+  whileBusy(ledgerMore, () => loadLedger({ reset: false })).catch((error) => report(ledgerResult, error));
+});
 
 // ---- fee tier ----------------------------------------------------------------------------------
 
@@ -196,13 +215,18 @@ async function revokeKey(key) {
     await api("DELETE", `/api/v1/api-keys/${key.id}`);
     keysResult.textContent = `Key "${key.label}" revoked.`;
   } catch (error) {
-    keysResult.textContent = error.message;
+    report(keysResult, error);
+    if (error.error === "NotAuthenticated") return;
   }
-  loadKeys();
+  loadKeys().catch((error) => report(keysResult, error));
 }
 
-keyForm.addEventListener("submit", async (event) => {
+keyForm.addEventListener("submit", (event) => {
   event.preventDefault();
+  whileBusy(keyForm.querySelector('button[type="submit"]'), createKey);
+});
+
+async function createKey() {
   clearErrors(keyForm);
   const body = {
     label: keyForm.elements.namedItem("label").value.trim(),
@@ -224,7 +248,7 @@ keyForm.addEventListener("submit", async (event) => {
   } catch (error) {
     showError(keyForm, error);
   }
-});
+}
 
 loadBalances();
 loadLedger({ reset: true });

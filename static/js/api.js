@@ -119,6 +119,18 @@ export function dateTime(iso) {
   return Number.isNaN(date.getTime()) ? "–" : date.toISOString().replace("T", " ").slice(0, 19);
 }
 
+// Runs `action` with `button` disabled until it settles: a double click (or Enter pressed
+// twice) sent a form twice (two withdrawals, two API keys, the same ledger page twice).
+export async function whileBusy(button, action) {
+  if (button.disabled) return undefined;
+  button.disabled = true;
+  try {
+    return await action();
+  } finally {
+    button.disabled = false;
+  }
+}
+
 // Calls `fn` at most once per `ms`, after the last call of a burst.
 export function debounce(fn, ms) {
   let timer = null;

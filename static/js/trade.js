@@ -2,7 +2,7 @@
 // trades tape, candles, and for a signed-in user the order ticket, open orders and fills.
 import {
   ApiError, api, cell, clearErrors, dateTime, debounce, marketStatusText, shortTime, showError,
-  signedOutNotice,
+  signedOutNotice, whileBusy,
 } from "./api.js";
 import { LocalBook, compareDecimal } from "./book.js";
 import { CandleChart } from "./chart.js";
@@ -121,17 +121,18 @@ function tapeRow(trade, iso) {
   return row;
 }
 
-function addTrades(trades, { prepend }) {
-  const rows = [];
+// Newest first by trade id, wherever a trade comes from: the trades read again over REST
+// after a reconnect or a lost frame are newer than the rows shown, and had been appended below
+// them (under a full tape, trimmed away at once).
+function addTrades(trades) {
   for (const trade of trades) {
     const id = String(trade.trade_id);
     if (tapeIds.has(id)) continue;
     tapeIds.add(id);
     const iso = trade.executed_at || new Date(Number(BigInt(trade.ts_ns) / 1000000n)).toISOString();
-    rows.push(tapeRow(trade, iso));
+    const older = [...tapeBody.rows].find((row) => Number(row.dataset.tradeId) < Number(id));
+    tapeBody.insertBefore(tapeRow(trade, iso), older ?? null);
   }
-  if (prepend) tapeBody.prepend(...rows.reverse());
-  else tapeBody.append(...rows);
   while (tapeBody.rows.length > TAPE_ROWS) {
     tapeIds.delete(tapeBody.lastElementChild.dataset.tradeId);
     tapeBody.lastElementChild.remove();
@@ -140,7 +141,7 @@ function addTrades(trades, { prepend }) {
 
 async function loadTrades() {
   const { data } = await api("GET", `/api/v1/trades/${encodeURIComponent(symbol)}?limit=30`);
-  addTrades(data.results, { prepend: false });
+  addTrades(data.results);
 }
 
 async function loadStats() {
@@ -286,12 +287,20 @@ async function submitTicket(event) {
     }
     const { status, data } = await api("POST", "/api/v1/orders", body);
     const filled = data.filled_quantity && Number(data.filled_quantity) > 0;
-    result.textContent =
-      status === 202
-        ? `Order ${data.order_id} accepted; the engine has not confirmed it yet.`
-        : `Order ${data.order_id}: ${statusText(data)}` +
-          (filled ? `, filled ${data.filled_quantity} at ${trimPrice(data.avg_price)}` : "") +
-          ".";
+    // Post-only, adjusting: the engine may rest it at another price than typed (it had said
+    // only "new", the price it rests at to be found in the open orders).
+    const repriced =
+      status !== 202 && body.price && data.price && compareDecimal(data.price, body.price) !== 0;
+    if (status === 202) {
+      const text = `Order ${data.order_id} accepted; the engine has not confirmed it yet.`;
+      unconfirmed(data.order_id, "place", result, text);
+    } else {
+      result.textContent =
+        `Order ${data.order_id}: ${statusText(data)}` +
+        (repriced ? ` at ${data.price} (repriced from ${body.price} to stay a maker)` : "") +
+        (filled ? `, filled ${data.filled_quantity} at ${trimPrice(data.avg_price)}` : "") +
+        ".";
+    }
     refreshMine();
   } catch (error) {
     result.textContent = "";
@@ -427,29 +436,9 @@ function toggleAmend(row, order, button) {
   save.type = "submit";
   save.textContent = "Save changes";
   form.append(save);
-  form.addEventListener("submit", async (event) => {
+  form.addEventListener("submit", (event) => {
     event.preventDefault();
-    clearErrors(form);
-    const body = {};
-    for (const [name, , original] of fields) {
-      const value = form.elements.namedItem(name).value.trim();
-      if (value && value !== original) body[name] = value;
-    }
-    try {
-      const { status, data } = await api("PATCH", `/api/v1/orders/${id}`, body);
-      const price = data.price === null || data.price === undefined ? "" : `${data.price} × `;
-      // 202: queued, and the order it carries is the one before the change (it had read
-      // "amended" with the old price and quantity).
-      ordersResult.textContent =
-        status === 202
-          ? `Amend of order ${id} sent; the engine has not confirmed it yet.`
-          : `Order ${id} amended: ${price}${data.quantity}.`;
-      amendRow.remove();
-      refreshMine();
-    } catch (error) {
-      ordersResult.textContent = "";  // not a message of an earlier success beside this error
-      showError(form, error);
-    }
+    whileBusy(save, () => sendAmend(form, fields, id, amendRow));
   });
   holder.append(form);
   amendRow.append(holder);
@@ -457,14 +446,42 @@ function toggleAmend(row, order, button) {
   form.elements[0].focus();
 }
 
+async function sendAmend(form, fields, id, amendRow) {
+  clearErrors(form);
+  const body = {};
+  for (const [name, , original] of fields) {
+    const value = form.elements.namedItem(name).value.trim();
+    if (value && value !== original) body[name] = value;
+  }
+  try {
+    const { status, data } = await api("PATCH", `/api/v1/orders/${id}`, body);
+    const price = data.price === null || data.price === undefined ? "" : `${data.price} × `;
+    // 202: queued, and the order it carries is the one before the change (it had read
+    // "amended" with the old price and quantity).
+    if (status === 202) {
+      const text = `Amend of order ${id} sent; the engine has not confirmed it yet.`;
+      unconfirmed(id, "amend", ordersResult, text);
+    } else {
+      ordersResult.textContent = `Order ${id} amended: ${price}${data.quantity}.`;
+    }
+    amendRow.remove();
+    refreshMine();
+  } catch (error) {
+    ordersResult.textContent = "";  // not a message of an earlier success beside this error
+    showError(form, error);
+  }
+}
+
 async function cancelOrder(order) {
   try {
     const { status, data } = await api("DELETE", `/api/v1/orders/${order.order_id}`);
     // 202: queued, the engine has not taken it yet (it had read "cancelled" then too).
-    ordersResult.textContent =
-      status === 202
-        ? `Cancel of order ${order.order_id} sent; the engine has not confirmed it yet.`
-        : `Order ${order.order_id}: ${statusText(data)}.`;
+    if (status === 202) {
+      const text = `Cancel of order ${order.order_id} sent; the engine has not confirmed it yet.`;
+      unconfirmed(order.order_id, "cancel", ordersResult, text);
+    } else {
+      ordersResult.textContent = `Order ${order.order_id}: ${statusText(data)}.`;
+    }
   } catch (error) {
     showOrdersError(error);
   }
@@ -496,6 +513,33 @@ const REASONS = {
   day_expired: "session closed",
   halted: "trading halted",
 };
+
+// What the engine had not confirmed yet (a 202), by order id: the message that said so gives
+// way to what the engine made of it once the order's frame comes (it had kept saying "not
+// confirmed yet" after the order was cancelled, amended or placed).
+const ENDED = ["filled", "cancelled", "rejected", "expired"];
+const awaiting = new Map();
+
+function unconfirmed(orderId, kind, element, text) {
+  element.textContent = text;
+  awaiting.set(String(orderId), { kind, element, text });
+}
+
+function confirmIfAwaited(order) {
+  const id = String(order.order_id);
+  const notice = awaiting.get(id);
+  if (!notice) return;
+  const ended = ENDED.includes(order.status);
+  if (notice.kind === "cancel" && !ended) return; // a fill of the order, before the cancel
+  if (notice.kind === "amend" && !ended && !order.amended) return;
+  awaiting.delete(id);
+  if (notice.element.textContent !== notice.text) return; // a later message is shown there
+  const total = addDecimals(order.filled, order.remaining);
+  notice.element.textContent =
+    notice.kind === "amend" && order.amended && total
+      ? `Order ${id} amended: ${order.price ? `${order.price} × ` : ""}${total}.`
+      : `Order ${id}: ${statusText(order)}.`;
+}
 
 function statusText(order) {
   const status = order.status.replaceAll("_", " ");
@@ -638,7 +682,7 @@ const stream = new Stream(channels, {
     }
     if (frame.channel === `book.${symbol}`) onBookFrame(frame);
     else if (frame.type === "trades" && frame.channel === `trades.${symbol}`) {
-      addTrades(frame.data, { prepend: true });
+      addTrades(frame.data);
       chart.addTrades(frame.data);
       refreshStats();
     } else if (frame.type === "ticker" && frame.channel === `ticker.${symbol}`) {
@@ -652,6 +696,7 @@ const stream = new Stream(channels, {
     } else if (frame.type === "order" && frame.data.symbol === symbol) {
       // An order the engine ended by itself (self-trade prevention, expiry, funds) says why
       // before it leaves the table; the user's own cancels say so where they were made.
+      confirmIfAwaited(frame.data);
       const why = frame.data.reason;
       if (["cancelled", "expired"].includes(frame.data.status) && why && why !== "user") {
         ordersResult.textContent = `Order ${frame.data.order_id}: ${statusText(frame.data)}.`;
