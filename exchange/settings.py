@@ -7,7 +7,9 @@ MATCHING_SHARDS, REDIS_KEY_PREFIX, LOG_LEVEL, VAR_DIR. The README lists them.
 """
 
 import json
+import math
 import secrets
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import environ
@@ -18,7 +20,60 @@ from exchange.embedded_servers import EMBEDDED_SERVERS_FILE
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-env = environ.Env()
+
+class StrictEnv(environ.Env):
+    """django-environ, reading each variable as written, or stopping the start with one line
+    that names it (manage.py and the launcher print ImproperlyConfigured that way).
+
+    django-environ had read any word but true/on/ok/y/yes/1 as false (HTTPS=ture served
+    cookies over plain HTTP, RATE_LIMIT_ENABLED=enabled turned the limits off), raised a bare
+    ValueError traceback for MATCHING_SHARDS=abc, kept the space of ALLOWED_HOSTS="a, b" (a
+    host no request names), and read a value starting with `$` as the name of another
+    variable (a SECRET_KEY from Django's generator, whose alphabet has `$`, became the
+    generated development key). An empty value is the default, as if unset.
+    """
+
+    TRUE_WORDS = ("true", "on", "ok", "yes", "y", "1")
+    FALSE_WORDS = ("false", "off", "no", "n", "0")
+
+    def get_value(self, var, cast=None, default=environ.Env.NOTSET, parse_default=False):
+        raw = self.ENVIRON.get(var)
+        if raw is None or not raw.strip():
+            if default is self.NOTSET:
+                raise ImproperlyConfigured(f"{var} is not set")
+            return self.parse_value(default, cast) if parse_default else default
+        if cast is bool:
+            word = raw.strip().lower()
+            if word in self.TRUE_WORDS or word in self.FALSE_WORDS:
+                return word in self.TRUE_WORDS
+            raise ImproperlyConfigured(f"{var} must be true or false (or 1/0, yes/no), got {raw!r}")
+        if cast is list or isinstance(cast, list):
+            return [item.strip() for item in raw.split(",") if item.strip()]
+        if cast is None and isinstance(default, str):
+            cast = str
+        try:
+            if cast is float:  # environ's own kept digits only: "500ms" read as 500, "1e3" as 13
+                value = float(raw)
+                if not math.isfinite(value):
+                    raise ValueError(raw)
+                return value
+            return self.parse_value(raw.strip() if cast is int else raw, cast)
+        except ValueError:
+            kind = {int: "a whole number", float: "a number"}.get(cast, "valid")
+            raise ImproperlyConfigured(f"{var} must be {kind}, got {raw!r}") from None
+
+
+env = StrictEnv()
+
+
+def _require(name: str, value: object, valid: bool, rule: str, harm: str) -> None:
+    """Stop the start when `value` of `name` breaks `rule`, saying what it would have done:
+    such values had been taken as given and failed later, deep in a request or a process
+    (every API request hung with API_VIEW_THREADS=0, every connection failed with
+    DB_LOCK_TIMEOUT_MS=-1, every shard read down with MATCHING_HEARTBEAT_TTL_MS=0)."""
+    if not valid:
+        raise ImproperlyConfigured(f"{name} must be {rule}, got {value}: {harm}")
+
 
 # Local state of a development run (dev secret key, embedded servers' data, logs).
 VAR_DIR = Path(env.str("VAR_DIR", default=str(BASE_DIR / "var")))
@@ -93,6 +148,13 @@ if MATCHING_SHARDS < 1:
     raise ImproperlyConfigured(f"MATCHING_SHARDS must be at least 1, got {MATCHING_SHARDS}")
 # A shard whose heartbeat is older than this is reported down by /healthz.
 MATCHING_HEARTBEAT_TTL_MS = env.int("MATCHING_HEARTBEAT_TTL_MS", default=5000)
+_require(
+    "MATCHING_HEARTBEAT_TTL_MS",
+    MATCHING_HEARTBEAT_TTL_MS,
+    MATCHING_HEARTBEAT_TTL_MS >= 1,
+    "1 or more",
+    "Redis refuses a heartbeat without a positive expiry, so every shard would read down",
+)
 # A standby fences a shard's holder whose lease session has been idle this long (the holder
 # touches it every second from a thread, so only a hung process goes quiet): it terminates the
 # holder's database sessions and takes the shard. 0 turns fencing off. Keep it well above the
@@ -104,6 +166,13 @@ if MATCHING_LEASE_STALE_SECONDS < 0:
     )
 # How long an order request waits for the engine before answering 202 pending_new.
 ORDER_REPLY_TIMEOUT_SECONDS = env.float("ORDER_REPLY_TIMEOUT_SECONDS", default=2.0)
+_require(
+    "ORDER_REPLY_TIMEOUT_SECONDS",
+    ORDER_REPLY_TIMEOUT_SECONDS,
+    0 <= ORDER_REPLY_TIMEOUT_SECONDS < float("inf"),
+    "0 or more",
+    "it is how long an order request waits for the engine",
+)
 # How far ahead a GTD order's expire_at may be (ExpireAtTooFar beyond). The engine's clock is
 # nanoseconds in 64 bits where it is stored (it ends in April 2262): at most 200 years.
 GTD_MAX_DAYS = env.int("GTD_MAX_DAYS", default=365)
@@ -117,6 +186,12 @@ ORDER_ENTRY_BATCH_MAX = env.int("ORDER_ENTRY_BATCH_MAX", default=200)
 ORDER_ENTRY_BATCH_THREADS = env.int("ORDER_ENTRY_BATCH_THREADS", default=2)
 # Threads of each web process that run the sync API views (exchange/view_threads.py).
 API_VIEW_THREADS = env.int("API_VIEW_THREADS", default=32)
+for _name, _threads in [
+    ("ORDER_ENTRY_BATCH_MAX", ORDER_ENTRY_BATCH_MAX),
+    ("ORDER_ENTRY_BATCH_THREADS", ORDER_ENTRY_BATCH_THREADS),
+    ("API_VIEW_THREADS", API_VIEW_THREADS),
+]:
+    _require(_name, _threads, _threads >= 1, "1 or more", "with none, requests would wait forever")
 
 # WebSocket streaming (/ws/v1, docs/websocket.md): per-connection limits and liveness.
 WS_MAX_SUBSCRIPTIONS = env.int("WS_MAX_SUBSCRIPTIONS", default=50)
@@ -138,6 +213,20 @@ WS_HEARTBEAT_SECONDS = env.float("WS_HEARTBEAT_SECONDS", default=1.0)
 WS_PING_INTERVAL_SECONDS = env.float("WS_PING_INTERVAL_SECONDS", default=10.0)
 # A connection that sends nothing (not even a pong) this long is closed (close code 4000).
 WS_PING_TIMEOUT_SECONDS = env.float("WS_PING_TIMEOUT_SECONDS", default=30.0)
+for _name, _value in [
+    ("WS_QUEUE_SIZE", WS_QUEUE_SIZE),
+    ("WS_QUEUE_BYTES", WS_QUEUE_BYTES),
+    ("WS_HEARTBEAT_SECONDS", WS_HEARTBEAT_SECONDS),
+    ("WS_PING_INTERVAL_SECONDS", WS_PING_INTERVAL_SECONDS),
+    ("WS_PING_TIMEOUT_SECONDS", WS_PING_TIMEOUT_SECONDS),
+]:
+    _require(
+        _name,
+        _value,
+        0 < _value < float("inf"),
+        "more than 0",
+        "a socket's queue would be unbounded, its timer would spin, or it would close at once",
+    )
 
 # API keys (accounts/api_keys.py): the secrets are kept encrypted with a key derived (HKDF) from
 # API_KEY_ENCRYPTION_KEY, or from SECRET_KEY when it is empty (changing it makes every stored
@@ -246,6 +335,20 @@ DB_LOCK_TIMEOUT_MS = env.int("DB_LOCK_TIMEOUT_MS", default=5000)
 # order entry's command-order lock, and every process's order entry waited on it without end.
 # 0 never ends one.
 DB_IDLE_IN_TRANSACTION_TIMEOUT_MS = env.int("DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", default=15000)
+DB_POOL_TIMEOUT = env.float("DB_POOL_TIMEOUT", default=10.0)
+for _name, _value in [
+    ("DB_POOL_MAX_SIZE", DB_POOL_MAX_SIZE),
+    ("DB_LOCK_TIMEOUT_MS", DB_LOCK_TIMEOUT_MS),
+    ("DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", DB_IDLE_IN_TRANSACTION_TIMEOUT_MS),
+]:
+    _require(_name, _value, _value >= 0, "0 or more", "no database connection could be made")
+_require(
+    "DB_POOL_TIMEOUT",
+    DB_POOL_TIMEOUT,
+    0 < DB_POOL_TIMEOUT < float("inf"),
+    "more than 0",
+    "no request would get a connection",
+)
 _session_options = []
 if DB_LOCK_TIMEOUT_MS:
     _session_options.append(f"-c lock_timeout={DB_LOCK_TIMEOUT_MS}")
@@ -262,7 +365,7 @@ if DB_POOL_MAX_SIZE:
     DATABASES["default"]["OPTIONS"]["pool"] = {
         "min_size": 1,
         "max_size": DB_POOL_MAX_SIZE,
-        "timeout": env.float("DB_POOL_TIMEOUT", default=10.0),
+        "timeout": DB_POOL_TIMEOUT,
     }
     # Statements run with server-side binding (the worker's polls, the order path's raw
     # reads) are prepared on a connection once they ran there DB_PREPARE_THRESHOLD times
@@ -291,6 +394,13 @@ LOGOUT_REDIRECT_URL = "home"
 LOGIN_THROTTLE_ACCOUNT_FAILURES = env.int("LOGIN_THROTTLE_ACCOUNT_FAILURES", default=5)
 LOGIN_THROTTLE_IP_FAILURES = env.int("LOGIN_THROTTLE_IP_FAILURES", default=20)
 LOGIN_THROTTLE_WINDOW_SECONDS = env.int("LOGIN_THROTTLE_WINDOW_SECONDS", default=900)
+_require(
+    "LOGIN_THROTTLE_WINDOW_SECONDS",
+    LOGIN_THROTTLE_WINDOW_SECONDS,
+    LOGIN_THROTTLE_WINDOW_SECONDS >= 1,
+    "1 or more",
+    "every sign-in would divide by it",
+)
 # Issuer shown by authenticator apps. django-otp's own per-device back-off is off: the
 # per-account and per-IP counters above cover one-time codes too (and take an injected clock).
 OTP_TOTP_ISSUER = env.str("OTP_TOTP_ISSUER", default="Exchange")
@@ -390,6 +500,19 @@ QUOTE_PRESENCE_MAX_DISTANCE_BPS = env.int("QUOTE_PRESENCE_MAX_DISTANCE_BPS", def
 # heartbeat task runs every SCHEDULER_HEARTBEAT_SECONDS).
 SCHEDULER_HEARTBEAT_SECONDS = env.float("SCHEDULER_HEARTBEAT_SECONDS", default=5.0)
 SCHEDULER_HEARTBEAT_TTL_SECONDS = env.float("SCHEDULER_HEARTBEAT_TTL_SECONDS", default=30.0)
+for _name, _value in [
+    ("SCHEDULER_HEARTBEAT_SECONDS", SCHEDULER_HEARTBEAT_SECONDS),
+    ("SCHEDULER_HEARTBEAT_TTL_SECONDS", SCHEDULER_HEARTBEAT_TTL_SECONDS),
+    ("FEE_TIER_REFRESH_SECONDS", FEE_TIER_REFRESH_SECONDS),
+    ("QUOTE_PRESENCE_SAMPLE_SECONDS", QUOTE_PRESENCE_SAMPLE_SECONDS),
+]:
+    _require(
+        _name,
+        _value,
+        1 <= _value * 1000 < float("inf"),  # the heartbeat's expiry is whole milliseconds
+        "0.001 or more",
+        "a schedule would spin, or Redis would refuse the scheduler's heartbeat",
+    )
 
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # The tasks that run every few seconds expire unrun after a few: with the worker down, beat
@@ -445,7 +568,19 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # Demo only: how much of each asset a user may credit to themselves in total (0: only staff
 # credit deposits). `make run` sets it so that the demo works; production leaves it at 0.
-DEMO_SELF_CREDIT_LIMIT = env.str("DEMO_SELF_CREDIT_LIMIT", default="0")
+DEMO_SELF_CREDIT_LIMIT = env.str("DEMO_SELF_CREDIT_LIMIT", default="0").strip()
+try:
+    _demo_limit_ok = Decimal(DEMO_SELF_CREDIT_LIMIT).is_finite()
+    _demo_limit_ok = _demo_limit_ok and Decimal(DEMO_SELF_CREDIT_LIMIT) >= 0
+except InvalidOperation:
+    _demo_limit_ok = False
+_require(
+    "DEMO_SELF_CREDIT_LIMIT",
+    repr(DEMO_SELF_CREDIT_LIMIT),
+    _demo_limit_ok,
+    "an amount, 0 or more",
+    "the account page and every deposit would fail with a server error",
+)
 
 # Audit trail: where daily exports (gzip JSONL + .sha256) go; how many days of partitions are
 # kept in PostgreSQL (only exported, fully sealed days are ever dropped); partitions ahead.
@@ -453,7 +588,12 @@ AUDIT_EXPORT_DIR = env.path("AUDIT_EXPORT_DIR", default=str(VAR_DIR / "audit-exp
 AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=2192)
 AUDIT_PARTITION_DAYS_AHEAD = env.int("AUDIT_PARTITION_DAYS_AHEAD", default=7)
 
-LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+# Any case (LOG_LEVEL=debug had stopped every process with "Unable to configure logger").
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").strip().upper()
+if LOG_LEVEL not in ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"):
+    raise ImproperlyConfigured(
+        f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got {LOG_LEVEL!r}"
+    )
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

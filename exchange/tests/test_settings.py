@@ -197,3 +197,115 @@ def test_deploy_checks_recognise_the_exchanges_middleware_and_miss_a_missing_one
     without_csrf = [path for path in settings.MIDDLEWARE if "Csrf" not in path]
     with override_settings(MIDDLEWARE=without_csrf):
         assert "exchange.W003" in _deploy_warnings()
+
+
+def manage_check(env_vars: dict, tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=BASE_DIR,
+        env={"PATH": os.environ["PATH"], "VAR_DIR": str(tmp_path / "var"), **GOOD, **env_vars},
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_a_word_that_is_not_true_or_false_is_refused_not_read_as_false(tmp_path):
+    """HTTPS=ture had read as false (cookies over plain HTTP, no redirect), and so had
+    RATE_LIMIT_ENABLED=enabled (the rate limits off), without a word."""
+    probe = PROBE.replace("'debug': s.DEBUG", "'debug': [s.DEBUG, s.HTTPS, s.RATE_LIMIT_ENABLED]")
+    result = run_with(
+        {**GOOD, "DEBUG": "True", "HTTPS": "YES", "RATE_LIMIT_ENABLED": "off"}, tmp_path, probe
+    )
+    assert json.loads(result.stdout)["debug"] == [True, True, False]
+    for name, word in [("HTTPS", "ture"), ("RATE_LIMIT_ENABLED", "enabled")]:
+        result = manage_check({name: word}, tmp_path)
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == [
+            f"configuration error: {name} must be true or false (or 1/0, yes/no), got '{word}'"
+        ]
+
+
+def test_a_value_that_is_not_a_number_gives_one_line_naming_the_variable(tmp_path):
+    # It had been a ValueError traceback that named neither the variable nor its value.
+    for name, value, kind in [
+        ("MATCHING_SHARDS", "abc", "a whole number"),
+        ("DB_POOL_MAX_SIZE", "1.5", "a whole number"),
+        # django-environ kept a number's digits: "500ms" had been 500 seconds, "1e-3" 13.
+        ("WS_HEARTBEAT_SECONDS", "500ms", "a number"),
+        ("ORDER_REPLY_TIMEOUT_SECONDS", "1e-3", None),
+        ("WS_PING_TIMEOUT_SECONDS", "inf", "a number"),
+    ]:
+        result = manage_check({name: value}, tmp_path)
+        if kind is None:  # a number as Python writes it is read as such
+            assert result.returncode == 0, result.stderr
+            continue
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == [
+            f"configuration error: {name} must be {kind}, got '{value}'"
+        ]
+    probe = "import django; django.setup(); from django.conf import settings as s; "
+    probe += "print(s.ORDER_REPLY_TIMEOUT_SECONDS)"
+    result = run_with({**GOOD, "ORDER_REPLY_TIMEOUT_SECONDS": "1e-3"}, tmp_path, probe)
+    assert result.stdout.strip() == "0.001"
+
+
+def test_a_secret_starting_with_a_dollar_is_kept_as_written(tmp_path):
+    """django-environ read `$name` as the value of the variable `name`: a SECRET_KEY from
+    Django's generator (its alphabet has `$`) that began with one became the generated
+    development key in var/, a different one in each container."""
+    key = "$x9k!" + "a" * 45
+    result = run_with({**GOOD, "SECRET_KEY": key}, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["key"] == key
+    assert not (tmp_path / "var" / "secret_key").exists()
+
+
+def test_an_empty_value_is_the_default_and_list_items_are_trimmed(tmp_path):
+    # MATCHING_SHARDS= (as an .env file or a compose `${X:-}` writes it) had been a traceback;
+    # ALLOWED_HOSTS="a, b" had allowed " b", a host no request names.
+    result = run_with(
+        {**GOOD, "MATCHING_SHARDS": "", "ALLOWED_HOSTS": "a.example, b.example"}, tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    parsed = json.loads(result.stdout)
+    assert parsed["shards"] == 1
+    assert parsed["hosts"] == ["a.example", "b.example"]
+
+
+def test_log_level_is_read_in_any_case_and_a_wrong_one_is_named(tmp_path):
+    # LOG_LEVEL=debug had stopped every process with "Unable to configure logger 'celery'".
+    probe = "import django; django.setup(); import logging; print(logging.getLogger().level)"
+    result = run_with({**GOOD, "LOG_LEVEL": "debug"}, tmp_path, probe)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "10"
+    result = manage_check({"LOG_LEVEL": "verbose"}, tmp_path)
+    assert result.returncode == 2
+    assert "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL" in result.stderr
+
+
+def test_values_that_would_break_the_exchange_later_are_refused_at_start(tmp_path):
+    """Each of these had been taken as given: API requests or order entry that waited
+    forever (no thread to run them), every database connection failing (a 10 s wait, then
+    "couldn't get a connection"), every shard's or the scheduler's heartbeat refused by Redis
+    (health degraded for good), a sign-in dividing by zero, the account page a 500."""
+    for name, value in [
+        ("API_VIEW_THREADS", "0"),
+        ("ORDER_ENTRY_BATCH_THREADS", "0"),
+        ("DB_LOCK_TIMEOUT_MS", "-1"),
+        ("DB_POOL_MAX_SIZE", "-1"),
+        ("DB_POOL_TIMEOUT", "0"),
+        ("MATCHING_HEARTBEAT_TTL_MS", "0"),
+        ("SCHEDULER_HEARTBEAT_TTL_SECONDS", "0"),
+        ("WS_HEARTBEAT_SECONDS", "0"),
+        ("LOGIN_THROTTLE_WINDOW_SECONDS", "0"),
+        ("DEMO_SELF_CREDIT_LIMIT", "1,000"),
+    ]:
+        result = manage_check({name: value}, tmp_path)
+        assert result.returncode == 2, (name, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"configuration error: {name} must be ")
+    # The documented zeros still mean what the README says.
+    probe = "import django; django.setup(); from django.conf import settings as s; "
+    probe += "print(s.DB_LOCK_TIMEOUT_MS, s.DB_POOL_MAX_SIZE, s.DEMO_SELF_CREDIT_LIMIT)"
+    zeros = {"DB_LOCK_TIMEOUT_MS": "0", "DB_POOL_MAX_SIZE": "0", "DEMO_SELF_CREDIT_LIMIT": "0"}
+    assert run_with({**GOOD, **zeros}, tmp_path, probe).stdout.split() == ["0", "0", "0"]
