@@ -11,6 +11,7 @@ import math
 import secrets
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 
 import environ
 from celery.schedules import crontab
@@ -140,6 +141,42 @@ if not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
         f"REDIS_URL must be a Redis URL (redis://host:port/db), "
         f"got scheme {REDIS_URL.split(':', 1)[0]!r}"
     )
+
+
+def _redis_database(url: str) -> str:
+    """The database number of a Redis URL ("" when it names none: 0). redis-py ignores a path
+    that is not a number (redis://host:6379/1O used database 0, another deployment's, while
+    Celery refused it), so such a URL is refused here."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    number = query["db"][0] if "db" in query else ""
+    if parts.scheme != "unix":
+        path = parts.path.strip("/")
+        if number and path and path != number:
+            raise ImproperlyConfigured(
+                f"REDIS_URL names two databases, /{path} and ?db={number}: keep one"
+            )
+        number = number or path
+    if number and not number.isdigit():
+        raise ImproperlyConfigured(
+            f"REDIS_URL's database must be a number (redis://host:port/0), got {number!r}"
+        )
+    return number
+
+
+def _celery_broker_url(url: str) -> str:
+    """REDIS_URL as Celery's transport (kombu) names it: it has no unix:// transport (worker
+    and beat had stopped at start with "No such transport: unix"), its socket form is
+    redis+socket:// with the database as virtual_host."""
+    parts = urlsplit(url)
+    if parts.scheme != "unix":
+        return url
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "db"]
+    query.append(("virtual_host", _redis_database(url) or "0"))
+    return f"redis+socket://{parts.netloc}{parts.path}?{urlencode(query)}"
+
+
+_redis_database(REDIS_URL)
 
 # Prefix of every Redis key this deployment writes; tests use one per run.
 REDIS_KEY_PREFIX = env.str("REDIS_KEY_PREFIX", default="ex:")
@@ -479,7 +516,7 @@ SPECTACULAR_SETTINGS = {
     },
 }
 
-CELERY_BROKER_URL = REDIS_URL
+CELERY_BROKER_URL = _celery_broker_url(REDIS_URL)
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"global_keyprefix": REDIS_KEY_PREFIX + "celery:"}

