@@ -11,7 +11,7 @@ import math
 import secrets
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit
 
 import environ
 from celery.schedules import crontab
@@ -356,6 +356,13 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": env.db_url_config(DATABASE_URL)}
+if "%" in DATABASES["default"]["HOST"]:
+    # libpq's form of a socket directory, postgres://user@%2Fvar%2Frun%2Fpostgresql/dbname,
+    # which the launcher's check reads: django-environ kept it encoded (and lowercased), and
+    # every connection failed after the pool's timeout.
+    DATABASES["default"]["HOST"] = unquote(
+        urlsplit(DATABASE_URL).netloc.rpartition("@")[2].partition(":")[0]
+    )
 # Under ASGI each request runs in a thread of its own, so per-thread persistent connections
 # would mean a new connection per request: a connection pool per process instead
 # (DB_POOL_MAX_SIZE=0 turns pooling off, e.g. behind PgBouncer).
@@ -393,8 +400,13 @@ if DB_IDLE_IN_TRANSACTION_TIMEOUT_MS:
     _session_options.append(
         f"-c idle_in_transaction_session_timeout={DB_IDLE_IN_TRANSACTION_TIMEOUT_MS}"
     )
+# The URL's own session options (?options=-c%20search_path%3Dexchange, a managed server's
+# ?options=endpoint%3D...): the timeouts below had replaced them.
+DATABASE_URL_OPTIONS = str(DATABASES["default"]["OPTIONS"].get("options") or "")
 if _session_options:
-    DATABASES["default"]["OPTIONS"]["options"] = " ".join(_session_options)
+    DATABASES["default"]["OPTIONS"]["options"] = " ".join(
+        [DATABASE_URL_OPTIONS] * bool(DATABASE_URL_OPTIONS) + _session_options
+    )
 # psycopg's default: a statement run this many times on a connection is prepared there.
 DB_PREPARE_THRESHOLD = 5
 if DB_POOL_MAX_SIZE:

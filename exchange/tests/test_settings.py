@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from django.conf import settings
@@ -353,3 +354,56 @@ def test_celery_runs_on_a_redis_unix_socket(processes, process_env, tmp_path):
     processes.start([*celery, "beat"], env=env, name="celery-beat")
     heartbeat = process_env["REDIS_KEY_PREFIX"] + "scheduler:heartbeat"
     assert wait_until(lambda: client.get(heartbeat), timeout=60)
+
+
+CONNECTIONS_PROBE = """
+import json, django, psycopg
+django.setup()
+from django.db import connection
+from matching.lease import database_conninfo
+with connection.cursor() as cursor:
+    cursor.execute("SELECT current_setting('search_path'), inet_server_addr()::text")
+    django_side = cursor.fetchone()
+with psycopg.connect(database_conninfo()) as lease:
+    lease_side = lease.execute(
+        "SELECT current_setting('search_path'), inet_server_addr()::text"
+    ).fetchone()
+info = psycopg.conninfo.conninfo_to_dict(database_conninfo())
+print(json.dumps({"django": django_side, "lease": lease_side, "info": info}))
+"""
+
+
+def test_the_lease_and_health_connections_keep_the_urls_parameters(tmp_path):
+    """The lease connection (and /healthz's) had dropped the URL's parameters: `sslmode`
+    (plain text where the URL required TLS), `sslrootcert`, `?host=/socket/dir`; and the
+    lock and idle timeouts had replaced the URL's own `options` on Django's sessions."""
+    base = urlsplit(os.environ["DATABASE_URL"])
+    query = "options=-c%20search_path%3Dh82_probe&sslmode=prefer&sslrootcert=/nonexistent/ca.pem"
+    url = urlunsplit(base._replace(query=query))
+    result = run_with({**GOOD, "DATABASE_URL": url}, tmp_path, CONNECTIONS_PROBE)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert seen["django"][0] == seen["lease"][0] == "h82_probe"
+    assert seen["info"]["sslmode"] == "prefer"
+    assert seen["info"]["sslrootcert"] == "/nonexistent/ca.pem"
+    assert seen["info"]["application_name"] == "exchange-lease"
+    assert "lock_timeout" not in seen["info"]["options"]
+
+
+def test_a_socket_directory_in_libpqs_url_form_is_used_by_every_connection(tmp_path):
+    """postgres://user@%2Fvar%2Frun%2Fpostgresql/db, libpq's form (the launcher's check
+    passed it): Django had kept the host encoded, and every request waited out the pool's
+    timeout, then failed."""
+    base = urlsplit(os.environ["DATABASE_URL"])
+    socket_dir = "/var/run/postgresql"
+    if not Path(socket_dir, f".s.PGSQL.{base.port or 5432}").exists():
+        pytest.skip("no PostgreSQL socket in /var/run/postgresql")
+    user = f"{base.username}@" if base.username else ""
+    url = f"postgresql://{user}%2Fvar%2Frun%2Fpostgresql:{base.port or 5432}{base.path}"
+    result = run_with(
+        {**GOOD, "DATABASE_URL": url, "DB_POOL_TIMEOUT": "3"}, tmp_path, CONNECTIONS_PROBE
+    )
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert seen["django"][1] is None and seen["lease"][1] is None  # over the socket
+    assert seen["info"]["host"] == socket_dir
