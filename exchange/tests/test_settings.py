@@ -407,3 +407,26 @@ def test_a_socket_directory_in_libpqs_url_form_is_used_by_every_connection(tmp_p
     seen = json.loads(result.stdout)
     assert seen["django"][1] is None and seen["lease"][1] is None  # over the socket
     assert seen["info"]["host"] == socket_dir
+
+
+def test_deploy_checks_of_the_https_settings_run_with_the_exchanges_middleware():
+    """Django checks HSTS, the HTTPS redirect and the secure CSRF cookie only when it finds its
+    own middleware class paths: with the exchange's subclasses `check --deploy` of a plain-HTTP
+    production configuration warned about the session cookie alone."""
+    plain_http = {
+        "SECURE_HSTS_SECONDS": 0,
+        "SECURE_SSL_REDIRECT": False,
+        "CSRF_COOKIE_SECURE": False,
+        "SESSION_COOKIE_SECURE": False,
+    }
+    with override_settings(**plain_http):
+        assert {"security.W004", "security.W008", "security.W016"} <= _deploy_warnings()
+    behind_tls = {
+        "SECURE_HSTS_SECONDS": 365 * 24 * 3600,
+        "SECURE_SSL_REDIRECT": True,
+        "CSRF_COOKIE_SECURE": True,
+        "SESSION_COOKIE_SECURE": True,
+        "SECURE_PROXY_SSL_HEADER": ("HTTP_X_FORWARDED_PROTO", "https"),
+    }
+    with override_settings(**behind_tls):
+        assert not _deploy_warnings() & {"security.W004", "security.W008", "security.W016"}
