@@ -81,3 +81,19 @@ def test_the_images_own_web_command_is_the_procfiles():
     assert without_host_and_port(compose()["services"]["web"]["command"]) == (
         without_host_and_port(procfile)
     )
+
+
+def test_the_image_leaves_out_local_state_and_the_hosts_packages():
+    """`COPY . .` had copied var/ into the image (the development secret key, the demo's
+    credentials and the admin's 2FA secret, the embedded PostgreSQL's data), and the host's
+    .venv and .git with it."""
+    ignored = {
+        line.strip().rstrip("/")
+        for line in (BASE_DIR / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {"var", ".venv", ".git", "node_modules"} <= ignored
+    dockerfile = (BASE_DIR / "Dockerfile").read_text()
+    # What the image needs from the build context is still sent.
+    for needed in ("requirements.txt", "package.json", "package-lock.json"):
+        assert needed in dockerfile and needed not in ignored
