@@ -230,6 +230,12 @@ for _name, _threads in [
 ]:
     _require(_name, _threads, _threads >= 1, "1 or more", "with none, requests would wait forever")
 
+# Seconds between reports of a web process's garbage collections to stderr (a diagnostic; 0:
+# none). exchange/gc_tuning.py had read it from the environment itself: GC_PAUSE_REPORT=abc
+# stopped the web process with a bare ValueError, and 0 printed reports without pause.
+GC_PAUSE_REPORT = env.float("GC_PAUSE_REPORT", default=0.0)
+_require("GC_PAUSE_REPORT", GC_PAUSE_REPORT, GC_PAUSE_REPORT >= 0, "0 or more", "it is a period")
+
 # WebSocket streaming (/ws/v1, docs/websocket.md): per-connection limits and liveness.
 WS_MAX_SUBSCRIPTIONS = env.int("WS_MAX_SUBSCRIPTIONS", default=50)
 # Open sockets per client address in one web process (0 or less: no limit); one more is closed
