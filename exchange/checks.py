@@ -87,3 +87,20 @@ def settings_behind_middleware(**kwargs) -> list[checks.CheckMessage]:
         (with_xframe and settings.X_FRAME_OPTIONS != "DENY", base.W019),
     ]
     return [message for failed, message in failing if failed]
+
+
+@checks.register(checks.Tags.security, deploy=True)
+def secret_key_set(**kwargs) -> list[checks.CheckMessage]:
+    """Without SECRET_KEY each host (each container) generates its own into its var/: Django's
+    check finds a long random key and says nothing, while sessions, CSRF tokens and the API
+    keys' encryption (derived from it) then differ from one process's host to the next."""
+    if not getattr(settings, "SECRET_KEY_GENERATED", False):
+        return []
+    return [
+        checks.Warning(
+            "SECRET_KEY is not set: this host uses the development key generated into "
+            f"{settings.VAR_DIR / 'secret_key'}. Set SECRET_KEY (the same on every host): "
+            "sessions, CSRF tokens and API key secrets depend on it.",
+            id="exchange.W004",
+        )
+    ]

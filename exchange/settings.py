@@ -113,6 +113,8 @@ def _required_url(name: str, example: str) -> str:
     return value
 
 
+# Whether SECRET_KEY is the development key generated into var/ (`check --deploy` warns).
+SECRET_KEY_GENERATED = not env.str("SECRET_KEY", default="")
 SECRET_KEY = env.str("SECRET_KEY", default="") or _dev_secret_key(VAR_DIR)
 DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])

@@ -430,3 +430,16 @@ def test_deploy_checks_of_the_https_settings_run_with_the_exchanges_middleware()
     }
     with override_settings(**behind_tls):
         assert not _deploy_warnings() & {"security.W004", "security.W008", "security.W016"}
+
+
+def test_deploy_check_warns_when_the_secret_key_is_the_generated_one(tmp_path):
+    """Without SECRET_KEY each host generates its own into var/, and Django's check (a long
+    random key) said nothing: every container of a deployment had a different one."""
+    code = [sys.executable, "manage.py", "check", "--deploy", "--tag", "security"]
+    env = {"PATH": os.environ["PATH"], "VAR_DIR": str(tmp_path / "var"), **GOOD}
+    unset = subprocess.run(code, cwd=BASE_DIR, env=env, capture_output=True, text=True)
+    assert "exchange.W004" in unset.stdout + unset.stderr
+    assert "SECRET_KEY is not set" in unset.stdout + unset.stderr
+    env["SECRET_KEY"] = "k" * 20 + "Zq8#x!" * 8
+    given = subprocess.run(code, cwd=BASE_DIR, env=env, capture_output=True, text=True)
+    assert "exchange.W004" not in given.stdout + given.stderr
