@@ -11,7 +11,7 @@ import math
 import secrets
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import environ
 from celery.schedules import crontab
@@ -167,10 +167,16 @@ def _redis_database(url: str) -> str:
 
 
 def _celery_broker_url(url: str) -> str:
-    """REDIS_URL as Celery's transport (kombu) names it: it has no unix:// transport (worker
+    """REDIS_URL as Celery's transport (kombu) takes it: it has no unix:// transport (worker
     and beat had stopped at start with "No such transport: unix"), its socket form is
-    redis+socket:// with the database as virtual_host."""
+    redis+socket:// with the database as virtual_host; and rediss:// checks the certificate."""
     parts = urlsplit(url)
+    if parts.scheme == "rediss" and "ssl_cert_reqs" not in parse_qs(parts.query):
+        # kombu's default for rediss:// is not to check the server's certificate (it logs a
+        # warning); redis-py's, as the web and the matching worker connect, is to check it.
+        return urlunsplit(
+            parts._replace(query="&".join(filter(None, [parts.query, "ssl_cert_reqs=required"])))
+        )
     if parts.scheme != "unix":
         return url
     query = [(k, v) for k, v in parse_qsl(parts.query) if k != "db"]

@@ -2,6 +2,8 @@
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ from django.core import checks
 from django.test import override_settings
 
 from conftest import wait_until
+from exchange.embedded_servers import free_port
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 GOOD = {
@@ -443,3 +446,50 @@ def test_deploy_check_warns_when_the_secret_key_is_the_generated_one(tmp_path):
     env["SECRET_KEY"] = "k" * 20 + "Zq8#x!" * 8
     given = subprocess.run(code, cwd=BASE_DIR, env=env, capture_output=True, text=True)
     assert "exchange.W004" not in given.stdout + given.stderr
+
+
+CELERY_BROKER_PROBE = """
+import django
+django.setup()
+from exchange.celery import app
+with app.connection_for_write() as connection:
+    try:
+        connection.ensure_connection(max_retries=1)
+        print("connected")
+    except Exception as exc:
+        print("refused:", exc)
+"""
+
+
+def test_celery_checks_the_certificate_of_a_rediss_server(processes, tmp_path):
+    """With rediss:// the web and the matching worker (redis-py) check the server's
+    certificate; Celery (kombu) did not, and connected to a server whose certificate nothing
+    vouched for (a warning in its log)."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("no redis-server with TLS here")
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    self_signed = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    subprocess.run(
+        ["openssl", *self_signed, "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    tls = ["--tls-port", str(port), "--tls-cert-file", str(cert), "--tls-key-file", str(key)]
+    tls += ["--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"]
+    processes.start(
+        [server, "--port", "0", "--bind", "127.0.0.1", *tls, "--save", "", "--appendonly", "no"],
+        env=dict(os.environ),
+        name="redis-tls",
+    )
+    wait_until(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, timeout=10)
+    unknown = run_with(
+        {**GOOD, "REDIS_URL": f"rediss://127.0.0.1:{port}/0"}, tmp_path, CELERY_BROKER_PROBE
+    )
+    assert "refused:" in unknown.stdout and "CERTIFICATE_VERIFY_FAILED" in unknown.stdout
+    trusted = f"rediss://localhost:{port}/0?ssl_ca_certs={cert}"
+    assert (
+        run_with({**GOOD, "REDIS_URL": trusted}, tmp_path, CELERY_BROKER_PROBE).stdout.strip()
+        == "connected"
+    )
