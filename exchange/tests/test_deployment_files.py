@@ -97,3 +97,14 @@ def test_the_image_leaves_out_local_state_and_the_hosts_packages():
     # What the image needs from the build context is still sent.
     for needed in ("requirements.txt", "package.json", "package-lock.json"):
         assert needed in dockerfile and needed not in ignored
+
+
+def test_compose_starts_the_processes_after_the_migrations():
+    """They had started beside `migrate`: the matching worker, beat and the web failed on
+    tables not created yet, restarting until they were."""
+    services = compose()["services"]
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for name in procfile_programs(BASE_DIR / "Procfile", shard_count=1, port=8000):
+        depends_on = services[name]["depends_on"]
+        assert depends_on["migrate"] == {"condition": "service_completed_successfully"}, name
+        assert depends_on["postgres"] == depends_on["redis"] == {"condition": "service_healthy"}
