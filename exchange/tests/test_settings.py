@@ -493,3 +493,21 @@ def test_celery_checks_the_certificate_of_a_rediss_server(processes, tmp_path):
         run_with({**GOOD, "REDIS_URL": trusted}, tmp_path, CELERY_BROKER_PROBE).stdout.strip()
         == "connected"
     )
+
+
+def test_a_url_without_a_valid_port_gives_one_line_naming_it(tmp_path):
+    """A bare ValueError traceback from manage.py; with REDIS_URL, only at Redis's first use:
+    /healthz raised it (a 500), as did every request touching Redis."""
+    for name, url in [
+        ("DATABASE_URL", "postgres://trader:s3cret@db.internal:notaport/exchange"),
+        ("DATABASE_URL", "postgres://trader@[::1/exchange"),
+        ("REDIS_URL", "redis://cache.internal:99999/0"),
+    ]:
+        result = manage_check({name: url}, tmp_path)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"{name} has no valid host and port" in lines[0]
+        assert "s3cret" not in result.stderr
+    # libpq's list of hosts stays readable.
+    several = "postgres://trader@db1.internal:5432,db2.internal:5433/exchange"
+    assert manage_check({"DATABASE_URL": several}, tmp_path).returncode == 0
