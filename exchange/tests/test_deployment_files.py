@@ -108,3 +108,18 @@ def test_compose_starts_the_processes_after_the_migrations():
         depends_on = services[name]["depends_on"]
         assert depends_on["migrate"] == {"condition": "service_completed_successfully"}, name
         assert depends_on["postgres"] == depends_on["redis"] == {"condition": "service_healthy"}
+
+
+def test_compose_keeps_the_audit_exports_and_anchors_in_a_volume():
+    """The audit trail's exports and anchors.log (the chain's anchor outside the database)
+    were written inside the worker's container and lost whenever it was recreated."""
+    config = compose()
+    workdir = next(
+        line.split()[1]
+        for line in (BASE_DIR / "Dockerfile").read_text().splitlines()
+        if line.startswith("WORKDIR") and "/assets" not in line
+    )
+    wanted = f"audit-exports:{workdir}/var/audit-exports"  # AUDIT_EXPORT_DIR's default
+    assert "audit-exports" in config["volumes"]
+    for name in [*procfile_programs(BASE_DIR / "Procfile", shard_count=1, port=8000), "migrate"]:
+        assert wanted in config["services"][name]["volumes"], name
