@@ -211,9 +211,11 @@ MATCHING_HEARTBEAT_TTL_MS = env.int("MATCHING_HEARTBEAT_TTL_MS", default=5000)
 _require(
     "MATCHING_HEARTBEAT_TTL_MS",
     MATCHING_HEARTBEAT_TTL_MS,
-    MATCHING_HEARTBEAT_TTL_MS >= 1,
-    "1 or more",
-    "Redis refuses a heartbeat without a positive expiry, so every shard would read down",
+    MATCHING_HEARTBEAT_TTL_MS >= 2000,
+    "2000 or more",
+    "a worker writes its heartbeat every second; one that expires before the next (Redis "
+    "refuses 0) read the shard down by turns, and the worker, finding it gone, wrote every "
+    "book's snapshot again at each beat",
 )
 # A standby fences a shard's holder whose lease session has been idle this long (the holder
 # touches it every second from a thread, so only a hung process goes quiet): it terminates the
@@ -591,6 +593,13 @@ for _name, _value in [
         "0.001 or more",
         "a schedule would spin, or Redis would refuse the scheduler's heartbeat",
     )
+_require(
+    "SCHEDULER_HEARTBEAT_TTL_SECONDS",
+    SCHEDULER_HEARTBEAT_TTL_SECONDS,
+    SCHEDULER_HEARTBEAT_TTL_SECONDS >= 2 * SCHEDULER_HEARTBEAT_SECONDS,
+    f"at least twice SCHEDULER_HEARTBEAT_SECONDS ({SCHEDULER_HEARTBEAT_SECONDS:g})",
+    "the heartbeat would expire between runs, and /healthz read the scheduler down by turns",
+)
 
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # The tasks that run every few seconds expire unrun after a few: with the worker down, beat

@@ -302,6 +302,11 @@ def test_values_that_would_break_the_exchange_later_are_refused_at_start(tmp_pat
         ("DB_POOL_MAX_SIZE", "-1"),
         ("DB_POOL_TIMEOUT", "0"),
         ("MATCHING_HEARTBEAT_TTL_MS", "0"),
+        # Below the worker's 1 s beat the heartbeat expired between beats: the shard read down
+        # by turns, and the worker rewrote every book's snapshot at each beat.
+        ("MATCHING_HEARTBEAT_TTL_MS", "800"),
+        # A TTL under two periods (5 s): the scheduler read down by turns.
+        ("SCHEDULER_HEARTBEAT_TTL_SECONDS", "3"),
         ("SCHEDULER_HEARTBEAT_TTL_SECONDS", "0"),
         ("WS_HEARTBEAT_SECONDS", "0"),
         ("LOGIN_THROTTLE_WINDOW_SECONDS", "0"),
