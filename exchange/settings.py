@@ -184,9 +184,6 @@ def _celery_broker_url(url: str) -> str:
     return f"redis+socket://{parts.netloc}{parts.path}?{urlencode(query)}"
 
 
-_redis_database(REDIS_URL)
-
-
 def _url_port_read(name: str, url: str) -> None:
     """A port that is not one (host:notaport, host:99999, an unclosed [IPv6) stopped manage.py
     with a bare ValueError traceback, and for Redis only at its first use: /healthz and every
@@ -194,12 +191,17 @@ def _url_port_read(name: str, url: str) -> None:
     try:
         for netloc in urlsplit(url).netloc.rpartition("@")[2].split(","):  # libpq: h1:1,h2:2
             urlsplit(f"//{netloc}").port  # noqa: B018 (reading it is the check)
-    except ValueError as exc:
-        raise ImproperlyConfigured(f"{name} has no valid host and port: {exc}") from None
+    except ValueError:
+        # Not urllib's message: with a `/` in the password it quotes part of the password.
+        raise ImproperlyConfigured(
+            f"{name} has no valid host and port (a port that is not a number from 1 to 65535? "
+            "an unencoded / @ : or # in the password? percent-encode them: %2F %40 %3A %23)"
+        ) from None
 
 
 _url_port_read("DATABASE_URL", DATABASE_URL)
 _url_port_read("REDIS_URL", REDIS_URL)
+_redis_database(REDIS_URL)
 
 # Prefix of every Redis key this deployment writes; tests use one per run.
 REDIS_KEY_PREFIX = env.str("REDIS_KEY_PREFIX", default="ex:")

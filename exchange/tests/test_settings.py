@@ -507,6 +507,8 @@ def test_a_url_without_a_valid_port_gives_one_line_naming_it(tmp_path):
         ("DATABASE_URL", "postgres://trader:s3cret@db.internal:notaport/exchange"),
         ("DATABASE_URL", "postgres://trader@[::1/exchange"),
         ("REDIS_URL", "redis://cache.internal:99999/0"),
+        # An unencoded `/` ends the host early: urllib's message quoted the password's start.
+        ("DATABASE_URL", "postgres://trader:s3cret/x@db.internal:6543/exchange"),
     ]:
         result = manage_check({name: url}, tmp_path)
         assert result.returncode == 2, result.stderr
