@@ -113,8 +113,20 @@ def check_postgres(url: str, *, create_database: bool) -> None:
                 "embedded server"
             ) from exc
     dbname = urlsplit(url).path.lstrip("/")
-    with psycopg.connect(with_database(url, "postgres"), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{dbname}"')
+    try:
+        with psycopg.connect(with_database(url, "postgres"), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{dbname}"')
+    except psycopg.Error as exc:
+        # A user without CREATEDB, no `postgres` database to connect to, a URL libpq cannot
+        # read once renamed: each had been a traceback.
+        # The server's reason, not libpq's parse error (it quotes the URL, password and all).
+        lines = str(exc).strip().splitlines()
+        said = exc.sqlstate or isinstance(exc, psycopg.OperationalError)
+        reason = lines[-1] if lines and said else ""
+        raise LaunchError(
+            f"database {dbname!r} of DATABASE_URL={redact(url)} does not exist and could not "
+            f"be created{': ' + reason if reason else ''}. Create it, or fix DATABASE_URL"
+        ) from None
     print(f"created database {dbname}")
 
 

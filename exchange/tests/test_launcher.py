@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from exchange.embedded_servers import free_port
 from exchange.launcher import procfile_programs, redact, supervisord_config
 
@@ -149,3 +151,17 @@ def test_a_web_port_that_is_not_a_number_is_named(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "error: PORT must be a port number (1-65535), got 'http'"
     ]
+
+
+def test_a_database_that_cannot_be_created_gives_one_line(tmp_path):
+    """django-environ's socket form (postgres:////run/dir/db) reads, to libpq, as a database
+    named after the path: preflight went on to create it and ended in a psycopg traceback (so
+    did a user without CREATEDB)."""
+    if not Path("/var/run/postgresql").is_dir():
+        pytest.skip("no PostgreSQL socket directory here")
+    url = "postgres:////var/run/postgresql/h82_never_created"
+    result = preflight({"DATABASE_URL": url, "REDIS_URL": os.environ["REDIS_URL"]}, tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("error: ")
