@@ -251,7 +251,6 @@ ORDER_ENTRY_BATCH_THREADS = env.int("ORDER_ENTRY_BATCH_THREADS", default=2)
 # Threads of each web process that run the sync API views (exchange/view_threads.py).
 API_VIEW_THREADS = env.int("API_VIEW_THREADS", default=32)
 for _name, _threads in [
-    ("ORDER_ENTRY_BATCH_MAX", ORDER_ENTRY_BATCH_MAX),
     ("ORDER_ENTRY_BATCH_THREADS", ORDER_ENTRY_BATCH_THREADS),
     ("API_VIEW_THREADS", API_VIEW_THREADS),
 ]:
