@@ -21,7 +21,6 @@ middle and 7 full collections in ~40 s, 1.5 s in all, and a commit-to-client p99
 """
 
 import gc
-import os
 import sys
 import threading
 import time
@@ -37,8 +36,10 @@ def serving_gc() -> None:
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(YOUNG_THRESHOLD, middle, old)
-    if os.environ.get("GC_PAUSE_REPORT"):
-        _pause_report(float(os.environ["GC_PAUSE_REPORT"]))
+    from django.conf import settings
+
+    if settings.GC_PAUSE_REPORT:
+        _pause_report(settings.GC_PAUSE_REPORT)
 
 
 def _pause_report(every_s: float) -> None:

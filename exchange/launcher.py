@@ -96,6 +96,13 @@ def check_postgres(url: str, *, create_database: bool) -> None:
     try:
         psycopg.connect(url, connect_timeout=3).close()
         return
+    except psycopg.ProgrammingError:
+        # libpq cannot parse it; its message quotes the offending part, often the password.
+        raise LaunchError(
+            f"DATABASE_URL={redact(url)} is not a URL PostgreSQL can read: percent-encode "
+            "special characters in the user and password (@ as %40, : as %3A, / as %2F, "
+            "space as %20)"
+        ) from None
     except psycopg.OperationalError as exc:
         message = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         missing_db = "does not exist" in str(exc) and "database" in str(exc)
@@ -106,8 +113,20 @@ def check_postgres(url: str, *, create_database: bool) -> None:
                 "embedded server"
             ) from exc
     dbname = urlsplit(url).path.lstrip("/")
-    with psycopg.connect(with_database(url, "postgres"), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{dbname}"')
+    try:
+        with psycopg.connect(with_database(url, "postgres"), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{dbname}"')
+    except psycopg.Error as exc:
+        # A user without CREATEDB, no `postgres` database to connect to, a URL libpq cannot
+        # read once renamed: each had been a traceback.
+        # The server's reason, not libpq's parse error (it quotes the URL, password and all).
+        lines = str(exc).strip().splitlines()
+        said = exc.sqlstate or isinstance(exc, psycopg.OperationalError)
+        reason = lines[-1] if lines and said else ""
+        raise LaunchError(
+            f"database {dbname!r} of DATABASE_URL={redact(url)} does not exist and could not "
+            f"be created{': ' + reason if reason else ''}. Create it, or fix DATABASE_URL"
+        ) from None
     print(f"created database {dbname}")
 
 
@@ -302,7 +321,7 @@ def check_port_free(port: int) -> None:
 def run_supervised(environ: dict) -> int:
     from django.conf import settings  # settings are valid: preflight passed
 
-    port = int(environ.get("PORT", "8000"))
+    port = web_port(environ)
     programs = procfile_programs(
         BASE_DIR / "Procfile", shard_count=settings.MATCHING_SHARDS, port=port
     )
@@ -331,6 +350,29 @@ def run_tests(pytest_args: list[str]) -> int:
     return subprocess.call([sys.executable, "-m", "pytest", *pytest_args], cwd=BASE_DIR)
 
 
+def web_port(environ: dict) -> int:
+    value = environ.get("PORT") or "8000"
+    try:
+        port = int(value)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise LaunchError(f"PORT must be a port number (1-65535), got {value!r}")
+    return port
+
+
+def check_settings() -> None:
+    """Load the settings, so that a wrong value of any variable (not only the URLs) is told
+    here in one line: preflight and `make test` had passed it on to a traceback later."""
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    try:
+        settings.INSTALLED_APPS  # noqa: B018 (loading them is the check)
+    except ImproperlyConfigured as exc:
+        raise LaunchError(f"configuration error: {exc}") from None
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in {"run", "test", "preflight"}:
         print("usage: python -m exchange.launcher run|test|preflight [pytest args]")
@@ -342,7 +384,7 @@ def main(argv: list[str]) -> int:
     environ.setdefault("DJANGO_SETTINGS_MODULE", "exchange.settings")
     if mode == "run":
         try:
-            check_port_free(int(environ.get("PORT", "8000")))
+            check_port_free(web_port(environ))
         except LaunchError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -355,6 +397,7 @@ def main(argv: list[str]) -> int:
             started = start_embedded_servers(stack, environ)
             check_postgres(environ["DATABASE_URL"], create_database=True)
             check_redis(environ["REDIS_URL"])
+            check_settings()
             if mode == "preflight":
                 print("PostgreSQL and Redis are reachable")
                 return 0

@@ -7,8 +7,11 @@ MATCHING_SHARDS, REDIS_KEY_PREFIX, LOG_LEVEL, VAR_DIR. The README lists them.
 """
 
 import json
+import math
 import secrets
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import environ
 from celery.schedules import crontab
@@ -18,7 +21,60 @@ from exchange.embedded_servers import EMBEDDED_SERVERS_FILE
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-env = environ.Env()
+
+class StrictEnv(environ.Env):
+    """django-environ, reading each variable as written, or stopping the start with one line
+    that names it (manage.py and the launcher print ImproperlyConfigured that way).
+
+    django-environ had read any word but true/on/ok/y/yes/1 as false (HTTPS=ture served
+    cookies over plain HTTP, RATE_LIMIT_ENABLED=enabled turned the limits off), raised a bare
+    ValueError traceback for MATCHING_SHARDS=abc, kept the space of ALLOWED_HOSTS="a, b" (a
+    host no request names), and read a value starting with `$` as the name of another
+    variable (a SECRET_KEY from Django's generator, whose alphabet has `$`, became the
+    generated development key). An empty value is the default, as if unset.
+    """
+
+    TRUE_WORDS = ("true", "on", "ok", "yes", "y", "1")
+    FALSE_WORDS = ("false", "off", "no", "n", "0")
+
+    def get_value(self, var, cast=None, default=environ.Env.NOTSET, parse_default=False):
+        raw = self.ENVIRON.get(var)
+        if raw is None or not raw.strip():
+            if default is self.NOTSET:
+                raise ImproperlyConfigured(f"{var} is not set")
+            return self.parse_value(default, cast) if parse_default else default
+        if cast is bool:
+            word = raw.strip().lower()
+            if word in self.TRUE_WORDS or word in self.FALSE_WORDS:
+                return word in self.TRUE_WORDS
+            raise ImproperlyConfigured(f"{var} must be true or false (or 1/0, yes/no), got {raw!r}")
+        if cast is list or isinstance(cast, list):
+            return [item.strip() for item in raw.split(",") if item.strip()]
+        if cast is None and isinstance(default, str):
+            cast = str
+        try:
+            if cast is float:  # environ's own kept digits only: "500ms" read as 500, "1e3" as 13
+                value = float(raw)
+                if not math.isfinite(value):
+                    raise ValueError(raw)
+                return value
+            return self.parse_value(raw.strip() if cast is int else raw, cast)
+        except ValueError:
+            kind = {int: "a whole number", float: "a number"}.get(cast, "valid")
+            raise ImproperlyConfigured(f"{var} must be {kind}, got {raw!r}") from None
+
+
+env = StrictEnv()
+
+
+def _require(name: str, value: object, valid: bool, rule: str, harm: str) -> None:
+    """Stop the start when `value` of `name` breaks `rule`, saying what it would have done:
+    such values had been taken as given and failed later, deep in a request or a process
+    (every API request hung with API_VIEW_THREADS=0, every connection failed with
+    DB_LOCK_TIMEOUT_MS=-1, every shard read down with MATCHING_HEARTBEAT_TTL_MS=0)."""
+    if not valid:
+        raise ImproperlyConfigured(f"{name} must be {rule}, got {value}: {harm}")
+
 
 # Local state of a development run (dev secret key, embedded servers' data, logs).
 VAR_DIR = Path(env.str("VAR_DIR", default=str(BASE_DIR / "var")))
@@ -57,6 +113,8 @@ def _required_url(name: str, example: str) -> str:
     return value
 
 
+# Whether SECRET_KEY is the development key generated into var/ (`check --deploy` warns).
+SECRET_KEY_GENERATED = not env.str("SECRET_KEY", default="")
 SECRET_KEY = env.str("SECRET_KEY", default="") or _dev_secret_key(VAR_DIR)
 DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
@@ -88,6 +146,65 @@ if not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
         f"got scheme {REDIS_URL.split(':', 1)[0]!r}"
     )
 
+
+def _redis_database(url: str) -> str:
+    """The database number of a Redis URL ("" when it names none: 0). redis-py ignores a path
+    that is not a number (redis://host:6379/1O used database 0, another deployment's, while
+    Celery refused it), so such a URL is refused here."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    number = query["db"][0] if "db" in query else ""
+    if parts.scheme != "unix":
+        path = parts.path.strip("/")
+        if number and path and path != number:
+            raise ImproperlyConfigured(
+                f"REDIS_URL names two databases, /{path} and ?db={number}: keep one"
+            )
+        number = number or path
+    if number and not number.isdigit():
+        raise ImproperlyConfigured(
+            f"REDIS_URL's database must be a number (redis://host:port/0), got {number!r}"
+        )
+    return number
+
+
+def _celery_broker_url(url: str) -> str:
+    """REDIS_URL as Celery's transport (kombu) takes it: it has no unix:// transport (worker
+    and beat had stopped at start with "No such transport: unix"), its socket form is
+    redis+socket:// with the database as virtual_host; and rediss:// checks the certificate."""
+    parts = urlsplit(url)
+    if parts.scheme == "rediss" and "ssl_cert_reqs" not in parse_qs(parts.query):
+        # kombu's default for rediss:// is not to check the server's certificate (it logs a
+        # warning); redis-py's, as the web and the matching worker connect, is to check it.
+        return urlunsplit(
+            parts._replace(query="&".join(filter(None, [parts.query, "ssl_cert_reqs=required"])))
+        )
+    if parts.scheme != "unix":
+        return url
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "db"]
+    query.append(("virtual_host", _redis_database(url) or "0"))
+    return f"redis+socket://{parts.netloc}{parts.path}?{urlencode(query)}"
+
+
+def _url_port_read(name: str, url: str) -> None:
+    """A port that is not one (host:notaport, host:99999, an unclosed [IPv6) stopped manage.py
+    with a bare ValueError traceback, and for Redis only at its first use: /healthz and every
+    request touching Redis answered 500."""
+    try:
+        for netloc in urlsplit(url).netloc.rpartition("@")[2].split(","):  # libpq: h1:1,h2:2
+            urlsplit(f"//{netloc}").port  # noqa: B018 (reading it is the check)
+    except ValueError:
+        # Not urllib's message: with a `/` in the password it quotes part of the password.
+        raise ImproperlyConfigured(
+            f"{name} has no valid host and port (a port that is not a number from 1 to 65535? "
+            "an unencoded / @ : or # in the password? percent-encode them: %2F %40 %3A %23)"
+        ) from None
+
+
+_url_port_read("DATABASE_URL", DATABASE_URL)
+_url_port_read("REDIS_URL", REDIS_URL)
+_redis_database(REDIS_URL)
+
 # Prefix of every Redis key this deployment writes; tests use one per run.
 REDIS_KEY_PREFIX = env.str("REDIS_KEY_PREFIX", default="ex:")
 MATCHING_SHARDS = env.int("MATCHING_SHARDS", default=1)
@@ -95,6 +212,15 @@ if MATCHING_SHARDS < 1:
     raise ImproperlyConfigured(f"MATCHING_SHARDS must be at least 1, got {MATCHING_SHARDS}")
 # A shard whose heartbeat is older than this is reported down by /healthz.
 MATCHING_HEARTBEAT_TTL_MS = env.int("MATCHING_HEARTBEAT_TTL_MS", default=5000)
+_require(
+    "MATCHING_HEARTBEAT_TTL_MS",
+    MATCHING_HEARTBEAT_TTL_MS,
+    MATCHING_HEARTBEAT_TTL_MS >= 2000,
+    "2000 or more",
+    "a worker writes its heartbeat every second; one that expires before the next (Redis "
+    "refuses 0) read the shard down by turns, and the worker, finding it gone, wrote every "
+    "book's snapshot again at each beat",
+)
 # A standby fences a shard's holder whose lease session has been idle this long (the holder
 # touches it every second from a thread, so only a hung process goes quiet): it terminates the
 # holder's database sessions and takes the shard. 0 turns fencing off. Keep it well above the
@@ -106,6 +232,13 @@ if MATCHING_LEASE_STALE_SECONDS < 0:
     )
 # How long an order request waits for the engine before answering 202 pending_new.
 ORDER_REPLY_TIMEOUT_SECONDS = env.float("ORDER_REPLY_TIMEOUT_SECONDS", default=2.0)
+_require(
+    "ORDER_REPLY_TIMEOUT_SECONDS",
+    ORDER_REPLY_TIMEOUT_SECONDS,
+    0 <= ORDER_REPLY_TIMEOUT_SECONDS < float("inf"),
+    "0 or more",
+    "it is how long an order request waits for the engine",
+)
 # How far ahead a GTD order's expire_at may be (ExpireAtTooFar beyond). The engine's clock is
 # nanoseconds in 64 bits where it is stored (it ends in April 2262): at most 200 years.
 GTD_MAX_DAYS = env.int("GTD_MAX_DAYS", default=365)
@@ -119,6 +252,17 @@ ORDER_ENTRY_BATCH_MAX = env.int("ORDER_ENTRY_BATCH_MAX", default=200)
 ORDER_ENTRY_BATCH_THREADS = env.int("ORDER_ENTRY_BATCH_THREADS", default=2)
 # Threads of each web process that run the sync API views (exchange/view_threads.py).
 API_VIEW_THREADS = env.int("API_VIEW_THREADS", default=32)
+for _name, _threads in [
+    ("ORDER_ENTRY_BATCH_THREADS", ORDER_ENTRY_BATCH_THREADS),
+    ("API_VIEW_THREADS", API_VIEW_THREADS),
+]:
+    _require(_name, _threads, _threads >= 1, "1 or more", "with none, requests would wait forever")
+
+# Seconds between reports of a web process's garbage collections to stderr (a diagnostic; 0:
+# none). exchange/gc_tuning.py had read it from the environment itself: GC_PAUSE_REPORT=abc
+# stopped the web process with a bare ValueError, and 0 printed reports without pause.
+GC_PAUSE_REPORT = env.float("GC_PAUSE_REPORT", default=0.0)
+_require("GC_PAUSE_REPORT", GC_PAUSE_REPORT, GC_PAUSE_REPORT >= 0, "0 or more", "it is a period")
 
 # WebSocket streaming (/ws/v1, docs/websocket.md): per-connection limits and liveness.
 WS_MAX_SUBSCRIPTIONS = env.int("WS_MAX_SUBSCRIPTIONS", default=50)
@@ -140,6 +284,20 @@ WS_HEARTBEAT_SECONDS = env.float("WS_HEARTBEAT_SECONDS", default=1.0)
 WS_PING_INTERVAL_SECONDS = env.float("WS_PING_INTERVAL_SECONDS", default=10.0)
 # A connection that sends nothing (not even a pong) this long is closed (close code 4000).
 WS_PING_TIMEOUT_SECONDS = env.float("WS_PING_TIMEOUT_SECONDS", default=30.0)
+for _name, _value in [
+    ("WS_QUEUE_SIZE", WS_QUEUE_SIZE),
+    ("WS_QUEUE_BYTES", WS_QUEUE_BYTES),
+    ("WS_HEARTBEAT_SECONDS", WS_HEARTBEAT_SECONDS),
+    ("WS_PING_INTERVAL_SECONDS", WS_PING_INTERVAL_SECONDS),
+    ("WS_PING_TIMEOUT_SECONDS", WS_PING_TIMEOUT_SECONDS),
+]:
+    _require(
+        _name,
+        _value,
+        0 < _value < float("inf"),
+        "more than 0",
+        "a socket's queue would be unbounded, its timer would spin, or it would close at once",
+    )
 
 # API keys (accounts/api_keys.py): the secrets are kept encrypted with a key derived (HKDF) from
 # API_KEY_ENCRYPTION_KEY, or from SECRET_KEY when it is empty (changing it makes every stored
@@ -232,6 +390,13 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": env.db_url_config(DATABASE_URL)}
+if "%" in DATABASES["default"]["HOST"]:
+    # libpq's form of a socket directory, postgres://user@%2Fvar%2Frun%2Fpostgresql/dbname,
+    # which the launcher's check reads: django-environ kept it encoded (and lowercased), and
+    # every connection failed after the pool's timeout.
+    DATABASES["default"]["HOST"] = unquote(
+        urlsplit(DATABASE_URL).netloc.rpartition("@")[2].partition(":")[0]
+    )
 # Under ASGI each request runs in a thread of its own, so per-thread persistent connections
 # would mean a new connection per request: a connection pool per process instead
 # (DB_POOL_MAX_SIZE=0 turns pooling off, e.g. behind PgBouncer).
@@ -248,6 +413,20 @@ DB_LOCK_TIMEOUT_MS = env.int("DB_LOCK_TIMEOUT_MS", default=5000)
 # order entry's command-order lock, and every process's order entry waited on it without end.
 # 0 never ends one.
 DB_IDLE_IN_TRANSACTION_TIMEOUT_MS = env.int("DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", default=15000)
+DB_POOL_TIMEOUT = env.float("DB_POOL_TIMEOUT", default=10.0)
+for _name, _value in [
+    ("DB_POOL_MAX_SIZE", DB_POOL_MAX_SIZE),
+    ("DB_LOCK_TIMEOUT_MS", DB_LOCK_TIMEOUT_MS),
+    ("DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", DB_IDLE_IN_TRANSACTION_TIMEOUT_MS),
+]:
+    _require(_name, _value, _value >= 0, "0 or more", "no database connection could be made")
+_require(
+    "DB_POOL_TIMEOUT",
+    DB_POOL_TIMEOUT,
+    0 < DB_POOL_TIMEOUT < float("inf"),
+    "more than 0",
+    "no request would get a connection",
+)
 _session_options = []
 if DB_LOCK_TIMEOUT_MS:
     _session_options.append(f"-c lock_timeout={DB_LOCK_TIMEOUT_MS}")
@@ -255,8 +434,13 @@ if DB_IDLE_IN_TRANSACTION_TIMEOUT_MS:
     _session_options.append(
         f"-c idle_in_transaction_session_timeout={DB_IDLE_IN_TRANSACTION_TIMEOUT_MS}"
     )
+# The URL's own session options (?options=-c%20search_path%3Dexchange, a managed server's
+# ?options=endpoint%3D...): the timeouts below had replaced them.
+DATABASE_URL_OPTIONS = str(DATABASES["default"]["OPTIONS"].get("options") or "")
 if _session_options:
-    DATABASES["default"]["OPTIONS"]["options"] = " ".join(_session_options)
+    DATABASES["default"]["OPTIONS"]["options"] = " ".join(
+        [DATABASE_URL_OPTIONS] * bool(DATABASE_URL_OPTIONS) + _session_options
+    )
 # psycopg's default: a statement run this many times on a connection is prepared there.
 DB_PREPARE_THRESHOLD = 5
 if DB_POOL_MAX_SIZE:
@@ -264,7 +448,7 @@ if DB_POOL_MAX_SIZE:
     DATABASES["default"]["OPTIONS"]["pool"] = {
         "min_size": 1,
         "max_size": DB_POOL_MAX_SIZE,
-        "timeout": env.float("DB_POOL_TIMEOUT", default=10.0),
+        "timeout": DB_POOL_TIMEOUT,
     }
     # Statements run with server-side binding (the worker's polls, the order path's raw
     # reads) are prepared on a connection once they ran there DB_PREPARE_THRESHOLD times
@@ -293,6 +477,13 @@ LOGOUT_REDIRECT_URL = "home"
 LOGIN_THROTTLE_ACCOUNT_FAILURES = env.int("LOGIN_THROTTLE_ACCOUNT_FAILURES", default=5)
 LOGIN_THROTTLE_IP_FAILURES = env.int("LOGIN_THROTTLE_IP_FAILURES", default=20)
 LOGIN_THROTTLE_WINDOW_SECONDS = env.int("LOGIN_THROTTLE_WINDOW_SECONDS", default=900)
+_require(
+    "LOGIN_THROTTLE_WINDOW_SECONDS",
+    LOGIN_THROTTLE_WINDOW_SECONDS,
+    LOGIN_THROTTLE_WINDOW_SECONDS >= 1,
+    "1 or more",
+    "every sign-in would divide by it",
+)
 # Issuer shown by authenticator apps. django-otp's own per-device back-off is off: the
 # per-account and per-IP counters above cover one-time codes too (and take an injected clock).
 OTP_TOTP_ISSUER = env.str("OTP_TOTP_ISSUER", default="Exchange")
@@ -371,7 +562,7 @@ SPECTACULAR_SETTINGS = {
     },
 }
 
-CELERY_BROKER_URL = REDIS_URL
+CELERY_BROKER_URL = _celery_broker_url(REDIS_URL)
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"global_keyprefix": REDIS_KEY_PREFIX + "celery:"}
@@ -392,6 +583,26 @@ QUOTE_PRESENCE_MAX_DISTANCE_BPS = env.int("QUOTE_PRESENCE_MAX_DISTANCE_BPS", def
 # heartbeat task runs every SCHEDULER_HEARTBEAT_SECONDS).
 SCHEDULER_HEARTBEAT_SECONDS = env.float("SCHEDULER_HEARTBEAT_SECONDS", default=5.0)
 SCHEDULER_HEARTBEAT_TTL_SECONDS = env.float("SCHEDULER_HEARTBEAT_TTL_SECONDS", default=30.0)
+for _name, _value in [
+    ("SCHEDULER_HEARTBEAT_SECONDS", SCHEDULER_HEARTBEAT_SECONDS),
+    ("SCHEDULER_HEARTBEAT_TTL_SECONDS", SCHEDULER_HEARTBEAT_TTL_SECONDS),
+    ("FEE_TIER_REFRESH_SECONDS", FEE_TIER_REFRESH_SECONDS),
+    ("QUOTE_PRESENCE_SAMPLE_SECONDS", QUOTE_PRESENCE_SAMPLE_SECONDS),
+]:
+    _require(
+        _name,
+        _value,
+        1 <= _value * 1000 < float("inf"),  # the heartbeat's expiry is whole milliseconds
+        "0.001 or more",
+        "a schedule would spin, or Redis would refuse the scheduler's heartbeat",
+    )
+_require(
+    "SCHEDULER_HEARTBEAT_TTL_SECONDS",
+    SCHEDULER_HEARTBEAT_TTL_SECONDS,
+    SCHEDULER_HEARTBEAT_TTL_SECONDS >= 2 * SCHEDULER_HEARTBEAT_SECONDS,
+    f"at least twice SCHEDULER_HEARTBEAT_SECONDS ({SCHEDULER_HEARTBEAT_SECONDS:g})",
+    "the heartbeat would expire between runs, and /healthz read the scheduler down by turns",
+)
 
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # The tasks that run every few seconds expire unrun after a few: with the worker down, beat
@@ -447,7 +658,19 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # Demo only: how much of each asset a user may credit to themselves in total (0: only staff
 # credit deposits). `make run` sets it so that the demo works; production leaves it at 0.
-DEMO_SELF_CREDIT_LIMIT = env.str("DEMO_SELF_CREDIT_LIMIT", default="0")
+DEMO_SELF_CREDIT_LIMIT = env.str("DEMO_SELF_CREDIT_LIMIT", default="0").strip()
+try:
+    _demo_limit_ok = Decimal(DEMO_SELF_CREDIT_LIMIT).is_finite()
+    _demo_limit_ok = _demo_limit_ok and Decimal(DEMO_SELF_CREDIT_LIMIT) >= 0
+except InvalidOperation:
+    _demo_limit_ok = False
+_require(
+    "DEMO_SELF_CREDIT_LIMIT",
+    repr(DEMO_SELF_CREDIT_LIMIT),
+    _demo_limit_ok,
+    "an amount, 0 or more",
+    "the account page and every deposit would fail with a server error",
+)
 
 # Audit trail: where daily exports (gzip JSONL + .sha256) go; how many days of partitions are
 # kept in PostgreSQL (only exported, fully sealed days are ever dropped); partitions ahead.
@@ -455,7 +678,12 @@ AUDIT_EXPORT_DIR = env.path("AUDIT_EXPORT_DIR", default=str(VAR_DIR / "audit-exp
 AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=2192)
 AUDIT_PARTITION_DAYS_AHEAD = env.int("AUDIT_PARTITION_DAYS_AHEAD", default=7)
 
-LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+# Any case (LOG_LEVEL=debug had stopped every process with "Unable to configure logger").
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").strip().upper()
+if LOG_LEVEL not in ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"):
+    raise ImproperlyConfigured(
+        f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got {LOG_LEVEL!r}"
+    )
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

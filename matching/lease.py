@@ -34,9 +34,27 @@ def session_name(pid: int | None = None) -> str:
     return f"exchange-matching:{pid or os.getpid()}@{socket.gethostname()}"[:63]
 
 
+# Connection options of DATABASES that are not the server's address or TLS: the pool's and
+# Django's own, and the session settings (lock and idle timeouts) meant for Django's sessions.
+_NOT_CONNINFO = {"pool", "prepare_threshold", "options", "connect_timeout", "application_name"}
+
+
 def database_conninfo(*, application_name: str = "exchange-lease") -> str:
-    """A libpq connection string for the default database, built from Django's settings."""
+    """A libpq connection string for the default database, built from Django's settings.
+
+    With the URL's libpq parameters (`?sslmode=verify-full&sslrootcert=...`, `?host=/socket/
+    dir`): the lease and /healthz connections had dropped them, and so went in plain text
+    where the URL required TLS, or to the default socket directory instead of the URL's."""
     db = settings.DATABASES["default"]
+    keywords = {d.keyword.decode() for d in psycopg.pq.Conninfo.get_defaults()}
+    extra = {
+        key: str(value)
+        for key, value in db.get("OPTIONS", {}).items()
+        if key in keywords and key not in _NOT_CONNINFO and value not in (None, "")
+    }
+    # The URL's own session options (a managed server's `?options=endpoint%3D...`), without
+    # the lock and idle timeouts the settings add for Django's sessions.
+    extra["options"] = getattr(settings, "DATABASE_URL_OPTIONS", "")
     parts = {
         "dbname": db["NAME"],
         "user": db.get("USER") or "",
@@ -46,7 +64,8 @@ def database_conninfo(*, application_name: str = "exchange-lease") -> str:
         "connect_timeout": str(db.get("OPTIONS", {}).get("connect_timeout", 3)),
         "application_name": application_name,
     }
-    return psycopg.conninfo.make_conninfo(**{k: v for k, v in parts.items() if v})
+    given = {**extra, **{key: value for key, value in parts.items() if value}}
+    return psycopg.conninfo.make_conninfo(**{k: v for k, v in given.items() if v})
 
 
 class LeaseLost(Exception):

@@ -81,3 +81,45 @@ def test_the_images_own_web_command_is_the_procfiles():
     assert without_host_and_port(compose()["services"]["web"]["command"]) == (
         without_host_and_port(procfile)
     )
+
+
+def test_the_image_leaves_out_local_state_and_the_hosts_packages():
+    """`COPY . .` had copied var/ into the image (the development secret key, the demo's
+    credentials and the admin's 2FA secret, the embedded PostgreSQL's data), and the host's
+    .venv and .git with it."""
+    ignored = {
+        line.strip().rstrip("/")
+        for line in (BASE_DIR / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {"var", ".venv", ".git", "node_modules"} <= ignored
+    dockerfile = (BASE_DIR / "Dockerfile").read_text()
+    # What the image needs from the build context is still sent.
+    for needed in ("requirements.txt", "package.json", "package-lock.json"):
+        assert needed in dockerfile and needed not in ignored
+
+
+def test_compose_starts_the_processes_after_the_migrations():
+    """They had started beside `migrate`: the matching worker, beat and the web failed on
+    tables not created yet, restarting until they were."""
+    services = compose()["services"]
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for name in procfile_programs(BASE_DIR / "Procfile", shard_count=1, port=8000):
+        depends_on = services[name]["depends_on"]
+        assert depends_on["migrate"] == {"condition": "service_completed_successfully"}, name
+        assert depends_on["postgres"] == depends_on["redis"] == {"condition": "service_healthy"}
+
+
+def test_compose_keeps_the_audit_exports_and_anchors_in_a_volume():
+    """The audit trail's exports and anchors.log (the chain's anchor outside the database)
+    were written inside the worker's container and lost whenever it was recreated."""
+    config = compose()
+    workdir = next(
+        line.split()[1]
+        for line in (BASE_DIR / "Dockerfile").read_text().splitlines()
+        if line.startswith("WORKDIR") and "/assets" not in line
+    )
+    wanted = f"audit-exports:{workdir}/var/audit-exports"  # AUDIT_EXPORT_DIR's default
+    assert "audit-exports" in config["volumes"]
+    for name in [*procfile_programs(BASE_DIR / "Procfile", shard_count=1, port=8000), "migrate"]:
+        assert wanted in config["services"][name]["volumes"], name

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from exchange.embedded_servers import free_port
 from exchange.launcher import procfile_programs, redact, supervisord_config
 
@@ -106,3 +108,60 @@ def test_supervisor_restarts_every_process_that_dies():
         assert "autorestart=true" in section
         assert "stopasgroup=true" in section
     assert "nodaemon=true" in config
+
+
+def test_a_database_url_libpq_cannot_read_gives_one_line_without_the_password(tmp_path):
+    """An unencoded space or `%` in the password had been a psycopg traceback quoting it."""
+    result = preflight(
+        {
+            "DATABASE_URL": "postgres://trader:hunter 2%zz@127.0.0.1:5432/exchange",
+            "REDIS_URL": os.environ["REDIS_URL"],
+        },
+        tmp_path,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "is not a URL PostgreSQL can read: percent-encode special characters" in lines[0]
+    assert "hunter" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_preflight_names_a_wrong_setting_besides_the_urls(tmp_path):
+    # It had said "PostgreSQL and Redis are reachable", and `make test` ran into a traceback.
+    servers = {"DATABASE_URL": os.environ["DATABASE_URL"], "REDIS_URL": os.environ["REDIS_URL"]}
+    result = preflight({**servers, "MATCHING_SHARDS": "two"}, tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: configuration error: MATCHING_SHARDS must be a whole number, got 'two'"
+    ]
+
+
+def test_a_web_port_that_is_not_a_number_is_named(tmp_path):
+    # `PORT=http make run` had been a ValueError traceback.
+    env = {"PATH": os.environ["PATH"], "VAR_DIR": str(tmp_path / "var"), "PORT": "http"}
+    result = subprocess.run(
+        [sys.executable, "-m", "exchange.launcher", "run"],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: PORT must be a port number (1-65535), got 'http'"
+    ]
+
+
+def test_a_database_that_cannot_be_created_gives_one_line(tmp_path):
+    """django-environ's socket form (postgres:////run/dir/db) reads, to libpq, as a database
+    named after the path: preflight went on to create it and ended in a psycopg traceback (so
+    did a user without CREATEDB)."""
+    if not Path("/var/run/postgresql").is_dir():
+        pytest.skip("no PostgreSQL socket directory here")
+    url = "postgres:////var/run/postgresql/h82_never_created"
+    result = preflight({"DATABASE_URL": url, "REDIS_URL": os.environ["REDIS_URL"]}, tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("error: ")
