@@ -5,6 +5,8 @@ import subprocess
 import sys
 
 import pytest
+from django.db import connection
+from django.db.migrations.loader import MigrationLoader
 
 from conftest import BASE_DIR, wait_until
 from exchange.models import Instrument, Order
@@ -14,6 +16,12 @@ from matching.tests.order_rows import instrument_create, order_row_place
 from matching.tests.worker_checks import all_commands_applied, matching_verify
 
 pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
+
+LAST_MATCHING_MIGRATION = max(
+    name
+    for app, name in MigrationLoader(None, ignore_no_migrations=True).disk_migrations
+    if app == "matching"
+)
 
 
 def verify_failing(env) -> str:
@@ -76,3 +84,44 @@ def test_matching_verify_names_a_journal_entry_missing_or_unreadable_and_a_book_
         assert f"books without an instrument row: {book.symbol}" in stderr
     finally:
         Instrument.objects.filter(pk=instrument.pk).update(symbol=instrument.symbol)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["run_matching", "--shard", "0"],
+        ["matching_verify", "--shard", "0"],
+        ["ledger_verify"],
+        ["audit_verify"],
+    ],
+)
+def test_a_database_not_migrated_is_refused_naming_the_migration_missing(process_env, command):
+    """Against a database without a table the code needs, the worker logged "database
+    connection lost while waiting for the lease" and exited to be restarted (again and
+    again), and the verify commands ended with a traceback."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "DELETE FROM django_migrations WHERE app = 'matching' AND name = %s RETURNING id",
+            [LAST_MATCHING_MIGRATION],
+        )
+        assert cursor.fetchone(), "the migration was recorded as applied"
+    try:
+        result = subprocess.run(
+            [sys.executable, "manage.py", *command],
+            cwd=BASE_DIR,
+            env=process_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO django_migrations (app, name, applied) VALUES ('matching', %s, now())",
+                [LAST_MATCHING_MIGRATION],
+            )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "is not migrated" in result.stderr
+    assert f"matching.{LAST_MATCHING_MIGRATION}" in result.stderr
+    assert "manage.py migrate" in result.stderr

@@ -5,6 +5,7 @@ import sys
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from exchange.schema_state import schema_migrated_require
 from matching.models import ShardState
 from matching.recovery import RecoveryError
 from matching.replay import shard_verify
@@ -21,6 +22,7 @@ class Command(BaseCommand):
         parser.add_argument("--shard", type=int, default=0)
 
     def handle(self, *args, shard: int, **options) -> None:
+        schema_migrated_require()
         if not 0 <= shard < settings.MATCHING_SHARDS:
             # As run_matching refuses it: a mistyped shard had read as a passed check.
             raise CommandError(
