@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 import psycopg
+from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, connections, transaction
 from django.db.models import F
 
@@ -40,7 +41,7 @@ from matching.command_codec import InvalidPayload, closed_before, engine_command
 from matching.engine import protocol as p
 from matching.models import Command
 from matching.publish import Publisher
-from matching.recovery import engine_recover, instruments_enqueue
+from matching.recovery import engine_recover, instruments_enqueue, instruments_unserved
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +205,17 @@ class ShardLoop:
         # batch does not wait for a connection.
         self.executor.submit(self.writer.session_prepare).result()
         queued = instruments_enqueue(shard=self.shard, engine=self.engine)
+        unserved = instruments_unserved()
+        if unserved:
+            # Each instrument keeps the shard it was listed on: a lowered MATCHING_SHARDS leaves
+            # these books without a worker (orders and cancels accepted, never applied).
+            logger.error(
+                "instruments on shards no worker serves: raise MATCHING_SHARDS back",
+                extra={
+                    "matching_shards": settings.MATCHING_SHARDS,
+                    "instruments": [f"{symbol} (shard {shard})" for symbol, shard in unserved],
+                },
+            )
         with transaction.atomic():
             audit_record(
                 event_type=AuditEvent.WORKER_RECOVERY,

@@ -16,6 +16,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.db import connection, transaction
 
 from exchange.models import Instrument as InstrumentRow
@@ -179,6 +180,16 @@ def engine_recover(shard: int) -> Recovered:
         load_seconds=load_done - read_done,
         orders=n_orders,
         stops=n_stops,
+    )
+
+
+def instruments_unserved() -> list[tuple[str, int]]:
+    """(symbol, shard) of every instrument on a shard beyond MATCHING_SHARDS: no worker takes
+    their commands (MATCHING_SHARDS lowered below a shard that holds instruments)."""
+    return list(
+        InstrumentRow.objects.filter(shard__gte=settings.MATCHING_SHARDS)
+        .order_by("shard", "symbol")
+        .values_list("symbol", "shard")
     )
 
 
