@@ -3,7 +3,7 @@ commands refuse to run against one that does not: a missing table was a tracebac
 worker exiting "database connection lost" to be restarted again and again)."""
 
 from django.core.management.base import CommandError
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 from django.db.migrations.executor import MigrationExecutor
 
 
@@ -16,13 +16,17 @@ def migrations_unapplied(*, using: str = DEFAULT_DB_ALIAS) -> list[str]:
 
 
 def schema_migrated_require(*, using: str = DEFAULT_DB_ALIAS) -> None:
-    """Raise a CommandError naming what is missing unless the database is fully migrated."""
-    missing = migrations_unapplied(using=using)
+    """Raise a CommandError naming what is missing unless the database is fully migrated (or
+    saying it is out of reach)."""
+    name = connections[using].settings_dict["NAME"]
+    try:
+        missing = migrations_unapplied(using=using)
+    except DatabaseError as exc:
+        raise CommandError(f"database {name} is out of reach: {str(exc).strip()}") from exc
     if missing:
         shown = ", ".join(missing[:5]) + (
             f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         )
-        name = connections[using].settings_dict["NAME"]
         raise CommandError(
             f"database {name} is not migrated: {len(missing)} migration(s) not applied "
             f"({shown}); run `python manage.py migrate` first"

@@ -3,6 +3,7 @@ what differs, never a traceback."""
 
 import subprocess
 import sys
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from django.db import connection
@@ -125,3 +126,24 @@ def test_a_database_not_migrated_is_refused_naming_the_migration_missing(process
     assert "is not migrated" in result.stderr
     assert f"matching.{LAST_MATCHING_MIGRATION}" in result.stderr
     assert "manage.py migrate" in result.stderr
+
+
+@pytest.mark.parametrize("command", [["matching_verify", "--shard", "0"], ["ledger_verify"]])
+def test_a_database_out_of_reach_is_said_without_a_traceback(process_env, command):
+    """The migration check added to these commands met a database out of reach with a
+    traceback (the worker had said "database connection lost" and exited)."""
+    from exchange.embedded_servers import free_port
+
+    url = urlsplit(process_env["DATABASE_URL"])
+    closed = urlunsplit(url._replace(netloc=f"{url.username}@127.0.0.1:{free_port()}"))
+    result = subprocess.run(
+        [sys.executable, "manage.py", *command],
+        cwd=BASE_DIR,
+        env={**process_env, "DATABASE_URL": closed},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "is out of reach" in result.stderr
