@@ -235,6 +235,10 @@ class ShardLoop:
             self.publisher.group_ensure()
         except Exception as exc:  # Redis is best effort
             logger.warning("consumer group not created", extra={"why": str(exc)})
+        try:
+            self.publisher.consumers_prune()
+        except Exception as exc:  # Redis is best effort
+            logger.warning("earlier consumers not removed", extra={"why": str(exc)})
         self.publisher.snapshots_write(engine=self.engine, ts_ns=time.time_ns())
         self.publisher.announce()
 
@@ -287,6 +291,10 @@ class ShardLoop:
             self.publisher.group_ensure()
         except Exception as exc:  # Redis is best effort
             logger.warning("consumer group not created", extra={"why": str(exc)})
+        try:
+            self.publisher.consumers_prune()
+        except Exception as exc:  # Redis is best effort
+            logger.warning("earlier consumers not removed", extra={"why": str(exc)})
         self.publisher.snapshots_write(engine=self.engine, ts_ns=time.time_ns(), unless_newer=True)
         if lost and not self.publisher.snapshots_lost:
             # The hubs' copies of a book quiet since the lost batch are behind too.
