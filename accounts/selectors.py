@@ -143,6 +143,63 @@ CHECKS = {
 }
 
 
+# Per check above: the first rows that break it, one line each, so that the operator running
+# ledger_verify knows where to look (the counts alone named no entry, account or order).
+CHECK_EXAMPLES = {
+    "entries that do not sum to zero per asset": """
+        SELECT format('entry %%s %%s sums to %%s', entry_id, asset, sum(amount))
+          FROM accounts_ledgerposting GROUP BY entry_id, asset HAVING sum(amount) <> 0
+         ORDER BY entry_id, asset LIMIT %s""",
+    "assets whose accounts do not sum to zero": """
+        SELECT format('%%s sums to %%s', asset, sum(balance)) FROM accounts_ledgeraccount
+         GROUP BY asset HAVING sum(balance) <> 0 ORDER BY asset LIMIT %s""",
+    "accounts whose balance is not the sum of their postings": """
+        SELECT format('account %%s (user %%s, %%s %%s): balance %%s, postings %%s', a.id,
+                      coalesce(a.user_id::text, 'exchange'), a.kind, a.asset, a.balance,
+                      coalesce(p.total, 0))
+          FROM accounts_ledgeraccount a
+          LEFT JOIN (SELECT account_id, sum(amount) AS total FROM accounts_ledgerposting
+                      GROUP BY account_id) p ON p.account_id = a.id
+         WHERE a.balance <> coalesce(p.total, 0) ORDER BY a.id LIMIT %s""",
+    "users' hold accounts that differ from their open orders' holds": """
+        SELECT format('user %%s %%s: hold account %%s, open orders hold %%s',
+                      coalesce(h.user_id, o.user_id), coalesce(h.asset, o.asset),
+                      coalesce(h.balance, 0), coalesce(o.held, 0))
+          FROM (SELECT user_id, asset, balance FROM accounts_ledgeraccount
+                 WHERE kind = 'hold') h
+          FULL JOIN (SELECT o.user_id,
+                            CASE WHEN o.side = 'buy' THEN i.quote_asset
+                                 ELSE i.base_asset END AS asset,
+                            sum(o.hold_remaining) AS held
+                       FROM exchange_order o
+                       JOIN exchange_instrument i ON i.id = o.instrument_id
+                      WHERE o.is_open
+                      GROUP BY 1, 2) o
+            ON o.user_id = h.user_id AND o.asset = h.asset
+         WHERE coalesce(h.balance, 0) <> coalesce(o.held, 0)
+         ORDER BY 1 LIMIT %s""",
+    "postings whose entry does not exist": """
+        SELECT format('posting %%s (entry %%s)', p.id, p.entry_id) FROM accounts_ledgerposting p
+         WHERE NOT EXISTS (SELECT 1 FROM accounts_ledgerentry e WHERE e.id = p.entry_id)
+         ORDER BY p.id LIMIT %s""",
+    "postings whose account does not exist": """
+        SELECT format('posting %%s (account %%s)', p.id, p.account_id)
+          FROM accounts_ledgerposting p
+         WHERE NOT EXISTS (SELECT 1 FROM accounts_ledgeraccount a WHERE a.id = p.account_id)
+         ORDER BY p.id LIMIT %s""",
+    "closed orders still holding funds": """
+        SELECT format('order %%s (%%s): hold_remaining %%s', id, status, hold_remaining)
+          FROM exchange_order WHERE NOT is_open AND hold_remaining <> 0 ORDER BY id LIMIT %s""",
+}
+
+
+def ledger_discrepancy_examples(*, name: str, limit: int = 5) -> list[str]:
+    """The first `limit` rows that break the ledger invariant `name` (a key of CHECKS)."""
+    with connection.cursor() as cursor:
+        cursor.execute(CHECK_EXAMPLES[name], [limit])
+        return [row[0] for row in cursor.fetchall()]
+
+
 def ledger_discrepancies() -> dict[str, int]:
     """Every ledger invariant that does not hold, with how many rows break it. Each check is
     one statement, so it sees one consistent snapshot even while batches commit."""

@@ -147,10 +147,11 @@ class SocketRequest:
         self.api_key_id: int | None = None  # set by an API-key login (the audit reads it)
 
 
-def _symbol_exists(symbol: str) -> bool:
+def _symbol_shard(symbol: str) -> int | None:
+    """The shard of the listed instrument `symbol` (None: no such instrument)."""
     from exchange.models import Instrument
 
-    return Instrument.objects.filter(symbol=symbol).exists()
+    return Instrument.objects.filter(symbol=symbol).values_list("shard", flat=True).first()
 
 
 def _login_fields_refusal(message: dict) -> tuple[str, str] | None:
@@ -912,7 +913,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
             )
             return
         if symbol is not None:
-            lookup = database_sync_to_async(_symbol_exists, thread_sensitive=False)
+            lookup = database_sync_to_async(_symbol_shard, thread_sensitive=False)
             if not await hub.symbol_exists(symbol, lookup):
                 self.error("UnknownSymbol", f"unknown symbol {echoed(symbol)}", **refuse)
                 return

@@ -334,7 +334,9 @@ class MarketHub:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listening = asyncio.Event()
         self._client: aioredis.Redis | None = None
-        self._known_symbols: set[str] = set()
+        # symbol -> the shard holding its book, as stored on the instrument when it was listed
+        # (the hash under today's MATCHING_SHARDS may name another shard once it was raised).
+        self._known_symbols: dict[str, int] = {}
         # While a batch message is fanned out: the frames each directly written connection
         # gets from it, sent in one write at the end (one system call per connection, not one
         # per frame). Nothing awaits while it is set, so no other frame can come in between.
@@ -407,12 +409,19 @@ class MarketHub:
 
     # ---- subscriptions -----------------------------------------------------------------------
     async def symbol_exists(self, symbol: str, lookup: Callable) -> bool:
+        """Whether `symbol` is listed; `lookup` gives its instrument's shard (None: unknown)."""
         if symbol in self._known_symbols:
             return True
-        if await lookup(symbol):
-            self._known_symbols.add(symbol)
+        shard = await lookup(symbol)
+        if shard is not None:
+            self._known_symbols[symbol] = shard
             return True
         return False
+
+    def shard_of(self, symbol: str) -> int:
+        """The shard whose worker publishes `symbol`'s book (its instrument's stored shard)."""
+        shard = self._known_symbols.get(symbol)
+        return shard_for_symbol(symbol, settings.MATCHING_SHARDS) if shard is None else shard
 
     async def mirror(self, symbol: str) -> BookMirror:
         """The loaded mirror of `symbol` (loading it from Redis on first use); raises
@@ -717,10 +726,7 @@ class MarketHub:
             # Its snapshot in Redis has them (a new holder writes every book's before it
             # announces itself), so the shard's books are read again, as after a reconnect.
             for mirror in list(self.books.values()):
-                if (
-                    mirror.loaded
-                    and shard_for_symbol(mirror.symbol, settings.MATCHING_SHARDS) == shard
-                ):
+                if mirror.loaded and self.shard_of(mirror.symbol) == shard:
                     self._reload(mirror)
 
     def _feed_lost(self, *, shard: int | None) -> None:
@@ -735,7 +741,7 @@ class MarketHub:
             if kind == "orders":
                 return True
             return kind in ("trades", "book", "ticker") and (
-                shard is None or shard_for_symbol(symbol, settings.MATCHING_SHARDS) == shard
+                shard is None or self.shard_of(symbol) == shard
             )
 
         subs = {sub for channel, subs in self.channels.items() if touched(channel) for sub in subs}

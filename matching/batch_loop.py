@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 import psycopg
+from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, connections, transaction
 from django.db.models import F
 
@@ -41,7 +42,7 @@ from matching.command_codec import InvalidPayload, closed_before, engine_command
 from matching.engine import protocol as p
 from matching.models import Command
 from matching.publish import Publisher
-from matching.recovery import engine_recover, instruments_enqueue
+from matching.recovery import engine_recover, instruments_enqueue, instruments_unserved
 
 logger = logging.getLogger(__name__)
 
@@ -217,6 +218,17 @@ class ShardLoop:
         # batch does not wait for a connection.
         self.executor.submit(self.writer.session_prepare).result()
         queued = instruments_enqueue(shard=self.shard, engine=self.engine)
+        unserved = instruments_unserved()
+        if unserved:
+            # Each instrument keeps the shard it was listed on: a lowered MATCHING_SHARDS leaves
+            # these books without a worker (orders and cancels accepted, never applied).
+            logger.error(
+                "instruments on shards no worker serves: raise MATCHING_SHARDS back",
+                extra={
+                    "matching_shards": settings.MATCHING_SHARDS,
+                    "instruments": [f"{symbol} (shard {shard})" for symbol, shard in unserved],
+                },
+            )
         with transaction.atomic():
             audit_record(
                 event_type=AuditEvent.WORKER_RECOVERY,
@@ -236,6 +248,10 @@ class ShardLoop:
             self.publisher.group_ensure()
         except Exception as exc:  # Redis is best effort
             logger.warning("consumer group not created", extra={"why": str(exc)})
+        try:
+            self.publisher.consumers_prune()
+        except Exception as exc:  # Redis is best effort
+            logger.warning("earlier consumers not removed", extra={"why": str(exc)})
         self.publisher.snapshots_write(engine=self.engine, ts_ns=time.time_ns())
         self.publisher.announce()
 
@@ -288,6 +304,10 @@ class ShardLoop:
             self.publisher.group_ensure()
         except Exception as exc:  # Redis is best effort
             logger.warning("consumer group not created", extra={"why": str(exc)})
+        try:
+            self.publisher.consumers_prune()
+        except Exception as exc:  # Redis is best effort
+            logger.warning("earlier consumers not removed", extra={"why": str(exc)})
         self.publisher.snapshots_write(engine=self.engine, ts_ns=time.time_ns(), unless_newer=True)
         if lost and not self.publisher.snapshots_lost:
             # The hubs' copies of a book quiet since the lost batch are behind too.

@@ -102,6 +102,20 @@ class Publisher:
             if "BUSYGROUP" not in str(exc):
                 raise
 
+    def consumers_prune(self) -> list[str]:
+        """Remove the group's other consumers (earlier holders of the shard, dead or fenced;
+        the caller holds the lease): each restart had left its consumer in the group for good,
+        with the signals it had read and not acknowledged counted as pending. Those signals
+        are of commands the database poll finds anyway. Returns the names removed."""
+        removed = []
+        for consumer in self.client.xinfo_consumers(self.stream, CONSUMER_GROUP):
+            name = consumer["name"]
+            name = name.decode() if isinstance(name, bytes) else name
+            if name != self.consumer:
+                self.client.xgroup_delconsumer(self.stream, CONSUMER_GROUP, name)
+                removed.append(name)
+        return removed
+
     def signal_wait(self, *, block_ms: int, count: int) -> int:
         """Wait up to `block_ms` for command signals; returns how many arrived. The ids they
         carry are not used: the database poll that follows finds every unapplied command."""

@@ -16,6 +16,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.db import connection, transaction
 
 from exchange.models import Instrument as InstrumentRow
@@ -73,6 +74,10 @@ SELECT o.status = 'untriggered',
 """
 
 
+class RecoveryError(Exception):
+    """The database does not describe an engine that can be rebuilt (a corrupted row)."""
+
+
 @dataclass
 class Recovered:
     """The rebuilt engine and the shard counters it continues from."""
@@ -99,7 +104,14 @@ def engine_state_read(shard: int) -> tuple[dict, dict[str, int], int, int]:
     books = list(BookState.objects.filter(shard=shard).order_by("position"))
     instruments = [tuple(book.spec) for book in books]
     symbols = [book.symbol for book in books]
-    ids = dict(InstrumentRow.objects.filter(symbol__in=symbols).values_list("symbol", "id"))
+    named = list(dict.fromkeys([*symbols, *(spec[0] for spec in instruments)]))
+    ids = dict(InstrumentRow.objects.filter(symbol__in=named).values_list("symbol", "id"))
+    unknown = [symbol for symbol in named if symbol not in ids]
+    if unknown:
+        raise RecoveryError(
+            f"shard {shard}: books without an instrument row: {', '.join(unknown)} "
+            "(matching_bookstate names a symbol exchange_instrument does not have)"
+        )
     # Instrument tuple layout: (symbol, tick_size, lot_size, quote_decimals, ..., stp_default).
     params = [
         [ids[spec[0]] for spec in instruments],
@@ -168,6 +180,16 @@ def engine_recover(shard: int) -> Recovered:
         load_seconds=load_done - read_done,
         orders=n_orders,
         stops=n_stops,
+    )
+
+
+def instruments_unserved() -> list[tuple[str, int]]:
+    """(symbol, shard) of every instrument on a shard beyond MATCHING_SHARDS: no worker takes
+    their commands (MATCHING_SHARDS lowered below a shard that holds instruments)."""
+    return list(
+        InstrumentRow.objects.filter(shard__gte=settings.MATCHING_SHARDS)
+        .order_by("shard", "symbol")
+        .values_list("symbol", "shard")
     )
 
 

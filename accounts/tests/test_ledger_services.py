@@ -104,6 +104,31 @@ def test_ledger_verify_names_postings_whose_entry_or_account_is_missing():
     assert "postings whose account does not exist: 1" in message
 
 
+def test_ledger_verify_names_the_rows_that_break_each_invariant():
+    # It gave each broken invariant's count alone: the operator had to write the query that
+    # finds the entry, the account or the order.
+    user = make_user(funds={"USD": Decimal("5.00")})
+    entry = LedgerEntry.objects.filter(user=user).first() or LedgerEntry.objects.create(
+        kind="deposit"
+    )
+    cash = LedgerAccount.objects.get(user=user, kind="cash")
+    posting = LedgerPosting.objects.create(
+        entry=entry, account=cash, asset="USD", amount=Decimal("1")
+    )
+    with pytest.raises(CommandError) as broken:
+        call_command("ledger_verify")
+    message = str(broken.value)
+    assert f"entry {entry.pk} USD sums to 1.000000000000" in message
+    assert (
+        f"account {cash.pk} (user {user.pk}, cash USD): balance 5.000000000000, "
+        "postings 6.000000000000"
+    ) in message
+    LedgerPosting.objects.filter(pk=posting.pk).update(entry_id=entry.pk + 10_000)
+    with pytest.raises(CommandError) as broken:
+        call_command("ledger_verify")
+    assert f"posting {posting.pk} (entry {entry.pk + 10_000})" in str(broken.value)
+
+
 def test_the_demo_self_credit_is_capped_per_asset_and_only_for_yourself():
     new_instrument()  # lists USD (2 decimals) as an asset
     user, other = make_user(funds={}), make_user(funds={})

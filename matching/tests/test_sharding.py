@@ -36,3 +36,29 @@ def test_matching_verify_refuses_a_shard_that_does_not_exist(settings):
     settings.MATCHING_SHARDS = 2
     with pytest.raises(CommandError, match="shard 7 does not exist"):
         call_command("matching_verify", "--shard", "7")
+
+
+@pytest.mark.processes
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_names_the_instruments_of_shards_beyond_matching_shards_at_start(
+    processes, process_env
+):
+    """MATCHING_SHARDS lowered below a shard that holds instruments (README: never do it)
+    started every worker without a word: those books' orders and cancels were accepted and
+    never applied, and /healthz said so only once one was queued."""
+    from conftest import wait_until
+
+    stranded = instrument_create(listed=False)
+    Instrument.objects.filter(pk=stranded.pk).update(shard=1)  # listed while two shards ran
+    served = instrument_create(listed=False)
+    worker = processes.manage("run_matching", "--shard", "0", env=process_env, name="worker")
+    wait_until(lambda: "shard worker serving" in worker.log_path.read_text(), timeout=30)
+    lines = [
+        line
+        for line in worker.log_path.read_text().splitlines()
+        if "instruments on shards no worker serves" in line
+    ]
+    assert len(lines) == 1, worker.log_path.read_text()[-2000:]
+    assert '"level":"error"' in lines[0]
+    assert f"{stranded.symbol} (shard 1)" in lines[0]
+    assert served.symbol not in lines[0]

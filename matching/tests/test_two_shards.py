@@ -88,3 +88,48 @@ def test_two_shards_trade_side_by_side_and_one_lost_worker_loses_nothing(
     )
     book = taker.get(f"/api/v1/orderbook/{second.symbol}").json()
     assert book["bids"] == [{"price": "9.50", "quantity": "6", "orders": 6}]
+
+
+def test_a_book_listed_before_the_shards_were_raised_is_resynced_after_its_shards_takeover(
+    processes, process_env
+):
+    """Raising MATCHING_SHARDS keeps a listed instrument on its shard (README), but the web
+    process's market-data hub placed each book by the hash under the new count: when the
+    worker of the shard that holds it was replaced, its subscribers got no resync notice and
+    the book was not read again (the gap was put down to another shard)."""
+    import json
+    import time
+
+    from websockets.sync.client import connect as ws_connect
+
+    from exchange.tests.api_client import make_user
+    from matching.tests.order_rows import order_row_place
+
+    symbol = symbol_on(1)  # shard 1 under two shards, listed while one shard ran: shard 0
+    instrument = make_instrument(symbol=symbol)
+    assert instrument.shard == 0
+    env = {**process_env, "MATCHING_SHARDS": str(SHARDS)}
+    holder = start_worker(processes, env, 0, "holder")
+    wait_until(lambda: "shard worker serving" in holder.log_path.read_text(), timeout=30)
+    standby = start_worker(processes, env, 0, "standby")
+    wait_until(lambda: "waiting for lease" in standby.log_path.read_text(), timeout=30)
+    base_url = start_web(processes, env=env)
+
+    def next_frame(ws, predicate, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = json.loads(ws.recv(timeout=max(deadline - time.monotonic(), 0.01)))
+            if predicate(frame):
+                return frame
+
+    channel = f"book.{symbol}"
+    with ws_connect(base_url.replace("http://", "ws://") + "/ws/v1") as ws:
+        ws.send(json.dumps({"op": "subscribe", "channels": [channel]}))
+        next_frame(ws, lambda f: f.get("type") == "snapshot", timeout=15)
+        order_row_place(user=make_user(), instrument=instrument, side="buy", quantity="1",
+                        price="10.00")  # fmt: skip
+        next_frame(ws, lambda f: f.get("type") == "update", timeout=15)
+        os.killpg(holder.pid, signal.SIGKILL)
+        wait_until(lambda: "shard worker serving" in standby.log_path.read_text(), timeout=45)
+        notice = next_frame(ws, lambda f: f.get("type") == "resync", timeout=15)
+        assert notice == {"type": "resync", "reason": "feed_gap", "lost_channels": [channel]}

@@ -84,3 +84,41 @@ def test_unknown_shard_is_refused(processes, process_env):
     worker = processes.manage("run_matching", "--shard", "5", env=process_env, name="w")
     assert worker.wait(timeout=30) != 0
     assert "shard 5 does not exist: MATCHING_SHARDS is 1" in worker.log_path.read_text()
+
+
+def test_a_new_holder_removes_its_predecessors_from_the_command_streams_group(
+    processes, process_env, redis_conn
+):
+    """Every worker restart left its consumer in the stream's group for good, with the signals
+    it had read and not acknowledged pending: the group's pending count only grew."""
+    import socket
+
+    import redis
+
+    from exchange.tests.api_client import make_user
+    from matching.publish import CONSUMER_GROUP
+    from matching.tests.order_rows import instrument_create, order_row_place
+    from matching.transport import command_stream_key
+
+    stream = command_stream_key(0)
+
+    def consumers() -> set[str]:
+        try:
+            listed = redis_conn.xinfo_consumers(stream, CONSUMER_GROUP)
+        except redis.ResponseError:  # no stream or group yet
+            return set()
+        return {c["name"].decode() if isinstance(c["name"], bytes) else c["name"] for c in listed}
+
+    instrument = instrument_create()
+    first = processes.manage("run_matching", "--shard", "0", env=process_env, name="first")
+    first_name = f"{socket.gethostname()}:{first.pid}"
+    wait_until(lambda: "shard worker serving" in first.log_path.read_text(), timeout=30)
+    # A signal read: the group knows a consumer by what it was delivered.
+    order_row_place(user=make_user(), instrument=instrument, side="buy", quantity="1",
+                    price="10.00")  # fmt: skip
+    wait_until(lambda: first_name in consumers(), timeout=30)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    second = processes.manage("run_matching", "--shard", "0", env=process_env, name="second")
+    wait_until(lambda: "shard worker serving" in second.log_path.read_text(), timeout=30)
+    assert first_name not in consumers()

@@ -3,6 +3,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from audit.verify import audit_chain_verify
+from exchange.schema_state import schema_migrated_require
 
 
 class Command(BaseCommand):
@@ -12,6 +13,7 @@ class Command(BaseCommand):
         parser.add_argument("--batch-size", type=int, default=20_000)
 
     def handle(self, *args, batch_size: int, **options) -> None:
+        schema_migrated_require()
         result = audit_chain_verify(batch_size=batch_size)
         if not result.ok:
             raise CommandError(

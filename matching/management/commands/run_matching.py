@@ -4,6 +4,7 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
+from exchange.schema_state import schema_migrated_require
 from matching.worker import ShardWorker
 
 
@@ -14,6 +15,7 @@ class Command(BaseCommand):
         parser.add_argument("--shard", type=int, default=0)
 
     def handle(self, *args, shard: int, **options) -> None:
+        schema_migrated_require()
         try:
             worker = ShardWorker(shard=shard)
         except ValueError as exc:
