@@ -221,8 +221,9 @@ class ShardLoop:
             )
         try:
             self.publisher.group_ensure()
+            self.publisher.consumers_prune()
         except Exception as exc:  # Redis is best effort
-            logger.warning("consumer group not created", extra={"why": str(exc)})
+            logger.warning("consumer group not set up", extra={"why": str(exc)})
         self.publisher.snapshots_write(engine=self.engine, ts_ns=time.time_ns())
         self.publisher.announce()
 

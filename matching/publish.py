@@ -102,6 +102,20 @@ class Publisher:
             if "BUSYGROUP" not in str(exc):
                 raise
 
+    def consumers_prune(self) -> int:
+        """Delete the stream's other consumers (the earlier holders of the shard: each worker
+        reads as `host:pid`); returns how many. Only the lease holder reads the stream, and
+        every worker that ever held the shard had stayed in the group for good, with the
+        signals it read and had not acknowledged when it died still pending under its name."""
+        removed = 0
+        for consumer in self.client.xinfo_consumers(self.stream, CONSUMER_GROUP):
+            name = consumer["name"]
+            name = name.decode() if isinstance(name, bytes) else name
+            if name != self.consumer:
+                self.client.xgroup_delconsumer(self.stream, CONSUMER_GROUP, name)
+                removed += 1
+        return removed
+
     def signal_wait(self, *, block_ms: int, count: int) -> int:
         """Wait up to `block_ms` for command signals; returns how many arrived. The ids they
         carry are not used: the database poll that follows finds every unapplied command."""
