@@ -35,6 +35,9 @@ from accounts.models import LedgerEntry
 
 TRADE = LedgerEntry.Kind.TRADE.value
 RELEASE = LedgerEntry.Kind.RELEASE.value
+# Account ids a worker remembers before it starts over (~180 bytes each): one per user, asset
+# and kind that ever traded or had a hold released on the shard, for the worker's whole life.
+ACCOUNT_IDS_MAX = 100_000
 
 RESOLVE_SQL = """
 SELECT a.id, a.kind, a.user_id, a.asset
@@ -195,6 +198,9 @@ class SettlementWriter:
     def _resolve(self, keys: set[AccountKey]) -> dict[AccountKey, int]:
         known = self._account_ids
         missing = [k for k in keys if k not in known]
+        if missing and len(known) + len(missing) > ACCOUNT_IDS_MAX:
+            known.clear()  # read again what this batch needs
+            missing = list(keys)
         if missing:
             columns = key_columns(missing)
             with psycopg.Cursor(connection.connection) as cursor:

@@ -9,6 +9,7 @@ from django.utils import timezone
 from accounts.fee_tiers import fee_tiers_assess, fee_tiers_refresh
 from accounts.quote_presence import quote_presence_sample
 from accounts.volume import daily_volume_recompute
+from accounts.web_sessions import web_sessions_clear_expired
 
 
 @shared_task(ignore_result=True)
@@ -35,3 +36,9 @@ def quote_presence_sample_task() -> None:
         max_distance_bps=settings.QUOTE_PRESENCE_MAX_DISTANCE_BPS,
         min_interval=dt.timedelta(seconds=settings.QUOTE_PRESENCE_SAMPLE_SECONDS / 2),
     )
+
+
+@shared_task(ignore_result=True)
+def web_sessions_clear_expired_task() -> None:
+    """Nightly (UTC): delete the web sessions past their expiry (Django keeps them for good)."""
+    web_sessions_clear_expired()

@@ -45,6 +45,13 @@ def session_signs_in(*, session_key: str | None, user_id: int) -> bool:
     )
 
 
+def web_sessions_clear_expired() -> None:
+    """Delete the web sessions past their expiry. Django never deletes one by itself: a session
+    that was not logged out (a browser closed, a cookie dropped) stayed in the session table
+    for good, one row per such sign-in (what `manage.py clearsessions` does)."""
+    import_module(settings.SESSION_ENGINE).SessionStore.clear_expired()
+
+
 def user_logged_out_sessions_ended(sender, request, user, **kwargs) -> None:
     transaction.on_commit(sessions_ended_bump)
 

@@ -649,6 +649,11 @@ CELERY_BEAT_SCHEDULE: dict = {
         "task": "accounts.tasks.fee_tiers_refresh_task",
         "schedule": FEE_TIER_REFRESH_SECONDS,
     },
+    # Web sessions past their expiry (never logged out) are deleted nightly (UTC).
+    "accounts-web-sessions-clear-expired": {
+        "task": "accounts.tasks.web_sessions_clear_expired_task",
+        "schedule": crontab(minute=30, hour=2),
+    },
     "accounts-quote-presence-sample": {
         "task": "accounts.tasks.quote_presence_sample_task",
         "schedule": QUOTE_PRESENCE_SAMPLE_SECONDS,

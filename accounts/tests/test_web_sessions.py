@@ -56,3 +56,27 @@ def test_a_login_does_not_move_the_counter():
     before = sessions_ended_counter()
     signed_in_session(person)  # saves last_login
     assert sessions_ended_counter() == before
+
+
+def test_sessions_past_their_expiry_are_deleted_nightly():
+    import datetime as dt
+
+    from django.conf import settings
+    from django.contrib.sessions.models import Session
+    from django.utils import timezone
+
+    from accounts.tasks import web_sessions_clear_expired_task
+
+    schedule = {e["task"]: e["schedule"] for e in settings.CELERY_BEAT_SCHEDULE.values()}
+    nightly = schedule["accounts.tasks.web_sessions_clear_expired_task"]
+    assert (nightly.hour, nightly.minute) == ({2}, {30})
+    person = make_person()
+    _, abandoned = signed_in_session(person)  # never logged out: the browser was closed
+    _, live = signed_in_session(person)
+    Session.objects.filter(session_key=abandoned).update(
+        expire_date=timezone.now() - dt.timedelta(seconds=1)
+    )
+    web_sessions_clear_expired_task()
+    assert not Session.objects.filter(session_key=abandoned).exists()
+    assert Session.objects.filter(session_key=live).exists()
+    assert session_signs_in(session_key=live, user_id=person.pk)
