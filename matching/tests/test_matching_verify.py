@@ -147,3 +147,44 @@ def test_a_database_out_of_reach_is_said_without_a_traceback(process_env, comman
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
     assert "is out of reach" in result.stderr
+
+
+def test_matching_verify_without_a_shard_checks_every_shard(processes, process_env, settings):
+    """It had checked shard 0 alone: with two shards, a broken shard 1 read OK."""
+    from matching.tests.test_two_shards import symbol_on
+
+    settings.MATCHING_SHARDS = 2
+    env = {**process_env, "MATCHING_SHARDS": "2"}
+    instrument = instrument_create(symbol=symbol_on(1))
+    assert instrument.shard == 1
+    worker = processes.manage("run_matching", "--shard", "1", env=env, name="worker-1")
+    wait_until(lambda: "shard worker serving" in worker.log_path.read_text(), timeout=30)
+    user = make_user()
+    for price in ("9.00", "9.10", "9.20"):
+        order_row_place(user=user, instrument=instrument, side="buy", quantity="2", price=price)
+    all_commands_applied(timeout=30)
+    worker.terminate()
+    worker.wait(timeout=30)
+
+    def verify() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "manage.py", "matching_verify"],
+            cwd=BASE_DIR,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    passed = verify()
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert "shard 0: no state yet" in passed.stdout
+    assert "shard 1: " in passed.stdout and passed.stdout.rstrip().endswith("OK")
+
+    entry = JournalEntry.objects.filter(shard=1).order_by("apply_seq")[1]
+    JournalEntry.objects.filter(pk=entry.pk).delete()
+    failed = verify()
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "Traceback" not in failed.stderr, failed.stderr
+    assert f"journal entry {entry.apply_seq} missing" in failed.stderr
+    assert "MISMATCH (shard 1)" in failed.stderr
