@@ -326,6 +326,13 @@ class Order(models.Model):
             models.Index(
                 fields=["instrument"], condition=models.Q(is_open=True), name="order_open"
             ),
+            # Which shards hold a GTD/DAY order due (matching.selectors.shards_with_orders_due,
+            # every second): only open orders that can expire, so fills stay HOT updates.
+            models.Index(
+                fields=["instrument", "expire_at"],
+                condition=models.Q(is_open=True, time_in_force__in=["GTD", "DAY"]),
+                name="order_open_expiring",
+            ),
         ]
 
     def __str__(self) -> str:

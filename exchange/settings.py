@@ -615,7 +615,7 @@ CELERY_BEAT_SCHEDULE: dict = {
         "schedule": 1.0,
         "options": _EXPIRE_UNRUN,
     },
-    # Matching: GTD/DAY expiry, one expire_due command per shard per second.
+    # Matching: GTD/DAY expiry, every second an expire_due command to each shard with orders due.
     "matching-expire-due": {
         "task": "matching.tasks.expire_due_task",
         "schedule": 1.0,

@@ -6,11 +6,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
-from django.db import transaction
+from django.db import DatabaseError, transaction
 
 from exchange.db_cursors import bound_cursor, transaction_pipeline
 from exchange.redis_connection import redis_client
+from matching.command_codec import ns_to_datetime
 from matching.models import Command
+from matching.selectors import shards_with_orders_due
 from matching.transport import command_stream_key
 
 logger = logging.getLogger(__name__)
@@ -166,3 +168,28 @@ def shard_expire_due_enqueue(*, shard: int, now_ns: int) -> Command | None:
         ).exists():
             return None
         return command_enqueue(shard=shard, kind=Command.Kind.EXPIRE_DUE, payload={"now": now_ns})
+
+
+def shards_expire_due_enqueue(*, now_ns: int, shard_count: int) -> list[Command]:
+    """`shard_expire_due_enqueue` for each shard below `shard_count` that holds an open GTD/DAY
+    order due by `now_ns`; the commands queued.
+
+    A shard with nothing due gets no command: an `expire_due` there would change nothing (the
+    worker does not even journal it), and beat's tick wrote one row per shard every second,
+    never pruned. When the database cannot say which shards have orders due (an error reading
+    it), every shard gets one, as every tick did before."""
+    try:
+        with transaction.atomic():
+            due = shards_with_orders_due(now=ns_to_datetime(now_ns))
+    except DatabaseError as exc:
+        logger.warning(
+            "shards with orders due not read; expire_due queued for every shard",
+            extra={"why": str(exc)},
+        )
+        due = set(range(shard_count))
+    queued = []
+    for shard in sorted(s for s in due if s < shard_count):
+        command = shard_expire_due_enqueue(shard=shard, now_ns=now_ns)
+        if command is not None:
+            queued.append(command)
+    return queued

@@ -58,11 +58,14 @@ def order_row_place(
     post_only: bool = False,
     expire_at: dt.datetime | None = None,
     maker_fee_ppm: int = MAKER_FEE_PPM,
+    stop_price: str | Decimal | None = None,
 ) -> Order:
-    """Store a pending_new order and its place command in one transaction."""
+    """Store a pending_new order and its place command in one transaction (a stop_limit or
+    stop_loss order with its `stop_price`)."""
     spec = engine_instrument(instrument)
     quantity = Decimal(quantity)
     price = None if price is None else Decimal(price)
+    stop_price = None if stop_price is None else Decimal(stop_price)
     is_buy = side == "buy"
     max_quote = 0
     held = quantity
@@ -81,6 +84,7 @@ def order_row_place(
             quantity=quantity,
             post_only=post_only,
             expire_at=expire_at,
+            stop_price=stop_price,
             maker_fee_ppm=maker_fee_ppm,
             taker_fee_ppm=TAKER_FEE_PPM,
             held_amount=held,
@@ -100,7 +104,12 @@ def order_row_place(
                 "order_id": order.pk,
                 "user_id": user.pk,
                 "is_buy": is_buy,
-                "order_type": {"limit": p.LIMIT, "market": p.MARKET}[order_type],
+                "order_type": {
+                    "limit": p.LIMIT,
+                    "market": p.MARKET,
+                    "stop_limit": p.STOP_LIMIT,
+                    "stop_loss": p.STOP_MARKET,
+                }[order_type],
                 "price": 0 if price is None else spec.price_to_ticks(price),
                 "qty": spec.qty_to_lots(quantity),
                 "tif": {"GTC": p.GTC, "IOC": p.IOC, "FOK": p.FOK, "GTD": p.GTD, "DAY": p.DAY}[
@@ -109,7 +118,7 @@ def order_row_place(
                 "expire_at": datetime_to_ns(expire_at) if expire_at else 0,
                 "flags": p.POST_ONLY if post_only else 0,
                 "display_qty": 0,
-                "stop_price": 0,
+                "stop_price": 0 if stop_price is None else spec.price_to_ticks(stop_price),
                 "max_quote": max_quote,
                 "maker_fee_ppm": maker_fee_ppm,
                 "taker_fee_ppm": TAKER_FEE_PPM,
