@@ -692,7 +692,11 @@ class StreamConsumer(AsyncWebsocketConsumer):
                     )
 
     async def _close_unless_authorised(self) -> None:
-        if not await self._still_authorised():
+        checked = self.key_credentials
+        # Unless the socket has logged in again meanwhile (a bot rotating its key logs in with
+        # the new one, then revokes the old): the check, queued behind busy view threads, had
+        # found the old key revoked and closed a socket whose login stood.
+        if not await self._still_authorised() and self.key_credentials is checked:
             await self._close(CLOSE_LOGIN_REVOKED)
 
     async def _still_authorised(self) -> bool:
@@ -1171,7 +1175,9 @@ class StreamConsumer(AsyncWebsocketConsumer):
             answer = {"type": "response", **extra, "status": code}
             answer["data" if code < 400 else "error"] = body_out
             self.push(answer)
-            if body_out is KEY_REVOKED_ANSWER or body_out is SESSION_ENDED_ANSWER:
+            if (
+                body_out is KEY_REVOKED_ANSWER or body_out is SESSION_ENDED_ANSWER
+            ) and self.key_credentials is credentials:  # not since replaced by a new login
                 await self._close(CLOSE_LOGIN_REVOKED)
 
         task = asyncio.get_running_loop().create_task(run())
