@@ -848,6 +848,53 @@ def test_after_the_socket_reconnects_the_page_reads_what_it_missed(
     assert len(links) == 2
 
 
+def trade_between_two_others(base_url: str, symbol: str, price: str, quantity: str) -> None:
+    order = {"symbol": symbol, "order_type": "limit", "price": price, "quantity": quantity}
+    assert ApiClient(base_url).place(**order, side="sell").status_code == 201
+    taken = ApiClient(base_url).place(**order, side="buy")
+    assert taken.json()["status"] == "filled", taken.text
+
+
+def test_a_trade_arriving_while_the_candles_reload_is_counted_once(
+    open_page, exchange_stack, live_db
+):
+    # The candles' answer did not say which trades it counted: a live trade that arrived while
+    # the chart reloaded was folded into the old candles, then the answer (read before the
+    # trade) replaced them, and the trade was gone from the chart until the next reload.
+    instrument, user = make_instrument(), trader()
+    trade_between_two_others(exchange_stack, instrument.symbol, "100.00", "1")
+    page = open_page()
+    open_trading(page, user, instrument.symbol)
+    summary = page.locator("#chart-summary")
+    expect(summary).to_contain_text("close 100, volume 1.")
+
+    answers: list = []  # the reload's answer, read from the server, held back from the page
+
+    def hold_back(route):
+        answers.append((route, route.fetch()))
+
+    page.route("**/api/v1/candles/**", hold_back)
+    page.locator('#chart-intervals button[data-interval="1m"]').click()
+    deadline = time.monotonic() + 10
+    while not answers and time.monotonic() < deadline:
+        page.wait_for_timeout(20)
+    assert answers, "the chart did not reload"
+    trade_between_two_others(exchange_stack, instrument.symbol, "102.00", "2")
+    expect(page.locator("#tape tbody tr").first).to_contain_text("102.00")  # its frame is in
+    route, answer = answers[0]
+    assert answer.json()["last_trade_id"] is not None
+    route.fulfill(response=answer)
+    page.unroute("**/api/v1/candles/**")
+
+    latest = (
+        ApiClient(exchange_stack)
+        .get(f"/api/v1/candles/{instrument.symbol}", interval="1m")
+        .json()["candles"][-1]
+    )
+    assert latest["close"] == "102.00"
+    expect(summary).to_contain_text(f"close 102, volume {latest['volume']}.")
+
+
 def test_a_post_only_adjusting_order_says_the_price_it_rests_at(open_page, exchange_stack, live_db):
     # A sell typed at 99.00 against a bid at 100.00 rests one tick behind it, at 100.01: the
     # ticket said only "Order 7: new."
