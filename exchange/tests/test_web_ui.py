@@ -895,6 +895,39 @@ def test_a_trade_arriving_while_the_candles_reload_is_counted_once(
     expect(summary).to_contain_text(f"close 102, volume {latest['volume']}.")
 
 
+def test_a_balance_read_before_a_live_change_but_answered_after_it_does_not_overwrite_it(
+    open_page, live_db
+):
+    # The ticket showed whichever came last: a GET /balances answer read before a deposit but
+    # arriving after its live event put the older balance back until the next change.
+    instrument, user = make_instrument(), trader()
+    answers: list = []  # the page's balance reads, answered by the server, held back
+
+    def hold_back(route):
+        answers.append((route, route.fetch()))
+
+    page = open_page()
+    page.route("**/api/v1/balances", hold_back)
+    open_trading(page, user, instrument.symbol)
+    deadline = time.monotonic() + 10
+    while not answers and time.monotonic() < deadline:
+        page.wait_for_timeout(20)
+    assert answers, "the page did not read its balances"
+    read_before = len(answers)
+    funds_deposit(user=user, asset=QUOTE, amount=Decimal("0.01"), memo="test")
+    usd = page.locator(f'#ticket-balances [data-asset="{QUOTE}"]')
+    expect(usd).to_have_text("10000000.01")  # the live event
+    for route, answer in answers[:read_before]:
+        usd_then = next(b for b in answer.json() if b["asset"] == QUOTE)
+        assert usd_then["available"] == "10000000.00"
+        route.fulfill(response=answer)
+    expect(page.locator("#ticket-balances")).to_have_attribute("data-reads", str(read_before))
+    expect(usd).to_have_text("10000000.01")
+    page.unroute("**/api/v1/balances")
+    for route, answer in answers[read_before:]:
+        route.fulfill(response=answer)
+
+
 def test_a_post_only_adjusting_order_says_the_price_it_rests_at(open_page, exchange_stack, live_db):
     # A sell typed at 99.00 against a bid at 100.00 rests one tick behind it, at 100.01: the
     # ticket said only "Order 7: new."
