@@ -895,6 +895,55 @@ def test_a_trade_arriving_while_the_candles_reload_is_counted_once(
     expect(summary).to_contain_text(f"close 102, volume {latest['volume']}.")
 
 
+def test_a_trade_whose_frame_comes_after_the_candles_that_count_it_is_not_counted_again(
+    open_page, exchange_stack, live_db
+):
+    # The other side of the race: candles read after a trade, its frame arriving after them,
+    # had the trade folded into the latest candle a second time.
+    instrument, user = make_instrument(), trader()
+    trade_between_two_others(exchange_stack, instrument.symbol, "100.00", "1")
+    channel = f"trades.{instrument.symbol}"
+    link: dict = {"hold": False, "held": []}
+
+    def between_page_and_server(ws):
+        server = ws.connect_to_server()
+        link["page"] = ws
+
+        def from_server(message):
+            frame = json.loads(message)
+            if link["hold"] and frame.get("channel") == channel and frame.get("type") == "trades":
+                link["held"].append(message)
+            else:
+                ws.send(message)
+
+        server.on_message(from_server)
+
+    page = open_page()
+    page.route_web_socket("**/ws/v1", between_page_and_server)
+    open_trading(page, user, instrument.symbol)
+    summary = page.locator("#chart-summary")
+    expect(summary).to_contain_text("close 100, volume 1.")
+    link["hold"] = True
+    trade_between_two_others(exchange_stack, instrument.symbol, "102.00", "2")
+    deadline = time.monotonic() + 10
+    while not link["held"] and time.monotonic() < deadline:
+        page.wait_for_timeout(20)
+    assert link["held"], "no trades frame came"
+    page.locator('#chart-intervals button[data-interval="1m"]').click()
+    expect(summary).to_contain_text("close 102")  # the reloaded candles count the trade
+    link["hold"] = False
+    for message in link["held"]:
+        link["page"].send(message)
+    expect(page.locator("#tape tbody tr").first).to_contain_text("102.00")  # the frame is in
+
+    latest = (
+        ApiClient(exchange_stack)
+        .get(f"/api/v1/candles/{instrument.symbol}", interval="1m")
+        .json()["candles"][-1]
+    )
+    expect(summary).to_contain_text(f"close 102, volume {latest['volume']}.")
+
+
 def test_a_balance_read_before_a_live_change_but_answered_after_it_does_not_overwrite_it(
     open_page, live_db
 ):
