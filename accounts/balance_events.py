@@ -24,12 +24,21 @@ from matching.transport import private_events_channel
 logger = logging.getLogger(__name__)
 
 
-VERSION_SQL = "SELECT nextval('accounts_balance_version')"
+# A version for this transaction's events, stamped on the accounts they report (GET /balances
+# shows it: a REST answer read before an event then says it is older).
+VERSION_SQL = """
+WITH v AS (SELECT nextval('accounts_balance_version') AS version),
+     stamped AS (
+         UPDATE accounts_ledgeraccount a SET balance_version = v.version
+           FROM v WHERE a.id = ANY(%s::bigint[]))
+SELECT version FROM v
+"""
 
 
-def balance_version(cursor) -> int:
-    """A version for the events of this transaction: call it after locking their accounts."""
-    cursor.execute(VERSION_SQL)
+def balance_version(cursor, *, account_ids: list[int]) -> int:
+    """A version for the events of this transaction, stamped on `account_ids` (the cash and
+    hold accounts the events report): call it after locking them."""
+    cursor.execute(VERSION_SQL, [account_ids])
     return cursor.fetchone()[0]
 
 

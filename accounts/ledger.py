@@ -233,7 +233,7 @@ def ledger_post(
             BALANCES_ADD_SQL,
             [[accounts[key][0] for key in deltas], [deltas[key] for key in deltas]],
         )
-        version = balance_version(cursor)
+        version = balance_version(cursor, account_ids=[accounts[key][0] for key in siblings])
     after = {key: accounts[key][1] + deltas.get(key, 0) for key in siblings}
     balance_events_publish_on_commit(
         balance_events(
@@ -324,7 +324,7 @@ def funds_hold_many(*, holds: Sequence[HoldRequest]) -> list[ApiError | None]:
                 "deltas": [balances[key] - accounts[key][1] for key in moved],
             },
         )
-        version = balance_version(cursor)
+        version = balance_version(cursor, account_ids=[accounts[key][0] for key in siblings])
     balance_events_publish_on_commit(
         balance_events(
             ((uid, asset, kind, balances[(kind, uid, asset)]) for kind, uid, asset in siblings),

@@ -28,6 +28,11 @@ class BalanceSerializer(serializers.Serializer):
     available = serializers.CharField()
     held = serializers.CharField(help_text="reserved for open orders")
     total = serializers.CharField()
+    version = serializers.IntegerField(
+        help_text="the version of the last balance event for this asset (the `orders` "
+        "channel's `balance` frames carry it): of a REST answer and a live event, the one with "
+        "the higher version is the newer balance"
+    )
 
 
 class PostingSerializer(serializers.Serializer):
@@ -91,7 +96,7 @@ def _balance_of(user, asset: str) -> dict:
     for row in selectors.balances_for_user(user=user):
         if row["asset"] == asset:
             return row
-    return {"asset": asset, "available": "0", "held": "0", "total": "0"}
+    return {"asset": asset, "available": "0", "held": "0", "total": "0", "version": 0}
 
 
 def _target_user(request: Request, user_id: int, *, staff_may_act: bool):

@@ -73,13 +73,23 @@ def balance_view(*, asset: str, available: Decimal, held: Decimal, places: dict)
 def balances_for_user(*, user) -> list[dict]:
     """Per asset the user holds or has held: available, held and total, at the asset's precision."""
     per_asset: dict[str, dict[str, Decimal]] = {}
-    accounts = LedgerAccount.objects.filter(user=user).values_list("asset", "kind", "balance")
-    for asset, kind, balance in accounts:
+    versions: dict[str, int] = {}
+    # One query, so the versions are those of the balances read (the last event's version).
+    accounts = LedgerAccount.objects.filter(user=user).values_list(
+        "asset", "kind", "balance", "balance_version"
+    )
+    for asset, kind, balance, version in accounts:
         row = per_asset.setdefault(asset, {"available": Decimal(0), "held": Decimal(0)})
         row["available" if kind == LedgerAccount.Kind.CASH else "held"] += balance
+        versions[asset] = max(versions.get(asset, 0), version)
     places = asset_precisions_cached(assets=per_asset)
     return [
-        balance_view(asset=asset, available=row["available"], held=row["held"], places=places)
+        {
+            **balance_view(
+                asset=asset, available=row["available"], held=row["held"], places=places
+            ),
+            "version": versions[asset],
+        }
         for asset, row in sorted(per_asset.items())
     ]
 

@@ -19,7 +19,7 @@ from decimal import Decimal
 import psycopg
 from django.db import connection
 
-from accounts.balance_events import VERSION_SQL, balance_events
+from accounts.balance_events import balance_events
 from accounts.ledger import (
     CASH,
     CREATE_SQL,
@@ -73,8 +73,9 @@ SELECT nextval(pg_get_serial_sequence('accounts_ledgerentry', 'id')) FROM genera
 """
 
 # The balance moves, the users' balances after them (cash and hold of every user asset that
-# moved, for the balance events) and the events' version, in one round trip.
-BALANCES_SQL = f"""
+# moved, for the balance events) and the events' version, stamped on those accounts (GET
+# /balances shows it), in one round trip.
+BALANCES_SQL = """
 UPDATE accounts_ledgeraccount a
    SET balance = a.balance + d.delta, updated_at = now()
   FROM unnest(%s::bigint[], %s::numeric[]) AS d(id, delta)
@@ -86,7 +87,14 @@ SELECT a.user_id, a.asset, a.kind, a.balance
        SELECT a.user_id, a.asset, a.kind, a.balance FROM accounts_ledgeraccount a
         WHERE a.kind IN ('cash', 'hold') AND a.user_id = t.user_id AND a.asset = t.asset
        OFFSET 0) a;
-{VERSION_SQL}
+WITH v AS (SELECT nextval('accounts_balance_version') AS version),
+     stamped AS (
+         UPDATE accounts_ledgeraccount a SET balance_version = v.version
+           FROM v,
+                (SELECT DISTINCT user_id, asset FROM accounts_ledgeraccount
+                  WHERE id = ANY(%s::bigint[]) AND user_id IS NOT NULL) t
+          WHERE a.kind IN ('cash', 'hold') AND a.user_id = t.user_id AND a.asset = t.asset)
+SELECT version FROM v
 """
 
 
@@ -189,7 +197,7 @@ class SettlementWriter:
         if not moved:
             return []
         with psycopg.ClientCursor(connection.connection) as cursor:
-            cursor.execute(BALANCES_SQL, [moved, [deltas[i] for i in moved], moved])
+            cursor.execute(BALANCES_SQL, [moved, [deltas[i] for i in moved], moved, moved])
             cursor.nextset()
             rows = cursor.fetchall()
             cursor.nextset()

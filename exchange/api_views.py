@@ -537,6 +537,12 @@ class CandlesView(PublicView):
                     "symbol": serializers.CharField(),
                     "interval": serializers.CharField(),
                     "candles": CandleSerializer(many=True),
+                    "last_trade_id": serializers.IntegerField(
+                        allow_null=True,
+                        help_text="The highest trade id counted in these candles (null when "
+                        "none): a client folding live `trades.{symbol}` frames into the latest "
+                        "candle folds only those with a higher `trade_id`.",
+                    ),
                 },
             ),
             400: ERROR,
@@ -574,7 +580,15 @@ class CandlesView(PublicView):
             }
             for row in rows
         ]
-        return Response({"symbol": instrument.symbol, "interval": interval, "candles": candles})
+        last_trade_id = max((row["last_trade_id"] for row in rows), default=None)
+        return Response(
+            {
+                "symbol": instrument.symbol,
+                "interval": interval,
+                "candles": candles,
+                "last_trade_id": last_trade_id,
+            }
+        )
 
 
 class ExchangeMetricsView(KnownQueryParameters, APIView):

@@ -413,7 +413,8 @@ _CANDLES_SQL = """
            (array_agg(price ORDER BY id DESC))[1] AS close,
            sum(quantity) AS volume,
            sum(quote_quantity) AS quote_volume,
-           count(*) AS trades
+           count(*) AS trades,
+           max(id) AS last_trade_id
       FROM exchange_trade
      WHERE instrument_id = %(instrument_id)s
        AND executed_at >= %(start)s AND executed_at < %(end)s AND executed_at_ns < %(end_ns)s
@@ -434,10 +435,11 @@ def candles_for_instrument(
     """OHLC and volume of the instrument's trades per `interval` bucket (UTC-aligned), the
     `limit` latest buckets that start before `end`, oldest first. Buckets without a trade are
     absent. Aggregated in PostgreSQL (date_bin); open and close are the first and last trade by
-    trade id, the engine's execution order. `end_extra_ns` (0-999) are the nanoseconds of the
-    end past its microsecond: a trade is before it by its nanosecond time (its `executed_at`
-    is cut to the microsecond: a trade 300 ns before an end 500 ns past a microsecond had been
-    left out, the end cut to that microsecond)."""
+    trade id, the engine's execution order; `last_trade_id` is a bucket's highest trade id (a
+    client folding live trades into the candles counts only higher ones). `end_extra_ns`
+    (0-999) are the nanoseconds of the end past its microsecond: a trade is before it by its
+    nanosecond time (its `executed_at` is cut to the microsecond: a trade 300 ns before an end
+    500 ns past a microsecond had been left out, the end cut to that microsecond)."""
     width = CANDLE_INTERVALS[interval]
     end_ns = datetime_to_ns(end) + end_extra_ns
     if end_extra_ns:

@@ -65,6 +65,10 @@ class LedgerAccount(models.Model):
     asset = models.CharField(max_length=16)
     balance = models.DecimalField(default=0, db_default=0, **LEDGER_AMOUNT)
     updated_at = models.DateTimeField(auto_now=True, db_default=Now())
+    # The version of the last balance event for the user's asset (cash and hold alike), set
+    # in the transaction that drew it: GET /balances shows it, so a client keeps the newer of
+    # a REST answer and a live event.
+    balance_version = models.BigIntegerField(default=0, db_default=0)
 
     class Meta:
         constraints = [

@@ -194,7 +194,31 @@ def test_candles_hold_only_the_instruments_own_trades(client):
 def test_no_trades_gives_no_candles(client):
     instrument = make_instrument()
     body = candles(client, instrument.symbol, interval="1h").json()
-    assert body == {"symbol": instrument.symbol, "interval": "1h", "candles": []}
+    assert body == {
+        "symbol": instrument.symbol,
+        "interval": "1h",
+        "candles": [],
+        "last_trade_id": None,
+    }
+
+
+def test_candles_name_the_last_trade_they_count_so_live_trades_are_folded_once(client):
+    # A page loading the candles while trades arrive on the socket could not tell whether a
+    # live trade was already in the latest candle: it was counted twice, or dropped.
+    tape = Tape(make_instrument())
+    first = tape.trade(at(0, 10), "10.00", "1")
+    counted = tape.trade(at(1, 10), "11.00", "1")
+    after_end = tape.trade(at(2, 10), "12.00", "1")
+    Tape(make_instrument()).trade(at(1, 20), "99.00", "1")  # another symbol's, a higher id
+
+    body = candles(client, tape.instrument.symbol, interval="1m", end=at(2).isoformat()).json()
+
+    assert [c["trades"] for c in body["candles"]] == [1, 1]
+    assert body["last_trade_id"] == counted.pk
+    assert first.pk < counted.pk < after_end.pk
+    # The older buckets cut off by `limit` do not matter: the latest counted trade is named.
+    one = candles(client, tape.instrument.symbol, interval="1m", limit="1", end=at(3).isoformat())
+    assert one.json()["last_trade_id"] == after_end.pk
 
 
 @pytest.mark.parametrize(
@@ -241,6 +265,10 @@ def test_candles_are_public_and_in_the_openapi_schema(client):
     interval = next(p for p in operation["parameters"] if p["name"] == "interval")
     assert interval["required"] is True
     assert sorted(interval["schema"]["enum"]) == ["1d", "1h", "1m", "5m"]
+    answer = operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    fields = schema["components"]["schemas"][answer.rsplit("/", 1)[1]]["properties"]
+    assert fields["last_trade_id"]["type"] == "integer"
+    assert fields["last_trade_id"]["nullable"] is True
 
 
 def test_a_24h_change_that_rounds_to_zero_has_no_sign():

@@ -848,6 +848,135 @@ def test_after_the_socket_reconnects_the_page_reads_what_it_missed(
     assert len(links) == 2
 
 
+def trade_between_two_others(base_url: str, symbol: str, price: str, quantity: str) -> None:
+    order = {"symbol": symbol, "order_type": "limit", "price": price, "quantity": quantity}
+    assert ApiClient(base_url).place(**order, side="sell").status_code == 201
+    taken = ApiClient(base_url).place(**order, side="buy")
+    assert taken.json()["status"] == "filled", taken.text
+
+
+def test_a_trade_arriving_while_the_candles_reload_is_counted_once(
+    open_page, exchange_stack, live_db
+):
+    # The candles' answer did not say which trades it counted: a live trade that arrived while
+    # the chart reloaded was folded into the old candles, then the answer (read before the
+    # trade) replaced them, and the trade was gone from the chart until the next reload.
+    instrument, user = make_instrument(), trader()
+    trade_between_two_others(exchange_stack, instrument.symbol, "100.00", "1")
+    page = open_page()
+    open_trading(page, user, instrument.symbol)
+    summary = page.locator("#chart-summary")
+    expect(summary).to_contain_text("close 100, volume 1.")
+
+    answers: list = []  # the reload's answer, read from the server, held back from the page
+
+    def hold_back(route):
+        answers.append((route, route.fetch()))
+
+    page.route("**/api/v1/candles/**", hold_back)
+    page.locator('#chart-intervals button[data-interval="1m"]').click()
+    deadline = time.monotonic() + 10
+    while not answers and time.monotonic() < deadline:
+        page.wait_for_timeout(20)
+    assert answers, "the chart did not reload"
+    trade_between_two_others(exchange_stack, instrument.symbol, "102.00", "2")
+    expect(page.locator("#tape tbody tr").first).to_contain_text("102.00")  # its frame is in
+    route, answer = answers[0]
+    assert answer.json()["last_trade_id"] is not None
+    route.fulfill(response=answer)
+    page.unroute("**/api/v1/candles/**")
+
+    latest = (
+        ApiClient(exchange_stack)
+        .get(f"/api/v1/candles/{instrument.symbol}", interval="1m")
+        .json()["candles"][-1]
+    )
+    assert latest["close"] == "102.00"
+    expect(summary).to_contain_text(f"close 102, volume {latest['volume']}.")
+
+
+def test_a_trade_whose_frame_comes_after_the_candles_that_count_it_is_not_counted_again(
+    open_page, exchange_stack, live_db
+):
+    # The other side of the race: candles read after a trade, its frame arriving after them,
+    # had the trade folded into the latest candle a second time.
+    instrument, user = make_instrument(), trader()
+    trade_between_two_others(exchange_stack, instrument.symbol, "100.00", "1")
+    channel = f"trades.{instrument.symbol}"
+    link: dict = {"hold": False, "held": []}
+
+    def between_page_and_server(ws):
+        server = ws.connect_to_server()
+        link["page"] = ws
+
+        def from_server(message):
+            frame = json.loads(message)
+            if link["hold"] and frame.get("channel") == channel and frame.get("type") == "trades":
+                link["held"].append(message)
+            else:
+                ws.send(message)
+
+        server.on_message(from_server)
+
+    page = open_page()
+    page.route_web_socket("**/ws/v1", between_page_and_server)
+    open_trading(page, user, instrument.symbol)
+    summary = page.locator("#chart-summary")
+    expect(summary).to_contain_text("close 100, volume 1.")
+    link["hold"] = True
+    trade_between_two_others(exchange_stack, instrument.symbol, "102.00", "2")
+    deadline = time.monotonic() + 10
+    while not link["held"] and time.monotonic() < deadline:
+        page.wait_for_timeout(20)
+    assert link["held"], "no trades frame came"
+    page.locator('#chart-intervals button[data-interval="1m"]').click()
+    expect(summary).to_contain_text("close 102")  # the reloaded candles count the trade
+    link["hold"] = False
+    for message in link["held"]:
+        link["page"].send(message)
+    expect(page.locator("#tape tbody tr").first).to_contain_text("102.00")  # the frame is in
+
+    latest = (
+        ApiClient(exchange_stack)
+        .get(f"/api/v1/candles/{instrument.symbol}", interval="1m")
+        .json()["candles"][-1]
+    )
+    expect(summary).to_contain_text(f"close 102, volume {latest['volume']}.")
+
+
+def test_a_balance_read_before_a_live_change_but_answered_after_it_does_not_overwrite_it(
+    open_page, live_db
+):
+    # The ticket showed whichever came last: a GET /balances answer read before a deposit but
+    # arriving after its live event put the older balance back until the next change.
+    instrument, user = make_instrument(), trader()
+    answers: list = []  # the page's balance reads, answered by the server, held back
+
+    def hold_back(route):
+        answers.append((route, route.fetch()))
+
+    page = open_page()
+    page.route("**/api/v1/balances", hold_back)
+    open_trading(page, user, instrument.symbol)
+    deadline = time.monotonic() + 10
+    while not answers and time.monotonic() < deadline:
+        page.wait_for_timeout(20)
+    assert answers, "the page did not read its balances"
+    read_before = len(answers)
+    funds_deposit(user=user, asset=QUOTE, amount=Decimal("0.01"), memo="test")
+    usd = page.locator(f'#ticket-balances [data-asset="{QUOTE}"]')
+    expect(usd).to_have_text("10000000.01")  # the live event
+    for route, answer in answers[:read_before]:
+        usd_then = next(b for b in answer.json() if b["asset"] == QUOTE)
+        assert usd_then["available"] == "10000000.00"
+        route.fulfill(response=answer)
+    expect(page.locator("#ticket-balances")).to_have_attribute("data-reads", str(read_before))
+    expect(usd).to_have_text("10000000.01")
+    page.unroute("**/api/v1/balances")
+    for route, answer in answers[read_before:]:
+        route.fulfill(response=answer)
+
+
 def test_a_post_only_adjusting_order_says_the_price_it_rests_at(open_page, exchange_stack, live_db):
     # A sell typed at 99.00 against a bid at 100.00 rests one tick behind it, at 100.01: the
     # ticket said only "Order 7: new."

@@ -10,8 +10,10 @@ from decimal import Decimal
 import httpx
 import pytest
 import websockets
+from django.db import connection
 from django.test import Client
 
+from accounts.ledger import funds_deposit
 from accounts.signing import ws_login_message
 from audit.models import AuditRecord
 from conftest import start_web, wait_until
@@ -1752,6 +1754,61 @@ def test_the_orders_channel_carries_the_subscribers_balance_changes(market):
             )
             assert settled["data"]["version"] > version  # the worker's commit came later
         assert all(f["data"]["asset"] in ("USD", "TST") for f in seen if f["type"] == "balance")
+        await http_a.aclose()
+        await http_b.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_rest_balances_carry_the_version_of_the_last_balance_event_of_each_asset(market):
+    # GET /balances said nothing of how new it was: a page that read it before a balance
+    # event, the answer arriving after the event, showed the older balance until the next one.
+    symbol = market["symbol"]
+    key_a, key_b = market["keys"]
+
+    def deposit_a_cent() -> None:  # in a thread of its own: its connection closed after
+        try:
+            funds_deposit(user=market["users"][0], asset="USD", amount=Decimal("0.01"))
+        finally:
+            connection.close()
+
+    async def scenario():
+        http_a, http_b = rest(market["base"], key_a), rest(market["base"], key_b)
+        last: dict[str, dict] = {}
+
+        async def rest_versions() -> dict[str, int]:
+            answer = (await http_a.get("/api/v1/balances")).json()
+            return {row["asset"]: row["version"] for row in answer}
+
+        async def until(asset: str, **expected) -> None:
+            def matches(frame: dict) -> bool:
+                if frame.get("type") == "balance":
+                    last[frame["data"]["asset"]] = frame["data"]
+                    data = frame["data"]
+                    return data["asset"] == asset and all(data[k] == v for k, v in expected.items())
+                return False
+
+            await recv_until(ws, matches)
+
+        async with websockets.connect(market["ws"], ping_interval=None) as ws:
+            await watch_own_orders(ws, key_a)
+            # A hold (the web process's commit)...
+            buy = await http_a.post("/api/v1/orders", json=limit(symbol, "buy", "100.00", "10"))
+            assert buy.status_code == 201, buy.text
+            await until("USD", held="1002.09")
+            assert (await rest_versions())["USD"] == last["USD"]["version"]
+            # ...a fill settled by the worker (both assets)...
+            sell = await http_b.post("/api/v1/orders", json=limit(symbol, "sell", "100.00", "10"))
+            assert sell.status_code == 201, sell.text
+            await until("TST", available="10000010")
+            await until("USD", held="0.00", total="9998999.00")
+            versions = await rest_versions()
+            assert versions["USD"] == last["USD"]["version"]
+            assert versions["TST"] == last["TST"]["version"]
+            # ...and a deposit (a ledger post of its own).
+            await asyncio.to_thread(deposit_a_cent)
+            await until("USD", available="9998999.01")
+            assert (await rest_versions())["USD"] == last["USD"]["version"] > versions["USD"]
         await http_a.aclose()
         await http_b.aclose()
 

@@ -1,5 +1,7 @@
 // Candlesticks with volume (lightweight-charts from npm, served from node_modules): loaded from
-// GET /api/v1/candles/{symbol}, then the last candle follows the live trades.
+// GET /api/v1/candles/{symbol}, then the last candle follows the live trades. The answer names
+// the last trade it counts (last_trade_id): live trades that arrive while it loads are held, and
+// only those with a higher id are folded in (a trade was counted twice or dropped otherwise).
 import { api } from "./api.js";
 
 const INTERVAL_SECONDS = { "1m": 60, "5m": 300, "1h": 3600, "1d": 86400 };
@@ -13,6 +15,10 @@ export class CandleChart {
     this.symbol = symbol;
     this.interval = "1m";
     this.last = null; // the latest candle, as numbers, for live updates
+    this.lastTradeId = null; // the highest trade id counted in the candles shown
+    this.loads = 0; // each load's number: only the latest one's answer is shown
+    this.loading = true; // until a load ends, live trades are held in `held`
+    this.held = [];
     this.ready = import(moduleUrl).then((charts) => this.create(charts));
     this.ready.catch(() => {
       this.summary.textContent = "The chart library could not be loaded.";
@@ -44,10 +50,28 @@ export class CandleChart {
 
   async load(interval) {
     this.interval = interval;
-    await this.ready;
-    const path = `/api/v1/candles/${encodeURIComponent(this.symbol)}?interval=${interval}&limit=500`;
-    const { data } = await api("GET", path);
-    if (interval !== this.interval) return; // another interval was chosen meanwhile
+    const load = ++this.loads;
+    this.loading = true;
+    try {
+      await this.ready;
+      const path = `/api/v1/candles/${encodeURIComponent(this.symbol)}?interval=${interval}&limit=500`;
+      const { data } = await api("GET", path);
+      if (load !== this.loads) return; // loaded again meanwhile (another interval, a reconnect)
+      this.show(data);
+    } finally {
+      if (load === this.loads) {
+        // The trades that arrived meanwhile: those the answer did not count (after a failed
+        // load, those newer than the candles still shown).
+        this.loading = false;
+        const held = this.held;
+        this.held = [];
+        if (held.length) this.addTrades(held);
+      }
+    }
+  }
+
+  show(data) {
+    const interval = this.interval;
     const bars = data.candles.map((c) => ({
       time: Date.parse(c.open_time) / 1000,
       open: Number(c.open),
@@ -60,6 +84,7 @@ export class CandleChart {
     this.volume.setData(bars.map((bar) => this.volumeBar(bar)));
     this.chart.timeScale().fitContent();
     this.last = bars.at(-1) || null;
+    this.lastTradeId = data.last_trade_id ?? null;
     this.container.dataset.candles = String(bars.length);
     this.container.dataset.interval = interval;
     this.describe();
@@ -69,11 +94,19 @@ export class CandleChart {
     return { time: bar.time, value: bar.volume, color: bar.close >= bar.open ? UP : DOWN };
   }
 
-  // Trades from the socket (oldest first in a frame) extend or start the latest candle.
+  // Trades from the socket (oldest first in a frame) extend or start the latest candle; those
+  // the loaded candles counted already (an id not above last_trade_id) are left out.
   addTrades(trades) {
+    if (this.loading) {
+      this.held.push(...trades);
+      return;
+    }
     if (!this.candles || !this.container.dataset.interval) return;
     const width = INTERVAL_SECONDS[this.interval];
     for (const trade of trades) {
+      const id = BigInt(trade.trade_id);
+      if (this.lastTradeId !== null && id <= BigInt(this.lastTradeId)) continue;
+      this.lastTradeId = String(id);
       const seconds = Number(BigInt(trade.ts_ns) / 1000000000n);
       const time = Math.floor(seconds / width) * width;
       const price = Number(trade.price);
@@ -98,7 +131,8 @@ export class CandleChart {
     const count = Number(this.container.dataset.candles || 0);
     this.summary.textContent = this.last
       ? `${this.symbol}, ${this.interval} candles (${count}): latest open ${this.last.open}, ` +
-        `high ${this.last.high}, low ${this.last.low}, close ${this.last.close}.`
+        `high ${this.last.high}, low ${this.last.low}, close ${this.last.close}, ` +
+        `volume ${this.last.volume}.`
       : `${this.symbol}: no trades yet, so no candles.`;
   }
 }

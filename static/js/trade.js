@@ -622,12 +622,24 @@ async function loadFills() {
   fillsBody.replaceChildren(...(rows.length ? rows : [emptyRow(6, "No fills yet.")]));
 }
 
+// A balance shown next to the ticket, from GET /balances or a live `balance` event: the newer
+// by its version wins (an answer read before an event but arriving after it had overwritten
+// the event's newer balance until the next change).
+function showBalance(slot, balance) {
+  const shown = slot.dataset.version === undefined ? -1 : Number(slot.dataset.version);
+  if (balance.version < shown) return;
+  slot.dataset.version = String(balance.version);
+  slot.textContent = balance.available;
+}
+
 async function loadBalances() {
   const { data } = await api("GET", "/api/v1/balances");
-  for (const slot of document.querySelectorAll("#ticket-balances [data-asset]")) {
+  const panel = document.getElementById("ticket-balances");
+  for (const slot of panel.querySelectorAll("[data-asset]")) {
     const row = data.find((balance) => balance.asset === slot.dataset.asset);
-    slot.textContent = row ? row.available : "0";
+    showBalance(slot, row ?? { asset: slot.dataset.asset, available: "0", version: 0 });
   }
+  panel.dataset.reads = String(Number(panel.dataset.reads || 0) + 1); // answers shown or passed
 }
 
 async function loadFeeRates() {
@@ -710,7 +722,7 @@ const stream = new Stream(channels, {
       // Any change of a balance shown here: an order of another symbol, a deposit, a
       // withdrawal (the hub sends only a newer balance than the last it sent).
       const slot = document.querySelector(`#ticket-balances [data-asset="${CSS.escape(frame.data.asset)}"]`);
-      if (slot) slot.textContent = frame.data.available;
+      if (slot) showBalance(slot, frame.data);
     } else if (frame.type === "error" && frame.error === "NotAuthenticated") {
       signedOutNotice(document.getElementById("stream-state"));
     } else if (frame.type === "error" && frame.error !== "NotSubscribed") {
