@@ -115,54 +115,17 @@ def ledger_trade_sides(*, trade_ids) -> dict[int, tuple[str, int, int]]:
     }
 
 
-CHECKS = {
-    "entries that do not sum to zero per asset": """
-        SELECT count(*) FROM (SELECT 1 FROM accounts_ledgerposting
-                               GROUP BY entry_id, asset HAVING sum(amount) <> 0) x""",
-    "assets whose accounts do not sum to zero": """
-        SELECT count(*) FROM (SELECT 1 FROM accounts_ledgeraccount
-                               GROUP BY asset HAVING sum(balance) <> 0) x""",
-    "accounts whose balance is not the sum of their postings": """
-        SELECT count(*) FROM accounts_ledgeraccount a
-         WHERE a.balance <> coalesce((SELECT sum(p.amount) FROM accounts_ledgerposting p
-                                       WHERE p.account_id = a.id), 0)""",
-    "users' hold accounts that differ from their open orders' holds": """
-        SELECT count(*) FROM (
-            SELECT coalesce(h.user_id, o.user_id) AS user_id
-              FROM (SELECT user_id, asset, balance FROM accounts_ledgeraccount
-                     WHERE kind = 'hold') h
-              FULL JOIN (SELECT o.user_id,
-                                CASE WHEN o.side = 'buy' THEN i.quote_asset
-                                     ELSE i.base_asset END AS asset,
-                                sum(o.hold_remaining) AS held
-                           FROM exchange_order o
-                           JOIN exchange_instrument i ON i.id = o.instrument_id
-                          WHERE o.is_open
-                          GROUP BY 1, 2) o
-                ON o.user_id = h.user_id AND o.asset = h.asset
-             WHERE coalesce(h.balance, 0) <> coalesce(o.held, 0)) x""",
-    # Postings carry no foreign-key constraints (see LedgerPosting): checked here instead.
-    "postings whose entry does not exist": """
-        SELECT count(*) FROM accounts_ledgerposting p
-         WHERE NOT EXISTS (SELECT 1 FROM accounts_ledgerentry e WHERE e.id = p.entry_id)""",
-    "postings whose account does not exist": """
-        SELECT count(*) FROM accounts_ledgerposting p
-         WHERE NOT EXISTS (SELECT 1 FROM accounts_ledgeraccount a WHERE a.id = p.account_id)""",
-    "closed orders still holding funds": """
-        SELECT count(*) FROM exchange_order WHERE NOT is_open AND hold_remaining <> 0""",
-}
-
-
-# Per check above: the first rows that break it, one line each, so that the operator running
-# ledger_verify knows where to look (the counts alone named no entry, account or order).
-CHECK_EXAMPLES = {
+# Each ledger invariant, as the query of the rows that break it (one line each, in order, so
+# that the operator running ledger_verify knows where to look): counted for the check, its
+# first rows listed as examples.
+LEDGER_INVARIANTS = {
     "entries that do not sum to zero per asset": """
         SELECT format('entry %%s %%s sums to %%s', entry_id, asset, sum(amount))
           FROM accounts_ledgerposting GROUP BY entry_id, asset HAVING sum(amount) <> 0
-         ORDER BY entry_id, asset LIMIT %s""",
+         ORDER BY entry_id, asset""",
     "assets whose accounts do not sum to zero": """
         SELECT format('%%s sums to %%s', asset, sum(balance)) FROM accounts_ledgeraccount
-         GROUP BY asset HAVING sum(balance) <> 0 ORDER BY asset LIMIT %s""",
+         GROUP BY asset HAVING sum(balance) <> 0 ORDER BY asset""",
     "accounts whose balance is not the sum of their postings": """
         SELECT format('account %%s (user %%s, %%s %%s): balance %%s, postings %%s', a.id,
                       coalesce(a.user_id::text, 'exchange'), a.kind, a.asset, a.balance,
@@ -170,7 +133,7 @@ CHECK_EXAMPLES = {
           FROM accounts_ledgeraccount a
           LEFT JOIN (SELECT account_id, sum(amount) AS total FROM accounts_ledgerposting
                       GROUP BY account_id) p ON p.account_id = a.id
-         WHERE a.balance <> coalesce(p.total, 0) ORDER BY a.id LIMIT %s""",
+         WHERE a.balance <> coalesce(p.total, 0) ORDER BY a.id""",
     "users' hold accounts that differ from their open orders' holds": """
         SELECT format('user %%s %%s: hold account %%s, open orders hold %%s',
                       coalesce(h.user_id, o.user_id), coalesce(h.asset, o.asset),
@@ -187,26 +150,28 @@ CHECK_EXAMPLES = {
                       GROUP BY 1, 2) o
             ON o.user_id = h.user_id AND o.asset = h.asset
          WHERE coalesce(h.balance, 0) <> coalesce(o.held, 0)
-         ORDER BY 1 LIMIT %s""",
+         ORDER BY 1""",
+    # Postings carry no foreign-key constraints (see LedgerPosting): checked here instead.
     "postings whose entry does not exist": """
         SELECT format('posting %%s (entry %%s)', p.id, p.entry_id) FROM accounts_ledgerposting p
          WHERE NOT EXISTS (SELECT 1 FROM accounts_ledgerentry e WHERE e.id = p.entry_id)
-         ORDER BY p.id LIMIT %s""",
+         ORDER BY p.id""",
     "postings whose account does not exist": """
         SELECT format('posting %%s (account %%s)', p.id, p.account_id)
           FROM accounts_ledgerposting p
          WHERE NOT EXISTS (SELECT 1 FROM accounts_ledgeraccount a WHERE a.id = p.account_id)
-         ORDER BY p.id LIMIT %s""",
+         ORDER BY p.id""",
     "closed orders still holding funds": """
         SELECT format('order %%s (%%s): hold_remaining %%s', id, status, hold_remaining)
-          FROM exchange_order WHERE NOT is_open AND hold_remaining <> 0 ORDER BY id LIMIT %s""",
+          FROM exchange_order WHERE NOT is_open AND hold_remaining <> 0 ORDER BY id""",
 }
 
 
 def ledger_discrepancy_examples(*, name: str, limit: int = 5) -> list[str]:
-    """The first `limit` rows that break the ledger invariant `name` (a key of CHECKS)."""
+    """The first `limit` rows that break the ledger invariant `name` (a key of
+    LEDGER_INVARIANTS)."""
     with connection.cursor() as cursor:
-        cursor.execute(CHECK_EXAMPLES[name], [limit])
+        cursor.execute(f"{LEDGER_INVARIANTS[name]} LIMIT %s", [limit])
         return [row[0] for row in cursor.fetchall()]
 
 
@@ -215,8 +180,8 @@ def ledger_discrepancies() -> dict[str, int]:
     one statement, so it sees one consistent snapshot even while batches commit."""
     found = {}
     with connection.cursor() as cursor:
-        for name, sql in CHECKS.items():
-            cursor.execute(sql)
+        for name, sql in LEDGER_INVARIANTS.items():
+            cursor.execute(f"SELECT count(*) FROM ({sql}) x", [])
             count = cursor.fetchone()[0]
             if count:
                 found[name] = count
