@@ -14,7 +14,11 @@ from exchange.models import Instrument, Order
 from exchange.tests.api_client import make_user
 from matching.models import BookState, JournalEntry
 from matching.tests.order_rows import instrument_create, order_row_place
-from matching.tests.worker_checks import all_commands_applied, matching_verify
+from matching.tests.worker_checks import (
+    all_commands_applied,
+    matching_verify,
+    matching_verify_run,
+)
 
 pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
 
@@ -27,14 +31,7 @@ LAST_MATCHING_MIGRATION = max(
 
 def verify_failing(env) -> str:
     """Run matching_verify; it must exit 1 without a traceback; its stderr."""
-    result = subprocess.run(
-        [sys.executable, "manage.py", "matching_verify", "--shard", "0"],
-        cwd=BASE_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = matching_verify_run(env)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     assert "MISMATCH" in result.stderr
@@ -166,24 +163,14 @@ def test_matching_verify_without_a_shard_checks_every_shard(processes, process_e
     worker.terminate()
     worker.wait(timeout=30)
 
-    def verify() -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "manage.py", "matching_verify"],
-            cwd=BASE_DIR,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-
-    passed = verify()
+    passed = matching_verify_run(env, arguments=())  # no --shard: every shard
     assert passed.returncode == 0, passed.stdout + passed.stderr
     assert "shard 0: no state yet" in passed.stdout
     assert "shard 1: " in passed.stdout and passed.stdout.rstrip().endswith("OK")
 
     entry = JournalEntry.objects.filter(shard=1).order_by("apply_seq")[1]
     JournalEntry.objects.filter(pk=entry.pk).delete()
-    failed = verify()
+    failed = matching_verify_run(env, arguments=())
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "Traceback" not in failed.stderr, failed.stderr
     assert f"journal entry {entry.apply_seq} missing" in failed.stderr

@@ -1,29 +1,23 @@
 """A database numbered by an engine before state version 2 (priority and book seqs counters of
 their own) is renumbered by migration matching 0006 to what a replay of its journal gives."""
 
-import subprocess
-import sys
-
 import pytest
 from django.db import connection
 
-from conftest import BASE_DIR, wait_until
+from conftest import wait_until
 from exchange.models import Order
 from exchange.tests.api_client import make_user
 from matching.seq_renumber import journaled_shards, shard_seqs_renumber
 from matching.tests.order_rows import instrument_create, order_row_place
-from matching.tests.worker_checks import all_commands_applied, matching_verify
+from matching.tests.worker_checks import (
+    all_commands_applied,
+    matching_verify,
+    matching_verify_run,
+)
 
 pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
 
 OPEN = ("new", "partially_filled", "untriggered")
-
-
-def verify(env) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "manage.py", "matching_verify", "--shard", "0"],
-        cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
 
 
 def test_seqs_numbered_by_the_old_counters_are_renumbered_and_verify_again(processes, process_env):
@@ -53,7 +47,7 @@ def test_seqs_numbered_by_the_old_counters_are_renumbered_and_verify_again(proce
         cursor.execute(
             "UPDATE matching_bookstate SET book_seq = 3 WHERE symbol = %s", [instrument.symbol]
         )
-    failed = verify(process_env)
+    failed = matching_verify_run(process_env)
     assert failed.returncode != 0 and "MISMATCH" in failed.stdout + failed.stderr, failed.stdout
     assert journaled_shards() == [0]
     orders, books = shard_seqs_renumber(0)

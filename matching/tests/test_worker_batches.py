@@ -2,8 +2,6 @@
 
 import datetime as dt
 import json
-import subprocess
-import sys
 import threading
 from decimal import Decimal
 
@@ -12,7 +10,7 @@ import pytest
 from django.db import connection
 
 from audit.models import AuditRecord
-from conftest import BASE_DIR, wait_until
+from conftest import wait_until
 from exchange.models import Instrument, Order, Trade
 from exchange.services import instrument_rules_update
 from exchange.tests.api_client import make_user
@@ -32,6 +30,7 @@ from matching.tests.worker_checks import (
     all_commands_applied,
     exactly_once_invariants,
     matching_verify,
+    matching_verify_run,
 )
 from matching.transport import book_snapshot_key, market_data_channel, replies_channel
 
@@ -375,14 +374,7 @@ def test_matching_verify_fails_when_the_stored_book_differs_from_the_journal(
     )
     assert "OK" in matching_verify(process_env)
     Order.objects.filter(pk=order.pk).update(remaining_quantity=Decimal("3"))
-    result = subprocess.run(
-        [sys.executable, "manage.py", "matching_verify", "--shard", "0"],
-        cwd=BASE_DIR,
-        env=process_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = matching_verify_run(process_env)
     assert result.returncode == 1
     assert "MISMATCH" in result.stderr
 

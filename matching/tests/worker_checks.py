@@ -53,15 +53,23 @@ def exactly_once_invariants() -> None:
     assert ledger_discrepancies() == {}, "the ledger balances and matches the open orders"
 
 
-def matching_verify(env: dict[str, str]) -> str:
-    """Run `manage.py matching_verify --shard 0` as the operator would; fail on a mismatch."""
-    result = subprocess.run(
-        [sys.executable, "manage.py", "matching_verify", "--shard", "0"],
+def matching_verify_run(
+    env: dict[str, str], arguments: tuple[str, ...] = ("--shard", "0")
+) -> subprocess.CompletedProcess:
+    """Run `manage.py matching_verify` with `arguments` as the operator would; its exit status
+    and output."""
+    return subprocess.run(
+        [sys.executable, "manage.py", "matching_verify", *arguments],
         cwd=BASE_DIR,
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def matching_verify(env: dict[str, str]) -> str:
+    """Run `manage.py matching_verify --shard 0` as the operator would; fail on a mismatch."""
+    result = matching_verify_run(env)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
