@@ -22,6 +22,19 @@ from exchange.services import instrument_list
 TEST_FUNDS = {"USD": Decimal("10000000"), "TST": Decimal("10000000")}
 
 
+def limit(symbol: str, side: str, price: str, quantity: str, **extra) -> dict:
+    """A limit order's body for POST /orders (or the socket's order.place), with `extra`
+    fields."""
+    return {
+        "symbol": symbol,
+        "side": side,
+        "order_type": "limit",
+        "price": price,
+        "quantity": quantity,
+        **extra,
+    }
+
+
 def make_user(prefix: str = "trader", *, funds: dict[str, Decimal] | None = None) -> User:
     """A user with `funds` deposited (default TEST_FUNDS; `{}` for an empty account)."""
     name = f"{prefix}-{uuid.uuid4().hex[:10]}"

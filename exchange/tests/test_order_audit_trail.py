@@ -9,7 +9,7 @@ from django.utils import timezone
 from audit.models import AuditRecord
 from conftest import wait_until
 from exchange.serializers import iso_z
-from exchange.tests.api_client import ApiClient, make_instrument
+from exchange.tests.api_client import ApiClient, limit, make_instrument
 
 pytestmark = [pytest.mark.processes]
 
@@ -17,17 +17,6 @@ pytestmark = [pytest.mark.processes]
 @pytest.fixture
 def clients(exchange_stack, live_db):
     return ApiClient(exchange_stack), ApiClient(exchange_stack), ApiClient(exchange_stack)
-
-
-def limit(symbol, side, price, quantity, **extra):
-    return {
-        "symbol": symbol,
-        "side": side,
-        "order_type": "limit",
-        "price": price,
-        "quantity": quantity,
-        **extra,
-    }
 
 
 def settled(client, order, status):

@@ -4,7 +4,7 @@ real venue does with them."""
 import pytest
 
 from conftest import wait_until
-from exchange.tests.api_client import ApiClient, make_instrument
+from exchange.tests.api_client import ApiClient, limit, make_instrument
 
 pytestmark = [pytest.mark.processes]
 
@@ -12,17 +12,6 @@ pytestmark = [pytest.mark.processes]
 @pytest.fixture
 def clients(exchange_stack, live_db):
     return [ApiClient(exchange_stack) for _ in range(4)]
-
-
-def limit(symbol, side, price, quantity, **extra):
-    return {
-        "symbol": symbol,
-        "side": side,
-        "order_type": "limit",
-        "price": price,
-        "quantity": quantity,
-        **extra,
-    }
 
 
 def placed(client, **body) -> dict:

@@ -20,7 +20,7 @@ from exchange.models import Order, Trade
 from exchange.order_answers import order_placed_answer
 from exchange.order_rules import OrderRequest
 from exchange.services import order_amend, order_place
-from exchange.tests.api_client import ApiClient, make_instrument, make_user, session_client
+from exchange.tests.api_client import ApiClient, limit, make_instrument, make_user, session_client
 from matching.models import Command
 
 pytestmark = [pytest.mark.processes]
@@ -32,17 +32,6 @@ def market(exchange_stack, live_db):
     instrument = make_instrument()
     maker, taker = ApiClient(exchange_stack), ApiClient(exchange_stack)
     return instrument, maker, taker
-
-
-def limit(symbol, side, price, quantity, **extra):
-    return {
-        "symbol": symbol,
-        "side": side,
-        "order_type": "limit",
-        "price": price,
-        "quantity": quantity,
-        **extra,
-    }
 
 
 def test_limit_order_rests_and_is_answered_with_its_state(market):

@@ -18,7 +18,7 @@ from accounts.signing import ws_login_message
 from audit.models import AuditRecord
 from conftest import start_web, wait_until
 from exchange import wsclient
-from exchange.tests.api_client import ApiKeyAuth, make_api_key, make_instrument, make_user
+from exchange.tests.api_client import ApiKeyAuth, limit, make_api_key, make_instrument, make_user
 from exchange.wsclient import BookClient
 
 pytestmark = [pytest.mark.processes]
@@ -67,16 +67,6 @@ def login_op(key, *, at_ms: int | None = None, recv_window: int | None = None, *
         api_key=key.api_key.key, secret=key.secret, timestamp_ms=at_ms, recv_window_ms=recv_window
     )
     return {**signed, **extra}
-
-
-def limit(symbol: str, side: str, price: str, quantity: str) -> dict:
-    return {
-        "symbol": symbol,
-        "side": side,
-        "order_type": "limit",
-        "price": price,
-        "quantity": quantity,
-    }
 
 
 async def send(ws, message) -> None:
