@@ -98,12 +98,12 @@ def test_a_book_listed_before_the_shards_were_raised_is_resynced_after_its_shard
     worker of the shard that holds it was replaced, its subscribers got no resync notice and
     the book was not read again (the gap was put down to another shard)."""
     import json
-    import time
 
     from websockets.sync.client import connect as ws_connect
 
     from exchange.tests.api_client import make_user
     from matching.tests.order_rows import order_row_place
+    from matching.tests.test_worker_crash import next_frame
 
     symbol = symbol_on(1)  # shard 1 under two shards, listed while one shard ran: shard 0
     instrument = make_instrument(symbol=symbol)
@@ -114,13 +114,6 @@ def test_a_book_listed_before_the_shards_were_raised_is_resynced_after_its_shard
     standby = start_worker(processes, env, 0, "standby")
     wait_until(lambda: "waiting for lease" in standby.log_path.read_text(), timeout=30)
     base_url = start_web(processes, env=env)
-
-    def next_frame(ws, predicate, timeout: float) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            frame = json.loads(ws.recv(timeout=max(deadline - time.monotonic(), 0.01)))
-            if predicate(frame):
-                return frame
 
     channel = f"book.{symbol}"
     with ws_connect(base_url.replace("http://", "ws://") + "/ws/v1") as ws:
