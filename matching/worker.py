@@ -44,6 +44,7 @@ class ShardWorker:
         self.heartbeat_seconds = heartbeat_seconds
         self.lease = ShardLease(shard=shard, on_fenced=self._audit_fenced)
         self.stopping = threading.Event()
+        self.heartbeat_failing = False  # logged once an outage, not at every beat
 
     def install_signal_handlers(self) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -185,7 +186,7 @@ class ShardWorker:
         """Write the heartbeat; whether the previous one was still there (None: Redis out of
         reach)."""
         try:
-            return heartbeat_write(
+            previous = heartbeat_write(
                 client=redis_client(),
                 shard=self.shard,
                 epoch=self.lease.epoch,
@@ -193,9 +194,18 @@ class ShardWorker:
                 ttl_ms=settings.MATCHING_HEARTBEAT_TTL_MS,
             )
         except redis.RedisError as exc:
-            # Redis is transport only: the shard keeps its lease and its durable work.
-            logger.warning("heartbeat not written", extra={"shard": self.shard, "why": str(exc)})
+            # Redis is transport only: the shard keeps its lease and its durable work. Logged
+            # when the outage starts and when it ends, not at every beat (a line a second).
+            if not self.heartbeat_failing:
+                self.heartbeat_failing = True
+                logger.warning(
+                    "heartbeat not written", extra={"shard": self.shard, "why": str(exc)}
+                )
             return None
+        if self.heartbeat_failing:
+            self.heartbeat_failing = False
+            logger.info("heartbeat written again", extra={"shard": self.shard})
+        return previous
 
     def _clear_heartbeat(self) -> None:
         if self.lease.epoch is None:

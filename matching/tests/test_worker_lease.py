@@ -6,10 +6,14 @@ import signal
 import time
 
 import pytest
+from django.test import override_settings
 
 from conftest import wait_until
+from exchange.embedded_servers import free_port
+from exchange.redis_connection import redis_client
 from matching.heartbeat import heartbeat_clear, heartbeat_key, heartbeat_write
 from matching.models import ShardState
+from matching.worker import ShardWorker
 
 pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
 
@@ -122,3 +126,24 @@ def test_a_new_holder_removes_its_predecessors_from_the_command_streams_group(
     second = processes.manage("run_matching", "--shard", "0", env=process_env, name="second")
     wait_until(lambda: "shard worker serving" in second.log_path.read_text(), timeout=30)
     assert first_name not in consumers()
+
+
+def test_a_heartbeat_redis_refuses_is_logged_when_the_outage_starts_and_ends(redis_conn, caplog):
+    # The worker beats every second: with Redis out of reach it logged a warning at each beat,
+    # a line a second for as long as the outage lasted.
+    worker = ShardWorker(shard=0)
+    worker.lease.epoch = 1
+    redis_client.cache_clear()
+    try:
+        with caplog.at_level("INFO", logger="matching.worker"):
+            with override_settings(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"):
+                assert [worker._beat() for _ in range(3)] == [None, None, None]
+                redis_client.cache_clear()
+            assert worker._beat() is False and worker._beat() is True
+    finally:
+        redis_client.cache_clear()
+    redis_conn.delete(heartbeat_key(0))
+    assert [record.getMessage() for record in caplog.records] == [
+        "heartbeat not written",
+        "heartbeat written again",
+    ]
