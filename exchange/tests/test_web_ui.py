@@ -721,6 +721,29 @@ def test_a_checksum_mismatch_or_a_gap_makes_the_page_fetch_a_fresh_snapshot(
     assert ladder.get_attribute("data-resyncs") == "2"
 
 
+def trade_frames_lost(symbol: str, *, lose: list):
+    """A socket route between page and server that, for each item taken from `lose`, turns the
+    next trades frame of `symbol` into the server's "feed_gap" notice (the frame never arrives;
+    the notice that it was lost does)."""
+    channel = f"trades.{symbol}"
+
+    def between_page_and_server(ws):
+        server = ws.connect_to_server()
+
+        def from_server(message):
+            frame = json.loads(message)
+            if frame.get("channel") == channel and frame.get("type") == "trades" and lose:
+                lose.pop()
+                message = json.dumps(
+                    {"type": "resync", "reason": "feed_gap", "lost_channels": [channel]}
+                )
+            ws.send(message)
+
+        server.on_message(from_server)
+
+    return between_page_and_server
+
+
 def test_a_trade_lost_upstream_is_read_again_and_the_ladder_stays_live(
     open_page, exchange_stack, live_db
 ):
@@ -729,25 +752,8 @@ def test_a_trade_lost_upstream_is_read_again_and_the_ladder_stays_live(
     # that does not come (the book checks its own seq) and stopped moving.
     instrument, user = make_instrument(), trader()
     seller, buyer = ApiClient(exchange_stack), ApiClient(exchange_stack)
-    channel = f"trades.{instrument.symbol}"
-
-    def between_page_and_server(ws):
-        server = ws.connect_to_server()
-        lost = []
-
-        def from_server(message):
-            frame = json.loads(message)
-            if frame.get("channel") == channel and frame.get("type") == "trades" and not lost:
-                lost.append(frame)  # the frame never arrives; the server's notice does
-                message = json.dumps(
-                    {"type": "resync", "reason": "feed_gap", "lost_channels": [channel]}
-                )
-            ws.send(message)
-
-        server.on_message(from_server)
-
     page = open_page()
-    page.route_web_socket("**/ws/v1", between_page_and_server)
+    page.route_web_socket("**/ws/v1", trade_frames_lost(instrument.symbol, lose=[True]))
     open_trading(page, user, instrument.symbol)
     sell = {"symbol": instrument.symbol, "side": "sell", "order_type": "limit", "quantity": "1"}
     assert seller.place(**sell, price="107.00").status_code == 201
@@ -769,25 +775,9 @@ def test_a_trade_read_again_goes_to_the_top_of_the_tape(open_page, exchange_stac
     # tape (and under a full tape was trimmed away at once).
     instrument, user = make_instrument(), trader()
     seller, buyer = ApiClient(exchange_stack), ApiClient(exchange_stack)
-    channel = f"trades.{instrument.symbol}"
     lose = []
-
-    def between_page_and_server(ws):
-        server = ws.connect_to_server()
-
-        def from_server(message):
-            frame = json.loads(message)
-            if frame.get("channel") == channel and frame.get("type") == "trades" and lose:
-                lose.pop()
-                message = json.dumps(
-                    {"type": "resync", "reason": "feed_gap", "lost_channels": [channel]}
-                )
-            ws.send(message)
-
-        server.on_message(from_server)
-
     page = open_page()
-    page.route_web_socket("**/ws/v1", between_page_and_server)
+    page.route_web_socket("**/ws/v1", trade_frames_lost(instrument.symbol, lose=lose))
     open_trading(page, user, instrument.symbol)
     sell = {"symbol": instrument.symbol, "side": "sell", "order_type": "limit", "quantity": "1"}
     for price in ("105.00", "106.00"):
