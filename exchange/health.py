@@ -36,6 +36,22 @@ UNSERVED_COMMANDS_SQL = (
     "SELECT shard, count(*) FROM matching_command "
     "WHERE applied_at IS NULL AND shard >= %s GROUP BY shard ORDER BY shard"
 )
+# Each served shard's backlog: its unapplied commands (counted up to BACKLOG_COUNT_LIMIT, so a
+# long outage's backlog costs a bounded read) and how long the oldest has waited (ids follow
+# the commit order, see matching.services.COMMAND_ORDER_LOCK_KEY). Both from the partial index
+# of unapplied commands the worker polls.
+BACKLOG_COUNT_LIMIT = 100_000
+SHARD_BACKLOG_SQL = """
+SELECT s.shard,
+       (SELECT count(*) FROM (SELECT FROM matching_command c
+                               WHERE c.shard = s.shard AND c.applied_at IS NULL
+                               LIMIT %(limit)s) w),
+       (SELECT extract(epoch FROM clock_timestamp() - c.created_at)::float8
+          FROM matching_command c
+         WHERE c.shard = s.shard AND c.applied_at IS NULL
+         ORDER BY c.id LIMIT 1)
+  FROM generate_series(0, %(shards)s - 1) AS s(shard)
+"""
 # The shards whose lease lock a session holds (the two-key advisory form, objsubid 2): a worker
 # serves them, whatever Redis says.
 LEASED_SHARDS_SQL = """
@@ -55,11 +71,19 @@ def health_status() -> tuple[dict, int]:
     components: dict[str, dict] = {}
     queued: list[tuple[int, int]] = []
     leased: set[int] = set()
+    backlogs: dict[int, dict] = {}
     try:
         # A connection of its own with a short timeout: the pool would wait its full timeout.
         with psycopg.connect(database_conninfo(), connect_timeout=2) as conn:
             queued = conn.execute(UNSERVED_COMMANDS_SQL, [settings.MATCHING_SHARDS]).fetchall()
             leased = {row[0] for row in conn.execute(LEASED_SHARDS_SQL, [LEASE_LOCK_CLASS])}
+            backlogs = {
+                shard: _backlog(waiting, oldest)
+                for shard, waiting, oldest in conn.execute(
+                    SHARD_BACKLOG_SQL,
+                    {"limit": BACKLOG_COUNT_LIMIT, "shards": settings.MATCHING_SHARDS},
+                )
+            }
         components["postgres"] = {"status": "ok"}
     except psycopg.Error as exc:
         components["postgres"] = {"status": "down", "error": _unreachable("postgres", exc)}
@@ -102,6 +126,20 @@ def health_status() -> tuple[dict, int]:
         else:
             beat = heartbeats[shard]
             components[name] = {"status": "ok", "epoch": beat["epoch"], "pid": beat["pid"]}
+        backlog = backlogs.get(shard)
+        if backlog is None:
+            continue
+        components[name]["backlog"] = backlog
+        waited = backlog["oldest_seconds"]
+        if components[name]["status"] == "ok" and waited > settings.HEALTH_BACKLOG_SECONDS:
+            # A live worker that is behind (overloaded, or each batch failing and retried):
+            # its orders are accepted and wait, answered 202 pending_new; it had read "ok".
+            components[name]["status"] = "degraded"
+            components[name]["error"] = (
+                f"the shard's oldest unapplied command has waited {waited:g} s "
+                f"(more than HEALTH_BACKLOG_SECONDS={settings.HEALTH_BACKLOG_SECONDS:g}): "
+                "its worker is behind"
+            )
 
     # Celery beat and worker: expiry of quiet books, audit sealing, fee tiers, quote presence.
     if heartbeats is None:
@@ -124,6 +162,15 @@ def health_status() -> tuple[dict, int]:
     else:
         status, http_status = "ok", 200
     return {"status": status, "failing": failing, "components": components}, http_status
+
+
+def _backlog(waiting: int, oldest_seconds: float | None) -> dict:
+    """A shard's backlog as reported: `commands` waiting (with `at_least` once the count
+    reached its limit) and `oldest_seconds`, how long the oldest has waited (0 when none)."""
+    backlog = {"commands": waiting, "oldest_seconds": round(max(oldest_seconds or 0.0, 0.0), 1)}
+    if waiting >= BACKLOG_COUNT_LIMIT:
+        backlog["at_least"] = True
+    return backlog
 
 
 def _unreachable(component: str, exc: Exception) -> str:

@@ -604,6 +604,17 @@ _require(
     "the heartbeat would expire between runs, and /healthz read the scheduler down by turns",
 )
 
+# /healthz reports a live shard degraded once its oldest unapplied command has waited this long
+# (its worker is behind: orders are accepted but answered 202 pending_new, and not matched yet).
+HEALTH_BACKLOG_SECONDS = env.float("HEALTH_BACKLOG_SECONDS", default=5.0)
+_require(
+    "HEALTH_BACKLOG_SECONDS",
+    HEALTH_BACKLOG_SECONDS,
+    0 < HEALTH_BACKLOG_SECONDS < float("inf"),
+    "more than 0",
+    "every shard would read behind at each command",
+)
+
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # The tasks that run every few seconds expire unrun after a few: with the worker down, beat
 # would queue thousands that it must then work through, all for nothing.

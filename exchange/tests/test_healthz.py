@@ -1,14 +1,19 @@
 """GET /healthz over HTTP against the real web process, in each state of the deployment."""
 
 import sys
+from datetime import timedelta
 
 import httpx
 import pytest
 from django.db import transaction
+from django.utils import timezone
 
 from conftest import start_web, wait_until
 from exchange.embedded_servers import free_port
 from exchange.health import scheduler_heartbeat_key
+from matching.heartbeat import heartbeat_clear, heartbeat_write
+from matching.models import Command
+from matching.services import command_enqueue
 
 pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
 
@@ -38,6 +43,7 @@ def test_all_up_with_a_live_shard_worker_and_scheduler_is_ok(processes, process_
     assert body["components"]["redis"] == {"status": "ok"}
     assert body["components"]["matching-shard-0"]["status"] == "ok"
     assert body["components"]["matching-shard-0"]["epoch"] >= 1
+    assert body["components"]["matching-shard-0"]["backlog"]["oldest_seconds"] < 5
     assert body["components"]["scheduler"]["status"] == "ok"
     assert 0 <= body["components"]["scheduler"]["last_run_seconds_ago"] < 30
 
@@ -75,7 +81,11 @@ def test_shard_without_a_worker_is_degraded_and_named(processes, process_env, re
     body = response.json()
     assert body["status"] == "degraded"
     assert body["failing"] == ["matching-shard-0", "matching-shard-1", "scheduler"]
-    assert body["components"]["matching-shard-1"] == {"status": "down", "error": "no heartbeat"}
+    assert body["components"]["matching-shard-1"] == {
+        "status": "down",
+        "error": "no heartbeat",
+        "backlog": {"commands": 0, "oldest_seconds": 0.0},
+    }
 
 
 def test_redis_down_is_degraded_naming_redis(processes, process_env):
@@ -160,3 +170,32 @@ def test_a_shard_whose_worker_cannot_reach_redis_is_degraded_not_down(
     )
     assert body["status"] == "degraded" and "matching-shard-0" in body["failing"]
     assert "holds the shard's lease" in body["components"]["matching-shard-0"]["error"]
+
+
+def test_a_live_shard_whose_commands_wait_is_degraded_with_its_backlog(
+    processes, process_env, redis_conn
+):
+    # A worker alive (its heartbeat fresh) but behind, overloaded or failing each batch: its
+    # orders were accepted and waited, answered 202 pending_new, while /healthz said "ok".
+    # The heartbeat is written here for a worker that does not run, so the command waits.
+    no_scheduler_heartbeat(redis_conn)
+    heartbeat_write(client=redis_conn, shard=0, epoch=1, pid=4242, ttl_ms=60_000)
+    try:
+        with transaction.atomic():
+            for _ in range(2):
+                command_enqueue(shard=0, kind="mass_cancel", payload={"user_id": 1, "symbol": None})
+        base_url = start_web(processes, env={**process_env, "HEALTH_BACKLOG_SECONDS": "30"})
+        shard = health(base_url).json()["components"]["matching-shard-0"]
+        assert shard["status"] == "ok" and shard["backlog"]["commands"] == 2  # not waited long
+        Command.objects.filter(shard=0, applied_at=None).update(
+            created_at=timezone.now() - timedelta(seconds=45)
+        )
+        body = health(base_url).json()
+    finally:
+        heartbeat_clear(client=redis_conn, shard=0, epoch=1)
+    assert body["status"] == "degraded"
+    assert body["failing"] == ["matching-shard-0", "scheduler"]
+    shard = body["components"]["matching-shard-0"]
+    assert shard["status"] == "degraded" and shard["pid"] == 4242
+    assert shard["backlog"]["commands"] == 2 and 45 <= shard["backlog"]["oldest_seconds"] < 90
+    assert "waited" in shard["error"] and "HEALTH_BACKLOG_SECONDS=30" in shard["error"]

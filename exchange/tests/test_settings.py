@@ -308,6 +308,7 @@ def test_values_that_would_break_the_exchange_later_are_refused_at_start(tmp_pat
         # A TTL under two periods (5 s): the scheduler read down by turns.
         ("SCHEDULER_HEARTBEAT_TTL_SECONDS", "3"),
         ("SCHEDULER_HEARTBEAT_TTL_SECONDS", "0"),
+        ("HEALTH_BACKLOG_SECONDS", "0"),
         ("WS_HEARTBEAT_SECONDS", "0"),
         ("LOGIN_THROTTLE_WINDOW_SECONDS", "0"),
         ("DEMO_SELF_CREDIT_LIMIT", "1,000"),
