@@ -62,6 +62,7 @@ from exchange.selectors import (
     instrument_by_symbol,
     instrument_rules_changed,
     instrument_rules_key,
+    order_for_user,
     reference_price,
     snapshot_top,
 )
@@ -142,12 +143,13 @@ def _digest(values: dict) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
 
 
-def _same_request(stored_digest: str, plan: OrderPlan) -> bool:
-    """The stored order's digest is this plan's (or, for an order stored before digests were
-    canonical, the digest of the request as then written: "60.0" and "60.00" differed)."""
-    if stored_digest == plan.digest:
+def _same_request(stored_digest: str, request: OrderRequest, digest: str) -> bool:
+    """The stored order's digest is this request's `digest` (or, for an order stored before
+    digests were canonical, the digest of the request as then written: "60.0" and "60.00"
+    differed)."""
+    if stored_digest == digest:
         return True
-    written = request_values(plan.request)
+    written = request_values(request)
     return stored_digest == _digest({k: None if v is None else str(v) for k, v in written.items()})
 
 
@@ -172,11 +174,34 @@ def order_place(
     order entry batch (`exchange.order_batcher`: one transaction for the orders that arrive
     together); inside one (a caller's atomic block) it is stored in that transaction.
     """
-    plan = order_plan(user=user, request=request, http_request=http_request, now=now)
+    try:
+        plan = order_plan(user=user, request=request, http_request=http_request, now=now)
+    except ApiError:
+        stored = _stored_replay(user=user, request=request)
+        if stored is None:
+            raise
+        return stored
     result = _entry_store(plan)
     if isinstance(result, ApiError):
         raise result
     return result
+
+
+def _stored_replay(*, user, request: OrderRequest) -> Placement | None:
+    """The order already stored under the request's client_order_id with this same request
+    (created=False), else None. Asked when the request no longer passes the checks: a retry
+    of an order whose answer was lost (a killed web process, a timeout) comes after the market
+    moved, its GTD expiry passed or the session closed, and a refusal told the client that an
+    order it had placed, and which may have traded, did not exist."""
+    if request.client_order_id is None:
+        return None
+    try:
+        order = order_for_user(user=user, client_order_id=request.client_order_id)
+    except ApiError:  # OrderNotFound
+        return None
+    if not _same_request(order.request_digest, request, request_digest(request)):
+        return None
+    return Placement(order=order, created=False, command_id=None)
 
 
 # A refused order's audit record keeps each field it sent cut to this many characters, and the
@@ -621,7 +646,7 @@ def _orders_store(plans: list[OrderPlan]) -> list[Placement | ApiError]:
             key = (plan.user.pk, plan.request.client_order_id)
             existing = stored.get(key)
             if existing is not None:
-                if not _same_request(existing.request_digest, plan):
+                if not _same_request(existing.request_digest, plan.request, plan.digest):
                     results[i] = _client_id_conflict(existing.pk, key[1])
                 else:
                     results[i] = Placement(order=existing, created=False, command_id=None)

@@ -1,5 +1,6 @@
 """Order entry over HTTP against the real web process and the real shard worker."""
 
+import dataclasses
 import datetime as dt
 import gzip
 import hashlib
@@ -518,6 +519,64 @@ def test_client_order_id_is_idempotent_and_refuses_a_different_body(market):
     assert by_client_id["order_id"] == first.json()["order_id"]
     assert Order.objects.filter(user=maker.user, client_order_id="my-order-1").count() == 1
     assert maker.delete("/api/v1/orders/client/my-order-1").json()["status"] == "cancelled"
+
+
+def test_a_client_order_id_retry_after_the_market_moved_returns_the_stored_order(
+    exchange_stack, live_db
+):
+    # A client that got no answer (its web process killed, a timeout) retries with the same
+    # client_order_id. The retry was checked against the market as it is now, before the
+    # replay was looked up: the last price had moved, and the retry of the resting order was
+    # refused 400 PriceOutsideBand, so the client took a live order for one never placed.
+    instrument = make_instrument(price_band_pct=Decimal("10"))
+    maker, seller, taker = (ApiClient(exchange_stack) for _ in range(3))
+    body = limit(instrument.symbol, "buy", "10.00", "1", client_order_id="band-retry")
+    first = maker.place(**body)
+    assert (first.status_code, first.json()["status"]) == (201, "new"), first.text
+    seller.place(**limit(instrument.symbol, "sell", "20.00", "1"))
+    traded = taker.place(**limit(instrument.symbol, "buy", "20.00", "1"))
+    assert traded.json()["status"] == "filled", traded.text
+    wait_until(  # order entry now checks prices against the last one, 20.00
+        lambda: taker.place(**limit(instrument.symbol, "buy", "10.00", "1")).status_code == 400,
+        timeout=10,
+    )
+    retry = maker.place(**body)
+    assert retry.status_code == 200, retry.text
+    assert (retry.json()["order_id"], retry.json()["status"]) == (first.json()["order_id"], "new")
+    assert Order.objects.filter(user=maker.user, client_order_id="band-retry").count() == 1
+    # Another body under that client_order_id is still refused for what is wrong with it.
+    other = maker.place(**{**body, "quantity": "2"})
+    assert (other.status_code, other.json()["error"]) == (400, "PriceOutsideBand"), other.text
+
+
+def test_a_gtd_order_retried_after_its_expiry_returns_the_stored_order(market):
+    # The retry of a GTD order that had been stored came after its expire_at: refused 400
+    # ExpireAtInPast instead of answered with the order (which had rested, and could have
+    # traded, until then).
+    instrument, maker, _ = market
+    placed_at = timezone.now()
+    request = OrderRequest(
+        symbol=instrument.symbol,
+        side="buy",
+        order_type="limit",
+        price=Decimal("10.00"),
+        quantity=Decimal("1"),
+        time_in_force="GTD",
+        expire_at=placed_at + dt.timedelta(seconds=5),
+        client_order_id="gtd-retry",
+    )
+    first = order_place(user=maker.user, request=request, now=placed_at)
+    assert first.created
+    retry = order_place(user=maker.user, request=request, now=placed_at + dt.timedelta(minutes=1))
+    assert (retry.order.pk, retry.created) == (first.order.pk, False)
+    # A new client_order_id with that expiry is refused as before.
+    with pytest.raises(ApiError) as refused:
+        order_place(
+            user=maker.user,
+            request=dataclasses.replace(request, client_order_id="gtd-new"),
+            now=placed_at + dt.timedelta(minutes=1),
+        )
+    assert refused.value.error == "ExpireAtInPast"
 
 
 def test_another_users_order_is_a_404(market):
