@@ -631,6 +631,7 @@ def _orders_store(plans: list[OrderPlan]) -> list[Placement | ApiError]:
                 earlier[key] = i
     todo = [i for i in range(len(plans)) if results[i] is None and i not in replay_of]
     _day_plans_recheck(plans, todo, results)
+    _deactivated_users_refuse(plans, [i for i in todo if results[i] is None], results)
     todo = [i for i in todo if results[i] is None]
     if todo:
         with bound_cursor() as cursor:
@@ -754,6 +755,39 @@ def _day_plans_recheck(
         if closes is not None:
             plan.command_payload[SESSION_CLOSE_KEY] = closes
         plan.audit.payload = {**plan.audit.payload, "expire_at": expire_at}
+
+
+# The active users among a batch's, their rows held FOR SHARE to its commit.
+_ACTIVE_USERS_SQL = (
+    "SELECT id FROM accounts_user WHERE id = ANY(%s) AND is_active ORDER BY id FOR SHARE"
+)
+
+
+def _deactivated_users_refuse(
+    plans: list[OrderPlan], todo: list[int], results: list[Placement | ApiError | None]
+) -> None:
+    """Orders of a user staff deactivated after the request was authenticated: refused 401
+    `AuthenticationFailed`, nothing stored.
+
+    The users' rows are read FOR SHARE (after the instruments', before the ledger's locks) and
+    kept to the batch's commit: a deactivation's UPDATE of the row waits for the batch, and its
+    cancel of the user's open orders then sees these; or this read waits for the deactivation
+    to commit and finds the user inactive. An order authenticated just before a deactivation and
+    stored just after had rested on the book, missed by the deactivation's cancels, for a user
+    who could no longer sign in to cancel it."""
+    if not todo:
+        return
+    with bound_cursor() as cursor:
+        cursor.execute(_ACTIVE_USERS_SQL, [list({plans[i].user.pk for i in todo})])
+        active = {row[0] for row in cursor.fetchall()}
+    for i in todo:
+        user_id = plans[i].user.pk
+        if user_id not in active:
+            results[i] = trading_error(
+                "AuthenticationFailed",
+                f"user {user_id} was deactivated by staff: the order was not placed",
+                http_status=401,
+            )
 
 
 def _require_open(order: Order) -> None:
