@@ -415,3 +415,32 @@ def test_a_deactivation_committing_while_an_order_is_stored_cancels_it():
     assert Command.objects.filter(
         order_id=placed.order.pk, kind=Command.Kind.CANCEL, payload__reason="staff"
     ).exists()
+
+
+@pytest.mark.django_db
+def test_a_deactivation_stores_its_cancels_together_however_many_open_orders():
+    """One set of statements for all the user's open orders (one at a time, 3,000 open orders
+    kept the command-order lock for 45 s, and every order entry of the exchange waited)."""
+    from django.test.utils import CaptureQueriesContext
+
+    instrument = make_instrument()
+    staff = make_user("staff")
+
+    def deactivation_queries(open_orders: int) -> int:
+        user = make_user(funds={"USD": Decimal("1000.00")})
+        services.orders_store(
+            plans=[plan(user, buy(instrument.symbol, "1.00", "1")) for _ in range(open_orders)]
+        )
+        with CaptureQueriesContext(connection) as queries:
+            assert deactivate(user, staff) == open_orders
+        cancels = Command.objects.filter(user_id=user.pk, kind=Command.Kind.CANCEL)
+        assert cancels.count() == open_orders
+        assert (
+            AuditRecord.objects.filter(
+                user_id=user.pk, event_type="order.cancel_requested", payload__reason="staff"
+            ).count()
+            == open_orders
+        )
+        return len(queries.captured_queries)
+
+    assert deactivation_queries(20) == deactivation_queries(1)
