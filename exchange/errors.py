@@ -9,6 +9,9 @@ from rest_framework import status
 from exchange.api_errors import ApiError
 
 ERROR_CODES: dict[str, int] = {
+    # Authentication (exchange/api_errors.py maps DRF's own): an order whose user staff
+    # deactivated between its authentication and its storing.
+    "AuthenticationFailed": -1003,
     # API keys and request signing (accounts/api_keys.py); rate limits are TooManyRequests -1015
     "InvalidApiKey": -1010,
     "IpNotAllowed": -1011,

@@ -366,3 +366,81 @@ def test_a_day_order_stored_while_an_edit_of_the_hours_commits_waits_for_it():
         first=edit, second=lambda: services.orders_store(plans=[checked])
     )
     assert isinstance(refused, ApiError) and refused.error == "MarketClosed"
+
+
+def deactivate(user, staff) -> int:
+    """What the admin's save of a user unticked `is_active` does, in one transaction: the
+    row's UPDATE, then a cancel of each open order; returns how many were sent."""
+    with transaction.atomic():
+        user.is_active = False
+        user.save(update_fields=["is_active"])
+        return services.orders_cancel_for_deactivated_user(user=user, actor=staff)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_order_checked_before_its_user_was_deactivated_is_refused_when_stored_after():
+    """The store waits for a deactivation committing and refuses the order (it was stored,
+    missed by the deactivation's cancels, and rested on the book for a user who could no
+    longer sign in)."""
+    instrument = make_instrument()
+    user, staff = make_user(funds={"USD": Decimal("1000.00")}), make_user("staff")
+    checked = plan(user, buy(instrument.symbol, "10.00", "1"))  # authenticated and checked
+
+    sent, [refused] = second_waits_for_first(
+        first=lambda: deactivate(user, staff),
+        second=lambda: services.orders_store(plans=[checked]),
+    )
+    assert sent == 0
+    assert isinstance(refused, ApiError)
+    assert (refused.error, refused.error_code, refused.status_code) == (
+        "AuthenticationFailed", -1003, 401
+    )  # fmt: skip
+    assert not Order.objects.filter(user=user).exists()
+    assert cash(user) == Decimal("1000.00")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_deactivation_committing_while_an_order_is_stored_cancels_it():
+    """The deactivation waits for the batch storing its user's order, and its cancels then
+    include that order."""
+    instrument = make_instrument()
+    user, staff = make_user(funds={"USD": Decimal("1000.00")}), make_user("staff")
+    checked = plan(user, buy(instrument.symbol, "10.00", "1"))
+
+    [placed], sent = second_waits_for_first(
+        first=lambda: services.orders_store(plans=[checked]),
+        second=lambda: deactivate(user, staff),
+    )
+    assert sent == 1
+    assert Command.objects.filter(
+        order_id=placed.order.pk, kind=Command.Kind.CANCEL, payload__reason="staff"
+    ).exists()
+
+
+@pytest.mark.django_db
+def test_a_deactivation_stores_its_cancels_together_however_many_open_orders():
+    """One set of statements for all the user's open orders (one at a time, 3,000 open orders
+    kept the command-order lock for 45 s, and every order entry of the exchange waited)."""
+    from django.test.utils import CaptureQueriesContext
+
+    instrument = make_instrument()
+    staff = make_user("staff")
+
+    def deactivation_queries(open_orders: int) -> int:
+        user = make_user(funds={"USD": Decimal("1000.00")})
+        services.orders_store(
+            plans=[plan(user, buy(instrument.symbol, "1.00", "1")) for _ in range(open_orders)]
+        )
+        with CaptureQueriesContext(connection) as queries:
+            assert deactivate(user, staff) == open_orders
+        cancels = Command.objects.filter(user_id=user.pk, kind=Command.Kind.CANCEL)
+        assert cancels.count() == open_orders
+        assert (
+            AuditRecord.objects.filter(
+                user_id=user.pk, event_type="order.cancel_requested", payload__reason="staff"
+            ).count()
+            == open_orders
+        )
+        return len(queries.captured_queries)
+
+    assert deactivation_queries(20) == deactivation_queries(1)
