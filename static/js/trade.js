@@ -177,6 +177,7 @@ const chart = new CandleChart({
   summary: document.getElementById("chart-summary"),
   moduleUrl: page.dataset.chartModule,
   symbol,
+  tick: page.dataset.tick,
 });
 
 for (const button of document.querySelectorAll("#chart-intervals button")) {
