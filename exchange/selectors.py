@@ -4,7 +4,7 @@ import datetime as dt
 import json
 import logging
 import time
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 
 import redis
 from django.db import connection
@@ -305,7 +305,7 @@ def book_spread(*, instrument: Instrument) -> dict:
     if bid is not None and ask is not None:
         spread = ask - bid
         mid = (ask + bid) / 2
-        bps = (spread / mid * 10_000).quantize(Decimal("0.01"))
+        bps = (spread / mid * 10_000).quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN)
     return {
         "symbol": instrument.symbol,
         "seq": snapshot["seq"] if snapshot else 0,
@@ -393,7 +393,9 @@ def trading_24h(*, instrument: Instrument, now: dt.datetime | None = None) -> di
     if last is not None and first is not None:
         change = last.price - first.price
         # `+ 0` drops the sign of a change that rounds to zero: it had read "-0.00".
-        change_pct = (change / first.price * 100).quantize(Decimal("0.01")) + 0
+        change_pct = (change / first.price * 100).quantize(
+            Decimal("0.01"), rounding=ROUND_HALF_EVEN
+        ) + 0
     return {
         "symbol": instrument.symbol,
         # `closed` outside the trading session: orders are refused MarketClosed then.
