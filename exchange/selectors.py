@@ -241,12 +241,18 @@ def book_snapshot_to_show(symbol: str) -> dict | None:
     a book that has changed since it was listed (its seq, kept in PostgreSQL, is past 0) had
     read as empty at seq 0, for as long as its worker was away. None: a book never changed."""
     snapshot = _book_snapshot_stored(symbol)
-    if snapshot is None and BookState.objects.filter(symbol=symbol, book_seq__gt=0).exists():
+    if snapshot is None and book_has_changed(symbol):
         logger.warning(
             "book snapshot missing: the worker has not restored it yet", extra={"symbol": symbol}
         )
         raise _book_unavailable("the order book is being restored for a moment: retry shortly")
     return snapshot
+
+
+def book_has_changed(symbol: str) -> bool:
+    """Whether the book has changed since it was listed (its seq, kept in PostgreSQL, is past
+    0): without a snapshot in Redis, such a book's snapshot was lost, not never written."""
+    return BookState.objects.filter(symbol=symbol, book_seq__gt=0).exists()
 
 
 def _book_snapshot_stored(symbol: str) -> dict | None:

@@ -28,6 +28,7 @@ from exchange.book_checksum import book_checksum
 from exchange.services import instrument_halt, instrument_resume
 from exchange.tests.api_client import (
     ApiClient,
+    limit,
     make_closed_instrument,
     make_instrument,
     make_user,
@@ -719,6 +720,52 @@ def test_a_checksum_mismatch_or_a_gap_makes_the_page_fetch_a_fresh_snapshot(
     expect(ladder_row(page, "ask", "112.00")).to_be_visible()
     expect(page.locator("#ladder tr[data-side='ask']")).to_have_count(3)
     assert ladder.get_attribute("data-resyncs") == "2"
+
+
+def test_a_book_subscription_refused_for_the_moment_is_asked_for_again(
+    open_page, exchange_stack, live_db
+):
+    # The server refuses a book's subscription for the moment (ServiceUnavailable: market
+    # data out of reach, or the book being restored after Redis lost it): the page said
+    # "Feed error" and showed no book until it was reloaded.
+    instrument, user = make_instrument(), trader()
+    resting = ApiClient(exchange_stack).place(**limit(instrument.symbol, "sell", "110.00", "1"))
+    assert resting.status_code == 201, resting.text
+    channel = f"book.{instrument.symbol}"
+    asked: list[list[str]] = []
+
+    def between_page_and_server(ws):
+        server = ws.connect_to_server()
+
+        def from_page(message):
+            op = json.loads(message)
+            if op.get("op") == "subscribe" and channel in op["channels"]:
+                asked.append(op["channels"])
+                if len(asked) == 1:  # the first time, as the server does when it cannot yet
+                    ws.send(
+                        json.dumps(
+                            {
+                                "type": "error",
+                                "op": "subscribe",
+                                "channel": channel,
+                                "error": "ServiceUnavailable",
+                                "code": -1001,
+                                "message": "the order book is being restored for a moment: "
+                                "subscribe again shortly",
+                            }
+                        )
+                    )
+                    others = [c for c in op["channels"] if c != channel]
+                    message = json.dumps({**op, "channels": others})
+            server.send(message)
+
+        ws.on_message(from_page)
+
+    page = open_page()
+    page.route_web_socket("**/ws/v1", between_page_and_server)
+    open_trading(page, user, instrument.symbol)  # Live, with the book's snapshot
+    expect(ladder_row(page, "ask", "110.00")).to_be_visible()
+    assert asked[1] == [channel]
 
 
 def test_a_trade_lost_upstream_is_read_again_and_the_ladder_stays_live(

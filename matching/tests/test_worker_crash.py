@@ -268,10 +268,16 @@ def test_a_book_whose_snapshot_redis_lost_while_its_worker_was_away_is_a_503_not
 ):
     # Redis wiped while the shard's worker was down (or still recovering): GET /orderbook,
     # its spread and the ticker said the book was empty at seq 0 (its seq going back from
-    # where it was) for as long as the worker stayed away. A book that never changed is empty.
+    # where it was) for as long as the worker stayed away, and so did a new subscription's
+    # snapshot on the socket. A book that never changed is empty.
+    from websockets.sync.client import connect as ws_connect
+
+    from conftest import start_web
+
     instrument, quiet = instrument_create(), instrument_create()
     worker = processes.manage("run_matching", "--shard", "0", env=process_env, name="w1")
     serving_pid(redis_conn)
+    base_url = start_web(processes, env=process_env)
     order_row_place(
         user=make_user(), instrument=instrument, side="buy", quantity="3", price="10.00"
     )
@@ -298,9 +304,32 @@ def test_a_book_whose_snapshot_redis_lost_while_its_worker_was_away_is_a_503_not
     assert never_changed.status_code == 200
     assert never_changed.json() == {"symbol": quiet.symbol, "seq": 0, "bids": [], "asks": []}
 
-    processes.manage("run_matching", "--shard", "0", env=process_env, name="w2")
-    assert wait_until(book_bids, timeout=45) == [{"price": "10.00", "quantity": "3", "orders": 1}]
-    assert client.get(book_path).json()["seq"] == seq
+    book, quiet_book = f"book.{instrument.symbol}", f"book.{quiet.symbol}"
+    with ws_connect(base_url.replace("http://", "ws://") + "/ws/v1") as ws:
+        ws.send(json.dumps({"op": "subscribe", "channels": [book, quiet_book]}))
+        refusal = next_frame(ws, lambda f: f.get("type") in ("error", "snapshot"), timeout=15)
+        assert (refusal["type"], refusal.get("channel")) == ("error", book), refusal
+        assert refusal["error"] == "ServiceUnavailable"
+        empty = next_frame(ws, lambda f: f.get("type") == "snapshot", timeout=15)
+        assert (empty["channel"], empty["seq"], empty["bids"]) == (quiet_book, 0, [])
+
+        processes.manage("run_matching", "--shard", "0", env=process_env, name="w2")
+        assert wait_until(book_bids, timeout=45) == [
+            {"price": "10.00", "quantity": "3", "orders": 1}
+        ]
+        assert client.get(book_path).json()["seq"] == seq
+
+        def subscribed_snapshot():  # as a client refused for the moment: subscribe again
+            ws.send(json.dumps({"op": "subscribe", "channels": [book]}))
+            frame = next_frame(ws, lambda f: f.get("type") in ("error", "snapshot"), timeout=15)
+            return frame if frame["type"] == "snapshot" else None
+
+        snapshot = wait_until(subscribed_snapshot, timeout=15, interval=0.5)
+        assert (snapshot["channel"], snapshot["seq"], snapshot["bids"]) == (
+            book,
+            seq,
+            [["10.00", "3"]],
+        )
 
 
 def next_frame(ws, predicate, timeout: float) -> dict:
