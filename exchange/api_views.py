@@ -417,8 +417,16 @@ class SpreadView(PublicView):
                     "best_bid": serializers.CharField(allow_null=True),
                     "best_ask": serializers.CharField(allow_null=True),
                     "spread": serializers.CharField(allow_null=True),
-                    "spread_bps": serializers.CharField(allow_null=True),
-                    "mid": serializers.CharField(allow_null=True),
+                    "spread_bps": serializers.CharField(
+                        allow_null=True,
+                        help_text="spread / mid x 10,000, rounded to 2 decimal places (half to "
+                        "even).",
+                    ),
+                    "mid": serializers.CharField(
+                        allow_null=True,
+                        help_text="(best bid + best ask) / 2, exact: one decimal place more "
+                        "than a price.",
+                    ),
                 },
             ),
             400: ERROR,

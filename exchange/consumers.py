@@ -45,7 +45,7 @@ from exchange.json_text import (
 )
 from exchange.market_hub import SNAPSHOT_DEPTH, Subscriber, channel_symbol, hub
 from exchange.redis_connection import redis_read_ahead
-from exchange.selectors import instruments_trading_state
+from exchange.selectors import book_has_changed, instruments_trading_state
 from exchange.view_threads import view_executor
 from exchange.ws_direct import RAW_SEND_KEY, DirectSocket, text_frame
 from matching.command_codec import ns_to_datetime
@@ -927,11 +927,23 @@ class StreamConsumer(AsyncWebsocketConsumer):
             if kind in ("book", "ticker"):
                 listed = await self._listed_state(symbol)
             try:
-                await hub.mirror(symbol)
+                mirror = await hub.mirror(symbol)
             except (redis.RedisError, OSError):
                 self.error(
                     "ServiceUnavailable",
                     "market data is out of reach for a moment: subscribe again shortly",
+                    **refuse,
+                )
+                return
+            if (
+                kind in ("book", "ticker")
+                and mirror.without_snapshot
+                and await self._book_snapshot_lost(symbol)
+            ):
+                # Not an empty book at seq 0, as GET /orderbook answers 503 for it.
+                self.error(
+                    "ServiceUnavailable",
+                    "the order book is being restored for a moment: subscribe again shortly",
                     **refuse,
                 )
                 return
@@ -944,6 +956,18 @@ class StreamConsumer(AsyncWebsocketConsumer):
         hub.add(self.sub, channel)  # queues the snapshot right behind the ack
         if symbol is not None and kind in ("book", "ticker"):
             hub.status_tell(self.sub, channel, listed)
+
+    @staticmethod
+    async def _book_snapshot_lost(symbol: str) -> bool:
+        """Whether a book Redis holds no snapshot of has changed since it was listed: Redis
+        lost its snapshot (a wipe, a restart without its data) and the worker has not written
+        it again yet. The database out of reach reads as no (the book is shown empty)."""
+        try:
+            return await database_sync_to_async(book_has_changed, thread_sensitive=False)(symbol)
+        except Exception as exc:
+            if not database_unavailable(exc):
+                raise
+            return False
 
     @staticmethod
     async def _listed_state(symbol: str) -> tuple[str, str, bool]:

@@ -145,6 +145,12 @@ def view_changes(before: list[Level], after: list[Level]) -> list[list[str]]:
     return changes
 
 
+class BookSnapshotLost(redis.RedisError):
+    """Redis no longer holds the snapshot of a book this hub had mirrored (a wipe, a restart
+    without its data): handled as Redis out of reach until the worker writes it again (its next
+    heartbeat, or once it is back and has recovered)."""
+
+
 class BookMirror:
     """A book as the hub knows it: loaded from the Redis snapshot, kept by batch updates.
 
@@ -162,6 +168,8 @@ class BookMirror:
         self.pending: list[dict] = []  # updates that arrived while the snapshot was loading
         # Loaded as an empty book because Redis held no snapshot: not known to be the book.
         self.without_snapshot = False
+        # It has held the book past seq 0: a snapshot missing from Redis since was lost.
+        self.held_book = False
         self.views: dict[int, tuple[list[Level], list[Level]]] = {}  # depth -> last view sent
         self._snapshots: dict[int, tuple[int, str]] = {}  # depth -> (seq, frame)
         # The last status frame's data this hub fanned out for the symbol since it began to
@@ -177,6 +185,7 @@ class BookMirror:
         self.without_snapshot = snapshot is None
         snapshot = snapshot or {"seq": 0, "bids": [], "asks": [], "last_price": None}
         self.seq = snapshot["seq"]
+        self.held_book = self.held_book or self.seq > 0
         self.bids.load(snapshot["bids"])
         self.asks.load(snapshot["asks"])
         self.last_price = snapshot.get("last_price")
@@ -190,6 +199,7 @@ class BookMirror:
         self.bids.apply(update["changes"]["bids"])
         self.asks.apply(update["changes"]["asks"])
         self.seq = update["seq"]
+        self.held_book = True
 
     def view(self, depth: int) -> tuple[list[Level], list[Level]]:
         return self.bids.top(depth), self.asks.top(depth)
@@ -449,6 +459,11 @@ class MarketHub:
         the first newer update does not continue it."""
         for _attempt in range(20):
             raw = await self._client.get(book_snapshot_key(mirror.symbol))
+            if raw is None and mirror.held_book:
+                # Its subscribers keep the book they have (it was right) rather than get an
+                # empty one at seq 0 (a reload after a Redis restart that lost the snapshots
+                # had sent them that, for as long as the shard's worker was away).
+                raise BookSnapshotLost(f"the snapshot of {mirror.symbol} is gone from Redis")
             snapshot = json.loads(raw) if raw else None
             pending, mirror.pending = mirror.pending, []
             seq = snapshot["seq"] if snapshot else 0

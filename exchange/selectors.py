@@ -4,7 +4,7 @@ import datetime as dt
 import json
 import logging
 import time
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 
 import redis
 from django.db import connection
@@ -226,28 +226,55 @@ def fills_for_user(*, user, symbol: str | None = None) -> QuerySet[Trade]:
 
 def book_snapshot(symbol: str) -> dict | None:
     """The top-50 book the shard worker wrote to Redis after its last batch (None: none yet,
-    or Redis out of reach: order entry then falls back on PostgreSQL)."""
+    lost, or Redis out of reach: order entry then falls back on PostgreSQL)."""
     try:
-        return book_snapshot_to_show(symbol)
+        return _book_snapshot_stored(symbol)
     except ApiError:
         return None
 
 
 def book_snapshot_to_show(symbol: str) -> dict | None:
     """`book_snapshot` for the order book API: Redis out of reach is a 503 to retry, not a
-    book with nothing in it (it had answered an empty book at seq 0, and a spread of none)."""
+    book with nothing in it (it had answered an empty book at seq 0, and a spread of none).
+    So is a snapshot Redis lost (a wipe, a restart without its data) that the worker has not
+    written again yet (it does at its next heartbeat, or when it is back and has recovered):
+    a book that has changed since it was listed (its seq, kept in PostgreSQL, is past 0) had
+    read as empty at seq 0, for as long as its worker was away. None: a book never changed."""
+    snapshot = _book_snapshot_stored(symbol)
+    if snapshot is None and book_has_changed(symbol):
+        logger.warning(
+            "book snapshot missing: the worker has not restored it yet", extra={"symbol": symbol}
+        )
+        raise _book_unavailable("the order book is being restored for a moment: retry shortly")
+    return snapshot
+
+
+def book_has_changed(symbol: str) -> bool:
+    """Whether the book has changed since it was listed (its seq, kept in PostgreSQL, is past
+    0): without a snapshot in Redis, such a book's snapshot was lost, not never written."""
+    return BookState.objects.filter(symbol=symbol, book_seq__gt=0).exists()
+
+
+def _book_snapshot_stored(symbol: str) -> dict | None:
+    """The book's snapshot as Redis holds it (None: none there); Redis out of reach is a 503."""
     try:
         raw = redis_get(book_snapshot_key(symbol))
     except redis.RedisError as exc:
         logger.warning("book snapshot unavailable", extra={"symbol": symbol, "why": str(exc)})
-        raise ApiError(
-            error=SERVICE_UNAVAILABLE_BODY["error"],
-            code=SERVICE_UNAVAILABLE_BODY["code"],
-            message="the order book is out of reach for a moment: retry shortly",
-            http_status=503,
-            headers=SERVICE_UNAVAILABLE_HEADERS,
+        raise _book_unavailable(
+            "the order book is out of reach for a moment: retry shortly"
         ) from exc
     return json.loads(raw) if raw else None
+
+
+def _book_unavailable(message: str) -> ApiError:
+    return ApiError(
+        error=SERVICE_UNAVAILABLE_BODY["error"],
+        code=SERVICE_UNAVAILABLE_BODY["code"],
+        message=message,
+        http_status=503,
+        headers=SERVICE_UNAVAILABLE_HEADERS,
+    )
 
 
 def book_depth(*, instrument: Instrument, depth: int) -> dict:
@@ -284,7 +311,7 @@ def book_spread(*, instrument: Instrument) -> dict:
     if bid is not None and ask is not None:
         spread = ask - bid
         mid = (ask + bid) / 2
-        bps = (spread / mid * 10_000).quantize(Decimal("0.01"))
+        bps = (spread / mid * 10_000).quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN)
     return {
         "symbol": instrument.symbol,
         "seq": snapshot["seq"] if snapshot else 0,
@@ -372,7 +399,9 @@ def trading_24h(*, instrument: Instrument, now: dt.datetime | None = None) -> di
     if last is not None and first is not None:
         change = last.price - first.price
         # `+ 0` drops the sign of a change that rounds to zero: it had read "-0.00".
-        change_pct = (change / first.price * 100).quantize(Decimal("0.01")) + 0
+        change_pct = (change / first.price * 100).quantize(
+            Decimal("0.01"), rounding=ROUND_HALF_EVEN
+        ) + 0
     return {
         "symbol": instrument.symbol,
         # `closed` outside the trading session: orders are refused MarketClosed then.

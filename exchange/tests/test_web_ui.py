@@ -28,6 +28,7 @@ from exchange.book_checksum import book_checksum
 from exchange.services import instrument_halt, instrument_resume
 from exchange.tests.api_client import (
     ApiClient,
+    limit,
     make_closed_instrument,
     make_instrument,
     make_user,
@@ -482,7 +483,7 @@ def test_a_crossing_order_of_a_second_user_fills_it_in_both_tapes_and_fills(open
         expect(page.locator("#ladder")).to_have_attribute("data-resyncs", "0")
     # The live candle has the trade too.
     expect(maker_page.locator("#chart")).to_have_attribute("data-candles", "1")
-    expect(maker_page.locator("#chart-summary")).to_contain_text("close 101")
+    expect(maker_page.locator("#chart-summary")).to_contain_text("close 101.00")
     screenshot(maker_page, "trading.png")
 
 
@@ -721,6 +722,52 @@ def test_a_checksum_mismatch_or_a_gap_makes_the_page_fetch_a_fresh_snapshot(
     assert ladder.get_attribute("data-resyncs") == "2"
 
 
+def test_a_book_subscription_refused_for_the_moment_is_asked_for_again(
+    open_page, exchange_stack, live_db
+):
+    # The server refuses a book's subscription for the moment (ServiceUnavailable: market
+    # data out of reach, or the book being restored after Redis lost it): the page said
+    # "Feed error" and showed no book until it was reloaded.
+    instrument, user = make_instrument(), trader()
+    resting = ApiClient(exchange_stack).place(**limit(instrument.symbol, "sell", "110.00", "1"))
+    assert resting.status_code == 201, resting.text
+    channel = f"book.{instrument.symbol}"
+    asked: list[list[str]] = []
+
+    def between_page_and_server(ws):
+        server = ws.connect_to_server()
+
+        def from_page(message):
+            op = json.loads(message)
+            if op.get("op") == "subscribe" and channel in op["channels"]:
+                asked.append(op["channels"])
+                if len(asked) == 1:  # the first time, as the server does when it cannot yet
+                    ws.send(
+                        json.dumps(
+                            {
+                                "type": "error",
+                                "op": "subscribe",
+                                "channel": channel,
+                                "error": "ServiceUnavailable",
+                                "code": -1001,
+                                "message": "the order book is being restored for a moment: "
+                                "subscribe again shortly",
+                            }
+                        )
+                    )
+                    others = [c for c in op["channels"] if c != channel]
+                    message = json.dumps({**op, "channels": others})
+            server.send(message)
+
+        ws.on_message(from_page)
+
+    page = open_page()
+    page.route_web_socket("**/ws/v1", between_page_and_server)
+    open_trading(page, user, instrument.symbol)  # Live, with the book's snapshot
+    expect(ladder_row(page, "ask", "110.00")).to_be_visible()
+    assert asked[1] == [channel]
+
+
 def trade_frames_lost(symbol: str, *, lose: list):
     """A socket route between page and server that, for each item taken from `lose`, turns the
     next trades frame of `symbol` into the server's "feed_gap" notice (the frame never arrives;
@@ -830,7 +877,7 @@ def test_after_the_socket_reconnects_the_page_reads_what_it_missed(
     expect(page.locator("#open-orders tbody")).to_contain_text("No open orders.")
     expect(page.locator("#fills tbody tr[data-trade-id]")).to_have_count(1)
     expect(page.locator("#tape tbody tr").first).to_contain_text("107.00")
-    expect(page.locator("#chart-summary")).to_contain_text("latest open 107, high 107")
+    expect(page.locator("#chart-summary")).to_contain_text("latest open 107.00, high 107.00")
     rest = ApiClient(exchange_stack, user).get("/api/v1/balances").json()
     paid = next(b for b in rest if b["asset"] == QUOTE)["available"]
     assert paid != "10000000.00"
@@ -856,7 +903,7 @@ def test_a_trade_arriving_while_the_candles_reload_is_counted_once(
     page = open_page()
     open_trading(page, user, instrument.symbol)
     summary = page.locator("#chart-summary")
-    expect(summary).to_contain_text("close 100, volume 1.")
+    expect(summary).to_contain_text("close 100.00, volume 1.")
 
     answers: list = []  # the reload's answer, read from the server, held back from the page
 
@@ -882,7 +929,7 @@ def test_a_trade_arriving_while_the_candles_reload_is_counted_once(
         .json()["candles"][-1]
     )
     assert latest["close"] == "102.00"
-    expect(summary).to_contain_text(f"close 102, volume {latest['volume']}.")
+    expect(summary).to_contain_text(f"close 102.00, volume {latest['volume']}.")
 
 
 def test_a_trade_whose_frame_comes_after_the_candles_that_count_it_is_not_counted_again(
@@ -912,7 +959,7 @@ def test_a_trade_whose_frame_comes_after_the_candles_that_count_it_is_not_counte
     page.route_web_socket("**/ws/v1", between_page_and_server)
     open_trading(page, user, instrument.symbol)
     summary = page.locator("#chart-summary")
-    expect(summary).to_contain_text("close 100, volume 1.")
+    expect(summary).to_contain_text("close 100.00, volume 1.")
     link["hold"] = True
     trade_between_two_others(exchange_stack, instrument.symbol, "102.00", "2")
     deadline = time.monotonic() + 10
@@ -920,7 +967,7 @@ def test_a_trade_whose_frame_comes_after_the_candles_that_count_it_is_not_counte
         page.wait_for_timeout(20)
     assert link["held"], "no trades frame came"
     page.locator('#chart-intervals button[data-interval="1m"]').click()
-    expect(summary).to_contain_text("close 102")  # the reloaded candles count the trade
+    expect(summary).to_contain_text("close 102.00")  # the reloaded candles count the trade
     link["hold"] = False
     for message in link["held"]:
         link["page"].send(message)
@@ -931,7 +978,47 @@ def test_a_trade_whose_frame_comes_after_the_candles_that_count_it_is_not_counte
         .get(f"/api/v1/candles/{instrument.symbol}", interval="1m")
         .json()["candles"][-1]
     )
-    expect(summary).to_contain_text(f"close 102, volume {latest['volume']}.")
+    expect(summary).to_contain_text(f"close 102.00, volume {latest['volume']}.")
+
+
+def test_the_charts_latest_candle_reads_at_the_instruments_precision(
+    open_page, exchange_stack, live_db
+):
+    # The chart's description said its latest candle in JavaScript numbers: a price of a coin
+    # below a millionth in exponent notation ("open 5e-7"), every price without the tick's
+    # places ("close 101" for 101.00), and live trades' volumes summed in floating point
+    # ("volume 0.30000000000000004"); its price axis had two decimal places whatever the tick.
+    instrument = make_instrument(
+        quote_asset="XBT",
+        quote_precision=8,
+        tick_size=Decimal("0.00000001"),
+        lot_size=Decimal("0.1"),
+        min_quantity=Decimal("0.1"),
+        min_notional=Decimal("0"),
+    )
+    funds = {"XBT": Decimal("1000"), BASE: Decimal("1000")}
+
+    def trade(price: str, quantity: str) -> None:
+        order = {"symbol": instrument.symbol, "order_type": "limit", "price": price}
+        seller = ApiClient(exchange_stack, make_user(funds=funds))
+        assert seller.place(**order, side="sell", quantity=quantity).status_code == 201
+        taken = ApiClient(exchange_stack, make_user(funds=funds))
+        taken = taken.place(**order, side="buy", quantity=quantity)
+        assert taken.json()["status"] == "filled", taken.text
+
+    trade("0.00000050", "0.1")
+    page = open_page()
+    open_trading(page, trader(), instrument.symbol)
+    summary = page.locator("#chart-summary")
+    expect(summary).to_contain_text(
+        "latest open 0.00000050, high 0.00000050, low 0.00000050, close 0.00000050, volume 0.1."
+    )
+    trade("0.00000051", "0.2")  # folded into the latest candle from its live frame
+    expect(page.locator("#tape tbody tr").first).to_contain_text("0.00000051")
+    expect(summary).to_contain_text(
+        "latest open 0.00000050, high 0.00000051, low 0.00000050, close 0.00000051, volume 0.3."
+    )
+    expect(page.locator("#chart")).to_have_attribute("data-price-format", "0.00000001")
 
 
 def test_a_balance_read_before_a_live_change_but_answered_after_it_does_not_overwrite_it(

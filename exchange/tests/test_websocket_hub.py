@@ -12,7 +12,14 @@ from django.conf import settings
 
 from exchange.book_checksum import book_checksum
 from exchange.embedded_servers import free_port
-from exchange.market_hub import BookMirror, MarketHub, Subscriber, hub_client_name, view_changes
+from exchange.market_hub import (
+    RELOAD_RETRY_SECONDS,
+    BookMirror,
+    MarketHub,
+    Subscriber,
+    hub_client_name,
+    view_changes,
+)
 
 
 def test_checksum_matches_the_documented_example():
@@ -333,6 +340,42 @@ def test_a_first_book_load_that_fails_is_forgotten_and_tried_again():
         snapshot_stored(symbol, 7)
         hub._client = aioredis.Redis.from_url(settings.REDIS_URL)
         assert (await asyncio.wait_for(hub.mirror(symbol), timeout=5)).seq == 7
+
+    asyncio.run(scenario())
+
+
+def test_a_book_reloaded_while_redis_has_lost_its_snapshot_keeps_its_book_until_it_is_back():
+    # A reload (the hub's Redis subscription lost, say Redis restarted without its data) that
+    # found no snapshot mirrored the book empty at seq 0 and sent its subscribers that, for as
+    # long as the shard's worker was away to write the snapshot again.
+    symbol = f"HUB{uuid.uuid4().hex[:8].upper()}"
+
+    async def scenario():
+        from exchange.redis_connection import redis_client
+        from matching.transport import book_snapshot_key
+
+        key = book_snapshot_key(symbol)
+        snapshot = {"seq": 12, "bids": [["10.00", "3", 1]], "asks": [], "last_price": None}
+        redis_client().set(key, json.dumps(snapshot), ex=60)
+        hub = MarketHub()
+        hub._client = aioredis.Redis.from_url(settings.REDIS_URL)
+        mirror = await hub.mirror(symbol)
+        sub = Subscriber(maxsize=10)
+        hub.add(sub, f"book.{symbol}")
+        assert [(f["type"], f["seq"]) for f in drained(sub)] == [("snapshot", 12)]
+        redis_client().delete(key)
+        hub._reload(mirror)
+        await asyncio.sleep(RELOAD_RETRY_SECONDS * 3)  # reload attempts that find nothing
+        assert drained(sub) == []
+        assert not mirror.loaded
+        redis_client().set(key, json.dumps(snapshot), ex=60)  # written again
+        for _ in range(60):
+            if mirror.loaded:
+                break
+            await asyncio.sleep(0.05)
+        frames = drained(sub)
+        assert [(f["type"], f["seq"]) for f in frames] == [("snapshot", 12)]
+        assert frames[0]["bids"] == [["10.00", "3"]]
 
     asyncio.run(scenario())
 

@@ -263,6 +263,75 @@ def test_a_redis_wipe_brings_the_book_snapshots_back_without_a_new_order(
     assert wait_until(snapshot_bids, timeout=10)[0][:2] == ["10.00", "3"]
 
 
+def test_a_book_whose_snapshot_redis_lost_while_its_worker_was_away_is_a_503_not_an_empty_book(
+    processes, process_env, redis_conn, client
+):
+    # Redis wiped while the shard's worker was down (or still recovering): GET /orderbook,
+    # its spread and the ticker said the book was empty at seq 0 (its seq going back from
+    # where it was) for as long as the worker stayed away, and so did a new subscription's
+    # snapshot on the socket. A book that never changed is empty.
+    from websockets.sync.client import connect as ws_connect
+
+    from conftest import start_web
+
+    instrument, quiet = instrument_create(), instrument_create()
+    worker = processes.manage("run_matching", "--shard", "0", env=process_env, name="w1")
+    serving_pid(redis_conn)
+    base_url = start_web(processes, env=process_env)
+    order_row_place(
+        user=make_user(), instrument=instrument, side="buy", quantity="3", price="10.00"
+    )
+    book_path = f"/api/v1/orderbook/{instrument.symbol}"
+
+    def book_bids():
+        response = client.get(book_path)
+        return response.status_code == 200 and response.json()["bids"]
+
+    assert wait_until(book_bids, timeout=15) == [{"price": "10.00", "quantity": "3", "orders": 1}]
+    seq = client.get(book_path).json()["seq"]
+    assert seq > 0
+    worker.terminate()
+    worker.wait(timeout=15)
+    keys = list(redis_conn.scan_iter(match=RUN_PREFIX + "*", count=1000))
+    redis_conn.delete(*keys)  # what FLUSHALL does to this run's keys
+
+    for path in (book_path, f"{book_path}/spread", f"/api/v1/ticker/{instrument.symbol}"):
+        response = client.get(path)
+        assert response.status_code == 503, (path, response.content)
+        assert response.json()["error"] == "ServiceUnavailable", path
+        assert response.headers["Retry-After"] == "1", path
+    never_changed = client.get(f"/api/v1/orderbook/{quiet.symbol}")
+    assert never_changed.status_code == 200
+    assert never_changed.json() == {"symbol": quiet.symbol, "seq": 0, "bids": [], "asks": []}
+
+    book, quiet_book = f"book.{instrument.symbol}", f"book.{quiet.symbol}"
+    with ws_connect(base_url.replace("http://", "ws://") + "/ws/v1") as ws:
+        ws.send(json.dumps({"op": "subscribe", "channels": [book, quiet_book]}))
+        refusal = next_frame(ws, lambda f: f.get("type") in ("error", "snapshot"), timeout=15)
+        assert (refusal["type"], refusal.get("channel")) == ("error", book), refusal
+        assert refusal["error"] == "ServiceUnavailable"
+        empty = next_frame(ws, lambda f: f.get("type") == "snapshot", timeout=15)
+        assert (empty["channel"], empty["seq"], empty["bids"]) == (quiet_book, 0, [])
+
+        processes.manage("run_matching", "--shard", "0", env=process_env, name="w2")
+        assert wait_until(book_bids, timeout=45) == [
+            {"price": "10.00", "quantity": "3", "orders": 1}
+        ]
+        assert client.get(book_path).json()["seq"] == seq
+
+        def subscribed_snapshot():  # as a client refused for the moment: subscribe again
+            ws.send(json.dumps({"op": "subscribe", "channels": [book]}))
+            frame = next_frame(ws, lambda f: f.get("type") in ("error", "snapshot"), timeout=15)
+            return frame if frame["type"] == "snapshot" else None
+
+        snapshot = wait_until(subscribed_snapshot, timeout=15, interval=0.5)
+        assert (snapshot["channel"], snapshot["seq"], snapshot["bids"]) == (
+            book,
+            seq,
+            [["10.00", "3"]],
+        )
+
+
 def next_frame(ws, predicate, timeout: float) -> dict:
     """The next frame of socket `ws` that satisfies `predicate`, skipping others; fails
     (TimeoutError) at the deadline."""

@@ -2,19 +2,25 @@
 // GET /api/v1/candles/{symbol}, then the last candle follows the live trades. The answer names
 // the last trade it counts (last_trade_id): live trades that arrive while it loads are held, and
 // only those with a higher id are folded in (a trade was counted twice or dropped otherwise).
+// The chart library draws numbers; what the page says in words (the latest candle) it says in
+// the exact decimal strings of the API and the trades, at the instrument's precision.
 import { api } from "./api.js";
+import { compareDecimal } from "./book.js";
+import { addDecimals } from "./decimal.js";
 
 const INTERVAL_SECONDS = { "1m": 60, "5m": 300, "1h": 3600, "1d": 86400 };
 const UP = "#1a7f4b";
 const DOWN = "#c0392b";
 
 export class CandleChart {
-  constructor({ container, summary, moduleUrl, symbol }) {
+  constructor({ container, summary, moduleUrl, symbol, tick }) {
     this.container = container;
     this.summary = summary;
     this.symbol = symbol;
+    this.tick = tick; // the tick size as a decimal string ("0.00000001")
     this.interval = "1m";
     this.last = null; // the latest candle, as numbers, for live updates
+    this.lastText = null; // the same candle as decimal strings, for the summary
     this.lastTradeId = null; // the highest trade id counted in the candles shown
     this.loads = 0; // each load's number: only the latest one's answer is shown
     this.loading = true; // until a load ends, live trades are held in `held`
@@ -32,7 +38,11 @@ export class CandleChart {
       grid: { vertLines: { color: "#eee" }, horzLines: { color: "#eee" } },
       timeScale: { timeVisible: true, secondsVisible: false },
     });
+    // The price axis at the tick's places (the library's default is two: a coin trading below
+    // a cent read 0.00 all the way up the axis).
+    const places = this.tick.includes(".") ? this.tick.split(".")[1].length : 0;
     this.candles = this.chart.addSeries(charts.CandlestickSeries, {
+      priceFormat: { type: "price", precision: places, minMove: Number(this.tick) },
       upColor: UP,
       downColor: DOWN,
       borderVisible: false,
@@ -46,6 +56,8 @@ export class CandleChart {
       priceLineVisible: false,
     });
     this.volume.priceScale().applyOptions({ scaleMargins: { top: 0.8, bottom: 0 } });
+    // How the price axis writes one tick (what a test can read of a canvas).
+    this.container.dataset.priceFormat = this.candles.priceFormatter().format(Number(this.tick));
   }
 
   async load(interval) {
@@ -84,6 +96,11 @@ export class CandleChart {
     this.volume.setData(bars.map((bar) => this.volumeBar(bar)));
     this.chart.timeScale().fitContent();
     this.last = bars.at(-1) || null;
+    const latest = data.candles.at(-1);
+    this.lastText = latest
+      ? { open: latest.open, high: latest.high, low: latest.low, close: latest.close,
+          volume: latest.volume }
+      : null;
     this.lastTradeId = data.last_trade_id ?? null;
     this.container.dataset.candles = String(bars.length);
     this.container.dataset.interval = interval;
@@ -117,8 +134,15 @@ export class CandleChart {
         this.last.low = Math.min(this.last.low, price);
         this.last.close = price;
         this.last.volume += quantity;
+        const text = this.lastText;
+        if (compareDecimal(trade.price, text.high) > 0) text.high = trade.price;
+        if (compareDecimal(trade.price, text.low) < 0) text.low = trade.price;
+        text.close = trade.price;
+        text.volume = addDecimals(text.volume, trade.quantity);
       } else {
         this.last = { time, open: price, high: price, low: price, close: price, volume: quantity };
+        const at = trade.price;
+        this.lastText = { open: at, high: at, low: at, close: at, volume: trade.quantity };
         this.container.dataset.candles = String(Number(this.container.dataset.candles) + 1);
       }
       this.candles.update({ ...this.last });
@@ -129,10 +153,10 @@ export class CandleChart {
 
   describe() {
     const count = Number(this.container.dataset.candles || 0);
-    this.summary.textContent = this.last
-      ? `${this.symbol}, ${this.interval} candles (${count}): latest open ${this.last.open}, ` +
-        `high ${this.last.high}, low ${this.last.low}, close ${this.last.close}, ` +
-        `volume ${this.last.volume}.`
+    const text = this.lastText;
+    this.summary.textContent = text
+      ? `${this.symbol}, ${this.interval} candles (${count}): latest open ${text.open}, ` +
+        `high ${text.high}, low ${text.low}, close ${text.close}, volume ${text.volume}.`
       : `${this.symbol}: no trades yet, so no candles.`;
   }
 }

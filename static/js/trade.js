@@ -177,6 +177,7 @@ const chart = new CandleChart({
   summary: document.getElementById("chart-summary"),
   moduleUrl: page.dataset.chartModule,
   symbol,
+  tick: page.dataset.tick,
 });
 
 for (const button of document.querySelectorAll("#chart-intervals button")) {
@@ -666,6 +667,7 @@ const channels = [`book.${symbol}`, `trades.${symbol}`, `ticker.${symbol}`];
 if (canTrade) channels.push("orders");
 const stateLabel = { connecting: "Connecting…", live: "Live", reconnecting: "Reconnecting…" };
 let tradesSubscribedBefore = false;
+const refused = new Set(); // channels refused for the moment, asked for again
 
 const stream = new Stream(channels, {
   depth: 50,
@@ -678,6 +680,9 @@ const stream = new Stream(channels, {
   },
   onFrame: (frame) => {
     if (frame.type === "subscribed") {
+      if (refused.delete(frame.channel) && !refused.size) {
+        document.getElementById("stream-state").textContent = stateLabel.live;
+      }
       // Subscribed (again, after a reconnect): frames sent while the socket was away are gone
       // (docs/websocket.md), so read what they would have said. An order filled meanwhile had
       // stayed in the open orders, its fill, its trade and the new balances unseen.
@@ -690,6 +695,15 @@ const stream = new Stream(channels, {
       } else if (frame.channel === "orders") {
         refreshMine();
       }
+      return;
+    }
+    if (frame.type === "error" && frame.error === "ServiceUnavailable" && frame.channel) {
+      // Refused for the moment (market data out of reach, the book being restored after Redis
+      // lost it): asked again a second later, as the reference client does; it had waited for
+      // a reload of the page.
+      refused.add(frame.channel);
+      document.getElementById("stream-state").textContent = `Feed error: ${frame.message}`;
+      setTimeout(() => stream.send({ op: "subscribe", channels: [frame.channel], depth: 50 }), 1000);
       return;
     }
     if (frame.channel === `book.${symbol}`) onBookFrame(frame);
