@@ -8,7 +8,7 @@ import time
 from decimal import ROUND_DOWN, Decimal
 
 from django.contrib.auth import get_user_model
-from django.db import close_old_connections, transaction
+from django.db import close_old_connections, reset_queries, transaction
 
 from accounts.funds import DEMO_FUNDS, demo_funds_grant
 from accounts.models import LedgerAccount
@@ -128,6 +128,7 @@ def demo_market_run(*, interval: float = 1.0, steps: int | None = None, seed: in
     done = 0
     while steps is None or done < steps:
         close_old_connections()
+        reset_queries()  # under DEBUG (`make run`) the step's queries only, as a request's
         market.step()
         done += 1
         time.sleep(interval)

@@ -22,7 +22,7 @@ import threading
 from concurrent.futures import Future
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, reset_queries
 
 from exchange.api_errors import database_unavailable
 
@@ -72,6 +72,7 @@ class OrderBatcher:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            reset_queries()  # the DEBUG query log, as a view thread's (see view_threads)
             self._store(batch)
             if self._queue.empty():
                 connection.close()  # idle: the connection goes back to the pool
