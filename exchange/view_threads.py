@@ -18,6 +18,7 @@ import threading
 from concurrent.futures import Executor, Future
 
 from asgiref.sync import AsyncToSync, sync_to_async
+from channels.db import DatabaseSyncToAsync
 from django.conf import settings
 from django.db import connections, reset_queries
 from django.http import HttpResponse
@@ -87,6 +88,20 @@ class ViewThreads(Executor):
                 loop.call_soon_threadsafe(settle, waiter, outcome)
             except RuntimeError:  # the caller's loop has closed: nobody waits for this answer
                 logger.warning("view finished after its event loop closed")
+
+
+class QueryLogForgettingSyncToAsync(DatabaseSyncToAsync):
+    """Channels' `database_sync_to_async` (the event loop's database calls: socket logins and
+    subscriptions, the market hub's session watch), also forgetting the thread's DEBUG query
+    log before each call, as `ViewThreads` does: the loop's executor threads live as long as
+    the process, and each had kept every query up to Django's cap of 9,000."""
+
+    def thread_handler(self, loop, *args, **kwargs):
+        reset_queries()
+        return super().thread_handler(loop, *args, **kwargs)
+
+
+database_sync_to_async = QueryLogForgettingSyncToAsync
 
 
 def _set_result(waiter: asyncio.Future | Future, result) -> None:
