@@ -13,10 +13,9 @@ app.autodiscover_tasks()
 
 
 @task_prerun.connect
-def query_log_forget(**_kwargs) -> None:
-    """Each task is a request of its own: under DEBUG (`make run`) Django logs every query and
-    forgets them only when a request starts, which never happens in a worker (its log had kept
-    every task's queries, a few a second from beat, up to Django's cap of 9,000)."""
-    from django.db import reset_queries
+def task_query_log_forget(**_kwargs) -> None:
+    """Each task is a request of its own (`exchange.view_threads.query_log_forget`): a worker
+    process had kept every task's queries under DEBUG, a few a second from beat."""
+    from exchange.view_threads import query_log_forget
 
-    reset_queries()
+    query_log_forget()

@@ -22,9 +22,10 @@ import threading
 from concurrent.futures import Future
 
 from django.conf import settings
-from django.db import connection, reset_queries
+from django.db import connection
 
 from exchange.api_errors import database_unavailable
+from exchange.view_threads import query_log_forget
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class OrderBatcher:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            reset_queries()  # the DEBUG query log, as a view thread's (see view_threads)
+            query_log_forget()  # each batch is a request of its own
             self._store(batch)
             if self._queue.empty():
                 connection.close()  # idle: the connection goes back to the pool
