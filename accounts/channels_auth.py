@@ -1,10 +1,10 @@
 """WebSocket counterpart of the OTP step: a half-signed-in session is anonymous on sockets."""
 
-from channels.db import database_sync_to_async
 from channels.middleware import BaseMiddleware
 from django.contrib.auth.models import AnonymousUser
 
 from accounts.two_factor import session_two_factor_pending
+from exchange.view_threads import database_sync_to_async
 
 
 class TwoFactorSessionMiddleware(BaseMiddleware):

@@ -17,7 +17,6 @@ from typing import Any
 
 import redis
 from channels.consumer import get_handler_name
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
@@ -46,7 +45,7 @@ from exchange.json_text import (
 from exchange.market_hub import SNAPSHOT_DEPTH, Subscriber, channel_symbol, hub
 from exchange.redis_connection import redis_read_ahead
 from exchange.selectors import book_has_changed, instruments_trading_state
-from exchange.view_threads import view_executor
+from exchange.view_threads import database_sync_to_async, view_executor
 from exchange.ws_direct import RAW_SEND_KEY, DirectSocket, text_frame
 from matching.command_codec import ns_to_datetime
 

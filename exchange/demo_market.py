@@ -17,6 +17,7 @@ from exchange.models import Instrument, Order
 from exchange.order_rules import OrderRequest
 from exchange.selectors import reference_price
 from exchange.services import order_cancel, order_place
+from exchange.view_threads import query_log_forget
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +129,7 @@ def demo_market_run(*, interval: float = 1.0, steps: int | None = None, seed: in
     done = 0
     while steps is None or done < steps:
         close_old_connections()
+        query_log_forget()  # each step is a request of its own
         market.step()
         done += 1
         time.sleep(interval)

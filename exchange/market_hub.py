@@ -568,9 +568,8 @@ class MarketHub:
         """Every SESSION_CHECK_SECONDS, the trading state of the instruments this hub mirrors
         (`session_seen`): a session that opened or closed (or hours staff changed) is told on
         their book and ticker channels."""
-        from channels.db import database_sync_to_async
-
         from exchange.selectors import instruments_trading_state
+        from exchange.view_threads import database_sync_to_async
 
         read = database_sync_to_async(instruments_trading_state, thread_sensitive=False)
         while True:

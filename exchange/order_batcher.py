@@ -25,6 +25,7 @@ from django.conf import settings
 from django.db import connection
 
 from exchange.api_errors import database_unavailable
+from exchange.view_threads import query_log_forget
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class OrderBatcher:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            query_log_forget()  # each batch is a request of its own
             self._store(batch)
             if self._queue.empty():
                 connection.close()  # idle: the connection goes back to the pool

@@ -18,8 +18,9 @@ import threading
 from concurrent.futures import Executor, Future
 
 from asgiref.sync import AsyncToSync, sync_to_async
+from channels.db import DatabaseSyncToAsync
 from django.conf import settings
-from django.db import connections
+from django.db import connections, reset_queries
 from django.http import HttpResponse
 from django.urls import URLPattern, URLResolver
 
@@ -69,6 +70,7 @@ class ViewThreads(Executor):
             context, fn, args, kwargs, loop, waiter = self._calls.get()
             if loop is None and not waiter.set_running_or_notify_cancel():
                 continue
+            query_log_forget()  # each call is a request of its own
             try:
                 result = context.run(fn, *args, **kwargs)
             except BaseException as exc:  # handed to the caller, as an executor does
@@ -82,6 +84,30 @@ class ViewThreads(Executor):
                 loop.call_soon_threadsafe(settle, waiter, outcome)
             except RuntimeError:  # the caller's loop has closed: nobody waits for this answer
                 logger.warning("view finished after its event loop closed")
+
+
+def query_log_forget() -> None:
+    """Empty this thread's query log, as Django does when a request starts (request_started),
+    which never happens on a thread that serves calls for the process's life (view, order
+    entry and event loop executor threads, Celery tasks, the demo's loop). Under DEBUG (`make
+    run`) Django logs every query: each such thread's log had filled to Django's cap of 9,000
+    queries (~10 MB), +400 MB for the web process in hours. Without DEBUG nothing is logged."""
+    if settings.DEBUG:
+        reset_queries()
+
+
+class QueryLogForgettingSyncToAsync(DatabaseSyncToAsync):
+    """Channels' `database_sync_to_async` (the event loop's database calls: socket logins and
+    subscriptions, the market hub's session watch), also forgetting the thread's DEBUG query
+    log before each call (`query_log_forget`): the loop's executor threads live as long as
+    the process."""
+
+    def thread_handler(self, loop, *args, **kwargs):
+        query_log_forget()
+        return super().thread_handler(loop, *args, **kwargs)
+
+
+database_sync_to_async = QueryLogForgettingSyncToAsync
 
 
 def _set_result(waiter: asyncio.Future | Future, result) -> None:

@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 from django.db import connection, transaction
+from django.db.backends.signals import connection_created
 
 from accounts.models import LedgerAccount, LedgerEntry
 from accounts.selectors import ledger_discrepancies
@@ -17,7 +18,7 @@ from conftest import start_web
 from exchange import services
 from exchange.api_errors import ApiError
 from exchange.models import Order
-from exchange.order_batcher import order_batcher
+from exchange.order_batcher import OrderBatcher, order_batcher
 from exchange.order_rules import OrderRequest
 from exchange.tests.api_client import ApiClient, make_instrument, make_user
 from matching.models import Command
@@ -444,3 +445,31 @@ def test_a_deactivation_stores_its_cancels_together_however_many_open_orders():
         return len(queries.captured_queries)
 
     assert deactivation_queries(20) == deactivation_queries(1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batcher_thread_logs_only_the_queries_of_its_current_batch_under_debug(settings):
+    """Under DEBUG (`make run`) Django logs every query of a connection until a request starts;
+    a batcher thread stores batches for the process's life and had kept every query of every
+    batch, up to Django's cap of 9,000 per thread."""
+    settings.DEBUG = True
+    settings.ORDER_ENTRY_BATCH_THREADS = 1
+    instrument = make_instrument()
+    user = make_user(funds={"USD": Decimal("100.00")})
+    batcher_connections = []
+
+    def seen(sender, connection, **kwargs) -> None:
+        if threading.current_thread().name.startswith("order-batcher"):
+            batcher_connections.append(connection)
+
+    connection_created.connect(seen)
+    batcher = OrderBatcher()
+    try:
+        logged = []
+        for _ in range(4):
+            assert batcher.store(plan(user, buy(instrument.symbol, "1.00", "1"))).created
+            logged.append(max(len(c.queries_log) for c in batcher_connections))
+    finally:
+        connection_created.disconnect(seen)
+    assert batcher_connections
+    assert logged[-1] == logged[0], logged  # one batch's queries, not all of them
