@@ -37,8 +37,11 @@ def release_db_connection() -> None:
 class ReplyHub:
     """One per process: a listener thread that wakes the requests waiting on command ids."""
 
-    def __init__(self) -> None:
-        self._waiters: dict[int, threading.Event] = {}
+    def __init__(self, *, recheck_seconds: float = 1.0) -> None:
+        # Each command's waiters: one request each, and several may wait on one command (the
+        # same client_order_id sent again while the first is still waiting).
+        self._waiters: dict[int, list[threading.Event]] = {}
+        self.recheck_seconds = recheck_seconds  # the longest sleep without a wake-up
         self._recent: dict[int, None] = {}  # insertion-ordered: the oldest ids go first
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -78,17 +81,18 @@ class ReplyHub:
                 recent[command_id] = None
             while len(recent) > RECENT_REPLIES:
                 del recent[next(iter(recent))]
-            events = [self._waiters.get(command_id) for command_id in command_ids]
+            events = [
+                event for command_id in command_ids for event in self._waiters.get(command_id, ())
+            ]
         for event in events:
-            if event is not None:
-                event.set()
+            event.set()
 
     def wait(self, command_id: int, *, done: Callable[[], bool], timeout: float) -> bool:
         """Wait until `done()` is true (checked on each wake-up) or `timeout`; return done()."""
         self._ensure_listening()
         event = threading.Event()
         with self._lock:
-            self._waiters[command_id] = event
+            self._waiters.setdefault(command_id, []).append(event)
         try:
             deadline = time.monotonic() + timeout
             check = not self.connected.is_set() or command_id in self._recent
@@ -99,14 +103,17 @@ class ReplyHub:
                 if remaining <= 0:
                     return False
                 release_db_connection()
-                # Connected: sleep until woken (a second at most). Not connected: poll.
+                # Connected: sleep until woken (recheck_seconds at most). Not connected: poll.
                 slice_ = remaining if self.connected.is_set() else DB_POLL_SECONDS
-                event.wait(min(remaining, slice_, 1.0))
+                event.wait(min(remaining, slice_, self.recheck_seconds))
                 event.clear()
                 check = True
         finally:
             with self._lock:
-                self._waiters.pop(command_id, None)
+                waiting = self._waiters[command_id]
+                waiting.remove(event)
+                if not waiting:
+                    del self._waiters[command_id]
 
 
 reply_hub = ReplyHub()
