@@ -509,7 +509,10 @@ class MarketHub:
 
         async def reload() -> None:
             # Until it loads (Redis may be coming back: a reconnect reloads every book) or
-            # nobody watches the book any more; meanwhile its subscribers get nothing.
+            # nobody watches the book any more; meanwhile its subscribers get nothing. Logged
+            # at the first failure and when it loads, not at every retry (two lines a second a
+            # book, for as long as Redis or the book's snapshot was away).
+            failures = 0
             while True:
                 if self.books.get(mirror.symbol) is not mirror:
                     return
@@ -517,11 +520,17 @@ class MarketHub:
                     await self._load(mirror)
                     break
                 except (redis.RedisError, OSError) as exc:
-                    logger.warning(
-                        "book reload failed, retrying",
-                        extra={"symbol": mirror.symbol, "why": str(exc)},
-                    )
+                    if not failures:
+                        logger.warning(
+                            "book reload failed, retrying",
+                            extra={"symbol": mirror.symbol, "why": str(exc)},
+                        )
+                    failures += 1
                     await asyncio.sleep(RELOAD_RETRY_SECONDS)
+            if failures:
+                logger.info(
+                    "book reloaded", extra={"symbol": mirror.symbol, "failed_attempts": failures}
+                )
             for sub in list(self.channels.get(f"book.{mirror.symbol}", ())):
                 self._push_snapshot(sub, mirror)
             for sub in list(self.channels.get(f"ticker.{mirror.symbol}", ())):

@@ -344,7 +344,9 @@ def test_a_first_book_load_that_fails_is_forgotten_and_tried_again():
     asyncio.run(scenario())
 
 
-def test_a_book_reloaded_while_redis_has_lost_its_snapshot_keeps_its_book_until_it_is_back():
+def test_a_book_reloaded_while_redis_has_lost_its_snapshot_keeps_its_book_until_it_is_back(
+    caplog,
+):
     # A reload (the hub's Redis subscription lost, say Redis restarted without its data) that
     # found no snapshot mirrored the book empty at seq 0 and sent its subscribers that, for as
     # long as the shard's worker was away to write the snapshot again.
@@ -377,7 +379,12 @@ def test_a_book_reloaded_while_redis_has_lost_its_snapshot_keeps_its_book_until_
         assert [(f["type"], f["seq"]) for f in frames] == [("snapshot", 12)]
         assert frames[0]["bids"] == [["10.00", "3"]]
 
-    asyncio.run(scenario())
+    with caplog.at_level("INFO", logger="exchange.market_hub"):
+        asyncio.run(scenario())
+    # Said when it starts and when it ends, not at each of the retries between (a warning
+    # every half second a book, for as long as the shard's worker was away).
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("book reload")]
+    assert said == ["book reload failed, retrying", "book reloaded"]
 
 
 def test_a_book_loaded_before_its_snapshot_was_written_again_gets_it_without_a_change():
