@@ -141,8 +141,9 @@ def test_a_web_process_stopped_inside_its_batch_copy_holds_no_locks_past_the_lim
     finally:
         loading.clear()
         loader.join(180)
-    # Within the limit and the watchdog's period (1 s), with room for a slow machine.
-    assert went_on_after < LIMIT_MS / 1000 + 1 + 5, went_on_after
+    # Within the limit and the watchdog's period (1 s), with room for a busy machine (~4.5 s
+    # measured); without the watchdog they waited for as long as the process stayed stopped.
+    assert went_on_after < LIMIT_MS / 1000 + 1 + 10, went_on_after
 
     # The stopped batch rolled back whole: its clients were told to retry, and every order of
     # the seller stored is one answered as stored, with its command and audit record.
