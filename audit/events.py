@@ -63,6 +63,9 @@ class AuditEvent(models.TextChoices):
     SHARD_TAKEOVER = "worker.shard_takeover", "Shard takeover"
     HOLDER_FENCED = "worker.holder_fenced", "Hung shard holder fenced"
     WORKER_RECOVERY = "worker.recovery", "Worker recovery"
+    # A session of the deployment ended by the watchdog: stopped mid-statement (its client
+    # silent inside a transaction past DB_IDLE_IN_TRANSACTION_TIMEOUT_MS), its locks held.
+    STALLED_SESSION_ENDED = "database.stalled_session_ended", "Stalled database session ended"
     # Instruments.
     INSTRUMENT_LISTED = "instrument.listed", "Instrument listed"
     INSTRUMENT_HALTED = "instrument.halted", "Instrument halted"

@@ -33,7 +33,9 @@ def transaction_pipeline() -> Iterator[psycopg.Pipeline]:
     worker) stopped while such a pipeline waited for a lock (the command-order lock, a user's
     ledger lock) held that lock once granted, idle in its transaction for good, and order entry
     failed behind it. (Between leaving the block and the next statement the timer is still off:
-    a stop in those microseconds is not covered.)"""
+    a stop in those microseconds is not covered. A stop in the middle of the pipeline, or of a
+    COPY, leaves the session `active` waiting for its client, which no timer covers: Celery's
+    watchdog ends it, exchange/stalled_sessions.py.)"""
     connection.ensure_connection()
     with connection.wrap_database_errors, connection.connection.pipeline() as pipeline:
         yield pipeline

@@ -8,7 +8,9 @@ MATCHING_SHARDS, REDIS_KEY_PREFIX, LOG_LEVEL, VAR_DIR. The README lists them.
 
 import json
 import math
+import os
 import secrets
+import socket
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
@@ -413,6 +415,10 @@ DB_LOCK_TIMEOUT_MS = env.int("DB_LOCK_TIMEOUT_MS", default=5000)
 # order entry's command-order lock, and every process's order entry waited on it without end.
 # 0 never ends one.
 DB_IDLE_IN_TRANSACTION_TIMEOUT_MS = env.int("DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", default=15000)
+# PostgreSQL's timer does not cover a session `active` but waiting for its client inside a
+# statement (a COPY ... FROM STDIN, a pipeline, cut off by a stopped process): Celery's
+# watchdog ends this deployment's sessions waiting so for as long (exchange/stalled_sessions.py).
+DATABASE_SESSION_PREFIX = "exchange:"
 DB_POOL_TIMEOUT = env.float("DB_POOL_TIMEOUT", default=10.0)
 for _name, _value in [
     ("DB_POOL_MAX_SIZE", DB_POOL_MAX_SIZE),
@@ -441,6 +447,14 @@ if _session_options:
     DATABASES["default"]["OPTIONS"]["options"] = " ".join(
         [DATABASE_URL_OPTIONS] * bool(DATABASE_URL_OPTIONS) + _session_options
     )
+# Every session of the deployment carries its process's name (unless PGAPPNAME names it): how
+# the stalled-session watchdog (exchange/stalled_sessions.py) tells its own sessions from
+# others of the server (the matching worker renames its own `exchange-matching:...`).
+DATABASES["default"]["OPTIONS"]["fallback_application_name"] = (
+    f"{DATABASE_SESSION_PREFIX}{os.getpid()}@{socket.gethostname()}"[:63]
+)
+# The watchdog's period: a third of the idle-in-transaction limit, between 1 and 5 seconds.
+DB_STALLED_SESSION_CHECK_SECONDS = max(1.0, min(5.0, DB_IDLE_IN_TRANSACTION_TIMEOUT_MS / 3000))
 # psycopg's default: a statement run this many times on a connection is prepared there.
 DB_PREPARE_THRESHOLD = 5
 if DB_POOL_MAX_SIZE:
@@ -630,6 +644,13 @@ CELERY_BEAT_SCHEDULE: dict = {
     "matching-expire-due": {
         "task": "matching.tasks.expire_due_task",
         "schedule": 1.0,
+        "options": _EXPIRE_UNRUN,
+    },
+    # Sessions of this deployment stopped mid-statement, waiting for their client inside a
+    # transaction past DB_IDLE_IN_TRANSACTION_TIMEOUT_MS, are ended (their locks let go).
+    "exchange-stalled-sessions-end": {
+        "task": "exchange.tasks.stalled_sessions_end_task",
+        "schedule": DB_STALLED_SESSION_CHECK_SECONDS,
         "options": _EXPIRE_UNRUN,
     },
     # /healthz: proof that beat schedules and a worker runs what it schedules.

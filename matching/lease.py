@@ -28,15 +28,25 @@ logger = logging.getLogger(__name__)
 LEASE_LOCK_CLASS = 0x4D41  # "MA"
 
 
+WORKER_SESSION_PREFIX = "exchange-matching:"
+
+
 def session_name(pid: int | None = None) -> str:
     """The `application_name` of every database session of a matching worker process: how a
     standby finds all of a hung holder's sessions (PostgreSQL keeps 63 bytes of it)."""
-    return f"exchange-matching:{pid or os.getpid()}@{socket.gethostname()}"[:63]
+    return f"{WORKER_SESSION_PREFIX}{pid or os.getpid()}@{socket.gethostname()}"[:63]
 
 
 # Connection options of DATABASES that are not the server's address or TLS: the pool's and
 # Django's own, and the session settings (lock and idle timeouts) meant for Django's sessions.
-_NOT_CONNINFO = {"pool", "prepare_threshold", "options", "connect_timeout", "application_name"}
+_NOT_CONNINFO = {
+    "pool",
+    "prepare_threshold",
+    "options",
+    "connect_timeout",
+    "application_name",
+    "fallback_application_name",
+}
 
 
 def database_conninfo(*, application_name: str = "exchange-lease") -> str:
@@ -187,7 +197,7 @@ class ShardLease:
         terminated = [
             r[0] for r in self._conn.execute(FENCE_SQL, (session, backend_pid)).fetchall() if r[1]
         ]
-        process = session.removeprefix("exchange-matching:").partition("@")[0]
+        process = session.removeprefix(WORKER_SESSION_PREFIX).partition("@")[0]
         self.fenced = {
             "session": session,
             "pid": int(process) if process.isdigit() else None,  # the hung process's

@@ -121,7 +121,13 @@ def test_postgres_unreachable_is_503(processes, process_env):
 
 
 @pytest.mark.parametrize(
-    "name", ["audit-seal", "matching-expire-due", "exchange-scheduler-heartbeat"]
+    "name",
+    [
+        "audit-seal",
+        "matching-expire-due",
+        "exchange-scheduler-heartbeat",
+        "exchange-stalled-sessions-end",
+    ],
 )
 def test_a_frequent_task_beat_queued_expires_unrun_after_ten_seconds(name):
     # django-celery-beat takes `expire_seconds` (an `expires` option would be dropped silently):
