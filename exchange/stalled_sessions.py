@@ -70,8 +70,9 @@ def stalled_sessions_end(*, limit_ms: int | None = None) -> list[dict]:
         if terminated
     ]
     for session in ended:
-        logger.warning("stalled database session ended: its client stopped mid-statement",
-                       extra=session)  # fmt: skip
+        logger.warning(
+            "stalled database session ended: its client stopped mid-statement", extra=session
+        )
     if ended:
         with transaction.atomic():
             for session in ended:
