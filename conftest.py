@@ -190,6 +190,11 @@ def redis_conn():
     return redis_client()
 
 
+def celery_command(*args: str) -> list[str]:
+    """The command line of a real Celery process of the project (`worker ...`, `beat`)."""
+    return [sys.executable, "-m", "celery", "-A", "exchange", *args, "--loglevel", "INFO"]
+
+
 def start_web(processes: Processes, *, env: dict[str, str], name: str = "web") -> str:
     """Start the real ASGI web process (as the Procfile does) and return its base URL."""
     import httpx

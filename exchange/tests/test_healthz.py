@@ -1,6 +1,5 @@
 """GET /healthz over HTTP against the real web process, in each state of the deployment."""
 
-import sys
 from datetime import timedelta
 
 import httpx
@@ -8,7 +7,7 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
-from conftest import start_web, wait_until
+from conftest import celery_command, start_web, wait_until
 from exchange.embedded_servers import free_port
 from exchange.health import scheduler_heartbeat_key
 from matching.heartbeat import heartbeat_clear, heartbeat_write
@@ -22,15 +21,11 @@ def health(base_url: str) -> httpx.Response:
     return httpx.get(f"{base_url}/healthz", timeout=10)
 
 
-def celery(*args: str) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "exchange", *args, "--loglevel", "INFO"]
-
-
 def test_all_up_with_a_live_shard_worker_and_scheduler_is_ok(processes, process_env):
     env = {**process_env, "SCHEDULER_HEARTBEAT_SECONDS": "1"}
     processes.manage("run_matching", "--shard", "0", env=env, name="matching-0")
-    processes.start(celery("worker", "--pool", "solo"), env=env, name="celery-worker")
-    processes.start(celery("beat"), env=env, name="celery-beat")
+    processes.start(celery_command("worker", "--pool", "solo"), env=env, name="celery-worker")
+    processes.start(celery_command("beat"), env=env, name="celery-beat")
     base_url = start_web(processes, env=env)
 
     response = wait_until(

@@ -6,7 +6,6 @@ import contextlib
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 
@@ -16,7 +15,7 @@ import pytest
 
 from audit.events import AuditEvent
 from audit.models import AuditRecord
-from conftest import start_web, wait_until
+from conftest import celery_command, start_web, wait_until
 from exchange.models import Order, Trade
 from exchange.redis_connection import redis_client
 from exchange.tests.api_client import ApiClient, ApiKeyAuth, limit, make_api_key, make_instrument
@@ -26,10 +25,6 @@ from matching.models import Command
 pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
 
 LIMIT_MS = 2000  # DB_IDLE_IN_TRANSACTION_TIMEOUT_MS here: the watchdog checks every second
-
-
-def celery(*args: str) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "exchange", *args, "--loglevel", "INFO"]
 
 
 def copy_sessions(monitor: psycopg.Connection, application_name: str, *, waiting: bool) -> list:
@@ -71,8 +66,8 @@ def test_a_web_process_stopped_inside_its_batch_copy_holds_no_locks_past_the_lim
     env = {**process_env, "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS": str(LIMIT_MS),
            "RATE_LIMIT_ENABLED": "false"}  # fmt: skip
     processes.manage("run_matching", "--shard", "0", env=env, name="matching-0")
-    processes.start(celery("worker", "--pool", "solo"), env=env, name="celery-worker")
-    processes.start(celery("beat"), env=env, name="celery-beat")
+    processes.start(celery_command("worker", "--pool", "solo"), env=env, name="celery-worker")
+    processes.start(celery_command("beat"), env=env, name="celery-beat")
     wait_until(lambda: redis_client().get(heartbeat_key(0)), timeout=60, interval=0.2)
     other_web = start_web(processes, env={**env, "DB_LOCK_TIMEOUT_MS": "0"}, name="web-b")
     stopped_web = start_web(processes, env={**env, "API_VIEW_THREADS": "64"}, name="web-a")
