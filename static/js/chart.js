@@ -6,7 +6,7 @@
 // the exact decimal strings of the API and the trades, at the instrument's precision.
 import { api } from "./api.js";
 import { compareDecimal } from "./book.js";
-import { addDecimals } from "./decimal.js";
+import { addDecimals, decimalPlaces } from "./decimal.js";
 
 const INTERVAL_SECONDS = { "1m": 60, "5m": 300, "1h": 3600, "1d": 86400 };
 const UP = "#1a7f4b";
@@ -19,8 +19,9 @@ export class CandleChart {
     this.symbol = symbol;
     this.tick = tick; // the tick size as a decimal string ("0.00000001")
     this.interval = "1m";
-    this.last = null; // the latest candle, as numbers, for live updates
-    this.lastText = null; // the same candle as decimal strings, for the summary
+    // The latest candle, for live updates and the summary: its `time` and its open, high, low,
+    // close and volume as decimal strings (the chart's numbers are read off them).
+    this.last = null;
     this.lastTradeId = null; // the highest trade id counted in the candles shown
     this.loads = 0; // each load's number: only the latest one's answer is shown
     this.loading = true; // until a load ends, live trades are held in `held`
@@ -40,9 +41,12 @@ export class CandleChart {
     });
     // The price axis at the tick's places (the library's default is two: a coin trading below
     // a cent read 0.00 all the way up the axis).
-    const places = this.tick.includes(".") ? this.tick.split(".")[1].length : 0;
     this.candles = this.chart.addSeries(charts.CandlestickSeries, {
-      priceFormat: { type: "price", precision: places, minMove: Number(this.tick) },
+      priceFormat: {
+        type: "price",
+        precision: decimalPlaces(this.tick),
+        minMove: Number(this.tick),
+      },
       upColor: UP,
       downColor: DOWN,
       borderVisible: false,
@@ -84,31 +88,32 @@ export class CandleChart {
 
   show(data) {
     const interval = this.interval;
-    const bars = data.candles.map((c) => ({
+    const candles = data.candles.map((c) => ({
       time: Date.parse(c.open_time) / 1000,
-      open: Number(c.open),
-      high: Number(c.high),
-      low: Number(c.low),
-      close: Number(c.close),
-      volume: Number(c.volume),
+      open: c.open,
+      high: c.high,
+      low: c.low,
+      close: c.close,
+      volume: c.volume,
     }));
-    this.candles.setData(bars);
-    this.volume.setData(bars.map((bar) => this.volumeBar(bar)));
+    this.candles.setData(candles.map((candle) => this.bar(candle)));
+    this.volume.setData(candles.map((candle) => this.volumeBar(candle)));
     this.chart.timeScale().fitContent();
-    this.last = bars.at(-1) || null;
-    const latest = data.candles.at(-1);
-    this.lastText = latest
-      ? { open: latest.open, high: latest.high, low: latest.low, close: latest.close,
-          volume: latest.volume }
-      : null;
+    this.last = candles.at(-1) || null;
     this.lastTradeId = data.last_trade_id ?? null;
-    this.container.dataset.candles = String(bars.length);
+    this.container.dataset.candles = String(candles.length);
     this.container.dataset.interval = interval;
     this.describe();
   }
 
-  volumeBar(bar) {
-    return { time: bar.time, value: bar.volume, color: bar.close >= bar.open ? UP : DOWN };
+  // A candle (decimal strings) as the chart draws it.
+  bar({ time, open, high, low, close }) {
+    return { time, open: Number(open), high: Number(high), low: Number(low), close: Number(close) };
+  }
+
+  volumeBar(candle) {
+    const up = compareDecimal(candle.close, candle.open) >= 0;
+    return { time: candle.time, value: Number(candle.volume), color: up ? UP : DOWN };
   }
 
   // Trades from the socket (oldest first in a frame) extend or start the latest candle; those
@@ -126,26 +131,18 @@ export class CandleChart {
       this.lastTradeId = String(id);
       const seconds = Number(BigInt(trade.ts_ns) / 1000000000n);
       const time = Math.floor(seconds / width) * width;
-      const price = Number(trade.price);
-      const quantity = Number(trade.quantity);
+      const { price, quantity } = trade;
       if (this.last && time < this.last.time) continue; // already counted in a loaded candle
       if (this.last && time === this.last.time) {
-        this.last.high = Math.max(this.last.high, price);
-        this.last.low = Math.min(this.last.low, price);
+        if (compareDecimal(price, this.last.high) > 0) this.last.high = price;
+        if (compareDecimal(price, this.last.low) < 0) this.last.low = price;
         this.last.close = price;
-        this.last.volume += quantity;
-        const text = this.lastText;
-        if (compareDecimal(trade.price, text.high) > 0) text.high = trade.price;
-        if (compareDecimal(trade.price, text.low) < 0) text.low = trade.price;
-        text.close = trade.price;
-        text.volume = addDecimals(text.volume, trade.quantity);
+        this.last.volume = addDecimals(this.last.volume, quantity);
       } else {
         this.last = { time, open: price, high: price, low: price, close: price, volume: quantity };
-        const at = trade.price;
-        this.lastText = { open: at, high: at, low: at, close: at, volume: trade.quantity };
         this.container.dataset.candles = String(Number(this.container.dataset.candles) + 1);
       }
-      this.candles.update({ ...this.last });
+      this.candles.update(this.bar(this.last));
       this.volume.update(this.volumeBar(this.last));
     }
     this.describe();
@@ -153,10 +150,10 @@ export class CandleChart {
 
   describe() {
     const count = Number(this.container.dataset.candles || 0);
-    const text = this.lastText;
-    this.summary.textContent = text
-      ? `${this.symbol}, ${this.interval} candles (${count}): latest open ${text.open}, ` +
-        `high ${text.high}, low ${text.low}, close ${text.close}, volume ${text.volume}.`
+    const last = this.last;
+    this.summary.textContent = last
+      ? `${this.symbol}, ${this.interval} candles (${count}): latest open ${last.open}, ` +
+        `high ${last.high}, low ${last.low}, close ${last.close}, volume ${last.volume}.`
       : `${this.symbol}: no trades yet, so no candles.`;
   }
 }

@@ -8,6 +8,11 @@ export function parseDecimal(text) {
   return { units: BigInt(match[1] + fraction), scale: fraction.length };
 }
 
+// The decimal places of a step such as a tick or lot size ("0.01" -> 2, "5" -> 0).
+export function decimalPlaces(step) {
+  return step.includes(".") ? step.split(".")[1].length : 0;
+}
+
 export function formatUnits(units, places) {
   const negative = units < 0n;
   const digits = (negative ? -units : units).toString().padStart(places + 1, "0");

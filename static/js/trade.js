@@ -6,7 +6,7 @@ import {
 } from "./api.js";
 import { LocalBook, compareDecimal } from "./book.js";
 import { CandleChart } from "./chart.js";
-import { addDecimals } from "./decimal.js";
+import { addDecimals, decimalPlaces } from "./decimal.js";
 import { feePreview } from "./fees.js";
 import { Stream } from "./stream.js";
 
@@ -16,9 +16,8 @@ const canTrade = page.dataset.canTrade === "true";
 const LADDER_LEVELS = 15;
 const TAPE_ROWS = 50;
 
-const decimalsOf = (step) => (step.includes(".") ? step.split(".")[1].length : 0);
-const priceDecimals = decimalsOf(page.dataset.tick);
-const lotDecimals = decimalsOf(page.dataset.lot);
+const priceDecimals = decimalPlaces(page.dataset.tick);
+const lotDecimals = decimalPlaces(page.dataset.lot);
 
 // ---- order book ladder -------------------------------------------------------------------
 
@@ -551,11 +550,10 @@ function statusText(order) {
 // An average price without the zeros past the tick's decimals ("150.000000" -> "150.00").
 function trimPrice(value) {
   if (!value || !value.includes(".")) return value;
-  const tick = page.dataset.tick ?? "";
-  const decimals = tick.includes(".") ? tick.split(".")[1].length : 0;
   let text = value.replace(/0+$/, "");
   const [whole, fraction = ""] = text.split(".");
-  text = fraction.length < decimals ? `${whole}.${fraction.padEnd(decimals, "0")}` : text;
+  text =
+    fraction.length < priceDecimals ? `${whole}.${fraction.padEnd(priceDecimals, "0")}` : text;
   return text.endsWith(".") ? text.slice(0, -1) : text;
 }
 
